@@ -1,0 +1,35 @@
+import createError from '@fastify/error'
+
+// Every error the product throws carries a stable `code` (FST_CHANNELS_*) that callers can test for.
+
+/** A message was sent to a channel that already holds `capacity` undelivered messages. */
+export const ChannelFullError = createError<'FST_CHANNELS_CHANNEL_FULL', [string]>(
+  'FST_CHANNELS_CHANNEL_FULL', 'Channel "%s" is full')
+
+/** A channel or group name does not follow the channel layer naming rules. */
+export const InvalidChannelNameError = createError<'FST_CHANNELS_INVALID_NAME', [string]>(
+  'FST_CHANNELS_INVALID_NAME', '%s', 500, TypeError)
+
+/** A message is not a plain object with a string `type`, or holds a value that cannot cross a layer. */
+export const InvalidMessageError = createError<'FST_CHANNELS_INVALID_MESSAGE', [string]>(
+  'FST_CHANNELS_INVALID_MESSAGE', '%s', 500, TypeError)
+
+/** The layer was closed; no further operation is possible. */
+export const LayerClosedError = createError<'FST_CHANNELS_LAYER_CLOSED', []>(
+  'FST_CHANNELS_LAYER_CLOSED', 'The channel layer is closed')
+
+/** A layer's backend did not answer within the layer's `timeout`. */
+export const LayerTimeoutError = createError<'FST_CHANNELS_LAYER_TIMEOUT', [string, number]>(
+  'FST_CHANNELS_LAYER_TIMEOUT', 'Channel layer backend did not answer %s within %d ms')
+
+/** A plugin, layer or consumer option has a bad value. */
+export const InvalidOptionError = createError<'FST_CHANNELS_INVALID_OPTION', [string]>(
+  'FST_CHANNELS_INVALID_OPTION', '%s', 500, TypeError)
+
+/** A consumer tried to join more groups than the plugin's `maxGroupsPerConnection` allows. */
+export const TooManyGroupsError = createError<'FST_CHANNELS_TOO_MANY_GROUPS', [string, number]>(
+  'FST_CHANNELS_TOO_MANY_GROUPS', 'Channel "%s" may join at most %d groups', 500, RangeError)
+
+/** `login()` or `logout()` was called on a scope without a session (`@fastify/session` is not registered). */
+export const SessionRequiredError = createError<'FST_CHANNELS_SESSION_REQUIRED', [string]>(
+  'FST_CHANNELS_SESSION_REQUIRED', '%s() needs scope.session: register @fastify/cookie and @fastify/session before the consumer route')

@@ -1,0 +1,132 @@
+import type { LayerMessage } from './types.js'
+
+/**
+ * One `receive()` call waiting for a message. It is its own abort listener (`handleEvent`) and its
+ * own list node, so waiting allocates nothing beyond the promise.
+ */
+export class Waiter {
+  prev: Waiter | null = null
+  next: Waiter | null = null
+
+  constructor (
+    readonly mailbox: Mailbox,
+    readonly resolve: (message: LayerMessage) => void,
+    readonly reject: (reason: unknown) => void,
+    readonly signal: AbortSignal | undefined
+  ) {}
+
+  /** Abort: leave the queue without consuming anything; the caller sees the signal's reason. */
+  handleEvent (): void {
+    this.mailbox.removeWaiter(this)
+    this.mailbox.releaseIfIdle()
+    this.reject(this.signal?.reason)
+  }
+
+  /** Detaches from the signal: a long-lived signal must not collect one listener per message. */
+  settle (): void {
+    this.signal?.removeEventListener('abort', this)
+  }
+}
+
+/**
+ * A channel's process-local queue and waiting receivers. Messages go straight to a waiter when one
+ * exists, so a mailbox never holds messages and waiters at the same time.
+ */
+export class Mailbox {
+  // Parallel arrays with a moving head: no wrapper object per message and no O(n) shift().
+  private messages: Array<LayerMessage | undefined> = []
+  private expiresAt: number[] = []
+  private head = 0
+  private firstWaiter: Waiter | null = null
+  private lastWaiter: Waiter | null = null
+
+  constructor (readonly channel: string, private readonly registry: Map<string, Mailbox>) {}
+
+  get size (): number {
+    return this.messages.length - this.head
+  }
+
+  get hasWaiters (): boolean {
+    return this.firstWaiter !== null
+  }
+
+  push (message: LayerMessage, expiresAt: number): void {
+    this.messages.push(message)
+    this.expiresAt.push(expiresAt)
+  }
+
+  shift (): LayerMessage | undefined {
+    if (this.head === this.messages.length) return undefined
+    const message = this.messages[this.head]
+    this.messages[this.head++] = undefined
+    this.compact()
+    return message
+  }
+
+  /** Expiry times only grow along the queue, so expired messages are always at the head. */
+  dropExpired (now: number): void {
+    const end = this.messages.length
+    let head = this.head
+    while (head < end && this.expiresAt[head] <= now) this.messages[head++] = undefined
+    if (head !== this.head) {
+      this.head = head
+      this.compact()
+    }
+  }
+
+  clearMessages (): void {
+    this.messages = []
+    this.expiresAt = []
+    this.head = 0
+  }
+
+  addWaiter (waiter: Waiter): void {
+    waiter.prev = this.lastWaiter
+    if (this.lastWaiter === null) this.firstWaiter = waiter
+    else this.lastWaiter.next = waiter
+    this.lastWaiter = waiter
+  }
+
+  removeWaiter (waiter: Waiter): void {
+    if (waiter.prev === null) {
+      // Already taken or removed: a late abort must not unlink someone else.
+      if (this.firstWaiter !== waiter) return
+      this.firstWaiter = waiter.next
+    } else {
+      waiter.prev.next = waiter.next
+    }
+    if (waiter.next === null) this.lastWaiter = waiter.prev
+    else waiter.next.prev = waiter.prev
+    waiter.prev = waiter.next = null
+  }
+
+  /** The longest-waiting receiver, removed from the queue and detached from its signal. */
+  takeWaiter (): Waiter | null {
+    const waiter = this.firstWaiter
+    if (waiter !== null) {
+      this.removeWaiter(waiter)
+      waiter.settle()
+    }
+    return waiter
+  }
+
+  /** Removes this mailbox from its layer once it holds nothing, so idle channels cost no memory. */
+  releaseIfIdle (): void {
+    if (this.head === this.messages.length && this.firstWaiter === null &&
+      this.registry.get(this.channel) === this) {
+      this.registry.delete(this.channel)
+    }
+  }
+
+  private compact (): void {
+    if (this.head === this.messages.length) {
+      this.messages.length = 0
+      this.expiresAt.length = 0
+      this.head = 0
+    } else if (this.head >= 1024 && this.head * 2 >= this.messages.length) {
+      this.messages.splice(0, this.head)
+      this.expiresAt.splice(0, this.head)
+      this.head = 0
+    }
+  }
+}

@@ -1,0 +1,172 @@
+import { InvalidMessageError } from '../errors.js'
+import type { LayerMessage } from './types.js'
+
+/**
+ * How many containers may nest below the message itself. Recursion is bounded by it, so hostile
+ * input (a 100,000-deep object or a cycle) is an InvalidMessageError, never a stack overflow.
+ */
+export const MAX_MESSAGE_DEPTH = 64
+
+type Key = string | number
+
+// Thrown inside the walk and caught at the top: each container frame adds its key on the way out,
+// so the happy path carries no path bookkeeping at all.
+class Rejection {
+  readonly keys: Key[] = []
+  readonly containers: object[] = []
+  constructor (readonly reason: string) {}
+}
+
+const DEPTH_REASON = `nested deeper than ${MAX_MESSAGE_DEPTH}`
+
+/**
+ * Checks `message` against the layer rules and returns a deep copy the layer owns. The caller's
+ * object is only read: never mutated, frozen or kept.
+ */
+export function copyMessage (message: unknown): LayerMessage {
+  if (typeof message !== 'object' || message === null || !isPlainPrototype(Object.getPrototypeOf(message))) {
+    throw new InvalidMessageError(`message must be a plain object with a string "type", not ${describe(message)}`)
+  }
+  if (typeof (message as { type?: unknown }).type !== 'string') {
+    throw new InvalidMessageError('message.type must be a string')
+  }
+  try {
+    return copyObject(message as Record<string, unknown>, 0) as LayerMessage
+  } catch (err) {
+    if (err instanceof Rejection) throw new InvalidMessageError(explain(err))
+    throw err
+  }
+}
+
+/**
+ * Copies a message that `copyMessage()` produced (or that a backend decoded itself). It skips every
+ * check, which is why fan-out calls it once per recipient instead of `copyMessage()`.
+ */
+export function cloneMessage (message: LayerMessage): LayerMessage {
+  return cloneObject(message) as LayerMessage
+}
+
+function isPlainPrototype (proto: unknown): boolean {
+  return proto === Object.prototype || proto === null
+}
+
+function copyValue (value: unknown, depth: number): unknown {
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return value
+    case 'number':
+      if (Number.isFinite(value)) return value
+      throw new Rejection(`${String(value)} is not allowed`)
+    case 'object':
+      return value === null ? null : copyContainer(value, depth + 1)
+    default: // undefined, function, symbol, bigint
+      throw new Rejection(`${typeof value} is not allowed`)
+  }
+}
+
+function copyContainer (value: object, depth: number): unknown {
+  if (depth > MAX_MESSAGE_DEPTH) throw new Rejection(DEPTH_REASON)
+  const proto: unknown = Object.getPrototypeOf(value)
+  if (isPlainPrototype(proto)) return copyObject(value as Record<string, unknown>, depth)
+  if (proto === Array.prototype) return copyArray(value as unknown[], depth)
+  // Buffer is a Uint8Array subclass; recipients get a plain Uint8Array with their own bytes.
+  if (value instanceof Uint8Array) return new Uint8Array(value)
+  throw new Rejection(`${describe(value)} is not allowed`)
+}
+
+function copyObject (source: Record<string, unknown>, depth: number): Record<string, unknown> {
+  const target: Record<string, unknown> = {}
+  const keys = Object.keys(source)
+  let i = 0
+  try {
+    for (; i < keys.length; i++) {
+      const key = keys[i]
+      setOwn(target, key, copyValue(source[key], depth))
+    }
+    // JSON and msgpack drop symbol keys silently; refusing them keeps every backend identical.
+    if (Object.getOwnPropertySymbols(source).length > 0) throw new Rejection('symbol keys are not allowed')
+  } catch (err) {
+    if (err instanceof Rejection && i < keys.length) {
+      err.keys.push(keys[i])
+      err.containers.push(source)
+    }
+    throw err
+  }
+  return target
+}
+
+function copyArray (source: unknown[], depth: number): unknown[] {
+  const target: unknown[] = []
+  let i = 0
+  try {
+    for (; i < source.length; i++) target.push(copyValue(source[i], depth))
+  } catch (err) {
+    if (err instanceof Rejection) {
+      err.keys.push(i)
+      err.containers.push(source)
+    }
+    throw err
+  }
+  return target
+}
+
+function cloneValue (value: unknown): unknown {
+  if (typeof value !== 'object' || value === null) return value
+  if (Array.isArray(value)) {
+    const target: unknown[] = []
+    for (let i = 0; i < value.length; i++) target.push(cloneValue(value[i]))
+    return target
+  }
+  if (value instanceof Uint8Array) return new Uint8Array(value)
+  return cloneObject(value as Record<string, unknown>)
+}
+
+function cloneObject (source: Record<string, unknown>): Record<string, unknown> {
+  const target: Record<string, unknown> = {}
+  const keys = Object.keys(source)
+  for (let i = 0; i < keys.length; i++) setOwn(target, keys[i], cloneValue(source[keys[i]]))
+  return target
+}
+
+function setOwn (target: Record<string, unknown>, key: string, value: unknown): void {
+  // Assigning "__proto__" would replace the prototype; the key must stay ordinary data.
+  if (key === '__proto__') {
+    Object.defineProperty(target, key, { value, writable: true, enumerable: true, configurable: true })
+  } else {
+    target[key] = value
+  }
+}
+
+function describe (value: unknown): string {
+  if (value === null) return 'null'
+  if (Array.isArray(value)) return 'an array'
+  if (typeof value !== 'object') return typeof value
+  const ctor = (Object.getPrototypeOf(value) as { constructor?: { name?: unknown } } | null)?.constructor
+  return typeof ctor?.name === 'string' && ctor.name !== '' ? ctor.name : 'an object with a custom prototype'
+}
+
+function explain (rejection: Rejection): string {
+  const keys = rejection.keys.reverse()
+  const containers = rejection.containers.reverse()
+  if (rejection.reason === DEPTH_REASON) {
+    // A cycle looks like endless depth from inside the walk; name the key that closes it instead.
+    for (let i = 1; i < containers.length; i++) {
+      if (containers.indexOf(containers[i]) < i) return `${formatPath(keys.slice(0, i))}: circular reference`
+    }
+    const shown = formatPath(keys.slice(0, 4))
+    return `${keys.length > 4 ? `${shown}…` : shown}: ${rejection.reason}`
+  }
+  return `${formatPath(keys)}: ${rejection.reason}`
+}
+
+const IDENTIFIER = /^[A-Za-z_$][\w$]*$/
+
+function formatPath (keys: readonly Key[]): string {
+  let path = 'message'
+  for (const key of keys) {
+    if (typeof key === 'number') path += `[${key}]`
+    else path += IDENTIFIER.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`
+  }
+  return path
+}

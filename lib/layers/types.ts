@@ -1,0 +1,55 @@
+/**
+ * The channel layer contract (Channels' layer spec): what consumers, workers and app code rely on.
+ * Layers built on BaseChannelLayer satisfy it; any other object with these methods may be used too.
+ */
+
+/** Values that may travel inside a message. */
+export type LayerValue =
+  | string | number | boolean | null | Uint8Array
+  | LayerValue[] | { [key: string]: LayerValue }
+
+/** A plain object whose `type` chooses the handler (`'chat.message'` → `chatMessage()`). */
+export interface LayerMessage {
+  type: string
+  [key: string]: unknown
+}
+
+export interface ReceiveOptions {
+  /** Aborting it rejects the pending `receive()` with the signal's reason; no message is consumed. */
+  signal?: AbortSignal
+}
+
+export interface ChannelLayer {
+  readonly extensions: readonly string[]
+  newChannel (prefix?: string): Promise<string>
+  send (channel: string, message: LayerMessage): Promise<void>
+  receive (channel: string, options?: ReceiveOptions): Promise<LayerMessage>
+  groupAdd (group: string, channel: string): Promise<void>
+  groupDiscard (group: string, channel: string): Promise<void>
+  groupSend (group: string, message: LayerMessage): Promise<void>
+  flush (): Promise<void>
+  close (): Promise<void>
+  group_add: ChannelLayer['groupAdd']
+  group_discard: ChannelLayer['groupDiscard']
+  group_send: ChannelLayer['groupSend']
+  new_channel: ChannelLayer['newChannel']
+}
+
+/** Minimal logger a layer writes to (pino's and Fastify's loggers fit). */
+export interface LayerLogger {
+  warn (obj: object, msg?: string): void
+  debug (obj: object, msg?: string): void
+  error (obj: object, msg?: string): void
+}
+
+/**
+ * Extra lifecycle a layer may offer. When present, a consumer that ends frees its channel and
+ * every membership made with it in one call (also memberships added by other code).
+ */
+export interface ChannelDiscarding {
+  discardChannel (channel: string): Promise<void>
+}
+
+export function canDiscardChannel (layer: ChannelLayer): layer is ChannelLayer & ChannelDiscarding {
+  return typeof (layer as Partial<ChannelDiscarding>).discardChannel === 'function'
+}

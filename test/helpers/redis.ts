@@ -1,0 +1,197 @@
+/**
+ * Redis for the Redis layer's tests: the shared server at REDIS_URL, and private `redis-server`
+ * processes (a killable one, a 3-master cluster) on free high ports, always stopped in teardown.
+ */
+import type { Test } from 'tap'
+import { spawn, execFile, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { Redis } from 'ioredis'
+import { freePort } from './process.js'
+
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+
+/** A prefix no other test file or run uses: tap runs files in parallel against one Redis. */
+export function uniquePrefix (base: string): string {
+  return `${base}-${process.pid.toString(36)}-${randomBytes(3).toString('hex')}`
+}
+
+/** A plain client for assertions; closed when the test ends. */
+export function adminClient (t: Test, url = REDIS_URL): Redis {
+  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null })
+  client.on('error', () => {})
+  t.teardown(() => { client.disconnect() })
+  return client
+}
+
+/**
+ * Whether Redis answers at REDIS_URL. When it does not, the test fails with a message saying so
+ * (with CI=true or not: a Redis layer test that silently skips proves nothing).
+ */
+export async function requireRedis (t: Test): Promise<boolean> {
+  const client = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2000 })
+  client.on('error', () => {})
+  try {
+    await client.connect()
+    await client.ping()
+    return true
+  } catch (err) {
+    t.fail(`Redis is not reachable at ${REDIS_URL} (${(err as Error).message}): start redis-server or set REDIS_URL` +
+      (process.env.CI === 'true' ? ' — CI=true requires Redis' : ''))
+    return false
+  } finally {
+    client.disconnect()
+  }
+}
+
+/** Keys of one prefix (SCAN, never KEYS *). */
+export async function keysOf (client: Redis, prefix: string): Promise<string[]> {
+  const keys: string[] = []
+  let cursor = '0'
+  do {
+    const [next, found] = await client.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000)
+    cursor = next
+    keys.push(...found)
+  } while (cursor !== '0')
+  return keys
+}
+
+/** Calls per command since the last CONFIG RESETSTAT, from INFO commandstats. */
+export async function commandStats (client: Redis): Promise<Record<string, number>> {
+  const info = await client.info('commandstats')
+  const stats: Record<string, number> = {}
+  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) stats[match[1]] = Number(match[2])
+  return stats
+}
+
+function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms))
+}
+
+async function waitFor (check: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms
+  let last: unknown
+  while (!(await check().catch((err: unknown) => { last = err; return false }))) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms${last instanceof Error ? ` (${last.message})` : ''}`)
+    await sleep(50)
+  }
+}
+
+async function pings (port: number): Promise<boolean> {
+  const client = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 500 })
+  client.on('error', () => {})
+  try {
+    await client.connect()
+    return await client.ping() === 'PONG'
+  } finally {
+    client.disconnect()
+  }
+}
+
+export interface RedisServer {
+  port: number
+  url: string
+  /** kill -9: the data is gone, as after a crash. */
+  kill (): Promise<void>
+  /** Starts it again on the same port (empty). */
+  start (): Promise<void>
+}
+
+function spawnServer (port: number, dir: string, extra: string[] = []): ChildProcess {
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+    '--appendonly', 'no', '--daemonize', 'no', ...extra], { stdio: 'ignore' })
+  child.on('error', err => { spawnError = err })
+  return child
+}
+
+let spawnError: Error | undefined
+
+async function serving (port: number): Promise<boolean> {
+  if (spawnError !== undefined) throw new Error(`cannot run redis-server (${spawnError.message}): install Redis (the CI script does)`)
+  return await pings(port)
+}
+
+function killChild (child: ChildProcess | undefined): Promise<void> {
+  if (child === undefined || child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise(resolve => {
+    child.once('exit', () => resolve())
+    child.kill('SIGKILL')
+  })
+}
+
+/** A private redis-server on a free high port, killed in teardown. */
+export async function startRedisServer (t: Test): Promise<RedisServer> {
+  const port = await freePort()
+  const dir = mkdtempSync(path.join(tmpdir(), 'fc-redis-'))
+  let child: ChildProcess | undefined
+  const server: RedisServer = {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    async kill () {
+      await killChild(child)
+      child = undefined
+    },
+    async start () {
+      child = spawnServer(port, dir)
+      await waitFor(() => serving(port), 10_000, `redis-server on ${port}`)
+    }
+  }
+  t.teardown(async () => {
+    await killChild(child)
+    rmSync(dir, { recursive: true, force: true })
+  })
+  await server.start()
+  return server
+}
+
+export interface RedisCluster {
+  nodes: Array<{ host: string, port: number }>
+}
+
+/** Three masters, made with `redis-cli --cluster create`, as an operator would; killed in teardown. */
+export async function startRedisCluster (t: Test): Promise<RedisCluster> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fc-cluster-'))
+  const children: ChildProcess[] = []
+  t.teardown(async () => {
+    await Promise.all(children.map(killChild))
+    rmSync(dir, { recursive: true, force: true })
+  })
+  const ports: number[] = []
+  while (ports.length < 3) {
+    const port = await freePort()
+    // The cluster bus listens on port + 10000: both must be free and below 65536.
+    if (port + 10000 < 65536 && !ports.includes(port) && await portFree(port + 10000)) ports.push(port)
+  }
+  for (const port of ports) {
+    children.push(spawnServer(port, dir, ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`]))
+  }
+  for (const port of ports) await waitFor(() => serving(port), 10_000, `cluster node ${port}`)
+  await new Promise<void>((resolve, reject) => {
+    execFile('redis-cli', ['--cluster', 'create', ...ports.map(p => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'],
+      { timeout: 30_000 }, (err, stdout, stderr) => err === null ? resolve() : reject(new Error(`redis-cli --cluster create failed: ${stderr || stdout}`)))
+  })
+  for (const port of ports) {
+    await waitFor(async () => {
+      const client = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+      client.on('error', () => {})
+      try {
+        await client.connect()
+        return /cluster_state:ok/.test(await client.cluster('INFO') as string)
+      } finally {
+        client.disconnect()
+      }
+    }, 20_000, `cluster_state:ok on ${port}`)
+  }
+  return { nodes: ports.map(port => ({ host: '127.0.0.1', port })) }
+}
+
+async function portFree (port: number): Promise<boolean> {
+  const { createServer } = await import('node:net')
+  return new Promise(resolve => {
+    const server = createServer()
+    server.once('error', () => resolve(false))
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
+  })
+}

@@ -1,0 +1,151 @@
+import t, { type Test } from 'tap'
+import { EventEmitter } from 'node:events'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { InvalidMessageError, InvalidOptionError } from '../../lib/errors.js'
+import { InMemoryChannelLayer } from '../../lib/layers/in-memory.js'
+import type { LayerMessage } from '../../lib/layers/types.js'
+import { conformance } from './conformance.js'
+
+conformance('InMemoryChannelLayer', options => new InMemoryChannelLayer(options))
+
+function layer (t: Test, options?: ConstructorParameters<typeof InMemoryChannelLayer>[0]): InMemoryChannelLayer {
+  const created = new InMemoryChannelLayer(options)
+  t.teardown(() => created.close())
+  return created
+}
+
+t.test('options are validated in the constructor', async t => {
+  const bad: unknown[] = [0, -1, NaN, Infinity, '10', null, true]
+  for (const value of bad) {
+    for (const option of ['capacity', 'expiry', 'groupExpiry']) {
+      t.throws(() => new InMemoryChannelLayer({ [option]: value }), InvalidOptionError, `${option}: ${String(value)}`)
+    }
+  }
+  const err = (() => { try { new InMemoryChannelLayer({ capacity: 1.5 }) } catch (e) { return e } })()
+  t.ok(err instanceof TypeError)
+  t.equal((err as { code?: string }).code, 'FST_CHANNELS_INVALID_OPTION')
+  t.match((err as Error).message, /capacity/)
+  t.throws(() => new InMemoryChannelLayer(null as never), InvalidOptionError)
+  const ok = layer(t, { capacity: 1, expiry: 0.5, groupExpiry: 3600 })
+  t.ok(ok instanceof InMemoryChannelLayer)
+  t.ok(layer(t))
+})
+
+t.test('1,000 connect/disconnect cycles leave nothing behind', async t => {
+  const memory = layer(t)
+  const controller = new AbortController()
+  let delivered = 0
+  let aborted = 0
+  for (let i = 0; i < 1000; i++) {
+    const channel = await memory.newChannel()
+    await memory.groupAdd('lobby', channel)
+    await memory.groupAdd(`room-${i % 7}`, channel)
+    await memory.groupSend('lobby', { type: 'welcome' })
+    if ((await memory.receive(channel, { signal: controller.signal })).type === 'welcome') delivered++
+    const idle = new AbortController()
+    const pending = memory.receive(channel, { signal: idle.signal }).catch(() => 'aborted')
+    idle.abort()
+    if (await pending === 'aborted') aborted++
+    await memory.discardChannel(channel)
+  }
+  t.equal(delivered, 1000)
+  t.equal(aborted, 1000)
+  t.same(memory.inspect(), { channels: 0, groups: 0, memberships: 0 })
+})
+
+t.test('a long-lived signal does not collect listeners', async t => {
+  const memory = layer(t)
+  const controller = new AbortController()
+  const channel = await memory.newChannel()
+  for (let i = 0; i < 100; i++) {
+    const pending = memory.receive(channel, { signal: controller.signal })
+    await memory.send(channel, { type: 'tick', i })
+    await pending
+  }
+  t.equal(EventEmitter.getEventListeners(controller.signal, 'abort').length, 0)
+})
+
+t.test('groups named like Object.prototype members are just names', async t => {
+  const memory = layer(t)
+  const channel = await memory.newChannel()
+  for (const group of ['__proto__', 'constructor', 'toString', 'hasOwnProperty']) {
+    await memory.groupSend(group, { type: 'before.join' })
+    await memory.groupAdd(group, channel)
+    await memory.groupSend(group, { type: 'joined', group })
+    t.same(await memory.receive(channel), { type: 'joined', group })
+  }
+  t.same(memory.inspect(), { channels: 0, groups: 4, memberships: 4 })
+  for (const group of ['__proto__', 'constructor']) await memory.groupDiscard(group, channel)
+  await memory.discardChannel(channel)
+  t.same(memory.inspect(), { channels: 0, groups: 0, memberships: 0 })
+  t.equal(Object.getPrototypeOf({}), Object.prototype)
+})
+
+t.test('a skipped group member is logged with group and channel', async t => {
+  const memory = layer(t, { capacity: 1 })
+  const warnings: object[] = []
+  memory.log = { warn: obj => { warnings.push(obj) }, debug: () => {}, error: () => {} }
+  const channel = await memory.newChannel()
+  await memory.groupAdd('busy', channel)
+  await memory.groupSend('busy', { type: 'one' })
+  await memory.groupSend('busy', { type: 'two' })
+  t.same(warnings, [{ group: 'busy', channel }])
+  t.equal(memory.stats.groupSendSkipped, 1)
+})
+
+t.test('newChannel embeds the per-instance process token', async t => {
+  const [a, b] = [layer(t), layer(t)]
+  t.match(a.processToken, /^[a-z\d]{12}$/)
+  t.not(a.processToken, b.processToken)
+  t.match(await a.newChannel(), new RegExp(`^specific\\.${a.processToken}!`))
+})
+
+t.test('Django aliases are bound', async t => {
+  const memory = layer(t)
+  const { new_channel: newChannel, group_add: groupAdd, group_send: groupSend, group_discard: groupDiscard } = memory
+  const channel = await newChannel()
+  await groupAdd('django', channel)
+  await groupSend('django', { type: 'from.django' })
+  t.same(await memory.receive(channel), { type: 'from.django' })
+  await groupDiscard('django', channel)
+  t.same(memory.inspect().groups, 0)
+})
+
+t.test('the sweep frees idle channels and groups', async t => {
+  const memory = layer(t, { expiry: 0.1, groupExpiry: 0.1 })
+  const channel = await memory.newChannel()
+  const start = performance.now()
+  await memory.send(channel, { type: 'forgotten' })
+  await memory.groupAdd('idle', channel)
+  const counts = memory.inspect()
+  if (performance.now() - start < 80) t.same(counts, { channels: 1, groups: 1, memberships: 1 })
+  // Nothing touches the layer from here on: only the timer can empty it. Polling tolerates stalls.
+  const deadline = performance.now() + 2000
+  while (memory.inspect().channels + memory.inspect().groups > 0 && performance.now() < deadline) await sleep(50)
+  t.same(memory.inspect(), { channels: 0, groups: 0, memberships: 0 })
+})
+
+t.test('nesting is limited to 64 levels below the message', async t => {
+  const memory = layer(t)
+  const channel = await memory.newChannel()
+  const deep = (levels: number): LayerMessage => {
+    let value: Record<string, unknown> = {}
+    for (let i = 1; i < levels; i++) value = { d: value }
+    return { type: 'deep', d: value }
+  }
+  await memory.send(channel, deep(64))
+  t.ok(await memory.receive(channel))
+  await t.rejects(memory.send(channel, deep(65)), { code: 'FST_CHANNELS_INVALID_MESSAGE', message: /nested deeper than 64/ })
+  await t.rejects(memory.send(channel, deep(65)), InvalidMessageError)
+})
+
+t.test('close is idempotent and empties the layer', async t => {
+  const memory = new InMemoryChannelLayer()
+  const channel = await memory.newChannel()
+  await memory.send(channel, { type: 'left.behind' })
+  await memory.groupAdd('g', channel)
+  await memory.close()
+  await memory.close()
+  t.ok(memory.closed)
+  t.same(memory.inspect(), { channels: 0, groups: 0, memberships: 0 })
+})
