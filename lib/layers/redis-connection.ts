@@ -1,0 +1,247 @@
+/**
+ * The Redis layer's connections: the command connection (the user's `client` or one opened from
+ * `url`/`redisOptions`), duplicates for subscribing and for blocking pops, and the one rule every
+ * call obeys: while Redis is unreachable it settles within `timeout` with LayerTimeoutError —
+ * never hangs, never leaves an unhandled rejection behind.
+ */
+import { EventEmitter } from 'node:events'
+import { Redis, ReplyError, type Cluster, type ClusterOptions, type RedisOptions } from 'ioredis'
+import { LayerTimeoutError } from '../errors.js'
+
+export type Client = Redis | Cluster
+
+const noop = (): void => {}
+
+/** Reconnect quickly, then every second: a restarted Redis is found again within about a second. */
+export function retryStrategy (times: number): number {
+  return Math.min(50 * 2 ** Math.min(times, 5), 1000) + Math.floor(Math.random() * 50)
+}
+
+export function isCluster (client: Client): client is Cluster {
+  return (client as { isCluster?: unknown }).isCluster === true
+}
+
+/** An answer from Redis itself (WRONGTYPE, OOM…), as opposed to a connection that failed. */
+export function isReplyError (err: unknown): boolean {
+  return err instanceof (ReplyError as new () => Error)
+}
+
+function describe (err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
+
+/** Settles like `promise`, or rejects with LayerTimeoutError at `deadline` (performance.now() ms). */
+export function withDeadline<T> (promise: Promise<T>, deadline: number, what: string, timeout: number): Promise<T> {
+  const left = deadline - performance.now()
+  if (left <= 0) {
+    promise.catch(noop)
+    return Promise.reject(new LayerTimeoutError(what, timeout))
+  }
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      promise.catch(noop)
+      reject(new LayerTimeoutError(what, timeout))
+    }, left)
+    promise.then(value => {
+      clearTimeout(timer)
+      resolve(value)
+    }, (err: unknown) => {
+      clearTimeout(timer)
+      reject(err)
+    })
+  })
+}
+
+/**
+ * Waits until a connection is ready, without adding a listener per waiting call: many calls
+ * during an outage share one 'ready' listener.
+ */
+class ReadyGate {
+  readonly #waiters = new Set<() => void>()
+  readonly #onReady = (): void => {
+    for (const wake of this.#waiters) wake()
+    this.#waiters.clear()
+  }
+
+  constructor (readonly client: Client) {
+    client.on('ready', this.#onReady)
+  }
+
+  dispose (): void {
+    this.client.off('ready', this.#onReady)
+  }
+
+  wait (deadline: number, what: string, timeout: number): Promise<void> {
+    const status = this.client.status
+    if (status === 'ready') return Promise.resolve()
+    if (status === 'end') return Promise.reject(new LayerTimeoutError(`${what} (the Redis connection was closed)`, timeout))
+    if (status === 'wait') this.client.connect().catch(noop)
+    let wake = noop
+    const ready = new Promise<void>(resolve => { wake = resolve })
+    this.#waiters.add(wake)
+    return withDeadline(ready, deadline, what, timeout).finally(() => this.#waiters.delete(wake))
+  }
+}
+
+export interface ConnectionOptions {
+  client?: Client
+  url?: string
+  redisOptions?: RedisOptions
+  timeout: number
+  name: string
+}
+
+/**
+ * The command connection and the factory of the layer's other connections. Emits 'state' when the
+ * command connection goes up or down, and 'error' never (errors are reported through `onError`).
+ */
+export class Connections extends EventEmitter {
+  readonly cmd: Client
+  readonly cluster: boolean
+  readonly timeout: number
+  /** ioredis' own key prefix on the user's client: applied to keys, not to SCAN patterns. */
+  readonly keyPrefix: string
+  #up = false
+  readonly #owned: Client[] = []
+  readonly #gate: ReadyGate
+  readonly #name: string
+  readonly #detach: Array<() => void> = []
+
+  constructor (options: ConnectionOptions, readonly onError: (err: unknown, which: string) => void) {
+    super()
+    this.timeout = options.timeout
+    this.#name = options.name
+    if (options.client !== undefined) {
+      this.cmd = options.client
+    } else {
+      const defaults: RedisOptions = {
+        lazyConnect: true,
+        retryStrategy,
+        enableAutoPipelining: true,
+        autoResendUnfulfilledCommands: false,
+        maxRetriesPerRequest: 1,
+        connectionName: `${this.#name}:cmd`
+      }
+      const settings = { ...defaults, ...options.redisOptions }
+      this.cmd = options.url !== undefined ? new Redis(options.url, settings) : new Redis(settings)
+      this.#own(this.cmd, 'command')
+    }
+    this.cluster = isCluster(this.cmd)
+    const clientOptions = this.cmd.options as { keyPrefix?: string, redisOptions?: { keyPrefix?: string } }
+    this.keyPrefix = clientOptions.keyPrefix ?? clientOptions.redisOptions?.keyPrefix ?? ''
+    this.#gate = new ReadyGate(this.cmd)
+    this.#up = this.cmd.status === 'ready'
+    const onReady = (): void => this.#set(true)
+    const onClose = (): void => this.#set(false)
+    this.cmd.on('ready', onReady)
+    this.cmd.on('close', onClose)
+    this.cmd.on('end', onClose)
+    this.#detach.push(() => {
+      this.cmd.off('ready', onReady)
+      this.cmd.off('close', onClose)
+      this.cmd.off('end', onClose)
+    })
+  }
+
+  get up (): boolean {
+    return this.#up
+  }
+
+  #set (up: boolean): void {
+    if (up === this.#up) return
+    this.#up = up
+    this.emit('state', up)
+  }
+
+  /** Keeps an owned connection's errors out of 'unhandled error' territory, and closes it with the layer. */
+  #own<T extends Client> (client: T, which: string): T {
+    client.on('error', (err: unknown) => this.onError(err, which))
+    if (isCluster(client)) client.on('node error', (err: unknown) => this.onError(err, which))
+    this.#owned.push(client)
+    return client
+  }
+
+  /**
+   * Runs `op` once the command connection is ready, within `timeout` in all: waiting for Redis to
+   * come back counts. Connection failures become LayerTimeoutError; Redis' own answers pass through.
+   */
+  async run<T> (what: string, op: (client: Client) => Promise<T>): Promise<T> {
+    const deadline = performance.now() + this.timeout
+    await this.#gate.wait(deadline, what, this.timeout)
+    try {
+      return await withDeadline(op(this.cmd), deadline, what, this.timeout)
+    } catch (err) {
+      if (err instanceof LayerTimeoutError || isReplyError(err)) throw err
+      throw Object.assign(new LayerTimeoutError(`${what} (${describe(err)})`, this.timeout), { cause: err })
+    }
+  }
+
+  /** A connection in subscriber mode: standalone with manual resubscription, or sharded on Cluster. */
+  subscriber (): Client {
+    if (isCluster(this.cmd)) {
+      const options: ClusterOptions = { shardedSubscribers: true, lazyConnect: true }
+      return this.#own(this.cmd.duplicate(undefined, options), 'subscriber')
+    }
+    return this.#own(this.cmd.duplicate({
+      lazyConnect: true,
+      retryStrategy,
+      autoResubscribe: false,
+      autoResendUnfulfilledCommands: false,
+      maxRetriesPerRequest: null,
+      enableOfflineQueue: true,
+      enableAutoPipelining: false,
+      connectionName: `${this.#name}:sub`
+    }), 'subscriber')
+  }
+
+  /**
+   * A connection for one blocking pop at a time. It never reconnects or queues by itself: a pop
+   * must never be sent late, after its caller gave up, or it would take a message nobody handles.
+   */
+  blocking (): Client {
+    if (isCluster(this.cmd)) {
+      return this.#own(this.cmd.duplicate(undefined, { lazyConnect: true, enableOfflineQueue: false, clusterRetryStrategy: () => null }), 'blocking')
+    }
+    return this.#own(this.cmd.duplicate({
+      lazyConnect: true,
+      retryStrategy: null,
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
+      maxRetriesPerRequest: 0,
+      enableAutoPipelining: false,
+      connectionName: `${this.#name}:pop`
+    }), 'blocking')
+  }
+
+  /**
+   * Deletes the keys matching `pattern` (without ioredis' keyPrefix) with SCAN on every master,
+   * never FLUSHDB: other prefixes on the same Redis are left alone. Run it inside `run()`.
+   */
+  async deleteMatching (client: Client, pattern: string): Promise<void> {
+    const keyPrefix = this.keyPrefix
+    const nodes: Client[] = isCluster(client) ? client.nodes('master') : [client]
+    for (const node of nodes) {
+      let cursor = '0'
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', `${keyPrefix}${pattern}`, 'COUNT', 1000)
+        cursor = next
+        // ioredis adds its keyPrefix again; one key per command keeps Cluster slots apart.
+        await Promise.all(keys.map(key => client.unlink(key.slice(keyPrefix.length))))
+      } while (cursor !== '0')
+    }
+  }
+
+  /** Disconnects and forgets one of the connections made here. */
+  release (client: Client): void {
+    const at = this.#owned.indexOf(client)
+    if (at !== -1) this.#owned.splice(at, 1)
+    client.disconnect()
+  }
+
+  /** Ends every connection this object opened; the user's `client` is left as it was. */
+  close (): void {
+    this.#gate.dispose()
+    for (const detach of this.#detach) detach()
+    for (const client of this.#owned.splice(0)) client.disconnect()
+  }
+}

@@ -1,0 +1,272 @@
+/**
+ * Named channels (no `!`): a Redis list per channel, shared by every process, with `capacity` and
+ * `expiry` kept by a Lua script on send. A process that has waiting `receive()` calls on a channel
+ * runs one reader for it: a loop of BLPOP on a connection of its own (a blocking pop holds its
+ * connection), handing each message to the longest-waiting local receiver. Redis hands each
+ * element to one BLPOP only, so each message reaches one receiver in all processes. A message
+ * popped after its receiver left goes back to the head of the list.
+ *
+ * A named channel may also be a group member. It belongs to no process, so the member is recorded
+ * in Redis only and the process that calls groupSend fills the queue.
+ */
+import { LayerTimeoutError } from '../errors.js'
+import type { LayerLogger, LayerMessage } from './types.js'
+import { decodeQueueElement, encodeMessage, queueDeadline } from './redis-codec.js'
+import { queuePush, queuePushBack, recordMembers, runScript } from './redis-scripts.js'
+import { withDeadline, type Client, type Connections } from './redis-connection.js'
+import type { RedisKeys } from './redis-keys.js'
+
+/** Seconds one BLPOP waits on the server before the reader looks around (receivers gone? closing?). */
+const POP_SECONDS = 1
+/** Idle blocking connections kept for the next reader. */
+const IDLE_CONNECTIONS = 2
+
+/** What named channels need from the layer: its process-local primitives and settings. */
+export interface LocalQueues {
+  receiveLocal (channel: string, signal: AbortSignal): Promise<LayerMessage>
+  deliverLocal (channel: string, message: LayerMessage): boolean
+  hasLocalReceivers (channel: string): boolean
+  /** Redis server time now, as well as this process knows it (ms). */
+  serverNow (): number
+  /** Tells the layer the server time (ms), which expiry checks compare against. */
+  observeServerTime (now: number): void
+  /** A group member skipped because its queue was full. */
+  skipped (group: string, channel: string): void
+  /** The layer's logger now (the plugin replaces it after construction). */
+  log (): LayerLogger
+  readonly capacity: number
+  /** Integer milliseconds. */
+  readonly expiryMs: number
+  readonly groupExpiryMs: number
+}
+
+export class NamedChannels {
+  readonly #connections: Connections
+  readonly #keys: RedisKeys
+  readonly #local: LocalQueues
+  readonly #readers: QueueReaders
+
+  constructor (connections: Connections, keys: RedisKeys, local: LocalQueues) {
+    this.#connections = connections
+    this.#keys = keys
+    this.#local = local
+    this.#readers = new QueueReaders(connections, local)
+  }
+
+  /** Readers running now: for leak checks. */
+  get readers (): number {
+    return this.#readers.size
+  }
+
+  receive (channel: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
+    return this.#readers.receive(channel, this.#keys.queue(channel), signal)
+  }
+
+  /** Appends to the queue; false when it holds `capacity` messages already. */
+  async push (channel: string, message: LayerMessage, what: string): Promise<boolean> {
+    const { capacity, expiryMs } = this.#local
+    const payload = encodeMessage(message)
+    const reply = await this.#connections.run(what, client =>
+      runScript(client, queuePush, [this.#keys.queue(channel)], [capacity, expiryMs, payload])) as [number, number]
+    this.#local.observeServerTime(reply[1])
+    return reply[0] === 1
+  }
+
+  /** groupSend's part for named members: `members` is the ZRANGE WITHSCORES of the group's set. */
+  async fill (group: string, members: readonly string[], message: LayerMessage, what: string): Promise<void> {
+    const now = this.#local.serverNow()
+    const pushes: Array<Promise<void>> = []
+    for (let i = 0; i + 1 < members.length; i += 2) {
+      if (Number(members[i + 1]) <= now) continue
+      const channel = members[i]
+      pushes.push(this.push(channel, message, what).then(accepted => {
+        if (!accepted) this.#local.skipped(group, channel)
+      }))
+    }
+    await Promise.all(pushes)
+  }
+
+  async addMember (group: string, channel: string): Promise<void> {
+    const ttl = this.#local.groupExpiryMs
+    const reverse = this.#keys.channelGroups(channel)
+    await this.#connections.run(`groupAdd ${group}`, client => Promise.all([
+      runScript(client, recordMembers, [this.#keys.namedMembers(group)], [channel, ttl])
+        .then(now => this.#local.observeServerTime(now as number)),
+      client.sadd(reverse, group).then(() => client.pexpire(reverse, ttl))
+    ]))
+  }
+
+  async removeMember (group: string, channel: string): Promise<void> {
+    await this.#connections.run(`groupDiscard ${group}`, client => Promise.all([
+      client.zrem(this.#keys.namedMembers(group), channel),
+      client.srem(this.#keys.channelGroups(channel), group)
+    ]))
+  }
+
+  /** Empties the queue and leaves every group. */
+  async discard (channel: string): Promise<void> {
+    await this.#connections.run(`discardChannel ${channel}`, async client => {
+      const reverse = this.#keys.channelGroups(channel)
+      const groups = await client.smembers(reverse)
+      await Promise.all([
+        client.del(this.#keys.queue(channel)),
+        client.del(reverse),
+        ...groups.map(group => client.zrem(this.#keys.namedMembers(group), channel))
+      ])
+    })
+  }
+
+  close (): void {
+    this.#readers.close()
+  }
+}
+
+class Reader {
+  running = false
+  /** One controller per waiting receive(): lets an outage reject them with LayerTimeoutError. */
+  readonly receivers = new Set<AbortController>()
+  constructor (readonly channel: string, readonly key: string) {}
+}
+
+class QueueReaders {
+  readonly #connections: Connections
+  readonly #local: LocalQueues
+  readonly #readers = new Map<string, Reader>()
+  readonly #idle: Client[] = []
+  readonly #busy = new Set<Client>()
+  #closed = false
+
+  constructor (connections: Connections, local: LocalQueues) {
+    this.#connections = connections
+    this.#local = local
+  }
+
+  /** Readers running now: for leak checks. */
+  get size (): number {
+    return this.#readers.size
+  }
+
+  receive (channel: string, key: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
+    let reader = this.#readers.get(channel)
+    if (reader === undefined) {
+      reader = new Reader(channel, key)
+      this.#readers.set(channel, reader)
+    }
+    const own = new AbortController()
+    const forward = (): void => own.abort(signal?.reason)
+    signal?.addEventListener('abort', forward, { once: true })
+    reader.receivers.add(own)
+    const pending = this.#local.receiveLocal(channel, own.signal)
+    const settled = (): void => {
+      signal?.removeEventListener('abort', forward)
+      reader.receivers.delete(own)
+    }
+    pending.then(settled, settled)
+    if (!reader.running) void this.#run(reader)
+    return pending
+  }
+
+  close (): void {
+    this.#closed = true
+    for (const conn of [...this.#idle.splice(0), ...this.#busy]) this.#connections.release(conn)
+    this.#busy.clear()
+  }
+
+  async #run (reader: Reader): Promise<void> {
+    reader.running = true
+    const { channel } = reader
+    let failingSince: number | undefined
+    let backoff = 50
+    let conn: Client | undefined
+    try {
+      while (!this.#closed && this.#local.hasLocalReceivers(channel)) {
+        try {
+          conn ??= await this.#acquire()
+          const popped = await this.#pop(conn, reader.key)
+          failingSince = undefined
+          backoff = 50
+          if (popped !== null) await this.#hand(reader, popped)
+        } catch (err) {
+          if (conn !== undefined) this.#discard(conn)
+          conn = undefined
+          if (this.#closed) break
+          const now = performance.now()
+          failingSince ??= now
+          this.#local.log().debug({ err, channel }, 'named channel reader could not reach Redis; retrying')
+          if (now - failingSince >= this.#connections.timeout) {
+            // Waiting receivers are told Redis is unreachable instead of waiting in the dark.
+            const reason = new LayerTimeoutError(`receive ${channel}`, this.#connections.timeout)
+            for (const receiver of [...reader.receivers]) receiver.abort(reason)
+            failingSince = undefined
+          }
+          await new Promise(resolve => setTimeout(resolve, backoff).unref())
+          backoff = Math.min(backoff * 2, 1000)
+        }
+      }
+    } finally {
+      reader.running = false
+      if (conn !== undefined) this.#recycle(conn)
+      if (this.#readers.get(channel) === reader) {
+        // A receive() may have arrived while the last pop was finishing.
+        if (!this.#closed && this.#local.hasLocalReceivers(channel)) void this.#run(reader)
+        else this.#readers.delete(channel)
+      }
+    }
+  }
+
+  async #pop (conn: Client, key: string): Promise<Buffer | null> {
+    const timeout = this.#connections.timeout
+    // The server answers within POP_SECONDS; past that plus `timeout`, the connection is dead.
+    const deadline = performance.now() + POP_SECONDS * 1000 + timeout
+    if (conn.status !== 'ready') {
+      const connecting = conn.status === 'wait' ? conn.connect() : Promise.reject(new Error(`connection ${conn.status}`))
+      await withDeadline(connecting, deadline, 'connect', timeout)
+      // Elements carry deadlines in server time; a worker-only process learns it here.
+      const [seconds, micros] = await withDeadline(conn.time(), deadline, 'connect', timeout)
+      this.#local.observeServerTime(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000))
+    }
+    const popped = await withDeadline(conn.blpopBuffer(key, POP_SECONDS), deadline, 'receive', timeout)
+    return popped === null ? null : popped[1]
+  }
+
+  async #hand (reader: Reader, element: Buffer): Promise<void> {
+    const { channel } = reader
+    const deadline = queueDeadline(element)
+    if (!(deadline > this.#local.serverNow())) return // expired on the way, or not ours
+    if (this.#local.hasLocalReceivers(channel)) {
+      let message: LayerMessage
+      try {
+        message = decodeQueueElement(element)
+      } catch (err) {
+        this.#local.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
+        return
+      }
+      this.#local.deliverLocal(channel, message)
+      return
+    }
+    // Everyone who waited here left while the pop was in flight: give it back to the others.
+    try {
+      await this.#connections.run(`send ${channel}`, client => runScript(client, queuePushBack, [reader.key], [element]))
+    } catch (err) {
+      this.#local.log().warn({ err, channel }, 'could not return a message to its named channel; it is lost')
+    }
+  }
+
+  async #acquire (): Promise<Client> {
+    const conn = this.#idle.pop() ?? this.#connections.blocking()
+    this.#busy.add(conn)
+    return conn
+  }
+
+  #recycle (conn: Client): void {
+    this.#busy.delete(conn)
+    if (this.#closed || this.#idle.length >= IDLE_CONNECTIONS || conn.status !== 'ready') this.#connections.release(conn)
+    else this.#idle.push(conn)
+  }
+
+  #discard (conn: Client): void {
+    this.#busy.delete(conn)
+    this.#connections.release(conn)
+  }
+}
+

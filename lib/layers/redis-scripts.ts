@@ -1,0 +1,82 @@
+/**
+ * The Lua scripts of the Redis layer. Each touches keys of one hash slot only (they share a hash
+ * tag), so they run unchanged on Redis Cluster. Times are Redis server time, so processes with
+ * skewed clocks agree on expiry.
+ */
+import { createHash } from 'node:crypto'
+import type { Cluster, Redis } from 'ioredis'
+import { DEADLINE_WIDTH } from './redis-codec.js'
+
+export interface Script {
+  readonly lua: string
+  readonly sha: string
+  readonly keys: number
+}
+
+function script (keys: number, body: string): Script {
+  const lua = `local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n${body}`
+  return { lua, sha: createHash('sha1').update(lua).digest('hex'), keys }
+}
+
+/**
+ * Named channel send. KEYS[1] queue; ARGV capacity, expiry ms, payload.
+ * Drops expired messages at the head, refuses when `capacity` remain, appends with its deadline.
+ * Returns { accepted (1|0), server now }.
+ */
+export const queuePush = script(1, `
+local key = KEYS[1]
+local head = redis.call('LINDEX', key, 0)
+while head and (tonumber(string.sub(head, 1, ${DEADLINE_WIDTH})) or 0) <= now do
+  redis.call('LPOP', key)
+  head = redis.call('LINDEX', key, 0)
+end
+if redis.call('LLEN', key) >= tonumber(ARGV[1]) then return {0, now} end
+local expiry = tonumber(ARGV[2])
+redis.call('RPUSH', key, string.format('%0${DEADLINE_WIDTH}d', now + expiry) .. ARGV[3])
+if redis.call('PTTL', key) < expiry then redis.call('PEXPIRE', key, expiry) end
+return {1, now}
+`)
+
+/**
+ * Puts a popped element back at the head of its queue (its receiver left meanwhile), unless it
+ * expired. KEYS[1] queue; ARGV element. Returns 1 when put back.
+ */
+export const queuePushBack = script(1, `
+local remaining = (tonumber(string.sub(ARGV[1], 1, ${DEADLINE_WIDTH})) or 0) - now
+if remaining <= 0 then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < remaining then redis.call('PEXPIRE', KEYS[1], remaining) end
+return 1
+`)
+
+/**
+ * Records memberships. KEYS[1] a group's member set; ARGV pairs of (channel, ms to live).
+ * Forgets expired members and lets the key expire with its last member: nothing outlives its use.
+ * Returns the server time.
+ */
+export const recordMembers = script(1, `
+local key = KEYS[1]
+for i = 1, #ARGV, 2 do
+  redis.call('ZADD', key, now + tonumber(ARGV[i + 1]), ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', key, math.ceil(tonumber(last[2]))) end
+return now
+`)
+
+type Client = Redis | Cluster
+
+function isNoScript (err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith('NOSCRIPT')
+}
+
+/** EVALSHA, falling back to EVAL once when Redis lost its script cache (a restart, a new node). */
+export async function runScript (client: Client, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>): Promise<unknown> {
+  try {
+    return await client.evalsha(s.sha, s.keys, ...keys, ...args)
+  } catch (err) {
+    if (!isNoScript(err)) throw err
+    return await client.eval(s.lua, s.keys, ...keys, ...args)
+  }
+}

@@ -1,0 +1,97 @@
+import t, { type Test } from 'tap'
+import { Cluster, Redis } from 'ioredis'
+import { RedisChannelLayer } from '../../lib/layers/redis.js'
+import type { LayerMessage } from '../../lib/layers/types.js'
+import { conformance } from './conformance.js'
+import { startRedisCluster, uniquePrefix, type RedisCluster } from '../helpers/redis.js'
+
+// Redis Cluster: three masters made by the test, clients made the way users make them
+// (`new Cluster(nodes)`, no special options). The layer must use sharded pub/sub and keep every
+// multi-key operation on one slot.
+
+const clients: Cluster[] = []
+let cluster: RedisCluster | undefined
+
+function userClient (): Cluster {
+  if (cluster === undefined) throw new Error('cluster not started')
+  const client = new Cluster(cluster.nodes)
+  clients.push(client)
+  return client
+}
+
+t.before(async () => {
+  cluster = await startRedisCluster(t)
+})
+t.teardown(() => { for (const client of clients) client.disconnect() })
+
+const prefix = uniquePrefix('fc-cluster')
+conformance('RedisChannelLayer on Redis Cluster', options => new RedisChannelLayer({ client: userClient(), prefix, ...options }),
+  { shared: true, latency: 150 })
+
+function receiveWithin (layer: RedisChannelLayer, channel: string, ms = 3000): Promise<LayerMessage> {
+  const controller = new AbortController()
+  const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
+  return layer.receive(channel, { signal: controller.signal }).finally(() => clearTimeout(timer))
+}
+
+function open (t: Test, layerPrefix: string): RedisChannelLayer {
+  const layer = new RedisChannelLayer({ client: userClient(), prefix: layerPrefix })
+  t.teardown(() => layer.close())
+  return layer
+}
+
+t.test('group and direct sends across two layers use sharded pub/sub', async t => {
+  const nodes = (cluster as RedisCluster).nodes.map(node => {
+    const client = new Redis(node.port, node.host)
+    t.teardown(() => client.disconnect())
+    return client
+  })
+  const p = uniquePrefix('fc-shard')
+  const [a, b] = [open(t, p), open(t, p)]
+  // Several groups, so that they land on different shards.
+  const groups = ['alpha', 'bravo', 'charlie', 'delta', 'echo']
+  const [ca, cb] = [await a.newChannel(), await b.newChannel()]
+  for (const group of groups) {
+    await a.groupAdd(group, ca)
+    await b.groupAdd(group, cb)
+  }
+  for (const group of groups) {
+    await a.groupSend(group, { type: 'from.a', group })
+    await b.groupSend(group, { type: 'from.b', group })
+  }
+  const got: Record<string, string[]> = { a: [], b: [] }
+  for (let i = 0; i < groups.length * 2; i++) {
+    got.a.push(`${(await receiveWithin(a, ca)).type as string}`)
+    got.b.push(`${(await receiveWithin(b, cb)).type as string}`)
+  }
+  t.equal(got.a.length, 10, 'every group message reached the member of layer a')
+  t.equal(got.b.length, 10, 'and the member of layer b')
+  await a.send(cb, { type: 'direct.to.b' })
+  await b.send(ca, { type: 'direct.to.a' })
+  t.same(await receiveWithin(b, cb), { type: 'direct.to.b' })
+  t.same(await receiveWithin(a, ca), { type: 'direct.to.a' })
+  await a.send('cluster-jobs', { type: 'job' })
+  t.same(await receiveWithin(b, 'cluster-jobs'), { type: 'job' }, 'named channels work on the cluster')
+
+  const sharded = new Set<string>()
+  const classic = new Set<string>()
+  const owners = new Set<number>()
+  for (const [i, node] of nodes.entries()) {
+    const here = await node.call('PUBSUB', 'SHARDCHANNELS', `${p}:*`) as string[]
+    for (const channel of here) {
+      sharded.add(channel)
+      if (channel.startsWith(`${p}:g:`)) owners.add(i)
+    }
+    for (const channel of await node.pubsub('CHANNELS', `${p}:*`) as string[]) classic.add(channel)
+  }
+  for (const group of groups) t.ok(sharded.has(`${p}:g:{${group}}`), `group ${group} is a shard channel`)
+  t.ok(owners.size > 1, `the groups are spread over ${owners.size} shards`)
+  t.same([...classic], [], 'no classic (cluster-wide) pub/sub channel is used')
+  for (const group of groups) {
+    const slots = await Promise.all([`${p}:g:{${group}}`, `${p}:gm:{${group}}`, `${p}:gn:{${group}}`]
+      .map(name => nodes[0].call('CLUSTER', 'KEYSLOT', name)))
+    t.equal(new Set(slots).size, 1, `${group}: its channel and keys share one slot`)
+  }
+  await a.flush()
+  for (const node of nodes) t.same(await node.keys(`${p}:*`), [], 'flush emptied every master')
+})

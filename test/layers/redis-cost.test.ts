@@ -1,0 +1,93 @@
+import t, { type Test } from 'tap'
+import { Redis } from 'ioredis'
+import { RedisChannelLayer } from '../../lib/layers/redis.js'
+import type { LayerMessage } from '../../lib/layers/types.js'
+import { REDIS_URL, adminClient, commandStats, keysOf, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
+
+// What the Redis layer costs: Redis commands per groupSend (on a private redis-server, so that
+// INFO commandstats counts only this test), and what 10,000 join/leave cycles leave behind.
+
+function receiveWithin (layer: RedisChannelLayer, channel: string, ms = 3000): Promise<LayerMessage> {
+  const controller = new AbortController()
+  const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
+  return layer.receive(channel, { signal: controller.signal }).finally(() => clearTimeout(timer))
+}
+
+function layerOn (t: Test, url: string, prefix: string): RedisChannelLayer {
+  const layer = new RedisChannelLayer({ url, prefix })
+  t.teardown(() => layer.close())
+  return layer
+}
+
+t.test('one groupSend costs the same Redis commands for 2 and for 40 members in two processes', async t => {
+  const server = await startRedisServer(t)
+  const admin = new Redis(server.url)
+  t.teardown(() => admin.disconnect())
+  const prefix = uniquePrefix('fc-cost')
+  // Two layer instances stand for two processes; a third has no members and must hear nothing.
+  const [a, b, bystander] = [layerOn(t, server.url, prefix), layerOn(t, server.url, prefix), layerOn(t, server.url, prefix)]
+  await bystander.newChannel()
+
+  const measure = async (size: number): Promise<Record<string, number>> => {
+    const group = `cost-${size}`
+    const members: Array<[RedisChannelLayer, string]> = []
+    for (let i = 0; i < size; i++) {
+      const layer = i % 2 === 0 ? a : b
+      const channel = await layer.newChannel()
+      await layer.groupAdd(group, channel)
+      members.push([layer, channel])
+    }
+    t.equal(Number((await admin.pubsub('NUMSUB', `${prefix}:g:{${group}}`) as unknown[])[1]), 2,
+      `${size} members: only the two processes with members subscribe`)
+    await admin.config('RESETSTAT')
+    await a.groupSend(group, { type: 'cost.probe', size })
+    const received = await Promise.all(members.map(([layer, channel]) => receiveWithin(layer, channel)))
+    const stats = await commandStats(admin)
+    t.equal(received.filter(m => m.type === 'cost.probe').length, size, `all ${size} members received it`)
+    for (const name of Object.keys(stats)) if (name.startsWith('info') || name.startsWith('config')) delete stats[name]
+    t.comment(`${size} members: ${JSON.stringify(stats)}`)
+    return stats
+  }
+  const two = await measure(2)
+  const forty = await measure(40)
+  t.same(forty, two, 'the same commands, however many members')
+  t.equal(two.publish, 1, 'one PUBLISH per groupSend')
+  const total = Object.values(two).reduce((sum, n) => sum + n, 0)
+  t.ok(total <= 2, `at most 2 commands per groupSend (${total}): PUBLISH, and ZRANGE for named-channel members`)
+})
+
+t.test('10,000 join/leave cycles leave no keys, subscriptions or local state behind', async t => {
+  if (!await requireRedis(t)) return
+  const admin = adminClient(t)
+  const prefix = uniquePrefix('fc-cycles')
+  const [a, b] = [layerOn(t, REDIS_URL, prefix), layerOn(t, REDIS_URL, prefix)]
+  const lanes = 40
+  const perLane = 250
+  let delivered = 0
+  const lane = async (layer: RedisChannelLayer, n: number): Promise<void> => {
+    for (let i = 0; i < perLane; i++) {
+      // 50 rooms shared by 20 lanes per process: rooms empty out and fill up again all the time.
+      const group = `room-${(n * 7 + i) % 50}`
+      const channel = await layer.newChannel()
+      await layer.groupAdd(group, channel)
+      if (i % 100 === 0) {
+        await layer.send(channel, { type: 'welcome', i })
+        if ((await receiveWithin(layer, channel)).type === 'welcome') delivered++
+      }
+      if (i % 2 === 0) await layer.discardChannel(channel)
+      else await layer.groupDiscard(group, channel)
+    }
+  }
+  await Promise.all(Array.from({ length: lanes }, (_, n) => lane(n % 2 === 0 ? a : b, n)))
+  t.equal(delivered, lanes * Math.ceil(perLane / 100))
+  const keys = await keysOf(admin, prefix)
+  const channels = await admin.pubsub('CHANNELS', `${prefix}:*`) as string[]
+  t.comment(`after ${lanes * perLane} cycles: ${keys.length} keys, ${channels.length} subscribed channels, ` +
+    `a: ${JSON.stringify(a.inspect())}, b: ${JSON.stringify(b.inspect())}`)
+  t.same(keys, [], 'no keys')
+  t.same(channels.sort(), [`${prefix}:p:{${a.processToken}}`, `${prefix}:p:{${b.processToken}}`, `${prefix}:x`].sort(),
+    'only the two inboxes and the broadcast channel are subscribed')
+  for (const layer of [a, b]) {
+    t.same(layer.inspect(), { channels: 0, groups: 0, memberships: 0, subscriptions: 2, readers: 0, requests: 0 })
+  }
+})

@@ -1,0 +1,137 @@
+import t, { type Test } from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import { LayerTimeoutError } from '../../lib/errors.js'
+import { RedisChannelLayer } from '../../lib/layers/redis.js'
+import type { LayerMessage } from '../../lib/layers/types.js'
+import { freePort } from '../helpers/process.js'
+import { startRedisServer, uniquePrefix } from '../helpers/redis.js'
+
+// Redis going away: calls settle within `timeout` with LayerTimeoutError, the layer says so with
+// events, and after a restart (all data lost) subscriptions and memberships come back by themselves.
+
+const TIMEOUT = 1000
+// Timers on a loaded CI machine fire late; a call that settles within this is "within the timeout".
+const MARGIN = 1500
+
+const unhandled: unknown[] = []
+process.on('unhandledRejection', reason => { unhandled.push(reason) })
+
+async function settlesWith (t: Test, what: string, call: () => Promise<unknown>): Promise<void> {
+  const started = performance.now()
+  const err = await call().then(() => undefined, (e: unknown) => e)
+  const took = performance.now() - started
+  t.ok(err instanceof LayerTimeoutError, `${what}: rejects with LayerTimeoutError`, { found: err })
+  t.match(err, { code: 'FST_CHANNELS_LAYER_TIMEOUT' })
+  t.ok(took <= TIMEOUT + MARGIN, `${what}: settled in ${Math.round(took)} ms (timeout ${TIMEOUT} ms)`)
+}
+
+function receiveWithin (layer: RedisChannelLayer, channel: string, ms = 3000): Promise<LayerMessage> {
+  const controller = new AbortController()
+  const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
+  return layer.receive(channel, { signal: controller.signal }).finally(() => clearTimeout(timer))
+}
+
+function once (layer: RedisChannelLayer, event: string, ms: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no '${event}' within ${ms} ms`)), ms)
+    layer.once(event, () => {
+      clearTimeout(timer)
+      resolve()
+    })
+  })
+}
+
+t.test('Redis killed and restarted mid-stream', async t => {
+  const server = await startRedisServer(t)
+  const prefix = uniquePrefix('fc-restart')
+  const [a, b] = [new RedisChannelLayer({ url: server.url, prefix, timeout: TIMEOUT }), new RedisChannelLayer({ url: server.url, prefix, timeout: TIMEOUT })]
+  t.teardown(async () => { await Promise.all([a.close(), b.close()]) })
+  const events: string[] = []
+  for (const [name, layer] of [['a', a], ['b', b]] as const) {
+    layer.on('disconnect', () => events.push(`${name}:disconnect`))
+    layer.on('reconnect', () => events.push(`${name}:reconnect`))
+  }
+  const [ca, cb] = [await a.newChannel(), await b.newChannel()]
+  await a.groupAdd('live', ca)
+  await b.groupAdd('live', cb)
+
+  // A stream of group messages; the kill lands in the middle of it.
+  let streaming = true
+  let sent = 0
+  let failed = 0
+  const stream = (async () => {
+    while (streaming) {
+      await a.groupSend('live', { type: 'tick', n: sent }).then(() => { sent++ }, (err: unknown) => {
+        if (err instanceof LayerTimeoutError) failed++
+        else throw err
+      })
+      await sleep(10)
+    }
+  })()
+  await sleep(200)
+  const down = [once(a, 'disconnect', 5000), once(b, 'disconnect', 5000)]
+  const waitingWorker = b.receive('jobs').then(() => 'message', (e: unknown) => e)
+  await sleep(50)
+  await server.kill()
+  await Promise.all(down)
+  t.pass('both layers emitted disconnect')
+
+  await Promise.all([
+    settlesWith(t, 'groupSend', () => a.groupSend('live', { type: 'during' })),
+    settlesWith(t, 'send to a named channel', () => a.send('jobs', { type: 'during' })),
+    settlesWith(t, 'send to another process\' channel', () => a.send(cb, { type: 'during' })),
+    settlesWith(t, 'groupAdd', async () => a.groupAdd('another', ca)),
+    settlesWith(t, 'groupDiscard', () => b.groupDiscard('live', `specific.${a.processToken}!gone`)),
+    settlesWith(t, 'flush', () => b.flush())
+  ])
+  const worker = await waitingWorker
+  t.ok(worker instanceof LayerTimeoutError, 'a receive waiting on a named channel is told Redis is gone')
+  await t.resolves(a.send(ca, { type: 'local' }), 'a channel of this process needs no Redis')
+  let local: LayerMessage
+  do local = await receiveWithin(a, ca); while (local.type === 'tick')
+  t.same(local, { type: 'local' }, 'after the ticks that arrived before the kill')
+  t.equal(a.inspect().memberships, 1, 'the failed groupAdd was rolled back')
+
+  const up = [once(a, 'reconnect', 15_000), once(b, 'reconnect', 15_000)]
+  await server.start()
+  await Promise.all(up)
+  streaming = false
+  await stream
+  t.ok(sent > 0 && failed > 0, `the stream saw both sides of the outage (${sent} sent, ${failed} refused)`)
+  t.same(events.filter(e => e.endsWith('disconnect')).sort(), ['a:disconnect', 'b:disconnect'])
+  t.same(events.filter(e => e.endsWith('reconnect')).sort(), ['a:reconnect', 'b:reconnect'])
+
+  // Drain what the stream delivered before the kill; from now on only new messages count.
+  for (const [layer, channel] of [[a, ca], [b, cb]] as const) {
+    while (await receiveWithin(layer, channel, 200).then(() => true, () => false));
+  }
+  const admin = new Redis(server.url)
+  t.teardown(() => admin.disconnect())
+  t.same((await admin.zrange(`${prefix}:gm:{live}`, '0', '-1')).sort(), [ca, cb].sort(), 'memberships re-asserted in the empty Redis')
+  await a.groupSend('live', { type: 'after.restart' })
+  t.same(await receiveWithin(a, ca), { type: 'after.restart' }, 'reaches the member in the sending process')
+  t.same(await receiveWithin(b, cb), { type: 'after.restart' }, 'and in the other one, with no user code')
+  await a.send(cb, { type: 'direct.after' })
+  t.same(await receiveWithin(b, cb), { type: 'direct.after' }, 'the inbox is subscribed again')
+  await a.send('jobs', { type: 'job.after' })
+  t.same(await receiveWithin(b, 'jobs'), { type: 'job.after' }, 'named channels work again')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
+t.test('a layer whose Redis never answers: every call settles within the timeout', async t => {
+  const port = await freePort()
+  const layer = new RedisChannelLayer({ url: `redis://127.0.0.1:${port}`, prefix: uniquePrefix('fc-dead'), timeout: TIMEOUT })
+  await Promise.all([
+    settlesWith(t, 'newChannel', () => layer.newChannel()),
+    settlesWith(t, 'send', () => layer.send('jobs', { type: 'x' })),
+    settlesWith(t, 'groupSend', () => layer.groupSend('g', { type: 'x' })),
+    settlesWith(t, 'groupAdd', () => layer.groupAdd('g', 'specific.abc!x')),
+    settlesWith(t, 'receive from a named channel', () => layer.receive('jobs')),
+    settlesWith(t, 'connect', () => layer.connect())
+  ])
+  const started = performance.now()
+  await layer.close()
+  t.ok(performance.now() - started < 1000, 'close() does not wait for Redis')
+  t.same(unhandled, [], 'no unhandled rejection')
+})

@@ -1,0 +1,247 @@
+import t, { type Test } from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Redis } from 'ioredis'
+import { ChannelFullError, InvalidOptionError, LayerClosedError } from '../../lib/errors.js'
+import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/layers/redis.js'
+import type { LayerMessage } from '../../lib/layers/types.js'
+import { conformance } from './conformance.js'
+import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+
+// The Redis layer against the shared Redis at REDIS_URL: the conformance suite with two layer
+// instances standing in for two processes, then what only a shared backend has.
+
+if (await requireRedis(t)) {
+  const conformancePrefix = uniquePrefix('fc-conf')
+  conformance('RedisChannelLayer', options => new RedisChannelLayer({ url: REDIS_URL, prefix: conformancePrefix, ...options }),
+    { shared: true, latency: 100 })
+  t.teardown(async () => {
+    const admin = new Redis(REDIS_URL)
+    for (const key of await keysOf(admin, conformancePrefix)) await admin.unlink(key)
+    admin.disconnect()
+  })
+  tests()
+}
+
+function open (t: Test, options: RedisChannelLayerOptions = {}): RedisChannelLayer {
+  const layer = new RedisChannelLayer({ url: REDIS_URL, ...options })
+  t.teardown(() => layer.close())
+  return layer
+}
+
+async function next (layer: RedisChannelLayer, channel: string, ms = 2000): Promise<LayerMessage> {
+  const controller = new AbortController()
+  const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
+  try {
+    return await layer.receive(channel, { signal: controller.signal })
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+async function nothing (layer: RedisChannelLayer, channel: string, ms = 150): Promise<boolean> {
+  return await next(layer, channel, ms).then(() => false, () => true)
+}
+
+function tests (): void {
+  t.test('options are checked in the constructor', async t => {
+    const bad: Array<[string, RedisChannelLayerOptions]> = [
+      ['url', { url: 'http://localhost' }],
+      ['url', { url: 42 as never }],
+      ['prefix', { prefix: 'has:colon' }],
+      ['prefix', { prefix: '' }],
+      ['prefix', { prefix: 'a{b}' }],
+      ['timeout', { timeout: 0 }],
+      ['timeout', { timeout: Infinity }],
+      ['client', { client: {} as never }],
+      ['client', { client: new Redis({ lazyConnect: true }), url: REDIS_URL }],
+      ['redisOptions', { redisOptions: 'x' as never }],
+      ['capacity', { capacity: 0 }]
+    ]
+    for (const [option, options] of bad) {
+      t.throws(() => new RedisChannelLayer(options), InvalidOptionError, option)
+    }
+    const err = (() => { try { return new RedisChannelLayer({ prefix: 'a b' }) } catch (e) { return e } })()
+    t.match(err, { code: 'FST_CHANNELS_INVALID_OPTION', message: /prefix/ })
+    t.equal(open(t).prefix, 'channels', 'default prefix')
+  })
+
+  t.test('every key and pub/sub channel starts with the prefix; flush deletes only its own', async t => {
+    const admin = adminClient(t)
+    const [mine, theirs] = [uniquePrefix('fc-own'), uniquePrefix('fc-other')]
+    const a = open(t, { prefix: mine })
+    const b = open(t, { prefix: theirs })
+    for (const layer of [a, b]) {
+      const channel = await layer.newChannel()
+      await layer.groupAdd('room', channel)
+      await layer.groupAdd('room', 'named-member')
+      await layer.send('queue', { type: 'queued' })
+    }
+    const subscribed = await admin.pubsub('CHANNELS', '*') as string[]
+    t.ok(subscribed.filter(c => c.includes(mine)).every(c => c.startsWith(`${mine}:`)), 'channels prefixed')
+    t.ok(subscribed.some(c => c === `${mine}:g:{room}`), 'subscribed to its group')
+    const before = await keysOf(admin, mine)
+    t.ok(before.length >= 4, `keys written: ${before.join(', ')}`)
+    await a.flush()
+    t.same(await keysOf(admin, mine), [], 'flush deleted its keys')
+    t.ok((await keysOf(admin, theirs)).length >= 4, 'another prefix is untouched')
+  })
+
+  t.test('messages cross instances exactly: bytes, nesting, the same shape as in memory', async t => {
+    const prefix = uniquePrefix('fc-bytes')
+    const [a, b] = [open(t, { prefix }), open(t, { prefix })]
+    const bytes = Uint8Array.from({ length: 256 }, (_, i) => i)
+    const message = {
+      type: 'bin.all',
+      bytes,
+      buffer: Buffer.from('héllo'),
+      nested: { list: [1, -2.5, 'three', null, true, { deep: [new Uint8Array([7])] }], empty: {}, none: [] },
+      big: Number.MAX_SAFE_INTEGER,
+      unicode: 'ü✓😀'
+    }
+    const expected = { ...message, buffer: new Uint8Array(Buffer.from('héllo')) }
+    const direct = await b.newChannel()
+    await a.send(direct, message)
+    await a.send('shape-queue', message)
+    const got = [await next(b, direct), await next(b, 'shape-queue')]
+    for (const received of got) {
+      t.same(received, expected)
+      t.equal(Object.getPrototypeOf(received.bytes), Uint8Array.prototype, 'a plain Uint8Array, as in memory')
+      t.equal(Object.getPrototypeOf(received.buffer), Uint8Array.prototype, 'Buffers arrive as Uint8Array')
+      t.same([...(received.bytes as Uint8Array)], [...bytes])
+    }
+    bytes[0] = 99
+    t.equal((got[0].bytes as Uint8Array)[0], 0, 'the recipient owns its bytes')
+  })
+
+  t.test('named channels: capacity, expiry, and exactly one receiver across instances', async t => {
+    const prefix = uniquePrefix('fc-named')
+    // An expiry long enough that the fresh messages cannot expire on a loaded machine before they are received.
+    const [a, b] = [open(t, { prefix, capacity: 2, expiry: 1 }), open(t, { prefix, capacity: 2, expiry: 1 })]
+    await a.send('work', { type: 'n', n: 1 })
+    await b.send('work', { type: 'n', n: 2 })
+    const err = await a.send('work', { type: 'n', n: 3 }).catch((e: unknown) => e)
+    t.ok(err instanceof ChannelFullError, 'the third send is refused')
+    t.match(err, { code: 'FST_CHANNELS_CHANNEL_FULL' })
+    t.same(await next(b, 'work'), { type: 'n', n: 1 })
+    t.same(await next(a, 'work'), { type: 'n', n: 2 }, 'FIFO across senders and receivers')
+    await a.send('work', { type: 'stale' })
+    await sleep(1300)
+    await a.send('work', { type: 'fresh', n: 1 })
+    await a.send('work', { type: 'fresh', n: 2 })
+    t.same(await next(b, 'work'), { type: 'fresh', n: 1 }, 'the expired one is gone and freed its place')
+    t.same(await next(b, 'work'), { type: 'fresh', n: 2 })
+    t.ok(await nothing(a, 'work'))
+    t.same(await keysOf(adminClient(t), prefix), [], 'an empty queue leaves no key')
+  })
+
+  t.test('an aborted receive on a named channel gives its message back', async t => {
+    const prefix = uniquePrefix('fc-abort')
+    const [a, b] = [open(t, { prefix }), open(t, { prefix })]
+    for (let round = 0; round < 5; round++) {
+      const controller = new AbortController()
+      const pending = a.receive('handover', { signal: controller.signal }).catch(() => 'aborted')
+      await sleep(20)
+      controller.abort()
+      t.equal(await pending, 'aborted')
+      await b.send('handover', { type: 'kept', round })
+      t.same(await next(b, 'handover'), { type: 'kept', round }, `round ${round}: nothing was lost to the aborted receiver`)
+    }
+  })
+
+  t.test('a channel of another instance: full there means dropped there, counted and logged', async t => {
+    const prefix = uniquePrefix('fc-remote-full')
+    const [a, b] = [open(t, { prefix }), open(t, { prefix, capacity: 1 })]
+    const warnings: object[] = []
+    b.log = { warn: obj => { warnings.push(obj) }, debug: () => {}, error: () => {} }
+    const channel = await b.newChannel()
+    await a.send(channel, { type: 'first' })
+    await a.send(channel, { type: 'second' })
+    const deadline = Date.now() + 2000
+    while (b.stats.directSendDropped === 0 && Date.now() < deadline) await sleep(10)
+    t.equal(b.stats.directSendDropped, 1)
+    t.same(warnings, [{ channel }])
+    t.same(await next(b, channel), { type: 'first' })
+    t.ok(await nothing(b, channel))
+  })
+
+  t.test('groupAdd and discardChannel of another instance\'s channel take effect before they resolve', async t => {
+    const prefix = uniquePrefix('fc-remote-member')
+    const [a, b] = [open(t, { prefix }), open(t, { prefix })]
+    const channel = await b.newChannel()
+    await a.groupAdd('remote', channel)
+    await a.groupSend('remote', { type: 'via.a' })
+    t.same(await next(b, channel), { type: 'via.a' })
+    t.equal(b.inspect().memberships, 1, 'the membership lives where the channel does')
+    await a.discardChannel(channel)
+    t.equal(b.inspect().memberships, 0)
+    await b.groupSend('remote', { type: 'after' })
+    t.ok(await nothing(b, channel))
+    const gone = `specific.${'z'.repeat(12)}!x`
+    await t.resolves(a.groupAdd('remote', gone), 'a channel of a process that is gone: nothing to do')
+  })
+
+  t.test('a named channel can be a group member', async t => {
+    const prefix = uniquePrefix('fc-named-member')
+    const [a, b] = [open(t, { prefix, capacity: 1 }), open(t, { prefix, capacity: 1 })]
+    await a.groupAdd('crew', 'jobs')
+    const member = await b.newChannel()
+    await b.groupAdd('crew', member)
+    await b.groupSend('crew', { type: 'crew.one' })
+    t.same(await next(a, 'jobs'), { type: 'crew.one' })
+    t.same(await next(b, member), { type: 'crew.one' })
+    await a.groupSend('crew', { type: 'crew.two' })
+    await a.groupSend('crew', { type: 'crew.three' })
+    t.equal(a.stats.groupSendSkipped, 1, 'the full queue was skipped, not refused')
+    t.same(await next(b, 'jobs'), { type: 'crew.two' })
+    await a.groupDiscard('crew', 'jobs')
+    await a.groupSend('crew', { type: 'crew.four' })
+    t.ok(await nothing(b, 'jobs'))
+    await a.groupAdd('crew', 'jobs')
+    await a.send('jobs', { type: 'queued' })
+    await b.discardChannel('jobs')
+    t.ok(await nothing(a, 'jobs'), 'discardChannel emptied the queue')
+    await a.groupSend('crew', { type: 'crew.five' })
+    t.ok(await nothing(a, 'jobs'), 'and left the group')
+  })
+
+  t.test('memberships are recorded in Redis and removed with them', async t => {
+    const admin = adminClient(t)
+    const prefix = uniquePrefix('fc-records')
+    const layer = open(t, { prefix, groupExpiry: 30 })
+    const [c1, c2] = [await layer.newChannel(), await layer.newChannel()]
+    await layer.groupAdd('recorded', c1)
+    await layer.groupAdd('recorded', c2)
+    const key = `${prefix}:gm:{recorded}`
+    t.same((await admin.zrange(key, '0', '-1')).sort(), [c1, c2].sort())
+    const ttl = await admin.pttl(key)
+    t.ok(ttl > 0 && ttl <= 30_000, `the key expires with its members (${ttl} ms)`)
+    await layer.groupDiscard('recorded', c1)
+    t.same(await admin.zrange(key, '0', '-1'), [c2])
+    await layer.discardChannel(c2)
+    t.equal(await admin.exists(key), 0, 'no member, no key')
+    t.same(layer.inspect(), { channels: 0, groups: 0, memberships: 0, subscriptions: 2, readers: 0, requests: 0 },
+      'only the inbox and broadcast subscriptions are left')
+  })
+
+  t.test('close() ends only what the layer opened', async t => {
+    const admin = adminClient(t)
+    const client = new Redis(REDIS_URL)
+    t.teardown(() => client.disconnect())
+    const prefix = uniquePrefix('fc-close')
+    const layer = new RedisChannelLayer({ client, prefix })
+    const channel = await layer.newChannel()
+    await layer.groupAdd('g', channel)
+    const pending = layer.receive('named-wait').catch((e: unknown) => e)
+    await sleep(50)
+    const name = `${prefix}:${layer.processToken}`
+    const ours = async (): Promise<number> => (await admin.client('LIST') as string).split('\n').filter(l => l.includes(`name=${name}`)).length
+    t.ok(await ours() >= 2, 'subscriber and blocking connections are open')
+    await layer.close()
+    t.ok(await pending instanceof LayerClosedError, 'the waiting receive is rejected')
+    const deadline = Date.now() + 2000
+    while (await ours() > 0 && Date.now() < deadline) await sleep(20)
+    t.equal(await ours(), 0, 'every connection it opened is closed')
+    t.equal(await client.ping(), 'PONG', 'the user\'s client is still open')
+    t.equal(await admin.exists(`${prefix}:gm:{g}`), 0, 'its membership records were removed')
+  })
+}
