@@ -1,0 +1,59 @@
+/**
+ * Dispatch of layer messages by `type`, shared by WebSocket consumers and background workers.
+ *
+ * `'chat.message'` → `chatMessage()`, falling back to Django's `chat_message()`. Types starting
+ * with `_`, and names that belong to the base classes or to `Object.prototype`, are never
+ * dispatched: a message must not be able to call `close`, `send`, `constructor` or `toString`.
+ */
+
+export type MessageHandler = (message: object) => unknown
+
+const reserved = new Set<string>(Object.getOwnPropertyNames(Object.prototype))
+
+/** Marks every name on a base class prototype (and the given instance fields) as not dispatchable. */
+export function reserveNames (proto: object, fields: readonly string[] = []): void {
+  for (const name of Object.getOwnPropertyNames(proto)) reserved.add(name)
+  for (const name of fields) reserved.add(name)
+}
+
+const cache = new WeakMap<object, Map<string, string | null>>()
+
+/** The method names a type may resolve to, in the order they are tried. */
+export function handlerNames (type: string): string[] {
+  if (type.length === 0 || type[0] === '_') return []
+  const parts = type.split(/[._]/).filter(part => part.length > 0)
+  if (parts.length === 0) return []
+  const camel = parts[0] + parts.slice(1).map(p => p[0].toUpperCase() + p.slice(1)).join('')
+  const snake = type.replaceAll('.', '_')
+  return camel === snake ? [camel] : [camel, snake]
+}
+
+/** Finds the handler for `type` on `target`, or undefined when none may be called. */
+export function findHandler (target: object, type: string): MessageHandler | undefined {
+  const proto = Object.getPrototypeOf(target) as object
+  let byType = cache.get(proto)
+  if (byType === undefined) {
+    byType = new Map()
+    cache.set(proto, byType)
+  }
+  let name = byType.get(type)
+  if (name === undefined) {
+    name = null
+    for (const candidate of handlerNames(type)) {
+      if (!reserved.has(candidate) && typeof (proto as Record<string, unknown>)[candidate] === 'function') {
+        name = candidate
+        break
+      }
+    }
+    // Bound the cache: types come from the network, a flood of distinct ones must not grow memory.
+    if (byType.size < 1000) byType.set(type, name)
+  }
+  if (name !== null) return (target as Record<string, MessageHandler>)[name]
+  // Handlers assigned as instance fields (arrow functions) are found too, but are not cached.
+  for (const candidate of handlerNames(type)) {
+    if (reserved.has(candidate) || !Object.hasOwn(target, candidate)) continue
+    const value = (target as Record<string, unknown>)[candidate]
+    if (typeof value === 'function') return value as MessageHandler
+  }
+  return undefined
+}

@@ -1,0 +1,19 @@
+export { fastifyChannels, fastifyChannels as default } from './plugin.js'
+export type { FastifyChannelsOptions } from './plugin.js'
+export { WebsocketConsumer } from './consumer.js'
+export type { WebsocketRouteHandler, ConsumerClass } from './consumer.js'
+export { JsonWebsocketConsumer } from './json-consumer.js'
+export { ChannelConsumer } from './worker.js'
+export type { ChannelConsumerClass } from './worker.js'
+export type { Scope, ChannelsUser, GetUser } from './scope.js'
+export { login, logout } from './auth.js'
+export { BaseChannelLayer } from './layers/base.js'
+export { InMemoryChannelLayer } from './layers/in-memory.js'
+export { RedisChannelLayer } from './layers/redis.js'
+export type { RedisChannelLayerOptions, RedisLayerStats, RedisLayerInspection } from './layers/redis.js'
+export type { ChannelLayer, LayerMessage, LayerValue, ReceiveOptions, LayerLogger } from './layers/types.js'
+export {
+  ChannelFullError, InvalidChannelNameError, InvalidMessageError,
+  LayerClosedError, LayerTimeoutError, InvalidOptionError,
+  TooManyGroupsError, SessionRequiredError
+} from './errors.js'

@@ -1,0 +1,71 @@
+/**
+ * `JsonWebsocketConsumer`: text frames carry JSON. Decoding is safe against prototype poisoning
+ * and against nesting deep enough to overflow the stack later (in `JSON.stringify`, in a layer
+ * copy); a frame that is not acceptable JSON closes only its own connection, with 1003.
+ */
+import secureJson from 'secure-json-parse'
+import { WebsocketConsumer } from './consumer.js'
+import { reserveNames } from './dispatch.js'
+
+/** Deepest nesting a decoded frame may have. */
+export const MAX_JSON_DEPTH = 64
+
+export class JsonWebsocketConsumer extends WebsocketConsumer {
+  /** Encodes an outgoing value; override for another encoding. */
+  static encodeJson (value: unknown): string {
+    return JSON.stringify(value)
+  }
+
+  /** Decodes an incoming text frame; throw to refuse it (the connection closes with 1003). */
+  static decodeJson (text: string): unknown {
+    const value: unknown = secureJson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
+    const depth = nestingDepth(value)
+    if (depth > MAX_JSON_DEPTH) throw new Error(`nested deeper than ${MAX_JSON_DEPTH} levels`)
+    return value
+  }
+
+  override async receive (text: string | undefined, bytes: Buffer | undefined): Promise<void> {
+    if (text === undefined) {
+      this.log.warn({ channel: this.channelName, bytes: bytes?.length }, 'binary frame sent to a JSON consumer; closing with 1003')
+      await this.close(1003, 'binary frames are not accepted: send JSON text')
+      return
+    }
+    const ctor = this.constructor as typeof JsonWebsocketConsumer
+    let content: unknown
+    try {
+      content = ctor.decodeJson(text)
+    } catch (err) {
+      const problem = err instanceof Error ? err.message : String(err)
+      this.log.warn({ channel: this.channelName, err }, 'invalid JSON frame; closing with 1003')
+      await this.close(1003, `invalid JSON: ${problem}`)
+      return
+    }
+    await this.receiveJson(content)
+  }
+
+  /** One decoded JSON frame. */
+  async receiveJson (content: unknown): Promise<void> {}
+
+  /** Sends `content` as one JSON text frame. */
+  async sendJson (content: unknown): Promise<void> {
+    await this.send((this.constructor as typeof JsonWebsocketConsumer).encodeJson(content))
+  }
+}
+
+reserveNames(JsonWebsocketConsumer.prototype)
+
+/** Iterative, so hostile input cannot overflow the stack while being measured. */
+function nestingDepth (value: unknown): number {
+  if (value === null || typeof value !== 'object') return 0
+  let max = 0
+  const stack: Array<[object, number]> = [[value, 1]]
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop() as [object, number]
+    if (depth > max) max = depth
+    if (max > MAX_JSON_DEPTH) return max
+    for (const child of Object.values(node)) {
+      if (child !== null && typeof child === 'object') stack.push([child, depth + 1])
+    }
+  }
+  return max
+}

@@ -1,0 +1,106 @@
+/**
+ * The connection scope: Channels' `scope`, built once per connection after the route's hooks ran,
+ * so it sees what authentication hooks put on the request. `@fastify/cookie` and
+ * `@fastify/session` are detected, never required.
+ */
+import type { IncomingHttpHeaders } from 'node:http'
+import type { FastifyRequest } from 'fastify'
+import type { FastifySessionObject } from '@fastify/session'
+
+/**
+ * The signed-in user. Empty on purpose: augment it with the shape your app stores, e.g.
+ * `declare module 'fastify-channels' { interface ChannelsUser { id: string } }`.
+ */
+// eslint-disable-next-line @typescript-eslint/no-empty-interface
+export interface ChannelsUser {}
+
+export interface Scope {
+  type: 'websocket'
+  /** The decoded path, without the query string. */
+  path: string
+  /** The path as the client sent it. */
+  rawPath: string
+  queryString: string
+  query: Record<string, string | string[]>
+  /** Route params: Channels' `url_route` kwargs. */
+  params: Record<string, string>
+  headers: IncomingHttpHeaders
+  /** Filled by `@fastify/cookie`; `{}` without it. */
+  cookies: Record<string, string>
+  /**
+   * The `@fastify/session` session (always the request's current one, also after `reload()`);
+   * null without the plugin. Changes are stored only by `await scope.session.save()`.
+   */
+  session: FastifySessionObject | null
+  /** From the plugin's `getUser`; null when anonymous. `login()` and `logout()` update it. */
+  user: ChannelsUser | null
+  client: { address: string; port: number }
+  server: { address: string; port: number }
+  /** The subprotocols the client offered, in its order. */
+  subprotocols: string[]
+  request: FastifyRequest
+}
+
+export type GetUser = (request: FastifyRequest) => ChannelsUser | null | undefined | Promise<ChannelsUser | null | undefined>
+
+/**
+ * The request's `@fastify/session` session, or null: without the plugin, and also when the plugin
+ * left a bare `{}` (the request's path is outside the session cookie's `path`).
+ */
+export function sessionOf (request: FastifyRequest): FastifySessionObject | null {
+  const session = (request as unknown as { session?: unknown }).session
+  if (session === null || typeof session !== 'object') return null
+  const { get, save } = session as Partial<Record<'get' | 'save', unknown>>
+  return typeof get === 'function' && typeof save === 'function' ? session as FastifySessionObject : null
+}
+
+/** The default `getUser`: `request.user` (set by @fastify/jwt, @fastify/passport or any hook), else the session's `'user'`. */
+export const defaultGetUser: GetUser = (request) => {
+  const user = (request as unknown as { user?: unknown }).user ??
+    (sessionOf(request) as { get (key: string): unknown } | null)?.get('user') ?? null
+  return user as ChannelsUser | null
+}
+
+function decodePath (rawPath: string): string {
+  try {
+    return decodeURIComponent(rawPath)
+  } catch {
+    return rawPath
+  }
+}
+
+function parseSubprotocols (header: string | undefined): string[] {
+  if (header === undefined) return []
+  return header.split(',').map(p => p.trim()).filter(p => p.length > 0)
+}
+
+export async function buildScope (request: FastifyRequest, getUser: GetUser): Promise<Scope> {
+  const url = request.url
+  const q = url.indexOf('?')
+  const rawPath = q === -1 ? url : url.slice(0, q)
+  const socket = request.raw.socket as typeof request.raw.socket | undefined
+  const cookies = (request as unknown as { cookies?: Record<string, string | undefined> | null }).cookies
+  const user = (await getUser(request)) ?? null
+  const scope: Omit<Scope, 'session'> = {
+    type: 'websocket',
+    path: decodePath(rawPath),
+    rawPath,
+    queryString: q === -1 ? '' : url.slice(q + 1),
+    query: { ...(request.query as Record<string, string | string[]> | undefined) },
+    params: { ...(request.params as Record<string, string> | undefined) },
+    headers: request.headers,
+    cookies: cookies == null ? {} : Object.fromEntries(Object.entries(cookies).filter((e): e is [string, string] => typeof e[1] === 'string')),
+    user,
+    client: { address: request.ip ?? socket?.remoteAddress ?? '', port: socket?.remotePort ?? 0 },
+    server: { address: socket?.localAddress ?? '', port: socket?.localPort ?? 0 },
+    subprotocols: parseSubprotocols(request.headers['sec-websocket-protocol']),
+    request
+  }
+  // A getter, so a consumer that calls `scope.session.reload()` (which replaces request.session)
+  // keeps seeing the live session.
+  return Object.defineProperty(scope, 'session', {
+    enumerable: true,
+    get: () => sessionOf(request),
+    set: (value: FastifySessionObject | null) => { (request as unknown as { session: unknown }).session = value }
+  }) as Scope
+}

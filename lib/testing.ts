@@ -1,0 +1,182 @@
+/**
+ * `fastify-channels/testing`: Channels' `WebsocketCommunicator`, over `app.injectWS`, so a test
+ * talks to a consumer through a real WebSocket without opening a network port.
+ */
+import type { FastifyInstance } from 'fastify'
+import type { WebSocket, RawData } from 'ws'
+import { kConnection } from './consumer.js'
+import { toBuffer, type Connection } from './connection.js'
+
+export interface CommunicatorOptions {
+  headers?: Record<string, string>
+  subprotocols?: string[]
+}
+
+export interface ConnectResult {
+  connected: boolean
+  /** The subprotocol the consumer accepted with; null when none. */
+  subprotocol: string | null
+  /** 101 when connected, else the HTTP status of the refusal. */
+  status: number
+}
+
+export interface CloseEvent { code: number; reason: string }
+
+const DEFAULT_TIMEOUT = 1000
+const kTag = Symbol('fastify-channels.communicator')
+
+export class WebsocketCommunicator {
+  readonly app: FastifyInstance
+  readonly path: string
+  readonly options: CommunicatorOptions
+  /** Resolves when the connection has closed, with the close code and reason the client saw. */
+  readonly closed: Promise<CloseEvent>
+
+  #ws: WebSocket | null = null
+  #serverSocket: WebSocket | null = null
+  #connection: Connection | undefined
+  #inbox: Array<string | Buffer> = []
+  #waiters: Array<() => void> = []
+  #closeEvent: CloseEvent | null = null
+  #resolveClosed!: (event: CloseEvent) => void
+
+  constructor (app: FastifyInstance, path: string, options: CommunicatorOptions = {}) {
+    this.app = app
+    this.path = path
+    this.options = options
+    this.closed = new Promise(resolve => { this.#resolveClosed = resolve })
+  }
+
+  async connect (timeout = DEFAULT_TIMEOUT): Promise<ConnectResult> {
+    await this.app.ready()
+    const tag = {}
+    let subprotocol: string | null = null
+    const onHeaders = (headers: string[], req: Record<symbol, unknown>): void => {
+      if (req[kTag] !== tag) return
+      this.#connection = req[kConnection] as Connection | undefined
+      const line = headers.find(h => h.toLowerCase().startsWith('sec-websocket-protocol:'))
+      if (line !== undefined) subprotocol = line.slice(line.indexOf(':') + 1).trim()
+    }
+    // injectWS's in-memory duplex never emits 'close' as a TCP socket does once both sides have
+    // ended, so the server would wait for ws' close timeout: end the server side as TCP would.
+    const onConnection = (socket: WebSocket, req: Record<symbol, unknown>): void => {
+      if (req[kTag] === tag) this.#serverSocket = socket
+    }
+    const wss = this.app.websocketServer
+    wss.on('headers', onHeaders)
+    wss.on('connection', onConnection)
+    const headers: Record<string, string> = { ...this.options.headers }
+    if (this.options.subprotocols !== undefined && this.options.subprotocols.length > 0) {
+      headers['sec-websocket-protocol'] = this.options.subprotocols.join(', ')
+    }
+    try {
+      const ws = await withTimeout(
+        this.app.injectWS(this.path, { headers, [kTag]: tag } as never, {
+          onInit: (ws) => {
+            // injectWS builds its client without ws' defaults, so it would not answer pings as every browser does.
+            ws.on('ping', (data: Buffer) => ws.pong(data))
+            ws.on('message', (data: RawData, binary: boolean) => this.#push(binary ? toBuffer(data) : toBuffer(data).toString('utf8')))
+            ws.on('close', (code: number, reason: Buffer) => this.#onClose(code, reason.toString('utf8')))
+          }
+        }),
+        timeout, `connect to ${this.path}`)
+      this.#ws = ws
+      return { connected: true, subprotocol, status: 101 }
+    } catch (err) {
+      const match = /Unexpected server response: (\d+)/.exec((err as Error).message)
+      if (match === null) throw err
+      this.#onClose(1006, 'handshake refused')
+      return { connected: false, subprotocol: null, status: Number(match[1]) }
+    } finally {
+      wss.off('headers', onHeaders)
+      wss.off('connection', onConnection)
+    }
+  }
+
+  async sendTo (data: string | Uint8Array): Promise<void> {
+    const ws = this.#open()
+    await new Promise<void>((resolve, reject) => ws.send(data, { binary: typeof data !== 'string' }, err => err ? reject(err) : resolve()))
+  }
+
+  async sendJsonTo (content: unknown): Promise<void> {
+    await this.sendTo(JSON.stringify(content))
+  }
+
+  /** The next frame: a string for text, a Buffer for binary. Rejects on timeout or when closed. */
+  async receiveFrom (timeout = DEFAULT_TIMEOUT): Promise<string | Buffer> {
+    const deadline = Date.now() + timeout
+    while (this.#inbox.length === 0) {
+      if (this.#closeEvent !== null) {
+        throw new Error(`connection closed (code ${this.#closeEvent.code}${this.#closeEvent.reason === '' ? '' : ': ' + this.#closeEvent.reason}) before a frame arrived`)
+      }
+      const left = deadline - Date.now()
+      if (left <= 0) throw new Error(`no frame received within ${timeout} ms`)
+      await this.#wait(left)
+    }
+    return this.#inbox.shift() as string | Buffer
+  }
+
+  async receiveJsonFrom (timeout = DEFAULT_TIMEOUT): Promise<unknown> {
+    const frame = await this.receiveFrom(timeout)
+    if (typeof frame !== 'string') throw new Error('expected a text frame with JSON, got a binary frame')
+    return JSON.parse(frame)
+  }
+
+  /** True when no frame arrives within `timeout` ms (frames already received count). */
+  async receiveNothing (timeout = 100): Promise<boolean> {
+    if (this.#inbox.length > 0) return false
+    await new Promise(resolve => setTimeout(resolve, timeout))
+    return this.#inbox.length === 0
+  }
+
+  /** Closes from the client side and waits until the consumer's `disconnect()` has finished. */
+  async disconnect (code = 1000, reason = '', timeout = DEFAULT_TIMEOUT): Promise<void> {
+    if (this.#ws !== null && this.#closeEvent === null) this.#ws.close(code, reason)
+    await withTimeout(this.closed, timeout, 'close handshake')
+    if (this.#connection !== undefined) await withTimeout(this.#connection.finished, timeout, 'consumer disconnect()')
+  }
+
+  /** Resolves when the server side has finished with this connection (disconnect and clean-up done). */
+  async serverFinished (timeout = DEFAULT_TIMEOUT): Promise<void> {
+    if (this.#connection !== undefined) await withTimeout(this.#connection.finished, timeout, 'consumer disconnect()')
+  }
+
+  #open (): WebSocket {
+    if (this.#ws === null) throw new Error('not connected: call connect() first')
+    if (this.#closeEvent !== null) throw new Error(`connection closed (code ${this.#closeEvent.code})`)
+    return this.#ws
+  }
+
+  #push (frame: string | Buffer): void {
+    this.#inbox.push(frame)
+    for (const wake of this.#waiters.splice(0)) wake()
+  }
+
+  #onClose (code: number, reason: string): void {
+    if (this.#closeEvent !== null) return
+    this.#closeEvent = { code, reason }
+    this.#serverSocket?.terminate()
+    this.#resolveClosed(this.#closeEvent)
+    for (const wake of this.#waiters.splice(0)) wake()
+  }
+
+  #wait (ms: number): Promise<void> {
+    return new Promise(resolve => {
+      const timer = setTimeout(done, ms)
+      function done (): void { clearTimeout(timer); resolve() }
+      this.#waiters.push(done)
+    })
+  }
+}
+
+async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
+  })
+  try {
+    return await Promise.race([promise, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}

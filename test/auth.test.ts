@@ -1,0 +1,181 @@
+/**
+ * `login()` / `logout()` over a socket, seen by the next HTTP request with the same cookie: with
+ * `@fastify/session`'s default store and with a slow store (300 ms per call), where frames sent
+ * while the session is being saved must all be handled, in order, after it. Also the save rule for
+ * other session changes, and the clear errors when there is no session or the store fails.
+ */
+import t from 'tap'
+import { JsonWebsocketConsumer, login, logout } from '../lib/index.js'
+import { WebsocketCommunicator } from '../lib/testing.js'
+import type { FastifyInstance, Session as StoredSession } from 'fastify'
+import { buildApp } from './helpers/app.js'
+import { buildSessionApp, sessionCookie, sessionData } from './helpers/session.js'
+
+type Session = { get (key: string): unknown, set (key: string, value: unknown): void, save (): Promise<void> }
+
+class Account extends JsonWebsocketConsumer {
+  override async receiveJson (content: { login?: string | null, logout?: true, set?: [string, string], save?: true, echo?: number }) {
+    const session = this.scope.session as unknown as Session | null
+    try {
+      if (content.login !== undefined) await login(this.scope, content.login === null ? null as never : { name: content.login })
+      if (content.logout === true) await logout(this.scope)
+      if (content.set !== undefined) session?.set(content.set[0], content.set[1])
+      if (content.save === true) await session?.save()
+      await this.sendJson({ ...content, user: this.scope.user, sessionUser: session?.get('user') ?? null })
+    } catch (err) {
+      await this.sendJson({ ...content, error: (err as { code?: string }).code ?? String(err) })
+    }
+  }
+}
+
+function routes (app: FastifyInstance): void {
+  app.get('/page', async (request) => ({ sessionId: sessionData(request).sessionId }))
+  app.get('/me', async (request) => {
+    const session = sessionData(request)
+    return { sessionId: session.sessionId, user: session.get('user') ?? null, theme: session.get('theme') ?? null }
+  })
+  app.get('/ws', { websocket: true }, Account.asHandler())
+}
+
+/** A session cookie the way a browser gets one: from an earlier HTTP response. */
+async function browserSession (app: FastifyInstance): Promise<{ cookie: string, sessionId: string }> {
+  const page = await app.inject({ url: '/page' })
+  return { cookie: sessionCookie(page), sessionId: page.json().sessionId }
+}
+
+async function me (app: FastifyInstance, cookie: string): Promise<{ sessionId: string, user: unknown, theme: unknown }> {
+  return (await app.inject({ url: '/me', headers: { cookie } })).json()
+}
+
+t.test('login over the socket is seen by the next HTTP request; logout too; the session id never changes', async t => {
+  const { app } = await buildSessionApp({}, routes)
+  t.teardown(() => app.close())
+  const { cookie, sessionId } = await browserSession(app)
+  t.match(await me(app, cookie), { sessionId, user: null })
+
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await comm.connect()
+  await comm.sendJsonTo({ login: 'alice' })
+  t.same(await comm.receiveJsonFrom(), { login: 'alice', user: { name: 'alice' }, sessionUser: { name: 'alice' } }, 'scope.user and the session both updated')
+  t.same(await me(app, cookie), { sessionId, user: { name: 'alice' }, theme: null }, 'HTTP with the same cookie sees the login')
+
+  await comm.sendJsonTo({ logout: true })
+  t.same(await comm.receiveJsonFrom(), { logout: true, user: null, sessionUser: null })
+  t.same(await me(app, cookie), { sessionId, user: null, theme: null }, 'HTTP sees the logout')
+  await comm.disconnect()
+
+  // A new socket with the same cookie starts as whoever the session says.
+  await app.inject({ url: '/me', headers: { cookie } })
+  const again = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await again.connect()
+  await again.sendJsonTo({ login: 'bob' })
+  t.match(await again.receiveJsonFrom(), { user: { name: 'bob' } })
+  await again.disconnect()
+  const next = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await next.connect()
+  await next.sendJsonTo({ echo: 1 })
+  t.match(await next.receiveJsonFrom(), { echo: 1, user: { name: 'bob' } }, 'the next socket\'s scope.user comes from the saved session')
+  await next.disconnect()
+})
+
+/** A store like a remote one: every call takes 300 ms and data is stored serialized. */
+class SlowStore {
+  readonly data = new Map<string, string>()
+  sets = 0
+  failSets = false
+  set (id: string, session: unknown, callback: (err?: Error) => void): void {
+    const json = JSON.stringify(session)
+    setTimeout(() => {
+      if (this.failSets) { callback(new Error('store is read-only')); return }
+      this.sets++
+      this.data.set(id, json)
+      callback()
+    }, 300)
+  }
+
+  get (id: string, callback: (err: Error | null, session?: StoredSession | null) => void): void {
+    setTimeout(() => {
+      const json = this.data.get(id)
+      callback(null, json === undefined ? null : JSON.parse(json) as StoredSession)
+    }, 300)
+  }
+
+  destroy (id: string, callback: (err?: Error) => void): void {
+    setTimeout(() => { this.data.delete(id); callback() }, 300)
+  }
+}
+
+t.test('a slow store (300 ms): frames sent while login() saves are all handled, in order, after it', async t => {
+  const store = new SlowStore()
+  const { app } = await buildSessionApp({}, routes, { store })
+  t.teardown(() => app.close())
+  const { cookie, sessionId } = await browserSession(app)
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await comm.connect()
+  const setsBefore = store.sets
+  // Sent back to back: the five echoes arrive while the save is still in flight.
+  await comm.sendJsonTo({ login: 'alice' })
+  for (let i = 1; i <= 5; i++) await comm.sendJsonTo({ echo: i })
+  t.match(await comm.receiveJsonFrom(), { login: 'alice', user: { name: 'alice' } })
+  t.equal(store.sets, setsBefore + 1, 'login() resolved only once the store had the session')
+  for (let i = 1; i <= 5; i++) {
+    t.same(await comm.receiveJsonFrom(), { echo: i, user: { name: 'alice' }, sessionUser: { name: 'alice' } }, `frame ${i} kept, in order, after the login`)
+  }
+  t.ok(await comm.receiveNothing(50))
+  t.same(await me(app, cookie), { sessionId, user: { name: 'alice' }, theme: null }, 'HTTP sees the login through the slow store')
+
+  await comm.sendJsonTo({ logout: true })
+  await comm.sendJsonTo({ echo: 6 })
+  t.match(await comm.receiveJsonFrom(), { logout: true, user: null })
+  t.match(await comm.receiveJsonFrom(), { echo: 6, user: null })
+  t.match(await me(app, cookie), { sessionId, user: null })
+
+  // A store that fails: login() rejects, and neither scope.user nor the session pretends otherwise.
+  store.failSets = true
+  await comm.sendJsonTo({ login: 'mallory' })
+  t.match(await comm.receiveJsonFrom(), { login: 'mallory', error: /read-only/ })
+  await comm.sendJsonTo({ echo: 7 })
+  t.same(await comm.receiveJsonFrom(), { echo: 7, user: null, sessionUser: null })
+  store.failSets = false
+  await comm.disconnect()
+})
+
+t.test('other session changes reach HTTP only after `await scope.session.save()`', async t => {
+  const { app } = await buildSessionApp({}, routes)
+  t.teardown(() => app.close())
+  const { cookie } = await browserSession(app)
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await comm.connect()
+  await comm.sendJsonTo({ set: ['theme', 'dark'] })
+  await comm.receiveJsonFrom()
+  t.match(await me(app, cookie), { theme: null }, 'set() alone is not saved')
+  await comm.sendJsonTo({ set: ['theme', 'light'], save: true })
+  await comm.receiveJsonFrom()
+  t.match(await me(app, cookie), { theme: 'light' }, 'saved')
+  await comm.disconnect()
+})
+
+t.test('login() without a session cookie works for this socket and warns that HTTP will not see it', async t => {
+  const { app, logs } = await buildSessionApp({}, routes)
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendJsonTo({ login: 'alice' })
+  t.match(await comm.receiveJsonFrom(), { user: { name: 'alice' } })
+  t.ok(logs.some(l => l.level === 40 && typeof l.msg === 'string' && l.msg.includes('no cookie for this session')), 'warned')
+  await comm.disconnect()
+})
+
+t.test('login()/logout() without @fastify/session, or without a user, fail with a clear error', async t => {
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Account.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendJsonTo({ login: 'alice' })
+  t.match(await comm.receiveJsonFrom(), { error: 'FST_CHANNELS_SESSION_REQUIRED' })
+  await comm.sendJsonTo({ logout: true })
+  t.match(await comm.receiveJsonFrom(), { error: 'FST_CHANNELS_SESSION_REQUIRED' })
+  await comm.sendJsonTo({ login: null })
+  t.match(await comm.receiveJsonFrom(), { error: 'FST_CHANNELS_INVALID_OPTION' })
+  await comm.disconnect()
+})

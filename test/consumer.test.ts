@@ -1,0 +1,334 @@
+import t from 'tap'
+import { WebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type LayerMessage } from '../lib/index.js'
+import { WebsocketCommunicator } from '../lib/testing.js'
+import { buildApp, sleep } from './helpers/app.js'
+
+const inspect = (app: { channelLayer: unknown }) => (app.channelLayer as InMemoryChannelLayer).inspect()
+
+t.test('accept() completes the handshake, with the subprotocol it names', async t => {
+  class Proto extends WebsocketConsumer {
+    override async connect () { await this.accept(this.scope.subprotocols.includes('v2') ? 'v2' : undefined) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Proto.asHandler()))
+  t.teardown(() => app.close())
+  const withProto = new WebsocketCommunicator(app, '/ws', { subprotocols: ['v1', 'v2'] })
+  t.same(await withProto.connect(), { connected: true, subprotocol: 'v2', status: 101 })
+  const without = new WebsocketCommunicator(app, '/ws')
+  t.same(await without.connect(), { connected: true, subprotocol: null, status: 101 })
+  const other = new WebsocketCommunicator(app, '/ws', { subprotocols: ['v1'] })
+  t.same(await other.connect(), { connected: true, subprotocol: null, status: 101 }, 'no subprotocol unless accept() names one')
+})
+
+t.test('connect() refuses: close() before accept and returning without accept give 403; a throw gives 500 and is logged', async t => {
+  class Closes extends WebsocketConsumer { override async connect () { await this.close() } }
+  class Returns extends WebsocketConsumer { override async connect () {} }
+  class Throws extends WebsocketConsumer { override async connect () { throw new Error('database down') } }
+  let built = 0
+  class Counted extends Closes { constructor () { super(); built++ } }
+  const { app, logs } = await buildApp({}, app => {
+    app.get('/closes', { websocket: true }, Closes.asHandler())
+    app.get('/returns', { websocket: true }, Returns.asHandler())
+    app.get('/throws', { websocket: true }, Throws.asHandler())
+    app.get('/counted', { websocket: true }, Counted.asHandler())
+  })
+  t.teardown(() => app.close())
+  t.match(await new WebsocketCommunicator(app, '/closes').connect(), { connected: false, status: 403 })
+  t.match(await new WebsocketCommunicator(app, '/returns').connect(), { connected: false, status: 403 })
+  t.match(await new WebsocketCommunicator(app, '/throws').connect(), { connected: false, status: 500 })
+  const logged = logs.find(l => l.msg === 'consumer connect() failed')
+  t.ok(logged, 'connect() error logged')
+  t.match(logged, { level: 50, err: { message: 'database down' } })
+  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'refused connections leave nothing in the layer')
+  t.equal((await new WebsocketCommunicator(app, '/counted').connect()).status, 403)
+  t.equal(built, 1)
+  t.equal((await app.inject({ method: 'GET', url: '/closes' })).statusCode, 404, 'a plain HTTP GET on a consumer route is 404')
+})
+
+t.test('text and binary frames reach receive() as text or bytes', async t => {
+  const seen: Array<[string | undefined, number[] | undefined]> = []
+  class Record extends WebsocketConsumer {
+    override async receive (text?: string, bytes?: Buffer) {
+      seen.push([text, bytes === undefined ? undefined : [...bytes]])
+      if (text !== undefined) await this.send(text.toUpperCase())
+      else await this.send(new Uint8Array([...bytes!].reverse()))
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Record.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendTo('héllo')
+  t.equal(await comm.receiveFrom(), 'HÉLLO')
+  await comm.sendTo(new Uint8Array([1, 2, 3]))
+  t.same(await comm.receiveFrom(), Buffer.from([3, 2, 1]), 'a Uint8Array goes out as a binary frame')
+  t.same(seen, [['héllo', undefined], [undefined, [1, 2, 3]]])
+})
+
+t.test('frames sent while connect() is still running are queued in order, none dropped', async t => {
+  let release!: () => void
+  const gate = new Promise<void>(resolve => { release = resolve })
+  class Slow extends WebsocketConsumer {
+    override async connect () { await this.accept(); await gate; await this.send('ready') }
+    override async receive (text?: string) { await this.send(`got ${text}`) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Slow.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  for (let i = 0; i < 5; i++) await comm.sendTo(String(i))
+  t.ok(await comm.receiveNothing(50), 'nothing is handled before connect() finishes')
+  release()
+  t.equal(await comm.receiveFrom(), 'ready')
+  for (let i = 0; i < 5; i++) t.equal(await comm.receiveFrom(), `got ${i}`)
+})
+
+t.test('client frames and layer messages are handled one at a time, in arrival order', async t => {
+  const events: string[] = []
+  class Serial extends WebsocketConsumer {
+    override async receive (text?: string) {
+      events.push(`start ${text}`)
+      await this.channelLayer.send(this.channelName, { type: 'note', text: `after ${text}` })
+      await sleep(10)
+      events.push(`end ${text}`)
+    }
+    async note (m: { text: string }) { events.push(m.text); await this.send(m.text) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Serial.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendTo('a')
+  await comm.sendTo('b')
+  t.equal(await comm.receiveFrom(), 'after a')
+  t.equal(await comm.receiveFrom(), 'after b')
+  t.same([...events].sort(), ['after a', 'after b', 'end a', 'end b', 'start a', 'start b'], 'every event ran once')
+  t.ok(events.indexOf('end a') < events.indexOf('start b'), 'b starts only after a finished')
+  t.ok(events.indexOf('end a') < events.indexOf('after a'), 'a message is not handled while a frame handler runs')
+  t.ok(events.indexOf('end b') < events.indexOf('after b'), 'nor while the next one runs')
+  for (const e of events) {
+    if (e.startsWith('start')) t.equal(events[events.indexOf(e) + 1], e.replace('start', 'end'), `${e} is not interleaved`)
+  }
+})
+
+t.test('groups are joined before connect() and left after disconnect(); disconnect runs once with the code', async t => {
+  const codes: number[] = []
+  const membershipsInDisconnect: number[] = []
+  class Grouped extends WebsocketConsumer {
+    override groups = ['lobby', 'news']
+    override async connect () {
+      // A group message sent before accepting is delivered once the connection is open.
+      await this.channelLayer.groupSend('lobby', { type: 'hello', to: this.channelName })
+      await this.accept()
+    }
+    async hello (m: { to: string }) { if (m.to === this.channelName) await this.send('hello') }
+    async news (m: { text: string }) { await this.send(m.text) }
+    override async receive (text?: string) { if (text === 'bye') await this.close(4001, 'bye now') }
+    override async disconnect (code: number) {
+      codes.push(code)
+      membershipsInDisconnect.push(inspect(app).memberships)
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Grouped.asHandler()))
+  t.teardown(() => app.close())
+  const a = new WebsocketCommunicator(app, '/ws')
+  await a.connect()
+  t.equal(await a.receiveFrom(), 'hello')
+  t.same(inspect(app), { channels: 1, groups: 2, memberships: 2 })
+  await app.channelLayer.groupSend('news', { type: 'news', text: 'extra' })
+  t.equal(await a.receiveFrom(), 'extra')
+  await a.disconnect(4000)
+  t.same(codes, [4000], 'client close code')
+  t.same(membershipsInDisconnect, [2], 'still a member while disconnect() runs')
+  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 })
+
+  const b = new WebsocketCommunicator(app, '/ws')
+  await b.connect()
+  await b.receiveFrom()
+  await b.sendTo('bye')
+  t.match(await b.closed, { code: 4001, reason: 'bye now' })
+  await b.serverFinished()
+  t.same(codes, [4000, 4001], 'server close code, once')
+  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 })
+})
+
+t.test('layer messages are dispatched by type; unknown and reserved types are dropped and logged', async t => {
+  class Dispatch extends WebsocketConsumer {
+    override groups = ['all']
+    async chatMessage (m: { text: string }) { await this.send(`camel ${m.text}`) }
+    async user_joined (m: { name: string }) { await this.send(`snake ${m.name}`) } // eslint-disable-line camelcase
+    async _secret () { await this.send('secret ran') }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Dispatch.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  const send = async (m: LayerMessage) => app.channelLayer.groupSend('all', m)
+  await send({ type: 'chat.message', text: 'hi' })
+  t.equal(await comm.receiveFrom(), 'camel hi')
+  await send({ type: 'user.joined', name: 'ann' })
+  t.equal(await comm.receiveFrom(), 'snake ann', "falls back to Django's name")
+  for (const type of ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '__proto__', 'receive', 'channel.layer', '']) {
+    await send({ type })
+  }
+  await send({ type: 'chat.message', text: 'still open' })
+  t.equal(await comm.receiveFrom(), 'camel still open', 'the connection survived every dropped type')
+  t.ok(await comm.receiveNothing(30))
+  const dropped = logs.filter(l => l.msg === 'no handler for message type; dropped').map(l => l.type)
+  t.same(dropped, ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '__proto__', 'receive', 'channel.layer', ''])
+})
+
+t.test('a handler that throws closes with 1011, runs disconnect and leaves the groups', async t => {
+  const codes: number[] = []
+  class Fails extends WebsocketConsumer {
+    override groups = ['g']
+    override async receive (text?: string) { if (text === 'boom') throw new Error('handler bug'); await this.send(text!) }
+    async explode () { throw new Error('message handler bug') }
+    override async disconnect (code: number) { codes.push(code) }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Fails.asHandler()))
+  t.teardown(() => app.close())
+  const a = new WebsocketCommunicator(app, '/ws')
+  const b = new WebsocketCommunicator(app, '/ws')
+  await a.connect(); await b.connect()
+  await a.sendTo('boom')
+  t.match(await a.closed, { code: 1011 })
+  await a.serverFinished()
+  t.same(codes, [1011])
+  t.match(logs.find(l => l.msg === 'consumer handler failed; closing with 1011'), { err: { message: 'handler bug' } })
+  await b.sendTo('other client still works')
+  t.equal(await b.receiveFrom(), 'other client still works')
+  t.same(inspect(app), { channels: 1, groups: 1, memberships: 1 }, 'only b remains')
+  await app.channelLayer.groupSend('g', { type: 'explode' })
+  t.match(await b.closed, { code: 1011 })
+  await b.serverFinished()
+  t.same(codes, [1011, 1011])
+  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 })
+})
+
+t.test('connect() that throws after accept closes with 1011 and still runs disconnect', async t => {
+  const codes: number[] = []
+  class Late extends WebsocketConsumer {
+    override async connect () { await this.accept(); throw new Error('late failure') }
+    override async disconnect (code: number) { codes.push(code) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Late.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  t.equal((await comm.connect()).connected, true)
+  t.match(await comm.closed, { code: 1011 })
+  await comm.serverFinished()
+  t.same(codes, [1011])
+})
+
+t.test('an invalid close code is a clear error, not a crash', async t => {
+  class BadClose extends WebsocketConsumer {
+    override async receive () { await this.close(1005) }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, BadClose.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendTo('x')
+  t.match(await comm.closed, { code: 1011 })
+  t.match(logs.find(l => l.msg === 'consumer handler failed; closing with 1011'), { err: { code: 'FST_CHANNELS_INVALID_OPTION', message: /1005/ } })
+})
+
+t.test('channelName reaches the consumer through channelLayer.send from an HTTP route', async t => {
+  const names: string[] = []
+  class Named extends WebsocketConsumer {
+    override async connect () { names.push(this.channelName); await this.accept() }
+    async serverPush (m: { text: string }) { await this.send(m.text) }
+  }
+  const { app } = await buildApp({}, app => {
+    app.get('/ws', { websocket: true }, Named.asHandler())
+    app.post('/push', async (request) => {
+      const { channel, text } = request.body as { channel: string, text: string }
+      await app.channelLayer.send(channel, { type: 'server.push', text })
+      return { ok: true }
+    })
+  })
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  t.match(names[0], /^[a-zA-Z\d\-_.]+![\d\w\-_.]*$/, 'a process-specific channel name')
+  const res = await app.inject({ method: 'POST', url: '/push', payload: { channel: names[0], text: 'from http' } })
+  t.equal(res.statusCode, 200)
+  t.equal(await comm.receiveFrom(), 'from http')
+})
+
+t.test('1,000 connect/disconnect cycles leave no channel or membership behind', async t => {
+  class Member extends WebsocketConsumer {
+    override groups = ['everyone']
+    override async connect () {
+      await this.channelLayer.groupAdd(`room-${this.scope.query.n as string}`, this.channelName)
+      await this.accept()
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Member.asHandler()))
+  t.teardown(() => app.close())
+  for (let i = 0; i < 1000; i++) {
+    const comm = new WebsocketCommunicator(app, `/ws?n=${i % 7}`)
+    await comm.connect()
+    await comm.disconnect()
+  }
+  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 })
+})
+
+t.test('app.close() closes every consumer with 1001, runs each disconnect once, then closes the layer', async t => {
+  const codes: number[] = []
+  class Stay extends WebsocketConsumer {
+    override groups = ['g']
+    override async disconnect (code: number) { codes.push(code) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Stay.asHandler()))
+  const comms = Array.from({ length: 20 }, () => new WebsocketCommunicator(app, '/ws'))
+  for (const c of comms) await c.connect()
+  await app.close()
+  const closes = await Promise.all(comms.map(c => c.closed))
+  t.same(new Set(closes.map(c => c.code)), new Set([1001]))
+  t.equal(codes.length, 20)
+  t.same(new Set(codes), new Set([1001]))
+  await t.rejects(app.channelLayer.send('x', { type: 'y' }), { code: 'FST_CHANNELS_LAYER_CLOSED' })
+})
+
+t.test('the heartbeat terminates nothing that answers pings', async t => {
+  class Echo extends WebsocketConsumer { override async receive (text?: string) { await this.send(text!) } }
+  const { app } = await buildApp({ heartbeatInterval: 20 }, app => app.get('/ws', { websocket: true }, Echo.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await sleep(120)
+  await comm.sendTo('alive')
+  t.equal(await comm.receiveFrom(), 'alive')
+})
+
+t.test('on a layer without discardChannel, the groups the connection joined are still left', async t => {
+  const inner = new InMemoryChannelLayer()
+  // Only the contract's methods: no discardChannel, as a third-party layer may be.
+  const layer: ChannelLayer = {
+    extensions: inner.extensions,
+    newChannel: p => inner.newChannel(p),
+    send: (c, m) => inner.send(c, m),
+    receive: (c, o) => inner.receive(c, o),
+    groupAdd: (g, c) => inner.groupAdd(g, c),
+    groupDiscard: (g, c) => inner.groupDiscard(g, c),
+    groupSend: (g, m) => inner.groupSend(g, m),
+    flush: () => inner.flush(),
+    close: () => inner.close(),
+    get group_add () { return this.groupAdd },
+    get group_discard () { return this.groupDiscard },
+    get group_send () { return this.groupSend },
+    get new_channel () { return this.newChannel }
+  }
+  class Joins extends WebsocketConsumer {
+    override groups = ['a']
+    override async connect () { await this.channelLayer.groupAdd('b', this.channelName); await this.accept() }
+  }
+  const { app } = await buildApp({ layer }, app => app.get('/ws', { websocket: true }, Joins.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  t.same(inner.inspect().memberships, 2)
+  await comm.disconnect()
+  t.same(inner.inspect().memberships, 0)
+})

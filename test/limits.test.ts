@@ -1,0 +1,271 @@
+/**
+ * Limits for hostile or broken clients, each seen by the client through a real socket:
+ *
+ * | option                   | default  | what the client sees                                    |
+ * |--------------------------|----------|---------------------------------------------------------|
+ * | `maxPayload`             | 1 MiB    | close 1009                                              |
+ * | `heartbeatInterval`      | 30000 ms | a peer that does not answer pings is dropped (1006)      |
+ * | `maxBufferedBytes`       | 4 MiB    | a reader that does not read is closed with 1008          |
+ * | `maxGroupsPerConnection` | 100      | joining one more group closes with 1008                  |
+ * | (backpressure, no option) | 16 frames | a client flooding a busy consumer is no longer read   |
+ *
+ * Each test also shows that `disconnect()` ran once and that other clients were not affected.
+ */
+import t from 'tap'
+import Fastify from 'fastify'
+import fastifyChannels, {
+  InMemoryChannelLayer, JsonWebsocketConsumer, WebsocketConsumer, type FastifyChannelsOptions
+} from '../lib/index.js'
+import { WebsocketCommunicator } from '../lib/testing.js'
+import { buildApp, eventually, sleep } from './helpers/app.js'
+import { listen, openClient } from './helpers/loopback.js'
+
+const MiB = 1024 * 1024
+
+/** Replies with the size of each frame; records every disconnect. */
+function sizeConsumer (disconnects: number[]) {
+  return class Size extends WebsocketConsumer {
+    override async receive (text?: string, bytes?: Buffer) { await this.send(String((text ?? bytes ?? '').length)) }
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+}
+
+t.test('maxPayload: the default 1 MiB is accepted, one byte more closes with 1009; others keep working', async t => {
+  const disconnects: number[] = []
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, sizeConsumer(disconnects).asHandler()))
+  t.teardown(() => app.close())
+  const other = new WebsocketCommunicator(app, '/ws')
+  await other.connect()
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendTo(Buffer.alloc(MiB))
+  t.equal(await comm.receiveFrom(), String(MiB), 'exactly 1 MiB passes')
+  await comm.sendTo(Buffer.alloc(MiB + 1))
+  t.match(await comm.closed, { code: 1009 })
+  await comm.serverFinished()
+  t.equal(disconnects.length, 1, 'disconnect() ran once')
+  await other.sendTo('still here')
+  t.equal(await other.receiveFrom(), '10')
+  await other.disconnect()
+})
+
+t.test('maxPayload option: a smaller limit', async t => {
+  const disconnects: number[] = []
+  const { app } = await buildApp({ maxPayload: 1000 }, app => app.get('/ws', { websocket: true }, sizeConsumer(disconnects).asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendTo('x'.repeat(1000))
+  t.equal(await comm.receiveFrom(), '1000')
+  await comm.sendTo('x'.repeat(1001))
+  t.match(await comm.closed, { code: 1009 })
+  await comm.serverFinished()
+  t.same(disconnects.length, 1)
+})
+
+t.test('heartbeat: a peer that does not answer pings is terminated and its disconnect() runs once with 1006', async t => {
+  const disconnects = new Map<string, number[]>()
+  class Named extends WebsocketConsumer {
+    override async receive (text?: string) { await this.send(`echo ${text ?? ''}`) }
+    override async disconnect (code: number) {
+      const name = String(this.scope.query.name)
+      disconnects.set(name, [...(disconnects.get(name) ?? []), code])
+    }
+  }
+  const { app } = await buildApp({ heartbeatInterval: 200 }, app => app.get('/ws', { websocket: true }, Named.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  let pingsSeen = 0
+  const silent = await openClient(`${url}/ws?name=silent`, { autoPong: false }, ws => ws.on('ping', () => { pingsSeen++ }))
+  const alive = await openClient(`${url}/ws?name=alive`)
+
+  t.match(await silent.closed, { code: 1006 }, 'the silent peer was dropped without a close handshake')
+  t.ok(pingsSeen >= 1, 'it had been pinged')
+  await eventually(() => disconnects.has('silent'))
+  t.same(disconnects.get('silent'), [1006], 'disconnect(1006) ran once')
+
+  const reply = new Promise((resolve, reject) => {
+    alive.ws.once('message', data => resolve(String(data)))
+    alive.ws.once('close', code => reject(new Error(`closed with ${code}`)))
+  })
+  alive.ws.send('hi')
+  t.equal(await reply, 'echo hi', 'the peer that answers pings is still connected')
+  t.notOk(disconnects.has('alive'))
+  await app.close()
+  t.same(disconnects.get('alive'), [1001])
+  t.same(disconnects.get('silent'), [1006], 'still only once after shutdown')
+})
+
+t.test('heartbeatInterval 0 disables pings', async t => {
+  class Quiet extends WebsocketConsumer {}
+  const { app } = await buildApp({ heartbeatInterval: 0 }, app => app.get('/ws', { websocket: true }, Quiet.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const silent = await openClient(`${url}/ws`, { autoPong: false })
+  let pings = 0
+  silent.ws.on('ping', () => { pings++ })
+  await sleep(300)
+  t.equal(pings, 0)
+  t.equal(silent.ws.readyState, silent.ws.OPEN)
+  silent.ws.close()
+  await silent.closed
+})
+
+t.test('maxBufferedBytes: a reader that stops reading is closed with 1008 instead of buffering forever', async t => {
+  let resolveEnded!: (code: number) => void
+  const ended = new Promise<number>(resolve => { resolveEnded = resolve })
+  const FRAMES = 4096
+  class Flood extends WebsocketConsumer {
+    override async receive (text?: string) {
+      if (text !== 'flood') { await this.send(`echo ${text ?? ''}`); return }
+      const chunk = Buffer.alloc(64 * 1024, 7)
+      // 256 MiB, far more than the kernel buffers hold: once the connection is closed, send() drops.
+      for (let i = 0; i < FRAMES; i++) {
+        await this.send(chunk)
+        if (i % 64 === 63) await new Promise(resolve => setImmediate(resolve))
+      }
+    }
+
+    override async disconnect (code: number) { resolveEnded(code) }
+  }
+  const { app } = await buildApp({ maxBufferedBytes: 256 * 1024 }, app => app.get('/ws', { websocket: true }, Flood.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const reader = await openClient(`${url}/ws`)
+  const bystander = await openClient(`${url}/ws`)
+  reader.ws.pause()
+  reader.ws.send('flood')
+  t.equal(await ended, 1008, 'the server gave up on the reader: disconnect(1008)')
+  let received = 0
+  reader.ws.on('message', () => { received++ })
+  reader.ws.resume()
+  t.match(await reader.closed, { code: 1008, reason: /slow reader/ }, 'the reader, once it reads again, finds close 1008 after the data')
+  t.ok(received < FRAMES / 4, `only what was queued before the limit reached it (${received} of ${FRAMES} frames)`)
+
+  const reply = new Promise(resolve => bystander.ws.once('message', data => resolve(String(data))))
+  bystander.ws.send('hi')
+  t.equal(await reply, 'echo hi', 'another client is not affected')
+  bystander.ws.close()
+  await bystander.closed
+})
+
+t.test('a client flooding a busy consumer is not read further (TCP backpressure); nothing is lost', async t => {
+  const FRAMES = 128
+  const SIZE = 512 * 1024
+  let release!: () => void
+  const gate = new Promise<void>(resolve => { release = resolve })
+  class Busy extends WebsocketConsumer {
+    next = 0
+    inOrder = true
+    override async receive (_text?: string, bytes?: Buffer) {
+      if (bytes === undefined) return
+      if (bytes.readUInt32BE(0) !== this.next++) this.inOrder = false
+      if (this.next === 1) await gate
+      if (this.next === FRAMES) await this.send(`got ${this.next} ${this.inOrder ? 'in order' : 'OUT OF ORDER'}`)
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Busy.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const client = await openClient(`${url}/ws`)
+  const done = new Promise(resolve => client.ws.once('message', data => resolve(String(data))))
+  for (let i = 0; i < FRAMES; i++) {
+    const frame = Buffer.alloc(SIZE)
+    frame.writeUInt32BE(i, 0)
+    client.ws.send(frame)
+  }
+  // A server that kept reading would take all 64 MiB off the client well within this window
+  // (it reaches 0 in a fraction of a second on loopback); one that stopped leaves most of it there.
+  const deadline = Date.now() + 2000
+  while (Date.now() < deadline && client.ws.bufferedAmount > 0) await sleep(20)
+  const waiting = client.ws.bufferedAmount
+  t.ok(waiting > (FRAMES * SIZE) / 4, `the server stopped reading: ${Math.round(waiting / MiB)} MiB of ${FRAMES * SIZE / MiB} still wait at the client`)
+  release()
+  t.equal(await done, `got ${FRAMES} in order`, 'once the consumer catches up, every frame is handled, in order')
+  client.ws.close()
+  await client.closed
+})
+
+t.test('maxGroupsPerConnection: joining one group too many closes with 1008; leaving frees a slot', async t => {
+  const disconnects: number[] = []
+  class Joiner extends JsonWebsocketConsumer {
+    override groups = ['base']
+    override async receiveJson (c: { join?: string[], parallel?: string[], leave?: string, snake?: string, inspect?: true }) {
+      if (c.leave !== undefined) await this.channelLayer.groupDiscard(c.leave, this.channelName)
+      for (const group of c.join ?? []) await this.channelLayer.groupAdd(group, this.channelName)
+      if (c.parallel !== undefined) await Promise.all(c.parallel.map(g => this.channelLayer.groupAdd(g, this.channelName)))
+      if (c.snake !== undefined) await this.channelLayer.group_add(c.snake, this.channelName)
+      if (c.inspect === true) {
+        await this.sendJson({ real: this.channelLayer instanceof InMemoryChannelLayer, inspect: (this.channelLayer as InMemoryChannelLayer).inspect() })
+        return
+      }
+      await this.sendJson({ ok: true, channel: this.channelName })
+    }
+
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app, logs } = await buildApp({ maxGroupsPerConnection: 3 }, app => app.get('/ws', { websocket: true }, Joiner.asHandler()))
+  t.teardown(() => app.close())
+  const layer = app.channelLayer as InMemoryChannelLayer
+
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendJsonTo({ join: ['a', 'b', 'a', 'b'] })
+  const { channel } = await comm.receiveJsonFrom() as { channel: string }
+  t.pass('base + a + b: three groups, joining one again does not count')
+  await comm.sendJsonTo({ leave: 'a', join: ['c'] })
+  t.match(await comm.receiveJsonFrom(), { ok: true }, 'leaving a frees its slot for c')
+  // App code (an HTTP route, a job) is trusted: it is not limited and the consumer still sees it through its view.
+  for (const g of ['x1', 'x2', 'x3', 'x4']) await app.channelLayer.groupAdd(g, channel)
+  await comm.sendJsonTo({ inspect: true })
+  t.match(await comm.receiveJsonFrom(), { real: true, inspect: { memberships: 7 } }, 'this.channelLayer is still the layer (instanceof, its own methods)')
+  await comm.sendJsonTo({ snake: 'd' })
+  t.match(await comm.closed, { code: 1008, reason: 'too many groups' }, 'group_add counts as well')
+  await comm.serverFinished()
+  t.same(disconnects, [1008])
+  t.equal(layer.inspect().memberships, 0, 'every membership is gone, also those added by app code')
+  t.ok(logs.some(l => l.level === 40 && (l.err as { code?: string } | undefined)?.code === 'FST_CHANNELS_TOO_MANY_GROUPS'), 'logged at warn')
+
+  const racer = new WebsocketCommunicator(app, '/ws')
+  await racer.connect()
+  await racer.sendJsonTo({ parallel: ['p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8'] })
+  t.match(await racer.closed, { code: 1008 }, 'joins started together cannot slip past the limit')
+  await racer.serverFinished()
+  t.equal(layer.inspect().memberships, 0)
+})
+
+t.test('maxGroupsPerConnection: the default is 100, and `groups` counts too', async t => {
+  class Joiner extends JsonWebsocketConsumer {
+    override async receiveJson (c: { count: number, from: number }) {
+      for (let i = c.from; i < c.from + c.count; i++) await this.channelLayer.groupAdd(`g${i}`, this.channelName)
+      await this.sendJson({ ok: true })
+    }
+  }
+  class TooMany extends WebsocketConsumer { override groups = ['a', 'b', 'c'] }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Joiner.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendJsonTo({ count: 100, from: 0 })
+  t.match(await comm.receiveJsonFrom(), { ok: true }, '100 groups')
+  await comm.sendJsonTo({ count: 1, from: 100 })
+  t.match(await comm.closed, { code: 1008 }, 'the 101st closes')
+
+  const small = Fastify({ logger: false })
+  await small.register(fastifyChannels, { maxGroupsPerConnection: 2 })
+  small.get('/ws', { websocket: true }, TooMany.asHandler())
+  t.teardown(() => small.close())
+  t.match(await new WebsocketCommunicator(small, '/ws').connect(), { connected: false, status: 500 }, 'a class whose `groups` exceed the limit cannot connect')
+})
+
+t.test('bad limit values fail register with InvalidOptionError', async t => {
+  const bad: FastifyChannelsOptions[] = [
+    { maxPayload: 0 }, { maxPayload: 1.5 }, { heartbeatInterval: -1 }, { maxBufferedBytes: 0 },
+    { maxGroupsPerConnection: 0 }, { maxGroupsPerConnection: -3 }, { maxGroupsPerConnection: '10' as unknown as number }
+  ]
+  for (const opts of bad) {
+    const app = Fastify()
+    await t.rejects(async () => { await app.register(fastifyChannels, opts) }, { code: 'FST_CHANNELS_INVALID_OPTION' }, JSON.stringify(opts))
+    await app.close()
+  }
+})

@@ -1,0 +1,96 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import fastifyWebsocket from '@fastify/websocket'
+import fastifyChannels, { WebsocketConsumer, InMemoryChannelLayer, type FastifyChannelsOptions } from '../lib/index.js'
+import { WebsocketCommunicator } from '../lib/testing.js'
+
+t.test('bad options fail register with a clear error', async t => {
+  const cases: Array<[string, unknown, RegExp]> = [
+    ['a layer without methods', { layer: { send () {} } }, /option "layer" must be a ChannelLayer; missing: newChannel/],
+    ['a non-function getUser', { getUser: 'user' }, /option "getUser" must be a function/],
+    ['a zero maxPayload', { maxPayload: 0 }, /option "maxPayload" must be a positive integer/],
+    ['a negative heartbeat', { heartbeatInterval: -1 }, /option "heartbeatInterval" must be a non-negative integer/],
+    ['a fractional maxBufferedBytes', { maxBufferedBytes: 1.5 }, /option "maxBufferedBytes" must be a positive integer/]
+  ]
+  for (const [what, opts, message] of cases) {
+    const app = Fastify()
+    await t.rejects(async () => { await app.register(fastifyChannels, opts as FastifyChannelsOptions).ready() }, { code: 'FST_CHANNELS_INVALID_OPTION', message }, what)
+    await app.close()
+  }
+})
+
+t.test('a consumer handler on a route without { websocket: true } fails at route time', async t => {
+  const app = Fastify()
+  await app.register(fastifyChannels)
+  t.throws(() => app.get('/ws', WebsocketConsumer.asHandler() as never), { code: 'FST_CHANNELS_INVALID_OPTION', message: /needs \{ websocket: true \}/ })
+  await app.close()
+})
+
+t.test('the layer option selects app.channelLayer; the default is an in-memory layer', async t => {
+  const layer = new InMemoryChannelLayer({ capacity: 5 })
+  const app = Fastify()
+  await app.register(fastifyChannels, { layer })
+  t.equal(app.channelLayer, layer)
+  await app.close()
+  await t.rejects(layer.newChannel(), { code: 'FST_CHANNELS_LAYER_CLOSED' }, 'app.close() closes the layer')
+  const other = Fastify()
+  await other.register(fastifyChannels)
+  t.ok(other.channelLayer instanceof InMemoryChannelLayer)
+  await other.close()
+})
+
+t.test('consumers work in encapsulated plugins and under prefixes', async t => {
+  class Hello extends WebsocketConsumer { override async connect () { await this.accept(); await this.send(this.scope.path) } }
+  const app = Fastify()
+  await app.register(fastifyChannels)
+  await app.register(async (child) => { child.get('/ws/:id', { websocket: true }, Hello.asHandler()) }, { prefix: '/api' })
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/api/ws/7?x=1')
+  t.equal((await comm.connect()).connected, true)
+  t.equal(await comm.receiveFrom(), '/api/ws/7')
+})
+
+t.test('with @fastify/websocket registered by the app first, the plugin uses it', async t => {
+  const codes: number[] = []
+  class Guarded extends WebsocketConsumer {
+    override async connect () {
+      if (this.scope.query.token === 'ok') await this.accept('chat')
+      else await this.close()
+    }
+    override async receive (text?: string) { await this.send(text!) }
+    override async disconnect (code: number) { codes.push(code) }
+  }
+  const app = Fastify()
+  await app.register(fastifyWebsocket, { options: { maxPayload: 64 } })
+  await app.register(fastifyChannels)
+  app.get('/ws', { websocket: true }, Guarded.asHandler())
+  const refused = new WebsocketCommunicator(app, '/ws')
+  t.match(await refused.connect(), { connected: false, status: 403 }, 'connect() still decides the handshake')
+  const comm = new WebsocketCommunicator(app, '/ws?token=ok', { subprotocols: ['chat'] })
+  t.same(await comm.connect(), { connected: true, subprotocol: 'chat', status: 101 })
+  await comm.sendTo('x'.repeat(64))
+  t.equal(await comm.receiveFrom(), 'x'.repeat(64))
+  await comm.sendTo('x'.repeat(65))
+  t.equal((await comm.closed).code, 1009, "the app's maxPayload applies")
+  await comm.serverFinished()
+  const last = new WebsocketCommunicator(app, '/ws?token=ok', { subprotocols: ['chat'] })
+  await last.connect()
+  await app.close()
+  t.equal((await last.closed).code, 1001, 'shutdown still closes with 1001')
+  t.same(codes, [1009, 1001])
+})
+
+t.test('maxPayload: a larger message closes with 1009 and others keep working', async t => {
+  class Echo extends WebsocketConsumer { override async receive (text?: string) { await this.send(text!) } }
+  const app = Fastify()
+  await app.register(fastifyChannels, { maxPayload: 1000 })
+  app.get('/ws', { websocket: true }, Echo.asHandler())
+  t.teardown(() => app.close())
+  const big = new WebsocketCommunicator(app, '/ws')
+  const small = new WebsocketCommunicator(app, '/ws')
+  await big.connect(); await small.connect()
+  await big.sendTo('y'.repeat(1001))
+  t.equal((await big.closed).code, 1009)
+  await small.sendTo('y'.repeat(1000))
+  t.equal(await small.receiveFrom(), 'y'.repeat(1000))
+})

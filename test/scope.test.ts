@@ -1,0 +1,203 @@
+/**
+ * `scope.cookies`, `scope.session` and `scope.user` through real handshakes: with and without
+ * `@fastify/cookie` / `@fastify/session`, users from the session and from `@fastify/jwt`, a custom
+ * `getUser`, and auth hooks that refuse with 401 before any consumer exists.
+ */
+import t from 'tap'
+import Fastify, { type FastifyRequest } from 'fastify'
+import fastifyCookie from '@fastify/cookie'
+import fastifyJwt from '@fastify/jwt'
+import fastifyChannels, { JsonWebsocketConsumer, WebsocketConsumer } from '../lib/index.js'
+import { WebsocketCommunicator } from '../lib/testing.js'
+import { buildApp } from './helpers/app.js'
+import { buildSessionApp, sessionCookie, sessionData } from './helpers/session.js'
+
+/** Reports what its scope holds, at connect time and again on request (`{ ask: 'scope' }`). */
+class Reporter extends JsonWebsocketConsumer {
+  override async connect () {
+    await this.accept()
+    await this.report()
+  }
+
+  override async receiveJson (content: { ask?: string }) {
+    if (content.ask === 'reload') await this.scope.session?.reload()
+    await this.report()
+  }
+
+  async report () {
+    const session = this.scope.session as unknown as { get (k: string): unknown, sessionId: string } | null
+    await this.sendJson({
+      cookies: this.scope.cookies,
+      hasSession: session !== null,
+      sessionId: session?.sessionId ?? null,
+      visits: session?.get('visits') ?? null,
+      user: this.scope.user
+    })
+  }
+}
+
+t.test('without @fastify/cookie and @fastify/session: cookies {}, session null, user null', async t => {
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Reporter.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie: 'a=1' } })
+  await comm.connect()
+  t.same(await comm.receiveJsonFrom(), { cookies: {}, hasSession: false, sessionId: null, visits: null, user: null })
+  await comm.disconnect()
+})
+
+t.test('with @fastify/cookie only: cookies parsed, session null', async t => {
+  const app = Fastify()
+  await app.register(fastifyCookie)
+  await app.register(fastifyChannels)
+  app.get('/ws', { websocket: true }, Reporter.asHandler())
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie: 'a=1; theme=dark%20blue' } })
+  await comm.connect()
+  t.same(await comm.receiveJsonFrom(), { cookies: { a: '1', theme: 'dark blue' }, hasSession: false, sessionId: null, visits: null, user: null })
+  await comm.disconnect()
+})
+
+t.test('with @fastify/session: the session the browser holds, and the user stored in it', async t => {
+  const { app } = await buildSessionApp({}, app => {
+    app.post('/visit', async (request) => {
+      const session = sessionData(request)
+      session.set('visits', Number(session.get('visits') ?? 0) + 1)
+      session.set('user', { name: 'alice' })
+      return { sessionId: session.sessionId }
+    })
+    app.get('/ws', { websocket: true }, Reporter.asHandler())
+  })
+  t.teardown(() => app.close())
+  const first = await app.inject({ method: 'POST', url: '/visit' })
+  const cookie = sessionCookie(first)
+  await app.inject({ method: 'POST', url: '/visit', headers: { cookie } })
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await comm.connect()
+  const seen = await comm.receiveJsonFrom() as Record<string, unknown>
+  t.match(seen, { hasSession: true, sessionId: first.json().sessionId, visits: 2, user: { name: 'alice' } })
+  t.match(seen.cookies, { sessionId: cookie.slice('sessionId='.length) }, 'scope.cookies holds the session cookie too')
+
+  // scope.session is the live one: after another HTTP visit, reload() shows it.
+  await app.inject({ method: 'POST', url: '/visit', headers: { cookie } })
+  await comm.sendJsonTo({ ask: 'scope' })
+  t.match(await comm.receiveJsonFrom(), { visits: 2 }, 'the socket keeps the session as it was loaded')
+  await comm.sendJsonTo({ ask: 'reload' })
+  t.match(await comm.receiveJsonFrom(), { visits: 3, sessionId: first.json().sessionId }, 'scope.session follows reload()')
+  await comm.disconnect()
+
+  const anonymous = new WebsocketCommunicator(app, '/ws')
+  await anonymous.connect()
+  t.match(await anonymous.receiveJsonFrom(), { hasSession: true, visits: null, user: null }, 'no cookie: a fresh session, no user')
+  await anonymous.disconnect()
+})
+
+t.test('a socket outside the session cookie\'s path has no session (the plugin leaves a bare {})', async t => {
+  const { app } = await buildSessionApp({}, app => app.get('/ws', { websocket: true }, Reporter.asHandler()),
+    { cookie: { secure: false, path: '/app' } })
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  t.match(await comm.receiveJsonFrom(), { hasSession: false, user: null })
+  await comm.disconnect()
+})
+
+t.test('@fastify/jwt: request.user becomes scope.user; a bad or missing token is a 401 before any consumer', async t => {
+  let built = 0
+  class Counted extends Reporter { constructor () { super(); built++ } }
+  const app = Fastify()
+  await app.register(fastifyJwt, { secret: 'jwt secret' })
+  await app.register(fastifyChannels)
+  app.get('/ws', {
+    websocket: true,
+    onRequest: async (request) => { await request.jwtVerify() }
+  }, Counted.asHandler())
+  t.teardown(() => app.close())
+  await app.ready()
+  const token = app.jwt.sign({ sub: 'u1', name: 'bob' })
+
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { authorization: `Bearer ${token}` } })
+  t.match(await comm.connect(), { connected: true })
+  t.match(await comm.receiveJsonFrom(), { user: { sub: 'u1', name: 'bob' }, hasSession: false })
+  await comm.disconnect()
+
+  const forged = app.jwt.sign({ sub: 'u1' }).replace(/\.[^.]+$/, '.forged')
+  t.match(await new WebsocketCommunicator(app, '/ws', { headers: { authorization: `Bearer ${forged}` } }).connect(), { connected: false, status: 401 })
+  t.match(await new WebsocketCommunicator(app, '/ws').connect(), { connected: false, status: 401 })
+  t.equal(built, 1, 'refused handshakes never built a consumer')
+})
+
+t.test('the default getUser prefers request.user (jwt, passport, any hook) over the session\'s user', async t => {
+  const { app } = await buildSessionApp({}, app => {
+    app.post('/login', async (request) => { sessionData(request).set('user', { name: 'from-session' }); return 'ok' })
+    app.get('/ws', {
+      websocket: true,
+      preHandler: async (request) => {
+        if (request.headers['x-api-user'] !== undefined) (request as unknown as { user: unknown }).user = { name: String(request.headers['x-api-user']) }
+      }
+    }, Reporter.asHandler())
+  })
+  t.teardown(() => app.close())
+  const cookie = sessionCookie(await app.inject({ method: 'POST', url: '/login' }))
+  const both = new WebsocketCommunicator(app, '/ws', { headers: { cookie, 'x-api-user': 'from-hook' } })
+  await both.connect()
+  t.match(await both.receiveJsonFrom(), { user: { name: 'from-hook' } })
+  await both.disconnect()
+  const sessionOnly = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await sessionOnly.connect()
+  t.match(await sessionOnly.receiveJsonFrom(), { user: { name: 'from-session' } })
+  await sessionOnly.disconnect()
+})
+
+t.test('getUser: runs once, after the route\'s hooks; may be async; undefined means anonymous; a throw refuses with 500', async t => {
+  let calls = 0
+  const accounts = new WeakMap<FastifyRequest, { name: string }>()
+  const { app, logs } = await buildApp({
+    getUser: async (request) => {
+      calls++
+      if (request.headers['x-explode'] !== undefined) throw new Error('user store down')
+      await new Promise(resolve => setImmediate(resolve))
+      return accounts.get(request)
+    }
+  }, app => {
+    app.get('/ws', {
+      websocket: true,
+      // The route's own auth, which getUser relies on having run.
+      preHandler: async (request) => {
+        const name = request.headers['x-account']
+        if (typeof name === 'string') accounts.set(request, { name })
+      }
+    }, Reporter.asHandler())
+  })
+  t.teardown(() => app.close())
+  const named = new WebsocketCommunicator(app, '/ws', { headers: { 'x-account': 'carol' } })
+  await named.connect()
+  t.match(await named.receiveJsonFrom(), { user: { name: 'carol' } })
+  await named.sendJsonTo({ ask: 'scope' })
+  t.match(await named.receiveJsonFrom(), { user: { name: 'carol' } })
+  t.equal(calls, 1, 'once per connection, not per frame')
+  await named.disconnect()
+  const anonymous = new WebsocketCommunicator(app, '/ws')
+  await anonymous.connect()
+  t.match(await anonymous.receiveJsonFrom(), { user: null })
+  await anonymous.disconnect()
+  t.match(await new WebsocketCommunicator(app, '/ws', { headers: { 'x-explode': '1' } }).connect(), { connected: false, status: 500 })
+  t.ok(logs.some(l => l.level === 50 && (l.err as { message?: string } | undefined)?.message === 'user store down'), 'the failure is logged')
+})
+
+t.test('a preValidation hook answering 401 refuses the upgrade; no consumer is built', async t => {
+  let built = 0
+  class Counted extends WebsocketConsumer { constructor () { super(); built++ } }
+  const { app } = await buildApp({}, app => app.get('/ws', {
+    websocket: true,
+    preValidation: async (request, reply) => {
+      if (request.headers.authorization !== 'secret') return reply.code(401).send({ message: 'who are you' })
+    }
+  }, Counted.asHandler()))
+  t.teardown(() => app.close())
+  t.match(await new WebsocketCommunicator(app, '/ws').connect(), { connected: false, status: 401 })
+  t.equal(built, 0)
+  const ok = new WebsocketCommunicator(app, '/ws', { headers: { authorization: 'secret' } })
+  t.match(await ok.connect(), { connected: true })
+  t.equal(built, 1)
+  await ok.disconnect()
+})

@@ -1,0 +1,107 @@
+/**
+ * Graceful shutdown under load: `app.close()` with 1,000 open sockets closes every one with 1001,
+ * runs every consumer's disconnect() exactly once and waits for it, refuses new upgrades with 503
+ * while it is in progress, and leaves the layer empty and closed. Then the same over real TCP.
+ */
+import t from 'tap'
+import Fastify from 'fastify'
+import fastifyWebsocket from '@fastify/websocket'
+import fastifyChannels, { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
+import { WebsocketCommunicator } from '../lib/testing.js'
+import { buildApp, eventually } from './helpers/app.js'
+import { listen, openClient, rawSession } from './helpers/loopback.js'
+
+/** A consumer whose disconnect() waits for the test, so close() can be caught half-way. */
+function heldConsumer (gate: Promise<void>, disconnects: Map<string, number[]>, counters: { built: number, started: number }) {
+  return class Held extends WebsocketConsumer {
+    override groups = ['everyone']
+    constructor () { super(); counters.built++ }
+    override async disconnect (code: number) {
+      disconnects.set(this.channelName, [...(disconnects.get(this.channelName) ?? []), code])
+      counters.started++
+      await gate
+    }
+  }
+}
+
+t.test('app.close() with 1,000 open sockets: all close with 1001, every disconnect() runs once, new upgrades get 503', async t => {
+  const SOCKETS = 1000
+  let release!: () => void
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const disconnects = new Map<string, number[]>()
+  const counters = { built: 0, started: 0 }
+  const { app } = await buildApp({ heartbeatInterval: 0 }, app => app.get('/ws', { websocket: true }, heldConsumer(gate, disconnects, counters).asHandler()))
+  const layer = app.channelLayer as InMemoryChannelLayer
+  app.websocketServer.setMaxListeners(200) // each connecting communicator listens for its own handshake
+
+  const comms: WebsocketCommunicator[] = []
+  for (let i = 0; i < SOCKETS; i += 50) {
+    const batch = Array.from({ length: 50 }, () => new WebsocketCommunicator(app, '/ws'))
+    const results = await Promise.all(batch.map(async c => await c.connect()))
+    if (results.some(r => !r.connected)) throw new Error('a socket failed to connect')
+    comms.push(...batch)
+  }
+  t.equal(layer.inspect().memberships, SOCKETS, `${SOCKETS} sockets open, each in the group`)
+
+  let closed = false
+  const closing = app.close().then(() => { closed = true })
+  await eventually(() => counters.started === SOCKETS, 20_000)
+  const codes = await Promise.all(comms.map(async c => (await c.closed).code))
+  t.same(codes.filter(code => code !== 1001), [], 'every client saw close 1001')
+
+  // close() is now waiting on the disconnect() calls: a new client is turned away. (Straight
+  // through injectWS: the communicator's connect() first waits for app.ready(), which a closing app never is.)
+  await t.rejects(app.injectWS('/ws'), /Unexpected server response: 503/, 'an upgrade during shutdown is refused with 503')
+  t.equal(counters.built, SOCKETS, 'and no consumer was built for it')
+  t.notOk(closed, 'close() waits for the consumers\' disconnect()')
+
+  release()
+  await closing
+  t.equal(disconnects.size, SOCKETS)
+  t.same([...disconnects.values()].filter(codes => codes.length !== 1 || codes[0] !== 1001), [], 'each disconnect() ran exactly once, with 1001')
+  t.equal(layer.closed, true, 'the layer was closed after the consumers')
+})
+
+t.test('the same over real TCP: clients see 1001, a new handshake during shutdown gets HTTP 503', async t => {
+  const SOCKETS = 50
+  let release!: () => void
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const disconnects = new Map<string, number[]>()
+  const counters = { built: 0, started: 0 }
+  const { app } = await buildApp({ heartbeatInterval: 0 }, app => app.get('/ws', { websocket: true }, heldConsumer(gate, disconnects, counters).asHandler()))
+  const { url, port } = await listen(app)
+  const clients = await Promise.all(Array.from({ length: SOCKETS }, async () => await openClient(`${url}/ws`)))
+
+  const closing = app.close()
+  await eventually(() => counters.started === SOCKETS, 10_000)
+  const closes = await Promise.all(clients.map(async c => await c.closed))
+  t.same(closes.filter(c => c.code !== 1001), [], 'every client saw close 1001')
+  const late = await rawSession(port, '/ws', { host: `127.0.0.1:${port}` })
+  t.equal(late.status, 503, 'a handshake during shutdown is answered 503')
+  t.equal(counters.built, SOCKETS)
+  release()
+  await closing
+  t.same([...disconnects.values()].filter(codes => codes.length !== 1 || codes[0] !== 1001), [])
+  t.equal(disconnects.size, SOCKETS)
+})
+
+t.test('with the app\'s own @fastify/websocket registered first, a handshake during shutdown still gets 503 and close() completes', async t => {
+  let release!: () => void
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const disconnects = new Map<string, number[]>()
+  const counters = { built: 0, started: 0 }
+  const app = Fastify()
+  await app.register(fastifyWebsocket)
+  await app.register(fastifyChannels, { heartbeatInterval: 0 })
+  app.get('/ws', { websocket: true }, heldConsumer(gate, disconnects, counters).asHandler())
+  const { url, port } = await listen(app)
+  const client = await openClient(`${url}/ws`)
+  const closing = app.close()
+  await eventually(() => counters.started === 1, 10_000)
+  t.match(await client.closed, { code: 1001 })
+  const late = await rawSession(port, '/ws', { host: `127.0.0.1:${port}` })
+  t.equal(late.status, 503)
+  release()
+  await closing
+  t.same([...disconnects.values()], [[1001]])
+})

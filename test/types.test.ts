@@ -1,0 +1,137 @@
+/**
+ * Types, end to end, as an app sees them: a small app that augments `ChannelsUser` is compiled with
+ * the project's strict settings and must type-check, with `@ts-expect-error` marking what must
+ * not. It is compiled on its own (virtual files), so its augmentation does not leak into the
+ * other tests; a deliberately wrong file in the same compile shows the check can fail.
+ */
+import t from 'tap'
+import ts from 'typescript'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+
+const app = `
+import Fastify from 'fastify'
+import fastifyCookie from '@fastify/cookie'
+import fastifySession from '@fastify/session'
+import fastifyChannels, {
+  JsonWebsocketConsumer, login, logout, type ChannelsUser, type Scope, type FastifyChannelsOptions
+} from 'fastify-channels'
+import { WebsocketCommunicator } from 'fastify-channels/testing'
+
+declare module 'fastify-channels' {
+  interface ChannelsUser { id: string, name: string }
+}
+
+class Chat extends JsonWebsocketConsumer {
+  override async connect (): Promise<void> {
+    const scope: Scope = this.scope
+    scope.type satisfies 'websocket'
+    const user: ChannelsUser | null = scope.user
+    if (user === null) { await this.close(4401, 'sign in first'); return }
+    const id: string = user.id
+    // @ts-expect-error not a field of the app's user
+    void user.email
+    const room: string | undefined = scope.params.room
+    const cookies: Record<string, string> = scope.cookies
+    const session = scope.session
+    // @ts-expect-error the session is null without @fastify/session
+    void session.sessionId
+    if (session !== null) {
+      const sid: string = session.sessionId
+      await session.save()
+      void sid
+    }
+    void id; void room; void cookies
+    await this.accept()
+  }
+
+  override async receiveJson (content: { name?: string }): Promise<void> {
+    await login(this.scope, { id: '1', name: content.name ?? 'anonymous' })
+    // @ts-expect-error a user has the app's shape
+    await login(this.scope, { name: 'no id' })
+    // @ts-expect-error null is not a user: that is logout()
+    await login(this.scope, null)
+    await logout(this.scope)
+  }
+}
+
+const app = Fastify()
+await app.register(fastifyCookie)
+await app.register(fastifySession, { secret: 'a secret with at least 32 characters....' })
+const options: FastifyChannelsOptions = {
+  allowedOrigins: ['.example.com', 'https://example.com:8443'],
+  rejectMissingOrigin: true,
+  maxGroupsPerConnection: 10,
+  maxPayload: 65536,
+  heartbeatInterval: 0,
+  maxBufferedBytes: 1024,
+  getUser: async (request) => ({ id: String(request.headers['x-user-id']), name: 'n' })
+}
+await app.register(fastifyChannels, options)
+// @ts-expect-error getUser must return the app's ChannelsUser
+const badGetUser: FastifyChannelsOptions = { getUser: () => ({ name: 'no id' }) }
+// @ts-expect-error allowedOrigins is a list of patterns
+const badOrigins: FastifyChannelsOptions = { allowedOrigins: '*' }
+void badGetUser; void badOrigins
+app.get('/ws/:room', { websocket: true }, Chat.asHandler())
+await app.channelLayer.groupSend('lobby', { type: 'chat.message', text: 'hi' })
+const comm = new WebsocketCommunicator(app, '/ws/lobby', { headers: { cookie: 'sessionId=x', origin: 'https://a.example.com' } })
+const { status }: { status: number } = await comm.connect()
+void status
+`
+
+// Fails on purpose, line by line; it shares the program (and so the augmentation) with the app.
+const wrong = `
+import { login, type Scope } from 'fastify-channels'
+declare const scope: Scope
+export const id: number = scope.user?.id ?? 0
+await login(scope, { name: 'no id' })
+`
+
+/** Type errors per virtual file, from one compile with the project's tsconfig (one, because it is slow). */
+function typeErrors (files: Record<string, string>): Record<string, string[]> {
+  const virtual = new Map(Object.entries(files).map(([name, source]) => [path.join(root, 'test', name), source]))
+  const configFile = ts.readConfigFile(path.join(root, 'tsconfig.json'), ts.sys.readFile)
+  const parsed = ts.parseJsonConfigFileContent(configFile.config, ts.sys, root)
+  const options: ts.CompilerOptions = {
+    ...parsed.options,
+    noEmit: true,
+    // The package's own name, as an app imports it.
+    paths: { 'fastify-channels': ['./lib/index.ts'], 'fastify-channels/testing': ['./lib/testing.ts'] }
+  }
+  const host = ts.createCompilerHost(options)
+  const getSourceFile = host.getSourceFile.bind(host)
+  host.getSourceFile = (fileName, languageVersion, ...rest) => {
+    const source = virtual.get(fileName)
+    return source !== undefined ? ts.createSourceFile(fileName, source, languageVersion) : getSourceFile(fileName, languageVersion, ...rest)
+  }
+  const fileExists = host.fileExists.bind(host)
+  host.fileExists = fileName => virtual.has(fileName) || fileExists(fileName)
+  const readFile = host.readFile.bind(host)
+  host.readFile = fileName => virtual.get(fileName) ?? readFile(fileName)
+  const program = ts.createProgram([...virtual.keys()], options, host)
+  const result: Record<string, string[]> = {}
+  for (const [fileName] of virtual) {
+    const file = program.getSourceFile(fileName)
+    if (file === undefined) throw new Error(`${fileName} was not compiled`)
+    // Only these files are checked: the library is type-checked by \`npm run typecheck\`.
+    const diagnostics = [...program.getSyntacticDiagnostics(file), ...program.getSemanticDiagnostics(file)]
+    result[path.basename(fileName)] = diagnostics.map(d => {
+      const line = d.start === undefined ? 0 : file.getLineAndCharacterOfPosition(d.start).line + 1
+      return `${line}: ${ts.flattenDiagnosticMessageText(d.messageText, '\n')}`
+    })
+  }
+  return result
+}
+
+t.test('an app that augments ChannelsUser type-checks end to end; what must not compile does not', async t => {
+  const errors = typeErrors({ 'types-fixture-app.ts': app, 'types-fixture-wrong.ts': wrong })
+  t.same(errors['types-fixture-app.ts'], [], 'the app compiles, and each @ts-expect-error line is an error')
+  t.match(errors['types-fixture-wrong.ts'], [
+    /^4: Type 'string \| 0' is not assignable to type 'number'/,
+    /^5: .*Property 'id' is missing/s
+  ], 'the check can fail: the wrong lines are reported')
+  t.equal(errors['types-fixture-wrong.ts'].length, 2)
+})
