@@ -1,0 +1,131 @@
+/**
+ * Background workers: Channels' `SyncConsumer` + `runworker`. A `ChannelConsumer` subclass serves
+ * one named channel; `app.channelWorker(channel, Class)` runs it from `onReady` until `close()`.
+ * Messages are dispatched by `type` exactly as in WebSocket consumers, one at a time; a handler
+ * that throws is logged and the worker goes on. On a layer shared by several processes (Redis) the
+ * named channel is a queue, so each message is handled by exactly one worker of all of them.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { ChannelLayer, LayerMessage } from './layers/types.js'
+import { assertChannelName } from './layers/names.js'
+import { findHandler, reserveNames } from './dispatch.js'
+import { InvalidChannelNameError, InvalidOptionError } from './errors.js'
+
+export const kInitWorker = Symbol('fastify-channels.initWorker')
+
+export type ChannelConsumerClass = new () => ChannelConsumer
+
+export interface WorkerContext {
+  channelLayer: ChannelLayer
+  channelName: string
+  log: FastifyBaseLogger
+}
+
+/**
+ * Base class of background workers. Write one method per message type:
+ * `'deploy.start'` → `deployStart(message)` (or Django's `deploy_start`).
+ */
+export class ChannelConsumer {
+  channelLayer!: ChannelLayer
+  /** The named channel this worker serves. */
+  channelName!: string
+  /** The app's logger, bound to this worker's channel. */
+  log!: FastifyBaseLogger;
+
+  [kInitWorker] (ctx: WorkerContext): void {
+    this.channelLayer = ctx.channelLayer
+    this.channelName = ctx.channelName
+    this.log = ctx.log
+  }
+}
+
+reserveNames(ChannelConsumer.prototype, ['channelLayer', 'channelName', 'log'])
+
+/** Throws the error `app.channelWorker()` reports for bad arguments. */
+export function checkWorker (channel: unknown, Worker: unknown): asserts Worker is ChannelConsumerClass {
+  assertChannelName(channel)
+  if (channel.includes('!')) {
+    // A name with `!` belongs to one process (it comes from newChannel()); workers serve shared queues.
+    throw new InvalidChannelNameError(`Invalid worker channel "${channel}": a worker serves a named channel, without "!"`)
+  }
+  if (typeof Worker !== 'function' || !((Worker as { prototype?: unknown }).prototype instanceof ChannelConsumer)) {
+    throw new InvalidOptionError(`channelWorker("${channel}", Worker): Worker must be a subclass of ChannelConsumer`)
+  }
+}
+
+export interface RunningWorker {
+  /** Stops receiving; resolves once the message being handled, if any, is done. */
+  stop (): Promise<void>
+}
+
+const RETRY_MIN_MS = 100
+const RETRY_MAX_MS = 5000
+
+/**
+ * Receives from `ctx.channelName` in a loop and hands each message to `worker`, one at a time.
+ * A failing `receive()` (a backend briefly unreachable) is logged and retried with backoff;
+ * a closed layer ends the loop.
+ */
+export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): RunningWorker {
+  worker[kInitWorker](ctx)
+  const { channelLayer: layer, channelName: channel, log } = ctx
+  const abort = new AbortController()
+  const signal = abort.signal
+
+  async function handle (message: LayerMessage): Promise<void> {
+    const handler = findHandler(worker, message.type)
+    if (handler === undefined) {
+      log.warn({ type: message.type, channel }, 'no worker handler for message type; dropped')
+      return
+    }
+    try {
+      await handler.call(worker, message)
+    } catch (err) {
+      log.error({ err, type: message.type, channel }, 'worker handler failed; going on with the next message')
+    }
+  }
+
+  async function loop (): Promise<void> {
+    let retryMs = RETRY_MIN_MS
+    while (!signal.aborted) {
+      let message: LayerMessage
+      try {
+        message = await layer.receive(channel, { signal })
+      } catch (err) {
+        if (signal.aborted) return
+        if ((err as { code?: unknown }).code === 'FST_CHANNELS_LAYER_CLOSED') {
+          log.error({ channel }, 'channel layer closed under a running worker; worker stopped')
+          return
+        }
+        log.error({ err, channel, retryInMs: retryMs }, 'worker receive failed; retrying')
+        await sleep(retryMs, signal)
+        retryMs = Math.min(retryMs * 2, RETRY_MAX_MS)
+        continue
+      }
+      retryMs = RETRY_MIN_MS
+      await handle(message)
+    }
+  }
+
+  log.debug({ channel }, 'worker started')
+  const done = loop()
+  return {
+    async stop () {
+      abort.abort()
+      await done
+      log.debug({ channel }, 'worker stopped')
+    }
+  }
+}
+
+function sleep (ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise(resolve => {
+    const timer = setTimeout(finish, ms)
+    signal.addEventListener('abort', finish, { once: true })
+    function finish (): void {
+      clearTimeout(timer)
+      signal.removeEventListener('abort', finish)
+      resolve()
+    }
+  })
+}
