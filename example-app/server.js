@@ -1,0 +1,91 @@
+/**
+ * The fastify-channels example: chat rooms, a live clock and deploys run by a background worker.
+ *
+ *   npm start                                       in-memory layer, http://127.0.0.1:3000
+ *   PORT=3001 REDIS_URL=redis://127.0.0.1:6379 npm start   Redis layer: run several, chat across them
+ *
+ * Environment: PORT (3000), HOST (127.0.0.1), REDIS_URL (unset: in-memory layer), SESSION_SECRET,
+ * SESSION_FILE (where the in-memory mode keeps sessions across restarts), LOG_LEVEL (info).
+ */
+import { join } from 'node:path'
+import { tmpdir } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import Fastify from 'fastify'
+import fastifyCookie from '@fastify/cookie'
+import fastifySession from '@fastify/session'
+import fastifyStatic from '@fastify/static'
+import fastifyChannels, { InMemoryChannelLayer, RedisChannelLayer } from 'fastify-channels'
+import { ChatConsumer, ClockConsumer, DeployConsumer, DeployWorker, DEPLOY_CHANNEL, serverLabel, startClock } from './consumers.js'
+import { FileSessionStore, RedisSessionStore } from './sessions.js'
+
+const port = Number(process.env.PORT ?? 3000)
+const host = process.env.HOST ?? '127.0.0.1'
+const redisUrl = process.env.REDIS_URL
+// A fixed development secret keeps sessions valid across restarts; set SESSION_SECRET anywhere real.
+const sessionSecret = process.env.SESSION_SECRET ?? 'fastify-channels-example-dev-secret-change-me'
+
+const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
+
+let layer
+let sessionStore
+if (redisUrl) {
+  layer = new RedisChannelLayer({ url: redisUrl })
+  sessionStore = new RedisSessionStore(redisUrl)
+  app.addHook('onClose', async () => { await sessionStore.close() })
+} else {
+  layer = new InMemoryChannelLayer()
+  sessionStore = new FileSessionStore(process.env.SESSION_FILE ?? join(tmpdir(), 'fastify-channels-example', 'sessions.json'))
+}
+
+await app.register(fastifyCookie)
+await app.register(fastifySession, {
+  secret: sessionSecret,
+  store: sessionStore,
+  saveUninitialized: false,
+  cookie: { secure: false, httpOnly: true, sameSite: 'lax', maxAge: 7 * 24 * 3600 * 1000 }
+})
+await app.register(fastifyChannels, { layer })
+await app.register(fastifyStatic, { root: fileURLToPath(new URL('./public/', import.meta.url)) })
+
+// The sign-in form posts urlencoded data; this is all the parsing it needs.
+app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 4096 },
+  (request, body, done) => done(null, Object.fromEntries(new URLSearchParams(body))))
+
+app.get('/ws/chat/:room', { websocket: true }, ChatConsumer.asHandler())
+app.get('/ws/clock', { websocket: true }, ClockConsumer.asHandler())
+app.get('/ws/deploy', { websocket: true }, DeployConsumer.asHandler())
+app.channelWorker(DEPLOY_CHANNEL, DeployWorker)
+
+app.get('/api/me', async (request) => ({ user: request.session.get('user') ?? null, server: serverLabel }))
+
+app.post('/login', async (request, reply) => {
+  // Printable characters only, so a name cannot break a log line or the page's layout.
+  const name = String(request.body?.name ?? '').replace(/[^\p{L}\p{N}\p{P}\p{Zs}]/gu, '').trim().slice(0, 24)
+  if (name === '') return reply.redirect('/?error=name', 303)
+  // A fresh session id on sign-in: an id planted before it (session fixation) is worth nothing after.
+  await request.session.regenerate()
+  request.session.set('user', { name })
+  return reply.redirect('/', 303)
+})
+
+app.post('/logout', async (request, reply) => {
+  await request.session.destroy()
+  return reply.redirect('/', 303)
+})
+
+let stopClock = () => {}
+app.addHook('onReady', async () => { stopClock = startClock(app.channelLayer, app.log) })
+app.addHook('preClose', async () => { stopClock() })
+
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    app.log.info({ signal }, 'shutting down')
+    app.close().then(() => process.exit(0), (err) => {
+      app.log.error({ err }, 'shutdown failed')
+      process.exit(1)
+    })
+  })
+}
+
+const address = await app.listen({ port, host })
+app.log.info(`fastify-channels example on ${address} (${redisUrl ? `Redis layer at ${redisUrl}` : 'in-memory layer'})`)
