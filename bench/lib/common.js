@@ -1,0 +1,124 @@
+// Shared by the harness, the server processes and the load generators.
+import { readFileSync } from 'node:fs'
+
+/** Milliseconds on CLOCK_MONOTONIC: the same clock in every process of this machine. */
+export function monoMs () {
+  const [s, ns] = process.hrtime()
+  return s * 1e3 + ns / 1e6
+}
+
+export const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
+
+export function groupName (index) {
+  return `g${index}`
+}
+
+/**
+ * The bench payload, the same for every target: `{"s":seq,"g":group,"t":sentAtMs,"p":"xx…"}`,
+ * padded so that its JSON is exactly `payloadBytes` long. Key order is fixed so the generator can
+ * read `s` and `g` at a known offset without parsing JSON.
+ */
+export function makePayloadFactory (payloadBytes) {
+  const pad = 'x'.repeat(payloadBytes)
+  return function payload (seq, group, sentAtMs) {
+    const t = Math.round(sentAtMs * 1000) / 1000
+    // {"s":,"g":,"t":,"p":""} is 23 characters around the three numbers.
+    const used = 23 + digits(seq) + digits(group) + String(t).length
+    return { s: seq, g: group, t, p: pad.slice(0, Math.max(0, payloadBytes - used)) }
+  }
+}
+
+function digits (n) {
+  return n < 10 ? 1 : n < 100 ? 2 : n < 1000 ? 3 : n < 10000 ? 4 : n < 100000 ? 5 : String(n).length
+}
+
+const TICKS_PER_SECOND = 100 // USER_HZ on Linux
+
+/** User+system CPU time of a process (all threads) in microseconds, from /proc; null if gone. */
+export function procCpuUs (pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
+    // Fields after the command name, which may contain spaces, start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    const utime = Number(fields[11])
+    const stime = Number(fields[12])
+    return (utime + stime) * (1e6 / TICKS_PER_SECOND)
+  } catch {
+    return null
+  }
+}
+
+/** Resident set size in bytes, from /proc; null if gone. */
+export function procRssBytes (pid) {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'latin1')
+    const m = /VmRSS:\s+(\d+) kB/.exec(status)
+    return m === null ? null : Number(m[1]) * 1024
+  } catch {
+    return null
+  }
+}
+
+/** Request/response over a child's IPC channel: `{ id, ...msg }` out, `{ id, ...reply }` back. */
+export function ipcClient (child, name) {
+  let nextId = 1
+  const pending = new Map()
+  child.on('message', msg => {
+    if (msg === null || typeof msg !== 'object' || msg.id === undefined) return
+    const p = pending.get(msg.id)
+    if (p === undefined) return
+    pending.delete(msg.id)
+    if (msg.error !== undefined) p.reject(new Error(`${name}: ${msg.error}`))
+    else p.resolve(msg)
+  })
+  child.on('exit', (code, signal) => {
+    for (const p of pending.values()) p.reject(new Error(`${name} exited (${code ?? signal}) with a request pending`))
+    pending.clear()
+  })
+  return function request (cmd, args = {}, timeoutMs = 120_000) {
+    const id = nextId++
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        pending.delete(id)
+        reject(new Error(`${name}: "${cmd}" timed out after ${timeoutMs} ms`))
+      }, timeoutMs)
+      pending.set(id, {
+        resolve: v => { clearTimeout(timer); resolve(v) },
+        reject: e => { clearTimeout(timer); reject(e) }
+      })
+      child.send({ id, cmd, ...args })
+    })
+  }
+}
+
+/** Serves `{ id, cmd }` requests from the parent with `handlers[cmd](msg)`. */
+export function serveIpc (handlers) {
+  process.on('message', async msg => {
+    if (msg === null || typeof msg !== 'object' || msg.id === undefined) return
+    const handler = handlers[msg.cmd]
+    try {
+      if (handler === undefined) throw new Error(`unknown command ${msg.cmd}`)
+      const reply = await handler(msg)
+      process.send({ id: msg.id, ...(reply ?? {}) })
+    } catch (err) {
+      process.send({ id: msg.id, error: err?.stack ?? String(err) })
+    }
+  })
+  // The parent going away ends this process: no orphans holding ports and file descriptors.
+  process.on('disconnect', () => process.exit(0))
+}
+
+/** Busy time (everything but idle and iowait) per CPU in microseconds, from /proc/stat. */
+export function cpuBusyUs () {
+  const out = []
+  try {
+    for (const line of readFileSync('/proc/stat', 'latin1').split('\n')) {
+      const m = /^cpu(\d+) (.*)$/.exec(line)
+      if (m === null) continue
+      const [user, nice, system, idle, iowait, irq, softirq, steal] = m[2].trim().split(/\s+/).map(Number)
+      out[Number(m[1])] = (user + nice + system + irq + softirq + steal) * (1e6 / TICKS_PER_SECOND)
+      void idle; void iowait
+    }
+  } catch {}
+  return out
+}
