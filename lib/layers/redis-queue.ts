@@ -199,7 +199,9 @@ class QueueReaders {
             for (const receiver of [...reader.receivers]) receiver.abort(reason)
             failingSince = undefined
           }
-          await new Promise(resolve => setTimeout(resolve, backoff).unref())
+          // Wake no later than the moment the waiting receivers are due their LayerTimeoutError.
+          const due = (failingSince ?? now) + this.#connections.timeout - performance.now()
+          await new Promise(resolve => setTimeout(resolve, Math.max(0, Math.min(backoff, due))).unref())
           backoff = Math.min(backoff * 2, 1000)
         }
       }
@@ -216,15 +218,16 @@ class QueueReaders {
 
   async #pop (conn: Client, key: string): Promise<Buffer | null> {
     const timeout = this.#connections.timeout
-    // The server answers within POP_SECONDS; past that plus `timeout`, the connection is dead.
-    const deadline = performance.now() + POP_SECONDS * 1000 + timeout
     if (conn.status !== 'ready') {
+      const connected = performance.now() + timeout
       const connecting = conn.status === 'wait' ? conn.connect() : Promise.reject(new Error(`connection ${conn.status}`))
-      await withDeadline(connecting, deadline, 'connect', timeout)
+      await withDeadline(connecting, connected, 'connect', timeout)
       // Elements carry deadlines in server time; a worker-only process learns it here.
-      const [seconds, micros] = await withDeadline(conn.time(), deadline, 'connect', timeout)
+      const [seconds, micros] = await withDeadline(conn.time(), connected, 'connect', timeout)
       this.#local.observeServerTime(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000))
     }
+    // The server answers within POP_SECONDS; past that plus `timeout`, the connection is dead.
+    const deadline = performance.now() + POP_SECONDS * 1000 + timeout
     const popped = await withDeadline(conn.blpopBuffer(key, POP_SECONDS), deadline, 'receive', timeout)
     return popped === null ? null : popped[1]
   }
