@@ -6,12 +6,13 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Socket } from 'node:net'
 import type { WebSocket, RawData } from 'ws'
-import type { ChannelLayer, LayerMessage } from './layers/types.js'
-import { canDiscardChannel } from './layers/types.js'
+import type { ChannelLayer, ChannelListener, ChannelSink, LayerMessage } from './layers/types.js'
+import { canDiscardChannel, canListen } from './layers/types.js'
 import { buildScope, type GetUser, type Scope } from './scope.js'
 import { findHandler } from './dispatch.js'
 import { InvalidOptionError, TooManyGroupsError } from './errors.js'
 import { connectionLayer } from './connection-layer.js'
+import { frameWriter } from './frame.js'
 
 /** What every connection of one plugin instance shares. */
 export interface Runtime {
@@ -79,6 +80,8 @@ export class Connection {
   #consumer: ConsumerHooks
   #log: FastifyBaseLogger
   #socket: WebSocket | null = null
+  #writeText: ((text: string) => boolean) | null = null
+  #listener: ChannelListener | null = null
   #channelName = ''
   #accepted = false
   #decided = false
@@ -165,6 +168,7 @@ export class Connection {
       return
     }
     this.#socket = socket
+    this.#writeText = frameWriter(socket)
     this.state = 'open'
     socket.on('message', (data, binary) => {
       this.#enqueue({ kind: 'frame', data, binary })
@@ -188,7 +192,9 @@ export class Connection {
       }
     })
     this.#resolveOpened()
-    void this.#pump()
+    const layer = this.#runtime.layer
+    if (canListen(layer)) this.#listen(layer)
+    else void this.#pump()
     if (this.#pendingClose !== null) {
       const { code, reason } = this.#pendingClose
       this.#pendingClose = null
@@ -268,7 +274,11 @@ export class Connection {
       this.close(1008, 'slow reader: too much data queued')
       return
     }
-    socket.send(data, { binary: typeof data !== 'string' })
+    if (typeof data === 'string') {
+      if (this.#writeText === null || !this.#writeText(data)) socket.send(data)
+    } else {
+      socket.send(data, BINARY)
+    }
   }
 
   #pendingClose: { code: number, reason: string } | null = null
@@ -297,6 +307,27 @@ export class Connection {
     if (!this.#draining) void this.#drain()
   }
 
+  /** Layer messages arrive as they are sent, while fewer than HIGH_WATER tasks wait. */
+  #listen (layer: ChannelLayer & { listen: (channel: string, sink: ChannelSink) => ChannelListener }): void {
+    const connection = this
+    const sink: ChannelSink = {
+      get accepting () { return connection.#pending < HIGH_WATER },
+      push (message) { connection.#enqueue({ kind: 'message', message }) },
+      end (err) { connection.#layerFailed(err) }
+    }
+    try {
+      this.#listener = layer.listen(this.#channelName, sink)
+    } catch (err) {
+      this.#layerFailed(err)
+    }
+  }
+
+  #layerFailed (err: unknown): void {
+    this.#log.error({ err, channel: this.#channelName }, 'channel layer receive failed; closing the connection')
+    this.close(1011, 'channel layer unavailable')
+  }
+
+  /** For a layer that cannot push: one `receive()` at a time, pausing while HIGH_WATER tasks wait. */
   async #pump (): Promise<void> {
     const signal = this.#abort.signal
     const layer = this.#runtime.layer
@@ -305,9 +336,7 @@ export class Connection {
       try {
         message = await layer.receive(this.#channelName, { signal })
       } catch (err) {
-        if (signal.aborted) return
-        this.#log.error({ err, channel: this.#channelName }, 'channel layer receive failed; closing the connection')
-        this.close(1011, 'channel layer unavailable')
+        if (!signal.aborted) this.#layerFailed(err)
         return
       }
       this.#enqueue({ kind: 'message', message })
@@ -321,6 +350,7 @@ export class Connection {
     if (this.#endQueued) return
     this.#endQueued = true
     this.#abort.abort()
+    this.#listener?.close()
     this.#enqueue({ kind: 'end', code })
   }
 
@@ -334,49 +364,70 @@ export class Connection {
     if (this.#ready && !this.#draining) void this.#drain()
   }
 
-  async #drain (): Promise<void> {
+  /**
+   * Runs queued tasks in order. A task whose handler completes synchronously is followed by the next
+   * at once; one that returns a promise resumes the loop when it settles (one `.then` per task).
+   */
+  #drain (): void {
     this.#draining = true
     while (this.#head < this.#queue.length) {
       const task = this.#queue[this.#head] as Task
       this.#queue[this.#head++] = undefined
-      await this.#run(task)
-      if (this.#pending < HIGH_WATER) {
-        for (const wake of this.#drainWaiters.splice(0)) wake()
-        if (this.#paused) {
-          this.#paused = false
-          this.#socket?.resume()
-        }
+      const pending = this.#run(task)
+      if (pending !== undefined) {
+        pending.then(this.#taskDone, this.#taskFailed)
+        return
       }
+      this.#afterTask()
     }
     this.#queue.length = 0
     this.#head = 0
     this.#draining = false
   }
 
-  async #run (task: Task): Promise<void> {
-    if (task.kind === 'end') {
-      await this.#end(task.code, true)
-      return
+  readonly #taskDone = (): void => {
+    this.#afterTask()
+    this.#drain()
+  }
+
+  readonly #taskFailed = (err: unknown): void => {
+    this.#handlerFailed(err)
+    this.#taskDone()
+  }
+
+  #afterTask (): void {
+    if (this.#pending >= HIGH_WATER) return
+    for (const wake of this.#drainWaiters.splice(0)) wake()
+    this.#listener?.resume()
+    if (this.#paused) {
+      this.#paused = false
+      this.#socket?.resume()
     }
-    if (this.state !== 'open') return
+  }
+
+  /** Runs one task; returns what to wait for when the handler is asynchronous. */
+  #run (task: Task): PromiseLike<unknown> | undefined {
+    if (task.kind === 'end') return this.#end(task.code, true)
+    if (this.state !== 'open') return undefined
+    let result: unknown
     try {
       if (task.kind === 'frame') {
-        if (task.binary) {
-          await this.#consumer.receive(undefined, toBuffer(task.data))
-        } else {
-          await this.#consumer.receive(toBuffer(task.data).toString('utf8'), undefined)
-        }
+        result = task.binary
+          ? this.#consumer.receive(undefined, toBuffer(task.data))
+          : this.#consumer.receive(toBuffer(task.data).toString('utf8'), undefined)
       } else {
         const handler = findHandler(this.#consumer, task.message.type)
         if (handler === undefined) {
           this.#log.warn({ type: task.message.type, channel: this.#channelName }, 'no handler for message type; dropped')
-          return
+          return undefined
         }
-        await handler.call(this.#consumer, task.message)
+        result = handler.call(this.#consumer, task.message)
       }
     } catch (err) {
       this.#handlerFailed(err)
+      return undefined
     }
+    return isThenable(result) ? result : undefined
   }
 
   #handlerFailed (err: unknown): void {
@@ -393,6 +444,7 @@ export class Connection {
     if (this.state === 'ended') return
     this.state = 'ended'
     this.#abort.abort()
+    this.#listener?.close()
     if (runDisconnect && this.#accepted) {
       try {
         await this.#consumer.disconnect(code)
@@ -424,6 +476,13 @@ export class Connection {
       }
     }
   }
+}
+
+const BINARY = { binary: true }
+
+function isThenable (value: unknown): value is PromiseLike<unknown> {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') &&
+    typeof (value as { then?: unknown }).then === 'function'
 }
 
 /** The close code ws sends for each of its protocol errors; other errors mean the connection is lost. */

@@ -19,6 +19,8 @@ export type WebsocketRouteHandler = ((socket: WebSocket, request: FastifyRequest
 
 export type ConsumerClass = new () => WebsocketConsumer
 
+const settled = Promise.resolve()
+
 export class WebsocketConsumer {
   /** Groups joined before `connect()` and left after `disconnect()`. */
   groups: string[] = []
@@ -69,9 +71,17 @@ export class WebsocketConsumer {
     this.#connection.close(code, reason)
   }
 
-  /** A string is sent as a text frame, bytes as a binary frame. */
-  async send (data: string | Uint8Array): Promise<void> {
-    this.#connection.send(data)
+  /**
+   * A string is sent as a text frame, bytes as a binary frame. The frame is handed to the socket
+   * before this returns; the promise is already settled (not async: no promise per frame).
+   */
+  send (data: string | Uint8Array): Promise<void> {
+    try {
+      this.#connection.send(data)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    return settled
   }
 
   /** One client frame: `text` for a text frame, `bytes` for a binary one. */

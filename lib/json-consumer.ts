@@ -47,8 +47,14 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
   async receiveJson (content: unknown): Promise<void> {}
 
   /** Sends `content` as one JSON text frame. */
-  async sendJson (content: unknown): Promise<void> {
-    await this.send((this.constructor as typeof JsonWebsocketConsumer).encodeJson(content))
+  sendJson (content: unknown): Promise<void> {
+    let text: string
+    try {
+      text = (this.constructor as typeof JsonWebsocketConsumer).encodeJson(content)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    return this.send(text)
   }
 }
 

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { WebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type LayerMessage } from '../lib/index.js'
+import { WebsocketConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, sleep } from './helpers/app.js'
 
@@ -302,10 +302,9 @@ t.test('the heartbeat terminates nothing that answers pings', async t => {
   t.equal(await comm.receiveFrom(), 'alive')
 })
 
-t.test('on a layer without discardChannel, the groups the connection joined are still left', async t => {
-  const inner = new InMemoryChannelLayer()
-  // Only the contract's methods: no discardChannel, as a third-party layer may be.
-  const layer: ChannelLayer = {
+/** Only the contract's methods: no discardChannel and no listen(), as a third-party layer may be. */
+function contractOnly (inner: InMemoryChannelLayer): ChannelLayer {
+  return {
     extensions: inner.extensions,
     newChannel: p => inner.newChannel(p),
     send: (c, m) => inner.send(c, m),
@@ -320,6 +319,11 @@ t.test('on a layer without discardChannel, the groups the connection joined are 
     get group_send () { return this.groupSend },
     get new_channel () { return this.newChannel }
   }
+}
+
+t.test('on a layer without discardChannel, the groups the connection joined are still left', async t => {
+  const inner = new InMemoryChannelLayer()
+  const layer = contractOnly(inner)
   class Joins extends WebsocketConsumer {
     override groups = ['a']
     override async connect () { await this.channelLayer.groupAdd('b', this.channelName); await this.accept() }
@@ -331,4 +335,81 @@ t.test('on a layer without discardChannel, the groups the connection joined are 
   t.same(inner.inspect().memberships, 2)
   await comm.disconnect()
   t.same(inner.inspect().memberships, 0)
+})
+
+for (const [kind, makeLayer] of [
+  ['a layer that pushes (listen)', (inner: InMemoryChannelLayer): ChannelLayer => inner],
+  ['a layer that can only be polled (receive)', contractOnly]
+] as const) {
+  t.test(`on ${kind}: messages arrive in order past the queue limit, and a layer failure closes with 1011`, async t => {
+    const inner = new InMemoryChannelLayer()
+    class Slow extends WebsocketConsumer {
+      override groups = ['feed']
+      async item (m: { n: number }) {
+        await sleep(1)
+        await this.send(String(m.n))
+      }
+    }
+    const { app, logs } = await buildApp({ layer: makeLayer(inner) }, app => app.get('/ws', { websocket: true }, Slow.asHandler()))
+    t.teardown(() => app.close())
+    const comm = new WebsocketCommunicator(app, '/ws')
+    await comm.connect()
+    // More than the connection queues at once (16): the rest waits in the layer, under its capacity.
+    for (let n = 0; n < 60; n++) await app.channelLayer.groupSend('feed', { type: 'item', n })
+    const got: string[] = []
+    for (let n = 0; n < 60; n++) got.push(String(await comm.receiveFrom()))
+    t.same(got, Array.from({ length: 60 }, (_, n) => String(n)), 'all 60, in order')
+    await inner.close()
+    t.same(await comm.closed, { code: 1011, reason: 'channel layer unavailable' })
+    t.ok(logs.some(l => l.msg === 'channel layer receive failed; closing the connection' && l.level === 50), 'logged as an error')
+  })
+}
+
+t.test('handlers need not be async: plain functions run in order, and a throw closes with 1011', async t => {
+  const ran: string[] = []
+  class Plain extends WebsocketConsumer {
+    override groups = ['plain']
+    // Not async and not awaited: the frame is handed to the socket before send() returns.
+    note (m: { text: string }) {
+      ran.push(m.text)
+      void this.send(m.text)
+    }
+
+    explode () { throw new Error('plain handler bug') }
+    override async disconnect (code: number) { ran.push(`disconnect ${code}`) }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Plain.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  for (const text of ['a', 'b', 'c']) await app.channelLayer.groupSend('plain', { type: 'note', text })
+  t.same([await comm.receiveFrom(), await comm.receiveFrom(), await comm.receiveFrom()], ['a', 'b', 'c'])
+  await app.channelLayer.groupSend('plain', { type: 'explode' })
+  await app.channelLayer.groupSend('plain', { type: 'note', text: 'after' })
+  t.same(await comm.closed, { code: 1011, reason: 'internal error' })
+  await comm.serverFinished()
+  t.same(ran, ['a', 'b', 'c', 'disconnect 1011'], 'nothing ran after the failure but disconnect()')
+  t.ok(logs.some(l => l.msg === 'consumer handler failed; closing with 1011' && (l.err as { message?: string }).message === 'plain handler bug'))
+})
+
+t.test('send() and sendJson() report bad calls as rejections, not throws', async t => {
+  class Bad extends JsonWebsocketConsumer {
+    override async receiveJson () {
+      const circular: Record<string, unknown> = {}
+      circular.self = circular
+      const outcomes = await Promise.all([
+        this.sendJson(circular).then(() => 'sent', (err: Error) => err.constructor.name),
+        this.sendJson(10n).then(() => 'sent', (err: Error) => err.constructor.name),
+        this.sendJson({ ok: true }).then(() => 'sent')
+      ])
+      await this.send(outcomes.join(','))
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Bad.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendTo('{}')
+  t.same(await comm.receiveFrom(), '{"ok":true}')
+  t.same(await comm.receiveFrom(), 'TypeError,TypeError,sent')
 })

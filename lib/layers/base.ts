@@ -4,7 +4,9 @@ import { ChannelFullError, InvalidOptionError, LayerClosedError } from '../error
 import { Mailbox, Waiter } from './mailbox.js'
 import { cloneMessage, copyMessage } from './message.js'
 import { assertChannelName, assertChannelPrefix, assertGroupName } from './names.js'
-import type { ChannelDiscarding, ChannelLayer, LayerLogger, LayerMessage, ReceiveOptions } from './types.js'
+import type {
+  ChannelDiscarding, ChannelLayer, ChannelListener, ChannelListening, ChannelSink, LayerLogger, LayerMessage, ReceiveOptions
+} from './types.js'
 
 export interface BaseChannelLayerOptions {
   /** Undelivered messages a channel may hold before `send()` rejects with ChannelFullError. Default 100. */
@@ -22,6 +24,7 @@ export interface LayerStats {
 
 /** Counts of the process-local state, for diagnostics and leak tests; not a stable format. */
 export interface LayerInspection {
+  /** Channels holding messages, waiting receivers or a listener. */
   channels: number
   groups: number
   memberships: number
@@ -49,7 +52,7 @@ function checkPositive (name: string, value: unknown, fallback: number, integer:
  * whatever lives in this process (waiting receivers, fan-out to local channels). Backends should
  * not override the public methods, or they lose the validation.
  */
-export abstract class BaseChannelLayer extends EventEmitter implements ChannelLayer, ChannelDiscarding {
+export abstract class BaseChannelLayer extends EventEmitter implements ChannelLayer, ChannelDiscarding, ChannelListening {
   readonly extensions: readonly string[] = ['groups', 'flush']
   /** Where skipped deliveries are reported; the plugin assigns Fastify's logger. */
   log: LayerLogger = silentLogger
@@ -72,6 +75,7 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
   // group → channel → expiry deadline, and the reverse index that makes discardChannel cheap.
   readonly #groups = new Map<string, Map<string, number>>()
   readonly #channelGroups = new Map<string, Set<string>>()
+  readonly #sinks = new Map<string, ChannelSink>()
   readonly #sweeper: NodeJS.Timeout
 
   constructor (options: BaseChannelLayerOptions = {}) {
@@ -153,6 +157,25 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
     return this.doGroupSend(group, copyMessage(message))
   }
 
+  /**
+   * Pushes the channel's messages to `sink` as they arrive (for a channel of this process: one
+   * from `newChannel()`), before any waiting `receive()`. While the sink is not accepting they wait
+   * in the channel as usual, under `capacity` and `expiry`, until `resume()`. One sink per channel.
+   */
+  listen (channel: string, sink: ChannelSink): ChannelListener {
+    this.assertOpen()
+    assertChannelName(channel)
+    if (!channel.includes('!')) throw new InvalidOptionError(`listen() takes a channel of this process, not the named channel "${channel}"`)
+    if (this.#sinks.has(channel)) throw new InvalidOptionError(`channel "${channel}" already has a listener`)
+    this.#sinks.set(channel, sink)
+    const listener: ChannelListener = {
+      resume: () => { if (this.#sinks.get(channel) === sink) this.#resume(channel, sink) },
+      close: () => { if (this.#sinks.get(channel) === sink) this.#sinks.delete(channel) }
+    }
+    listener.resume()
+    return listener
+  }
+
   /** Drops the channel's queued messages and every group membership it has. */
   async discardChannel (channel: string): Promise<void> {
     this.assertOpen()
@@ -178,7 +201,9 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
   inspect (): LayerInspection {
     let memberships = 0
     for (const members of this.#groups.values()) memberships += members.size
-    return { channels: this.#mailboxes.size, groups: this.#groups.size, memberships }
+    let channels = this.#mailboxes.size
+    for (const channel of this.#sinks.keys()) if (!this.#mailboxes.has(channel)) channels++
+    return { channels, groups: this.#groups.size, memberships }
   }
 
   // Hooks. `message` arguments are copies owned by the layer and may be handed to a receiver as is.
@@ -359,6 +384,9 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
     this.#mailboxes.clear()
     this.#groups.clear()
     this.#channelGroups.clear()
+    const sinks = [...this.#sinks.values()]
+    this.#sinks.clear()
+    for (const sink of sinks) sink.end(new LayerClosedError())
   }
 
   /** Drops expired messages, memberships and whatever is left empty. Runs on a timer; callable directly. */
@@ -380,6 +408,12 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
   #deliver (channel: string, message: LayerMessage, copy: boolean): boolean {
     const now = performance.now()
     let mailbox = this.#mailboxes.get(channel)
+    const sink = this.#sinks.get(channel)
+    // Straight to the listener, unless older messages still wait for it (order is kept).
+    if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0)) {
+      sink.push(copy ? cloneMessage(message) : message)
+      return true
+    }
     if (mailbox === undefined) {
       mailbox = new Mailbox(channel, this.#mailboxes)
       this.#mailboxes.set(channel, mailbox)
@@ -395,6 +429,18 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
     }
     mailbox.push(copy ? cloneMessage(message) : message, now + this.expiryMs)
     return true
+  }
+
+  #resume (channel: string, sink: ChannelSink): void {
+    const mailbox = this.#mailboxes.get(channel)
+    if (mailbox === undefined) return
+    mailbox.dropExpired(performance.now())
+    while (sink.accepting && this.#sinks.get(channel) === sink) {
+      const message = mailbox.shift()
+      if (message === undefined) break
+      sink.push(message)
+    }
+    mailbox.releaseIfIdle()
   }
 
   #offer (channel: string, message: LayerMessage, group: string, copy: boolean): void {

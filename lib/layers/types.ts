@@ -53,3 +53,33 @@ export interface ChannelDiscarding {
 export function canDiscardChannel (layer: ChannelLayer): layer is ChannelLayer & ChannelDiscarding {
   return typeof (layer as Partial<ChannelDiscarding>).discardChannel === 'function'
 }
+
+/**
+ * Where a listened channel's messages go as they arrive, instead of waiting for `receive()`.
+ * A connection listens on its own channel, so a group message reaches every local member in the
+ * `groupSend()` call itself, with no promise per member.
+ */
+export interface ChannelSink {
+  /** Whether the sink takes a message now. While false, messages wait in the channel (capacity and expiry apply) until `resume()`. */
+  readonly accepting: boolean
+  /** Takes one message, a copy the sink owns. */
+  push (message: LayerMessage): void
+  /** The layer closed: no message will come any more. */
+  end (reason: Error): void
+}
+
+export interface ChannelListener {
+  /** The sink accepts again: hands it what waited in the channel meanwhile, in order. */
+  resume (): void
+  /** Stops listening; later messages wait in the channel for `receive()`. */
+  close (): void
+}
+
+/** Extra delivery mode a layer may offer; without it a connection loops on `receive()`. */
+export interface ChannelListening {
+  listen (channel: string, sink: ChannelSink): ChannelListener
+}
+
+export function canListen (layer: ChannelLayer): layer is ChannelLayer & ChannelListening {
+  return typeof (layer as Partial<ChannelListening>).listen === 'function'
+}

@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { ChannelFullError, LayerClosedError } from '../../lib/errors.js'
 import { canDiscardChannel, type ChannelLayer, type LayerMessage } from '../../lib/layers/types.js'
 import { conformanceMessages } from './conformance-messages.js'
+import { conformanceListen } from './conformance-listen.js'
 
 // The channel layer contract (API.md, "Channel layers") as tests any backend must pass.
 
@@ -322,6 +323,7 @@ export function conformance (name: string, factory: LayerFactory, opts: Conforma
     })
 
     conformanceMessages(test, h)
+    conformanceListen(test, h, opts.shared === true, latency)
 
     if (opts.shared !== true) return
 
