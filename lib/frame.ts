@@ -1,0 +1,61 @@
+/**
+ * Text frames built once for many sockets. A group message is, for most consumers, the same text
+ * for every local member, sent one member after the other within one `groupSend()`; framing it
+ * once and writing the same bytes to each socket is what a hand-written `ws` broadcast does.
+ *
+ * This writes through `ws`' own Sender (`sendFrame`, the step `ws.send()` ends with), and only on
+ * a socket where `ws.send()` would do exactly that: no extension negotiated (a compressed socket
+ * frames per socket), the socket OPEN and nothing queued in the Sender ahead of us. Anything else
+ * goes through `ws.send()`.
+ */
+import type { WebSocket } from 'ws'
+
+/** The parts of ws' Sender this relies on: a queue state (0 = idle) and the frame writer. */
+interface SenderInternals {
+  _state?: unknown
+  sendFrame?: (list: Buffer[], cb?: () => void) => void
+}
+
+// Texts larger than this are framed per socket: keeping one alive between sends costs memory.
+const MAX_SHARED_TEXT = 64 * 1024
+
+let lastText: string | undefined
+let lastFrame: Buffer[] = []
+
+/** A writer of text frames for `socket`, or null when it must go through `ws.send()`. */
+export function frameWriter (socket: WebSocket): ((text: string) => boolean) | null {
+  const sender = (socket as unknown as { _sender?: SenderInternals })._sender
+  if (sender === undefined || typeof sender.sendFrame !== 'function' || socket.extensions !== '') return null
+  const sendFrame = sender.sendFrame
+  /** Writes `text` as one frame; false (nothing written) when the Sender is busy with a queue. */
+  return function writeText (text: string): boolean {
+    // Not OPEN: ws.send() knows what to do after a close frame (never write data after one).
+    if (socket.readyState !== 1 || sender._state !== 0 || text.length > MAX_SHARED_TEXT) return false
+    if (text !== lastText) {
+      lastFrame = [textFrame(text)]
+      lastText = text
+    }
+    sendFrame.call(sender, lastFrame)
+    return true
+  }
+}
+
+/** One unmasked, unfragmented text frame (RFC 6455 §5.2), header and payload in one Buffer. */
+export function textFrame (text: string): Buffer {
+  const length = Buffer.byteLength(text)
+  const header = length < 126 ? 2 : length < 65536 ? 4 : 10
+  const frame = Buffer.allocUnsafe(header + length)
+  frame[0] = 0x81 // FIN, opcode 1 (text)
+  if (header === 2) {
+    frame[1] = length
+  } else if (header === 4) {
+    frame[1] = 126
+    frame.writeUInt16BE(length, 2)
+  } else {
+    frame[1] = 127
+    frame.writeUInt16BE(0, 2)
+    frame.writeUIntBE(length, 4, 6)
+  }
+  frame.write(text, header, 'utf8')
+  return frame
+}
