@@ -41,10 +41,18 @@ export interface ConsumerContext {
   connection: Connection
 }
 
-type Task =
-  | { kind: 'frame', data: RawData, binary: boolean }
-  | { kind: 'message', message: LayerMessage }
-  | { kind: 'end', code: number }
+/** A client frame waiting for `receive()`. */
+class ClientFrame {
+  constructor (readonly data: RawData, readonly binary: boolean) {}
+}
+
+/** The connection ended: `disconnect(code)` and clean-up, after everything queued before. */
+class End {
+  constructor (readonly code: number) {}
+}
+
+// Layer messages are queued as they are, with no wrapper: one allocation fewer per delivery.
+type Task = ClientFrame | End | LayerMessage
 
 type State = 'connecting' | 'open' | 'closing' | 'ended'
 
@@ -171,7 +179,7 @@ export class Connection {
     this.#writeText = frameWriter(socket)
     this.state = 'open'
     socket.on('message', (data, binary) => {
-      this.#enqueue({ kind: 'frame', data, binary })
+      this.#enqueue(new ClientFrame(data, binary))
       if (!this.#paused && this.#pending >= HIGH_WATER) {
         this.#paused = true
         socket.pause()
@@ -312,7 +320,7 @@ export class Connection {
     const connection = this
     const sink: ChannelSink = {
       get accepting () { return connection.#pending < HIGH_WATER },
-      push (message) { connection.#enqueue({ kind: 'message', message }) },
+      push (message) { connection.#enqueue(message) },
       end (err) { connection.#layerFailed(err) }
     }
     try {
@@ -339,7 +347,7 @@ export class Connection {
         if (!signal.aborted) this.#layerFailed(err)
         return
       }
-      this.#enqueue({ kind: 'message', message })
+      this.#enqueue(message)
       if (this.#pending >= HIGH_WATER) {
         await new Promise<void>(resolve => this.#drainWaiters.push(resolve))
       }
@@ -351,7 +359,7 @@ export class Connection {
     this.#endQueued = true
     this.#abort.abort()
     this.#listener?.close()
-    this.#enqueue({ kind: 'end', code })
+    this.#enqueue(new End(code))
   }
 
   /** Tasks queued and not yet taken by the drain loop. */
@@ -407,21 +415,21 @@ export class Connection {
 
   /** Runs one task; returns what to wait for when the handler is asynchronous. */
   #run (task: Task): PromiseLike<unknown> | undefined {
-    if (task.kind === 'end') return this.#end(task.code, true)
+    if (task instanceof End) return this.#end(task.code, true)
     if (this.state !== 'open') return undefined
     let result: unknown
     try {
-      if (task.kind === 'frame') {
+      if (task instanceof ClientFrame) {
         result = task.binary
           ? this.#consumer.receive(undefined, toBuffer(task.data))
           : this.#consumer.receive(toBuffer(task.data).toString('utf8'), undefined)
       } else {
-        const handler = findHandler(this.#consumer, task.message.type)
+        const handler = findHandler(this.#consumer, task.type)
         if (handler === undefined) {
-          this.#log.warn({ type: task.message.type, channel: this.#channelName }, 'no handler for message type; dropped')
+          this.#log.warn({ type: task.type, channel: this.#channelName }, 'no handler for message type; dropped')
           return undefined
         }
-        result = handler.call(this.#consumer, task.message)
+        result = handler.call(this.#consumer, task)
       }
     } catch (err) {
       this.#handlerFailed(err)

@@ -406,7 +406,6 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
 
   // `copy` clones only once the channel is known to accept, so skipping a full member costs nothing.
   #deliver (channel: string, message: LayerMessage, copy: boolean): boolean {
-    const now = performance.now()
     let mailbox = this.#mailboxes.get(channel)
     const sink = this.#sinks.get(channel)
     // Straight to the listener, unless older messages still wait for it (order is kept).
@@ -414,6 +413,7 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
       sink.push(copy ? cloneMessage(message) : message)
       return true
     }
+    const now = performance.now()
     if (mailbox === undefined) {
       mailbox = new Mailbox(channel, this.#mailboxes)
       this.#mailboxes.set(channel, mailbox)
