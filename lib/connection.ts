@@ -100,8 +100,9 @@ export class Connection {
   #queue: Array<Task | undefined> = []
   #head = 0
   #draining = false
+  // Only for a layer without listen(): the receive() loop's wake-ups and its stop signal.
   #drainWaiters: Array<() => void> = []
-  #abort = new AbortController()
+  #abort: AbortController | null = null
   #endQueued = false
   // Stopped reading client frames because the consumer is behind (TCP pushes back on the client).
   #paused = false
@@ -337,6 +338,7 @@ export class Connection {
 
   /** For a layer that cannot push: one `receive()` at a time, pausing while HIGH_WATER tasks wait. */
   async #pump (): Promise<void> {
+    this.#abort = new AbortController()
     const signal = this.#abort.signal
     const layer = this.#runtime.layer
     while (!signal.aborted) {
@@ -357,7 +359,7 @@ export class Connection {
   #enqueueEnd (code: number): void {
     if (this.#endQueued) return
     this.#endQueued = true
-    this.#abort.abort()
+    this.#abort?.abort()
     this.#listener?.close()
     this.#enqueue(new End(code))
   }
@@ -405,7 +407,7 @@ export class Connection {
 
   #afterTask (): void {
     if (this.#pending >= HIGH_WATER) return
-    for (const wake of this.#drainWaiters.splice(0)) wake()
+    if (this.#drainWaiters.length > 0) for (const wake of this.#drainWaiters.splice(0)) wake()
     this.#listener?.resume()
     if (this.#paused) {
       this.#paused = false
@@ -451,7 +453,7 @@ export class Connection {
   async #end (code: number, runDisconnect: boolean): Promise<void> {
     if (this.state === 'ended') return
     this.state = 'ended'
-    this.#abort.abort()
+    this.#abort?.abort()
     this.#listener?.close()
     if (runDisconnect && this.#accepted) {
       try {
