@@ -4,7 +4,12 @@
  * so a hostile client could otherwise make its consumer join groups without bound; past
  * `maxGroups` a `groupAdd` rejects with TooManyGroupsError. Knowing the memberships also lets the
  * connection leave them all at the end, even on a layer that cannot discard a whole channel.
+ *
+ * There is one view per connection, so it is kept small: everything that only depends on the
+ * layer (the forwarding of its properties, functions bound to it) is built once per layer, and a
+ * view holds just its channel, its limit and its memberships.
  */
+import { inspect } from 'node:util'
 import type { ChannelLayer } from './layers/types.js'
 import { TooManyGroupsError } from './errors.js'
 
@@ -15,44 +20,99 @@ export interface ConnectionLayer {
   joined: ReadonlySet<string>
 }
 
-export function connectionLayer (layer: ChannelLayer, channel: string, maxGroups: number): ConnectionLayer {
-  const joined = new Set<string>()
+type GroupMethod = ChannelLayer['groupAdd']
+type Fn = (...args: unknown[]) => unknown
 
-  async function groupAdd (group: string, member: string): Promise<void> {
-    if (member !== channel || joined.has(group)) return layer.groupAdd(group, member)
-    if (joined.size >= maxGroups) throw new TooManyGroupsError(channel, maxGroups)
-    // Counted before the await, so joins started together cannot all pass the check.
-    joined.add(group)
-    try {
-      await layer.groupAdd(group, member)
-    } catch (err) {
-      joined.delete(group)
-      throw err
+type ViewClass = new (channel: string, maxGroups: number, joined: Set<string>) => object
+
+const viewClasses = new WeakMap<ChannelLayer, ViewClass>()
+
+/**
+ * The class of the views of one layer. Its prototype chain ends in one Proxy of the layer, shared
+ * by all views: a read gives the layer's current value, a function bound to the layer (its methods
+ * may use private fields, so `this` must be the layer itself), the same bound function for as
+ * long as the layer's property holds the same function; a write goes to the layer; `instanceof`
+ * and `in` answer for the layer.
+ */
+function viewClassOf (layer: ChannelLayer): ViewClass {
+  const target = layer as unknown as Record<PropertyKey, unknown>
+
+  const bound = new Map<PropertyKey, { source: Fn, fn: Fn }>()
+  const read = (prop: PropertyKey): unknown => {
+    const value: unknown = Reflect.get(target, prop, target)
+    if (typeof value !== 'function') return value
+    let entry = bound.get(prop)
+    if (entry?.source !== value) {
+      entry = { source: value as Fn, fn: (value as Fn).bind(target) }
+      bound.set(prop, entry)
     }
+    return entry.fn
   }
+  const write = (prop: PropertyKey, value: unknown): void => { target[prop] = value }
 
-  async function groupDiscard (group: string, member: string): Promise<void> {
-    await layer.groupDiscard(group, member)
-    if (member === channel) joined.delete(group)
-  }
-
-  const own: Record<PropertyKey, unknown> = {
-    groupAdd, group_add: groupAdd, groupDiscard, group_discard: groupDiscard
-  }
-  const bound = new Map<PropertyKey, { source: unknown, fn: unknown }>()
-  const view = new Proxy(layer, {
-    get (target, prop) {
-      if (Object.hasOwn(own, prop)) return own[prop]
-      const value: unknown = Reflect.get(target, prop, target)
-      if (typeof value !== 'function') return value
-      // Bound to the layer itself: its methods may use private fields a proxy receiver lacks.
-      let entry = bound.get(prop)
-      if (entry?.source !== value) {
-        entry = { source: value, fn: value.bind(target) }
-        bound.set(prop, entry)
-      }
-      return entry.fn
-    }
+  const rest = new Proxy(target, {
+    get: (_target, prop) => read(prop),
+    set: (_target, prop, value) => Reflect.set(target, prop, value, target)
   })
-  return { view, joined }
+  const Base = function () {} as unknown as new () => object
+  Base.prototype = rest
+
+  class LayerView extends Base {
+    readonly #channel: string
+    readonly #maxGroups: number
+    readonly #joined: Set<string>
+    // Bound on first use: most views never read them.
+    #boundAdd: GroupMethod | undefined = undefined
+    #boundDiscard: GroupMethod | undefined = undefined
+
+    constructor (channel: string, maxGroups: number, joined: Set<string>) {
+      super()
+      this.#channel = channel
+      this.#maxGroups = maxGroups
+      this.#joined = joined
+    }
+
+    async #groupAdd (group: string, member: string): Promise<void> {
+      const joined = this.#joined
+      if (member !== this.#channel || joined.has(group)) return layer.groupAdd(group, member)
+      if (joined.size >= this.#maxGroups) throw new TooManyGroupsError(this.#channel, this.#maxGroups)
+      // Counted before the await, so joins started together cannot all pass the check.
+      joined.add(group)
+      try {
+        await layer.groupAdd(group, member)
+      } catch (err) {
+        joined.delete(group)
+        throw err
+      }
+    }
+
+    async #groupDiscard (group: string, member: string): Promise<void> {
+      await layer.groupDiscard(group, member)
+      if (member === this.#channel) this.#joined.delete(group)
+    }
+
+    get groupAdd (): GroupMethod { return (this.#boundAdd ??= this.#groupAdd.bind(this)) }
+    set groupAdd (value: unknown) { write('groupAdd', value) }
+    get group_add (): GroupMethod { return this.groupAdd } // eslint-disable-line camelcase
+    set group_add (value: unknown) { write('group_add', value) } // eslint-disable-line camelcase
+    get groupDiscard (): GroupMethod { return (this.#boundDiscard ??= this.#groupDiscard.bind(this)) }
+    set groupDiscard (value: unknown) { write('groupDiscard', value) }
+    get group_discard (): GroupMethod { return this.groupDiscard } // eslint-disable-line camelcase
+    set group_discard (value: unknown) { write('group_discard', value) } // eslint-disable-line camelcase
+
+    // What console.log(view) shows: the layer (as it did for a Proxy of it), unless the layer has its own.
+    [inspect.custom] (_depth: number, options: object): string { return inspect(layer, options) }
+  }
+
+  return LayerView
+}
+
+export function connectionLayer (layer: ChannelLayer, channel: string, maxGroups: number): ConnectionLayer {
+  let View = viewClasses.get(layer)
+  if (View === undefined) {
+    View = viewClassOf(layer)
+    viewClasses.set(layer, View)
+  }
+  const joined = new Set<string>()
+  return { view: new View(channel, maxGroups, joined) as ChannelLayer, joined }
 }

@@ -62,6 +62,8 @@ export const defaultGetUser: GetUser = (request) => {
 }
 
 function decodePath (rawPath: string): string {
+  // Without a `%` there is nothing to decode: the same string, not a copy of it.
+  if (!rawPath.includes('%')) return rawPath
   try {
     return decodeURIComponent(rawPath)
   } catch {
@@ -74,6 +76,21 @@ function parseSubprotocols (header: string | undefined): string[] {
   return header.split(',').map(p => p.trim()).filter(p => p.length > 0)
 }
 
+type ScopeFields = Omit<Scope, 'session'>
+
+/**
+ * `scope.session`'s accessor, one pair shared by every scope. It is an own enumerable property (so
+ * `Object.keys(scope)` and `{ ...scope }` show it), and a getter so that a consumer that calls
+ * `scope.session.reload()` (which replaces request.session) keeps seeing the live session. Being
+ * the same getter and setter on every scope lets V8 give all scopes one hidden class (a getter made
+ * per scope would leave each scope a dictionary of its own).
+ */
+const sessionProperty = {
+  enumerable: true,
+  get (this: ScopeFields): FastifySessionObject | null { return sessionOf(this.request) },
+  set (this: ScopeFields, value: FastifySessionObject | null) { (this.request as unknown as { session: unknown }).session = value }
+}
+
 export async function buildScope (request: FastifyRequest, getUser: GetUser): Promise<Scope> {
   const url = request.url
   const q = url.indexOf('?')
@@ -81,7 +98,8 @@ export async function buildScope (request: FastifyRequest, getUser: GetUser): Pr
   const socket = request.raw.socket as typeof request.raw.socket | undefined
   const cookies = (request as unknown as { cookies?: Record<string, string | undefined> | null }).cookies
   const user = (await getUser(request)) ?? null
-  const scope: Omit<Scope, 'session'> = {
+  // Always the same properties in the same order, then `session`: one hidden class for all scopes.
+  const scope: ScopeFields = {
     type: 'websocket',
     path: decodePath(rawPath),
     rawPath,
@@ -96,11 +114,5 @@ export async function buildScope (request: FastifyRequest, getUser: GetUser): Pr
     subprotocols: parseSubprotocols(request.headers['sec-websocket-protocol']),
     request
   }
-  // A getter, so a consumer that calls `scope.session.reload()` (which replaces request.session)
-  // keeps seeing the live session.
-  return Object.defineProperty(scope, 'session', {
-    enumerable: true,
-    get: () => sessionOf(request),
-    set: (value: FastifySessionObject | null) => { (request as unknown as { session: unknown }).session = value }
-  }) as Scope
+  return Object.defineProperty(scope, 'session', sessionProperty) as Scope
 }

@@ -4,11 +4,12 @@
  * `getUser`, and auth hooks that refuse with 401 before any consumer exists.
  */
 import t from 'tap'
-import Fastify, { type FastifyRequest } from 'fastify'
+import v8 from 'node:v8'
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import fastifyCookie from '@fastify/cookie'
 import fastifyJwt from '@fastify/jwt'
-import fastifyChannels, { JsonWebsocketConsumer, WebsocketConsumer } from '../lib/index.js'
-import { WebsocketCommunicator } from '../lib/testing.js'
+import fastifyChannels, { JsonWebsocketConsumer, WebsocketConsumer, type Scope } from '../lib/index.js'
+import { WebsocketCommunicator, type CommunicatorOptions } from '../lib/testing.js'
 import { buildApp } from './helpers/app.js'
 import { buildSessionApp, sessionCookie, sessionData } from './helpers/session.js'
 
@@ -200,4 +201,56 @@ t.test('a preValidation hook answering 401 refuses the upgrade; no consumer is b
   t.match(await ok.connect(), { connected: true })
   t.equal(built, 1)
   await ok.disconnect()
+})
+
+t.test('the scope\'s shape: its keys, `session` an enumerable live accessor, and fast properties (not a dictionary per scope)', async t => {
+  // V8's own answer on whether an object is a dictionary (what a scope was when each had its own getter).
+  v8.setFlagsFromString('--allow-natives-syntax')
+  const hasFastProperties = new Function('o', 'return %HasFastProperties(o)') as (o: object) => boolean // eslint-disable-line no-new-func
+  const scopes: Scope[] = []
+  class Keeper extends WebsocketConsumer {
+    override async connect () {
+      scopes.push(this.scope)
+      await this.accept(this.scope.subprotocols[0])
+    }
+  }
+  const { app } = await buildSessionApp({}, app => app.get('/ws/:room', { websocket: true }, Keeper.asHandler()))
+  t.teardown(() => app.close())
+  const plain = await buildApp({}, app => app.get('/ws/:room', { websocket: true }, Keeper.asHandler()))
+  t.teardown(() => plain.app.close())
+  const handshakes: Array<[FastifyInstance, string, CommunicatorOptions]> = [
+    [app, '/ws/a?x=1', { subprotocols: ['chat', 'json'] }],
+    [app, '/ws/b%20c', {}],
+    [plain.app, '/ws/d?y=2&y=3', { headers: { cookie: 'a=1' } }]
+  ]
+  for (const [target, path, options] of handshakes) {
+    const comm = new WebsocketCommunicator(target, path, options)
+    await comm.connect()
+    await comm.disconnect()
+  }
+  t.equal(scopes.length, 3)
+  for (const scope of scopes) {
+    t.same(Object.keys(scope), ['type', 'path', 'rawPath', 'queryString', 'query', 'params', 'headers', 'cookies',
+      'user', 'client', 'server', 'subprotocols', 'request', 'session'])
+    t.ok(hasFastProperties(scope), `scope of ${scope.rawPath} has fast properties`)
+    t.equal(Object.getPrototypeOf(scope), Object.prototype)
+  }
+  const [withSession, decoded, noSession] = scopes as [Scope, Scope, Scope]
+  t.match(withSession, { path: '/ws/a', queryString: 'x=1', params: { room: 'a' }, subprotocols: ['chat', 'json'] })
+  t.match(decoded, { path: '/ws/b c', rawPath: '/ws/b%20c', queryString: '', params: { room: 'b c' }, subprotocols: [] })
+  t.match(noSession, { query: { y: ['2', '3'] }, session: null })
+
+  const descriptor = Object.getOwnPropertyDescriptor(withSession, 'session')
+  t.match(descriptor, { enumerable: true, configurable: false })
+  t.equal(typeof descriptor?.get, 'function')
+  const current = withSession.session
+  t.ok(current !== null && current === sessionData(withSession.request), 'the request\'s session')
+  t.equal({ ...withSession }.session, current, 'a spread copy holds it too')
+  const replacement = { get: () => 'replaced', save: async () => {} } as unknown as NonNullable<Scope['session']>
+  ;(withSession.request as unknown as { session: unknown }).session = replacement
+  t.equal(withSession.session, replacement, 'live: the request\'s current session')
+  noSession.session = replacement
+  t.equal((noSession.request as unknown as { session: unknown }).session, replacement, 'assigning it sets request.session')
+  t.equal(noSession.session, replacement)
+  t.equal(decoded.session?.sessionId, sessionData(decoded.request).sessionId, 'each scope reads its own request')
 })

@@ -1,0 +1,188 @@
+/**
+ * The `channelLayer` a consumer sees (lib/connection-layer.ts): the real layer, with memberships
+ * of the connection's own channel counted. Through a real socket with a user's own layer class
+ * (private fields, getters, EventEmitter methods, properties added later), and directly for what
+ * a socket cannot show (views over several layers, `joined`).
+ */
+import t from 'tap'
+import { EventEmitter } from 'node:events'
+import { inspect } from 'node:util'
+import { InMemoryChannelLayer, JsonWebsocketConsumer, type ChannelLayer } from '../lib/index.js'
+import { connectionLayer } from '../lib/connection-layer.js'
+import { WebsocketCommunicator } from '../lib/testing.js'
+import { buildApp } from './helpers/app.js'
+
+/** A user's own layer: extra state in private fields, reached through methods and accessors. */
+class AuditedLayer extends InMemoryChannelLayer {
+  readonly region = 'eu-west'
+  #audits: string[] = []
+  #label = 'initial'
+  get audits (): number { return this.#audits.length }
+  get label (): string { return this.#label }
+  set label (value: string) { this.#label = value }
+  audit (note: string): number {
+    this.#audits.push(note)
+    this.emit('audit', note)
+    return this.#audits.length
+  }
+}
+
+type Probe = { probe: true } | { join: string[] } | { leave: string } | { snakeJoin: string } | { detachedJoin: string }
+
+t.test('a custom layer\'s own properties and methods reach the consumer; groupAdd past the limit still closes with 1008', async t => {
+  const layer = new AuditedLayer()
+  const heard: string[] = []
+  const disconnects: number[] = []
+  class Prober extends JsonWebsocketConsumer {
+    override groups = ['lobby']
+    override async receiveJson (content: Probe) {
+      const view = this.channelLayer as AuditedLayer & { addedLater?: () => string }
+      if ('probe' in content) {
+        view.on('audit', (note: string) => { heard.push(note) })
+        const sendFn = view.send
+        view.label = 'set through the view'
+        await this.sendJson({
+          region: view.region,
+          audit: view.audit('probed'),
+          audits: view.audits,
+          label: view.label,
+          instance: view instanceof AuditedLayer && view instanceof InMemoryChannelLayer && view instanceof EventEmitter,
+          stats: view.stats === layer.stats,
+          processToken: view.processToken === layer.processToken,
+          extensions: view.extensions,
+          sameBound: view.send === sendFn && view.groupAdd === view.group_add,
+          newChannel: (await view.new_channel('probe')).startsWith('probe.'),
+          memberships: view.inspect().memberships,
+          addedLater: view.addedLater?.() ?? null,
+          has: ['audit', 'region', 'nope'].map(name => name in view),
+          then: typeof (view as unknown as { then?: unknown }).then
+        })
+        return
+      }
+      if ('leave' in content) await view.group_discard(content.leave, this.channelName)
+      if ('join' in content) for (const group of content.join) await view.groupAdd(group, this.channelName)
+      if ('snakeJoin' in content) await view.group_add(content.snakeJoin, this.channelName)
+      if ('detachedJoin' in content) {
+        const { groupAdd } = view
+        await groupAdd(content.detachedJoin, this.channelName)
+      }
+      await this.sendJson({ ok: true })
+    }
+
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app } = await buildApp({ layer, maxGroupsPerConnection: 3 }, app => app.get('/ws', { websocket: true }, Prober.asHandler()))
+  t.teardown(() => app.close())
+
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  // A property the layer gains once connections exist is seen too, bound to the layer.
+  Object.assign(layer, { addedLater (this: AuditedLayer) { return `${this.region} later` } })
+  await comm.sendJsonTo({ probe: true })
+  t.same(await comm.receiveJsonFrom(), {
+    region: 'eu-west',
+    audit: 1,
+    audits: 1,
+    label: 'set through the view',
+    instance: true,
+    stats: true,
+    processToken: true,
+    extensions: ['groups', 'flush'],
+    sameBound: true,
+    newChannel: true,
+    memberships: 1,
+    addedLater: 'eu-west later',
+    has: [true, true, false],
+    then: 'undefined'
+  }, 'the layer\'s own methods and accessors work on its private fields; new properties pass through')
+  t.same(heard, ['probed'], 'on() through the view listens on the layer itself')
+  t.equal(layer.label, 'set through the view', 'a write through the view reaches the layer')
+  t.equal(layer.listenerCount('audit'), 1)
+
+  // lobby + a + b = 3; joining one again does not count; leaving frees a slot.
+  await comm.sendJsonTo({ join: ['a', 'b', 'a'] })
+  t.same(await comm.receiveJsonFrom(), { ok: true })
+  await comm.sendJsonTo({ leave: 'a', join: [] })
+  t.same(await comm.receiveJsonFrom(), { ok: true })
+  await comm.sendJsonTo({ detachedJoin: 'c' })
+  t.same(await comm.receiveJsonFrom(), { ok: true }, 'groupAdd taken off the view still works and counts')
+  t.equal(layer.inspect().memberships, 3)
+  await comm.sendJsonTo({ snakeJoin: 'd' })
+  t.match(await comm.closed, { code: 1008, reason: 'too many groups' }, 'the fourth group closes with 1008')
+  await comm.serverFinished()
+  t.same(disconnects, [1008])
+  t.equal(layer.inspect().memberships, 0, 'every membership is gone')
+  t.equal(layer.audits, 1)
+})
+
+/** Only the contract, as a plain object whose snake_case aliases are getters using `this`. */
+function plainLayer (inner: InMemoryChannelLayer): ChannelLayer {
+  return {
+    extensions: inner.extensions,
+    newChannel: p => inner.newChannel(p),
+    send: (c, m) => inner.send(c, m),
+    receive: (c, o) => inner.receive(c, o),
+    groupAdd: (g, c) => inner.groupAdd(g, c),
+    groupDiscard: (g, c) => inner.groupDiscard(g, c),
+    groupSend: (g, m) => inner.groupSend(g, m),
+    flush: () => inner.flush(),
+    close: () => inner.close(),
+    get group_add () { return this.groupAdd },
+    get group_discard () { return this.groupDiscard },
+    get group_send () { return this.groupSend },
+    get new_channel () { return this.newChannel }
+  }
+}
+
+t.test('connectionLayer: memberships per view, views over several layers, joined', async t => {
+  const memory = new AuditedLayer()
+  const innerOfPlain = new InMemoryChannelLayer()
+  const plain = plainLayer(innerOfPlain)
+  t.teardown(async () => { await memory.close(); await innerOfPlain.close() })
+
+  const one = connectionLayer(memory, 'one', 2)
+  const two = connectionLayer(memory, 'two', 2)
+  const other = connectionLayer(plain, 'three', 1)
+
+  await one.view.groupAdd('g1', 'one')
+  await one.view.group_add('g2', 'one')
+  await one.view.groupAdd('x', 'someone-else')
+  await two.view.groupAdd('g1', 'two')
+  t.same([...one.joined], ['g1', 'g2'], 'only the view\'s own channel is counted')
+  t.same([...two.joined], ['g1'], 'each view counts for itself')
+  t.ok(one.joined.has('g2') && !one.joined.has('x'))
+  t.equal(one.joined.size, 2)
+  await t.rejects(one.view.groupAdd('g3', 'one'), { code: 'FST_CHANNELS_TOO_MANY_GROUPS' })
+  await one.view.groupAdd('g1', 'one')
+  t.pass('joining a group again is not one more')
+  await one.view.groupDiscard('g1', 'one')
+  await one.view.groupAdd('g3', 'one')
+  t.same([...one.joined], ['g2', 'g3'])
+  const seen: string[] = []
+  one.joined.forEach(group => seen.push(group))
+  t.same(seen, ['g2', 'g3'])
+  t.same([...one.joined.entries()], [['g2', 'g2'], ['g3', 'g3']])
+  t.same([...two.joined.keys(), ...two.joined.values()], ['g1', 'g1'])
+  t.equal(memory.inspect().memberships, 4)
+
+  // A failing join does not keep the slot.
+  const failing = connectionLayer(memory, 'bad name with spaces', 1)
+  await t.rejects(failing.view.groupAdd('g', 'bad name with spaces'))
+  t.equal(failing.joined.size, 0)
+  t.same([...failing.joined], [])
+
+  // The plain object: its getters run on the layer, groupAdd is counted through the alias too.
+  t.equal(other.view.extensions, innerOfPlain.extensions)
+  t.equal(typeof other.view.group_send, 'function')
+  const channel = await other.view.new_channel()
+  await other.view.group_add('p', 'three')
+  await t.rejects(other.view.groupAdd('q', 'three'), { code: 'FST_CHANNELS_TOO_MANY_GROUPS' })
+  await other.view.group_discard('p', 'three')
+  t.same([...other.joined], [])
+  t.notOk(other.view instanceof InMemoryChannelLayer)
+  await other.view.groupAdd('p', channel)
+  await other.view.group_send('p', { type: 'hello' })
+  t.same(await other.view.receive(channel), { type: 'hello' })
+
+  t.match(inspect(one.view), /^AuditedLayer \{/, 'console.log shows the layer, as it did for a Proxy')
+})
