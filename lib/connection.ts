@@ -90,6 +90,8 @@ export class Connection {
   #socket: WebSocket | null = null
   #writeText: ((text: string) => boolean) | null = null
   #listener: ChannelListener | null = null
+  // The listener turned a message away: messages wait in the layer until resume().
+  #refused = false
   #channelName = ''
   #accepted = false
   #decided = false
@@ -313,14 +315,18 @@ export class Connection {
 
   #startProcessing (): void {
     this.#ready = true
-    if (!this.#draining) void this.#drain()
+    if (!this.#draining) this.#drain()
   }
 
   /** Layer messages arrive as they are sent, while fewer than HIGH_WATER tasks wait. */
   #listen (layer: ChannelLayer & { listen: (channel: string, sink: ChannelSink) => ChannelListener }): void {
     const connection = this
     const sink: ChannelSink = {
-      get accepting () { return connection.#pending < HIGH_WATER },
+      get accepting () {
+        if (connection.#pending < HIGH_WATER) return true
+        connection.#refused = true
+        return false
+      },
       push (message) { connection.#enqueue(message) },
       end (err) { connection.#layerFailed(err) }
     }
@@ -371,7 +377,7 @@ export class Connection {
 
   #enqueue (task: Task): void {
     this.#queue.push(task)
-    if (this.#ready && !this.#draining) void this.#drain()
+    if (this.#ready && !this.#draining) this.#drain()
   }
 
   /**
@@ -408,7 +414,10 @@ export class Connection {
   #afterTask (): void {
     if (this.#pending >= HIGH_WATER) return
     if (this.#drainWaiters.length > 0) for (const wake of this.#drainWaiters.splice(0)) wake()
-    this.#listener?.resume()
+    if (this.#refused) {
+      this.#refused = false
+      this.#listener?.resume()
+    }
     if (this.#paused) {
       this.#paused = false
       this.#socket?.resume()
