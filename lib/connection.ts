@@ -6,13 +6,13 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Socket } from 'node:net'
 import type { WebSocket, RawData } from 'ws'
-import type { ChannelLayer, ChannelListener, ChannelSink, LayerMessage } from './layers/types.js'
+import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, LayerMessage } from './layers/types.js'
 import { canDiscardChannel, canListen } from './layers/types.js'
 import { buildScope, type GetUser, type Scope } from './scope.js'
 import { findHandler } from './dispatch.js'
 import { InvalidOptionError, TooManyGroupsError } from './errors.js'
 import { connectionLayer } from './connection-layer.js'
-import { frameWriter } from './frame.js'
+import { frameSender, writeText, type FrameSender } from './frame.js'
 
 /** What every connection of one plugin instance shares. */
 export interface Runtime {
@@ -76,7 +76,8 @@ export function fitCloseReason (reason: string): string {
   return cut + '...'
 }
 
-export class Connection {
+/** The connection is its channel's sink: the layer pushes messages to it while it accepts. */
+export class Connection implements ChannelSink {
   state: State = 'connecting'
   /** Set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
@@ -88,7 +89,7 @@ export class Connection {
   #consumer: ConsumerHooks
   #log: FastifyBaseLogger
   #socket: WebSocket | null = null
-  #writeText: ((text: string) => boolean) | null = null
+  #frameSender: FrameSender | null = null
   #listener: ChannelListener | null = null
   // The listener turned a message away: messages wait in the layer until resume().
   #refused = false
@@ -179,7 +180,7 @@ export class Connection {
       return
     }
     this.#socket = socket
-    this.#writeText = frameWriter(socket)
+    this.#frameSender = frameSender(socket)
     this.state = 'open'
     socket.on('message', (data, binary) => {
       this.#enqueue(new ClientFrame(data, binary))
@@ -286,7 +287,8 @@ export class Connection {
       return
     }
     if (typeof data === 'string') {
-      if (this.#writeText === null || !this.#writeText(data)) socket.send(data)
+      const sender = this.#frameSender
+      if (sender === null || !writeText(socket, sender, data)) socket.send(data)
     } else {
       socket.send(data, BINARY)
     }
@@ -318,20 +320,26 @@ export class Connection {
     if (!this.#draining) this.#drain()
   }
 
-  /** Layer messages arrive as they are sent, while fewer than HIGH_WATER tasks wait. */
-  #listen (layer: ChannelLayer & { listen: (channel: string, sink: ChannelSink) => ChannelListener }): void {
-    const connection = this
-    const sink: ChannelSink = {
-      get accepting () {
-        if (connection.#pending < HIGH_WATER) return true
-        connection.#refused = true
-        return false
-      },
-      push (message) { connection.#enqueue(message) },
-      end (err) { connection.#layerFailed(err) }
-    }
+  /** ChannelSink: layer messages are taken while fewer than HIGH_WATER tasks wait. */
+  get accepting (): boolean {
+    if (this.#pending < HIGH_WATER) return true
+    this.#refused = true
+    return false
+  }
+
+  /** ChannelSink: a layer message, queued behind what arrived before it. */
+  push (message: LayerMessage): void {
+    this.#enqueue(message)
+  }
+
+  /** ChannelSink: the layer closed under an open connection. */
+  layerClosed (reason: Error): void {
+    this.#layerFailed(reason)
+  }
+
+  #listen (layer: ChannelLayer & ChannelListening): void {
     try {
-      this.#listener = layer.listen(this.#channelName, sink)
+      this.#listener = layer.listen(this.#channelName, this)
     } catch (err) {
       this.#layerFailed(err)
     }

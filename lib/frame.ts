@@ -11,9 +11,9 @@
 import type { WebSocket } from 'ws'
 
 /** The parts of ws' Sender this relies on: a queue state (0 = idle) and the frame writer. */
-interface SenderInternals {
-  _state?: unknown
-  sendFrame?: (list: Buffer[], cb?: () => void) => void
+export interface FrameSender {
+  _state: unknown
+  sendFrame: (list: Buffer[], cb?: () => void) => void
 }
 
 // Texts larger than this are framed per socket: keeping one alive between sends costs memory.
@@ -22,22 +22,23 @@ const MAX_SHARED_TEXT = 64 * 1024
 let lastText: string | undefined
 let lastFrame: Buffer[] = []
 
-/** A writer of text frames for `socket`, or null when it must go through `ws.send()`. */
-export function frameWriter (socket: WebSocket): ((text: string) => boolean) | null {
-  const sender = (socket as unknown as { _sender?: SenderInternals })._sender
+/** The socket's Sender when frames may be written to it directly; null when it must go through `ws.send()`. */
+export function frameSender (socket: WebSocket): FrameSender | null {
+  const sender = (socket as unknown as { _sender?: Partial<FrameSender> })._sender
   if (sender === undefined || typeof sender.sendFrame !== 'function' || socket.extensions !== '') return null
-  const sendFrame = sender.sendFrame
-  /** Writes `text` as one frame; false (nothing written) when the Sender is busy with a queue. */
-  return function writeText (text: string): boolean {
-    // Not OPEN: ws.send() knows what to do after a close frame (never write data after one).
-    if (socket.readyState !== 1 || sender._state !== 0 || text.length > MAX_SHARED_TEXT) return false
-    if (text !== lastText) {
-      lastFrame = [textFrame(text)]
-      lastText = text
-    }
-    sendFrame.call(sender, lastFrame)
-    return true
+  return sender as FrameSender
+}
+
+/** Writes `text` as one frame; false (nothing written) when it must go through `ws.send()`. */
+export function writeText (socket: WebSocket, sender: FrameSender, text: string): boolean {
+  // Not OPEN: ws.send() knows what to do after a close frame (never write data after one).
+  if (socket.readyState !== 1 || sender._state !== 0 || text.length > MAX_SHARED_TEXT) return false
+  if (text !== lastText) {
+    lastFrame = [textFrame(text)]
+    lastText = text
   }
+  sender.sendFrame(lastFrame)
+  return true
 }
 
 /** One unmasked, unfragmented text frame (RFC 6455 §5.2), header and payload in one Buffer. */

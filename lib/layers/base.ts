@@ -386,7 +386,7 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
     this.#channelGroups.clear()
     const sinks = [...this.#sinks.values()]
     this.#sinks.clear()
-    for (const sink of sinks) sink.end(new LayerClosedError())
+    for (const sink of sinks) sink.layerClosed(new LayerClosedError())
   }
 
   /** Drops expired messages, memberships and whatever is left empty. Runs on a timer; callable directly. */

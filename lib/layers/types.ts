@@ -65,7 +65,7 @@ export interface ChannelSink {
   /** Takes one message, a copy the sink owns. */
   push (message: LayerMessage): void
   /** The layer closed: no message will come any more. */
-  end (reason: Error): void
+  layerClosed (reason: Error): void
 }
 
 export interface ChannelListener {

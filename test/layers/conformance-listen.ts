@@ -23,7 +23,7 @@ class RecordingSink implements ChannelSink {
     this.budget--
   }
 
-  end (reason: Error): void {
+  layerClosed (reason: Error): void {
     this.ended = reason
   }
 }
