@@ -13,6 +13,7 @@ import { findHandler } from './dispatch.js'
 import { InvalidOptionError, TooManyGroupsError } from './errors.js'
 import { connectionLayer } from './connection-layer.js'
 import { frameSender, writeText, type FrameSender } from './frame.js'
+import { heartbeatSlot, type Beating } from './heartbeat.js'
 
 /** What every connection of one plugin instance shares. */
 export interface Runtime {
@@ -77,10 +78,11 @@ export function fitCloseReason (reason: string): string {
 }
 
 /** The connection is its channel's sink: the layer pushes messages to it while it accepts. */
-export class Connection implements ChannelSink {
+export class Connection implements ChannelSink, Beating {
   state: State = 'connecting'
   /** Set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
+  readonly heartbeatSlot = heartbeatSlot()
   readonly subprotocol: { value: string | undefined } = { value: undefined }
   readonly finished: Promise<void>
 

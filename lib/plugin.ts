@@ -17,6 +17,7 @@ import { defaultGetUser, type GetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
 import { checkOriginOptions, createUpgradeGuard } from './origin.js'
 import { checkWorker, runWorker, type ChannelConsumerClass, type RunningWorker } from './worker.js'
+import { startHeartbeat } from './heartbeat.js'
 
 export interface FastifyChannelsOptions {
   /** Default: a new `InMemoryChannelLayer()`. */
@@ -211,17 +212,11 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
   }
 
   const heartbeatInterval = opts.heartbeatInterval ?? 30_000
-  let heartbeat: NodeJS.Timeout | undefined
-  if (heartbeatInterval > 0) {
-    heartbeat = setInterval(() => {
-      for (const connection of runtime.connections) connection.heartbeat()
-    }, heartbeatInterval)
-    heartbeat.unref()
-  }
+  const stopHeartbeat = heartbeatInterval > 0 ? startHeartbeat(runtime.connections, heartbeatInterval) : () => {}
 
   async function shutdownConsumers (): Promise<void> {
     closing = true
-    clearInterval(heartbeat)
+    stopHeartbeat()
     const open = [...runtime.connections]
     for (const connection of open) connection.shutdown()
     await Promise.all(open.map(c => c.finished))

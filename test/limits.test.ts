@@ -96,6 +96,36 @@ t.test('heartbeat: a peer that does not answer pings is terminated and its disco
   t.same(disconnects.get('silent'), [1006], 'still only once after shutdown')
 })
 
+t.test('heartbeat: pings are spread over the interval, each connection pinged once per interval', async t => {
+  class Quiet extends WebsocketConsumer {}
+  // 2 s: two slices, one tick a second, each for half of the connections.
+  const { app } = await buildApp({ heartbeatInterval: 2000 }, app => app.get('/ws', { websocket: true }, Quiet.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const pings: number[][] = []
+  const clients = []
+  for (let i = 0; i < 20; i++) {
+    const times: number[] = []
+    pings.push(times)
+    clients.push(await openClient(`${url}/ws`, {}, ws => ws.on('ping', () => times.push(performance.now()))))
+  }
+  await eventually(() => pings.every(times => times.length > 0), 5000)
+  // The first pings come in two bursts: the widest gap between arrivals splits them ten and ten.
+  const firsts = pings.map(times => times[0]).sort((a, b) => a - b)
+  let widest = 0
+  let split = 0
+  for (let i = 1; i < firsts.length; i++) {
+    if (firsts[i] - firsts[i - 1] > widest) [widest, split] = [firsts[i] - firsts[i - 1], i]
+  }
+  t.equal(split, 10, 'one tick pinged half of the connections, the next tick the other half')
+  t.ok(widest >= 500, `a tick apart (${Math.round(widest)} ms)`)
+  await eventually(() => pings.every(times => times.length > 1), 4000)
+  const gaps = pings.map(times => times[1] - times[0])
+  t.ok(gaps.every(gap => gap >= 1500), 'each connection waits a whole interval for its next ping', { gaps })
+  for (const { ws } of clients) t.equal(ws.readyState, ws.OPEN, 'answering peers stay connected')
+  for (const { ws } of clients) ws.close()
+})
+
 t.test('heartbeatInterval 0 disables pings', async t => {
   class Quiet extends WebsocketConsumer {}
   const { app } = await buildApp({ heartbeatInterval: 0 }, app => app.get('/ws', { websocket: true }, Quiet.asHandler()))
