@@ -12,11 +12,12 @@ export interface Beating {
   heartbeat (): void
 }
 
-// A slice per second of interval, at most this many: 30 s → 3 s ticks, each for a tenth.
-const MAX_SLICES = 10
+// A tick every quarter second, at most this many slices: 30 s → 120 ticks, each for 1/120th.
+const TICK_MS = 250
+const MAX_SLICES = 120
 
 export function slicesFor (interval: number): number {
-  return Math.max(1, Math.min(MAX_SLICES, Math.floor(interval / 1000)))
+  return Math.max(1, Math.min(MAX_SLICES, Math.floor(interval / TICK_MS)))
 }
 
 let nextSlot = 0
