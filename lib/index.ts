@@ -11,7 +11,9 @@ export { BaseChannelLayer } from './layers/base.js'
 export { InMemoryChannelLayer } from './layers/in-memory.js'
 export { RedisChannelLayer } from './layers/redis.js'
 export type { RedisChannelLayerOptions, RedisLayerStats, RedisLayerInspection } from './layers/redis.js'
-export type { ChannelLayer, LayerMessage, LayerValue, ReceiveOptions, LayerLogger } from './layers/types.js'
+export type {
+  ChannelLayer, LayerMessage, LayerValue, ReceiveOptions, LayerLogger, ChannelSink, ChannelListener, ChannelListening
+} from './layers/types.js'
 export {
   ChannelFullError, InvalidChannelNameError, InvalidMessageError,
   LayerClosedError, LayerTimeoutError, InvalidOptionError,
