@@ -14,6 +14,8 @@ import { InvalidOptionError, TooManyGroupsError } from './errors.js'
 import { connectionLayer } from './connection-layer.js'
 import { frameSender, writeText, type FrameSender } from './frame.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
+import { OrderedTasks } from './ordered-tasks.js'
+import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
 
 /** What every connection of one plugin instance shares. */
 export interface Runtime {
@@ -62,23 +64,8 @@ export type Decision = { accepted: true } | { accepted: false, status: number }
 // Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
 const HIGH_WATER = 16
 
-/** Codes an endpoint may send in a close frame (RFC 6455 §7.4). */
-export function isSendableCloseCode (code: number): boolean {
-  return Number.isInteger(code) &&
-    ((code >= 1000 && code <= 1014 && code !== 1004 && code !== 1005 && code !== 1006) ||
-      (code >= 3000 && code <= 4999))
-}
-
-/** Close reasons are limited to 123 bytes of UTF-8; cut on a character boundary. */
-export function fitCloseReason (reason: string): string {
-  if (Buffer.byteLength(reason) <= 123) return reason
-  let cut = reason.slice(0, 123)
-  while (Buffer.byteLength(cut) > 120) cut = cut.slice(0, -1)
-  return cut + '...'
-}
-
 /** The connection is its channel's sink: the layer pushes messages to it while it accepts. */
-export class Connection implements ChannelSink, Beating {
+export class Connection extends OrderedTasks<Task> implements ChannelSink, Beating {
   state: State = 'connecting'
   /** Set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
@@ -101,10 +88,6 @@ export class Connection implements ChannelSink, Beating {
   #decide: ((decision: Decision) => void) | null = null
   #opened: Promise<void>
   #resolveOpened!: () => void
-  #ready = false
-  #queue: Array<Task | undefined> = []
-  #head = 0
-  #draining = false
   // Only for a layer without listen(): the receive() loop's wake-ups and its stop signal.
   #drainWaiters: Array<() => void> = []
   #abort: AbortController | null = null
@@ -115,6 +98,7 @@ export class Connection implements ChannelSink, Beating {
   #resolveFinished!: () => void
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
+    super()
     this.#runtime = runtime
     this.#request = request
     this.#consumer = consumer
@@ -146,7 +130,7 @@ export class Connection implements ChannelSink, Beating {
     const connected = (async () => { await this.#consumer.connect() })()
     connected.then(() => {
       if (!this.#decided) this.#refuse(403)
-      else this.#startProcessing()
+      else this.startTasks()
     }, (err: unknown) => {
       if (!this.#decided) {
         this.#decided = true
@@ -155,7 +139,7 @@ export class Connection implements ChannelSink, Beating {
         void this.#end(1011, false)
       } else {
         this.#handlerFailed(err)
-        this.#startProcessing()
+        this.startTasks()
       }
     })
     return decision
@@ -185,8 +169,8 @@ export class Connection implements ChannelSink, Beating {
     this.#frameSender = frameSender(socket)
     this.state = 'open'
     socket.on('message', (data, binary) => {
-      this.#enqueue(new ClientFrame(data, binary))
-      if (!this.#paused && this.#pending >= HIGH_WATER) {
+      this.enqueueTask(new ClientFrame(data, binary))
+      if (!this.#paused && this.pendingTasks >= HIGH_WATER) {
         this.#paused = true
         socket.pause()
       }
@@ -317,21 +301,16 @@ export class Connection implements ChannelSink, Beating {
     })
   }
 
-  #startProcessing (): void {
-    this.#ready = true
-    if (!this.#draining) this.#drain()
-  }
-
   /** ChannelSink: layer messages are taken while fewer than HIGH_WATER tasks wait. */
   get accepting (): boolean {
-    if (this.#pending < HIGH_WATER) return true
+    if (this.pendingTasks < HIGH_WATER) return true
     this.#refused = true
     return false
   }
 
   /** ChannelSink: a layer message, queued behind what arrived before it. */
   push (message: LayerMessage): void {
-    this.#enqueue(message)
+    this.enqueueTask(message)
   }
 
   /** ChannelSink: the layer closed under an open connection. */
@@ -365,8 +344,8 @@ export class Connection implements ChannelSink, Beating {
         if (!signal.aborted) this.#layerFailed(err)
         return
       }
-      this.#enqueue(message)
-      if (this.#pending >= HIGH_WATER) {
+      this.enqueueTask(message)
+      if (this.pendingTasks >= HIGH_WATER) {
         await new Promise<void>(resolve => this.#drainWaiters.push(resolve))
       }
     }
@@ -377,52 +356,11 @@ export class Connection implements ChannelSink, Beating {
     this.#endQueued = true
     this.#abort?.abort()
     this.#listener?.close()
-    this.#enqueue(new End(code))
+    this.enqueueTask(new End(code))
   }
 
-  /** Tasks queued and not yet taken by the drain loop. */
-  get #pending (): number {
-    return this.#queue.length - this.#head
-  }
-
-  #enqueue (task: Task): void {
-    this.#queue.push(task)
-    if (this.#ready && !this.#draining) this.#drain()
-  }
-
-  /**
-   * Runs queued tasks in order. A task whose handler completes synchronously is followed by the next
-   * at once; one that returns a promise resumes the loop when it settles (one `.then` per task).
-   */
-  #drain (): void {
-    this.#draining = true
-    while (this.#head < this.#queue.length) {
-      const task = this.#queue[this.#head] as Task
-      this.#queue[this.#head++] = undefined
-      const pending = this.#run(task)
-      if (pending !== undefined) {
-        pending.then(this.#taskDone, this.#taskFailed)
-        return
-      }
-      this.#afterTask()
-    }
-    this.#queue.length = 0
-    this.#head = 0
-    this.#draining = false
-  }
-
-  readonly #taskDone = (): void => {
-    this.#afterTask()
-    this.#drain()
-  }
-
-  readonly #taskFailed = (err: unknown): void => {
-    this.#handlerFailed(err)
-    this.#taskDone()
-  }
-
-  #afterTask (): void {
-    if (this.#pending >= HIGH_WATER) return
+  protected afterTask (): void {
+    if (this.pendingTasks >= HIGH_WATER) return
     if (this.#drainWaiters.length > 0) for (const wake of this.#drainWaiters.splice(0)) wake()
     if (this.#refused) {
       this.#refused = false
@@ -434,8 +372,7 @@ export class Connection implements ChannelSink, Beating {
     }
   }
 
-  /** Runs one task; returns what to wait for when the handler is asynchronous. */
-  #run (task: Task): PromiseLike<unknown> | undefined {
+  protected runTask (task: Task): PromiseLike<unknown> | undefined {
     if (task instanceof End) return this.#end(task.code, true)
     if (this.state !== 'open') return undefined
     let result: unknown
@@ -457,6 +394,10 @@ export class Connection implements ChannelSink, Beating {
       return undefined
     }
     return isThenable(result) ? result : undefined
+  }
+
+  protected taskFailed (err: unknown): void {
+    this.#handlerFailed(err)
   }
 
   #handlerFailed (err: unknown): void {
@@ -512,14 +453,6 @@ const BINARY = { binary: true }
 function isThenable (value: unknown): value is PromiseLike<unknown> {
   return value !== null && (typeof value === 'object' || typeof value === 'function') &&
     typeof (value as { then?: unknown }).then === 'function'
-}
-
-/** The close code ws sends for each of its protocol errors; other errors mean the connection is lost. */
-function protocolErrorCloseCode (code: string | undefined): number {
-  if (code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') return 1009
-  if (code === 'WS_ERR_INVALID_UTF8') return 1007
-  if (code?.startsWith('WS_ERR_') === true) return 1002
-  return 1006 // a network error: the connection is simply gone
 }
 
 export function toBuffer (data: RawData): Buffer {
