@@ -38,7 +38,9 @@ export abstract class OrderedTasks<Task> {
       this.#queue[this.#head++] = undefined
       const pending = this.runTask(task)
       if (pending !== undefined) {
-        pending.then(this.#taskDone, this.#taskRejected)
+        // Promise.resolve: a native promise as it is; any other thenable adopted safely (a `then`
+        // that throws becomes a rejection instead of an exception in whoever queued the task).
+        Promise.resolve(pending).then(this.#taskDone, this.#taskRejected)
         return
       }
       this.afterTask()

@@ -413,3 +413,27 @@ t.test('send() and sendJson() report bad calls as rejections, not throws', async
   t.same(await comm.receiveFrom(), '{"ok":true}')
   t.same(await comm.receiveFrom(), 'TypeError,TypeError,sent')
 })
+
+t.test('a handler returning a broken thenable fails only its own connection, never the sender', async t => {
+  class Odd extends WebsocketConsumer {
+    override groups = ['odd']
+    weird () { return { then () { throw new Error('broken thenable') } } }
+  }
+  class Fine extends WebsocketConsumer {
+    override groups = ['odd']
+    weird () { void this.send('fine') }
+  }
+  const { app, logs } = await buildApp({}, app => {
+    app.get('/odd', { websocket: true }, Odd.asHandler())
+    app.get('/fine', { websocket: true }, Fine.asHandler())
+  })
+  t.teardown(() => app.close())
+  const odd = new WebsocketCommunicator(app, '/odd')
+  const fine = new WebsocketCommunicator(app, '/fine')
+  await odd.connect()
+  await fine.connect()
+  await t.resolves(app.channelLayer.groupSend('odd', { type: 'weird' }), 'groupSend resolves for the sender')
+  t.same(await odd.closed, { code: 1011, reason: 'internal error' })
+  t.equal(await fine.receiveFrom(), 'fine', 'the other member got its message')
+  t.ok(logs.some(l => l.msg === 'consumer handler failed; closing with 1011' && (l.err as { message?: string }).message === 'broken thenable'))
+})
