@@ -11,6 +11,7 @@ import { InMemoryChannelLayer, JsonWebsocketConsumer, type ChannelLayer } from '
 import { connectionLayer } from '../lib/connection-layer.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp } from './helpers/app.js'
+import { contractOnly } from './helpers/layers.js'
 
 /** A user's own layer: extra state in private fields, reached through methods and accessors. */
 class AuditedLayer extends InMemoryChannelLayer {
@@ -115,29 +116,10 @@ t.test('a custom layer\'s own properties and methods reach the consumer; groupAd
   t.equal(layer.audits, 1)
 })
 
-/** Only the contract, as a plain object whose snake_case aliases are getters using `this`. */
-function plainLayer (inner: InMemoryChannelLayer): ChannelLayer {
-  return {
-    extensions: inner.extensions,
-    newChannel: p => inner.newChannel(p),
-    send: (c, m) => inner.send(c, m),
-    receive: (c, o) => inner.receive(c, o),
-    groupAdd: (g, c) => inner.groupAdd(g, c),
-    groupDiscard: (g, c) => inner.groupDiscard(g, c),
-    groupSend: (g, m) => inner.groupSend(g, m),
-    flush: () => inner.flush(),
-    close: () => inner.close(),
-    get group_add () { return this.groupAdd },
-    get group_discard () { return this.groupDiscard },
-    get group_send () { return this.groupSend },
-    get new_channel () { return this.newChannel }
-  }
-}
-
 t.test('connectionLayer: memberships per view, views over several layers, joined', async t => {
   const memory = new AuditedLayer()
   const innerOfPlain = new InMemoryChannelLayer()
-  const plain = plainLayer(innerOfPlain)
+  const plain = contractOnly(innerOfPlain)
   t.teardown(async () => { await memory.close(); await innerOfPlain.close() })
 
   const one = connectionLayer(memory, 'one', 2)

@@ -2,6 +2,7 @@ import t from 'tap'
 import { WebsocketConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, sleep } from './helpers/app.js'
+import { contractOnly } from './helpers/layers.js'
 
 const inspect = (app: { channelLayer: unknown }) => (app.channelLayer as InMemoryChannelLayer).inspect()
 
@@ -301,25 +302,6 @@ t.test('the heartbeat terminates nothing that answers pings', async t => {
   await comm.sendTo('alive')
   t.equal(await comm.receiveFrom(), 'alive')
 })
-
-/** Only the contract's methods: no discardChannel and no listen(), as a third-party layer may be. */
-function contractOnly (inner: InMemoryChannelLayer): ChannelLayer {
-  return {
-    extensions: inner.extensions,
-    newChannel: p => inner.newChannel(p),
-    send: (c, m) => inner.send(c, m),
-    receive: (c, o) => inner.receive(c, o),
-    groupAdd: (g, c) => inner.groupAdd(g, c),
-    groupDiscard: (g, c) => inner.groupDiscard(g, c),
-    groupSend: (g, m) => inner.groupSend(g, m),
-    flush: () => inner.flush(),
-    close: () => inner.close(),
-    get group_add () { return this.groupAdd },
-    get group_discard () { return this.groupDiscard },
-    get group_send () { return this.groupSend },
-    get new_channel () { return this.newChannel }
-  }
-}
 
 t.test('on a layer without discardChannel, the groups the connection joined are still left', async t => {
   const inner = new InMemoryChannelLayer()

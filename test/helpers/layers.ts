@@ -1,0 +1,24 @@
+import type { ChannelLayer } from '../../lib/layers/types.js'
+import type { InMemoryChannelLayer } from '../../lib/layers/in-memory.js'
+
+/**
+ * A layer with only the contract's methods, as a third-party layer may be: a plain object without
+ * discardChannel and without listen(), whose snake_case aliases are getters using `this`.
+ */
+export function contractOnly (inner: InMemoryChannelLayer): ChannelLayer {
+  return {
+    extensions: inner.extensions,
+    newChannel: p => inner.newChannel(p),
+    send: (c, m) => inner.send(c, m),
+    receive: (c, o) => inner.receive(c, o),
+    groupAdd: (g, c) => inner.groupAdd(g, c),
+    groupDiscard: (g, c) => inner.groupDiscard(g, c),
+    groupSend: (g, m) => inner.groupSend(g, m),
+    flush: () => inner.flush(),
+    close: () => inner.close(),
+    get group_add () { return this.groupAdd },
+    get group_discard () { return this.groupDiscard },
+    get group_send () { return this.groupSend },
+    get new_channel () { return this.newChannel }
+  }
+}
