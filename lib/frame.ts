@@ -42,7 +42,7 @@ export function writeText (socket: WebSocket, sender: FrameSender, text: string)
 }
 
 /** One unmasked, unfragmented text frame (RFC 6455 §5.2), header and payload in one Buffer. */
-export function textFrame (text: string): Buffer {
+function textFrame (text: string): Buffer {
   const length = Buffer.byteLength(text)
   const header = length < 126 ? 2 : length < 65536 ? 4 : 10
   const frame = Buffer.allocUnsafe(header + length)
