@@ -38,20 +38,19 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
   const target = layer as unknown as Record<PropertyKey, unknown>
 
   const bound = new Map<PropertyKey, { source: Fn, fn: Fn }>()
-  const read = (prop: PropertyKey): unknown => {
-    const value: unknown = Reflect.get(target, prop, target)
-    if (typeof value !== 'function') return value
-    let entry = bound.get(prop)
-    if (entry?.source !== value) {
-      entry = { source: value as Fn, fn: (value as Fn).bind(target) }
-      bound.set(prop, entry)
-    }
-    return entry.fn
-  }
   const write = (prop: PropertyKey, value: unknown): void => { target[prop] = value }
 
   const rest = new Proxy(target, {
-    get: (_target, prop) => read(prop),
+    get (_target, prop) {
+      const value: unknown = Reflect.get(target, prop, target)
+      if (typeof value !== 'function') return value
+      let entry = bound.get(prop)
+      if (entry?.source !== value) {
+        entry = { source: value as Fn, fn: (value as Fn).bind(target) }
+        bound.set(prop, entry)
+      }
+      return entry.fn
+    },
     set: (_target, prop, value) => Reflect.set(target, prop, value, target)
   })
   const Base = function () {} as unknown as new () => object

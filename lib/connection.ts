@@ -88,8 +88,8 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
   #decide: ((decision: Decision) => void) | null = null
   #opened: Promise<void>
   #resolveOpened!: () => void
-  // Only for a layer without listen(): the receive() loop's wake-ups and its stop signal.
-  #drainWaiters: Array<() => void> = []
+  // Only for a layer without listen(): the receive() loop's wake-up and its stop signal.
+  #wakePump: (() => void) | null = null
   #abort: AbortController | null = null
   #endQueued = false
   // Stopped reading client frames because the consumer is behind (TCP pushes back on the client).
@@ -346,9 +346,15 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
       }
       this.enqueueTask(message)
       if (this.pendingTasks >= HIGH_WATER) {
-        await new Promise<void>(resolve => this.#drainWaiters.push(resolve))
+        await new Promise<void>(resolve => { this.#wakePump = resolve })
       }
     }
+  }
+
+  #resumePump (): void {
+    const wake = this.#wakePump
+    this.#wakePump = null
+    wake?.()
   }
 
   #enqueueEnd (code: number): void {
@@ -361,7 +367,7 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
 
   protected afterTask (): void {
     if (this.pendingTasks >= HIGH_WATER) return
-    if (this.#drainWaiters.length > 0) for (const wake of this.#drainWaiters.splice(0)) wake()
+    this.#resumePump()
     if (this.#refused) {
       this.#refused = false
       this.#listener?.resume()
@@ -423,7 +429,7 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
       }
     }
     await this.#leaveLayer()
-    for (const wake of this.#drainWaiters.splice(0)) wake()
+    this.#resumePump()
     this.#runtime.connections.delete(this)
     this.#resolveFinished()
   }

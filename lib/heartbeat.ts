@@ -16,7 +16,7 @@ export interface Beating {
 const TICK_MS = 250
 const MAX_SLICES = 120
 
-export function slicesFor (interval: number): number {
+function slicesFor (interval: number): number {
   return Math.max(1, Math.min(MAX_SLICES, Math.floor(interval / TICK_MS)))
 }
 
