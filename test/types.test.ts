@@ -14,7 +14,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const app = `
 import Fastify from 'fastify'
 import fastifyCookie from '@fastify/cookie'
-import fastifySession from '@fastify/session'
+import fastifySession, { type FastifySessionObject } from '@fastify/session'
 import fastifyChannels, {
   JsonWebsocketConsumer, login, logout, type ChannelsUser, type Scope, type FastifyChannelsOptions
 } from 'fastify-channels'
@@ -36,6 +36,9 @@ class Chat extends JsonWebsocketConsumer {
     const room: string | undefined = scope.params.room
     const cookies: Record<string, string> = scope.cookies
     const session = scope.session
+    // With @fastify/session in the app, the scope's session is that plugin's own type.
+    const sessionObject: FastifySessionObject | null = session
+    void sessionObject
     // @ts-expect-error the session is null without @fastify/session
     void session.sessionId
     if (session !== null) {
