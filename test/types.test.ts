@@ -115,7 +115,15 @@ app.get('/ws/:room', { websocket: true }, Chat.asHandler())
 await app.channelLayer.groupSend('lobby', { type: 'chat.message', text: 'hi' })
 const comm = new WebsocketCommunicator(app, '/ws/lobby', { headers: { cookie: 'sessionId=x', origin: 'https://a.example.com' } })
 const { status }: { status: number } = await comm.connect()
-void status
+const reply = await comm.receiveJsonFrom<{ text: string }>()
+const replyText: string = reply.text
+const frame: string = await comm.receiveFrom<string>()
+const anyFrame = await comm.receiveFrom()
+// @ts-expect-error without a type argument, a frame may be bytes
+const notText: string = anyFrame
+// @ts-expect-error without a type argument, JSON is unknown
+void (await comm.receiveJsonFrom()).text
+void status; void replyText; void frame; void notText
 `
 
 // Fails on purpose, line by line; it shares the program (and so the augmentation) with the app.
