@@ -1,13 +1,15 @@
 // The published tarball works in a fresh app: `npm pack`, install it next to fastify, import both
-// entry points and hold a conversation with a consumer; its stack traces open on files it ships.
+// entry points and hold a conversation with a consumer; its stack traces open on files it ships;
+// what it installs runs on every Node version it declares.
 import t from 'tap'
-import { existsSync, readdirSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
 import { dirname, join, relative, resolve, sep } from 'node:path'
-import { packedApp, run } from '../helpers/packed-app.js'
+import semver from 'semver'
+import { packedApp, root, run } from '../helpers/packed-app.js'
 
 t.test('npm pack produces a tarball that a fresh app can import and use', async t => {
-  const { dir: app, packed: files } = await packedApp(t, ['fastify'])
+  const { dir: app, packed: files, installLog } = await packedApp(t, ['fastify'])
   t.ok(files.includes('dist/index.js') && files.includes('dist/index.d.ts'), 'main entry and its types are packed')
   t.ok(files.includes('dist/testing.js') && files.includes('dist/testing.d.ts'), 'testing entry and its types are packed')
   t.notOk(files.some(f => f.startsWith('test/') || f.startsWith('bench/') || f.startsWith('example-app/')), 'tests, benchmarks and the example stay out')
@@ -64,4 +66,78 @@ await new InMemoryChannelLayer().send('not a channel name', { type: 'x' }).catch
     const text = (await readFile(file, 'utf8')).split('\n')[Number(line) - 1]
     t.match(text, /InvalidChannelNameError/, 'and that line is where the error was thrown')
   })
+
+  t.test('what the package installs supports every Node version it declares', async t => {
+    const declared = readManifest(root).engines?.node ?? ''
+    t.ok(semver.validRange(declared), `the package declares the Node it supports: ${declared}`)
+    const tree = dependencyTree(installed, ['dependencies', 'optionalDependencies'])
+    t.ok(['ws', '@types/ws', 'ioredis'].every(name => [...tree.keys()].some(id => id.startsWith(`${name}@`))),
+      'the walk reaches the runtime dependencies')
+    t.same(narrower(tree, declared), [], `no package in our tree asks for more than Node ${declared}`)
+    // Fastify's own tree is the app's; say what it brings, so the README's note on it stays true.
+    const warned = [...installLog.matchAll(/EBADENGINE\s+package: '([^']+)'/g)].map(m => m[1])
+    t.comment(warned.length === 0 ? 'npm warned about no engine' : `EBADENGINE from outside our tree: ${warned.join(', ')}`)
+    t.same(warned.filter(id => tree.has(id)), [], 'npm warned about no engine in our tree')
+  })
 })
+
+t.test('this repository\'s own install supports the Node versions its devEngines names', async t => {
+  const manifest = readManifest(root)
+  const wanted = manifest.devEngines?.runtime?.version ?? ''
+  t.ok(semver.validRange(wanted), `devEngines names a Node range: ${wanted}`)
+  t.ok(semver.subset(wanted, manifest.engines?.node ?? ''), 'within the range the package itself supports')
+  const tree = dependencyTree(root, ['dependencies', 'optionalDependencies', 'devDependencies'])
+  t.ok(tree.size > 100, `the walk reaches the development tree (${tree.size} packages)`)
+  t.same(narrower(tree, wanted), [], 'no installed package asks for more, so npm warns about no engine')
+})
+
+/** The packages of `tree` whose `engines.node` leaves out part of `range`. */
+function narrower (tree: Map<string, string | undefined>, range: string): string[] {
+  return [...tree].flatMap(([id, engine]) => engine === undefined || semver.subset(range, engine) ? [] : [`${id} wants Node ${engine}`])
+}
+
+/**
+ * The installed packages a package depends on (`name@version` → its `engines.node`), found as Node
+ * finds them: in the nearest `node_modules` folder up from the dependent.
+ */
+function dependencyTree (from: string, fields: ReadonlyArray<keyof Dependencies>): Map<string, string | undefined> {
+  const found = new Map<string, string | undefined>()
+  const visit = (dir: string, fields: ReadonlyArray<keyof Dependencies>): void => {
+    const manifest = readManifest(dir)
+    for (const name of fields.flatMap(field => Object.keys(manifest[field] ?? {}))) {
+      const location = lookup(dir, name)
+      if (location === undefined) continue // an optional dependency for another platform
+      const dep = readManifest(location)
+      const id = `${name}@${dep.version}`
+      if (found.has(id)) continue
+      found.set(id, dep.engines?.node)
+      visit(location, ['dependencies', 'optionalDependencies'])
+    }
+  }
+  visit(from, fields)
+  return found
+}
+
+interface Dependencies {
+  dependencies?: Record<string, string>
+  optionalDependencies?: Record<string, string>
+  devDependencies?: Record<string, string>
+}
+
+interface Manifest extends Dependencies {
+  version: string
+  engines?: { node?: string }
+  devEngines?: { runtime?: { version?: string } }
+}
+
+function readManifest (dir: string): Manifest {
+  return JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as Manifest
+}
+
+function lookup (from: string, name: string): string | undefined {
+  for (let dir = from; ; dir = dirname(dir)) {
+    const candidate = join(dir, 'node_modules', name)
+    if (existsSync(join(candidate, 'package.json'))) return candidate
+    if (dirname(dir) === dir) return undefined
+  }
+}
