@@ -58,7 +58,7 @@ await new InMemoryChannelLayer().send('not a channel name', { type: 'x' }).catch
 `)
     const { stdout } = await run(process.execPath, ['--enable-source-maps', 'trace.js'], { cwd: app, timeout: 30_000 })
     const frame = /\((\/[^()]+?):(\d+):\d+\)/.exec(stdout.split('\n').find(line => line.trim().startsWith('at ')) ?? '')
-    t.ok(frame, `the top frame names a file and line:\n${stdout}`)
+    t.ok(frame, 'the top frame names a file and line', { stdout })
     if (frame === null) return
     const [, file, line] = frame
     t.match(relative(installed, file), /^lib[/\\].+\.ts$/, 'the frame is in the package\'s TypeScript source')
