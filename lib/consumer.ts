@@ -6,7 +6,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { ChannelLayer } from './layers/types.js'
 import type { Scope } from './scope.js'
-import { Connection, type ConsumerContext } from './connection.js'
+import { Connection, type ConsumerContext } from './connection/connection.js'
 import { reserveNames } from './dispatch.js'
 
 export const kConsumerClass = Symbol('fastify-channels.consumerClass')

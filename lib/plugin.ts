@@ -11,13 +11,13 @@ import type { WebSocket } from 'ws'
 import type { Socket } from 'node:net'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
 import type { ChannelLayer } from './layers/types.js'
-import { Connection, type Runtime } from './connection.js'
+import { Connection, type Runtime } from './connection/connection.js'
 import { consumerClassOf, kConnection, kInit, type ConsumerClass } from './consumer.js'
 import { defaultGetUser, type GetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
 import { checkOriginOptions, createUpgradeGuard } from './origin.js'
 import { checkWorker, runWorker, type ChannelConsumerClass, type RunningWorker } from './worker.js'
-import { startHeartbeat } from './heartbeat.js'
+import { startHeartbeat } from './connection/heartbeat.js'
 
 export interface FastifyChannelsOptions {
   /** Default: a new `InMemoryChannelLayer()`. */

@@ -5,7 +5,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
 import { kConnection } from './consumer.js'
-import { toBuffer, type Connection } from './connection.js'
+import { toBuffer, type Connection } from './connection/connection.js'
 
 export interface CommunicatorOptions {
   headers?: Record<string, string>

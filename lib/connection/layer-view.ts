@@ -10,8 +10,8 @@
  * view holds just its channel, its limit and its memberships.
  */
 import { inspect } from 'node:util'
-import type { ChannelLayer } from './layers/types.js'
-import { TooManyGroupsError } from './errors.js'
+import type { ChannelLayer } from '../layers/types.js'
+import { TooManyGroupsError } from '../errors.js'
 
 export interface ConnectionLayer {
   /** What `this.channelLayer` is; everything but group membership passes straight through. */

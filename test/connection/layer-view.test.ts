@@ -7,11 +7,11 @@
 import t from 'tap'
 import { EventEmitter } from 'node:events'
 import { inspect } from 'node:util'
-import { InMemoryChannelLayer, JsonWebsocketConsumer, type ChannelLayer } from '../lib/index.js'
-import { connectionLayer } from '../lib/connection-layer.js'
-import { WebsocketCommunicator } from '../lib/testing.js'
-import { buildApp } from './helpers/app.js'
-import { contractOnly } from './helpers/layers.js'
+import { InMemoryChannelLayer, JsonWebsocketConsumer, type ChannelLayer } from '../../lib/index.js'
+import { connectionLayer } from '../../lib/connection/layer-view.js'
+import { WebsocketCommunicator } from '../../lib/testing.js'
+import { buildApp } from '../helpers/app.js'
+import { contractOnly } from '../helpers/layers.js'
 
 /** A user's own layer: extra state in private fields, reached through methods and accessors. */
 class AuditedLayer extends InMemoryChannelLayer {
