@@ -14,7 +14,7 @@ import { InvalidOptionError, TooManyGroupsError } from '../errors.js'
 import { connectionLayer } from './layer-view.js'
 import { frameSender, writeText, type FrameSender } from './frame.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
-import { OrderedTasks } from './task-queue.js'
+import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
 
 /** What every connection of one plugin instance shares. */
@@ -65,7 +65,7 @@ export type Decision = { accepted: true } | { accepted: false, status: number }
 const HIGH_WATER = 16
 
 /** The connection is its channel's sink: the layer pushes messages to it while it accepts. */
-export class Connection extends OrderedTasks<Task> implements ChannelSink, Beating {
+export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
   state: State = 'connecting'
   /** Set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
@@ -73,6 +73,7 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
   readonly subprotocol: { value: string | undefined } = { value: undefined }
   readonly finished: Promise<void>
 
+  readonly #tasks: TaskQueue<Task> = new TaskQueue<Task>(this)
   #runtime: Runtime
   #request: FastifyRequest
   #consumer: ConsumerHooks
@@ -98,7 +99,6 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
   #resolveFinished!: () => void
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
-    super()
     this.#runtime = runtime
     this.#request = request
     this.#consumer = consumer
@@ -130,7 +130,7 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
     const connected = (async () => { await this.#consumer.connect() })()
     connected.then(() => {
       if (!this.#decided) this.#refuse(403)
-      else this.startTasks()
+      else this.#tasks.start()
     }, (err: unknown) => {
       if (!this.#decided) {
         this.#decided = true
@@ -139,7 +139,7 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
         void this.#end(1011, false)
       } else {
         this.#handlerFailed(err)
-        this.startTasks()
+        this.#tasks.start()
       }
     })
     return decision
@@ -169,8 +169,8 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
     this.#frameSender = frameSender(socket)
     this.state = 'open'
     socket.on('message', (data, binary) => {
-      this.enqueueTask(new ClientFrame(data, binary))
-      if (!this.#paused && this.pendingTasks >= HIGH_WATER) {
+      this.#tasks.push(new ClientFrame(data, binary))
+      if (!this.#paused && this.#tasks.pending >= HIGH_WATER) {
         this.#paused = true
         socket.pause()
       }
@@ -303,14 +303,14 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
 
   /** ChannelSink: layer messages are taken while fewer than HIGH_WATER tasks wait. */
   get accepting (): boolean {
-    if (this.pendingTasks < HIGH_WATER) return true
+    if (this.#tasks.pending < HIGH_WATER) return true
     this.#refused = true
     return false
   }
 
   /** ChannelSink: a layer message, queued behind what arrived before it. */
   push (message: LayerMessage): void {
-    this.enqueueTask(message)
+    this.#tasks.push(message)
   }
 
   /** ChannelSink: the layer closed under an open connection. */
@@ -344,8 +344,8 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
         if (!signal.aborted) this.#layerFailed(err)
         return
       }
-      this.enqueueTask(message)
-      if (this.pendingTasks >= HIGH_WATER) {
+      this.#tasks.push(message)
+      if (this.#tasks.pending >= HIGH_WATER) {
         await new Promise<void>(resolve => { this.#wakePump = resolve })
       }
     }
@@ -362,11 +362,12 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
     this.#endQueued = true
     this.#abort?.abort()
     this.#listener?.close()
-    this.enqueueTask(new End(code))
+    this.#tasks.push(new End(code))
   }
 
-  protected afterTask (): void {
-    if (this.pendingTasks >= HIGH_WATER) return
+  /** TaskRunner: after each task, the sources held back for the queue may flow again. */
+  afterTask (): void {
+    if (this.#tasks.pending >= HIGH_WATER) return
     this.#resumePump()
     if (this.#refused) {
       this.#refused = false
@@ -378,7 +379,8 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
     }
   }
 
-  protected runTask (task: Task): PromiseLike<unknown> | undefined {
+  /** TaskRunner: what a task means. */
+  runTask (task: Task): PromiseLike<unknown> | undefined {
     if (task instanceof End) return this.#end(task.code, true)
     if (this.state !== 'open') return undefined
     let result: unknown
@@ -402,7 +404,8 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
     return isThenable(result) ? result : undefined
   }
 
-  protected taskFailed (err: unknown): void {
+  /** TaskRunner: an asynchronous handler rejected. */
+  taskFailed (err: unknown): void {
     this.#handlerFailed(err)
   }
 
