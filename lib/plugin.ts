@@ -4,11 +4,10 @@
  * `connect()` decides the handshake in a last `preHandler`, after the route's own auth hooks),
  * decorates `app.channelLayer`, and shuts everything down in order on `app.close()`.
  */
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteOptions, preHandlerAsyncHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyWebsocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
-import type { Socket } from 'node:net'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
 import type { ChannelLayer } from './layers/types.js'
 import { Connection, type Runtime } from './connection/connection.js'
@@ -18,6 +17,7 @@ import { InvalidOptionError } from './errors.js'
 import { checkOriginOptions, createUpgradeGuard } from './origin.js'
 import { checkWorker, runWorker, type ChannelConsumerClass, type RunningWorker } from './worker.js'
 import { startHeartbeat } from './connection/heartbeat.js'
+import { addOnRouteHookFirst, closeClientsAsGoingAway, decideSubprotocols, endUpgradesWhileClosing, setMaxPayload } from './internals.js'
 
 export interface FastifyChannelsOptions {
   /** Default: a new `InMemoryChannelLayer()`. */
@@ -75,22 +75,6 @@ function checkOptions (opts: FastifyChannelsOptions): void {
   checkOriginOptions(opts)
 }
 
-/**
- * `@fastify/websocket` replaces a websocket route's handler in its own onRoute hook; when the app
- * registered it before us, ours must still run first to see which consumer a route mounts.
- */
-function addOnRouteHookFirst (fastify: FastifyInstance, hook: (route: RouteOptions) => void): void {
-  fastify.addHook('onRoute', hook)
-  const kHooks = Object.getOwnPropertySymbols(fastify).find(s => s.description === 'fastify.hooks')
-  const hooks = kHooks === undefined ? undefined : (fastify as unknown as Record<symbol, { onRoute?: unknown[] }>)[kHooks]
-  const list = hooks?.onRoute
-  if (!Array.isArray(list) || list.indexOf(hook) === -1) {
-    throw new InvalidOptionError('cannot order hooks with this Fastify version: register fastify-channels before @fastify/websocket')
-  }
-  list.splice(list.indexOf(hook), 1)
-  list.unshift(hook)
-}
-
 async function refuseWhileClosing (reply: FastifyReply): Promise<void> {
   await reply.code(503).send({ error: 'Service Unavailable', message: 'server shutting down', statusCode: 503 })
 }
@@ -145,6 +129,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
     (request as unknown as Record<symbol, Connection>)[kConnection] = connection
   }
 
+  const foreignWebsocket = fastify.hasDecorator('websocketServer')
   addOnRouteHookFirst(fastify, (route) => {
     const Consumer = consumerClassOf(route.handler)
     if (Consumer === undefined) return
@@ -156,9 +141,8 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
     // Marks the route for the upgrade guard, an app-level onRequest hook that therefore runs
     // before the route's own hooks and those of the plugins around it.
     route.config = { ...route.config, [kConsumerRoute]: true }
-  })
+  }, foreignWebsocket)
 
-  const foreignWebsocket = fastify.hasDecorator('websocketServer')
   if (!foreignWebsocket) {
     await fastify.register(fastifyWebsocket, {
       options: { maxPayload, perMessageDeflate: false },
@@ -175,7 +159,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
       }
     })
   } else {
-    if (opts.maxPayload !== undefined) fastify.websocketServer.options.maxPayload = maxPayload
+    if (opts.maxPayload !== undefined) setMaxPayload(fastify.websocketServer, maxPayload)
     fastify.addHook('preClose', shutdownConsumers)
   }
 
@@ -183,33 +167,9 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
   fastify.addHook('onRequest', createUpgradeGuard(opts, request =>
     (request.routeOptions.config as unknown as Record<symbol, unknown> | undefined)?.[kConsumerRoute] === true))
 
-  // During close() Fastify answers an upgrade with a bare 503 and skips every hook, including the
-  // one that destroys the socket (and an app's own @fastify/websocket stops listening at all): the
-  // socket is ended here, or close() would wait for a client that keeps it open.
-  const server = fastify.server
-  server.on('upgrade', (_request: unknown, socket: Partial<Pick<Socket, 'bytesWritten' | 'destroySoon' | 'write'>>) => {
-    if (!closing) return
-    if ((socket.bytesWritten ?? 0) === 0 && server.listenerCount('upgrade') === 1) {
-      socket.write?.('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
-    }
-    if ((socket.bytesWritten ?? 0) > 0) socket.destroySoon?.()
-  })
-
-  const wss = fastify.websocketServer
-  const previousHandleProtocols = wss.options.handleProtocols
-  wss.options.handleProtocols = (protocols: Set<string>, request: unknown) => {
-    const chosen = (request as Record<symbol, string | false | undefined>)[kSubprotocol]
-    if (chosen !== undefined) return chosen !== false && protocols.has(chosen) ? chosen : false
-    if (typeof previousHandleProtocols === 'function') return previousHandleProtocols(protocols, request as never)
-    return protocols.values().next().value ?? false
-  }
-  if (foreignWebsocket) {
-    // That app's own preClose closes every client without a code before ours runs: make it 1001.
-    wss.on('connection', (socket: WebSocket) => {
-      const close = socket.close.bind(socket)
-      socket.close = (code?: number, reason?: string | Buffer) => close(code ?? 1001, reason ?? 'server shutting down')
-    })
-  }
+  endUpgradesWhileClosing(fastify, () => closing)
+  decideSubprotocols(fastify.websocketServer, request => (request as Record<symbol, string | false | undefined>)[kSubprotocol])
+  if (foreignWebsocket) closeClientsAsGoingAway(fastify.websocketServer)
 
   const heartbeatInterval = opts.heartbeatInterval ?? 30_000
   const stopHeartbeat = heartbeatInterval > 0 ? startHeartbeat(runtime.connections, heartbeatInterval) : () => {}

@@ -12,7 +12,8 @@ import { buildScope, type GetUser, type Scope } from '../scope.js'
 import { findHandler } from '../dispatch.js'
 import { InvalidOptionError, TooManyGroupsError } from '../errors.js'
 import { connectionLayer } from './layer-view.js'
-import { frameSender, writeText, type FrameSender } from './frame.js'
+import { writeText } from './frame.js'
+import { frameWriterOf, type FrameWriter } from '../internals.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
@@ -79,7 +80,7 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
   #consumer: ConsumerHooks
   #log: FastifyBaseLogger
   #socket: WebSocket | null = null
-  #frameSender: FrameSender | null = null
+  #frameWriter: FrameWriter | null = null
   #listener: ChannelListener | null = null
   // The listener turned a message away: messages wait in the layer until resume().
   #refused = false
@@ -166,7 +167,7 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
       return
     }
     this.#socket = socket
-    this.#frameSender = frameSender(socket)
+    this.#frameWriter = frameWriterOf(socket)
     this.state = 'open'
     socket.on('message', (data, binary) => {
       this.#tasks.push(new ClientFrame(data, binary))
@@ -273,8 +274,8 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
       return
     }
     if (typeof data === 'string') {
-      const sender = this.#frameSender
-      if (sender === null || !writeText(socket, sender, data)) socket.send(data)
+      const writer = this.#frameWriter
+      if (writer === null || !writeText(socket, writer, data)) socket.send(data)
     } else {
       socket.send(data, BINARY)
     }
