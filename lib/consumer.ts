@@ -6,12 +6,11 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { ChannelLayer } from './layers/types.js'
 import type { Scope } from './scope.js'
-import { Connection, type ConsumerContext } from './connection/connection.js'
+import { connectionOf, type Connection, type ConsumerContext } from './connection/connection.js'
 import { reserveNames } from './dispatch.js'
 
 export const kConsumerClass = Symbol('fastify-channels.consumerClass')
 export const kInit = Symbol('fastify-channels.init')
-export const kConnection = Symbol('fastify-channels.connection')
 
 export type WebsocketRouteHandler = ((socket: WebSocket, request: FastifyRequest) => void) & {
   [kConsumerClass]: ConsumerClass
@@ -36,7 +35,7 @@ export class WebsocketConsumer {
   /** The `@fastify/websocket` handler for a `{ websocket: true }` GET route. */
   static asHandler (this: ConsumerClass): WebsocketRouteHandler {
     const handler = function consumerRoute (socket: WebSocket, request: FastifyRequest): void {
-      const connection = (request as unknown as Record<symbol, Connection | undefined>)[kConnection]
+      const connection = connectionOf(request.raw)
       if (connection === undefined) {
         // The fastify-channels plugin did not run the handshake: it is not registered in this scope.
         request.log.error('a consumer route was reached without the fastify-channels plugin; closing')

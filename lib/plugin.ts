@@ -10,8 +10,8 @@ import fastifyWebsocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
 import type { ChannelLayer } from './layers/types.js'
-import { Connection, type Runtime } from './connection/connection.js'
-import { consumerClassOf, kConnection, kInit, type ConsumerClass } from './consumer.js'
+import { Connection, bindToRequest, connectionOf, type Runtime } from './connection/connection.js'
+import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
 import { defaultGetUser, type GetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
 import { checkOriginOptions, createUpgradeGuard } from './origin.js'
@@ -50,7 +50,6 @@ declare module 'fastify' {
   }
 }
 
-const kSubprotocol = Symbol('fastify-channels.subprotocol')
 const kConsumerRoute = Symbol('fastify-channels.consumerRoute')
 const LAYER_METHODS = ['newChannel', 'send', 'receive', 'groupAdd', 'groupDiscard', 'groupSend', 'flush', 'close'] as const
 
@@ -123,10 +122,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
       await refuseWhileClosing(reply)
       return
     }
-    const raw = request.raw as unknown as Record<symbol, unknown>
-    raw[kSubprotocol] = connection.subprotocol.value ?? false
-    raw[kConnection] = connection;
-    (request as unknown as Record<symbol, Connection>)[kConnection] = connection
+    bindToRequest(request.raw, connection)
   }
 
   const foreignWebsocket = fastify.hasDecorator('websocketServer')
@@ -168,7 +164,10 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
     (request.routeOptions.config as unknown as Record<symbol, unknown> | undefined)?.[kConsumerRoute] === true))
 
   endUpgradesWhileClosing(fastify, () => closing)
-  decideSubprotocols(fastify.websocketServer, request => (request as Record<symbol, string | false | undefined>)[kSubprotocol])
+  decideSubprotocols(fastify.websocketServer, request => {
+    const connection = connectionOf(request)
+    return connection === undefined ? undefined : connection.subprotocol ?? false
+  })
   if (foreignWebsocket) closeClientsAsGoingAway(fastify.websocketServer)
 
   const heartbeatInterval = opts.heartbeatInterval ?? 30_000

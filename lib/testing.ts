@@ -4,8 +4,7 @@
  */
 import type { FastifyInstance } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
-import { kConnection } from './consumer.js'
-import { toBuffer, type Connection } from './connection/connection.js'
+import { connectionOf, toBuffer, type Connection } from './connection/connection.js'
 import { injectionMarker, markedUpgradeContext, refusedHandshakeStatus } from './internals.js'
 
 export interface CommunicatorOptions {
@@ -51,15 +50,15 @@ export class WebsocketCommunicator {
     await this.app.ready()
     const tag = {}
     let subprotocol: string | null = null
-    const onHeaders = (headers: string[], req: Record<symbol, unknown>): void => {
+    const onHeaders = (headers: string[], req: object): void => {
       if (injectionMarker(req) !== tag) return
-      this.#connection = req[kConnection] as Connection | undefined
+      this.#connection = connectionOf(req)
       const line = headers.find(h => h.toLowerCase().startsWith('sec-websocket-protocol:'))
       if (line !== undefined) subprotocol = line.slice(line.indexOf(':') + 1).trim()
     }
     // injectWS's in-memory duplex never emits 'close' as a TCP socket does once both sides have
     // ended, so the server would wait for ws' close timeout: end the server side as TCP would.
-    const onConnection = (socket: WebSocket, req: Record<symbol, unknown>): void => {
+    const onConnection = (socket: WebSocket, req: object): void => {
       if (injectionMarker(req) === tag) this.#serverSocket = socket
     }
     const wss = this.app.websocketServer

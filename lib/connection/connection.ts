@@ -62,6 +62,20 @@ type State = 'connecting' | 'open' | 'closing' | 'ended'
 
 export type Decision = { accepted: true } | { accepted: false, status: number }
 
+const byRequest = new WeakMap<object, Connection>()
+
+/**
+ * The connection an accepted handshake hands on to the upgrade: ws' subprotocol choice, the route
+ * handler and the test kit see only the raw request (`request.raw`).
+ */
+export function bindToRequest (raw: object, connection: Connection): void {
+  byRequest.set(raw, connection)
+}
+
+export function connectionOf (raw: object): Connection | undefined {
+  return byRequest.get(raw)
+}
+
 // Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
 const HIGH_WATER = 16
 
@@ -71,7 +85,8 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
   /** Set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
   readonly heartbeatSlot = heartbeatSlot()
-  readonly subprotocol: { value: string | undefined } = { value: undefined }
+  /** The subprotocol `accept()` named. */
+  subprotocol: string | undefined = undefined
   readonly finished: Promise<void>
 
   readonly #tasks: TaskQueue<Task> = new TaskQueue<Task>(this)
@@ -154,7 +169,7 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
     if (this.#decided) return this.#opened
     this.#decided = true
     this.#accepted = true
-    this.subprotocol.value = subprotocol
+    this.subprotocol = subprotocol
     this.#watchPrematureClose()
     this.#decide?.({ accepted: true })
     return this.#opened
