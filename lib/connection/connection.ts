@@ -6,8 +6,8 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Socket } from 'node:net'
 import type { WebSocket, RawData } from 'ws'
-import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, LayerMessage } from '../layers/types.js'
-import { canDiscardChannel, canListen } from '../layers/types.js'
+import type { ChannelLayer, LayerMessage } from '../layers/types.js'
+import { canDiscardChannel } from '../layers/types.js'
 import { buildScope, type GetUser, type Scope } from '../scope.js'
 import { findHandler } from '../dispatch.js'
 import { InvalidOptionError, TooManyGroupsError } from '../errors.js'
@@ -16,6 +16,7 @@ import { writeText } from './frame.js'
 import { frameWriterOf, type FrameWriter } from '../internals.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
+import { FlowControl, type FlowOwner } from './flow-control.js'
 import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
 
 /** What every connection of one plugin instance shares. */
@@ -76,11 +77,7 @@ export function connectionOf (raw: object): Connection | undefined {
   return byRequest.get(raw)
 }
 
-// Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
-const HIGH_WATER = 16
-
-/** The connection is its channel's sink: the layer pushes messages to it while it accepts. */
-export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
+export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
   state: State = 'connecting'
   /** Set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
@@ -90,27 +87,20 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
   readonly finished: Promise<void>
 
   readonly #tasks: TaskQueue<Task> = new TaskQueue<Task>(this)
+  readonly #flow: FlowControl<Task> = new FlowControl<Task>(this.#tasks, this)
   #runtime: Runtime
   #request: FastifyRequest
   #consumer: ConsumerHooks
   #log: FastifyBaseLogger
   #socket: WebSocket | null = null
   #frameWriter: FrameWriter | null = null
-  #listener: ChannelListener | null = null
-  // The listener turned a message away: messages wait in the layer until resume().
-  #refused = false
   #channelName = ''
   #accepted = false
   #decided = false
   #decide: ((decision: Decision) => void) | null = null
   #opened: Promise<void>
   #resolveOpened!: () => void
-  // Only for a layer without listen(): the receive() loop's wake-up and its stop signal.
-  #wakePump: (() => void) | null = null
-  #abort: AbortController | null = null
   #endQueued = false
-  // Stopped reading client frames because the consumer is behind (TCP pushes back on the client).
-  #paused = false
   #joined: ReadonlySet<string> = new Set()
   #resolveFinished!: () => void
 
@@ -184,13 +174,7 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
     this.#socket = socket
     this.#frameWriter = frameWriterOf(socket)
     this.state = 'open'
-    socket.on('message', (data, binary) => {
-      this.#tasks.push(new ClientFrame(data, binary))
-      if (!this.#paused && this.#tasks.pending >= HIGH_WATER) {
-        this.#paused = true
-        socket.pause()
-      }
-    })
+    socket.on('message', (data, binary) => { this.#flow.fromClient(new ClientFrame(data, binary)) })
     socket.on('pong', () => { this.awaitingPong = false })
     // A client that breaks the protocol: ws answers with a close code; that is the code disconnect() gets.
     socket.on('error', (err: Error & { code?: string }) => {
@@ -206,9 +190,7 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
       }
     })
     this.#resolveOpened()
-    const layer = this.#runtime.layer
-    if (canListen(layer)) this.#listen(layer)
-    else void this.#pump()
+    this.#flow.start(socket, this.#runtime.layer, this.#channelName)
     if (this.#pendingClose !== null) {
       const { code, reason } = this.#pendingClose
       this.#pendingClose = null
@@ -261,7 +243,7 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
    */
   heartbeat (): void {
     if (this.state !== 'open') return
-    if (this.#paused) {
+    if (this.#flow.readsPaused) {
       this.awaitingPong = false
     } else if (!this.awaitingPong) {
       this.ping()
@@ -271,7 +253,7 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
       // client in this same process has had one turn to answer and we one to read it).
       setImmediate(() => setImmediate(() => {
         if (this.state !== 'open') return
-        if (this.awaitingPong && !this.#paused) this.terminate()
+        if (this.awaitingPong && !this.#flow.readsPaused) this.terminate()
         else this.ping()
       }))
     }
@@ -317,82 +299,22 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
     })
   }
 
-  /** ChannelSink: layer messages are taken while fewer than HIGH_WATER tasks wait. */
-  get accepting (): boolean {
-    if (this.#tasks.pending < HIGH_WATER) return true
-    this.#refused = true
-    return false
-  }
-
-  /** ChannelSink: a layer message, queued behind what arrived before it. */
-  push (message: LayerMessage): void {
-    this.#tasks.push(message)
-  }
-
-  /** ChannelSink: the layer closed under an open connection. */
-  layerClosed (reason: Error): void {
-    this.#layerFailed(reason)
-  }
-
-  #listen (layer: ChannelLayer & ChannelListening): void {
-    try {
-      this.#listener = layer.listen(this.#channelName, this)
-    } catch (err) {
-      this.#layerFailed(err)
-    }
-  }
-
-  #layerFailed (err: unknown): void {
+  /** FlowOwner: the layer failed under the connection. */
+  layerFailed (err: unknown): void {
     this.#log.error({ err, channel: this.#channelName }, 'channel layer receive failed; closing the connection')
     this.close(1011, 'channel layer unavailable')
-  }
-
-  /** For a layer that cannot push: one `receive()` at a time, pausing while HIGH_WATER tasks wait. */
-  async #pump (): Promise<void> {
-    this.#abort = new AbortController()
-    const signal = this.#abort.signal
-    const layer = this.#runtime.layer
-    while (!signal.aborted) {
-      let message: LayerMessage
-      try {
-        message = await layer.receive(this.#channelName, { signal })
-      } catch (err) {
-        if (!signal.aborted) this.#layerFailed(err)
-        return
-      }
-      this.#tasks.push(message)
-      if (this.#tasks.pending >= HIGH_WATER) {
-        await new Promise<void>(resolve => { this.#wakePump = resolve })
-      }
-    }
-  }
-
-  #resumePump (): void {
-    const wake = this.#wakePump
-    this.#wakePump = null
-    wake?.()
   }
 
   #enqueueEnd (code: number): void {
     if (this.#endQueued) return
     this.#endQueued = true
-    this.#abort?.abort()
-    this.#listener?.close()
+    this.#flow.stop()
     this.#tasks.push(new End(code))
   }
 
   /** TaskRunner: after each task, the sources held back for the queue may flow again. */
   afterTask (): void {
-    if (this.#tasks.pending >= HIGH_WATER) return
-    this.#resumePump()
-    if (this.#refused) {
-      this.#refused = false
-      this.#listener?.resume()
-    }
-    if (this.#paused) {
-      this.#paused = false
-      this.#socket?.resume()
-    }
+    this.#flow.afterTask()
   }
 
   /** TaskRunner: what a task means. */
@@ -438,8 +360,7 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
   async #end (code: number, runDisconnect: boolean): Promise<void> {
     if (this.state === 'ended') return
     this.state = 'ended'
-    this.#abort?.abort()
-    this.#listener?.close()
+    this.#flow.stop()
     if (runDisconnect && this.#accepted) {
       try {
         await this.#consumer.disconnect(code)
@@ -448,7 +369,6 @@ export class Connection implements ChannelSink, Beating, TaskRunner<Task> {
       }
     }
     await this.#leaveLayer()
-    this.#resumePump()
     this.#runtime.connections.delete(this)
     this.#resolveFinished()
   }
