@@ -79,7 +79,7 @@ export function connectionOf (raw: object): Connection | undefined {
 
 export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
   state: State = 'connecting'
-  /** Set by the heartbeat on ping, cleared by the peer's pong. */
+  /** Beating: set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
   readonly heartbeatSlot = heartbeatSlot()
   /** The subprotocol `accept()` named. */
@@ -232,31 +232,19 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
     this.#enqueueEnd(1006)
   }
 
-  ping (): void {
-    this.awaitingPong = true
-    this.#socket?.ping()
+  /** Beating: the heartbeat pings only an open connection. */
+  get isOpen (): boolean {
+    return this.state === 'open'
   }
 
-  /**
-   * One heartbeat tick: terminate a peer that did not answer the last ping, else ping it. While
-   * reading is paused for backpressure its pong cannot be read, so the peer is not blamed.
-   */
-  heartbeat (): void {
-    if (this.state !== 'open') return
-    if (this.#flow.readsPaused) {
-      this.awaitingPong = false
-    } else if (!this.awaitingPong) {
-      this.ping()
-    } else {
-      // A tick can fire late, straight after this process was busy, before the event loop has read
-      // a pong that is already waiting: judge only after two turns of reading (two, so that even a
-      // client in this same process has had one turn to answer and we one to read it).
-      setImmediate(() => setImmediate(() => {
-        if (this.state !== 'open') return
-        if (this.awaitingPong && !this.#flow.readsPaused) this.terminate()
-        else this.ping()
-      }))
-    }
+  /** Beating: a pong cannot be read while client frames are held back. */
+  get readsPaused (): boolean {
+    return this.#flow.readsPaused
+  }
+
+  /** Beating. */
+  sendPing (): void {
+    this.#socket?.ping()
   }
 
   send (data: string | Uint8Array): void {
