@@ -7,6 +7,7 @@ import type { WebSocket } from 'ws'
 import type { ChannelLayer } from './layers/types.js'
 import type { Scope } from './scope.js'
 import { connectionOf, type Connection, type ConsumerContext } from './connection/connection.js'
+import type { Outbound } from './connection/outbound.js'
 import { reserveNames } from './dispatch.js'
 
 export const kConsumerClass = Symbol('fastify-channels.consumerClass')
@@ -31,6 +32,7 @@ export class WebsocketConsumer {
   log!: FastifyBaseLogger
 
   #connection!: Connection
+  #outbound!: Outbound
 
   /** The `@fastify/websocket` handler for a `{ websocket: true }` GET route. */
   static asHandler (this: ConsumerClass): WebsocketRouteHandler {
@@ -53,6 +55,7 @@ export class WebsocketConsumer {
     this.channelLayer = ctx.channelLayer
     this.log = ctx.log
     this.#connection = ctx.connection
+    this.#outbound = ctx.outbound
   }
 
   /** Called when the client asks to connect. Default: accept. */
@@ -76,7 +79,7 @@ export class WebsocketConsumer {
    */
   send (data: string | Uint8Array): Promise<void> {
     try {
-      this.#connection.send(data)
+      this.#outbound.send(data)
     } catch (err) {
       return Promise.reject(err)
     }

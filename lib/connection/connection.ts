@@ -12,8 +12,7 @@ import { buildScope, type GetUser, type Scope } from '../scope.js'
 import { findHandler } from '../dispatch.js'
 import { InvalidOptionError, TooManyGroupsError } from '../errors.js'
 import { connectionLayer } from './layer-view.js'
-import { writeText } from './frame.js'
-import { frameWriterOf, type FrameWriter } from '../internals.js'
+import { Outbound, type OutboundOwner } from './outbound.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
@@ -44,6 +43,8 @@ export interface ConsumerContext {
   channelLayer: ChannelLayer
   log: FastifyBaseLogger
   connection: Connection
+  /** Where the consumer's `send()` goes. */
+  outbound: Outbound
 }
 
 /** A client frame waiting for `receive()`. */
@@ -77,7 +78,7 @@ export function connectionOf (raw: object): Connection | undefined {
   return byRequest.get(raw)
 }
 
-export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
+export class Connection implements Beating, TaskRunner<Task>, FlowOwner, OutboundOwner {
   state: State = 'connecting'
   /** Beating: set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
@@ -88,12 +89,12 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
 
   readonly #tasks: TaskQueue<Task> = new TaskQueue<Task>(this)
   readonly #flow: FlowControl<Task> = new FlowControl<Task>(this.#tasks, this)
+  readonly #outbound: Outbound
   #runtime: Runtime
   #request: FastifyRequest
   #consumer: ConsumerHooks
   #log: FastifyBaseLogger
   #socket: WebSocket | null = null
-  #frameWriter: FrameWriter | null = null
   #channelName = ''
   #accepted = false
   #decided = false
@@ -109,6 +110,7 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
     this.#request = request
     this.#consumer = consumer
     this.#log = request.log
+    this.#outbound = new Outbound(this, runtime.maxBufferedBytes)
     this.#opened = new Promise(resolve => { this.#resolveOpened = resolve })
     this.finished = new Promise(resolve => { this.#resolveFinished = resolve })
     runtime.connections.add(this)
@@ -126,7 +128,7 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
       this.#channelName = await layer.newChannel()
       const { view, joined } = connectionLayer(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
       this.#joined = joined
-      init({ scope, channelName: this.#channelName, channelLayer: view, log: this.#log, connection: this })
+      init({ scope, channelName: this.#channelName, channelLayer: view, log: this.#log, connection: this, outbound: this.#outbound })
       for (const group of this.#consumer.groups) await view.groupAdd(group, this.#channelName)
     } catch (err) {
       await this.#end(1011, false)
@@ -172,7 +174,7 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
       return
     }
     this.#socket = socket
-    this.#frameWriter = frameWriterOf(socket)
+    this.#outbound.open(socket)
     this.state = 'open'
     socket.on('message', (data, binary) => { this.#flow.fromClient(new ClientFrame(data, binary)) })
     socket.on('pong', () => { this.awaitingPong = false })
@@ -180,12 +182,14 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
     socket.on('error', (err: Error & { code?: string }) => {
       if (this.state === 'open') {
         this.state = 'closing'
+        this.#outbound.shut()
         this.#enqueueEnd(protocolErrorCloseCode(err.code))
       }
     })
     socket.on('close', (code) => {
       if (this.state === 'open') {
         this.state = 'closing'
+        this.#outbound.shut()
         this.#enqueueEnd(code)
       }
     })
@@ -209,6 +213,7 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
     }
     if (this.state !== 'open') return
     this.state = 'closing'
+    this.#outbound.shut()
     this.#socket?.close(code, fitCloseReason(reason))
     this.#enqueueEnd(code)
   }
@@ -228,8 +233,19 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
   terminate (): void {
     if (this.state !== 'open') return
     this.state = 'closing'
+    this.#outbound.shut()
     this.#socket?.terminate()
     this.#enqueueEnd(1006)
+  }
+
+  /** OutboundOwner. */
+  get log (): FastifyBaseLogger {
+    return this.#log
+  }
+
+  /** OutboundOwner: '' until the handshake has one. */
+  get channelName (): string {
+    return this.#channelName
   }
 
   /** Beating: the heartbeat pings only an open connection. */
@@ -245,25 +261,6 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
   /** Beating. */
   sendPing (): void {
     this.#socket?.ping()
-  }
-
-  send (data: string | Uint8Array): void {
-    if (this.state !== 'open' || this.#socket === null) {
-      this.#log.debug({ channel: this.#channelName }, 'send() on a connection that is not open; dropped')
-      return
-    }
-    const socket = this.#socket
-    if (socket.bufferedAmount > this.#runtime.maxBufferedBytes) {
-      this.#log.warn({ channel: this.#channelName, bufferedAmount: socket.bufferedAmount }, 'slow reader: outgoing buffer over the limit, closing')
-      this.close(1008, 'slow reader: too much data queued')
-      return
-    }
-    if (typeof data === 'string') {
-      const writer = this.#frameWriter
-      if (writer === null || !writeText(socket, writer, data)) socket.send(data)
-    } else {
-      socket.send(data, BINARY)
-    }
   }
 
   #pendingClose: { code: number, reason: string } | null = null
@@ -380,8 +377,6 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner {
     }
   }
 }
-
-const BINARY = { binary: true }
 
 function isThenable (value: unknown): value is PromiseLike<unknown> {
   return value !== null && (typeof value === 'object' || typeof value === 'function') &&
