@@ -1,22 +1,47 @@
 /**
- * One WebSocket connection's life: handshake decided by the consumer's `connect()`, then client
- * frames and layer messages handled one at a time in arrival order, then `disconnect()` exactly
- * once and the layer freed of the connection's channel and memberships.
+ * One WebSocket connection's life, as one state machine:
+ *
+ *   handshake ──accept()──────────────▶ accepted ──upgraded──▶ open ──closed by either side──▶ closing ──▶ ended
+ *       │                                   │                          (or the peer failed,            ▲
+ *       │                                   └──client gone before the    a handler failed,             │
+ *       │                                      upgrade, or shutdown──────────────────────────────────▶─┘
+ *       └──refused (403: close() before accept, or connect() returned without it; 500: it threw)──▶ ended
+ *
+ * - handshake: the scope is built, `groups` joined and `connect()` runs; the HTTP request waits for
+ *   its decision. Carries the decision's resolver.
+ * - accepted: the 101 is on its way and the route handler will bring the socket. Carries a close
+ *   that `connect()` asked for meanwhile.
+ * - open: client frames and layer messages run one at a time, in arrival order (task-queue.ts),
+ *   held back while the consumer is behind (flow-control.ts); `send()` writes (outbound.ts).
+ * - closing: nothing more is read or written; what was queued before is skipped, then the End task
+ *   runs `disconnect(code)` exactly once.
+ * - ended: the layer is freed of the channel and its memberships; `finished` resolves.
+ *
+ * `transition()` is the only place the state changes, and `Transitions` the only moves it allows.
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { Socket } from 'node:net'
-import type { WebSocket, RawData } from 'ws'
 import type { ChannelLayer, LayerMessage } from '../layers/types.js'
-import { canDiscardChannel } from '../layers/types.js'
 import { buildScope, type GetUser, type Scope } from '../scope.js'
-import { findHandler } from '../dispatch.js'
-import { InvalidOptionError, TooManyGroupsError } from '../errors.js'
-import { connectionLayer } from './layer-view.js'
+import { InvalidOptionError } from '../errors.js'
+import { layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
+import type { ConnectionSocket } from './socket.js'
+import { ClientFrame, End, callConsumer, failureClose, type ConsumerHooks, type Task } from './tasks.js'
 import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
+
+export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
+
+/** Every move the lifecycle may make: from a state (key) to one of its successors. */
+interface Transitions {
+  handshake: 'accepted' | 'ended'
+  accepted: 'open' | 'closing'
+  open: 'closing'
+  closing: 'ended'
+  ended: never
+}
 
 /** What every connection of one plugin instance shares. */
 export interface Runtime {
@@ -29,14 +54,6 @@ export interface Runtime {
   maxGroupsPerConnection: number
 }
 
-/** The part of a consumer the connection drives. */
-export interface ConsumerHooks {
-  groups: string[]
-  connect (): unknown
-  receive (text: string | undefined, bytes: Buffer | undefined): unknown
-  disconnect (code: number): unknown
-}
-
 export interface ConsumerContext {
   scope: Scope
   channelName: string
@@ -46,21 +63,6 @@ export interface ConsumerContext {
   /** Where the consumer's `send()` goes. */
   outbound: Outbound
 }
-
-/** A client frame waiting for `receive()`. */
-class ClientFrame {
-  constructor (readonly data: RawData, readonly binary: boolean) {}
-}
-
-/** The connection ended: `disconnect(code)` and clean-up, after everything queued before. */
-class End {
-  constructor (readonly code: number) {}
-}
-
-// Layer messages are queued as they are, with no wrapper: one allocation fewer per delivery.
-type Task = ClientFrame | End | LayerMessage
-
-type State = 'connecting' | 'open' | 'closing' | 'ended'
 
 export type Decision = { accepted: true } | { accepted: false, status: number }
 
@@ -78,79 +80,91 @@ export function connectionOf (raw: object): Connection | undefined {
   return byRequest.get(raw)
 }
 
-export class Connection implements Beating, TaskRunner<Task>, FlowOwner, OutboundOwner {
-  state: State = 'connecting'
+export class Connection implements TaskRunner<Task>, FlowOwner, OutboundOwner, Beating {
+  /** The subprotocol `accept()` named. */
+  subprotocol: string | undefined = undefined
+  /** Resolves once the connection has ended and the layer is freed of it. */
+  readonly finished: Promise<void>
   /** Beating: set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
   readonly heartbeatSlot = heartbeatSlot()
-  /** The subprotocol `accept()` named. */
-  subprotocol: string | undefined = undefined
-  readonly finished: Promise<void>
 
+  #state: State = 'handshake'
   readonly #tasks: TaskQueue<Task> = new TaskQueue<Task>(this)
   readonly #flow: FlowControl<Task> = new FlowControl<Task>(this.#tasks, this)
   readonly #outbound: Outbound
-  #runtime: Runtime
-  #request: FastifyRequest
-  #consumer: ConsumerHooks
-  #log: FastifyBaseLogger
-  #socket: WebSocket | null = null
+  readonly #runtime: Runtime
+  readonly #request: FastifyRequest
+  readonly #consumer: ConsumerHooks
+  #socket: ConnectionSocket | null = null
   #channelName = ''
-  #accepted = false
-  #decided = false
-  #decide: ((decision: Decision) => void) | null = null
-  #opened: Promise<void>
-  #resolveOpened!: () => void
-  #endQueued = false
   #joined: ReadonlySet<string> = new Set()
+  // handshake: how the HTTP request learns the decision.
+  #decide: ((decision: Decision) => void) | null = null
+  // accepted: a close() asked for before the socket came.
+  #pendingClose: { code: number, reason: string } | null = null
+  // accept()'s promise: the socket came (or never will).
+  readonly #opened: Promise<void>
+  #resolveOpened!: () => void
   #resolveFinished!: () => void
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
     this.#runtime = runtime
     this.#request = request
     this.#consumer = consumer
-    this.#log = request.log
     this.#outbound = new Outbound(this, runtime.maxBufferedBytes)
     this.#opened = new Promise(resolve => { this.#resolveOpened = resolve })
     this.finished = new Promise(resolve => { this.#resolveFinished = resolve })
     runtime.connections.add(this)
   }
 
+  get state (): State {
+    return this.#state
+  }
+
+  /** The only place the state changes: `from` → `to` when the connection is in `from`. */
+  #transition<From extends State> (from: From, to: Transitions[From]): boolean {
+    if (this.#state !== from) return false
+    this.#state = to
+    return true
+  }
+
+  // --- events ----------------------------------------------------------------------------------
+
   /**
    * Runs before the upgrade: builds the scope, joins `groups`, and runs `connect()` until it
-   * accepts, refuses, returns or throws. Resolves with the decision; rejects when `connect()`
-   * (or the set-up before it) failed before deciding.
+   * accepts, refuses, returns or throws. Resolves with the decision; rejects when the set-up
+   * before `connect()` failed.
    */
   async handshake (init: (ctx: ConsumerContext) => void): Promise<Decision> {
+    const decision = new Promise<Decision>(resolve => { this.#decide = resolve })
     const layer = this.#runtime.layer
     try {
       const scope = await buildScope(this.#request, this.#runtime.getUser)
       this.#channelName = await layer.newChannel()
-      const { view, joined } = connectionLayer(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
+      const { view, joined } = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
       this.#joined = joined
-      init({ scope, channelName: this.#channelName, channelLayer: view, log: this.#log, connection: this, outbound: this.#outbound })
+      init({ scope, channelName: this.#channelName, channelLayer: view, log: this.log, connection: this, outbound: this.#outbound })
       for (const group of this.#consumer.groups) await view.groupAdd(group, this.#channelName)
     } catch (err) {
-      await this.#end(1011, false)
+      await this.#refuse(500)
       throw err
     }
-    const decision = new Promise<Decision>(resolve => { this.#decide = resolve })
     const connected = (async () => { await this.#consumer.connect() })()
     connected.then(() => {
-      if (!this.#decided) this.#refuse(403)
+      // Returning without accept() refuses; after it, the queued frames may run.
+      if (this.#state === 'handshake') void this.#refuse(403)
       else this.#tasks.start()
     }, (err: unknown) => {
-      if (!this.#decided) {
-        this.#decided = true
-        this.#decide?.({ accepted: false, status: 500 })
-        this.#log.error({ err }, 'consumer connect() failed')
-        void this.#end(1011, false)
+      if (this.#state === 'handshake') {
+        this.log.error({ err }, 'consumer connect() failed')
+        void this.#refuse(500)
       } else {
-        this.#handlerFailed(err)
+        this.taskFailed(err)
         this.#tasks.start()
       }
     })
-    return decision
+    return await decision
   }
 
   /** `accept()`: the handshake completes once the route handler has the socket. */
@@ -158,99 +172,159 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner, Outboun
     if (subprotocol !== undefined && typeof subprotocol !== 'string') {
       throw new InvalidOptionError('accept(subprotocol) takes a string')
     }
-    if (this.#decided) return this.#opened
-    this.#decided = true
-    this.#accepted = true
-    this.subprotocol = subprotocol
-    this.#watchPrematureClose()
-    this.#decide?.({ accepted: true })
+    if (this.#transition('handshake', 'accepted')) {
+      this.subprotocol = subprotocol
+      // If the client goes away between accept() and the upgrade, the route handler never runs.
+      this.#request.raw.socket?.once('close', () => { this.#beginClosing('accepted', 1006) })
+      this.#decided({ accepted: true })
+    }
     return this.#opened
   }
 
   /** Called by the route handler with the upgraded socket. */
-  attach (socket: WebSocket): void {
-    if (this.state !== 'connecting') {
+  attach (socket: ConnectionSocket): void {
+    if (!this.#transition('accepted', 'open')) {
       socket.terminate()
       return
     }
     this.#socket = socket
     this.#outbound.open(socket)
-    this.state = 'open'
     socket.on('message', (data, binary) => { this.#flow.fromClient(new ClientFrame(data, binary)) })
     socket.on('pong', () => { this.awaitingPong = false })
     // A client that breaks the protocol: ws answers with a close code; that is the code disconnect() gets.
-    socket.on('error', (err: Error & { code?: string }) => {
-      if (this.state === 'open') {
-        this.state = 'closing'
-        this.#outbound.shut()
-        this.#enqueueEnd(protocolErrorCloseCode(err.code))
-      }
-    })
-    socket.on('close', (code) => {
-      if (this.state === 'open') {
-        this.state = 'closing'
-        this.#outbound.shut()
-        this.#enqueueEnd(code)
-      }
-    })
+    socket.on('error', (err) => { this.#beginClosing('open', protocolErrorCloseCode(err.code)) })
+    socket.on('close', (code) => { this.#beginClosing('open', code) })
     this.#resolveOpened()
     this.#flow.start(socket, this.#runtime.layer, this.#channelName)
-    if (this.#pendingClose !== null) {
-      const { code, reason } = this.#pendingClose
+    const pending = this.#pendingClose
+    if (pending !== null) {
       this.#pendingClose = null
-      this.close(code, reason)
+      this.close(pending.code, pending.reason)
     }
   }
 
+  /** Before accept() this refuses the handshake (403); once accepted, the socket closes as soon as it is there. */
   close (code = 1000, reason = ''): void {
     if (!isSendableCloseCode(code)) {
       throw new InvalidOptionError(`close code ${String(code)} cannot be sent; use 1000-1014 or 3000-4999`)
     }
-    if (this.state === 'connecting') {
-      if (!this.#decided) this.#refuse(403)
-      else if (this.#socket === null) this.#pendingClose = { code, reason }
-      return
-    }
-    if (this.state !== 'open') return
-    this.state = 'closing'
-    this.#outbound.shut()
-    this.#socket?.close(code, fitCloseReason(reason))
-    this.#enqueueEnd(code)
-  }
-
-  /** Server shutdown: an open connection closes with 1001; one accepted but not yet upgraded ends with 1001. */
-  shutdown (): void {
-    if (this.state === 'open') {
-      this.close(1001, 'server shutting down')
-    } else if (this.state === 'connecting' && this.#accepted && this.#socket === null) {
-      this.state = 'closing'
-      this.#resolveOpened()
-      this.#enqueueEnd(1001)
+    if (this.#state === 'handshake') {
+      void this.#refuse(403)
+    } else if (this.#state === 'accepted') {
+      this.#pendingClose = { code, reason }
+    } else {
+      this.#beginClosing('open', code, socket => { socket.close(code, fitCloseReason(reason)) })
     }
   }
 
   /** Ends a peer that stopped answering: no close handshake, `disconnect(1006)`. */
   terminate (): void {
-    if (this.state !== 'open') return
-    this.state = 'closing'
+    this.#beginClosing('open', 1006, socket => { socket.terminate() })
+  }
+
+  /**
+   * Server shutdown: an open connection closes with 1001; one accepted but not yet upgraded ends
+   * with 1001. One still in its handshake is refused with 503 by the plugin once `connect()` decides.
+   */
+  shutdown (): void {
+    if (this.#state === 'open') this.close(1001, 'server shutting down')
+    else this.#beginClosing('accepted', 1001)
+  }
+
+  /** FlowOwner: the layer failed under the connection. */
+  layerFailed (err: unknown): void {
+    this.log.error({ err, channel: this.#channelName }, 'channel layer receive failed; closing the connection')
+    this.close(1011, 'channel layer unavailable')
+  }
+
+  // --- the moves behind the events -------------------------------------------------------------
+
+  /** handshake → ended: the decision is a refusal; what the set-up joined is left. */
+  async #refuse (status: number): Promise<void> {
+    if (!this.#transition('handshake', 'ended')) return
+    this.#decided({ accepted: false, status })
+    await this.#finish()
+  }
+
+  #decided (decision: Decision): void {
+    const decide = this.#decide
+    this.#decide = null
+    decide?.(decision)
+  }
+
+  /**
+   * open or accepted → closing: nothing more is read or written, the socket (if any) is ended as
+   * `endSocket` says, and End runs after what is queued.
+   */
+  #beginClosing (from: 'open' | 'accepted', code: number, endSocket?: (socket: ConnectionSocket) => void): void {
+    if (!this.#transition(from, 'closing')) return
     this.#outbound.shut()
-    this.#socket?.terminate()
-    this.#enqueueEnd(1006)
+    this.#flow.stop()
+    this.#resolveOpened()
+    if (endSocket !== undefined && this.#socket !== null) endSocket(this.#socket)
+    this.#tasks.push(new End(code))
   }
 
-  /** OutboundOwner. */
+  /** closing → ended, when the End task runs. */
+  async #end (code: number): Promise<void> {
+    if (!this.#transition('closing', 'ended')) return
+    try {
+      await this.#consumer.disconnect(code)
+    } catch (err) {
+      this.log.error({ err, channel: this.#channelName }, 'consumer disconnect() failed')
+    }
+    await this.#finish()
+  }
+
+  /** In `ended`: free the layer, then tell whoever waits. */
+  async #finish (): Promise<void> {
+    if (this.#channelName !== '') {
+      await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, this.#joined, this.log)
+    }
+    this.#runtime.connections.delete(this)
+    this.#resolveFinished()
+  }
+
+  // --- tasks -----------------------------------------------------------------------------------
+
+  /** TaskRunner: only End runs once the connection is closing. */
+  runTask (task: Task): PromiseLike<unknown> | undefined {
+    if (task instanceof End) return this.#end(task.code)
+    if (this.#state !== 'open') return undefined
+    try {
+      return callConsumer(this.#consumer, task, this.log, this.#channelName)
+    } catch (err) {
+      this.taskFailed(err)
+      return undefined
+    }
+  }
+
+  /** TaskRunner: a handler threw or rejected. */
+  taskFailed (err: unknown): void {
+    const [code, reason] = failureClose(err, this.log, this.#channelName)
+    this.close(code, reason)
+  }
+
+  /** TaskRunner: after each task, the sources held back for the queue may flow again. */
+  afterTask (): void {
+    this.#flow.afterTask()
+  }
+
+  // --- what the parts beside it read -----------------------------------------------------------
+
+  /** The request's logger. */
   get log (): FastifyBaseLogger {
-    return this.#log
+    return this.#request.log
   }
 
-  /** OutboundOwner: '' until the handshake has one. */
+  /** '' until the handshake has one. */
   get channelName (): string {
     return this.#channelName
   }
 
   /** Beating: the heartbeat pings only an open connection. */
   get isOpen (): boolean {
-    return this.state === 'open'
+    return this.#state === 'open'
   }
 
   /** Beating: a pong cannot be read while client frames are held back. */
@@ -262,129 +336,4 @@ export class Connection implements Beating, TaskRunner<Task>, FlowOwner, Outboun
   sendPing (): void {
     this.#socket?.ping()
   }
-
-  #pendingClose: { code: number, reason: string } | null = null
-
-  #refuse (status: number): void {
-    if (this.#decided) return
-    this.#decided = true
-    this.#decide?.({ accepted: false, status })
-    void this.#end(1006, false)
-  }
-
-  // If the client goes away between accept() and the upgrade, the route handler never runs.
-  #watchPrematureClose (): void {
-    const raw = this.#request.raw.socket as Socket | undefined
-    raw?.once('close', () => {
-      if (this.state === 'connecting') {
-        this.state = 'closing'
-        this.#resolveOpened()
-        this.#enqueueEnd(1006)
-      }
-    })
-  }
-
-  /** FlowOwner: the layer failed under the connection. */
-  layerFailed (err: unknown): void {
-    this.#log.error({ err, channel: this.#channelName }, 'channel layer receive failed; closing the connection')
-    this.close(1011, 'channel layer unavailable')
-  }
-
-  #enqueueEnd (code: number): void {
-    if (this.#endQueued) return
-    this.#endQueued = true
-    this.#flow.stop()
-    this.#tasks.push(new End(code))
-  }
-
-  /** TaskRunner: after each task, the sources held back for the queue may flow again. */
-  afterTask (): void {
-    this.#flow.afterTask()
-  }
-
-  /** TaskRunner: what a task means. */
-  runTask (task: Task): PromiseLike<unknown> | undefined {
-    if (task instanceof End) return this.#end(task.code, true)
-    if (this.state !== 'open') return undefined
-    let result: unknown
-    try {
-      if (task instanceof ClientFrame) {
-        result = task.binary
-          ? this.#consumer.receive(undefined, toBuffer(task.data))
-          : this.#consumer.receive(toBuffer(task.data).toString('utf8'), undefined)
-      } else {
-        const handler = findHandler(this.#consumer, task.type)
-        if (handler === undefined) {
-          this.#log.warn({ type: task.type, channel: this.#channelName }, 'no handler for message type; dropped')
-          return undefined
-        }
-        result = handler.call(this.#consumer, task)
-      }
-    } catch (err) {
-      this.#handlerFailed(err)
-      return undefined
-    }
-    return isThenable(result) ? result : undefined
-  }
-
-  /** TaskRunner: an asynchronous handler rejected. */
-  taskFailed (err: unknown): void {
-    this.#handlerFailed(err)
-  }
-
-  #handlerFailed (err: unknown): void {
-    if (err instanceof TooManyGroupsError) {
-      this.#log.warn({ err, channel: this.#channelName }, 'consumer joined too many groups; closing with 1008')
-      this.close(1008, 'too many groups')
-      return
-    }
-    this.#log.error({ err, channel: this.#channelName }, 'consumer handler failed; closing with 1011')
-    this.close(1011, 'internal error')
-  }
-
-  async #end (code: number, runDisconnect: boolean): Promise<void> {
-    if (this.state === 'ended') return
-    this.state = 'ended'
-    this.#flow.stop()
-    if (runDisconnect && this.#accepted) {
-      try {
-        await this.#consumer.disconnect(code)
-      } catch (err) {
-        this.#log.error({ err, channel: this.#channelName }, 'consumer disconnect() failed')
-      }
-    }
-    await this.#leaveLayer()
-    this.#runtime.connections.delete(this)
-    this.#resolveFinished()
-  }
-
-  async #leaveLayer (): Promise<void> {
-    if (this.#channelName === '') return
-    const layer = this.#runtime.layer
-    // A layer that can discard a whole channel also drops memberships other code made with it, in
-    // one call. Otherwise leave what is known: `groups` (maybe reassigned since) and what was joined
-    // through the view, each step on its own so one bad group name does not leave the rest behind.
-    const steps = canDiscardChannel(layer)
-      ? [() => layer.discardChannel(this.#channelName)]
-      : [...new Set([...(Array.isArray(this.#consumer.groups) ? this.#consumer.groups : []), ...this.#joined])]
-          .map(group => () => layer.groupDiscard(group, this.#channelName))
-    for (const step of steps) {
-      try {
-        await step()
-      } catch (err) {
-        this.#log.warn({ err, channel: this.#channelName }, 'could not remove the connection from the channel layer')
-      }
-    }
-  }
-}
-
-function isThenable (value: unknown): value is PromiseLike<unknown> {
-  return value !== null && (typeof value === 'object' || typeof value === 'function') &&
-    typeof (value as { then?: unknown }).then === 'function'
-}
-
-export function toBuffer (data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data
-  if (Array.isArray(data)) return Buffer.concat(data)
-  return Buffer.from(data)
 }
