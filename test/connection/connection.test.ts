@@ -65,6 +65,13 @@ function setup (script?: Scripted['script'], options: Partial<Runtime> = {}) {
 
 const empty = { channels: 0, groups: 0, memberships: 0 }
 
+/** A promise the test settles when it chooses. */
+function gated (): [Promise<void>, () => void] {
+  let release!: () => void
+  const gate = new Promise<void>(resolve => { release = resolve })
+  return [gate, release]
+}
+
 t.test('handshake → accepted → open → closing → ended: the whole life of a connection', async t => {
   const s = setup()
   t.equal(s.connection.state, 'handshake')
@@ -146,8 +153,7 @@ t.test('accepted: close() waits for the socket, which is then closed with that c
 })
 
 t.test('frames that arrive while connect() still runs wait for it, in order', async t => {
-  let release!: () => void
-  const gate = new Promise<void>(resolve => { release = resolve })
+  const [gate, release] = gated()
   const s = setup(async c => {
     await c.accept()
     await gate
@@ -164,8 +170,7 @@ t.test('frames that arrive while connect() still runs wait for it, in order', as
 
 t.test('shutdown in each state', async t => {
   t.test('handshake: nothing yet; the decision comes from connect()', async t => {
-    let release!: () => void
-    const gate = new Promise<void>(resolve => { release = resolve })
+    const [gate, release] = gated()
     const s = setup(async c => { await gate; await c.accept() })
     await new Promise(resolve => setImmediate(resolve))
     s.connection.shutdown()
@@ -199,8 +204,7 @@ t.test('shutdown in each state', async t => {
   })
 
   t.test('closing and ended: nothing more', async t => {
-    let release!: () => void
-    const gate = new Promise<void>(resolve => { release = resolve })
+    const [gate, release] = gated()
     const s = setup()
     s.consumer.disconnect = async (code: number) => { s.consumer.disconnects.push(code); await gate }
     await s.decision
@@ -263,8 +267,7 @@ t.test('open → closing by the server: close(), terminate(), a failing handler'
 })
 
 t.test('the heartbeat sees an open connection only, and reads paused by backpressure', async t => {
-  let release!: () => void
-  const gate = new Promise<void>(resolve => { release = resolve })
+  const [gate, release] = gated()
   const s = setup()
   s.consumer.receive = async () => { await gate }
   t.equal(s.connection.isOpen, false)

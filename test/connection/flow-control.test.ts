@@ -39,6 +39,14 @@ function harness () {
   }
 }
 
+/** Starts the harness' flow control and queue over a new channel of `layer`; returns the channel. */
+async function startOn (h: ReturnType<typeof harness>, layer: ChannelLayer): Promise<string> {
+  const channel = await layer.newChannel()
+  h.flow.start(h.socket, layer, channel)
+  h.queue.start()
+  return channel
+}
+
 /** Counts the listener's resume() calls made by the flow control. */
 function countingResumes (layer: InMemoryChannelLayer): { resumes: number } {
   const counter = { resumes: 0 }
@@ -54,8 +62,7 @@ t.test('client frames: reads pause once at HIGH_WATER queued tasks and resume on
   const h = harness()
   const layer = new InMemoryChannelLayer()
   t.teardown(() => layer.close())
-  h.flow.start(h.socket, layer, await layer.newChannel())
-  h.queue.start()
+  await startOn(h, layer)
   h.hold()
   const FRAMES = HIGH_WATER + 10
   for (let frame = 0; frame < FRAMES; frame++) h.flow.fromClient({ frame })
@@ -74,9 +81,7 @@ t.test('a pushing layer: accepting is a pure reading; messages past HIGH_WATER w
   const layer = new InMemoryChannelLayer()
   t.teardown(() => layer.close())
   const counter = countingResumes(layer)
-  const channel = await layer.newChannel()
-  h.flow.start(h.socket, layer, channel)
-  h.queue.start()
+  const channel = await startOn(h, layer)
 
   for (let n = 0; n < 40; n++) await layer.send(channel, { type: 'quick', n })
   t.equal(h.handled.length, 40, 'a consumer that keeps up takes every message at once')
@@ -123,9 +128,7 @@ for (const [kind, wrap] of [
     const inner = new InMemoryChannelLayer()
     t.teardown(() => inner.close())
     const layer = wrap(inner)
-    const channel = await layer.newChannel()
-    h.flow.start(h.socket, layer, channel)
-    h.queue.start()
+    const channel = await startOn(h, layer)
     await layer.send(channel, { type: 'before' })
     await eventually(() => h.handled.length === 1)
     h.flow.stop()
@@ -141,8 +144,7 @@ for (const [kind, wrap] of [
     const h = harness()
     const inner = new InMemoryChannelLayer()
     const layer = wrap(inner)
-    h.flow.start(h.socket, layer, await layer.newChannel())
-    h.queue.start()
+    await startOn(h, layer)
     await inner.close()
     await eventually(() => h.failures.length > 0)
     await new Promise(resolve => setTimeout(resolve, 20))
