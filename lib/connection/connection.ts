@@ -1,11 +1,9 @@
 /**
  * One WebSocket connection's life, as one state machine:
  *
- *   handshake ──accept()──────────────▶ accepted ──upgraded──▶ open ──closed by either side──▶ closing ──▶ ended
- *       │                                   │                          (or the peer failed,            ▲
- *       │                                   └──client gone before the    a handler failed,             │
- *       │                                      upgrade, or shutdown──────────────────────────────────▶─┘
- *       └──refused (403: close() before accept, or connect() returned without it; 500: it threw)──▶ ended
+ *   handshake ─accept()─▶ accepted ─upgraded─▶ open ─closed (either side, a failure)─▶ closing ─End─▶ ended
+ *       │                    └─client gone before the upgrade, or shutdown─────────▶ closing
+ *       └─refused: 403 (close() before accept(), or connect() returned), 500 (it threw)─▶ ended
  *
  * - handshake: the scope is built, `groups` joined and `connect()` runs; the HTTP request waits for
  *   its decision. Carries the decision's resolver.
