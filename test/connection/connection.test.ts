@@ -285,3 +285,22 @@ t.test('the heartbeat sees an open connection only, and reads paused by backpres
   s.socket.emit('close', 1000)
   t.equal(s.connection.isOpen, false)
 })
+
+t.test('a disconnect() that throws is logged; the layer is still freed and finished resolves', async t => {
+  const s = setup()
+  s.consumer.disconnect = async () => { throw new Error('disconnect bug') }
+  await s.decision
+  s.connection.attach(s.socket)
+  s.socket.emit('close', 1000)
+  await s.connection.finished
+  t.ok(s.logs.some(l => l.level === 'error' && l.msg === 'consumer disconnect() failed'))
+  t.same(s.layer.inspect(), empty)
+  t.equal(s.runtime.connections.size, 0)
+})
+
+t.test('accept() with a subprotocol that is not a string is a clear error, and decides nothing', async t => {
+  const s = setup(async c => { await c.accept(42 as unknown as string) })
+  t.same(await s.decision, { accepted: false, status: 500 }, 'connect() threw: refused with 500')
+  t.ok(s.logs.some(l => l.level === 'error' && l.msg === 'consumer connect() failed'))
+  t.equal(s.connection.subprotocol, undefined)
+})
