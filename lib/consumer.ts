@@ -6,12 +6,12 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { ChannelLayer } from './layers/types.js'
 import type { Scope } from './scope.js'
-import { Connection, type ConsumerContext } from './connection.js'
+import { connectionOf, type Connection, type ConsumerContext } from './connection/connection.js'
+import type { Outbound } from './connection/outbound.js'
 import { reserveNames } from './dispatch.js'
 
 export const kConsumerClass = Symbol('fastify-channels.consumerClass')
 export const kInit = Symbol('fastify-channels.init')
-export const kConnection = Symbol('fastify-channels.connection')
 
 export type WebsocketRouteHandler = ((socket: WebSocket, request: FastifyRequest) => void) & {
   [kConsumerClass]: ConsumerClass
@@ -32,11 +32,12 @@ export class WebsocketConsumer {
   log!: FastifyBaseLogger
 
   #connection!: Connection
+  #outbound!: Outbound
 
   /** The `@fastify/websocket` handler for a `{ websocket: true }` GET route. */
   static asHandler (this: ConsumerClass): WebsocketRouteHandler {
     const handler = function consumerRoute (socket: WebSocket, request: FastifyRequest): void {
-      const connection = (request as unknown as Record<symbol, Connection | undefined>)[kConnection]
+      const connection = connectionOf(request.raw)
       if (connection === undefined) {
         // The fastify-channels plugin did not run the handshake: it is not registered in this scope.
         request.log.error('a consumer route was reached without the fastify-channels plugin; closing')
@@ -54,6 +55,7 @@ export class WebsocketConsumer {
     this.channelLayer = ctx.channelLayer
     this.log = ctx.log
     this.#connection = ctx.connection
+    this.#outbound = ctx.outbound
   }
 
   /** Called when the client asks to connect. Default: accept. */
@@ -77,7 +79,7 @@ export class WebsocketConsumer {
    */
   send (data: string | Uint8Array): Promise<void> {
     try {
-      this.#connection.send(data)
+      this.#outbound.send(data)
     } catch (err) {
       return Promise.reject(err)
     }

@@ -1,45 +1,27 @@
 /**
- * The Fastify plugin: validates options, makes sure `@fastify/websocket` is there, turns every
- * route whose handler comes from `Consumer.asHandler()` into a consumer route (the consumer's
- * `connect()` decides the handshake in a last `preHandler`, after the route's own auth hooks),
- * decorates `app.channelLayer`, and shuts everything down in order on `app.close()`.
+ * The Fastify plugin, in the order it sets things up: check the options; mount consumer routes
+ * (the consumer's `connect()` decides the handshake in a last `preHandler`, after the route's own
+ * auth hooks); register `@fastify/websocket` or adopt the app's own; guard upgrades; start the
+ * heartbeat; decorate `app.channelLayer`; serve workers; and on `app.close()` shut everything
+ * down in order: connections (1001, each `disconnect()` once), workers, then the layer.
  */
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteOptions, preHandlerAsyncHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyWebsocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
-import type { Socket } from 'node:net'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
 import type { ChannelLayer } from './layers/types.js'
-import { Connection, type Runtime } from './connection.js'
-import { consumerClassOf, kConnection, kInit, type ConsumerClass } from './consumer.js'
-import { defaultGetUser, type GetUser } from './scope.js'
+import { Connection, bindToRequest, connectionOf, type Runtime } from './connection/connection.js'
+import { startHeartbeat } from './connection/heartbeat.js'
+import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
+import { defaultGetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
-import { checkOriginOptions, createUpgradeGuard } from './origin.js'
+import { checkOptions, DEFAULTS, type FastifyChannelsOptions } from './options.js'
+import { createUpgradeGuard } from './origin.js'
 import { checkWorker, runWorker, type ChannelConsumerClass, type RunningWorker } from './worker.js'
-import { startHeartbeat } from './heartbeat.js'
+import { addOnRouteHookFirst, closeClientsAsGoingAway, decideSubprotocols, endUpgradesWhileClosing, setMaxPayload } from './internals.js'
 
-export interface FastifyChannelsOptions {
-  /** Default: a new `InMemoryChannelLayer()`. */
-  layer?: ChannelLayer
-  /** Resolves `scope.user` once per connection, after the route's hooks. */
-  getUser?: GetUser
-  /** Largest message a client may send, in bytes (default 1 MiB); a larger one closes with 1009. */
-  maxPayload?: number
-  /** Ping interval in ms (default 30000); a peer silent until the next ping is terminated. 0 disables. */
-  heartbeatInterval?: number
-  /** Bytes that may wait in a connection's outgoing buffer (default 4 MiB); past it, close with 1008. */
-  maxBufferedBytes?: number
-  /**
-   * Channels' OriginValidator patterns: `'*'`, `'example.com'`, `'.example.com'` (and subdomains),
-   * `'https://example.com:8443'`. Unset: the Origin must match the request's Host. Refused: HTTP 403.
-   */
-  allowedOrigins?: readonly string[]
-  /** Refuse upgrades without an Origin header (non-browser clients) with 403. Default false. */
-  rejectMissingOrigin?: boolean
-  /** Groups one connection may join through its consumer (default 100); past it, close with 1008. */
-  maxGroupsPerConnection?: number
-}
+export type { FastifyChannelsOptions } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -50,77 +32,75 @@ declare module 'fastify' {
   }
 }
 
-const kSubprotocol = Symbol('fastify-channels.subprotocol')
+/** What the plugin keeps for one app: what its connections share, and its shutdown state. */
+interface Channels extends Runtime {
+  /** `app.close()` has begun: a new handshake gets 503. */
+  closing: boolean
+  stopHeartbeat: () => void
+}
+
 const kConsumerRoute = Symbol('fastify-channels.consumerRoute')
-const LAYER_METHODS = ['newChannel', 'send', 'receive', 'groupAdd', 'groupDiscard', 'groupSend', 'flush', 'close'] as const
-
-function checkOptions (opts: FastifyChannelsOptions): void {
-  if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('fastify-channels options must be an object')
-  const { layer, getUser, maxPayload, heartbeatInterval, maxBufferedBytes, maxGroupsPerConnection } = opts
-  if (layer !== undefined) {
-    const missing = LAYER_METHODS.filter(m => typeof (layer as unknown as Record<string, unknown>)?.[m] !== 'function')
-    if (missing.length > 0) throw new InvalidOptionError(`option "layer" must be a ChannelLayer; missing: ${missing.join(', ')}`)
-  }
-  if (getUser !== undefined && typeof getUser !== 'function') throw new InvalidOptionError('option "getUser" must be a function')
-  const positive = (name: string, value: unknown, allowZero: boolean): void => {
-    if (value === undefined) return
-    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || (!allowZero && value === 0)) {
-      throw new InvalidOptionError(`option "${name}" must be a ${allowZero ? 'non-negative' : 'positive'} integer, got ${String(value)}`)
-    }
-  }
-  positive('maxPayload', maxPayload, false)
-  positive('heartbeatInterval', heartbeatInterval, true)
-  positive('maxBufferedBytes', maxBufferedBytes, false)
-  positive('maxGroupsPerConnection', maxGroupsPerConnection, false)
-  checkOriginOptions(opts)
-}
-
-/**
- * `@fastify/websocket` replaces a websocket route's handler in its own onRoute hook; when the app
- * registered it before us, ours must still run first to see which consumer a route mounts.
- */
-function addOnRouteHookFirst (fastify: FastifyInstance, hook: (route: RouteOptions) => void): void {
-  fastify.addHook('onRoute', hook)
-  const kHooks = Object.getOwnPropertySymbols(fastify).find(s => s.description === 'fastify.hooks')
-  const hooks = kHooks === undefined ? undefined : (fastify as unknown as Record<symbol, { onRoute?: unknown[] }>)[kHooks]
-  const list = hooks?.onRoute
-  if (!Array.isArray(list) || list.indexOf(hook) === -1) {
-    throw new InvalidOptionError('cannot order hooks with this Fastify version: register fastify-channels before @fastify/websocket')
-  }
-  list.splice(list.indexOf(hook), 1)
-  list.unshift(hook)
-}
-
-async function refuseWhileClosing (reply: FastifyReply): Promise<void> {
-  await reply.code(503).send({ error: 'Service Unavailable', message: 'server shutting down', statusCode: 503 })
-}
 
 const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts) => {
   checkOptions(opts)
   const layer = opts.layer ?? new InMemoryChannelLayer()
-  const runtime: Runtime = {
+  const channels: Channels = {
     layer,
     getUser: opts.getUser ?? defaultGetUser,
     connections: new Set(),
-    maxBufferedBytes: opts.maxBufferedBytes ?? 4 * 1024 * 1024,
-    maxGroupsPerConnection: opts.maxGroupsPerConnection ?? 100
+    maxBufferedBytes: opts.maxBufferedBytes ?? DEFAULTS.maxBufferedBytes,
+    maxGroupsPerConnection: opts.maxGroupsPerConnection ?? DEFAULTS.maxGroupsPerConnection,
+    closing: false,
+    stopHeartbeat: () => {}
   }
-  const maxPayload = opts.maxPayload ?? 1024 * 1024
-  let closing = false
 
   const layerLog = (layer as { log?: unknown }).log
   if (layerLog !== undefined && typeof layerLog === 'object') {
     (layer as { log: unknown }).log = fastify.log.child({ component: 'channel-layer' })
   }
 
-  const handshake = (Consumer: ConsumerClass): preHandlerAsyncHookHandler => async function channelsHandshake (request: FastifyRequest, reply: FastifyReply) {
+  const foreignWebsocket = fastify.hasDecorator('websocketServer')
+  mountConsumerRoutes(fastify, channels, foreignWebsocket)
+  if (foreignWebsocket) adoptWebsocket(fastify, opts, channels)
+  else await registerWebsocket(fastify, opts, channels)
+  guardUpgrades(fastify, opts, channels)
+  const heartbeatInterval = opts.heartbeatInterval ?? DEFAULTS.heartbeatInterval
+  if (heartbeatInterval > 0) channels.stopHeartbeat = startHeartbeat(channels.connections, heartbeatInterval)
+
+  fastify.decorate('channelLayer', layer)
+  const workers = serveWorkers(fastify, layer)
+  fastify.addHook('onClose', async () => {
+    await Promise.all([shutdownConnections(channels), workers.stop()])
+    await layer.close()
+  })
+}
+
+/** Every route whose handler comes from `Consumer.asHandler()` gets the handshake as its last preHandler. */
+function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, foreignWebsocket: boolean): void {
+  addOnRouteHookFirst(fastify, (route) => {
+    const Consumer = consumerClassOf(route.handler)
+    if (Consumer === undefined) return
+    if (route.websocket !== true) {
+      throw new InvalidOptionError(`route ${route.url}: a consumer handler needs { websocket: true }`)
+    }
+    const own = route.preHandler
+    route.preHandler = [...(own === undefined ? [] : Array.isArray(own) ? own : [own]), handshakeHook(channels, Consumer)]
+    // Marks the route for the upgrade guard, an app-level onRequest hook that therefore runs
+    // before the route's own hooks and those of the plugins around it.
+    route.config = { ...route.config, [kConsumerRoute]: true }
+  }, foreignWebsocket)
+}
+
+/** The consumer's `connect()` decides: the upgrade goes on, or the request is answered with a status. */
+function handshakeHook (channels: Channels, Consumer: ConsumerClass): preHandlerAsyncHookHandler {
+  return async function channelsHandshake (request: FastifyRequest, reply: FastifyReply) {
     if (!request.ws) return
-    if (closing) {
+    if (channels.closing) {
       await refuseWhileClosing(reply)
       return
     }
     const consumer = new Consumer()
-    const connection = new Connection(runtime, request, consumer)
+    const connection = new Connection(channels, request, consumer)
     let decision
     try {
       decision = await connection.handshake(ctx => consumer[kInit](ctx))
@@ -134,121 +114,87 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
       await reply.code(decision.status).send()
       return
     }
-    if (closing) {
+    if (channels.closing) {
       connection.shutdown()
       await refuseWhileClosing(reply)
       return
     }
-    const raw = request.raw as unknown as Record<symbol, unknown>
-    raw[kSubprotocol] = connection.subprotocol.value ?? false
-    raw[kConnection] = connection;
-    (request as unknown as Record<symbol, Connection>)[kConnection] = connection
+    bindToRequest(request.raw, connection)
   }
+}
 
-  addOnRouteHookFirst(fastify, (route) => {
-    const Consumer = consumerClassOf(route.handler)
-    if (Consumer === undefined) return
-    if (route.websocket !== true) {
-      throw new InvalidOptionError(`route ${route.url}: a consumer handler needs { websocket: true }`)
+async function refuseWhileClosing (reply: FastifyReply): Promise<void> {
+  await reply.code(503).send({ error: 'Service Unavailable', message: 'server shutting down', statusCode: 503 })
+}
+
+async function registerWebsocket (fastify: FastifyInstance, opts: FastifyChannelsOptions, channels: Channels): Promise<void> {
+  await fastify.register(fastifyWebsocket, {
+    options: { maxPayload: opts.maxPayload ?? DEFAULTS.maxPayload, perMessageDeflate: false },
+    // A client that breaks the protocol (oversized or malformed frames) is its own problem:
+    // ws has already answered with the right close code; log it without alarm.
+    errorHandler (error: Error, socket: WebSocket, request: FastifyRequest) {
+      request.log.warn({ err: error }, 'websocket protocol error')
+      if (socket.readyState !== socket.CLOSED && socket.readyState !== socket.CLOSING) socket.terminate()
+    },
+    preClose: async function (this: FastifyInstance) {
+      await shutdownConnections(channels)
+      for (const client of this.websocketServer.clients) client.close(1001, 'server shutting down')
+      await new Promise<void>(resolve => this.websocketServer.close(() => resolve()))
     }
-    const own = route.preHandler
-    route.preHandler = [...(own === undefined ? [] : Array.isArray(own) ? own : [own]), handshake(Consumer)]
-    // Marks the route for the upgrade guard, an app-level onRequest hook that therefore runs
-    // before the route's own hooks and those of the plugins around it.
-    route.config = { ...route.config, [kConsumerRoute]: true }
   })
+}
 
-  const foreignWebsocket = fastify.hasDecorator('websocketServer')
-  if (!foreignWebsocket) {
-    await fastify.register(fastifyWebsocket, {
-      options: { maxPayload, perMessageDeflate: false },
-      // A client that breaks the protocol (oversized or malformed frames) is its own problem:
-      // ws has already answered with the right close code; log it without alarm.
-      errorHandler (error: Error, socket: WebSocket, request: FastifyRequest) {
-        request.log.warn({ err: error }, 'websocket protocol error')
-        if (socket.readyState !== socket.CLOSED && socket.readyState !== socket.CLOSING) socket.terminate()
-      },
-      preClose: async function (this: FastifyInstance) {
-        await shutdownConsumers()
-        for (const client of this.websocketServer.clients) client.close(1001, 'server shutting down')
-        await new Promise<void>(resolve => this.websocketServer.close(() => resolve()))
-      }
-    })
-  } else {
-    if (opts.maxPayload !== undefined) fastify.websocketServer.options.maxPayload = maxPayload
-    fastify.addHook('preClose', shutdownConsumers)
-  }
+/** The app registered `@fastify/websocket` itself: its options stand, but for `maxPayload` when given. */
+function adoptWebsocket (fastify: FastifyInstance, opts: FastifyChannelsOptions, channels: Channels): void {
+  if (opts.maxPayload !== undefined) setMaxPayload(fastify.websocketServer, opts.maxPayload)
+  fastify.addHook('preClose', async () => { await shutdownConnections(channels) })
+  closeClientsAsGoingAway(fastify.websocketServer)
+}
 
+/** Origin and handshake checks first, 503 while closing, and the subprotocol `accept()` named. */
+function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, channels: Channels): void {
   // Added once @fastify/websocket's own onRequest hook (which sets request.ws) is in place.
   fastify.addHook('onRequest', createUpgradeGuard(opts, request =>
     (request.routeOptions.config as unknown as Record<symbol, unknown> | undefined)?.[kConsumerRoute] === true))
-
-  // During close() Fastify answers an upgrade with a bare 503 and skips every hook, including the
-  // one that destroys the socket (and an app's own @fastify/websocket stops listening at all): the
-  // socket is ended here, or close() would wait for a client that keeps it open.
-  const server = fastify.server
-  server.on('upgrade', (_request: unknown, socket: Partial<Pick<Socket, 'bytesWritten' | 'destroySoon' | 'write'>>) => {
-    if (!closing) return
-    if ((socket.bytesWritten ?? 0) === 0 && server.listenerCount('upgrade') === 1) {
-      socket.write?.('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
-    }
-    if ((socket.bytesWritten ?? 0) > 0) socket.destroySoon?.()
+  endUpgradesWhileClosing(fastify, () => channels.closing)
+  decideSubprotocols(fastify.websocketServer, request => {
+    const connection = connectionOf(request)
+    return connection === undefined ? undefined : connection.subprotocol ?? false
   })
+}
 
-  const wss = fastify.websocketServer
-  const previousHandleProtocols = wss.options.handleProtocols
-  wss.options.handleProtocols = (protocols: Set<string>, request: unknown) => {
-    const chosen = (request as Record<symbol, string | false | undefined>)[kSubprotocol]
-    if (chosen !== undefined) return chosen !== false && protocols.has(chosen) ? chosen : false
-    if (typeof previousHandleProtocols === 'function') return previousHandleProtocols(protocols, request as never)
-    return protocols.values().next().value ?? false
-  }
-  if (foreignWebsocket) {
-    // That app's own preClose closes every client without a code before ours runs: make it 1001.
-    wss.on('connection', (socket: WebSocket) => {
-      const close = socket.close.bind(socket)
-      socket.close = (code?: number, reason?: string | Buffer) => close(code ?? 1001, reason ?? 'server shutting down')
-    })
-  }
+/** Every connection closes with 1001 (or ends, if not yet upgraded); resolves once each has finished. */
+async function shutdownConnections (channels: Channels): Promise<void> {
+  channels.closing = true
+  channels.stopHeartbeat()
+  const open = [...channels.connections]
+  for (const connection of open) connection.shutdown()
+  await Promise.all(open.map(c => c.finished))
+}
 
-  const heartbeatInterval = opts.heartbeatInterval ?? 30_000
-  const stopHeartbeat = heartbeatInterval > 0 ? startHeartbeat(runtime.connections, heartbeatInterval) : () => {}
-
-  async function shutdownConsumers (): Promise<void> {
-    closing = true
-    stopHeartbeat()
-    const open = [...runtime.connections]
-    for (const connection of open) connection.shutdown()
-    await Promise.all(open.map(c => c.finished))
-  }
-
-  fastify.decorate('channelLayer', layer)
-
-  // Workers are declared before the app is ready and run from onReady until close.
-  const workers: Array<{ channel: string, Worker: ChannelConsumerClass }> = []
+/** `app.channelWorker()`: workers are declared before the app is ready and run from onReady until close. */
+function serveWorkers (fastify: FastifyInstance, layer: ChannelLayer): { stop: () => Promise<void> } {
+  const declared: Array<{ channel: string, Worker: ChannelConsumerClass }> = []
   const running: RunningWorker[] = []
-  let workersStarted = false
+  let started = false
   fastify.decorate('channelWorker', function channelWorker (channel: string, Worker: ChannelConsumerClass): void {
     checkWorker(channel, Worker)
-    if (workersStarted) {
+    if (started) {
       throw new InvalidOptionError(`channelWorker("${channel}") was called after the app became ready: declare workers before app.ready() / listen()`)
     }
-    workers.push({ channel, Worker })
+    declared.push({ channel, Worker })
   })
   fastify.addHook('onReady', async () => {
-    workersStarted = true
-    for (const { channel, Worker } of workers) {
+    started = true
+    for (const { channel, Worker } of declared) {
       running.push(runWorker(new Worker(), { channelLayer: layer, channelName: channel, log: fastify.log.child({ worker: channel }) }))
     }
   })
-  async function stopWorkers (): Promise<void> {
-    await Promise.all(running.splice(0).map(worker => worker.stop()))
+  return {
+    async stop () {
+      await Promise.all(running.splice(0).map(worker => worker.stop()))
+    }
   }
-
-  fastify.addHook('onClose', async () => {
-    await Promise.all([shutdownConsumers(), stopWorkers()])
-    await layer.close()
-  })
 }
 
 export const fastifyChannels = fp(plugin, { fastify: '5.x', name: 'fastify-channels' })

@@ -4,8 +4,9 @@
  */
 import type { FastifyInstance } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
-import { kConnection } from './consumer.js'
-import { toBuffer, type Connection } from './connection.js'
+import { connectionOf, type Connection } from './connection/connection.js'
+import { toBuffer } from './connection/socket.js'
+import { injectionMarker, markedUpgradeContext, refusedHandshakeStatus } from './internals.js'
 
 export interface CommunicatorOptions {
   headers?: Record<string, string>
@@ -23,7 +24,6 @@ export interface ConnectResult {
 export interface CloseEvent { code: number; reason: string }
 
 const DEFAULT_TIMEOUT = 1000
-const kTag = Symbol('fastify-channels.communicator')
 
 export class WebsocketCommunicator {
   readonly app: FastifyInstance
@@ -51,16 +51,16 @@ export class WebsocketCommunicator {
     await this.app.ready()
     const tag = {}
     let subprotocol: string | null = null
-    const onHeaders = (headers: string[], req: Record<symbol, unknown>): void => {
-      if (req[kTag] !== tag) return
-      this.#connection = req[kConnection] as Connection | undefined
+    const onHeaders = (headers: string[], req: object): void => {
+      if (injectionMarker(req) !== tag) return
+      this.#connection = connectionOf(req)
       const line = headers.find(h => h.toLowerCase().startsWith('sec-websocket-protocol:'))
       if (line !== undefined) subprotocol = line.slice(line.indexOf(':') + 1).trim()
     }
     // injectWS's in-memory duplex never emits 'close' as a TCP socket does once both sides have
     // ended, so the server would wait for ws' close timeout: end the server side as TCP would.
-    const onConnection = (socket: WebSocket, req: Record<symbol, unknown>): void => {
-      if (req[kTag] === tag) this.#serverSocket = socket
+    const onConnection = (socket: WebSocket, req: object): void => {
+      if (injectionMarker(req) === tag) this.#serverSocket = socket
     }
     const wss = this.app.websocketServer
     wss.on('headers', onHeaders)
@@ -71,7 +71,7 @@ export class WebsocketCommunicator {
     }
     try {
       const ws = await withTimeout(
-        this.app.injectWS(this.path, { headers, [kTag]: tag } as never, {
+        this.app.injectWS(this.path, markedUpgradeContext(headers, tag), {
           onInit: (ws) => {
             // injectWS builds its client without ws' defaults, so it would not answer pings as every browser does.
             ws.on('ping', (data: Buffer) => ws.pong(data))
@@ -83,10 +83,10 @@ export class WebsocketCommunicator {
       this.#ws = ws
       return { connected: true, subprotocol, status: 101 }
     } catch (err) {
-      const match = /Unexpected server response: (\d+)/.exec((err as Error).message)
-      if (match === null) throw err
+      const status = refusedHandshakeStatus(err)
+      if (status === undefined) throw err
       this.#onClose(1006, 'handshake refused')
-      return { connected: false, subprotocol: null, status: Number(match[1]) }
+      return { connected: false, subprotocol: null, status }
     } finally {
       wss.off('headers', onHeaders)
       wss.off('connection', onConnection)

@@ -7,11 +7,11 @@
 import t from 'tap'
 import { EventEmitter } from 'node:events'
 import { inspect } from 'node:util'
-import { InMemoryChannelLayer, JsonWebsocketConsumer, type ChannelLayer } from '../lib/index.js'
-import { connectionLayer } from '../lib/connection-layer.js'
-import { WebsocketCommunicator } from '../lib/testing.js'
-import { buildApp } from './helpers/app.js'
-import { contractOnly } from './helpers/layers.js'
+import { InMemoryChannelLayer, JsonWebsocketConsumer, type ChannelLayer } from '../../lib/index.js'
+import { layerView } from '../../lib/connection/layer-view.js'
+import { WebsocketCommunicator } from '../../lib/testing.js'
+import { buildApp } from '../helpers/app.js'
+import { contractOnly } from '../helpers/layers.js'
 
 /** A user's own layer: extra state in private fields, reached through methods and accessors. */
 class AuditedLayer extends InMemoryChannelLayer {
@@ -116,15 +116,15 @@ t.test('a custom layer\'s own properties and methods reach the consumer; groupAd
   t.equal(layer.audits, 1)
 })
 
-t.test('connectionLayer: memberships per view, views over several layers, joined', async t => {
+t.test('layerView: memberships per view, views over several layers, joined', async t => {
   const memory = new AuditedLayer()
   const innerOfPlain = new InMemoryChannelLayer()
   const plain = contractOnly(innerOfPlain)
   t.teardown(async () => { await memory.close(); await innerOfPlain.close() })
 
-  const one = connectionLayer(memory, 'one', 2)
-  const two = connectionLayer(memory, 'two', 2)
-  const other = connectionLayer(plain, 'three', 1)
+  const one = layerView(memory, 'one', 2)
+  const two = layerView(memory, 'two', 2)
+  const other = layerView(plain, 'three', 1)
 
   await one.view.groupAdd('g1', 'one')
   await one.view.group_add('g2', 'one')
@@ -148,7 +148,7 @@ t.test('connectionLayer: memberships per view, views over several layers, joined
   t.equal(memory.inspect().memberships, 4)
 
   // A failing join does not keep the slot.
-  const failing = connectionLayer(memory, 'bad name with spaces', 1)
+  const failing = layerView(memory, 'bad name with spaces', 1)
   await t.rejects(failing.view.groupAdd('g', 'bad name with spaces'))
   t.equal(failing.joined.size, 0)
   t.same([...failing.joined], [])

@@ -3,17 +3,19 @@
  * connection's own channel are counted. Group names often come from the client ("join room X"),
  * so a hostile client could otherwise make its consumer join groups without bound; past
  * `maxGroups` a `groupAdd` rejects with TooManyGroupsError. Knowing the memberships also lets the
- * connection leave them all at the end, even on a layer that cannot discard a whole channel.
+ * connection leave them all at its end (`leaveLayer`), even on a layer that cannot discard a whole
+ * channel.
  *
  * There is one view per connection, so it is kept small: everything that only depends on the
  * layer (the forwarding of its properties, functions bound to it) is built once per layer, and a
  * view holds just its channel, its limit and its memberships.
  */
 import { inspect } from 'node:util'
-import type { ChannelLayer } from './layers/types.js'
-import { TooManyGroupsError } from './errors.js'
+import type { ChannelLayer, LayerLogger } from '../layers/types.js'
+import { canDiscardChannel } from '../layers/types.js'
+import { TooManyGroupsError } from '../errors.js'
 
-export interface ConnectionLayer {
+export interface CountedView {
   /** What `this.channelLayer` is; everything but group membership passes straight through. */
   view: ChannelLayer
   /** Groups the connection's channel joined through `view` and has not left. */
@@ -106,7 +108,7 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
   return LayerView
 }
 
-export function connectionLayer (layer: ChannelLayer, channel: string, maxGroups: number): ConnectionLayer {
+export function layerView (layer: ChannelLayer, channel: string, maxGroups: number): CountedView {
   let View = viewClasses.get(layer)
   if (View === undefined) {
     View = viewClassOf(layer)
@@ -114,4 +116,24 @@ export function connectionLayer (layer: ChannelLayer, channel: string, maxGroups
   }
   const joined = new Set<string>()
   return { view: new View(channel, maxGroups, joined) as ChannelLayer, joined }
+}
+
+/**
+ * Frees the layer of a connection that ended: its channel and its memberships. A layer that can
+ * discard a whole channel also drops memberships other code made with it, in one call. Otherwise
+ * leave what is known: `groups` (maybe reassigned since) and what was joined through the view,
+ * each step on its own so one bad group name does not leave the rest behind.
+ */
+export async function leaveLayer (layer: ChannelLayer, channel: string, groups: unknown, joined: ReadonlySet<string>, log: LayerLogger): Promise<void> {
+  const steps = canDiscardChannel(layer)
+    ? [() => layer.discardChannel(channel)]
+    : [...new Set([...(Array.isArray(groups) ? groups as string[] : []), ...joined])]
+        .map(group => () => layer.groupDiscard(group, channel))
+  for (const step of steps) {
+    try {
+      await step()
+    } catch (err) {
+      log.warn({ err, channel }, 'could not remove the connection from the channel layer')
+    }
+  }
 }

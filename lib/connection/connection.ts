@@ -1,0 +1,337 @@
+/**
+ * One WebSocket connection's life, as one state machine:
+ *
+ *   handshake ─accept()─▶ accepted ─upgraded─▶ open ─closed (either side, a failure)─▶ closing ─End─▶ ended
+ *       │                    └─client gone before the upgrade, or shutdown─────────▶ closing
+ *       └─refused: 403 (close() before accept(), or connect() returned), 500 (it threw)─▶ ended
+ *
+ * - handshake: the scope is built, `groups` joined and `connect()` runs; the HTTP request waits for
+ *   its decision. Carries the decision's resolver.
+ * - accepted: the 101 is on its way and the route handler will bring the socket. Carries a close
+ *   that `connect()` asked for meanwhile.
+ * - open: client frames and layer messages run one at a time, in arrival order (task-queue.ts),
+ *   held back while the consumer is behind (flow-control.ts); `send()` writes (outbound.ts).
+ * - closing: nothing more is read or written; what was queued before is skipped, then the End task
+ *   runs `disconnect(code)` exactly once.
+ * - ended: the layer is freed of the channel and its memberships; `finished` resolves.
+ *
+ * `transition()` is the only place the state changes, and `Transitions` the only moves it allows.
+ */
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { ChannelLayer, LayerMessage } from '../layers/types.js'
+import { buildScope, type GetUser, type Scope } from '../scope.js'
+import { InvalidOptionError } from '../errors.js'
+import { layerView, leaveLayer } from './layer-view.js'
+import { Outbound, type OutboundOwner } from './outbound.js'
+import { heartbeatSlot, type Beating } from './heartbeat.js'
+import { TaskQueue, type TaskRunner } from './task-queue.js'
+import { FlowControl, type FlowOwner } from './flow-control.js'
+import type { ConnectionSocket } from './socket.js'
+import { ClientFrame, End, callConsumer, failureClose, type ConsumerHooks, type Task } from './tasks.js'
+import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
+
+export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
+
+/** Every move the lifecycle may make: from a state (key) to one of its successors. */
+interface Transitions {
+  handshake: 'accepted' | 'ended'
+  accepted: 'open' | 'closing'
+  open: 'closing'
+  closing: 'ended'
+  ended: never
+}
+
+/** What every connection of one plugin instance shares. */
+export interface Runtime {
+  layer: ChannelLayer
+  getUser: GetUser
+  connections: Set<Connection>
+  /** Bytes a slow reader may have queued before it is closed with 1008. */
+  maxBufferedBytes: number
+  /** Groups one connection's channel may join through its consumer's `channelLayer`. */
+  maxGroupsPerConnection: number
+}
+
+export interface ConsumerContext {
+  scope: Scope
+  channelName: string
+  channelLayer: ChannelLayer
+  log: FastifyBaseLogger
+  connection: Connection
+  /** Where the consumer's `send()` goes. */
+  outbound: Outbound
+}
+
+export type Decision = { accepted: true } | { accepted: false, status: number }
+
+const byRequest = new WeakMap<object, Connection>()
+
+/**
+ * The connection an accepted handshake hands on to the upgrade: ws' subprotocol choice, the route
+ * handler and the test kit see only the raw request (`request.raw`).
+ */
+export function bindToRequest (raw: object, connection: Connection): void {
+  byRequest.set(raw, connection)
+}
+
+export function connectionOf (raw: object): Connection | undefined {
+  return byRequest.get(raw)
+}
+
+export class Connection implements TaskRunner<Task>, FlowOwner, OutboundOwner, Beating {
+  /** The subprotocol `accept()` named. */
+  subprotocol: string | undefined = undefined
+  /** Resolves once the connection has ended and the layer is freed of it. */
+  readonly finished: Promise<void>
+  /** Beating: set by the heartbeat on ping, cleared by the peer's pong. */
+  awaitingPong = false
+  readonly heartbeatSlot = heartbeatSlot()
+
+  #state: State = 'handshake'
+  readonly #tasks: TaskQueue<Task> = new TaskQueue<Task>(this)
+  readonly #flow: FlowControl<Task> = new FlowControl<Task>(this.#tasks, this)
+  readonly #outbound: Outbound
+  readonly #runtime: Runtime
+  readonly #request: FastifyRequest
+  readonly #consumer: ConsumerHooks
+  #socket: ConnectionSocket | null = null
+  #channelName = ''
+  #joined: ReadonlySet<string> = new Set()
+  // handshake: how the HTTP request learns the decision.
+  #decide: ((decision: Decision) => void) | null = null
+  // accepted: a close() asked for before the socket came.
+  #pendingClose: { code: number, reason: string } | null = null
+  // accept()'s promise: the socket came (or never will).
+  readonly #opened: Promise<void>
+  #resolveOpened!: () => void
+  #resolveFinished!: () => void
+
+  constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
+    this.#runtime = runtime
+    this.#request = request
+    this.#consumer = consumer
+    this.#outbound = new Outbound(this, runtime.maxBufferedBytes)
+    this.#opened = new Promise(resolve => { this.#resolveOpened = resolve })
+    this.finished = new Promise(resolve => { this.#resolveFinished = resolve })
+    runtime.connections.add(this)
+  }
+
+  get state (): State {
+    return this.#state
+  }
+
+  /** The only place the state changes: `from` → `to` when the connection is in `from`. */
+  #transition<From extends State> (from: From, to: Transitions[From]): boolean {
+    if (this.#state !== from) return false
+    this.#state = to
+    return true
+  }
+
+  // --- events ----------------------------------------------------------------------------------
+
+  /**
+   * Runs before the upgrade: builds the scope, joins `groups`, and runs `connect()` until it
+   * accepts, refuses, returns or throws. Resolves with the decision; rejects when the set-up
+   * before `connect()` failed.
+   */
+  async handshake (init: (ctx: ConsumerContext) => void): Promise<Decision> {
+    const decision = new Promise<Decision>(resolve => { this.#decide = resolve })
+    const layer = this.#runtime.layer
+    try {
+      const scope = await buildScope(this.#request, this.#runtime.getUser)
+      this.#channelName = await layer.newChannel()
+      const { view, joined } = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
+      this.#joined = joined
+      init({ scope, channelName: this.#channelName, channelLayer: view, log: this.log, connection: this, outbound: this.#outbound })
+      for (const group of this.#consumer.groups) await view.groupAdd(group, this.#channelName)
+    } catch (err) {
+      await this.#refuse(500)
+      throw err
+    }
+    const connected = (async () => { await this.#consumer.connect() })()
+    connected.then(() => {
+      // Returning without accept() refuses; after it, the queued frames may run.
+      if (this.#state === 'handshake') void this.#refuse(403)
+      else this.#tasks.start()
+    }, (err: unknown) => {
+      if (this.#state === 'handshake') {
+        this.log.error({ err }, 'consumer connect() failed')
+        void this.#refuse(500)
+      } else {
+        this.taskFailed(err)
+        this.#tasks.start()
+      }
+    })
+    return await decision
+  }
+
+  /** `accept()`: the handshake completes once the route handler has the socket. */
+  accept (subprotocol?: string): Promise<void> {
+    if (subprotocol !== undefined && typeof subprotocol !== 'string') {
+      throw new InvalidOptionError('accept(subprotocol) takes a string')
+    }
+    if (this.#transition('handshake', 'accepted')) {
+      this.subprotocol = subprotocol
+      // If the client goes away between accept() and the upgrade, the route handler never runs.
+      this.#request.raw.socket?.once('close', () => { this.#beginClosing('accepted', 1006) })
+      this.#decided({ accepted: true })
+    }
+    return this.#opened
+  }
+
+  /** Called by the route handler with the upgraded socket. */
+  attach (socket: ConnectionSocket): void {
+    if (!this.#transition('accepted', 'open')) {
+      socket.terminate()
+      return
+    }
+    this.#socket = socket
+    this.#outbound.open(socket)
+    socket.on('message', (data, binary) => { this.#flow.fromClient(new ClientFrame(data, binary)) })
+    socket.on('pong', () => { this.awaitingPong = false })
+    // A client that breaks the protocol: ws answers with a close code; that is the code disconnect() gets.
+    socket.on('error', (err) => { this.#beginClosing('open', protocolErrorCloseCode(err.code)) })
+    socket.on('close', (code) => { this.#beginClosing('open', code) })
+    this.#resolveOpened()
+    this.#flow.start(socket, this.#runtime.layer, this.#channelName)
+    const pending = this.#pendingClose
+    if (pending !== null) {
+      this.#pendingClose = null
+      this.close(pending.code, pending.reason)
+    }
+  }
+
+  /** Before accept() this refuses the handshake (403); once accepted, the socket closes as soon as it is there. */
+  close (code = 1000, reason = ''): void {
+    if (!isSendableCloseCode(code)) {
+      throw new InvalidOptionError(`close code ${String(code)} cannot be sent; use 1000-1014 or 3000-4999`)
+    }
+    if (this.#state === 'handshake') {
+      void this.#refuse(403)
+    } else if (this.#state === 'accepted') {
+      this.#pendingClose = { code, reason }
+    } else {
+      this.#beginClosing('open', code, socket => { socket.close(code, fitCloseReason(reason)) })
+    }
+  }
+
+  /** Ends a peer that stopped answering: no close handshake, `disconnect(1006)`. */
+  terminate (): void {
+    this.#beginClosing('open', 1006, socket => { socket.terminate() })
+  }
+
+  /**
+   * Server shutdown: an open connection closes with 1001; one accepted but not yet upgraded ends
+   * with 1001. One still in its handshake is refused with 503 by the plugin once `connect()` decides.
+   */
+  shutdown (): void {
+    if (this.#state === 'open') this.close(1001, 'server shutting down')
+    else this.#beginClosing('accepted', 1001)
+  }
+
+  /** FlowOwner: the layer failed under the connection. */
+  layerFailed (err: unknown): void {
+    this.log.error({ err, channel: this.#channelName }, 'channel layer receive failed; closing the connection')
+    this.close(1011, 'channel layer unavailable')
+  }
+
+  // --- the moves behind the events -------------------------------------------------------------
+
+  /** handshake → ended: the decision is a refusal; what the set-up joined is left. */
+  async #refuse (status: number): Promise<void> {
+    if (!this.#transition('handshake', 'ended')) return
+    this.#decided({ accepted: false, status })
+    await this.#finish()
+  }
+
+  #decided (decision: Decision): void {
+    const decide = this.#decide
+    this.#decide = null
+    decide?.(decision)
+  }
+
+  /**
+   * open or accepted → closing: nothing more is read or written, the socket (if any) is ended as
+   * `endSocket` says, and End runs after what is queued.
+   */
+  #beginClosing (from: 'open' | 'accepted', code: number, endSocket?: (socket: ConnectionSocket) => void): void {
+    if (!this.#transition(from, 'closing')) return
+    this.#outbound.shut()
+    this.#flow.stop()
+    this.#resolveOpened()
+    if (endSocket !== undefined && this.#socket !== null) endSocket(this.#socket)
+    this.#tasks.push(new End(code))
+  }
+
+  /** closing → ended, when the End task runs. */
+  async #end (code: number): Promise<void> {
+    if (!this.#transition('closing', 'ended')) return
+    try {
+      await this.#consumer.disconnect(code)
+    } catch (err) {
+      this.log.error({ err, channel: this.#channelName }, 'consumer disconnect() failed')
+    }
+    await this.#finish()
+  }
+
+  /** In `ended`: free the layer, then tell whoever waits. */
+  async #finish (): Promise<void> {
+    if (this.#channelName !== '') {
+      await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, this.#joined, this.log)
+    }
+    this.#runtime.connections.delete(this)
+    this.#resolveFinished()
+  }
+
+  // --- tasks -----------------------------------------------------------------------------------
+
+  /** TaskRunner: only End runs once the connection is closing. */
+  runTask (task: Task): PromiseLike<unknown> | undefined {
+    if (task instanceof End) return this.#end(task.code)
+    if (this.#state !== 'open') return undefined
+    try {
+      return callConsumer(this.#consumer, task, this.log, this.#channelName)
+    } catch (err) {
+      this.taskFailed(err)
+      return undefined
+    }
+  }
+
+  /** TaskRunner: a handler threw or rejected. */
+  taskFailed (err: unknown): void {
+    const [code, reason] = failureClose(err, this.log, this.#channelName)
+    this.close(code, reason)
+  }
+
+  /** TaskRunner: after each task, the sources held back for the queue may flow again. */
+  afterTask (): void {
+    this.#flow.afterTask()
+  }
+
+  // --- what the parts beside it read -----------------------------------------------------------
+
+  /** The request's logger. */
+  get log (): FastifyBaseLogger {
+    return this.#request.log
+  }
+
+  /** '' until the handshake has one. */
+  get channelName (): string {
+    return this.#channelName
+  }
+
+  /** Beating: the heartbeat pings only an open connection. */
+  get isOpen (): boolean {
+    return this.#state === 'open'
+  }
+
+  /** Beating: a pong cannot be read while client frames are held back. */
+  get readsPaused (): boolean {
+    return this.#flow.readsPaused
+  }
+
+  /** Beating. */
+  sendPing (): void {
+    this.#socket?.ping()
+  }
+}

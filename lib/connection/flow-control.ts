@@ -1,0 +1,141 @@
+/**
+ * Flow control: how much a connection takes in while its consumer is behind. Three sources fill
+ * the connection's task queue, and each is held back once HIGH_WATER tasks wait:
+ *
+ * - client frames: the socket is no longer read, so TCP pushes back on the client;
+ * - a layer that pushes (`listen()`): this is the channel's sink, and it stops accepting. The
+ *   layer reads `accepting` before each `push()` and, while it is false, keeps messages in the
+ *   channel (its capacity and expiry apply) until `listener.resume()`, called once the queue is
+ *   below HIGH_WATER again after it had reached it;
+ * - a layer that can only be polled: the `receive()` pump waits.
+ */
+import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, LayerMessage } from '../layers/types.js'
+import { canListen } from '../layers/types.js'
+import type { TaskQueue } from './task-queue.js'
+
+// Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
+export const HIGH_WATER = 16
+
+/** The part of a socket flow control drives: whether it is read. */
+export interface Readable {
+  pause (): void
+  resume (): void
+}
+
+export interface FlowOwner {
+  /** The layer failed under the connection: no message will come any more. */
+  layerFailed (err: unknown): void
+}
+
+export class FlowControl<Task> implements ChannelSink {
+  readonly #queue: TaskQueue<Task | LayerMessage>
+  readonly #owner: FlowOwner
+  #socket: Readable | null = null
+  // Stopped reading client frames because the consumer is behind.
+  #readsPaused = false
+  // The queue reached HIGH_WATER: the layer may have kept messages back, to resume.
+  #saturated = false
+  #listener: ChannelListener | null = null
+  // Only for a layer without listen(): the receive() pump's wake-up and its stop signal.
+  #wakePump: (() => void) | null = null
+  #stopPump: AbortController | null = null
+
+  constructor (queue: TaskQueue<Task | LayerMessage>, owner: FlowOwner) {
+    this.#queue = queue
+    this.#owner = owner
+  }
+
+  /** Whether client frames are held back; a pong cannot be read meanwhile either. */
+  get readsPaused (): boolean {
+    return this.#readsPaused
+  }
+
+  /** Starts taking layer messages from `channel`; client frames come through `fromClient()`. */
+  start (socket: Readable, layer: ChannelLayer, channel: string): void {
+    this.#socket = socket
+    if (canListen(layer)) this.#listen(layer, channel)
+    else void this.#pump(layer, channel)
+  }
+
+  /** A client frame, queued behind what arrived before it. */
+  fromClient (task: Task): void {
+    this.#queue.push(task)
+    if (this.#queue.pending >= HIGH_WATER) {
+      this.#saturated = true
+      if (!this.#readsPaused) {
+        this.#readsPaused = true
+        this.#socket?.pause()
+      }
+    }
+  }
+
+  /** ChannelSink: a pure reading, taken by the layer before each `push()`. */
+  get accepting (): boolean {
+    return this.#queue.pending < HIGH_WATER
+  }
+
+  /** ChannelSink: a layer message, queued behind what arrived before it. */
+  push (message: LayerMessage): void {
+    this.#queue.push(message)
+    if (this.#queue.pending >= HIGH_WATER) this.#saturated = true
+  }
+
+  /** ChannelSink: the layer closed under the connection. */
+  layerClosed (reason: Error): void {
+    this.#owner.layerFailed(reason)
+  }
+
+  /** After each task: below HIGH_WATER, every source held back flows again. */
+  afterTask (): void {
+    if (this.#queue.pending >= HIGH_WATER) return
+    this.#wake()
+    if (this.#saturated) {
+      this.#saturated = false
+      this.#listener?.resume()
+    }
+    if (this.#readsPaused) {
+      this.#readsPaused = false
+      this.#socket?.resume()
+    }
+  }
+
+  /** No more layer messages: the connection is ending. Later ones stay in the layer. */
+  stop (): void {
+    this.#stopPump?.abort()
+    this.#listener?.close()
+    this.#wake()
+  }
+
+  #listen (layer: ChannelLayer & ChannelListening, channel: string): void {
+    try {
+      this.#listener = layer.listen(channel, this)
+    } catch (err) {
+      this.#owner.layerFailed(err)
+    }
+  }
+
+  /** One `receive()` at a time, waiting while HIGH_WATER tasks are queued. */
+  async #pump (layer: ChannelLayer, channel: string): Promise<void> {
+    this.#stopPump = new AbortController()
+    const signal = this.#stopPump.signal
+    while (!signal.aborted) {
+      let message: LayerMessage
+      try {
+        message = await layer.receive(channel, { signal })
+      } catch (err) {
+        if (!signal.aborted) this.#owner.layerFailed(err)
+        return
+      }
+      this.#queue.push(message)
+      if (this.#queue.pending >= HIGH_WATER) {
+        await new Promise<void>(resolve => { this.#wakePump = resolve })
+      }
+    }
+  }
+
+  #wake (): void {
+    const wake = this.#wakePump
+    this.#wakePump = null
+    wake?.()
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * What `send()` does with a consumer's data: a string goes out as one text frame, bytes as one
+ * binary frame, handed to the socket before `send()` returns (no promise per frame). Two policies:
+ *
+ * - A slow reader (more than `maxBufferedBytes` waiting in its socket) is closed with 1008 instead
+ *   of buffering without bound.
+ * - Shared frames: a group message is, for most consumers, the same text for every local member,
+ *   sent one member after the other within one `groupSend()`. Consecutive sends of one text are
+ *   framed once and the same bytes written to each socket, as a hand-written ws broadcast does,
+ *   through ws' frame writer where `ws.send()` would write exactly that (see internals.ts).
+ *
+ * Data is written only while the connection is open: the connection opens its outbound side with
+ * the socket and shuts it as soon as it starts closing.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import { frameWriterOf, writeFrame, type FrameWriter } from '../internals.js'
+
+/** The part of a socket data is written to (ws' WebSocket has it). */
+export interface WritableSocket {
+  readonly bufferedAmount: number
+  readonly readyState: number
+  send (data: string | Uint8Array): void
+  send (data: string | Uint8Array, options: { binary: boolean }): void
+}
+
+export interface OutboundOwner {
+  readonly log: FastifyBaseLogger
+  readonly channelName: string
+  close (code: number, reason: string): void
+}
+
+// Texts larger than this are framed per socket: keeping one alive between sends costs memory.
+const MAX_SHARED_TEXT = 64 * 1024
+
+const BINARY = { binary: true }
+
+let lastText: string | undefined
+let lastFrame: Buffer[] = []
+
+export class Outbound {
+  readonly #owner: OutboundOwner
+  readonly #maxBufferedBytes: number
+  #socket: WritableSocket | null = null
+  #writer: FrameWriter | null = null
+
+  constructor (owner: OutboundOwner, maxBufferedBytes: number) {
+    this.#owner = owner
+    this.#maxBufferedBytes = maxBufferedBytes
+  }
+
+  /** Data may be written to `socket` from now on. */
+  open (socket: WritableSocket): void {
+    this.#socket = socket
+    this.#writer = frameWriterOf(socket)
+  }
+
+  /** Nothing more is written; later sends are dropped. */
+  shut (): void {
+    this.#socket = null
+    this.#writer = null
+  }
+
+  send (data: string | Uint8Array): void {
+    const socket = this.#socket
+    if (socket === null) {
+      this.#owner.log.debug({ channel: this.#owner.channelName }, 'send() on a connection that is not open; dropped')
+      return
+    }
+    if (socket.bufferedAmount > this.#maxBufferedBytes) {
+      this.#owner.log.warn({ channel: this.#owner.channelName, bufferedAmount: socket.bufferedAmount }, 'slow reader: outgoing buffer over the limit, closing')
+      this.#owner.close(1008, 'slow reader: too much data queued')
+      return
+    }
+    if (typeof data !== 'string') {
+      socket.send(data, BINARY)
+      return
+    }
+    const writer = this.#writer
+    if (writer === null || data.length > MAX_SHARED_TEXT || !writeFrame(socket, writer, sharedTextFrame(data))) socket.send(data)
+  }
+}
+
+/** The frame of the last text sent, built again only when the text changes. */
+function sharedTextFrame (text: string): Buffer[] {
+  if (text !== lastText) {
+    lastFrame = [textFrame(text)]
+    lastText = text
+  }
+  return lastFrame
+}
+
+/** One unmasked, unfragmented text frame (RFC 6455 §5.2), header and payload in one Buffer. */
+function textFrame (text: string): Buffer {
+  const length = Buffer.byteLength(text)
+  const header = length < 126 ? 2 : length < 65536 ? 4 : 10
+  const frame = Buffer.allocUnsafe(header + length)
+  frame[0] = 0x81 // FIN, opcode 1 (text)
+  if (header === 2) {
+    frame[1] = length
+  } else if (header === 4) {
+    frame[1] = 126
+    frame.writeUInt16BE(length, 2)
+  } else {
+    frame[1] = 127
+    frame.writeUInt16BE(0, 2)
+    frame.writeUIntBE(length, 4, 6)
+  }
+  frame.write(text, header, 'utf8')
+  return frame
+}

@@ -1,0 +1,71 @@
+/**
+ * A connection's tasks and how each reaches its consumer: a client frame goes to `receive()`, a
+ * layer message to the handler its `type` names (dispatch.ts), and the End of the connection to
+ * the lifecycle (connection.ts). Also what a failing handler costs its connection.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { RawData } from 'ws'
+import type { LayerMessage } from '../layers/types.js'
+import { findHandler } from '../dispatch.js'
+import { TooManyGroupsError } from '../errors.js'
+import { toBuffer } from './socket.js'
+
+/** The part of a consumer the connection drives. */
+export interface ConsumerHooks {
+  groups: string[]
+  connect (): unknown
+  receive (text: string | undefined, bytes: Buffer | undefined): unknown
+  disconnect (code: number): unknown
+}
+
+/** A client frame waiting for `receive()`. */
+export class ClientFrame {
+  constructor (readonly data: RawData, readonly binary: boolean) {}
+}
+
+/** The connection ended: `disconnect(code)` and clean-up, after everything queued before. */
+export class End {
+  constructor (readonly code: number) {}
+}
+
+// Layer messages are queued as they are, with no wrapper: one allocation fewer per delivery.
+export type Task = ClientFrame | End | LayerMessage
+
+/**
+ * Hands a frame or a message to the consumer. Returns what to wait for when the handler is
+ * asynchronous; throws what it threw (also a thenable whose `then` cannot be read).
+ */
+export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | LayerMessage, log: FastifyBaseLogger, channel: string): PromiseLike<unknown> | undefined {
+  let result: unknown
+  if (task instanceof ClientFrame) {
+    result = task.binary
+      ? consumer.receive(undefined, toBuffer(task.data))
+      : consumer.receive(toBuffer(task.data).toString('utf8'), undefined)
+  } else {
+    const handler = findHandler(consumer, task.type)
+    if (handler === undefined) {
+      log.warn({ type: task.type, channel }, 'no handler for message type; dropped')
+      return undefined
+    }
+    result = handler.call(consumer, task)
+  }
+  return isThenable(result) ? result : undefined
+}
+
+/**
+ * A handler failed after accept: logged, and the close its connection gets. Joining too many
+ * groups is the client's doing (1008, at warn); anything else is the app's bug (1011, at error).
+ */
+export function failureClose (err: unknown, log: FastifyBaseLogger, channel: string): [code: number, reason: string] {
+  if (err instanceof TooManyGroupsError) {
+    log.warn({ err, channel }, 'consumer joined too many groups; closing with 1008')
+    return [1008, 'too many groups']
+  }
+  log.error({ err, channel }, 'consumer handler failed; closing with 1011')
+  return [1011, 'internal error']
+}
+
+function isThenable (value: unknown): value is PromiseLike<unknown> {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') &&
+    typeof (value as { then?: unknown }).then === 'function'
+}

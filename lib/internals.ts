@@ -1,0 +1,230 @@
+/**
+ * Every place fastify-channels relies on behaviour of Fastify, @fastify/websocket or ws that those
+ * packages do not document as API. Each reach says why it is needed and is guarded by the major
+ * version it was written for (read once from the installed packages): where the product cannot do
+ * without it, another version fails `register` with a clear InvalidOptionError; elsewhere the
+ * reach is skipped and the documented path is taken.
+ *
+ * Nothing else in lib/ touches a private field, a symbol or an error message of those packages.
+ */
+import { createRequire } from 'node:module'
+import type { FastifyInstance, RouteOptions } from 'fastify'
+import type { WebSocket, WebSocketServer } from 'ws'
+import { InvalidOptionError } from './errors.js'
+
+/** The major version of each package the reaches below were written for. */
+const WRITTEN_FOR = { fastify: 5, ws: 8, '@fastify/websocket': 11 } as const
+
+type Package = keyof typeof WRITTEN_FOR
+
+const installed = new Map<Package, number | undefined>()
+
+/**
+ * The installed major version; ws as @fastify/websocket loads it. Undefined when it cannot be read
+ * (a bundled app): the reaches then rely on their structural checks alone.
+ */
+function installedMajor (name: Package): number | undefined {
+  if (!installed.has(name)) {
+    let major: number | undefined
+    try {
+      const require = createRequire(import.meta.url)
+      const from = name === 'ws' ? createRequire(require.resolve('@fastify/websocket')) : require
+      major = Number.parseInt((from(`${name}/package.json`) as { version: string }).version, 10)
+    } catch {
+      major = undefined
+    }
+    installed.set(name, major)
+  }
+  return installed.get(name)
+}
+
+function isWrittenFor (name: Package, major = installedMajor(name)): boolean {
+  return major === undefined || major === WRITTEN_FOR[name]
+}
+
+function unsupported (what: string, name: Package, found: number | undefined): Error {
+  return new InvalidOptionError(`fastify-channels ${what} relies on ${name} ${WRITTEN_FOR[name]}.x; found ${name} ${String(found)}.x`)
+}
+
+function fastifyMajor (fastify: FastifyInstance): number | undefined {
+  const major = Number.parseInt(fastify.version, 10)
+  return Number.isNaN(major) ? undefined : major
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fastify
+
+/**
+ * Adds an onRoute hook that runs before every onRoute hook already there.
+ *
+ * Why: `@fastify/websocket` replaces a websocket route's handler in its own onRoute hook. When the
+ * app registered it before fastify-channels, ours must still run first to see which consumer a
+ * route mounts. Fastify has no API to order hooks, so the hook is moved to the front of Fastify 5's
+ * private hook list (`Symbol('fastify.hooks')`). When ours need not be first (`mustRunFirst`
+ * false: fastify-channels registers @fastify/websocket itself, after this hook) and the list is
+ * not the one this was written for, the hook is simply added.
+ */
+export function addOnRouteHookFirst (fastify: FastifyInstance, hook: (route: RouteOptions) => void, mustRunFirst: boolean): void {
+  fastify.addHook('onRoute', hook)
+  const major = fastifyMajor(fastify)
+  const kHooks = Object.getOwnPropertySymbols(fastify).find(s => s.description === 'fastify.hooks')
+  const hooks = kHooks === undefined ? undefined : (fastify as unknown as Record<symbol, { onRoute?: unknown[] }>)[kHooks]
+  const list = hooks?.onRoute
+  if (!isWrittenFor('fastify', major) || !Array.isArray(list) || !list.includes(hook)) {
+    if (!mustRunFirst) return
+    throw new InvalidOptionError(`cannot order hooks with this Fastify version (${fastify.version}): register fastify-channels before @fastify/websocket`)
+  }
+  list.splice(list.indexOf(hook), 1)
+  list.unshift(hook)
+}
+
+/**
+ * Ends an upgrade that arrives while the app is closing, with a 503 if nobody answered it.
+ *
+ * Why: during `close()` Fastify 5 answers a request with a bare 503 and skips every hook,
+ * including `@fastify/websocket`'s onResponse hook that destroys an upgrade's socket; an app's own
+ * `@fastify/websocket` stops listening for upgrades at all (its default preClose), so nobody
+ * answers. Either way `close()` would wait for a client that keeps its socket open. Without
+ * Fastify 5 this is skipped: the request then runs through the hooks, where the consumer route
+ * answers 503 itself.
+ */
+export function endUpgradesWhileClosing (fastify: FastifyInstance, isClosing: () => boolean): void {
+  if (!isWrittenFor('fastify', fastifyMajor(fastify))) return
+  const server = fastify.server
+  server.on('upgrade', (_request: unknown, socket: { bytesWritten?: number, destroySoon?: () => void, write?: (data: string) => unknown }) => {
+    if (!isClosing()) return
+    if ((socket.bytesWritten ?? 0) === 0 && server.listenerCount('upgrade') === 1) {
+      socket.write?.('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
+    }
+    if ((socket.bytesWritten ?? 0) > 0) socket.destroySoon?.()
+  })
+}
+
+// ---------------------------------------------------------------------------------------------
+// ws
+
+/**
+ * Lets `decided(request)` choose the subprotocol of each upgrade: a string (when the client offered
+ * it), false for none, or undefined for a request that is not a consumer's (the server's own
+ * choice then applies, else the client's first).
+ *
+ * Why: ws chooses the subprotocol in its `handleProtocols` option, while here the consumer's
+ * `connect()` chooses it before the upgrade. `@fastify/websocket` builds the server before us (and
+ * may be the app's own), so the option is replaced on the live server; ws 8 reads
+ * `options.handleProtocols` at every upgrade. Another ws fails `register`: subprotocols would be wrong.
+ */
+export function decideSubprotocols (wss: WebSocketServer, decided: (request: object) => string | false | undefined): void {
+  const major = installedMajor('ws')
+  const options = wss.options as { handleProtocols?: unknown } | undefined
+  if (!isWrittenFor('ws', major) || options === undefined || !('handleProtocols' in options)) {
+    throw unsupported('subprotocol selection', 'ws', major)
+  }
+  const previous = options.handleProtocols
+  options.handleProtocols = (protocols: Set<string>, request: object): string | false => {
+    const chosen = decided(request)
+    if (chosen !== undefined) return chosen !== false && protocols.has(chosen) ? chosen : false
+    if (typeof previous === 'function') return (previous as (p: Set<string>, r: object) => string | false)(protocols, request)
+    return protocols.values().next().value ?? false
+  }
+}
+
+/**
+ * Sets the largest message the app's own `@fastify/websocket` server accepts on new sockets.
+ *
+ * Why: the app built that server with its own options before fastify-channels was registered, and
+ * ws offers no setter; ws 8 reads `options.maxPayload` for every socket it upgrades. Another ws
+ * fails `register`: a limit that silently does not apply would be worse.
+ */
+export function setMaxPayload (wss: WebSocketServer, maxPayload: number): void {
+  const major = installedMajor('ws')
+  const options = wss.options as { maxPayload?: unknown } | undefined
+  if (!isWrittenFor('ws', major) || options === undefined || typeof options.maxPayload !== 'number') {
+    throw unsupported('option "maxPayload" with an app\'s own @fastify/websocket', 'ws', major)
+  }
+  options.maxPayload = maxPayload
+}
+
+/**
+ * Makes `close()` without a code send 1001 on every socket of an app's own `@fastify/websocket`.
+ *
+ * Why: that plugin's own preClose closes every client without a code (1005) before fastify-channels
+ * can close its consumers with 1001, and offers no option to change it. Patching each socket's
+ * `close` (ws 8's `close(code, reason)`) makes it 1001; with another ws, clients see that
+ * plugin's close as it is.
+ */
+export function closeClientsAsGoingAway (wss: WebSocketServer): void {
+  if (!isWrittenFor('ws')) return
+  wss.on('connection', (socket: WebSocket) => {
+    const close = socket.close.bind(socket)
+    socket.close = (code?: number, reason?: string | Buffer) => close(code ?? 1001, reason ?? 'server shutting down')
+  })
+}
+
+/** ws' Sender, the parts used here: its queue state (0 = idle) and its frame writer. */
+export interface FrameWriter {
+  _state: unknown
+  sendFrame: (list: Buffer[], cb?: () => void) => void
+}
+
+const SENDER_WRITTEN_FOR_WS = isWrittenFor('ws')
+
+/**
+ * The socket's frame writer when ready-made frames may be written to it; null when every frame
+ * must go through `ws.send()`.
+ *
+ * Why: a group message is, for most consumers, the same text for every local member; framing it
+ * once and writing the same bytes to each socket is what a hand-written ws broadcast does, and ws'
+ * public API frames per call. ws 8's Sender (`_sender.sendFrame`, the step `ws.send()` ends with)
+ * takes a ready frame. Only on a socket without extensions: a compressed socket frames per socket.
+ */
+export function frameWriterOf (socket: object): FrameWriter | null {
+  if (!SENDER_WRITTEN_FOR_WS) return null
+  const { _sender: sender, extensions } = socket as { _sender?: Partial<FrameWriter>, extensions?: unknown }
+  if (sender === undefined || typeof sender.sendFrame !== 'function' || extensions !== '') return null
+  return sender as FrameWriter
+}
+
+/**
+ * Writes one ready-made frame where `ws.send()` would write exactly that: the socket OPEN (ws knows
+ * what to do after a close frame: never write data after one) and nothing queued in the Sender
+ * ahead of it. False, with nothing written, otherwise.
+ */
+export function writeFrame (socket: { readonly readyState: number }, writer: FrameWriter, frame: Buffer[]): boolean {
+  if (socket.readyState !== 1 || writer._state !== 0) return false
+  writer.sendFrame(frame)
+  return true
+}
+
+// ---------------------------------------------------------------------------------------------
+// @fastify/websocket's injectWS (for fastify-channels/testing)
+
+/**
+ * The HTTP status of a handshake that `app.injectWS()` saw refused; undefined for any other error.
+ *
+ * Why: `injectWS` (in @fastify/websocket 11) rejects a refused handshake with an Error whose only
+ * trace of the status is its message, `Unexpected server response: NNN`. With another version
+ * the error is passed on as it is.
+ */
+export function refusedHandshakeStatus (err: unknown): number | undefined {
+  if (!isWrittenFor('@fastify/websocket') || !(err instanceof Error)) return undefined
+  const match = /Unexpected server response: (\d+)/.exec(err.message)
+  return match === null ? undefined : Number(match[1])
+}
+
+const kInjection = Symbol('fastify-channels.injection')
+
+/**
+ * The `upgradeContext` for `app.injectWS()` that marks the request the server will see with
+ * `marker`; `injectionMarker(request)` reads it back in ws' 'headers' and 'connection' events.
+ *
+ * Why: several communicators may connect at once, and nothing else tells which server-side
+ * request an `injectWS` call made. `injectWS` (in @fastify/websocket 11) builds its fake request
+ * by spreading `upgradeContext`, symbols included.
+ */
+export function markedUpgradeContext (headers: Record<string, string>, marker: object): { headers: Record<string, string> } {
+  return { headers, [kInjection]: marker } as { headers: Record<string, string> }
+}
+
+export function injectionMarker (request: object): unknown {
+  return (request as Record<symbol, unknown>)[kInjection]
+}

@@ -1,0 +1,61 @@
+/**
+ * The plugin's options: what each means, its default, and the check `register` runs so that a bad
+ * value fails with a clear InvalidOptionError instead of misbehaving later.
+ */
+import type { ChannelLayer } from './layers/types.js'
+import type { GetUser } from './scope.js'
+import { InvalidOptionError } from './errors.js'
+import { checkOriginOptions } from './origin.js'
+
+export interface FastifyChannelsOptions {
+  /** Default: a new `InMemoryChannelLayer()`. */
+  layer?: ChannelLayer
+  /** Resolves `scope.user` once per connection, after the route's hooks. */
+  getUser?: GetUser
+  /** Largest message a client may send, in bytes (default 1 MiB); a larger one closes with 1009. */
+  maxPayload?: number
+  /** Ping interval in ms (default 30000); a peer silent until the next ping is terminated. 0 disables. */
+  heartbeatInterval?: number
+  /** Bytes that may wait in a connection's outgoing buffer (default 4 MiB); past it, close with 1008. */
+  maxBufferedBytes?: number
+  /**
+   * Channels' OriginValidator patterns: `'*'`, `'example.com'`, `'.example.com'` (and subdomains),
+   * `'https://example.com:8443'`. Unset: the Origin must match the request's Host. Refused: HTTP 403.
+   */
+  allowedOrigins?: readonly string[]
+  /** Refuse upgrades without an Origin header (non-browser clients) with 403. Default false. */
+  rejectMissingOrigin?: boolean
+  /** Groups one connection may join through its consumer (default 100); past it, close with 1008. */
+  maxGroupsPerConnection?: number
+}
+
+export const DEFAULTS = {
+  maxPayload: 1024 * 1024,
+  heartbeatInterval: 30_000,
+  maxBufferedBytes: 4 * 1024 * 1024,
+  maxGroupsPerConnection: 100
+} as const
+
+const LAYER_METHODS = ['newChannel', 'send', 'receive', 'groupAdd', 'groupDiscard', 'groupSend', 'flush', 'close'] as const
+
+export function checkOptions (opts: FastifyChannelsOptions): void {
+  if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('fastify-channels options must be an object')
+  const { layer, getUser, maxPayload, heartbeatInterval, maxBufferedBytes, maxGroupsPerConnection } = opts
+  if (layer !== undefined) {
+    const missing = LAYER_METHODS.filter(m => typeof (layer as unknown as Record<string, unknown>)?.[m] !== 'function')
+    if (missing.length > 0) throw new InvalidOptionError(`option "layer" must be a ChannelLayer; missing: ${missing.join(', ')}`)
+  }
+  if (getUser !== undefined && typeof getUser !== 'function') throw new InvalidOptionError('option "getUser" must be a function')
+  checkInteger('maxPayload', maxPayload, false)
+  checkInteger('heartbeatInterval', heartbeatInterval, true)
+  checkInteger('maxBufferedBytes', maxBufferedBytes, false)
+  checkInteger('maxGroupsPerConnection', maxGroupsPerConnection, false)
+  checkOriginOptions(opts)
+}
+
+function checkInteger (name: string, value: unknown, allowZero: boolean): void {
+  if (value === undefined) return
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || (!allowZero && value === 0)) {
+    throw new InvalidOptionError(`option "${name}" must be a ${allowZero ? 'non-negative' : 'positive'} integer, got ${String(value)}`)
+  }
+}

@@ -1,0 +1,306 @@
+/**
+ * The connection's lifecycle against a fake socket: every transition of the state machine, what
+ * the HTTP request is told, what the consumer sees (disconnect() exactly once, with the code), and
+ * that the layer is left empty whatever the path. The same through real sockets is in
+ * test/consumer.test.ts, test/limits.test.ts and test/shutdown.test.ts.
+ */
+import t from 'tap'
+import { EventEmitter } from 'node:events'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import { InMemoryChannelLayer, WebsocketConsumer, type LayerMessage } from '../../lib/index.js'
+import { Connection, type Decision, type Runtime } from '../../lib/connection/connection.js'
+import type { ConnectionSocket } from '../../lib/connection/socket.js'
+import { kInit } from '../../lib/consumer.js'
+import { eventually } from '../helpers/app.js'
+
+/** A socket that records what the connection does to it; its events are emitted by the test. */
+class FakeSocket extends EventEmitter implements ConnectionSocket {
+  bufferedAmount = 0
+  readyState = 1
+  sent: Array<string | Uint8Array> = []
+  closedWith: [number, string] | null = null
+  terminated = false
+  pings = 0
+  paused = false
+  send (data: string | Uint8Array): void { this.sent.push(data) }
+  close (code: number, reason: string): void { this.closedWith = [code, reason]; this.readyState = 2 }
+  terminate (): void { this.terminated = true; this.readyState = 3 }
+  ping (): void { this.pings++ }
+  pause (): void { this.paused = true }
+  resume (): void { this.paused = false }
+}
+
+/** A consumer whose connect() the test scripts; records what reaches it. */
+class Scripted extends WebsocketConsumer {
+  override groups = ['room']
+  script: (consumer: Scripted) => Promise<void> = async c => { await c.accept() }
+  received: string[] = []
+  disconnects: number[] = []
+  override async connect (): Promise<void> { await this.script(this) }
+  override async receive (text?: string): Promise<void> {
+    if (text === 'throw') throw new Error('handler bug')
+    this.received.push(text ?? '')
+  }
+
+  note (message: LayerMessage & { text: string }): void { this.received.push(`layer ${message.text}`) }
+  override async disconnect (code: number): Promise<void> { this.disconnects.push(code) }
+}
+
+function setup (script?: Scripted['script'], options: Partial<Runtime> = {}) {
+  const layer = new InMemoryChannelLayer()
+  const logs: Array<{ level: string, msg: string }> = []
+  const record = (level: string) => (_obj: object, msg?: string) => { logs.push({ level, msg: msg ?? '' }) }
+  const log = { debug: record('debug'), info: record('info'), warn: record('warn'), error: record('error') } as unknown as FastifyBaseLogger
+  // Just what building a scope and watching for an early goodbye read of a Fastify request.
+  const tcp = new EventEmitter()
+  const request = { url: '/ws', query: {}, params: {}, headers: {}, ip: '127.0.0.1', log, raw: { socket: tcp } } as unknown as FastifyRequest
+  const runtime: Runtime = { layer, getUser: () => null, connections: new Set(), maxBufferedBytes: 1024 * 1024, maxGroupsPerConnection: 100, ...options }
+  const consumer = new Scripted()
+  if (script !== undefined) consumer.script = script
+  const connection = new Connection(runtime, request, consumer)
+  const decision = connection.handshake(ctx => consumer[kInit](ctx))
+  const socket = new FakeSocket()
+  return { layer, logs, tcp, runtime, consumer, connection, decision, socket }
+}
+
+const empty = { channels: 0, groups: 0, memberships: 0 }
+
+/** A promise the test settles when it chooses. */
+function gated (): [Promise<void>, () => void] {
+  let release!: () => void
+  const gate = new Promise<void>(resolve => { release = resolve })
+  return [gate, release]
+}
+
+t.test('handshake → accepted → open → closing → ended: the whole life of a connection', async t => {
+  const s = setup()
+  t.equal(s.connection.state, 'handshake')
+  t.same(await s.decision, { accepted: true } satisfies Decision, 'the request is told to upgrade')
+  t.equal(s.connection.state, 'accepted')
+  t.same(s.layer.inspect(), { channels: 0, groups: 1, memberships: 1 }, '`groups` joined before connect()')
+  s.connection.attach(s.socket)
+  t.equal(s.connection.state, 'open')
+  s.socket.emit('message', Buffer.from('hello'), false)
+  await s.layer.groupSend('room', { type: 'note', text: 'hi' })
+  await eventually(() => s.consumer.received.length === 2)
+  t.same(s.consumer.received, ['hello', 'layer hi'], 'frames and layer messages reach the consumer in order')
+  await s.consumer.send('out')
+  t.same(s.socket.sent, ['out'])
+
+  s.socket.emit('close', 1000)
+  t.equal(s.connection.state === 'closing' || s.connection.state === 'ended', true, 'the client closed: closing')
+  await s.connection.finished
+  t.equal(s.connection.state, 'ended')
+  t.same(s.consumer.disconnects, [1000], 'disconnect() once, with the client\'s code')
+  t.same(s.layer.inspect(), empty, 'the layer is freed of the channel and its groups')
+  t.equal(s.runtime.connections.size, 0)
+  await s.consumer.send('late')
+  t.same(s.socket.sent, ['out'], 'nothing is written after the end')
+})
+
+t.test('handshake → ended: refusals, each with its status; disconnect() never runs', async t => {
+  const cases: Array<[string, Scripted['script'], number]> = [
+    ['close() before accept()', async c => { await c.close() }, 403],
+    ['connect() returns without accept()', async () => {}, 403],
+    ['connect() throws', async () => { throw new Error('connect bug') }, 500]
+  ]
+  for (const [what, script, status] of cases) {
+    const s = setup(script)
+    t.same(await s.decision, { accepted: false, status }, what)
+    await s.connection.finished
+    t.equal(s.connection.state, 'ended')
+    t.same(s.consumer.disconnects, [], `${what}: no disconnect()`)
+    t.same(s.layer.inspect(), empty, `${what}: the groups joined for it are left`)
+    t.equal(s.runtime.connections.size, 0)
+    s.connection.attach(s.socket)
+    t.ok(s.socket.terminated, `${what}: a socket that comes anyway is terminated`)
+  }
+})
+
+t.test('handshake → ended when the set-up fails: handshake() rejects, nothing is left', async t => {
+  const s = setup(undefined, { maxGroupsPerConnection: 0 })
+  await t.rejects(s.decision, { code: 'FST_CHANNELS_TOO_MANY_GROUPS' })
+  t.equal(s.connection.state, 'ended')
+  t.same(s.consumer.disconnects, [])
+  t.same(s.layer.inspect(), empty)
+  t.equal(s.runtime.connections.size, 0)
+})
+
+t.test('accepted → closing: the client goes away before the upgrade', async t => {
+  const s = setup()
+  await s.decision
+  s.tcp.emit('close')
+  t.equal(s.connection.state === 'closing' || s.connection.state === 'ended', true)
+  await s.connection.finished
+  t.same(s.consumer.disconnects, [1006], 'disconnect(1006) once')
+  t.same(s.layer.inspect(), empty)
+  s.connection.attach(s.socket)
+  t.ok(s.socket.terminated, 'a socket that comes late is terminated')
+  t.equal(s.connection.state, 'ended')
+})
+
+t.test('accepted: close() waits for the socket, which is then closed with that code', async t => {
+  const s = setup(async c => {
+    void c.accept()
+    await c.close(4000, 'not today')
+  })
+  await s.decision
+  t.equal(s.connection.state, 'accepted')
+  s.connection.attach(s.socket)
+  t.same(s.socket.closedWith, [4000, 'not today'])
+  await s.connection.finished
+  t.same(s.consumer.disconnects, [4000])
+})
+
+t.test('frames that arrive while connect() still runs wait for it, in order', async t => {
+  const [gate, release] = gated()
+  const s = setup(async c => {
+    await c.accept()
+    await gate
+  })
+  await s.decision
+  s.connection.attach(s.socket)
+  for (const text of ['a', 'b', 'c']) s.socket.emit('message', Buffer.from(text), false)
+  await new Promise(resolve => setImmediate(resolve))
+  t.same(s.consumer.received, [], 'nothing before connect() returns')
+  release()
+  await eventually(() => s.consumer.received.length === 3)
+  t.same(s.consumer.received, ['a', 'b', 'c'])
+})
+
+t.test('shutdown in each state', async t => {
+  t.test('handshake: nothing yet; the decision comes from connect()', async t => {
+    const [gate, release] = gated()
+    const s = setup(async c => { await gate; await c.accept() })
+    await new Promise(resolve => setImmediate(resolve))
+    s.connection.shutdown()
+    t.equal(s.connection.state, 'handshake')
+    release()
+    t.same(await s.decision, { accepted: true })
+    s.connection.shutdown()
+    await s.connection.finished
+    t.same(s.consumer.disconnects, [1001], 'once accepted, shutdown ends it with 1001')
+  })
+
+  t.test('accepted: ends with 1001 without a socket; accept() returns', async t => {
+    let accepted = false
+    const s = setup(async c => { await c.accept(); accepted = true })
+    await s.decision
+    s.connection.shutdown()
+    await s.connection.finished
+    t.ok(accepted, 'the consumer\'s accept() resolved')
+    t.same(s.consumer.disconnects, [1001])
+    t.same(s.layer.inspect(), empty)
+  })
+
+  t.test('open: a close frame with 1001, then disconnect(1001)', async t => {
+    const s = setup()
+    await s.decision
+    s.connection.attach(s.socket)
+    s.connection.shutdown()
+    t.same(s.socket.closedWith, [1001, 'server shutting down'])
+    await s.connection.finished
+    t.same(s.consumer.disconnects, [1001])
+  })
+
+  t.test('closing and ended: nothing more', async t => {
+    const [gate, release] = gated()
+    const s = setup()
+    s.consumer.disconnect = async (code: number) => { s.consumer.disconnects.push(code); await gate }
+    await s.decision
+    s.connection.attach(s.socket)
+    s.socket.emit('close', 1000)
+    t.equal(s.connection.state, 'closing', 'End waits for connect() to return')
+    s.connection.shutdown()
+    await eventually(() => s.consumer.disconnects.length > 0)
+    t.equal(s.connection.state, 'ended', 'disconnect() is running')
+    s.connection.shutdown()
+    release()
+    await s.connection.finished
+    s.connection.shutdown()
+    t.same(s.consumer.disconnects, [1000])
+    t.equal(s.socket.closedWith, null, 'no close frame to a client that already closed')
+  })
+})
+
+t.test('disconnect() runs exactly once, with the first code, however many ways the end comes', async t => {
+  const s = setup()
+  await s.decision
+  s.connection.attach(s.socket)
+  s.socket.emit('error', Object.assign(new Error('bad utf-8'), { code: 'WS_ERR_INVALID_UTF8' }))
+  s.socket.emit('close', 1006)
+  s.connection.terminate()
+  s.connection.close(1000)
+  s.connection.shutdown()
+  await s.connection.finished
+  t.same(s.consumer.disconnects, [1007], 'the protocol error\'s code (invalid UTF-8)')
+  t.equal(s.socket.terminated, false)
+  t.equal(s.socket.closedWith, null)
+})
+
+t.test('open → closing by the server: close(), terminate(), a failing handler', async t => {
+  const closed = setup()
+  await closed.decision
+  closed.connection.attach(closed.socket)
+  closed.connection.close(4001, 'bye')
+  t.same(closed.socket.closedWith, [4001, 'bye'])
+  await closed.connection.finished
+  t.same(closed.consumer.disconnects, [4001])
+
+  const silent = setup()
+  await silent.decision
+  silent.connection.attach(silent.socket)
+  silent.connection.terminate()
+  t.ok(silent.socket.terminated)
+  await silent.connection.finished
+  t.same(silent.consumer.disconnects, [1006])
+
+  const failing = setup()
+  await failing.decision
+  failing.connection.attach(failing.socket)
+  for (const text of ['one', 'throw', 'never']) failing.socket.emit('message', Buffer.from(text), false)
+  await failing.connection.finished
+  t.same(failing.socket.closedWith, [1011, 'internal error'])
+  t.same(failing.consumer.received, ['one'], 'what was queued behind the failure is skipped')
+  t.same(failing.consumer.disconnects, [1011])
+  t.ok(failing.logs.some(l => l.level === 'error' && l.msg === 'consumer handler failed; closing with 1011'))
+})
+
+t.test('the heartbeat sees an open connection only, and reads paused by backpressure', async t => {
+  const [gate, release] = gated()
+  const s = setup()
+  s.consumer.receive = async () => { await gate }
+  t.equal(s.connection.isOpen, false)
+  await s.decision
+  s.connection.attach(s.socket)
+  t.equal(s.connection.isOpen, true)
+  s.connection.sendPing()
+  t.equal(s.socket.pings, 1)
+  for (let i = 0; i < 20; i++) s.socket.emit('message', Buffer.from('x'), false)
+  t.equal(s.connection.readsPaused, true)
+  t.equal(s.socket.paused, true, 'the socket is no longer read')
+  release()
+  await eventually(() => !s.connection.readsPaused)
+  t.equal(s.socket.paused, false)
+  s.socket.emit('close', 1000)
+  t.equal(s.connection.isOpen, false)
+})
+
+t.test('a disconnect() that throws is logged; the layer is still freed and finished resolves', async t => {
+  const s = setup()
+  s.consumer.disconnect = async () => { throw new Error('disconnect bug') }
+  await s.decision
+  s.connection.attach(s.socket)
+  s.socket.emit('close', 1000)
+  await s.connection.finished
+  t.ok(s.logs.some(l => l.level === 'error' && l.msg === 'consumer disconnect() failed'))
+  t.same(s.layer.inspect(), empty)
+  t.equal(s.runtime.connections.size, 0)
+})
+
+t.test('accept() with a subprotocol that is not a string is a clear error, and decides nothing', async t => {
+  const s = setup(async c => { await c.accept(42 as unknown as string) })
+  t.same(await s.decision, { accepted: false, status: 500 }, 'connect() threw: refused with 500')
+  t.ok(s.logs.some(l => l.level === 'error' && l.msg === 'consumer connect() failed'))
+  t.equal(s.connection.subprotocol, undefined)
+})

@@ -1,0 +1,164 @@
+/**
+ * Flow control on its own, over the real in-memory layer and a socket that records pause/resume:
+ * each of the three sources is held back at HIGH_WATER queued tasks and flows again once the
+ * consumer catches up, nothing is lost or reordered, and `accepting` is a pure reading.
+ */
+import t from 'tap'
+import { InMemoryChannelLayer } from '../../lib/index.js'
+import type { ChannelLayer, ChannelListener, ChannelSink, LayerMessage } from '../../lib/layers/types.js'
+import { FlowControl, HIGH_WATER } from '../../lib/connection/flow-control.js'
+import { TaskQueue } from '../../lib/connection/task-queue.js'
+import { contractOnly } from '../helpers/layers.js'
+import { eventually } from '../helpers/app.js'
+
+type Task = { frame: number } | LayerMessage
+
+/** A queue whose consumer is held while `hold()` is in force, a flow control over it, a recording socket. */
+function harness () {
+  const handled: Task[] = []
+  const failures: unknown[] = []
+  let gate: Promise<void> | undefined
+  let open: (() => void) | undefined
+  let flow!: FlowControl<Task>
+  const queue = new TaskQueue<Task>({
+    runTask (task) { handled.push(task); return gate },
+    taskFailed () {},
+    afterTask () { flow.afterTask() }
+  })
+  flow = new FlowControl<Task>(queue, { layerFailed: err => failures.push(err) })
+  const socket = { pauses: 0, resumes: 0, pause () { this.pauses++ }, resume () { this.resumes++ } }
+  return {
+    handled,
+    failures,
+    queue,
+    flow,
+    socket,
+    /** Every task from now on waits until release(). */
+    hold () { gate = new Promise(resolve => { open = resolve }) },
+    release () { const done = open; gate = undefined; done?.() }
+  }
+}
+
+/** Starts the harness' flow control and queue over a new channel of `layer`; returns the channel. */
+async function startOn (h: ReturnType<typeof harness>, layer: ChannelLayer): Promise<string> {
+  const channel = await layer.newChannel()
+  h.flow.start(h.socket, layer, channel)
+  h.queue.start()
+  return channel
+}
+
+/** Counts the listener's resume() calls made by the flow control. */
+function countingResumes (layer: InMemoryChannelLayer): { resumes: number } {
+  const counter = { resumes: 0 }
+  const listen = layer.listen.bind(layer)
+  layer.listen = (channel: string, sink: ChannelSink): ChannelListener => {
+    const listener = listen(channel, sink)
+    return { resume () { counter.resumes++; listener.resume() }, close () { listener.close() } }
+  }
+  return counter
+}
+
+t.test('client frames: reads pause once at HIGH_WATER queued tasks and resume once below it; all handled in order', async t => {
+  const h = harness()
+  const layer = new InMemoryChannelLayer()
+  t.teardown(() => layer.close())
+  await startOn(h, layer)
+  h.hold()
+  const FRAMES = HIGH_WATER + 10
+  for (let frame = 0; frame < FRAMES; frame++) h.flow.fromClient({ frame })
+  t.equal(h.socket.pauses, 1, 'paused once, not once per frame')
+  t.equal(h.flow.readsPaused, true)
+  t.equal(h.socket.resumes, 0)
+  h.release()
+  await eventually(() => h.handled.length === FRAMES)
+  t.same(h.handled, Array.from({ length: FRAMES }, (_, frame) => ({ frame })), 'every frame, in order')
+  t.equal(h.socket.resumes, 1, 'resumed once')
+  t.equal(h.flow.readsPaused, false)
+})
+
+t.test('a pushing layer: accepting is a pure reading; messages past HIGH_WATER wait in the layer and come in order', async t => {
+  const h = harness()
+  const layer = new InMemoryChannelLayer()
+  t.teardown(() => layer.close())
+  const counter = countingResumes(layer)
+  const channel = await startOn(h, layer)
+
+  for (let n = 0; n < 40; n++) await layer.send(channel, { type: 'quick', n })
+  t.equal(h.handled.length, 40, 'a consumer that keeps up takes every message at once')
+  t.equal(counter.resumes, 0, 'and the listener is never resumed: it never held anything back')
+
+  h.hold()
+  const MESSAGES = 60
+  for (let n = 0; n < MESSAGES; n++) await layer.send(channel, { type: 'slow', n })
+  t.equal(h.queue.pending, HIGH_WATER, 'the queue stops at HIGH_WATER waiting tasks (one more is in hand)')
+  t.ok(Array.from({ length: 100 }, () => h.flow.accepting).every(accepting => !accepting), 'a full queue does not accept, however often asked')
+  t.equal(counter.resumes, 0, 'reading accepting changes nothing')
+  h.release()
+  await eventually(() => h.handled.length === 40 + MESSAGES)
+  t.same(h.handled.slice(40).map(m => (m as unknown as { n: number }).n), Array.from({ length: MESSAGES }, (_, n) => n), 'all, in order')
+  t.ok(counter.resumes > 0, `the listener was resumed after the queue had been full (${counter.resumes} times)`)
+  t.equal(h.flow.accepting, true)
+})
+
+t.test('a layer that can only be polled: the pump waits at HIGH_WATER, then takes the rest in order', async t => {
+  const h = harness()
+  const inner = new InMemoryChannelLayer()
+  t.teardown(() => inner.close())
+  const layer: ChannelLayer = contractOnly(inner)
+  const channel = await layer.newChannel()
+  h.hold()
+  h.flow.start(h.socket, layer, channel)
+  h.queue.start()
+  const MESSAGES = 50
+  for (let n = 0; n < MESSAGES; n++) await layer.send(channel, { type: 'polled', n })
+  await eventually(() => h.queue.pending >= HIGH_WATER)
+  await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal(h.queue.pending, HIGH_WATER, 'the pump stopped taking messages')
+  h.release()
+  await eventually(() => h.handled.length === MESSAGES)
+  t.same(h.handled.map(m => (m as unknown as { n: number }).n), Array.from({ length: MESSAGES }, (_, n) => n))
+})
+
+for (const [kind, wrap] of [
+  ['a pushing layer', (inner: InMemoryChannelLayer): ChannelLayer => inner],
+  ['a polled layer', contractOnly]
+] as const) {
+  t.test(`${kind}: after stop() later messages stay in the layer`, async t => {
+    const h = harness()
+    const inner = new InMemoryChannelLayer()
+    t.teardown(() => inner.close())
+    const layer = wrap(inner)
+    const channel = await startOn(h, layer)
+    await layer.send(channel, { type: 'before' })
+    await eventually(() => h.handled.length === 1)
+    h.flow.stop()
+    await new Promise(resolve => setImmediate(resolve))
+    await layer.send(channel, { type: 'after' })
+    await new Promise(resolve => setTimeout(resolve, 20))
+    t.same(h.handled, [{ type: 'before' }], 'nothing taken after stop()')
+    t.same(await layer.receive(channel), { type: 'after' }, 'the message waits in the channel')
+    t.same(h.failures, [], 'stopping is not a failure')
+  })
+
+  t.test(`${kind}: the layer closing under the connection is reported once`, async t => {
+    const h = harness()
+    const inner = new InMemoryChannelLayer()
+    const layer = wrap(inner)
+    await startOn(h, layer)
+    await inner.close()
+    await eventually(() => h.failures.length > 0)
+    await new Promise(resolve => setTimeout(resolve, 20))
+    t.equal(h.failures.length, 1)
+    t.match(h.failures[0], { code: 'FST_CHANNELS_LAYER_CLOSED' })
+  })
+}
+
+t.test('a layer whose listen() throws is reported as a failure, not thrown', async t => {
+  const h = harness()
+  const layer = new InMemoryChannelLayer()
+  t.teardown(() => layer.close())
+  const channel = await layer.newChannel()
+  layer.listen(channel, { accepting: true, push () {}, layerClosed () {} })
+  t.doesNotThrow(() => h.flow.start(h.socket, layer, channel), 'a second listener on one channel')
+  t.match(h.failures, [{ code: 'FST_CHANNELS_INVALID_OPTION' }])
+})

@@ -1,0 +1,112 @@
+/**
+ * The ordered task queue on its own: order, start, re-entrant pushes, failures, and what it costs
+ * (no promise for a synchronous task, one for an asynchronous one), counted with async_hooks.
+ */
+import t from 'tap'
+import { createHook } from 'node:async_hooks'
+import { TaskQueue, type TaskRunner } from '../../lib/connection/task-queue.js'
+
+type Step = () => PromiseLike<unknown> | undefined
+
+/** A runner that records what happened, in order. */
+function recorder () {
+  const log: string[] = []
+  const runner: TaskRunner<[string, Step]> = {
+    runTask ([name, step]) { log.push(`run ${name}`); return step() },
+    taskFailed (err) { log.push(`failed ${(err as Error).message}`) },
+    afterTask () { log.push('after') }
+  }
+  return { log, queue: new TaskQueue(runner) }
+}
+
+const sync: Step = () => undefined
+
+/** Counts the promises created from enable() until disable(). */
+function promiseCounter () {
+  let count = 0
+  const hook = createHook({ init (_id, type) { if (type === 'PROMISE') count++ } })
+  return { enable: () => hook.enable(), disable: () => hook.disable(), get count () { return count } }
+}
+
+t.test('nothing runs before start(); then every task runs in order, synchronously', async t => {
+  const { log, queue } = recorder()
+  queue.push(['a', sync])
+  queue.push(['b', sync])
+  t.same(log, [], 'queued, not run')
+  t.equal(queue.pending, 2)
+  queue.start()
+  t.same(log, ['run a', 'after', 'run b', 'after'], 'both ran inside start()')
+  t.equal(queue.pending, 0)
+  queue.push(['c', sync])
+  t.same(log.slice(4), ['run c', 'after'], 'a task pushed to an idle started queue runs inside push()')
+})
+
+t.test('a task pushed from inside a running task runs after it, not nested in it', async t => {
+  const { log, queue } = recorder()
+  queue.start()
+  queue.push(['outer', () => { queue.push(['inner', sync]); log.push('outer done'); return undefined }])
+  t.same(log, ['run outer', 'outer done', 'after', 'run inner', 'after'])
+})
+
+t.test('an asynchronous task holds back the next until it settles; afterTask follows completion', async t => {
+  const { log, queue } = recorder()
+  let release!: () => void
+  const gate = new Promise<void>(resolve => { release = resolve })
+  queue.start()
+  queue.push(['slow', () => gate])
+  queue.push(['next', sync])
+  t.same(log, ['run slow'], 'next waits')
+  t.equal(queue.pending, 1)
+  release()
+  await gate
+  await new Promise(resolve => setImmediate(resolve))
+  t.same(log, ['run slow', 'after', 'run next', 'after'])
+})
+
+t.test('a rejection or a broken thenable fails only that task: the queue goes on, push() never throws', async t => {
+  const { log, queue } = recorder()
+  queue.start()
+  const broken = { then () { throw new Error('broken thenable') } }
+  t.doesNotThrow(() => queue.push(['broken', () => broken as unknown as PromiseLike<unknown>]))
+  queue.push(['rejects', () => Promise.reject(new Error('handler bug'))])
+  queue.push(['last', sync])
+  await new Promise(resolve => setImmediate(resolve))
+  t.same(log, [
+    'run broken', 'failed broken thenable', 'after',
+    'run rejects', 'failed handler bug', 'after',
+    'run last', 'after'
+  ])
+})
+
+t.test('cost: no promise for synchronous tasks, one .then per asynchronous task', async t => {
+  const { queue } = recorder()
+  queue.start()
+  const syncCounter = promiseCounter()
+  syncCounter.enable()
+  for (let i = 0; i < 100; i++) queue.push([`s${i}`, sync])
+  syncCounter.disable()
+  t.equal(syncCounter.count, 0, '100 synchronous tasks, no promise')
+
+  const TASKS = 10
+  const done = Promise.resolve()
+  const counter = promiseCounter()
+  let settled = 0
+  let finish!: () => void
+  const finished = new Promise<void>(resolve => { finish = resolve })
+  const asyncQueue = new TaskQueue<number>({
+    runTask () { return done },
+    taskFailed () {},
+    afterTask () {
+      // Stop counting inside the last callback, before anything of the test's own runs.
+      if (++settled === TASKS) { counter.disable(); finish() }
+    }
+  })
+  asyncQueue.start()
+  // Counting starts in a later turn, after this test has begun to await.
+  setImmediate(() => {
+    counter.enable()
+    for (let i = 0; i < TASKS; i++) asyncQueue.push(i)
+  })
+  await finished
+  t.equal(counter.count, TASKS, `${TASKS} asynchronous tasks, one promise each`)
+})

@@ -1,0 +1,89 @@
+/**
+ * The reaches into Fastify, @fastify/websocket and ws internals: each one's guard. Where the
+ * product cannot do without a reach, a version or shape it was not written for fails with a clear
+ * InvalidOptionError; elsewhere the reach steps aside. What the reaches achieve on the versions
+ * they were written for is shown through real sockets in the concern tests (plugin.test.ts: an
+ * app's own @fastify/websocket; shutdown, frames, consumer).
+ */
+import t from 'tap'
+import { EventEmitter } from 'node:events'
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { WebSocketServer } from 'ws'
+import fastifyChannels, { WebsocketConsumer } from '../lib/index.js'
+import {
+  addOnRouteHookFirst, decideSubprotocols, endUpgradesWhileClosing, frameWriterOf, refusedHandshakeStatus, setMaxPayload, writeFrame
+} from '../lib/internals.js'
+
+/** Just enough of a Fastify instance of another major version. */
+function otherFastify (version: string) {
+  const hooks: string[] = []
+  const server = new EventEmitter()
+  const app = { version, server, addHook: (name: string) => { hooks.push(name) } } as unknown as FastifyInstance
+  return { app, hooks, server }
+}
+
+t.test('hook order on another Fastify major: fails loudly only where the order matters', async t => {
+  const needed = otherFastify('6.0.0')
+  t.throws(() => addOnRouteHookFirst(needed.app, () => {}, true), {
+    code: 'FST_CHANNELS_INVALID_OPTION', message: /Fastify version \(6\.0\.0\).*register fastify-channels before @fastify\/websocket/
+  })
+  const notNeeded = otherFastify('6.0.0')
+  t.doesNotThrow(() => addOnRouteHookFirst(notNeeded.app, () => {}, false))
+  t.same(notNeeded.hooks, ['onRoute'], 'the hook is simply added')
+})
+
+t.test('upgrades during close: the raw 503 is for Fastify 5 only', async t => {
+  const other = otherFastify('6.1.0')
+  endUpgradesWhileClosing(other.app, () => true)
+  t.equal(other.server.listenerCount('upgrade'), 0, 'another major answers through its own hooks')
+  const five = otherFastify('5.3.0')
+  endUpgradesWhileClosing(five.app, () => true)
+  t.equal(five.server.listenerCount('upgrade'), 1)
+})
+
+t.test('a ws server without the options ws 8 reads fails with a clear error', async t => {
+  const bare = { options: {} } as unknown as WebSocketServer
+  t.throws(() => decideSubprotocols(bare, () => undefined), { code: 'FST_CHANNELS_INVALID_OPTION', message: /subprotocol selection relies on ws 8/ })
+  t.throws(() => setMaxPayload(bare, 10), { code: 'FST_CHANNELS_INVALID_OPTION', message: /maxPayload.*relies on ws 8/ })
+})
+
+t.test('subprotocols: the decision of a consumer\'s request, else the server\'s own choice, else the first offered', async t => {
+  const chosenBefore = (protocols: Set<string>): string | false => protocols.has('v2') ? 'v2' : false
+  const wss = { options: { handleProtocols: chosenBefore, maxPayload: 100 } } as unknown as WebSocketServer
+  const consumerRequest = {}
+  const decided = new Map<object, string | false>([[consumerRequest, 'v1']])
+  decideSubprotocols(wss, request => decided.get(request))
+  const handle = wss.options.handleProtocols as (p: Set<string>, r: object) => string | false
+  t.equal(handle(new Set(['v1', 'v2']), consumerRequest), 'v1')
+  decided.set(consumerRequest, 'v3')
+  t.equal(handle(new Set(['v1', 'v2']), consumerRequest), false, 'never one the client did not offer')
+  t.equal(handle(new Set(['v1', 'v2']), {}), 'v2', 'another route: the choice made before')
+  setMaxPayload(wss, 42)
+  t.equal(wss.options.maxPayload, 42)
+})
+
+t.test('frame writer: only a ws socket without extensions, and only while OPEN and idle', async t => {
+  t.equal(frameWriterOf({}), null, 'not a ws socket: frames go through send()')
+  const written: Buffer[][] = []
+  const writer = { _state: 0, sendFrame: (list: Buffer[]) => { written.push(list) } }
+  t.equal(frameWriterOf({ _sender: writer, extensions: 'permessage-deflate' }), null, 'a compressed socket')
+  t.equal(frameWriterOf({ _sender: writer, extensions: '' }), writer)
+  const frame = [Buffer.from([0x81, 0])]
+  t.equal(writeFrame({ readyState: 2 }, writer, frame), false, 'closing: ws.send() decides')
+  t.equal(writeFrame({ readyState: 1 }, { ...writer, _state: 1 }, frame), false, 'something queued ahead in ws')
+  t.equal(writeFrame({ readyState: 1 }, writer, frame), true)
+  t.same(written, [frame])
+})
+
+t.test('refused handshakes in the test kit: the status from injectWS, any other error passed on', async t => {
+  const app = Fastify()
+  await app.register(fastifyChannels)
+  class Refuses extends WebsocketConsumer { override async connect () { await this.close() } }
+  app.get('/ws', { websocket: true }, Refuses.asHandler())
+  t.teardown(() => app.close())
+  await app.ready()
+  const err = await app.injectWS('/ws').then(() => undefined, (err: unknown) => err)
+  t.equal(refusedHandshakeStatus(err), 403)
+  t.equal(refusedHandshakeStatus(new Error('socket hang up')), undefined)
+  t.equal(refusedHandshakeStatus('Unexpected server response: 500'), undefined, 'not an Error')
+})
