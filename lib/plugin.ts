@@ -10,7 +10,7 @@ import fastifyWebsocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
 import type { Socket } from 'node:net'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
-import type { ChannelLayer } from './layers/types.js'
+import { canAttachLogger, type ChannelLayer } from './layers/types.js'
 import { Connection, type Runtime } from './connection.js'
 import { consumerClassOf, kConnection, kInit, type ConsumerClass } from './consumer.js'
 import { defaultGetUser, type GetUser } from './scope.js'
@@ -108,10 +108,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
   const maxPayload = opts.maxPayload ?? 1024 * 1024
   let closing = false
 
-  const layerLog = (layer as { log?: unknown }).log
-  if (layerLog !== undefined && typeof layerLog === 'object') {
-    (layer as { log: unknown }).log = fastify.log.child({ component: 'channel-layer' })
-  }
+  if (canAttachLogger(layer)) layer.attachLogger(fastify.log.child({ component: 'channel-layer' }))
 
   const handshake = (Consumer: ConsumerClass): preHandlerAsyncHookHandler => async function channelsHandshake (request: FastifyRequest, reply: FastifyReply) {
     if (!request.ws) return

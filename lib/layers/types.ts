@@ -83,3 +83,15 @@ export interface ChannelListening {
 export function canListen (layer: ChannelLayer): layer is ChannelLayer & ChannelListening {
   return typeof (layer as Partial<ChannelListening>).listen === 'function'
 }
+
+/**
+ * Extra a layer may offer: logging through the app's logger. The plugin calls it once at
+ * register; a logger the layer was given explicitly takes precedence.
+ */
+export interface LoggerAttaching {
+  attachLogger (log: LayerLogger): void
+}
+
+export function canAttachLogger (layer: ChannelLayer): layer is ChannelLayer & LoggerAttaching {
+  return typeof (layer as Partial<LoggerAttaching>).attachLogger === 'function'
+}

@@ -4,8 +4,27 @@
  * skewed clocks agree on expiry.
  */
 import { createHash } from 'node:crypto'
-import type { Cluster, Redis } from 'ioredis'
-import { DEADLINE_WIDTH } from './redis-codec.js'
+import type { Client } from './connections.js'
+
+/** Queue elements start with their expiry deadline (server ms) in this many ASCII digits; the scripts read it. */
+export const DEADLINE_WIDTH = 16
+
+/**
+ * Redis server time as well as this process knows it: scripts return the server's clock, and
+ * expiry checks made here compare against it, so processes with skewed clocks agree.
+ */
+export class ServerClock {
+  #offset = 0
+
+  now (): number {
+    return Date.now() + this.#offset
+  }
+
+  /** Learns the server time (ms) from a reply; ignores anything that is not a time. */
+  observe (serverNow: unknown): void {
+    if (typeof serverNow === 'number' && Number.isFinite(serverNow)) this.#offset = serverNow - Date.now()
+  }
+}
 
 export interface Script {
   readonly lua: string
@@ -65,7 +84,7 @@ if last[2] then redis.call('PEXPIREAT', key, math.ceil(tonumber(last[2]))) end
 return now
 `)
 
-type Client = Redis | Cluster
+
 
 function isNoScript (err: unknown): boolean {
   return err instanceof Error && err.message.startsWith('NOSCRIPT')
