@@ -8,13 +8,17 @@
  */
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { ChannelFullError, InvalidOptionError, LayerClosedError } from '../errors.js'
-import { copyMessage } from './message.js'
+import { ChannelFullError, InvalidMessageError, InvalidOptionError, LayerClosedError } from '../errors.js'
+import { clonePlainObject, copyMessage, copyPlainObject } from './message.js'
+import { encodeValue } from './codec.js'
 import { assertChannelName, assertChannelPrefix, assertGroupName, isProcessSpecific } from './names.js'
 import { LocalStore, type LayerInspection } from './local-store.js'
+import { GroupPolicies, type Policy } from './policies.js'
+import { MemoryHistory, type HistoryPolicy } from './history.js'
 import type {
-  ChannelDiscarding, ChannelLayer, ChannelListener, ChannelListening, ChannelSink, LayerLogger, LayerMessage,
-  LoggerAttaching, ReceiveOptions
+  ChannelDiscarding, ChannelLayer, ChannelListener, ChannelListening, ChannelSink, DeliveryReceiving, GroupAddOptions,
+  GroupHistory, GroupJoin, GroupPolicy, HistoryOptions, LayerLogger, LayerMessage, LoggerAttaching, PresenceEntry,
+  PresenceInfo, ReceiveOptions, Received, StreamPosition
 } from './types.js'
 
 export type { LayerInspection } from './local-store.js'
@@ -31,7 +35,23 @@ export interface BaseChannelLayerOptions {
    * Default: the app's logger when the plugin is registered with this layer, else nothing.
    */
   log?: LayerLogger
+  /**
+   * Policies by group name (exact, or a prefix ending in `*`; the longest match applies): history
+   * with offsets and recovery, presence events. Every process sharing a layer is configured alike.
+   */
+  groups?: Record<string, GroupPolicy>
 }
+
+/** A checked `groupAdd()` request. */
+export interface JoinRequest {
+  since: StreamPosition | undefined
+  presence: PresenceInfo | undefined
+}
+
+/** Presence info may take this many bytes encoded. */
+export const MAX_PRESENCE_BYTES = 1024
+const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
+const DEFAULT_HISTORY_LIMIT = 100_000
 
 export interface LayerStats {
   /** Deliveries `groupSend()` skipped because the member's channel was full. */
@@ -63,7 +83,7 @@ function checkLogger (log: unknown): LayerLogger | undefined {
 }
 
 export abstract class BaseChannelLayer extends EventEmitter
-  implements ChannelLayer, ChannelDiscarding, ChannelListening, LoggerAttaching {
+  implements ChannelLayer, ChannelDiscarding, ChannelListening, LoggerAttaching, DeliveryReceiving {
   readonly extensions: readonly string[] = ['groups', 'flush']
   readonly stats: LayerStats = { groupSendSkipped: 0 }
   /** Identifies this instance inside `newChannel()` names (`prefix.<processToken>!<random>`). */
@@ -80,11 +100,14 @@ export abstract class BaseChannelLayer extends EventEmitter
   protected readonly groupExpiryMs: number
   /** This process' channels, groups and listeners. */
   protected readonly store: LocalStore
+  protected readonly policies: GroupPolicies
 
   #log: LayerLogger
   readonly #ownLogger: boolean
   #closed = false
   readonly #sweeper: NodeJS.Timeout
+  // Only for the in-memory hooks; a layer that keeps history elsewhere never creates it.
+  #memoryHistory: MemoryHistory | undefined
 
   constructor (options: BaseChannelLayerOptions = {}) {
     super()
@@ -99,12 +122,17 @@ export abstract class BaseChannelLayer extends EventEmitter
     const log = checkLogger(options.log)
     this.#log = log ?? silentLogger
     this.#ownLogger = log !== undefined
+    this.policies = new GroupPolicies(options.groups)
     this.processToken = randomBytes(8).readBigUInt64BE().toString(36).padStart(12, '0').slice(-12)
     this.store = new LocalStore({
       capacity: this.capacity,
       expiryMs: this.expiryMs,
       groupExpiryMs: this.groupExpiryMs,
-      skipped: (group, channel) => this.reportSkipped(group, channel)
+      skipped: (group, channel) => this.reportSkipped(group, channel),
+      // Announced after the store is done changing: the removal may happen in the middle of a fan-out.
+      presenceLeft: (group, channel, info) => queueMicrotask(() => {
+        if (!this.closed && this.policies.of(group)?.presenceEvents === true) this.announcePresence(group, 'presence.leave', channel, info)
+      })
     })
 
     this.group_add = this.groupAdd.bind(this)
@@ -113,13 +141,13 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.new_channel = this.newChannel.bind(this)
 
     // Lazy expiry keeps busy channels tidy; the sweep is for channels and groups nobody touches again.
-    // It holds the store weakly, so a layer dropped without close() can still be collected.
+    // It holds the layer weakly, so a layer dropped without close() can still be collected.
     const every = Math.min(Math.max(Math.min(expiry, groupExpiry), 0.1), 60)
-    const store = new WeakRef(this.store)
+    const layer = new WeakRef(this)
     const sweeper: NodeJS.Timeout = setInterval(() => {
-      const alive = store.deref()
+      const alive = layer.deref()
       if (alive === undefined) clearInterval(sweeper)
-      else alive.sweep()
+      else alive.#sweep()
     }, every * 1000).unref()
     this.#sweeper = sweeper
   }
@@ -153,6 +181,11 @@ export abstract class BaseChannelLayer extends EventEmitter
   }
 
   async receive (channel: string, options?: ReceiveOptions): Promise<LayerMessage> {
+    return (await this.receiveDelivery(channel, options)).message
+  }
+
+  /** `receive()` with how the message came (its group, offset and epoch): what workers use. */
+  async receiveDelivery (channel: string, options?: ReceiveOptions): Promise<Received> {
     this.assertOpen()
     assertChannelName(channel)
     const signal = options?.signal
@@ -164,11 +197,15 @@ export abstract class BaseChannelLayer extends EventEmitter
     return this.doReceive(channel, signal)
   }
 
-  async groupAdd (group: string, channel: string): Promise<void> {
+  /**
+   * Adds `channel` to `group`. With `since` on a group with history, what the member missed is
+   * delivered first; with `presence`, the membership is listed by `presence()`.
+   */
+  async groupAdd (group: string, channel: string, options?: GroupAddOptions): Promise<GroupJoin> {
     this.assertOpen()
     assertGroupName(group)
     assertChannelName(channel)
-    return this.doGroupAdd(group, channel)
+    return this.doGroupAdd(group, channel, checkJoin(options), this.policies.of(group))
   }
 
   async groupDiscard (group: string, channel: string): Promise<void> {
@@ -178,10 +215,31 @@ export abstract class BaseChannelLayer extends EventEmitter
     return this.doGroupDiscard(group, channel)
   }
 
-  async groupSend (group: string, message: LayerMessage): Promise<void> {
+  /** Resolves with the message's position in a group with history, else undefined. */
+  async groupSend (group: string, message: LayerMessage): Promise<StreamPosition | undefined> {
     this.assertOpen()
     assertGroupName(group)
-    return this.doGroupSend(group, copyMessage(message))
+    return this.doGroupSend(group, copyMessage(message), this.policies.of(group))
+  }
+
+  /**
+   * The group's retained messages, oldest first: after `since` (when its epoch is current) up to
+   * `limit`, or else the latest `limit`. A group without history has none and a null position.
+   */
+  async history (group: string, options?: HistoryOptions): Promise<GroupHistory> {
+    this.assertOpen()
+    assertGroupName(group)
+    const { since, limit } = checkHistoryOptions(options)
+    const history = this.policies.of(group)?.history
+    if (history === undefined) return { messages: [], position: null }
+    return this.doHistory(group, history, since, limit)
+  }
+
+  /** The presence entries of the group's members, across every process sharing the layer. */
+  async presence (group: string): Promise<PresenceEntry[]> {
+    this.assertOpen()
+    assertGroupName(group)
+    return this.doPresence(group)
   }
 
   /**
@@ -233,20 +291,56 @@ export abstract class BaseChannelLayer extends EventEmitter
     if (!this.store.deliver(channel, message)) throw new ChannelFullError(channel)
   }
 
-  protected doReceive (channel: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
+  protected doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
     return this.store.receive(channel, signal)
   }
 
-  protected async doGroupAdd (group: string, channel: string): Promise<void> {
-    this.store.addMember(group, channel)
+  // In one synchronous step, so no message sent meanwhile can come between the replay and the join.
+  protected async doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    const store = this.store
+    let result = NO_JOIN
+    const history = policy?.history
+    if (history !== undefined) {
+      const memory = this.#history()
+      if (join.since === undefined) {
+        result = { position: memory.position(group, history), recovered: false }
+      } else {
+        const { position, entries, complete } = memory.recover(group, history, join.since)
+        // A member all along has had these already; a returning one gets them before anything newer.
+        if (complete && !store.isMember(group, channel)) {
+          for (const { message, offset } of entries) store.deliver(channel, message, { group, offset, epoch: position.epoch }, true)
+        }
+        result = { position, recovered: complete }
+      }
+    }
+    const announce = join.presence !== undefined && policy?.presenceEvents === true &&
+      !samePresence(store.presenceOf(group, channel), join.presence)
+    store.addMember(group, channel, join.presence)
+    if (announce) this.announcePresence(group, 'presence.join', channel, join.presence as PresenceInfo)
+    return result
   }
 
   protected async doGroupDiscard (group: string, channel: string): Promise<void> {
     this.store.removeMember(group, channel)
   }
 
-  protected async doGroupSend (group: string, message: LayerMessage): Promise<void> {
-    this.store.fanOut(group, message)
+  protected async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
+    const history = policy?.history
+    if (history === undefined) {
+      this.store.fanOut(group, message, { group })
+      return undefined
+    }
+    const position = this.#history().append(group, history, message)
+    this.store.fanOut(group, message, { group, offset: position.offset, epoch: position.epoch })
+    return position
+  }
+
+  protected async doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory> {
+    return this.#history().read(group, history, since, limit)
+  }
+
+  protected async doPresence (group: string): Promise<PresenceEntry[]> {
+    return this.store.presence(group)
   }
 
   protected async doDiscardChannel (channel: string): Promise<void> {
@@ -255,6 +349,7 @@ export abstract class BaseChannelLayer extends EventEmitter
 
   protected async doFlush (): Promise<void> {
     this.store.flush()
+    this.#memoryHistory?.flush()
   }
 
   protected async doClose (): Promise<void> {
@@ -265,9 +360,62 @@ export abstract class BaseChannelLayer extends EventEmitter
     if (this.#closed) throw new LayerClosedError()
   }
 
+  /** Tells the group's local members that a presence entry came or went; it takes no offset. */
+  protected announcePresence (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: PresenceInfo): void {
+    this.store.fanOut(group, { type, channel, info: clonePlainObject(info) }, { group })
+  }
+
+  #sweep (): void {
+    this.store.sweep()
+    this.#memoryHistory?.sweep()
+  }
+
+  #history (): MemoryHistory {
+    // An idle group's position is remembered as long as a membership would be.
+    this.#memoryHistory ??= new MemoryHistory(this.groupExpiryMs)
+    return this.#memoryHistory
+  }
+
   /** A group member skipped because its channel was full: counted and logged, never an error. */
   protected reportSkipped (group: string, channel: string): void {
     this.stats.groupSendSkipped++
     this.#log.warn({ group, channel }, 'groupSend skipped a full channel')
   }
+}
+
+function checkPosition (value: unknown, what: string): StreamPosition {
+  const { offset, epoch } = (typeof value === 'object' && value !== null ? value : {}) as Partial<StreamPosition>
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0 ||
+    typeof epoch !== 'string' || epoch.length === 0 || epoch.length > 100) {
+    throw new InvalidOptionError(`${what} must be a position { offset: integer >= 0, epoch: string }`)
+  }
+  return { offset, epoch }
+}
+
+function checkJoin (options: GroupAddOptions | undefined): JoinRequest {
+  if (options === undefined) return { since: undefined, presence: undefined }
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('groupAdd() options must be an object')
+  const since = options.since === undefined ? undefined : checkPosition(options.since, 'groupAdd() option "since"')
+  let presence: PresenceInfo | undefined
+  if (options.presence !== undefined) {
+    presence = copyPlainObject(options.presence, 'presence') as PresenceInfo
+    const size = encodeValue(presence).length
+    if (size > MAX_PRESENCE_BYTES) throw new InvalidMessageError(`presence info takes ${size} bytes encoded; at most ${MAX_PRESENCE_BYTES}`)
+  }
+  return { since, presence }
+}
+
+function checkHistoryOptions (options: HistoryOptions | undefined): { since: StreamPosition | undefined, limit: number } {
+  if (options === undefined) return { since: undefined, limit: DEFAULT_HISTORY_LIMIT }
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('history() options must be an object')
+  const since = options.since === undefined ? undefined : checkPosition(options.since, 'history() option "since"')
+  const limit = options.limit ?? DEFAULT_HISTORY_LIMIT
+  if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1) {
+    throw new InvalidOptionError(`history() option "limit" must be a positive integer, got ${String(limit)}`)
+  }
+  return { since, limit }
+}
+
+function samePresence (a: PresenceInfo | undefined, b: PresenceInfo): boolean {
+  return a !== undefined && JSON.stringify(a) === JSON.stringify(b)
 }

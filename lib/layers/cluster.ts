@@ -14,15 +14,19 @@
  *   delivery is at most once.
  */
 import { ChannelFullError } from '../errors.js'
-import { BaseChannelLayer, positiveOption, type BaseChannelLayerOptions, type LayerStats } from './base.js'
+import { BaseChannelLayer, positiveOption, type BaseChannelLayerOptions, type JoinRequest, type LayerStats } from './base.js'
 import type { LayerInspection } from './local-store.js'
+import type { Policy } from './policies.js'
+import type { HistoryPolicy } from './history.js'
 import { assertChannelName, assertGroupName, isProcessSpecific, processTokenOf } from './names.js'
-import type { LayerMessage } from './types.js'
+import type {
+  Delivery, GroupHistory, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, Received, StreamPosition
+} from './types.js'
 import { withTimeout } from './deadline.js'
-import { Envelope, decodeEnvelope, encodeEnvelope, reviveMessage } from './cluster/codec.js'
+import { Envelope, decodeEnvelope, decodeObject, encodeEnvelope, reviveMessage, reviveObject } from './codec.js'
 import { Requests, checkReply, replyFor, type OwnerOp } from './cluster/requests.js'
-import { Memberships } from './cluster/memberships.js'
-import type { ClusterContext, Route, Transport } from './cluster/transport.js'
+import { Memberships, NO_JOIN } from './cluster/memberships.js'
+import type { ClusterContext, HistoryKeeping, Route, Transport } from './cluster/transport.js'
 
 export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
   /**
@@ -78,8 +82,14 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       store: this.store,
       transport: this.transport,
       leaseMs: Math.min(this.groupExpiryMs, leaseMs),
+      groupExpiryMs: this.groupExpiryMs,
       log: () => this.log,
-      processRoutes: [this.#inbox, BROADCAST]
+      processRoutes: [this.#inbox, BROADCAST],
+      presenceEvents: group => this.policies.of(group)?.presenceEvents === true,
+      announce: async (group, type, channel, info) => {
+        const message = { type, channel, info: decodeObject(info) }
+        await this.transport.publish({ kind: 'group', group }, encodeEnvelope([Envelope.group, message]), `announce ${type} in ${group}`)
+      }
     })
     this.#stateChanged() // a transport may be connected already
   }
@@ -121,16 +131,20 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     await this.transport.publish({ kind: 'process', token: owner }, encodeEnvelope([Envelope.direct, channel, message]), `send ${channel}`)
   }
 
-  protected override doReceive (channel: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
+  protected override doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
     if (isProcessSpecific(channel)) return this.store.receive(channel, signal)
     return this.transport.queues.receive(channel, signal)
   }
 
-  protected override async doGroupAdd (group: string, channel: string): Promise<void> {
-    if (!isProcessSpecific(channel)) return this.transport.queues.addMember(group, channel)
+  protected override async doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    if (!isProcessSpecific(channel)) {
+      // A queue is no process' member: it gets the group's messages from now on, without recovery or presence.
+      await this.transport.queues.addMember(group, channel)
+      return NO_JOIN
+    }
     const owner = this.#ownerElsewhere(channel)
-    if (owner !== undefined) return this.#ask(owner, 'add', group, channel)
-    return this.#memberships.add(group, channel)
+    if (owner !== undefined) return await this.#ask(owner, 'add', group, channel, join) as GroupJoin
+    return await this.#memberships.add(group, channel, join, policy)
   }
 
   protected override async doGroupDiscard (group: string, channel: string): Promise<void> {
@@ -138,20 +152,58 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     if (this.#ownerElsewhere(channel) === undefined) return this.#memberships.remove(group, channel)
     // On the group's route, so the owner drops the member before any later groupSend arrives.
     const notice = encodeEnvelope([Envelope.discard, channel])
-    await this.transport.removeMembers(group, [channel], `groupDiscard ${group}`, notice)
+    await this.#memberships.announceGone(group, await this.transport.removeMembers(group, [channel], `groupDiscard ${group}`, notice))
   }
 
-  protected override async doGroupSend (group: string, message: LayerMessage): Promise<void> {
+  protected override async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
     const what = `groupSend ${group}`
-    const named = await this.transport.publishToGroup(group, encodeEnvelope([Envelope.group, message]), what)
+    const history = policy?.history
+    const { named, position } = await this.transport.publishToGroup(group, encodeEnvelope([Envelope.group, message]), what,
+      history === undefined ? undefined : this.#keeping(history))
     // Named channels are queues in the backend, not members of any process: the sender fills them.
-    if (named.length > 0) await this.transport.queues.fill(group, named, message, what)
+    if (named.length > 0) {
+      const info: Delivery = position === undefined ? { group } : { group, offset: position.offset, epoch: position.epoch }
+      await this.transport.queues.fill(group, named, message, what, info)
+    }
+    return position
+  }
+
+  protected override async doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory> {
+    const { position, stored } = await this.transport.readHistory(group, this.#keeping(history), since, limit, `history ${group}`)
+    const messages: GroupHistory['messages'] = []
+    for (const [offset, payload] of stored) {
+      try {
+        messages.push({ message: reviveMessage(decodeEnvelope(payload)?.[1]), offset })
+      } catch (err) {
+        this.log.warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
+      }
+    }
+    return { messages, position }
+  }
+
+  protected override async doPresence (group: string): Promise<PresenceEntry[]> {
+    const entries: PresenceEntry[] = []
+    for (const [channel, info] of await this.transport.presence(group, `presence ${group}`)) {
+      try {
+        entries.push({ channel, info: decodeObject(info) as PresenceInfo })
+      } catch (err) {
+        this.log.warn({ err, group, channel }, 'skipped an undecodable presence entry')
+      }
+    }
+    return entries
+  }
+
+  #keeping (history: HistoryPolicy): HistoryKeeping {
+    return { size: history.size, ttlMs: history.ttlMs, idleMs: Math.max(history.ttlMs, this.groupExpiryMs) }
   }
 
   protected override async doDiscardChannel (channel: string): Promise<void> {
     if (!isProcessSpecific(channel)) return this.transport.queues.discard(channel)
     const owner = this.#ownerElsewhere(channel)
-    if (owner !== undefined) return this.#ask(owner, 'discardChannel', '', channel)
+    if (owner !== undefined) {
+      await this.#ask(owner, 'discardChannel', '', channel)
+      return
+    }
     return this.#memberships.discardChannel(channel)
   }
 
@@ -177,32 +229,41 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
 
   // Requests to the process that owns a channel: changes only it can make.
 
-  async #ask (owner: string, op: OwnerOp, group: string, channel: string): Promise<void> {
+  /** Resolves with what the owner answered (a GroupJoin for 'add'). */
+  async #ask (owner: string, op: OwnerOp, group: string, channel: string, join?: JoinRequest): Promise<unknown> {
     const what = op === 'add' ? `groupAdd ${group}` : `discardChannel ${channel}`
     const timeout = this.transport.timeout
     await withTimeout(this.#memberships.subscribeProcess(), timeout, what) // the reply comes to our inbox
     const { id, reply } = this.#requests.open()
     try {
-      const envelope = encodeEnvelope([Envelope.request, id, this.processToken, op, group, channel])
+      const envelope = encodeEnvelope([Envelope.request, id, this.processToken, op, group, channel, join?.since ?? null, join?.presence ?? null])
       const receivers = await this.transport.publish({ kind: 'process', token: owner }, envelope, what)
       // Nobody listens there: that process is gone, and so is the channel.
-      if (receivers === 0) return
-      checkReply(await withTimeout(reply, timeout, what), op, group, channel)
+      if (receivers === 0) return NO_JOIN
+      const answer = await withTimeout(reply, timeout, what)
+      checkReply(answer, op, group, channel)
+      return answer.result
     } finally {
       this.#requests.forget(id)
     }
   }
 
   async #answer (envelope: unknown[]): Promise<void> {
-    const [, id, replyTo, op, group, channel] = envelope
+    const [, id, replyTo, op, group, channel, since, presence] = envelope
     if (this.closed || typeof id !== 'number' || typeof replyTo !== 'string' || !TOKEN.test(replyTo)) return
     let reply = { code: '', reason: '' }
+    let result: GroupJoin | null = null
     try {
       assertChannelName(channel)
       if (processTokenOf(channel) !== this.processToken) throw new TypeError('not a channel of this process')
       if (op === 'add') {
         assertGroupName(group)
-        await this.#memberships.add(group, channel)
+        // Checked by the asking process' facade.
+        const join: JoinRequest = {
+          since: since === null ? undefined : reviveObject(since) as unknown as StreamPosition,
+          presence: presence === null ? undefined : reviveObject(presence) as PresenceInfo
+        }
+        result = await this.#memberships.add(group, channel, join, this.policies.of(group))
       } else if (op === 'discardChannel') {
         await this.#memberships.discardChannel(channel)
       } else {
@@ -212,7 +273,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       reply = replyFor(err)
     }
     if (this.closed) return
-    await this.transport.publish({ kind: 'process', token: replyTo }, encodeEnvelope([Envelope.reply, id, reply.code, reply.reason]), 'reply')
+    await this.transport.publish({ kind: 'process', token: replyTo }, encodeEnvelope([Envelope.reply, id, reply.code, reply.reason, result]), 'reply')
       .catch((err: unknown) => this.log.warn({ err }, 'could not answer another process'))
   }
 
@@ -235,7 +296,9 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
 
   #onGroup (group: string, envelope: unknown[]): void {
     if (envelope[0] === Envelope.group) {
-      this.store.fanOut(group, reviveMessage(envelope[1]))
+      const [, message, offset, epoch] = envelope
+      const info: Delivery = typeof offset === 'number' && typeof epoch === 'string' ? { group, offset, epoch } : { group }
+      this.#memberships.deliver(group, reviveMessage(message), info)
     } else if (envelope[0] === Envelope.discard) {
       const channel = envelope[1]
       if (typeof channel !== 'string' || processTokenOf(channel) !== this.processToken) return
@@ -258,10 +321,10 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
         void this.#answer(envelope)
         return
       case Envelope.reply: {
-        const [, id, code, reason] = envelope
+        const [, id, code, reason, result] = envelope
         if (typeof id === 'number') {
           this.#requests.settle(id, typeof code === 'string'
-            ? { code, reason: typeof reason === 'string' ? reason : '' }
+            ? { code, reason: typeof reason === 'string' ? reason : '', result: reviveJoin(result) }
             : { code: 'FST_CHANNELS_REMOTE_FAILED', reason: 'malformed reply' })
         }
       }
@@ -297,4 +360,11 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       this.log.error({ err, event }, 'a channel layer event listener threw')
     }
   }
+}
+
+/** The GroupJoin in an owner's reply (a decoded envelope element). */
+function reviveJoin (value: unknown): GroupJoin | undefined {
+  if (value === null || value === undefined) return undefined
+  const { position, recovered } = reviveObject(value) as Partial<GroupJoin>
+  return { position: position ?? null, recovered: recovered === true }
 }

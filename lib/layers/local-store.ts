@@ -1,14 +1,17 @@
 /**
  * What a channel layer keeps in this process: each channel's queued messages and waiting
  * `receive()` calls (its mailbox), the listener a connection put on its own channel, and the
- * groups with their local members. Synchronous and unvalidated: the layer facade checks names and
- * copies messages before anything reaches the store, and a backend that spans processes calls it
- * for whatever lives here.
+ * groups with their local members (and the presence a membership records). Synchronous and
+ * unvalidated: the layer facade checks names and copies messages before anything reaches the
+ * store, and a backend that spans processes calls it for whatever lives here.
  */
 import { LayerClosedError } from '../errors.js'
 import { Mailbox, Waiter } from './mailbox.js'
-import { cloneMessage } from './message.js'
-import type { ChannelListener, ChannelSink, LayerMessage } from './types.js'
+import { clonePlainObject, cloneMessage } from './message.js'
+import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
+
+/** The `Delivery` of a message sent to the channel itself. */
+export const DIRECT: Delivery = Object.freeze({})
 
 export interface LocalStoreSettings {
   /** Undelivered messages a channel may hold. */
@@ -19,6 +22,8 @@ export interface LocalStoreSettings {
   groupExpiryMs: number
   /** A group member was skipped because its channel was full. */
   skipped: (group: string, channel: string) => void
+  /** A membership that recorded presence ended (left, discarded, expired); not called by flush or close. */
+  presenceLeft?: (group: string, channel: string, info: PresenceInfo) => void
 }
 
 /** Counts of the process-local state, for diagnostics and leak tests; not a stable format. */
@@ -37,6 +42,8 @@ export class LocalStore {
   readonly #groups = new Map<string, Map<string, number>>()
   readonly #channelGroups = new Map<string, Set<string>>()
   readonly #sinks = new Map<string, ChannelSink>()
+  // group → channel → presence info, only for memberships that recorded one.
+  readonly #presence = new Map<string, Map<string, PresenceInfo>>()
 
   constructor (settings: LocalStoreSettings) {
     this.#settings = settings
@@ -44,18 +51,19 @@ export class LocalStore {
 
   /**
    * Hands `message` (owned by the layer, not copied again) to the channel's listener, its
-   * longest-waiting receiver, or its queue. False, delivering nothing, when the channel is full.
+   * longest-waiting receiver, or its queue. False, delivering nothing, when the channel is full;
+   * `force` queues it anyway (a replay is not refused for capacity).
    */
-  deliver (channel: string, message: LayerMessage): boolean {
-    return this.#deliver(channel, message, false)
+  deliver (channel: string, message: LayerMessage, info: Delivery = DIRECT, force = false): boolean {
+    return this.#deliver(channel, message, info, false, force)
   }
 
   /**
    * Fans `message` out to the group's live local members, each its own copy (the last one takes
-   * `message` itself: serialize it before calling); full members are skipped and reported,
-   * expired memberships dropped on the way.
+   * `message` itself: serialize it before calling) and the same read-only `info`; full members are
+   * skipped and reported, expired memberships dropped on the way. Members in `skip` have had it.
    */
-  fanOut (group: string, message: LayerMessage): void {
+  fanOut (group: string, message: LayerMessage, info: Delivery, skip?: ReadonlySet<string>): void {
     const members = this.#groups.get(group)
     if (members === undefined) return
     const now = performance.now()
@@ -67,21 +75,22 @@ export class LocalStore {
         this.#unlink(group, members, channel)
         continue
       }
-      if (!this.#deliver(channel, message, seen !== count)) this.#settings.skipped(group, channel)
+      if (skip !== undefined && skip.has(channel)) continue
+      if (!this.#deliver(channel, message, info, seen !== count, false)) this.#settings.skipped(group, channel)
     }
   }
 
   /** The next message of a channel of this process, FIFO among receivers. */
-  receive (channel: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
+  receive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
     // A caller may have awaited since it checked, and an aborted signal never fires again.
     if (signal?.aborted === true) return Promise.reject(signal.reason)
     let mailbox = this.#mailboxes.get(channel)
     if (mailbox !== undefined) {
       mailbox.dropExpired(performance.now())
-      const message = mailbox.shift()
-      if (message !== undefined) {
+      const received = mailbox.shift()
+      if (received !== undefined) {
         mailbox.releaseIfIdle()
-        return Promise.resolve(message)
+        return Promise.resolve(received)
       }
     } else {
       mailbox = this.#newMailbox(channel)
@@ -115,7 +124,27 @@ export class LocalStore {
     return listener
   }
 
-  addMember (group: string, channel: string): void {
+  /** Whether `channel` is a live member of `group` here. */
+  isMember (group: string, channel: string): boolean {
+    const expiresAt = this.#groups.get(group)?.get(channel)
+    return expiresAt !== undefined && expiresAt > performance.now()
+  }
+
+  /** What the membership recorded as its presence, if anything. */
+  presenceOf (group: string, channel: string): PresenceInfo | undefined {
+    return this.#presence.get(group)?.get(channel)
+  }
+
+  /** Adds or renews a membership; `presence` replaces what it recorded (undefined keeps it). */
+  addMember (group: string, channel: string, presence?: PresenceInfo): void {
+    if (presence !== undefined) {
+      let entries = this.#presence.get(group)
+      if (entries === undefined) {
+        entries = new Map()
+        this.#presence.set(group, entries)
+      }
+      entries.set(channel, presence)
+    }
     let members = this.#groups.get(group)
     if (members === undefined) {
       members = new Map()
@@ -143,6 +172,20 @@ export class LocalStore {
     return this.#groups.get(group)
   }
 
+  /** The presence entries of the group's local members (copies), in join order. */
+  presence (group: string): Array<{ channel: string, info: PresenceInfo }> {
+    const entries = this.#presence.get(group)
+    if (entries === undefined) return []
+    const members = this.#groups.get(group)
+    const now = performance.now()
+    const out: Array<{ channel: string, info: PresenceInfo }> = []
+    for (const [channel, info] of entries) {
+      const expiresAt = members?.get(channel)
+      if (expiresAt !== undefined && expiresAt > now) out.push({ channel, info: clonePlainObject(info) })
+    }
+    return out
+  }
+
   /** The groups a channel of this process is a member of (a read-only view), or undefined. */
   groupsOf (channel: string): ReadonlySet<string> | undefined {
     return this.#channelGroups.get(channel)
@@ -163,6 +206,7 @@ export class LocalStore {
       if (members === undefined) continue
       members.delete(channel)
       if (members.size === 0) this.#groups.delete(group)
+      this.#leavePresence(group, channel)
     }
   }
 
@@ -174,6 +218,7 @@ export class LocalStore {
     }
     this.#groups.clear()
     this.#channelGroups.clear()
+    this.#presence.clear()
   }
 
   /** Rejects waiting receivers with LayerClosedError, tells listeners, and forgets everything. */
@@ -186,6 +231,7 @@ export class LocalStore {
     this.#mailboxes.clear()
     this.#groups.clear()
     this.#channelGroups.clear()
+    this.#presence.clear()
     const sinks = [...this.#sinks.values()]
     this.#sinks.clear()
     for (const sink of sinks) sink.layerClosed(new LayerClosedError())
@@ -222,12 +268,12 @@ export class LocalStore {
   }
 
   // `copy` clones only once the channel is known to accept, so skipping a full member costs nothing.
-  #deliver (channel: string, message: LayerMessage, copy: boolean): boolean {
+  #deliver (channel: string, message: LayerMessage, info: Delivery, copy: boolean, force: boolean): boolean {
     let mailbox = this.#mailboxes.get(channel)
     const sink = this.#sinks.get(channel)
     // Straight to the listener, unless older messages still wait for it (order is kept).
     if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0)) {
-      sink.push(copy ? cloneMessage(message) : message)
+      sink.push(copy ? cloneMessage(message) : message, info)
       return true
     }
     const now = performance.now()
@@ -236,14 +282,14 @@ export class LocalStore {
     } else {
       const waiter = mailbox.takeWaiter()
       if (waiter !== null) {
-        waiter.resolve(copy ? cloneMessage(message) : message)
+        waiter.resolve({ message: copy ? cloneMessage(message) : message, info })
         mailbox.releaseIfIdle()
         return true
       }
       mailbox.dropExpired(now)
-      if (mailbox.size >= this.#settings.capacity) return false
+      if (mailbox.size >= this.#settings.capacity && !force) return false
     }
-    mailbox.push(copy ? cloneMessage(message) : message, now + this.#settings.expiryMs)
+    mailbox.push(copy ? cloneMessage(message) : message, info, now + this.#settings.expiryMs)
     return true
   }
 
@@ -252,9 +298,9 @@ export class LocalStore {
     if (mailbox === undefined) return
     mailbox.dropExpired(performance.now())
     while (sink.accepting && this.#sinks.get(channel) === sink) {
-      const message = mailbox.shift()
-      if (message === undefined) break
-      sink.push(message)
+      const received = mailbox.shift()
+      if (received === undefined) break
+      sink.push(received.message, received.info)
     }
     mailbox.releaseIfIdle()
   }
@@ -262,9 +308,19 @@ export class LocalStore {
   #unlink (group: string, members: Map<string, number>, channel: string): void {
     if (!members.delete(channel)) return
     if (members.size === 0) this.#groups.delete(group)
+    this.#leavePresence(group, channel)
     const groups = this.#channelGroups.get(channel)
     if (groups === undefined) return
     groups.delete(group)
     if (groups.size === 0) this.#channelGroups.delete(channel)
+  }
+
+  #leavePresence (group: string, channel: string): void {
+    const entries = this.#presence.get(group)
+    const info = entries?.get(channel)
+    if (entries === undefined || info === undefined) return
+    entries.delete(channel)
+    if (entries.size === 0) this.#presence.delete(group)
+    this.#settings.presenceLeft?.(group, channel, info)
   }
 }

@@ -29,8 +29,8 @@ t.test('a message goes to the listener, else the longest-waiting receiver, else 
   t.ok(s.hasReceivers('a!1'))
   t.ok(s.deliver('a!1', { type: 'one' }))
   t.ok(s.deliver('a!1', { type: 'two' }))
-  t.same(await first, { type: 'one' }, 'FIFO among receivers')
-  t.same(await second, { type: 'two' })
+  t.same(await first, { message: { type: 'one' }, info: {} }, 'FIFO among receivers')
+  t.same(await second, { message: { type: 'two' }, info: {} })
   t.notOk(s.hasReceivers('a!1'))
 
   t.ok(s.deliver('a!1', { type: 'queued' }))
@@ -63,9 +63,9 @@ t.test('fan-out gives each member its own copy and skips the full ones', async t
   for (const channel of ['g!1', 'g!2', 'g!3']) s.addMember('room', channel)
   s.deliver('g!2', { type: 'filler' })
   const message = { type: 'hello', nested: { n: 1 } }
-  s.fanOut('room', message)
+  s.fanOut('room', message, { group: 'room' })
   t.same(skipped, ['room/g!2'], 'the full member is reported')
-  const [one, three] = [await s.receive('g!1', undefined), await s.receive('g!3', undefined)]
+  const [one, three] = [(await s.receive('g!1', undefined)).message, (await s.receive('g!3', undefined)).message]
   t.same(one, message)
   t.same(three, message)
   t.not(one, three, 'two members never share an object')
@@ -80,7 +80,7 @@ t.test('expired messages and memberships are dropped; sweep frees what is left e
   s.addMember('room', 'e!2')
   t.same(s.inspect(), { channels: 1, groups: 1, memberships: 1 })
   await sleep(40)
-  s.fanOut('room', { type: 'late' })
+  s.fanOut('room', { type: 'late' }, { group: 'room' })
   t.equal(s.members('room'), undefined, 'an expired member is dropped on the way')
   s.sweep()
   t.same(s.inspect(), { channels: 0, groups: 0, memberships: 0 })

@@ -3,33 +3,63 @@
  * local members, this process subscribes to the group's route and fans its messages out locally;
  * each membership is also recorded in the backend on a lease this process renews every third of
  * it, so a process that dies leaves nothing behind for longer than the lease.
+ *
+ * A join that records presence or joins a group with history is one backend call that also reads
+ * what a returning member missed, and the group's position then. Until it answers, the group's
+ * live messages for that channel are held back; then come the missed ones, followed by the held
+ * ones the read did not include (offset above the position). Live copies of what the read
+ * included may still be on their way (pub/sub and commands travel on different connections):
+ * until the live stream reaches the position, the new member does not get them again. So
+ * nothing is missed and nothing comes twice.
  */
 import type { LocalStore } from '../local-store.js'
-import type { LayerLogger } from '../types.js'
+import type { Policy } from '../policies.js'
+import type { JoinRequest } from '../base.js'
+import { cloneMessage } from '../message.js'
+import { decodeEnvelope, encodeValue, reviveMessage } from '../codec.js'
+import type { Delivery, GroupJoin, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
 import { ttl, withTimeout } from '../deadline.js'
-import type { Route, Transport } from './transport.js'
+import type { HistoryKeeping, Route, StoredPayload, StoredPresence, Transport } from './transport.js'
 
 const RENEW_MIN_MS = 50
+/** Dead processes' presence entries are looked for this often (at most). */
+const REAP_MS = 5000
+
+export const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
 
 export interface MembershipSettings {
   store: LocalStore
   transport: Transport
   /** Milliseconds a record outlives its process at most. */
   leaseMs: number
+  /** How long a group's position outlives its last use, at least (the layer's groupExpiry). */
+  groupExpiryMs: number
   log: () => LayerLogger
   /** Routes every member's process must hear (its inbox, the broadcast route). */
   processRoutes: readonly Route[]
+  /** Whether the group announces presence entries that come and go. */
+  presenceEvents: (group: string) => boolean
+  /** A presence entry came or went: tell the group. */
+  announce: (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: Buffer) => Promise<void>
+}
+
+interface Held {
+  message: LayerMessage
+  info: Delivery
 }
 
 export class Memberships {
   readonly #store: LocalStore
   readonly #transport: Transport
+  readonly #settings: MembershipSettings
   readonly #leaseMs: number
-  readonly #log: () => LayerLogger
-  readonly #processRoutes: readonly Route[]
-  /** Groups whose route this process subscribes: those with local members. */
+  /** Groups whose route this process subscribes: those with local members (or joining ones). */
   readonly #groups = new Set<string>()
-  readonly #renewer: NodeJS.Timeout
+  /** group → channel → live messages held back while that channel's join reads what it missed. */
+  readonly #joining = new Map<string, Map<string, Held[]>>()
+  /** group → channel → the position its join read up to, until the live stream gets there. */
+  readonly #floors = new Map<string, Map<string, StreamPosition>>()
+  readonly #timers: NodeJS.Timeout[]
   #renewal: Promise<void> = Promise.resolve()
   #renewalQueued = false
   #closed = false
@@ -37,44 +67,45 @@ export class Memberships {
   constructor (settings: MembershipSettings) {
     this.#store = settings.store
     this.#transport = settings.transport
+    this.#settings = settings
     this.#leaseMs = settings.leaseMs
-    this.#log = settings.log
-    this.#processRoutes = settings.processRoutes
     // Held weakly: a layer dropped without close() can still be collected.
     const ref = new WeakRef(this)
-    const renewer: NodeJS.Timeout = setInterval(() => {
-      const alive = ref.deref()
-      if (alive === undefined) clearInterval(renewer)
-      else void alive.renew(false)
-    }, Math.max(this.#leaseMs / 3, RENEW_MIN_MS)).unref()
-    this.#renewer = renewer
+    const every = (ms: number, run: (alive: Memberships) => void): NodeJS.Timeout => {
+      const timer: NodeJS.Timeout = setInterval(() => {
+        const alive = ref.deref()
+        if (alive === undefined) clearInterval(timer)
+        else run(alive)
+      }, ms).unref()
+      return timer
+    }
+    this.#timers = [
+      every(Math.max(this.#leaseMs / 3, RENEW_MIN_MS), alive => { void alive.renew(false) }),
+      every(Math.max(Math.min(REAP_MS, this.#leaseMs), RENEW_MIN_MS), alive => { void alive.#reap() })
+    ]
   }
 
-  /** Joins locally, subscribes the group's route and records the lease; undone when that fails. */
-  async add (group: string, channel: string): Promise<void> {
-    const existed = this.#store.members(group)?.has(channel) === true
-    this.#store.addMember(group, channel)
-    this.#groups.add(group)
-    const what = `groupAdd ${group}`
-    const transport = this.#transport
-    try {
-      await Promise.all([
-        withTimeout(Promise.all([this.subscribeProcess(), transport.subscribe({ kind: 'group', group })]), transport.timeout, what),
-        transport.recordMembers(group, [[channel, ttl(this.#leaseMs)]], what)
-      ])
-    } catch (err) {
-      if (!existed && !this.#closed) {
-        this.#store.removeMember(group, channel)
-        this.releaseIfEmpty(group)
-      }
-      throw err
+  /** Joins `channel` to `group`; see the file comment for joins with presence or history. */
+  async add (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    if (policy?.history === undefined && join.presence === undefined) {
+      await this.#addPlain(group, channel)
+      return NO_JOIN
     }
+    return await this.#addRecorded(group, channel, join, policy)
+  }
+
+  /** A group message from the group's route: to the local members, and held for joining ones. */
+  deliver (group: string, message: LayerMessage, info: Delivery): void {
+    const joining = this.#joining.get(group)
+    if (joining !== undefined) for (const held of joining.values()) held.push({ message: cloneMessage(message), info })
+    const floors = this.#floors.get(group)
+    this.#store.fanOut(group, message, info, floors === undefined ? undefined : this.#passFloors(group, floors, info))
   }
 
   async remove (group: string, channel: string): Promise<void> {
     this.#store.removeMember(group, channel)
     this.releaseIfEmpty(group)
-    await this.#transport.removeMembers(group, [channel], `groupDiscard ${group}`)
+    await this.announceGone(group, await this.#transport.removeMembers(group, [channel], `groupDiscard ${group}`))
   }
 
   async discardChannel (channel: string): Promise<void> {
@@ -83,23 +114,36 @@ export class Memberships {
     if (groups.length === 0) return
     for (const group of groups) this.releaseIfEmpty(group)
     const what = `discardChannel ${channel}`
-    await Promise.all(groups.map(group => this.#transport.removeMembers(group, [channel], what)))
+    await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.removeMembers(group, [channel], what))))
+  }
+
+  /** Announces removed presence entries to a group that wants to hear of them; a failure is logged. */
+  async announceGone (group: string, removed: StoredPresence[]): Promise<void> {
+    if (removed.length === 0 || !this.#settings.presenceEvents(group)) return
+    try {
+      await Promise.all(removed.map(([channel, info]) => this.#settings.announce(group, 'presence.leave', channel, info)))
+    } catch (err) {
+      this.#settings.log().warn({ err, group }, 'could not announce a presence leave')
+    }
   }
 
   /** Subscribes this process' own routes (once; resolves when confirmed). */
   subscribeProcess (): Promise<unknown> {
-    return Promise.all(this.#processRoutes.map(route => this.#transport.subscribe(route)))
+    return Promise.all(this.#settings.processRoutes.map(route => this.#transport.subscribe(route)))
   }
 
   /** Unsubscribes from a group once its last local member is gone. */
   releaseIfEmpty (group: string): void {
-    if (this.#store.members(group) !== undefined || !this.#groups.delete(group)) return
+    if (this.#store.members(group) !== undefined || this.#joining.has(group) || !this.#groups.delete(group)) return
+    this.#floors.delete(group)
     this.#transport.unsubscribe({ kind: 'group', group })
   }
 
   /** Forgets every local membership (a flush): nothing to renew, no group to hear. */
   forgetAll (): void {
     this.#store.flush()
+    this.#joining.clear()
+    this.#floors.clear()
     for (const group of this.#groups) this.#transport.unsubscribe({ kind: 'group', group })
     this.#groups.clear()
   }
@@ -121,13 +165,143 @@ export class Memberships {
     this.#renewal = this.#renewal.then(() => {
       this.#renewalQueued = false
       return this.#renewNow()
-    }).catch((err: unknown) => this.#log().error({ err }, 'membership renewal failed'))
+    }).catch((err: unknown) => this.#settings.log().error({ err }, 'membership renewal failed'))
     return this.#renewal
   }
 
   close (): void {
     this.#closed = true
-    clearInterval(this.#renewer)
+    for (const timer of this.#timers) clearInterval(timer)
+  }
+
+  async #addPlain (group: string, channel: string): Promise<void> {
+    const existed = this.#store.members(group)?.has(channel) === true
+    this.#store.addMember(group, channel)
+    this.#groups.add(group)
+    const what = `groupAdd ${group}`
+    try {
+      await Promise.all([
+        this.#subscribe(group, what),
+        this.#transport.recordMembers(group, [[channel, ttl(this.#leaseMs)]], what)
+      ])
+    } catch (err) {
+      if (!existed && !this.#closed) {
+        this.#store.removeMember(group, channel)
+        this.releaseIfEmpty(group)
+      }
+      throw err
+    }
+  }
+
+  async #addRecorded (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    const store = this.#store
+    const history = policy?.history
+    const rejoin = store.isMember(group, channel)
+    const held: Held[] | undefined = rejoin ? undefined : []
+    if (held !== undefined) this.#hold(group, channel, held)
+    this.#groups.add(group)
+    const what = `groupAdd ${group}`
+    try {
+      await this.#subscribe(group, what)
+      const keeping: HistoryKeeping | undefined = history === undefined
+        ? undefined
+        : { size: history.size, ttlMs: history.ttlMs, idleMs: Math.max(history.ttlMs, this.#settings.groupExpiryMs) }
+      const presence = join.presence === undefined ? undefined : encodeValue(join.presence)
+      const result = await this.#transport.join(group, {
+        channel,
+        leaseMs: ttl(this.#leaseMs),
+        presence,
+        history: keeping === undefined ? undefined : { ...keeping, since: join.since }
+      }, what)
+      // Synchronous from here: nothing the group publishes can come between the catch-up and the join.
+      const { position } = result
+      const since = join.since
+      let recovered: boolean
+      if (held !== undefined) {
+        this.#release(group, channel)
+        recovered = since !== undefined && position !== null && complete(since, position, result.missed)
+        if (recovered && position !== null) this.#replay(group, channel, position.epoch, result.missed)
+        // Replays and held messages are one catch-up: neither is refused for capacity.
+        const top = position?.offset ?? 0
+        let reached = 0
+        for (const { message, info } of held) {
+          const offset = info.offset ?? 0
+          if (offset > reached) reached = offset
+          if (info.offset === undefined || offset > top) store.deliver(channel, message, info, true)
+        }
+        if (position !== null && reached < top) this.#setFloor(group, channel, position)
+      } else {
+        // A member all along: it has had everything since it joined.
+        recovered = since !== undefined && position !== null && since.epoch === position.epoch && since.offset <= position.offset
+      }
+      store.addMember(group, channel)
+      if (presence !== undefined && result.presenceChanged && policy?.presenceEvents === true) {
+        await this.#settings.announce(group, 'presence.join', channel, presence)
+          .catch((err: unknown) => this.#settings.log().warn({ err, group }, 'could not announce a presence join'))
+      }
+      return { position, recovered }
+    } catch (err) {
+      if (held !== undefined) this.#release(group, channel)
+      if (!rejoin && !this.#closed) this.releaseIfEmpty(group)
+      throw err
+    }
+  }
+
+  #subscribe (group: string, what: string): Promise<unknown> {
+    return withTimeout(Promise.all([this.subscribeProcess(), this.#transport.subscribe({ kind: 'group', group })]), this.#transport.timeout, what)
+  }
+
+  #hold (group: string, channel: string, held: Held[]): void {
+    let joining = this.#joining.get(group)
+    if (joining === undefined) {
+      joining = new Map()
+      this.#joining.set(group, joining)
+    }
+    joining.set(channel, held)
+  }
+
+  #release (group: string, channel: string): void {
+    const joining = this.#joining.get(group)
+    if (joining === undefined) return
+    joining.delete(channel)
+    if (joining.size === 0) this.#joining.delete(group)
+  }
+
+  #setFloor (group: string, channel: string, position: StreamPosition): void {
+    let floors = this.#floors.get(group)
+    if (floors === undefined) {
+      floors = new Map()
+      this.#floors.set(group, floors)
+    }
+    floors.set(channel, position)
+  }
+
+  /** The members that already have this live message; floors the stream has reached are lifted. */
+  #passFloors (group: string, floors: Map<string, StreamPosition>, info: Delivery): Set<string> | undefined {
+    let skip: Set<string> | undefined
+    for (const [channel, floor] of floors) {
+      if (info.epoch !== floor.epoch || info.offset === undefined) {
+        floors.delete(channel)
+        continue
+      }
+      if (info.offset <= floor.offset) (skip ??= new Set()).add(channel)
+      if (info.offset >= floor.offset) floors.delete(channel)
+    }
+    if (floors.size === 0) this.#floors.delete(group)
+    return skip
+  }
+
+  #replay (group: string, channel: string, epoch: string, missed: StoredPayload[]): void {
+    for (const [offset, payload] of missed) {
+      let message: LayerMessage
+      try {
+        message = reviveMessage(decodeEnvelope(payload)?.[1])
+      } catch (err) {
+        this.#settings.log().warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
+        continue
+      }
+      this.#store.deliver(channel, message, { group, offset, epoch }, true)
+    }
   }
 
   async #renewNow (): Promise<void> {
@@ -146,7 +320,25 @@ export class Memberships {
     try {
       await Promise.all(work.map(([group, members]) => this.#transport.recordMembers(group, members, 'renew memberships')))
     } catch (err) {
-      this.#log().warn({ err }, 'could not renew group memberships; retrying')
+      this.#settings.log().warn({ err }, 'could not renew group memberships; retrying')
     }
   }
+
+  /** Finds the presence entries of processes that died, in groups that announce presence. */
+  async #reap (): Promise<void> {
+    if (this.#closed || !this.#transport.up) return
+    const groups = [...this.#groups].filter(group => this.#settings.presenceEvents(group))
+    try {
+      await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.reapPresence(group, 'reap presence'))))
+    } catch (err) {
+      this.#settings.log().warn({ err }, 'could not look for the presence of processes that died; retrying')
+    }
+  }
+}
+
+/** Whether `missed` holds every message after `since` up to `position`. */
+function complete (since: StreamPosition, position: StreamPosition, missed: StoredPayload[]): boolean {
+  if (since.epoch !== position.epoch || since.offset > position.offset) return false
+  if (since.offset === position.offset) return true
+  return missed.length > 0 && missed[0][0] === since.offset + 1 && missed[missed.length - 1][0] === position.offset
 }

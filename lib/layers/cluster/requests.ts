@@ -11,6 +11,8 @@ export interface Reply {
   /** '' when the request succeeded, else the `code` of the error the owner met. */
   code: string
   reason: string
+  /** What the request produced (a GroupJoin for 'add'). */
+  result?: unknown
 }
 
 const CLOSED: Reply = { code: 'FST_CHANNELS_LAYER_CLOSED', reason: 'the layer closed' }

@@ -4,7 +4,7 @@
  * backend does is one of these; everything processes say to each other is the protocol's.
  */
 import type { LocalStore } from '../local-store.js'
-import type { LayerLogger, LayerMessage } from '../types.js'
+import type { Delivery, LayerLogger, LayerMessage, Received, StreamPosition } from '../types.js'
 
 /** Where a payload is published, and where an incoming one came from. */
 export type Route =
@@ -19,15 +19,15 @@ export interface SharedQueues {
   /** Queues being read for waiting receivers of this process: for leak checks. */
   readonly readers: number
   /** Appends to the queue; false when it holds `capacity` messages already. */
-  push (channel: string, message: LayerMessage, what: string): Promise<boolean>
+  push (channel: string, message: LayerMessage, what: string, info?: Delivery): Promise<boolean>
   /** The next message, taken by exactly one receiver of all processes. */
-  receive (channel: string, signal: AbortSignal | undefined): Promise<LayerMessage>
+  receive (channel: string, signal: AbortSignal | undefined): Promise<Received>
   addMember (group: string, channel: string): Promise<void>
   removeMember (group: string, channel: string): Promise<void>
   /** Empties the queue and leaves every group. */
   discard (channel: string): Promise<void>
   /** A group message for the group's named members: each gets it unless its queue is full (reported). */
-  fill (group: string, members: readonly string[], message: LayerMessage, what: string): Promise<void>
+  fill (group: string, members: readonly string[], message: LayerMessage, what: string, info: Delivery): Promise<void>
   close (): void
 }
 
@@ -49,6 +49,37 @@ export interface ClusterContext {
   stateChanged (): void
 }
 
+/** What a group with history keeps: `idleMs` is how long its position outlives its last use. */
+export interface HistoryKeeping {
+  size: number
+  ttlMs: number
+  idleMs: number
+}
+
+/** A membership that records presence or joins a group with history, in one step. */
+export interface JoinRecord {
+  channel: string
+  leaseMs: number
+  /** The presence info, encoded. */
+  presence?: Buffer
+  history?: HistoryKeeping & { since?: StreamPosition }
+}
+
+/** A stored group payload and its offset. */
+export type StoredPayload = readonly [offset: number, payload: Buffer]
+
+export interface JoinResult {
+  /** The presence entry is new or its info changed. */
+  presenceChanged: boolean
+  /** The group's latest position (null without history). */
+  position: StreamPosition | null
+  /** What was published after `since`, when `since` is in the current epoch: oldest first. */
+  missed: StoredPayload[]
+}
+
+/** A presence entry with its info encoded. */
+export type StoredPresence = readonly [channel: string, info: Buffer]
+
 export interface Transport {
   /** Milliseconds any call may wait for an unreachable backend before it rejects. */
   readonly timeout: number
@@ -64,13 +95,26 @@ export interface Transport {
   publish (route: Route, payload: Buffer, what: string): Promise<number>
   /**
    * Publishes a group message and, in the same round trip, reads the group's live named members
-   * (who must get the message in their queues).
+   * (who must get the message in their queues). With `history`, the message takes the group's
+   * next offset and is kept; the payload is published with its position appended (see codec.ts).
    */
-  publishToGroup (group: string, payload: Buffer, what: string): Promise<string[]>
-  /** Records (or renews) memberships of this process' channels for `ttlMs` each. */
+  publishToGroup (group: string, payload: Buffer, what: string, history?: HistoryKeeping): Promise<{ named: string[], position?: StreamPosition }>
+  /** Records (or renews) memberships of this process' channels for `ttlMs` each, with their presence. */
   recordMembers (group: string, members: ReadonlyArray<readonly [channel: string, ttlMs: number]>, what: string): Promise<void>
-  /** Removes membership records; with `notice`, publishes it on the group's route in the same round trip. */
-  removeMembers (group: string, channels: readonly string[], what: string, notice?: Buffer): Promise<void>
+  /** Records a membership with presence or history, reading what a returning member missed. */
+  join (group: string, record: JoinRecord, what: string): Promise<JoinResult>
+  /**
+   * Removes membership records and their presence entries, returning those; with `notice`,
+   * publishes it on the group's route in the same round trip.
+   */
+  removeMembers (group: string, channels: readonly string[], what: string, notice?: Buffer): Promise<StoredPresence[]>
+  /** The kept payloads: after `since` (oldest first) when it is in this epoch, else the latest `limit`. */
+  readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string):
+  Promise<{ position: StreamPosition, stored: StoredPayload[] }>
+  /** The live presence entries of the group, across processes. */
+  presence (group: string, what: string): Promise<StoredPresence[]>
+  /** Removes presence entries whose membership ended without a word; each comes back to one caller only. */
+  reapPresence (group: string, what: string): Promise<StoredPresence[]>
   /** Deletes everything the layer keeps in the backend (its own prefix only). */
   deleteAll (what: string): Promise<void>
   close (): void

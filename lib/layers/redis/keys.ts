@@ -9,6 +9,9 @@
  *   P:cg:{channel}   set      groups a named channel belongs to
  *   P:p:{token}      pub/sub  a process' inbox: direct messages, requests and replies
  *   P:x              pub/sub  the broadcast route (flush)
+ *   P:h:{group}      hash     a group's epoch and latest offset (group-scripts.ts)
+ *   P:s:{group}      stream   a group's history
+ *   P:pi:{group}     hash     presence info of the group's memberships
  *
  * Names cannot contain braces (the naming rules forbid them), so the tag is always the whole name.
  */
@@ -36,6 +39,9 @@ export class RedisKeys {
   queue (channel: string): string { return `${this.prefix}:q:{${channel}}` }
   channelGroups (channel: string): string { return `${this.prefix}:cg:{${channel}}` }
   inbox (token: string): string { return `${this.#inboxPrefix}${token}}` }
+  meta (group: string): string { return `${this.prefix}:h:{${group}}` }
+  stream (group: string): string { return `${this.prefix}:s:{${group}}` }
+  presence (group: string): string { return `${this.prefix}:pi:{${group}}` }
 
   /** The pub/sub channel of a route. */
   channelOf (route: Route): string {

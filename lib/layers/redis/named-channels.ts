@@ -10,9 +10,10 @@
  * in Redis only and the process that calls groupSend fills the queue.
  */
 import { LayerTimeoutError } from '../../errors.js'
-import type { LayerMessage } from '../types.js'
+import type { Delivery, LayerMessage, Received } from '../types.js'
 import { ttl, withDeadline } from '../deadline.js'
-import { decodeMessage, encodeMessage } from '../cluster/codec.js'
+import { decodeDelivery, encodeDelivery } from '../codec.js'
+import { DIRECT } from '../local-store.js'
 import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
 import { DEADLINE_WIDTH, queuePush, queuePushBack, recordMembers, runScript, type ServerClock } from './scripts.js'
 import type { Client, RedisConnections } from './connections.js'
@@ -30,8 +31,8 @@ function queueDeadline (element: Buffer): number {
   return Number(element.toString('latin1', 0, DEADLINE_WIDTH))
 }
 
-function decodeQueueElement (element: Buffer): LayerMessage {
-  return decodeMessage(element.subarray(DEADLINE_WIDTH))
+function decodeQueueElement (element: Buffer): Received {
+  return decodeDelivery(element.subarray(DEADLINE_WIDTH))
 }
 
 export class NamedChannels implements SharedQueues {
@@ -54,14 +55,14 @@ export class NamedChannels implements SharedQueues {
     return this.#readers.size
   }
 
-  receive (channel: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
+  receive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
     return this.#readers.receive(channel, this.#keys.queue(channel), signal)
   }
 
   /** Appends to the queue; false when it holds `capacity` messages already. */
-  async push (channel: string, message: LayerMessage, what: string): Promise<boolean> {
+  async push (channel: string, message: LayerMessage, what: string, info: Delivery = DIRECT): Promise<boolean> {
     const { capacity, expiryMs } = this.#layer
-    const payload = encodeMessage(message)
+    const payload = encodeDelivery(message, info)
     const reply = await this.#connections.run(what, client =>
       runScript(client, queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number, number]
     this.#clock.observe(reply[1])
@@ -69,8 +70,8 @@ export class NamedChannels implements SharedQueues {
   }
 
   /** groupSend's part for the group's live named members. */
-  async fill (group: string, members: readonly string[], message: LayerMessage, what: string): Promise<void> {
-    await Promise.all(members.map(channel => this.push(channel, message, what).then(accepted => {
+  async fill (group: string, members: readonly string[], message: LayerMessage, what: string, info: Delivery): Promise<void> {
+    await Promise.all(members.map(channel => this.push(channel, message, what, info).then(accepted => {
       if (!accepted) this.#layer.skipped(group, channel)
     })))
   }
@@ -137,7 +138,7 @@ class QueueReaders {
     return this.#readers.size
   }
 
-  receive (channel: string, key: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
+  receive (channel: string, key: string, signal: AbortSignal | undefined): Promise<Received> {
     let reader = this.#readers.get(channel)
     if (reader === undefined) {
       reader = new Reader(channel, key)
@@ -228,14 +229,14 @@ class QueueReaders {
     const deadline = queueDeadline(element)
     if (!(deadline > this.#clock.now())) return // expired on the way, or not ours
     if (this.#layer.store.hasReceivers(channel)) {
-      let message: LayerMessage
+      let received: Received
       try {
-        message = decodeQueueElement(element)
+        received = decodeQueueElement(element)
       } catch (err) {
         this.#layer.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
         return
       }
-      this.#layer.store.deliver(channel, message)
+      this.#layer.store.deliver(channel, received.message, received.info)
       return
     }
     // Everyone who waited here left while the pop was in flight: give it back to the others.

@@ -32,7 +32,8 @@ export interface Script {
   readonly keys: number
 }
 
-function script (keys: number, body: string): Script {
+/** A script whose body may use `now`, the server time in ms. */
+export function script (keys: number, body: string): Script {
   const lua = `local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n${body}`
   return { lua, sha: createHash('sha1').update(lua).digest('hex'), keys }
 }
@@ -69,33 +70,65 @@ return 1
 `)
 
 /**
+ * Lua that records memberships in the sorted set KEYS[1] from `pairs` (a Lua table of channel,
+ * ms to live), forgets expired members and lets the key expire with its last member; `last` is
+ * then that member's deadline (or nil), for keys that live as long.
+ */
+export function recordMembersLua (pairs: string): string {
+  return `
+local members = ${pairs}
+for i = 1, #members, 2 do
+  redis.call('ZADD', KEYS[1], now + tonumber(members[i + 1]), members[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+if last then redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last))) end
+`
+}
+
+/**
  * Records memberships. KEYS[1] a group's member set; ARGV pairs of (channel, ms to live).
- * Forgets expired members and lets the key expire with its last member: nothing outlives its use.
  * Returns the server time.
  */
-export const recordMembers = script(1, `
-local key = KEYS[1]
-for i = 1, #ARGV, 2 do
-  redis.call('ZADD', key, now + tonumber(ARGV[i + 1]), ARGV[i])
-end
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-if last[2] then redis.call('PEXPIREAT', key, math.ceil(tonumber(last[2]))) end
+export const recordMembers = script(1, `${recordMembersLua('ARGV')}
 return now
 `)
 
 
+type ScriptArgs = Array<string | number | Buffer>
+
+/** ioredis has the Buffer-replying forms of EVAL/EVALSHA at run time, but does not declare them. */
+interface BinaryScripting<R> {
+  evalshaBuffer (sha: string, keys: number, ...args: ScriptArgs): R
+  evalBuffer (lua: string, keys: number, ...args: ScriptArgs): R
+}
+
+/** Adds a binary EVALSHA of `s` to a pipeline (check its reply with `lostScript`). */
+export function queueScript<P> (pipeline: P, s: Script, keys: readonly string[], args: readonly string[]): P {
+  return (pipeline as unknown as BinaryScripting<P>).evalshaBuffer(s.sha, s.keys, ...keys, ...args)
+}
 
 function isNoScript (err: unknown): boolean {
   return err instanceof Error && err.message.startsWith('NOSCRIPT')
 }
 
-/** EVALSHA, falling back to EVAL once when Redis lost its script cache (a restart, a new node). */
-export async function runScript (client: Client, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>): Promise<unknown> {
+/**
+ * EVALSHA, falling back to EVAL once when Redis lost its script cache (a restart, a new node).
+ * With `binary`, strings in the reply come as Buffers (payloads are msgpack, not text).
+ */
+export async function runScript (client: Client, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>,
+  binary = false): Promise<unknown> {
+  const all = [...keys, ...args]
+  const buffers = client as unknown as BinaryScripting<Promise<unknown>>
   try {
-    return await client.evalsha(s.sha, s.keys, ...keys, ...args)
+    return binary ? await buffers.evalshaBuffer(s.sha, s.keys, ...all) : await client.evalsha(s.sha, s.keys, ...all)
   } catch (err) {
     if (!isNoScript(err)) throw err
-    return await client.eval(s.lua, s.keys, ...keys, ...args)
+    return binary ? await buffers.evalBuffer(s.lua, s.keys, ...all) : await client.eval(s.lua, s.keys, ...all)
   }
+}
+
+/** Whether a pipeline's reply is Redis saying it lost the script (run it again with `runScript`). */
+export function lostScript (reply: [Error | null, unknown] | undefined): boolean {
+  return reply !== undefined && isNoScript(reply[0])
 }

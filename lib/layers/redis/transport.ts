@@ -3,12 +3,17 @@
  * Redis Cluster), membership records are sorted sets scored by their lease deadline, and named
  * channels are lists (named-channels.ts). Keys are listed in keys.ts.
  */
-import type { ClusterContext, Route, SharedQueues, Transport } from '../cluster/transport.js'
+import type {
+  ClusterContext, HistoryKeeping, JoinRecord, JoinResult, Route, SharedQueues, StoredPayload, StoredPresence, Transport
+} from '../cluster/transport.js'
+import type { StreamPosition } from '../types.js'
+import { newEpoch } from '../history.js'
 import { RedisConnections, type Client } from './connections.js'
 import { Subscriber } from './subscriber.js'
 import { NamedChannels } from './named-channels.js'
 import { RedisKeys } from './keys.js'
-import { ServerClock, recordMembers, runScript } from './scripts.js'
+import { ServerClock, lostScript, queueScript, runScript } from './scripts.js'
+import { joinGroup, publishWithHistory, reapPresence, readHistory, readPresence, removeMembers, renewMembers } from './group-scripts.js'
 import type { RedisChannelLayerOptions } from './options.js'
 import { RedisPipelineError } from '../../errors.js'
 
@@ -65,32 +70,83 @@ export class RedisTransport implements Transport {
     return this.#connections.run(what, client => this.#publish(client, this.#keys.channelOf(route), payload))
   }
 
-  publishToGroup (group: string, payload: Buffer, what: string): Promise<string[]> {
+  publishToGroup (group: string, payload: Buffer, what: string, history?: HistoryKeeping): Promise<{ named: string[], position?: StreamPosition }> {
+    const keys = this.#keys
+    if (history !== undefined) {
+      return this.#connections.run(what, async client => {
+        const [offset, epoch, named] = await runScript(client, publishWithHistory,
+          [keys.meta(group), keys.stream(group), keys.groupChannel(group), keys.namedMembers(group)],
+          [payload, history.size, history.ttlMs, history.idleMs, newEpoch(), this.#connections.cluster ? '1' : '0'], true) as [number, Buffer, Buffer[]]
+        return { named: named.map(String), position: { offset, epoch: epoch.toString() } }
+      })
+    }
     return this.#connections.run(what, async client => {
       const pipeline = client.pipeline()
-      this.#queuePublish(pipeline, this.#keys.groupChannel(group), payload)
-      pipeline.zrange(this.#keys.namedMembers(group), '0', '-1', 'WITHSCORES')
-      const named = throwFirst(await pipeline.exec())[1] as string[]
+      this.#queuePublish(pipeline, keys.groupChannel(group), payload)
+      pipeline.zrange(keys.namedMembers(group), '0', '-1', 'WITHSCORES')
+      const members = throwFirst(await pipeline.exec())[1] as string[]
       const now = this.#clock.now()
-      const live: string[] = []
-      for (let i = 0; i + 1 < named.length; i += 2) if (Number(named[i + 1]) > now) live.push(named[i])
-      return live
+      const named: string[] = []
+      for (let i = 0; i + 1 < members.length; i += 2) if (Number(members[i + 1]) > now) named.push(members[i])
+      return { named }
     })
   }
 
   async recordMembers (group: string, members: ReadonlyArray<readonly [string, number]>, what: string): Promise<void> {
     const pairs = members.flat()
     this.#clock.observe(await this.#connections.run(what, client =>
-      runScript(client, recordMembers, [this.#keys.members(group)], pairs)))
+      runScript(client, renewMembers, [this.#keys.members(group), this.#keys.presence(group)], pairs)))
   }
 
-  async removeMembers (group: string, channels: readonly string[], what: string, notice?: Buffer): Promise<void> {
-    await this.#connections.run(what, async client => {
-      if (notice === undefined) return await client.zrem(this.#keys.members(group), ...channels)
-      const pipeline = client.pipeline().zrem(this.#keys.members(group), ...channels)
+  async join (group: string, record: JoinRecord, what: string): Promise<JoinResult> {
+    const keys = this.#keys
+    const { history } = record
+    const reply = await this.#connections.run(what, client => runScript(client, joinGroup,
+      [keys.members(group), keys.presence(group), keys.meta(group), keys.stream(group)],
+      [record.channel, record.leaseMs, record.presence ?? '', history?.ttlMs ?? 0, history?.idleMs ?? 0, newEpoch(),
+        history?.since?.epoch ?? '', history?.since?.offset ?? -1], true)) as [number, number, Buffer | null, number, Buffer[]]
+    const [now, changed, epoch, top, missed] = reply
+    this.#clock.observe(now)
+    return {
+      presenceChanged: changed === 1,
+      position: epoch === null ? null : { offset: top, epoch: epoch.toString() },
+      missed: storedPayloads(missed)
+    }
+  }
+
+  async removeMembers (group: string, channels: readonly string[], what: string, notice?: Buffer): Promise<StoredPresence[]> {
+    const keys = [this.#keys.members(group), this.#keys.presence(group)]
+    const removed = await this.#connections.run(what, async client => {
+      if (notice === undefined) return await runScript(client, removeMembers, keys, channels, true)
+      const pipeline = queueScript(client.pipeline(), removeMembers, keys, channels)
       this.#queuePublish(pipeline, this.#keys.groupChannel(group), notice)
-      throwFirst(await pipeline.exec())
-    })
+      const results = await pipeline.exec()
+      // Redis lost its script cache: run it again on its own (the notice went out already).
+      if (lostScript(results?.[0])) return await runScript(client, removeMembers, keys, channels, true)
+      return throwFirst(results)[0]
+    }) as Buffer[]
+    return storedPresence(removed)
+  }
+
+  async readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string):
+  Promise<{ position: StreamPosition, stored: StoredPayload[] }> {
+    const [epoch, top, entries] = await this.#connections.run(what, client => runScript(client, readHistory,
+      [this.#keys.meta(group), this.#keys.stream(group)],
+      [history.ttlMs, history.idleMs, newEpoch(), since?.epoch ?? '', since?.offset ?? 0, limit], true)) as [Buffer, number, Buffer[]]
+    const stored = storedPayloads(entries)
+    // Without `since` the latest come newest first.
+    if (since === undefined) stored.reverse()
+    return { position: { offset: top, epoch: epoch.toString() }, stored }
+  }
+
+  async presence (group: string, what: string): Promise<StoredPresence[]> {
+    return storedPresence(await this.#connections.run(what, client =>
+      runScript(client, readPresence, [this.#keys.members(group), this.#keys.presence(group)], [], true)) as Buffer[])
+  }
+
+  async reapPresence (group: string, what: string): Promise<StoredPresence[]> {
+    return storedPresence(await this.#connections.run(what, client =>
+      runScript(client, reapPresence, [this.#keys.members(group), this.#keys.presence(group)], [], true)) as Buffer[])
   }
 
   async deleteAll (what: string): Promise<void> {
@@ -111,6 +167,18 @@ export class RedisTransport implements Transport {
     if (this.#connections.cluster) pipeline.spublish(channel, payload)
     else pipeline.publish(channel, payload)
   }
+}
+
+function storedPayloads (flat: Buffer[] | unknown[]): StoredPayload[] {
+  const out: StoredPayload[] = []
+  for (let i = 0; i + 1 < flat.length; i += 2) out.push([Number(flat[i]), flat[i + 1] as Buffer])
+  return out
+}
+
+function storedPresence (flat: Buffer[]): StoredPresence[] {
+  const out: StoredPresence[] = []
+  for (let i = 0; i + 1 < flat.length; i += 2) out.push([flat[i].toString(), flat[i + 1]])
+  return out
 }
 
 /** The replies of a pipeline, or the first error in it. */

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { Packr } from 'msgpackr'
-import { Envelope, decodeEnvelope, decodeMessage, encodeEnvelope, encodeMessage, reviveMessage } from '../../../lib/layers/cluster/codec.js'
+import { Envelope, decodeEnvelope, decodeMessage, encodeEnvelope, encodeMessage, reviveMessage } from '../../lib/layers/codec.js'
 
 // What processes say to each other: envelopes and messages survive the trip exactly, and anything
 // a layer did not write is refused, never trusted.

@@ -1,11 +1,12 @@
 /**
- * What processes sharing a layer say to each other, and how it is written: msgpack (`msgpackr`),
- * so bytes and nested objects cross processes exactly and a message arrives in the same shape the
- * in-memory layer hands out.
+ * The layer's encoding: msgpack (`msgpackr`), so bytes and nested objects cross processes exactly
+ * and a message arrives in the same shape the in-memory layer hands out; and the envelopes in
+ * which processes sharing a layer speak to each other (cluster.ts).
  *
  * An envelope is a small array whose first element says what it carries:
  *
- *   [GROUP, message]                             on a group's route: a group message
+ *   [GROUP, message, offset?, epoch?]            on a group's route: a group message, with its
+ *                                                position when the group keeps history
  *   [DISCARD, channel]                           on a group's route: the owner drops that member,
  *                                                in order with the group's messages
  *   [DIRECT, channel, message]                   on a process' inbox: a message for one of its channels
@@ -14,9 +15,9 @@
  *   [FLUSH, senderToken]                         on the broadcast route: forget everything local
  */
 import { Packr, Unpackr } from 'msgpackr'
-import { InvalidMessageError } from '../../errors.js'
-import { MAX_MESSAGE_DEPTH } from '../message.js'
-import type { LayerMessage } from '../types.js'
+import { InvalidMessageError } from '../errors.js'
+import { MAX_MESSAGE_DEPTH } from './message.js'
+import type { Delivery, LayerMessage, Received } from './types.js'
 
 // No records extension: every payload decodes on its own, whichever process packed the one before.
 const packr = new Packr({ useRecords: false })
@@ -37,11 +38,22 @@ export function encodeEnvelope (envelope: readonly unknown[]): Buffer {
   return packr.pack(envelope)
 }
 
-/** Decodes an envelope; undefined for anything a layer did not write. */
+/**
+ * Decodes an envelope; undefined for anything a layer did not write. A backend may append more
+ * values to a payload it publishes (a group message's position, stamped where the offset is
+ * assigned): they come after the envelope's own elements.
+ */
 export function decodeEnvelope (payload: Buffer): unknown[] | undefined {
   try {
-    const envelope: unknown = unpackr.unpack(payload)
-    return Array.isArray(envelope) && typeof envelope[0] === 'number' ? envelope : undefined
+    const values = unpackr.unpackMultiple(payload) as unknown[]
+    const envelope = values[0]
+    if (!Array.isArray(envelope) || typeof envelope[0] !== 'number') return undefined
+    for (let i = 1; i < values.length; i++) {
+      const more = values[i]
+      if (Array.isArray(more)) envelope.push(...(more as unknown[]))
+      else envelope.push(more)
+    }
+    return envelope as unknown[]
   } catch {
     return undefined
   }
@@ -51,8 +63,44 @@ export function encodeMessage (message: LayerMessage): Buffer {
   return packr.pack(message)
 }
 
+
 export function decodeMessage (payload: Buffer): LayerMessage {
   return reviveMessage(unpackr.unpack(payload))
+}
+
+/** A message with how it came, as a queue keeps it: the message, then `[group, offset?, epoch?]` for a group's. */
+export function encodeDelivery (message: LayerMessage, info: Delivery): Buffer {
+  const body = packr.pack(message)
+  if (info.group === undefined) return body
+  return Buffer.concat([body, packr.pack(info.offset === undefined ? [info.group] : [info.group, info.offset, info.epoch])])
+}
+
+export function decodeDelivery (payload: Buffer): Received {
+  const [message, how] = unpackr.unpackMultiple(payload) as [unknown, unknown]
+  if (!Array.isArray(how)) return { message: reviveMessage(message), info: {} }
+  const [group, offset, epoch] = how as [unknown, unknown, unknown]
+  if (typeof group !== 'string') throw new InvalidMessageError('malformed delivery')
+  const info: Delivery = typeof offset === 'number' && typeof epoch === 'string' ? { group, offset, epoch } : { group }
+  return { message: reviveMessage(message), info }
+}
+
+/** Encodes a plain object of layer values (presence info). */
+export function encodeValue (value: object): Buffer {
+  return packr.pack(value)
+}
+
+/** Decodes what `encodeValue()` wrote; InvalidMessageError for anything else. */
+export function decodeObject (payload: Buffer): Record<string, unknown> {
+  return reviveObject(unpackr.unpack(payload))
+}
+
+/** A plain object from a decoded value (an element of an envelope); InvalidMessageError otherwise. */
+export function reviveObject (value: unknown): Record<string, unknown> {
+  const revived = revive(value, 0)
+  if (typeof revived !== 'object' || revived === null || Array.isArray(revived) || revived instanceof Uint8Array) {
+    throw new InvalidMessageError('not a plain object')
+  }
+  return revived as Record<string, unknown>
 }
 
 /**
