@@ -24,7 +24,11 @@ const redisUrl = process.env.REDIS_URL
 // A fixed development secret keeps sessions valid across restarts; set SESSION_SECRET anywhere real.
 const sessionSecret = process.env.SESSION_SECRET ?? 'fastify-channels-example-dev-secret-change-me'
 
-const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
+const app = Fastify({
+  logger: { level: process.env.LOG_LEVEL ?? 'info' },
+  // Django's routes end with '/' ('ws/chat/<room>/'): serve /ws/chat/lobby and /ws/chat/lobby/ alike.
+  routerOptions: { ignoreTrailingSlash: true }
+})
 
 let layer
 let sessionStore

@@ -6,24 +6,23 @@
  * session keeps the id the browser already holds, and the session is saved before the promise
  * resolves, so the next HTTP request with that cookie sees the change.
  */
-import type { FastifySessionObject } from '@fastify/session'
-import type { ChannelsUser, Scope } from './scope.js'
+import type { ChannelsUser, Scope, SessionLike } from './scope.js'
 import { InvalidOptionError, SessionRequiredError } from './errors.js'
 
 /** The session key the user is kept under; the default `getUser` reads it back. */
 export const SESSION_USER_KEY = 'user'
 
-type LooseSession = FastifySessionObject & Record<string, unknown>
+type LooseSession = SessionLike & Record<string, unknown>
 
 function sessionFor (scope: Scope, action: string): LooseSession {
   const session = scope.session
   if (session === null) throw new SessionRequiredError(action)
-  return session as LooseSession
+  return session as unknown as LooseSession
 }
 
 // The browser holds this session only if one of its cookies carries the signed id (after any prefix);
 // a session created during the upgrade never reaches the browser, since no response sets its cookie.
-function clientHoldsSession (scope: Scope, session: FastifySessionObject): boolean {
+function clientHoldsSession (scope: Scope, session: SessionLike): boolean {
   const cookies = (scope.request as unknown as { cookies?: Record<string, string | undefined> | null }).cookies ?? {}
   const id = session.encryptedSessionId
   return typeof id === 'string' && id !== '' && Object.values(cookies).some(value => value?.endsWith(id) === true)

@@ -1,3 +1,7 @@
+// Consumer routes are `{ websocket: true }` routes, an option that `@fastify/websocket`'s types add to
+// Fastify's. The plugin registers it, so the app may never import it: the reference makes its
+// augmentation part of these declarations.
+/// <reference types="@fastify/websocket" preserve="true" />
 export { fastifyChannels, fastifyChannels as default } from './plugin.js'
 export type { FastifyChannelsOptions } from './plugin.js'
 export { WebsocketConsumer } from './consumer.js'
@@ -5,7 +9,7 @@ export type { WebsocketRouteHandler, ConsumerClass } from './consumer.js'
 export { JsonWebsocketConsumer } from './json-consumer.js'
 export { ChannelConsumer } from './worker.js'
 export type { ChannelConsumerClass } from './worker.js'
-export type { Scope, ChannelsUser, GetUser } from './scope.js'
+export type { Scope, ScopeSession, SessionLike, ChannelsUser, GetUser } from './scope.js'
 export { login, logout } from './auth.js'
 export { BaseChannelLayer } from './layers/base.js'
 export { InMemoryChannelLayer } from './layers/in-memory.js'

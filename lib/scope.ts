@@ -5,7 +5,6 @@
  */
 import type { IncomingHttpHeaders } from 'node:http'
 import type { FastifyRequest } from 'fastify'
-import type { FastifySessionObject } from '@fastify/session'
 
 /**
  * The signed-in user. Empty on purpose: augment it with the shape your app stores, e.g.
@@ -13,6 +12,25 @@ import type { FastifySessionObject } from '@fastify/session'
  */
 // eslint-disable-next-line @typescript-eslint/no-empty-interface
 export interface ChannelsUser {}
+
+/**
+ * The part of `@fastify/session`'s session object that this package uses. These declarations never
+ * import `@fastify/session` (an optional peer): an app without it must still compile.
+ */
+export interface SessionLike {
+  readonly sessionId: string
+  readonly encryptedSessionId: string
+  get (key: string): unknown
+  set (key: string, value: unknown): void
+  save (): Promise<void>
+  reload (): Promise<void>
+}
+
+/**
+ * `scope.session`'s type: `@fastify/session`'s `FastifySessionObject` when the app uses that plugin
+ * (its types give `FastifyRequest` a `session`), else `SessionLike`.
+ */
+export type ScopeSession = FastifyRequest extends { session: infer S extends SessionLike } ? S : SessionLike
 
 export interface Scope {
   type: 'websocket'
@@ -31,7 +49,7 @@ export interface Scope {
    * The `@fastify/session` session (always the request's current one, also after `reload()`);
    * null without the plugin. Changes are stored only by `await scope.session.save()`.
    */
-  session: FastifySessionObject | null
+  session: ScopeSession | null
   /** From the plugin's `getUser`; null when anonymous. `login()` and `logout()` update it. */
   user: ChannelsUser | null
   client: { address: string; port: number }
@@ -47,17 +65,17 @@ export type GetUser = (request: FastifyRequest) => ChannelsUser | null | undefin
  * The request's `@fastify/session` session, or null: without the plugin, and also when the plugin
  * left a bare `{}` (the request's path is outside the session cookie's `path`).
  */
-export function sessionOf (request: FastifyRequest): FastifySessionObject | null {
+export function sessionOf (request: FastifyRequest): ScopeSession | null {
   const session = (request as unknown as { session?: unknown }).session
   if (session === null || typeof session !== 'object') return null
   const { get, save } = session as Partial<Record<'get' | 'save', unknown>>
-  return typeof get === 'function' && typeof save === 'function' ? session as FastifySessionObject : null
+  return typeof get === 'function' && typeof save === 'function' ? session as ScopeSession : null
 }
 
 /** The default `getUser`: `request.user` (set by @fastify/jwt, @fastify/passport or any hook), else the session's `'user'`. */
 export const defaultGetUser: GetUser = (request) => {
   const user = (request as unknown as { user?: unknown }).user ??
-    (sessionOf(request) as { get (key: string): unknown } | null)?.get('user') ?? null
+    (sessionOf(request) as SessionLike | null)?.get('user') ?? null
   return user as ChannelsUser | null
 }
 
@@ -87,8 +105,8 @@ type ScopeFields = Omit<Scope, 'session'>
  */
 const sessionProperty = {
   enumerable: true,
-  get (this: ScopeFields): FastifySessionObject | null { return sessionOf(this.request) },
-  set (this: ScopeFields, value: FastifySessionObject | null) { (this.request as unknown as { session: unknown }).session = value }
+  get (this: ScopeFields): ScopeSession | null { return sessionOf(this.request) },
+  set (this: ScopeFields, value: ScopeSession | null) { (this.request as unknown as { session: unknown }).session = value }
 }
 
 export async function buildScope (request: FastifyRequest, getUser: GetUser): Promise<Scope> {

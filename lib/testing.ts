@@ -102,8 +102,11 @@ export class WebsocketCommunicator {
     await this.sendTo(JSON.stringify(content))
   }
 
-  /** The next frame: a string for text, a Buffer for binary. Rejects on timeout or when closed. */
-  async receiveFrom (timeout = DEFAULT_TIMEOUT): Promise<string | Buffer> {
+  /**
+   * The next frame: a string for text, a Buffer for binary. Rejects on timeout or when closed.
+   * `receiveFrom<string>()` states which kind the test expects; it is not checked.
+   */
+  async receiveFrom<T extends string | Buffer = string | Buffer> (timeout = DEFAULT_TIMEOUT): Promise<T> {
     const deadline = Date.now() + timeout
     while (this.#inbox.length === 0) {
       if (this.#closeEvent !== null) {
@@ -113,13 +116,17 @@ export class WebsocketCommunicator {
       if (left <= 0) throw new Error(`no frame received within ${timeout} ms`)
       await this.#wait(left)
     }
-    return this.#inbox.shift() as string | Buffer
+    return this.#inbox.shift() as T
   }
 
-  async receiveJsonFrom (timeout = DEFAULT_TIMEOUT): Promise<unknown> {
+  /**
+   * The next frame, a text frame decoded as JSON. `receiveJsonFrom<{ message: string }>()` states
+   * the shape the test expects, as `JSON.parse` would; it is not checked.
+   */
+  async receiveJsonFrom<T = unknown> (timeout = DEFAULT_TIMEOUT): Promise<T> {
     const frame = await this.receiveFrom(timeout)
     if (typeof frame !== 'string') throw new Error('expected a text frame with JSON, got a binary frame')
-    return JSON.parse(frame)
+    return JSON.parse(frame) as T
   }
 
   /** True when no frame arrives within `timeout` ms (frames already received count). */

@@ -41,7 +41,7 @@
  * 28. a frame length past 2^53                         close 1009
  */
 import t from 'tap'
-import { JsonWebsocketConsumer } from '../lib/index.js'
+import { JsonWebsocketConsumer, type LayerValue } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp } from './helpers/app.js'
 import { frame, listen, rawSession, type RawResult } from './helpers/loopback.js'
@@ -70,7 +70,7 @@ t.test('twenty-eight kinds of bad input, each with its clear error, while anothe
       disconnects.set(this.channelName, 0)
     }
 
-    override async receiveJson (content: Record<string, unknown>) {
+    override async receiveJson (content: { [key: string]: LayerValue }) {
       if ('echo' in content) {
         await this.sendJson({ echo: content.echo })
       } else if ('broadcast' in content) {

@@ -14,9 +14,10 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const app = `
 import Fastify from 'fastify'
 import fastifyCookie from '@fastify/cookie'
-import fastifySession from '@fastify/session'
+import fastifySession, { type FastifySessionObject } from '@fastify/session'
 import fastifyChannels, {
-  JsonWebsocketConsumer, login, logout, type ChannelsUser, type Scope, type FastifyChannelsOptions
+  JsonWebsocketConsumer, login, logout, type ChannelsUser, type Scope, type FastifyChannelsOptions,
+  type ChannelLayer, type LayerMessage, type LayerValue
 } from 'fastify-channels'
 import { WebsocketCommunicator } from 'fastify-channels/testing'
 
@@ -36,6 +37,9 @@ class Chat extends JsonWebsocketConsumer {
     const room: string | undefined = scope.params.room
     const cookies: Record<string, string> = scope.cookies
     const session = scope.session
+    // With @fastify/session in the app, the scope's session is that plugin's own type.
+    const sessionObject: FastifySessionObject | null = session
+    void sessionObject
     // @ts-expect-error the session is null without @fastify/session
     void session.sessionId
     if (session !== null) {
@@ -57,6 +61,37 @@ class Chat extends JsonWebsocketConsumer {
   }
 }
 
+interface Profile { name: string, age: number }   // an interface has no index signature
+type Point = { x: number, y: number }             // a type alias has an implicit one
+class Celsius { constructor (readonly degrees: number) {} }
+
+// Message values are LayerValue: what a layer refuses at run time does not compile.
+async function messages (layer: ChannelLayer, channel: string): Promise<void> {
+  const profile: Profile = { name: 'Ada', age: 36 }
+  const at: Point = { x: 1, y: 2 }
+  await layer.groupSend('room', { type: 'room.profile', ...profile })
+  await layer.groupSend('room', { type: 'room.profile', profile: { ...profile } })
+  await layer.groupSend('room', { type: 'room.point', at, path: [at, at], tags: ['a', 'b'] as const })
+  await layer.send(channel, { type: 'room.bytes', bytes: new Uint8Array([1]), buffer: Buffer.from('x'), none: null, ok: true, n: 1.5 })
+  // @ts-expect-error undefined cannot cross a layer
+  await layer.groupSend('room', { type: 'x', missing: undefined })
+  // @ts-expect-error nor can a Date
+  await layer.groupSend('room', { type: 'x', when: new Date() })
+  // @ts-expect-error nor a class instance
+  await layer.groupSend('room', { type: 'x', temperature: new Celsius(21) })
+  // @ts-expect-error nor a function
+  await layer.send(channel, { type: 'x', callback: () => {} })
+  // @ts-expect-error an interface nested as a value has no index signature: spread it, as above
+  await layer.groupSend('room', { type: 'x', profile })
+  // @ts-expect-error a message has a string type
+  await layer.groupSend('room', { text: 'no type' })
+  const received: LayerMessage = await layer.receive(channel)
+  const value: LayerValue = received.text
+  // @ts-expect-error a received value is not a string until narrowed
+  const text: string = received.text
+  void value; void text
+}
+
 const app = Fastify()
 await app.register(fastifyCookie)
 await app.register(fastifySession, { secret: 'a secret with at least 32 characters....' })
@@ -75,11 +110,20 @@ const badGetUser: FastifyChannelsOptions = { getUser: () => ({ name: 'no id' }) 
 // @ts-expect-error allowedOrigins is a list of patterns
 const badOrigins: FastifyChannelsOptions = { allowedOrigins: '*' }
 void badGetUser; void badOrigins
+await messages(app.channelLayer, 'worker')
 app.get('/ws/:room', { websocket: true }, Chat.asHandler())
 await app.channelLayer.groupSend('lobby', { type: 'chat.message', text: 'hi' })
 const comm = new WebsocketCommunicator(app, '/ws/lobby', { headers: { cookie: 'sessionId=x', origin: 'https://a.example.com' } })
 const { status }: { status: number } = await comm.connect()
-void status
+const reply = await comm.receiveJsonFrom<{ text: string }>()
+const replyText: string = reply.text
+const frame: string = await comm.receiveFrom<string>()
+const anyFrame = await comm.receiveFrom()
+// @ts-expect-error without a type argument, a frame may be bytes
+const notText: string = anyFrame
+// @ts-expect-error without a type argument, JSON is unknown
+void (await comm.receiveJsonFrom()).text
+void status; void replyText; void frame; void notText
 `
 
 // Fails on purpose, line by line; it shares the program (and so the augmentation) with the app.

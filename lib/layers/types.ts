@@ -3,15 +3,20 @@
  * Layers built on BaseChannelLayer satisfy it; any other object with these methods may be used too.
  */
 
-/** Values that may travel inside a message. */
+/**
+ * Values that may travel inside a message: what every layer can copy and encode. `undefined`, a
+ * `Date`, a class instance or a function is refused by the compiler here, not at run time. A
+ * value declared with an `interface` has no index signature, so it is refused too when nested:
+ * spread it (`{ ...profile }`) or declare it with `type`.
+ */
 export type LayerValue =
   | string | number | boolean | null | Uint8Array
-  | LayerValue[] | { [key: string]: LayerValue }
+  | readonly LayerValue[] | { readonly [key: string]: LayerValue }
 
 /** A plain object whose `type` chooses the handler (`'chat.message'` → `chatMessage()`). */
 export interface LayerMessage {
   type: string
-  [key: string]: unknown
+  [key: string]: LayerValue
 }
 
 export interface ReceiveOptions {

@@ -83,6 +83,29 @@ if (noChromium !== undefined && inCI) {
     await ada.locator('#messages .notice', { hasText: 'Grace joined' }).waitFor()
     t.pass('Ada sees Grace join the lobby')
 
+    // A Django client writes routes with a trailing slash; the example serves that form too.
+    const slashed = await grace.evaluate(async (address) => {
+      const socket = new WebSocket(address)
+      const frames: unknown[] = []
+      await new Promise<void>((resolve, reject) => {
+        socket.onmessage = (event) => {
+          const frame = JSON.parse(event.data as string) as { type: string }
+          frames.push(frame)
+          if (frame.type === 'hello') socket.send(JSON.stringify({ text: 'Sent on /ws/chat/lobby/' }))
+          if (frame.type === 'message') resolve()
+        }
+        socket.onclose = (event) => reject(new Error(`closed with ${event.code}`))
+        setTimeout(() => reject(new Error('no reply within 5 s')), 5000)
+      })
+      socket.onclose = null
+      socket.close()
+      return frames
+    }, `ws://127.0.0.1:${port}/ws/chat/lobby/`)
+    t.match(slashed, [{ type: 'hello', room: 'lobby', user: 'Grace' }, { type: 'message', user: 'Grace', text: 'Sent on /ws/chat/lobby/' }],
+      'a socket to /ws/chat/lobby/ joins the lobby like /ws/chat/lobby')
+    await message(ada, 'Grace', 'Sent on /ws/chat/lobby/').waitFor()
+    t.pass('and the others in the lobby get what it sends')
+
     await say(ada, 'Hello Grace! Deploying the new build in a minute.')
     await message(grace, 'Ada', 'Hello Grace!').waitFor()
     await say(grace, 'Hi Ada — go ahead, I am watching the clock.')

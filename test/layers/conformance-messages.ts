@@ -1,6 +1,6 @@
 import type { Test } from 'tap'
 import { InvalidChannelNameError, InvalidMessageError } from '../../lib/errors.js'
-import { canDiscardChannel, type LayerMessage } from '../../lib/layers/types.js'
+import { canDiscardChannel, type LayerMessage, type LayerValue } from '../../lib/layers/types.js'
 import type { Harness } from './conformance.js'
 
 // Part of the conformance suite: the naming rules, what a message may hold, and copy semantics.
@@ -10,8 +10,8 @@ type Define = (title: string, fn: (t: Test) => Promise<void>) => void
 const NAME_CODE = 'FST_CHANNELS_INVALID_NAME'
 const MESSAGE_CODE = 'FST_CHANNELS_INVALID_MESSAGE'
 
-function nested (depth: number, wrap: (inner: unknown) => unknown): unknown {
-  let value: unknown = 'bottom'
+function nested (depth: number, wrap: (inner: LayerValue) => LayerValue): LayerValue {
+  let value: LayerValue = 'bottom'
   for (let i = 0; i < depth; i++) value = wrap(value)
   return value
 }
@@ -106,7 +106,7 @@ export function conformanceMessages (test: Define, { open, unique, next, nothing
   test('every allowed value arrives equal', async t => {
     const layer = await open(t)
     const channel = await layer.newChannel()
-    const bare = Object.create(null) as Record<string, unknown>
+    const bare = Object.create(null) as Record<string, LayerValue>
     bare.inside = 'null prototype'
     const message = {
       type: 'all.kinds', s: 'ünïcödé ✓', empty: '', int: 42, neg: -1.5, zero: 0, yes: true, no: false, nil: null,

@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { InvalidMessageError, InvalidOptionError } from '../../lib/errors.js'
 import { InMemoryChannelLayer } from '../../lib/layers/in-memory.js'
-import type { LayerMessage } from '../../lib/layers/types.js'
+import type { LayerMessage, LayerValue } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
 
 conformance('InMemoryChannelLayer', options => new InMemoryChannelLayer(options))
@@ -128,7 +128,7 @@ t.test('nesting is limited to 64 levels below the message', async t => {
   const memory = layer(t)
   const channel = await memory.newChannel()
   const deep = (levels: number): LayerMessage => {
-    let value: Record<string, unknown> = {}
+    let value: LayerValue = {}
     for (let i = 1; i < levels; i++) value = { d: value }
     return { type: 'deep', d: value }
   }

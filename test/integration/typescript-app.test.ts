@@ -1,0 +1,123 @@
+/**
+ * A TypeScript user's first hour: the packed tarball installed into a bare ESM app (fastify,
+ * fastify-channels and typescript, nothing else), compiled with `tsc --strict` and
+ * `skipLibCheck: false`, so every declaration the package ships is checked as the user's compiler
+ * sees it. The README's Quick start is compiled as it stands in README.md; a second file uses the
+ * rest of the surface a first app touches (a `@ts-expect-error` line must be refused; the full list
+ * of what must and must not compile is in test/types.test.ts), and a third is wrong on purpose to
+ * show that the compile reports errors.
+ */
+import t from 'tap'
+import { readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { packedApp, root, run } from '../helpers/packed-app.js'
+
+/** The first TypeScript block under the README's `## Quick start` heading. */
+async function quickStart (): Promise<string> {
+  const readme = await readFile(join(root, 'README.md'), 'utf8')
+  const section = /^## Quick start\n([\s\S]*?)(?=^## )/m.exec(readme)?.[1]
+  const code = section === undefined ? undefined : /^```ts\n([\s\S]*?)^```$/m.exec(section)?.[1]
+  if (code === undefined) throw new Error('README.md has no ```ts block under "## Quick start"')
+  return code
+}
+
+const bareApp = `
+import Fastify from 'fastify'
+import fastifyChannels, {
+  ChannelConsumer, InMemoryChannelLayer, JsonWebsocketConsumer, RedisChannelLayer,
+  type LayerMessage, type LayerValue, type ScopeSession
+} from 'fastify-channels'
+import { WebsocketCommunicator } from 'fastify-channels/testing'
+
+declare module 'fastify-channels' {
+  interface ChannelsUser { id: string, name: string }
+}
+
+interface Profile { name: string, age: number }
+
+class Room extends JsonWebsocketConsumer {
+  override async connect (): Promise<void> {
+    const room: string = this.scope.params.room
+    const name: string | undefined = this.scope.user?.name
+    // Without @fastify/session installed, the session has the structural type (and is null at run time).
+    const session: ScopeSession | null = this.scope.session
+    if (session !== null) await session.save()
+    await this.channelLayer.groupAdd(room, this.channelName)
+    await this.accept()
+    void name
+  }
+
+  override async receiveJson (content: { text: string }): Promise<void> {
+    // The shipped message type, in short (test/types.test.ts goes through every case).
+    const profile: Profile = { name: 'Ada', age: 36 }
+    await this.channelLayer.groupSend('room', { type: 'room.message', text: content.text, ...profile, buffer: Buffer.from('x') })
+    // @ts-expect-error a Date cannot cross a layer
+    await this.channelLayer.groupSend('room', { type: 'x', when: new Date() })
+  }
+
+  async roomMessage (event: { text: string }): Promise<void> {
+    await this.sendJson({ text: event.text })
+  }
+}
+
+class Deploys extends ChannelConsumer {
+  async deployStart (message: { service: string, replyGroup: string }): Promise<void> {
+    await this.channelLayer.groupSend(message.replyGroup, { type: 'deploy.progress', service: message.service, pct: 100 })
+  }
+}
+
+const app = Fastify({ routerOptions: { ignoreTrailingSlash: true } })
+await app.register(fastifyChannels, {
+  layer: process.env.REDIS_URL === undefined ? new InMemoryChannelLayer() : new RedisChannelLayer({ url: process.env.REDIS_URL, prefix: 'app' })
+})
+app.get('/ws/rooms/:room', { websocket: true, onRequest: async (request) => { void request.ws } }, Room.asHandler())
+app.channelWorker('deploy-jobs', Deploys)
+
+const received: LayerMessage = await app.channelLayer.receive('deploy-jobs')
+const service: LayerValue = received.service
+void service
+
+const comm = new WebsocketCommunicator(app, '/ws/rooms/lobby/')
+await comm.connect()
+await comm.sendJsonTo({ text: 'hi' })
+const reply = await comm.receiveJsonFrom<{ text: string }>()
+const text: string = reply.text
+void text
+await comm.disconnect()
+`
+
+// Wrong on purpose: the compile must report these two lines, with their file.
+const wrongApp = `
+import Fastify from 'fastify'
+import fastifyChannels from 'fastify-channels'
+const app = Fastify()
+await app.register(fastifyChannels)
+await app.channelLayer.send('jobs', { type: 'job.start', at: new Date() })
+app.get('/ws', { websocket: 'yes' }, async () => {})
+`
+
+t.test('the Quick start and a bare app compile against the packed package under --strict without skipLibCheck', async t => {
+  const { dir } = await packedApp(t, ['fastify', 'typescript'])
+  await writeFile(join(dir, 'quick-start.ts'), await quickStart())
+  await writeFile(join(dir, 'bare-app.ts'), bareApp)
+  await writeFile(join(dir, 'wrong.ts'), wrongApp)
+  await writeFile(join(dir, 'tsconfig.json'), JSON.stringify({
+    compilerOptions: { target: 'ES2022', module: 'NodeNext', strict: true, skipLibCheck: false, noEmit: true },
+    files: ['quick-start.ts', 'bare-app.ts', 'wrong.ts']
+  }, null, 2))
+
+  const output = await run(process.execPath, [join('node_modules', 'typescript', 'bin', 'tsc'), '-p', '.', '--strict', '--pretty', 'false'],
+    { cwd: dir, timeout: 120_000 })
+    .then(({ stdout }) => stdout, (err: { stdout?: string }) => err.stdout ?? String(err))
+  const errors = output.split('\n').filter(line => /^\S.*\(\d+,\d+\): error /.test(line))
+  const where = (file: string): string[] => errors.filter(line => line.startsWith(`${file}(`))
+
+  t.same(where('quick-start.ts'), [], 'the README\'s Quick start compiles')
+  t.same(where('bare-app.ts'), [], 'the bare app compiles, and every @ts-expect-error line is refused')
+  t.same(errors.filter(line => !/^(quick-start|bare-app|wrong)\.ts\(/.test(line)), [], 'no error in any declaration file (skipLibCheck: false)')
+  t.match(where('wrong.ts'), [
+    /^wrong\.ts\(6,\d+\): error TS2322: Type 'Date' is not assignable to type 'LayerValue'/,
+    /^wrong\.ts\(7,\d+\): error TS2769: /
+  ], 'the compile can fail: the wrong lines are reported')
+  t.equal(where('wrong.ts').length, 2, 'exactly those two', { output })
+})
