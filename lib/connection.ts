@@ -10,6 +10,7 @@ import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, Laye
 import { canDiscardChannel, canListen } from './layers/types.js'
 import { buildScope, type GetUser, type Scope } from './scope.js'
 import { findHandler } from './dispatch.js'
+import { DIRECT } from './layers/local-store.js'
 import { InvalidOptionError, TooManyGroupsError } from './errors.js'
 import { connectionLayer } from './connection-layer.js'
 import { frameSender, writeText, type FrameSender } from './frame.js'
@@ -393,7 +394,7 @@ export class Connection extends OrderedTasks<Task> implements ChannelSink, Beati
           this.#log.warn({ type: task.type, channel: this.#channelName }, 'no handler for message type; dropped')
           return undefined
         }
-        result = handler.call(this.#consumer, task)
+        result = handler.call(this.#consumer, task, DIRECT)
       }
     } catch (err) {
       this.#handlerFailed(err)

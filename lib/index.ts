@@ -17,7 +17,9 @@ export { RedisChannelLayer } from './layers/redis.js'
 export type { RedisChannelLayerOptions, RedisLayerStats, RedisLayerInspection } from './layers/redis.js'
 export type { BaseChannelLayerOptions, LayerStats, LayerInspection } from './layers/base.js'
 export type {
-  ChannelLayer, LayerMessage, LayerValue, ReceiveOptions, LayerLogger, ChannelSink, ChannelListener, ChannelListening, LoggerAttaching
+  ChannelLayer, LayerMessage, LayerValue, ReceiveOptions, LayerLogger, ChannelSink, ChannelListener, ChannelListening, LoggerAttaching,
+  StreamPosition, Delivery, GroupJoin, PresenceInfo, GroupPolicy, GroupAddOptions, HistoryOptions, GroupHistory, PresenceEntry,
+  Received, DeliveryReceiving
 } from './layers/types.js'
 export {
   ChannelFullError, InvalidChannelNameError, InvalidMessageError,
