@@ -23,7 +23,8 @@ import type {
   Delivery, GroupHistory, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, Received, StreamPosition
 } from './types.js'
 import { withTimeout } from './deadline.js'
-import { Envelope, decodeEnvelope, decodeObject, encodeEnvelope, reviveMessage, reviveObject } from './codec.js'
+import { Envelope, WireCodec, reviveMessage, reviveObject } from './codec.js'
+import { PayloadCipher, type EncryptionKey } from './encryption.js'
 import { Requests, checkReply, replyFor, type OwnerOp } from './cluster/requests.js'
 import { Memberships, NO_JOIN } from './cluster/memberships.js'
 import type { ClusterContext, HistoryKeeping, Route, Transport } from './cluster/transport.js'
@@ -34,11 +35,18 @@ export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
    * `groupExpiry`): the owning process renews it every third of that while the membership lasts.
    */
   membershipLease?: number
+  /**
+   * Encrypts every payload written to the backend (AES-256-GCM): 32-byte keys as Buffers or base64,
+   * the current one first. The first key seals, any key opens, so keys rotate without downtime.
+   */
+  encryptionKeys?: readonly EncryptionKey[]
 }
 
 export interface ClusterLayerStats extends LayerStats {
   /** Messages sent from another process to a channel of this one that was full: dropped here. */
   directSendDropped: number
+  /** Payloads no encryption key opened (written with a key this process does not have): dropped. */
+  undecryptable: number
 }
 
 export interface ClusterLayerInspection extends LayerInspection {
@@ -55,8 +63,9 @@ const LEASE_MS = 60_000
 const BROADCAST: Route = { kind: 'broadcast' }
 
 export abstract class ClusterChannelLayer<T extends Transport = Transport> extends BaseChannelLayer {
-  override readonly stats: ClusterLayerStats = { groupSendSkipped: 0, directSendDropped: 0 }
+  override readonly stats: ClusterLayerStats = { groupSendSkipped: 0, directSendDropped: 0, undecryptable: 0 }
   protected readonly transport: T
+  readonly #codec: WireCodec
   readonly #memberships: Memberships
   readonly #requests = new Requests()
   readonly #inbox: Route
@@ -67,9 +76,15 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     super(options)
     const leaseMs = positiveOption('membershipLease', options.membershipLease, LEASE_MS / 1000, false) * 1000
     this.#inbox = { kind: 'process', token: this.processToken }
+    const cipher = options.encryptionKeys === undefined ? undefined : new PayloadCipher(options.encryptionKeys)
+    this.#codec = new WireCodec(cipher, () => {
+      this.stats.undecryptable++
+      this.log.warn({}, 'dropped a payload that no encryption key opens')
+    })
     this.transport = connect({
       processToken: this.processToken,
       store: this.store,
+      codec: this.#codec,
       capacity: this.capacity,
       expiryMs: this.expiryMs,
       groupExpiryMs: this.groupExpiryMs,
@@ -80,6 +95,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     })
     this.#memberships = new Memberships({
       store: this.store,
+      codec: this.#codec,
       transport: this.transport,
       leaseMs: Math.min(this.groupExpiryMs, leaseMs),
       groupExpiryMs: this.groupExpiryMs,
@@ -87,8 +103,8 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       processRoutes: [this.#inbox, BROADCAST],
       presenceEvents: group => this.policies.of(group)?.presenceEvents === true,
       announce: async (group, type, channel, info) => {
-        const message = { type, channel, info: decodeObject(info) }
-        await this.transport.publish({ kind: 'group', group }, encodeEnvelope([Envelope.group, message]), `announce ${type} in ${group}`)
+        const message = { type, channel, info: this.#codec.decodeObject(info) }
+        await this.transport.publish({ kind: 'group', group }, this.#codec.encodeEnvelope([Envelope.group, message]), `announce ${type} in ${group}`)
       }
     })
     this.#stateChanged() // a transport may be connected already
@@ -128,7 +144,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       return
     }
     // Capacity is the owner's to enforce: a full channel there drops it (and counts it).
-    await this.transport.publish({ kind: 'process', token: owner }, encodeEnvelope([Envelope.direct, channel, message]), `send ${channel}`)
+    await this.transport.publish({ kind: 'process', token: owner }, this.#codec.encodeEnvelope([Envelope.direct, channel, message]), `send ${channel}`)
   }
 
   protected override doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
@@ -151,14 +167,14 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     if (!isProcessSpecific(channel)) return this.transport.queues.removeMember(group, channel)
     if (this.#ownerElsewhere(channel) === undefined) return this.#memberships.remove(group, channel)
     // On the group's route, so the owner drops the member before any later groupSend arrives.
-    const notice = encodeEnvelope([Envelope.discard, channel])
+    const notice = this.#codec.encodeEnvelope([Envelope.discard, channel])
     await this.#memberships.announceGone(group, await this.transport.removeMembers(group, [channel], `groupDiscard ${group}`, notice))
   }
 
   protected override async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
     const what = `groupSend ${group}`
     const history = policy?.history
-    const { named, position } = await this.transport.publishToGroup(group, encodeEnvelope([Envelope.group, message]), what,
+    const { named, position } = await this.transport.publishToGroup(group, this.#codec.encodeEnvelope([Envelope.group, message]), what,
       history === undefined ? undefined : this.#keeping(history))
     // Named channels are queues in the backend, not members of any process: the sender fills them.
     if (named.length > 0) {
@@ -173,7 +189,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const messages: GroupHistory['messages'] = []
     for (const [offset, payload] of stored) {
       try {
-        messages.push({ message: reviveMessage(decodeEnvelope(payload)?.[1]), offset })
+        messages.push({ message: reviveMessage(this.#codec.decodeEnvelope(payload)?.[1]), offset })
       } catch (err) {
         this.log.warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
       }
@@ -185,7 +201,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const entries: PresenceEntry[] = []
     for (const [channel, info] of await this.transport.presence(group, `presence ${group}`)) {
       try {
-        entries.push({ channel, info: decodeObject(info) as PresenceInfo })
+        entries.push({ channel, info: this.#codec.decodeObject(info) as PresenceInfo })
       } catch (err) {
         this.log.warn({ err, group, channel }, 'skipped an undecodable presence entry')
       }
@@ -210,7 +226,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   protected override async doFlush (): Promise<void> {
     // The backend first: a flush that cannot reach it rejects and leaves this process as it was.
     await this.transport.deleteAll('flush')
-    await this.transport.publish(BROADCAST, encodeEnvelope([Envelope.flush, this.processToken]), 'flush')
+    await this.transport.publish(BROADCAST, this.#codec.encodeEnvelope([Envelope.flush, this.processToken]), 'flush')
     this.#memberships.forgetAll()
   }
 
@@ -236,7 +252,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     await withTimeout(this.#memberships.subscribeProcess(), timeout, what) // the reply comes to our inbox
     const { id, reply } = this.#requests.open()
     try {
-      const envelope = encodeEnvelope([Envelope.request, id, this.processToken, op, group, channel, join?.since ?? null, join?.presence ?? null])
+      const envelope = this.#codec.encodeEnvelope([Envelope.request, id, this.processToken, op, group, channel, join?.since ?? null, join?.presence ?? null])
       const receivers = await this.transport.publish({ kind: 'process', token: owner }, envelope, what)
       // Nobody listens there: that process is gone, and so is the channel.
       if (receivers === 0) return NO_JOIN
@@ -273,14 +289,14 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       reply = replyFor(err)
     }
     if (this.closed) return
-    await this.transport.publish({ kind: 'process', token: replyTo }, encodeEnvelope([Envelope.reply, id, reply.code, reply.reason, result]), 'reply')
+    await this.transport.publish({ kind: 'process', token: replyTo }, this.#codec.encodeEnvelope([Envelope.reply, id, reply.code, reply.reason, result]), 'reply')
       .catch((err: unknown) => this.log.warn({ err }, 'could not answer another process'))
   }
 
   // What arrives
 
   #received (route: Route, payload: Buffer): void {
-    const envelope = decodeEnvelope(payload)
+    const envelope = this.#codec.decodeEnvelope(payload)
     if (envelope === undefined) {
       this.log.warn({ route }, 'ignored a payload this layer did not write')
       return

@@ -10,14 +10,16 @@
  *   [DISCARD, channel]                           on a group's route: the owner drops that member,
  *                                                in order with the group's messages
  *   [DIRECT, channel, message]                   on a process' inbox: a message for one of its channels
- *   [REQUEST, id, replyToken, op, group, channel] on a process' inbox: a change only the owner can make
- *   [REPLY, id, code, reason]                    on a process' inbox: '' code when the request succeeded
+ *   [REQUEST, id, replyToken, op, group, channel, since, presence]
+ *                                                on a process' inbox: a change only the owner can make
+ *   [REPLY, id, code, reason, result]            on a process' inbox: '' code when the request succeeded
  *   [FLUSH, senderToken]                         on the broadcast route: forget everything local
  */
 import { Packr, Unpackr } from 'msgpackr'
 import { InvalidMessageError } from '../errors.js'
 import { MAX_MESSAGE_DEPTH } from './message.js'
 import type { Delivery, LayerMessage, Received } from './types.js'
+import type { PayloadCipher } from './encryption.js'
 
 // No records extension: every payload decodes on its own, whichever process packed the one before.
 const packr = new Packr({ useRecords: false })
@@ -34,19 +36,48 @@ export const Envelope = {
   flush: 5
 } as const
 
-export function encodeEnvelope (envelope: readonly unknown[]): Buffer {
-  return packr.pack(envelope)
-}
-
 /**
- * Decodes an envelope; undefined for anything a layer did not write. A backend may append more
- * values to a payload it publishes (a group message's position, stamped where the offset is
- * assigned): they come after the envelope's own elements.
+ * How processes sharing a layer write to their backend: the envelopes above, messages with their
+ * delivery (in queues) and plain values (presence info), each sealed when the layer encrypts
+ * (encryption.ts). A sealed payload is a msgpack bin, so what a backend appends after it (a
+ * position) still decodes apart. What no key opens is reported through `undecryptable` and
+ * treated as unreadable.
  */
-export function decodeEnvelope (payload: Buffer): unknown[] | undefined {
-  try {
-    const values = unpackr.unpackMultiple(payload) as unknown[]
-    const envelope = values[0]
+export class WireCodec {
+  readonly #cipher: PayloadCipher | undefined
+  readonly #undecryptable: () => void
+
+  constructor (cipher?: PayloadCipher, undecryptable: () => void = () => {}) {
+    this.#cipher = cipher
+    this.#undecryptable = undecryptable
+  }
+
+  encodeEnvelope (envelope: readonly unknown[]): Buffer {
+    return this.#seal(packr.pack(envelope))
+  }
+
+  /**
+   * Decodes an envelope; undefined for anything a layer did not write. A backend may append more
+   * values to a payload it publishes (a group message's position, stamped where the offset is
+   * assigned): they come after the envelope's own elements.
+   */
+  decodeEnvelope (payload: Buffer): unknown[] | undefined {
+    let values: unknown[]
+    try {
+      values = unpackr.unpackMultiple(payload) as unknown[]
+    } catch {
+      return undefined
+    }
+    let envelope = values[0]
+    if (this.#cipher !== undefined) {
+      const plain = envelope instanceof Uint8Array ? this.#open(envelope) : undefined
+      if (plain === undefined) return undefined
+      try {
+        envelope = unpackr.unpack(plain)
+      } catch {
+        return undefined
+      }
+    }
     if (!Array.isArray(envelope) || typeof envelope[0] !== 'number') return undefined
     for (let i = 1; i < values.length; i++) {
       const more = values[i]
@@ -54,44 +85,56 @@ export function decodeEnvelope (payload: Buffer): unknown[] | undefined {
       else envelope.push(more)
     }
     return envelope as unknown[]
-  } catch {
-    return undefined
+  }
+
+  /** A message with how it came, as a queue keeps it: `[message]`, or `[message, [group, offset?, epoch?]]`. */
+  encodeDelivery (message: LayerMessage, info: Delivery): Buffer {
+    const how = info.group === undefined ? undefined : info.offset === undefined ? [info.group] : [info.group, info.offset, info.epoch]
+    return this.#seal(packr.pack(how === undefined ? [message] : [message, how]))
+  }
+
+  decodeDelivery (payload: Buffer): Received {
+    const decoded = this.#unpack(payload)
+    if (!Array.isArray(decoded)) throw new InvalidMessageError('malformed delivery')
+    const [message, how] = decoded as [unknown, unknown]
+    if (!Array.isArray(how)) return { message: reviveMessage(message), info: {} }
+    const [group, offset, epoch] = how as [unknown, unknown, unknown]
+    if (typeof group !== 'string') throw new InvalidMessageError('malformed delivery')
+    const info: Delivery = typeof offset === 'number' && typeof epoch === 'string' ? { group, offset, epoch } : { group }
+    return { message: reviveMessage(message), info }
+  }
+
+  /** A plain object of layer values (presence info). */
+  encodeValue (value: object): Buffer {
+    return this.#seal(encodeValue(value))
+  }
+
+  decodeObject (payload: Buffer): Record<string, unknown> {
+    return reviveObject(this.#unpack(payload))
+  }
+
+  #seal (plain: Buffer): Buffer {
+    return this.#cipher === undefined ? plain : packr.pack(this.#cipher.seal(plain))
+  }
+
+  #open (sealed: Uint8Array): Buffer | undefined {
+    const plain = this.#cipher?.open(sealed)
+    if (plain === undefined) this.#undecryptable()
+    return plain
+  }
+
+  #unpack (payload: Buffer): unknown {
+    if (this.#cipher === undefined) return unpackr.unpack(payload)
+    const sealed: unknown = unpackr.unpack(payload)
+    const plain = sealed instanceof Uint8Array ? this.#open(sealed) : undefined
+    if (plain === undefined) throw new InvalidMessageError('a payload no encryption key opens')
+    return unpackr.unpack(plain)
   }
 }
 
-export function encodeMessage (message: LayerMessage): Buffer {
-  return packr.pack(message)
-}
-
-
-export function decodeMessage (payload: Buffer): LayerMessage {
-  return reviveMessage(unpackr.unpack(payload))
-}
-
-/** A message with how it came, as a queue keeps it: the message, then `[group, offset?, epoch?]` for a group's. */
-export function encodeDelivery (message: LayerMessage, info: Delivery): Buffer {
-  const body = packr.pack(message)
-  if (info.group === undefined) return body
-  return Buffer.concat([body, packr.pack(info.offset === undefined ? [info.group] : [info.group, info.offset, info.epoch])])
-}
-
-export function decodeDelivery (payload: Buffer): Received {
-  const [message, how] = unpackr.unpackMultiple(payload) as [unknown, unknown]
-  if (!Array.isArray(how)) return { message: reviveMessage(message), info: {} }
-  const [group, offset, epoch] = how as [unknown, unknown, unknown]
-  if (typeof group !== 'string') throw new InvalidMessageError('malformed delivery')
-  const info: Delivery = typeof offset === 'number' && typeof epoch === 'string' ? { group, offset, epoch } : { group }
-  return { message: reviveMessage(message), info }
-}
-
-/** Encodes a plain object of layer values (presence info). */
+/** Encodes a plain object of layer values, unsealed: what the presence size limit measures. */
 export function encodeValue (value: object): Buffer {
   return packr.pack(value)
-}
-
-/** Decodes what `encodeValue()` wrote; InvalidMessageError for anything else. */
-export function decodeObject (payload: Buffer): Record<string, unknown> {
-  return reviveObject(unpackr.unpack(payload))
 }
 
 /** A plain object from a decoded value (an element of an envelope); InvalidMessageError otherwise. */

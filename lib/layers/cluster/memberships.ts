@@ -16,8 +16,9 @@ import type { LocalStore } from '../local-store.js'
 import type { Policy } from '../policies.js'
 import type { JoinRequest } from '../base.js'
 import { cloneMessage } from '../message.js'
-import { decodeEnvelope, encodeValue, reviveMessage } from '../codec.js'
-import type { Delivery, GroupJoin, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
+import { reviveMessage, type WireCodec } from '../codec.js'
+import { isDeepStrictEqual } from 'node:util'
+import type { Delivery, GroupJoin, LayerLogger, LayerMessage, PresenceInfo, StreamPosition } from '../types.js'
 import { ttl, withTimeout } from '../deadline.js'
 import type { HistoryKeeping, Route, StoredPayload, StoredPresence, Transport } from './transport.js'
 
@@ -29,6 +30,7 @@ export const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: fal
 
 export interface MembershipSettings {
   store: LocalStore
+  codec: WireCodec
   transport: Transport
   /** Milliseconds a record outlives its process at most. */
   leaseMs: number
@@ -206,7 +208,7 @@ export class Memberships {
       const keeping: HistoryKeeping | undefined = history === undefined
         ? undefined
         : { size: history.size, ttlMs: history.ttlMs, idleMs: Math.max(history.ttlMs, this.#settings.groupExpiryMs) }
-      const presence = join.presence === undefined ? undefined : encodeValue(join.presence)
+      const presence = join.presence === undefined ? undefined : this.#settings.codec.encodeValue(join.presence)
       const result = await this.#transport.join(group, {
         channel,
         leaseMs: ttl(this.#leaseMs),
@@ -235,7 +237,7 @@ export class Memberships {
         recovered = since !== undefined && position !== null && since.epoch === position.epoch && since.offset <= position.offset
       }
       store.addMember(group, channel)
-      if (presence !== undefined && result.presenceChanged && policy?.presenceEvents === true) {
+      if (presence !== undefined && policy?.presenceEvents === true && this.#changed(result.previousPresence, join.presence)) {
         await this.#settings.announce(group, 'presence.join', channel, presence)
           .catch((err: unknown) => this.#settings.log().warn({ err, group }, 'could not announce a presence join'))
       }
@@ -295,12 +297,22 @@ export class Memberships {
     for (const [offset, payload] of missed) {
       let message: LayerMessage
       try {
-        message = reviveMessage(decodeEnvelope(payload)?.[1])
+        message = reviveMessage(this.#settings.codec.decodeEnvelope(payload)?.[1])
       } catch (err) {
         this.#settings.log().warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
         continue
       }
       this.#store.deliver(channel, message, { group, offset, epoch }, true)
+    }
+  }
+
+  /** Whether a join changes the presence the membership recorded (sealed bytes differ each time: compare what they hold). */
+  #changed (before: Buffer | null, info: PresenceInfo | undefined): boolean {
+    if (before === null) return true
+    try {
+      return !isDeepStrictEqual(this.#settings.codec.decodeObject(before), info)
+    } catch {
+      return true
     }
   }
 

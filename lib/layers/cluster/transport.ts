@@ -4,6 +4,7 @@
  * backend does is one of these; everything processes say to each other is the protocol's.
  */
 import type { LocalStore } from '../local-store.js'
+import type { WireCodec } from '../codec.js'
 import type { Delivery, LayerLogger, LayerMessage, Received, StreamPosition } from '../types.js'
 
 /** Where a payload is published, and where an incoming one came from. */
@@ -36,6 +37,8 @@ export interface ClusterContext {
   readonly processToken: string
   /** This process' channels and groups. */
   readonly store: LocalStore
+  /** How payloads are written (sealed when the layer encrypts). */
+  readonly codec: WireCodec
   readonly capacity: number
   readonly expiryMs: number
   readonly groupExpiryMs: number
@@ -69,8 +72,8 @@ export interface JoinRecord {
 export type StoredPayload = readonly [offset: number, payload: Buffer]
 
 export interface JoinResult {
-  /** The presence entry is new or its info changed. */
-  presenceChanged: boolean
+  /** What the membership recorded as presence before (encoded), if anything. */
+  previousPresence: Buffer | null
   /** The group's latest position (null without history). */
   position: StreamPosition | null
   /** What was published after `since`, when `since` is in the current epoch: oldest first. */

@@ -55,19 +55,19 @@ return {offset, epoch, redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, '+inf')}
  * A membership with history or presence, in one step. KEYS members, presence, meta, stream;
  * ARGV channel, lease ms, presence info ('' for none), ttl ms ('0': no history), idle ms, epoch
  * candidate, since epoch ('' for none), since offset.
- * Returns { server now, 1 when the presence entry is new or changed, epoch or false, latest
+ * Returns { server now, the presence info recorded before or false, epoch or false, latest
  * offset, live entries after `since` (offset, payload pairs) when `since` is in this epoch }.
  */
 export const joinGroup = script(4, `${LIVE_ENTRIES}
 local channel = ARGV[1]
-local changed = 0
+local before = false
 if ARGV[3] ~= '' then
-  if redis.call('HGET', KEYS[2], channel) ~= ARGV[3] then changed = 1 end
+  before = redis.call('HGET', KEYS[2], channel)
   redis.call('HSET', KEYS[2], channel, ARGV[3])
 end
 ${recordMembersLua('{channel, ARGV[2]}')}
 if last and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last))) end
-if ARGV[4] == '0' then return {now, changed, false, 0, {}} end
+if ARGV[4] == '0' then return {now, before, false, 0, {}} end
 ${epochLua('KEYS[3]', 'KEYS[4]', 'ARGV[6]', 'ARGV[5]')}
 local top = tonumber(redis.call('HGET', KEYS[3], 't'))
 local since = tonumber(ARGV[8])
@@ -75,7 +75,7 @@ local out = {}
 if ARGV[7] == epoch and since < top then
   live(redis.call('XRANGE', KEYS[4], (since + 1) .. '-0', '+'), now - tonumber(ARGV[4]), out)
 end
-return {now, changed, epoch, top, out}
+return {now, before, epoch, top, out}
 `)
 
 /**

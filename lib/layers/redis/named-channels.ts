@@ -12,7 +12,6 @@
 import { LayerTimeoutError } from '../../errors.js'
 import type { Delivery, LayerMessage, Received } from '../types.js'
 import { ttl, withDeadline } from '../deadline.js'
-import { decodeDelivery, encodeDelivery } from '../codec.js'
 import { DIRECT } from '../local-store.js'
 import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
 import { DEADLINE_WIDTH, queuePush, queuePushBack, recordMembers, runScript, type ServerClock } from './scripts.js'
@@ -31,9 +30,6 @@ function queueDeadline (element: Buffer): number {
   return Number(element.toString('latin1', 0, DEADLINE_WIDTH))
 }
 
-function decodeQueueElement (element: Buffer): Received {
-  return decodeDelivery(element.subarray(DEADLINE_WIDTH))
-}
 
 export class NamedChannels implements SharedQueues {
   readonly #connections: RedisConnections
@@ -62,7 +58,7 @@ export class NamedChannels implements SharedQueues {
   /** Appends to the queue; false when it holds `capacity` messages already. */
   async push (channel: string, message: LayerMessage, what: string, info: Delivery = DIRECT): Promise<boolean> {
     const { capacity, expiryMs } = this.#layer
-    const payload = encodeDelivery(message, info)
+    const payload = this.#layer.codec.encodeDelivery(message, info)
     const reply = await this.#connections.run(what, client =>
       runScript(client, queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number, number]
     this.#clock.observe(reply[1])
@@ -231,7 +227,7 @@ class QueueReaders {
     if (this.#layer.store.hasReceivers(channel)) {
       let received: Received
       try {
-        received = decodeQueueElement(element)
+        received = this.#layer.codec.decodeDelivery(element.subarray(DEADLINE_WIDTH))
       } catch (err) {
         this.#layer.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
         return

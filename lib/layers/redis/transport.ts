@@ -104,11 +104,11 @@ export class RedisTransport implements Transport {
     const reply = await this.#connections.run(what, client => runScript(client, joinGroup,
       [keys.members(group), keys.presence(group), keys.meta(group), keys.stream(group)],
       [record.channel, record.leaseMs, record.presence ?? '', history?.ttlMs ?? 0, history?.idleMs ?? 0, newEpoch(),
-        history?.since?.epoch ?? '', history?.since?.offset ?? -1], true)) as [number, number, Buffer | null, number, Buffer[]]
-    const [now, changed, epoch, top, missed] = reply
+        history?.since?.epoch ?? '', history?.since?.offset ?? -1], true)) as [number, Buffer | null, Buffer | null, number, Buffer[]]
+    const [now, before, epoch, top, missed] = reply
     this.#clock.observe(now)
     return {
-      presenceChanged: changed === 1,
+      previousPresence: before,
       position: epoch === null ? null : { offset: top, epoch: epoch.toString() },
       missed: storedPayloads(missed)
     }
