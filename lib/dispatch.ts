@@ -5,8 +5,14 @@
  * with `_`, and names that belong to the base classes or to `Object.prototype`, are never
  * dispatched: a message must not be able to call `close`, `send`, `constructor` or `toString`.
  */
+import type { Delivery } from './layers/types.js'
 
-export type MessageHandler = (message: object) => unknown
+export type MessageHandler = (message: object, info: Delivery) => unknown
+
+/** Presence announcements: a consumer without a handler for them ignores them silently. */
+export function isPresenceEvent (type: string): boolean {
+  return type === 'presence.join' || type === 'presence.leave'
+}
 
 const reserved = new Set<string>(Object.getOwnPropertyNames(Object.prototype))
 

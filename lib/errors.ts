@@ -33,3 +33,14 @@ export const TooManyGroupsError = createError<'FST_CHANNELS_TOO_MANY_GROUPS', [s
 /** `login()` or `logout()` was called on a scope without a session (`@fastify/session` is not registered). */
 export const SessionRequiredError = createError<'FST_CHANNELS_SESSION_REQUIRED', [string]>(
   'FST_CHANNELS_SESSION_REQUIRED', '%s() needs scope.session: register @fastify/cookie and @fastify/session before the consumer route')
+
+/**
+ * The process that owns a channel (only it can add the channel to a group or discard it) answered
+ * a request with a failure. `remoteCode` is the code of the error it met there.
+ */
+export const RemoteLayerError = createError<'FST_CHANNELS_REMOTE_FAILED', [string, string, string]>(
+  'FST_CHANNELS_REMOTE_FAILED', 'The process that owns channel "%s" could not %s: %s')
+
+/** Redis discarded a pipeline of the Redis layer (a transaction aborted under it). */
+export const RedisPipelineError = createError<'FST_CHANNELS_REDIS_PIPELINE', []>(
+  'FST_CHANNELS_REDIS_PIPELINE', 'Redis discarded a pipeline of the channel layer')

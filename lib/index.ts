@@ -15,11 +15,14 @@ export { BaseChannelLayer } from './layers/base.js'
 export { InMemoryChannelLayer } from './layers/in-memory.js'
 export { RedisChannelLayer } from './layers/redis.js'
 export type { RedisChannelLayerOptions, RedisLayerStats, RedisLayerInspection } from './layers/redis.js'
+export type { BaseChannelLayerOptions, LayerStats, LayerInspection } from './layers/base.js'
 export type {
-  ChannelLayer, LayerMessage, LayerValue, ReceiveOptions, LayerLogger, ChannelSink, ChannelListener, ChannelListening
+  ChannelLayer, LayerMessage, LayerValue, ReceiveOptions, LayerLogger, ChannelSink, ChannelListener, ChannelListening, LoggerAttaching,
+  StreamPosition, Delivery, GroupJoin, PresenceInfo, GroupPolicy, GroupAddOptions, HistoryOptions, GroupHistory, PresenceEntry,
+  Received, DeliveryReceiving
 } from './layers/types.js'
 export {
   ChannelFullError, InvalidChannelNameError, InvalidMessageError,
-  LayerClosedError, LayerTimeoutError, InvalidOptionError,
-  TooManyGroupsError, SessionRequiredError
+  LayerClosedError, LayerTimeoutError, RemoteLayerError, InvalidOptionError,
+  TooManyGroupsError, SessionRequiredError, RedisPipelineError
 } from './errors.js'

@@ -10,7 +10,7 @@ import fp from 'fastify-plugin'
 import fastifyWebsocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
-import type { ChannelLayer } from './layers/types.js'
+import { canAttachLogger, type ChannelLayer } from './layers/types.js'
 import { Connection, bindToRequest, connectionOf, type Runtime } from './connection/connection.js'
 import { startHeartbeat } from './connection/heartbeat.js'
 import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
@@ -54,10 +54,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
     stopHeartbeat: () => {}
   }
 
-  const layerLog = (layer as { log?: unknown }).log
-  if (layerLog !== undefined && typeof layerLog === 'object') {
-    (layer as { log: unknown }).log = fastify.log.child({ component: 'channel-layer' })
-  }
+  if (canAttachLogger(layer)) layer.attachLogger(fastify.log.child({ component: 'channel-layer' }))
 
   const foreignWebsocket = fastify.hasDecorator('websocketServer')
   mountConsumerRoutes(fastify, channels, foreignWebsocket)

@@ -6,9 +6,10 @@
  * named channel is a queue, so each message is handled by exactly one worker of all of them.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { ChannelLayer, LayerMessage } from './layers/types.js'
+import { canReceiveDelivery, type ChannelLayer, type Received } from './layers/types.js'
+import { DIRECT } from './layers/local-store.js'
 import { assertChannelName } from './layers/names.js'
-import { findHandler, reserveNames } from './dispatch.js'
+import { findHandler, isPresenceEvent, reserveNames } from './dispatch.js'
 import { InvalidChannelNameError, InvalidOptionError } from './errors.js'
 
 export const kInitWorker = Symbol('fastify-channels.initWorker')
@@ -72,14 +73,19 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
   const abort = new AbortController()
   const signal = abort.signal
 
-  async function handle (message: LayerMessage): Promise<void> {
+  // With the message's `Delivery` when the layer can tell it (a group message's group and position).
+  const receive = canReceiveDelivery(layer)
+    ? async (): Promise<Received> => await layer.receiveDelivery(channel, { signal })
+    : async (): Promise<Received> => ({ message: await layer.receive(channel, { signal }), info: DIRECT })
+
+  async function handle ({ message, info }: Received): Promise<void> {
     const handler = findHandler(worker, message.type)
     if (handler === undefined) {
-      log.warn({ type: message.type, channel }, 'no worker handler for message type; dropped')
+      if (!isPresenceEvent(message.type)) log.warn({ type: message.type, channel }, 'no worker handler for message type; dropped')
       return
     }
     try {
-      await handler.call(worker, message)
+      await handler.call(worker, message, info)
     } catch (err) {
       log.error({ err, type: message.type, channel }, 'worker handler failed; going on with the next message')
     }
@@ -88,9 +94,9 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
   async function loop (): Promise<void> {
     let retryMs = RETRY_MIN_MS
     while (!signal.aborted) {
-      let message: LayerMessage
+      let received: Received
       try {
-        message = await layer.receive(channel, { signal })
+        received = await receive()
       } catch (err) {
         if (signal.aborted) return
         if ((err as { code?: unknown }).code === 'FST_CHANNELS_LAYER_CLOSED') {
@@ -103,7 +109,7 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
         continue
       }
       retryMs = RETRY_MIN_MS
-      await handle(message)
+      await handle(received)
     }
   }
 

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { WebsocketConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type LayerMessage } from '../lib/index.js'
+import { WebsocketConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type Delivery, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, sleep } from './helpers/app.js'
 import { contractOnly } from './helpers/layers.js'
@@ -418,4 +418,35 @@ t.test('a handler returning a broken thenable fails only its own connection, nev
   t.same(await odd.closed, { code: 1011, reason: 'internal error' })
   t.equal(await fine.receiveFrom(), 'fine', 'the other member got its message')
   t.ok(logs.some(l => l.msg === 'consumer handler failed; closing with 1011' && (l.err as { message?: string }).message === 'broken thenable'))
+})
+
+t.test('handlers get how a message came; presence events reach presenceJoin/presenceLeave, or nobody, silently', async t => {
+  const layer = new InMemoryChannelLayer({ groups: { 'room.*': { history: { size: 10, ttl: 60 }, presenceEvents: true } } })
+  class Room extends JsonWebsocketConsumer {
+    override groups = ['room.lobby']
+    async chatMessage (event: LayerMessage, info: Delivery) { await this.sendJson({ text: event.text, info }) }
+    async presenceJoin (event: LayerMessage) { await this.sendJson({ joined: event.info }) }
+    async presenceLeave (event: LayerMessage) { await this.sendJson({ left: event.info }) }
+  }
+  class Quiet extends JsonWebsocketConsumer {
+    override groups = ['room.lobby']
+  }
+  const { app, logs } = await buildApp({ layer }, app => {
+    app.get('/room', { websocket: true }, Room.asHandler())
+    app.get('/quiet', { websocket: true }, Quiet.asHandler())
+  })
+  t.teardown(() => app.close())
+  const [room, quiet] = [new WebsocketCommunicator(app, '/room'), new WebsocketCommunicator(app, '/quiet')]
+  await room.connect()
+  await quiet.connect()
+  const position = await layer.groupSend('room.lobby', { type: 'chat.message', text: 'hi' })
+  t.same(await room.receiveJsonFrom(), { text: 'hi', info: { group: 'room.lobby', offset: 1, epoch: position?.epoch } })
+  const visitor = await layer.newChannel()
+  await layer.groupAdd('room.lobby', visitor, { presence: { name: 'Ada' } })
+  t.same(await room.receiveJsonFrom(), { joined: { name: 'Ada' } })
+  await layer.groupDiscard('room.lobby', visitor)
+  t.same(await room.receiveJsonFrom(), { left: { name: 'Ada' } })
+  t.ok(await quiet.receiveNothing(50))
+  t.notOk(logs.some(l => l.msg === 'no handler for message type; dropped' && String(l.type).startsWith('presence.')), 'a consumer without presence handlers is not told off')
+  t.ok(logs.some(l => l.msg === 'no handler for message type; dropped' && l.type === 'chat.message'), 'unlike any other type')
 })

@@ -2,7 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import fastifyChannels, {
   ChannelConsumer, JsonWebsocketConsumer, WebsocketConsumer, InMemoryChannelLayer, InvalidChannelNameError, InvalidOptionError,
-  type LayerMessage
+  type Delivery, type LayerMessage
 } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, eventually } from './helpers/app.js'
@@ -116,11 +116,11 @@ t.test('close() stops the worker after the message in hand, before the layer clo
 
 t.test('a failing receive() is logged and retried; a layer closed underneath stops the worker', async t => {
   const layer = new InMemoryChannelLayer()
-  const receive = layer.receive.bind(layer)
+  const receive = layer.receiveDelivery.bind(layer)
   let failures = 0
-  layer.receive = async (channel, options) => {
+  layer.receiveDelivery = async (channel, options) => {
     if (failures++ === 0) throw new Error('backend unreachable')
-    return receive(channel, options)
+    return await receive(channel, options)
   }
   const handled: unknown[] = []
   class Patient extends ChannelConsumer {
@@ -224,4 +224,25 @@ t.test('channelWorker() checks its arguments', async t => {
 
   await app.ready()
   t.throws(() => app.channelWorker('jobs', Good), { code: 'FST_CHANNELS_INVALID_OPTION', message: /after the app became ready/ })
+})
+
+t.test('handlers get how a message came: its group and position, or nothing for a direct send', async t => {
+  const layer = new InMemoryChannelLayer({ groups: { 'audit.*': { history: { size: 10, ttl: 60 }, presenceEvents: true } } })
+  const seen: Array<[unknown, Delivery]> = []
+  class Auditor extends ChannelConsumer {
+    async record (message: LayerMessage, info: Delivery) { seen.push([message.n, info]) }
+  }
+  const { app, logs } = await buildApp({ layer }, app => app.channelWorker('auditor', Auditor))
+  t.teardown(() => app.close())
+  await layer.groupAdd('audit.log', 'auditor')
+  const position = await layer.groupSend('audit.log', { type: 'record', n: 1 })
+  await layer.send('auditor', { type: 'record', n: 2 })
+  const member = await layer.newChannel()
+  await layer.groupAdd('audit.log', member, { presence: { name: 'Ada' } })
+  await eventually(() => seen.length === 2)
+  t.same(seen, [[1, { group: 'audit.log', offset: 1, epoch: position?.epoch }], [2, {}]])
+  await layer.groupDiscard('audit.log', member)
+  await layer.send('auditor', { type: 'record', n: 3 })
+  await eventually(() => seen.length === 3)
+  t.notOk(logs.some(l => l.msg === 'no worker handler for message type; dropped'), 'presence events are ignored silently by a worker without their handlers')
 })

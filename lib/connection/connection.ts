@@ -18,7 +18,7 @@
  * `transition()` is the only place the state changes, and `Transitions` the only moves it allows.
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { ChannelLayer, LayerMessage } from '../layers/types.js'
+import type { ChannelLayer, Delivery, LayerMessage } from '../layers/types.js'
 import { buildScope, type GetUser, type Scope } from '../scope.js'
 import { InvalidOptionError } from '../errors.js'
 import { layerView, leaveLayer } from './layer-view.js'
@@ -78,7 +78,7 @@ export function connectionOf (raw: object): Connection | undefined {
   return byRequest.get(raw)
 }
 
-export class Connection implements TaskRunner<Task>, FlowOwner, OutboundOwner, Beating {
+export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating {
   /** The subprotocol `accept()` named. */
   subprotocol: string | undefined = undefined
   /** Resolves once the connection has ended and the layer is freed of it. */
@@ -88,7 +88,7 @@ export class Connection implements TaskRunner<Task>, FlowOwner, OutboundOwner, B
   readonly heartbeatSlot = heartbeatSlot()
 
   #state: State = 'handshake'
-  readonly #tasks: TaskQueue<Task> = new TaskQueue<Task>(this)
+  readonly #tasks: TaskQueue<Task, Delivery> = new TaskQueue<Task, Delivery>(this)
   readonly #flow: FlowControl<Task> = new FlowControl<Task>(this.#tasks, this)
   readonly #outbound: Outbound
   readonly #runtime: Runtime
@@ -286,11 +286,11 @@ export class Connection implements TaskRunner<Task>, FlowOwner, OutboundOwner, B
   // --- tasks -----------------------------------------------------------------------------------
 
   /** TaskRunner: only End runs once the connection is closing. */
-  runTask (task: Task): PromiseLike<unknown> | undefined {
+  runTask (task: Task, info: Delivery | undefined): PromiseLike<unknown> | undefined {
     if (task instanceof End) return this.#end(task.code)
     if (this.#state !== 'open') return undefined
     try {
-      return callConsumer(this.#consumer, task, this.log, this.#channelName)
+      return callConsumer(this.#consumer, task, info, this.log, this.#channelName)
     } catch (err) {
       this.taskFailed(err)
       return undefined

@@ -9,7 +9,7 @@
  *   below HIGH_WATER again after it had reached it;
  * - a layer that can only be polled: the `receive()` pump waits.
  */
-import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, LayerMessage } from '../layers/types.js'
+import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, Delivery, LayerMessage } from '../layers/types.js'
 import { canListen } from '../layers/types.js'
 import type { TaskQueue } from './task-queue.js'
 
@@ -28,7 +28,7 @@ export interface FlowOwner {
 }
 
 export class FlowControl<Task> implements ChannelSink {
-  readonly #queue: TaskQueue<Task | LayerMessage>
+  readonly #queue: TaskQueue<Task | LayerMessage, Delivery>
   readonly #owner: FlowOwner
   #socket: Readable | null = null
   // Stopped reading client frames because the consumer is behind.
@@ -40,7 +40,7 @@ export class FlowControl<Task> implements ChannelSink {
   #wakePump: (() => void) | null = null
   #stopPump: AbortController | null = null
 
-  constructor (queue: TaskQueue<Task | LayerMessage>, owner: FlowOwner) {
+  constructor (queue: TaskQueue<Task | LayerMessage, Delivery>, owner: FlowOwner) {
     this.#queue = queue
     this.#owner = owner
   }
@@ -74,9 +74,9 @@ export class FlowControl<Task> implements ChannelSink {
     return this.#queue.pending < HIGH_WATER
   }
 
-  /** ChannelSink: a layer message, queued behind what arrived before it. */
-  push (message: LayerMessage): void {
-    this.#queue.push(message)
+  /** ChannelSink: a layer message and how it came, queued behind what arrived before it. */
+  push (message: LayerMessage, info: Delivery): void {
+    this.#queue.push(message, info)
     if (this.#queue.pending >= HIGH_WATER) this.#saturated = true
   }
 

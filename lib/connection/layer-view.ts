@@ -11,7 +11,7 @@
  * view holds just its channel, its limit and its memberships.
  */
 import { inspect } from 'node:util'
-import type { ChannelLayer, LayerLogger } from '../layers/types.js'
+import type { ChannelLayer, GroupAddOptions, GroupJoin, LayerLogger } from '../layers/types.js'
 import { canDiscardChannel } from '../layers/types.js'
 import { TooManyGroupsError } from '../errors.js'
 
@@ -22,7 +22,8 @@ export interface CountedView {
   joined: ReadonlySet<string>
 }
 
-type GroupMethod = ChannelLayer['groupAdd']
+type AddMethod = ChannelLayer['groupAdd']
+type DiscardMethod = ChannelLayer['groupDiscard']
 type Fn = (...args: unknown[]) => unknown
 
 type ViewClass = new (channel: string, maxGroups: number, joined: Set<string>) => object
@@ -63,8 +64,8 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
     readonly #maxGroups: number
     readonly #joined: Set<string>
     // Bound on first use: most views never read them.
-    #boundAdd: GroupMethod | undefined = undefined
-    #boundDiscard: GroupMethod | undefined = undefined
+    #boundAdd: AddMethod | undefined = undefined
+    #boundDiscard: DiscardMethod | undefined = undefined
 
     constructor (channel: string, maxGroups: number, joined: Set<string>) {
       super()
@@ -73,14 +74,14 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
       this.#joined = joined
     }
 
-    async #groupAdd (group: string, member: string): Promise<void> {
+    async #groupAdd (group: string, member: string, options?: GroupAddOptions): Promise<GroupJoin> {
       const joined = this.#joined
-      if (member !== this.#channel || joined.has(group)) return layer.groupAdd(group, member)
+      if (member !== this.#channel || joined.has(group)) return await layer.groupAdd(group, member, options)
       if (joined.size >= this.#maxGroups) throw new TooManyGroupsError(this.#channel, this.#maxGroups)
       // Counted before the await, so joins started together cannot all pass the check.
       joined.add(group)
       try {
-        await layer.groupAdd(group, member)
+        return await layer.groupAdd(group, member, options)
       } catch (err) {
         joined.delete(group)
         throw err
@@ -92,13 +93,13 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
       if (member === this.#channel) this.#joined.delete(group)
     }
 
-    get groupAdd (): GroupMethod { return (this.#boundAdd ??= this.#groupAdd.bind(this)) }
+    get groupAdd (): AddMethod { return (this.#boundAdd ??= this.#groupAdd.bind(this)) }
     set groupAdd (value: unknown) { write('groupAdd', value) }
-    get group_add (): GroupMethod { return this.groupAdd } // eslint-disable-line camelcase
+    get group_add (): AddMethod { return this.groupAdd } // eslint-disable-line camelcase
     set group_add (value: unknown) { write('group_add', value) } // eslint-disable-line camelcase
-    get groupDiscard (): GroupMethod { return (this.#boundDiscard ??= this.#groupDiscard.bind(this)) }
+    get groupDiscard (): DiscardMethod { return (this.#boundDiscard ??= this.#groupDiscard.bind(this)) }
     set groupDiscard (value: unknown) { write('groupDiscard', value) }
-    get group_discard (): GroupMethod { return this.groupDiscard } // eslint-disable-line camelcase
+    get group_discard (): DiscardMethod { return this.groupDiscard } // eslint-disable-line camelcase
     set group_discard (value: unknown) { write('group_discard', value) } // eslint-disable-line camelcase
 
     // What console.log(view) shows: the layer (as it did for a Proxy of it), unless the layer has its own.

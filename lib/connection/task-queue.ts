@@ -4,26 +4,29 @@
  * no promise at all; one that returns a promise resumes the loop when it settles, with one `.then`
  * per task and no other promise. Nothing runs before `start()`.
  *
- * The queue knows nothing of what a task means: its owner gives it a `TaskRunner`.
+ * The queue knows nothing of what a task means: its owner gives it a `TaskRunner`. A task may
+ * come with a detail (how a layer message came), kept beside it rather than in a wrapper: no
+ * allocation per task.
  */
 
-export interface TaskRunner<Task> {
+export interface TaskRunner<Task, Detail = never> {
   /** Runs one task; returns what to wait for when it is asynchronous. */
-  runTask (task: Task): PromiseLike<unknown> | undefined
+  runTask (task: Task, detail: Detail | undefined): PromiseLike<unknown> | undefined
   /** The promise `runTask` returned rejected (or was a thenable that broke). */
   taskFailed (err: unknown): void
   /** Called after every task, once it has completed. */
   afterTask (): void
 }
 
-export class TaskQueue<Task> {
-  readonly #runner: TaskRunner<Task>
+export class TaskQueue<Task, Detail = never> {
+  readonly #runner: TaskRunner<Task, Detail>
   #queue: Array<Task | undefined> = []
+  #details: Array<Detail | undefined> = []
   #head = 0
   #draining = false
   #started = false
 
-  constructor (runner: TaskRunner<Task>) {
+  constructor (runner: TaskRunner<Task, Detail>) {
     this.#runner = runner
   }
 
@@ -32,8 +35,9 @@ export class TaskQueue<Task> {
     return this.#queue.length - this.#head
   }
 
-  push (task: Task): void {
+  push (task: Task, detail?: Detail): void {
     this.#queue.push(task)
+    this.#details.push(detail)
     if (this.#started && !this.#draining) this.#drain()
   }
 
@@ -47,8 +51,10 @@ export class TaskQueue<Task> {
     const runner = this.#runner
     while (this.#head < this.#queue.length) {
       const task = this.#queue[this.#head] as Task
-      this.#queue[this.#head++] = undefined
-      const pending = runner.runTask(task)
+      const detail = this.#details[this.#head]
+      this.#queue[this.#head] = undefined
+      this.#details[this.#head++] = undefined
+      const pending = runner.runTask(task, detail)
       if (pending !== undefined) {
         // Promise.resolve: a native promise as it is; any other thenable adopted safely (a `then`
         // that throws becomes a rejection instead of an exception in whoever queued the task).
@@ -58,6 +64,7 @@ export class TaskQueue<Task> {
       runner.afterTask()
     }
     this.#queue.length = 0
+    this.#details.length = 0
     this.#head = 0
     this.#draining = false
   }

@@ -5,8 +5,9 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { RawData } from 'ws'
-import type { LayerMessage } from '../layers/types.js'
-import { findHandler } from '../dispatch.js'
+import type { Delivery, LayerMessage } from '../layers/types.js'
+import { DIRECT } from '../layers/local-store.js'
+import { findHandler, isPresenceEvent } from '../dispatch.js'
 import { TooManyGroupsError } from '../errors.js'
 import { toBuffer } from './socket.js'
 
@@ -32,10 +33,12 @@ export class End {
 export type Task = ClientFrame | End | LayerMessage
 
 /**
- * Hands a frame or a message to the consumer. Returns what to wait for when the handler is
- * asynchronous; throws what it threw (also a thenable whose `then` cannot be read).
+ * Hands a frame or a message (with how it came) to the consumer. Returns what to wait for when the
+ * handler is asynchronous; throws what it threw (also a thenable whose `then` cannot be read).
+ * A presence announcement without a handler is ignored silently: not every consumer cares.
  */
-export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | LayerMessage, log: FastifyBaseLogger, channel: string): PromiseLike<unknown> | undefined {
+export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | LayerMessage, info: Delivery | undefined,
+  log: FastifyBaseLogger, channel: string): PromiseLike<unknown> | undefined {
   let result: unknown
   if (task instanceof ClientFrame) {
     result = task.binary
@@ -44,10 +47,10 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
   } else {
     const handler = findHandler(consumer, task.type)
     if (handler === undefined) {
-      log.warn({ type: task.type, channel }, 'no handler for message type; dropped')
+      if (!isPresenceEvent(task.type)) log.warn({ type: task.type, channel }, 'no handler for message type; dropped')
       return undefined
     }
-    result = handler.call(consumer, task)
+    result = handler.call(consumer, task, info ?? DIRECT)
   }
   return isThenable(result) ? result : undefined
 }

@@ -1,12 +1,27 @@
+/**
+ * The channel layer rules, once for every backend: `BaseChannelLayer` is the facade users call.
+ * Each public method checks that the layer is open, validates names and copies the message
+ * (recipients get their own copy; the caller's object is only read), then calls a `do*` hook.
+ * The hooks default to the process-local store, which makes this class a complete in-memory
+ * layer; a backend that spans processes overrides the hooks and uses the store for whatever lives
+ * in this process. Backends do not override the public methods, or they would lose the rules.
+ */
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { ChannelFullError, InvalidOptionError, LayerClosedError } from '../errors.js'
-import { Mailbox, Waiter } from './mailbox.js'
-import { cloneMessage, copyMessage } from './message.js'
-import { assertChannelName, assertChannelPrefix, assertGroupName } from './names.js'
+import { ChannelFullError, InvalidMessageError, InvalidOptionError, LayerClosedError } from '../errors.js'
+import { clonePlainObject, copyMessage, copyPlainObject } from './message.js'
+import { encodeValue } from './codec.js'
+import { assertChannelName, assertChannelPrefix, assertGroupName, isProcessSpecific } from './names.js'
+import { LocalStore, type LayerInspection } from './local-store.js'
+import { GroupPolicies, type Policy } from './policies.js'
+import { MemoryHistory, type HistoryPolicy } from './history.js'
 import type {
-  ChannelDiscarding, ChannelLayer, ChannelListener, ChannelListening, ChannelSink, LayerLogger, LayerMessage, ReceiveOptions
+  ChannelDiscarding, ChannelLayer, ChannelListener, ChannelListening, ChannelSink, DeliveryReceiving, GroupAddOptions,
+  GroupHistory, GroupJoin, GroupPolicy, HistoryOptions, LayerLogger, LayerMessage, LoggerAttaching, PresenceEntry,
+  PresenceInfo, ReceiveOptions, Received, StreamPosition
 } from './types.js'
+
+export type { LayerInspection } from './local-store.js'
 
 export interface BaseChannelLayerOptions {
   /** Undelivered messages a channel may hold before `send()` rejects with ChannelFullError. Default 100. */
@@ -15,25 +30,39 @@ export interface BaseChannelLayerOptions {
   expiry?: number
   /** Seconds a group membership lasts unless `groupAdd()` renews it. Default 86400. */
   groupExpiry?: number
+  /**
+   * Where the layer logs what it drops or recovers from (pino's and Fastify's loggers fit).
+   * Default: the app's logger when the plugin is registered with this layer, else nothing.
+   */
+  log?: LayerLogger
+  /**
+   * Policies by group name (exact, or a prefix ending in `*`; the longest match applies): history
+   * with offsets and recovery, presence events. Every process sharing a layer is configured alike.
+   */
+  groups?: Record<string, GroupPolicy>
 }
+
+/** A checked `groupAdd()` request. */
+export interface JoinRequest {
+  since: StreamPosition | undefined
+  presence: PresenceInfo | undefined
+}
+
+/** Presence info may take this many bytes encoded. */
+export const MAX_PRESENCE_BYTES = 1024
+const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
+const DEFAULT_HISTORY_LIMIT = 100_000
 
 export interface LayerStats {
   /** Deliveries `groupSend()` skipped because the member's channel was full. */
   groupSendSkipped: number
 }
 
-/** Counts of the process-local state, for diagnostics and leak tests; not a stable format. */
-export interface LayerInspection {
-  /** Channels holding messages, waiting receivers or a listener. */
-  channels: number
-  groups: number
-  memberships: number
-}
-
 const noop = (): void => {}
 const silentLogger: LayerLogger = { warn: noop, debug: noop, error: noop }
 
-function checkPositive (name: string, value: unknown, fallback: number, integer: boolean): number {
+/** A layer option that must be a positive number (or integer); `fallback` when unset. */
+export function positiveOption (name: string, value: unknown, fallback: number, integer: boolean): number {
   if (value === undefined) return fallback
   const ok = typeof value === 'number' && Number.isFinite(value) && value > 0 && (!integer || Number.isInteger(value))
   if (!ok) {
@@ -43,19 +72,19 @@ function checkPositive (name: string, value: unknown, fallback: number, integer:
   return value
 }
 
-/**
- * The channel layer rules and the process-local bookkeeping, once for every backend.
- *
- * Public methods check that the layer is open, validate names and copy the message, then call a
- * `do*` hook. The hooks default to process-local delivery, which makes this class a complete
- * in-memory layer; a distributed backend overrides the hooks and calls the `*Local` primitives for
- * whatever lives in this process (waiting receivers, fan-out to local channels). Backends should
- * not override the public methods, or they lose the validation.
- */
-export abstract class BaseChannelLayer extends EventEmitter implements ChannelLayer, ChannelDiscarding, ChannelListening {
+function checkLogger (log: unknown): LayerLogger | undefined {
+  if (log === undefined) return undefined
+  const methods = log as Partial<Record<keyof LayerLogger, unknown>> | null
+  if (typeof methods !== 'object' || methods === null ||
+    typeof methods.warn !== 'function' || typeof methods.debug !== 'function' || typeof methods.error !== 'function') {
+    throw new InvalidOptionError('Channel layer option "log" must be a logger with warn, debug and error methods')
+  }
+  return log as LayerLogger
+}
+
+export abstract class BaseChannelLayer extends EventEmitter
+  implements ChannelLayer, ChannelDiscarding, ChannelListening, LoggerAttaching, DeliveryReceiving {
   readonly extensions: readonly string[] = ['groups', 'flush']
-  /** Where skipped deliveries are reported; the plugin assigns Fastify's logger. */
-  log: LayerLogger = silentLogger
   readonly stats: LayerStats = { groupSendSkipped: 0 }
   /** Identifies this instance inside `newChannel()` names (`prefix.<processToken>!<random>`). */
   readonly processToken: string
@@ -66,29 +95,45 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
   readonly new_channel: ChannelLayer['newChannel']
 
   protected readonly capacity: number
-  /** Milliseconds, like every deadline kept by this class. */
+  /** Milliseconds, like every deadline the layer keeps. */
   protected readonly expiryMs: number
   protected readonly groupExpiryMs: number
+  /** This process' channels, groups and listeners. */
+  protected readonly store: LocalStore
+  protected readonly policies: GroupPolicies
 
+  #log: LayerLogger
+  readonly #ownLogger: boolean
   #closed = false
-  readonly #mailboxes = new Map<string, Mailbox>()
-  // group → channel → expiry deadline, and the reverse index that makes discardChannel cheap.
-  readonly #groups = new Map<string, Map<string, number>>()
-  readonly #channelGroups = new Map<string, Set<string>>()
-  readonly #sinks = new Map<string, ChannelSink>()
   readonly #sweeper: NodeJS.Timeout
+  // Only for the in-memory hooks; a layer that keeps history elsewhere never creates it.
+  #memoryHistory: MemoryHistory | undefined
 
   constructor (options: BaseChannelLayerOptions = {}) {
     super()
     if (typeof options !== 'object' || options === null) {
       throw new InvalidOptionError('Channel layer options must be an object')
     }
-    this.capacity = checkPositive('capacity', options.capacity, 100, true)
-    const expiry = checkPositive('expiry', options.expiry, 60, false)
-    const groupExpiry = checkPositive('groupExpiry', options.groupExpiry, 86400, false)
+    this.capacity = positiveOption('capacity', options.capacity, 100, true)
+    const expiry = positiveOption('expiry', options.expiry, 60, false)
+    const groupExpiry = positiveOption('groupExpiry', options.groupExpiry, 86400, false)
     this.expiryMs = expiry * 1000
     this.groupExpiryMs = groupExpiry * 1000
+    const log = checkLogger(options.log)
+    this.#log = log ?? silentLogger
+    this.#ownLogger = log !== undefined
+    this.policies = new GroupPolicies(options.groups)
     this.processToken = randomBytes(8).readBigUInt64BE().toString(36).padStart(12, '0').slice(-12)
+    this.store = new LocalStore({
+      capacity: this.capacity,
+      expiryMs: this.expiryMs,
+      groupExpiryMs: this.groupExpiryMs,
+      skipped: (group, channel) => this.reportSkipped(group, channel),
+      // Announced after the store is done changing: the removal may happen in the middle of a fan-out.
+      presenceLeft: (group, channel, info) => queueMicrotask(() => {
+        if (!this.closed && this.policies.of(group)?.presenceEvents === true) this.announcePresence(group, 'presence.leave', channel, info)
+      })
+    })
 
     this.group_add = this.groupAdd.bind(this)
     this.group_discard = this.groupDiscard.bind(this)
@@ -102,13 +147,23 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
     const sweeper: NodeJS.Timeout = setInterval(() => {
       const alive = layer.deref()
       if (alive === undefined) clearInterval(sweeper)
-      else alive.sweepLocal()
+      else alive.#sweep()
     }, every * 1000).unref()
     this.#sweeper = sweeper
   }
 
   get closed (): boolean {
     return this.#closed
+  }
+
+  /** Where the layer logs: the `log` option, else the logger the plugin attached, else nowhere. */
+  get log (): LayerLogger {
+    return this.#log
+  }
+
+  /** Called by the plugin with the app's logger; a `log` given to the constructor is kept. */
+  attachLogger (log: LayerLogger): void {
+    if (!this.#ownLogger) this.#log = checkLogger(log) ?? silentLogger
   }
 
   async newChannel (prefix = 'specific'): Promise<string> {
@@ -126,6 +181,11 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
   }
 
   async receive (channel: string, options?: ReceiveOptions): Promise<LayerMessage> {
+    return (await this.receiveDelivery(channel, options)).message
+  }
+
+  /** `receive()` with how the message came (its group, offset and epoch): what workers use. */
+  async receiveDelivery (channel: string, options?: ReceiveOptions): Promise<Received> {
     this.assertOpen()
     assertChannelName(channel)
     const signal = options?.signal
@@ -137,11 +197,15 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
     return this.doReceive(channel, signal)
   }
 
-  async groupAdd (group: string, channel: string): Promise<void> {
+  /**
+   * Adds `channel` to `group`. With `since` on a group with history, what the member missed is
+   * delivered first; with `presence`, the membership is listed by `presence()`.
+   */
+  async groupAdd (group: string, channel: string, options?: GroupAddOptions): Promise<GroupJoin> {
     this.assertOpen()
     assertGroupName(group)
     assertChannelName(channel)
-    return this.doGroupAdd(group, channel)
+    return this.doGroupAdd(group, channel, checkJoin(options), this.policies.of(group))
   }
 
   async groupDiscard (group: string, channel: string): Promise<void> {
@@ -151,10 +215,31 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
     return this.doGroupDiscard(group, channel)
   }
 
-  async groupSend (group: string, message: LayerMessage): Promise<void> {
+  /** Resolves with the message's position in a group with history, else undefined. */
+  async groupSend (group: string, message: LayerMessage): Promise<StreamPosition | undefined> {
     this.assertOpen()
     assertGroupName(group)
-    return this.doGroupSend(group, copyMessage(message))
+    return this.doGroupSend(group, copyMessage(message), this.policies.of(group))
+  }
+
+  /**
+   * The group's retained messages, oldest first: after `since` (when its epoch is current) up to
+   * `limit`, or else the latest `limit`. A group without history has none and a null position.
+   */
+  async history (group: string, options?: HistoryOptions): Promise<GroupHistory> {
+    this.assertOpen()
+    assertGroupName(group)
+    const { since, limit } = checkHistoryOptions(options)
+    const history = this.policies.of(group)?.history
+    if (history === undefined) return { messages: [], position: null }
+    return this.doHistory(group, history, since, limit)
+  }
+
+  /** The presence entries of the group's members, across every process sharing the layer. */
+  async presence (group: string): Promise<PresenceEntry[]> {
+    this.assertOpen()
+    assertGroupName(group)
+    return this.doPresence(group)
   }
 
   /**
@@ -165,14 +250,9 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
   listen (channel: string, sink: ChannelSink): ChannelListener {
     this.assertOpen()
     assertChannelName(channel)
-    if (!channel.includes('!')) throw new InvalidOptionError(`listen() takes a channel of this process, not the named channel "${channel}"`)
-    if (this.#sinks.has(channel)) throw new InvalidOptionError(`channel "${channel}" already has a listener`)
-    this.#sinks.set(channel, sink)
-    const listener: ChannelListener = {
-      resume: () => { if (this.#sinks.get(channel) === sink) this.#resume(channel, sink) },
-      close: () => { if (this.#sinks.get(channel) === sink) this.#sinks.delete(channel) }
-    }
-    listener.resume()
+    if (!isProcessSpecific(channel)) throw new InvalidOptionError(`listen() takes a channel of this process, not the named channel "${channel}"`)
+    const listener = this.store.listen(channel, sink)
+    if (listener === undefined) throw new InvalidOptionError(`channel "${channel}" already has a listener`)
     return listener
   }
 
@@ -199,11 +279,7 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
 
   /** Diagnostics: sizes of the process-local state (expired entries count until swept). */
   inspect (): LayerInspection {
-    let memberships = 0
-    for (const members of this.#groups.values()) memberships += members.size
-    let channels = this.#mailboxes.size
-    for (const channel of this.#sinks.keys()) if (!this.#mailboxes.has(channel)) channels++
-    return { channels, groups: this.#groups.size, memberships }
+    return this.store.inspect()
   }
 
   // Hooks. `message` arguments are copies owned by the layer and may be handed to a receiver as is.
@@ -212,249 +288,134 @@ export abstract class BaseChannelLayer extends EventEmitter implements ChannelLa
   protected async doNewChannel (_channel: string): Promise<void> {}
 
   protected async doSend (channel: string, message: LayerMessage): Promise<void> {
-    if (!this.deliverLocal(channel, message)) throw new ChannelFullError(channel)
+    if (!this.store.deliver(channel, message)) throw new ChannelFullError(channel)
   }
 
-  protected doReceive (channel: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
-    return this.receiveLocal(channel, signal)
+  protected doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
+    return this.store.receive(channel, signal)
   }
 
-  protected async doGroupAdd (group: string, channel: string): Promise<void> {
-    this.addMembershipLocal(group, channel)
+  // In one synchronous step, so no message sent meanwhile can come between the replay and the join.
+  protected async doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    const store = this.store
+    let result = NO_JOIN
+    const history = policy?.history
+    if (history !== undefined) {
+      const memory = this.#history()
+      if (join.since === undefined) {
+        result = { position: memory.position(group, history), recovered: false }
+      } else {
+        const { position, entries, complete } = memory.recover(group, history, join.since)
+        // A member all along has had these already; a returning one gets them before anything newer.
+        if (complete && !store.isMember(group, channel)) {
+          for (const { message, offset } of entries) store.deliver(channel, message, { group, offset, epoch: position.epoch }, true)
+        }
+        result = { position, recovered: complete }
+      }
+    }
+    const announce = join.presence !== undefined && policy?.presenceEvents === true &&
+      !samePresence(store.presenceOf(group, channel), join.presence)
+    store.addMember(group, channel, join.presence)
+    if (announce) this.announcePresence(group, 'presence.join', channel, join.presence as PresenceInfo)
+    return result
   }
 
   protected async doGroupDiscard (group: string, channel: string): Promise<void> {
-    this.removeMembershipLocal(group, channel)
+    this.store.removeMember(group, channel)
   }
 
-  protected async doGroupSend (group: string, message: LayerMessage): Promise<void> {
-    this.groupSendLocal(group, message)
+  protected async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
+    const history = policy?.history
+    if (history === undefined) {
+      this.store.fanOut(group, message, { group })
+      return undefined
+    }
+    const position = this.#history().append(group, history, message)
+    this.store.fanOut(group, message, { group, offset: position.offset, epoch: position.epoch })
+    return position
+  }
+
+  protected async doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory> {
+    return this.#history().read(group, history, since, limit)
+  }
+
+  protected async doPresence (group: string): Promise<PresenceEntry[]> {
+    return this.store.presence(group)
   }
 
   protected async doDiscardChannel (channel: string): Promise<void> {
-    this.discardChannelLocal(channel)
+    this.store.discardChannel(channel)
   }
 
   protected async doFlush (): Promise<void> {
-    this.flushLocal()
+    this.store.flush()
+    this.#memoryHistory?.flush()
   }
 
   protected async doClose (): Promise<void> {
-    this.closeLocal()
+    this.store.close()
   }
-
-  // Process-local primitives: synchronous, no validation, for hooks of this class and subclasses.
 
   protected assertOpen (): void {
     if (this.#closed) throw new LayerClosedError()
   }
 
-  /**
-   * Hands `message` (owned by the layer, not copied again) to the channel's longest-waiting local
-   * receiver, or queues it. Returns false, delivering nothing, when the channel is full.
-   */
-  protected deliverLocal (channel: string, message: LayerMessage): boolean {
-    return this.#deliver(channel, message, false)
+  /** Tells the group's local members that a presence entry came or went; it takes no offset. */
+  protected announcePresence (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: PresenceInfo): void {
+    this.store.fanOut(group, { type, channel, info: clonePlainObject(info) }, { group })
   }
 
-  /**
-   * Gives each channel its own copy of `message`, skipping (counted and logged) the full ones.
-   * For a backend that learns a group's local members from elsewhere; `group` is for the log line.
-   */
-  protected deliverManyLocal (channels: Iterable<string>, message: LayerMessage, group: string): void {
-    for (const channel of channels) this.#offer(channel, message, group, true)
+  #sweep (): void {
+    this.store.sweep()
+    this.#memoryHistory?.sweep()
   }
 
-  /**
-   * Fans `message` out to the group's live local members; expired memberships are dropped on the way.
-   * Takes ownership of `message` (the last member receives it uncopied): serialize it before calling.
-   */
-  protected groupSendLocal (group: string, message: LayerMessage): void {
-    const members = this.#groups.get(group)
-    if (members === undefined) return
-    const now = performance.now()
-    const count = members.size
-    let seen = 0
-    for (const [channel, expiresAt] of members) {
-      seen++
-      if (expiresAt <= now) {
-        this.#unlink(group, members, channel)
-        continue
-      }
-      // The last member may take the layer's own copy: one clone fewer per groupSend.
-      this.#offer(channel, message, group, seen !== count)
-    }
+  #history (): MemoryHistory {
+    // An idle group's position is remembered as long as a membership would be.
+    this.#memoryHistory ??= new MemoryHistory(this.groupExpiryMs)
+    return this.#memoryHistory
   }
 
-  /** Waits for the next message on a channel of this process, FIFO among receivers. */
-  protected receiveLocal (channel: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
-    // Again here: a subclass may have awaited since receive() checked, and an aborted signal never fires.
-    if (signal?.aborted === true) return Promise.reject(signal.reason)
-    let mailbox = this.#mailboxes.get(channel)
-    if (mailbox !== undefined) {
-      mailbox.dropExpired(performance.now())
-      const message = mailbox.shift()
-      if (message !== undefined) {
-        mailbox.releaseIfIdle()
-        return Promise.resolve(message)
-      }
-    } else {
-      mailbox = new Mailbox(channel, this.#mailboxes)
-      this.#mailboxes.set(channel, mailbox)
-    }
-    const box = mailbox
-    return new Promise((resolve, reject) => {
-      const waiter = new Waiter(box, resolve, reject, signal)
-      box.addWaiter(waiter)
-      signal?.addEventListener('abort', waiter, { once: true })
-    })
-  }
-
-  /**
-   * The group's local members with their expiry deadlines (`performance.now()` ms; expired ones stay
-   * until swept), or undefined when it has none. Read-only view: change it through the primitives.
-   */
-  protected membersLocal (group: string): ReadonlyMap<string, number> | undefined {
-    return this.#groups.get(group)
-  }
-
-  /** The groups a local channel is a member of (a read-only view), or undefined when none. */
-  protected groupsOfLocal (channel: string): ReadonlySet<string> | undefined {
-    return this.#channelGroups.get(channel)
-  }
-
-  /** Whether a `receive()` in this process is waiting on the channel. */
-  protected hasLocalReceivers (channel: string): boolean {
-    return this.#mailboxes.get(channel)?.hasWaiters === true
-  }
-
-  protected addMembershipLocal (group: string, channel: string): void {
-    let members = this.#groups.get(group)
-    if (members === undefined) {
-      members = new Map()
-      this.#groups.set(group, members)
-    }
-    members.set(channel, performance.now() + this.groupExpiryMs)
-    let groups = this.#channelGroups.get(channel)
-    if (groups === undefined) {
-      groups = new Set()
-      this.#channelGroups.set(channel, groups)
-    }
-    groups.add(group)
-  }
-
-  protected removeMembershipLocal (group: string, channel: string): void {
-    const members = this.#groups.get(group)
-    if (members !== undefined) this.#unlink(group, members, channel)
-  }
-
-  /** Costs O(memberships of this channel), thanks to the reverse index. */
-  protected discardChannelLocal (channel: string): void {
-    const mailbox = this.#mailboxes.get(channel)
-    if (mailbox !== undefined) {
-      mailbox.clearMessages()
-      mailbox.releaseIfIdle()
-    }
-    const groups = this.#channelGroups.get(channel)
-    if (groups === undefined) return
-    this.#channelGroups.delete(channel)
-    for (const group of groups) {
-      const members = this.#groups.get(group)
-      if (members === undefined) continue
-      members.delete(channel)
-      if (members.size === 0) this.#groups.delete(group)
-    }
-  }
-
-  protected flushLocal (): void {
-    for (const mailbox of this.#mailboxes.values()) {
-      mailbox.clearMessages()
-      mailbox.releaseIfIdle()
-    }
-    this.#groups.clear()
-    this.#channelGroups.clear()
-  }
-
-  protected closeLocal (): void {
-    for (const mailbox of this.#mailboxes.values()) {
-      for (let waiter = mailbox.takeWaiter(); waiter !== null; waiter = mailbox.takeWaiter()) {
-        waiter.reject(new LayerClosedError())
-      }
-    }
-    this.#mailboxes.clear()
-    this.#groups.clear()
-    this.#channelGroups.clear()
-    const sinks = [...this.#sinks.values()]
-    this.#sinks.clear()
-    for (const sink of sinks) sink.layerClosed(new LayerClosedError())
-  }
-
-  /** Drops expired messages, memberships and whatever is left empty. Runs on a timer; callable directly. */
-  protected sweepLocal (): void {
-    // Deleting from a Map while iterating it is well defined, so the loops need no snapshot.
-    const now = performance.now()
-    for (const mailbox of this.#mailboxes.values()) {
-      mailbox.dropExpired(now)
-      mailbox.releaseIfIdle()
-    }
-    for (const [group, members] of this.#groups) {
-      for (const [channel, expiresAt] of members) {
-        if (expiresAt <= now) this.#unlink(group, members, channel)
-      }
-    }
-  }
-
-  // `copy` clones only once the channel is known to accept, so skipping a full member costs nothing.
-  #deliver (channel: string, message: LayerMessage, copy: boolean): boolean {
-    let mailbox = this.#mailboxes.get(channel)
-    const sink = this.#sinks.get(channel)
-    // Straight to the listener, unless older messages still wait for it (order is kept).
-    if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0)) {
-      sink.push(copy ? cloneMessage(message) : message)
-      return true
-    }
-    const now = performance.now()
-    if (mailbox === undefined) {
-      mailbox = new Mailbox(channel, this.#mailboxes)
-      this.#mailboxes.set(channel, mailbox)
-    } else {
-      const waiter = mailbox.takeWaiter()
-      if (waiter !== null) {
-        waiter.resolve(copy ? cloneMessage(message) : message)
-        mailbox.releaseIfIdle()
-        return true
-      }
-      mailbox.dropExpired(now)
-      if (mailbox.size >= this.capacity) return false
-    }
-    mailbox.push(copy ? cloneMessage(message) : message, now + this.expiryMs)
-    return true
-  }
-
-  #resume (channel: string, sink: ChannelSink): void {
-    const mailbox = this.#mailboxes.get(channel)
-    if (mailbox === undefined) return
-    mailbox.dropExpired(performance.now())
-    while (sink.accepting && this.#sinks.get(channel) === sink) {
-      const message = mailbox.shift()
-      if (message === undefined) break
-      sink.push(message)
-    }
-    mailbox.releaseIfIdle()
-  }
-
-  #offer (channel: string, message: LayerMessage, group: string, copy: boolean): void {
-    if (this.#deliver(channel, message, copy)) return
+  /** A group member skipped because its channel was full: counted and logged, never an error. */
+  protected reportSkipped (group: string, channel: string): void {
     this.stats.groupSendSkipped++
-    this.log.warn({ group, channel }, 'groupSend skipped a full channel')
+    this.#log.warn({ group, channel }, 'groupSend skipped a full channel')
   }
+}
 
-  #unlink (group: string, members: Map<string, number>, channel: string): void {
-    if (!members.delete(channel)) return
-    if (members.size === 0) this.#groups.delete(group)
-    const groups = this.#channelGroups.get(channel)
-    if (groups === undefined) return
-    groups.delete(group)
-    if (groups.size === 0) this.#channelGroups.delete(channel)
+function checkPosition (value: unknown, what: string): StreamPosition {
+  const { offset, epoch } = (typeof value === 'object' && value !== null ? value : {}) as Partial<StreamPosition>
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0 ||
+    typeof epoch !== 'string' || epoch.length === 0 || epoch.length > 100) {
+    throw new InvalidOptionError(`${what} must be a position { offset: integer >= 0, epoch: string }`)
   }
+  return { offset, epoch }
+}
+
+function checkJoin (options: GroupAddOptions | undefined): JoinRequest {
+  if (options === undefined) return { since: undefined, presence: undefined }
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('groupAdd() options must be an object')
+  const since = options.since === undefined ? undefined : checkPosition(options.since, 'groupAdd() option "since"')
+  let presence: PresenceInfo | undefined
+  if (options.presence !== undefined) {
+    presence = copyPlainObject(options.presence, 'presence') as PresenceInfo
+    const size = encodeValue(presence).length
+    if (size > MAX_PRESENCE_BYTES) throw new InvalidMessageError(`presence info takes ${size} bytes encoded; at most ${MAX_PRESENCE_BYTES}`)
+  }
+  return { since, presence }
+}
+
+function checkHistoryOptions (options: HistoryOptions | undefined): { since: StreamPosition | undefined, limit: number } {
+  if (options === undefined) return { since: undefined, limit: DEFAULT_HISTORY_LIMIT }
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('history() options must be an object')
+  const since = options.since === undefined ? undefined : checkPosition(options.since, 'history() option "since"')
+  const limit = options.limit ?? DEFAULT_HISTORY_LIMIT
+  if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1) {
+    throw new InvalidOptionError(`history() option "limit" must be a positive integer, got ${String(limit)}`)
+  }
+  return { since, limit }
+}
+
+function samePresence (a: PresenceInfo | undefined, b: PresenceInfo): boolean {
+  return a !== undefined && JSON.stringify(a) === JSON.stringify(b)
 }

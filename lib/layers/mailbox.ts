@@ -1,4 +1,4 @@
-import type { LayerMessage } from './types.js'
+import type { Delivery, LayerMessage, Received } from './types.js'
 
 /**
  * One `receive()` call waiting for a message. It is its own abort listener (`handleEvent`) and its
@@ -10,7 +10,7 @@ export class Waiter {
 
   constructor (
     readonly mailbox: Mailbox,
-    readonly resolve: (message: LayerMessage) => void,
+    readonly resolve: (received: Received) => void,
     readonly reject: (reason: unknown) => void,
     readonly signal: AbortSignal | undefined
   ) {}
@@ -35,6 +35,7 @@ export class Waiter {
 export class Mailbox {
   // Parallel arrays with a moving head: no wrapper object per message and no O(n) shift().
   private messages: Array<LayerMessage | undefined> = []
+  private infos: Array<Delivery | undefined> = []
   private expiresAt: number[] = []
   private head = 0
   private firstWaiter: Waiter | null = null
@@ -50,24 +51,30 @@ export class Mailbox {
     return this.firstWaiter !== null
   }
 
-  push (message: LayerMessage, expiresAt: number): void {
+  push (message: LayerMessage, info: Delivery, expiresAt: number): void {
     this.messages.push(message)
+    this.infos.push(info)
     this.expiresAt.push(expiresAt)
   }
 
-  shift (): LayerMessage | undefined {
+  /** The oldest message with how it came, or undefined. */
+  shift (): Received | undefined {
     if (this.head === this.messages.length) return undefined
-    const message = this.messages[this.head]
-    this.messages[this.head++] = undefined
+    const received = { message: this.messages[this.head] as LayerMessage, info: this.infos[this.head] as Delivery }
+    this.messages[this.head] = undefined
+    this.infos[this.head++] = undefined
     this.compact()
-    return message
+    return received
   }
 
   /** Expiry times only grow along the queue, so expired messages are always at the head. */
   dropExpired (now: number): void {
     const end = this.messages.length
     let head = this.head
-    while (head < end && this.expiresAt[head] <= now) this.messages[head++] = undefined
+    while (head < end && this.expiresAt[head] <= now) {
+      this.messages[head] = undefined
+      this.infos[head++] = undefined
+    }
     if (head !== this.head) {
       this.head = head
       this.compact()
@@ -76,6 +83,7 @@ export class Mailbox {
 
   clearMessages (): void {
     this.messages = []
+    this.infos = []
     this.expiresAt = []
     this.head = 0
   }
@@ -121,10 +129,12 @@ export class Mailbox {
   private compact (): void {
     if (this.head === this.messages.length) {
       this.messages.length = 0
+      this.infos.length = 0
       this.expiresAt.length = 0
       this.head = 0
     } else if (this.head >= 1024 && this.head * 2 >= this.messages.length) {
       this.messages.splice(0, this.head)
+      this.infos.splice(0, this.head)
       this.expiresAt.splice(0, this.head)
       this.head = 0
     }

@@ -33,9 +33,30 @@ export function copyMessage (message: unknown): LayerMessage {
   try {
     return copyObject(message as Record<string, unknown>, 0) as LayerMessage
   } catch (err) {
-    if (err instanceof Rejection) throw new InvalidMessageError(explain(err))
+    if (err instanceof Rejection) throw new InvalidMessageError(explain(err, 'message'))
     throw err
   }
+}
+
+/**
+ * Checks that `value` is a plain object of layer values (presence info, say) and returns a deep
+ * copy; InvalidMessageError names `what` and the bad value's path otherwise.
+ */
+export function copyPlainObject (value: unknown, what: string): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || !isPlainPrototype(Object.getPrototypeOf(value))) {
+    throw new InvalidMessageError(`${what} must be a plain object of layer values, not ${describe(value)}`)
+  }
+  try {
+    return copyObject(value as Record<string, unknown>, 0)
+  } catch (err) {
+    if (err instanceof Rejection) throw new InvalidMessageError(explain(err, what))
+    throw err
+  }
+}
+
+/** A deep copy of a value `copyPlainObject()` produced. */
+export function clonePlainObject<T extends object> (value: T): T {
+  return cloneObject(value as Record<string, unknown>) as T
 }
 
 /**
@@ -146,24 +167,24 @@ function describe (value: unknown): string {
   return typeof ctor?.name === 'string' && ctor.name !== '' ? ctor.name : 'an object with a custom prototype'
 }
 
-function explain (rejection: Rejection): string {
+function explain (rejection: Rejection, root: string): string {
   const keys = rejection.keys.reverse()
   const containers = rejection.containers.reverse()
   if (rejection.reason === DEPTH_REASON) {
     // A cycle looks like endless depth from inside the walk; name the key that closes it instead.
     for (let i = 1; i < containers.length; i++) {
-      if (containers.indexOf(containers[i]) < i) return `${formatPath(keys.slice(0, i))}: circular reference`
+      if (containers.indexOf(containers[i]) < i) return `${formatPath(root, keys.slice(0, i))}: circular reference`
     }
-    const shown = formatPath(keys.slice(0, 4))
+    const shown = formatPath(root, keys.slice(0, 4))
     return `${keys.length > 4 ? `${shown}…` : shown}: ${rejection.reason}`
   }
-  return `${formatPath(keys)}: ${rejection.reason}`
+  return `${formatPath(root, keys)}: ${rejection.reason}`
 }
 
 const IDENTIFIER = /^[A-Za-z_$][\w$]*$/
 
-function formatPath (keys: readonly Key[]): string {
-  let path = 'message'
+function formatPath (root: string, keys: readonly Key[]): string {
+  let path = root
   for (const key of keys) {
     if (typeof key === 'number') path += `[${key}]`
     else path += IDENTIFIER.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`

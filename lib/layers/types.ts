@@ -24,14 +24,83 @@ export interface ReceiveOptions {
   signal?: AbortSignal
 }
 
+/**
+ * Where a message stands in a group's history: `offset` counts the group's messages (1, 2, 3…,
+ * one sequence across all processes) within an `epoch`, an opaque string that changes whenever
+ * the group's history is lost.
+ */
+export interface StreamPosition {
+  offset: number
+  epoch: string
+}
+
+/**
+ * How a message reached a handler, its second argument: `group` for every group message,
+ * `offset` and `epoch` when the group keeps history. Empty for a message sent to the channel.
+ */
+export interface Delivery {
+  readonly group?: string
+  readonly offset?: number
+  readonly epoch?: string
+}
+
+/** What a membership records about its member, for `presence()`: plain layer values, at most 1 KiB encoded. */
+export type PresenceInfo = { [key: string]: LayerValue }
+
+export interface GroupAddOptions {
+  /** The last position the member saw: what came after it is delivered first (a group with history). */
+  since?: StreamPosition
+  /** Records this membership's presence, listed by `presence()` for as long as it lasts. */
+  presence?: PresenceInfo
+}
+
+export interface GroupJoin {
+  /** The group's latest position when the join took effect; null for a group without history. */
+  position: StreamPosition | null
+  /** Every message after `since` was delivered (or none was missed); false: resynchronise. */
+  recovered: boolean
+}
+
+export interface HistoryOptions {
+  /** Only the messages after this position (when its epoch is the group's current one). */
+  since?: StreamPosition
+  /** At most this many: the oldest ones after `since`, or else the latest ones. */
+  limit?: number
+}
+
+export interface GroupHistory {
+  /** Oldest first. */
+  messages: Array<{ message: LayerMessage, offset: number }>
+  /** The group's latest position; null for a group without history. */
+  position: StreamPosition | null
+}
+
+export interface PresenceEntry {
+  channel: string
+  info: PresenceInfo
+}
+
+/** A group's policy, chosen by the layer's `groups` option. */
+export interface GroupPolicy {
+  /** Keep the last `size` messages (1–100,000) for `ttl` seconds, with offsets. */
+  history?: { size: number, ttl: number }
+  /** Announce presence entries added and removed as `presence.join` / `presence.leave` messages. */
+  presenceEvents?: boolean
+}
+
 export interface ChannelLayer {
   readonly extensions: readonly string[]
   newChannel (prefix?: string): Promise<string>
   send (channel: string, message: LayerMessage): Promise<void>
   receive (channel: string, options?: ReceiveOptions): Promise<LayerMessage>
-  groupAdd (group: string, channel: string): Promise<void>
+  groupAdd (group: string, channel: string, options?: GroupAddOptions): Promise<GroupJoin>
   groupDiscard (group: string, channel: string): Promise<void>
-  groupSend (group: string, message: LayerMessage): Promise<void>
+  /** Resolves with the message's position in a group with history, else undefined. */
+  groupSend (group: string, message: LayerMessage): Promise<StreamPosition | undefined>
+  /** The group's retained messages; empty with a null position for a group without history. */
+  history (group: string, options?: HistoryOptions): Promise<GroupHistory>
+  /** The presence entries of the group's members, across all processes. */
+  presence (group: string): Promise<PresenceEntry[]>
   flush (): Promise<void>
   close (): Promise<void>
   group_add: ChannelLayer['groupAdd']
@@ -67,8 +136,8 @@ export function canDiscardChannel (layer: ChannelLayer): layer is ChannelLayer &
 export interface ChannelSink {
   /** Whether the sink takes a message now. While false, messages wait in the channel (capacity and expiry apply) until `resume()`. */
   readonly accepting: boolean
-  /** Takes one message, a copy the sink owns. */
-  push (message: LayerMessage): void
+  /** Takes one message, a copy the sink owns, and how it came (shared by a group's members: read-only). */
+  push (message: LayerMessage, info: Delivery): void
   /** The layer closed: no message will come any more. */
   layerClosed (reason: Error): void
 }
@@ -87,4 +156,31 @@ export interface ChannelListening {
 
 export function canListen (layer: ChannelLayer): layer is ChannelLayer & ChannelListening {
   return typeof (layer as Partial<ChannelListening>).listen === 'function'
+}
+
+/**
+ * Extra a layer may offer: logging through the app's logger. The plugin calls it once at
+ * register; a logger the layer was given explicitly takes precedence.
+ */
+export interface LoggerAttaching {
+  attachLogger (log: LayerLogger): void
+}
+
+export function canAttachLogger (layer: ChannelLayer): layer is ChannelLayer & LoggerAttaching {
+  return typeof (layer as Partial<LoggerAttaching>).attachLogger === 'function'
+}
+
+/** A message as a receiver gets it, with how it came. */
+export interface Received {
+  message: LayerMessage
+  info: Delivery
+}
+
+/** Extra a layer may offer: `receive()` with the message's `Delivery` (workers pass it to handlers). */
+export interface DeliveryReceiving {
+  receiveDelivery (channel: string, options?: ReceiveOptions): Promise<Received>
+}
+
+export function canReceiveDelivery (layer: ChannelLayer): layer is ChannelLayer & DeliveryReceiving {
+  return typeof (layer as Partial<DeliveryReceiving>).receiveDelivery === 'function'
 }

@@ -110,3 +110,17 @@ t.test('cost: no promise for synchronous tasks, one .then per asynchronous task'
   await finished
   t.equal(counter.count, TASKS, `${TASKS} asynchronous tasks, one promise each`)
 })
+
+t.test('a task\'s detail reaches the runner beside it, and nothing else', async t => {
+  const seen: Array<[string, number | undefined]> = []
+  const queue = new TaskQueue<string, number>({
+    runTask (task, detail) { seen.push([task, detail]); return undefined },
+    taskFailed () {},
+    afterTask () {}
+  })
+  queue.push('with', 7)
+  queue.push('without')
+  queue.start()
+  queue.push('later', 8)
+  t.same(seen, [['with', 7], ['without', undefined], ['later', 8]])
+})

@@ -1,9 +1,10 @@
 import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ChannelFullError, LayerClosedError } from '../../lib/errors.js'
-import { canDiscardChannel, type ChannelLayer, type LayerMessage } from '../../lib/layers/types.js'
+import { canDiscardChannel, type ChannelLayer, type GroupPolicy, type LayerMessage } from '../../lib/layers/types.js'
 import { conformanceMessages } from './conformance-messages.js'
 import { conformanceListen } from './conformance-listen.js'
+import { conformanceDurable } from './conformance-durable.js'
 
 // The channel layer contract (API.md, "Channel layers") as tests any backend must pass.
 
@@ -11,6 +12,7 @@ export interface ConformanceLayerOptions {
   capacity?: number
   expiry?: number
   groupExpiry?: number
+  groups?: Record<string, GroupPolicy>
 }
 
 /** Must pass `options` through to the layer; with `shared`, every call joins the same backend. */
@@ -324,6 +326,7 @@ export function conformance (name: string, factory: LayerFactory, opts: Conforma
 
     conformanceMessages(test, h)
     conformanceListen(test, h, opts.shared === true, latency)
+    conformanceDurable(test, h, opts.shared === true, latency)
 
     if (opts.shared !== true) return
 

@@ -82,9 +82,8 @@ t.test('groups named like Object.prototype members are just names', async t => {
 })
 
 t.test('a skipped group member is logged with group and channel', async t => {
-  const memory = layer(t, { capacity: 1 })
   const warnings: object[] = []
-  memory.log = { warn: obj => { warnings.push(obj) }, debug: () => {}, error: () => {} }
+  const memory = layer(t, { capacity: 1, log: { warn: obj => { warnings.push(obj) }, debug: () => {}, error: () => {} } })
   const channel = await memory.newChannel()
   await memory.groupAdd('busy', channel)
   await memory.groupSend('busy', { type: 'one' })

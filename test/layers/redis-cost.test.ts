@@ -14,7 +14,7 @@ function receiveWithin (layer: RedisChannelLayer, channel: string, ms = 3000): P
 }
 
 function layerOn (t: Test, url: string, prefix: string): RedisChannelLayer {
-  const layer = new RedisChannelLayer({ url, prefix })
+  const layer = new RedisChannelLayer({ url, prefix, groups: { 'kept-*': { history: { size: 100, ttl: 60 } } } })
   t.teardown(() => layer.close())
   return layer
 }
@@ -28,8 +28,8 @@ t.test('one groupSend costs the same Redis commands for 2 and for 40 members in 
   const [a, b, bystander] = [layerOn(t, server.url, prefix), layerOn(t, server.url, prefix), layerOn(t, server.url, prefix)]
   await bystander.newChannel()
 
-  const measure = async (size: number): Promise<Record<string, number>> => {
-    const group = `cost-${size}`
+  const measure = async (size: number, kind = 'cost'): Promise<Record<string, number>> => {
+    const group = `${kind}-${size}`
     const members: Array<[RedisChannelLayer, string]> = []
     for (let i = 0; i < size; i++) {
       const layer = i % 2 === 0 ? a : b
@@ -54,6 +54,15 @@ t.test('one groupSend costs the same Redis commands for 2 and for 40 members in 
   t.equal(two.publish, 1, 'one PUBLISH per groupSend')
   const total = Object.values(two).reduce((sum, n) => sum + n, 0)
   t.ok(total <= 2, `at most 2 commands per groupSend (${total}): PUBLISH, and ZRANGE for named-channel members`)
+
+  // A group with history: one script call, whatever the members, which numbers, keeps and publishes.
+  await a.groupSend('kept-warm-up', { type: 'loads the script into Redis' })
+  const keptTwo = await measure(2, 'kept')
+  const keptForty = await measure(40, 'kept')
+  t.same(keptForty, keptTwo, 'history: the same commands, however many members')
+  t.equal(keptTwo.evalsha, 1, 'history: one script call per groupSend')
+  t.same(Object.keys(keptTwo).filter(name => !['evalsha', 'time', 'publish', 'hget', 'hincrby', 'pexpire', 'xadd', 'zrangebyscore'].includes(name)), [],
+    'history: the script\'s own commands only (TIME, HGET, HINCRBY, XADD, PEXPIRE, PUBLISH, ZRANGEBYSCORE)')
 })
 
 t.test('10,000 join/leave cycles leave no keys, subscriptions or local state behind', async t => {

@@ -150,9 +150,9 @@ function tests (): void {
 
   t.test('a channel of another instance: full there means dropped there, counted and logged', async t => {
     const prefix = uniquePrefix('fc-remote-full')
-    const [a, b] = [open(t, { prefix }), open(t, { prefix, capacity: 1 })]
     const warnings: object[] = []
-    b.log = { warn: obj => { warnings.push(obj) }, debug: () => {}, error: () => {} }
+    const log = { warn: (obj: object) => { warnings.push(obj) }, debug: () => {}, error: () => {} }
+    const [a, b] = [open(t, { prefix }), open(t, { prefix, capacity: 1, log })]
     const channel = await b.newChannel()
     await a.send(channel, { type: 'first' })
     await a.send(channel, { type: 'second' })

@@ -9,48 +9,41 @@
  * A named channel may also be a group member. It belongs to no process, so the member is recorded
  * in Redis only and the process that calls groupSend fills the queue.
  */
-import { LayerTimeoutError } from '../errors.js'
-import type { LayerLogger, LayerMessage } from './types.js'
-import { decodeQueueElement, encodeMessage, queueDeadline } from './redis-codec.js'
-import { queuePush, queuePushBack, recordMembers, runScript } from './redis-scripts.js'
-import { withDeadline, type Client, type Connections } from './redis-connection.js'
-import type { RedisKeys } from './redis-keys.js'
+import { LayerTimeoutError } from '../../errors.js'
+import type { Delivery, LayerMessage, Received } from '../types.js'
+import { ttl, withDeadline } from '../deadline.js'
+import { DIRECT } from '../local-store.js'
+import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
+import { DEADLINE_WIDTH, queuePush, queuePushBack, recordMembers, runScript, type ServerClock } from './scripts.js'
+import type { Client, RedisConnections } from './connections.js'
+import type { RedisKeys } from './keys.js'
 
 /** Seconds one BLPOP waits on the server before the reader looks around (receivers gone? closing?). */
 const POP_SECONDS = 1
 /** Idle blocking connections kept for the next reader. */
 const IDLE_CONNECTIONS = 2
 
-/** What named channels need from the layer: its process-local primitives and settings. */
-export interface LocalQueues {
-  receiveLocal (channel: string, signal: AbortSignal): Promise<LayerMessage>
-  deliverLocal (channel: string, message: LayerMessage): boolean
-  hasLocalReceivers (channel: string): boolean
-  /** Redis server time now, as well as this process knows it (ms). */
-  serverNow (): number
-  /** Tells the layer the server time (ms), which expiry checks compare against. */
-  observeServerTime (now: number): void
-  /** A group member skipped because its queue was full. */
-  skipped (group: string, channel: string): void
-  /** The layer's logger now (the plugin replaces it after construction). */
-  log (): LayerLogger
-  readonly capacity: number
-  /** Integer milliseconds. */
-  readonly expiryMs: number
-  readonly groupExpiryMs: number
+// Queue elements: a fixed-width expiry deadline (Redis server time, ms) in ASCII, then the message.
+
+/** The expiry deadline of a queue element (server ms), or NaN for a malformed one. */
+function queueDeadline (element: Buffer): number {
+  return Number(element.toString('latin1', 0, DEADLINE_WIDTH))
 }
 
-export class NamedChannels {
-  readonly #connections: Connections
+
+export class NamedChannels implements SharedQueues {
+  readonly #connections: RedisConnections
   readonly #keys: RedisKeys
-  readonly #local: LocalQueues
+  readonly #layer: ClusterContext
+  readonly #clock: ServerClock
   readonly #readers: QueueReaders
 
-  constructor (connections: Connections, keys: RedisKeys, local: LocalQueues) {
+  constructor (connections: RedisConnections, keys: RedisKeys, layer: ClusterContext, clock: ServerClock) {
     this.#connections = connections
     this.#keys = keys
-    this.#local = local
-    this.#readers = new QueueReaders(connections, local)
+    this.#layer = layer
+    this.#clock = clock
+    this.#readers = new QueueReaders(connections, layer, clock)
   }
 
   /** Readers running now: for leak checks. */
@@ -58,41 +51,34 @@ export class NamedChannels {
     return this.#readers.size
   }
 
-  receive (channel: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
+  receive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
     return this.#readers.receive(channel, this.#keys.queue(channel), signal)
   }
 
   /** Appends to the queue; false when it holds `capacity` messages already. */
-  async push (channel: string, message: LayerMessage, what: string): Promise<boolean> {
-    const { capacity, expiryMs } = this.#local
-    const payload = encodeMessage(message)
+  async push (channel: string, message: LayerMessage, what: string, info: Delivery = DIRECT): Promise<boolean> {
+    const { capacity, expiryMs } = this.#layer
+    const payload = this.#layer.codec.encodeDelivery(message, info)
     const reply = await this.#connections.run(what, client =>
-      runScript(client, queuePush, [this.#keys.queue(channel)], [capacity, expiryMs, payload])) as [number, number]
-    this.#local.observeServerTime(reply[1])
+      runScript(client, queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number, number]
+    this.#clock.observe(reply[1])
     return reply[0] === 1
   }
 
-  /** groupSend's part for named members: `members` is the ZRANGE WITHSCORES of the group's set. */
-  async fill (group: string, members: readonly string[], message: LayerMessage, what: string): Promise<void> {
-    const now = this.#local.serverNow()
-    const pushes: Array<Promise<void>> = []
-    for (let i = 0; i + 1 < members.length; i += 2) {
-      if (Number(members[i + 1]) <= now) continue
-      const channel = members[i]
-      pushes.push(this.push(channel, message, what).then(accepted => {
-        if (!accepted) this.#local.skipped(group, channel)
-      }))
-    }
-    await Promise.all(pushes)
+  /** groupSend's part for the group's live named members. */
+  async fill (group: string, members: readonly string[], message: LayerMessage, what: string, info: Delivery): Promise<void> {
+    await Promise.all(members.map(channel => this.push(channel, message, what, info).then(accepted => {
+      if (!accepted) this.#layer.skipped(group, channel)
+    })))
   }
 
   async addMember (group: string, channel: string): Promise<void> {
-    const ttl = this.#local.groupExpiryMs
+    const lasts = ttl(this.#layer.groupExpiryMs)
     const reverse = this.#keys.channelGroups(channel)
     await this.#connections.run(`groupAdd ${group}`, client => Promise.all([
-      runScript(client, recordMembers, [this.#keys.namedMembers(group)], [channel, ttl])
-        .then(now => this.#local.observeServerTime(now as number)),
-      client.sadd(reverse, group).then(() => client.pexpire(reverse, ttl))
+      runScript(client, recordMembers, [this.#keys.namedMembers(group)], [channel, lasts])
+        .then(now => this.#clock.observe(now)),
+      client.sadd(reverse, group).then(() => client.pexpire(reverse, lasts))
     ]))
   }
 
@@ -129,16 +115,18 @@ class Reader {
 }
 
 class QueueReaders {
-  readonly #connections: Connections
-  readonly #local: LocalQueues
+  readonly #connections: RedisConnections
+  readonly #layer: ClusterContext
+  readonly #clock: ServerClock
   readonly #readers = new Map<string, Reader>()
   readonly #idle: Client[] = []
   readonly #busy = new Set<Client>()
   #closed = false
 
-  constructor (connections: Connections, local: LocalQueues) {
+  constructor (connections: RedisConnections, layer: ClusterContext, clock: ServerClock) {
     this.#connections = connections
-    this.#local = local
+    this.#layer = layer
+    this.#clock = clock
   }
 
   /** Readers running now: for leak checks. */
@@ -146,7 +134,7 @@ class QueueReaders {
     return this.#readers.size
   }
 
-  receive (channel: string, key: string, signal: AbortSignal | undefined): Promise<LayerMessage> {
+  receive (channel: string, key: string, signal: AbortSignal | undefined): Promise<Received> {
     let reader = this.#readers.get(channel)
     if (reader === undefined) {
       reader = new Reader(channel, key)
@@ -156,7 +144,7 @@ class QueueReaders {
     const forward = (): void => own.abort(signal?.reason)
     signal?.addEventListener('abort', forward, { once: true })
     reader.receivers.add(own)
-    const pending = this.#local.receiveLocal(channel, own.signal)
+    const pending = this.#layer.store.receive(channel, own.signal)
     const settled = (): void => {
       signal?.removeEventListener('abort', forward)
       reader.receivers.delete(own)
@@ -179,7 +167,7 @@ class QueueReaders {
     let backoff = 50
     let conn: Client | undefined
     try {
-      while (!this.#closed && this.#local.hasLocalReceivers(channel)) {
+      while (!this.#closed && this.#layer.store.hasReceivers(channel)) {
         try {
           conn ??= await this.#acquire()
           const popped = await this.#pop(conn, reader.key)
@@ -192,7 +180,7 @@ class QueueReaders {
           if (this.#closed) break
           const now = performance.now()
           failingSince ??= now
-          this.#local.log().debug({ err, channel }, 'named channel reader could not reach Redis; retrying')
+          this.#layer.log().debug({ err, channel }, 'named channel reader could not reach Redis; retrying')
           if (now - failingSince >= this.#connections.timeout) {
             // Waiting receivers are told Redis is unreachable instead of waiting in the dark.
             const reason = new LayerTimeoutError(`receive ${channel}`, this.#connections.timeout)
@@ -210,7 +198,7 @@ class QueueReaders {
       if (conn !== undefined) this.#recycle(conn)
       if (this.#readers.get(channel) === reader) {
         // A receive() may have arrived while the last pop was finishing.
-        if (!this.#closed && this.#local.hasLocalReceivers(channel)) void this.#run(reader)
+        if (!this.#closed && this.#layer.store.hasReceivers(channel)) void this.#run(reader)
         else this.#readers.delete(channel)
       }
     }
@@ -224,7 +212,7 @@ class QueueReaders {
       await withDeadline(connecting, connected, 'connect', timeout)
       // Elements carry deadlines in server time; a worker-only process learns it here.
       const [seconds, micros] = await withDeadline(conn.time(), connected, 'connect', timeout)
-      this.#local.observeServerTime(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000))
+      this.#clock.observe(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000))
     }
     // The server answers within POP_SECONDS; past that plus `timeout`, the connection is dead.
     const deadline = performance.now() + POP_SECONDS * 1000 + timeout
@@ -235,23 +223,23 @@ class QueueReaders {
   async #hand (reader: Reader, element: Buffer): Promise<void> {
     const { channel } = reader
     const deadline = queueDeadline(element)
-    if (!(deadline > this.#local.serverNow())) return // expired on the way, or not ours
-    if (this.#local.hasLocalReceivers(channel)) {
-      let message: LayerMessage
+    if (!(deadline > this.#clock.now())) return // expired on the way, or not ours
+    if (this.#layer.store.hasReceivers(channel)) {
+      let received: Received
       try {
-        message = decodeQueueElement(element)
+        received = this.#layer.codec.decodeDelivery(element.subarray(DEADLINE_WIDTH))
       } catch (err) {
-        this.#local.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
+        this.#layer.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
         return
       }
-      this.#local.deliverLocal(channel, message)
+      this.#layer.store.deliver(channel, received.message, received.info)
       return
     }
     // Everyone who waited here left while the pop was in flight: give it back to the others.
     try {
       await this.#connections.run(`send ${channel}`, client => runScript(client, queuePushBack, [reader.key], [element]))
     } catch (err) {
-      this.#local.log().warn({ err, channel }, 'could not return a message to its named channel; it is lost')
+      this.#layer.log().warn({ err, channel }, 'could not return a message to its named channel; it is lost')
     }
   }
 

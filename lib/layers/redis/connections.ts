@@ -1,12 +1,14 @@
 /**
- * The Redis layer's connections: the command connection (the user's `client` or one opened from
- * `url`/`redisOptions`), duplicates for subscribing and for blocking pops, and the one rule every
- * call obeys: while Redis is unreachable it settles within `timeout` with LayerTimeoutError —
- * never hangs, never leaves an unhandled rejection behind.
+ * The Redis layer's connections to Redis: the command connection (the user's `client` or one
+ * opened from `url`/`redisOptions`), duplicates for subscribing and for blocking pops, and the one
+ * rule every call obeys: while Redis is unreachable it settles within `timeout` with
+ * LayerTimeoutError — never hangs, never leaves an unhandled rejection behind. An answer from
+ * Redis itself, and any other error (a bug is a bug), passes through unchanged.
  */
 import { EventEmitter } from 'node:events'
 import { Redis, ReplyError, type Cluster, type ClusterOptions, type RedisOptions } from 'ioredis'
-import { LayerTimeoutError } from '../errors.js'
+import { LayerTimeoutError } from '../../errors.js'
+import { withDeadline } from '../deadline.js'
 
 export type Client = Redis | Cluster
 
@@ -30,26 +32,22 @@ function describe (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }
 
-/** Settles like `promise`, or rejects with LayerTimeoutError at `deadline` (performance.now() ms). */
-export function withDeadline<T> (promise: Promise<T>, deadline: number, what: string, timeout: number): Promise<T> {
-  const left = deadline - performance.now()
-  if (left <= 0) {
-    promise.catch(noop)
-    return Promise.reject(new LayerTimeoutError(what, timeout))
-  }
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      promise.catch(noop)
-      reject(new LayerTimeoutError(what, timeout))
-    }, left)
-    promise.then(value => {
-      clearTimeout(timer)
-      resolve(value)
-    }, (err: unknown) => {
-      clearTimeout(timer)
-      reject(err)
-    })
-  })
+// How ioredis reports a connection that is down, closing or not answering (its messages and error
+// classes, and Node's system errors): Redis is unreachable, which callers see as LayerTimeoutError.
+const UNREACHABLE_NAMES = new Set(['MaxRetriesPerRequestError', 'ClusterAllFailedError'])
+const UNREACHABLE_MESSAGES = [
+  'Connection is closed', "Stream isn't writeable", 'Cluster is disconnect', "Cluster isn't ready",
+  'None of startup nodes is available', 'Node is disconnected', 'Command timed out', 'Socket timeout',
+  'connect ETIMEDOUT', 'Too many Cluster redirections'
+]
+const SYSTEM_ERROR = /^E[A-Z]+$/
+
+/** Whether `err` says Redis could not be reached (as opposed to an answer from Redis, or a bug). */
+export function isUnreachable (err: unknown): boolean {
+  if (!(err instanceof Error)) return false
+  const code = (err as { code?: unknown }).code
+  return UNREACHABLE_NAMES.has(err.name) || (typeof code === 'string' && SYSTEM_ERROR.test(code)) ||
+    UNREACHABLE_MESSAGES.some(start => err.message.startsWith(start))
 }
 
 /**
@@ -95,7 +93,7 @@ export interface ConnectionOptions {
  * The command connection and the factory of the layer's other connections. Emits 'state' when the
  * command connection goes up or down, and 'error' never (errors are reported through `onError`).
  */
-export class Connections extends EventEmitter {
+export class RedisConnections extends EventEmitter {
   readonly cmd: Client
   readonly cluster: boolean
   readonly timeout: number
@@ -163,7 +161,7 @@ export class Connections extends EventEmitter {
 
   /**
    * Runs `op` once the command connection is ready, within `timeout` in all: waiting for Redis to
-   * come back counts. Connection failures become LayerTimeoutError; Redis' own answers pass through.
+   * come back counts. An unreachable Redis becomes LayerTimeoutError; anything else passes through.
    */
   async run<T> (what: string, op: (client: Client) => Promise<T>): Promise<T> {
     const deadline = performance.now() + this.timeout
@@ -171,7 +169,7 @@ export class Connections extends EventEmitter {
     try {
       return await withDeadline(op(this.cmd), deadline, what, this.timeout)
     } catch (err) {
-      if (err instanceof LayerTimeoutError || isReplyError(err)) throw err
+      if (!isUnreachable(err) || isReplyError(err)) throw err
       throw Object.assign(new LayerTimeoutError(`${what} (${describe(err)})`, this.timeout), { cause: err })
     }
   }

@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from 'node:events'
 import type { Cluster, Redis } from 'ioredis'
-import { isCluster, type Client, type Connections } from './redis-connection.js'
+import { isCluster, type Client, type RedisConnections } from './connections.js'
 
 interface Entry {
   confirmed: boolean
@@ -27,7 +27,7 @@ function entry (): Entry {
  * connection is lost). Only what `want()` asked for and `drop()` did not take back is subscribed.
  */
 export class Subscriber extends EventEmitter {
-  readonly #connections: Connections
+  readonly #connections: RedisConnections
   readonly #onMessage: (channel: string, payload: Buffer) => void
   readonly #entries = new Map<string, Entry>()
   #conn: Client | undefined
@@ -35,7 +35,7 @@ export class Subscriber extends EventEmitter {
   #up = true
   #closed = false
 
-  constructor (connections: Connections, onMessage: (channel: string, payload: Buffer) => void) {
+  constructor (connections: RedisConnections, onMessage: (channel: string, payload: Buffer) => void) {
     super()
     this.#connections = connections
     this.#onMessage = onMessage
@@ -83,7 +83,7 @@ export class Subscriber extends EventEmitter {
     this.#closed = true
     for (const wanted of this.#entries.values()) wanted.settle()
     this.#entries.clear()
-    // The connection itself is closed with the others by Connections.close().
+    // The connection itself is closed with the others by RedisConnections.close().
   }
 
   #confirm (channel: string, wanted: Entry): void {

@@ -1,0 +1,386 @@
+/**
+ * The protocol of a channel layer shared by many processes, whatever carries it (the Redis
+ * backend is one transport; see cluster/transport.ts for what a transport provides).
+ *
+ * - A group costs one publish per groupSend, however many members and processes: each process
+ *   subscribes to the route of every group with local members and fans its messages out locally.
+ * - A process-specific channel (`prefix.<token>!x`, made by `newChannel()`) lives in its process;
+ *   others reach it through that process' inbox: messages directly, and the changes only the
+ *   owner can make (adding it to a group, discarding it) as requests with a reply.
+ * - A named channel (no `!`) is a queue in the backend, shared by every process.
+ * - Memberships are recorded in the backend on a lease (cluster/memberships.ts).
+ * - When the backend is lost the layer emits 'disconnect'; once it is back with every subscription
+ *   and membership restored, 'reconnect'. What was published meanwhile is lost to this process:
+ *   delivery is at most once.
+ */
+import { ChannelFullError } from '../errors.js'
+import { BaseChannelLayer, positiveOption, type BaseChannelLayerOptions, type JoinRequest, type LayerStats } from './base.js'
+import type { LayerInspection } from './local-store.js'
+import type { Policy } from './policies.js'
+import type { HistoryPolicy } from './history.js'
+import { assertChannelName, assertGroupName, isProcessSpecific, processTokenOf } from './names.js'
+import type {
+  Delivery, GroupHistory, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, Received, StreamPosition
+} from './types.js'
+import { withTimeout } from './deadline.js'
+import { Envelope, WireCodec, reviveMessage, reviveObject } from './codec.js'
+import { PayloadCipher, type EncryptionKey } from './encryption.js'
+import { Requests, checkReply, replyFor, type OwnerOp } from './cluster/requests.js'
+import { Memberships, NO_JOIN } from './cluster/memberships.js'
+import type { ClusterContext, HistoryKeeping, Route, Transport } from './cluster/transport.js'
+
+export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
+  /**
+   * Seconds a membership record outlives its process at most (default 60, never more than
+   * `groupExpiry`): the owning process renews it every third of that while the membership lasts.
+   */
+  membershipLease?: number
+  /**
+   * Encrypts every payload written to the backend (AES-256-GCM): 32-byte keys as Buffers or base64,
+   * the current one first. The first key seals, any key opens, so keys rotate without downtime.
+   */
+  encryptionKeys?: readonly EncryptionKey[]
+}
+
+export interface ClusterLayerStats extends LayerStats {
+  /** Messages sent from another process to a channel of this one that was full: dropped here. */
+  directSendDropped: number
+  /** Payloads no encryption key opened (written with a key this process does not have): dropped. */
+  undecryptable: number
+}
+
+export interface ClusterLayerInspection extends LayerInspection {
+  /** Routes this process is subscribed to (groups with local members, its inbox, broadcast). */
+  subscriptions: number
+  /** Named channels this process is reading for waiting receivers. */
+  readers: number
+  /** Requests to other processes waiting for their reply. */
+  requests: number
+}
+
+const TOKEN = /^[\da-z]{12}$/
+const LEASE_MS = 60_000
+const BROADCAST: Route = { kind: 'broadcast' }
+
+export abstract class ClusterChannelLayer<T extends Transport = Transport> extends BaseChannelLayer {
+  override readonly stats: ClusterLayerStats = { groupSendSkipped: 0, directSendDropped: 0, undecryptable: 0 }
+  protected readonly transport: T
+  readonly #codec: WireCodec
+  readonly #memberships: Memberships
+  readonly #requests = new Requests()
+  readonly #inbox: Route
+  #everUp = false
+  #outage = false
+
+  constructor (options: ClusterChannelLayerOptions, connect: (context: ClusterContext) => T) {
+    super(options)
+    const leaseMs = positiveOption('membershipLease', options.membershipLease, LEASE_MS / 1000, false) * 1000
+    this.#inbox = { kind: 'process', token: this.processToken }
+    const cipher = options.encryptionKeys === undefined ? undefined : new PayloadCipher(options.encryptionKeys)
+    this.#codec = new WireCodec(cipher, () => {
+      this.stats.undecryptable++
+      this.log.warn({}, 'dropped a payload that no encryption key opens')
+    })
+    this.transport = connect({
+      processToken: this.processToken,
+      store: this.store,
+      codec: this.#codec,
+      capacity: this.capacity,
+      expiryMs: this.expiryMs,
+      groupExpiryMs: this.groupExpiryMs,
+      log: () => this.log,
+      skipped: (group, channel) => this.reportSkipped(group, channel),
+      received: (route, payload) => this.#received(route, payload),
+      stateChanged: () => this.#stateChanged()
+    })
+    this.#memberships = new Memberships({
+      store: this.store,
+      codec: this.#codec,
+      transport: this.transport,
+      leaseMs: Math.min(this.groupExpiryMs, leaseMs),
+      groupExpiryMs: this.groupExpiryMs,
+      log: () => this.log,
+      processRoutes: [this.#inbox, BROADCAST],
+      presenceEvents: group => this.policies.of(group)?.presenceEvents === true,
+      announce: async (group, type, channel, info) => {
+        const message = { type, channel, info: this.#codec.decodeObject(info) }
+        await this.transport.publish({ kind: 'group', group }, this.#codec.encodeEnvelope([Envelope.group, message]), `announce ${type} in ${group}`)
+      }
+    })
+    this.#stateChanged() // a transport may be connected already
+  }
+
+  override inspect (): ClusterLayerInspection {
+    return {
+      ...super.inspect(),
+      subscriptions: this.transport.subscriptions,
+      readers: this.transport.queues.readers,
+      requests: this.#requests.size
+    }
+  }
+
+  // Routing: a named channel is a shared queue; a channel of another process is reached through
+  // its inbox; a channel of this process is in the local store.
+
+  /** The token of the live process that owns `channel`, when that is another one. */
+  #ownerElsewhere (channel: string): string | undefined {
+    const token = processTokenOf(channel)
+    // Names with a `!` that newChannel() did not make belong to no process: kept where they are used.
+    return token === undefined || token === this.processToken || !TOKEN.test(token) ? undefined : token
+  }
+
+  protected override async doNewChannel (): Promise<void> {
+    await withTimeout(this.#memberships.subscribeProcess(), this.transport.timeout, 'newChannel')
+  }
+
+  protected override async doSend (channel: string, message: LayerMessage): Promise<void> {
+    if (!isProcessSpecific(channel)) {
+      if (!await this.transport.queues.push(channel, message, `send ${channel}`)) throw new ChannelFullError(channel)
+      return
+    }
+    const owner = this.#ownerElsewhere(channel)
+    if (owner === undefined) {
+      if (!this.store.deliver(channel, message)) throw new ChannelFullError(channel)
+      return
+    }
+    // Capacity is the owner's to enforce: a full channel there drops it (and counts it).
+    await this.transport.publish({ kind: 'process', token: owner }, this.#codec.encodeEnvelope([Envelope.direct, channel, message]), `send ${channel}`)
+  }
+
+  protected override doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
+    if (isProcessSpecific(channel)) return this.store.receive(channel, signal)
+    return this.transport.queues.receive(channel, signal)
+  }
+
+  protected override async doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    if (!isProcessSpecific(channel)) {
+      // A queue is no process' member: it gets the group's messages from now on, without recovery or presence.
+      await this.transport.queues.addMember(group, channel)
+      return NO_JOIN
+    }
+    const owner = this.#ownerElsewhere(channel)
+    if (owner !== undefined) return await this.#ask(owner, 'add', group, channel, join) as GroupJoin
+    return await this.#memberships.add(group, channel, join, policy)
+  }
+
+  protected override async doGroupDiscard (group: string, channel: string): Promise<void> {
+    if (!isProcessSpecific(channel)) return this.transport.queues.removeMember(group, channel)
+    if (this.#ownerElsewhere(channel) === undefined) return this.#memberships.remove(group, channel)
+    // On the group's route, so the owner drops the member before any later groupSend arrives.
+    const notice = this.#codec.encodeEnvelope([Envelope.discard, channel])
+    await this.#memberships.announceGone(group, await this.transport.removeMembers(group, [channel], `groupDiscard ${group}`, notice))
+  }
+
+  protected override async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
+    const what = `groupSend ${group}`
+    const history = policy?.history
+    const { named, position } = await this.transport.publishToGroup(group, this.#codec.encodeEnvelope([Envelope.group, message]), what,
+      history === undefined ? undefined : this.#keeping(history))
+    // Named channels are queues in the backend, not members of any process: the sender fills them.
+    if (named.length > 0) {
+      const info: Delivery = position === undefined ? { group } : { group, offset: position.offset, epoch: position.epoch }
+      await this.transport.queues.fill(group, named, message, what, info)
+    }
+    return position
+  }
+
+  protected override async doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory> {
+    const { position, stored } = await this.transport.readHistory(group, this.#keeping(history), since, limit, `history ${group}`)
+    const messages: GroupHistory['messages'] = []
+    for (const [offset, payload] of stored) {
+      try {
+        messages.push({ message: reviveMessage(this.#codec.decodeEnvelope(payload)?.[1]), offset })
+      } catch (err) {
+        this.log.warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
+      }
+    }
+    return { messages, position }
+  }
+
+  protected override async doPresence (group: string): Promise<PresenceEntry[]> {
+    const entries: PresenceEntry[] = []
+    for (const [channel, info] of await this.transport.presence(group, `presence ${group}`)) {
+      try {
+        entries.push({ channel, info: this.#codec.decodeObject(info) as PresenceInfo })
+      } catch (err) {
+        this.log.warn({ err, group, channel }, 'skipped an undecodable presence entry')
+      }
+    }
+    return entries
+  }
+
+  #keeping (history: HistoryPolicy): HistoryKeeping {
+    return { size: history.size, ttlMs: history.ttlMs, idleMs: Math.max(history.ttlMs, this.groupExpiryMs) }
+  }
+
+  protected override async doDiscardChannel (channel: string): Promise<void> {
+    if (!isProcessSpecific(channel)) return this.transport.queues.discard(channel)
+    const owner = this.#ownerElsewhere(channel)
+    if (owner !== undefined) {
+      await this.#ask(owner, 'discardChannel', '', channel)
+      return
+    }
+    return this.#memberships.discardChannel(channel)
+  }
+
+  protected override async doFlush (): Promise<void> {
+    // The backend first: a flush that cannot reach it rejects and leaves this process as it was.
+    await this.transport.deleteAll('flush')
+    await this.transport.publish(BROADCAST, this.#codec.encodeEnvelope([Envelope.flush, this.processToken]), 'flush')
+    this.#memberships.forgetAll()
+  }
+
+  protected override async doClose (): Promise<void> {
+    this.#memberships.close()
+    this.#requests.close()
+    const records = this.#memberships.records()
+    this.store.close()
+    // Best effort, and only when the backend is there: the records would expire with their lease anyway.
+    if (records.length > 0 && this.transport.up) {
+      const removals = Promise.all(records.map(([group, channels]) => this.transport.removeMembers(group, channels, 'close')))
+      await withTimeout(removals, Math.min(this.transport.timeout, 1000), 'close').catch(() => {})
+    }
+    this.transport.close()
+  }
+
+  // Requests to the process that owns a channel: changes only it can make.
+
+  /** Resolves with what the owner answered (a GroupJoin for 'add'). */
+  async #ask (owner: string, op: OwnerOp, group: string, channel: string, join?: JoinRequest): Promise<unknown> {
+    const what = op === 'add' ? `groupAdd ${group}` : `discardChannel ${channel}`
+    const timeout = this.transport.timeout
+    await withTimeout(this.#memberships.subscribeProcess(), timeout, what) // the reply comes to our inbox
+    const { id, reply } = this.#requests.open()
+    try {
+      const envelope = this.#codec.encodeEnvelope([Envelope.request, id, this.processToken, op, group, channel, join?.since ?? null, join?.presence ?? null])
+      const receivers = await this.transport.publish({ kind: 'process', token: owner }, envelope, what)
+      // Nobody listens there: that process is gone, and so is the channel.
+      if (receivers === 0) return NO_JOIN
+      const answer = await withTimeout(reply, timeout, what)
+      checkReply(answer, op, group, channel)
+      return answer.result
+    } finally {
+      this.#requests.forget(id)
+    }
+  }
+
+  async #answer (envelope: unknown[]): Promise<void> {
+    const [, id, replyTo, op, group, channel, since, presence] = envelope
+    if (this.closed || typeof id !== 'number' || typeof replyTo !== 'string' || !TOKEN.test(replyTo)) return
+    let reply = { code: '', reason: '' }
+    let result: GroupJoin | null = null
+    try {
+      assertChannelName(channel)
+      if (processTokenOf(channel) !== this.processToken) throw new TypeError('not a channel of this process')
+      if (op === 'add') {
+        assertGroupName(group)
+        // Checked by the asking process' facade.
+        const join: JoinRequest = {
+          since: since === null ? undefined : reviveObject(since) as unknown as StreamPosition,
+          presence: presence === null ? undefined : reviveObject(presence) as PresenceInfo
+        }
+        result = await this.#memberships.add(group, channel, join, this.policies.of(group))
+      } else if (op === 'discardChannel') {
+        await this.#memberships.discardChannel(channel)
+      } else {
+        throw new TypeError(`unknown request ${String(op)}`)
+      }
+    } catch (err) {
+      reply = replyFor(err)
+    }
+    if (this.closed) return
+    await this.transport.publish({ kind: 'process', token: replyTo }, this.#codec.encodeEnvelope([Envelope.reply, id, reply.code, reply.reason, result]), 'reply')
+      .catch((err: unknown) => this.log.warn({ err }, 'could not answer another process'))
+  }
+
+  // What arrives
+
+  #received (route: Route, payload: Buffer): void {
+    const envelope = this.#codec.decodeEnvelope(payload)
+    if (envelope === undefined) {
+      this.log.warn({ route }, 'ignored a payload this layer did not write')
+      return
+    }
+    try {
+      if (route.kind === 'group') this.#onGroup(route.group, envelope)
+      else if (route.kind === 'process') this.#onInbox(envelope)
+      else if (envelope[0] === Envelope.flush && envelope[1] !== this.processToken) this.#memberships.forgetAll()
+    } catch (err) {
+      this.log.warn({ err, route }, 'ignored a malformed envelope')
+    }
+  }
+
+  #onGroup (group: string, envelope: unknown[]): void {
+    if (envelope[0] === Envelope.group) {
+      const [, message, offset, epoch] = envelope
+      const info: Delivery = typeof offset === 'number' && typeof epoch === 'string' ? { group, offset, epoch } : { group }
+      this.#memberships.deliver(group, reviveMessage(message), info)
+    } else if (envelope[0] === Envelope.discard) {
+      const channel = envelope[1]
+      if (typeof channel !== 'string' || processTokenOf(channel) !== this.processToken) return
+      this.store.removeMember(group, channel)
+      this.#memberships.releaseIfEmpty(group)
+    }
+  }
+
+  #onInbox (envelope: unknown[]): void {
+    switch (envelope[0]) {
+      case Envelope.direct: {
+        const channel = envelope[1]
+        if (typeof channel !== 'string') return
+        if (this.store.deliver(channel, reviveMessage(envelope[2]))) return
+        this.stats.directSendDropped++
+        this.log.warn({ channel }, 'a message from another process found its channel full; dropped')
+        return
+      }
+      case Envelope.request:
+        void this.#answer(envelope)
+        return
+      case Envelope.reply: {
+        const [, id, code, reason, result] = envelope
+        if (typeof id === 'number') {
+          this.#requests.settle(id, typeof code === 'string'
+            ? { code, reason: typeof reason === 'string' ? reason : '', result: reviveJoin(result) }
+            : { code: 'FST_CHANNELS_REMOTE_FAILED', reason: 'malformed reply' })
+        }
+      }
+    }
+  }
+
+  // Outages
+
+  #stateChanged (): void {
+    if (this.closed) return
+    if (this.transport.up) {
+      this.#everUp = true
+      if (!this.#outage) return
+      this.#outage = false
+      // Subscriptions are back (the transport waited for them); re-assert the memberships, then tell.
+      void this.#memberships.renew(true).then(() => {
+        if (this.closed || this.#outage) return
+        this.log.warn({}, 'channel layer backend restored; subscriptions and memberships re-asserted')
+        this.#emitSafely('reconnect')
+      })
+    } else if (this.#everUp && !this.#outage) {
+      this.#outage = true
+      this.log.warn({}, 'channel layer backend lost; calls reject after the timeout until it is back')
+      this.#emitSafely('disconnect')
+    }
+  }
+
+  /** A listener that throws is the app's bug, not a reason to stop restoring the layer. */
+  #emitSafely (event: 'disconnect' | 'reconnect'): void {
+    try {
+      this.emit(event)
+    } catch (err) {
+      this.log.error({ err, event }, 'a channel layer event listener threw')
+    }
+  }
+}
+
+/** The GroupJoin in an owner's reply (a decoded envelope element). */
+function reviveJoin (value: unknown): GroupJoin | undefined {
+  if (value === null || value === undefined) return undefined
+  const { position, recovered } = reviveObject(value) as Partial<GroupJoin>
+  return { position: position ?? null, recovered: recovered === true }
+}

@@ -1,0 +1,356 @@
+/**
+ * Memberships of this process' channels in a layer shared by many processes. While a group has
+ * local members, this process subscribes to the group's route and fans its messages out locally;
+ * each membership is also recorded in the backend on a lease this process renews every third of
+ * it, so a process that dies leaves nothing behind for longer than the lease.
+ *
+ * A join that records presence or joins a group with history is one backend call that also reads
+ * what a returning member missed, and the group's position then. Until it answers, the group's
+ * live messages for that channel are held back; then come the missed ones, followed by the held
+ * ones the read did not include (offset above the position). Live copies of what the read
+ * included may still be on their way (pub/sub and commands travel on different connections):
+ * until the live stream reaches the position, the new member does not get them again. So
+ * nothing is missed and nothing comes twice.
+ */
+import type { LocalStore } from '../local-store.js'
+import type { Policy } from '../policies.js'
+import type { JoinRequest } from '../base.js'
+import { cloneMessage } from '../message.js'
+import { reviveMessage, type WireCodec } from '../codec.js'
+import { isDeepStrictEqual } from 'node:util'
+import type { Delivery, GroupJoin, LayerLogger, LayerMessage, PresenceInfo, StreamPosition } from '../types.js'
+import { ttl, withTimeout } from '../deadline.js'
+import type { HistoryKeeping, Route, StoredPayload, StoredPresence, Transport } from './transport.js'
+
+const RENEW_MIN_MS = 50
+/** Dead processes' presence entries are looked for this often (at most). */
+const REAP_MS = 5000
+
+export const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
+
+export interface MembershipSettings {
+  store: LocalStore
+  codec: WireCodec
+  transport: Transport
+  /** Milliseconds a record outlives its process at most. */
+  leaseMs: number
+  /** How long a group's position outlives its last use, at least (the layer's groupExpiry). */
+  groupExpiryMs: number
+  log: () => LayerLogger
+  /** Routes every member's process must hear (its inbox, the broadcast route). */
+  processRoutes: readonly Route[]
+  /** Whether the group announces presence entries that come and go. */
+  presenceEvents: (group: string) => boolean
+  /** A presence entry came or went: tell the group. */
+  announce: (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: Buffer) => Promise<void>
+}
+
+interface Held {
+  message: LayerMessage
+  info: Delivery
+}
+
+export class Memberships {
+  readonly #store: LocalStore
+  readonly #transport: Transport
+  readonly #settings: MembershipSettings
+  readonly #leaseMs: number
+  /** Groups whose route this process subscribes: those with local members (or joining ones). */
+  readonly #groups = new Set<string>()
+  /** group → channel → live messages held back while that channel's join reads what it missed. */
+  readonly #joining = new Map<string, Map<string, Held[]>>()
+  /** group → channel → the position its join read up to, until the live stream gets there. */
+  readonly #floors = new Map<string, Map<string, StreamPosition>>()
+  readonly #timers: NodeJS.Timeout[]
+  #renewal: Promise<void> = Promise.resolve()
+  #renewalQueued = false
+  #closed = false
+
+  constructor (settings: MembershipSettings) {
+    this.#store = settings.store
+    this.#transport = settings.transport
+    this.#settings = settings
+    this.#leaseMs = settings.leaseMs
+    // Held weakly: a layer dropped without close() can still be collected.
+    const ref = new WeakRef(this)
+    const every = (ms: number, run: (alive: Memberships) => void): NodeJS.Timeout => {
+      const timer: NodeJS.Timeout = setInterval(() => {
+        const alive = ref.deref()
+        if (alive === undefined) clearInterval(timer)
+        else run(alive)
+      }, ms).unref()
+      return timer
+    }
+    this.#timers = [
+      every(Math.max(this.#leaseMs / 3, RENEW_MIN_MS), alive => { void alive.renew(false) }),
+      every(Math.max(Math.min(REAP_MS, this.#leaseMs), RENEW_MIN_MS), alive => { void alive.#reap() })
+    ]
+  }
+
+  /** Joins `channel` to `group`; see the file comment for joins with presence or history. */
+  async add (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    if (policy?.history === undefined && join.presence === undefined) {
+      await this.#addPlain(group, channel)
+      return NO_JOIN
+    }
+    return await this.#addRecorded(group, channel, join, policy)
+  }
+
+  /** A group message from the group's route: to the local members, and held for joining ones. */
+  deliver (group: string, message: LayerMessage, info: Delivery): void {
+    const joining = this.#joining.get(group)
+    if (joining !== undefined) for (const held of joining.values()) held.push({ message: cloneMessage(message), info })
+    const floors = this.#floors.get(group)
+    this.#store.fanOut(group, message, info, floors === undefined ? undefined : this.#passFloors(group, floors, info))
+  }
+
+  async remove (group: string, channel: string): Promise<void> {
+    this.#store.removeMember(group, channel)
+    this.releaseIfEmpty(group)
+    await this.announceGone(group, await this.#transport.removeMembers(group, [channel], `groupDiscard ${group}`))
+  }
+
+  async discardChannel (channel: string): Promise<void> {
+    const groups = [...(this.#store.groupsOf(channel) ?? [])]
+    this.#store.discardChannel(channel)
+    if (groups.length === 0) return
+    for (const group of groups) this.releaseIfEmpty(group)
+    const what = `discardChannel ${channel}`
+    await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.removeMembers(group, [channel], what))))
+  }
+
+  /** Announces removed presence entries to a group that wants to hear of them; a failure is logged. */
+  async announceGone (group: string, removed: StoredPresence[]): Promise<void> {
+    if (removed.length === 0 || !this.#settings.presenceEvents(group)) return
+    try {
+      await Promise.all(removed.map(([channel, info]) => this.#settings.announce(group, 'presence.leave', channel, info)))
+    } catch (err) {
+      this.#settings.log().warn({ err, group }, 'could not announce a presence leave')
+    }
+  }
+
+  /** Subscribes this process' own routes (once; resolves when confirmed). */
+  subscribeProcess (): Promise<unknown> {
+    return Promise.all(this.#settings.processRoutes.map(route => this.#transport.subscribe(route)))
+  }
+
+  /** Unsubscribes from a group once its last local member is gone. */
+  releaseIfEmpty (group: string): void {
+    if (this.#store.members(group) !== undefined || this.#joining.has(group) || !this.#groups.delete(group)) return
+    this.#floors.delete(group)
+    this.#transport.unsubscribe({ kind: 'group', group })
+  }
+
+  /** Forgets every local membership (a flush): nothing to renew, no group to hear. */
+  forgetAll (): void {
+    this.#store.flush()
+    this.#joining.clear()
+    this.#floors.clear()
+    for (const group of this.#groups) this.#transport.unsubscribe({ kind: 'group', group })
+    this.#groups.clear()
+  }
+
+  /** Live local memberships per group. */
+  records (): Array<[string, string[]]> {
+    const out: Array<[string, string[]]> = []
+    for (const group of this.#groups) {
+      const members = this.#store.members(group)
+      if (members !== undefined && members.size > 0) out.push([group, [...members.keys()]])
+    }
+    return out
+  }
+
+  /** Re-writes every live record, at once when `urgent` (after a reconnect), else when due. */
+  renew (urgent: boolean): Promise<void> {
+    if (this.#renewalQueued && !urgent) return this.#renewal
+    this.#renewalQueued = true
+    this.#renewal = this.#renewal.then(() => {
+      this.#renewalQueued = false
+      return this.#renewNow()
+    }).catch((err: unknown) => this.#settings.log().error({ err }, 'membership renewal failed'))
+    return this.#renewal
+  }
+
+  close (): void {
+    this.#closed = true
+    for (const timer of this.#timers) clearInterval(timer)
+  }
+
+  async #addPlain (group: string, channel: string): Promise<void> {
+    const existed = this.#store.members(group)?.has(channel) === true
+    this.#store.addMember(group, channel)
+    this.#groups.add(group)
+    const what = `groupAdd ${group}`
+    try {
+      await Promise.all([
+        this.#subscribe(group, what),
+        this.#transport.recordMembers(group, [[channel, ttl(this.#leaseMs)]], what)
+      ])
+    } catch (err) {
+      if (!existed && !this.#closed) {
+        this.#store.removeMember(group, channel)
+        this.releaseIfEmpty(group)
+      }
+      throw err
+    }
+  }
+
+  async #addRecorded (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    const store = this.#store
+    const history = policy?.history
+    const rejoin = store.isMember(group, channel)
+    const held: Held[] | undefined = rejoin ? undefined : []
+    if (held !== undefined) this.#hold(group, channel, held)
+    this.#groups.add(group)
+    const what = `groupAdd ${group}`
+    try {
+      await this.#subscribe(group, what)
+      const keeping: HistoryKeeping | undefined = history === undefined
+        ? undefined
+        : { size: history.size, ttlMs: history.ttlMs, idleMs: Math.max(history.ttlMs, this.#settings.groupExpiryMs) }
+      const presence = join.presence === undefined ? undefined : this.#settings.codec.encodeValue(join.presence)
+      const result = await this.#transport.join(group, {
+        channel,
+        leaseMs: ttl(this.#leaseMs),
+        presence,
+        history: keeping === undefined ? undefined : { ...keeping, since: join.since }
+      }, what)
+      // Synchronous from here: nothing the group publishes can come between the catch-up and the join.
+      const { position } = result
+      const since = join.since
+      let recovered: boolean
+      if (held !== undefined) {
+        this.#release(group, channel)
+        recovered = since !== undefined && position !== null && complete(since, position, result.missed)
+        if (recovered && position !== null) this.#replay(group, channel, position.epoch, result.missed)
+        // Replays and held messages are one catch-up: neither is refused for capacity.
+        const top = position?.offset ?? 0
+        let reached = 0
+        for (const { message, info } of held) {
+          const offset = info.offset ?? 0
+          if (offset > reached) reached = offset
+          if (info.offset === undefined || offset > top) store.deliver(channel, message, info, true)
+        }
+        if (position !== null && reached < top) this.#setFloor(group, channel, position)
+      } else {
+        // A member all along: it has had everything since it joined.
+        recovered = since !== undefined && position !== null && since.epoch === position.epoch && since.offset <= position.offset
+      }
+      store.addMember(group, channel)
+      if (presence !== undefined && policy?.presenceEvents === true && this.#changed(result.previousPresence, join.presence)) {
+        await this.#settings.announce(group, 'presence.join', channel, presence)
+          .catch((err: unknown) => this.#settings.log().warn({ err, group }, 'could not announce a presence join'))
+      }
+      return { position, recovered }
+    } catch (err) {
+      if (held !== undefined) this.#release(group, channel)
+      if (!rejoin && !this.#closed) this.releaseIfEmpty(group)
+      throw err
+    }
+  }
+
+  #subscribe (group: string, what: string): Promise<unknown> {
+    return withTimeout(Promise.all([this.subscribeProcess(), this.#transport.subscribe({ kind: 'group', group })]), this.#transport.timeout, what)
+  }
+
+  #hold (group: string, channel: string, held: Held[]): void {
+    let joining = this.#joining.get(group)
+    if (joining === undefined) {
+      joining = new Map()
+      this.#joining.set(group, joining)
+    }
+    joining.set(channel, held)
+  }
+
+  #release (group: string, channel: string): void {
+    const joining = this.#joining.get(group)
+    if (joining === undefined) return
+    joining.delete(channel)
+    if (joining.size === 0) this.#joining.delete(group)
+  }
+
+  #setFloor (group: string, channel: string, position: StreamPosition): void {
+    let floors = this.#floors.get(group)
+    if (floors === undefined) {
+      floors = new Map()
+      this.#floors.set(group, floors)
+    }
+    floors.set(channel, position)
+  }
+
+  /** The members that already have this live message; floors the stream has reached are lifted. */
+  #passFloors (group: string, floors: Map<string, StreamPosition>, info: Delivery): Set<string> | undefined {
+    let skip: Set<string> | undefined
+    for (const [channel, floor] of floors) {
+      if (info.epoch !== floor.epoch || info.offset === undefined) {
+        floors.delete(channel)
+        continue
+      }
+      if (info.offset <= floor.offset) (skip ??= new Set()).add(channel)
+      if (info.offset >= floor.offset) floors.delete(channel)
+    }
+    if (floors.size === 0) this.#floors.delete(group)
+    return skip
+  }
+
+  #replay (group: string, channel: string, epoch: string, missed: StoredPayload[]): void {
+    for (const [offset, payload] of missed) {
+      let message: LayerMessage
+      try {
+        message = reviveMessage(this.#settings.codec.decodeEnvelope(payload)?.[1])
+      } catch (err) {
+        this.#settings.log().warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
+        continue
+      }
+      this.#store.deliver(channel, message, { group, offset, epoch }, true)
+    }
+  }
+
+  /** Whether a join changes the presence the membership recorded (sealed bytes differ each time: compare what they hold). */
+  #changed (before: Buffer | null, info: PresenceInfo | undefined): boolean {
+    if (before === null) return true
+    try {
+      return !isDeepStrictEqual(this.#settings.codec.decodeObject(before), info)
+    } catch {
+      return true
+    }
+  }
+
+  async #renewNow (): Promise<void> {
+    if (this.#closed || !this.#transport.up) return
+    const now = performance.now()
+    const work: Array<[string, Array<[string, number]>]> = []
+    for (const group of [...this.#groups]) {
+      const members: Array<[string, number]> = []
+      for (const [channel, expiresAt] of [...(this.#store.members(group) ?? [])]) {
+        if (expiresAt <= now) this.#store.removeMember(group, channel)
+        else members.push([channel, ttl(Math.min(this.#leaseMs, expiresAt - now))])
+      }
+      if (members.length === 0) this.releaseIfEmpty(group)
+      else work.push([group, members])
+    }
+    try {
+      await Promise.all(work.map(([group, members]) => this.#transport.recordMembers(group, members, 'renew memberships')))
+    } catch (err) {
+      this.#settings.log().warn({ err }, 'could not renew group memberships; retrying')
+    }
+  }
+
+  /** Finds the presence entries of processes that died, in groups that announce presence. */
+  async #reap (): Promise<void> {
+    if (this.#closed || !this.#transport.up) return
+    const groups = [...this.#groups].filter(group => this.#settings.presenceEvents(group))
+    try {
+      await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.reapPresence(group, 'reap presence'))))
+    } catch (err) {
+      this.#settings.log().warn({ err }, 'could not look for the presence of processes that died; retrying')
+    }
+  }
+}
+
+/** Whether `missed` holds every message after `since` up to `position`. */
+function complete (since: StreamPosition, position: StreamPosition, missed: StoredPayload[]): boolean {
+  if (since.epoch !== position.epoch || since.offset > position.offset) return false
+  if (since.offset === position.offset) return true
+  return missed.length > 0 && missed[0][0] === since.offset + 1 && missed[missed.length - 1][0] === position.offset
+}

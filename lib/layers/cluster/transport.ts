@@ -1,0 +1,124 @@
+/**
+ * What the cluster protocol (../cluster.ts) needs from a backend: publish/subscribe on a few
+ * routes, membership records with a lease, and shared queues for named channels. Everything a
+ * backend does is one of these; everything processes say to each other is the protocol's.
+ */
+import type { LocalStore } from '../local-store.js'
+import type { WireCodec } from '../codec.js'
+import type { Delivery, LayerLogger, LayerMessage, Received, StreamPosition } from '../types.js'
+
+/** Where a payload is published, and where an incoming one came from. */
+export type Route =
+  | { readonly kind: 'group', readonly group: string }
+  /** A process' inbox: direct messages, requests and replies for the process with this token. */
+  | { readonly kind: 'process', readonly token: string }
+  /** Every process sharing the layer. */
+  | { readonly kind: 'broadcast' }
+
+/** Named channels (no `!`): queues in the backend that belong to no process. */
+export interface SharedQueues {
+  /** Queues being read for waiting receivers of this process: for leak checks. */
+  readonly readers: number
+  /** Appends to the queue; false when it holds `capacity` messages already. */
+  push (channel: string, message: LayerMessage, what: string, info?: Delivery): Promise<boolean>
+  /** The next message, taken by exactly one receiver of all processes. */
+  receive (channel: string, signal: AbortSignal | undefined): Promise<Received>
+  addMember (group: string, channel: string): Promise<void>
+  removeMember (group: string, channel: string): Promise<void>
+  /** Empties the queue and leaves every group. */
+  discard (channel: string): Promise<void>
+  /** A group message for the group's named members: each gets it unless its queue is full (reported). */
+  fill (group: string, members: readonly string[], message: LayerMessage, what: string, info: Delivery): Promise<void>
+  close (): void
+}
+
+/** What the cluster protocol gives the backend it runs on. */
+export interface ClusterContext {
+  readonly processToken: string
+  /** This process' channels and groups. */
+  readonly store: LocalStore
+  /** How payloads are written (sealed when the layer encrypts). */
+  readonly codec: WireCodec
+  readonly capacity: number
+  readonly expiryMs: number
+  readonly groupExpiryMs: number
+  /** The layer's logger now (the plugin may attach one after construction). */
+  log (): LayerLogger
+  /** A group member was skipped because its queue was full. */
+  skipped (group: string, channel: string): void
+  /** A payload arrived on a route this process subscribed to. */
+  received (route: Route, payload: Buffer): void
+  /** `up` may have changed. */
+  stateChanged (): void
+}
+
+/** What a group with history keeps: `idleMs` is how long its position outlives its last use. */
+export interface HistoryKeeping {
+  size: number
+  ttlMs: number
+  idleMs: number
+}
+
+/** A membership that records presence or joins a group with history, in one step. */
+export interface JoinRecord {
+  channel: string
+  leaseMs: number
+  /** The presence info, encoded. */
+  presence?: Buffer
+  history?: HistoryKeeping & { since?: StreamPosition }
+}
+
+/** A stored group payload and its offset. */
+export type StoredPayload = readonly [offset: number, payload: Buffer]
+
+export interface JoinResult {
+  /** What the membership recorded as presence before (encoded), if anything. */
+  previousPresence: Buffer | null
+  /** The group's latest position (null without history). */
+  position: StreamPosition | null
+  /** What was published after `since`, when `since` is in the current epoch: oldest first. */
+  missed: StoredPayload[]
+}
+
+/** A presence entry with its info encoded. */
+export type StoredPresence = readonly [channel: string, info: Buffer]
+
+export interface Transport {
+  /** Milliseconds any call may wait for an unreachable backend before it rejects. */
+  readonly timeout: number
+  /** True while connected with every subscription confirmed. */
+  readonly up: boolean
+  /** Routes subscribed: for leak checks. */
+  readonly subscriptions: number
+  readonly queues: SharedQueues
+  /** Resolves once the backend confirmed the subscription (or it was dropped meanwhile). */
+  subscribe (route: Route): Promise<void>
+  unsubscribe (route: Route): void
+  /** Resolves with how many processes received it. */
+  publish (route: Route, payload: Buffer, what: string): Promise<number>
+  /**
+   * Publishes a group message and, in the same round trip, reads the group's live named members
+   * (who must get the message in their queues). With `history`, the message takes the group's
+   * next offset and is kept; the payload is published with its position appended (see codec.ts).
+   */
+  publishToGroup (group: string, payload: Buffer, what: string, history?: HistoryKeeping): Promise<{ named: string[], position?: StreamPosition }>
+  /** Records (or renews) memberships of this process' channels for `ttlMs` each, with their presence. */
+  recordMembers (group: string, members: ReadonlyArray<readonly [channel: string, ttlMs: number]>, what: string): Promise<void>
+  /** Records a membership with presence or history, reading what a returning member missed. */
+  join (group: string, record: JoinRecord, what: string): Promise<JoinResult>
+  /**
+   * Removes membership records and their presence entries, returning those; with `notice`,
+   * publishes it on the group's route in the same round trip.
+   */
+  removeMembers (group: string, channels: readonly string[], what: string, notice?: Buffer): Promise<StoredPresence[]>
+  /** The kept payloads: after `since` (oldest first) when it is in this epoch, else the latest `limit`. */
+  readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string):
+  Promise<{ position: StreamPosition, stored: StoredPayload[] }>
+  /** The live presence entries of the group, across processes. */
+  presence (group: string, what: string): Promise<StoredPresence[]>
+  /** Removes presence entries whose membership ended without a word; each comes back to one caller only. */
+  reapPresence (group: string, what: string): Promise<StoredPresence[]>
+  /** Deletes everything the layer keeps in the backend (its own prefix only). */
+  deleteAll (what: string): Promise<void>
+  close (): void
+}

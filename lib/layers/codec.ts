@@ -1,0 +1,186 @@
+/**
+ * The layer's encoding: msgpack (`msgpackr`), so bytes and nested objects cross processes exactly
+ * and a message arrives in the same shape the in-memory layer hands out; and the envelopes in
+ * which processes sharing a layer speak to each other (cluster.ts).
+ *
+ * An envelope is a small array whose first element says what it carries:
+ *
+ *   [GROUP, message, offset?, epoch?]            on a group's route: a group message, with its
+ *                                                position when the group keeps history
+ *   [DISCARD, channel]                           on a group's route: the owner drops that member,
+ *                                                in order with the group's messages
+ *   [DIRECT, channel, message]                   on a process' inbox: a message for one of its channels
+ *   [REQUEST, id, replyToken, op, group, channel, since, presence]
+ *                                                on a process' inbox: a change only the owner can make
+ *   [REPLY, id, code, reason, result]            on a process' inbox: '' code when the request succeeded
+ *   [FLUSH, senderToken]                         on the broadcast route: forget everything local
+ */
+import { Packr, Unpackr } from 'msgpackr'
+import { InvalidMessageError } from '../errors.js'
+import { MAX_MESSAGE_DEPTH } from './message.js'
+import type { Delivery, LayerMessage, Received } from './types.js'
+import type { PayloadCipher } from './encryption.js'
+
+// No records extension: every payload decodes on its own, whichever process packed the one before.
+const packr = new Packr({ useRecords: false })
+// Maps, not objects: msgpackr renames a "__proto__" key while building objects; reviving the
+// Map ourselves keeps that key as plain data, exactly as the in-memory layer copies it.
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: false })
+
+export const Envelope = {
+  group: 0,
+  discard: 1,
+  direct: 2,
+  request: 3,
+  reply: 4,
+  flush: 5
+} as const
+
+/**
+ * How processes sharing a layer write to their backend: the envelopes above, messages with their
+ * delivery (in queues) and plain values (presence info), each sealed when the layer encrypts
+ * (encryption.ts). A sealed payload is a msgpack bin, so what a backend appends after it (a
+ * position) still decodes apart. What no key opens is reported through `undecryptable` and
+ * treated as unreadable.
+ */
+export class WireCodec {
+  readonly #cipher: PayloadCipher | undefined
+  readonly #undecryptable: () => void
+
+  constructor (cipher?: PayloadCipher, undecryptable: () => void = () => {}) {
+    this.#cipher = cipher
+    this.#undecryptable = undecryptable
+  }
+
+  encodeEnvelope (envelope: readonly unknown[]): Buffer {
+    return this.#seal(packr.pack(envelope))
+  }
+
+  /**
+   * Decodes an envelope; undefined for anything a layer did not write. A backend may append more
+   * values to a payload it publishes (a group message's position, stamped where the offset is
+   * assigned): they come after the envelope's own elements.
+   */
+  decodeEnvelope (payload: Buffer): unknown[] | undefined {
+    let values: unknown[]
+    try {
+      values = unpackr.unpackMultiple(payload) as unknown[]
+    } catch {
+      return undefined
+    }
+    let envelope = values[0]
+    if (this.#cipher !== undefined) {
+      const plain = envelope instanceof Uint8Array ? this.#open(envelope) : undefined
+      if (plain === undefined) return undefined
+      try {
+        envelope = unpackr.unpack(plain)
+      } catch {
+        return undefined
+      }
+    }
+    if (!Array.isArray(envelope) || typeof envelope[0] !== 'number') return undefined
+    for (let i = 1; i < values.length; i++) {
+      const more = values[i]
+      if (Array.isArray(more)) envelope.push(...(more as unknown[]))
+      else envelope.push(more)
+    }
+    return envelope as unknown[]
+  }
+
+  /** A message with how it came, as a queue keeps it: `[message]`, or `[message, [group, offset?, epoch?]]`. */
+  encodeDelivery (message: LayerMessage, info: Delivery): Buffer {
+    const how = info.group === undefined ? undefined : info.offset === undefined ? [info.group] : [info.group, info.offset, info.epoch]
+    return this.#seal(packr.pack(how === undefined ? [message] : [message, how]))
+  }
+
+  decodeDelivery (payload: Buffer): Received {
+    const decoded = this.#unpack(payload)
+    if (!Array.isArray(decoded)) throw new InvalidMessageError('malformed delivery')
+    const [message, how] = decoded as [unknown, unknown]
+    if (!Array.isArray(how)) return { message: reviveMessage(message), info: {} }
+    const [group, offset, epoch] = how as [unknown, unknown, unknown]
+    if (typeof group !== 'string') throw new InvalidMessageError('malformed delivery')
+    const info: Delivery = typeof offset === 'number' && typeof epoch === 'string' ? { group, offset, epoch } : { group }
+    return { message: reviveMessage(message), info }
+  }
+
+  /** A plain object of layer values (presence info). */
+  encodeValue (value: object): Buffer {
+    return this.#seal(encodeValue(value))
+  }
+
+  decodeObject (payload: Buffer): Record<string, unknown> {
+    return reviveObject(this.#unpack(payload))
+  }
+
+  #seal (plain: Buffer): Buffer {
+    return this.#cipher === undefined ? plain : packr.pack(this.#cipher.seal(plain))
+  }
+
+  #open (sealed: Uint8Array): Buffer | undefined {
+    const plain = this.#cipher?.open(sealed)
+    if (plain === undefined) this.#undecryptable()
+    return plain
+  }
+
+  #unpack (payload: Buffer): unknown {
+    if (this.#cipher === undefined) return unpackr.unpack(payload)
+    const sealed: unknown = unpackr.unpack(payload)
+    const plain = sealed instanceof Uint8Array ? this.#open(sealed) : undefined
+    if (plain === undefined) throw new InvalidMessageError('a payload no encryption key opens')
+    return unpackr.unpack(plain)
+  }
+}
+
+/** Encodes a plain object of layer values, unsealed: what the presence size limit measures. */
+export function encodeValue (value: object): Buffer {
+  return packr.pack(value)
+}
+
+/** A plain object from a decoded value (an element of an envelope); InvalidMessageError otherwise. */
+export function reviveObject (value: unknown): Record<string, unknown> {
+  const revived = revive(value, 0)
+  if (typeof revived !== 'object' || revived === null || Array.isArray(revived) || revived instanceof Uint8Array) {
+    throw new InvalidMessageError('not a plain object')
+  }
+  return revived as Record<string, unknown>
+}
+
+/**
+ * Turns a decoded message value (Maps and Buffers) into the layer's message shape: plain objects
+ * and plain `Uint8Array`s with their own bytes. Throws InvalidMessageError on anything a layer
+ * could not have sent.
+ */
+export function reviveMessage (value: unknown): LayerMessage {
+  const message = revive(value, 0)
+  if (typeof message !== 'object' || message === null || Array.isArray(message) || message instanceof Uint8Array ||
+    typeof (message as { type?: unknown }).type !== 'string') {
+    throw new InvalidMessageError('not a channel layer message')
+  }
+  return message as LayerMessage
+}
+
+function revive (value: unknown, depth: number): unknown {
+  if (typeof value !== 'object' || value === null) return value
+  if (depth > MAX_MESSAGE_DEPTH + 1) throw new InvalidMessageError('message nested too deep')
+  if (value instanceof Uint8Array) return new Uint8Array(value)
+  if (Array.isArray(value)) {
+    const out: unknown[] = new Array(value.length)
+    for (let i = 0; i < value.length; i++) out[i] = revive(value[i], depth + 1)
+    return out
+  }
+  if (value instanceof Map) {
+    const out: Record<string, unknown> = {}
+    for (const [key, inner] of value) {
+      const name = String(key)
+      const revived = revive(inner, depth + 1)
+      if (name === '__proto__') {
+        Object.defineProperty(out, name, { value: revived, writable: true, enumerable: true, configurable: true })
+      } else {
+        out[name] = revived
+      }
+    }
+    return out
+  }
+  throw new InvalidMessageError('unexpected value in message')
+}

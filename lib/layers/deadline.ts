@@ -1,0 +1,38 @@
+import { LayerTimeoutError } from '../errors.js'
+
+const noop = (): void => {}
+
+/**
+ * Settles like `promise`, or rejects with LayerTimeoutError at `deadline` (performance.now() ms);
+ * `timeout` is what the error reports. The abandoned promise's rejection is absorbed, never unhandled.
+ */
+export function withDeadline<T> (promise: Promise<T>, deadline: number, what: string, timeout: number): Promise<T> {
+  const left = deadline - performance.now()
+  if (left <= 0) {
+    promise.catch(noop)
+    return Promise.reject(new LayerTimeoutError(what, timeout))
+  }
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      promise.catch(noop)
+      reject(new LayerTimeoutError(what, timeout))
+    }, left)
+    promise.then(value => {
+      clearTimeout(timer)
+      resolve(value)
+    }, (err: unknown) => {
+      clearTimeout(timer)
+      reject(err)
+    })
+  })
+}
+
+/** `withDeadline` from now. */
+export function withTimeout<T> (promise: Promise<T>, timeout: number, what: string): Promise<T> {
+  return withDeadline(promise, performance.now() + timeout, what, timeout)
+}
+
+/** Whole milliseconds, at least one: what a backend's expiry takes. */
+export function ttl (ms: number): number {
+  return Math.max(1, Math.ceil(ms))
+}

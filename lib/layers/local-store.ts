@@ -1,0 +1,326 @@
+/**
+ * What a channel layer keeps in this process: each channel's queued messages and waiting
+ * `receive()` calls (its mailbox), the listener a connection put on its own channel, and the
+ * groups with their local members (and the presence a membership records). Synchronous and
+ * unvalidated: the layer facade checks names and copies messages before anything reaches the
+ * store, and a backend that spans processes calls it for whatever lives here.
+ */
+import { LayerClosedError } from '../errors.js'
+import { Mailbox, Waiter } from './mailbox.js'
+import { clonePlainObject, cloneMessage } from './message.js'
+import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
+
+/** The `Delivery` of a message sent to the channel itself. */
+export const DIRECT: Delivery = Object.freeze({})
+
+export interface LocalStoreSettings {
+  /** Undelivered messages a channel may hold. */
+  capacity: number
+  /** Milliseconds an undelivered message is kept. */
+  expiryMs: number
+  /** Milliseconds a membership lasts unless renewed. */
+  groupExpiryMs: number
+  /** A group member was skipped because its channel was full. */
+  skipped: (group: string, channel: string) => void
+  /** A membership that recorded presence ended (left, discarded, expired); not called by flush or close. */
+  presenceLeft?: (group: string, channel: string, info: PresenceInfo) => void
+}
+
+/** Counts of the process-local state, for diagnostics and leak tests; not a stable format. */
+export interface LayerInspection {
+  /** Channels holding messages, waiting receivers or a listener. */
+  channels: number
+  groups: number
+  memberships: number
+}
+
+export class LocalStore {
+  readonly #settings: LocalStoreSettings
+  readonly #mailboxes = new Map<string, Mailbox>()
+  // group → channel → expiry deadline (performance.now() ms), and the reverse index that makes
+  // discarding a channel cost O(its memberships).
+  readonly #groups = new Map<string, Map<string, number>>()
+  readonly #channelGroups = new Map<string, Set<string>>()
+  readonly #sinks = new Map<string, ChannelSink>()
+  // group → channel → presence info, only for memberships that recorded one.
+  readonly #presence = new Map<string, Map<string, PresenceInfo>>()
+
+  constructor (settings: LocalStoreSettings) {
+    this.#settings = settings
+  }
+
+  /**
+   * Hands `message` (owned by the layer, not copied again) to the channel's listener, its
+   * longest-waiting receiver, or its queue. False, delivering nothing, when the channel is full;
+   * `force` queues it anyway (a replay is not refused for capacity).
+   */
+  deliver (channel: string, message: LayerMessage, info: Delivery = DIRECT, force = false): boolean {
+    return this.#deliver(channel, message, info, false, force)
+  }
+
+  /**
+   * Fans `message` out to the group's live local members, each its own copy (the last one takes
+   * `message` itself: serialize it before calling) and the same read-only `info`; full members are
+   * skipped and reported, expired memberships dropped on the way. Members in `skip` have had it.
+   */
+  fanOut (group: string, message: LayerMessage, info: Delivery, skip?: ReadonlySet<string>): void {
+    const members = this.#groups.get(group)
+    if (members === undefined) return
+    const now = performance.now()
+    const count = members.size
+    let seen = 0
+    for (const [channel, expiresAt] of members) {
+      seen++
+      if (expiresAt <= now) {
+        this.#unlink(group, members, channel)
+        continue
+      }
+      if (skip !== undefined && skip.has(channel)) continue
+      if (!this.#deliver(channel, message, info, seen !== count, false)) this.#settings.skipped(group, channel)
+    }
+  }
+
+  /** The next message of a channel of this process, FIFO among receivers. */
+  receive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
+    // A caller may have awaited since it checked, and an aborted signal never fires again.
+    if (signal?.aborted === true) return Promise.reject(signal.reason)
+    let mailbox = this.#mailboxes.get(channel)
+    if (mailbox !== undefined) {
+      mailbox.dropExpired(performance.now())
+      const received = mailbox.shift()
+      if (received !== undefined) {
+        mailbox.releaseIfIdle()
+        return Promise.resolve(received)
+      }
+    } else {
+      mailbox = this.#newMailbox(channel)
+    }
+    const box = mailbox
+    return new Promise((resolve, reject) => {
+      const waiter = new Waiter(box, resolve, reject, signal)
+      box.addWaiter(waiter)
+      signal?.addEventListener('abort', waiter, { once: true })
+    })
+  }
+
+  /** Whether a `receive()` waits on the channel. */
+  hasReceivers (channel: string): boolean {
+    return this.#mailboxes.get(channel)?.hasWaiters === true
+  }
+
+  /**
+   * Pushes the channel's messages to `sink` as they arrive, before any waiting `receive()`. While
+   * the sink is not accepting they wait in the channel, under capacity and expiry, until `resume()`.
+   * Returns undefined when the channel already has a listener.
+   */
+  listen (channel: string, sink: ChannelSink): ChannelListener | undefined {
+    if (this.#sinks.has(channel)) return undefined
+    this.#sinks.set(channel, sink)
+    const listener: ChannelListener = {
+      resume: () => { if (this.#sinks.get(channel) === sink) this.#resume(channel, sink) },
+      close: () => { if (this.#sinks.get(channel) === sink) this.#sinks.delete(channel) }
+    }
+    listener.resume()
+    return listener
+  }
+
+  /** Whether `channel` is a live member of `group` here. */
+  isMember (group: string, channel: string): boolean {
+    const expiresAt = this.#groups.get(group)?.get(channel)
+    return expiresAt !== undefined && expiresAt > performance.now()
+  }
+
+  /** What the membership recorded as its presence, if anything. */
+  presenceOf (group: string, channel: string): PresenceInfo | undefined {
+    return this.#presence.get(group)?.get(channel)
+  }
+
+  /** Adds or renews a membership; `presence` replaces what it recorded (undefined keeps it). */
+  addMember (group: string, channel: string, presence?: PresenceInfo): void {
+    if (presence !== undefined) {
+      let entries = this.#presence.get(group)
+      if (entries === undefined) {
+        entries = new Map()
+        this.#presence.set(group, entries)
+      }
+      entries.set(channel, presence)
+    }
+    let members = this.#groups.get(group)
+    if (members === undefined) {
+      members = new Map()
+      this.#groups.set(group, members)
+    }
+    members.set(channel, performance.now() + this.#settings.groupExpiryMs)
+    let groups = this.#channelGroups.get(channel)
+    if (groups === undefined) {
+      groups = new Set()
+      this.#channelGroups.set(channel, groups)
+    }
+    groups.add(group)
+  }
+
+  removeMember (group: string, channel: string): void {
+    const members = this.#groups.get(group)
+    if (members !== undefined) this.#unlink(group, members, channel)
+  }
+
+  /**
+   * The group's local members with their expiry deadlines (`performance.now()` ms; expired ones stay
+   * until swept), or undefined when it has none. A read-only view.
+   */
+  members (group: string): ReadonlyMap<string, number> | undefined {
+    return this.#groups.get(group)
+  }
+
+  /** The presence entries of the group's local members (copies), in join order. */
+  presence (group: string): Array<{ channel: string, info: PresenceInfo }> {
+    const entries = this.#presence.get(group)
+    if (entries === undefined) return []
+    const members = this.#groups.get(group)
+    const now = performance.now()
+    const out: Array<{ channel: string, info: PresenceInfo }> = []
+    for (const [channel, info] of entries) {
+      const expiresAt = members?.get(channel)
+      if (expiresAt !== undefined && expiresAt > now) out.push({ channel, info: clonePlainObject(info) })
+    }
+    return out
+  }
+
+  /** The groups a channel of this process is a member of (a read-only view), or undefined. */
+  groupsOf (channel: string): ReadonlySet<string> | undefined {
+    return this.#channelGroups.get(channel)
+  }
+
+  /** Drops the channel's queued messages and every membership it has. */
+  discardChannel (channel: string): void {
+    const mailbox = this.#mailboxes.get(channel)
+    if (mailbox !== undefined) {
+      mailbox.clearMessages()
+      mailbox.releaseIfIdle()
+    }
+    const groups = this.#channelGroups.get(channel)
+    if (groups === undefined) return
+    this.#channelGroups.delete(channel)
+    for (const group of groups) {
+      const members = this.#groups.get(group)
+      if (members === undefined) continue
+      members.delete(channel)
+      if (members.size === 0) this.#groups.delete(group)
+      this.#leavePresence(group, channel)
+    }
+  }
+
+  /** Empties every channel and group; waiting receivers and listeners stay. */
+  flush (): void {
+    for (const mailbox of this.#mailboxes.values()) {
+      mailbox.clearMessages()
+      mailbox.releaseIfIdle()
+    }
+    this.#groups.clear()
+    this.#channelGroups.clear()
+    this.#presence.clear()
+  }
+
+  /** Rejects waiting receivers with LayerClosedError, tells listeners, and forgets everything. */
+  close (): void {
+    for (const mailbox of this.#mailboxes.values()) {
+      for (let waiter = mailbox.takeWaiter(); waiter !== null; waiter = mailbox.takeWaiter()) {
+        waiter.reject(new LayerClosedError())
+      }
+    }
+    this.#mailboxes.clear()
+    this.#groups.clear()
+    this.#channelGroups.clear()
+    this.#presence.clear()
+    const sinks = [...this.#sinks.values()]
+    this.#sinks.clear()
+    for (const sink of sinks) sink.layerClosed(new LayerClosedError())
+  }
+
+  /** Drops expired messages and memberships, and whatever is left empty. */
+  sweep (): void {
+    // Deleting from a Map while iterating it is well defined, so the loops need no snapshot.
+    const now = performance.now()
+    for (const mailbox of this.#mailboxes.values()) {
+      mailbox.dropExpired(now)
+      mailbox.releaseIfIdle()
+    }
+    for (const [group, members] of this.#groups) {
+      for (const [channel, expiresAt] of members) {
+        if (expiresAt <= now) this.#unlink(group, members, channel)
+      }
+    }
+  }
+
+  /** Sizes of the local state (expired entries count until swept). */
+  inspect (): LayerInspection {
+    let memberships = 0
+    for (const members of this.#groups.values()) memberships += members.size
+    let channels = this.#mailboxes.size
+    for (const channel of this.#sinks.keys()) if (!this.#mailboxes.has(channel)) channels++
+    return { channels, groups: this.#groups.size, memberships }
+  }
+
+  #newMailbox (channel: string): Mailbox {
+    const mailbox = new Mailbox(channel, this.#mailboxes)
+    this.#mailboxes.set(channel, mailbox)
+    return mailbox
+  }
+
+  // `copy` clones only once the channel is known to accept, so skipping a full member costs nothing.
+  #deliver (channel: string, message: LayerMessage, info: Delivery, copy: boolean, force: boolean): boolean {
+    let mailbox = this.#mailboxes.get(channel)
+    const sink = this.#sinks.get(channel)
+    // Straight to the listener, unless older messages still wait for it (order is kept).
+    if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0)) {
+      sink.push(copy ? cloneMessage(message) : message, info)
+      return true
+    }
+    const now = performance.now()
+    if (mailbox === undefined) {
+      mailbox = this.#newMailbox(channel)
+    } else {
+      const waiter = mailbox.takeWaiter()
+      if (waiter !== null) {
+        waiter.resolve({ message: copy ? cloneMessage(message) : message, info })
+        mailbox.releaseIfIdle()
+        return true
+      }
+      mailbox.dropExpired(now)
+      if (mailbox.size >= this.#settings.capacity && !force) return false
+    }
+    mailbox.push(copy ? cloneMessage(message) : message, info, now + this.#settings.expiryMs)
+    return true
+  }
+
+  #resume (channel: string, sink: ChannelSink): void {
+    const mailbox = this.#mailboxes.get(channel)
+    if (mailbox === undefined) return
+    mailbox.dropExpired(performance.now())
+    while (sink.accepting && this.#sinks.get(channel) === sink) {
+      const received = mailbox.shift()
+      if (received === undefined) break
+      sink.push(received.message, received.info)
+    }
+    mailbox.releaseIfIdle()
+  }
+
+  #unlink (group: string, members: Map<string, number>, channel: string): void {
+    if (!members.delete(channel)) return
+    if (members.size === 0) this.#groups.delete(group)
+    this.#leavePresence(group, channel)
+    const groups = this.#channelGroups.get(channel)
+    if (groups === undefined) return
+    groups.delete(group)
+    if (groups.size === 0) this.#channelGroups.delete(channel)
+  }
+
+  #leavePresence (group: string, channel: string): void {
+    const entries = this.#presence.get(group)
+    const info = entries?.get(channel)
+    if (entries === undefined || info === undefined) return
+    entries.delete(channel)
+    if (entries.size === 0) this.#presence.delete(group)
+    this.#settings.presenceLeft?.(group, channel, info)
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * The scripts of durable groups: history with offsets, recovery and presence. Keys of one group
+ * share its hash tag (keys.ts), so each script touches one Cluster slot.
+ *
+ *   P:h:{group}   hash    e: epoch, t: the latest offset (expires `idle` after the last use)
+ *   P:s:{group}   stream  id <offset>-0, fields p: payload, t: server ms (trimmed to `size`,
+ *                         expires `ttl` after the last send)
+ *   P:pi:{group}  hash    channel → presence info of a membership recorded in P:gm:{group}
+ */
+import { recordMembersLua, script } from './scripts.js'
+
+// The group's epoch, made now from ARGV[candidate] when the group has none (its history is new,
+// or was lost): a new epoch starts a new stream.
+function epochLua (meta: string, stream: string, candidate: string, idle: string): string {
+  return `
+local epoch = redis.call('HGET', ${meta}, 'e')
+if not epoch then
+  epoch = ${candidate}
+  redis.call('DEL', ${stream})
+  redis.call('HSET', ${meta}, 'e', epoch, 't', 0)
+end
+redis.call('PEXPIRE', ${meta}, ${idle})
+`
+}
+
+// Appends the live entries (sent after `oldest`) of an XRANGE/XREVRANGE reply to `out` as
+// offset, payload pairs.
+const LIVE_ENTRIES = `
+local function live (entries, oldest, out)
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    if tonumber(fields[4]) > oldest then
+      table.insert(out, tonumber(string.match(entry[1], '^%d+')))
+      table.insert(out, fields[2])
+    end
+  end
+end
+`
+
+/**
+ * A group message with history. KEYS meta, stream, the group's pub/sub channel, named members;
+ * ARGV payload, size, ttl ms, idle ms, epoch candidate, '1' for sharded pub/sub.
+ * Takes the next offset, keeps the payload, publishes it followed by its position [offset, epoch]
+ * (a second msgpack value), and returns { offset, epoch, live named members }.
+ */
+export const publishWithHistory = script(4, `${epochLua('KEYS[1]', 'KEYS[2]', 'ARGV[5]', 'ARGV[4]')}
+local offset = redis.call('HINCRBY', KEYS[1], 't', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'p', ARGV[1], 't', now)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call(ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH', KEYS[3], ARGV[1] .. cmsgpack.pack({offset, epoch}))
+return {offset, epoch, redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, '+inf')}
+`)
+
+/**
+ * A membership with history or presence, in one step. KEYS members, presence, meta, stream;
+ * ARGV channel, lease ms, presence info ('' for none), ttl ms ('0': no history), idle ms, epoch
+ * candidate, since epoch ('' for none), since offset.
+ * Returns { server now, the presence info recorded before or false, epoch or false, latest
+ * offset, live entries after `since` (offset, payload pairs) when `since` is in this epoch }.
+ */
+export const joinGroup = script(4, `${LIVE_ENTRIES}
+local channel = ARGV[1]
+local before = false
+if ARGV[3] ~= '' then
+  before = redis.call('HGET', KEYS[2], channel)
+  redis.call('HSET', KEYS[2], channel, ARGV[3])
+end
+${recordMembersLua('{channel, ARGV[2]}')}
+if last and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last))) end
+if ARGV[4] == '0' then return {now, before, false, 0, {}} end
+${epochLua('KEYS[3]', 'KEYS[4]', 'ARGV[6]', 'ARGV[5]')}
+local top = tonumber(redis.call('HGET', KEYS[3], 't'))
+local since = tonumber(ARGV[8])
+local out = {}
+if ARGV[7] == epoch and since < top then
+  live(redis.call('XRANGE', KEYS[4], (since + 1) .. '-0', '+'), now - tonumber(ARGV[4]), out)
+end
+return {now, before, epoch, top, out}
+`)
+
+/**
+ * Renews memberships and their presence entries. KEYS members, presence; ARGV pairs of
+ * (channel, ms to live). Returns the server time.
+ */
+export const renewMembers = script(2, `${recordMembersLua('ARGV')}
+if last and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last))) end
+return now
+`)
+
+/**
+ * Ends memberships. KEYS members, presence; ARGV channels.
+ * Returns the presence entries they had, as channel, info pairs.
+ */
+export const removeMembers = script(2, `
+local out = {}
+for i = 1, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  local info = redis.call('HGET', KEYS[2], ARGV[i])
+  if info then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    table.insert(out, ARGV[i])
+    table.insert(out, info)
+  end
+end
+return out
+`)
+
+// Splits the presence entries into live ones and those whose membership ended (KEYS members, presence).
+const PRESENCE_LUA = `
+local alive, dead = {}, {}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], all[i])
+  local into = (score and tonumber(score) > now) and alive or dead
+  table.insert(into, all[i])
+  table.insert(into, all[i + 1])
+end
+`
+
+/** The live presence entries. KEYS members, presence. Returns channel, info pairs. */
+export const readPresence = script(2, `${PRESENCE_LUA}
+return alive
+`)
+
+/**
+ * Removes the presence entries of memberships that ended without a word (their process died and
+ * its lease ran out). KEYS members, presence. Returns them as channel, info pairs: only the
+ * caller that removed an entry gets it, so each is announced once.
+ */
+export const reapPresence = script(2, `${PRESENCE_LUA}
+for i = 1, #dead, 2 do
+  redis.call('HDEL', KEYS[2], dead[i])
+  redis.call('ZREM', KEYS[1], dead[i])
+end
+return dead
+`)
+
+/**
+ * A group's history for reading. KEYS meta, stream; ARGV ttl ms, idle ms, epoch candidate,
+ * since epoch ('' for none), since offset, limit. Oldest first after `since` when it is in this
+ * epoch (from the start otherwise), the latest `limit` without `since`.
+ * Returns { epoch, latest offset, entries as offset, payload pairs (newest first without since) }.
+ */
+export const readHistory = script(2, `${LIVE_ENTRIES}${epochLua('KEYS[1]', 'KEYS[2]', 'ARGV[3]', 'ARGV[2]')}
+local top = tonumber(redis.call('HGET', KEYS[1], 't'))
+local oldest = now - tonumber(ARGV[1])
+local limit = tonumber(ARGV[6])
+local out = {}
+if ARGV[4] == '' then
+  live(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit), oldest, out)
+  return {epoch, top, out}
+end
+local from = 1
+if ARGV[4] == epoch then from = tonumber(ARGV[5]) + 1 end
+-- Expired entries are the oldest ones: skip them a chunk at a time until \`limit\` live ones are found.
+while #out < 2 * limit do
+  local chunk = redis.call('XRANGE', KEYS[2], from .. '-0', '+', 'COUNT', limit)
+  if #chunk == 0 then break end
+  live(chunk, oldest, out)
+  from = tonumber(string.match(chunk[#chunk][1], '^%d+')) + 1
+end
+while #out > 2 * limit do table.remove(out) end
+return {epoch, top, out}
+`)

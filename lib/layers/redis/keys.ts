@@ -1,0 +1,61 @@
+/**
+ * Every Redis key and pub/sub channel of the layer, in one place. `P` is the prefix; `{…}` is the
+ * Redis Cluster hash tag, so a group's channel and keys (or a named channel's keys) share a slot.
+ *
+ *   P:g:{group}      pub/sub  a group's route: its messages, and discards of remote members
+ *   P:gm:{group}     zset     process-specific members → lease deadline (server ms)
+ *   P:gn:{group}     zset     named-channel members → expiry deadline (server ms)
+ *   P:q:{channel}    list     a named channel's queue: deadline + msgpack per element
+ *   P:cg:{channel}   set      groups a named channel belongs to
+ *   P:p:{token}      pub/sub  a process' inbox: direct messages, requests and replies
+ *   P:x              pub/sub  the broadcast route (flush)
+ *   P:h:{group}      hash     a group's epoch and latest offset (group-scripts.ts)
+ *   P:s:{group}      stream   a group's history
+ *   P:pi:{group}     hash     presence info of the group's memberships
+ *
+ * Names cannot contain braces (the naming rules forbid them), so the tag is always the whole name.
+ */
+import type { Route } from '../cluster/transport.js'
+
+export class RedisKeys {
+  readonly broadcast: string
+  readonly #groupPrefix: string
+  readonly #inboxPrefix: string
+
+  constructor (readonly prefix: string) {
+    this.broadcast = `${prefix}:x`
+    this.#groupPrefix = `${prefix}:g:{`
+    this.#inboxPrefix = `${prefix}:p:{`
+  }
+
+  /** SCAN pattern for every key of this prefix. */
+  get pattern (): string {
+    return `${this.prefix}:*`
+  }
+
+  groupChannel (group: string): string { return `${this.#groupPrefix}${group}}` }
+  members (group: string): string { return `${this.prefix}:gm:{${group}}` }
+  namedMembers (group: string): string { return `${this.prefix}:gn:{${group}}` }
+  queue (channel: string): string { return `${this.prefix}:q:{${channel}}` }
+  channelGroups (channel: string): string { return `${this.prefix}:cg:{${channel}}` }
+  inbox (token: string): string { return `${this.#inboxPrefix}${token}}` }
+  meta (group: string): string { return `${this.prefix}:h:{${group}}` }
+  stream (group: string): string { return `${this.prefix}:s:{${group}}` }
+  presence (group: string): string { return `${this.prefix}:pi:{${group}}` }
+
+  /** The pub/sub channel of a route. */
+  channelOf (route: Route): string {
+    switch (route.kind) {
+      case 'group': return this.groupChannel(route.group)
+      case 'process': return this.inbox(route.token)
+      case 'broadcast': return this.broadcast
+    }
+  }
+
+  /** The route a pub/sub channel carries, or undefined for a channel that is not the layer's. */
+  routeOf (channel: string): Route | undefined {
+    if (channel.startsWith(this.#groupPrefix)) return { kind: 'group', group: channel.slice(this.#groupPrefix.length, -1) }
+    if (channel.startsWith(this.#inboxPrefix)) return { kind: 'process', token: channel.slice(this.#inboxPrefix.length, -1) }
+    return channel === this.broadcast ? { kind: 'broadcast' } : undefined
+  }
+}

@@ -1,0 +1,134 @@
+/**
+ * The Lua scripts of the Redis layer. Each touches keys of one hash slot only (they share a hash
+ * tag), so they run unchanged on Redis Cluster. Times are Redis server time, so processes with
+ * skewed clocks agree on expiry.
+ */
+import { createHash } from 'node:crypto'
+import type { Client } from './connections.js'
+
+/** Queue elements start with their expiry deadline (server ms) in this many ASCII digits; the scripts read it. */
+export const DEADLINE_WIDTH = 16
+
+/**
+ * Redis server time as well as this process knows it: scripts return the server's clock, and
+ * expiry checks made here compare against it, so processes with skewed clocks agree.
+ */
+export class ServerClock {
+  #offset = 0
+
+  now (): number {
+    return Date.now() + this.#offset
+  }
+
+  /** Learns the server time (ms) from a reply; ignores anything that is not a time. */
+  observe (serverNow: unknown): void {
+    if (typeof serverNow === 'number' && Number.isFinite(serverNow)) this.#offset = serverNow - Date.now()
+  }
+}
+
+export interface Script {
+  readonly lua: string
+  readonly sha: string
+  readonly keys: number
+}
+
+/** A script whose body may use `now`, the server time in ms. */
+export function script (keys: number, body: string): Script {
+  const lua = `local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n${body}`
+  return { lua, sha: createHash('sha1').update(lua).digest('hex'), keys }
+}
+
+/**
+ * Named channel send. KEYS[1] queue; ARGV capacity, expiry ms, payload.
+ * Drops expired messages at the head, refuses when `capacity` remain, appends with its deadline.
+ * Returns { accepted (1|0), server now }.
+ */
+export const queuePush = script(1, `
+local key = KEYS[1]
+local head = redis.call('LINDEX', key, 0)
+while head and (tonumber(string.sub(head, 1, ${DEADLINE_WIDTH})) or 0) <= now do
+  redis.call('LPOP', key)
+  head = redis.call('LINDEX', key, 0)
+end
+if redis.call('LLEN', key) >= tonumber(ARGV[1]) then return {0, now} end
+local expiry = tonumber(ARGV[2])
+redis.call('RPUSH', key, string.format('%0${DEADLINE_WIDTH}d', now + expiry) .. ARGV[3])
+if redis.call('PTTL', key) < expiry then redis.call('PEXPIRE', key, expiry) end
+return {1, now}
+`)
+
+/**
+ * Puts a popped element back at the head of its queue (its receiver left meanwhile), unless it
+ * expired. KEYS[1] queue; ARGV element. Returns 1 when put back.
+ */
+export const queuePushBack = script(1, `
+local remaining = (tonumber(string.sub(ARGV[1], 1, ${DEADLINE_WIDTH})) or 0) - now
+if remaining <= 0 then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < remaining then redis.call('PEXPIRE', KEYS[1], remaining) end
+return 1
+`)
+
+/**
+ * Lua that records memberships in the sorted set KEYS[1] from `pairs` (a Lua table of channel,
+ * ms to live), forgets expired members and lets the key expire with its last member; `last` is
+ * then that member's deadline (or nil), for keys that live as long.
+ */
+export function recordMembersLua (pairs: string): string {
+  return `
+local members = ${pairs}
+for i = 1, #members, 2 do
+  redis.call('ZADD', KEYS[1], now + tonumber(members[i + 1]), members[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+if last then redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last))) end
+`
+}
+
+/**
+ * Records memberships. KEYS[1] a group's member set; ARGV pairs of (channel, ms to live).
+ * Returns the server time.
+ */
+export const recordMembers = script(1, `${recordMembersLua('ARGV')}
+return now
+`)
+
+
+type ScriptArgs = Array<string | number | Buffer>
+
+/** ioredis has the Buffer-replying forms of EVAL/EVALSHA at run time, but does not declare them. */
+interface BinaryScripting<R> {
+  evalshaBuffer (sha: string, keys: number, ...args: ScriptArgs): R
+  evalBuffer (lua: string, keys: number, ...args: ScriptArgs): R
+}
+
+/** Adds a binary EVALSHA of `s` to a pipeline (check its reply with `lostScript`). */
+export function queueScript<P> (pipeline: P, s: Script, keys: readonly string[], args: readonly string[]): P {
+  return (pipeline as unknown as BinaryScripting<P>).evalshaBuffer(s.sha, s.keys, ...keys, ...args)
+}
+
+function isNoScript (err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith('NOSCRIPT')
+}
+
+/**
+ * EVALSHA, falling back to EVAL once when Redis lost its script cache (a restart, a new node).
+ * With `binary`, strings in the reply come as Buffers (payloads are msgpack, not text).
+ */
+export async function runScript (client: Client, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>,
+  binary = false): Promise<unknown> {
+  const all = [...keys, ...args]
+  const buffers = client as unknown as BinaryScripting<Promise<unknown>>
+  try {
+    return binary ? await buffers.evalshaBuffer(s.sha, s.keys, ...all) : await client.evalsha(s.sha, s.keys, ...all)
+  } catch (err) {
+    if (!isNoScript(err)) throw err
+    return binary ? await buffers.evalBuffer(s.lua, s.keys, ...all) : await client.eval(s.lua, s.keys, ...all)
+  }
+}
+
+/** Whether a pipeline's reply is Redis saying it lost the script (run it again with `runScript`). */
+export function lostScript (reply: [Error | null, unknown] | undefined): boolean {
+  return reply !== undefined && isNoScript(reply[0])
+}

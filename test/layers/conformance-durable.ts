@@ -1,0 +1,283 @@
+import type { Test } from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { InvalidMessageError, InvalidOptionError } from '../../lib/errors.js'
+import { canReceiveDelivery, type ChannelLayer, type Delivery, type GroupPolicy, type LayerMessage } from '../../lib/layers/types.js'
+import type { ConformanceLayerOptions, Harness } from './conformance.js'
+
+// Part of the conformance suite: durable groups (API.md, "Group policies") — offsets and epochs,
+// recovery with `since`, history reads, presence and its events, on every layer.
+
+type Define = (title: string, fn: (t: Test) => Promise<void>) => void
+
+const HISTORY: GroupPolicy = { history: { size: 50, ttl: 60 } }
+
+function withPolicy (extra: ConformanceLayerOptions = {}): ConformanceLayerOptions {
+  return {
+    ...extra,
+    groups: {
+      'hist.*': HISTORY,
+      'tiny.*': { history: { size: 3, ttl: 60 } },
+      'brief.*': { history: { size: 50, ttl: 0.3 } },
+      'pres.*': { presenceEvents: true },
+      'both.*': { ...HISTORY, presenceEvents: true }
+    }
+  }
+}
+
+export function conformanceDurable (test: Define, { open, unique, next, nothing, rejectsWith }: Harness, shared: boolean, latency: number): void {
+  async function delivery (layer: ChannelLayer, channel: string, ms = 2000): Promise<{ message: LayerMessage, info: Delivery }> {
+    if (!canReceiveDelivery(layer)) throw new Error('the layer cannot tell how a message came')
+    const controller = new AbortController()
+    const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
+    try {
+      return await layer.receiveDelivery(channel, { signal: controller.signal })
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  async function drain (layer: ChannelLayer, channel: string, count: number): Promise<Array<{ message: LayerMessage, info: Delivery }>> {
+    const out = []
+    for (let i = 0; i < count; i++) out.push(await delivery(layer, channel))
+    return out
+  }
+
+  // A second layer on the same backend when there is one: "another process".
+  const other = async (t: Test, layer: ChannelLayer, extra?: ConformanceLayerOptions): Promise<ChannelLayer> =>
+    shared ? await open(t, withPolicy(extra)) : layer
+
+  test('a group with history numbers its messages; one without resolves undefined', async t => {
+    const layer = await open(t, withPolicy())
+    const [group, plain] = [unique('hist.numbers'), unique('plain')]
+    const channel = await layer.newChannel()
+    const join = await layer.groupAdd(group, channel)
+    t.equal(join.recovered, false)
+    t.match(join.position, { offset: 0, epoch: String }, 'a new group starts at offset 0 in a fresh epoch')
+    const positions = []
+    for (let n = 1; n <= 3; n++) positions.push(await layer.groupSend(group, { type: 'n', n }))
+    t.same(positions.map(p => p?.offset), [1, 2, 3])
+    t.ok(positions.every(p => p?.epoch === join.position?.epoch), 'one epoch')
+    const got = await drain(layer, channel, 3)
+    t.same(got.map(d => d.message), [{ type: 'n', n: 1 }, { type: 'n', n: 2 }, { type: 'n', n: 3 }])
+    t.same(got.map(d => d.info), positions.map(p => ({ group, offset: p?.offset, epoch: p?.epoch })), 'handlers learn group, offset and epoch')
+
+    await layer.groupAdd(plain, channel)
+    t.equal(await layer.groupSend(plain, { type: 'plain' }), undefined)
+    t.same(await delivery(layer, channel), { message: { type: 'plain' }, info: { group: plain } })
+    t.same(await layer.groupAdd(plain, channel), { position: null, recovered: false })
+    await layer.send(channel, { type: 'direct' })
+    t.same((await delivery(layer, channel)).info, {}, 'a message sent to the channel has no group')
+  })
+
+  test('offsets are one sequence across senders', async t => {
+    const a = await open(t, withPolicy())
+    const b = await other(t, a)
+    const group = unique('hist.shared')
+    const channel = await a.newChannel()
+    await a.groupAdd(group, channel)
+    const sends = []
+    for (let n = 0; n < 40; n++) sends.push((n % 2 === 0 ? a : b).groupSend(group, { type: 'n', n }))
+    const offsets = (await Promise.all(sends)).map(p => p?.offset).sort((x, y) => (x ?? 0) - (y ?? 0))
+    t.same(offsets, Array.from({ length: 40 }, (_, i) => i + 1), 'every offset once, none skipped')
+    const got = await drain(a, channel, 40)
+    t.same(got.map(d => d.info.offset), offsets, 'members get them in offset order')
+  })
+
+  test('a returning member gets what it missed, in order, before anything newer', async t => {
+    const a = await open(t, withPolicy())
+    const b = await other(t, a)
+    const group = unique('hist.recover')
+    const first = await a.newChannel()
+    const { position } = await a.groupAdd(group, first)
+    await a.groupSend(group, { type: 'seen', n: 1 })
+    const seen = await delivery(a, first)
+    await a.groupDiscard(group, first)
+    for (let n = 2; n <= 6; n++) await a.groupSend(group, { type: 'missed', n })
+    // Back, on another process, with the position of the last message it saw.
+    const back = await b.newChannel()
+    const join = await b.groupAdd(group, back, { since: { offset: seen.info.offset as number, epoch: seen.info.epoch as string } })
+    t.same(join, { position: { offset: 6, epoch: position?.epoch }, recovered: true })
+    await b.groupSend(group, { type: 'newer', n: 7 })
+    const got = await drain(b, back, 6)
+    t.same(got.map(d => d.message.n), [2, 3, 4, 5, 6, 7])
+    t.same(got.map(d => d.info.offset), [2, 3, 4, 5, 6, 7])
+    await nothing(t, b, back)
+  })
+
+  test('recovery is impossible: another epoch, or history that no longer reaches back', async t => {
+    const layer = await open(t, withPolicy())
+    const group = unique('tiny.gone')
+    const channel = await layer.newChannel()
+    const { position } = await layer.groupAdd(group, channel)
+    const epoch = position?.epoch as string
+    await layer.groupDiscard(group, channel)
+    for (let n = 1; n <= 5; n++) await layer.groupSend(group, { type: 'n', n })
+    const late = await layer.groupAdd(group, channel, { since: { offset: 0, epoch } })
+    t.same(late, { position: { offset: 5, epoch }, recovered: false }, 'size 3 no longer holds offset 1')
+    await nothing(t, layer, channel)
+    await layer.groupDiscard(group, channel)
+    t.same((await layer.groupAdd(group, channel, { since: { offset: 2, epoch: 'another-epoch' } })).recovered, false)
+    t.same((await layer.groupAdd(group, channel, { since: { offset: 99, epoch } })).recovered, false, 'a position from the future')
+    await nothing(t, layer, channel)
+    const upToDate = await layer.groupAdd(group, channel, { since: { offset: 5, epoch } })
+    t.same(upToDate, { position: { offset: 5, epoch }, recovered: true }, 'nothing missed is a complete recovery')
+  })
+
+  test('replayed messages are not refused for capacity', async t => {
+    const layer = await open(t, withPolicy({ capacity: 3 }))
+    const group = unique('hist.capacity')
+    const channel = await layer.newChannel()
+    const { position } = await layer.groupAdd(group, channel)
+    await layer.groupDiscard(group, channel)
+    for (let n = 1; n <= 10; n++) await layer.groupSend(group, { type: 'n', n })
+    const join = await layer.groupAdd(group, channel, { since: position ?? undefined })
+    t.equal(join.recovered, true)
+    t.same((await drain(layer, channel, 10)).map(d => d.message.n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+  })
+
+  test('300 sends racing a recovering join: each message once, in order, none missing', async t => {
+    const a = await open(t, withPolicy({ capacity: 1000 }))
+    const b = await other(t, a, { capacity: 1000 })
+    const group = unique('hist.race')
+    const watcher = await a.newChannel()
+    const { position } = await a.groupAdd(group, watcher)
+    const epoch = position?.epoch as string
+    for (let n = 1; n <= 20; n++) await a.groupSend(group, { type: 'n', n })
+    const total = 300
+    let sent = 20
+    const sender = (async () => {
+      while (sent < total) {
+        sent++
+        await a.groupSend(group, { type: 'n', n: sent })
+        if (sent % 25 === 0) await sleep(1)
+      }
+    })()
+    await sleep(2)
+    const member = await b.newChannel()
+    const join = await b.groupAdd(group, member, { since: { offset: 10, epoch } })
+    await sender
+    t.equal(join.recovered, true)
+    const got = await drain(b, member, total - 10)
+    t.same(got.map(d => d.info.offset), Array.from({ length: total - 10 }, (_, i) => i + 11), 'offsets 11..300 exactly once, in order')
+    t.ok(got.every(d => d.message.n === d.info.offset))
+    await nothing(t, b, member)
+  })
+
+  test('history(): the latest messages, or those after a position, oldest first', async t => {
+    const layer = await open(t, withPolicy())
+    const group = unique('hist.read')
+    for (let n = 1; n <= 8; n++) await layer.groupSend(group, { type: 'line', n })
+    const latest = await layer.history(group, { limit: 3 })
+    t.same(latest.messages.map(m => [m.offset, m.message.n]), [[6, 6], [7, 7], [8, 8]])
+    const epoch = latest.position?.epoch as string
+    t.same(latest.position, { offset: 8, epoch })
+    t.same((await layer.history(group, { since: { offset: 4, epoch }, limit: 2 })).messages.map(m => m.offset), [5, 6])
+    t.same((await layer.history(group, { since: { offset: 8, epoch } })).messages, [])
+    t.same((await layer.history(group)).messages.length, 8)
+    t.same((await layer.history(group, { since: { offset: 4, epoch: 'old' } })).messages.map(m => m.offset), [1, 2, 3, 4, 5, 6, 7, 8],
+      'a position from another epoch reads from the start')
+    t.same(await layer.history(unique('plain')), { messages: [], position: null }, 'no history without a policy')
+    const copy = (await layer.history(group, { limit: 1 })).messages[0].message
+    copy.n = 'changed'
+    t.same((await layer.history(group, { limit: 1 })).messages[0].message.n, 8, 'readers get copies')
+    await rejectsWith(t, layer.history(group, { limit: 0 }), InvalidOptionError, 'FST_CHANNELS_INVALID_OPTION')
+    await rejectsWith(t, layer.history(group, { since: { offset: -1, epoch } }), InvalidOptionError, 'FST_CHANNELS_INVALID_OPTION')
+  })
+
+  test('history expires after its ttl', async t => {
+    const layer = await open(t, withPolicy())
+    const group = unique('brief.ttl')
+    const channel = await layer.newChannel()
+    const { position } = await layer.groupAdd(group, channel)
+    await layer.groupDiscard(group, channel)
+    await layer.groupSend(group, { type: 'old' })
+    await sleep(450)
+    t.same((await layer.history(group)).messages, [], 'an expired message is not read')
+    const join = await layer.groupAdd(group, channel, { since: position ?? undefined })
+    t.equal(join.recovered, false, 'nor recovered')
+    await nothing(t, layer, channel)
+  })
+
+  test('flush loses the history: a new epoch', async t => {
+    const layer = await open(t, withPolicy())
+    const group = unique('hist.flush')
+    const before = await layer.groupSend(group, { type: 'x' })
+    await layer.flush()
+    const after = await layer.groupSend(group, { type: 'y' })
+    t.equal(after?.offset, 1)
+    t.not(after?.epoch, before?.epoch)
+  })
+
+  test('since and presence are checked', async t => {
+    const layer = await open(t, withPolicy())
+    const channel = await layer.newChannel()
+    const group = unique('hist.bad')
+    for (const since of [{ offset: 1 }, { offset: 1.5, epoch: 'e' }, { offset: -1, epoch: 'e' }, { offset: 1, epoch: '' }, 'x']) {
+      await rejectsWith(t, layer.groupAdd(group, channel, { since } as never), InvalidOptionError, 'FST_CHANNELS_INVALID_OPTION')
+    }
+    for (const presence of [{ when: new Date() }, { f: undefined }, [], 'x', { big: 'x'.repeat(1100) }]) {
+      await rejectsWith(t, layer.groupAdd(group, channel, { presence } as never), InvalidMessageError, 'FST_CHANNELS_INVALID_MESSAGE')
+    }
+    t.same(await layer.presence(group), [], 'nothing was recorded')
+  })
+
+  test('presence across processes, gone with its membership', async t => {
+    const a = await open(t, withPolicy())
+    const b = await other(t, a)
+    const group = unique('room')
+    const [ca, cb] = [await a.newChannel(), await b.newChannel()]
+    await a.groupAdd(group, ca, { presence: { name: 'Ada' } })
+    await b.groupAdd(group, cb, { presence: { name: 'Bob', tags: ['x'] } })
+    const sorted = async (layer: ChannelLayer): Promise<unknown> => (await layer.presence(group)).sort((x, y) => String(x.info.name).localeCompare(String(y.info.name)))
+    t.same(await sorted(a), [{ channel: ca, info: { name: 'Ada' } }, { channel: cb, info: { name: 'Bob', tags: ['x'] } }])
+    t.same(await sorted(b), await sorted(a), 'every process sees the same')
+    await b.groupDiscard(group, cb)
+    t.same(await a.presence(group), [{ channel: ca, info: { name: 'Ada' } }], 'groupDiscard takes the entry')
+    await a.groupAdd(group, ca)
+    t.same(await a.presence(group), [{ channel: ca, info: { name: 'Ada' } }], 'a plain renewal keeps it')
+    await (a as ChannelLayer & { discardChannel: (c: string) => Promise<void> }).discardChannel(ca)
+    t.same(await b.presence(group), [], 'the channel\'s end takes it')
+  })
+
+  test('presence events announce joins and leaves, without offsets, kept out of history', async t => {
+    const a = await open(t, withPolicy())
+    const b = await other(t, a)
+    const group = unique('both.events')
+    const watcher = await a.newChannel()
+    await a.groupAdd(group, watcher)
+    const member = await b.newChannel()
+    await b.groupAdd(group, member, { presence: { name: 'Bob' } })
+    t.same(await delivery(a, watcher), { message: { type: 'presence.join', channel: member, info: { name: 'Bob' } }, info: { group } })
+    await b.groupAdd(group, member, { presence: { name: 'Bob' } })
+    await nothing(t, a, watcher)
+    await b.groupDiscard(group, member)
+    t.same(await delivery(a, watcher), { message: { type: 'presence.leave', channel: member, info: { name: 'Bob' } }, info: { group } })
+    t.same((await a.history(group)).messages, [], 'announcements are not history')
+    const plain = unique('room')
+    await a.groupAdd(plain, watcher)
+    await b.groupAdd(plain, member, { presence: { name: 'Quiet' } })
+    await b.groupDiscard(plain, member)
+    await sleep(latency)
+    await nothing(t, a, watcher)
+  })
+
+  test('a bad policy fails the constructor', async t => {
+    const bad: unknown[] = [
+      [], 'x', { 'a b': {} }, { 'x*': { history: { size: 0, ttl: 1 } } }, { g: { history: { size: 100_001, ttl: 1 } } },
+      { g: { history: { size: 1.5, ttl: 1 } } }, { g: { history: { size: 10, ttl: 0 } } }, { g: { history: { size: 10 } } },
+      { g: { presenceEvents: 'yes' } }, { g: { retention: 1 } }, { g: null }
+    ]
+    for (const groups of bad) {
+      const err = await Promise.resolve().then(() => open(t, { groups } as never)).then(() => undefined, (e: unknown) => e)
+      t.ok(err instanceof InvalidOptionError, `refused: ${JSON.stringify(groups)}`, { found: err })
+    }
+  })
+
+  test('the longest matching key applies', async t => {
+    const layer = await open(t, { groups: { 'a.*': { history: { size: 5, ttl: 60 } }, 'a.b.*': { presenceEvents: true }, 'a.b.c': HISTORY } })
+    t.ok(await layer.groupSend(unique('a.x'), { type: 'x' }) !== undefined, 'a.* keeps history')
+    t.equal(await layer.groupSend(unique('a.b.x'), { type: 'x' }), undefined, 'a.b.* does not')
+    t.ok(await layer.groupSend('a.b.c', { type: 'x' }) !== undefined, 'the exact key wins')
+    t.equal(await layer.groupSend(unique('z'), { type: 'x' }), undefined)
+  })
+}

@@ -1,0 +1,110 @@
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { LocalStore } from '../../lib/layers/local-store.js'
+import type { ChannelSink, LayerMessage } from '../../lib/layers/types.js'
+
+// The process-local store on its own: where a message goes (listener, receiver, queue), capacity,
+// copies per group member, expiry, and what close() tells whom.
+
+function store (overrides: Partial<ConstructorParameters<typeof LocalStore>[0]> = {}): { store: LocalStore, skipped: string[] } {
+  const skipped: string[] = []
+  return {
+    store: new LocalStore({ capacity: 2, expiryMs: 60_000, groupExpiryMs: 60_000, skipped: (group, channel) => skipped.push(`${group}/${channel}`), ...overrides }),
+    skipped
+  }
+}
+
+class Sink implements ChannelSink {
+  accepting = true
+  readonly got: LayerMessage[] = []
+  closedWith: Error | undefined
+  push (message: LayerMessage): void { this.got.push(message) }
+  layerClosed (reason: Error): void { this.closedWith = reason }
+}
+
+t.test('a message goes to the listener, else the longest-waiting receiver, else the queue', async t => {
+  const { store: s } = store()
+  const first = s.receive('a!1', undefined)
+  const second = s.receive('a!1', undefined)
+  t.ok(s.hasReceivers('a!1'))
+  t.ok(s.deliver('a!1', { type: 'one' }))
+  t.ok(s.deliver('a!1', { type: 'two' }))
+  t.same(await first, { message: { type: 'one' }, info: {} }, 'FIFO among receivers')
+  t.same(await second, { message: { type: 'two' }, info: {} })
+  t.notOk(s.hasReceivers('a!1'))
+
+  t.ok(s.deliver('a!1', { type: 'queued' }))
+  const sink = new Sink()
+  const listener = s.listen('a!1', sink)
+  t.ok(listener !== undefined)
+  t.same(sink.got, [{ type: 'queued' }], 'what waited is handed over when listening starts')
+  t.ok(s.deliver('a!1', { type: 'pushed' }))
+  t.same(sink.got.map(m => m.type), ['queued', 'pushed'])
+  t.equal(s.listen('a!1', new Sink()), undefined, 'one listener per channel')
+})
+
+t.test('a full channel refuses; a listener that does not accept leaves messages queued, in order', async t => {
+  const { store: s } = store({ capacity: 3 })
+  const sink = new Sink()
+  const listener = s.listen('b!1', sink)
+  sink.accepting = false
+  t.ok(s.deliver('b!1', { type: 'one' }))
+  t.ok(s.deliver('b!1', { type: 'two' }))
+  sink.accepting = true
+  t.ok(s.deliver('b!1', { type: 'three' }), 'queued behind the others, not pushed ahead of them')
+  t.same(sink.got, [], 'nothing overtakes what waits')
+  t.notOk(s.deliver('b!1', { type: 'four' }), 'capacity 3: the fourth is refused')
+  listener?.resume()
+  t.same(sink.got.map(m => m.type), ['one', 'two', 'three'])
+})
+
+t.test('fan-out gives each member its own copy and skips the full ones', async t => {
+  const { store: s, skipped } = store({ capacity: 1 })
+  for (const channel of ['g!1', 'g!2', 'g!3']) s.addMember('room', channel)
+  s.deliver('g!2', { type: 'filler' })
+  const message = { type: 'hello', nested: { n: 1 } }
+  s.fanOut('room', message, { group: 'room' })
+  t.same(skipped, ['room/g!2'], 'the full member is reported')
+  const [one, three] = [(await s.receive('g!1', undefined)).message, (await s.receive('g!3', undefined)).message]
+  t.same(one, message)
+  t.same(three, message)
+  t.not(one, three, 'two members never share an object')
+  t.not(one.nested, three.nested)
+  t.same(s.members('room') === undefined ? [] : [...s.members('room')!.keys()], ['g!1', 'g!2', 'g!3'])
+  t.same([...(s.groupsOf('g!1') ?? [])], ['room'])
+})
+
+t.test('expired messages and memberships are dropped; sweep frees what is left empty', async t => {
+  const { store: s } = store({ expiryMs: 20, groupExpiryMs: 20 })
+  s.deliver('e!1', { type: 'old' })
+  s.addMember('room', 'e!2')
+  t.same(s.inspect(), { channels: 1, groups: 1, memberships: 1 })
+  await sleep(40)
+  s.fanOut('room', { type: 'late' }, { group: 'room' })
+  t.equal(s.members('room'), undefined, 'an expired member is dropped on the way')
+  s.sweep()
+  t.same(s.inspect(), { channels: 0, groups: 0, memberships: 0 })
+  const controller = new AbortController()
+  const pending = s.receive('e!1', controller.signal)
+  controller.abort(new Error('gave up'))
+  await t.rejects(pending, { message: 'gave up' }, 'the expired message is not handed out')
+})
+
+t.test('discardChannel drops its queue and memberships; flush keeps receivers; close tells everyone', async t => {
+  const { store: s } = store()
+  s.addMember('x', 'd!1')
+  s.addMember('y', 'd!1')
+  s.addMember('y', 'd!2')
+  s.deliver('d!1', { type: 'queued' })
+  s.discardChannel('d!1')
+  t.same(s.inspect(), { channels: 0, groups: 1, memberships: 1 })
+  const waiting = s.receive('d!3', undefined)
+  s.flush()
+  t.same(s.inspect(), { channels: 1, groups: 0, memberships: 0 }, 'the waiting receiver stays')
+  const sink = new Sink()
+  s.listen('d!4', sink)
+  s.close()
+  await t.rejects(waiting, { code: 'FST_CHANNELS_LAYER_CLOSED' })
+  t.match(sink.closedWith, { code: 'FST_CHANNELS_LAYER_CLOSED' })
+  t.same(s.inspect(), { channels: 0, groups: 0, memberships: 0 })
+})

@@ -1,0 +1,103 @@
+import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import { Redis } from 'ioredis'
+import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/layers/redis.js'
+import type { LayerMessage } from '../../lib/layers/types.js'
+import { conformance } from './conformance.js'
+import { REDIS_URL, keysOf, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
+
+// encryptionKeys: every case of the conformance suite with every payload sealed, nothing
+// readable in Redis' own view of the traffic (MONITOR), and keys that rotate without downtime.
+
+const KEYS = [randomBytes(32)]
+
+async function next (layer: RedisChannelLayer, channel: string, ms = 2000): Promise<LayerMessage> {
+  const controller = new AbortController()
+  const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
+  try {
+    return await layer.receive(channel, { signal: controller.signal })
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+if (await requireRedis(t)) {
+  const prefix = uniquePrefix('fc-sealed')
+  conformance('RedisChannelLayer with encryptionKeys', options => new RedisChannelLayer({ url: REDIS_URL, prefix, encryptionKeys: KEYS, ...options }),
+    { shared: true, latency: 100 })
+  t.teardown(async () => {
+    const admin = new Redis(REDIS_URL)
+    for (const key of await keysOf(admin, prefix)) await admin.unlink(key)
+    admin.disconnect()
+  })
+
+  t.test('Redis never sees message content or presence info; names and counts stay readable', async t => {
+    const server = await startRedisServer(t)
+    const admin = new Redis(server.url, { retryStrategy: () => null })
+    const monitor = await admin.monitor()
+    for (const client of [admin, monitor]) client.on('error', () => {})
+    t.teardown(() => { monitor.disconnect(); admin.disconnect() })
+    const seen: string[] = []
+    monitor.on('monitor', (_time: string, args: string[]) => { seen.push(args.join(' ')) })
+    const secret = 'SECRET-CONTENT'
+    const options: RedisChannelLayerOptions = {
+      url: server.url,
+      prefix: 'sealed',
+      encryptionKeys: KEYS,
+      groups: { 'kept.*': { history: { size: 10, ttl: 60 }, presenceEvents: true } }
+    }
+    const [a, b] = [new RedisChannelLayer(options), new RedisChannelLayer(options)]
+    t.teardown(async () => { await Promise.all([a.close(), b.close()]) })
+    const [ca, cb] = [await a.newChannel(), await b.newChannel()]
+    await a.groupAdd('kept.room', ca, { presence: { name: `${secret}-presence` } })
+    await b.groupAdd('kept.room', cb)
+    await b.groupAdd('plain.room', cb)
+    await a.groupSend('kept.room', { type: 'x', text: `${secret}-history` })
+    await a.groupSend('plain.room', { type: 'x', text: `${secret}-group` })
+    await a.send(cb, { type: 'x', text: `${secret}-direct` })
+    await a.send('jobs', { type: 'x', text: `${secret}-queue` })
+    await b.groupAdd('kept.room', 'jobs')
+    await a.groupSend('kept.room', { type: 'x', text: `${secret}-to-queue` })
+
+    const texts = [await next(b, cb), await next(b, cb), await next(b, cb)].map(m => m.text)
+    t.same(texts, [`${secret}-history`, `${secret}-group`, `${secret}-direct`], 'readable to the processes that hold the key')
+    t.same([(await next(b, 'jobs')).text, (await next(b, 'jobs')).text], [`${secret}-queue`, `${secret}-to-queue`])
+    t.same((await b.history('kept.room')).messages.map(m => m.message.text), [`${secret}-history`, `${secret}-to-queue`])
+    t.same(await b.presence('kept.room'), [{ channel: ca, info: { name: `${secret}-presence` } }])
+
+    await new Promise(resolve => setTimeout(resolve, 100))
+    t.ok(seen.length > 20, `MONITOR saw ${seen.length} commands`)
+    t.same(seen.filter(line => line.includes(secret)), [], 'no command carried readable content')
+    t.ok(seen.some(line => line.includes('sealed:s:{kept.room}')) && seen.some(line => line.includes('sealed:g:{plain.room}')), 'key and group names are readable')
+  })
+
+  t.test('keys rotate without downtime; what no key opens is dropped, counted and logged', async t => {
+    const [older, current] = [randomBytes(32), randomBytes(32)]
+    const p = uniquePrefix('fc-rotate')
+    const warnings: object[] = []
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {} }
+    const open = (keys: Buffer[], extra: RedisChannelLayerOptions = {}): RedisChannelLayer => {
+      const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: keys, ...extra })
+      t.teardown(() => layer.close())
+      return layer
+    }
+    // Step 1 of a rotation: the new key is added second everywhere, then first.
+    const stale = open([older], { log })
+    const rotated = open([current, older])
+    const [cs, cr] = [await stale.newChannel(), await rotated.newChannel()]
+    await stale.send(cr, { type: 'from.stale' })
+    t.same(await next(rotated, cr), { type: 'from.stale' }, 'the rotated process opens the old key\'s payloads')
+    await rotated.send(cs, { type: 'from.rotated' })
+    const deadline = Date.now() + 2000
+    while (stale.stats.undecryptable === 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 10))
+    t.equal(stale.stats.undecryptable, 1, 'a process without the new key drops what it seals, and counts it')
+    t.ok(warnings.some(w => (w as { msg?: string }).msg === 'dropped a payload that no encryption key opens'), 'and logs it')
+    await rotated.send('rotation-lost', { type: 'queued.rotated' })
+    await t.rejects(next(stale, 'rotation-lost', 300), 'a queued message it cannot open is not handed out')
+    t.equal(stale.stats.undecryptable, 2, 'it is dropped and counted')
+    // Step 2: every process has the new key; the old one can go once nothing sealed with it remains.
+    await rotated.send('rotation-jobs', { type: 'queued.rotated' })
+    const caughtUp = open([current])
+    t.same(await next(caughtUp, 'rotation-jobs'), { type: 'queued.rotated' })
+  })
+}
