@@ -22,6 +22,31 @@ export function reserveNames (proto: object, fields: readonly string[] = []): vo
   for (const name of fields) reserved.add(name)
 }
 
+/** Whether `name` belongs to a base class or `Object.prototype`, so no message may call it. */
+export function isReservedName (name: string): boolean {
+  return reserved.has(name)
+}
+
+/**
+ * A consumer may route layer messages itself, before dispatch by type. GroupsConsumer does: the
+ * messages of the groups its client joined are forwarded whatever their type, so a type can
+ * never select one of its methods (an action, say). Returns the handler, or undefined for none.
+ */
+export const kRoute = Symbol('fastify-channels.route')
+
+interface Routing {
+  [kRoute]: (type: string, info: Delivery) => MessageHandler | undefined
+}
+
+const NO_INFO: Delivery = Object.freeze({})
+
+/** The handler for a layer message: the consumer's own routing if it has one, else by type. */
+export function findHandler (target: object, type: string, info: Delivery | undefined = undefined): MessageHandler | undefined {
+  const route = (target as Partial<Routing>)[kRoute]
+  if (route !== undefined) return route.call(target, type, info ?? NO_INFO)
+  return findHandlerByType(target, type)
+}
+
 const cache = new WeakMap<object, Map<string, string | null>>()
 
 /** The method names a type may resolve to, in the order they are tried. */
@@ -34,8 +59,8 @@ export function handlerNames (type: string): string[] {
   return camel === snake ? [camel] : [camel, snake]
 }
 
-/** Finds the handler for `type` on `target`, or undefined when none may be called. */
-export function findHandler (target: object, type: string): MessageHandler | undefined {
+/** Finds the handler `type` names on `target`, or undefined when none may be called. */
+export function findHandlerByType (target: object, type: string): MessageHandler | undefined {
   const proto = Object.getPrototypeOf(target) as object
   let byType = cache.get(proto)
   if (byType === undefined) {

@@ -44,3 +44,37 @@ export const RemoteLayerError = createError<'FST_CHANNELS_REMOTE_FAILED', [strin
 /** Redis discarded a pipeline of the Redis layer (a transaction aborted under it). */
 export const RedisPipelineError = createError<'FST_CHANNELS_REDIS_PIPELINE', []>(
   'FST_CHANNELS_REDIS_PIPELINE', 'Redis discarded a pipeline of the channel layer')
+
+// GroupsConsumer's protocol: what a client is answered with, in an `error` frame or an error reply.
+
+/** A protocol frame the server cannot read: not a JSON object, a missing or mistyped field, a binary frame. */
+export const BadFrameError = createError<'FST_CHANNELS_BAD_FRAME', [string]>(
+  'FST_CHANNELS_BAD_FRAME', '%s', 400)
+
+/** A protocol frame with an `op` the server does not know. */
+export const UnknownOpError = createError<'FST_CHANNELS_UNKNOWN_OP', [string]>(
+  'FST_CHANNELS_UNKNOWN_OP', 'Unknown op %s: expected "join", "leave" or "call"', 400)
+
+/** The consumer's `canJoin()` refused a group. */
+export const JoinDeniedError = createError<'FST_CHANNELS_JOIN_DENIED', [string]>(
+  'FST_CHANNELS_JOIN_DENIED', 'Joining group "%s" was refused', 403)
+
+/** `canJoin()` or `presenceInfo()` threw: the join did not happen (the error is logged, not sent). */
+export const JoinFailedError = createError<'FST_CHANNELS_JOIN_FAILED', [string]>(
+  'FST_CHANNELS_JOIN_FAILED', 'Joining group "%s" failed', 500)
+
+/** A call named an action the consumer's `static actions` does not list. */
+export const UnknownActionError = createError<'FST_CHANNELS_UNKNOWN_ACTION', [string]>(
+  'FST_CHANNELS_UNKNOWN_ACTION', 'Unknown action %s', 404)
+
+/** A call's arguments failed the action's schema. */
+export const InvalidArgsError = createError<'FST_CHANNELS_INVALID_ARGS', [string, string]>(
+  'FST_CHANNELS_INVALID_ARGS', 'Invalid arguments for "%s": %s', 400)
+
+/** A call frame larger than the consumer's `maxArgsBytes`. */
+export const ArgsTooLargeError = createError<'FST_CHANNELS_ARGS_TOO_LARGE', [number, number]>(
+  'FST_CHANNELS_ARGS_TOO_LARGE', 'The call is %d bytes; at most %d are accepted', 413)
+
+/** An action threw an error not meant for the client (no 4xx `statusCode`); it is logged, not sent. */
+export const ActionFailedError = createError<'FST_CHANNELS_ACTION_FAILED', [string]>(
+  'FST_CHANNELS_ACTION_FAILED', 'Action "%s" failed', 500)

@@ -7,6 +7,13 @@ export type { FastifyChannelsOptions } from './plugin.js'
 export { WebsocketConsumer } from './consumer.js'
 export type { WebsocketRouteHandler, ConsumerClass } from './consumer.js'
 export { JsonWebsocketConsumer } from './json-consumer.js'
+export { GroupsConsumer } from './groups/consumer.js'
+export type { GroupsConsumerClass } from './groups/consumer.js'
+export type { ApiOf, ActionSpec, ActionTable } from './groups/actions.js'
+export type {
+  ApiShape, CallId, ClientToServer, ServerToClient, JoinFrame, LeaveFrame, CallFrame,
+  JoinedFrame, MessageFrame, PresenceFrame, ReplyFrame, ErrorFrame, ErrorBody
+} from './protocol.js'
 export { ChannelConsumer } from './worker.js'
 export type { ChannelConsumerClass } from './worker.js'
 export type { Scope, ScopeSession, SessionLike, ChannelsUser, GetUser } from './scope.js'
@@ -24,5 +31,7 @@ export type {
 export {
   ChannelFullError, InvalidChannelNameError, InvalidMessageError,
   LayerClosedError, LayerTimeoutError, RemoteLayerError, InvalidOptionError,
-  TooManyGroupsError, SessionRequiredError, RedisPipelineError
+  TooManyGroupsError, SessionRequiredError, RedisPipelineError,
+  BadFrameError, UnknownOpError, JoinDeniedError, JoinFailedError, UnknownActionError, InvalidArgsError,
+  ArgsTooLargeError, ActionFailedError
 } from './errors.js'

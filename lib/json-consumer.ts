@@ -7,6 +7,8 @@ import secureJson from 'secure-json-parse'
 import { WebsocketConsumer } from './consumer.js'
 import { reserveNames } from './dispatch.js'
 
+export const kRefuseFrame = Symbol('fastify-channels.refuseFrame')
+
 /** Deepest nesting a decoded frame may have. */
 export const MAX_JSON_DEPTH = 64
 
@@ -26,8 +28,7 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
 
   override async receive (text: string | undefined, bytes: Buffer | undefined): Promise<void> {
     if (text === undefined) {
-      this.log.warn({ channel: this.channelName, bytes: bytes?.length }, 'binary frame sent to a JSON consumer; closing with 1003')
-      await this.close(1003, 'binary frames are not accepted: send JSON text')
+      await this[kRefuseFrame]('binary frames are not accepted: send JSON text', { bytes: bytes?.length })
       return
     }
     const ctor = this.constructor as typeof JsonWebsocketConsumer
@@ -36,11 +37,19 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
       content = ctor.decodeJson(text)
     } catch (err) {
       const problem = err instanceof Error ? err.message : String(err)
-      this.log.warn({ channel: this.channelName, err }, 'invalid JSON frame; closing with 1003')
-      await this.close(1003, `invalid JSON: ${problem}`)
+      await this[kRefuseFrame](`invalid JSON: ${problem}`, { err })
       return
     }
     await this.receiveJson(content)
+  }
+
+  /**
+   * A frame that is not acceptable JSON: closes with 1003 and `reason`. A subclass speaking a
+   * protocol that answers such frames instead (GroupsConsumer) overrides it.
+   */
+  async [kRefuseFrame] (reason: string, detail: object): Promise<void> {
+    this.log.warn({ channel: this.channelName, ...detail, reason }, 'frame refused by a JSON consumer; closing with 1003')
+    await this.close(1003, reason)
   }
 
   /** One decoded JSON frame. */

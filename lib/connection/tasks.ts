@@ -45,7 +45,7 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
       ? consumer.receive(undefined, toBuffer(task.data))
       : consumer.receive(toBuffer(task.data).toString('utf8'), undefined)
   } else {
-    const handler = findHandler(consumer, task.type)
+    const handler = findHandler(consumer, task.type, info)
     if (handler === undefined) {
       if (!isPresenceEvent(task.type)) log.warn({ type: task.type, channel }, 'no handler for message type; dropped')
       return undefined

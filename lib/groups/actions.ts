@@ -1,0 +1,98 @@
+/**
+ * A GroupsConsumer's actions: the methods a client may call, listed in `static actions`, each with
+ * an optional JSON schema for its arguments. Schemas are compiled by the app's own Fastify
+ * validator compiler (the route's, through `request.compileValidationSchema()`: the app's Ajv
+ * options and plugins apply, and each schema is compiled once per route), exactly as a route's
+ * body schema would be.
+ */
+import type { FastifyRequest } from 'fastify'
+import type { ErrorBody } from '../protocol.js'
+import { isReservedName } from '../dispatch.js'
+import { ActionFailedError, InvalidArgsError, InvalidOptionError } from '../errors.js'
+
+/** One action: the JSON schema its arguments must pass, if any. */
+export interface ActionSpec {
+  schema?: Readonly<Record<string, unknown>>
+}
+
+export type ActionTable = Readonly<Record<string, ActionSpec>>
+
+type Method = (...args: never[]) => unknown
+
+/**
+ * The actions of a GroupsConsumer class as the client sees them: each listed action's argument
+ * and (awaited) result types, taken from the method. `new ChannelsClient<ApiOf<typeof Rooms>>()`
+ * makes `client.call(name, args)` check both at compile time.
+ */
+export type ApiOf<C extends { actions: object, prototype: object }> = {
+  [K in keyof C['actions'] & keyof C['prototype'] & string]: C['prototype'][K] extends Method
+    ? {
+        args: Parameters<C['prototype'][K]> extends [] ? undefined : Parameters<C['prototype'][K]>[0]
+        result: Awaited<ReturnType<C['prototype'][K]>>
+      }
+    : never
+}
+
+/** Throws InvalidOptionError for a table that names something a client must not call. */
+export function checkActions (name: string, actions: unknown, proto: object): void {
+  const where = `${name}.actions`
+  if (actions === null || typeof actions !== 'object' || Array.isArray(actions)) {
+    throw new InvalidOptionError(`${where} must be an object of { schema? } by action name`)
+  }
+  for (const [action, spec] of Object.entries(actions)) {
+    if (action.startsWith('_') || isReservedName(action)) {
+      throw new InvalidOptionError(`${where}: "${action}" cannot be an action (a name of the base classes, or private)`)
+    }
+    if (typeof (proto as Record<string, unknown>)[action] !== 'function') {
+      throw new InvalidOptionError(`${where}: "${action}" is not a method of ${name}`)
+    }
+    const schema = (spec as ActionSpec | null)?.schema
+    if (spec === null || typeof spec !== 'object' || (schema !== undefined && (schema === null || typeof schema !== 'object'))) {
+      throw new InvalidOptionError(`${where}.${action} must be { schema?: a JSON schema object }`)
+    }
+  }
+}
+
+/** A validator as Fastify's compilers make them: Ajv's (boolean and `errors`) or one returning `{ error, value }`. */
+type Validate = ((data: unknown) => unknown) & { errors?: unknown }
+
+/**
+ * Checks `args` against the action's schema; resolves with the arguments the method gets (a
+ * compiler may coerce or fill in defaults, as for a body), or throws InvalidArgsError.
+ */
+export function validateArgs (request: FastifyRequest, action: string, spec: ActionSpec, args: unknown): unknown {
+  if (spec.schema === undefined) return args
+  const validate = request.compileValidationSchema(spec.schema, 'body') as Validate
+  const result = validate(args)
+  if (result === true) return args
+  const failure = result === false ? validate.errors : (result as { error?: unknown, value?: unknown } | undefined)?.error
+  if (failure === undefined || failure === null) {
+    const value = (result as { value?: unknown } | undefined)?.value
+    return value !== undefined ? value : args
+  }
+  throw new InvalidArgsError(action, describe(failure))
+}
+
+function describe (failure: unknown): string {
+  if (Array.isArray(failure)) {
+    return failure.map(e => {
+      const { instancePath, message } = e as { instancePath?: string, message?: string }
+      return `args${instancePath ?? ''} ${message ?? 'is invalid'}`
+    }).join(', ')
+  }
+  return failure instanceof Error ? failure.message : String(failure)
+}
+
+/**
+ * What the client learns of a failed action. An error meant for the client — a 4xx `statusCode`
+ * (as Fastify's errors and @fastify/error's carry) with a string `code` — is sent as it is; any
+ * other is the app's bug: logged by the caller and answered with FST_CHANNELS_ACTION_FAILED.
+ */
+export function errorBody (err: unknown, action: string): { body: ErrorBody, exposed: boolean } {
+  const { statusCode, code, message } = (err ?? {}) as { statusCode?: unknown, code?: unknown, message?: unknown }
+  if (typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500 && typeof code === 'string') {
+    return { body: { code, message: typeof message === 'string' ? message : code }, exposed: true }
+  }
+  const failed = new ActionFailedError(action)
+  return { body: { code: failed.code, message: failed.message }, exposed: false }
+}

@@ -1,0 +1,256 @@
+/**
+ * `GroupsConsumer`: a ready JsonWebsocketConsumer that speaks one documented protocol
+ * (lib/protocol.ts) — a client joins and leaves groups, gets their messages with their positions
+ * and presence, and calls the actions the class lists. `fastify-channels/client` speaks it.
+ *
+ * What reaches app code is checked first: frames are read field by field (frames.ts), group names
+ * by the layer's rules, `canJoin()` decides every join, and arguments pass the action's schema
+ * (actions.ts). A frame that cannot be read is answered, not fatal: only a client that keeps
+ * sending them is closed (1008).
+ */
+import type { Delivery, GroupAddOptions, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, StreamPosition } from '../layers/types.js'
+import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
+import type { WebsocketRouteHandler } from '../consumer.js'
+import { JsonWebsocketConsumer, kRefuseFrame } from '../json-consumer.js'
+import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
+import { assertGroupName } from '../layers/names.js'
+import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
+import { readFrame, echo, show } from './frames.js'
+import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
+
+export type GroupsConsumerClass = (new () => GroupsConsumer) & { actions: ActionTable }
+
+type Coded = Error & { code: string }
+
+/** Groups a client left are remembered (up to this many) so their late messages are dropped quietly. */
+const MAX_LEFT = 1000
+
+const ignore = (): undefined => undefined
+
+export class GroupsConsumer extends JsonWebsocketConsumer {
+  /** What a client may call: `{ post: { schema } }` — each one a method of the class. */
+  static actions: ActionTable = {}
+
+  /** Groups one client may be in through `join` at once; one more gets FST_CHANNELS_TOO_MANY_GROUPS. */
+  maxJoins = 100
+  /** Largest call frame (bytes of its JSON); a larger one gets FST_CHANNELS_ARGS_TOO_LARGE. */
+  maxArgsBytes = 64 * 1024
+  /**
+   * Unreadable frames tolerated: each one counts, the count drains by one a second, and past this
+   * the connection closes with 1008. A client with a bug is told; only one that keeps at it is closed.
+   */
+  maxProtocolErrors = 10
+
+  readonly #joined = new Set<string>()
+  readonly #left = new Set<string>()
+  #frameBytes = 0
+  #strikes = 0
+  #strikeAt = 0
+
+  /** Checks `static actions` when the route is declared: a bad table fails there, not at the first call. */
+  static override asHandler (this: GroupsConsumerClass): WebsocketRouteHandler {
+    checkActions(this.name, this.actions, this.prototype)
+    return super.asHandler()
+  }
+
+  /** Whether this connection's client may join `group`; may be async. Default: no group. */
+  canJoin (group: string): boolean | Promise<boolean> {
+    return false
+  }
+
+  /**
+   * What this connection's membership of `group` shows in the group's presence list. Override it
+   * to record presence: joins then also get the list, and presence events are forwarded.
+   */
+  presenceInfo (group: string): PresenceInfo | undefined | Promise<PresenceInfo | undefined> {
+    return undefined
+  }
+
+  /**
+   * What the client gets for a message of a group it joined: by default the message itself.
+   * Return something else to reshape it, `undefined` to drop it; may be async.
+   */
+  forward (message: LayerMessage, info: Delivery): unknown {
+    return message
+  }
+
+  override async receive (text: string | undefined, bytes: Buffer | undefined): Promise<void> {
+    this.#frameBytes = text === undefined ? 0 : Buffer.byteLength(text)
+    await super.receive(text, bytes)
+  }
+
+  /** One protocol frame. */
+  override async receiveJson (content: unknown): Promise<void> {
+    const request = readFrame(content)
+    switch (request.op) {
+      case 'join': return await this.#join(request.group, request.since)
+      case 'leave': return await this.#leave(request.group)
+      case 'call': return await this.#call(request.id, request.action, request.args)
+      default: return await this.#protocolError(request.error, request)
+    }
+  }
+
+  override async [kRefuseFrame] (reason: string): Promise<void> {
+    await this.#protocolError(new BadFrameError(reason), {})
+  }
+
+  // --- join and leave ---------------------------------------------------------------------------
+
+  async #join (group: string, since: StreamPosition | undefined): Promise<void> {
+    try {
+      assertGroupName(group)
+    } catch (err) {
+      return await this.#refuseGroup(err as Coded, group, 'info')
+    }
+    const rejoin = this.#joined.has(group)
+    if (!rejoin && this.#joined.size >= this.maxJoins) {
+      return await this.#refuseGroup(new TooManyGroupsError(this.channelName, this.maxJoins), group, 'info')
+    }
+    const withPresence = this.#recordsPresence()
+    const options: GroupAddOptions = {}
+    if (since !== undefined) options.since = since
+    try {
+      if (await this.canJoin(group) !== true) return await this.#refuseGroup(new JoinDeniedError(group), group, 'info')
+      const presence = withPresence ? await this.presenceInfo(group) : undefined
+      if (presence !== undefined) options.presence = presence
+    } catch (err) {
+      this.log.error({ err, group, channel: this.channelName }, 'canJoin() or presenceInfo() failed; join refused')
+      return await this.#refuseGroup(new JoinFailedError(group), group, 'none')
+    }
+    // Before the join takes effect: its messages are queued behind this frame and must find it joined.
+    this.#joined.add(group)
+    this.#left.delete(group)
+    let joined: GroupJoin | undefined
+    let presence: PresenceEntry[] | undefined
+    try {
+      joined = await this.channelLayer.groupAdd(group, this.channelName, options)
+      if (withPresence) presence = await this.channelLayer.presence(group)
+    } catch (err) {
+      if (!rejoin) await this.#forget(group, joined !== undefined)
+      return await this.#refuseGroup(coded(err, new JoinFailedError(group)), group, 'warn')
+    }
+    await this.#write({ op: 'joined', group, position: joined.position, recovered: joined.recovered, presence })
+  }
+
+  async #leave (group: string): Promise<void> {
+    if (!this.#joined.has(group)) return
+    await this.#forget(group, true)
+  }
+
+  /** The client is no longer in `group`: what is still queued for it is dropped. */
+  async #forget (group: string, discard: boolean): Promise<void> {
+    this.#joined.delete(group)
+    this.#left.add(group)
+    if (this.#left.size > MAX_LEFT) this.#left.delete(this.#left.values().next().value as string)
+    if (!discard) return
+    try {
+      await this.channelLayer.groupDiscard(group, this.channelName)
+    } catch (err) {
+      // The membership goes with the connection at the latest; meanwhile its messages are dropped.
+      this.log.warn({ err, group, channel: this.channelName }, 'could not leave a group; its messages are dropped')
+    }
+  }
+
+  #recordsPresence (): boolean {
+    return this.presenceInfo !== GroupsConsumer.prototype.presenceInfo
+  }
+
+  // --- calls ------------------------------------------------------------------------------------
+
+  async #call (id: CallId, action: string, args: unknown): Promise<void> {
+    if (this.#frameBytes > this.maxArgsBytes) {
+      return await this.#replyError(id, new ArgsTooLargeError(this.#frameBytes, this.maxArgsBytes), 'info')
+    }
+    const ctor = this.constructor as GroupsConsumerClass
+    const spec = Object.hasOwn(ctor.actions, action) ? ctor.actions[action] : undefined
+    if (spec === undefined) return await this.#replyError(id, new UnknownActionError(show(action)), 'info')
+    let result: unknown
+    try {
+      const checked = validateArgs(this.scope.request, action, spec, args)
+      result = await (this as unknown as Record<string, (args: unknown) => unknown>)[action](checked)
+    } catch (err) {
+      const { body, exposed } = errorBody(err, action)
+      if (!exposed) this.log.error({ err, action, channel: this.channelName }, 'action failed')
+      return await this.#replyError(id, body, exposed ? 'info' : 'none')
+    }
+    let text: string
+    try {
+      text = (this.constructor as typeof JsonWebsocketConsumer).encodeJson({ op: 'reply', id, result })
+    } catch (err) {
+      this.log.error({ err, action, channel: this.channelName }, 'action result cannot be sent as JSON')
+      return await this.#replyError(id, errorBody(err, action).body, 'none')
+    }
+    await this.send(text)
+  }
+
+  // --- group messages ---------------------------------------------------------------------------
+
+  /**
+   * Layer messages of the client's groups go to the client whatever their type; those of groups
+   * it left are dropped. Others are dispatched by type as in any consumer, except to an action.
+   */
+  [kRoute] (type: string, info: Delivery): MessageHandler | undefined {
+    const group = info.group
+    if (group !== undefined) {
+      if (this.#joined.has(group)) return this.#deliver
+      if (this.#left.has(group)) return ignore
+    }
+    const { actions } = this.constructor as GroupsConsumerClass
+    if (handlerNames(type).some(name => Object.hasOwn(actions, name))) return undefined
+    return findHandlerByType(this, type)
+  }
+
+  #deliver (layerMessage: object, info: Delivery): Promise<void> | undefined {
+    const message = layerMessage as LayerMessage
+    const group = info.group as string
+    if (isPresenceEvent(message.type)) {
+      if (!this.#recordsPresence()) return undefined
+      const entry = { channel: message.channel, info: message.info } as PresenceEntry
+      return this.#write(message.type === 'presence.join' ? { op: 'presence', group, join: entry } : { op: 'presence', group, leave: entry })
+    }
+    const data = this.forward(message, info)
+    if (data instanceof Promise) return data.then(async reshaped => { await this.#message(group, info, reshaped) })
+    return this.#message(group, info, data)
+  }
+
+  #message (group: string, info: Delivery, data: unknown): Promise<void> | undefined {
+    if (data === undefined) return undefined
+    return this.#write({ op: 'message', group, offset: info.offset, epoch: info.epoch, data })
+  }
+
+  // --- answers ----------------------------------------------------------------------------------
+
+  #write (frame: ServerToClient): Promise<void> {
+    return this.sendJson(frame)
+  }
+
+  async #refuseGroup (error: Coded, group: string, level: 'info' | 'warn' | 'none'): Promise<void> {
+    if (level !== 'none') this.log[level]({ code: error.code, group: echo(group), channel: this.channelName }, error.message)
+    await this.#write({ op: 'error', code: error.code, message: error.message, group: echo(group) })
+  }
+
+  async #replyError (id: CallId, error: ErrorBody, level: 'info' | 'none'): Promise<void> {
+    if (level !== 'none') this.log.info({ code: error.code, id, channel: this.channelName }, error.message)
+    await this.#write({ op: 'reply', id, error: { code: error.code, message: error.message } })
+  }
+
+  /** A frame that could not be read: answered, counted, and past `maxProtocolErrors` the end. */
+  async #protocolError (error: Coded, about: { group?: string, id?: CallId }): Promise<void> {
+    this.log.warn({ code: error.code, channel: this.channelName }, `protocol error: ${error.message}`)
+    if (about.id !== undefined) await this.#replyError(about.id, error, 'none')
+    else await this.#write({ op: 'error', code: error.code, message: error.message, group: about.group })
+    const now = Date.now()
+    this.#strikes = Math.max(0, this.#strikes - (now - this.#strikeAt) / 1000) + 1
+    this.#strikeAt = now
+    if (this.#strikes > this.maxProtocolErrors) {
+      this.log.warn({ channel: this.channelName }, 'client keeps breaking the protocol; closing with 1008')
+      await this.close(1008, 'too many protocol errors')
+    }
+  }
+}
+
+reserveNames(GroupsConsumer.prototype, ['maxJoins', 'maxArgsBytes', 'maxProtocolErrors'])
+
+function coded (err: unknown, fallback: Coded): Coded {
+  return err instanceof Error && typeof (err as Partial<Coded>).code === 'string' ? err as Coded : fallback
+}

@@ -1,0 +1,79 @@
+/**
+ * Reading a client's protocol frame (lib/protocol.ts): every field is checked here, so what the
+ * consumer acts on is typed and nothing a client sent reaches `canJoin()` or an action unchecked.
+ * A frame that cannot be read is refused with the error to answer it with; `group` or `id` is kept
+ * when the frame had a usable one, so the client can tell which of its requests failed.
+ */
+import type { CallId } from '../protocol.js'
+import type { StreamPosition } from '../layers/types.js'
+import { MAX_NAME_LENGTH } from '../layers/names.js'
+import { BadFrameError, UnknownOpError } from '../errors.js'
+
+export type Request =
+  | { op: 'join', group: string, since: StreamPosition | undefined }
+  | { op: 'leave', group: string }
+  | { op: 'call', id: CallId, action: string, args: unknown }
+
+export interface Refusal {
+  op: 'refused'
+  error: Error & { code: string }
+  group?: string
+  id?: CallId
+}
+
+const MAX_ID_LENGTH = 64
+const MAX_EPOCH_LENGTH = 100
+
+export function readFrame (content: unknown): Request | Refusal {
+  if (content === null || typeof content !== 'object' || Array.isArray(content)) {
+    return refuse('a frame is a JSON object with an "op"')
+  }
+  const frame = content as Record<string, unknown>
+  const op = frame.op
+  if (op === 'join' || op === 'leave') {
+    const group = frame.group
+    if (typeof group !== 'string') return refuse(`${op} needs a "group" string`)
+    if (op === 'leave') return { op, group }
+    const since = frame.since
+    if (since !== undefined && !isPosition(since)) {
+      return refuse('"since" must be { "offset": a non-negative integer, "epoch": a string }', { group: echo(group) })
+    }
+    return { op, group, since }
+  }
+  if (op === 'call') {
+    const id = frame.id
+    if (!isCallId(id)) return refuse(`call needs an "id": a string of 1–${MAX_ID_LENGTH} characters or a non-negative integer`)
+    const action = frame.action
+    if (typeof action !== 'string') return refuse('call needs an "action" string', { id })
+    return { op, id, action, args: frame.args }
+  }
+  if (op === undefined) return refuse('a frame needs an "op"')
+  return { op: 'refused', error: new UnknownOpError(show(op)) }
+}
+
+function refuse (message: string, about: { group?: string, id?: CallId } = {}): Refusal {
+  return { op: 'refused', error: new BadFrameError(message), ...about }
+}
+
+function isCallId (id: unknown): id is CallId {
+  if (typeof id === 'string') return id.length > 0 && id.length <= MAX_ID_LENGTH
+  return Number.isSafeInteger(id) && (id as number) >= 0
+}
+
+function isPosition (value: unknown): value is StreamPosition {
+  if (value === null || typeof value !== 'object') return false
+  const { offset, epoch } = value as Record<string, unknown>
+  return Number.isSafeInteger(offset) && (offset as number) >= 0 &&
+    typeof epoch === 'string' && epoch.length > 0 && epoch.length <= MAX_EPOCH_LENGTH
+}
+
+/** A group name short enough to send back (a valid one always is). */
+export function echo (group: string): string | undefined {
+  return group.length < MAX_NAME_LENGTH ? group : undefined
+}
+
+/** A value from the network, shown in a message without letting it grow the message. */
+export function show (value: unknown): string {
+  const text = typeof value === 'string' ? value : JSON.stringify(value) ?? String(value)
+  return JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}…` : text)
+}

@@ -1,0 +1,88 @@
+/** The GroupsConsumer the protocol tests talk to, and an app that serves it on 127.0.0.1. */
+import type { FastifyInstance } from 'fastify'
+import { GroupsConsumer, InMemoryChannelLayer, type Delivery, type LayerMessage, type FastifyChannelsOptions } from '../../lib/index.js'
+import { buildApp, type TestApp } from '../helpers/app.js'
+import { listen } from '../helpers/loopback.js'
+
+export const called: string[] = []
+
+export class Rooms extends GroupsConsumer {
+  static override actions = {
+    post: {
+      schema: {
+        type: 'object',
+        required: ['room', 'text'],
+        additionalProperties: false,
+        properties: { room: { type: 'string' }, text: { type: 'string', maxLength: 20 } }
+      }
+    },
+    echo: {},
+    fail: {},
+    refuse: {},
+    bigint: {}
+  }
+
+  override maxJoins = 3
+
+  override canJoin (group: string): boolean | Promise<boolean> {
+    if (group === 'room.explode') throw new Error('permission store down')
+    if (group === 'room.slow') return new Promise(resolve => setTimeout(() => resolve(true), 20))
+    return group.startsWith('room.')
+  }
+
+  override presenceInfo (group: string): { name: string } {
+    return { name: String(this.scope.query.name ?? 'anonymous') }
+  }
+
+  override forward (message: LayerMessage, info: Delivery): unknown {
+    if (message.type === 'room.secret') return undefined
+    if (message.type === 'room.shout') return { text: String(message.text).toUpperCase() }
+    return message
+  }
+
+  async post ({ room, text }: { room: string, text: string }): Promise<{ offset: number | undefined }> {
+    called.push('post')
+    const at = await this.channelLayer.groupSend(`room.${room}`, { type: 'room.message', text })
+    return { offset: at?.offset }
+  }
+
+  async echo (args: unknown): Promise<unknown> {
+    called.push('echo')
+    return args
+  }
+
+  async fail (): Promise<void> {
+    called.push('fail')
+    throw new Error('database down')
+  }
+
+  async refuse (): Promise<void> {
+    called.push('refuse')
+    throw Object.assign(new Error('room is full'), { statusCode: 409, code: 'ROOM_FULL' })
+  }
+
+  async bigint (): Promise<bigint> {
+    called.push('bigint')
+    return 1n
+  }
+
+  // A handler by type for the consumer's own messages; a client's group must never reach it.
+  async roomMessage (): Promise<void> {
+    called.push('roomMessage')
+  }
+}
+
+export interface RoomsApp extends TestApp {
+  url: string
+  port: number
+}
+
+export async function roomsApp (opts: FastifyChannelsOptions = {}, routes?: (app: FastifyInstance) => void): Promise<RoomsApp> {
+  const layer = opts.layer ?? new InMemoryChannelLayer({ groups: { 'room.*': { history: { size: 100, ttl: 60 }, presenceEvents: true } } })
+  const built = await buildApp({ ...opts, layer }, app => {
+    app.get('/ws/rooms', { websocket: true }, Rooms.asHandler())
+    routes?.(app)
+  })
+  const { url, port } = await listen(built.app)
+  return { ...built, url: `${url}/ws/rooms`, port }
+}
