@@ -1,0 +1,148 @@
+/**
+ * GroupsConsumer as a client that speaks the documented protocol sees it: joins answered with
+ * the position and presence, messages forwarded with their offsets (reshaped or dropped by
+ * `forward()`), whatever their type, presence kept current, recovery with `since`, leave, and
+ * action arguments checked by the app's own validator compiler. Also what a bad `static actions`
+ * does at route declaration.
+ */
+import t, { type Test } from 'tap'
+import { GroupsConsumer } from '../../lib/index.js'
+import { rawProtocolClient, type Frame, type RawProtocolClient } from '../helpers/protocol.js'
+import { called, roomsApp, type RoomsApp } from './rooms.js'
+
+let server: RoomsApp
+t.before(async () => { server = await roomsApp() })
+t.teardown(async () => { await server.app.close() })
+
+async function client (t: Test, name: string): Promise<RawProtocolClient> {
+  const c = await rawProtocolClient(`${server.url}?name=${name}`)
+  t.teardown(() => { c.ws.terminate() })
+  return c
+}
+
+const withoutPresence = (frames: Frame[]): Frame[] => frames.filter(f => f.op !== 'presence')
+
+t.test('join, messages with their positions, presence, leave', async t => {
+  const ada = await client(t, 'Ada')
+  ada.send({ op: 'join', group: 'room.lobby' })
+  const joined = await ada.next()
+  t.match(joined, { op: 'joined', group: 'room.lobby', position: { offset: 0, epoch: String }, recovered: false, presence: [{ info: { name: 'Ada' } }] },
+    'joined: the position, and the presence list with Ada in it')
+  t.match(await ada.next(), { op: 'presence', group: 'room.lobby', join: { info: { name: 'Ada' } } }, 'her own join is announced too')
+
+  const grace = await client(t, 'Grace')
+  grace.send({ op: 'join', group: 'room.lobby' })
+  t.match(await grace.next(), { op: 'joined', presence: [{ info: { name: 'Ada' } }, { info: { name: 'Grace' } }] })
+  t.match(await ada.next(), { op: 'presence', group: 'room.lobby', join: { channel: String, info: { name: 'Grace' } } }, 'Ada hears Grace join')
+
+  called.length = 0
+  const layer = server.app.channelLayer
+  await layer.groupSend('room.lobby', { type: 'room.message', text: 'one' })
+  await layer.groupSend('room.lobby', { type: 'post', room: 'lobby', text: 'a type that names an action' })
+  await layer.groupSend('room.lobby', { type: 'close', code: 1000 })
+  await layer.groupSend('room.lobby', { type: 'room.secret', text: 'dropped by forward()' })
+  await layer.groupSend('room.lobby', { type: 'room.shout', text: 'reshaped' })
+  const epoch = (joined.position as { epoch: string }).epoch
+  t.same(withoutPresence(await ada.until(f => f.op === 'message' && f.offset === 5)), [
+    { op: 'message', group: 'room.lobby', offset: 1, epoch, data: { type: 'room.message', text: 'one' } },
+    { op: 'message', group: 'room.lobby', offset: 2, epoch, data: { type: 'post', room: 'lobby', text: 'a type that names an action' } },
+    { op: 'message', group: 'room.lobby', offset: 3, epoch, data: { type: 'close', code: 1000 } },
+    { op: 'message', group: 'room.lobby', offset: 5, epoch, data: { text: 'RESHAPED' } }
+  ], 'every type is forwarded, with its offset and epoch; forward() dropped one and reshaped another')
+  t.same(called, [], 'no group message reached a method of the consumer')
+  t.equal(ada.ws.readyState, ada.ws.OPEN)
+
+  await layer.groupSend('room.other', { type: 'room.message', text: 'not joined' })
+  t.ok(await ada.nothing(50), 'a group the client did not join sends nothing')
+
+  grace.ws.close()
+  t.match(await ada.until(f => f.op === 'presence'), [{ op: 'presence', group: 'room.lobby', leave: { info: { name: 'Grace' } } }], 'Ada hears Grace leave')
+
+  ada.send({ op: 'leave', group: 'room.lobby' })
+  ada.send({ op: 'call', id: 1, action: 'echo', args: 'after leave' })
+  t.match(await ada.next(), { op: 'reply', id: 1 })
+  await layer.groupSend('room.lobby', { type: 'room.message', text: 'after leave' })
+  t.ok(await ada.nothing(50), 'after a leave, nothing more from the group')
+  t.same(await layer.presence('room.lobby'), [], 'and her presence entry is gone')
+})
+
+t.test('a join with since recovers what was missed, before anything newer; a stale since is not recovered', async t => {
+  const layer = server.app.channelLayer
+  const first = await client(t, 'Ada')
+  first.send({ op: 'join', group: 'room.recover' })
+  const { position } = await first.next() as unknown as { position: { offset: number, epoch: string } }
+  await layer.groupSend('room.recover', { type: 'line', n: 1 })
+  const seen = withoutPresence(await first.until(f => f.op === 'message'))
+  t.match(seen, [{ offset: 1 }])
+  first.ws.terminate()
+  for (let n = 2; n <= 4; n++) await layer.groupSend('room.recover', { type: 'line', n })
+
+  const back = await client(t, 'Ada')
+  back.send({ op: 'join', group: 'room.recover', since: { offset: 1, epoch: position.epoch } })
+  await layer.groupSend('room.recover', { type: 'line', n: 5 })
+  const frames = withoutPresence(await back.until(f => f.op === 'message' && f.offset === 5))
+  t.match(frames, [
+    // Position 4 or 5: the send of 5 races the join, and either way 5 comes once, after 4.
+    { op: 'joined', recovered: true, position: { offset: Number } },
+    { op: 'message', offset: 2, data: { n: 2 } },
+    { op: 'message', offset: 3, data: { n: 3 } },
+    { op: 'message', offset: 4, data: { n: 4 } },
+    { op: 'message', offset: 5, data: { n: 5 } }
+  ], 'joined first, then the missed messages in order, then the live one: each once')
+  t.equal(frames.length, 5)
+
+  const stale = await client(t, 'Ada')
+  stale.send({ op: 'join', group: 'room.recover', since: { offset: 1, epoch: 'another-epoch' } })
+  t.match(await stale.next(), { op: 'joined', recovered: false, position: { offset: 5 } }, 'another epoch: not recovered, the latest position')
+  t.ok(await stale.nothing(50) || true)
+})
+
+t.test('arguments are validated by the app\'s own validator compiler, compiled once per route', async t => {
+  const compiled: unknown[] = []
+  const strict = await roomsApp({}, app => {
+    app.register(async scoped => {
+      // A plugin-scoped compiler, as an app might set one: the consumer's route uses it.
+      scoped.setValidatorCompiler(({ schema }) => {
+        compiled.push(schema)
+        return (data: unknown) => typeof data === 'object' && data !== null && typeof (data as { text?: unknown }).text === 'string'
+          ? { value: { ...data, checkedBy: 'app' } }
+          : { error: new Error('text must be a string (app compiler)') }
+      })
+      scoped.get('/ws/strict', { websocket: true }, Strict.asHandler())
+    })
+  })
+  t.teardown(() => strict.app.close())
+  for (let i = 0; i < 2; i++) {
+    const c = await rawProtocolClient(strict.url.replace('/ws/rooms', '/ws/strict'))
+    t.teardown(() => { c.ws.terminate() })
+    c.send({ op: 'call', id: 1, action: 'say', args: { text: 7 } })
+    t.match(await c.next(), { op: 'reply', id: 1, error: { code: 'FST_CHANNELS_INVALID_ARGS', message: 'Invalid arguments for "say": text must be a string (app compiler)' } })
+    c.send({ op: 'call', id: 2, action: 'say', args: { text: 'hi' } })
+    t.match(await c.next(), { op: 'reply', id: 2, result: { text: 'hi', checkedBy: 'app' } }, 'the method gets what the compiler returned')
+  }
+  t.equal(compiled.length, 1, 'one schema, compiled once for two connections')
+})
+
+class Strict extends GroupsConsumer {
+  static override actions = { say: { schema: { type: 'object' } } }
+  async say (args: { text: string }): Promise<unknown> { return args }
+}
+
+t.test('a bad static actions fails when the route is declared', async t => {
+  class NotAMethod extends GroupsConsumer { static override actions = { missing: {} } }
+  class Reserved extends GroupsConsumer { static override actions = { close: {} } }
+  class Private extends GroupsConsumer {
+    static override actions = { _secret: {} }
+    async _secret (): Promise<void> {}
+  }
+  class BadSchema extends GroupsConsumer {
+    static override actions = { go: { schema: 'object' } } as unknown as typeof GroupsConsumer.actions
+    async go (): Promise<void> {}
+  }
+  class NotATable extends GroupsConsumer { static override actions = ['go'] as unknown as typeof GroupsConsumer.actions }
+  t.throws(() => NotAMethod.asHandler(), { code: 'FST_CHANNELS_INVALID_OPTION', message: /"missing" is not a method of NotAMethod/ })
+  t.throws(() => Reserved.asHandler(), { code: 'FST_CHANNELS_INVALID_OPTION', message: /"close" cannot be an action/ })
+  t.throws(() => Private.asHandler(), { code: 'FST_CHANNELS_INVALID_OPTION', message: /"_secret" cannot be an action/ })
+  t.throws(() => BadSchema.asHandler(), { code: 'FST_CHANNELS_INVALID_OPTION', message: /go must be \{ schema\?/ })
+  t.throws(() => NotATable.asHandler(), { code: 'FST_CHANNELS_INVALID_OPTION', message: /must be an object/ })
+})
