@@ -1,0 +1,383 @@
+/**
+ * `ChannelsClient`: GroupsConsumer's protocol (lib/protocol.ts) over one WebSocket that comes back
+ * by itself, for browsers and Node >= 20, with no runtime dependency.
+ *
+ * - One socket at a time: a new one is opened only once the previous one has fired `close`.
+ * - Reconnects with exponential backoff and full jitter: attempt n waits a random time in
+ *   [0, min(maxDelay, minDelay·2ⁿ⁻¹)], so clients of a restarted server spread out. The count goes
+ *   back to 0 only after a socket stayed open for STABLE_MS, so a server that accepts and drops at
+ *   once is not hammered.
+ * - Every group is re-joined with the last position seen: the server replays what was missed, or
+ *   says it cannot and the subscription's `gap()` runs.
+ * - A call waits for its reply until its timeout; one in flight when the socket drops is rejected
+ *   (whether it ran is unknown). Calls made while disconnected are sent once connected.
+ */
+import type { ApiShape, CallId, ServerToClient } from '../protocol.js'
+import { GroupSubscription, type Subscription, type SubscriptionHandlers } from './subscription.js'
+import {
+  ChannelsClientError, ALREADY_JOINED, BAD_FRAME, CALL_TIMEOUT, CLIENT_CLOSED, CONNECTION_LOST,
+  INVALID_ARGS, INVALID_NAME, INVALID_OPTION, LEFT
+} from './errors.js'
+
+export type ClientState = 'connecting' | 'open' | 'reconnecting' | 'closed'
+
+export interface StateDetail {
+  /** `reconnecting`: the attempt to come (1, 2, …) and the milliseconds until it. */
+  attempt?: number
+  delay?: number
+  /** The close code and reason of the socket that went away. */
+  code?: number
+  reason?: string
+}
+
+/** A WebSocket class with the browser's API: the global one, or `ws`'s default export in Node 20. */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => object
+
+export interface ClientOptions {
+  /** Default: the global WebSocket (browsers, Node >= 22). */
+  WebSocket?: WebSocketConstructor
+  protocols?: string | string[]
+  /** Milliseconds a call waits for its reply (default 10000). */
+  callTimeout?: number
+  /** Backoff bounds in milliseconds (default 500 and 30000). */
+  minDelay?: number
+  maxDelay?: number
+  /** Milliseconds a socket may take to open before it is given up (default 10000). */
+  connectTimeout?: number
+}
+
+export interface CallOptions {
+  /** Milliseconds to wait for the reply; default: the client's `callTimeout`. */
+  timeout?: number
+}
+
+/** `call(action, args?, options?)`: `args` may be left out when the action takes none. */
+export type CallArgs<A> = undefined extends A ? [args?: A, options?: CallOptions] : [args: A, options?: CallOptions]
+
+interface Socket {
+  readonly readyState: number
+  onopen: (() => void) | null
+  onmessage: ((event: { data: unknown }) => void) | null
+  onclose: ((event: { code: number, reason: string }) => void) | null
+  onerror: (() => void) | null
+  send (data: string): void
+  close (code?: number, reason?: string): void
+}
+
+interface PendingCall {
+  text: string
+  sent: boolean
+  resolve: (result: unknown) => void
+  reject: (err: ChannelsClientError) => void
+  timer: ReturnType<typeof setTimeout>
+}
+
+type Listener = (...args: never[]) => void
+
+const OPEN = 1
+const STABLE_MS = 5000
+const GROUP_NAME = /^[a-zA-Z\d\-_.]{1,99}$/
+// A re-join refused for one of these is tried again on the same socket: the server may recover.
+const RETRIABLE = new Set(['FST_CHANNELS_LAYER_TIMEOUT', 'FST_CHANNELS_LAYER_CLOSED', 'FST_CHANNELS_REMOTE_FAILED', 'FST_CHANNELS_JOIN_FAILED'])
+
+const scope = globalThis as unknown as {
+  WebSocket?: WebSocketConstructor
+  location?: { href: string }
+  addEventListener?: (type: string, listener: () => void) => void
+  removeEventListener?: (type: string, listener: () => void) => void
+}
+
+export class ChannelsClient<Api extends ApiShape = ApiShape> {
+  readonly #url: string
+  readonly #WebSocket: WebSocketConstructor
+  readonly #protocols: string | string[] | undefined
+  readonly #callTimeout: number
+  readonly #minDelay: number
+  readonly #maxDelay: number
+  readonly #connectTimeout: number
+  #state: ClientState = 'connecting'
+  #socket: Socket | null = null
+  #attempt = 0
+  #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout> } = {}
+  readonly #listeners = { state: new Set<Listener>(), error: new Set<Listener>() }
+  readonly #subs = new Map<string, GroupSubscription<never>>()
+  /** Answers still to come to joins that were left before they were answered. */
+  readonly #stale = new Map<string, number>()
+  readonly #calls = new Map<CallId, PendingCall>()
+  #nextId = 0
+  readonly #online = (): void => { if (this.#timers.retry !== undefined) this.#retryIn(Math.random() * this.#minDelay) }
+
+  constructor (url: string, options: ClientOptions = {}) {
+    this.#url = socketUrl(url)
+    const WebSocket = options.WebSocket ?? scope.WebSocket
+    if (typeof WebSocket !== 'function') {
+      throw new ChannelsClientError(INVALID_OPTION, 'no WebSocket here: pass { WebSocket } (in Node 20, the ws package\'s)')
+    }
+    this.#WebSocket = WebSocket
+    this.#protocols = options.protocols
+    this.#callTimeout = positive(options.callTimeout, 10_000, 'callTimeout')
+    this.#minDelay = positive(options.minDelay, 500, 'minDelay')
+    this.#maxDelay = positive(options.maxDelay, 30_000, 'maxDelay')
+    this.#connectTimeout = positive(options.connectTimeout, 10_000, 'connectTimeout')
+    // A browser that is back online need not wait out the backoff.
+    scope.addEventListener?.('online', this.#online)
+    this.#connect()
+  }
+
+  get state (): ClientState {
+    return this.#state
+  }
+
+  /** `state`: each change (and each retry scheduled); `error`: what went wrong outside a call or a join. Returns the remover. */
+  on (event: 'state', listener: (state: ClientState, detail: StateDetail) => void): () => void
+  on (event: 'error', listener: (error: unknown) => void): () => void
+  on (event: 'state' | 'error', listener: Listener): () => void {
+    const listeners = this.#listeners[event]
+    listeners.add(listener)
+    return () => { listeners.delete(listener) }
+  }
+
+  /** Joins `group` now and after every reconnect, with the last position seen. */
+  join<T = unknown> (group: string, handlers: SubscriptionHandlers<T> = {}): Subscription {
+    this.#check()
+    if (!GROUP_NAME.test(group)) throw new ChannelsClientError(INVALID_NAME, `invalid group name ${JSON.stringify(group)}`)
+    if (this.#subs.has(group)) throw new ChannelsClientError(ALREADY_JOINED, `already in group "${group}": leave() it first`)
+    const sub: GroupSubscription<T> = new GroupSubscription<T>(group, handlers, () => { this.#leave(sub) }, err => { this.#report(err) })
+    this.#subs.set(group, sub as GroupSubscription<never>)
+    if (this.#state === 'open') this.#sendJoin(sub)
+    return sub
+  }
+
+  /** Calls an action of the server's consumer; resolves with its result, rejects with a ChannelsClientError. */
+  call<K extends keyof Api & string> (action: K, ...[args, options]: CallArgs<Api[K]['args']>): Promise<Api[K]['result']> {
+    if (this.#state === 'closed') return Promise.reject(new ChannelsClientError(CLIENT_CLOSED, 'the client is closed'))
+    const id = ++this.#nextId
+    let text: string
+    try {
+      text = JSON.stringify({ op: 'call', id, action, args })
+    } catch (err) {
+      return Promise.reject(new ChannelsClientError(INVALID_ARGS, `arguments of "${action}" are not JSON: ${String(err)}`))
+    }
+    const timeout = positive(options?.timeout, this.#callTimeout, 'timeout')
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#calls.delete(id)
+        reject(new ChannelsClientError(CALL_TIMEOUT, `no reply to "${action}" within ${timeout} ms`))
+      }, timeout)
+      const call: PendingCall = { text, sent: false, resolve, reject, timer }
+      this.#calls.set(id, call)
+      if (this.#state === 'open') this.#sendCall(call)
+    })
+  }
+
+  /** Closes the socket for good: pending calls and joins are rejected with FST_CHANNELS_CLIENT_CLOSED. */
+  close (): void {
+    if (this.#state === 'closed') return
+    this.#setState('closed', {})
+    scope.removeEventListener?.('online', this.#online)
+    for (const timer of Object.values(this.#timers)) clearTimeout(timer)
+    this.#timers = {}
+    const closed = new ChannelsClientError(CLIENT_CLOSED, 'the client was closed')
+    for (const sub of this.#subs.values()) {
+      clearTimeout(sub.retryTimer)
+      if (!sub.everJoined) sub.fail(closed)
+    }
+    this.#subs.clear()
+    this.#settleCalls(() => true, closed)
+    this.#socket?.close(1000)
+  }
+
+  // --- the socket -------------------------------------------------------------------------------
+
+  #connect (): void {
+    if (this.#socket !== null || this.#state === 'closed') return
+    let socket: Socket
+    try {
+      socket = new this.#WebSocket(this.#url, this.#protocols) as Socket
+    } catch (err) {
+      this.#report(err)
+      this.#scheduleRetry({})
+      return
+    }
+    this.#socket = socket
+    socket.onopen = () => { this.#opened(socket) }
+    socket.onmessage = event => { if (socket === this.#socket) this.#frame(event.data) }
+    socket.onclose = event => { this.#closed(socket, event.code, event.reason) }
+    socket.onerror = () => {} // a close follows
+    this.#timers.connect = setTimeout(() => { if (socket.readyState !== OPEN) socket.close() }, this.#connectTimeout)
+  }
+
+  #opened (socket: Socket): void {
+    if (socket !== this.#socket) return
+    clearTimeout(this.#timers.connect)
+    this.#timers.stable = setTimeout(() => { this.#attempt = 0 }, STABLE_MS)
+    this.#setState('open', {})
+    for (const sub of this.#subs.values()) this.#sendJoin(sub)
+    for (const call of this.#calls.values()) if (!call.sent) this.#sendCall(call)
+  }
+
+  #closed (socket: Socket, code: number, reason: string): void {
+    if (socket !== this.#socket) return
+    this.#socket = null
+    clearTimeout(this.#timers.connect)
+    clearTimeout(this.#timers.stable)
+    this.#stale.clear()
+    for (const sub of this.#subs.values()) {
+      sub.joined = false
+      sub.awaiting = 0
+      clearTimeout(sub.retryTimer)
+    }
+    this.#settleCalls(call => call.sent, new ChannelsClientError(CONNECTION_LOST, 'the connection dropped before the reply'))
+    if (this.#state !== 'closed') this.#scheduleRetry({ code, reason })
+  }
+
+  #scheduleRetry (detail: StateDetail): void {
+    const attempt = ++this.#attempt
+    const delay = Math.random() * backoff(attempt, this.#minDelay, this.#maxDelay)
+    this.#setState('reconnecting', { ...detail, attempt, delay })
+    this.#retryIn(delay)
+  }
+
+  #retryIn (delay: number): void {
+    clearTimeout(this.#timers.retry)
+    this.#timers.retry = setTimeout(() => {
+      this.#timers.retry = undefined
+      this.#connect()
+    }, delay)
+  }
+
+  #send (frame: object): void {
+    this.#socket?.send(JSON.stringify(frame))
+  }
+
+  // --- frames -----------------------------------------------------------------------------------
+
+  #frame (data: unknown): void {
+    let frame: ServerToClient
+    try {
+      frame = JSON.parse(String(data)) as ServerToClient
+    } catch {
+      this.#report(new ChannelsClientError(BAD_FRAME, 'the server sent a frame that is not JSON'))
+      return
+    }
+    if (frame.op === 'reply') {
+      const call = this.#calls.get(frame.id)
+      if (call === undefined) return
+      this.#calls.delete(frame.id)
+      clearTimeout(call.timer)
+      if (frame.error !== undefined) call.reject(new ChannelsClientError(frame.error.code, frame.error.message))
+      else call.resolve(frame.result)
+      return
+    }
+    const group = frame.group
+    if (group === undefined) {
+      if (frame.op === 'error') this.#report(new ChannelsClientError(frame.code, frame.message))
+      return
+    }
+    const sub = this.#subs.get(group)
+    if (frame.op === 'joined' || frame.op === 'error') {
+      const stale = this.#stale.get(group) ?? 0
+      if (stale > 0) this.#stale.set(group, stale - 1)
+      else if (sub !== undefined) {
+        sub.awaiting = Math.max(0, sub.awaiting - 1)
+        if (frame.op === 'joined') sub.onJoined(frame)
+        else this.#refused(sub, new ChannelsClientError(frame.code, frame.message))
+      }
+    } else if (sub?.joined === true) {
+      if (frame.op === 'message') sub.onMessage(frame)
+      else if (frame.op === 'presence') sub.onPresence(frame)
+    }
+  }
+
+  // --- groups and calls -------------------------------------------------------------------------
+
+  #sendJoin (sub: GroupSubscription<never>): void {
+    sub.awaiting++
+    this.#send({ op: 'join', group: sub.group, since: sub.position ?? undefined })
+  }
+
+  #refused (sub: GroupSubscription<never>, err: ChannelsClientError): void {
+    if (RETRIABLE.has(err.code)) {
+      const delay = Math.random() * backoff(++sub.retries, this.#minDelay, this.#maxDelay)
+      sub.retryTimer = setTimeout(() => { if (this.#subs.get(sub.group) === sub && this.#state === 'open') this.#sendJoin(sub) }, delay)
+      return
+    }
+    this.#subs.delete(sub.group)
+    sub.fail(err)
+  }
+
+  #leave (sub: GroupSubscription<never>): void {
+    if (this.#subs.get(sub.group) !== sub) return
+    this.#subs.delete(sub.group)
+    clearTimeout(sub.retryTimer)
+    if (sub.awaiting > 0) this.#stale.set(sub.group, (this.#stale.get(sub.group) ?? 0) + sub.awaiting)
+    if (this.#state === 'open') this.#send({ op: 'leave', group: sub.group })
+    if (!sub.everJoined) sub.fail(new ChannelsClientError(LEFT, `left "${sub.group}" before it was joined`))
+  }
+
+  #sendCall (call: PendingCall): void {
+    this.#socket?.send(call.text)
+    call.sent = true
+  }
+
+  #settleCalls (which: (call: PendingCall) => boolean, err: ChannelsClientError): void {
+    for (const [id, call] of this.#calls) {
+      if (!which(call)) continue
+      this.#calls.delete(id)
+      clearTimeout(call.timer)
+      call.reject(err)
+    }
+  }
+
+  // --- events -----------------------------------------------------------------------------------
+
+  #setState (state: ClientState, detail: StateDetail): void {
+    this.#state = state
+    for (const listener of this.#listeners.state) this.#safely(listener, state, detail)
+  }
+
+  #check (): void {
+    if (this.#state === 'closed') throw new ChannelsClientError(CLIENT_CLOSED, 'the client is closed')
+  }
+
+  /** A handler's error (or the client's) goes to `error` listeners; without one it is thrown on its own. */
+  #report (err: unknown): void {
+    if (this.#listeners.error.size === 0) setTimeout(() => { throw err })
+    for (const listener of this.#listeners.error) this.#safely(listener, err)
+  }
+
+  #safely (listener: Listener, ...args: unknown[]): void {
+    try {
+      (listener as (...a: unknown[]) => void)(...args)
+    } catch (err) {
+      setTimeout(() => { throw err })
+    }
+  }
+}
+
+function backoff (attempt: number, min: number, max: number): number {
+  return Math.min(max, min * 2 ** Math.min(attempt - 1, 30))
+}
+
+function positive (value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
+    throw new ChannelsClientError(INVALID_OPTION, `${name} must be a positive number of milliseconds`)
+  }
+  return value
+}
+
+/** ws:// or wss://, from a relative path (in a browser), http(s):// or ws(s)://. */
+function socketUrl (url: string): string {
+  let parsed: URL
+  try {
+    parsed = new URL(url, scope.location?.href)
+  } catch {
+    throw new ChannelsClientError(INVALID_OPTION, `${JSON.stringify(url)} is not a URL (outside a browser, give ws://host/path)`)
+  }
+  if (parsed.protocol === 'http:' || parsed.protocol === 'https:') parsed.protocol = parsed.protocol === 'http:' ? 'ws:' : 'wss:'
+  if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
+    throw new ChannelsClientError(INVALID_OPTION, `${JSON.stringify(url)}: expected a ws:, wss:, http: or https: URL`)
+  }
+  return parsed.href
+}
