@@ -2,7 +2,6 @@
 import type { FastifyInstance } from 'fastify'
 import { GroupsConsumer, InMemoryChannelLayer, type Delivery, type LayerMessage, type FastifyChannelsOptions } from '../../lib/index.js'
 import { buildApp, type TestApp } from '../helpers/app.js'
-import { listen } from '../helpers/loopback.js'
 
 export const called: string[] = []
 
@@ -19,7 +18,8 @@ export class Rooms extends GroupsConsumer {
     echo: {},
     fail: {},
     refuse: {},
-    bigint: {}
+    bigint: {},
+    wait: { schema: { type: 'object', properties: { ms: { type: 'integer', minimum: 0, maximum: 10000 } } } }
   }
 
   override maxJoins = 3
@@ -66,6 +66,11 @@ export class Rooms extends GroupsConsumer {
     return 1n
   }
 
+  async wait ({ ms = 0 }: { ms?: number }): Promise<number> {
+    await new Promise(resolve => setTimeout(resolve, ms))
+    return ms
+  }
+
   // A handler by type for the consumer's own messages; a client's group must never reach it.
   async roomMessage (): Promise<void> {
     called.push('roomMessage')
@@ -77,12 +82,16 @@ export interface RoomsApp extends TestApp {
   port: number
 }
 
-export async function roomsApp (opts: FastifyChannelsOptions = {}, routes?: (app: FastifyInstance) => void): Promise<RoomsApp> {
-  const layer = opts.layer ?? new InMemoryChannelLayer({ groups: { 'room.*': { history: { size: 100, ttl: 60 }, presenceEvents: true } } })
+export const roomGroups = { 'room.*': { history: { size: 100, ttl: 60 }, presenceEvents: true } }
+
+/** Serves Rooms at /ws/rooms on 127.0.0.1 (`port`: 0 for a free one, or the port of an app to replace). */
+export async function roomsApp (opts: FastifyChannelsOptions = {}, routes?: (app: FastifyInstance) => void, port = 0): Promise<RoomsApp> {
+  const layer = opts.layer ?? new InMemoryChannelLayer({ groups: roomGroups })
   const built = await buildApp({ ...opts, layer }, app => {
     app.get('/ws/rooms', { websocket: true }, Rooms.asHandler())
     routes?.(app)
   })
-  const { url, port } = await listen(built.app)
-  return { ...built, url: `${url}/ws/rooms`, port }
+  await built.app.listen({ port, host: '127.0.0.1' })
+  const address = built.app.server.address() as { port: number }
+  return { ...built, url: `ws://127.0.0.1:${address.port}/ws/rooms`, port: address.port }
 }

@@ -1,0 +1,174 @@
+/**
+ * ChannelsClient in Node (with `ws`, as on Node 20) against a real server: joins, messages,
+ * presence and calls; every way a call or a join can fail; a dropped socket that loses nothing and
+ * repeats nothing; a restarted in-memory server whose history is gone (gap); close().
+ */
+import t, { type Test } from 'tap'
+import WebSocket from 'ws'
+import { ChannelsClient, ChannelsClientError, type ClientState, type PresenceEntry } from '../../lib/client/index.js'
+import type { ApiOf } from '../../lib/index.js'
+import { eventually } from '../helpers/app.js'
+import { Rooms, roomsApp, type RoomsApp } from '../groups/rooms.js'
+
+type RoomsApi = ApiOf<typeof Rooms>
+
+let server: RoomsApp
+t.before(async () => { server = await roomsApp() })
+t.teardown(async () => { await server.app.close() })
+
+function client (t: Test, query = '', options: { callTimeout?: number } = {}): ChannelsClient<RoomsApi> {
+  const c = new ChannelsClient<RoomsApi>(`${server.url}${query}`, { WebSocket, ...options })
+  t.teardown(() => { c.close() })
+  return c
+}
+
+async function opened (c: ChannelsClient<RoomsApi>): Promise<void> {
+  await eventually(() => c.state === 'open', 5000)
+}
+
+async function rejection (promise: Promise<unknown>): Promise<ChannelsClientError> {
+  try {
+    await promise
+  } catch (err) {
+    if (err instanceof ChannelsClientError) return err
+    throw err
+  }
+  throw new Error('expected a rejection')
+}
+
+t.test('join, messages with their positions, presence, calls', async t => {
+  const ada = client(t, '?name=Ada')
+  const states: ClientState[] = []
+  ada.on('state', state => { states.push(state) })
+  const got: Array<{ data: unknown, offset?: number }> = []
+  let people: PresenceEntry[] = []
+  const sub = ada.join('room.lobby', {
+    message (data, info) { got.push({ data, offset: info.offset }) },
+    presence (entries) { people = entries }
+  })
+  const join = await sub.ready
+  t.match(join, { position: { offset: 0, epoch: String }, recovered: false }, 'ready resolves with the GroupJoin')
+  t.same(states, ['open'])
+  await eventually(() => people.length === 1)
+  t.match(people, [{ info: { name: 'Ada' } }], 'the presence list holds Ada')
+
+  const grace = client(t, '?name=Grace')
+  await grace.join('room.lobby').ready
+  await eventually(() => people.length === 2)
+  t.same(people.map(p => p.info.name).sort(), ['Ada', 'Grace'], 'Grace\'s join reaches Ada\'s list')
+
+  const reply = await grace.call('post', { room: 'lobby', text: 'hello' })
+  t.same(reply, { offset: 1 }, 'call() resolves with the method\'s result')
+  await eventually(() => got.length === 1)
+  t.same(got, [{ data: { type: 'room.message', text: 'hello' }, offset: 1 }], 'the message, with its offset')
+  t.same(sub.position, { offset: 1, epoch: join.position?.epoch }, 'the subscription remembers the last position')
+
+  grace.close()
+  await eventually(() => people.length === 1)
+  t.same(people.map(p => p.info.name), ['Ada'], 'and her leave')
+  t.equal(await ada.call('echo'), undefined, 'args may be left out when the action takes none')
+})
+
+t.test('calls and joins that fail reject with a stable code', async t => {
+  const c = client(t)
+  t.match(await rejection(c.call('post', { room: 'lobby', text: 'x'.repeat(30) })), { code: 'FST_CHANNELS_INVALID_ARGS', message: /args\/text/ })
+  t.match(await rejection(c.call('refuse')), { code: 'ROOM_FULL', message: 'room is full' })
+  t.match(await rejection(c.call('fail')), { code: 'FST_CHANNELS_ACTION_FAILED' })
+  t.match(await rejection((c as unknown as ChannelsClient).call('missing', {})), { code: 'FST_CHANNELS_UNKNOWN_ACTION' })
+  t.match(await rejection(c.call('wait', { ms: 300 }, { timeout: 50 })), { code: 'FST_CHANNELS_CALL_TIMEOUT', message: 'no reply to "wait" within 50 ms' })
+  t.match(await rejection(c.call('echo', { n: 1n } as unknown as undefined)), { code: 'FST_CHANNELS_INVALID_ARGS' }, 'arguments that are not JSON never leave')
+  t.match(await rejection(c.join('lobby').ready), { code: 'FST_CHANNELS_JOIN_DENIED' }, 'a refused join rejects ready')
+  const errors: unknown[] = []
+  c.join('room.explode', { error (err) { errors.push(err) } })
+  t.throws(() => c.join('not a group!'), { code: 'FST_CHANNELS_INVALID_NAME' }, 'an invalid name is refused before it is sent')
+  const sub = c.join('room.twice')
+  t.throws(() => c.join('room.twice'), { code: 'FST_CHANNELS_ALREADY_JOINED' })
+  await sub.ready
+  sub.leave()
+  const early = c.join('room.twice')
+  early.leave()
+  t.match(await rejection(early.ready), { code: 'FST_CHANNELS_LEFT' }, 'left before joined')
+  await c.join('room.twice').ready
+  t.pass('and joined again after that')
+  t.same(errors, [], 'a join refused the first time rejects ready; error() is for later refusals')
+  t.throws(() => new ChannelsClient('/ws/rooms', { WebSocket }), { code: 'FST_CHANNELS_INVALID_OPTION' }, 'a relative URL outside a browser')
+  t.throws(() => new ChannelsClient(server.url, { WebSocket, callTimeout: -1 }), { code: 'FST_CHANNELS_INVALID_OPTION' })
+  const global = globalThis as { WebSocket?: unknown }
+  const saved = global.WebSocket
+  delete global.WebSocket
+  try {
+    t.throws(() => new ChannelsClient(server.url), { code: 'FST_CHANNELS_INVALID_OPTION', message: /pass \{ WebSocket \}/ }, 'Node 20 has no global WebSocket')
+  } finally {
+    if (saved !== undefined) global.WebSocket = saved
+  }
+})
+
+t.test('a dropped socket: calls in flight are rejected, the client comes back, nothing is lost or repeated', async t => {
+  const c = client(t, '?name=Ada')
+  const offsets: number[] = []
+  let gaps = 0
+  const sub = c.join('room.drop', { message (data, info) { offsets.push(info.offset as number) }, gap () { gaps++ } })
+  await sub.ready
+  const layer = server.app.channelLayer
+  for (let i = 0; i < 3; i++) await layer.groupSend('room.drop', { type: 'line', i })
+  await eventually(() => offsets.length === 3)
+
+  const states: string[] = []
+  c.on('state', (state, detail) => { states.push(`${state}${detail.code !== undefined ? ` ${detail.code}` : ''}`) })
+  const inFlight = c.call('wait', { ms: 1000 })
+  await new Promise(resolve => setTimeout(resolve, 50))
+  for (const socket of server.app.websocketServer.clients) socket.terminate()
+  t.match(await rejection(inFlight), { code: 'FST_CHANNELS_CONNECTION_LOST' }, 'the call in flight is rejected: whether it ran is unknown')
+  for (let i = 3; i < 6; i++) await layer.groupSend('room.drop', { type: 'line', i })
+  const queued = c.call('echo', 'sent once back')
+  await opened(c)
+  t.equal(await queued, 'sent once back', 'a call made while disconnected is sent once connected')
+  for (let i = 6; i < 8; i++) await layer.groupSend('room.drop', { type: 'line', i })
+  await eventually(() => offsets.length >= 8, 5000)
+  t.same(offsets, [1, 2, 3, 4, 5, 6, 7, 8], 'every message once, in order, across the drop')
+  t.equal(gaps, 0, 'recovered: no gap')
+  t.match(states, ['reconnecting 1006', 'open'])
+  t.equal(server.app.websocketServer.clients.size, 1, 'one socket at the server')
+})
+
+t.test('a restarted in-memory server has lost its history: gap(), then messages again', async t => {
+  const own = await roomsApp()
+  const url = own.url
+  let current = own
+  t.teardown(() => current.app.close())
+  const c = new ChannelsClient<RoomsApi>(url, { WebSocket, minDelay: 50 })
+  t.teardown(() => { c.close() })
+  const texts: unknown[] = []
+  let gaps = 0
+  let readies = 0
+  const sub = c.join('room.restart', { message (data) { texts.push((data as { text: string }).text) }, gap () { gaps++ } })
+  sub.ready.then(() => { readies++ }, () => {})
+  await sub.ready
+  await c.call('post', { room: 'restart', text: 'before' })
+  await eventually(() => texts.length === 1)
+
+  await current.app.close()
+  await eventually(() => c.state === 'reconnecting')
+  current = await roomsApp({}, undefined, own.port)
+  await eventually(() => gaps === 1, 10_000)
+  t.pass('gap() once the new server says it cannot recover')
+  await current.app.channelLayer.groupSend('room.restart', { type: 'room.message', text: 'after' })
+  await eventually(() => texts.length === 2)
+  t.same(texts, ['before', 'after'])
+  t.equal(readies, 1, 'ready resolved once, for the first join')
+})
+
+t.test('close(): pending calls and joins are rejected, no reconnect', async t => {
+  const c = new ChannelsClient<RoomsApi>(server.url, { WebSocket })
+  await opened(c)
+  const pending = c.call('wait', { ms: 500 })
+  const joining = c.join('room.closing')
+  c.close()
+  t.equal(c.state, 'closed')
+  t.match(await rejection(pending), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
+  t.match(await rejection(joining.ready), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
+  t.match(await rejection(c.call('echo')), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
+  t.throws(() => c.join('room.after'), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
+  await eventually(() => server.app.websocketServer.clients.size === 0, 2000)
+  t.pass('the server sees the socket closed')
+})
