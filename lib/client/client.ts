@@ -97,6 +97,9 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   readonly #connectTimeout: number
   #state: ClientState = 'connecting'
   #socket: Socket | null = null
+  /** A socket given up before its `close` came (the browser went offline): no new one until it has. */
+  #closing: Socket | null = null
+  #due = false
   #attempt = 0
   #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout> } = {}
   readonly #listeners = { state: new Set<Listener>(), error: new Set<Listener>() }
@@ -106,6 +109,15 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   readonly #calls = new Map<CallId, PendingCall>()
   #nextId = 0
   readonly #online = (): void => { if (this.#timers.retry !== undefined) this.#retryIn(Math.random() * this.#minDelay) }
+  // Offline, a browser keeps the socket "open" and silent, and holds its close until back online:
+  // the client says so at once and re-joins from where it was once a new socket opens.
+  readonly #offline = (): void => {
+    const socket = this.#socket
+    if (socket === null || this.#state !== 'open') return
+    socket.close(4000, 'offline')
+    this.#closed(socket, 4000, 'offline')
+    this.#closing = socket
+  }
 
   constructor (url: string, options: ClientOptions = {}) {
     this.#url = socketUrl(url)
@@ -121,6 +133,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     this.#connectTimeout = positive(options.connectTimeout, 10_000, 'connectTimeout')
     // A browser that is back online need not wait out the backoff.
     scope.addEventListener?.('online', this.#online)
+    scope.addEventListener?.('offline', this.#offline)
     this.#connect()
   }
 
@@ -175,6 +188,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     if (this.#state === 'closed') return
     this.#setState('closed', {})
     scope.removeEventListener?.('online', this.#online)
+    scope.removeEventListener?.('offline', this.#offline)
     for (const timer of Object.values(this.#timers)) clearTimeout(timer)
     this.#timers = {}
     const closed = new ChannelsClientError(CLIENT_CLOSED, 'the client was closed')
@@ -191,6 +205,10 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
 
   #connect (): void {
     if (this.#socket !== null || this.#state === 'closed') return
+    if (this.#closing !== null) {
+      this.#due = true
+      return
+    }
     let socket: Socket
     try {
       socket = new this.#WebSocket(this.#url, this.#protocols) as Socket
@@ -202,7 +220,14 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     this.#socket = socket
     socket.onopen = () => { this.#opened(socket) }
     socket.onmessage = event => { if (socket === this.#socket) this.#frame(event.data) }
-    socket.onclose = event => { this.#closed(socket, event.code, event.reason) }
+    socket.onclose = event => {
+      if (socket === this.#closing) {
+        this.#closing = null
+        const due = this.#due
+        this.#due = false
+        if (due) this.#connect()
+      } else this.#closed(socket, event.code, event.reason)
+    }
     socket.onerror = () => {} // a close follows
     this.#timers.connect = setTimeout(() => { if (socket.readyState !== OPEN) socket.close() }, this.#connectTimeout)
   }
