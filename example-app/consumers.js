@@ -1,122 +1,94 @@
 /**
- * The example's consumers and its background worker, written as a user of the package would.
+ * The example's consumer and its background worker, written as a user of the package would.
  *
- *   /ws/chat/:room   ChatConsumer    messages with the author's name, join and leave notices
- *   /ws/clock        ClockConsumer   a tick every second, group-sent by one timer per process
- *   /ws/deploy       DeployConsumer  starts deploys; every page sees every deploy's progress
+ *   /ws/app          AppConsumer     one socket per page (GroupsConsumer): chat rooms with presence
+ *                                    and history, the deploys' progress, the clock; actions post,
+ *                                    history and deploy
  *   'deploy-jobs'    DeployWorker    runs the deploys, one server per message
  */
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { ChannelConsumer, JsonWebsocketConsumer } from 'fastify-channels'
+import { ChannelConsumer, GroupsConsumer } from 'fastify-channels'
 
 /** Names this process in what it sends, so two processes sharing Redis can be told apart. */
 export const serverLabel = process.env.SERVER_LABEL ?? `:${process.env.PORT ?? 3000}`
 
 /**
  * Each process ticks its own clock group: with two processes on one Redis, a shared group would
- * get two ticks a second.
+ * get two ticks a second. The name stays the same across a restart, so a page re-joins it.
  */
-export const clockGroup = `clock.${randomBytes(6).toString('hex')}`
+export const clockGroup = `clock.${serverLabel.replace(/[^a-zA-Z0-9._-]/g, '') || 'main'}`
 
 export const DEPLOY_CHANNEL = 'deploy-jobs'
-const DEPLOY_GROUP = 'deploys'
+export const DEPLOY_GROUP = 'deploys'
 export const MAX_SERVERS = 12
-const ROOM = /^[a-z0-9][a-z0-9-]{0,29}$/
+const ROOM = '^[a-z0-9][a-z0-9-]{0,29}$'
+const ROOM_GROUP = /^room\.[a-z0-9][a-z0-9-]{0,29}$/
 let release = 14
 
-/** Every socket of the example needs a signed-in user; without one the handshake gets a 403. */
-function signedIn (consumer) {
-  return typeof consumer.scope.user?.name === 'string'
+/** The layer's group policies: rooms keep their last 200 lines and say who is in them; deploys replay their progress. */
+export const groupPolicies = {
+  'room.*': { history: { size: 200, ttl: 3600 }, presenceEvents: true },
+  [DEPLOY_GROUP]: { history: { size: 500, ttl: 3600 } }
 }
 
-export class ChatConsumer extends JsonWebsocketConsumer {
-  room = ''
-  group = ''
+const room = { type: 'string', pattern: ROOM }
 
+export class AppConsumer extends GroupsConsumer {
+  static actions = {
+    post: {
+      schema: {
+        type: 'object',
+        required: ['room', 'text'],
+        additionalProperties: false,
+        properties: { room, text: { type: 'string', minLength: 1, maxLength: 500 } }
+      }
+    },
+    history: { schema: { type: 'object', required: ['room'], additionalProperties: false, properties: { room } } },
+    deploy: {
+      schema: {
+        type: 'object',
+        required: ['servers'],
+        additionalProperties: false,
+        properties: { servers: { type: 'integer', minimum: 1, maximum: MAX_SERVERS } }
+      }
+    }
+  }
+
+  // Every socket of the example needs a signed-in user; without one the handshake gets a 403.
   async connect () {
-    const room = this.scope.params.room
-    if (!signedIn(this) || !ROOM.test(room)) {
+    if (typeof this.scope.user?.name !== 'string') {
       await this.close()
       return
     }
-    this.room = room
-    this.group = `chat.${room}`
-    await this.channelLayer.groupAdd(this.group, this.channelName)
     await this.accept()
-    await this.sendJson({ type: 'hello', room, user: this.scope.user.name, server: serverLabel })
-    await this.channelLayer.groupSend(this.group, { type: 'chat.join', user: this.scope.user.name, from: this.channelName })
   }
 
-  async receiveJson (content) {
-    const text = typeof content?.text === 'string' ? content.text.trim().slice(0, 500) : ''
-    if (text === '') return
-    await this.channelLayer.groupSend(this.group, {
-      type: 'chat.message', user: this.scope.user.name, text, at: Date.now(), via: serverLabel
+  canJoin (group) {
+    return ROOM_GROUP.test(group) || group === DEPLOY_GROUP || group === clockGroup
+  }
+
+  presenceInfo (group) {
+    return group.startsWith('room.') ? { name: this.scope.user.name } : undefined
+  }
+
+  /** A chat line, to everyone in the room (and into its history). */
+  async post ({ room, text }) {
+    const line = text.trim()
+    if (line === '') throw Object.assign(new Error('Say something first.'), { statusCode: 400, code: 'EMPTY_MESSAGE' })
+    const at = await this.channelLayer.groupSend(`room.${room}`, {
+      type: 'chat.message', user: this.scope.user.name, text: line, at: Date.now(), via: serverLabel
     })
+    return { offset: at?.offset }
   }
 
-  async chatMessage (event) {
-    await this.sendJson({ type: 'message', user: event.user, text: event.text, at: event.at, via: event.via })
+  /** The room's last 50 lines with their offsets: what a page shows on arrival, or after a gap. */
+  async history ({ room }) {
+    const { messages, position } = await this.channelLayer.history(`room.${room}`, { limit: 50 })
+    return { epoch: position?.epoch ?? null, messages: messages.map(({ message, offset }) => ({ ...message, offset })) }
   }
 
-  async chatJoin (event) {
-    if (event.from !== this.channelName) await this.sendJson({ type: 'join', user: event.user })
-  }
-
-  async chatLeave (event) {
-    await this.sendJson({ type: 'leave', user: event.user })
-  }
-
-  async disconnect () {
-    // Our own membership is removed by the plugin once this returns; the others hear we left.
-    if (this.room !== '') await this.channelLayer.groupSend(this.group, { type: 'chat.leave', user: this.scope.user.name })
-  }
-}
-
-export class ClockConsumer extends JsonWebsocketConsumer {
-  groups = [clockGroup]
-
-  async connect () {
-    if (!signedIn(this)) {
-      await this.close()
-      return
-    }
-    await this.accept()
-    await this.sendJson({ type: 'tick', now: Date.now(), server: serverLabel })
-  }
-
-  async clockTick (event) {
-    await this.sendJson({ type: 'tick', now: event.now, server: event.server })
-  }
-}
-
-/** Sends the tick every consumer of this process's clock group receives. Returns the stopper. */
-export function startClock (layer, log) {
-  const timer = setInterval(() => {
-    layer.groupSend(clockGroup, { type: 'clock.tick', now: Date.now(), server: serverLabel })
-      .catch(err => log.warn({ err }, 'clock tick not sent'))
-  }, 1000)
-  return () => clearInterval(timer)
-}
-
-export class DeployConsumer extends JsonWebsocketConsumer {
-  groups = [DEPLOY_GROUP]
-
-  async connect () {
-    if (!signedIn(this)) {
-      await this.close()
-      return
-    }
-    await this.accept()
-  }
-
-  async receiveJson (content) {
-    const servers = Number(content?.servers)
-    if (content?.action !== 'start' || !Number.isInteger(servers) || servers < 1 || servers > MAX_SERVERS) {
-      await this.sendJson({ type: 'error', message: `Choose between 1 and ${MAX_SERVERS} servers.` })
-      return
-    }
+  async deploy ({ servers }) {
     const job = {
       type: 'deploy.start',
       jobId: randomBytes(3).toString('hex'),
@@ -129,14 +101,19 @@ export class DeployConsumer extends JsonWebsocketConsumer {
       await this.channelLayer.send(DEPLOY_CHANNEL, job)
     } catch (err) {
       this.log.warn({ err }, 'deploy not queued')
-      await this.sendJson({ type: 'error', message: 'Too many deploys are waiting; try again in a moment.' })
+      throw Object.assign(new Error('Too many deploys are waiting; try again in a moment.'), { statusCode: 429, code: 'DEPLOYS_BUSY' })
     }
+    return { jobId: job.jobId }
   }
+}
 
-  async deployProgress (event) {
-    const { type, replyGroup, ...progress } = event
-    await this.sendJson({ type: 'deploy', ...progress })
-  }
+/** Sends the tick every page joined to this process's clock group receives. Returns the stopper. */
+export function startClock (layer, log) {
+  const timer = setInterval(() => {
+    layer.groupSend(clockGroup, { type: 'clock.tick', now: Date.now(), server: serverLabel })
+      .catch(err => log.warn({ err }, 'clock tick not sent'))
+  }, 1000)
+  return () => clearInterval(timer)
 }
 
 const ROLES = ['web', 'api', 'web', 'jobs']

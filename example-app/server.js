@@ -1,13 +1,15 @@
 /**
- * The fastify-channels example: chat rooms, a live clock and deploys run by a background worker.
+ * The fastify-channels example: chat rooms with presence and history, a live clock and deploys run by
+ * a background worker, all over one GroupsConsumer socket per page, spoken by fastify-channels/client.
  *
  *   npm start                                       in-memory layer, http://127.0.0.1:3000
  *   PORT=3001 REDIS_URL=redis://127.0.0.1:6379 npm start   Redis layer: run several, chat across them
  *
- * Environment: PORT (3000), HOST (127.0.0.1), REDIS_URL (unset: in-memory layer), SESSION_SECRET,
- * SESSION_FILE (where the in-memory mode keeps sessions across restarts), LOG_LEVEL (info).
+ * Environment: PORT (3000), HOST (127.0.0.1), REDIS_URL (unset: in-memory layer), REDIS_PREFIX
+ * (channels; when set, sessions go under <prefix>:session:), SESSION_SECRET, SESSION_FILE (where the in-memory
+ * mode keeps sessions across restarts), LOG_LEVEL (info).
  */
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import Fastify from 'fastify'
@@ -15,12 +17,13 @@ import fastifyCookie from '@fastify/cookie'
 import fastifySession from '@fastify/session'
 import fastifyStatic from '@fastify/static'
 import fastifyChannels, { InMemoryChannelLayer, RedisChannelLayer } from 'fastify-channels'
-import { ChatConsumer, ClockConsumer, DeployConsumer, DeployWorker, DEPLOY_CHANNEL, serverLabel, startClock } from './consumers.js'
+import { AppConsumer, DeployWorker, DEPLOY_CHANNEL, clockGroup, groupPolicies, serverLabel, startClock } from './consumers.js'
 import { FileSessionStore, RedisSessionStore } from './sessions.js'
 
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
 const redisUrl = process.env.REDIS_URL
+const redisPrefix = process.env.REDIS_PREFIX ?? 'channels'
 // A fixed development secret keeps sessions valid across restarts; set SESSION_SECRET anywhere real.
 const sessionSecret = process.env.SESSION_SECRET ?? 'fastify-channels-example-dev-secret-change-me'
 
@@ -33,11 +36,11 @@ const app = Fastify({
 let layer
 let sessionStore
 if (redisUrl) {
-  layer = new RedisChannelLayer({ url: redisUrl })
-  sessionStore = new RedisSessionStore(redisUrl)
+  layer = new RedisChannelLayer({ url: redisUrl, prefix: redisPrefix, groups: groupPolicies })
+  sessionStore = new RedisSessionStore(redisUrl, process.env.REDIS_PREFIX === undefined ? undefined : `${redisPrefix}:session:`)
   app.addHook('onClose', async () => { await sessionStore.close() })
 } else {
-  layer = new InMemoryChannelLayer()
+  layer = new InMemoryChannelLayer({ groups: groupPolicies })
   sessionStore = new FileSessionStore(process.env.SESSION_FILE ?? join(tmpdir(), 'fastify-channels-example', 'sessions.json'))
 }
 
@@ -50,17 +53,21 @@ await app.register(fastifySession, {
 })
 await app.register(fastifyChannels, { layer })
 await app.register(fastifyStatic, { root: fileURLToPath(new URL('./public/', import.meta.url)) })
+// The page imports fastify-channels/client as the package builds it (dist/client/, plain ES modules).
+await app.register(fastifyStatic, {
+  root: dirname(fileURLToPath(import.meta.resolve('fastify-channels/client'))),
+  prefix: '/client/',
+  decorateReply: false
+})
 
 // The sign-in form posts urlencoded data; this is all the parsing it needs.
 app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 4096 },
   (request, body, done) => done(null, Object.fromEntries(new URLSearchParams(body))))
 
-app.get('/ws/chat/:room', { websocket: true }, ChatConsumer.asHandler())
-app.get('/ws/clock', { websocket: true }, ClockConsumer.asHandler())
-app.get('/ws/deploy', { websocket: true }, DeployConsumer.asHandler())
+app.get('/ws/app', { websocket: true }, AppConsumer.asHandler())
 app.channelWorker(DEPLOY_CHANNEL, DeployWorker)
 
-app.get('/api/me', async (request) => ({ user: request.session.get('user') ?? null, server: serverLabel }))
+app.get('/api/me', async (request) => ({ user: request.session.get('user') ?? null, server: serverLabel, clock: clockGroup }))
 
 app.post('/login', async (request, reply) => {
   // Printable characters only, so a name cannot break a log line or the page's layout.

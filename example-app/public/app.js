@@ -1,105 +1,48 @@
-// The example's page: three sockets (chat, clock, deploys), each reconnecting with backoff.
+// The example's page: one ChannelsClient (fastify-channels/client) for the chat, the clock and the
+// deploys. The client reconnects by itself and re-joins each group from the last message seen, so
+// a page that was offline or whose server restarted misses no chat line and shows none twice.
+import { ChannelsClient } from '/client/index.js'
+
 const $ = (id) => document.getElementById(id)
 
-/**
- * A WebSocket that comes back by itself: after a close it waits 0.5 s, 1 s, 2 s… (at most 10 s,
- * with jitter so a restarted server is not hit by every page at once) and tries again.
- */
-class LiveSocket {
-  constructor (path, { onMessage, onChange, onRefused }) {
-    this.path = path
-    this.handlers = { onMessage, onChange, onRefused }
-    this.state = 'connecting'
-    this.attempt = 0
-    this.retryAt = 0
-    this.stopped = false
-    this.connect()
-  }
-
-  connect () {
-    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${this.path}`
-    const ws = new WebSocket(url)
-    let opened = false
-    this.ws = ws
-    this.#set('connecting')
-    ws.onopen = () => {
-      opened = true
-      this.attempt = 0
-      this.#set('open')
-    }
-    ws.onmessage = (event) => this.handlers.onMessage(JSON.parse(event.data), this)
-    ws.onclose = () => {
-      if (this.stopped || ws !== this.ws) return
-      // A handshake refused before opening may mean we were signed out: let the page check.
-      if (!opened) this.handlers.onRefused?.(this)
-      if (this.stopped) return
-      const delay = Math.min(10_000, 500 * 2 ** this.attempt++) * (0.75 + Math.random() / 2)
-      this.retryAt = Date.now() + delay
-      this.#set('waiting')
-      this.timer = setTimeout(() => this.connect(), delay)
-    }
-  }
-
-  send (content) {
-    if (this.state !== 'open') return false
-    this.ws.send(JSON.stringify(content))
-    return true
-  }
-
-  stop () {
-    this.stopped = true
-    clearTimeout(this.timer)
-    this.ws?.close(1000)
-    this.#set('closed')
-  }
-
-  #set (state) {
-    this.state = state
-    this.handlers.onChange?.(this)
-  }
-}
+let client
+let me = null
+let info = { server: '', clock: '' }
 
 // ---- connection indicator ---------------------------------------------------------------------
 
-const sockets = new Set()
 let countdown
+let lost = false
 
-function renderConnection () {
-  const list = [...sockets]
+function onState (state, detail) {
   const conn = $('conn')
   const text = $('conn-text')
-  clearTimeout(countdown)
-  if (list.length === 0) return
-  if (list.every(s => s.state === 'open')) {
+  clearInterval(countdown)
+  if (state === 'open') {
     conn.dataset.state = 'connected'
     text.textContent = 'Connected'
-  } else if (list.some(s => s.state === 'waiting')) {
+    if (lost) addNotice(`Reconnected to #${room}`)
+    lost = false
+  } else if (state === 'reconnecting') {
+    if (!lost) addNotice('Connection lost — reconnecting…')
+    lost = true
     conn.dataset.state = 'reconnecting'
-    const next = Math.min(...list.filter(s => s.state === 'waiting').map(s => s.retryAt))
-    const seconds = Math.max(0, Math.ceil((next - Date.now()) / 1000))
-    text.textContent = seconds > 0 ? `Reconnecting in ${seconds}s…` : 'Reconnecting…'
-    countdown = setTimeout(renderConnection, 250)
+    const at = Date.now() + detail.delay
+    const tick = () => {
+      const seconds = Math.ceil((at - Date.now()) / 1000)
+      text.textContent = seconds > 0 ? `Reconnecting in ${seconds}s…` : 'Reconnecting…'
+    }
+    tick()
+    countdown = setInterval(tick, 250)
+    // A socket refused before it opened may mean we were signed out: let the page check.
+    checkSignedIn()
   } else {
     conn.dataset.state = 'connecting'
     text.textContent = 'Connecting…'
   }
-}
-
-function open (path, onMessage, onChange) {
-  const socket = new LiveSocket(path, {
-    onMessage,
-    onChange: (s) => { renderConnection(); onChange?.(s) },
-    onRefused: checkSignedIn
-  })
-  sockets.add(socket)
-  return socket
-}
-
-function close (socket) {
-  if (socket === undefined) return
-  sockets.delete(socket)
-  socket.stop()
-  renderConnection()
+  $('chat-send').disabled = state !== 'open'
+  $('deploy-start').disabled = state !== 'open'
+  $('chat-input').placeholder = state === 'open' ? `Message #${room}` : 'Reconnecting…'
 }
 
 let checking = false
@@ -109,11 +52,11 @@ async function checkSignedIn () {
   try {
     const me = await (await fetch('/api/me', { cache: 'no-store' })).json()
     if (me.user === null) {
-      for (const socket of [...sockets]) close(socket)
+      client.close()
       showSignIn('Your session ended — sign in again.')
     }
   } catch {
-    // The server is down: the sockets keep retrying.
+    // The server is down: the client keeps retrying.
   } finally {
     checking = false
   }
@@ -147,9 +90,9 @@ const dateFormat = new Intl.DateTimeFormat(undefined, { weekday: 'long', day: 'n
 // ---- chat ---------------------------------------------------------------------------------------
 
 const DEFAULT_ROOMS = ['lobby', 'random', 'ops']
-let me = null
 let room = 'lobby'
 let chat
+let people = null
 
 /** What the server accepts as a room: lowercase letters, digits and dashes. */
 function roomName (raw) {
@@ -159,8 +102,7 @@ function roomName (raw) {
 function renderRooms () {
   const nav = $('rooms')
   nav.replaceChildren()
-  const rooms = [...new Set([...DEFAULT_ROOMS, room])]
-  for (const name of rooms) {
+  for (const name of new Set([...DEFAULT_ROOMS, room])) {
     const tab = el('button', 'room' + (name === room ? ' active' : ''), `#${name}`)
     tab.type = 'button'
     tab.dataset.room = name
@@ -171,75 +113,101 @@ function renderRooms () {
 }
 
 function addNotice (text) {
-  const item = el('li', 'notice', text)
-  appendMessage(item)
+  appendItem(el('li', 'notice', text))
 }
 
-function addMessage ({ user, text, at, via }) {
+/**
+ * A chat line, placed by its position in the room's history: `epoch:offset` keys it, so a line the
+ * history call returns and the live stream brings too is shown once, where it belongs.
+ */
+function addMessage ({ user, text, at, via }, offset, epoch) {
+  const list = $('messages')
+  const key = `${epoch}:${offset}`
+  if (list.querySelector(`[data-key="${CSS.escape(key)}"]`) !== null) return
   const mine = user === me.name
   const item = el('li', 'message' + (mine ? ' mine' : ''))
+  item.dataset.key = key
+  item.dataset.epoch = epoch
+  item.dataset.offset = String(offset)
   const body = el('div', 'bubble')
   const meta = el('div', 'meta')
   meta.append(el('span', 'author', user), el('span', 'time', shortTime.format(at)))
   if (via) meta.append(el('span', 'via', `via ${via}`))
   body.append(meta, el('div', 'text', text))
   item.append(avatar(user), body)
-  appendMessage(item)
+  const later = [...list.querySelectorAll(`.message[data-epoch="${CSS.escape(epoch)}"]`)].find(node => Number(node.dataset.offset) > offset)
+  appendItem(item, later)
 }
 
-function appendMessage (item) {
+function appendItem (item, before) {
   const list = $('messages')
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40
-  list.append(item)
+  if (before) list.insertBefore(item, before)
+  else list.append(item)
   while (list.children.length > 200) list.firstElementChild.remove()
   if (atBottom) list.scrollTop = list.scrollHeight
 }
 
-function renderComposer () {
-  const ready = chat?.state === 'open'
-  $('chat-send').disabled = !ready
-  $('chat-input').placeholder = ready ? `Message #${room}` : 'Reconnecting…'
+function renderPresence (entries) {
+  const names = [...new Set(entries.map(entry => entry.info.name))].sort()
+  // After the first list, changes are announced in the chat.
+  if (people !== null) {
+    for (const name of names) if (!people.has(name) && name !== me.name) addNotice(`${name} joined`)
+    for (const name of people) if (!names.includes(name)) addNotice(`${name} left`)
+  }
+  people = new Set(names)
+  const list = $('presence')
+  list.replaceChildren(...names.map(name => {
+    const item = el('li', 'person', name)
+    item.prepend(avatar(name))
+    return item
+  }))
+}
+
+/** The room's last lines, merged with what is already shown (on arrival, and after a gap). */
+async function loadHistory (sub) {
+  try {
+    const { epoch, messages } = await client.call('history', { room: sub.group.slice('room.'.length) })
+    if (chat !== sub) return
+    for (const message of messages) addMessage(message, message.offset, epoch)
+  } catch (err) {
+    addNotice(`Could not load the room's history (${err.code}).`)
+  }
 }
 
 function joinRoom (name) {
   if (name === room && chat !== undefined) return
   room = name
-  close(chat)
+  chat?.leave()
+  people = null
   $('messages').replaceChildren()
+  $('presence').replaceChildren()
   renderRooms()
-  chatState = 'new'
-  chat = open(`/ws/chat/${encodeURIComponent(room)}`, onChatMessage, onChatState)
-}
-
-// 'new' until the room's first hello, 'open' while connected, 'lost' between a drop and the next hello.
-let chatState = 'new'
-
-function onChatState (socket) {
-  renderComposer()
-  if (socket.state === 'waiting' && chatState === 'open') {
-    chatState = 'lost'
-    addNotice('Connection lost — reconnecting…')
-  }
-}
-
-function onChatMessage (event) {
-  if (event.type === 'hello') {
-    addNotice(chatState === 'lost' ? `Reconnected to #${event.room}` : `You joined #${event.room}`)
-    chatState = 'open'
-  } else if (event.type === 'message') {
-    addMessage(event)
-  } else if (event.type === 'join') {
-    addNotice(`${event.user} joined`)
-  } else if (event.type === 'leave') {
-    addNotice(`${event.user} left`)
-  }
+  const sub = client.join(`room.${room}`, {
+    message: (data, { offset, epoch }) => addMessage(data, offset, epoch),
+    presence: renderPresence,
+    gap: () => {
+      addNotice('Some messages may be missing — reloading the room.')
+      loadHistory(sub)
+    }
+  })
+  chat = sub
+  sub.ready.then(() => {
+    addNotice(`You joined #${name}`)
+    loadHistory(sub)
+  }, err => addNotice(`Could not join #${name} (${err.code}).`))
 }
 
 $('chat-form').addEventListener('submit', (event) => {
   event.preventDefault()
   const input = $('chat-input')
   const text = input.value.trim()
-  if (text !== '' && chat.send({ text })) input.value = ''
+  if (text === '') return
+  input.value = ''
+  client.call('post', { room, text }).catch(err => {
+    input.value = text
+    addNotice(`Not sent: ${err.message}`)
+  })
 })
 
 $('room-form').addEventListener('submit', (event) => {
@@ -261,8 +229,6 @@ function onTick ({ now, server }) {
 // ---- deploys ------------------------------------------------------------------------------------
 
 const jobs = new Map()
-let serverLabel = ''
-let deploy
 
 function jobNode (progress) {
   let job = jobs.get(progress.jobId)
@@ -291,12 +257,6 @@ function jobNode (progress) {
 }
 
 function onDeploy (event) {
-  if (event.type === 'error') {
-    $('deploy-error').textContent = event.message
-    $('deploy-error').hidden = false
-    return
-  }
-  $('deploy-error').hidden = true
   const job = jobNode(event)
   job.item.dataset.status = event.status
   job.item.dataset.pct = String(event.pct)
@@ -311,14 +271,14 @@ function onDeploy (event) {
   tag.style.setProperty('--hue', hue(event.jobId))
   line.append(el('time', 'log-time', timeFormat.format(event.at)), tag, el('span', 'log-text', event.line))
   // With several processes on Redis, steps of one deploy run wherever a worker is free: show where.
-  if (event.worker !== serverLabel) line.append(el('span', 'log-worker', `on ${event.worker}`))
+  if (event.worker !== info.server) line.append(el('span', 'log-worker', `on ${event.worker}`))
   const log = $('deploy-log')
   log.append(line)
   while (log.children.length > 300) log.firstElementChild.remove()
   log.scrollTop = log.scrollHeight
 }
 
-// Progress that happened while we were away is not replayed: say so rather than show a frozen bar.
+// Progress the deploys group could not replay (its history is gone): say so rather than show a frozen bar.
 function markInterrupted () {
   for (const job of jobs.values()) {
     if (job.item.dataset.status === 'running') {
@@ -331,11 +291,11 @@ function markInterrupted () {
 
 $('deploy-form').addEventListener('submit', (event) => {
   event.preventDefault()
-  const servers = Number($('deploy-servers').value)
-  if (!deploy.send({ action: 'start', servers })) {
-    $('deploy-error').textContent = 'Not connected — the deploy was not started.'
+  $('deploy-error').hidden = true
+  client.call('deploy', { servers: Number($('deploy-servers').value) }).catch(err => {
+    $('deploy-error').textContent = err.code === 'FST_CHANNELS_INVALID_ARGS' ? 'Choose between 1 and 12 servers.' : err.message
     $('deploy-error').hidden = false
-  }
+  })
 })
 
 // ---- views --------------------------------------------------------------------------------------
@@ -361,18 +321,18 @@ function showApp (user) {
   const badge = $('avatar')
   badge.textContent = user.name.slice(0, 1).toUpperCase()
   badge.style.setProperty('--hue', hue(user.name))
-  open('/ws/clock', onTick)
-  deploy = open('/ws/deploy', onDeploy, (socket) => {
-    $('deploy-start').disabled = socket.state !== 'open'
-    if (socket.state === 'waiting') markInterrupted()
-  })
+  client = new ChannelsClient('/ws/app')
+  client.on('state', onState)
+  onState(client.state, {})
+  client.on('error', err => console.warn('channels client:', err))
+  client.join(info.clock, { message: onTick })
+  client.join('deploys', { message: onDeploy, gap: markInterrupted })
   joinRoom(roomName(new URLSearchParams(location.search).get('room') ?? '') || 'lobby')
 }
 
 async function start () {
   try {
-    const info = await (await fetch('/api/me', { cache: 'no-store' })).json()
-    serverLabel = info.server
+    info = await (await fetch('/api/me', { cache: 'no-store' })).json()
     $('server-label').textContent = info.server
     if (info.user === null) {
       const error = new URLSearchParams(location.search).get('error')

@@ -1,24 +1,81 @@
 /**
- * The example app in Debian's Chromium, driven by playwright-core: two people sign in, chat, watch
- * the clock, run two deploys at once, and stay connected across a server restart.
- * Screenshots land in test/browser/screenshots/ (git-ignored).
+ * The example app in Debian's Chromium, driven by playwright-core: two people sign in, see who is
+ * in the room, chat, watch the clock, run two deploys at once; a page that goes offline and online
+ * again, and pages whose server restarts (in memory, then on Redis, a real process each time), miss
+ * no chat line and show none twice. Screenshots land in test/browser/screenshots/ (git-ignored).
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { chromium, type Browser, type Page } from 'playwright-core'
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import { freePort, spawnNode, type NodeProcess } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
+import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
 
 const root = fileURLToPath(new URL('../../', import.meta.url))
 const shots = fileURLToPath(new URL('./screenshots/', import.meta.url))
 const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const inCI = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false' && process.env.CI !== '0'
 const WAIT = 15_000
-// A browser, two server starts and a reconnect backoff: more than .taprc's 120 s on a busy machine. Every wait below is bounded.
-t.setTimeout(240_000)
+// A browser, several server starts and reconnect backoffs: more than .taprc's 120 s on a busy machine. Every wait below is bounded.
+t.setTimeout(300_000)
+
+/** One example server process; `restart()` stops it (SIGTERM) and starts it again on the same port. */
+interface ExampleServer { url: string, port: number, proc: NodeProcess }
+
+async function startServer (env: Record<string, string>, port: number): Promise<ExampleServer> {
+  const proc = spawnNode([join(root, 'example-app/server.js')], { ...env, PORT: String(port), HOST: '127.0.0.1' }, root)
+  await proc.waitFor(/fastify-channels example on http/, 30_000)
+  return { url: `http://127.0.0.1:${port}/`, port, proc }
+}
+
+interface Person { page: Page, context: BrowserContext }
+
+async function person (t: Test, browser: Browser, url: string, name: string, errors: string[]): Promise<Person> {
+  // One context per person: separate cookies, separate sessions.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 820 }, deviceScaleFactor: 1 })
+  t.teardown(() => context.close())
+  const page = await context.newPage()
+  page.setDefaultTimeout(WAIT)
+  page.on('pageerror', err => errors.push(`${name}: ${err.message}`))
+  await page.goto(url)
+  await page.locator('#signin-name').fill(name)
+  await page.locator('#signin-form button[type=submit]').click()
+  await page.locator('#user-name', { hasText: name }).waitFor()
+  await connected(page)
+  return { page, context }
+}
+
+const connected = (page: Page, timeout = WAIT): Promise<void> => page.locator('#conn[data-state="connected"]').waitFor({ timeout })
+
+async function say (page: Page, text: string): Promise<void> {
+  await page.locator('#chat-input').fill(text)
+  await page.locator('#chat-send').click()
+}
+
+const message = (page: Page, author: string, text: string) =>
+  page.locator('#messages .message', { has: page.locator('.author', { hasText: author }) }).filter({ hasText: text })
+
+/** The chat lines a page shows, in order. */
+async function lines (page: Page): Promise<string[]> {
+  return await page.locator('#messages .message .text').allTextContents()
+}
+
+/** Waits until `page` shows `text`, then checks it is there exactly once. */
+async function shownOnce (t: Test, page: Page, author: string, text: string): Promise<void> {
+  await message(page, author, text).first().waitFor({ timeout: 30_000 })
+  t.equal(await message(page, author, text).count(), 1, `"${text}" shown once`)
+}
+
+function launch (): Promise<Browser> {
+  return chromium.launch({
+    executablePath: chromiumPath,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    timeout: 30_000
+  })
+}
 
 const noChromium = existsSync(chromiumPath) ? undefined : `Chromium not found at ${chromiumPath} (apt-get install chromium)`
 if (noChromium !== undefined && inCI) {
@@ -28,89 +85,61 @@ if (noChromium !== undefined && inCI) {
     await ensureBuilt() // the example app imports the built package, as a user's app would
     mkdirSync(shots, { recursive: true })
     const data = mkdtempSync(join(tmpdir(), 'fastify-channels-example-'))
+    const env = { SESSION_FILE: join(data, 'sessions.json'), REDIS_URL: '' }
     const port = await freePort()
-    const url = `http://127.0.0.1:${port}/`
-    const env = { PORT: String(port), HOST: '127.0.0.1', SESSION_FILE: join(data, 'sessions.json'), REDIS_URL: '' }
-    const startServer = async (): Promise<NodeProcess> => {
-      const server = spawnNode([join(root, 'example-app/server.js')], env, root)
-      await server.waitFor(/fastify-channels example on http/, 30_000)
-      return server
-    }
-
-    let server = await startServer()
-    const browser: Browser = await chromium.launch({
-      executablePath: chromiumPath,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-      timeout: 30_000
-    })
+    let server = await startServer(env, port)
+    const browser = await launch()
     t.teardown(async () => {
       await browser.close()
-      await server.stop()
+      await server.proc.stop()
       rmSync(data, { recursive: true, force: true })
     })
+    const errors: string[] = []
 
-    const pageErrors: string[] = []
-    const openPage = async (): Promise<Page> => {
-      // One context per person: separate cookies, separate sessions.
-      const context = await browser.newContext({ viewport: { width: 1280, height: 820 }, deviceScaleFactor: 1 })
-      const page = await context.newPage()
-      page.setDefaultTimeout(WAIT)
-      page.on('pageerror', err => pageErrors.push(err.message))
-      await page.goto(url)
-      return page
-    }
-    const signIn = async (page: Page, name: string): Promise<void> => {
-      await page.locator('#signin-name').fill(name)
-      await page.locator('#signin-form button[type=submit]').click()
-      await page.locator('#user-name', { hasText: name }).waitFor()
-      await page.locator('#conn[data-state="connected"]').waitFor()
-    }
-    const say = async (page: Page, text: string): Promise<void> => {
-      await page.locator('#chat-input').fill(text)
-      await page.locator('#chat-send').click()
-    }
-    const message = (page: Page, author: string, text: string) =>
-      page.locator('#messages .message', { has: page.locator('.author', { hasText: author }) }).filter({ hasText: text })
+    const first = await browser.newContext({ viewport: { width: 1280, height: 820 }, deviceScaleFactor: 1 })
+    const signIn = await first.newPage()
+    await signIn.goto(server.url)
+    await signIn.locator('#signin-form').waitFor()
+    await signIn.screenshot({ path: join(shots, '01-sign-in.png'), animations: 'disabled' })
+    await first.close()
 
-    const ada = await openPage()
-    await ada.locator('#signin-form').waitFor()
-    await ada.screenshot({ path: join(shots, '01-sign-in.png'), animations: 'disabled' })
-    await signIn(ada, 'Ada')
+    const { page: ada } = await person(t, browser, server.url, 'Ada', errors)
     t.equal(await ada.locator('#conn-text').textContent(), 'Connected', 'the page says it is connected')
-
-    const grace = await openPage()
-    await signIn(grace, 'Grace')
+    const { page: grace, context: graceContext } = await person(t, browser, server.url, 'Grace', errors)
     await ada.locator('#messages .notice', { hasText: 'Grace joined' }).waitFor()
-    t.pass('Ada sees Grace join the lobby')
+    await ada.locator('#presence .person', { hasText: 'Grace' }).waitFor()
+    t.same((await ada.locator('#presence .person').allTextContents()).map(s => s.slice(1)), ['Ada', 'Grace'], 'the room shows who is in it')
 
-    // A Django client writes routes with a trailing slash; the example serves that form too.
-    const slashed = await grace.evaluate(async (address) => {
+    // Any client can speak the protocol from the README; Django's trailing slash is served too.
+    const spoken = await grace.evaluate(async (address) => {
       const socket = new WebSocket(address)
       const frames: unknown[] = []
       await new Promise<void>((resolve, reject) => {
+        socket.onopen = () => socket.send(JSON.stringify({ op: 'join', group: 'room.lobby' }))
         socket.onmessage = (event) => {
-          const frame = JSON.parse(event.data as string) as { type: string }
+          const frame = JSON.parse(event.data as string) as { op: string }
           frames.push(frame)
-          if (frame.type === 'hello') socket.send(JSON.stringify({ text: 'Sent on /ws/chat/lobby/' }))
-          if (frame.type === 'message') resolve()
+          if (frame.op === 'joined') socket.send(JSON.stringify({ op: 'call', id: 1, action: 'post', args: { room: 'lobby', text: 'Sent by hand on /ws/app/' } }))
+          if (frame.op === 'message') resolve()
         }
         socket.onclose = (event) => reject(new Error(`closed with ${event.code}`))
-        setTimeout(() => reject(new Error('no reply within 5 s')), 5000)
+        setTimeout(() => reject(new Error('no message within 5 s')), 5000)
       })
       socket.onclose = null
       socket.close()
-      return frames
-    }, `ws://127.0.0.1:${port}/ws/chat/lobby/`)
-    t.match(slashed, [{ type: 'hello', room: 'lobby', user: 'Grace' }, { type: 'message', user: 'Grace', text: 'Sent on /ws/chat/lobby/' }],
-      'a socket to /ws/chat/lobby/ joins the lobby like /ws/chat/lobby')
-    await message(ada, 'Grace', 'Sent on /ws/chat/lobby/').waitFor()
-    t.pass('and the others in the lobby get what it sends')
+      return frames.filter(f => (f as { op: string }).op !== 'presence')
+    }, `ws://127.0.0.1:${port}/ws/app/`)
+    t.match(spoken, [
+      { op: 'joined', group: 'room.lobby', recovered: false },
+      { op: 'reply', id: 1, result: { offset: Number } },
+      { op: 'message', group: 'room.lobby', offset: Number, data: { type: 'chat.message', user: 'Grace', text: 'Sent by hand on /ws/app/' } }
+    ], 'a hand-written socket on /ws/app/ joins, calls and gets the message')
+    await shownOnce(t, ada, 'Grace', 'Sent by hand on /ws/app/')
 
     await say(ada, 'Hello Grace! Deploying the new build in a minute.')
-    await message(grace, 'Ada', 'Hello Grace!').waitFor()
+    await shownOnce(t, grace, 'Ada', 'Hello Grace!')
     await say(grace, 'Hi Ada — go ahead, I am watching the clock.')
-    await message(ada, 'Grace', 'go ahead').waitFor()
-    t.pass('messages travel both ways, with the author\'s name')
+    await shownOnce(t, ada, 'Grace', 'go ahead')
     t.equal(await message(ada, 'Ada', 'Hello Grace!').getAttribute('class'), 'message mine', 'own messages are marked as such')
 
     const firstTick = await ada.locator('#clock-time').textContent()
@@ -124,7 +153,7 @@ if (noChromium !== undefined && inCI) {
     await grace.locator('#deploy-start').click()
     await ada.locator('.job[data-status="running"]').nth(1).waitFor()
     await say(grace, 'Chat still works while the deploys run.')
-    await message(ada, 'Grace', 'still works').waitFor()
+    await shownOnce(t, ada, 'Grace', 'still works')
     await ada.screenshot({ path: join(shots, '02-deploys-running.png'), animations: 'disabled' })
     await ada.locator('.job[data-status="succeeded"][data-pct="100"]').nth(1).waitFor({ timeout: 30_000 })
     t.equal(await ada.locator('.job').count(), 2, 'both deploys are shown')
@@ -133,21 +162,79 @@ if (noChromium !== undefined && inCI) {
     await grace.locator('.job[data-status="succeeded"][data-pct="100"]').nth(1).waitFor()
     t.pass('both deploys reach 100% on both pages')
     await ada.screenshot({ path: join(shots, '03-deploys-done.png'), animations: 'disabled' })
-    await grace.screenshot({ path: join(shots, '04-second-user.png'), animations: 'disabled' })
 
-    // Restart the server on the same port: the page notices, says so, and comes back by itself.
-    t.equal(await server.stop(), 0, 'the server shuts down cleanly')
+    // Grace's page goes offline; Ada goes on talking; back online, Grace has every line, once.
+    await graceContext.setOffline(true)
+    await grace.locator('#conn[data-state="reconnecting"]').waitFor()
+    t.pass('offline: the page says it is reconnecting')
+    for (let i = 1; i <= 3; i++) {
+      await say(ada, `While you were offline, line ${i}`)
+      await shownOnce(t, ada, 'Ada', `While you were offline, line ${i}`)
+    }
+    await grace.screenshot({ path: join(shots, '04-offline.png'), animations: 'disabled' })
+    await graceContext.setOffline(false)
+    await connected(grace, 30_000)
+    for (let i = 1; i <= 3; i++) await shownOnce(t, grace, 'Ada', `While you were offline, line ${i}`)
+    t.same(await lines(grace), await lines(ada), 'back online, Grace\'s page shows exactly Ada\'s lines, in order')
+    await grace.screenshot({ path: join(shots, '05-back-online.png'), animations: 'disabled' })
+
+    // Restart the server on the same port: the pages notice, say so, and come back by themselves.
+    t.equal(await server.proc.stop(), 0, 'the server shuts down cleanly')
     await ada.locator('#conn[data-state="reconnecting"]').waitFor()
-    await ada.screenshot({ path: join(shots, '05-reconnecting.png'), animations: 'disabled' })
-    server = await startServer()
-    await ada.locator('#conn[data-state="connected"]').waitFor({ timeout: 30_000 })
-    await grace.locator('#conn[data-state="connected"]').waitFor({ timeout: 30_000 })
+    await ada.screenshot({ path: join(shots, '06-reconnecting.png'), animations: 'disabled' })
+    server = await startServer(env, port)
+    await connected(ada, 30_000)
+    await connected(grace, 30_000)
     t.pass('both pages reconnect after the restart')
     await say(ada, 'Back after the restart.')
-    await message(grace, 'Ada', 'Back after the restart.').waitFor()
+    await shownOnce(t, grace, 'Ada', 'Back after the restart.')
     t.pass('and the chat works again, still signed in')
-    await ada.screenshot({ path: join(shots, '06-reconnected.png'), animations: 'disabled' })
+    t.same(await lines(grace), await lines(ada), 'no line shown twice on either page')
+    await ada.screenshot({ path: join(shots, '07-reconnected.png'), animations: 'disabled' })
 
-    t.same(pageErrors, [], 'no script errors in the pages')
+    t.same(errors, [], 'no script errors in the pages')
+  })
+
+  t.test('on Redis: a page whose server process restarts misses nothing and repeats nothing', { skip: noChromium ?? false }, async t => {
+    if (!await requireRedis(t)) return
+    await ensureBuilt()
+    const prefix = uniquePrefix('fc-example')
+    const env = { REDIS_URL, REDIS_PREFIX: prefix }
+    const [portA, portB] = [await freePort(), await freePort()]
+    let a = await startServer({ ...env, SERVER_LABEL: 'A' }, portA)
+    const b = await startServer({ ...env, SERVER_LABEL: 'B' }, portB)
+    const browser = await launch()
+    const redis = adminClient(t)
+    t.teardown(async () => {
+      await browser.close()
+      await Promise.all([a.proc.stop(), b.proc.stop()])
+      const keys = await keysOf(redis, prefix)
+      if (keys.length > 0) await redis.del(...keys)
+    })
+    const errors: string[] = []
+    const { page: ada } = await person(t, browser, a.url, 'Ada', errors)
+    const { page: grace } = await person(t, browser, b.url, 'Grace', errors)
+    await ada.locator('#presence .person', { hasText: 'Grace' }).waitFor()
+    await say(grace, 'Before the restart.')
+    await shownOnce(t, ada, 'Grace', 'Before the restart.')
+
+    t.equal(await a.proc.stop(), 0, 'Ada\'s server process stops')
+    await ada.locator('#conn[data-state="reconnecting"]').waitFor()
+    await grace.locator('#presence .person', { hasText: 'Ada' }).waitFor({ state: 'detached' })
+    t.pass('Grace sees Ada leave the room')
+    for (let i = 1; i <= 3; i++) {
+      await say(grace, `While A was down, line ${i}`)
+      await shownOnce(t, grace, 'Grace', `While A was down, line ${i}`)
+    }
+    a = await startServer({ ...env, SERVER_LABEL: 'A' }, portA)
+    await connected(ada, 30_000)
+    for (let i = 1; i <= 3; i++) await shownOnce(t, ada, 'Grace', `While A was down, line ${i}`)
+    await say(ada, 'Back on A.')
+    await shownOnce(t, grace, 'Ada', 'Back on A.')
+    await shownOnce(t, ada, 'Ada', 'Back on A.')
+    t.same(await lines(ada), await lines(grace), 'both pages show the same lines, each once, in order')
+    t.equal(await ada.locator('#messages .notice', { hasText: 'may be missing' }).count(), 0, 'recovered: no gap on Redis')
+    await ada.screenshot({ path: join(shots, '08-redis-restart.png'), animations: 'disabled' })
+    t.same(errors, [], 'no script errors in the pages')
   })
 }
