@@ -126,6 +126,72 @@ void (await comm.receiveJsonFrom()).text
 void status; void replyText; void frame; void notText
 `
 
+// GroupsConsumer and its client, typed end to end: the API's own example, then what must not compile.
+const groups = `
+import Fastify from 'fastify'
+import WebSocket from 'ws'
+import fastifyChannels, { GroupsConsumer, type ApiOf, type Delivery, type LayerMessage } from 'fastify-channels'
+import { ChannelsClient, type ChannelsClientError, type ClientState, type StateDetail, type Subscription } from 'fastify-channels/client'
+
+export class RoomsConsumer extends GroupsConsumer {
+  override canJoin (group: string) { return group.startsWith('room.') && this.scope.user !== null }
+  override presenceInfo (group: string) { return { name: this.scope.user!.name } }
+  override forward (message: LayerMessage, info: Delivery) { return info.offset === undefined ? undefined : { text: message.text } }
+  static override actions = {
+    post: { schema: { type: 'object', required: ['room', 'text'],
+                      properties: { room: { type: 'string' }, text: { type: 'string', maxLength: 2000 } } } },
+    ping: {}
+  }
+  async post ({ room, text }: { room: string; text: string }) {
+    const at = await this.channelLayer.groupSend(\`room.\${room}\`, { type: 'room.message', text, from: this.scope.user!.name })
+    return { offset: at?.offset }
+  }
+  async ping () { return 'pong' as const }
+  async notAnAction (x: number) { return x }
+}
+export type RoomsApi = ApiOf<typeof RoomsConsumer>
+
+const app = Fastify()
+await app.register(fastifyChannels)
+app.get('/ws/rooms', { websocket: true }, RoomsConsumer.asHandler())
+
+export const client = new ChannelsClient<RoomsApi>('ws://127.0.0.1:3000/ws/rooms', { WebSocket })
+client.on('state', (state: ClientState, detail: StateDetail) => { void state; void detail.delay })
+const sub: Subscription = client.join<{ text: string }>('room.lobby', {
+  message (data, info) { const text: string = data.text; const offset: number | undefined = info.offset; void text; void offset },
+  presence (entries) { const name = entries[0]?.info.name; void name },
+  gap () {},
+  error (err: ChannelsClientError) { const code: string = err.code; void code }
+})
+const joined = await sub.ready
+const at: number | undefined = joined.position?.offset
+const reply = await client.call('post', { room: 'lobby', text: 'hi' }, { timeout: 5000 })
+const offset: number | undefined = reply.offset
+const pong: 'pong' = await client.call('ping')
+// @ts-expect-error an argument is missing
+await client.call('post', { room: 'lobby' })
+// @ts-expect-error an argument of the wrong type
+await client.call('post', { room: 'lobby', text: 42 })
+// @ts-expect-error arguments are required when the method takes some
+await client.call('post')
+// @ts-expect-error a method not listed in static actions cannot be called
+await client.call('notAnAction', 1)
+// @ts-expect-error nor can a name the server does not have
+await client.call('nope', {})
+// @ts-expect-error the result is typed too
+const wrongResult: string = await client.call('post', { room: 'a', text: 'b' })
+// @ts-expect-error canJoin answers with a boolean
+class BadJoin extends GroupsConsumer { override canJoin (group: string) { return group } }
+void at; void offset; void pong; void wrongResult; void BadJoin
+sub.leave(); client.close()
+`
+
+// A wrong call, on its own: tsc must refuse it.
+const wrongCall = `
+import { client } from './types-fixture-groups.js'
+await client.call('post', { room: 1, text: 'hi' })
+`
+
 // Fails on purpose, line by line; it shares the program (and so the augmentation) with the app.
 const wrong = `
 import { login, type Scope } from 'fastify-channels'
@@ -143,7 +209,7 @@ function typeErrors (files: Record<string, string>): Record<string, string[]> {
     ...parsed.options,
     noEmit: true,
     // The package's own name, as an app imports it.
-    paths: { 'fastify-channels': ['./lib/index.ts'], 'fastify-channels/testing': ['./lib/testing.ts'] }
+    paths: { 'fastify-channels': ['./lib/index.ts'], 'fastify-channels/testing': ['./lib/testing.ts'], 'fastify-channels/client': ['./lib/client/index.ts'] }
   }
   const host = ts.createCompilerHost(options)
   const getSourceFile = host.getSourceFile.bind(host)
@@ -171,8 +237,11 @@ function typeErrors (files: Record<string, string>): Record<string, string[]> {
 }
 
 t.test('an app that augments ChannelsUser type-checks end to end; what must not compile does not', async t => {
-  const errors = typeErrors({ 'types-fixture-app.ts': app, 'types-fixture-wrong.ts': wrong })
+  const errors = typeErrors({ 'types-fixture-app.ts': app, 'types-fixture-wrong.ts': wrong, 'types-fixture-groups.ts': groups, 'types-fixture-wrong-call.ts': wrongCall })
   t.same(errors['types-fixture-app.ts'], [], 'the app compiles, and each @ts-expect-error line is an error')
+  t.same(errors['types-fixture-groups.ts'], [], 'a GroupsConsumer and its typed client compile; each wrong call is refused')
+  t.match(errors['types-fixture-wrong-call.ts'], [/^3: .*Type 'number' is not assignable to type 'string'/s], 'a client.call with wrong arguments fails tsc')
+  t.equal(errors['types-fixture-wrong-call.ts'].length, 1)
   t.match(errors['types-fixture-wrong.ts'], [
     /^4: Type 'string \| 0' is not assignable to type 'number'/,
     /^5: .*Property 'id' is missing/s

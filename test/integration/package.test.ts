@@ -12,28 +12,40 @@ t.test('npm pack produces a tarball that a fresh app can import and use', async 
   const { dir: app, packed: files, installLog } = await packedApp(t, ['fastify'])
   t.ok(files.includes('dist/index.js') && files.includes('dist/index.d.ts'), 'main entry and its types are packed')
   t.ok(files.includes('dist/testing.js') && files.includes('dist/testing.d.ts'), 'testing entry and its types are packed')
+  t.ok(files.includes('dist/client/index.js') && files.includes('dist/client/index.d.ts'), 'client entry and its types are packed')
   t.notOk(files.some(f => f.startsWith('test/') || f.startsWith('bench/') || f.startsWith('example-app/')), 'tests, benchmarks and the example stay out')
   const installed = join(app, 'node_modules', 'fastify-channels')
 
   await writeFile(join(app, 'main.js'), `
 import Fastify from 'fastify'
-import fastifyChannels, { JsonWebsocketConsumer, InMemoryChannelLayer } from 'fastify-channels'
+import WebSocket from 'ws'
+import fastifyChannels, { JsonWebsocketConsumer, GroupsConsumer, InMemoryChannelLayer } from 'fastify-channels'
 import { WebsocketCommunicator } from 'fastify-channels/testing'
+import { ChannelsClient } from 'fastify-channels/client'
 class Echo extends JsonWebsocketConsumer {
   async receiveJson (content) { await this.sendJson({ echo: content }) }
+}
+class Sums extends GroupsConsumer {
+  static actions = { add: { schema: { type: 'object', required: ['a', 'b'] } } }
+  async add ({ a, b }) { return a + b }
 }
 const app = Fastify()
 await app.register(fastifyChannels, { layer: new InMemoryChannelLayer() })
 app.get('/ws', { websocket: true }, Echo.asHandler())
+app.get('/sums', { websocket: true }, Sums.asHandler())
 const comm = new WebsocketCommunicator(app, '/ws')
 await comm.connect()
 await comm.sendJsonTo({ hello: 'world' })
 console.log(JSON.stringify(await comm.receiveJsonFrom()))
 await comm.disconnect()
+await app.listen({ port: 0, host: '127.0.0.1' })
+const client = new ChannelsClient(\`ws://127.0.0.1:\${app.server.address().port}/sums\`, { WebSocket })
+console.log(await client.call('add', { a: 1, b: 2 }))
+client.close()
 await app.close()
 `)
   const result = await run(process.execPath, ['main.js'], { cwd: app, timeout: 30_000 })
-  t.equal(result.stdout.trim(), '{"echo":{"hello":"world"}}', 'the consumer answers through the testing entry')
+  t.same(result.stdout.trim().split('\n'), ['{"echo":{"hello":"world"}}', '3'], 'the consumer answers through the testing entry, and a GroupsConsumer through the client entry')
   t.ok(readdirSync(join(installed, 'dist')).includes('index.d.ts'), 'the types are installed')
 
   t.test('every source map points at a file the package ships', async t => {

@@ -28,6 +28,8 @@ import fastifyChannels, {
   type LayerMessage, type LayerValue, type ScopeSession
 } from 'fastify-channels'
 import { WebsocketCommunicator } from 'fastify-channels/testing'
+import { GroupsConsumer, type ApiOf } from 'fastify-channels'
+import { ChannelsClient } from 'fastify-channels/client'
 
 declare module 'fastify-channels' {
   interface ChannelsUser { id: string, name: string }
@@ -84,6 +86,20 @@ const reply = await comm.receiveJsonFrom<{ text: string }>()
 const text: string = reply.text
 void text
 await comm.disconnect()
+
+class Counter extends GroupsConsumer {
+  static override actions = { add: { schema: { type: 'object', required: ['by'] } } }
+  override canJoin (group: string): boolean { return group === 'counter' }
+  async add ({ by }: { by: number }): Promise<number> { return by + 1 }
+}
+app.get('/ws/counter', { websocket: true }, Counter.asHandler())
+const client = new ChannelsClient<ApiOf<typeof Counter>>('ws://127.0.0.1:3000/ws/counter')
+client.join('counter', { message (data, info) { void data; void info.offset } })
+const sum: number = await client.call('add', { by: 1 })
+// @ts-expect-error the client checks the arguments against the server's method
+await client.call('add', { by: 'one' })
+client.close()
+void sum
 `
 
 // Wrong on purpose: the compile must report these two lines, with their file.
