@@ -35,3 +35,18 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
   }
   t.ok(existsSync(path.join(out, 'latest.md')), 'Markdown table written')
 })
+
+t.test('the client bench --smoke measures size, round trips and a reconnect storm', async t => {
+  const { code, output } = await new Promise<{ code: number | null, output: string }>(resolve => {
+    execFile(process.execPath, [path.join(root, 'bench', 'client-bench.js'), '--smoke'], {
+      cwd: root,
+      timeout: 90_000,
+      env: { ...process.env, _TAPJS_PROCESSINFO_COVERAGE_: '0' }
+    }, (err, stdout, stderr) => resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? null, output: stdout + stderr }))
+  })
+  t.equal(code, 0, output)
+  t.match(output, /bundle: \d+ B minified, \d+ B gzipped/)
+  t.match(output, /call\(\) round trip over 200 sequential calls: p50 [\d.]+ ms.*raw ws echo: p50 [\d.]+ ms/)
+  t.match(output, /reconnect storm, 50 clients: .* 50 connections at the end/)
+  t.match(output, /client bench ok/)
+})
