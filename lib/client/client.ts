@@ -12,10 +12,11 @@
  * - A call waits for its reply until its timeout; one in flight when the socket drops is rejected
  *   (whether it ran is unknown). Calls made while disconnected are sent once connected.
  */
-import type { ApiShape, CallId, ServerToClient } from '../protocol.js'
+import type { ApiShape, ServerToClient } from '../protocol.js'
 import { GroupSubscription, type Subscription, type SubscriptionHandlers } from './subscription.js'
+import { Calls } from './calls.js'
 import {
-  ChannelsClientError, ALREADY_JOINED, BAD_FRAME, CALL_TIMEOUT, CLIENT_CLOSED, CONNECTION_LOST,
+  ChannelsClientError, ALREADY_JOINED, BAD_FRAME, CLIENT_CLOSED, CONNECTION_LOST,
   INVALID_ARGS, INVALID_NAME, INVALID_OPTION, LEFT
 } from './errors.js'
 
@@ -64,14 +65,6 @@ interface Socket {
   close (code?: number, reason?: string): void
 }
 
-interface PendingCall {
-  text: string
-  sent: boolean
-  resolve: (result: unknown) => void
-  reject: (err: ChannelsClientError) => void
-  timer: ReturnType<typeof setTimeout>
-}
-
 type Listener = (...args: never[]) => void
 
 const OPEN = 1
@@ -106,8 +99,12 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   readonly #subs = new Map<string, GroupSubscription<never>>()
   /** Answers still to come to joins that were left before they were answered. */
   readonly #stale = new Map<string, number>()
-  readonly #calls = new Map<CallId, PendingCall>()
-  #nextId = 0
+  readonly #calls = new Calls()
+  readonly #write = (text: string): boolean => {
+    if (this.#state !== 'open' || this.#socket === null) return false
+    this.#socket.send(text)
+    return true
+  }
   readonly #online = (): void => { if (this.#timers.retry !== undefined) this.#retryIn(Math.random() * this.#minDelay) }
   // Offline, a browser keeps the socket "open" and silent, and holds its close until back online:
   // the client says so at once and re-joins from where it was once a new socket opens.
@@ -164,23 +161,12 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   /** Calls an action of the server's consumer; resolves with its result, rejects with a ChannelsClientError. */
   call<K extends keyof Api & string> (action: K, ...[args, options]: CallArgs<Api[K]['args']>): Promise<Api[K]['result']> {
     if (this.#state === 'closed') return Promise.reject(new ChannelsClientError(CLIENT_CLOSED, 'the client is closed'))
-    const id = ++this.#nextId
-    let text: string
+    const timeout = positive(options?.timeout, this.#callTimeout, 'timeout')
     try {
-      text = JSON.stringify({ op: 'call', id, action, args })
+      return this.#calls.add(action, args, timeout, this.#write) as Promise<Api[K]['result']>
     } catch (err) {
       return Promise.reject(new ChannelsClientError(INVALID_ARGS, `arguments of "${action}" are not JSON: ${String(err)}`))
     }
-    const timeout = positive(options?.timeout, this.#callTimeout, 'timeout')
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#calls.delete(id)
-        reject(new ChannelsClientError(CALL_TIMEOUT, `no reply to "${action}" within ${timeout} ms`))
-      }, timeout)
-      const call: PendingCall = { text, sent: false, resolve, reject, timer }
-      this.#calls.set(id, call)
-      if (this.#state === 'open') this.#sendCall(call)
-    })
   }
 
   /** Closes the socket for good: pending calls and joins are rejected with FST_CHANNELS_CLIENT_CLOSED. */
@@ -197,7 +183,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
       if (!sub.everJoined) sub.fail(closed)
     }
     this.#subs.clear()
-    this.#settleCalls(() => true, closed)
+    this.#calls.reject(closed, false)
     this.#socket?.close(1000)
   }
 
@@ -236,9 +222,11 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     if (socket !== this.#socket) return
     clearTimeout(this.#timers.connect)
     this.#timers.stable = setTimeout(() => { this.#attempt = 0 }, STABLE_MS)
-    this.#setState('open', {})
+    // Joins and waiting calls go out before the listeners hear of it: a join they make is sent once.
+    this.#state = 'open'
     for (const sub of this.#subs.values()) this.#sendJoin(sub)
-    for (const call of this.#calls.values()) if (!call.sent) this.#sendCall(call)
+    this.#calls.sendWaiting(this.#write)
+    this.#setState('open', {})
   }
 
   #closed (socket: Socket, code: number, reason: string): void {
@@ -252,7 +240,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
       sub.awaiting = 0
       clearTimeout(sub.retryTimer)
     }
-    this.#settleCalls(call => call.sent, new ChannelsClientError(CONNECTION_LOST, 'the connection dropped before the reply'))
+    this.#calls.reject(new ChannelsClientError(CONNECTION_LOST, 'the connection dropped before the reply'), true)
     if (this.#state !== 'closed') this.#scheduleRetry({ code, reason })
   }
 
@@ -272,7 +260,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   }
 
   #send (frame: object): void {
-    this.#socket?.send(JSON.stringify(frame))
+    this.#write(JSON.stringify(frame))
   }
 
   // --- frames -----------------------------------------------------------------------------------
@@ -286,12 +274,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
       return
     }
     if (frame.op === 'reply') {
-      const call = this.#calls.get(frame.id)
-      if (call === undefined) return
-      this.#calls.delete(frame.id)
-      clearTimeout(call.timer)
-      if (frame.error !== undefined) call.reject(new ChannelsClientError(frame.error.code, frame.error.message))
-      else call.resolve(frame.result)
+      this.#calls.reply(frame)
       return
     }
     const group = frame.group
@@ -338,20 +321,6 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     if (sub.awaiting > 0) this.#stale.set(sub.group, (this.#stale.get(sub.group) ?? 0) + sub.awaiting)
     if (this.#state === 'open') this.#send({ op: 'leave', group: sub.group })
     if (!sub.everJoined) sub.fail(new ChannelsClientError(LEFT, `left "${sub.group}" before it was joined`))
-  }
-
-  #sendCall (call: PendingCall): void {
-    this.#socket?.send(call.text)
-    call.sent = true
-  }
-
-  #settleCalls (which: (call: PendingCall) => boolean, err: ChannelsClientError): void {
-    for (const [id, call] of this.#calls) {
-      if (!which(call)) continue
-      this.#calls.delete(id)
-      clearTimeout(call.timer)
-      call.reject(err)
-    }
   }
 
   // --- events -----------------------------------------------------------------------------------
