@@ -17,7 +17,7 @@ import { GroupPolicies, type Policy } from './policies.js'
 import { MemoryHistory, type HistoryPolicy } from './history.js'
 import type {
   ChannelDiscarding, ChannelLayer, ChannelListener, ChannelListening, ChannelSink, DeliveryReceiving, GroupAddOptions,
-  GroupHistory, GroupJoin, GroupPolicy, HistoryOptions, LayerLogger, LayerMessage, LoggerAttaching, PresenceEntry,
+  GroupHistory, GroupJoin, GroupPolicy, HistoryOptions, LayerLogger, LayerMessage, LoggerAttaching, OpTiming, PresenceEntry,
   PresenceInfo, ReceiveOptions, Received, StreamPosition
 } from './types.js'
 
@@ -53,9 +53,16 @@ export const MAX_PRESENCE_BYTES = 1024
 const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
 const DEFAULT_HISTORY_LIMIT = 100_000
 
+/** Running counts of what the layer did in this process (what the plugin's metrics report). */
 export interface LayerStats {
   /** Deliveries `groupSend()` skipped because the member's channel was full. */
   groupSendSkipped: number
+  /** `groupSend()` calls that went out. */
+  groupSends: number
+  /** Messages handed to a listener (a consumer) or a `receive()` caller here. */
+  deliveries: number
+  /** Messages that expired in a channel here before anyone received them. */
+  expired: number
 }
 
 const noop = (): void => {}
@@ -83,9 +90,9 @@ function checkLogger (log: unknown): LayerLogger | undefined {
 }
 
 export abstract class BaseChannelLayer extends EventEmitter
-  implements ChannelLayer, ChannelDiscarding, ChannelListening, LoggerAttaching, DeliveryReceiving {
+  implements ChannelLayer, ChannelDiscarding, ChannelListening, LoggerAttaching, DeliveryReceiving, OpTiming {
   readonly extensions: readonly string[] = ['groups', 'flush']
-  readonly stats: LayerStats = { groupSendSkipped: 0 }
+  readonly stats: LayerStats = { groupSendSkipped: 0, groupSends: 0, deliveries: 0, expired: 0 }
   /** Identifies this instance inside `newChannel()` names (`prefix.<processToken>!<random>`). */
   readonly processToken: string
 
@@ -106,6 +113,7 @@ export abstract class BaseChannelLayer extends EventEmitter
   readonly #ownLogger: boolean
   #closed = false
   readonly #sweeper: NodeJS.Timeout
+  #observe: ((op: string, seconds: number) => void) | undefined
   // Only for the in-memory hooks; a layer that keeps history elsewhere never creates it.
   #memoryHistory: MemoryHistory | undefined
 
@@ -129,6 +137,7 @@ export abstract class BaseChannelLayer extends EventEmitter
       expiryMs: this.expiryMs,
       groupExpiryMs: this.groupExpiryMs,
       skipped: (group, channel) => this.reportSkipped(group, channel),
+      counts: this.stats,
       // Announced after the store is done changing: the removal may happen in the middle of a fan-out.
       presenceLeft: (group, channel, info) => queueMicrotask(() => {
         if (!this.closed && this.policies.of(group)?.presenceEvents === true) this.announcePresence(group, 'presence.leave', channel, info)
@@ -161,6 +170,11 @@ export abstract class BaseChannelLayer extends EventEmitter
     return this.#log
   }
 
+  /** Reports how long each operation takes (the plugin's metrics); undefined stops it. */
+  timeOperations (observe: ((op: string, seconds: number) => void) | undefined): void {
+    this.#observe = observe
+  }
+
   /** Called by the plugin with the app's logger; a `log` given to the constructor is kept. */
   attachLogger (log: LayerLogger): void {
     if (!this.#ownLogger) this.#log = checkLogger(log) ?? silentLogger
@@ -170,14 +184,14 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.assertOpen()
     const name = `${prefix}.${this.processToken}!${randomBytes(9).toString('base64url')}`
     assertChannelPrefix(prefix, name)
-    await this.doNewChannel(name)
+    await this.#timed('newChannel', this.doNewChannel(name))
     return name
   }
 
   async send (channel: string, message: LayerMessage): Promise<void> {
     this.assertOpen()
     assertChannelName(channel)
-    return this.doSend(channel, copyMessage(message))
+    return this.#timed('send', this.doSend(channel, copyMessage(message)))
   }
 
   async receive (channel: string, options?: ReceiveOptions): Promise<LayerMessage> {
@@ -205,21 +219,23 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.assertOpen()
     assertGroupName(group)
     assertChannelName(channel)
-    return this.doGroupAdd(group, channel, checkJoin(options), this.policies.of(group))
+    return this.#timed('groupAdd', this.doGroupAdd(group, channel, checkJoin(options), this.policies.of(group)))
   }
 
   async groupDiscard (group: string, channel: string): Promise<void> {
     this.assertOpen()
     assertGroupName(group)
     assertChannelName(channel)
-    return this.doGroupDiscard(group, channel)
+    return this.#timed('groupDiscard', this.doGroupDiscard(group, channel))
   }
 
   /** Resolves with the message's position in a group with history, else undefined. */
   async groupSend (group: string, message: LayerMessage): Promise<StreamPosition | undefined> {
     this.assertOpen()
     assertGroupName(group)
-    return this.doGroupSend(group, copyMessage(message), this.policies.of(group))
+    const sent = this.doGroupSend(group, copyMessage(message), this.policies.of(group))
+    this.stats.groupSends++
+    return this.#timed('groupSend', sent)
   }
 
   /**
@@ -232,14 +248,14 @@ export abstract class BaseChannelLayer extends EventEmitter
     const { since, limit } = checkHistoryOptions(options)
     const history = this.policies.of(group)?.history
     if (history === undefined) return { messages: [], position: null }
-    return this.doHistory(group, history, since, limit)
+    return this.#timed('history', this.doHistory(group, history, since, limit))
   }
 
   /** The presence entries of the group's members, across every process sharing the layer. */
   async presence (group: string): Promise<PresenceEntry[]> {
     this.assertOpen()
     assertGroupName(group)
-    return this.doPresence(group)
+    return this.#timed('presence', this.doPresence(group))
   }
 
   /**
@@ -260,13 +276,13 @@ export abstract class BaseChannelLayer extends EventEmitter
   async discardChannel (channel: string): Promise<void> {
     this.assertOpen()
     assertChannelName(channel)
-    return this.doDiscardChannel(channel)
+    return this.#timed('discardChannel', this.doDiscardChannel(channel))
   }
 
   /** Empties every channel and group; waiting receivers keep waiting. */
   async flush (): Promise<void> {
     this.assertOpen()
-    return this.doFlush()
+    return this.#timed('flush', this.doFlush())
   }
 
   /** Rejects waiting receivers and every later call with LayerClosedError. Closing twice is harmless. */
@@ -363,6 +379,16 @@ export abstract class BaseChannelLayer extends EventEmitter
   /** Tells the group's local members that a presence entry came or went; it takes no offset. */
   protected announcePresence (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: PresenceInfo): void {
     this.store.fanOut(group, { type, channel, info: clonePlainObject(info) }, { group })
+  }
+
+  /** `operation` as it is, or timed when the plugin's metrics asked. */
+  #timed<T> (op: string, operation: Promise<T>): Promise<T> {
+    const observe = this.#observe
+    if (observe === undefined) return operation
+    const started = performance.now()
+    const done = (): void => observe(op, (performance.now() - started) / 1000)
+    operation.then(done, done)
+    return operation
   }
 
   #sweep (): void {
