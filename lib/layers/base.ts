@@ -1,20 +1,20 @@
 /**
  * The channel layer rules, once for every backend: `BaseChannelLayer` is the facade users call.
- * Each public method checks that the layer is open, validates names and copies the message
- * (recipients get their own copy; the caller's object is only read), then calls a `do*` hook.
- * The hooks default to the process-local store, which makes this class a complete in-memory
- * layer; a backend that spans processes overrides the hooks and uses the store for whatever lives
- * in this process. Backends do not override the public methods, or they would lose the rules.
+ * Each public method checks that the layer is open, validates names, arguments and messages
+ * (recipients get their own copy; the caller's object is only read), then calls a `do*` hook that
+ * a backend implements: the in-memory layer with the process-local store alone, a layer shared by
+ * processes with the store for whatever lives here. Backends do not override the public methods,
+ * or they would lose the rules.
  */
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { ChannelFullError, InvalidMessageError, InvalidOptionError, LayerClosedError } from '../errors.js'
-import { clonePlainObject, copyMessage, copyPlainObject } from './message.js'
-import { encodeValue } from './codec.js'
+import { InvalidOptionError, LayerClosedError } from '../errors.js'
+import { copyMessage } from './message.js'
 import { assertChannelName, assertChannelPrefix, assertGroupName, isProcessSpecific } from './names.js'
 import { LocalStore, type LayerInspection } from './local-store.js'
 import { GroupPolicies, type Policy } from './policies.js'
-import { MemoryHistory, type HistoryPolicy } from './history.js'
+import type { HistoryPolicy } from './history.js'
+import { checkHistoryOptions, checkJoin, checkLogger, positiveOption, type JoinRequest } from './arguments.js'
 import type {
   ChannelDiscarding, ChannelLayer, ChannelListener, ChannelListening, ChannelSink, DeliveryReceiving, GroupAddOptions,
   GroupHistory, GroupJoin, GroupPolicy, HistoryOptions, LayerLogger, LayerMessage, LoggerAttaching, OpTiming, PresenceEntry,
@@ -42,17 +42,6 @@ export interface BaseChannelLayerOptions {
   groups?: Record<string, GroupPolicy>
 }
 
-/** A checked `groupAdd()` request. */
-export interface JoinRequest {
-  since: StreamPosition | undefined
-  presence: PresenceInfo | undefined
-}
-
-/** Presence info may take this many bytes encoded. */
-export const MAX_PRESENCE_BYTES = 1024
-const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
-const DEFAULT_HISTORY_LIMIT = 100_000
-
 /** Running counts of what the layer did in this process (what the plugin's metrics report). */
 export interface LayerStats {
   /** Deliveries `groupSend()` skipped because the member's channel was full. */
@@ -67,27 +56,6 @@ export interface LayerStats {
 
 const noop = (): void => {}
 const silentLogger: LayerLogger = { warn: noop, debug: noop, error: noop }
-
-/** A layer option that must be a positive number (or integer); `fallback` when unset. */
-export function positiveOption (name: string, value: unknown, fallback: number, integer: boolean): number {
-  if (value === undefined) return fallback
-  const ok = typeof value === 'number' && Number.isFinite(value) && value > 0 && (!integer || Number.isInteger(value))
-  if (!ok) {
-    throw new InvalidOptionError(`Channel layer option "${name}" must be a positive ${integer ? 'integer' : 'number'}` +
-      `, got ${typeof value === 'number' ? String(value) : typeof value}`)
-  }
-  return value
-}
-
-function checkLogger (log: unknown): LayerLogger | undefined {
-  if (log === undefined) return undefined
-  const methods = log as Partial<Record<keyof LayerLogger, unknown>> | null
-  if (typeof methods !== 'object' || methods === null ||
-    typeof methods.warn !== 'function' || typeof methods.debug !== 'function' || typeof methods.error !== 'function') {
-    throw new InvalidOptionError('Channel layer option "log" must be a logger with warn, debug and error methods')
-  }
-  return log as LayerLogger
-}
 
 export abstract class BaseChannelLayer extends EventEmitter
   implements ChannelLayer, ChannelDiscarding, ChannelListening, LoggerAttaching, DeliveryReceiving, OpTiming {
@@ -114,8 +82,6 @@ export abstract class BaseChannelLayer extends EventEmitter
   #closed = false
   readonly #sweeper: NodeJS.Timeout
   #observe: ((op: string, seconds: number) => void) | undefined
-  // Only for the in-memory hooks; a layer that keeps history elsewhere never creates it.
-  #memoryHistory: MemoryHistory | undefined
 
   constructor (options: BaseChannelLayerOptions = {}) {
     super()
@@ -138,10 +104,7 @@ export abstract class BaseChannelLayer extends EventEmitter
       groupExpiryMs: this.groupExpiryMs,
       skipped: (group, channel) => this.reportSkipped(group, channel),
       counts: this.stats,
-      // Announced after the store is done changing: the removal may happen in the middle of a fan-out.
-      presenceLeft: (group, channel, info) => queueMicrotask(() => {
-        if (!this.closed && this.policies.of(group)?.presenceEvents === true) this.announcePresence(group, 'presence.leave', channel, info)
-      })
+      presenceLeft: (group, channel, info) => this.presenceLeft(group, channel, info)
     })
 
     this.group_add = this.groupAdd.bind(this)
@@ -156,7 +119,7 @@ export abstract class BaseChannelLayer extends EventEmitter
     const sweeper: NodeJS.Timeout = setInterval(() => {
       const alive = layer.deref()
       if (alive === undefined) clearInterval(sweeper)
-      else alive.#sweep()
+      else alive.sweep()
     }, every * 1000).unref()
     this.#sweeper = sweeper
   }
@@ -301,84 +264,29 @@ export abstract class BaseChannelLayer extends EventEmitter
   // Hooks. `message` arguments are copies owned by the layer and may be handed to a receiver as is.
 
   /** Runs before `newChannel()` hands out `channel`, e.g. to make it reachable from other processes. */
-  protected async doNewChannel (_channel: string): Promise<void> {}
+  protected abstract doNewChannel (channel: string): Promise<void>
+  protected abstract doSend (channel: string, message: LayerMessage): Promise<void>
+  protected abstract doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received>
+  protected abstract doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin>
+  protected abstract doGroupDiscard (group: string, channel: string): Promise<void>
+  /** Resolves with the position in a group with history (`policy.history`). */
+  protected abstract doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined>
+  protected abstract doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory>
+  protected abstract doPresence (group: string): Promise<PresenceEntry[]>
+  protected abstract doDiscardChannel (channel: string): Promise<void>
+  protected abstract doFlush (): Promise<void>
+  protected abstract doClose (): Promise<void>
 
-  protected async doSend (channel: string, message: LayerMessage): Promise<void> {
-    if (!this.store.deliver(channel, message)) throw new ChannelFullError(channel)
-  }
+  /** A membership with presence ended in the local store (left, discarded, expired). */
+  protected presenceLeft (_group: string, _channel: string, _info: PresenceInfo): void {}
 
-  protected doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
-    return this.store.receive(channel, signal)
-  }
-
-  // In one synchronous step, so no message sent meanwhile can come between the replay and the join.
-  protected async doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
-    const store = this.store
-    let result = NO_JOIN
-    const history = policy?.history
-    if (history !== undefined) {
-      const memory = this.#history()
-      if (join.since === undefined) {
-        result = { position: memory.position(group, history), recovered: false }
-      } else {
-        const { position, entries, complete } = memory.recover(group, history, join.since)
-        // A member all along has had these already; a returning one gets them before anything newer.
-        if (complete && !store.isMember(group, channel)) {
-          for (const { message, offset } of entries) store.deliver(channel, message, { group, offset, epoch: position.epoch }, true)
-        }
-        result = { position, recovered: complete }
-      }
-    }
-    const announce = join.presence !== undefined && policy?.presenceEvents === true &&
-      !samePresence(store.presenceOf(group, channel), join.presence)
-    store.addMember(group, channel, join.presence)
-    if (announce) this.announcePresence(group, 'presence.join', channel, join.presence as PresenceInfo)
-    return result
-  }
-
-  protected async doGroupDiscard (group: string, channel: string): Promise<void> {
-    this.store.removeMember(group, channel)
-  }
-
-  protected async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
-    const history = policy?.history
-    if (history === undefined) {
-      this.store.fanOut(group, message, { group })
-      return undefined
-    }
-    const position = this.#history().append(group, history, message)
-    this.store.fanOut(group, message, { group, offset: position.offset, epoch: position.epoch })
-    return position
-  }
-
-  protected async doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory> {
-    return this.#history().read(group, history, since, limit)
-  }
-
-  protected async doPresence (group: string): Promise<PresenceEntry[]> {
-    return this.store.presence(group)
-  }
-
-  protected async doDiscardChannel (channel: string): Promise<void> {
-    this.store.discardChannel(channel)
-  }
-
-  protected async doFlush (): Promise<void> {
-    this.store.flush()
-    this.#memoryHistory?.flush()
-  }
-
-  protected async doClose (): Promise<void> {
-    this.store.close()
+  /** Drops what expired; runs on a timer. */
+  protected sweep (): void {
+    this.store.sweep()
   }
 
   protected assertOpen (): void {
     if (this.#closed) throw new LayerClosedError()
-  }
-
-  /** Tells the group's local members that a presence entry came or went; it takes no offset. */
-  protected announcePresence (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: PresenceInfo): void {
-    this.store.fanOut(group, { type, channel, info: clonePlainObject(info) }, { group })
   }
 
   /** `operation` as it is, or timed when the plugin's metrics asked. */
@@ -391,57 +299,9 @@ export abstract class BaseChannelLayer extends EventEmitter
     return operation
   }
 
-  #sweep (): void {
-    this.store.sweep()
-    this.#memoryHistory?.sweep()
-  }
-
-  #history (): MemoryHistory {
-    // An idle group's position is remembered as long as a membership would be.
-    this.#memoryHistory ??= new MemoryHistory(this.groupExpiryMs)
-    return this.#memoryHistory
-  }
-
   /** A group member skipped because its channel was full: counted and logged, never an error. */
   protected reportSkipped (group: string, channel: string): void {
     this.stats.groupSendSkipped++
     this.#log.warn({ group, channel }, 'groupSend skipped a full channel')
   }
-}
-
-function checkPosition (value: unknown, what: string): StreamPosition {
-  const { offset, epoch } = (typeof value === 'object' && value !== null ? value : {}) as Partial<StreamPosition>
-  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0 ||
-    typeof epoch !== 'string' || epoch.length === 0 || epoch.length > 100) {
-    throw new InvalidOptionError(`${what} must be a position { offset: integer >= 0, epoch: string }`)
-  }
-  return { offset, epoch }
-}
-
-function checkJoin (options: GroupAddOptions | undefined): JoinRequest {
-  if (options === undefined) return { since: undefined, presence: undefined }
-  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('groupAdd() options must be an object')
-  const since = options.since === undefined ? undefined : checkPosition(options.since, 'groupAdd() option "since"')
-  let presence: PresenceInfo | undefined
-  if (options.presence !== undefined) {
-    presence = copyPlainObject(options.presence, 'presence') as PresenceInfo
-    const size = encodeValue(presence).length
-    if (size > MAX_PRESENCE_BYTES) throw new InvalidMessageError(`presence info takes ${size} bytes encoded; at most ${MAX_PRESENCE_BYTES}`)
-  }
-  return { since, presence }
-}
-
-function checkHistoryOptions (options: HistoryOptions | undefined): { since: StreamPosition | undefined, limit: number } {
-  if (options === undefined) return { since: undefined, limit: DEFAULT_HISTORY_LIMIT }
-  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('history() options must be an object')
-  const since = options.since === undefined ? undefined : checkPosition(options.since, 'history() option "since"')
-  const limit = options.limit ?? DEFAULT_HISTORY_LIMIT
-  if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1) {
-    throw new InvalidOptionError(`history() option "limit" must be a positive integer, got ${String(limit)}`)
-  }
-  return { since, limit }
-}
-
-function samePresence (a: PresenceInfo | undefined, b: PresenceInfo): boolean {
-  return a !== undefined && JSON.stringify(a) === JSON.stringify(b)
 }

@@ -14,7 +14,8 @@
  *   delivery is at most once.
  */
 import { ChannelFullError } from '../errors.js'
-import { BaseChannelLayer, positiveOption, type BaseChannelLayerOptions, type JoinRequest, type LayerStats } from './base.js'
+import { BaseChannelLayer, type BaseChannelLayerOptions, type LayerStats } from './base.js'
+import { positiveOption, type JoinRequest } from './arguments.js'
 import type { LayerInspection } from './local-store.js'
 import type { Policy } from './policies.js'
 import type { HistoryPolicy } from './history.js'
