@@ -6,6 +6,7 @@ import type { ChannelLayer } from './layers/types.js'
 import type { GetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
 import { checkOriginOptions } from './origin.js'
+import { checkMetricsOptions, type MetricsOptions } from './metrics.js'
 
 export interface FastifyChannelsOptions {
   /** Default: a new `InMemoryChannelLayer()`. */
@@ -27,6 +28,19 @@ export interface FastifyChannelsOptions {
   rejectMissingOrigin?: boolean
   /** Groups one connection may join through its consumer (default 100); past it, close with 1008. */
   maxGroupsPerConnection?: number
+  /** Prometheus metrics, registered in your prom-client `Registry` (prom-client is an optional peer). */
+  metrics?: MetricsOptions
+  /**
+   * Per connection, at most `messages` client frames per `interval` ms (a token bucket: bursts up
+   * to `messages`, refilled continuously); a client that sends faster is closed with 1008 'rate limit'.
+   */
+  rateLimit?: RateLimit
+}
+
+export interface RateLimit {
+  messages: number
+  /** Milliseconds. */
+  interval: number
 }
 
 export const DEFAULTS = {
@@ -40,7 +54,7 @@ const LAYER_METHODS = ['newChannel', 'send', 'receive', 'groupAdd', 'groupDiscar
 
 export function checkOptions (opts: FastifyChannelsOptions): void {
   if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('fastify-channels options must be an object')
-  const { layer, getUser, maxPayload, heartbeatInterval, maxBufferedBytes, maxGroupsPerConnection } = opts
+  const { layer, getUser, maxPayload, heartbeatInterval, maxBufferedBytes, maxGroupsPerConnection, metrics, rateLimit } = opts
   if (layer !== undefined) {
     const missing = LAYER_METHODS.filter(m => typeof (layer as unknown as Record<string, unknown>)?.[m] !== 'function')
     if (missing.length > 0) throw new InvalidOptionError(`option "layer" must be a ChannelLayer; missing: ${missing.join(', ')}`)
@@ -51,6 +65,13 @@ export function checkOptions (opts: FastifyChannelsOptions): void {
   checkInteger('maxBufferedBytes', maxBufferedBytes, false)
   checkInteger('maxGroupsPerConnection', maxGroupsPerConnection, false)
   checkOriginOptions(opts)
+  checkMetricsOptions(metrics)
+  if (rateLimit !== undefined) {
+    if (typeof rateLimit !== 'object' || rateLimit === null) throw new InvalidOptionError('option "rateLimit" must be { messages, interval }')
+    checkInteger('rateLimit.messages', rateLimit.messages, false)
+    checkInteger('rateLimit.interval', rateLimit.interval, false)
+    if (rateLimit.messages === undefined || rateLimit.interval === undefined) throw new InvalidOptionError('option "rateLimit" must be { messages, interval }')
+  }
 }
 
 function checkInteger (name: string, value: unknown, allowZero: boolean): void {

@@ -109,6 +109,16 @@ const sessionProperty = {
   set (this: ScopeFields, value: ScopeSession | null) { (this.request as unknown as { session: unknown }).session = value }
 }
 
+/**
+ * The client: behind a proxy Fastify trusts (`trustProxy`), the forwarded address, whose port no
+ * standard header carries (0); otherwise the socket's peer.
+ */
+function clientOf (request: FastifyRequest, socket: { remoteAddress?: string, remotePort?: number } | undefined): Scope['client'] {
+  const address = request.ip ?? socket?.remoteAddress ?? ''
+  const forwarded = socket?.remoteAddress !== undefined && address !== socket.remoteAddress
+  return { address, port: forwarded ? 0 : socket?.remotePort ?? 0 }
+}
+
 export async function buildScope (request: FastifyRequest, getUser: GetUser): Promise<Scope> {
   const url = request.url
   const q = url.indexOf('?')
@@ -127,7 +137,7 @@ export async function buildScope (request: FastifyRequest, getUser: GetUser): Pr
     headers: request.headers,
     cookies: cookies == null ? {} : Object.fromEntries(Object.entries(cookies).filter((e): e is [string, string] => typeof e[1] === 'string')),
     user,
-    client: { address: request.ip ?? socket?.remoteAddress ?? '', port: socket?.remotePort ?? 0 },
+    client: clientOf(request, socket),
     server: { address: socket?.localAddress ?? '', port: socket?.localPort ?? 0 },
     subprotocols: parseSubprotocols(request.headers['sec-websocket-protocol']),
     request

@@ -188,3 +188,40 @@ t.test('bad allowedOrigins / rejectMissingOrigin values fail register with a cle
   t.pass('every documented pattern form is accepted')
   await good.close()
 })
+
+t.test('behind a trusted proxy (trustProxy): the Origin is checked against the forwarded host; scope.client is the forwarded address', async t => {
+  const { listen, openClient } = await import('./helpers/loopback.js')
+  class Who extends WebsocketConsumer {
+    override async connect () {
+      await this.accept()
+      await this.send(JSON.stringify({ client: this.scope.client, host: this.scope.request.host }))
+    }
+  }
+  const open = async (trustProxy: boolean) => {
+    const app = Fastify({ trustProxy })
+    await app.register(fastifyChannels)
+    app.get('/ws', { websocket: true }, Who.asHandler())
+    t.teardown(() => app.close())
+    return await listen(app)
+  }
+  // What nginx sends for a page at https://chat.example: the browser's Origin and Host, forwarded.
+  const forwarded = { origin: 'https://chat.example', 'x-forwarded-host': 'chat.example', 'x-forwarded-proto': 'https', 'x-forwarded-for': '203.0.113.9' }
+  // The greeting may come in the same packet as the handshake's answer: listen from the start.
+  const greeted = async (url: string, headers: Record<string, string> = {}): Promise<unknown> => {
+    let greeting!: Promise<string>
+    const { ws } = await openClient(url, { headers }, ws => { greeting = new Promise(resolve => ws.once('message', data => resolve(String(data)))) })
+    const text = await greeting
+    ws.close()
+    return JSON.parse(text)
+  }
+  const trusted = await open(true)
+  t.same(await greeted(`${trusted.url}/ws`, forwarded), { client: { address: '203.0.113.9', port: 0 }, host: 'chat.example' })
+  await t.rejects(openClient(`${trusted.url}/ws`, { headers: { ...forwarded, origin: 'https://evil.example' } }), /HTTP 403/,
+    'another Origin is still refused')
+  const direct = await open(false)
+  await t.rejects(openClient(`${direct.url}/ws`, { headers: forwarded }), /HTTP 403/,
+    'without trustProxy the forwarded headers are ignored: the Origin is not the socket\'s Host')
+  const { client } = await greeted(`${direct.url}/ws`) as { client: { address: string, port: number } }
+  t.equal(client.address, '127.0.0.1')
+  t.ok(client.port > 0, 'a direct client has its own port')
+})

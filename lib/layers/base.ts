@@ -1,23 +1,23 @@
 /**
  * The channel layer rules, once for every backend: `BaseChannelLayer` is the facade users call.
- * Each public method checks that the layer is open, validates names and copies the message
- * (recipients get their own copy; the caller's object is only read), then calls a `do*` hook.
- * The hooks default to the process-local store, which makes this class a complete in-memory
- * layer; a backend that spans processes overrides the hooks and uses the store for whatever lives
- * in this process. Backends do not override the public methods, or they would lose the rules.
+ * Each public method checks that the layer is open, validates names, arguments and messages
+ * (recipients get their own copy; the caller's object is only read), then calls a `do*` hook that
+ * a backend implements: the in-memory layer with the process-local store alone, a layer shared by
+ * processes with the store for whatever lives here. Backends do not override the public methods,
+ * or they would lose the rules.
  */
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { ChannelFullError, InvalidMessageError, InvalidOptionError, LayerClosedError } from '../errors.js'
-import { clonePlainObject, copyMessage, copyPlainObject } from './message.js'
-import { encodeValue } from './codec.js'
+import { InvalidOptionError, LayerClosedError } from '../errors.js'
+import { copyMessage } from './message.js'
 import { assertChannelName, assertChannelPrefix, assertGroupName, isProcessSpecific } from './names.js'
 import { LocalStore, type LayerInspection } from './local-store.js'
 import { GroupPolicies, type Policy } from './policies.js'
-import { MemoryHistory, type HistoryPolicy } from './history.js'
+import type { HistoryPolicy } from './history.js'
+import { checkHistoryOptions, checkJoin, checkLogger, positiveOption, type JoinRequest } from './arguments.js'
 import type {
   ChannelDiscarding, ChannelLayer, ChannelListener, ChannelListening, ChannelSink, DeliveryReceiving, GroupAddOptions,
-  GroupHistory, GroupJoin, GroupPolicy, HistoryOptions, LayerLogger, LayerMessage, LoggerAttaching, PresenceEntry,
+  GroupHistory, GroupJoin, GroupPolicy, HistoryOptions, LayerLogger, LayerMessage, LoggerAttaching, OpTiming, PresenceEntry,
   PresenceInfo, ReceiveOptions, Received, StreamPosition
 } from './types.js'
 
@@ -42,50 +42,25 @@ export interface BaseChannelLayerOptions {
   groups?: Record<string, GroupPolicy>
 }
 
-/** A checked `groupAdd()` request. */
-export interface JoinRequest {
-  since: StreamPosition | undefined
-  presence: PresenceInfo | undefined
-}
-
-/** Presence info may take this many bytes encoded. */
-export const MAX_PRESENCE_BYTES = 1024
-const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
-const DEFAULT_HISTORY_LIMIT = 100_000
-
+/** Running counts of what the layer did in this process (what the plugin's metrics report). */
 export interface LayerStats {
   /** Deliveries `groupSend()` skipped because the member's channel was full. */
   groupSendSkipped: number
+  /** `groupSend()` calls that went out. */
+  groupSends: number
+  /** Messages handed to a listener (a consumer) or a `receive()` caller here. */
+  deliveries: number
+  /** Messages that expired in a channel here before anyone received them. */
+  expired: number
 }
 
 const noop = (): void => {}
 const silentLogger: LayerLogger = { warn: noop, debug: noop, error: noop }
 
-/** A layer option that must be a positive number (or integer); `fallback` when unset. */
-export function positiveOption (name: string, value: unknown, fallback: number, integer: boolean): number {
-  if (value === undefined) return fallback
-  const ok = typeof value === 'number' && Number.isFinite(value) && value > 0 && (!integer || Number.isInteger(value))
-  if (!ok) {
-    throw new InvalidOptionError(`Channel layer option "${name}" must be a positive ${integer ? 'integer' : 'number'}` +
-      `, got ${typeof value === 'number' ? String(value) : typeof value}`)
-  }
-  return value
-}
-
-function checkLogger (log: unknown): LayerLogger | undefined {
-  if (log === undefined) return undefined
-  const methods = log as Partial<Record<keyof LayerLogger, unknown>> | null
-  if (typeof methods !== 'object' || methods === null ||
-    typeof methods.warn !== 'function' || typeof methods.debug !== 'function' || typeof methods.error !== 'function') {
-    throw new InvalidOptionError('Channel layer option "log" must be a logger with warn, debug and error methods')
-  }
-  return log as LayerLogger
-}
-
 export abstract class BaseChannelLayer extends EventEmitter
-  implements ChannelLayer, ChannelDiscarding, ChannelListening, LoggerAttaching, DeliveryReceiving {
+  implements ChannelLayer, ChannelDiscarding, ChannelListening, LoggerAttaching, DeliveryReceiving, OpTiming {
   readonly extensions: readonly string[] = ['groups', 'flush']
-  readonly stats: LayerStats = { groupSendSkipped: 0 }
+  readonly stats: LayerStats = { groupSendSkipped: 0, groupSends: 0, deliveries: 0, expired: 0 }
   /** Identifies this instance inside `newChannel()` names (`prefix.<processToken>!<random>`). */
   readonly processToken: string
 
@@ -106,8 +81,7 @@ export abstract class BaseChannelLayer extends EventEmitter
   readonly #ownLogger: boolean
   #closed = false
   readonly #sweeper: NodeJS.Timeout
-  // Only for the in-memory hooks; a layer that keeps history elsewhere never creates it.
-  #memoryHistory: MemoryHistory | undefined
+  #observe: ((op: string, seconds: number) => void) | undefined
 
   constructor (options: BaseChannelLayerOptions = {}) {
     super()
@@ -129,10 +103,8 @@ export abstract class BaseChannelLayer extends EventEmitter
       expiryMs: this.expiryMs,
       groupExpiryMs: this.groupExpiryMs,
       skipped: (group, channel) => this.reportSkipped(group, channel),
-      // Announced after the store is done changing: the removal may happen in the middle of a fan-out.
-      presenceLeft: (group, channel, info) => queueMicrotask(() => {
-        if (!this.closed && this.policies.of(group)?.presenceEvents === true) this.announcePresence(group, 'presence.leave', channel, info)
-      })
+      counts: this.stats,
+      presenceLeft: (group, channel, info) => this.presenceLeft(group, channel, info)
     })
 
     this.group_add = this.groupAdd.bind(this)
@@ -147,7 +119,7 @@ export abstract class BaseChannelLayer extends EventEmitter
     const sweeper: NodeJS.Timeout = setInterval(() => {
       const alive = layer.deref()
       if (alive === undefined) clearInterval(sweeper)
-      else alive.#sweep()
+      else alive.sweep()
     }, every * 1000).unref()
     this.#sweeper = sweeper
   }
@@ -161,6 +133,11 @@ export abstract class BaseChannelLayer extends EventEmitter
     return this.#log
   }
 
+  /** Reports how long each operation takes (the plugin's metrics); undefined stops it. */
+  timeOperations (observe: ((op: string, seconds: number) => void) | undefined): void {
+    this.#observe = observe
+  }
+
   /** Called by the plugin with the app's logger; a `log` given to the constructor is kept. */
   attachLogger (log: LayerLogger): void {
     if (!this.#ownLogger) this.#log = checkLogger(log) ?? silentLogger
@@ -170,14 +147,14 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.assertOpen()
     const name = `${prefix}.${this.processToken}!${randomBytes(9).toString('base64url')}`
     assertChannelPrefix(prefix, name)
-    await this.doNewChannel(name)
+    await this.#timed('newChannel', this.doNewChannel(name))
     return name
   }
 
   async send (channel: string, message: LayerMessage): Promise<void> {
     this.assertOpen()
     assertChannelName(channel)
-    return this.doSend(channel, copyMessage(message))
+    return this.#timed('send', this.doSend(channel, copyMessage(message)))
   }
 
   async receive (channel: string, options?: ReceiveOptions): Promise<LayerMessage> {
@@ -205,21 +182,23 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.assertOpen()
     assertGroupName(group)
     assertChannelName(channel)
-    return this.doGroupAdd(group, channel, checkJoin(options), this.policies.of(group))
+    return this.#timed('groupAdd', this.doGroupAdd(group, channel, checkJoin(options), this.policies.of(group)))
   }
 
   async groupDiscard (group: string, channel: string): Promise<void> {
     this.assertOpen()
     assertGroupName(group)
     assertChannelName(channel)
-    return this.doGroupDiscard(group, channel)
+    return this.#timed('groupDiscard', this.doGroupDiscard(group, channel))
   }
 
   /** Resolves with the message's position in a group with history, else undefined. */
   async groupSend (group: string, message: LayerMessage): Promise<StreamPosition | undefined> {
     this.assertOpen()
     assertGroupName(group)
-    return this.doGroupSend(group, copyMessage(message), this.policies.of(group))
+    const sent = this.doGroupSend(group, copyMessage(message), this.policies.of(group))
+    this.stats.groupSends++
+    return this.#timed('groupSend', sent)
   }
 
   /**
@@ -232,14 +211,14 @@ export abstract class BaseChannelLayer extends EventEmitter
     const { since, limit } = checkHistoryOptions(options)
     const history = this.policies.of(group)?.history
     if (history === undefined) return { messages: [], position: null }
-    return this.doHistory(group, history, since, limit)
+    return this.#timed('history', this.doHistory(group, history, since, limit))
   }
 
   /** The presence entries of the group's members, across every process sharing the layer. */
   async presence (group: string): Promise<PresenceEntry[]> {
     this.assertOpen()
     assertGroupName(group)
-    return this.doPresence(group)
+    return this.#timed('presence', this.doPresence(group))
   }
 
   /**
@@ -260,13 +239,13 @@ export abstract class BaseChannelLayer extends EventEmitter
   async discardChannel (channel: string): Promise<void> {
     this.assertOpen()
     assertChannelName(channel)
-    return this.doDiscardChannel(channel)
+    return this.#timed('discardChannel', this.doDiscardChannel(channel))
   }
 
   /** Empties every channel and group; waiting receivers keep waiting. */
   async flush (): Promise<void> {
     this.assertOpen()
-    return this.doFlush()
+    return this.#timed('flush', this.doFlush())
   }
 
   /** Rejects waiting receivers and every later call with LayerClosedError. Closing twice is harmless. */
@@ -285,95 +264,39 @@ export abstract class BaseChannelLayer extends EventEmitter
   // Hooks. `message` arguments are copies owned by the layer and may be handed to a receiver as is.
 
   /** Runs before `newChannel()` hands out `channel`, e.g. to make it reachable from other processes. */
-  protected async doNewChannel (_channel: string): Promise<void> {}
+  protected abstract doNewChannel (channel: string): Promise<void>
+  protected abstract doSend (channel: string, message: LayerMessage): Promise<void>
+  protected abstract doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received>
+  protected abstract doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin>
+  protected abstract doGroupDiscard (group: string, channel: string): Promise<void>
+  /** Resolves with the position in a group with history (`policy.history`). */
+  protected abstract doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined>
+  protected abstract doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory>
+  protected abstract doPresence (group: string): Promise<PresenceEntry[]>
+  protected abstract doDiscardChannel (channel: string): Promise<void>
+  protected abstract doFlush (): Promise<void>
+  protected abstract doClose (): Promise<void>
 
-  protected async doSend (channel: string, message: LayerMessage): Promise<void> {
-    if (!this.store.deliver(channel, message)) throw new ChannelFullError(channel)
-  }
+  /** A membership with presence ended in the local store (left, discarded, expired). */
+  protected presenceLeft (_group: string, _channel: string, _info: PresenceInfo): void {}
 
-  protected doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
-    return this.store.receive(channel, signal)
-  }
-
-  // In one synchronous step, so no message sent meanwhile can come between the replay and the join.
-  protected async doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
-    const store = this.store
-    let result = NO_JOIN
-    const history = policy?.history
-    if (history !== undefined) {
-      const memory = this.#history()
-      if (join.since === undefined) {
-        result = { position: memory.position(group, history), recovered: false }
-      } else {
-        const { position, entries, complete } = memory.recover(group, history, join.since)
-        // A member all along has had these already; a returning one gets them before anything newer.
-        if (complete && !store.isMember(group, channel)) {
-          for (const { message, offset } of entries) store.deliver(channel, message, { group, offset, epoch: position.epoch }, true)
-        }
-        result = { position, recovered: complete }
-      }
-    }
-    const announce = join.presence !== undefined && policy?.presenceEvents === true &&
-      !samePresence(store.presenceOf(group, channel), join.presence)
-    store.addMember(group, channel, join.presence)
-    if (announce) this.announcePresence(group, 'presence.join', channel, join.presence as PresenceInfo)
-    return result
-  }
-
-  protected async doGroupDiscard (group: string, channel: string): Promise<void> {
-    this.store.removeMember(group, channel)
-  }
-
-  protected async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
-    const history = policy?.history
-    if (history === undefined) {
-      this.store.fanOut(group, message, { group })
-      return undefined
-    }
-    const position = this.#history().append(group, history, message)
-    this.store.fanOut(group, message, { group, offset: position.offset, epoch: position.epoch })
-    return position
-  }
-
-  protected async doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory> {
-    return this.#history().read(group, history, since, limit)
-  }
-
-  protected async doPresence (group: string): Promise<PresenceEntry[]> {
-    return this.store.presence(group)
-  }
-
-  protected async doDiscardChannel (channel: string): Promise<void> {
-    this.store.discardChannel(channel)
-  }
-
-  protected async doFlush (): Promise<void> {
-    this.store.flush()
-    this.#memoryHistory?.flush()
-  }
-
-  protected async doClose (): Promise<void> {
-    this.store.close()
+  /** Drops what expired; runs on a timer. */
+  protected sweep (): void {
+    this.store.sweep()
   }
 
   protected assertOpen (): void {
     if (this.#closed) throw new LayerClosedError()
   }
 
-  /** Tells the group's local members that a presence entry came or went; it takes no offset. */
-  protected announcePresence (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: PresenceInfo): void {
-    this.store.fanOut(group, { type, channel, info: clonePlainObject(info) }, { group })
-  }
-
-  #sweep (): void {
-    this.store.sweep()
-    this.#memoryHistory?.sweep()
-  }
-
-  #history (): MemoryHistory {
-    // An idle group's position is remembered as long as a membership would be.
-    this.#memoryHistory ??= new MemoryHistory(this.groupExpiryMs)
-    return this.#memoryHistory
+  /** `operation` as it is, or timed when the plugin's metrics asked. */
+  #timed<T> (op: string, operation: Promise<T>): Promise<T> {
+    const observe = this.#observe
+    if (observe === undefined) return operation
+    const started = performance.now()
+    const done = (): void => observe(op, (performance.now() - started) / 1000)
+    operation.then(done, done)
+    return operation
   }
 
   /** A group member skipped because its channel was full: counted and logged, never an error. */
@@ -381,41 +304,4 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.stats.groupSendSkipped++
     this.#log.warn({ group, channel }, 'groupSend skipped a full channel')
   }
-}
-
-function checkPosition (value: unknown, what: string): StreamPosition {
-  const { offset, epoch } = (typeof value === 'object' && value !== null ? value : {}) as Partial<StreamPosition>
-  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0 ||
-    typeof epoch !== 'string' || epoch.length === 0 || epoch.length > 100) {
-    throw new InvalidOptionError(`${what} must be a position { offset: integer >= 0, epoch: string }`)
-  }
-  return { offset, epoch }
-}
-
-function checkJoin (options: GroupAddOptions | undefined): JoinRequest {
-  if (options === undefined) return { since: undefined, presence: undefined }
-  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('groupAdd() options must be an object')
-  const since = options.since === undefined ? undefined : checkPosition(options.since, 'groupAdd() option "since"')
-  let presence: PresenceInfo | undefined
-  if (options.presence !== undefined) {
-    presence = copyPlainObject(options.presence, 'presence') as PresenceInfo
-    const size = encodeValue(presence).length
-    if (size > MAX_PRESENCE_BYTES) throw new InvalidMessageError(`presence info takes ${size} bytes encoded; at most ${MAX_PRESENCE_BYTES}`)
-  }
-  return { since, presence }
-}
-
-function checkHistoryOptions (options: HistoryOptions | undefined): { since: StreamPosition | undefined, limit: number } {
-  if (options === undefined) return { since: undefined, limit: DEFAULT_HISTORY_LIMIT }
-  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('history() options must be an object')
-  const since = options.since === undefined ? undefined : checkPosition(options.since, 'history() option "since"')
-  const limit = options.limit ?? DEFAULT_HISTORY_LIMIT
-  if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1) {
-    throw new InvalidOptionError(`history() option "limit" must be a positive integer, got ${String(limit)}`)
-  }
-  return { since, limit }
-}
-
-function samePresence (a: PresenceInfo | undefined, b: PresenceInfo): boolean {
-  return a !== undefined && JSON.stringify(a) === JSON.stringify(b)
 }

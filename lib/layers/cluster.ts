@@ -14,7 +14,8 @@
  *   delivery is at most once.
  */
 import { ChannelFullError } from '../errors.js'
-import { BaseChannelLayer, positiveOption, type BaseChannelLayerOptions, type JoinRequest, type LayerStats } from './base.js'
+import { BaseChannelLayer, type BaseChannelLayerOptions, type LayerStats } from './base.js'
+import { positiveOption, type JoinRequest } from './arguments.js'
 import type { LayerInspection } from './local-store.js'
 import type { Policy } from './policies.js'
 import type { HistoryPolicy } from './history.js'
@@ -47,6 +48,8 @@ export interface ClusterLayerStats extends LayerStats {
   directSendDropped: number
   /** Payloads no encryption key opened (written with a key this process does not have): dropped. */
   undecryptable: number
+  /** Times the backend came back (each 'reconnect' event). */
+  reconnects: number
 }
 
 export interface ClusterLayerInspection extends LayerInspection {
@@ -63,7 +66,7 @@ const LEASE_MS = 60_000
 const BROADCAST: Route = { kind: 'broadcast' }
 
 export abstract class ClusterChannelLayer<T extends Transport = Transport> extends BaseChannelLayer {
-  override readonly stats: ClusterLayerStats = { groupSendSkipped: 0, directSendDropped: 0, undecryptable: 0 }
+  declare readonly stats: ClusterLayerStats
   protected readonly transport: T
   readonly #codec: WireCodec
   readonly #memberships: Memberships
@@ -74,6 +77,8 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
 
   constructor (options: ClusterChannelLayerOptions, connect: (context: ClusterContext) => T) {
     super(options)
+    // The same object the base class counts in, with what only a shared layer counts.
+    Object.assign(this.stats, { directSendDropped: 0, undecryptable: 0, reconnects: 0 })
     const leaseMs = positiveOption('membershipLease', options.membershipLease, LEASE_MS / 1000, false) * 1000
     this.#inbox = { kind: 'process', token: this.processToken }
     const cipher = options.encryptionKeys === undefined ? undefined : new PayloadCipher(options.encryptionKeys)
@@ -359,6 +364,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       void this.#memberships.renew(true).then(() => {
         if (this.closed || this.#outage) return
         this.log.warn({}, 'channel layer backend restored; subscriptions and memberships re-asserted')
+        this.stats.reconnects++
         this.#emitSafely('reconnect')
       })
     } else if (this.#everUp && !this.#outage) {

@@ -1,14 +1,122 @@
+/**
+ * The layer for a single process, and the reference behaviour every other layer is tested against:
+ * messages are copied, channels fill up and expire exactly as they would across processes. Every
+ * hook works on the process-local store; durable groups keep their history here too.
+ */
+import { ChannelFullError } from '../errors.js'
 import { BaseChannelLayer, type BaseChannelLayerOptions } from './base.js'
+import type { JoinRequest } from './arguments.js'
+import { MemoryHistory, type HistoryPolicy } from './history.js'
+import { clonePlainObject } from './message.js'
+import type { Policy } from './policies.js'
+import type { GroupHistory, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, Received, StreamPosition } from './types.js'
 
 export type InMemoryChannelLayerOptions = BaseChannelLayerOptions
 
-/**
- * The layer for a single process, and the reference behaviour every other layer is tested against:
- * messages are copied, channels fill up and expire exactly as they would across processes. The
- * base class already keeps everything locally, so there is nothing to add.
- */
+const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
+
 export class InMemoryChannelLayer extends BaseChannelLayer {
+  // An idle group's position is remembered as long as a membership would be; made on first use.
+  #history: MemoryHistory | undefined
+
   constructor (options: InMemoryChannelLayerOptions = {}) {
     super(options)
   }
+
+  protected override async doNewChannel (): Promise<void> {}
+
+  protected override async doSend (channel: string, message: LayerMessage): Promise<void> {
+    if (!this.store.deliver(channel, message)) throw new ChannelFullError(channel)
+  }
+
+  protected override doReceive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
+    return this.store.receive(channel, signal)
+  }
+
+  // In one synchronous step, so no message sent meanwhile can come between the replay and the join.
+  protected override async doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    const store = this.store
+    let result = NO_JOIN
+    const history = policy?.history
+    if (history !== undefined) {
+      const memory = this.#memory()
+      if (join.since === undefined) {
+        result = { position: memory.position(group, history), recovered: false }
+      } else {
+        const { position, entries, complete } = memory.recover(group, history, join.since)
+        // A member all along has had these already; a returning one gets them before anything newer.
+        if (complete && !store.isMember(group, channel)) {
+          for (const { message, offset } of entries) store.deliver(channel, message, { group, offset, epoch: position.epoch }, true)
+        }
+        result = { position, recovered: complete }
+      }
+    }
+    const announce = join.presence !== undefined && policy?.presenceEvents === true &&
+      !samePresence(store.presenceOf(group, channel), join.presence)
+    store.addMember(group, channel, join.presence)
+    if (announce) this.#announce(group, 'presence.join', channel, join.presence as PresenceInfo)
+    return result
+  }
+
+  protected override async doGroupDiscard (group: string, channel: string): Promise<void> {
+    this.store.removeMember(group, channel)
+  }
+
+  protected override async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
+    const history = policy?.history
+    if (history === undefined) {
+      this.store.fanOut(group, message, { group })
+      return undefined
+    }
+    const position = this.#memory().append(group, history, message)
+    this.store.fanOut(group, message, { group, offset: position.offset, epoch: position.epoch })
+    return position
+  }
+
+  protected override async doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory> {
+    return this.#memory().read(group, history, since, limit)
+  }
+
+  protected override async doPresence (group: string): Promise<PresenceEntry[]> {
+    return this.store.presence(group)
+  }
+
+  protected override async doDiscardChannel (channel: string): Promise<void> {
+    this.store.discardChannel(channel)
+  }
+
+  protected override async doFlush (): Promise<void> {
+    this.store.flush()
+    this.#history?.flush()
+  }
+
+  protected override async doClose (): Promise<void> {
+    this.store.close()
+  }
+
+  // Announced after the store is done changing: the removal may happen in the middle of a fan-out.
+  protected override presenceLeft (group: string, channel: string, info: PresenceInfo): void {
+    queueMicrotask(() => {
+      if (!this.closed && this.policies.of(group)?.presenceEvents === true) this.#announce(group, 'presence.leave', channel, info)
+    })
+  }
+
+  protected override sweep (): void {
+    super.sweep()
+    this.#history?.sweep()
+  }
+
+  /** Tells the group's local members that a presence entry came or went; it takes no offset. */
+  #announce (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: PresenceInfo): void {
+    this.store.fanOut(group, { type, channel, info: clonePlainObject(info) }, { group })
+  }
+
+  #memory (): MemoryHistory {
+    this.#history ??= new MemoryHistory(this.groupExpiryMs)
+    return this.#history
+  }
+}
+
+function samePresence (a: PresenceInfo | undefined, b: PresenceInfo): boolean {
+  return a !== undefined && JSON.stringify(a) === JSON.stringify(b)
 }

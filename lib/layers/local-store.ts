@@ -22,6 +22,8 @@ export interface LocalStoreSettings {
   groupExpiryMs: number
   /** A group member was skipped because its channel was full. */
   skipped: (group: string, channel: string) => void
+  /** Where messages handed to a receiver, and messages that expired unreceived, are counted. */
+  counts: { deliveries: number, expired: number }
   /** A membership that recorded presence ended (left, discarded, expired); not called by flush or close. */
   presenceLeft?: (group: string, channel: string, info: PresenceInfo) => void
 }
@@ -86,10 +88,11 @@ export class LocalStore {
     if (signal?.aborted === true) return Promise.reject(signal.reason)
     let mailbox = this.#mailboxes.get(channel)
     if (mailbox !== undefined) {
-      mailbox.dropExpired(performance.now())
+      this.#settings.counts.expired += mailbox.dropExpired(performance.now())
       const received = mailbox.shift()
       if (received !== undefined) {
         mailbox.releaseIfIdle()
+        this.#settings.counts.deliveries++
         return Promise.resolve(received)
       }
     } else {
@@ -242,7 +245,7 @@ export class LocalStore {
     // Deleting from a Map while iterating it is well defined, so the loops need no snapshot.
     const now = performance.now()
     for (const mailbox of this.#mailboxes.values()) {
-      mailbox.dropExpired(now)
+      this.#settings.counts.expired += mailbox.dropExpired(now)
       mailbox.releaseIfIdle()
     }
     for (const [group, members] of this.#groups) {
@@ -273,6 +276,7 @@ export class LocalStore {
     const sink = this.#sinks.get(channel)
     // Straight to the listener, unless older messages still wait for it (order is kept).
     if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0)) {
+      this.#settings.counts.deliveries++
       sink.push(copy ? cloneMessage(message) : message, info)
       return true
     }
@@ -282,11 +286,12 @@ export class LocalStore {
     } else {
       const waiter = mailbox.takeWaiter()
       if (waiter !== null) {
+        this.#settings.counts.deliveries++
         waiter.resolve({ message: copy ? cloneMessage(message) : message, info })
         mailbox.releaseIfIdle()
         return true
       }
-      mailbox.dropExpired(now)
+      this.#settings.counts.expired += mailbox.dropExpired(now)
       if (mailbox.size >= this.#settings.capacity && !force) return false
     }
     mailbox.push(copy ? cloneMessage(message) : message, info, now + this.#settings.expiryMs)
@@ -296,10 +301,11 @@ export class LocalStore {
   #resume (channel: string, sink: ChannelSink): void {
     const mailbox = this.#mailboxes.get(channel)
     if (mailbox === undefined) return
-    mailbox.dropExpired(performance.now())
+    this.#settings.counts.expired += mailbox.dropExpired(performance.now())
     while (sink.accepting && this.#sinks.get(channel) === sink) {
       const received = mailbox.shift()
       if (received === undefined) break
+      this.#settings.counts.deliveries++
       sink.push(received.message, received.info)
     }
     mailbox.releaseIfIdle()

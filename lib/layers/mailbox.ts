@@ -67,18 +67,20 @@ export class Mailbox {
     return received
   }
 
-  /** Expiry times only grow along the queue, so expired messages are always at the head. */
-  dropExpired (now: number): void {
+  /** Expiry times only grow along the queue, so expired messages are always at the head. Returns how many. */
+  dropExpired (now: number): number {
     const end = this.messages.length
     let head = this.head
     while (head < end && this.expiresAt[head] <= now) {
       this.messages[head] = undefined
       this.infos[head++] = undefined
     }
-    if (head !== this.head) {
+    const dropped = head - this.head
+    if (dropped !== 0) {
       this.head = head
       this.compact()
     }
+    return dropped
   }
 
   clearMessages (): void {

@@ -170,6 +170,15 @@ export function canAttachLogger (layer: ChannelLayer): layer is ChannelLayer & L
   return typeof (layer as Partial<LoggerAttaching>).attachLogger === 'function'
 }
 
+/** Extra a layer may offer: how long each of its operations takes (what the plugin's metrics report). */
+export interface OpTiming {
+  timeOperations (observe: ((op: string, seconds: number) => void) | undefined): void
+}
+
+export function canTimeOperations (layer: ChannelLayer): layer is ChannelLayer & OpTiming {
+  return typeof (layer as Partial<OpTiming>).timeOperations === 'function'
+}
+
 /** A message as a receiver gets it, with how it came. */
 export interface Received {
   message: LayerMessage

@@ -9,7 +9,7 @@ import type { ChannelSink, LayerMessage } from '../../lib/layers/types.js'
 function store (overrides: Partial<ConstructorParameters<typeof LocalStore>[0]> = {}): { store: LocalStore, skipped: string[] } {
   const skipped: string[] = []
   return {
-    store: new LocalStore({ capacity: 2, expiryMs: 60_000, groupExpiryMs: 60_000, skipped: (group, channel) => skipped.push(`${group}/${channel}`), ...overrides }),
+    store: new LocalStore({ capacity: 2, expiryMs: 60_000, groupExpiryMs: 60_000, skipped: (group, channel) => skipped.push(`${group}/${channel}`), counts: { deliveries: 0, expired: 0 }, ...overrides }),
     skipped
   }
 }

@@ -14,7 +14,7 @@
  */
 import type { LocalStore } from '../local-store.js'
 import type { Policy } from '../policies.js'
-import type { JoinRequest } from '../base.js'
+import type { JoinRequest } from '../arguments.js'
 import { cloneMessage } from '../message.js'
 import { reviveMessage, type WireCodec } from '../codec.js'
 import { isDeepStrictEqual } from 'node:util'

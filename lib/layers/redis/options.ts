@@ -2,7 +2,7 @@
 import type { Cluster, Redis, RedisOptions } from 'ioredis'
 import { InvalidOptionError } from '../../errors.js'
 import type { ClusterChannelLayerOptions } from '../cluster.js'
-import { positiveOption } from '../base.js'
+import { positiveOption } from '../arguments.js'
 
 export interface RedisChannelLayerOptions extends ClusterChannelLayerOptions {
   /** `redis://[user:password@]host:port/db` (or `rediss://`). Default: ioredis' default, 127.0.0.1:6379. */

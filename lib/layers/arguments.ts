@@ -1,0 +1,72 @@
+/**
+ * What the layer facade checks beyond names (names.ts) and messages (message.ts): the layer's own
+ * options, and the arguments of `groupAdd()` and `history()`. Each refusal is a typed error.
+ */
+import { InvalidMessageError, InvalidOptionError } from '../errors.js'
+import { copyPlainObject } from './message.js'
+import { encodeValue } from './codec.js'
+import type { GroupAddOptions, HistoryOptions, LayerLogger, PresenceInfo, StreamPosition } from './types.js'
+
+/** Presence info may take this many bytes encoded. */
+export const MAX_PRESENCE_BYTES = 1024
+const DEFAULT_HISTORY_LIMIT = 100_000
+
+/** A checked `groupAdd()` request. */
+export interface JoinRequest {
+  since: StreamPosition | undefined
+  presence: PresenceInfo | undefined
+}
+
+/** A layer option that must be a positive number (or integer); `fallback` when unset. */
+export function positiveOption (name: string, value: unknown, fallback: number, integer: boolean): number {
+  if (value === undefined) return fallback
+  const ok = typeof value === 'number' && Number.isFinite(value) && value > 0 && (!integer || Number.isInteger(value))
+  if (!ok) {
+    throw new InvalidOptionError(`Channel layer option "${name}" must be a positive ${integer ? 'integer' : 'number'}` +
+      `, got ${typeof value === 'number' ? String(value) : typeof value}`)
+  }
+  return value
+}
+
+export function checkLogger (log: unknown): LayerLogger | undefined {
+  if (log === undefined) return undefined
+  const methods = log as Partial<Record<keyof LayerLogger, unknown>> | null
+  if (typeof methods !== 'object' || methods === null ||
+    typeof methods.warn !== 'function' || typeof methods.debug !== 'function' || typeof methods.error !== 'function') {
+    throw new InvalidOptionError('Channel layer option "log" must be a logger with warn, debug and error methods')
+  }
+  return log as LayerLogger
+}
+
+function checkPosition (value: unknown, what: string): StreamPosition {
+  const { offset, epoch } = (typeof value === 'object' && value !== null ? value : {}) as Partial<StreamPosition>
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0 ||
+    typeof epoch !== 'string' || epoch.length === 0 || epoch.length > 100) {
+    throw new InvalidOptionError(`${what} must be a position { offset: integer >= 0, epoch: string }`)
+  }
+  return { offset, epoch }
+}
+
+export function checkJoin (options: GroupAddOptions | undefined): JoinRequest {
+  if (options === undefined) return { since: undefined, presence: undefined }
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('groupAdd() options must be an object')
+  const since = options.since === undefined ? undefined : checkPosition(options.since, 'groupAdd() option "since"')
+  let presence: PresenceInfo | undefined
+  if (options.presence !== undefined) {
+    presence = copyPlainObject(options.presence, 'presence') as PresenceInfo
+    const size = encodeValue(presence).length
+    if (size > MAX_PRESENCE_BYTES) throw new InvalidMessageError(`presence info takes ${size} bytes encoded; at most ${MAX_PRESENCE_BYTES}`)
+  }
+  return { since, presence }
+}
+
+export function checkHistoryOptions (options: HistoryOptions | undefined): { since: StreamPosition | undefined, limit: number } {
+  if (options === undefined) return { since: undefined, limit: DEFAULT_HISTORY_LIMIT }
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('history() options must be an object')
+  const since = options.since === undefined ? undefined : checkPosition(options.since, 'history() option "since"')
+  const limit = options.limit ?? DEFAULT_HISTORY_LIMIT
+  if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1) {
+    throw new InvalidOptionError(`history() option "limit" must be a positive integer, got ${String(limit)}`)
+  }
+  return { since, limit }
+}
