@@ -75,7 +75,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
 /** Every route whose handler comes from `Consumer.asHandler()` gets the handshake as its last preHandler. */
 function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, foreignWebsocket: boolean): void {
   addOnRouteHookFirst(fastify, (route) => {
-    const Consumer = consumerClassOf(route.handler)
+    const Consumer = consumerClassOf(route.handler) as ConsumerClass | undefined
     if (Consumer === undefined) return
     if (route.websocket !== true) {
       throw new InvalidOptionError(`route ${route.url}: a consumer handler needs { websocket: true }`)

@@ -27,7 +27,7 @@ import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
 import type { ConnectionSocket } from './socket.js'
-import { ClientFrame, End, callConsumer, failureClose, type ConsumerHooks, type Task } from './tasks.js'
+import { ClientFrame, End, callConsumer, failureClose, kConnect, kDisconnect, type ConsumerHooks, type Task } from './tasks.js'
 import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
 
 export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
@@ -148,7 +148,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       await this.#refuse(500)
       throw err
     }
-    const connected = (async () => { await this.#consumer.connect() })()
+    const connected = (async () => { await this.#consumer[kConnect]() })()
     connected.then(() => {
       // Returning without accept() refuses; after it, the queued frames may run.
       if (this.#state === 'handshake') void this.#refuse(403)
@@ -267,7 +267,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   async #end (code: number): Promise<void> {
     if (!this.#transition('closing', 'ended')) return
     try {
-      await this.#consumer.disconnect(code)
+      await this.#consumer[kDisconnect](code)
     } catch (err) {
       this.log.error({ err, channel: this.#channelName }, 'consumer disconnect() failed')
     }
