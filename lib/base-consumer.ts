@@ -1,13 +1,14 @@
 /**
  * What every consumer of a connection has, WebSocket or HTTP (Channels' `AsyncConsumer`, the base
- * of both): its scope, its channel and the layer, the request's logger and `groups`. The
- * connection it belongs to drives it through the hooks in connection/tasks.ts; each subclass maps
- * them onto its own methods.
+ * of both): its scope, its channel and the layer, the request's logger, `groups`, and the work
+ * that lives as long as the connection (`signal`, `spawn()`). The connection it belongs to drives
+ * it through the hooks in connection/tasks.ts; each subclass maps them onto its own methods.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { ChannelLayer } from './layers/types.js'
 import type { Connection, ConsumerContext } from './connection/connection.js'
 import type { Outbound } from './connection/outbound.js'
+import type { SpawnedTask } from './connection/scoped-tasks.js'
 import { kConnect, kDisconnect, kReceive, type ConsumerHooks } from './connection/tasks.js'
 import { reserveNames } from './dispatch.js'
 
@@ -37,6 +38,24 @@ export abstract class BaseConsumer<S> implements ConsumerHooks {
     this.log = ctx.log
     this[kConnection] = ctx.connection
     this[kOutbound] = ctx.outbound
+  }
+
+  /**
+   * Aborted as soon as the connection starts to end, before `disconnect()` runs (its reason is a
+   * ConnectionClosedError). Pass it to whatever waits: timers, fetch, streams.
+   */
+  get signal (): AbortSignal {
+    return this[kConnection].signal
+  }
+
+  /**
+   * Runs `fn(signal)` beside the ordered handlers, for as long as the connection lives: a clock,
+   * a poll, a stream to relay. When the connection ends its signal is aborted, and `disconnect()`
+   * waits for it to settle. If it throws while the connection is open, that is logged and the
+   * connection closes as after a failing handler (1011).
+   */
+  spawn (fn: SpawnedTask): void {
+    this[kConnection].spawn(fn)
   }
 
   abstract [kConnect] (): unknown

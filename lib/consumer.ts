@@ -53,7 +53,8 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
 
   /**
    * A string is sent as a text frame, bytes as a binary frame. The frame is handed to the socket
-   * before this returns; the promise is already settled (not async: no promise per frame).
+   * before this returns; the promise is already settled (not async: no promise per frame). Once
+   * the connection has ended it rejects with ConnectionClosedError.
    */
   send (data: string | Uint8Array): Promise<void> {
     try {

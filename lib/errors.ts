@@ -44,3 +44,10 @@ export const RemoteLayerError = createError<'FST_CHANNELS_REMOTE_FAILED', [strin
 /** Redis discarded a pipeline of the Redis layer (a transaction aborted under it). */
 export const RedisPipelineError = createError<'FST_CHANNELS_REDIS_PIPELINE', []>(
   'FST_CHANNELS_REDIS_PIPELINE', 'Redis discarded a pipeline of the channel layer')
+
+/**
+ * The connection (or HTTP response) has ended: `send()`, `sendBody()`, `sendEvent()` or `spawn()`
+ * came too late, and `this.signal` is aborted with it as the reason. A loop that sends ends here.
+ */
+export const ConnectionClosedError = createError<'FST_CHANNELS_CONNECTION_CLOSED', [string, string]>(
+  'FST_CHANNELS_CONNECTION_CLOSED', 'Connection "%s" has ended: %s')

@@ -24,5 +24,6 @@ export type {
 export {
   ChannelFullError, InvalidChannelNameError, InvalidMessageError,
   LayerClosedError, LayerTimeoutError, RemoteLayerError, InvalidOptionError,
-  TooManyGroupsError, SessionRequiredError, RedisPipelineError
+  TooManyGroupsError, SessionRequiredError, RedisPipelineError, ConnectionClosedError
 } from './errors.js'
+export type { SpawnedTask } from './connection/scoped-tasks.js'

@@ -10,10 +10,15 @@
  *   through ws' frame writer where `ws.send()` would write exactly that (see internals.ts).
  *
  * Data is written only while the connection is open: the connection opens its outbound side with
- * the socket and shuts it as soon as it starts closing.
+ * the socket and shuts it as soon as it starts closing. Three states, so each late send gets what
+ * it should: before the socket is there (a send in `connect()` before `accept()`) the data is
+ * dropped and logged at debug; once shut, `send()` throws
+ * ConnectionClosedError, so that code still sending to a connection that ended (a loop in
+ * `connect()`, a spawned task) stops instead of running for the life of the process.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { frameWriterOf, writeFrame, type FrameWriter } from '../internals.js'
+import { ConnectionClosedError } from '../errors.js'
 
 /** The part of a socket data is written to (ws' WebSocket has it). */
 export interface WritableSocket {
@@ -42,6 +47,7 @@ export class Outbound {
   readonly #maxBufferedBytes: number
   #socket: WritableSocket | null = null
   #writer: FrameWriter | null = null
+  #shut = false
 
   constructor (owner: OutboundOwner, maxBufferedBytes: number) {
     this.#owner = owner
@@ -54,15 +60,17 @@ export class Outbound {
     this.#writer = frameWriterOf(socket)
   }
 
-  /** Nothing more is written; later sends are dropped. */
+  /** Nothing more is written; later sends throw ConnectionClosedError. */
   shut (): void {
     this.#socket = null
     this.#writer = null
+    this.#shut = true
   }
 
   send (data: string | Uint8Array): void {
     const socket = this.#socket
     if (socket === null) {
+      if (this.#shut) throw new ConnectionClosedError(this.#owner.channelName, 'nothing more can be sent')
       this.#owner.log.debug({ channel: this.#owner.channelName }, 'send() on a connection that is not open; dropped')
       return
     }

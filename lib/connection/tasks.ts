@@ -66,15 +66,16 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
 }
 
 /**
- * A handler failed after accept: logged, and the close its connection gets. Joining too many
- * groups is the client's doing (1008, at warn); anything else is the app's bug (1011, at error).
+ * A handler (or a spawned task, `what`) failed after accept: logged, and the close its connection
+ * gets. Joining too many groups is the client's doing (1008, at warn); anything else is the app's
+ * bug (1011, at error).
  */
-export function failureClose (err: unknown, log: FastifyBaseLogger, channel: string): [code: number, reason: string] {
+export function failureClose (err: unknown, log: FastifyBaseLogger, channel: string, what = 'consumer handler'): [code: number, reason: string] {
   if (err instanceof TooManyGroupsError) {
     log.warn({ err, channel }, 'consumer joined too many groups; closing with 1008')
     return [1008, 'too many groups']
   }
-  log.error({ err, channel }, 'consumer handler failed; closing with 1011')
+  log.error({ err, channel }, `${what} failed; closing with 1011`)
   return [1011, 'internal error']
 }
 
