@@ -51,3 +51,14 @@ export const RedisPipelineError = createError<'FST_CHANNELS_REDIS_PIPELINE', []>
  */
 export const ConnectionClosedError = createError<'FST_CHANNELS_CONNECTION_CLOSED', [string, string]>(
   'FST_CHANNELS_CONNECTION_CLOSED', 'Connection "%s" has ended: %s')
+
+/**
+ * An `AsyncHttpConsumer` used its response out of order: `sendHeaders()` after the response had
+ * started, or `handle()` returned without starting one.
+ */
+export const HttpResponseError = createError<'FST_CHANNELS_HTTP_RESPONSE', [string]>(
+  'FST_CHANNELS_HTTP_RESPONSE', '%s')
+
+/** A server-sent event that cannot be written as it is: a line break in `event` or `id` would forge fields. */
+export const InvalidEventError = createError<'FST_CHANNELS_INVALID_EVENT', [string]>(
+  'FST_CHANNELS_INVALID_EVENT', '%s', 500, TypeError)

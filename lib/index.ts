@@ -7,9 +7,11 @@ export type { FastifyChannelsOptions } from './plugin.js'
 export { WebsocketConsumer } from './consumer.js'
 export type { WebsocketRouteHandler, ConsumerClass } from './consumer.js'
 export { JsonWebsocketConsumer } from './json-consumer.js'
+export { AsyncHttpConsumer } from './http-consumer.js'
+export type { HttpRouteHandler, HttpConsumerClass, SendHeadersOptions, SendBodyOptions, ServerSentEvent } from './http-consumer.js'
 export { ChannelConsumer } from './worker.js'
 export type { ChannelConsumerClass } from './worker.js'
-export type { Scope, ScopeSession, SessionLike, ChannelsUser, GetUser } from './scope.js'
+export type { Scope, HttpScope, ScopeSession, SessionLike, ChannelsUser, GetUser } from './scope.js'
 export { login, logout } from './auth.js'
 export { BaseChannelLayer } from './layers/base.js'
 export { InMemoryChannelLayer } from './layers/in-memory.js'
@@ -24,6 +26,7 @@ export type {
 export {
   ChannelFullError, InvalidChannelNameError, InvalidMessageError,
   LayerClosedError, LayerTimeoutError, RemoteLayerError, InvalidOptionError,
-  TooManyGroupsError, SessionRequiredError, RedisPipelineError, ConnectionClosedError
+  TooManyGroupsError, SessionRequiredError, RedisPipelineError, ConnectionClosedError,
+  HttpResponseError, InvalidEventError
 } from './errors.js'
 export type { SpawnedTask } from './connection/scoped-tasks.js'

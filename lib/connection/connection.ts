@@ -17,10 +17,13 @@
  * - ended: the layer is freed of the channel and its memberships; `finished` resolves.
  *
  * `transition()` is the only place the state changes, and `Transitions` the only moves it allows.
+ *
+ * The socket is anything that fits socket.ts: ws' WebSocket for a WebSocket consumer, the HTTP
+ * response (response-socket.ts) for an HTTP consumer, whose `handle()` accepts before it runs.
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ChannelLayer, Delivery, LayerMessage } from '../layers/types.js'
-import { buildScope, type GetUser, type Scope } from '../scope.js'
+import { buildScope, type GetUser, type HttpScope, type Scope } from '../scope.js'
 import { InvalidOptionError } from '../errors.js'
 import { layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
@@ -55,7 +58,7 @@ export interface Runtime {
 }
 
 export interface ConsumerContext {
-  scope: Scope
+  scope: Scope | HttpScope
   channelName: string
   channelLayer: ChannelLayer
   log: FastifyBaseLogger
@@ -140,11 +143,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    * accepts, refuses, returns or throws. Resolves with the decision; rejects when the set-up
    * before `connect()` failed.
    */
-  async handshake (init: (ctx: ConsumerContext) => void): Promise<Decision> {
+  async handshake (init: (ctx: ConsumerContext) => void, type: 'websocket' | 'http' = 'websocket'): Promise<Decision> {
     const decision = new Promise<Decision>(resolve => { this.#decide = resolve })
     const layer = this.#runtime.layer
     try {
-      const scope = await buildScope(this.#request, this.#runtime.getUser)
+      const scope = await buildScope(this.#request, this.#runtime.getUser, type)
       this.#channelName = await layer.newChannel()
       const { view, joined } = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
       this.#joined = joined
