@@ -17,6 +17,7 @@ import fastifyStatic from '@fastify/static'
 import fastifyChannels, { InMemoryChannelLayer, RedisChannelLayer } from 'fastify-channels'
 import { ChatConsumer, ClockConsumer, DeployConsumer, DeployWorker, DEPLOY_CHANNEL, serverLabel, startClock } from './consumers.js'
 import { FileSessionStore, RedisSessionStore } from './sessions.js'
+import { DeployLogConsumer, deployLogGroups, requireUser } from './deploy-log.js'
 
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
@@ -33,11 +34,11 @@ const app = Fastify({
 let layer
 let sessionStore
 if (redisUrl) {
-  layer = new RedisChannelLayer({ url: redisUrl })
+  layer = new RedisChannelLayer({ url: redisUrl, groups: deployLogGroups })
   sessionStore = new RedisSessionStore(redisUrl)
   app.addHook('onClose', async () => { await sessionStore.close() })
 } else {
-  layer = new InMemoryChannelLayer()
+  layer = new InMemoryChannelLayer({ groups: deployLogGroups })
   sessionStore = new FileSessionStore(process.env.SESSION_FILE ?? join(tmpdir(), 'fastify-channels-example', 'sessions.json'))
 }
 
@@ -59,6 +60,8 @@ app.get('/ws/chat/:room', { websocket: true }, ChatConsumer.asHandler())
 app.get('/ws/clock', { websocket: true }, ClockConsumer.asHandler())
 app.get('/ws/deploy', { websocket: true }, DeployConsumer.asHandler())
 app.channelWorker(DEPLOY_CHANNEL, DeployWorker)
+// The deploy log as server-sent events (read-only, recovers with Last-Event-ID): /deploy-log.html
+app.get('/events/deploys', { preHandler: requireUser }, DeployLogConsumer.asHandler())
 
 app.get('/api/me', async (request) => ({ user: request.session.get('user') ?? null, server: serverLabel }))
 

@@ -4,23 +4,18 @@
  * Screenshots land in test/browser/screenshots/ (git-ignored).
  */
 import t from 'tap'
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { chromium, type Browser, type Page } from 'playwright-core'
-import { freePort, spawnNode, type NodeProcess } from '../helpers/process.js'
+import type { Browser, Page } from 'playwright-core'
+import { freePort, type NodeProcess } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
+import { inCI, launchChromium, noChromium, screenshots as shots, startExampleApp } from '../helpers/browser.js'
 
-const root = fileURLToPath(new URL('../../', import.meta.url))
-const shots = fileURLToPath(new URL('./screenshots/', import.meta.url))
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
-const inCI = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false' && process.env.CI !== '0'
 const WAIT = 15_000
 // A browser, two server starts and a reconnect backoff: more than .taprc's 120 s on a busy machine. Every wait below is bounded.
 t.setTimeout(240_000)
 
-const noChromium = existsSync(chromiumPath) ? undefined : `Chromium not found at ${chromiumPath} (apt-get install chromium)`
 if (noChromium !== undefined && inCI) {
   t.fail(`${noChromium}: CI must run the browser test, never skip it`)
 } else {
@@ -31,18 +26,10 @@ if (noChromium !== undefined && inCI) {
     const port = await freePort()
     const url = `http://127.0.0.1:${port}/`
     const env = { PORT: String(port), HOST: '127.0.0.1', SESSION_FILE: join(data, 'sessions.json'), REDIS_URL: '' }
-    const startServer = async (): Promise<NodeProcess> => {
-      const server = spawnNode([join(root, 'example-app/server.js')], env, root)
-      await server.waitFor(/fastify-channels example on http/, 30_000)
-      return server
-    }
+    const startServer = async (): Promise<NodeProcess> => await startExampleApp(env)
 
     let server = await startServer()
-    const browser: Browser = await chromium.launch({
-      executablePath: chromiumPath,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-      timeout: 30_000
-    })
+    const browser: Browser = await launchChromium()
     t.teardown(async () => {
       await browser.close()
       await server.stop()
