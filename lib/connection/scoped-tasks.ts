@@ -14,6 +14,9 @@ import { ConnectionClosedError, InvalidOptionError } from '../errors.js'
 
 export type SpawnedTask = (signal: AbortSignal) => Promise<void> | void
 
+// How long the end of a connection waits for its tasks before it says so (and goes on waiting).
+const STUCK_AFTER_MS = 5000
+
 export interface ScopedTasksOwner {
   readonly log: FastifyBaseLogger
   readonly channelName: string
@@ -25,9 +28,11 @@ export class ScopedTasks {
   readonly #owner: ScopedTasksOwner
   readonly #controller = new AbortController()
   readonly #running = new Set<Promise<void>>()
+  readonly #stuckAfterMs: number
 
-  constructor (owner: ScopedTasksOwner) {
+  constructor (owner: ScopedTasksOwner, stuckAfterMs = STUCK_AFTER_MS) {
     this.#owner = owner
+    this.#stuckAfterMs = stuckAfterMs
   }
 
   get signal (): AbortSignal {
@@ -52,9 +57,22 @@ export class ScopedTasks {
     if (!this.signal.aborted) this.#controller.abort(new ConnectionClosedError(this.#owner.channelName, 'its tasks are aborted'))
   }
 
-  /** Resolves once every task spawned so far has settled. */
+  /**
+   * Resolves once every task spawned so far has settled. A task that ignores the signal holds up
+   * `disconnect()` and `app.close()`: that is logged, once, so it can be found.
+   */
   async settled (): Promise<void> {
-    await Promise.all(this.#running)
+    if (this.#running.size === 0) return
+    const timer = setTimeout(() => {
+      this.#owner.log.warn({ channel: this.#owner.channelName, tasks: this.#running.size },
+        `a spawned task has not ended ${this.#stuckAfterMs} ms after its connection did; disconnect() waits for it: let it end when its signal aborts`)
+    }, this.#stuckAfterMs)
+    timer.unref()
+    try {
+      await Promise.all(this.#running)
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   #failed (err: unknown): void {

@@ -15,6 +15,7 @@ function owner () {
   const failures: unknown[] = []
   const log = {
     debug: (_obj: object, msg: string) => logs.push({ level: 'debug', msg }),
+    warn: (_obj: object, msg: string) => logs.push({ level: 'warn', msg }),
     error: (_obj: object, msg: string) => logs.push({ level: 'error', msg })
   } as unknown as FastifyBaseLogger
   const o: ScopedTasksOwner = { log, channelName: 'specific!test', spawnFailed: err => { failures.push(err) } }
@@ -90,9 +91,9 @@ t.test('bad calls: spawn() with a non-function, or after the end, throws a typed
   t.pass('abort() twice is harmless')
 })
 
-t.test('settled() waits for every task, also one that ignores the signal', async t => {
-  const { owner: o } = owner()
-  const tasks = new ScopedTasks(o)
+t.test('settled() waits for every task, also one that ignores the signal, and says so when that takes long', async t => {
+  const { owner: o, logs } = owner()
+  const tasks = new ScopedTasks(o, 5)
   let release!: () => void
   const gate = new Promise<void>(resolve => { release = resolve })
   let done = false
@@ -102,9 +103,11 @@ t.test('settled() waits for every task, also one that ignores the signal', async
   const waiting = tasks.settled().then(() => { settled = true })
   await sleep(10)
   t.notOk(settled, 'still waiting for the task')
+  t.match(logs, [{ level: 'warn', msg: /a spawned task has not ended 5 ms after its connection did/ }], 'a stuck task is reported, once')
   release()
   await waiting
   t.ok(done)
+  t.equal(logs.length, 1)
 })
 
 t.test('endedWithConnection: what counts as "the connection ended under it"', async t => {
