@@ -4,10 +4,9 @@
  *
  * - A slow reader (more than `maxBufferedBytes` waiting in its socket) is closed with 1008 instead
  *   of buffering without bound.
- * - Shared frames: a group message is, for most consumers, the same text for every local member,
- *   sent one member after the other within one `groupSend()`. Consecutive sends of one text are
- *   framed once and the same bytes written to each socket, as a hand-written ws broadcast does,
- *   through ws' frame writer where `ws.send()` would write exactly that (see internals.ts).
+ * - Shared frames: consecutive sends of one text are framed once and the same bytes written to
+ *   each socket (shared-encoding.ts), through ws' frame writer where `ws.send()` would write
+ *   exactly that (see internals.ts).
  *
  * Data is written only while the connection is open: the connection opens its outbound side with
  * the socket and shuts it as soon as it starts closing. Three states, so each late send gets what
@@ -19,6 +18,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { frameWriterOf, writeFrame, type FrameWriter } from '../internals.js'
 import { ConnectionClosedError } from '../errors.js'
+import { encodedOnce } from './shared-encoding.js'
 
 /** The part of a socket data is written to (ws' WebSocket has it). */
 export interface WritableSocket {
@@ -34,13 +34,10 @@ export interface OutboundOwner {
   close (code: number, reason: string): void
 }
 
-// Texts larger than this are framed per socket: keeping one alive between sends costs memory.
-const MAX_SHARED_TEXT = 64 * 1024
-
 const BINARY = { binary: true }
 
-let lastText: string | undefined
-let lastFrame: Buffer[] = []
+/** The frame of the last text sent, built again only when the text changes. */
+const sharedTextFrame = encodedOnce(text => [textFrame(text)])
 
 export class Outbound {
   readonly #owner: OutboundOwner
@@ -84,17 +81,12 @@ export class Outbound {
       return
     }
     const writer = this.#writer
-    if (writer === null || data.length > MAX_SHARED_TEXT || !writeFrame(socket, writer, sharedTextFrame(data))) socket.send(data)
+    if (writer !== null) {
+      const frame = sharedTextFrame(data)
+      if (frame !== undefined && writeFrame(socket, writer, frame)) return
+    }
+    socket.send(data)
   }
-}
-
-/** The frame of the last text sent, built again only when the text changes. */
-function sharedTextFrame (text: string): Buffer[] {
-  if (text !== lastText) {
-    lastFrame = [textFrame(text)]
-    lastText = text
-  }
-  return lastFrame
 }
 
 /** One unmasked, unfragmented text frame (RFC 6455 §5.2), header and payload in one Buffer. */

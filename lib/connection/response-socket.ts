@@ -5,7 +5,8 @@
  *
  * How the socket's operations map onto the response:
  * - `send(data)`: a body chunk; the head goes first (200, no headers of its own) unless
- *   `writeHead()` sent one.
+ *   `writeHead()` sent one. A text is written as bytes shared with the responses it went to just
+ *   before (shared-encoding.ts).
  * - `close(code)`: the end of the response. Before the head: an error status instead, 503 while
  *   the server shuts down (1001), else 500. After it: the body ends — but a slow reader (1008) has
  *   its socket destroyed, since ending would wait for it to read what is queued.
@@ -24,8 +25,12 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { FastifyReply } from 'fastify'
 import type { ConnectionSocket } from './socket.js'
 import { HEARTBEAT_COMMENT, isEventStream } from '../server-sent-events.js'
+import { encodedOnce } from './shared-encoding.js'
 
 type Listener = (...args: never[]) => unknown
+
+/** The UTF-8 bytes of the last text sent (an event for every member of a group): encoded once. */
+const sharedBytes = encodedOnce(text => Buffer.from(text))
 
 export class ResponseSocket implements ConnectionSocket {
   readonly #reply: FastifyReply
@@ -91,7 +96,7 @@ export class ResponseSocket implements ConnectionSocket {
 
   send (data: string | Uint8Array): void {
     if (!this.#started) this.writeHead(200, {})
-    this.#res.write(data)
+    this.#res.write(typeof data === 'string' ? sharedBytes(data) ?? data : data)
   }
 
   close (code: number, reason: string): void {
@@ -130,3 +135,4 @@ export class ResponseSocket implements ConnectionSocket {
   pause (): void {}
   resume (): void {}
 }
+

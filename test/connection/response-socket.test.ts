@@ -13,14 +13,25 @@ import { eventually } from '../helpers/app.js'
 async function responder (t: Test) {
   const app = Fastify()
   const sockets: ResponseSocket[] = []
+  const writes = new Map<ResponseSocket, unknown[]>()
   app.get('/', {
     onRequest: async (_request: FastifyRequest, reply: FastifyReply) => { reply.header('x-hook', 'kept').header('x-both', 'hook') }
-  }, async (_request, reply) => { sockets.push(new ResponseSocket(reply)) })
+  }, async (_request, reply) => {
+    // Records what the socket gives the response to write.
+    const chunks: unknown[] = []
+    const write = reply.raw.write.bind(reply.raw) as (...args: unknown[]) => boolean
+    reply.raw.write = ((...args: unknown[]) => { chunks.push(args[0]); return write(...args) }) as typeof reply.raw.write
+    const socket = new ResponseSocket(reply)
+    writes.set(socket, chunks)
+    sockets.push(socket)
+  })
   await app.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(() => app.close())
   const url = `http://127.0.0.1:${(app.server.address() as { port: number }).port}/`
   return {
     url,
+    /** What the socket has given its response to write, in order. */
+    writes: (socket: ResponseSocket) => writes.get(socket) ?? [],
     /** Opens a request and resolves with the server's socket for it and the client's stream promise. */
     async open () {
       const count = sockets.length
@@ -129,4 +140,18 @@ t.test('the client going away closes with 1006, also for a listener added afterw
   late.socket.on('close', code => { lateCodes.push(code) })
   await eventually(() => lateCodes.length === 1)
   t.same(lateCodes, [1006], 'told once it listens')
+})
+
+t.test('one text sent to several responses is encoded once: each is written the same bytes', async t => {
+  const r = await responder(t)
+  const opened = [await r.open(), await r.open(), await r.open()]
+  for (const { socket } of opened) socket.writeHead(200, { 'content-type': 'text/event-stream' })
+  const written = opened.map(({ socket }) => r.writes(socket))
+  const streams = await Promise.all(opened.map(async o => await o.stream))
+  for (const { socket } of opened) socket.send(JSON.stringify({ same: 'event' }))
+  for (const s of streams) await eventually(() => s.body() === '{"same":"event"}')
+  t.ok(Buffer.isBuffer(written[0][0]), 'written as bytes')
+  t.equal(written[1][0], written[0][0], 'the same Buffer for every response')
+  t.equal(written[2][0], written[0][0])
+  for (const { socket } of opened) socket.close(1000, '')
 })
