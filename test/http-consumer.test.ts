@@ -12,6 +12,7 @@ import fastifyChannels, { AsyncHttpConsumer, InMemoryChannelLayer, type Delivery
 import { buildApp, eventually } from './helpers/app.js'
 import { listen, openClient } from './helpers/loopback.js'
 import { openEventStream } from './helpers/event-stream.js'
+import { buildSessionApp, sessionCookie, sessionData } from './helpers/session.js'
 
 const inspect = (app: { channelLayer: unknown }) => (app.channelLayer as InMemoryChannelLayer).inspect()
 const empty = { channels: 0, groups: 0, memberships: 0 }
@@ -69,6 +70,34 @@ t.test('an event stream: the scope, groups, handlers by type with their Delivery
   t.same(disconnects, ['lobby'], 'disconnect() once when the client goes away')
   t.same(inspect(app), empty, 'its channel and memberships are gone')
   t.notOk(logs.some(l => (l.level as number) >= 40), 'nothing worse than info logged')
+})
+
+t.test('the session and its user reach the scope, as for a WebSocket consumer; cookies too', async t => {
+  class Me extends AsyncHttpConsumer {
+    override async handle () {
+      const { session, user, cookies } = this.scope
+      const visits = (session as { get (key: string): unknown } | null)?.get('visits') ?? null
+      await this.sendEvent({ data: { user, visits, hasCookie: 'sessionId' in cookies } })
+    }
+  }
+  const { app } = await buildSessionApp({}, app => {
+    app.post('/login', async (request) => {
+      sessionData(request).set('user', { name: 'Grace' })
+      sessionData(request).set('visits', 3)
+      return { ok: true }
+    })
+    app.get('/me', Me.asHandler())
+  })
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const base = url.replace('ws://', 'http://')
+  const cookie = sessionCookie(await app.inject({ method: 'POST', url: '/login' }))
+  const signedIn = await openEventStream(`${base}/me`, { cookie })
+  t.same(JSON.parse((await signedIn.waitForEvents(1))[0].data), { user: { name: 'Grace' }, visits: 3, hasCookie: true })
+  signedIn.close()
+  const anonymous = await openEventStream(`${base}/me`)
+  t.same(JSON.parse((await anonymous.waitForEvents(1))[0].data), { user: null, visits: null, hasCookie: false })
+  anonymous.close()
 })
 
 t.test('layer messages that arrive while handle() runs wait for it, then come in order', async t => {
