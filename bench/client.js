@@ -1,7 +1,8 @@
 // A load-generator process: many passive WebSocket clients on raw TCP sockets. They only count
 // frames and check sequence numbers (read at a fixed offset, no JSON parsing); one in `timedEvery`
 // also reads the send timestamp and records the latency. A full WebSocket client (ws,
-// socket.io-client) would cost more CPU per frame than the servers under test.
+// socket.io-client) would cost more CPU per frame than the servers under test. With the `sse`
+// protocol they are event-stream readers instead: a GET, then each `data:` line is a message.
 import net from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { monoMs, serveIpc } from './lib/common.js'
@@ -19,12 +20,14 @@ let closed = 0 // connections that ended while the bench ran
 let latencies = []
 const clients = []
 const READ_BUFFER = Buffer.allocUnsafe(256 * 1024)
+const DATA_FIELD = Buffer.from('data: ')
 
 class Client {
   constructor (spec, protocol) {
     this.group = spec.group
     this.timed = spec.timed
     this.socketio = protocol === 'socketio'
+    this.sse = protocol === 'sse'
     this.last = 0
     this.pending = null
     this.upgraded = false
@@ -57,6 +60,10 @@ class Client {
         else fail(new Error('closed during the handshake'))
       })
       socket.on('connect', () => {
+        if (this.sse) {
+          socket.write(`GET ${spec.path} HTTP/1.1\r\nHost: 127.0.0.1:${spec.port}\r\nAccept: text/event-stream\r\n\r\n`)
+          return
+        }
         socket.write(`GET ${spec.path} HTTP/1.1\r\nHost: 127.0.0.1:${spec.port}\r\nUpgrade: websocket\r\n` +
           `Connection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\n` +
           'Sec-WebSocket-Version: 13\r\n\r\n')
@@ -81,13 +88,17 @@ class Client {
         return
       }
       const status = buf.latin1Slice(0, buf.indexOf('\r\n'))
-      if (!status.startsWith('HTTP/1.1 101')) {
+      if (!status.startsWith(this.sse ? 'HTTP/1.1 200' : 'HTTP/1.1 101')) {
         this.socket.destroy(new Error(`handshake refused: ${status}`))
         return
       }
       this.upgraded = true
       if (!this.socketio) { this.ready = true; this.onReady() }
       offset = end + 4
+    }
+    if (this.sse) {
+      this.onEvents(buf, offset, length)
+      return
     }
     while (offset + 2 <= length) {
       const b0 = buf[offset]
@@ -111,6 +122,31 @@ class Client {
       offset = end
     }
     if (offset < length) this.pending = Buffer.from(buf.subarray(offset, length))
+  }
+
+  /**
+   * Event-stream bytes: the server writes each event as one HTTP chunk (`<size>\r\n`, the event,
+   * `\r\n`), so only `data: ` lines need finding; the chunk framing and heartbeat comments
+   * between them are skipped. `buf` beyond `length` is stale: every match is checked against it.
+   */
+  onEvents (buf, offset, length) {
+    let at = offset
+    for (;;) {
+      const start = buf.indexOf(DATA_FIELD, at)
+      if (start === -1 || start + DATA_FIELD.length > length) {
+        // Keep a tail that may be the beginning of the next `data: `.
+        const keep = Math.max(at, length - DATA_FIELD.length + 1)
+        if (keep < length) this.pending = Buffer.from(buf.subarray(keep, length))
+        return
+      }
+      const end = buf.indexOf(0x0a, start)
+      if (end === -1 || end >= length) {
+        this.pending = Buffer.from(buf.subarray(start, length))
+        return
+      }
+      this.onText(buf, start + DATA_FIELD.length, end)
+      at = end + 1
+    }
   }
 
   onText (buf, start, end) {

@@ -8,7 +8,7 @@
 // --nice=<n> (run every bench process at that niceness, e.g. -10 on a machine shared with other jobs)
 // --repeat=<n> (n interleaved rounds; each row is the round with the median maximum)
 // --fixed-rate=<deliveries/s> (instead of half of the floor's maximum; e.g. to profile under overload)
-// --alt=<path/to/dist/index.js>[,…] (adds channels-memory-alt1, channels-redis-alt1, …: other builds)
+// --alt=<path/to/dist/index.js>[,…] (adds channels-memory-alt1, channels-redis-alt1, channels-sse-memory-alt1, …: other builds)
 // --no-steps (skip the search for the maximum: warm-up, saturation and fixed-rate steps only)
 // Method and how to read the output: bench/README.md.
 import { spawn, execFileSync } from 'node:child_process'
@@ -40,24 +40,28 @@ const TARGETS = {
   'ws-redis': { module: 'ws', layer: 'redis', processes: 2, protocol: 'plain', floor: 'ws-redis' },
   'channels-memory': { module: 'channels', layer: 'memory', processes: 1, protocol: 'plain', floor: 'ws-memory' },
   'channels-redis': { module: 'channels', layer: 'redis', processes: 2, protocol: 'plain', floor: 'ws-redis' },
+  // The same app and layer, its clients reading server-sent events (AsyncHttpConsumer) instead.
+  'channels-sse-memory': { module: 'channels', layer: 'memory', processes: 1, protocol: 'sse', floor: 'ws-memory' },
+  'channels-sse-redis': { module: 'channels', layer: 'redis', processes: 2, protocol: 'sse', floor: 'ws-redis' },
   'socketio-memory': { module: 'socketio', layer: 'memory', processes: 1, protocol: 'socketio', floor: 'ws-memory' },
   'socketio-redis': { module: 'socketio', layer: 'redis', processes: 2, protocol: 'socketio', floor: 'ws-redis' }
 }
 
 if (args.alt !== undefined) {
   // Candidate builds of this package, measured next to the current one in the same run:
-  // --alt=<path to a build's index.js>[,<another>] adds channels-memory-alt1, channels-redis-alt1, …
+  // --alt=<path to a build's index.js>[,<another>] adds channels-memory-alt1, channels-redis-alt1, channels-sse-memory-alt1, …
   args.alt.split(',').forEach((file, i) => {
     const entry = pathToFileURL(path.resolve(file)).href
     TARGETS[`channels-memory-alt${i + 1}`] = { ...TARGETS['channels-memory'], entry }
     TARGETS[`channels-redis-alt${i + 1}`] = { ...TARGETS['channels-redis'], entry }
+    TARGETS[`channels-sse-memory-alt${i + 1}`] = { ...TARGETS['channels-sse-memory'], entry }
   })
 }
 
 const PLAN = {
   full: { scenarios: ['groups-100x100', 'groups-100x100-1k', 'broadcast-1x10000', 'chat-1000x10'], targets: Object.keys(TARGETS), stepMs: 3000, fixedMs: 5000, bisect: 3, warmMs: 2000 },
   quick: { scenarios: ['groups-100x100'], targets: Object.keys(TARGETS), stepMs: 2000, fixedMs: 3000, bisect: 2, warmMs: 1000 },
-  smoke: { scenarios: ['smoke'], targets: ['ws-memory', 'channels-memory'], stepMs: 500, fixedMs: 500, bisect: 0, warmMs: 200, smoke: true }
+  smoke: { scenarios: ['smoke'], targets: ['ws-memory', 'channels-memory', 'channels-sse-memory'], stepMs: 500, fixedMs: 500, bisect: 0, warmMs: 200, smoke: true }
 }[mode]
 
 const scenarioNames = args.scenarios?.split(',') ?? PLAN.scenarios
@@ -160,7 +164,7 @@ async function runTarget (scenario, target, floorMax) {
       const server = servers[Math.floor(i * servers.length / scenario.connections)]
       const urlPath = target.protocol === 'socketio'
         ? `/socket.io/?EIO=4&transport=websocket&g=g${group}`
-        : `/ws/g${group}`
+        : target.protocol === 'sse' ? `/sse/g${group}` : `/ws/g${group}`
       // ~1% of clients, spread over groups and servers, time what they receive.
       const timed = Math.imul(i + 1, 2654435761) >>> 0 < 0x028f5c29 || (PLAN.smoke && i % 10 === 0)
       specs[i % generatorCount].push({ port: server.port, path: urlPath, group, timed })

@@ -19,6 +19,7 @@ import fastifyStatic from '@fastify/static'
 import fastifyChannels, { InMemoryChannelLayer, RedisChannelLayer } from 'fastify-channels'
 import { AppConsumer, DeployWorker, DEPLOY_CHANNEL, clockGroup, groupPolicies, serverLabel, startClock } from './consumers.js'
 import { FileSessionStore, RedisSessionStore } from './sessions.js'
+import { DeployLogConsumer, requireUser } from './deploy-log.js'
 
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
@@ -66,6 +67,8 @@ app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string
 
 app.get('/ws/app', { websocket: true }, AppConsumer.asHandler())
 app.channelWorker(DEPLOY_CHANNEL, DeployWorker)
+// The deploy log as server-sent events (read-only, recovers with Last-Event-ID): /deploy-log.html
+app.get('/events/deploys', { preHandler: requireUser }, DeployLogConsumer.asHandler())
 
 app.get('/api/me', async (request) => ({ user: request.session.get('user') ?? null, server: serverLabel, clock: clockGroup }))
 

@@ -6,7 +6,7 @@
  * session keeps the id the browser already holds, and the session is saved before the promise
  * resolves, so the next HTTP request with that cookie sees the change.
  */
-import type { ChannelsUser, Scope, SessionLike } from './scope.js'
+import type { ChannelsUser, HttpScope, Scope, SessionLike } from './scope.js'
 import { InvalidOptionError, SessionRequiredError } from './errors.js'
 
 /** The session key the user is kept under; the default `getUser` reads it back. */
@@ -14,7 +14,10 @@ export const SESSION_USER_KEY = 'user'
 
 type LooseSession = SessionLike & Record<string, unknown>
 
-function sessionFor (scope: Scope, action: string): LooseSession {
+/** A WebSocket or an HTTP consumer's scope: both carry the request, its session and its user. */
+type AnyScope = Scope | HttpScope
+
+function sessionFor (scope: AnyScope, action: string): LooseSession {
   const session = scope.session
   if (session === null) throw new SessionRequiredError(action)
   return session as unknown as LooseSession
@@ -22,13 +25,13 @@ function sessionFor (scope: Scope, action: string): LooseSession {
 
 // The browser holds this session only if one of its cookies carries the signed id (after any prefix);
 // a session created during the upgrade never reaches the browser, since no response sets its cookie.
-function clientHoldsSession (scope: Scope, session: SessionLike): boolean {
+function clientHoldsSession (scope: AnyScope, session: SessionLike): boolean {
   const cookies = (scope.request as unknown as { cookies?: Record<string, string | undefined> | null }).cookies ?? {}
   const id = session.encryptedSessionId
   return typeof id === 'string' && id !== '' && Object.values(cookies).some(value => value?.endsWith(id) === true)
 }
 
-async function store (scope: Scope, session: LooseSession, action: string, change: () => void): Promise<void> {
+async function store (scope: AnyScope, session: LooseSession, action: string, change: () => void): Promise<void> {
   const had = Object.hasOwn(session, SESSION_USER_KEY)
   const previous = session[SESSION_USER_KEY]
   change()
@@ -51,7 +54,7 @@ async function store (scope: Scope, session: LooseSession, action: string, chang
  * Signs `user` in: `scope.user` becomes `user`, and the session stores it under `'user'` and is
  * saved (same session id) before this resolves. The user must be serializable by the session store.
  */
-export async function login (scope: Scope, user: ChannelsUser): Promise<void> {
+export async function login (scope: AnyScope, user: ChannelsUser): Promise<void> {
   if (user === null || user === undefined) {
     throw new InvalidOptionError('login(scope, user) needs a user; call logout(scope) to sign out')
   }
@@ -61,7 +64,7 @@ export async function login (scope: Scope, user: ChannelsUser): Promise<void> {
 }
 
 /** Signs out: removes `'user'` from the session, saves it, and sets `scope.user` to null. */
-export async function logout (scope: Scope): Promise<void> {
+export async function logout (scope: AnyScope): Promise<void> {
   const session = sessionFor(scope, 'logout')
   await store(scope, session, 'logout', () => { Reflect.deleteProperty(session, SESSION_USER_KEY) })
   scope.user = null

@@ -78,3 +78,20 @@ export const ArgsTooLargeError = createError<'FST_CHANNELS_ARGS_TOO_LARGE', [num
 /** An action threw an error not meant for the client (no 4xx `statusCode`); it is logged, not sent. */
 export const ActionFailedError = createError<'FST_CHANNELS_ACTION_FAILED', [string]>(
   'FST_CHANNELS_ACTION_FAILED', 'Action "%s" failed', 500)
+/**
+ * The connection (or HTTP response) has ended: `send()`, `sendBody()`, `sendEvent()` or `spawn()`
+ * came too late, and `this.signal` is aborted with it as the reason. A loop that sends ends here.
+ */
+export const ConnectionClosedError = createError<'FST_CHANNELS_CONNECTION_CLOSED', [string, string]>(
+  'FST_CHANNELS_CONNECTION_CLOSED', 'Connection "%s" has ended: %s')
+
+/**
+ * An `AsyncHttpConsumer` used its response out of order: `sendHeaders()` after the response had
+ * started, or `handle()` returned without starting one.
+ */
+export const HttpResponseError = createError<'FST_CHANNELS_HTTP_RESPONSE', [string]>(
+  'FST_CHANNELS_HTTP_RESPONSE', '%s')
+
+/** A server-sent event that cannot be written as it is: a line break in `event` or `id` would forge fields. */
+export const InvalidEventError = createError<'FST_CHANNELS_INVALID_EVENT', [string]>(
+  'FST_CHANNELS_INVALID_EVENT', '%s', 500, TypeError)

@@ -14,9 +14,11 @@ export type {
   ApiShape, CallId, ClientToServer, ServerToClient, JoinFrame, LeaveFrame, CallFrame,
   JoinedFrame, MessageFrame, PresenceFrame, ReplyFrame, ErrorFrame, ErrorBody
 } from './protocol.js'
+export { AsyncHttpConsumer } from './http-consumer.js'
+export type { HttpRouteHandler, HttpConsumerClass, SendHeadersOptions, SendBodyOptions, ServerSentEvent } from './http-consumer.js'
 export { ChannelConsumer } from './worker.js'
 export type { ChannelConsumerClass } from './worker.js'
-export type { Scope, ScopeSession, SessionLike, ChannelsUser, GetUser } from './scope.js'
+export type { Scope, HttpScope, ScopeSession, SessionLike, ChannelsUser, GetUser } from './scope.js'
 export { login, logout } from './auth.js'
 export { BaseChannelLayer } from './layers/base.js'
 export { InMemoryChannelLayer } from './layers/in-memory.js'
@@ -31,7 +33,9 @@ export type {
 export {
   ChannelFullError, InvalidChannelNameError, InvalidMessageError,
   LayerClosedError, LayerTimeoutError, RemoteLayerError, InvalidOptionError,
-  TooManyGroupsError, SessionRequiredError, RedisPipelineError,
+  TooManyGroupsError, SessionRequiredError, RedisPipelineError, ConnectionClosedError,
+  HttpResponseError, InvalidEventError,
   BadFrameError, UnknownOpError, JoinDeniedError, JoinFailedError, UnknownActionError, InvalidArgsError,
   ArgsTooLargeError, ActionFailedError
 } from './errors.js'
+export type { SpawnedTask } from './connection/scoped-tasks.js'

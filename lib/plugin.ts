@@ -1,19 +1,22 @@
 /**
  * The Fastify plugin, in the order it sets things up: check the options; mount consumer routes
  * (the consumer's `connect()` decides the handshake in a last `preHandler`, after the route's own
- * auth hooks); register `@fastify/websocket` or adopt the app's own; guard upgrades; start the
- * heartbeat; decorate `app.channelLayer`; serve workers; and on `app.close()` shut everything
- * down in order: connections (1001, each `disconnect()` once), workers, then the layer.
+ * auth hooks; an HTTP consumer's route handler runs its `handle()` on the response); register
+ * `@fastify/websocket` or adopt the app's own; guard upgrades; start the heartbeat; decorate
+ * `app.channelLayer`; serve workers; and on `app.close()` shut everything down in order:
+ * connections (1001, each `disconnect()` once), workers, then the layer.
  */
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteHandlerMethod, preHandlerAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyWebsocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
 import { canAttachLogger, type ChannelLayer } from './layers/types.js'
 import { Connection, bindToRequest, connectionOf, type Runtime } from './connection/connection.js'
+import { ResponseSocket } from './connection/response-socket.js'
 import { startHeartbeat } from './connection/heartbeat.js'
 import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
+import { AsyncHttpConsumer, kRespondWith, type HttpConsumerClass } from './http-consumer.js'
 import { defaultGetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
 import { checkOptions, DEFAULTS, type FastifyChannelsOptions } from './options.js'
@@ -72,11 +75,22 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
   })
 }
 
-/** Every route whose handler comes from `Consumer.asHandler()` gets the handshake as its last preHandler. */
+/**
+ * Every route whose handler comes from `Consumer.asHandler()`: a WebSocket consumer's gets the
+ * handshake as its last preHandler; an HTTP consumer's handler is replaced by one that runs it.
+ */
 function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, foreignWebsocket: boolean): void {
   addOnRouteHookFirst(fastify, (route) => {
-    const Consumer = consumerClassOf(route.handler)
-    if (Consumer === undefined) return
+    const Class = consumerClassOf(route.handler)
+    if (Class === undefined) return
+    if (Class.prototype instanceof AsyncHttpConsumer) {
+      if (route.websocket === true) {
+        throw new InvalidOptionError(`route ${route.url}: an AsyncHttpConsumer answers plain HTTP; remove { websocket: true }`)
+      }
+      route.handler = httpConsumerRoute(channels, Class as HttpConsumerClass)
+      return
+    }
+    const Consumer = Class as ConsumerClass
     if (route.websocket !== true) {
       throw new InvalidOptionError(`route ${route.url}: a consumer handler needs { websocket: true }`)
     }
@@ -117,6 +131,46 @@ function handshakeHook (channels: Channels, Consumer: ConsumerClass): preHandler
       return
     }
     bindToRequest(request.raw, connection)
+  }
+}
+
+/**
+ * An HTTP consumer's route: the response becomes the connection's socket, and the consumer's
+ * `handle()` runs once the scope is built and `groups` joined (after the route's own hooks).
+ */
+function httpConsumerRoute (channels: Channels, Consumer: HttpConsumerClass): RouteHandlerMethod {
+  return async function channelsHttpConsumer (request: FastifyRequest, reply: FastifyReply) {
+    if (request.method === 'HEAD') {
+      // Fastify mounts HEAD beside GET; a response that may never end has no head to offer alone.
+      await reply.code(405).header('allow', 'GET').send()
+      return
+    }
+    if (channels.closing) {
+      await refuseWhileClosing(reply)
+      return
+    }
+    const consumer = new Consumer()
+    const response = new ResponseSocket(reply)
+    consumer[kRespondWith](response)
+    const connection = new Connection(channels, request, consumer)
+    let decision
+    try {
+      decision = await connection.handshake(ctx => consumer[kInit](ctx), 'http')
+    } catch (err) {
+      request.log.error({ err }, 'HTTP consumer failed before handle() ran')
+      response.refuse(500, 'HTTP consumer failed')
+      return
+    }
+    if (!decision.accepted) {
+      response.refuse(decision.status, 'refused')
+      return
+    }
+    if (channels.closing) {
+      connection.shutdown()
+      response.refuse(503, 'server shutting down')
+      return
+    }
+    connection.attach(response)
   }
 }
 

@@ -33,6 +33,7 @@ export interface SessionLike {
 export type ScopeSession = FastifyRequest extends { session: infer S extends SessionLike } ? S : SessionLike
 
 export interface Scope {
+  /** `'websocket'` for a WebSocket consumer; an HTTP consumer's scope is an `HttpScope`. */
   type: 'websocket'
   /** The decoded path, without the query string. */
   path: string
@@ -54,9 +55,14 @@ export interface Scope {
   user: ChannelsUser | null
   client: { address: string; port: number }
   server: { address: string; port: number }
-  /** The subprotocols the client offered, in its order. */
+  /** The subprotocols the client offered, in its order (always empty for HTTP). */
   subprotocols: string[]
   request: FastifyRequest
+}
+
+/** The scope of an `AsyncHttpConsumer`: the same fields, built the same way, with `type: 'http'`. */
+export interface HttpScope extends Omit<Scope, 'type'> {
+  type: 'http'
 }
 
 export type GetUser = (request: FastifyRequest) => ChannelsUser | null | undefined | Promise<ChannelsUser | null | undefined>
@@ -94,7 +100,7 @@ function parseSubprotocols (header: string | undefined): string[] {
   return header.split(',').map(p => p.trim()).filter(p => p.length > 0)
 }
 
-type ScopeFields = Omit<Scope, 'session'>
+type ScopeFields = Omit<Scope | HttpScope, 'session'>
 
 /**
  * `scope.session`'s accessor, one pair shared by every scope. It is an own enumerable property (so
@@ -119,7 +125,8 @@ function clientOf (request: FastifyRequest, socket: { remoteAddress?: string, re
   return { address, port: forwarded ? 0 : socket?.remotePort ?? 0 }
 }
 
-export async function buildScope (request: FastifyRequest, getUser: GetUser): Promise<Scope> {
+/** The scope of a `'websocket'` or an `'http'` consumer's request. */
+export async function buildScope (request: FastifyRequest, getUser: GetUser, type: 'websocket' | 'http' = 'websocket'): Promise<Scope | HttpScope> {
   const url = request.url
   const q = url.indexOf('?')
   const rawPath = q === -1 ? url : url.slice(0, q)
@@ -128,7 +135,7 @@ export async function buildScope (request: FastifyRequest, getUser: GetUser): Pr
   const user = (await getUser(request)) ?? null
   // Always the same properties in the same order, then `session`: one hidden class for all scopes.
   const scope: ScopeFields = {
-    type: 'websocket',
+    type,
     path: decodePath(rawPath),
     rawPath,
     queryString: q === -1 ? '' : url.slice(q + 1),
@@ -139,8 +146,8 @@ export async function buildScope (request: FastifyRequest, getUser: GetUser): Pr
     user,
     client: clientOf(request, socket),
     server: { address: socket?.localAddress ?? '', port: socket?.localPort ?? 0 },
-    subprotocols: parseSubprotocols(request.headers['sec-websocket-protocol']),
+    subprotocols: type === 'websocket' ? parseSubprotocols(request.headers['sec-websocket-protocol']) : [],
     request
   }
-  return Object.defineProperty(scope, 'session', sessionProperty) as Scope
+  return Object.defineProperty(scope, 'session', sessionProperty) as Scope | HttpScope
 }

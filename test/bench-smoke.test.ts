@@ -26,7 +26,7 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
   })
   t.equal(code, 0, output)
   const rows = JSON.parse(readFileSync(path.join(out, 'latest.json'), 'utf8')) as Row[]
-  t.same(rows.map(r => r.target), ['ws-memory', 'channels-memory'])
+  t.same(rows.map(r => r.target), ['ws-memory', 'channels-memory', 'channels-sse-memory'], 'the floor, and this package to WebSocket and to event-stream clients')
   for (const row of rows) {
     t.equal(row.error, undefined, `${row.target}: no error`)
     t.equal(row.lost, 0, `${row.target}: nothing lost`)

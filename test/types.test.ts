@@ -16,8 +16,8 @@ import Fastify from 'fastify'
 import fastifyCookie from '@fastify/cookie'
 import fastifySession, { type FastifySessionObject } from '@fastify/session'
 import fastifyChannels, {
-  JsonWebsocketConsumer, login, logout, type ChannelsUser, type Scope, type FastifyChannelsOptions,
-  type ChannelLayer, type LayerMessage, type LayerValue
+  JsonWebsocketConsumer, AsyncHttpConsumer, login, logout, type ChannelsUser, type Scope, type HttpScope,
+  type FastifyChannelsOptions, type ChannelLayer, type LayerMessage, type LayerValue, type Delivery
 } from 'fastify-channels'
 import { WebsocketCommunicator } from 'fastify-channels/testing'
 
@@ -59,6 +59,35 @@ class Chat extends JsonWebsocketConsumer {
     await login(this.scope, null)
     await logout(this.scope)
   }
+}
+
+// An HTTP consumer: its own scope type, the response calls, the same tasks and handlers.
+class Events extends AsyncHttpConsumer {
+  override groups = ['news']
+  override async handle (body: unknown): Promise<void> {
+    const scope: HttpScope = this.scope
+    scope.type satisfies 'http'
+    // @ts-expect-error an HTTP consumer's scope is not a WebSocket scope
+    const wsScope: Scope = this.scope
+    const user: ChannelsUser | null = scope.user
+    if (user !== null) await login(this.scope, user)
+    await this.sendHeaders({ status: 200, headers: { 'content-type': 'text/event-stream', 'x-count': 1 } })
+    await this.sendEvent({ data: { n: 1 }, event: 'tick', id: 3 })
+    // @ts-expect-error an id is a string or a number
+    await this.sendEvent({ data: 'x', id: { at: 1 } })
+    await this.sendBody(Buffer.from('x'), { more: true })
+    // @ts-expect-error a chunk is a string or bytes
+    await this.sendBody(42)
+    this.spawn(async signal => { signal.throwIfAborted() })
+    const aborted: boolean = this.signal.aborted
+    void wsScope; void body; void aborted
+  }
+
+  async newsItem (message: { text: string }, info: Delivery): Promise<void> {
+    await this.sendEvent({ data: message.text, id: \`\${info.epoch ?? ''}:\${info.offset ?? 0}\` })
+  }
+
+  override async disconnect (): Promise<void> {}
 }
 
 interface Profile { name: string, age: number }   // an interface has no index signature
@@ -112,6 +141,7 @@ const badOrigins: FastifyChannelsOptions = { allowedOrigins: '*' }
 void badGetUser; void badOrigins
 await messages(app.channelLayer, 'worker')
 app.get('/ws/:room', { websocket: true }, Chat.asHandler())
+app.get('/events/:room', Events.asHandler())
 await app.channelLayer.groupSend('lobby', { type: 'chat.message', text: 'hi' })
 const comm = new WebsocketCommunicator(app, '/ws/lobby', { headers: { cookie: 'sessionId=x', origin: 'https://a.example.com' } })
 const { status }: { status: number } = await comm.connect()

@@ -3,6 +3,8 @@
 const COUNTERPART = {
   'channels-memory': { floor: 'ws-memory', rival: 'socketio-memory' },
   'channels-redis': { floor: 'ws-redis', rival: 'socketio-redis' },
+  'channels-sse-memory': { floor: 'ws-memory' },
+  'channels-sse-redis': { floor: 'ws-redis' },
   'socketio-memory': { floor: 'ws-memory' },
   'socketio-redis': { floor: 'ws-redis' }
 }
@@ -46,6 +48,18 @@ export function renderMarkdown (rows, meta) {
       `${r.rssPerConnKiB ?? '–'} | ${r.lost ?? '–'} | ${notes.join('; ')} |`)
   }
   lines.push('')
+  const sse = sseAgainstWebsocket(rows)
+  if (sse.length > 0) {
+    lines.push('## Server-sent events against WebSocket, same app and layer', '')
+    lines.push('| scenario | layer | CPU µs/delivery SSE / WebSocket | × | deliveries per server CPU-s SSE / WebSocket | × | RSS KiB/conn SSE / WebSocket |')
+    lines.push('|---|---|--:|--:|--:|--:|--:|')
+    for (const c of sse) {
+      lines.push(`| ${c.scenario} | ${c.layer} | ${c.sse.cpuUsPerDelivery ?? '–'} / ${c.ws.cpuUsPerDelivery ?? '–'} | ${ratio(c.sse.cpuUsPerDelivery, c.ws.cpuUsPerDelivery)} | ` +
+        `${num(c.sse.deliveriesPerCpuSecond)} / ${num(c.ws.deliveriesPerCpuSecond)} | ${ratio(c.sse.deliveriesPerCpuSecond, c.ws.deliveriesPerCpuSecond)} | ` +
+        `${c.sse.rssPerConnKiB ?? '–'} / ${c.ws.rssPerConnKiB ?? '–'} |`)
+    }
+    lines.push('')
+  }
   const checks = targetChecks(rows)
   if (checks.length > 0) {
     lines.push('## Against the targets (groups-100x100)', '')
@@ -95,6 +109,18 @@ export function targetChecks (rows) {
   for (const t of ['channels-memory', 'channels-redis']) {
     const r = get(t)
     if (r !== undefined && r.error === undefined) out.push({ what: `${t} lost messages`, measured: String(r.lost), target: '0', met: r.lost === 0 })
+  }
+  return out
+}
+
+/** channels-sse-X beside channels-X in each scenario where both were measured. */
+export function sseAgainstWebsocket (rows) {
+  const out = []
+  for (const r of rows) {
+    const m = /^channels-sse-(memory|redis)$/.exec(r.target)
+    if (m === null || r.error !== undefined) continue
+    const ws = find(rows, r.scenario, `channels-${m[1]}`)
+    if (ws !== undefined) out.push({ scenario: r.scenario, layer: m[1], sse: r, ws })
   }
   return out
 }

@@ -1,11 +1,13 @@
 // fastify-channels as a user writes it: a JsonWebsocketConsumer that joins its group in connect()
 // and relays each group message with sendJson(); publishes go through app.channelLayer.groupSend().
+// The same app serves the group as server-sent events too (/sse/:group): an AsyncHttpConsumer that
+// joins in handle() and relays each message with sendEvent(), for the channels-sse-* targets.
 // `entry` (from --alt=<path>) loads another build, to compare a candidate change in the same run.
 import Fastify from 'fastify'
 
 export async function start ({ layer: kind, redisUrl, prefix, logFile, entry }) {
   const channels = await import(entry ?? 'fastify-channels')
-  const { default: fastifyChannels, JsonWebsocketConsumer, InMemoryChannelLayer } = channels
+  const { default: fastifyChannels, JsonWebsocketConsumer, AsyncHttpConsumer, InMemoryChannelLayer } = channels
 
   class BenchConsumer extends JsonWebsocketConsumer {
     async connect () {
@@ -30,13 +32,35 @@ export async function start ({ layer: kind, redisUrl, prefix, logFile, entry }) 
   const app = Fastify({ logger: { level: 'warn', file: logFile } })
   await app.register(fastifyChannels, { layer })
   app.get('/ws/:group', { websocket: true }, BenchConsumer.asHandler())
+
+  let streams = 0
+  if (typeof AsyncHttpConsumer === 'function') {
+    class BenchEvents extends AsyncHttpConsumer {
+      async handle () {
+        await this.channelLayer.groupAdd(this.scope.params.group, this.channelName)
+        await this.sendHeaders({ headers: { 'content-type': 'text/event-stream' } })
+        streams++
+        this.counted = true
+      }
+
+      async benchMessage (event) {
+        await this.sendEvent({ data: event.payload })
+      }
+
+      async disconnect () {
+        if (this.counted) streams--
+      }
+    }
+    app.get('/sse/:group', BenchEvents.asHandler())
+  }
+
   await app.listen({ host: '127.0.0.1', port: 0 })
   return {
     port: app.server.address().port,
     publish (group, payload) {
       return app.channelLayer.groupSend(group, { type: 'bench.message', payload })
     },
-    connections: () => app.websocketServer.clients.size,
+    connections: () => app.websocketServer.clients.size + streams,
     stats: () => ({ groupSendSkipped: layer.stats?.groupSendSkipped ?? 0 }),
     close: () => app.close()
   }

@@ -11,15 +11,19 @@
  *   that `connect()` asked for meanwhile.
  * - open: client frames and layer messages run one at a time, in arrival order (task-queue.ts),
  *   held back while the consumer is behind (flow-control.ts); `send()` writes (outbound.ts).
- * - closing: nothing more is read or written; what was queued before is skipped, then the End task
+ * - closing: nothing more is read or written (a send throws ConnectionClosedError), `signal` is
+ *   aborted; what was queued before is skipped, then the End task waits for the spawned tasks and
  *   runs `disconnect(code)` exactly once.
  * - ended: the layer is freed of the channel and its memberships; `finished` resolves.
  *
  * `transition()` is the only place the state changes, and `Transitions` the only moves it allows.
+ *
+ * The socket is anything that fits socket.ts: ws' WebSocket for a WebSocket consumer, the HTTP
+ * response (response-socket.ts) for an HTTP consumer, whose `handle()` accepts before it runs.
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ChannelLayer, Delivery, LayerMessage } from '../layers/types.js'
-import { buildScope, type GetUser, type Scope } from '../scope.js'
+import { buildScope, type GetUser, type HttpScope, type Scope } from '../scope.js'
 import { InvalidOptionError } from '../errors.js'
 import { layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
@@ -27,7 +31,8 @@ import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
 import type { ConnectionSocket } from './socket.js'
-import { ClientFrame, End, callConsumer, failureClose, type ConsumerHooks, type Task } from './tasks.js'
+import { ClientFrame, End, callConsumer, failureClose, kConnect, kDisconnect, type ConsumerHooks, type Task } from './tasks.js'
+import { ScopedTasks, endedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
 import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
 
 export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
@@ -53,7 +58,7 @@ export interface Runtime {
 }
 
 export interface ConsumerContext {
-  scope: Scope
+  scope: Scope | HttpScope
   channelName: string
   channelLayer: ChannelLayer
   log: FastifyBaseLogger
@@ -78,7 +83,7 @@ export function connectionOf (raw: object): Connection | undefined {
   return byRequest.get(raw)
 }
 
-export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating {
+export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner {
   /** The subprotocol `accept()` named. */
   subprotocol: string | undefined = undefined
   /** Resolves once the connection has ended and the layer is freed of it. */
@@ -101,6 +106,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #decide: ((decision: Decision) => void) | null = null
   // accepted: a close() asked for before the socket came.
   #pendingClose: { code: number, reason: string } | null = null
+  // accepted: watches the request's TCP socket for a client gone before the socket came.
+  #goneBeforeOpen: (() => void) | null = null
+  // `signal` and `spawn()`: made on first use.
+  #scoped: ScopedTasks | null = null
   // accept()'s promise: the socket came (or never will).
   readonly #opened: Promise<void>
   #resolveOpened!: () => void
@@ -134,11 +143,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    * accepts, refuses, returns or throws. Resolves with the decision; rejects when the set-up
    * before `connect()` failed.
    */
-  async handshake (init: (ctx: ConsumerContext) => void): Promise<Decision> {
+  async handshake (init: (ctx: ConsumerContext) => void, type: 'websocket' | 'http' = 'websocket'): Promise<Decision> {
     const decision = new Promise<Decision>(resolve => { this.#decide = resolve })
     const layer = this.#runtime.layer
     try {
-      const scope = await buildScope(this.#request, this.#runtime.getUser)
+      const scope = await buildScope(this.#request, this.#runtime.getUser, type)
       this.#channelName = await layer.newChannel()
       const { view, joined } = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
       this.#joined = joined
@@ -148,7 +157,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       await this.#refuse(500)
       throw err
     }
-    const connected = (async () => { await this.#consumer.connect() })()
+    const connected = (async () => { await this.#consumer[kConnect]() })()
     connected.then(() => {
       // Returning without accept() refuses; after it, the queued frames may run.
       if (this.#state === 'handshake') void this.#refuse(403)
@@ -173,7 +182,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (this.#transition('handshake', 'accepted')) {
       this.subprotocol = subprotocol
       // If the client goes away between accept() and the upgrade, the route handler never runs.
-      this.#request.raw.socket?.once('close', () => { this.#beginClosing('accepted', 1006) })
+      // Removed once the socket is there: it may be a TCP socket that outlives this connection.
+      this.#goneBeforeOpen = () => { this.#beginClosing('accepted', 1006) }
+      this.#request.raw.socket?.once('close', this.#goneBeforeOpen)
       this.#decided({ accepted: true })
     }
     return this.#opened
@@ -181,6 +192,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** Called by the route handler with the upgraded socket. */
   attach (socket: ConnectionSocket): void {
+    this.#forgetGoneBeforeOpen()
     if (!this.#transition('accepted', 'open')) {
       socket.terminate()
       return
@@ -229,6 +241,22 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     else this.#beginClosing('accepted', 1001)
   }
 
+  /** `this.signal`: aborted as soon as the connection starts to end. */
+  get signal (): AbortSignal {
+    return this.#scopedTasks().signal
+  }
+
+  /** `this.spawn(fn)`: a task beside the handler queue, awaited before `disconnect()`. */
+  spawn (fn: SpawnedTask): void {
+    this.#scopedTasks().spawn(fn)
+  }
+
+  /** ScopedTasksOwner: a spawned task failed while the connection was live. */
+  spawnFailed (err: unknown): void {
+    const [code, reason] = failureClose(err, this.log, this.#channelName, 'spawned task')
+    this.close(code, reason)
+  }
+
   /** FlowOwner: the layer failed under the connection. */
   layerFailed (err: unknown): void {
     this.log.error({ err, channel: this.#channelName }, 'channel layer receive failed; closing the connection')
@@ -240,7 +268,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   /** handshake → ended: the decision is a refusal; what the set-up joined is left. */
   async #refuse (status: number): Promise<void> {
     if (!this.#transition('handshake', 'ended')) return
+    this.#scoped?.abort()
     this.#decided({ accepted: false, status })
+    await this.#scoped?.settled()
     await this.#finish()
   }
 
@@ -257,17 +287,19 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #beginClosing (from: 'open' | 'accepted', code: number, endSocket?: (socket: ConnectionSocket) => void): void {
     if (!this.#transition(from, 'closing')) return
     this.#outbound.shut()
+    this.#scoped?.abort()
     this.#flow.stop()
     this.#resolveOpened()
     if (endSocket !== undefined && this.#socket !== null) endSocket(this.#socket)
     this.#tasks.push(new End(code))
   }
 
-  /** closing → ended, when the End task runs. */
+  /** closing → ended, when the End task runs: the spawned tasks settle first. */
   async #end (code: number): Promise<void> {
     if (!this.#transition('closing', 'ended')) return
+    await this.#scoped?.settled()
     try {
-      await this.#consumer.disconnect(code)
+      await this.#consumer[kDisconnect](code)
     } catch (err) {
       this.log.error({ err, channel: this.#channelName }, 'consumer disconnect() failed')
     }
@@ -276,6 +308,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** In `ended`: free the layer, then tell whoever waits. */
   async #finish (): Promise<void> {
+    this.#forgetGoneBeforeOpen()
     if (this.#channelName !== '') {
       await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, this.#joined, this.log)
     }
@@ -297,8 +330,15 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     }
   }
 
-  /** TaskRunner: a handler threw or rejected. */
+  /**
+   * TaskRunner: a handler threw or rejected. One that only lost the race with the connection's end
+   * (its send came too late, its wait was aborted) is no failure: debug, and nothing more to close.
+   */
   taskFailed (err: unknown): void {
+    if ((this.#state === 'closing' || this.#state === 'ended') && endedWithConnection(err)) {
+      this.log.debug({ err, channel: this.#channelName }, 'consumer handler stopped: the connection had ended')
+      return
+    }
     const [code, reason] = failureClose(err, this.log, this.#channelName)
     this.close(code, reason)
   }
@@ -306,6 +346,20 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   /** TaskRunner: after each task, the sources held back for the queue may flow again. */
   afterTask (): void {
     this.#flow.afterTask()
+  }
+
+  #scopedTasks (): ScopedTasks {
+    if (this.#scoped === null) {
+      this.#scoped = new ScopedTasks(this)
+      if (this.#state === 'closing' || this.#state === 'ended') this.#scoped.abort()
+    }
+    return this.#scoped
+  }
+
+  #forgetGoneBeforeOpen (): void {
+    if (this.#goneBeforeOpen === null) return
+    this.#request.raw.socket?.off('close', this.#goneBeforeOpen)
+    this.#goneBeforeOpen = null
   }
 
   // --- what the parts beside it read -----------------------------------------------------------

@@ -4,16 +4,21 @@
  *
  * - A slow reader (more than `maxBufferedBytes` waiting in its socket) is closed with 1008 instead
  *   of buffering without bound.
- * - Shared frames: a group message is, for most consumers, the same text for every local member,
- *   sent one member after the other within one `groupSend()`. Consecutive sends of one text are
- *   framed once and the same bytes written to each socket, as a hand-written ws broadcast does,
- *   through ws' frame writer where `ws.send()` would write exactly that (see internals.ts).
+ * - Shared frames: consecutive sends of one text are framed once and the same bytes written to
+ *   each socket (shared-encoding.ts), through ws' frame writer where `ws.send()` would write
+ *   exactly that (see internals.ts).
  *
  * Data is written only while the connection is open: the connection opens its outbound side with
- * the socket and shuts it as soon as it starts closing.
+ * the socket and shuts it as soon as it starts closing. Three states, so each late send gets what
+ * it should: before the socket is there (a send in `connect()` before `accept()`) the data is
+ * dropped and logged at debug; once shut, `send()` throws
+ * ConnectionClosedError, so that code still sending to a connection that ended (a loop in
+ * `connect()`, a spawned task) stops instead of running for the life of the process.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { frameWriterOf, writeFrame, type FrameWriter } from '../internals.js'
+import { ConnectionClosedError } from '../errors.js'
+import { encodedOnce } from './shared-encoding.js'
 
 /** The part of a socket data is written to (ws' WebSocket has it). */
 export interface WritableSocket {
@@ -29,19 +34,17 @@ export interface OutboundOwner {
   close (code: number, reason: string): void
 }
 
-// Texts larger than this are framed per socket: keeping one alive between sends costs memory.
-const MAX_SHARED_TEXT = 64 * 1024
-
 const BINARY = { binary: true }
 
-let lastText: string | undefined
-let lastFrame: Buffer[] = []
+/** The frame of the last text sent, built again only when the text changes. */
+const sharedTextFrame = encodedOnce(text => [textFrame(text)])
 
 export class Outbound {
   readonly #owner: OutboundOwner
   readonly #maxBufferedBytes: number
   #socket: WritableSocket | null = null
   #writer: FrameWriter | null = null
+  #shut = false
 
   constructor (owner: OutboundOwner, maxBufferedBytes: number) {
     this.#owner = owner
@@ -54,15 +57,17 @@ export class Outbound {
     this.#writer = frameWriterOf(socket)
   }
 
-  /** Nothing more is written; later sends are dropped. */
+  /** Nothing more is written; later sends throw ConnectionClosedError. */
   shut (): void {
     this.#socket = null
     this.#writer = null
+    this.#shut = true
   }
 
   send (data: string | Uint8Array): void {
     const socket = this.#socket
     if (socket === null) {
+      if (this.#shut) throw new ConnectionClosedError(this.#owner.channelName, 'nothing more can be sent')
       this.#owner.log.debug({ channel: this.#owner.channelName }, 'send() on a connection that is not open; dropped')
       return
     }
@@ -76,17 +81,12 @@ export class Outbound {
       return
     }
     const writer = this.#writer
-    if (writer === null || data.length > MAX_SHARED_TEXT || !writeFrame(socket, writer, sharedTextFrame(data))) socket.send(data)
+    if (writer !== null) {
+      const frame = sharedTextFrame(data)
+      if (frame !== undefined && writeFrame(socket, writer, frame)) return
+    }
+    socket.send(data)
   }
-}
-
-/** The frame of the last text sent, built again only when the text changes. */
-function sharedTextFrame (text: string): Buffer[] {
-  if (text !== lastText) {
-    lastFrame = [textFrame(text)]
-    lastText = text
-  }
-  return lastFrame
 }
 
 /** One unmasked, unfragmented text frame (RFC 6455 §5.2), header and payload in one Buffer. */

@@ -11,12 +11,22 @@ import { findHandler, isPresenceEvent } from '../dispatch.js'
 import { TooManyGroupsError } from '../errors.js'
 import { toBuffer } from './socket.js'
 
-/** The part of a consumer the connection drives. */
+// The hooks are symbols: a WebSocket consumer maps them onto `connect()`, `receive()` and
+// `disconnect(code)`, an HTTP consumer onto `handle()` and `disconnect()`, and neither class shows
+// the other's names.
+export const kConnect = Symbol('fastify-channels.connect')
+export const kReceive = Symbol('fastify-channels.receive')
+export const kDisconnect = Symbol('fastify-channels.disconnect')
+
+/** The part of a consumer the connection drives; layer messages go to its handlers by `type`. */
 export interface ConsumerHooks {
   groups: string[]
-  connect (): unknown
-  receive (text: string | undefined, bytes: Buffer | undefined): unknown
-  disconnect (code: number): unknown
+  /** Runs first; whatever arrives meanwhile waits for it. */
+  [kConnect] (): unknown
+  /** A client frame. */
+  [kReceive] (text: string | undefined, bytes: Buffer | undefined): unknown
+  /** Once, at the end. */
+  [kDisconnect] (code: number): unknown
 }
 
 /** A client frame waiting for `receive()`. */
@@ -42,8 +52,8 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
   let result: unknown
   if (task instanceof ClientFrame) {
     result = task.binary
-      ? consumer.receive(undefined, toBuffer(task.data))
-      : consumer.receive(toBuffer(task.data).toString('utf8'), undefined)
+      ? consumer[kReceive](undefined, toBuffer(task.data))
+      : consumer[kReceive](toBuffer(task.data).toString('utf8'), undefined)
   } else {
     const handler = findHandler(consumer, task.type, info)
     if (handler === undefined) {
@@ -56,15 +66,16 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
 }
 
 /**
- * A handler failed after accept: logged, and the close its connection gets. Joining too many
- * groups is the client's doing (1008, at warn); anything else is the app's bug (1011, at error).
+ * A handler (or a spawned task, `what`) failed after accept: logged, and the close its connection
+ * gets. Joining too many groups is the client's doing (1008, at warn); anything else is the app's
+ * bug (1011, at error).
  */
-export function failureClose (err: unknown, log: FastifyBaseLogger, channel: string): [code: number, reason: string] {
+export function failureClose (err: unknown, log: FastifyBaseLogger, channel: string, what = 'consumer handler'): [code: number, reason: string] {
   if (err instanceof TooManyGroupsError) {
     log.warn({ err, channel }, 'consumer joined too many groups; closing with 1008')
     return [1008, 'too many groups']
   }
-  log.error({ err, channel }, 'consumer handler failed; closing with 1011')
+  log.error({ err, channel }, `${what} failed; closing with 1011`)
   return [1011, 'internal error']
 }
 

@@ -5,19 +5,15 @@
  * no chat line and show none twice. Screenshots land in test/browser/screenshots/ (git-ignored).
  */
 import t, { type Test } from 'tap'
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
-import { freePort, spawnNode, type NodeProcess } from '../helpers/process.js'
+import type { Browser, BrowserContext, Page } from 'playwright-core'
+import { freePort, type NodeProcess } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
+import { inCI, launchChromium, noChromium, screenshots as shots, startExampleApp } from '../helpers/browser.js'
 import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
 
-const root = fileURLToPath(new URL('../../', import.meta.url))
-const shots = fileURLToPath(new URL('./screenshots/', import.meta.url))
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
-const inCI = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false' && process.env.CI !== '0'
 const WAIT = 15_000
 // A browser, several server starts and reconnect backoffs: more than .taprc's 120 s on a busy machine. Every wait below is bounded.
 t.setTimeout(300_000)
@@ -26,8 +22,7 @@ t.setTimeout(300_000)
 interface ExampleServer { url: string, port: number, proc: NodeProcess }
 
 async function startServer (env: Record<string, string>, port: number): Promise<ExampleServer> {
-  const proc = spawnNode([join(root, 'example-app/server.js')], { ...env, PORT: String(port), HOST: '127.0.0.1' }, root)
-  await proc.waitFor(/fastify-channels example on http/, 30_000)
+  const proc = await startExampleApp({ ...env, PORT: String(port), HOST: '127.0.0.1' })
   return { url: `http://127.0.0.1:${port}/`, port, proc }
 }
 
@@ -69,15 +64,7 @@ async function shownOnce (t: Test, page: Page, author: string, text: string): Pr
   t.equal(await message(page, author, text).count(), 1, `"${text}" shown once`)
 }
 
-function launch (): Promise<Browser> {
-  return chromium.launch({
-    executablePath: chromiumPath,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-    timeout: 30_000
-  })
-}
 
-const noChromium = existsSync(chromiumPath) ? undefined : `Chromium not found at ${chromiumPath} (apt-get install chromium)`
 if (noChromium !== undefined && inCI) {
   t.fail(`${noChromium}: CI must run the browser test, never skip it`)
 } else {
@@ -88,7 +75,7 @@ if (noChromium !== undefined && inCI) {
     const env = { SESSION_FILE: join(data, 'sessions.json'), REDIS_URL: '' }
     const port = await freePort()
     let server = await startServer(env, port)
-    const browser = await launch()
+    const browser = await launchChromium()
     t.teardown(async () => {
       await browser.close()
       await server.proc.stop()
@@ -203,7 +190,7 @@ if (noChromium !== undefined && inCI) {
     const [portA, portB] = [await freePort(), await freePort()]
     let a = await startServer({ ...env, SERVER_LABEL: 'A' }, portA)
     const b = await startServer({ ...env, SERVER_LABEL: 'B' }, portB)
-    const browser = await launch()
+    const browser = await launchChromium()
     const redis = adminClient(t)
     t.teardown(async () => {
       await browser.close()

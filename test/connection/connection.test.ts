@@ -94,7 +94,7 @@ t.test('handshake → accepted → open → closing → ended: the whole life of
   t.same(s.consumer.disconnects, [1000], 'disconnect() once, with the client\'s code')
   t.same(s.layer.inspect(), empty, 'the layer is freed of the channel and its groups')
   t.equal(s.runtime.connections.size, 0)
-  await s.consumer.send('late')
+  await t.rejects(s.consumer.send('late'), { code: 'FST_CHANNELS_CONNECTION_CLOSED' }, 'a send after the end rejects')
   t.same(s.socket.sent, ['out'], 'nothing is written after the end')
 })
 
@@ -303,4 +303,131 @@ t.test('accept() with a subprotocol that is not a string is a clear error, and d
   t.same(await s.decision, { accepted: false, status: 500 }, 'connect() threw: refused with 500')
   t.ok(s.logs.some(l => l.level === 'error' && l.msg === 'consumer connect() failed'))
   t.equal(s.connection.subprotocol, undefined)
+})
+
+t.test('signal: aborted as closing begins, before disconnect() runs; read after the end it is aborted already', async t => {
+  const s = setup()
+  let abortedInDisconnect: boolean | undefined
+  s.consumer.disconnect = async (code: number) => { abortedInDisconnect = s.consumer.signal.aborted; s.consumer.disconnects.push(code) }
+  await s.decision
+  s.connection.attach(s.socket)
+  const signal = s.consumer.signal
+  t.equal(signal.aborted, false)
+  t.equal(s.consumer.signal, signal, 'one signal per connection')
+  s.socket.emit('close', 1000)
+  t.equal(signal.aborted, true, 'aborted at once')
+  t.match(signal.reason, { code: 'FST_CHANNELS_CONNECTION_CLOSED' })
+  await s.connection.finished
+  t.equal(abortedInDisconnect, true, 'already aborted inside disconnect()')
+
+  const late = setup()
+  await late.decision
+  late.connection.attach(late.socket)
+  late.socket.emit('close', 1000)
+  await late.connection.finished
+  t.equal(late.consumer.signal.aborted, true, 'first read after the end')
+})
+
+t.test('spawn: runs beside the handler queue; disconnect() waits for it, and what it joins on its way out is freed', async t => {
+  const [handlerGate, releaseHandler] = gated()
+  const [cleanupGate, releaseCleanup] = gated()
+  const s = setup()
+  s.consumer.receive = async () => { await handlerGate } // the queue is stuck behind this handler
+  await s.decision
+  s.connection.attach(s.socket)
+  s.socket.emit('message', Buffer.from('blocks'), false)
+  let ticks = 0
+  let cleaning = false
+  s.consumer.spawn(async signal => {
+    while (!signal.aborted) {
+      await s.consumer.send(`tick ${++ticks}`)
+      await new Promise(resolve => setTimeout(resolve, 2))
+    }
+    // A slow clean-up that still touches the layer: the connection must wait for it.
+    cleaning = true
+    await cleanupGate
+    await s.layer.groupAdd('late', s.consumer.channelName)
+  })
+  await eventually(() => s.socket.sent.length >= 3)
+  t.pass('ticks go out while a handler holds the queue')
+  s.socket.emit('close', 1001)
+  await eventually(() => cleaning)
+  releaseHandler()
+  await new Promise(resolve => setTimeout(resolve, 10))
+  t.same(s.consumer.disconnects, [], 'disconnect() waits for the spawned task')
+  releaseCleanup()
+  await s.connection.finished
+  t.same(s.consumer.disconnects, [1001])
+  t.same(s.layer.inspect(), empty, 'the membership the task made while stopping is gone too')
+  t.notOk(s.logs.some(l => l.level === 'error'), 'nothing logged as an error')
+})
+
+t.test('spawn: a task that fails while open closes with 1011 and is logged; spawn() after the end throws', async t => {
+  const s = setup()
+  await s.decision
+  s.connection.attach(s.socket)
+  s.consumer.spawn(async () => { throw new Error('task bug') })
+  await s.connection.finished
+  t.same(s.socket.closedWith, [1011, 'internal error'])
+  t.same(s.consumer.disconnects, [1011])
+  t.ok(s.logs.some(l => l.level === 'error' && l.msg === 'spawned task failed; closing with 1011'))
+  t.throws(() => s.consumer.spawn(async () => {}), { code: 'FST_CHANNELS_CONNECTION_CLOSED' })
+  t.throws(() => s.consumer.spawn('not a function' as never), { code: 'FST_CHANNELS_INVALID_OPTION' })
+})
+
+t.test('a refused handshake aborts the signal and waits for spawned tasks before it frees the layer', async t => {
+  const [gate, release] = gated()
+  let aborted = false
+  const s = setup(async c => {
+    c.spawn(async signal => {
+      await new Promise(resolve => signal.addEventListener('abort', resolve))
+      aborted = true
+      await gate
+      await c.channelLayer.groupAdd('while-refusing', c.channelName)
+    })
+    await c.close()
+  })
+  t.same(await s.decision, { accepted: false, status: 403 })
+  t.ok(aborted)
+  t.equal(s.runtime.connections.size, 1, 'not finished while the task runs')
+  release()
+  await s.connection.finished
+  t.same(s.layer.inspect(), empty)
+})
+
+t.test('the tutorials\' loop in connect(): holds frames back, and ends by itself once the client is gone', async t => {
+  let iterations = 0
+  const s = setup(async c => {
+    await c.accept()
+    for (;;) {
+      iterations++
+      await c.send('now')
+      await new Promise(resolve => setTimeout(resolve, 2))
+    }
+  })
+  await s.decision
+  s.connection.attach(s.socket)
+  s.socket.emit('message', Buffer.from('held'), false)
+  await eventually(() => s.socket.sent.length >= 3)
+  t.same(s.consumer.received, [], 'frames wait for connect(), as in Channels')
+  s.socket.emit('close', 1000)
+  await s.connection.finished
+  const stopped = iterations
+  await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal(iterations, stopped, 'the loop ended')
+  t.same(s.consumer.disconnects, [1000], 'disconnect() once')
+  t.same(s.consumer.received, [], 'the held frame is skipped: the connection was closing')
+  t.notOk(s.logs.some(l => l.level === 'error'), 'not logged as a handler failure')
+  t.ok(s.logs.some(l => l.level === 'debug' && l.msg === 'consumer handler stopped: the connection had ended'))
+  t.same(s.layer.inspect(), empty)
+})
+
+t.test('accept(): the watch for a client gone before the socket is removed once the socket is there', async t => {
+  const s = setup()
+  await s.decision
+  t.equal(s.tcp.listenerCount('close'), 1)
+  s.connection.attach(s.socket)
+  t.equal(s.tcp.listenerCount('close'), 0, 'a TCP socket that outlives the connection collects no listeners')
+  s.socket.emit('close', 1000)
+  await s.connection.finished
 })

@@ -109,19 +109,21 @@ t.test('a reader over the buffered limit: nothing more is written, the owner clo
   t.ok(logs.some(l => l.level === 'warn' && /slow reader/.test(l.msg)))
 })
 
-t.test('before open() and after shut(), send() drops the data and logs at debug', async t => {
+t.test('three states: before open() send() drops the data (debug); after shut() it throws ConnectionClosedError', async t => {
   const { servers: [socket], clients: [client] } = await pairs(t, 1)
   const { owner: o, logs } = owner()
   const out = new Outbound(o, 1024 * 1024)
   out.send('too early')
+  t.same(logs, [{ level: 'debug', msg: 'send() on a connection that is not open; dropped' }])
   out.open(socket)
   out.send('while open')
   out.shut()
-  out.send('too late')
+  t.throws(() => out.send('too late'), { code: 'FST_CHANNELS_CONNECTION_CLOSED', message: 'Connection "specific!test" has ended: nothing more can be sent' })
+  t.throws(() => out.send(Buffer.from('late bytes')), { code: 'FST_CHANNELS_CONNECTION_CLOSED' })
   await eventually(() => client.received.length >= 1)
   await new Promise(resolve => setTimeout(resolve, 30))
   t.same(client.received, ['while open'])
-  t.equal(logs.filter(l => l.level === 'debug').length, 2)
+  t.equal(logs.length, 1, 'nothing more logged: the caller has the error')
 })
 
 t.test('a socket that is closing gets text through ws.send(), never a frame after its close frame', async t => {

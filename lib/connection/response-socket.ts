@@ -1,0 +1,138 @@
+/**
+ * One long-lived HTTP response as the connection's socket (socket.ts), for `AsyncHttpConsumer`:
+ * the same lifecycle, handler queue, flow control and send policy as a WebSocket, written as a
+ * response body (server-sent events, a long poll).
+ *
+ * How the socket's operations map onto the response:
+ * - `send(data)`: a body chunk; the head goes first (200, no headers of its own) unless
+ *   `writeHead()` sent one. A text is written as bytes shared with the responses it went to just
+ *   before (shared-encoding.ts).
+ * - `close(code)`: the end of the response. Before the head: an error status instead, 503 while
+ *   the server shuts down (1001), else 500. After it: the body ends — but a slow reader (1008) has
+ *   its socket destroyed, since ending would wait for it to read what is queued.
+ * - `terminate()`: the socket is destroyed.
+ * - `ping()`, for the heartbeat: on an event stream, a comment; its "pong" is the comment reaching
+ *   the kernel, so a reader stuck more than a heartbeat interval behind is terminated, as a
+ *   WebSocket peer that does not answer would be. Any other body cannot take filler: answered at
+ *   once, and TCP alone notices a dead peer.
+ * - 'close': the response closed before it was ended (the client went away: 1006), or after.
+ * - No 'message', no 'error', and `pause()`/`resume()` do nothing: an HTTP consumer reads no frames.
+ *
+ * The reply is hijacked: Fastify's onSend hooks do not run (as for a WebSocket upgrade). Headers
+ * that earlier hooks set on the reply (CORS, for one) are kept in the head.
+ */
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import type { FastifyReply } from 'fastify'
+import type { ConnectionSocket } from './socket.js'
+import { HEARTBEAT_COMMENT, isEventStream } from '../server-sent-events.js'
+import { encodedOnce } from './shared-encoding.js'
+
+type Listener = (...args: never[]) => unknown
+
+/** The UTF-8 bytes of the last text sent (an event for every member of a group): encoded once. */
+const sharedBytes = encodedOnce(text => Buffer.from(text))
+
+export class ResponseSocket implements ConnectionSocket {
+  readonly #reply: FastifyReply
+  readonly #res: ServerResponse
+  #started = false
+  #eventStream = false
+  // The response is over: ended or closed here (the code), or closed under us.
+  #over = false
+  #clientGone = false
+  #onClose: ((code: number) => void) | null = null
+  #onPong: (() => void) | null = null
+
+  constructor (reply: FastifyReply) {
+    reply.hijack()
+    this.#reply = reply
+    this.#res = reply.raw
+    const gone = (): void => {
+      if (this.#over) return
+      this.#over = true
+      this.#clientGone = true
+      this.#onClose?.(1006)
+    }
+    this.#res.once('close', gone)
+    this.#res.on('error', gone)
+  }
+
+  /** Whether the head has been sent. */
+  get started (): boolean {
+    return this.#started
+  }
+
+  get bufferedAmount (): number {
+    return this.#res.writableLength
+  }
+
+  get readyState (): number {
+    return this.#over ? 3 : 1
+  }
+
+  on (event: 'message' | 'pong' | 'error' | 'close', listener: Listener): this {
+    if (event === 'close') {
+      const onClose = listener as (code: number) => void
+      this.#onClose = onClose
+      // Gone before the connection listened: tell it, once it has finished attaching.
+      if (this.#clientGone) queueMicrotask(() => onClose(1006))
+    } else if (event === 'pong') {
+      this.#onPong = listener as () => void
+    }
+    return this
+  }
+
+  /** Sends the head: `headers` over those earlier hooks set on the reply. */
+  writeHead (status: number, headers: OutgoingHttpHeaders): void {
+    const head: Record<string, OutgoingHttpHeaders[string]> = { ...this.#reply.getHeaders() }
+    for (const [name, value] of Object.entries(headers)) head[name.toLowerCase()] = value
+    this.#res.writeHead(status, head)
+    // Written now, not with the first chunk: an EventSource opens (and a proxy sees an answer)
+    // before the first event.
+    this.#res.flushHeaders()
+    this.#started = true
+    this.#eventStream = isEventStream(head['content-type'])
+  }
+
+  send (data: string | Uint8Array): void {
+    if (!this.#started) this.writeHead(200, {})
+    this.#res.write(typeof data === 'string' ? sharedBytes(data) ?? data : data)
+  }
+
+  close (code: number, reason: string): void {
+    if (this.#over) return
+    if (!this.#started) {
+      this.refuse(code === 1001 ? 503 : 500, reason)
+      return
+    }
+    this.#over = true
+    if (code === 1008) this.#res.destroy()
+    else this.#res.end()
+  }
+
+  /** Answers with an error status and a JSON body as Fastify's would, before any head was sent. */
+  refuse (status: number, message: string): void {
+    if (this.#over || this.#started) return
+    this.#over = true
+    const body = JSON.stringify({ statusCode: status, error: status === 503 ? 'Service Unavailable' : 'Internal Server Error', message })
+    this.#res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+    this.#res.end(body)
+  }
+
+  terminate (): void {
+    this.#over = true
+    this.#res.destroy()
+  }
+
+  ping (): void {
+    if (this.#eventStream && !this.#over) {
+      this.#res.write(HEARTBEAT_COMMENT, (err?: Error | null) => { if (err == null) this.#onPong?.() })
+    } else {
+      queueMicrotask(() => { this.#onPong?.() })
+    }
+  }
+
+  pause (): void {}
+  resume (): void {}
+}
+

@@ -1,0 +1,148 @@
+/**
+ * Connection-scoped tasks through real sockets on loopback: the clock written with `spawn()`, the
+ * tutorials' loop written in `connect()`, and what a failing or badly called task costs (its own
+ * connection, nothing else). The lifecycle details against a fake socket:
+ * test/connection/connection.test.ts; the tasks alone: test/connection/scoped-tasks.test.ts.
+ */
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type WebSocket from 'ws'
+import { JsonWebsocketConsumer, WebsocketConsumer } from '../lib/index.js'
+import { buildApp, eventually } from './helpers/app.js'
+import { listen, openClient } from './helpers/loopback.js'
+
+/** Collects what a client receives, as text. */
+function inbox (ws: WebSocket): string[] {
+  const received: string[] = []
+  ws.on('message', (data: Buffer) => received.push(data.toString()))
+  return received
+}
+
+t.test('the clock with spawn(): ticks while open, stops when the client leaves, disconnect() once', async t => {
+  let ticks = 0
+  const disconnects: number[] = []
+  class ClockConsumer extends JsonWebsocketConsumer {
+    override async connect () {
+      await this.accept()
+      this.spawn(async signal => {
+        while (!signal.aborted) {
+          ticks++
+          await this.sendJson({ now: Date.now() })
+          await sleep(10, undefined, { signal }) // rejects once the connection ends: that ends the task
+        }
+      })
+    }
+
+    override async receiveJson (content: { ping: number }) { await this.sendJson({ pong: content.ping }) }
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/clock', { websocket: true }, ClockConsumer.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const { ws, closed } = await openClient(`${url}/clock`)
+  const received = inbox(ws)
+  await eventually(() => received.length >= 3)
+  ws.send(JSON.stringify({ ping: 1 }))
+  await eventually(() => received.some(m => m === '{"pong":1}'))
+  t.pass('frames are handled while the clock runs: it is not in the handler queue')
+  ws.close(1000)
+  await closed
+  await eventually(() => disconnects.length === 1)
+  const stopped = ticks
+  await sleep(50)
+  t.equal(ticks, stopped, 'the clock stopped with the connection')
+  t.same(disconnects, [1000])
+  t.notOk(logs.some(l => (l.level as number) >= 40), 'no warning or error: the aborted sleep is how the task ends')
+  t.same((app.channelLayer as unknown as { inspect: () => object }).inspect(), { channels: 0, groups: 0, memberships: 0 })
+})
+
+t.test('the tutorials\' loop in connect(): ends by itself once the client is gone; nothing logged as a failure', async t => {
+  let iterations = 0
+  const disconnects: number[] = []
+  const received: string[] = []
+  class TutorialClock extends WebsocketConsumer {
+    override async connect () {
+      await this.accept()
+      for (;;) { // accept(); while True: send(now); sleep(1) — as Channels tutorials write it
+        iterations++
+        await this.send(String(Date.now()))
+        await sleep(10)
+      }
+    }
+
+    override async receive (text?: string) { received.push(text ?? '') }
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/tutorial', { websocket: true }, TutorialClock.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const { ws, closed } = await openClient(`${url}/tutorial`)
+  const frames = inbox(ws)
+  await eventually(() => frames.length >= 3)
+  ws.send('hello')
+  await sleep(30)
+  t.same(received, [], 'client frames wait behind connect(), as in Channels')
+  ws.close(1000)
+  await closed
+  await eventually(() => disconnects.length === 1)
+  const stopped = iterations
+  await sleep(50)
+  t.equal(iterations, stopped, 'the loop ended')
+  t.same(disconnects, [1000], 'disconnect() ran once')
+  t.notOk(logs.some(l => (l.level as number) >= 40), 'no warning or error: losing the race with the close is no failure')
+  t.ok(logs.some(l => l.msg === 'consumer handler stopped: the connection had ended'), 'logged at debug')
+})
+
+t.test('app.close() is not held up by the tutorials\' loop: clients see 1001, disconnect(1001) runs once', async t => {
+  const disconnects: number[] = []
+  class TutorialClock extends WebsocketConsumer {
+    override async connect () {
+      await this.accept()
+      for (;;) {
+        await this.send('tick')
+        await sleep(20)
+      }
+    }
+
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/tutorial', { websocket: true }, TutorialClock.asHandler()))
+  const { url } = await listen(app)
+  const clients = await Promise.all([1, 2, 3].map(async () => await openClient(`${url}/tutorial`)))
+  await Promise.all(clients.map(async ({ ws }) => await new Promise(resolve => ws.once('message', resolve))))
+  await app.close()
+  t.same(disconnects, [1001, 1001, 1001], 'every disconnect() ran, before close() resolved')
+  for (const { closed } of clients) t.match(await closed, { code: 1001 })
+  t.notOk(logs.some(l => (l.level as number) >= 50))
+})
+
+t.test('a spawned task that fails closes its own connection with 1011; the others keep working', async t => {
+  class Failing extends WebsocketConsumer {
+    override async receive (text?: string) {
+      if (text === 'fail') this.spawn(async () => { await sleep(1); throw new Error('task bug') })
+      else if (text === 'bad') this.spawn('not a function' as never)
+      else await this.send(`echo ${text ?? ''}`)
+    }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Failing.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const bystander = await openClient(`${url}/ws`)
+  const bystanderInbox = inbox(bystander.ws)
+
+  const failing = await openClient(`${url}/ws`)
+  failing.ws.send('fail')
+  t.match(await failing.closed, { code: 1011, reason: 'internal error' })
+  t.ok(logs.some(l => l.msg === 'spawned task failed; closing with 1011' && (l.err as { message: string }).message === 'task bug'))
+
+  const badCall = await openClient(`${url}/ws`)
+  badCall.ws.send('bad')
+  t.match(await badCall.closed, { code: 1011 }, 'spawn() with a non-function is a typed error: the handler fails')
+  t.ok(logs.some(l => l.msg === 'consumer handler failed; closing with 1011' && (l.err as { code: string }).code === 'FST_CHANNELS_INVALID_OPTION'))
+
+  bystander.ws.send('still here')
+  await eventually(() => bystanderInbox.includes('echo still here'))
+  t.pass('the other connection is unaffected')
+  bystander.ws.close()
+  await bystander.closed
+})

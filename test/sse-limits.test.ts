@@ -1,0 +1,76 @@
+/**
+ * The limits of a long-lived HTTP response, through real sockets: heartbeat comments keep proxies
+ * from timing out an idle event stream, and a reader that stops reading is cut off at
+ * `maxBufferedBytes` instead of buffering without bound, while the others keep receiving.
+ */
+import t from 'tap'
+import { connect } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { AsyncHttpConsumer } from '../lib/index.js'
+import { buildApp, eventually } from './helpers/app.js'
+import { listen } from './helpers/loopback.js'
+import { openEventStream } from './helpers/event-stream.js'
+
+t.test('heartbeat: an idle event stream gets a comment every interval; a JSON body gets none', async t => {
+  class Idle extends AsyncHttpConsumer {
+    override async handle () {
+      if (this.scope.query.kind === 'json') {
+        await this.sendHeaders({ headers: { 'content-type': 'application/json' } })
+      } else {
+        await this.sendEvent({ data: 'open' })
+      }
+    }
+  }
+  const { app } = await buildApp({ heartbeatInterval: 100 }, app => app.get('/idle', Idle.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const base = url.replace('ws://', 'http://')
+  const sse = await openEventStream(`${base}/idle`)
+  const json = await openEventStream(`${base}/idle?kind=json`)
+  await eventually(() => sse.comments >= 3, 3000)
+  t.ok(sse.comments >= 3, 'comments keep coming')
+  t.same(sse.events.map(e => e.data), ['open'], 'and are no events')
+  t.equal(json.body(), '', 'nothing is added to a body that is not an event stream')
+  t.equal(sse.response.complete, false, 'both still open: a reader that reads is never cut off')
+  sse.close()
+  json.close()
+})
+
+t.test('maxBufferedBytes: a reader that stops reading is cut off; disconnect() once; the others keep receiving', async t => {
+  const disconnects: string[] = []
+  class Firehose extends AsyncHttpConsumer {
+    override groups = ['firehose']
+    override async handle () { await this.sendEvent({ data: 'open' }) }
+    async firehoseChunk (event: { n: number, pad: string }) { await this.sendEvent({ id: event.n, data: event.pad }) }
+    override async disconnect () { disconnects.push(this.scope.query.who as string) }
+  }
+  const { app, logs } = await buildApp({ maxBufferedBytes: 256 * 1024, heartbeatInterval: 0 }, app => app.get('/firehose', Firehose.asHandler()))
+  t.teardown(() => app.close())
+  const { url, port } = await listen(app)
+  const base = url.replace('ws://', 'http://')
+
+  // A client that asks and then never reads: what the server writes piles up.
+  const stalled = connect(port, '127.0.0.1')
+  await new Promise(resolve => stalled.once('connect', resolve))
+  stalled.pause()
+  stalled.write('GET /firehose?who=stalled HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n')
+  t.teardown(() => stalled.destroy())
+  const reader = await openEventStream(`${base}/firehose?who=reader`)
+  await reader.waitForEvents(1)
+  await eventually(() => (app.channelLayer as unknown as { inspect: () => { memberships: number } }).inspect().memberships === 2)
+
+  const pad = 'x'.repeat(16 * 1024)
+  let sent = 0
+  while (disconnects.length === 0 && sent < 2000) {
+    await app.channelLayer.groupSend('firehose', { type: 'firehose.chunk', n: ++sent, pad })
+    if (sent % 10 === 0) await sleep(1) // let the reader read
+  }
+  await eventually(() => disconnects.length === 1, 5000)
+  t.same(disconnects, ['stalled'], 'only the stalled reader was cut off')
+  t.ok(logs.some(l => l.msg === 'slow reader: outgoing buffer over the limit, closing' && l.level === 40), 'logged at warn')
+  const more = sent + 5
+  while (sent < more) await app.channelLayer.groupSend('firehose', { type: 'firehose.chunk', n: ++sent, pad })
+  const events = await reader.waitForEvents(1 + sent, 10_000)
+  t.same(events.slice(1).map(e => Number(e.id)), Array.from({ length: sent }, (_, i) => i + 1), 'the reader got every event, in order')
+  reader.close()
+})
