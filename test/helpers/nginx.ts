@@ -35,8 +35,12 @@ export async function startNginx (t: Test, upstreams: number[], overrides: { rea
   const port = await freePort()
   const prefix = mkdtempSync(path.join(tmpdir(), 'fc-nginx-'))
   mkdirSync(path.join(prefix, 'tmp'))
+  // The test's ports in place of the documented ones, each with the documented server parameters.
   let config = readFileSync(documented, 'utf8')
-    .replace(/upstream app \{[^}]*\}/, `upstream app {\n${upstreams.map(p => `    server 127.0.0.1:${p};`).join('\n')}\n  }`)
+    .replace(/upstream app \{[^}]*\}/, block => {
+      const parameters = /server 127\.0\.0\.1:\d+([^;]*);/.exec(block)?.[1] ?? ''
+      return `upstream app {\n${upstreams.map(p => `    server 127.0.0.1:${p}${parameters};`).join('\n')}\n  }`
+    })
     .replace(/listen 127\.0\.0\.1:8080;/, `listen 127.0.0.1:${port};`)
   if (overrides.readTimeout !== undefined) config = config.replace(/proxy_read_timeout \S+;/, `proxy_read_timeout ${overrides.readTimeout};`)
   writeFileSync(path.join(prefix, 'nginx.conf'), config)
