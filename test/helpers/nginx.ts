@@ -1,17 +1,13 @@
 /**
  * A real nginx (Debian's package) run as a child process with its own prefix, configured from
  * example-app/nginx.conf — the configuration the README documents — with the ports (and, where a
- * test asks, the read timeout) of the test. Stopped in teardown.
+ * test asks, the read timeout) of the test. Stopped in teardown. The bench starts it the same way
+ * (bench/lib/nginx.js does both).
  */
 import type { Test } from 'tap'
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { freePort } from './process.js'
-
-const documented = fileURLToPath(new URL('../../example-app/nginx.conf', import.meta.url))
+import { execFileSync } from 'node:child_process'
+// @ts-expect-error a plain ES module script, without declarations
+import { startNginx as launch } from '../../bench/lib/nginx.js'
 
 export interface Nginx {
   port: number
@@ -32,38 +28,7 @@ export function requireNginx (t: Test): boolean {
 }
 
 export async function startNginx (t: Test, upstreams: number[], overrides: { readTimeout?: string } = {}): Promise<Nginx> {
-  const port = await freePort()
-  const prefix = mkdtempSync(path.join(tmpdir(), 'fc-nginx-'))
-  mkdirSync(path.join(prefix, 'tmp'))
-  let config = readFileSync(documented, 'utf8')
-    .replace(/upstream app \{[^}]*\}/, `upstream app {\n${upstreams.map(p => `    server 127.0.0.1:${p};`).join('\n')}\n  }`)
-    .replace(/listen 127\.0\.0\.1:8080;/, `listen 127.0.0.1:${port};`)
-  if (overrides.readTimeout !== undefined) config = config.replace(/proxy_read_timeout \S+;/, `proxy_read_timeout ${overrides.readTimeout};`)
-  writeFileSync(path.join(prefix, 'nginx.conf'), config)
-  const child: ChildProcess = spawn('nginx', ['-p', prefix, '-c', 'nginx.conf', '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] })
-  let stderr = ''
-  child.stderr?.on('data', (chunk: Buffer) => { stderr += String(chunk) })
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise(resolve => child.once('exit', resolve))
-      child.kill('SIGQUIT')
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
-      await exited
-      clearTimeout(timer)
-    }
-    rmSync(prefix, { recursive: true, force: true })
-  })
-  const deadline = Date.now() + 10_000
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`nginx exited: ${stderr}`)
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/__nginx_probe`)
-      await res.body?.cancel()
-      break
-    } catch {
-      if (Date.now() > deadline) throw new Error(`nginx did not answer on ${port}: ${stderr}`)
-      await new Promise(resolve => setTimeout(resolve, 50))
-    }
-  }
-  return { port, url: `http://127.0.0.1:${port}`, config }
+  const nginx = await launch(upstreams, overrides) as Nginx & { stop: () => Promise<void> }
+  t.teardown(nginx.stop)
+  return { port: nginx.port, url: nginx.url, config: nginx.config }
 }
