@@ -16,6 +16,7 @@ import Fastify from 'fastify'
 import fastifyCookie from '@fastify/cookie'
 import fastifySession from '@fastify/session'
 import fastifyStatic from '@fastify/static'
+import { Registry, collectDefaultMetrics } from 'prom-client'
 import fastifyChannels, { InMemoryChannelLayer, RedisChannelLayer } from 'fastify-channels'
 import { AppConsumer, DeployWorker, DEPLOY_CHANNEL, clockGroup, groupPolicies, serverLabel, startClock } from './consumers.js'
 import { FileSessionStore, RedisSessionStore } from './sessions.js'
@@ -52,7 +53,11 @@ await app.register(fastifySession, {
   saveUninitialized: false,
   cookie: { secure: false, httpOnly: true, sameSite: 'lax', maxAge: 7 * 24 * 3600 * 1000 }
 })
-await app.register(fastifyChannels, { layer })
+// Prometheus metrics at /metrics: the process' own and fastify-channels'.
+const metrics = new Registry()
+collectDefaultMetrics({ register: metrics })
+await app.register(fastifyChannels, { layer, metrics: { registry: metrics }, rateLimit: { messages: 50, interval: 1000 } })
+app.get('/metrics', async (request, reply) => reply.type(metrics.contentType).send(await metrics.metrics()))
 await app.register(fastifyStatic, { root: fileURLToPath(new URL('./public/', import.meta.url)) })
 // The page imports fastify-channels/client as the package builds it (dist/client/, plain ES modules).
 await app.register(fastifyStatic, {

@@ -5,7 +5,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Scope } from './scope.js'
-import { connectionOf } from './connection/connection.js'
+import { connectionOf } from './connection/binding.js'
 import { kConnect, kDisconnect, kReceive } from './connection/tasks.js'
 import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
 import { reserveNames } from './dispatch.js'

@@ -12,7 +12,8 @@ import fastifyWebsocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
 import { canAttachLogger, type ChannelLayer } from './layers/types.js'
-import { Connection, bindToRequest, connectionOf, type Runtime } from './connection/connection.js'
+import { Connection, type Runtime } from './connection/connection.js'
+import { bindToRequest, connectionOf } from './connection/binding.js'
 import { ResponseSocket } from './connection/response-socket.js'
 import { startHeartbeat } from './connection/heartbeat.js'
 import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
@@ -20,6 +21,7 @@ import { AsyncHttpConsumer, kRespondWith, type HttpConsumerClass } from './http-
 import { defaultGetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
 import { checkOptions, DEFAULTS, type FastifyChannelsOptions } from './options.js'
+import { Counts, registerMetrics } from './metrics.js'
 import { createUpgradeGuard } from './origin.js'
 import { checkWorker, runWorker, type ChannelConsumerClass, type RunningWorker } from './worker.js'
 import { addOnRouteHookFirst, closeClientsAsGoingAway, decideSubprotocols, endUpgradesWhileClosing, setMaxPayload } from './internals.js'
@@ -53,6 +55,8 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
     connections: new Set(),
     maxBufferedBytes: opts.maxBufferedBytes ?? DEFAULTS.maxBufferedBytes,
     maxGroupsPerConnection: opts.maxGroupsPerConnection ?? DEFAULTS.maxGroupsPerConnection,
+    counts: new Counts(),
+    rateLimit: opts.rateLimit,
     closing: false,
     stopHeartbeat: () => {}
   }
@@ -69,8 +73,10 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
 
   fastify.decorate('channelLayer', layer)
   const workers = serveWorkers(fastify, layer)
+  const stopMetrics = opts.metrics === undefined ? () => {} : await registerMetrics(opts.metrics, channels.counts, layer)
   fastify.addHook('onClose', async () => {
     await Promise.all([shutdownConnections(channels), workers.stop()])
+    stopMetrics()
     await layer.close()
   })
 }
@@ -98,7 +104,7 @@ function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, fore
     route.preHandler = [...(own === undefined ? [] : Array.isArray(own) ? own : [own]), handshakeHook(channels, Consumer)]
     // Marks the route for the upgrade guard, an app-level onRequest hook that therefore runs
     // before the route's own hooks and those of the plugins around it.
-    route.config = { ...route.config, [kConsumerRoute]: true }
+    route.config = Object.assign({}, route.config, { [kConsumerRoute]: true })
   }, foreignWebsocket)
 }
 
@@ -204,9 +210,14 @@ function adoptWebsocket (fastify: FastifyInstance, opts: FastifyChannelsOptions,
 
 /** Origin and handshake checks first, 503 while closing, and the subprotocol `accept()` named. */
 function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, channels: Channels): void {
+  const isConsumerRoute = (request: FastifyRequest): boolean =>
+    (request.routeOptions.config as unknown as Record<symbol, unknown> | undefined)?.[kConsumerRoute] === true
   // Added once @fastify/websocket's own onRequest hook (which sets request.ws) is in place.
-  fastify.addHook('onRequest', createUpgradeGuard(opts, request =>
-    (request.routeOptions.config as unknown as Record<symbol, unknown> | undefined)?.[kConsumerRoute] === true))
+  fastify.addHook('onRequest', createUpgradeGuard(opts, isConsumerRoute))
+  // A handshake answered with a status, by any hook or by connect(): counted (an upgrade, 101, is counted when the socket comes).
+  fastify.addHook('onResponse', async (request, reply) => {
+    if (request.ws && isConsumerRoute(request)) channels.counts.of(request.routeOptions.url ?? request.url).handshake(reply.statusCode)
+  })
   endUpgradesWhileClosing(fastify, () => channels.closing)
   decideSubprotocols(fastify.websocketServer, request => {
     const connection = connectionOf(request)

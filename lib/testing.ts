@@ -4,7 +4,8 @@
  */
 import type { FastifyInstance } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
-import { connectionOf, type Connection } from './connection/connection.js'
+import type { Connection } from './connection/connection.js'
+import { connectionOf } from './connection/binding.js'
 import { toBuffer } from './connection/socket.js'
 import { injectionMarker, markedUpgradeContext, refusedHandshakeStatus } from './internals.js'
 

@@ -7,10 +7,12 @@
  * |----------------------------------------|-----------------------------------------|------------------------------------|----------------------|
  * | a flood of handshakes from one address | @fastify/rate-limit on the route        | HTTP 429, no consumer created      | its `onExceeded`     |
  * | oversized request headers              | Node's `maxHeaderSize` (16 KiB)         | HTTP 431, no request reaches the app | `clientError` event |
- * | a client that never reads              | `maxBufferedBytes` (4 MiB)              | close 1008 `slow reader: …`        | a warn log line      |
+ * | a client that never reads              | `maxBufferedBytes` (4 MiB)              | close 1008 `slow reader: …`        | `dropped_total{reason="slow_reader"}` |
+ * | a flood of frames                      | `rateLimit`                             | close 1008 `rate limit`            | `dropped_total{reason="rate_limited"}` |
  */
 import t, { type Test } from 'tap'
-import Fastify, { type FastifyInstance, type FastifyPluginAsync } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
+import rateLimit from '@fastify/rate-limit'
 import WebSocket from 'ws'
 import fastifyChannels, { GroupsConsumer, InMemoryChannelLayer, type FastifyChannelsOptions } from '../lib/index.js'
 import { ChannelsClient } from '../lib/client/index.js'
@@ -19,12 +21,6 @@ import { sleep } from './helpers/app.js'
 
 const HANDSHAKES_PER_MINUTE = 20
 
-// Loaded by a name TypeScript does not resolve: @fastify/rate-limit's types give Fastify's route
-// config a `rateLimit` property, and with it in the same program the symbol-keyed route config
-// lib/plugin.ts writes no longer typechecks. (An app compiled against the built package is not
-// affected: the declarations it sees have no such literal.)
-const rateLimitModule: string = '@fastify/rate-limit'
-const { default: rateLimit } = await import(rateLimitModule) as { default: FastifyPluginAsync<{ global: boolean }> }
 
 class Rooms extends GroupsConsumer {
   static connects = 0
@@ -193,4 +189,23 @@ t.test('a client that never reads: closed with 1008 once 4 MiB wait for it, coun
   t.same(received, Array.from({ length: sent }, (_, i) => i + 1), `the reader in the same room got all ${sent}, in order`)
   await w.answers(3)
   t.same(w.failures, [], 'the witness was answered throughout')
+})
+
+t.test('a flood of frames: rateLimit closes the flooder with 1008 \'rate limit\'; the witness, under the limit, is answered', async t => {
+  const { url } = await abuseApp(t, { rateLimit: { messages: 100, interval: 1000 } })
+  const w = await witness(t, url)
+  const flooder = await openClient(url)
+  let replies = 0
+  flooder.ws.on('message', () => { replies++ })
+  const FLOOD = 2000
+  for (let i = 0; i < FLOOD && flooder.ws.readyState === WebSocket.OPEN; i++) {
+    flooder.ws.send(JSON.stringify({ op: 'call', id: i, action: 'echo', args: { i } }))
+    if (i % 100 === 99) await sleep(1)
+  }
+  const outcome = await Promise.race([flooder.closed, sleep(5000).then(() => 'still open after 5 s')])
+  t.match(outcome, { code: 1008, reason: 'rate limit' }, 'the flooder is closed with 1008 \'rate limit\'')
+  t.ok(replies <= 150, `it was answered for about the burst the bucket holds (${replies} replies), no more`)
+  await w.answers(5)
+  t.same(w.failures, [], 'the witness (20 calls a second, under the limit) was answered throughout and never closed')
+  t.equal(w.client.state, 'open')
 })

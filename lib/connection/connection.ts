@@ -34,6 +34,9 @@ import type { ConnectionSocket } from './socket.js'
 import { ClientFrame, End, callConsumer, failureClose, kConnect, kDisconnect, type ConsumerHooks, type Task } from './tasks.js'
 import { ScopedTasks, endedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
 import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
+import { TokenBucket } from './rate-limit.js'
+import type { RouteCounts } from '../metrics.js'
+import type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
 export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
 
@@ -46,42 +49,7 @@ interface Transitions {
   ended: never
 }
 
-/** What every connection of one plugin instance shares. */
-export interface Runtime {
-  layer: ChannelLayer
-  getUser: GetUser
-  connections: Set<Connection>
-  /** Bytes a slow reader may have queued before it is closed with 1008. */
-  maxBufferedBytes: number
-  /** Groups one connection's channel may join through its consumer's `channelLayer`. */
-  maxGroupsPerConnection: number
-}
-
-export interface ConsumerContext {
-  scope: Scope | HttpScope
-  channelName: string
-  channelLayer: ChannelLayer
-  log: FastifyBaseLogger
-  connection: Connection
-  /** Where the consumer's `send()` goes. */
-  outbound: Outbound
-}
-
-export type Decision = { accepted: true } | { accepted: false, status: number }
-
-const byRequest = new WeakMap<object, Connection>()
-
-/**
- * The connection an accepted handshake hands on to the upgrade: ws' subprotocol choice, the route
- * handler and the test kit see only the raw request (`request.raw`).
- */
-export function bindToRequest (raw: object, connection: Connection): void {
-  byRequest.set(raw, connection)
-}
-
-export function connectionOf (raw: object): Connection | undefined {
-  return byRequest.get(raw)
-}
+export type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
 export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner {
   /** The subprotocol `accept()` named. */
@@ -99,6 +67,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   readonly #runtime: Runtime
   readonly #request: FastifyRequest
   readonly #consumer: ConsumerHooks
+  readonly #counts: RouteCounts
+  // Set by the handshake: an HTTP consumer's response is no WebSocket upgrade to count as one.
+  #upgrade = true
   #socket: ConnectionSocket | null = null
   #channelName = ''
   #joined: ReadonlySet<string> = new Set()
@@ -119,7 +90,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#runtime = runtime
     this.#request = request
     this.#consumer = consumer
-    this.#outbound = new Outbound(this, runtime.maxBufferedBytes)
+    this.#counts = runtime.counts.of(request.routeOptions.url ?? request.url)
+    this.#outbound = new Outbound(this, runtime.maxBufferedBytes, this.#counts)
     this.#opened = new Promise(resolve => { this.#resolveOpened = resolve })
     this.finished = new Promise(resolve => { this.#resolveFinished = resolve })
     runtime.connections.add(this)
@@ -145,6 +117,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    */
   async handshake (init: (ctx: ConsumerContext) => void, type: 'websocket' | 'http' = 'websocket'): Promise<Decision> {
     const decision = new Promise<Decision>(resolve => { this.#decide = resolve })
+    this.#upgrade = type === 'websocket'
     const layer = this.#runtime.layer
     try {
       const scope = await buildScope(this.#request, this.#runtime.getUser, type)
@@ -199,7 +172,19 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     }
     this.#socket = socket
     this.#outbound.open(socket)
-    socket.on('message', (data, binary) => { this.#flow.fromClient(new ClientFrame(data, binary)) })
+    const counts = this.#counts
+    if (this.#upgrade) counts.handshake(101)
+    counts.open++
+    const limit = this.#runtime.rateLimit
+    const bucket = limit === undefined ? null : new TokenBucket(limit.messages, limit.interval)
+    socket.on('message', (data, binary) => {
+      counts.framesReceived++
+      if (bucket !== null && !bucket.take()) {
+        this.#overLimit()
+        return
+      }
+      this.#flow.fromClient(new ClientFrame(data, binary))
+    })
     socket.on('pong', () => { this.awaitingPong = false })
     // A client that breaks the protocol: ws answers with a close code; that is the code disconnect() gets.
     socket.on('error', (err) => { this.#beginClosing('open', protocolErrorCloseCode(err.code)) })
@@ -253,8 +238,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** ScopedTasksOwner: a spawned task failed while the connection was live. */
   spawnFailed (err: unknown): void {
-    const [code, reason] = failureClose(err, this.log, this.#channelName, 'spawned task')
-    this.close(code, reason)
+    this.#failed(failureClose(err, this.log, this.#channelName, 'spawned task'))
   }
 
   /** FlowOwner: the layer failed under the connection. */
@@ -286,6 +270,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    */
   #beginClosing (from: 'open' | 'accepted', code: number, endSocket?: (socket: ConnectionSocket) => void): void {
     if (!this.#transition(from, 'closing')) return
+    if (from === 'open') this.#counts.open--
     this.#outbound.shut()
     this.#scoped?.abort()
     this.#flow.stop()
@@ -339,8 +324,21 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       this.log.debug({ err, channel: this.#channelName }, 'consumer handler stopped: the connection had ended')
       return
     }
-    const [code, reason] = failureClose(err, this.log, this.#channelName)
+    this.#failed(failureClose(err, this.log, this.#channelName))
+  }
+
+  /** A handler or task failed: 1011 is the app's bug (counted), 1008 the client's doing. */
+  #failed ([code, reason]: [number, string]): void {
+    if (code === 1011) this.#counts.handlerErrors++
     this.close(code, reason)
+  }
+
+  /** A client sending faster than `rateLimit`: closed, counted, logged; its frame is not handled. */
+  #overLimit (): void {
+    if (this.#state !== 'open') return
+    this.#counts.rateLimited++
+    this.log.warn({ channel: this.#channelName }, 'client over the rate limit; closing with 1008')
+    this.close(1008, 'rate limit')
   }
 
   /** TaskRunner: after each task, the sources held back for the queue may flow again. */

@@ -19,6 +19,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { frameWriterOf, writeFrame, type FrameWriter } from '../internals.js'
 import { ConnectionClosedError } from '../errors.js'
 import { encodedOnce } from './shared-encoding.js'
+import type { RouteCounts } from '../metrics.js'
 
 /** The part of a socket data is written to (ws' WebSocket has it). */
 export interface WritableSocket {
@@ -42,13 +43,15 @@ const sharedTextFrame = encodedOnce(text => [textFrame(text)])
 export class Outbound {
   readonly #owner: OutboundOwner
   readonly #maxBufferedBytes: number
+  readonly #counts: Pick<RouteCounts, 'framesSent' | 'slowReaders'>
   #socket: WritableSocket | null = null
   #writer: FrameWriter | null = null
   #shut = false
 
-  constructor (owner: OutboundOwner, maxBufferedBytes: number) {
+  constructor (owner: OutboundOwner, maxBufferedBytes: number, counts: Pick<RouteCounts, 'framesSent' | 'slowReaders'>) {
     this.#owner = owner
     this.#maxBufferedBytes = maxBufferedBytes
+    this.#counts = counts
   }
 
   /** Data may be written to `socket` from now on. */
@@ -72,10 +75,12 @@ export class Outbound {
       return
     }
     if (socket.bufferedAmount > this.#maxBufferedBytes) {
+      this.#counts.slowReaders++
       this.#owner.log.warn({ channel: this.#owner.channelName, bufferedAmount: socket.bufferedAmount }, 'slow reader: outgoing buffer over the limit, closing')
       this.#owner.close(1008, 'slow reader: too much data queued')
       return
     }
+    this.#counts.framesSent++
     if (typeof data !== 'string') {
       socket.send(data, BINARY)
       return

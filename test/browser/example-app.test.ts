@@ -149,6 +149,9 @@ if (noChromium !== undefined && inCI) {
     await grace.locator('.job[data-status="succeeded"][data-pct="100"]').nth(1).waitFor()
     t.pass('both deploys reach 100% on both pages')
     await ada.screenshot({ path: join(shots, '03-deploys-done.png'), animations: 'disabled' })
+    const metrics = await (await fetch(new URL('/metrics', server.url))).text()
+    t.match(metrics, /fastify_channels_connections\{route="\/ws\/app"\} 2\b/, '/metrics: the two pages are the two open connections')
+    t.match(metrics, /fastify_channels_group_sends_total \d+/, '/metrics: group sends are counted')
 
     // Grace's page goes offline; Ada goes on talking; back online, Grace has every line, once.
     await graceContext.setOffline(true)

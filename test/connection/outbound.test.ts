@@ -45,7 +45,7 @@ function owner () {
 
 t.test('text and bytes arrive as text and binary frames, in order', async t => {
   const { servers: [socket], clients: [client] } = await pairs(t, 1)
-  const out = new Outbound(owner().owner, 1024 * 1024)
+  const out = new Outbound(owner().owner, 1024 * 1024, { framesSent: 0, slowReaders: 0 })
   out.open(socket)
   out.send('hello')
   out.send(Buffer.from([1, 2, 3]))
@@ -61,7 +61,7 @@ t.test('one text sent to many members is framed once: every socket is written th
     const sender = (socket as unknown as { _sender: { sendFrame: (list: Buffer[], cb?: () => void) => void } })._sender
     const sendFrame = sender.sendFrame.bind(sender)
     sender.sendFrame = (list, cb) => { written.push(list); sendFrame(list, cb) }
-    const out = new Outbound(owner().owner, 1024 * 1024)
+    const out = new Outbound(owner().owner, 1024 * 1024, { framesSent: 0, slowReaders: 0 })
     out.open(socket)
     return out
   })
@@ -82,7 +82,7 @@ t.test('a compressed socket frames per socket, through ws.send()', async t => {
   let direct = 0
   const sendFrame = (sender.sendFrame as (list: Buffer[], cb?: () => void) => void).bind(sender)
   sender.sendFrame = (list: Buffer[], cb?: () => void) => { direct++; sendFrame(list, cb) }
-  const out = new Outbound(owner().owner, 1024 * 1024)
+  const out = new Outbound(owner().owner, 1024 * 1024, { framesSent: 0, slowReaders: 0 })
   out.open(socket)
   out.send('x'.repeat(2000))
   await eventually(() => client.received.length === 1)
@@ -94,7 +94,7 @@ t.test('a compressed socket frames per socket, through ws.send()', async t => {
 t.test('a reader over the buffered limit: nothing more is written, the owner closes with 1008, logged at warn', async t => {
   const { servers: [socket], clients: [client] } = await pairs(t, 1)
   const { owner: o, logs, closes } = owner()
-  const out = new Outbound(o, 64 * 1024)
+  const out = new Outbound(o, 64 * 1024, { framesSent: 0, slowReaders: 0 })
   out.open(socket)
   client.ws.pause() // the client stops reading; the server's buffer fills
   const chunk = Buffer.alloc(64 * 1024)
@@ -112,7 +112,7 @@ t.test('a reader over the buffered limit: nothing more is written, the owner clo
 t.test('three states: before open() send() drops the data (debug); after shut() it throws ConnectionClosedError', async t => {
   const { servers: [socket], clients: [client] } = await pairs(t, 1)
   const { owner: o, logs } = owner()
-  const out = new Outbound(o, 1024 * 1024)
+  const out = new Outbound(o, 1024 * 1024, { framesSent: 0, slowReaders: 0 })
   out.send('too early')
   t.same(logs, [{ level: 'debug', msg: 'send() on a connection that is not open; dropped' }])
   out.open(socket)
@@ -128,7 +128,7 @@ t.test('three states: before open() send() drops the data (debug); after shut() 
 
 t.test('a socket that is closing gets text through ws.send(), never a frame after its close frame', async t => {
   const { servers: [socket], clients: [client] } = await pairs(t, 1)
-  const out = new Outbound(owner().owner, 1024 * 1024)
+  const out = new Outbound(owner().owner, 1024 * 1024, { framesSent: 0, slowReaders: 0 })
   out.open(socket)
   const closed = new Promise<number>(resolve => client.ws.once('close', code => resolve(code)))
   socket.close(1000)

@@ -1,0 +1,115 @@
+import t from 'tap'
+import { Registry } from 'prom-client'
+import fastifyChannels, { JsonWebsocketConsumer, InMemoryChannelLayer, WebsocketConsumer, type LayerMessage } from '../lib/index.js'
+import { WebsocketCommunicator } from '../lib/testing.js'
+import { buildApp, eventually } from './helpers/app.js'
+
+// The metrics (prom-client, in the app's registry) count what happened: each figure below is
+// checked against what the test itself did through real sockets.
+
+class Room extends JsonWebsocketConsumer {
+  override groups = ['room']
+  override async connect () {
+    if (this.scope.query.refuse !== undefined) return await this.close()
+    await this.accept()
+  }
+
+  override async receiveJson (content: { say?: string, boom?: boolean }) {
+    if (content.boom === true) throw new Error('handler bug')
+    await this.channelLayer.groupSend('room', { type: 'chat.message', text: content.say ?? '' })
+  }
+
+  async chatMessage (event: LayerMessage) { await this.sendJson({ text: event.text }) }
+}
+
+class Plain extends WebsocketConsumer {}
+
+/** The value of one series, `labels` matching exactly. */
+async function value (registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const metric = registry.getSingleMetric(name)
+  if (metric === undefined) throw new Error(`no metric ${name}`)
+  const { values } = await metric.get()
+  const found = values.find(v => Object.keys(labels).every(k => String(v.labels[k]) === labels[k]) &&
+    Object.keys(v.labels).filter(k => k !== 'le').length === Object.keys(labels).length)
+  return found?.value ?? 0
+}
+
+t.test('every metric counts what happened', async t => {
+  const registry = new Registry()
+  const layer = new InMemoryChannelLayer({ capacity: 1 })
+  const { app } = await buildApp({ layer, metrics: { registry }, rateLimit: { messages: 5, interval: 60_000 } }, app => {
+    app.get('/ws/room', { websocket: true }, Room.asHandler())
+    app.get('/ws/plain', { websocket: true }, Plain.asHandler())
+  })
+  t.teardown(() => app.close())
+
+  const [a, b] = [new WebsocketCommunicator(app, '/ws/room'), new WebsocketCommunicator(app, '/ws/room')]
+  t.equal((await a.connect()).status, 101)
+  t.equal((await b.connect()).status, 101)
+  t.equal((await new WebsocketCommunicator(app, '/ws/room?refuse').connect()).status, 403)
+  const plain = new WebsocketCommunicator(app, '/ws/plain')
+  await plain.connect()
+  t.equal(await value(registry, 'fastify_channels_connections', { route: '/ws/room' }), 2)
+  t.equal(await value(registry, 'fastify_channels_connections', { route: '/ws/plain' }), 1)
+  t.equal(await value(registry, 'fastify_channels_handshakes_total', { route: '/ws/room', status: '101' }), 2)
+  t.equal(await value(registry, 'fastify_channels_handshakes_total', { route: '/ws/room', status: '403' }), 1)
+
+  // Three lines said by a: each a group send, delivered to a and b, sent out twice.
+  for (const say of ['one', 'two', 'three']) {
+    await a.sendJsonTo({ say })
+    t.same(await a.receiveJsonFrom(), { text: say })
+    t.same(await b.receiveJsonFrom(), { text: say })
+  }
+  t.equal(await value(registry, 'fastify_channels_frames_received_total', { route: '/ws/room' }), 3)
+  t.equal(await value(registry, 'fastify_channels_frames_sent_total', { route: '/ws/room' }), 6)
+  t.equal(await value(registry, 'fastify_channels_group_sends_total'), 3)
+  t.equal(await value(registry, 'fastify_channels_deliveries_total'), 6)
+
+  // A full channel: capacity 1, nobody receiving on it; the second group message skips it.
+  const idle = await layer.newChannel()
+  await layer.groupAdd('crowd', idle)
+  await layer.groupSend('crowd', { type: 'x' })
+  await layer.groupSend('crowd', { type: 'x' })
+  t.equal(await value(registry, 'fastify_channels_dropped_total', { reason: 'full' }), 1)
+  t.equal(await value(registry, 'fastify_channels_group_sends_total'), 5)
+
+  // A handler that throws: 1011, counted once.
+  await b.sendJsonTo({ boom: true })
+  t.equal((await b.closed).code, 1011)
+  await b.serverFinished()
+  t.equal(await value(registry, 'fastify_channels_handler_errors_total', { route: '/ws/room' }), 1)
+  t.equal(await value(registry, 'fastify_channels_connections', { route: '/ws/room' }), 1)
+
+  // Over the rate limit (5 frames a minute): the sixth frame closes the connection with 1008.
+  for (let i = 0; i < 2; i++) await a.sendJsonTo({ say: 'more' })
+  const closed = a.closed
+  for (let i = 0; i < 3; i++) await a.sendJsonTo({ say: 'too much' }).catch(() => {})
+  t.match(await closed, { code: 1008, reason: 'rate limit' })
+  await eventually(async () => await value(registry, 'fastify_channels_dropped_total', { reason: 'rate_limited' }) === 1)
+  t.equal(await value(registry, 'fastify_channels_frames_received_total', { route: '/ws/room' }), 6 + 1,
+    'every frame read is counted, the one over the limit too')
+
+  const ops = registry.getSingleMetric('fastify_channels_layer_op_seconds')
+  const counted = (await ops?.get())?.values.find(v => (v as { metricName?: string }).metricName === 'fastify_channels_layer_op_seconds_count' && v.labels.op === 'groupSend')
+  t.equal(await value(registry, 'fastify_channels_group_sends_total'), 7, 'the two frames under the limit were handled: two more group sends')
+  t.equal(counted?.value, 7, 'each groupSend timed once')
+  t.equal(await value(registry, 'fastify_channels_dropped_total', { reason: 'expired' }), 0)
+  t.equal(await value(registry, 'fastify_channels_layer_reconnects_total'), 0)
+  t.match(await registry.metrics(), /# HELP fastify_channels_dropped_total/, 'exposed in the text format')
+})
+
+t.test('a bad metrics option, or a registry that has them already, fails register', async t => {
+  const registry = new Registry()
+  for (const metrics of [{}, { registry: {} }, 'x']) {
+    const app = (await import('fastify')).default()
+    await t.rejects(async () => { await app.register(fastifyChannels, { metrics } as never) }, { code: 'FST_CHANNELS_INVALID_OPTION' })
+  }
+  const { app } = await buildApp({ metrics: { registry } })
+  t.teardown(() => app.close())
+  const again = (await import('fastify')).default()
+  await t.rejects(async () => { await again.register(fastifyChannels, { metrics: { registry } }) }, { code: 'FST_CHANNELS_INVALID_OPTION', message: /already has/ })
+  for (const rateLimit of [{ messages: 0, interval: 1000 }, { messages: 5 }, 'fast']) {
+    const app = (await import('fastify')).default()
+    await t.rejects(async () => { await app.register(fastifyChannels, { rateLimit } as never) }, { code: 'FST_CHANNELS_INVALID_OPTION' })
+  }
+})
