@@ -6,7 +6,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { RawData } from 'ws'
 import type { Delivery, LayerMessage } from '../layers/types.js'
-import { DIRECT } from '../layers/local-store.js'
+import { DIRECT, SKIPPED } from '../layers/local-store.js'
 import { findHandler, isPresenceEvent } from '../dispatch.js'
 import { TooManyGroupsError } from '../errors.js'
 import { toBuffer } from './socket.js'
@@ -17,6 +17,11 @@ import { toBuffer } from './socket.js'
 export const kConnect = Symbol('fastify-channels.connect')
 export const kReceive = Symbol('fastify-channels.receive')
 export const kDisconnect = Symbol('fastify-channels.disconnect')
+/**
+ * Optional: group messages up to `info` were skipped for this channel (it was full); a consumer
+ * that keeps its client whole (GroupsConsumer) fetches them from the group's history.
+ */
+export const kSkipped = Symbol('fastify-channels.skipped')
 
 /** The part of a consumer the connection drives; layer messages go to its handlers by `type`. */
 export interface ConsumerHooks {
@@ -27,6 +32,7 @@ export interface ConsumerHooks {
   [kReceive] (text: string | undefined, bytes: Buffer | undefined): unknown
   /** Once, at the end. */
   [kDisconnect] (code: number): unknown
+  [kSkipped]?: (info: Delivery) => unknown
 }
 
 /** A client frame waiting for `receive()`. */
@@ -54,6 +60,8 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
     result = task.binary
       ? consumer[kReceive](undefined, toBuffer(task.data))
       : consumer[kReceive](toBuffer(task.data).toString('utf8'), undefined)
+  } else if (task === SKIPPED) {
+    result = consumer[kSkipped]?.(info ?? DIRECT)
   } else {
     const handler = findHandler(consumer, task.type, info)
     if (handler === undefined) {

@@ -12,6 +12,7 @@ import type { Delivery, GroupAddOptions, GroupJoin, LayerMessage, PresenceEntry,
 import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
 import { JsonWebsocketConsumer, kRefuseFrame } from '../json-consumer.js'
+import { kSkipped } from '../connection/tasks.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
@@ -43,6 +44,8 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
 
   readonly #joined = new Set<string>()
   readonly #left = new Set<string>()
+  /** Per joined group with history: the position of the last message the client was sent or has. */
+  readonly #positions = new Map<string, StreamPosition>()
   #frameBytes = 0
   #strikes = 0
   #strikeAt = 0
@@ -129,6 +132,10 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       if (!rejoin) await this.#forget(group, joined !== undefined)
       return await this.#refuseGroup(coded(err, new JoinFailedError(group)), group, 'warn')
     }
+    // What the client has now: what it said it had when that was recovered, else the group's position.
+    const has = joined.recovered && since !== undefined ? since : joined.position
+    if (has === null) this.#positions.delete(group)
+    else this.#positions.set(group, { offset: has.offset, epoch: has.epoch })
     await this.#write({ op: 'joined', group, position: joined.position, recovered: joined.recovered, presence })
   }
 
@@ -140,6 +147,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   /** The client is no longer in `group`: what is still queued for it is dropped. */
   async #forget (group: string, discard: boolean): Promise<void> {
     this.#joined.delete(group)
+    this.#positions.delete(group)
     this.#left.add(group)
     if (this.#left.size > MAX_LEFT) this.#left.delete(this.#left.values().next().value as string)
     if (!discard) return
@@ -208,9 +216,51 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       const entry = { channel: message.channel, info: message.info } as PresenceEntry
       return this.#write(message.type === 'presence.join' ? { op: 'presence', group, join: entry } : { op: 'presence', group, leave: entry })
     }
+    const offset = info.offset
+    const had = this.#positions.get(group)
+    if (offset !== undefined && had !== undefined && info.epoch === had.epoch && offset > had.offset + 1) {
+      return this.#fillGap(group, had, offset - 1).then(async filled => { if (filled) await this.#deliver(message, info) })
+    }
+    if (offset !== undefined) {
+      if (had !== undefined && had.epoch === info.epoch) had.offset = offset
+      else this.#positions.set(group, { offset, epoch: info.epoch as string })
+    }
+    return this.#forwardOne(group, message, info)
+  }
+
+  #forwardOne (group: string, message: LayerMessage, info: Delivery): Promise<void> | undefined {
     const data = this.forward(message, info)
     if (data instanceof Promise) return data.then(async reshaped => { await this.#message(group, info, reshaped) })
     return this.#message(group, info, data)
+  }
+
+  /** The layer skipped messages of a group for this channel, up to `info`: fetched from the history. */
+  async [kSkipped] (info: Delivery): Promise<void> {
+    const group = info.group
+    const had = group === undefined ? undefined : this.#positions.get(group)
+    if (group === undefined || had === undefined || info.offset === undefined || info.epoch !== had.epoch || info.offset <= had.offset) return
+    await this.#fillGap(group, had, info.offset)
+  }
+
+  /**
+   * Messages of the group were skipped for this channel (it was full while the client caught up):
+   * those after `had` up to `upTo` are read back from the group's history and sent, so the client
+   * still gets every message once and in order. When the history no longer holds them, the
+   * connection closes (1013): the client reconnects, re-joins from its last position and is told
+   * of the gap. Resolves with whether they were sent.
+   */
+  async #fillGap (group: string, had: StreamPosition, upTo: number): Promise<boolean> {
+    const missing = upTo - had.offset
+    const { messages, position } = await this.channelLayer.history(group, { since: had, limit: missing })
+    if (position?.epoch !== had.epoch || messages.length !== missing || messages[0].offset !== had.offset + 1) {
+      this.log.warn({ group, channel: this.channelName, from: had.offset + 1, to: upTo }, 'messages skipped for this client are gone from the history; closing so that it recovers')
+      await this.close(1013, 'messages were skipped: reconnect to recover')
+      return false
+    }
+    this.log.debug({ group, channel: this.channelName, missing }, 'sent messages skipped for this client from the history')
+    for (const kept of messages) await this.#forwardOne(group, kept.message, { group, offset: kept.offset, epoch: had.epoch })
+    had.offset = upTo
+    return true
   }
 
   #message (group: string, info: Delivery, data: unknown): Promise<void> | undefined {

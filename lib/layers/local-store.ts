@@ -13,6 +13,14 @@ import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo
 /** The `Delivery` of a message sent to the channel itself. */
 export const DIRECT: Delivery = Object.freeze({})
 
+/**
+ * Queued in a listened channel in place of the group messages skipped because it was full (a
+ * group with history only; one marker for a run of skips, with the last skipped one's Delivery),
+ * so that its consumer learns, in order, what it did not get and can fetch it from the history.
+ * Compared by identity: no layer message can be it, and no handler is chosen by its type.
+ */
+export const SKIPPED: LayerMessage = Object.freeze({ type: 'channels.skipped' }) as LayerMessage
+
 export interface LocalStoreSettings {
   /** Undelivered messages a channel may hold. */
   capacity: number
@@ -54,7 +62,7 @@ export class LocalStore {
   /**
    * Hands `message` (owned by the layer, not copied again) to the channel's listener, its
    * longest-waiting receiver, or its queue. False, delivering nothing, when the channel is full;
-   * `force` queues it anyway (a replay is not refused for capacity).
+   * `force` queues it anyway: a replay is not refused for capacity, nor counted against it.
    */
   deliver (channel: string, message: LayerMessage, info: Delivery = DIRECT, force = false): boolean {
     return this.#deliver(channel, message, info, false, force)
@@ -78,7 +86,9 @@ export class LocalStore {
         continue
       }
       if (skip !== undefined && skip.has(channel)) continue
-      if (!this.#deliver(channel, message, info, seen !== count, false)) this.#settings.skipped(group, channel)
+      if (this.#deliver(channel, message, info, seen !== count, false)) continue
+      this.#settings.skipped(group, channel)
+      if (info.offset !== undefined) this.#markSkipped(channel, info)
     }
   }
 
@@ -292,10 +302,18 @@ export class LocalStore {
         return true
       }
       this.#settings.counts.expired += mailbox.dropExpired(now)
-      if (mailbox.size >= this.#settings.capacity && !force) return false
+      if (mailbox.backlog >= this.#settings.capacity && !force) return false
     }
-    mailbox.push(copy ? cloneMessage(message) : message, info, now + this.#settings.expiryMs)
+    mailbox.push(copy ? cloneMessage(message) : message, info, now + this.#settings.expiryMs, force)
     return true
+  }
+
+  /** The marker for a skipped message of a group with history, in a channel a consumer listens to. */
+  #markSkipped (channel: string, info: Delivery): void {
+    const mailbox = this.#mailboxes.get(channel)
+    if (mailbox === undefined || !this.#sinks.has(channel)) return
+    if (mailbox.endsWith(SKIPPED) && mailbox.lastInfo?.group === info.group) mailbox.setLastInfo(info)
+    else mailbox.push(SKIPPED, info, performance.now() + this.#settings.expiryMs, true)
   }
 
   #resume (channel: string, sink: ChannelSink): void {

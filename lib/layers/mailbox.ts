@@ -38,6 +38,11 @@ export class Mailbox {
   private infos: Array<Delivery | undefined> = []
   private expiresAt: number[] = []
   private head = 0
+  // Replayed messages (a recovering member's catch-up) do not count against the channel's
+  // capacity, neither when they are queued nor while they wait: live messages after them must
+  // still find room. Made on the first replay.
+  private replays: WeakSet<LayerMessage> | null = null
+  private replaysQueued = 0
   private firstWaiter: Waiter | null = null
   private lastWaiter: Waiter | null = null
 
@@ -47,20 +52,45 @@ export class Mailbox {
     return this.messages.length - this.head
   }
 
+  /** What counts against the channel's capacity: the queued messages that are not replays. */
+  get backlog (): number {
+    return this.messages.length - this.head - this.replaysQueued
+  }
+
   get hasWaiters (): boolean {
     return this.firstWaiter !== null
   }
 
-  push (message: LayerMessage, info: Delivery, expiresAt: number): void {
+  push (message: LayerMessage, info: Delivery, expiresAt: number, replay = false): void {
+    if (replay) {
+      (this.replays ??= new WeakSet()).add(message)
+      this.replaysQueued++
+    }
     this.messages.push(message)
     this.infos.push(info)
     this.expiresAt.push(expiresAt)
+  }
+
+  /** Whether the newest queued message is `message` itself. */
+  endsWith (message: LayerMessage): boolean {
+    return this.messages.length > this.head && this.messages[this.messages.length - 1] === message
+  }
+
+  /** The `Delivery` of the newest queued message. */
+  get lastInfo (): Delivery | undefined {
+    return this.messages.length > this.head ? this.infos[this.infos.length - 1] : undefined
+  }
+
+  /** Replaces how the newest queued message came. */
+  setLastInfo (info: Delivery): void {
+    this.infos[this.infos.length - 1] = info
   }
 
   /** The oldest message with how it came, or undefined. */
   shift (): Received | undefined {
     if (this.head === this.messages.length) return undefined
     const received = { message: this.messages[this.head] as LayerMessage, info: this.infos[this.head] as Delivery }
+    this.#forget(received.message)
     this.messages[this.head] = undefined
     this.infos[this.head++] = undefined
     this.compact()
@@ -72,6 +102,7 @@ export class Mailbox {
     const end = this.messages.length
     let head = this.head
     while (head < end && this.expiresAt[head] <= now) {
+      this.#forget(this.messages[head] as LayerMessage)
       this.messages[head] = undefined
       this.infos[head++] = undefined
     }
@@ -84,6 +115,8 @@ export class Mailbox {
   }
 
   clearMessages (): void {
+    this.replays = null
+    this.replaysQueued = 0
     this.messages = []
     this.infos = []
     this.expiresAt = []
@@ -126,6 +159,10 @@ export class Mailbox {
       this.registry.get(this.channel) === this) {
       this.registry.delete(this.channel)
     }
+  }
+
+  #forget (message: LayerMessage): void {
+    if (this.replaysQueued !== 0 && this.replays?.delete(message) === true) this.replaysQueued--
   }
 
   private compact (): void {

@@ -6,9 +6,9 @@
  * does at route declaration.
  */
 import t, { type Test } from 'tap'
-import { GroupsConsumer } from '../../lib/index.js'
+import { GroupsConsumer, InMemoryChannelLayer, type Delivery, type LayerMessage } from '../../lib/index.js'
 import { rawProtocolClient, type Frame, type RawProtocolClient } from '../helpers/protocol.js'
-import { called, roomsApp, type RoomsApp } from './rooms.js'
+import { Rooms, called, roomsApp, type RoomsApp } from './rooms.js'
 
 let server: RoomsApp
 t.before(async () => { server = await roomsApp() })
@@ -145,4 +145,35 @@ t.test('a bad static actions fails when the route is declared', async t => {
   t.throws(() => Private.asHandler(), { code: 'FST_CHANNELS_INVALID_OPTION', message: /"_secret" cannot be an action/ })
   t.throws(() => BadSchema.asHandler(), { code: 'FST_CHANNELS_INVALID_OPTION', message: /go must be \{ schema\?/ })
   t.throws(() => NotATable.asHandler(), { code: 'FST_CHANNELS_INVALID_OPTION', message: /must be an object/ })
+})
+
+t.test('messages skipped for a client whose channel was full are sent from the history, in order, as soon as it catches up; when gone, it is closed to recover', async t => {
+  class Slow extends Rooms {
+    // A client that takes a while per message: its channel (capacity 2) fills, and the layer skips it.
+    override async forward (message: LayerMessage, info: Delivery): Promise<unknown> {
+      await new Promise(resolve => setTimeout(resolve, 2))
+      return super.forward(message, info)
+    }
+  }
+  const layer = new InMemoryChannelLayer({ capacity: 2, groups: { 'room.*': { history: { size: 100, ttl: 60 } }, 'room.short': { history: { size: 5, ttl: 60 } } } })
+  const slow = await roomsApp({ layer }, app => { app.get('/ws/slow', { websocket: true }, Slow.asHandler()) })
+  t.teardown(() => slow.app.close())
+  const ada = await rawProtocolClient(slow.url.replace('/ws/rooms', '/ws/slow') + '?name=Ada')
+  t.teardown(() => { ada.ws.terminate() })
+  ada.send({ op: 'join', group: 'room.busy' })
+  await ada.until(f => f.op === 'joined')
+  const skippedBefore = layer.stats.groupSendSkipped
+  for (let n = 1; n <= 40; n++) await layer.groupSend('room.busy', { type: 'line', n })
+  t.ok(layer.stats.groupSendSkipped > skippedBefore, `the layer skipped the full channel (${layer.stats.groupSendSkipped - skippedBefore} times)`)
+  const frames = withoutPresence(await ada.until(f => f.op === 'message' && f.offset === 40, 5000))
+  t.same(frames.map(f => f.offset), Array.from({ length: 40 }, (_, i) => i + 1), 'the client got 1..40, each once, in order, nothing more to wait for')
+  t.same(frames.map(f => (f.data as { n: number }).n), Array.from({ length: 40 }, (_, i) => i + 1))
+  t.ok(await ada.nothing(100), 'and nothing twice')
+
+  // A history of 5 cannot fill a gap of 20: the client is closed so that it recovers (or learns of the gap).
+  const grace = await rawProtocolClient(slow.url.replace('/ws/rooms', '/ws/slow') + '?name=Grace')
+  grace.send({ op: 'join', group: 'room.short' })
+  await grace.until(f => f.op === 'joined')
+  for (let n = 1; n <= 40; n++) await layer.groupSend('room.short', { type: 'line', n })
+  t.match(await grace.closed, { code: 1013, reason: 'messages were skipped: reconnect to recover' })
 })

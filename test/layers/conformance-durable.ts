@@ -135,6 +135,21 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     t.same((await drain(layer, channel, 10)).map(d => d.message.n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
   })
 
+  test('replayed messages leave the channel\'s capacity to live ones', async t => {
+    const layer = await open(t, withPolicy({ capacity: 3 }))
+    const group = unique('hist.room')
+    const channel = await layer.newChannel()
+    const { position } = await layer.groupAdd(group, channel)
+    await layer.groupDiscard(group, channel)
+    for (let n = 1; n <= 10; n++) await layer.groupSend(group, { type: 'n', n })
+    t.equal((await layer.groupAdd(group, channel, { since: position ?? undefined })).recovered, true)
+    // Nothing read yet: ten replays wait, and three live messages still find room, the fourth not.
+    for (let n = 11; n <= 14; n++) await layer.groupSend(group, { type: 'n', n })
+    await sleep(latency)
+    t.same((await drain(layer, channel, 13)).map(d => d.message.n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13])
+    await nothing(t, layer, channel)
+  })
+
   test('300 sends racing a recovering join: each message once, in order, none missing', async t => {
     const a = await open(t, withPolicy({ capacity: 1000 }))
     const b = await other(t, a, { capacity: 1000 })

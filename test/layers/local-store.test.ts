@@ -1,6 +1,6 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { LocalStore } from '../../lib/layers/local-store.js'
+import { LocalStore, SKIPPED } from '../../lib/layers/local-store.js'
 import type { ChannelSink, LayerMessage } from '../../lib/layers/types.js'
 
 // The process-local store on its own: where a message goes (listener, receiver, queue), capacity,
@@ -107,4 +107,24 @@ t.test('discardChannel drops its queue and memberships; flush keeps receivers; c
   await t.rejects(waiting, { code: 'FST_CHANNELS_LAYER_CLOSED' })
   t.match(sink.closedWith, { code: 'FST_CHANNELS_LAYER_CLOSED' })
   t.same(s.inspect(), { channels: 0, groups: 0, memberships: 0 })
+})
+
+t.test('a listened channel that skips messages of a group with history gets one SKIPPED marker per run, in order', async t => {
+  const { store: s, skipped } = store({ capacity: 1 })
+  const sink = new Sink()
+  const listener = s.listen('k!1', sink)
+  sink.accepting = false
+  s.addMember('room', 'k!1')
+  for (let offset = 1; offset <= 4; offset++) s.fanOut('room', { type: 'n', offset }, { group: 'room', offset, epoch: 'e' })
+  s.fanOut('plain', { type: 'plain' }, { group: 'plain' })
+  t.same(skipped, ['room/k!1', 'room/k!1', 'room/k!1'], 'capacity 1: the first is queued, three are skipped')
+  sink.accepting = true
+  listener?.resume()
+  t.same(sink.got.map(m => m === SKIPPED ? 'skipped' : m.offset), [1, 'skipped'], 'the queued message, then one marker for the run')
+  const receiver = new LocalStore({ capacity: 1, expiryMs: 60_000, groupExpiryMs: 60_000, skipped: () => {}, counts: { deliveries: 0, expired: 0 } })
+  receiver.addMember('room', 'r!1')
+  receiver.fanOut('room', { type: 'n' }, { group: 'room', offset: 1, epoch: 'e' })
+  receiver.fanOut('room', { type: 'n' }, { group: 'room', offset: 2, epoch: 'e' })
+  t.same((await receiver.receive('r!1', undefined)).info, { group: 'room', offset: 1, epoch: 'e' })
+  t.equal(receiver.inspect().channels, 0, 'a channel read with receive() (a worker) gets no marker: nothing is left queued')
 })
