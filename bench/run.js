@@ -40,6 +40,12 @@ const TARGETS = {
   'ws-redis': { module: 'ws', layer: 'redis', processes: 2, protocol: 'plain', floor: 'ws-redis' },
   'channels-memory': { module: 'channels', layer: 'memory', processes: 1, protocol: 'plain', floor: 'ws-memory' },
   'channels-redis': { module: 'channels', layer: 'redis', processes: 2, protocol: 'plain', floor: 'ws-redis' },
+  // The same consumer opting in to shared, read-only messages (static sharedMessages = true).
+  'channels-memory-shared': { module: 'channels', layer: 'memory', processes: 1, protocol: 'plain', floor: 'ws-memory', features: { shared: true } },
+  'channels-redis-shared': { module: 'channels', layer: 'redis', processes: 2, protocol: 'plain', floor: 'ws-redis', features: { shared: true } },
+  // With the second release's features on: every group keeps history (size 100), metrics are registered.
+  'channels-memory-durable': { module: 'channels', layer: 'memory', processes: 1, protocol: 'plain', floor: 'ws-memory', features: { history: true, metrics: true } },
+  'channels-redis-durable': { module: 'channels', layer: 'redis', processes: 2, protocol: 'plain', floor: 'ws-redis', features: { history: true, metrics: true } },
   // The same app and layer, its clients reading server-sent events (AsyncHttpConsumer) instead.
   'channels-sse-memory': { module: 'channels', layer: 'memory', processes: 1, protocol: 'sse', floor: 'ws-memory' },
   'channels-sse-redis': { module: 'channels', layer: 'redis', processes: 2, protocol: 'sse', floor: 'ws-redis' },
@@ -140,7 +146,7 @@ async function runTarget (scenario, target, floorMax) {
     if (!PLAN.smoke) row.cpu0Available = await cpuAvailable(0)
     // 1. Servers, pinned to CPU 0. The first one is the publisher.
     for (let i = 0; i < target.processes; i++) {
-      const options = { redisUrl, prefix, logFile: path.join(logDir, `${prefix}-${i}.log`), entry: target.entry }
+      const options = { redisUrl, prefix, logFile: path.join(logDir, `${prefix}-${i}.log`), entry: target.entry, ...target.features }
       const execArgv = ['--expose-gc']
       servers.push(await startChild(path.join(here, 'server.js'), [target.module, target.layer, i === 0 ? 'publisher' : 'follower'],
         { cpu: 0, execArgv, env: { BENCH_SERVER_OPTIONS: JSON.stringify(options) }, name: `${target.name} server ${i}` }))

@@ -18,6 +18,13 @@ export const kOutbound = Symbol('fastify-channels.outbound')
 export const kConsumerClass = Symbol('fastify-channels.consumerClass')
 
 export abstract class BaseConsumer<S> implements ConsumerHooks {
+  /**
+   * Opt in to shared, read-only group messages: every member of a group in this process that opts
+   * in gets the same deep-frozen message instead of a copy of its own (writing to it throws a
+   * TypeError), and `sendJson()` of it, or of a part of it, encodes it once for all of them.
+   */
+  static sharedMessages = false
+
   /** Groups joined before `connect()` / `handle()` and left after `disconnect()`. */
   groups: string[] = []
   scope!: S

@@ -6,6 +6,7 @@
 import secureJson from 'secure-json-parse'
 import { WebsocketConsumer } from './consumer.js'
 import { reserveNames } from './dispatch.js'
+import { isShared } from './layers/message.js'
 
 export const kRefuseFrame = Symbol('fastify-channels.refuseFrame')
 
@@ -55,11 +56,24 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
   /** One decoded JSON frame. */
   async receiveJson (content: unknown): Promise<void> {}
 
-  /** Sends `content` as one JSON text frame. */
+  /**
+   * Sends `content` as one JSON text frame. Content that belongs to a shared message (see
+   * `sharedMessages`) cannot change, so the members it goes to in a row reuse one encoding.
+   */
   sendJson (content: unknown): Promise<void> {
     let text: string
     try {
-      text = (this.constructor as typeof JsonWebsocketConsumer).encodeJson(content)
+      const encode = (this.constructor as typeof JsonWebsocketConsumer).encodeJson
+      if (content === lastShared && encode === lastEncoder) {
+        text = lastText
+      } else {
+        text = encode(content)
+        if (isShared(content)) {
+          lastShared = content
+          lastEncoder = encode
+          lastText = text
+        }
+      }
     } catch (err) {
       return Promise.reject(err)
     }
@@ -68,6 +82,12 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
 }
 
 reserveNames(JsonWebsocketConsumer.prototype)
+
+// The last shared content encoded, with the encoder that did it: the next member's sendJson of it
+// (a fan-out goes member after member) reuses the text.
+let lastShared: unknown
+let lastEncoder: ((value: unknown) => string) | undefined
+let lastText = ''
 
 /** Iterative, so hostile input cannot overflow the stack while being measured. */
 function nestingDepth (value: unknown): number {

@@ -450,3 +450,51 @@ t.test('handlers get how a message came; presence events reach presenceJoin/pres
   t.notOk(logs.some(l => l.msg === 'no handler for message type; dropped' && String(l.type).startsWith('presence.')), 'a consumer without presence handlers is not told off')
   t.ok(logs.some(l => l.msg === 'no handler for message type; dropped' && l.type === 'chat.message'), 'unlike any other type')
 })
+
+t.test('static sharedMessages: one deep-frozen message for every member that opts in, encoded once; others keep their copies', async t => {
+  const seen: object[] = []
+  let encoded = 0
+  class Shared extends JsonWebsocketConsumer {
+    static override sharedMessages = true
+    static override encodeJson (value: unknown): string { encoded++; return JSON.stringify(value) }
+    override groups = ['news']
+    async newsItem (event: LayerMessage) {
+      seen.push(event)
+      if (event.edit === true) event.title = 'changed'
+      await this.sendJson(event.payload)
+    }
+  }
+  class Own extends JsonWebsocketConsumer {
+    override groups = ['news']
+    async newsItem (event: LayerMessage) {
+      seen.push(event)
+      event.title = 'mine to change'
+      await this.sendJson(event.payload)
+    }
+  }
+  const { app, logs } = await buildApp({}, app => {
+    app.get('/shared', { websocket: true }, Shared.asHandler())
+    app.get('/own', { websocket: true }, Own.asHandler())
+  })
+  t.teardown(() => app.close())
+  const sharing = [new WebsocketCommunicator(app, '/shared'), new WebsocketCommunicator(app, '/shared'), new WebsocketCommunicator(app, '/shared')]
+  const own = new WebsocketCommunicator(app, '/own')
+  for (const c of [...sharing, own]) await c.connect()
+  const sent = { type: 'news.item', title: 'hello', payload: { n: 1, tags: ['a'] } }
+  await app.channelLayer.groupSend('news', sent)
+  for (const c of [...sharing, own]) t.same(await c.receiveJsonFrom(), { n: 1, tags: ['a'] })
+  const sharedOnes = seen.filter(m => Object.isFrozen(m))
+  t.equal(sharedOnes.length, 3, 'the three that opted in got a frozen message')
+  t.ok(sharedOnes.every(m => m === sharedOnes[0]), '— the same one')
+  t.ok(Object.isFrozen((sharedOnes[0] as { payload: { tags: object } }).payload.tags), 'frozen all the way down')
+  t.equal(encoded, 1, 'its payload was encoded once for the three')
+  t.equal(seen.filter(m => !Object.isFrozen(m)).length, 1, 'the one that did not opt in got a copy it may change')
+  t.equal(sent.title, 'hello', 'the sender\'s object is untouched')
+
+  // Writing to a shared message is a handler error: a TypeError, 1011, logged; the others go on.
+  await app.channelLayer.groupSend('news', { type: 'news.item', edit: true, payload: { n: 2 } })
+  for (const c of sharing) t.match(await c.closed, { code: 1011 })
+  t.same(await own.receiveJsonFrom(), { n: 2 })
+  const failure = logs.find(l => l.msg === 'consumer handler failed; closing with 1011')
+  t.match(failure?.err, { type: 'TypeError', message: /read only|not extensible/ }, 'a TypeError says the message cannot be changed', { found: failure })
+})

@@ -5,11 +5,15 @@
 // `entry` (from --alt=<path>) loads another build, to compare a candidate change in the same run.
 import Fastify from 'fastify'
 
-export async function start ({ layer: kind, redisUrl, prefix, logFile, entry }) {
+// Features (bench/run.js targets): `shared` opts the consumer in to shared, read-only messages;
+// `history` gives every group a history policy (size 100); `metrics` registers the metrics.
+export async function start ({ layer: kind, redisUrl, prefix, logFile, entry, shared = false, history = false, metrics = false }) {
   const channels = await import(entry ?? 'fastify-channels')
   const { default: fastifyChannels, JsonWebsocketConsumer, AsyncHttpConsumer, InMemoryChannelLayer } = channels
 
   class BenchConsumer extends JsonWebsocketConsumer {
+    static sharedMessages = shared
+
     async connect () {
       await this.channelLayer.groupAdd(this.scope.params.group, this.channelName)
       await this.accept()
@@ -20,17 +24,19 @@ export async function start ({ layer: kind, redisUrl, prefix, logFile, entry }) 
     }
   }
 
+  const groups = history ? { '*': { history: { size: 100, ttl: 60 } } } : undefined
   let layer
   if (kind === 'redis') {
     if (typeof channels.RedisChannelLayer !== 'function') {
       throw Object.assign(new Error('RedisChannelLayer is not exported by this build of fastify-channels'), { code: 'BENCH_UNAVAILABLE' })
     }
-    layer = new channels.RedisChannelLayer({ url: redisUrl, prefix })
+    layer = new channels.RedisChannelLayer({ url: redisUrl, prefix, groups })
   } else {
-    layer = new InMemoryChannelLayer()
+    layer = new InMemoryChannelLayer({ groups })
   }
   const app = Fastify({ logger: { level: 'warn', file: logFile } })
-  await app.register(fastifyChannels, { layer })
+  const registry = metrics ? new (await import('prom-client')).Registry() : undefined
+  await app.register(fastifyChannels, { layer, metrics: registry === undefined ? undefined : { registry } })
   app.get('/ws/:group', { websocket: true }, BenchConsumer.asHandler())
 
   let streams = 0

@@ -90,6 +90,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#runtime = runtime
     this.#request = request
     this.#consumer = consumer
+    this.#flow.sharesMessages = (consumer.constructor as { sharedMessages?: unknown }).sharedMessages === true
     this.#counts = runtime.counts.of(request.routeOptions.url ?? request.url)
     this.#outbound = new Outbound(this, runtime.maxBufferedBytes, this.#counts)
     this.#opened = new Promise(resolve => { this.#resolveOpened = resolve })

@@ -36,6 +36,8 @@ export class FlowControl<Task> implements ChannelSink {
   // The queue reached HIGH_WATER: the layer may have kept messages back, to resume.
   #saturated = false
   #listener: ChannelListener | null = null
+  /** ChannelSink: the consumer opted in to shared, read-only group messages. */
+  sharesMessages = false
   // Only for a layer without listen(): the receive() pump's wake-up and its stop signal.
   #wakePump: (() => void) | null = null
   #stopPump: AbortController | null = null

@@ -7,7 +7,7 @@
  */
 import { LayerClosedError } from '../errors.js'
 import { Mailbox, Waiter } from './mailbox.js'
-import { clonePlainObject, cloneMessage } from './message.js'
+import { clonePlainObject, cloneMessage, share } from './message.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
 
 /** The `Delivery` of a message sent to the channel itself. */
@@ -65,13 +65,15 @@ export class LocalStore {
    * `force` queues it anyway: a replay is not refused for capacity, nor counted against it.
    */
   deliver (channel: string, message: LayerMessage, info: Delivery = DIRECT, force = false): boolean {
-    return this.#deliver(channel, message, info, false, force)
+    return this.#deliver(channel, this.#sinks.get(channel), message, info, false, force)
   }
 
   /**
    * Fans `message` out to the group's live local members, each its own copy (the last one takes
    * `message` itself: serialize it before calling) and the same read-only `info`; full members are
    * skipped and reported, expired memberships dropped on the way. Members in `skip` have had it.
+   * Members whose sink shares messages all get `message` itself, deep-frozen (then every other
+   * member gets a copy).
    */
   fanOut (group: string, message: LayerMessage, info: Delivery, skip?: ReadonlySet<string>): void {
     const members = this.#groups.get(group)
@@ -79,6 +81,7 @@ export class LocalStore {
     const now = performance.now()
     const count = members.size
     let seen = 0
+    let frozen = false
     for (const [channel, expiresAt] of members) {
       seen++
       if (expiresAt <= now) {
@@ -86,7 +89,16 @@ export class LocalStore {
         continue
       }
       if (skip !== undefined && skip.has(channel)) continue
-      if (this.#deliver(channel, message, info, seen !== count, false)) continue
+      const sink = this.#sinks.get(channel)
+      let copy: boolean
+      if (sink !== undefined && sink.sharesMessages === true) {
+        if (!frozen) share(message)
+        frozen = true
+        copy = false
+      } else {
+        copy = frozen || seen !== count
+      }
+      if (this.#deliver(channel, sink, message, info, copy, false)) continue
       this.#settings.skipped(group, channel)
       if (info.offset !== undefined) this.#markSkipped(channel, info)
     }
@@ -281,9 +293,8 @@ export class LocalStore {
   }
 
   // `copy` clones only once the channel is known to accept, so skipping a full member costs nothing.
-  #deliver (channel: string, message: LayerMessage, info: Delivery, copy: boolean, force: boolean): boolean {
+  #deliver (channel: string, sink: ChannelSink | undefined, message: LayerMessage, info: Delivery, copy: boolean, force: boolean): boolean {
     let mailbox = this.#mailboxes.get(channel)
-    const sink = this.#sinks.get(channel)
     // Straight to the listener, unless older messages still wait for it (order is kept).
     if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0)) {
       this.#settings.counts.deliveries++

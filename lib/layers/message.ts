@@ -54,6 +54,31 @@ export function copyPlainObject (value: unknown, what: string): Record<string, u
   }
 }
 
+// Every object and array `share()` froze: what may be encoded once and the text reused.
+const shared = new WeakSet<object>()
+
+/**
+ * Makes `message` (a copy the layer owns) shareable by every consumer that opted in: deep-frozen,
+ * so a handler that writes to it gets a TypeError instead of changing what the others see.
+ * Bytes (`Uint8Array`) cannot be frozen and stay as they are.
+ */
+export function share (message: LayerMessage): LayerMessage {
+  freezeDeep(message)
+  return message
+}
+
+/** Whether `value` is part of a message `share()` froze: it can never change. */
+export function isShared (value: unknown): boolean {
+  return typeof value === 'object' && value !== null && shared.has(value)
+}
+
+function freezeDeep (value: object): void {
+  if (value instanceof Uint8Array || shared.has(value)) return
+  shared.add(value)
+  for (const inner of Object.values(value)) if (typeof inner === 'object' && inner !== null) freezeDeep(inner as object)
+  Object.freeze(value)
+}
+
 /** A deep copy of a value `copyPlainObject()` produced. */
 export function clonePlainObject<T extends object> (value: T): T {
   return cloneObject(value as Record<string, unknown>) as T

@@ -136,6 +136,11 @@ export function canDiscardChannel (layer: ChannelLayer): layer is ChannelLayer &
 export interface ChannelSink {
   /** Whether the sink takes a message now. While false, messages wait in the channel (capacity and expiry apply) until `resume()`. */
   readonly accepting: boolean
+  /**
+   * Whether the sink takes a group's message shared with the other members that do, deep-frozen
+   * (its consumer opted in with `static sharedMessages = true`), instead of a copy of its own.
+   */
+  readonly sharesMessages?: boolean
   /** Takes one message, a copy the sink owns, and how it came (shared by a group's members: read-only). */
   push (message: LayerMessage, info: Delivery): void
   /** The layer closed: no message will come any more. */
