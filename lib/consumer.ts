@@ -5,7 +5,8 @@
 import type { FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Scope } from './scope.js'
-import { connectionOf } from './connection/binding.js'
+import { connectionOf, mayReleaseUpgrade } from './connection/binding.js'
+import { releaseUpgradeState } from './internals.js'
 import { kConnect, kDisconnect, kReceive } from './connection/tasks.js'
 import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
 import { reserveNames } from './dispatch.js'
@@ -31,6 +32,7 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
         socket.close(1011, 'fastify-channels is not registered')
         return
       }
+      if (mayReleaseUpgrade(request.raw)) releaseUpgradeState(request.raw, socket)
       connection.attach(socket)
     }
     return Object.assign(handler, { [kConsumerClass]: this })

@@ -196,6 +196,36 @@ export function writeFrame (socket: { readonly readyState: number }, writer: Fra
 }
 
 // ---------------------------------------------------------------------------------------------
+// @fastify/websocket's upgrade state
+
+/**
+ * Lets go of what @fastify/websocket keeps for an upgraded connection once fastify-channels
+ * handles it: the upgrade's head on the raw request (symbol 'ws-head'); the ServerResponse it
+ * made for the upgrade, still the TCP socket's current response (`socket._httpMessage`, let go
+ * with `detachSocket()`); and the WebSocket's 'error' listener, a closure over the request and
+ * its reply that calls the errorHandler fastify-channels gave it (the connection reports protocol
+ * errors itself).
+ *
+ * Why: the scope keeps the request, and the socket the response, for the life of the connection,
+ * and with them the reply, its ServerResponse and the head's buffer: about 1 KiB per connection
+ * that nothing uses after the upgrade. Only when fastify-channels registered @fastify/websocket
+ * (an app's own keeps its errorHandler), and only the one listener it adds (@fastify/websocket
+ * 11). The request's properties are cleared, not deleted: a deleted one would turn it into a
+ * slow dictionary object, larger than what it let go.
+ */
+export function releaseUpgradeState (raw: { socket?: object | null }, socket: WebSocket): void {
+  if (!isWrittenFor('@fastify/websocket')) return
+  for (const key of Object.getOwnPropertySymbols(raw)) {
+    if (key.description === 'ws-head') (raw as Record<symbol, unknown>)[key] = undefined
+  }
+  const tcp = raw.socket as { _httpMessage?: { detachSocket?: (socket: object) => void } | null } | null | undefined
+  const response = tcp?._httpMessage
+  if (tcp != null && typeof response?.detachSocket === 'function') response.detachSocket(tcp)
+  const listeners = socket.listeners('error')
+  if (listeners.length === 1) socket.removeListener('error', listeners[0] as (...args: unknown[]) => void)
+}
+
+// ---------------------------------------------------------------------------------------------
 // @fastify/websocket's injectWS (for fastify-channels/testing)
 
 /**

@@ -101,7 +101,7 @@ function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, fore
       throw new InvalidOptionError(`route ${route.url}: a consumer handler needs { websocket: true }`)
     }
     const own = route.preHandler
-    route.preHandler = [...(own === undefined ? [] : Array.isArray(own) ? own : [own]), handshakeHook(channels, Consumer)]
+    route.preHandler = [...(own === undefined ? [] : Array.isArray(own) ? own : [own]), handshakeHook(channels, Consumer, !foreignWebsocket)]
     // Marks the route for the upgrade guard, an app-level onRequest hook that therefore runs
     // before the route's own hooks and those of the plugins around it.
     route.config = Object.assign({}, route.config, { [kConsumerRoute]: true })
@@ -109,7 +109,7 @@ function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, fore
 }
 
 /** The consumer's `connect()` decides: the upgrade goes on, or the request is answered with a status. */
-function handshakeHook (channels: Channels, Consumer: ConsumerClass): preHandlerAsyncHookHandler {
+function handshakeHook (channels: Channels, Consumer: ConsumerClass, ownsWebsocket: boolean): preHandlerAsyncHookHandler {
   return async function channelsHandshake (request: FastifyRequest, reply: FastifyReply) {
     if (!request.ws) return
     if (channels.closing) {
@@ -136,7 +136,7 @@ function handshakeHook (channels: Channels, Consumer: ConsumerClass): preHandler
       await refuseWhileClosing(reply)
       return
     }
-    bindToRequest(request.raw, connection)
+    bindToRequest(request.raw, connection, ownsWebsocket)
   }
 }
 

@@ -87,3 +87,40 @@ t.test('refused handshakes in the test kit: the status from injectWS, any other 
   t.equal(refusedHandshakeStatus(new Error('socket hang up')), undefined)
   t.equal(refusedHandshakeStatus('Unexpected server response: 500'), undefined, 'not an Error')
 })
+
+t.test('after the upgrade, what @fastify/websocket kept of it is let go; protocol errors are still logged once', async t => {
+  const { listen, rawSession } = await import('./helpers/loopback.js')
+  type Raw = Record<symbol, unknown> & { socket: { _httpMessage?: unknown } }
+  const seen: Raw[] = []
+  class Keep extends WebsocketConsumer {
+    override async connect () {
+      await this.accept()
+      seen.push(this.scope.request.raw as unknown as Raw)
+    }
+  }
+  const logs: Array<Record<string, unknown>> = []
+  const app = Fastify({ logger: { level: 'debug', stream: { write: (line: string) => { logs.push(JSON.parse(line) as Record<string, unknown>) } } } })
+  await app.register(fastifyChannels)
+  let socketOfRoute: EventEmitter | undefined
+  app.get('/ws', { websocket: true }, Keep.asHandler())
+  app.addHook('onReady', async () => {
+    app.websocketServer.on('connection', (socket: EventEmitter) => { socketOfRoute = socket })
+  })
+  t.teardown(() => app.close())
+  const { url, port } = await listen(app)
+  const WebSocket = (await import('ws')).default
+  const ws = new WebSocket(`${url}/ws`)
+  await new Promise(resolve => ws.once('open', resolve))
+  await new Promise(resolve => setTimeout(resolve, 20))
+  const [raw] = seen
+  const head = Object.getOwnPropertySymbols(raw).find(key => key.description === 'ws-head')
+  t.ok(head !== undefined && raw[head] === undefined, 'the upgrade\'s head is let go (cleared, not deleted)')
+  t.equal(raw.socket._httpMessage ?? null, null, 'the upgrade\'s ServerResponse is no longer the socket\'s')
+  t.equal(socketOfRoute?.listenerCount('error'), 1, 'one error listener: the connection\'s own')
+  ws.close()
+  // A client that breaks the protocol: logged once, at warn, by the connection.
+  const result = await rawSession(port, '/ws', {}, [Buffer.from([0x83, 0x80, 0, 0, 0, 0])])
+  t.equal(result.close?.code, 1002)
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.equal(logs.filter(l => l.msg === 'websocket protocol error').length, 1, 'the protocol error is logged once')
+})

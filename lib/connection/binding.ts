@@ -6,9 +6,17 @@
 import type { Connection } from './connection.js'
 
 const byRequest = new WeakMap<object, Connection>()
+// Requests whose upgrade state (internals.ts) may be let go: fastify-channels registered
+// @fastify/websocket itself, so its error listener calls nothing the app set up.
+const releasable = new WeakSet<object>()
 
-export function bindToRequest (raw: object, connection: Connection): void {
+export function bindToRequest (raw: object, connection: Connection, releaseUpgrade: boolean): void {
   byRequest.set(raw, connection)
+  if (releaseUpgrade) releasable.add(raw)
+}
+
+export function mayReleaseUpgrade (raw: object): boolean {
+  return releasable.has(raw)
 }
 
 export function connectionOf (raw: object): Connection | undefined {

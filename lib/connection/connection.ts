@@ -30,11 +30,11 @@ import { Outbound, type OutboundOwner } from './outbound.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
-import type { ConnectionSocket } from './socket.js'
+import { listenTo, type ConnectionSocket, type SocketEvents } from './socket.js'
+import type { RawData } from 'ws'
 import { ClientFrame, End, callConsumer, failureClose, kConnect, kDisconnect, type ConsumerHooks, type Task } from './tasks.js'
 import { ScopedTasks, endedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
 import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
-import { TokenBucket } from './rate-limit.js'
 import type { RouteCounts } from '../metrics.js'
 import type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
@@ -51,7 +51,7 @@ interface Transitions {
 
 export type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
-export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner {
+export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner, SocketEvents {
   /** The subprotocol `accept()` named. */
   subprotocol: string | undefined = undefined
   /** Resolves once the connection has ended and the layer is freed of it. */
@@ -173,23 +173,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     }
     this.#socket = socket
     this.#outbound.open(socket)
-    const counts = this.#counts
-    if (this.#upgrade) counts.handshake(101)
-    counts.open++
+    if (this.#upgrade) this.#counts.handshake(101)
+    this.#counts.open++
     const limit = this.#runtime.rateLimit
-    const bucket = limit === undefined ? null : new TokenBucket(limit.messages, limit.interval)
-    socket.on('message', (data, binary) => {
-      counts.framesReceived++
-      if (bucket !== null && !bucket.take()) {
-        this.#overLimit()
-        return
-      }
-      this.#flow.fromClient(new ClientFrame(data, binary))
-    })
-    socket.on('pong', () => { this.awaitingPong = false })
-    // A client that breaks the protocol: ws answers with a close code; that is the code disconnect() gets.
-    socket.on('error', (err) => { this.#beginClosing('open', protocolErrorCloseCode(err.code)) })
-    socket.on('close', (code) => { this.#beginClosing('open', code) })
+    if (limit !== undefined) this.#flow.limitTo(limit.messages, limit.interval)
+    listenTo(socket, this)
     this.#resolveOpened()
     this.#flow.start(socket, this.#runtime.layer, this.#channelName)
     const pending = this.#pendingClose
@@ -211,6 +199,29 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     } else {
       this.#beginClosing('open', code, socket => { socket.close(code, fitCloseReason(reason)) })
     }
+  }
+
+  /** SocketEvents: a client frame, queued behind what came before it (unless over the rate limit). */
+  frame (data: RawData, binary: boolean): void {
+    this.#counts.framesReceived++
+    this.#flow.fromClient(new ClientFrame(data, binary))
+  }
+
+  /** SocketEvents: the peer answered a ping. */
+  pong (): void {
+    this.awaitingPong = false
+  }
+
+  /** SocketEvents: a client that broke the protocol (ws answers with a close code: disconnect() gets it), or a lost socket. */
+  failed (err: Error & { code?: string }): void {
+    const code = protocolErrorCloseCode(err.code)
+    if (code === 1006) this.log.debug({ err }, 'websocket connection lost')
+    else this.log.warn({ err }, 'websocket protocol error')
+    this.#beginClosing('open', code)
+  }
+
+  closed (code: number): void {
+    this.#beginClosing('open', code)
   }
 
   /** Ends a peer that stopped answering: no close handshake, `disconnect(1006)`. */
@@ -334,8 +345,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.close(code, reason)
   }
 
-  /** A client sending faster than `rateLimit`: closed, counted, logged; its frame is not handled. */
-  #overLimit (): void {
+  /** FlowOwner: a client sending faster than `rateLimit`: closed, counted, logged; its frame is not handled. */
+  overLimit (): void {
     if (this.#state !== 'open') return
     this.#counts.rateLimited++
     this.log.warn({ channel: this.#channelName }, 'client over the rate limit; closing with 1008')
@@ -383,7 +394,6 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     return this.#flow.readsPaused
   }
 
-  /** Beating. */
   sendPing (): void {
     this.#socket?.ping()
   }

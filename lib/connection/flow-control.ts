@@ -12,6 +12,7 @@
 import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, Delivery, LayerMessage } from '../layers/types.js'
 import { canListen } from '../layers/types.js'
 import type { TaskQueue } from './task-queue.js'
+import { TokenBucket } from './rate-limit.js'
 
 // Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
 export const HIGH_WATER = 16
@@ -25,6 +26,8 @@ export interface Readable {
 export interface FlowOwner {
   /** The layer failed under the connection: no message will come any more. */
   layerFailed (err: unknown): void
+  /** A client frame came faster than the rate limit allows: it is not queued. */
+  overLimit (): void
 }
 
 export class FlowControl<Task> implements ChannelSink {
@@ -36,6 +39,8 @@ export class FlowControl<Task> implements ChannelSink {
   // The queue reached HIGH_WATER: the layer may have kept messages back, to resume.
   #saturated = false
   #listener: ChannelListener | null = null
+  // The per-connection rate limit on client frames, when there is one.
+  #bucket: TokenBucket | null = null
   /** ChannelSink: the consumer opted in to shared, read-only group messages. */
   sharesMessages = false
   // Only for a layer without listen(): the receive() pump's wake-up and its stop signal.
@@ -59,8 +64,17 @@ export class FlowControl<Task> implements ChannelSink {
     else void this.#pump(layer, channel)
   }
 
-  /** A client frame, queued behind what arrived before it. */
+  /** Client frames beyond `messages` per `interval` ms (a token bucket) are refused from now on. */
+  limitTo (messages: number, interval: number): void {
+    this.#bucket = new TokenBucket(messages, interval)
+  }
+
+  /** A client frame, queued behind what arrived before it; refused over the rate limit. */
   fromClient (task: Task): void {
+    if (this.#bucket !== null && !this.#bucket.take()) {
+      this.#owner.overLimit()
+      return
+    }
     this.#queue.push(task)
     if (this.#queue.pending >= HIGH_WATER) {
       this.#saturated = true

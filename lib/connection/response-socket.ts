@@ -51,7 +51,7 @@ export class ResponseSocket implements ConnectionSocket {
       if (this.#over) return
       this.#over = true
       this.#clientGone = true
-      this.#onClose?.(1006)
+      this.#onClose?.call(this, 1006)
     }
     this.#res.once('close', gone)
     this.#res.on('error', gone)
@@ -75,7 +75,7 @@ export class ResponseSocket implements ConnectionSocket {
       const onClose = listener as (code: number) => void
       this.#onClose = onClose
       // Gone before the connection listened: tell it, once it has finished attaching.
-      if (this.#clientGone) queueMicrotask(() => onClose(1006))
+      if (this.#clientGone) queueMicrotask(() => onClose.call(this, 1006))
     } else if (event === 'pong') {
       this.#onPong = listener as () => void
     }
@@ -126,9 +126,9 @@ export class ResponseSocket implements ConnectionSocket {
 
   ping (): void {
     if (this.#eventStream && !this.#over) {
-      this.#res.write(HEARTBEAT_COMMENT, (err?: Error | null) => { if (err == null) this.#onPong?.() })
+      this.#res.write(HEARTBEAT_COMMENT, (err?: Error | null) => { if (err == null) this.#onPong?.call(this) })
     } else {
-      queueMicrotask(() => { this.#onPong?.() })
+      queueMicrotask(() => { this.#onPong?.call(this) })
     }
   }
 

@@ -16,6 +16,31 @@ export interface ConnectionSocket extends WritableSocket, Readable {
   ping (): void
 }
 
+/** What a connection does with its socket's events. */
+export interface SocketEvents {
+  frame (data: RawData, binary: boolean): void
+  pong (): void
+  failed (err: Error & { code?: string }): void
+  closed (code: number): void
+}
+
+// One set of listener functions serves every socket (they find their connection by the socket the
+// event came from): a connection holds no closure of its own for them.
+const bySocket = new WeakMap<object, SocketEvents>()
+function onMessage (this: object, data: RawData, binary: boolean): void { bySocket.get(this)?.frame(data, binary) }
+function onPong (this: object): void { bySocket.get(this)?.pong() }
+function onError (this: object, err: Error & { code?: string }): void { bySocket.get(this)?.failed(err) }
+function onClose (this: object, code: number): void { bySocket.get(this)?.closed(code) }
+
+/** Sends `socket`'s events to `events` from now on. */
+export function listenTo (socket: ConnectionSocket, events: SocketEvents): void {
+  bySocket.set(socket, events)
+  socket.on('message', onMessage)
+  socket.on('pong', onPong)
+  socket.on('error', onError)
+  socket.on('close', onClose)
+}
+
 /** A client frame's data as one Buffer, whatever form ws gave it in. */
 export function toBuffer (data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data

@@ -141,12 +141,19 @@ export class LocalStore {
   listen (channel: string, sink: ChannelSink): ChannelListener | undefined {
     if (this.#sinks.has(channel)) return undefined
     this.#sinks.set(channel, sink)
-    const listener: ChannelListener = {
-      resume: () => { if (this.#sinks.get(channel) === sink) this.#resume(channel, sink) },
-      close: () => { if (this.#sinks.get(channel) === sink) this.#sinks.delete(channel) }
-    }
+    const listener = new Listener(this, channel, sink)
     listener.resume()
     return listener
+  }
+
+  /** A listener's `resume()`: hands the sink what waited, while it is still the channel's. */
+  resumeListener (channel: string, sink: ChannelSink): void {
+    if (this.#sinks.get(channel) === sink) this.#resume(channel, sink)
+  }
+
+  /** A listener's `close()`. */
+  closeListener (channel: string, sink: ChannelSink): void {
+    if (this.#sinks.get(channel) === sink) this.#sinks.delete(channel)
   }
 
   /** Whether `channel` is a live member of `group` here. */
@@ -357,5 +364,18 @@ export class LocalStore {
     entries.delete(channel)
     if (entries.size === 0) this.#presence.delete(group)
     this.#settings.presenceLeft?.(group, channel, info)
+  }
+}
+
+/** One object per listened channel (every connection has one), rather than a closure per method. */
+class Listener implements ChannelListener {
+  constructor (readonly store: LocalStore, readonly channel: string, readonly sink: ChannelSink) {}
+
+  resume (): void {
+    this.store.resumeListener(this.channel, this.sink)
+  }
+
+  close (): void {
+    this.store.closeListener(this.channel, this.sink)
   }
 }
