@@ -10,8 +10,8 @@ import { isShared } from './layers/message.js'
 
 export const kRefuseFrame = Symbol('fastify-channels.refuseFrame')
 
-/** Deepest nesting a decoded frame may have. */
-export const MAX_JSON_DEPTH = 64
+/** Deepest nesting a decoded frame may have: half the layer's 64, so a frame wrapped into a layer message still fits. */
+export const MAX_JSON_DEPTH = 32
 
 export class JsonWebsocketConsumer extends WebsocketConsumer {
   /** Encodes an outgoing value; override for another encoding. */

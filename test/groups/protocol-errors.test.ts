@@ -33,7 +33,7 @@ async function answer (c: RawProtocolClient, frame: unknown): Promise<Record<str
 
 const badFrames: Array<[string, unknown, Record<string, unknown>]> = [
   ['malformed JSON', '{"op": "join", ', { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /^invalid JSON: / }],
-  ['JSON nested deeper than 64', '['.repeat(65) + ']'.repeat(65), { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /nested deeper than 64/ }],
+  ['JSON nested deeper than 32', '['.repeat(33) + ']'.repeat(33), { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /nested deeper than 32/ }],
   ['a __proto__ key', '{"op":"call","id":1,"action":"echo","args":{"__proto__":{"admin":true}}}', { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /prototype/ }],
   ['an array', [{ op: 'join', group: 'room.a' }], { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /JSON object/ }],
   ['a string', '"join"', { op: 'error', code: 'FST_CHANNELS_BAD_FRAME' }],
