@@ -204,17 +204,22 @@ export function writeFrame (socket: { readonly readyState: number }, writer: Fra
  * made for the upgrade, still the TCP socket's current response (`socket._httpMessage`, let go
  * with `detachSocket()`); and the WebSocket's 'error' listener, a closure over the request and
  * its reply that calls the errorHandler fastify-channels gave it (the connection reports protocol
- * errors itself).
+ * errors itself). And, from Node, the raw request's `rawHeaders`: `headers` holds the same values
+ * (built before this runs), and the names as the client spelled them are per-connection strings.
  *
  * Why: the scope keeps the request, and the socket the response, for the life of the connection,
  * and with them the reply, its ServerResponse and the head's buffer: about 1 KiB per connection
- * that nothing uses after the upgrade. Only when fastify-channels registered @fastify/websocket
+ * that nothing uses after the upgrade (and 0.3 KiB more for `rawHeaders`). Only when fastify-channels registered @fastify/websocket
  * (an app's own keeps its errorHandler), and only the one listener it adds (@fastify/websocket
  * 11). The request's properties are cleared, not deleted: a deleted one would turn it into a
  * slow dictionary object, larger than what it let go.
  */
-export function releaseUpgradeState (raw: { socket?: object | null }, socket: WebSocket): void {
+const NO_RAW_HEADERS: string[] = Object.freeze([]) as unknown as string[]
+
+export function releaseUpgradeState (raw: { socket?: object | null, headers: object, rawHeaders: string[] }, socket: WebSocket): void {
   if (!isWrittenFor('@fastify/websocket')) return
+  void raw.headers // Node builds `headers` from `rawHeaders` on its first read
+  raw.rawHeaders = NO_RAW_HEADERS
   for (const key of Object.getOwnPropertySymbols(raw)) {
     if (key.description === 'ws-head') (raw as Record<symbol, unknown>)[key] = undefined
   }

@@ -90,10 +90,12 @@ t.test('refused handshakes in the test kit: the status from injectWS, any other 
 
 t.test('after the upgrade, what @fastify/websocket kept of it is let go; protocol errors are still logged once', async t => {
   const { listen, rawSession } = await import('./helpers/loopback.js')
-  type Raw = Record<symbol, unknown> & { socket: { _httpMessage?: unknown } }
+  type Raw = Record<symbol, unknown> & { socket: { _httpMessage?: unknown }, rawHeaders: string[], headers: Record<string, string> }
   const seen: Raw[] = []
+  let rawHeadersInConnect: string[] = []
   class Keep extends WebsocketConsumer {
     override async connect () {
+      rawHeadersInConnect = [...this.scope.request.raw.rawHeaders]
       await this.accept()
       seen.push(this.scope.request.raw as unknown as Raw)
     }
@@ -109,7 +111,7 @@ t.test('after the upgrade, what @fastify/websocket kept of it is let go; protoco
   t.teardown(() => app.close())
   const { url, port } = await listen(app)
   const WebSocket = (await import('ws')).default
-  const ws = new WebSocket(`${url}/ws`)
+  const ws = new WebSocket(`${url}/ws`, { headers: { 'X-Tenant': 'acme' } })
   await new Promise(resolve => ws.once('open', resolve))
   await new Promise(resolve => setTimeout(resolve, 20))
   const [raw] = seen
@@ -117,6 +119,9 @@ t.test('after the upgrade, what @fastify/websocket kept of it is let go; protoco
   t.ok(head !== undefined && raw[head] === undefined, 'the upgrade\'s head is let go (cleared, not deleted)')
   t.equal(raw.socket._httpMessage ?? null, null, 'the upgrade\'s ServerResponse is no longer the socket\'s')
   t.equal(socketOfRoute?.listenerCount('error'), 1, 'one error listener: the connection\'s own')
+  t.ok(rawHeadersInConnect.includes('X-Tenant'), 'rawHeaders are there during connect()')
+  t.same(raw.rawHeaders, [], 'and let go after the upgrade')
+  t.equal(raw.headers['x-tenant'], 'acme', 'headers are kept')
   ws.close()
   // A client that breaks the protocol: logged once, at warn, by the connection.
   const result = await rawSession(port, '/ws', {}, [Buffer.from([0x83, 0x80, 0, 0, 0, 0])])
