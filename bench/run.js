@@ -43,6 +43,8 @@ const TARGETS = {
   // The same consumer opting in to shared, read-only messages (static sharedMessages = true).
   'channels-memory-shared': { module: 'channels', layer: 'memory', processes: 1, protocol: 'plain', floor: 'ws-memory', features: { shared: true } },
   'channels-redis-shared': { module: 'channels', layer: 'redis', processes: 2, protocol: 'plain', floor: 'ws-redis', features: { shared: true } },
+  // Metrics alone (prom-client registry registered), for their overhead against channels-memory.
+  'channels-memory-metrics': { module: 'channels', layer: 'memory', processes: 1, protocol: 'plain', floor: 'ws-memory', features: { metrics: true } },
   // With the second release's features on: every group keeps history (size 100), metrics are registered.
   'channels-memory-durable': { module: 'channels', layer: 'memory', processes: 1, protocol: 'plain', floor: 'ws-memory', features: { history: true, metrics: true } },
   'channels-redis-durable': { module: 'channels', layer: 'redis', processes: 2, protocol: 'plain', floor: 'ws-redis', features: { history: true, metrics: true } },

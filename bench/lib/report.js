@@ -5,6 +5,7 @@ const COUNTERPART = {
   'channels-redis': { floor: 'ws-redis', rival: 'socketio-redis' },
   'channels-memory-shared': { floor: 'ws-memory' },
   'channels-redis-shared': { floor: 'ws-redis' },
+  'channels-memory-metrics': { floor: 'ws-memory' },
   'channels-memory-durable': { floor: 'ws-memory' },
   'channels-redis-durable': { floor: 'ws-redis' },
   'channels-sse-memory': { floor: 'ws-memory' },
