@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The benchmark harness: every target in turn, in the same run, same method, same machine.
-//   node bench/run.js              full: every scenario (about 25 minutes on 2 cores)
-//   node bench/run.js --quick      groups-100x100 only, short steps (under 5 minutes)
+//   node bench/run.js              full: every scenario (about 50 minutes on 2 cores)
+//   node bench/run.js --quick      groups-100x100 only, short steps (about 12 minutes)
 //   node bench/run.js --smoke      2 targets, 50 connections, ~1 s of load: checks the harness works
 // Options: --targets=a,b  --scenarios=a,b  --out=<dir>  --profile (a CPU profile of each server
 // process during the fixed-rate step, in <out>/profiles)  --gens=<n> generator processes  --no-pin
@@ -10,6 +10,7 @@
 // --fixed-rate=<deliveries/s> (instead of half of the floor's maximum; e.g. to profile under overload)
 // --alt=<path/to/dist/index.js>[,…] (adds channels-memory-alt1, channels-redis-alt1, channels-sse-memory-alt1, …: other builds)
 // --no-steps (skip the search for the maximum: warm-up, saturation and fixed-rate steps only)
+// --connections=<n> (instead of the scenario's 10,000, same groups; loopback allows about 28,000)
 // Method and how to read the output: bench/README.md.
 import { spawn, execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -586,7 +587,7 @@ async function main () {
 
   const repeat = Math.max(1, Number(args.repeat ?? 1))
   for (const scenarioName of scenarioNames) {
-    const scenario = { name: scenarioName, ...SCENARIOS[scenarioName] }
+    const scenario = { name: scenarioName, ...SCENARIOS[scenarioName], ...(args.connections === undefined ? {} : { connections: Number(args.connections) }) }
     // With --repeat, rounds interleave the targets so that a change in the machine's background
     // load hits all of them alike; each row is then the round with the median maximum.
     const rounds = []
