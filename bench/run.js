@@ -190,6 +190,8 @@ async function runTarget (scenario, target, floorMax) {
     await sleep(PLAN.smoke ? 200 : 1000)
     const rssN = await Promise.all(servers.map(s => s.request('gc').then(r => r.rss)))
     row.rssPerConnKiB = round((sum(rssN) - sum(rss0)) / scenario.connections / 1024, 1)
+    // A server process at rest (the app, the target's layer, no connection), for capacity plans.
+    row.rssAtRestMiB = round(sum(rss0) / servers.length / 1024 / 1024, 1)
 
     // 4. Load: warm-up, stepped open-loop load to saturation, then the fixed-rate step.
     const bench = new Bench(scenario, servers, gens, members, groupSize, target.layer === 'redis')
@@ -556,7 +558,7 @@ function describeStep (s) {
 function summary (r) {
   if (r.error !== undefined) return `${r.scenario} ${r.target}: ${r.unavailable ? 'unavailable' : 'ERROR'}: ${r.error}`
   return `${r.scenario} ${r.target}: max ${fmt(r.deliveriesPerSec)} deliveries/s, p50 ${r.p50Ms} p99 ${r.p99Ms} ms at ${fmt(r.fixedRatePerSec)}/s, ` +
-    `${r.cpuUsPerDelivery} µs CPU/delivery, ${r.rssPerConnKiB} KiB/conn, lost ${r.lost}`
+    `${r.cpuUsPerDelivery} µs CPU/delivery, ${r.rssPerConnKiB} KiB/conn (${r.rssAtRestMiB} MiB at rest), lost ${r.lost}`
 }
 
 function fmt (n) {
