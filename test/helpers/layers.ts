@@ -24,3 +24,14 @@ export function contractOnly (inner: InMemoryChannelLayer): ChannelLayer {
     get new_channel () { return this.newChannel }
   }
 }
+
+/** What `receive` resolves with, or a rejection naming the channel once `ms` have passed without it. */
+export async function receiveWithin<T> (channel: string, ms: number, receive: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController()
+  const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
+  try {
+    return await receive(controller.signal)
+  } finally {
+    clearTimeout(timer)
+  }
+}

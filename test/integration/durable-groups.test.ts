@@ -5,6 +5,7 @@ import type { LayerMessage } from '../../lib/layers/types.js'
 import { spawnNode, type NodeProcess } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
 import { REDIS_URL, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { receiveWithin } from '../helpers/layers.js'
 
 // Durable groups across real processes on one Redis: a member that comes back in another process
 // (or after its process was killed) recovers exactly what it missed, and the presence of a
@@ -36,13 +37,7 @@ async function until (what: string, check: () => boolean, ms: number): Promise<v
 }
 
 async function receive (layer: RedisChannelLayer, channel: string, ms = 10_000): Promise<LayerMessage> {
-  const controller = new AbortController()
-  const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
-  try {
-    return await layer.receive(channel, { signal: controller.signal })
-  } finally {
-    clearTimeout(timer)
-  }
+  return await receiveWithin(channel, ms, signal => layer.receive(channel, { signal }))
 }
 
 if (await requireRedis(t)) {

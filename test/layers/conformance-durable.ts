@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { InvalidMessageError, InvalidOptionError } from '../../lib/errors.js'
 import { canReceiveDelivery, type ChannelLayer, type Delivery, type GroupPolicy, type LayerMessage } from '../../lib/layers/types.js'
 import type { ConformanceLayerOptions, Harness } from './conformance.js'
+import { receiveWithin } from '../helpers/layers.js'
 
 // Part of the conformance suite: durable groups (API.md, "Group policies") — offsets and epochs,
 // recovery with `since`, history reads, presence and its events, on every layer.
@@ -27,13 +28,7 @@ function withPolicy (extra: ConformanceLayerOptions = {}): ConformanceLayerOptio
 export function conformanceDurable (test: Define, { open, unique, next, nothing, rejectsWith }: Harness, shared: boolean, latency: number): void {
   async function delivery (layer: ChannelLayer, channel: string, ms = 2000): Promise<{ message: LayerMessage, info: Delivery }> {
     if (!canReceiveDelivery(layer)) throw new Error('the layer cannot tell how a message came')
-    const controller = new AbortController()
-    const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
-    try {
-      return await layer.receiveDelivery(channel, { signal: controller.signal })
-    } finally {
-      clearTimeout(timer)
-    }
+    return await receiveWithin(channel, ms, signal => layer.receiveDelivery(channel, { signal }))
   }
 
   async function drain (layer: ChannelLayer, channel: string, count: number): Promise<Array<{ message: LayerMessage, info: Delivery }>> {

@@ -5,6 +5,7 @@ import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/laye
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
 import { REDIS_URL, keysOf, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
+import { receiveWithin } from '../helpers/layers.js'
 
 // encryptionKeys: every case of the conformance suite with every payload sealed, nothing
 // readable in Redis' own view of the traffic (MONITOR), and keys that rotate without downtime.
@@ -12,13 +13,7 @@ import { REDIS_URL, keysOf, requireRedis, startRedisServer, uniquePrefix } from 
 const KEYS = [randomBytes(32)]
 
 async function next (layer: RedisChannelLayer, channel: string, ms = 2000): Promise<LayerMessage> {
-  const controller = new AbortController()
-  const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
-  try {
-    return await layer.receive(channel, { signal: controller.signal })
-  } finally {
-    clearTimeout(timer)
-  }
+  return await receiveWithin(channel, ms, signal => layer.receive(channel, { signal }))
 }
 
 if (await requireRedis(t)) {

@@ -6,6 +6,7 @@ import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/laye
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
 import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { receiveWithin } from '../helpers/layers.js'
 
 // The Redis layer against the shared Redis at REDIS_URL: the conformance suite with two layer
 // instances standing in for two processes, then what only a shared backend has.
@@ -29,13 +30,7 @@ function open (t: Test, options: RedisChannelLayerOptions = {}): RedisChannelLay
 }
 
 async function next (layer: RedisChannelLayer, channel: string, ms = 2000): Promise<LayerMessage> {
-  const controller = new AbortController()
-  const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
-  try {
-    return await layer.receive(channel, { signal: controller.signal })
-  } finally {
-    clearTimeout(timer)
-  }
+  return await receiveWithin(channel, ms, signal => layer.receive(channel, { signal }))
 }
 
 async function nothing (layer: RedisChannelLayer, channel: string, ms = 150): Promise<boolean> {
