@@ -104,8 +104,10 @@ async function measureStorm (server) {
   // is answered after the restart, and a first join has nothing to recover (no gap()).
   await until(`${CLIENTS} clients joined`, () => joined === CLIENTS, 120_000)
   const downAt = now()
+  // Listening before asking: on a loaded machine the exit can be handled before the reply is.
+  const exited = new Promise(resolve => server.child.once('exit', resolve))
   await server.request('stop')
-  await new Promise(resolve => server.child.once('exit', resolve))
+  await exited
   const next = await startServer(server.port, server.echoPort)
   await until(`${CLIENTS} clients back`, () => rejoined.size === CLIENTS && clients.every(c => c.state === 'open'), smoke ? 60_000 : 300_000)
   const backAt = now()
