@@ -30,12 +30,7 @@ export function copyMessage (message: unknown): LayerMessage {
   if (typeof (message as { type?: unknown }).type !== 'string') {
     throw new InvalidMessageError('message.type must be a string')
   }
-  try {
-    return copyObject(message as Record<string, unknown>, 0) as LayerMessage
-  } catch (err) {
-    if (err instanceof Rejection) throw new InvalidMessageError(explain(err, 'message'))
-    throw err
-  }
+  return checkedCopy(message as Record<string, unknown>, 'message') as LayerMessage
 }
 
 /**
@@ -46,10 +41,15 @@ export function copyPlainObject (value: unknown, what: string): Record<string, u
   if (typeof value !== 'object' || value === null || !isPlainPrototype(Object.getPrototypeOf(value))) {
     throw new InvalidMessageError(`${what} must be a plain object of layer values, not ${describe(value)}`)
   }
+  return checkedCopy(value as Record<string, unknown>, what)
+}
+
+/** The deep copy of a plain object the caller checked at the top; InvalidMessageError names `root` and the path. */
+function checkedCopy (value: Record<string, unknown>, root: string): Record<string, unknown> {
   try {
-    return copyObject(value as Record<string, unknown>, 0)
+    return copyObject(value, 0)
   } catch (err) {
-    if (err instanceof Rejection) throw new InvalidMessageError(explain(err, what))
+    if (err instanceof Rejection) throw new InvalidMessageError(explain(err, root))
     throw err
   }
 }
