@@ -232,13 +232,11 @@ export class LocalStore {
     }
     const groups = this.#channelGroups.get(channel)
     if (groups === undefined) return
+    // Forgotten first, so #unlink does not edit the set this loop walks.
     this.#channelGroups.delete(channel)
     for (const group of groups) {
       const members = this.#groups.get(group)
-      if (members === undefined) continue
-      members.delete(channel)
-      if (members.size === 0) this.#groups.delete(group)
-      this.#leavePresence(group, channel)
+      if (members !== undefined) this.#unlink(group, members, channel)
     }
   }
 
