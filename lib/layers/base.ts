@@ -147,14 +147,14 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.assertOpen()
     const name = `${prefix}.${this.processToken}!${randomBytes(9).toString('base64url')}`
     assertChannelPrefix(prefix, name)
-    await this.#timed('newChannel', this.doNewChannel(name))
+    await this.#timed('newChannel', () => this.doNewChannel(name))
     return name
   }
 
   async send (channel: string, message: LayerMessage): Promise<void> {
     this.assertOpen()
     assertChannelName(channel)
-    return this.#timed('send', this.doSend(channel, copyMessage(message)))
+    return this.#timed('send', () => this.doSend(channel, copyMessage(message)))
   }
 
   async receive (channel: string, options?: ReceiveOptions): Promise<LayerMessage> {
@@ -182,23 +182,23 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.assertOpen()
     assertGroupName(group)
     assertChannelName(channel)
-    return this.#timed('groupAdd', this.doGroupAdd(group, channel, checkJoin(options), this.policies.of(group)))
+    return this.#timed('groupAdd', () => this.doGroupAdd(group, channel, checkJoin(options), this.policies.of(group)))
   }
 
   async groupDiscard (group: string, channel: string): Promise<void> {
     this.assertOpen()
     assertGroupName(group)
     assertChannelName(channel)
-    return this.#timed('groupDiscard', this.doGroupDiscard(group, channel))
+    return this.#timed('groupDiscard', () => this.doGroupDiscard(group, channel))
   }
 
   /** Resolves with the message's position in a group with history, else undefined. */
   async groupSend (group: string, message: LayerMessage): Promise<StreamPosition | undefined> {
     this.assertOpen()
     assertGroupName(group)
-    const sent = this.doGroupSend(group, copyMessage(message), this.policies.of(group))
+    const sent = this.#timed('groupSend', () => this.doGroupSend(group, copyMessage(message), this.policies.of(group)))
     this.stats.groupSends++
-    return this.#timed('groupSend', sent)
+    return sent
   }
 
   /**
@@ -211,14 +211,14 @@ export abstract class BaseChannelLayer extends EventEmitter
     const { since, limit } = checkHistoryOptions(options)
     const history = this.policies.of(group)?.history
     if (history === undefined) return { messages: [], position: null }
-    return this.#timed('history', this.doHistory(group, history, since, limit))
+    return this.#timed('history', () => this.doHistory(group, history, since, limit))
   }
 
   /** The presence entries of the group's members, across every process sharing the layer. */
   async presence (group: string): Promise<PresenceEntry[]> {
     this.assertOpen()
     assertGroupName(group)
-    return this.#timed('presence', this.doPresence(group))
+    return this.#timed('presence', () => this.doPresence(group))
   }
 
   /**
@@ -239,13 +239,13 @@ export abstract class BaseChannelLayer extends EventEmitter
   async discardChannel (channel: string): Promise<void> {
     this.assertOpen()
     assertChannelName(channel)
-    return this.#timed('discardChannel', this.doDiscardChannel(channel))
+    return this.#timed('discardChannel', () => this.doDiscardChannel(channel))
   }
 
   /** Empties every channel and group; waiting receivers keep waiting. */
   async flush (): Promise<void> {
     this.assertOpen()
-    return this.#timed('flush', this.doFlush())
+    return this.#timed('flush', () => this.doFlush())
   }
 
   /** Rejects waiting receivers and every later call with LayerClosedError. Closing twice is harmless. */
@@ -289,14 +289,18 @@ export abstract class BaseChannelLayer extends EventEmitter
     if (this.#closed) throw new LayerClosedError()
   }
 
-  /** `operation` as it is, or timed when the plugin's metrics asked. */
-  #timed<T> (op: string, operation: Promise<T>): Promise<T> {
+  /**
+   * Runs `operation`, timed when the plugin's metrics asked: from before it starts, so what it does
+   * synchronously (a copy, an in-process fan-out) counts too.
+   */
+  #timed<T> (op: string, operation: () => Promise<T>): Promise<T> {
     const observe = this.#observe
-    if (observe === undefined) return operation
+    if (observe === undefined) return operation()
     const started = performance.now()
+    const running = operation()
     const done = (): void => observe(op, (performance.now() - started) / 1000)
-    operation.then(done, done)
-    return operation
+    running.then(done, done)
+    return running
   }
 
   /** A group member skipped because its channel was full: counted and logged, never an error. */
