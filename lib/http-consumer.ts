@@ -117,15 +117,16 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
    * with InvalidEventError.
    */
   sendEvent (message: ServerSentEvent): Promise<void> {
-    let text: string
     try {
-      text = encodeEvent(message)
+      const text = encodeEvent(message)
       this.#live('sendEvent()')
       if (!this.#response.started) this.#response.writeHead(200, EVENT_STREAM_HEADERS)
+      // An encoded event is never empty, and the response stays open: sendBody()'s checks are done.
+      this[kOutbound].send(text)
     } catch (err) {
       return Promise.reject(err)
     }
-    return this.sendBody(text, { more: true })
+    return settled
   }
 
   /** Runs exactly once when the response is over: ended, the client gone, a failure, shutdown. */
