@@ -21,7 +21,7 @@
  * The reply is hijacked: Fastify's onSend hooks do not run (as for a WebSocket upgrade). Headers
  * that earlier hooks set on the reply (CORS, for one) are kept in the head.
  */
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import { STATUS_CODES, type OutgoingHttpHeaders, type ServerResponse } from 'node:http'
 import type { FastifyReply } from 'fastify'
 import type { ConnectionSocket } from './socket.js'
 import { HEARTBEAT_COMMENT, isEventStream } from '../server-sent-events.js'
@@ -114,7 +114,7 @@ export class ResponseSocket implements ConnectionSocket {
   refuse (status: number, message: string): void {
     if (this.#over || this.#started) return
     this.#over = true
-    const body = JSON.stringify({ statusCode: status, error: status === 503 ? 'Service Unavailable' : 'Internal Server Error', message })
+    const body = JSON.stringify({ statusCode: status, error: STATUS_CODES[status] ?? 'Error', message })
     this.#res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
     this.#res.end(body)
   }
