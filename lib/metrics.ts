@@ -121,7 +121,7 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
 
   void new prom.Gauge<'route'>({
     name: `${PREFIX}connections`,
-    help: 'Open connections (WebSocket consumers), by route',
+    help: 'Open connections (WebSocket and HTTP consumers), by route',
     labelNames: ['route'],
     registers,
     collect () {
