@@ -246,7 +246,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
 
   #scheduleRetry (detail: StateDetail): void {
     const attempt = ++this.#attempt
-    const delay = Math.random() * backoff(attempt, this.#minDelay, this.#maxDelay)
+    const delay = fullJitter(attempt, this.#minDelay, this.#maxDelay)
     this.#setState('reconnecting', { ...detail, attempt, delay })
     this.#retryIn(delay)
   }
@@ -306,7 +306,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
 
   #refused (sub: GroupSubscription<never>, err: ChannelsClientError): void {
     if (RETRIABLE.has(err.code)) {
-      const delay = Math.random() * backoff(++sub.retries, this.#minDelay, this.#maxDelay)
+      const delay = fullJitter(++sub.retries, this.#minDelay, this.#maxDelay)
       sub.retryTimer = setTimeout(() => { if (this.#subs.get(sub.group) === sub && this.#state === 'open') this.#sendJoin(sub) }, delay)
       return
     }
@@ -349,8 +349,9 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   }
 }
 
-function backoff (attempt: number, min: number, max: number): number {
-  return Math.min(max, min * 2 ** Math.min(attempt - 1, 30))
+/** Attempt n's wait: a random time in [0, min(max, min·2ⁿ⁻¹)] (exponential backoff, full jitter). */
+function fullJitter (attempt: number, min: number, max: number): number {
+  return Math.random() * Math.min(max, min * 2 ** Math.min(attempt - 1, 30))
 }
 
 function positive (value: number | undefined, fallback: number, name: string): number {
