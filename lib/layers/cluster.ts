@@ -323,8 +323,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     } else if (envelope[0] === Envelope.discard) {
       const channel = envelope[1]
       if (typeof channel !== 'string' || processTokenOf(channel) !== this.processToken) return
-      this.store.removeMember(group, channel)
-      this.#memberships.releaseIfEmpty(group)
+      this.#memberships.dropLocal(group, channel)
     }
   }
 

@@ -105,8 +105,7 @@ export class Memberships {
   }
 
   async remove (group: string, channel: string): Promise<void> {
-    this.#store.removeMember(group, channel)
-    this.releaseIfEmpty(group)
+    this.dropLocal(group, channel)
     await this.announceGone(group, await this.#transport.removeMembers(group, [channel], `groupDiscard ${group}`))
   }
 
@@ -114,7 +113,7 @@ export class Memberships {
     const groups = [...(this.#store.groupsOf(channel) ?? [])]
     this.#store.discardChannel(channel)
     if (groups.length === 0) return
-    for (const group of groups) this.releaseIfEmpty(group)
+    for (const group of groups) this.#releaseIfEmpty(group)
     const what = `discardChannel ${channel}`
     await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.removeMembers(group, [channel], what))))
   }
@@ -135,7 +134,13 @@ export class Memberships {
   }
 
   /** Unsubscribes from a group once its last local member is gone. */
-  releaseIfEmpty (group: string): void {
+  /** The channel is no longer a member here; the group's subscription goes with its last member. */
+  dropLocal (group: string, channel: string): void {
+    this.#store.removeMember(group, channel)
+    this.#releaseIfEmpty(group)
+  }
+
+  #releaseIfEmpty (group: string): void {
     if (this.#store.members(group) !== undefined || this.#joining.has(group) || !this.#groups.delete(group)) return
     this.#floors.delete(group)
     this.#transport.unsubscribe({ kind: 'group', group })
@@ -187,10 +192,7 @@ export class Memberships {
         this.#transport.recordMembers(group, [[channel, ttl(this.#leaseMs)]], what)
       ])
     } catch (err) {
-      if (!existed && !this.#closed) {
-        this.#store.removeMember(group, channel)
-        this.releaseIfEmpty(group)
-      }
+      if (!existed && !this.#closed) this.dropLocal(group, channel)
       throw err
     }
   }
@@ -244,7 +246,7 @@ export class Memberships {
       return { position, recovered }
     } catch (err) {
       if (held !== undefined) this.#release(group, channel)
-      if (!rejoin && !this.#closed) this.releaseIfEmpty(group)
+      if (!rejoin && !this.#closed) this.#releaseIfEmpty(group)
       throw err
     }
   }
@@ -326,7 +328,7 @@ export class Memberships {
         if (expiresAt <= now) this.#store.removeMember(group, channel)
         else members.push([channel, ttl(Math.min(this.#leaseMs, expiresAt - now))])
       }
-      if (members.length === 0) this.releaseIfEmpty(group)
+      if (members.length === 0) this.#releaseIfEmpty(group)
       else work.push([group, members])
     }
     try {
