@@ -30,7 +30,6 @@ function queueDeadline (element: Buffer): number {
   return Number(element.toString('latin1', 0, DEADLINE_WIDTH))
 }
 
-
 export class NamedChannels implements SharedQueues {
   readonly #connections: RedisConnections
   readonly #keys: RedisKeys
