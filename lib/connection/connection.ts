@@ -25,7 +25,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ChannelLayer, Delivery, LayerMessage } from '../layers/types.js'
 import { buildScope, type GetUser, type HttpScope, type Scope } from '../scope.js'
 import { InvalidOptionError } from '../errors.js'
-import { layerView, leaveLayer } from './layer-view.js'
+import { joinedThrough, layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
@@ -36,6 +36,7 @@ import { ClientFrame, End, callConsumer, failureClose, kConnect, kDisconnect, ty
 import { ScopedTasks, endedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
 import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
 import type { RouteCounts } from '../metrics.js'
+import { Occurrence } from './occurrence.js'
 import type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
 export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
@@ -54,8 +55,6 @@ export type { ConsumerContext, Decision, Runtime } from './runtime.js'
 export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner, SocketEvents {
   /** The subprotocol `accept()` named. */
   subprotocol: string | undefined = undefined
-  /** Resolves once the connection has ended and the layer is freed of it. */
-  readonly finished: Promise<void>
   /** Beating: set by the heartbeat on ping, cleared by the peer's pong. */
   awaitingPong = false
   readonly heartbeatSlot = heartbeatSlot()
@@ -72,7 +71,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #upgrade = true
   #socket: ConnectionSocket | null = null
   #channelName = ''
-  #joined: ReadonlySet<string> = new Set()
+  #view: ChannelLayer | null = null // the consumer's channelLayer: what was joined through it is left at the end
   // handshake: how the HTTP request learns the decision.
   #decide: ((decision: Decision) => void) | null = null
   // accepted: a close() asked for before the socket came.
@@ -81,10 +80,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #goneBeforeOpen: (() => void) | null = null
   // `signal` and `spawn()`: made on first use.
   #scoped: ScopedTasks | null = null
-  // accept()'s promise: the socket came (or never will).
-  readonly #opened: Promise<void>
-  #resolveOpened!: () => void
-  #resolveFinished!: () => void
+  // accept()'s promise: the socket came (or never will); and the end, once the layer is freed.
+  readonly #opened = new Occurrence()
+  readonly #finished = new Occurrence()
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
     this.#runtime = runtime
@@ -93,9 +91,12 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#flow.sharesMessages = (consumer.constructor as { sharedMessages?: unknown }).sharedMessages === true
     this.#counts = runtime.counts.of(request.routeOptions.url ?? request.url)
     this.#outbound = new Outbound(this, runtime.maxBufferedBytes, this.#counts)
-    this.#opened = new Promise(resolve => { this.#resolveOpened = resolve })
-    this.finished = new Promise(resolve => { this.#resolveFinished = resolve })
     runtime.connections.add(this)
+  }
+
+  /** Resolves once the connection has ended and the layer is freed of it. */
+  get finished (): Promise<void> {
+    return this.#finished.promise
   }
 
   get state (): State {
@@ -123,8 +124,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     try {
       const scope = await buildScope(this.#request, this.#runtime.getUser, type)
       this.#channelName = await layer.newChannel()
-      const { view, joined } = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
-      this.#joined = joined
+      const view = this.#view = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
       init({ scope, channelName: this.#channelName, channelLayer: view, log: this.log, connection: this, outbound: this.#outbound })
       for (const group of this.#consumer.groups) await view.groupAdd(group, this.#channelName)
     } catch (err) {
@@ -161,7 +161,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       this.#request.raw.socket?.once('close', this.#goneBeforeOpen)
       this.#decided({ accepted: true })
     }
-    return this.#opened
+    return this.#opened.promise
   }
 
   /** Called by the route handler with the upgraded socket. */
@@ -178,7 +178,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     const limit = this.#runtime.rateLimit
     if (limit !== undefined) this.#flow.limitTo(limit.messages, limit.interval)
     listenTo(socket, this)
-    this.#resolveOpened()
+    this.#opened.happen()
     this.#flow.start(socket, this.#runtime.layer, this.#channelName)
     const pending = this.#pendingClose
     if (pending !== null) {
@@ -286,7 +286,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#outbound.shut()
     this.#scoped?.abort()
     this.#flow.stop()
-    this.#resolveOpened()
+    this.#opened.happen()
     if (endSocket !== undefined && this.#socket !== null) endSocket(this.#socket)
     this.#tasks.push(new End(code))
   }
@@ -307,10 +307,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   async #finish (): Promise<void> {
     this.#forgetGoneBeforeOpen()
     if (this.#channelName !== '') {
-      await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, this.#joined, this.log)
+      await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, joinedThrough(this.#runtime.layer, this.#view), this.log)
     }
     this.#runtime.connections.delete(this)
-    this.#resolveFinished()
+    this.#finished.happen()
   }
 
   // --- tasks -----------------------------------------------------------------------------------
