@@ -15,18 +15,15 @@ import type { ChannelLayer, GroupAddOptions, GroupJoin, LayerLogger } from '../l
 import { canDiscardChannel } from '../layers/types.js'
 import { TooManyGroupsError } from '../errors.js'
 
-export interface CountedView {
-  /** What `this.channelLayer` is; everything but group membership passes straight through. */
-  view: ChannelLayer
-  /** Groups the connection's channel joined through `view` and has not left. */
-  joined: ReadonlySet<string>
-}
-
 type AddMethod = ChannelLayer['groupAdd']
 type DiscardMethod = ChannelLayer['groupDiscard']
 type Fn = (...args: unknown[]) => unknown
 
-type ViewClass = new (channel: string, maxGroups: number, joined: Set<string>) => object
+interface ViewClass {
+  new (channel: string, maxGroups: number): object
+  /** Groups the view's channel joined through it and has not left. */
+  joined (view: object): readonly string[]
+}
 
 const viewClasses = new WeakMap<ChannelLayer, ViewClass>()
 
@@ -62,35 +59,39 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
   class LayerView extends Base {
     readonly #channel: string
     readonly #maxGroups: number
-    readonly #joined: Set<string>
+    #joined: Names = NONE
     // Bound on first use: most views never read them.
     #boundAdd: AddMethod | undefined = undefined
     #boundDiscard: DiscardMethod | undefined = undefined
 
-    constructor (channel: string, maxGroups: number, joined: Set<string>) {
+    constructor (channel: string, maxGroups: number) {
       super()
       this.#channel = channel
       this.#maxGroups = maxGroups
-      this.#joined = joined
+    }
+
+    static joined (view: object): readonly string[] {
+      const names = (view as LayerView).#joined
+      return names instanceof Set ? [...names] : names
     }
 
     async #groupAdd (group: string, member: string, options?: GroupAddOptions): Promise<GroupJoin> {
       const joined = this.#joined
-      if (member !== this.#channel || joined.has(group)) return await layer.groupAdd(group, member, options)
-      if (joined.size >= this.#maxGroups) throw new TooManyGroupsError(this.#channel, this.#maxGroups)
+      if (member !== this.#channel || includes(joined, group)) return await layer.groupAdd(group, member, options)
+      if (count(joined) >= this.#maxGroups) throw new TooManyGroupsError(this.#channel, this.#maxGroups)
       // Counted before the await, so joins started together cannot all pass the check.
-      joined.add(group)
+      this.#joined = withGroup(joined, group)
       try {
         return await layer.groupAdd(group, member, options)
       } catch (err) {
-        joined.delete(group)
+        this.#joined = withoutGroup(this.#joined, group)
         throw err
       }
     }
 
     async #groupDiscard (group: string, member: string): Promise<void> {
       await layer.groupDiscard(group, member)
-      if (member === this.#channel) this.#joined.delete(group)
+      if (member === this.#channel) this.#joined = withoutGroup(this.#joined, group)
     }
 
     get groupAdd (): AddMethod { return (this.#boundAdd ??= this.#groupAdd.bind(this)) }
@@ -109,14 +110,44 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
   return LayerView
 }
 
-export function layerView (layer: ChannelLayer, channel: string, maxGroups: number): CountedView {
+/** What `this.channelLayer` is for the connection of `channel`: everything but group membership passes straight through. */
+export function layerView (layer: ChannelLayer, channel: string, maxGroups: number): ChannelLayer {
   let View = viewClasses.get(layer)
   if (View === undefined) {
     View = viewClassOf(layer)
     viewClasses.set(layer, View)
   }
-  const joined = new Set<string>()
-  return { view: new View(channel, maxGroups, joined) as ChannelLayer, joined }
+  return new View(channel, maxGroups) as ChannelLayer
+}
+
+/** Groups the view's channel joined through it (`layerView(layer, …)`) and has not left, in the order joined. */
+export function joinedThrough (layer: ChannelLayer, view: ChannelLayer | null): readonly string[] {
+  return view === null ? NONE : viewClasses.get(layer)?.joined(view) ?? NONE
+}
+
+// A view's groups: an array of exactly their names while there are few (most connections join one
+// or two, and a Set costs about 170 bytes even for one), a Set past SMALL.
+type Names = readonly string[] | Set<string>
+const NONE: readonly string[] = Object.freeze([])
+const SMALL = 8
+
+function includes (names: Names, group: string): boolean {
+  return names instanceof Set ? names.has(group) : names.includes(group)
+}
+
+function count (names: Names): number {
+  return names instanceof Set ? names.size : names.length
+}
+
+function withGroup (names: Names, group: string): Names {
+  if (names instanceof Set) return names.add(group)
+  return names.length < SMALL ? names.concat(group) : new Set(names).add(group)
+}
+
+function withoutGroup (names: Names, group: string): Names {
+  if (!(names instanceof Set)) return names.filter(name => name !== group)
+  names.delete(group)
+  return names
 }
 
 /**
@@ -125,7 +156,7 @@ export function layerView (layer: ChannelLayer, channel: string, maxGroups: numb
  * leave what is known: `groups` (maybe reassigned since) and what was joined through the view,
  * each step on its own so one bad group name does not leave the rest behind.
  */
-export async function leaveLayer (layer: ChannelLayer, channel: string, groups: unknown, joined: ReadonlySet<string>, log: LayerLogger): Promise<void> {
+export async function leaveLayer (layer: ChannelLayer, channel: string, groups: unknown, joined: readonly string[], log: LayerLogger): Promise<void> {
   const steps = canDiscardChannel(layer)
     ? [() => layer.discardChannel(channel)]
     : [...new Set([...(Array.isArray(groups) ? groups as string[] : []), ...joined])]
