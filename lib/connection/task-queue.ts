@@ -5,8 +5,8 @@
  * per task and no other promise. Nothing runs before `start()`.
  *
  * The queue knows nothing of what a task means: its owner gives it a `TaskRunner`. A task may
- * come with a detail (how a layer message came), kept beside it rather than in a wrapper: no
- * allocation per task.
+ * come with a detail (how a layer message came), kept next to it in the one array rather than in
+ * a wrapper: no allocation per task.
  */
 
 export interface TaskRunner<Task, Detail = never> {
@@ -20,8 +20,8 @@ export interface TaskRunner<Task, Detail = never> {
 
 export class TaskQueue<Task, Detail = never> {
   readonly #runner: TaskRunner<Task, Detail>
-  #queue: Array<Task | undefined> = []
-  #details: Array<Detail | undefined> = []
+  // task, detail, task, detail, …: #head is the next task's index.
+  readonly #queue: Array<Task | Detail | undefined> = []
   #head = 0
   #draining = false
   #started = false
@@ -32,12 +32,11 @@ export class TaskQueue<Task, Detail = never> {
 
   /** Tasks queued and not yet taken. */
   get pending (): number {
-    return this.#queue.length - this.#head
+    return (this.#queue.length - this.#head) >> 1
   }
 
   push (task: Task, detail?: Detail): void {
-    this.#queue.push(task)
-    this.#details.push(detail)
+    this.#queue.push(task, detail)
     if (this.#started && !this.#draining) this.#drain()
   }
 
@@ -49,11 +48,12 @@ export class TaskQueue<Task, Detail = never> {
   #drain (): void {
     this.#draining = true
     const runner = this.#runner
-    while (this.#head < this.#queue.length) {
-      const task = this.#queue[this.#head] as Task
-      const detail = this.#details[this.#head]
-      this.#queue[this.#head] = undefined
-      this.#details[this.#head++] = undefined
+    const queue = this.#queue
+    while (this.#head < queue.length) {
+      const task = queue[this.#head] as Task
+      const detail = queue[this.#head + 1] as Detail | undefined
+      queue[this.#head++] = undefined
+      queue[this.#head++] = undefined
       const pending = runner.runTask(task, detail)
       if (pending !== undefined) {
         // Promise.resolve: a native promise as it is; any other thenable adopted safely (a `then`
@@ -63,8 +63,7 @@ export class TaskQueue<Task, Detail = never> {
       }
       runner.afterTask()
     }
-    this.#queue.length = 0
-    this.#details.length = 0
+    queue.length = 0
     this.#head = 0
     this.#draining = false
   }
