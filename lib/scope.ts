@@ -5,6 +5,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http'
 import type { FastifyRequest } from 'fastify'
+import { shareHeaderValues } from './shared-header-values.js'
 
 /**
  * The signed-in user. Empty on purpose: augment it with the shape your app stores, e.g.
@@ -133,6 +134,8 @@ export async function buildScope (request: FastifyRequest, getUser: GetUser, typ
   const socket = request.raw.socket as typeof request.raw.socket | undefined
   const cookies = (request as unknown as { cookies?: Record<string, string | undefined> | null }).cookies
   const user = (await getUser(request)) ?? null
+  // The scope keeps the headers for the connection's life: values many clients send alike are held once.
+  shareHeaderValues(request.headers)
   // Always the same properties in the same order, then `session`: one hidden class for all scopes.
   const scope: ScopeFields = {
     type,
