@@ -36,8 +36,14 @@ export class TaskQueue<Task, Detail = never> {
   }
 
   push (task: Task, detail?: Detail): void {
-    this.#queue.push(task, detail)
-    if (this.#started && !this.#draining) this.#drain()
+    if (!this.#started || this.#draining) {
+      this.#queue.push(task, detail)
+      return
+    }
+    // Idle, so nothing is queued (a drain stops only once the queue is empty): the task runs at
+    // once, never stored. Most deliveries find their connection idle.
+    this.#draining = true
+    if (this.#run(task, detail)) this.#drain()
   }
 
   start (): void {
@@ -45,27 +51,33 @@ export class TaskQueue<Task, Detail = never> {
     if (!this.#draining) this.#drain()
   }
 
+  /** Runs what is queued, until a task is asynchronous (the loop resumes when it settles) or none is left. */
   #drain (): void {
     this.#draining = true
-    const runner = this.#runner
     const queue = this.#queue
     while (this.#head < queue.length) {
       const task = queue[this.#head] as Task
       const detail = queue[this.#head + 1] as Detail | undefined
       queue[this.#head++] = undefined
       queue[this.#head++] = undefined
-      const pending = runner.runTask(task, detail)
-      if (pending !== undefined) {
-        // Promise.resolve: a native promise as it is; any other thenable adopted safely (a `then`
-        // that throws becomes a rejection instead of an exception in whoever queued the task).
-        Promise.resolve(pending).then(this.#taskDone ??= () => { this.#done() }, this.#taskRejected ??= (err: unknown) => { this.#failed(err) })
-        return
-      }
-      runner.afterTask()
+      if (!this.#run(task, detail)) return
     }
     queue.length = 0
     this.#head = 0
     this.#draining = false
+  }
+
+  /** One task; true when it completed synchronously, false when the queue waits for its promise. */
+  #run (task: Task, detail: Detail | undefined): boolean {
+    const pending = this.#runner.runTask(task, detail)
+    if (pending !== undefined) {
+      // Promise.resolve: a native promise as it is; any other thenable adopted safely (a `then`
+      // that throws becomes a rejection instead of an exception in whoever queued the task).
+      Promise.resolve(pending).then(this.#taskDone ??= () => { this.#done() }, this.#taskRejected ??= (err: unknown) => { this.#failed(err) })
+      return false
+    }
+    this.#runner.afterTask()
+    return true
   }
 
   // What a task's promise calls back: made the first time a task is asynchronous, not for every
