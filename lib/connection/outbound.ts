@@ -91,16 +91,18 @@ export class Outbound {
     if (writer !== null) {
       const frame = sharedTextFrame(data)
       if (frame !== undefined) {
-        let batch = this.#batch
-        if (batch === null) {
-          batch = this.#batch = []
-          batched.push(this)
-          if (!flushing) {
-            flushing = true
-            queueMicrotask(flushAll)
-          }
+        if (this.#batch !== null) {
+          this.#batch.push(frame, data)
+          return
         }
-        batch.push(frame, data)
+        // Most connections write one frame per turn: an array of exactly it (an empty one would
+        // grow room for 17 at its first push).
+        this.#batch = [frame, data]
+        batched.push(this)
+        if (!flushing) {
+          flushing = true
+          queueMicrotask(flushAll)
+        }
         return
       }
     }
