@@ -157,11 +157,17 @@ function copyArray (source: unknown[], depth: number): unknown[] {
   return target
 }
 
+// A clone is made per recipient, so it allocates nothing but the copy: an array of exactly the
+// source's length (an empty one would grow room for 17 at its first push), and keys read by
+// for…in, which walks V8's cached key list of the object's shape instead of building a keys array.
 function cloneValue (value: unknown): unknown {
   if (typeof value !== 'object' || value === null) return value
   if (Array.isArray(value)) {
-    const target: unknown[] = []
-    for (let i = 0; i < value.length; i++) target.push(cloneValue(value[i]))
+    const target = value.slice()
+    for (let i = 0; i < target.length; i++) {
+      const item: unknown = target[i]
+      if (typeof item === 'object' && item !== null) target[i] = cloneValue(item)
+    }
     return target
   }
   if (value instanceof Uint8Array) return new Uint8Array(value)
@@ -170,8 +176,10 @@ function cloneValue (value: unknown): unknown {
 
 function cloneObject (source: Record<string, unknown>): Record<string, unknown> {
   const target: Record<string, unknown> = {}
-  const keys = Object.keys(source)
-  for (let i = 0; i < keys.length; i++) setOwn(target, keys[i], cloneValue(source[keys[i]]))
+  for (const key in source) {
+    // Own keys only: a key someone made enumerable on Object.prototype is not the message's.
+    if (Object.hasOwn(source, key)) setOwn(target, key, cloneValue(source[key]))
+  }
   return target
 }
 

@@ -148,3 +148,26 @@ t.test('close is idempotent and empties the layer', async t => {
   t.ok(memory.closed)
   t.same(memory.inspect(), { channels: 0, groups: 0, memberships: 0 })
 })
+
+t.test('each member\'s copy holds the message\'s own keys only, even with Object.prototype polluted', async t => {
+  const layer = new InMemoryChannelLayer()
+  t.teardown(() => layer.close())
+  const [a, b, c] = [await layer.newChannel(), await layer.newChannel(), await layer.newChannel()]
+  for (const channel of [a, b, c]) await layer.groupAdd('g', channel)
+  // The fan-out (and every copy) happens inside groupSend's synchronous part.
+  Object.defineProperty(Object.prototype, 'injected', { value: 'x', enumerable: true, configurable: true })
+  let sent: Promise<unknown>
+  try {
+    sent = layer.groupSend('g', { type: 'm', nested: { v: 1 }, list: [{ w: 2 }, 3] })
+  } finally {
+    delete (Object.prototype as { injected?: unknown }).injected
+  }
+  await sent
+  const received = [await layer.receive(a), await layer.receive(b), await layer.receive(c)]
+  for (const message of received) {
+    t.same(message, { type: 'm', nested: { v: 1 }, list: [{ w: 2 }, 3] })
+    t.notOk(Object.hasOwn(message, 'injected') || Object.hasOwn(message.nested as object, 'injected') ||
+      Object.hasOwn((message.list as object[])[0], 'injected'), 'no key from the prototype became the message\'s own')
+  }
+  t.equal(new Set(received.map(m => (m.list as object[])[0])).size, 3, 'objects inside arrays are each member\'s own')
+})
