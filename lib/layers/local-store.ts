@@ -82,13 +82,14 @@ export class LocalStore {
     const count = members.size
     let seen = 0
     let frozen = false
-    for (const [channel, expiresAt] of members) {
+    // forEach, not for…of: an entries iterator makes a [channel, expiresAt] array per member.
+    members.forEach((expiresAt, channel) => {
       seen++
       if (expiresAt <= now) {
         this.#unlink(group, members, channel)
-        continue
+        return
       }
-      if (skip !== undefined && skip.has(channel)) continue
+      if (skip !== undefined && skip.has(channel)) return
       const sink = this.#sinks.get(channel)
       let copy: boolean
       if (sink !== undefined && sink.sharesMessages === true) {
@@ -98,10 +99,10 @@ export class LocalStore {
       } else {
         copy = frozen || seen !== count
       }
-      if (this.#deliver(channel, sink, message, info, copy, false)) continue
+      if (this.#deliver(channel, sink, message, info, copy, false)) return
       this.#settings.skipped(group, channel)
       if (info.offset !== undefined) this.#markSkipped(channel, info)
-    }
+    })
   }
 
   /** The next message of a channel of this process, FIFO among receivers. */
