@@ -81,8 +81,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   // `signal` and `spawn()`: made on first use.
   #scoped: ScopedTasks | null = null
   // accept()'s promise: the socket came (or never will); and the end, once the layer is freed.
-  readonly #opened = new Occurrence()
-  readonly #finished = new Occurrence()
+  #opened: Occurrence | null = null
+  #finished: Occurrence | null = null
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
     this.#runtime = runtime
@@ -96,7 +96,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** Resolves once the connection has ended and the layer is freed of it. */
   get finished (): Promise<void> {
-    return this.#finished.promise
+    return (this.#finished = Occurrence.of(this.#finished)).promise
   }
 
   get state (): State {
@@ -161,7 +161,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       this.#request.raw.socket?.once('close', this.#goneBeforeOpen)
       this.#decided({ accepted: true })
     }
-    return this.#opened.promise
+    return (this.#opened = Occurrence.of(this.#opened)).promise
   }
 
   /** Called by the route handler with the upgraded socket. */
@@ -178,7 +178,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     const limit = this.#runtime.rateLimit
     if (limit !== undefined) this.#flow.limitTo(limit.messages, limit.interval)
     listenTo(socket, this)
-    this.#opened.happen()
+    this.#opened = Occurrence.happen(this.#opened)
     this.#flow.start(socket, this.#runtime.layer, this.#channelName)
     const pending = this.#pendingClose
     if (pending !== null) {
@@ -286,7 +286,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#outbound.shut()
     this.#scoped?.abort()
     this.#flow.stop()
-    this.#opened.happen()
+    this.#opened = Occurrence.happen(this.#opened)
     if (endSocket !== undefined && this.#socket !== null) endSocket(this.#socket)
     this.#tasks.push(new End(code))
   }
@@ -310,7 +310,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, joinedThrough(this.#runtime.layer, this.#view), this.log)
     }
     this.#runtime.connections.delete(this)
-    this.#finished.happen()
+    this.#finished = Occurrence.happen(this.#finished)
   }
 
   // --- tasks -----------------------------------------------------------------------------------
