@@ -205,7 +205,8 @@ export function writeFrame (socket: { readonly readyState: number }, writer: Fra
  * with `detachSocket()`); and the WebSocket's 'error' listener, a closure over the request and
  * its reply that calls the errorHandler fastify-channels gave it (the connection reports protocol
  * errors itself). And, from Node, the raw request's `rawHeaders`: `headers` holds the same values
- * (built before this runs), and the names as the client spelled them are per-connection strings.
+ * (built before this runs), and the names as the client spelled them are per-connection strings;
+ * and its `rawTrailers`, an empty array of its own (an upgrade request has no body, so no trailers).
  *
  * Why: the scope keeps the request, and the socket the response, for the life of the connection,
  * and with them the reply, its ServerResponse and the head's buffer: about 1 KiB per connection
@@ -216,10 +217,11 @@ export function writeFrame (socket: { readonly readyState: number }, writer: Fra
  */
 const NO_RAW_HEADERS: string[] = Object.freeze([]) as unknown as string[]
 
-export function releaseUpgradeState (raw: { socket?: object | null, headers: object, rawHeaders: string[] }, socket: WebSocket): void {
+export function releaseUpgradeState (raw: { socket?: object | null, headers: object, rawHeaders: string[], rawTrailers: string[] }, socket: WebSocket): void {
   if (!isWrittenFor('@fastify/websocket')) return
   void raw.headers // Node builds `headers` from `rawHeaders` on its first read
   raw.rawHeaders = NO_RAW_HEADERS
+  if (raw.rawTrailers.length === 0) raw.rawTrailers = NO_RAW_HEADERS
   for (const key of Object.getOwnPropertySymbols(raw)) {
     if (key.description === 'ws-head') (raw as Record<symbol, unknown>)[key] = undefined
   }

@@ -90,7 +90,7 @@ t.test('refused handshakes in the test kit: the status from injectWS, any other 
 
 t.test('after the upgrade, what @fastify/websocket kept of it is let go; protocol errors are still logged once', async t => {
   const { listen, rawSession } = await import('./helpers/loopback.js')
-  type Raw = Record<symbol, unknown> & { socket: { _httpMessage?: unknown }, rawHeaders: string[], headers: Record<string, string> }
+  type Raw = Record<symbol, unknown> & { socket: { _httpMessage?: unknown }, rawHeaders: string[], rawTrailers: string[], trailers: unknown, headers: Record<string, string> }
   const seen: Raw[] = []
   let rawHeadersInConnect: string[] = []
   class Keep extends WebsocketConsumer {
@@ -121,6 +121,8 @@ t.test('after the upgrade, what @fastify/websocket kept of it is let go; protoco
   t.equal(socketOfRoute?.listenerCount('error'), 1, 'one error listener: the connection\'s own')
   t.ok(rawHeadersInConnect.includes('X-Tenant'), 'rawHeaders are there during connect()')
   t.same(raw.rawHeaders, [], 'and let go after the upgrade')
+  t.same(raw.trailers, {}, 'no trailers, as before')
+  t.equal(raw.rawTrailers, raw.rawHeaders, 'rawTrailers: one shared empty array, not one per connection')
   t.equal(raw.headers['x-tenant'], 'acme', 'headers are kept')
   ws.close()
   // A client that breaks the protocol: logged once, at warn, by the connection.
