@@ -217,11 +217,12 @@ export function writeFrame (socket: { readonly readyState: number }, writer: Fra
  */
 const NO_RAW_HEADERS: string[] = Object.freeze([]) as unknown as string[]
 
-export function releaseUpgradeState (raw: { socket?: object | null, headers: object, rawHeaders: string[], rawTrailers: string[] }, socket: WebSocket): void {
+export function releaseUpgradeState (raw: { socket?: object | null, headers: object, rawHeaders: string[], rawTrailers?: string[] }, socket: WebSocket): void {
   if (!isWrittenFor('@fastify/websocket')) return
   void raw.headers // Node builds `headers` from `rawHeaders` on its first read
   raw.rawHeaders = NO_RAW_HEADERS
-  if (raw.rawTrailers.length === 0) raw.rawTrailers = NO_RAW_HEADERS
+  // `app.injectWS()`'s stand-in request has none at all.
+  if (raw.rawTrailers?.length === 0) raw.rawTrailers = NO_RAW_HEADERS
   for (const key of Object.getOwnPropertySymbols(raw)) {
     if (key.description === 'ws-head') (raw as Record<symbol, unknown>)[key] = undefined
   }
