@@ -1,0 +1,135 @@
+// Where a delivery's CPU goes: user (JavaScript, Node, libuv) against system (the kernel's TCP
+// write path), and how much garbage it leaves (young-generation collections), for the floor and
+// for this package side by side, in interleaved rounds.
+//
+//   node bench/cpu-split.js [--targets=ws-memory,channels-memory,channels-memory-shared]
+//     [--connections=10000] [--groups=100] [--rate=300] [--seconds=10] [--rounds=3]
+//     [--alt=<path to another build's dist/index.js>]   (then e.g. --targets=channels-memory,channels-memory-alt)
+//
+// The clients are plain WebSocket clients of `/ws/<group>`: the `ws` and `channels` targets.
+// Each target's server runs alone on CPU 0 (taskset, when there is one) and one client process
+// holding every connection on CPU 1. After 3 s of warm-up, `rate` group messages a second go
+// round-robin over the groups for `seconds`; the server's process.cpuUsage() over that window,
+// divided by the deliveries, gives user and system µs per delivery. Reported: each target's
+// median over the rounds. `npm run build` first (the channels targets import the built package).
+// For a profile of the same load, run the server under `perf record -g` with `node
+// --perf-basic-prof` (see README › Performance).
+import { spawn, spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { PerformanceObserver, constants } from 'node:perf_hooks'
+import { groupName, makePayloadFactory, sleep } from './lib/common.js'
+
+const self = fileURLToPath(import.meta.url)
+const [role] = process.argv.slice(2)
+
+if (role === 'server') await server(...process.argv.slice(3))
+else if (role === 'clients') await clients(...process.argv.slice(3).map(Number))
+else await main()
+
+async function main () {
+  const opts = Object.fromEntries(process.argv.slice(2).map(a => a.replace(/^--/, '').split('=')))
+  const targets = (opts.targets ?? 'ws-memory,channels-memory,channels-memory-shared').split(',')
+  if (opts.alt !== undefined) process.env.BENCH_ALT_ENTRY = opts.alt
+  const connections = Number(opts.connections ?? 10000)
+  const groups = Number(opts.groups ?? 100)
+  const rate = Number(opts.rate ?? 300)
+  const seconds = Number(opts.seconds ?? 10)
+  const rounds = Number(opts.rounds ?? 3)
+  const pin = spawnSync('taskset', ['-c', '0', 'true']).status === 0
+  const results = new Map(targets.map(t => [t, []]))
+  for (let round = 1; round <= rounds; round++) {
+    for (const target of targets) {
+      const row = await measure(target, { connections, groups, rate, seconds, pin })
+      results.get(target).push(row)
+      console.log(`round ${round} ${target}: user ${row.user.toFixed(2)} + sys ${row.sys.toFixed(2)} = ${(row.user + row.sys).toFixed(2)} µs/delivery, ${row.scavenges} scavenges, ${(row.received / row.expected * 100).toFixed(1)}% received`)
+    }
+  }
+  console.log(`\nmedian of ${rounds} rounds, ${connections} connections, ${groups} groups, ${rate} messages/s (${rate * connections / groups} deliveries/s) for ${seconds} s:`)
+  console.log('| target | user µs/delivery | system µs/delivery | total | young-generation GCs per 100,000 deliveries |')
+  console.log('|---|--:|--:|--:|--:|')
+  for (const [target, rows] of results) {
+    const med = key => median(rows.map(r => key(r)))
+    console.log(`| ${target} | ${med(r => r.user).toFixed(2)} | ${med(r => r.sys).toFixed(2)} | ${med(r => r.user + r.sys).toFixed(2)} | ${med(r => r.scavenges / r.deliveries * 1e5).toFixed(1)} |`)
+  }
+}
+
+async function measure (target, { connections, groups, rate, seconds, pin }) {
+  const stdio = ['ignore', 'pipe', 'inherit', 'ipc']
+  const run = (cpu, args) => pin ? spawn('taskset', ['-c', String(cpu), process.execPath, self, ...args], { stdio }) : spawn(process.execPath, [self, ...args], { stdio })
+  const srv = run(0, ['server', target, String(groups)])
+  const port = await new Promise((resolve, reject) => { srv.once('message', m => resolve(m.port)); srv.once('exit', code => reject(new Error(`${target} server exited (${code})`))) })
+  const cli = run(1, ['clients', String(port), String(connections), String(groups)])
+  await new Promise((resolve, reject) => {
+    cli.once('message', resolve)
+    cli.once('exit', code => { srv.kill(); reject(new Error(`clients of ${target} exited (${code}) before all were open`)) })
+  })
+  await sleep(1000)
+  srv.send({ rate, seconds })
+  const row = await new Promise(resolve => srv.once('message', resolve))
+  await sleep(500)
+  cli.send('count')
+  const received = await new Promise(resolve => cli.once('message', resolve))
+  cli.kill()
+  srv.kill()
+  await Promise.all([cli, srv].map(p => new Promise(resolve => p.exitCode !== null ? resolve() : p.once('exit', resolve))))
+  return { ...row, received, expected: row.total * connections / groups }
+}
+
+async function server (target, groups) {
+  const [name, layer, ...variants] = target.split('-')
+  const mod = await import(`./targets/${name}.js`)
+  const entry = variants.includes('alt') ? process.env.BENCH_ALT_ENTRY : undefined
+  const durable = variants.includes('durable')
+  const s = await mod.start({ layer, entry, shared: variants.includes('shared'), metrics: durable || variants.includes('metrics'), history: durable, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix: `split${process.pid}`, logFile: '/dev/null' })
+  let scavenges = 0
+  let counting = false
+  new PerformanceObserver(list => {
+    for (const e of list.getEntries()) if (counting && e.detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) scavenges++
+  }).observe({ entryTypes: ['gc'] })
+  process.send({ port: s.port })
+  process.once('message', ({ rate, seconds }) => {
+    const payload = makePayloadFactory(128)
+    const perTick = rate / 100
+    const warm = 300
+    let seq = 0
+    let ticks = 0
+    let from = 0
+    let start
+    const timer = setInterval(() => {
+      for (let i = 0; i < perTick; i++) {
+        seq++
+        s.publish(groupName(seq % groups), payload(seq, seq % groups, performance.now()))
+      }
+      if (++ticks === warm) {
+        start = process.cpuUsage()
+        from = seq
+        counting = true
+      }
+      if (ticks < warm + seconds * 100) return
+      clearInterval(timer)
+      const used = process.cpuUsage(start)
+      const deliveries = (seq - from) * (s.connections() / groups)
+      process.send({ user: used.user / deliveries, sys: used.system / deliveries, scavenges, deliveries, total: seq })
+    }, 10)
+  })
+}
+
+async function clients (port, n, groups) {
+  const { WebSocket } = await import('ws')
+  let received = 0
+  for (let i = 0; i < n; i += 100) {
+    await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, j) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/${groupName((i + j) % groups)}`, { perMessageDeflate: false })
+      ws.once('open', resolve)
+      ws.once('error', reject)
+      ws.on('message', () => { received++ })
+    })))
+  }
+  process.send('open')
+  process.on('message', () => process.send(received))
+}
+
+function median (values) {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]
+}
