@@ -133,13 +133,13 @@ export class Memberships {
     return Promise.all(this.#settings.processRoutes.map(route => this.#transport.subscribe(route)))
   }
 
-  /** Unsubscribes from a group once its last local member is gone. */
   /** The channel is no longer a member here; the group's subscription goes with its last member. */
   dropLocal (group: string, channel: string): void {
     this.#store.removeMember(group, channel)
     this.#releaseIfEmpty(group)
   }
 
+  /** Unsubscribes from a group once its last local member is gone. */
   #releaseIfEmpty (group: string): void {
     if (this.#store.members(group) !== undefined || this.#joining.has(group) || !this.#groups.delete(group)) return
     this.#floors.delete(group)
