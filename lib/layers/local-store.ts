@@ -48,9 +48,10 @@ export class LocalStore {
   readonly #settings: LocalStoreSettings
   readonly #mailboxes = new Map<string, Mailbox>()
   // group → channel → expiry deadline (performance.now() ms), and the reverse index that makes
-  // discarding a channel cost O(its memberships).
+  // discarding a channel cost O(its memberships): channel → its one group, or a Set once it has
+  // more (most connections join one group, and a Set of one costs about 150 bytes).
   readonly #groups = new Map<string, Map<string, number>>()
-  readonly #channelGroups = new Map<string, Set<string>>()
+  readonly #channelGroups = new Map<string, string | Set<string>>()
   readonly #sinks = new Map<string, ChannelSink>()
   // group → channel → presence info, only for memberships that recorded one.
   readonly #presence = new Map<string, Map<string, PresenceInfo>>()
@@ -184,12 +185,10 @@ export class LocalStore {
       this.#groups.set(group, members)
     }
     members.set(channel, performance.now() + this.#settings.groupExpiryMs)
-    let groups = this.#channelGroups.get(channel)
-    if (groups === undefined) {
-      groups = new Set()
-      this.#channelGroups.set(channel, groups)
-    }
-    groups.add(group)
+    const groups = this.#channelGroups.get(channel)
+    if (groups === undefined) this.#channelGroups.set(channel, group)
+    else if (typeof groups !== 'string') groups.add(group)
+    else if (groups !== group) this.#channelGroups.set(channel, new Set([groups, group]))
   }
 
   removeMember (group: string, channel: string): void {
@@ -219,9 +218,11 @@ export class LocalStore {
     return out
   }
 
-  /** The groups a channel of this process is a member of (a read-only view), or undefined. */
-  groupsOf (channel: string): ReadonlySet<string> | undefined {
-    return this.#channelGroups.get(channel)
+  /** The groups a channel of this process is a member of. */
+  groupsOf (channel: string): string[] {
+    const groups = this.#channelGroups.get(channel)
+    if (groups === undefined) return []
+    return typeof groups === 'string' ? [groups] : [...groups]
   }
 
   /** Drops the channel's queued messages and every membership it has. */
@@ -235,7 +236,7 @@ export class LocalStore {
     if (groups === undefined) return
     // Forgotten first, so #unlink does not edit the set this loop walks.
     this.#channelGroups.delete(channel)
-    for (const group of groups) {
+    for (const group of typeof groups === 'string' ? [groups] : groups) {
       const members = this.#groups.get(group)
       if (members !== undefined) this.#unlink(group, members, channel)
     }
@@ -352,8 +353,13 @@ export class LocalStore {
     this.#leavePresence(group, channel)
     const groups = this.#channelGroups.get(channel)
     if (groups === undefined) return
+    if (typeof groups === 'string') {
+      if (groups === group) this.#channelGroups.delete(channel)
+      return
+    }
     groups.delete(group)
-    if (groups.size === 0) this.#channelGroups.delete(channel)
+    // Back to the one group it has left, as it would be had it joined only that one.
+    if (groups.size === 1) this.#channelGroups.set(channel, groups.values().next().value as string)
   }
 
   #leavePresence (group: string, channel: string): void {

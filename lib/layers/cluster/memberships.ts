@@ -110,7 +110,7 @@ export class Memberships {
   }
 
   async discardChannel (channel: string): Promise<void> {
-    const groups = [...(this.#store.groupsOf(channel) ?? [])]
+    const groups = this.#store.groupsOf(channel)
     this.#store.discardChannel(channel)
     if (groups.length === 0) return
     for (const group of groups) this.#releaseIfEmpty(group)
