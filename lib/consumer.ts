@@ -5,7 +5,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Scope } from './scope.js'
-import { connectionOf, mayReleaseUpgrade } from './connection/binding.js'
+import { connectionOf, mayReleaseUpgrade, unbindRequest } from './connection/binding.js'
 import { releaseUpgradeState } from './internals.js'
 import { kConnect, kDisconnect, kReceive } from './connection/tasks.js'
 import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
@@ -33,6 +33,7 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
         return
       }
       if (mayReleaseUpgrade(request.raw)) releaseUpgradeState(request.raw, socket)
+      unbindRequest(request.raw)
       connection.attach(socket)
     }
     return Object.assign(handler, { [kConsumerClass]: this })

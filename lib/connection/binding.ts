@@ -22,3 +22,13 @@ export function mayReleaseUpgrade (raw: object): boolean {
 export function connectionOf (raw: object): Connection | undefined {
   return byRequest.get(raw)
 }
+
+/**
+ * The route handler has the socket: the request is not looked up again. Its entries go, so that
+ * these tables hold the handshakes in progress, not one entry per open connection (the request
+ * lives as long as its scope).
+ */
+export function unbindRequest (raw: object): void {
+  byRequest.delete(raw)
+  releasable.delete(raw)
+}
