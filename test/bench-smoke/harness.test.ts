@@ -22,3 +22,19 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
   }
   t.ok(existsSync(path.join(out, 'latest.md')), 'Markdown table written')
 })
+
+t.test('the table\'s maximum: the searched one, or the saturation step\'s when that delivered more and lost nothing', async t => {
+  const { pathToFileURL } = await import('node:url')
+  type Max = { value: number | null, lowerBound: boolean, fromSaturation: boolean }
+  const { maxOf } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as { maxOf: (row: object) => Max }
+  const saturate = (deliveredPerSec: number, more: object = {}): object => ({ kind: 'saturate', deliveredPerSec, lost: 0, dups: 0, generatorBound: false, keptUp: false, ...more })
+  const row = (steps: object[], searched = 80_000, maxIsLowerBound = true): object => ({ deliveriesPerSec: searched, maxIsLowerBound, steps })
+  t.same(maxOf(row([saturate(146_000, { generatorBound: true })])), { value: 146_000, lowerBound: true, fromSaturation: true },
+    'a floor whose generators ran out in the search: what it delivered saturated, still a lower bound')
+  t.same(maxOf(row([saturate(143_000)], 134_000, false)), { value: 143_000, lowerBound: false, fromSaturation: true },
+    'the server was the limit in the saturation step: its maximum')
+  t.same(maxOf(row([saturate(150_000, { lost: 3 })])), { value: 80_000, lowerBound: true, fromSaturation: false }, 'a step that lost messages does not count')
+  t.same(maxOf(row([saturate(150_000, { dups: 1 })])), { value: 80_000, lowerBound: true, fromSaturation: false }, 'nor one with duplicates')
+  t.same(maxOf(row([saturate(79_000)], 87_000, false)), { value: 87_000, lowerBound: false, fromSaturation: false }, 'the search found more: it stands')
+  t.same(maxOf({ deliveriesPerSec: 5_000, maxIsLowerBound: false, steps: [] }), { value: 5_000, lowerBound: false, fromSaturation: false }, 'no saturation step (--smoke)')
+})
