@@ -98,8 +98,8 @@ export function targetChecks (rows) {
     const rb = get(b, scenario)
     if (ra === undefined || rb === undefined) return
     for (const [field, label] of fields) {
-      const [a, b] = field === 'deliveriesPerSec' ? [maxOf(ra).value, maxOf(rb).value] : [ra[field], rb[field]]
-      const value = a != null && b != null ? a / b : null
+      const [ours, floor] = field === 'deliveriesPerSec' ? [maxOf(ra).value, maxOf(rb).value] : [ra[field], rb[field]]
+      const value = ours != null && floor != null ? ours / floor : null
       const where = scenario === s ? '' : ` (${scenario})`
       out.push({ what: `${a} / ${b}, ${label}${where}`, measured: value === null ? '–' : `${value.toFixed(2)}×`, target: `≥ ${min}×`, met: value === null ? null : value >= min })
     }

@@ -37,4 +37,15 @@ t.test('the table\'s maximum: the searched one, or the saturation step\'s when t
   t.same(maxOf(row([saturate(150_000, { dups: 1 })])), { value: 80_000, lowerBound: true, fromSaturation: false }, 'nor one with duplicates')
   t.same(maxOf(row([saturate(79_000)], 87_000, false)), { value: 87_000, lowerBound: false, fromSaturation: false }, 'the search found more: it stands')
   t.same(maxOf({ deliveriesPerSec: 5_000, maxIsLowerBound: false, steps: [] }), { value: 5_000, lowerBound: false, fromSaturation: false }, 'no saturation step (--smoke)')
+
+  const { targetChecks } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as { targetChecks: (rows: object[]) => Array<{ what: string, measured: string, met: boolean | null }> }
+  const scenario = 'groups-100x100'
+  const checks = targetChecks([
+    { scenario, target: 'ws-memory', deliveriesPerCpuSecond: 150_000, ...row([saturate(146_000, { generatorBound: true })]) },
+    { scenario, target: 'channels-memory', deliveriesPerCpuSecond: 79_000, ...row([saturate(79_000)], 87_000, false) }
+  ])
+  t.same(checks.slice(0, 2).map(c => [c.what, c.measured, c.met]), [
+    ['channels-memory / ws-memory, max deliveries/s', '0.60×', false],
+    ['channels-memory / ws-memory, deliveries per server CPU-s', '0.53×', false]
+  ], 'the targets\' check compares maxima read the same way, and names the two targets')
 })
