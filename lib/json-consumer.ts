@@ -7,6 +7,7 @@ import secureJson from 'secure-json-parse'
 import { WebsocketConsumer } from './consumer.js'
 import { reserveNames } from './dispatch.js'
 import { isShared } from './layers/message.js'
+import { encodingOfCopy } from './layers/copy-encoding.js'
 
 export const kRefuseFrame = Symbol('fastify-channels.refuseFrame')
 
@@ -58,7 +59,8 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
 
   /**
    * Sends `content` as one JSON text frame. Content that belongs to a shared message (see
-   * `sharedMessages`) cannot change, so the members it goes to in a row reuse one encoding.
+   * `sharedMessages`) cannot change, so the members it goes to in a row reuse one encoding; so do
+   * members whose own copy of a group message is unchanged when they send it (copy-encoding.ts).
    */
   sendJson (content: unknown): Promise<void> {
     let text: string
@@ -67,7 +69,7 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
       if (content === lastShared && encode === lastEncoder) {
         text = lastText
       } else {
-        text = encode(content)
+        text = (encode === defaultEncodeJson ? encodingOfCopy(content) : undefined) ?? encode(content)
         if (isShared(content)) {
           lastShared = content
           lastEncoder = encode
@@ -82,6 +84,10 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
 }
 
 reserveNames(JsonWebsocketConsumer.prototype)
+
+// The encoder a consumer has unless it overrides `encodeJson`: only its encodings are reused
+// between members (copy-encoding.ts).
+const defaultEncodeJson = JsonWebsocketConsumer.encodeJson
 
 // The last shared content encoded, with the encoder that did it: the next member's sendJson of it
 // (a fan-out goes member after member) reuses the text.

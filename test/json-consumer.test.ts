@@ -70,3 +70,62 @@ t.test('encodeJson and decodeJson may be overridden', async t => {
   await comm.sendTo('not json')
   t.equal(await comm.receiveFrom(), '{"WRAPPED":"NOT JSON"}')
 })
+
+t.test('a group message to many members: each client gets exactly the JSON of what its own handler sent, changed or not', async t => {
+  const { listen, openClient } = await import('./helpers/loopback.js')
+  // What each member's handler does to its copy before sendJson (members fan out in join order,
+  // so unchanged copies come before, between and after changed ones).
+  // Synchronous, so that sendJson() runs within the fan-out, as in a handler that sends at once;
+  // `late` sends after a wait, once the fan-out is over.
+  const edits: Record<string, (event: Record<string, any>) => unknown> = {
+    same: event => event.payload,
+    whole: event => event,
+    change: event => { event.payload.n = 99; return event.payload },
+    reorder: event => { const a = event.payload.a; delete event.payload.a; event.payload.a = a; return event.payload },
+    add: event => { event.payload.extra = true; return event.payload },
+    nested: event => { event.payload.list.push(4); return event.payload },
+    replace: event => { event.payload.list = [1, 2, 3]; return event.payload },
+    hidden: event => { Object.defineProperty(event.payload, 'toJSON', { value: () => 'custom' }); return event.payload },
+    other: event => ({ n: event.payload.n }),
+    late: event => new Promise(resolve => setTimeout(() => resolve(event.payload), 20))
+  }
+  class Member extends JsonWebsocketConsumer {
+    override groups = ['feed']
+    async feedItem (event: Record<string, any>) {
+      const content = edits[this.scope.params.how as string](event)
+      await this.sendJson(content instanceof Promise ? await content : content)
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/feed/:how', { websocket: true }, Member.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const order = ['same', 'change', 'same', 'reorder', 'whole', 'same', 'add', 'nested', 'same', 'replace', 'hidden', 'other', 'late', 'same', 'change']
+  const clients = []
+  for (const how of order) {
+    const texts: string[] = []
+    const { ws } = await openClient(`${url}/feed/${how}`, {}, ws => ws.on('message', data => { texts.push(data.toString()) }))
+    t.teardown(() => ws.terminate())
+    clients.push({ how, texts })
+  }
+  const payload = { n: 1, a: 'x', list: [1, 2, 3], t: 0.1 + 0.2 }
+  const expected: Record<string, string> = {
+    same: '{"n":1,"a":"x","list":[1,2,3],"t":0.30000000000000004}',
+    whole: '{"type":"feed.item","payload":{"n":1,"a":"x","list":[1,2,3],"t":0.30000000000000004}}',
+    change: '{"n":99,"a":"x","list":[1,2,3],"t":0.30000000000000004}',
+    reorder: '{"n":1,"list":[1,2,3],"t":0.30000000000000004,"a":"x"}',
+    add: '{"n":1,"a":"x","list":[1,2,3],"t":0.30000000000000004,"extra":true}',
+    nested: '{"n":1,"a":"x","list":[1,2,3,4],"t":0.30000000000000004}',
+    replace: '{"n":1,"a":"x","list":[1,2,3],"t":0.30000000000000004}',
+    hidden: '"custom"',
+    other: '{"n":1}',
+    late: '{"n":1,"a":"x","list":[1,2,3],"t":0.30000000000000004}'
+  }
+  for (let round = 0; round < 2; round++) {
+    await app.channelLayer.groupSend('feed', { type: 'feed.item', payload })
+    for (const client of clients) {
+      while (client.texts.length <= round) await new Promise(resolve => setTimeout(resolve, 5))
+      t.equal(client.texts[round], expected[client.how], `${client.how}, message ${round + 1}`)
+    }
+  }
+  t.same(payload, { n: 1, a: 'x', list: [1, 2, 3], t: 0.1 + 0.2 }, 'the sender\'s object is untouched')
+})

@@ -8,6 +8,7 @@
 import { LayerClosedError } from '../errors.js'
 import { Mailbox, Waiter } from './mailbox.js'
 import { clonePlainObject, cloneMessage, share } from './message.js'
+import { enterFanOut, leaveFanOut } from './copy-encoding.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
 
 /** The `Delivery` of a message sent to the channel itself. */
@@ -70,40 +71,47 @@ export class LocalStore {
   }
 
   /**
-   * Fans `message` out to the group's live local members, each its own copy (the last one takes
-   * `message` itself: serialize it before calling) and the same read-only `info`; full members are
-   * skipped and reported, expired memberships dropped on the way. Members in `skip` have had it.
-   * Members whose sink shares messages all get `message` itself, deep-frozen (then every other
-   * member gets a copy).
+   * Fans `message` out to the group's live local members, each its own copy and the same read-only
+   * `info`; full members are skipped and reported, expired memberships dropped on the way. Members
+   * in `skip` have had it. A group of one member gets `message` itself (serialize it before
+   * calling); in a larger one even the last member gets a copy, so that `message` stays as it was
+   * sent while the members' handlers run, and those whose copy is unchanged share one encoding
+   * (copy-encoding.ts). Members whose sink shares messages all get `message` itself, deep-frozen.
    */
   fanOut (group: string, message: LayerMessage, info: Delivery, skip?: ReadonlySet<string>): void {
     const members = this.#groups.get(group)
     if (members === undefined) return
     const now = performance.now()
     const count = members.size
+    const pristine = count > 1
     let seen = 0
     let frozen = false
-    // forEach, not for…of: an entries iterator makes a [channel, expiresAt] array per member.
-    members.forEach((expiresAt, channel) => {
-      seen++
-      if (expiresAt <= now) {
-        this.#unlink(group, members, channel)
-        return
-      }
-      if (skip !== undefined && skip.has(channel)) return
-      const sink = this.#sinks.get(channel)
-      let copy: boolean
-      if (sink !== undefined && sink.sharesMessages === true) {
-        if (!frozen) share(message)
-        frozen = true
-        copy = false
-      } else {
-        copy = frozen || seen !== count
-      }
-      if (this.#deliver(channel, sink, message, info, copy, false)) return
-      this.#settings.skipped(group, channel)
-      if (info.offset !== undefined) this.#markSkipped(channel, info)
-    })
+    const previous = pristine ? enterFanOut(message) : undefined
+    try {
+      // forEach, not for…of: an entries iterator makes a [channel, expiresAt] array per member.
+      members.forEach((expiresAt, channel) => {
+        seen++
+        if (expiresAt <= now) {
+          this.#unlink(group, members, channel)
+          return
+        }
+        if (skip !== undefined && skip.has(channel)) return
+        const sink = this.#sinks.get(channel)
+        let copy: boolean
+        if (sink !== undefined && sink.sharesMessages === true) {
+          if (!frozen) share(message)
+          frozen = true
+          copy = false
+        } else {
+          copy = pristine || frozen || seen !== count
+        }
+        if (this.#deliver(channel, sink, message, info, copy, false)) return
+        this.#settings.skipped(group, channel)
+        if (info.offset !== undefined) this.#markSkipped(channel, info)
+      })
+    } finally {
+      if (pristine) leaveFanOut(previous)
+    }
   }
 
   /** The next message of a channel of this process, FIFO among receivers. */

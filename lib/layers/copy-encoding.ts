@@ -1,0 +1,119 @@
+/**
+ * One JSON encoding for the members whose copy of a group message is still what was sent.
+ *
+ * A fan-out gives every member its own copy (Channels' semantics: a handler may change its
+ * message), and a JSON consumer then encodes its copy — most often unchanged, so the same text for
+ * every member, built once per member. While a fan-out of more than one member runs, the message
+ * it copies from is pristine: every member got a copy, none the message itself. A member's
+ * content found equal to that message, or to one of its objects, in everything `JSON.stringify`
+ * reads — the same own enumerable keys in the same order, the same primitive values, plain
+ * prototypes, no `toJSON` — encodes to the same text: it is built for the first such member and
+ * reused by the others. Content that differs in anything, and a handler that runs after the
+ * fan-out (its connection was busy), is encoded as it is.
+ *
+ * Only for `JSON.stringify` itself: a consumer's own `encodeJson` may depend on more than the data
+ * (time, object identity), so it always runs.
+ */
+
+// The message the running fan-out copies from; undefined outside one.
+let source: object | undefined
+
+/** A fan-out of `message` starts, every member getting a copy; returns what `leaveFanOut` restores. */
+export function enterFanOut (message: object): object | undefined {
+  const previous = source
+  source = message
+  return previous
+}
+
+/** The fan-out ended (a nested one restores the outer one's message, still untouched). */
+export function leaveFanOut (previous: object | undefined): void {
+  source = previous
+  if (previous !== undefined) return
+  // Nothing of a message is kept past its fan-out.
+  matchedSource = undefined
+  matchedPart = undefined
+  matchedText = ''
+  keyLists.clear()
+}
+
+// What the members of the current source have matched so far: the part of the source their
+// content equals, and its text. Reset when the source changes.
+let matchedSource: object | undefined
+let matchedPart: object | undefined
+let matchedText = ''
+// The source's objects' own keys, in order, read once per object and source.
+const keyLists = new Map<object, string[]>()
+
+/**
+ * `JSON.stringify(content)`, reused from a member before when `content` equals the same part of
+ * the message being fanned out; undefined when it cannot be (encode it as usual).
+ */
+export function encodingOfCopy (content: unknown): string | undefined {
+  const from = source
+  if (from === undefined || typeof content !== 'object' || content === null) return undefined
+  if (from !== matchedSource) {
+    matchedSource = from
+    matchedPart = undefined
+    keyLists.clear()
+  }
+  if (matchedPart !== undefined) return sameData(content, matchedPart) ? matchedText : undefined
+  // The first member: which part of the message does it send? The message itself, or one of its
+  // objects (`sendJson(event.payload)`).
+  let part: object | undefined
+  if (sameData(content, from)) {
+    part = from
+  } else {
+    for (const key of keysOf(from)) {
+      const value = (from as Record<string, unknown>)[key]
+      if (typeof value === 'object' && value !== null && sameData(content, value)) {
+        part = value
+        break
+      }
+    }
+  }
+  if (part === undefined) return undefined
+  // Encoded from this member's content, which is equal to the part: the text `JSON.stringify`
+  // gives every content equal to it.
+  matchedText = JSON.stringify(content)
+  matchedPart = part
+  return matchedText
+}
+
+function keysOf (value: object): string[] {
+  let keys = keyLists.get(value)
+  if (keys === undefined) {
+    keys = Object.keys(value)
+    keyLists.set(value, keys)
+  }
+  return keys
+}
+
+/** Whether `JSON.stringify` reads the same data in `content` as in `original` (a part of the source). */
+function sameData (content: unknown, original: unknown): boolean {
+  if (content === original) return typeof content !== 'object' || content === null || noToJson(content)
+  if (typeof content !== 'object' || content === null || typeof original !== 'object' || original === null) return false
+  if (Array.isArray(original)) {
+    if (!Array.isArray(content) || Object.getPrototypeOf(content) !== Array.prototype || !noToJson(content)) return false
+    const items = original as unknown[]
+    if (content.length !== items.length) return false
+    for (let i = 0; i < items.length; i++) {
+      if (!sameData(content[i], items[i])) return false
+    }
+    return true
+  }
+  if (Object.getPrototypeOf(content) !== Object.prototype || !noToJson(content)) return false
+  if (original instanceof Uint8Array) return false
+  const keys = keysOf(original)
+  let i = 0
+  for (const key in content) {
+    // An inherited enumerable key (a polluted prototype) is not JSON's: leave that content alone.
+    if (key !== keys[i] || !Object.hasOwn(content, key)) return false
+    if (!sameData((content as Record<string, unknown>)[key], (original as Record<string, unknown>)[key])) return false
+    i++
+  }
+  return i === keys.length
+}
+
+function noToJson (value: object): boolean {
+  return (value as { toJSON?: unknown }).toJSON === undefined
+}
