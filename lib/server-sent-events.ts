@@ -6,6 +6,7 @@
  * line, which the reader joins back with `\n`.
  */
 import { InvalidEventError } from './errors.js'
+import { encodingOfCopy } from './layers/copy-encoding.js'
 
 export interface ServerSentEvent {
   /** A string is sent as it is (a line per `data:` field); anything else as its JSON. */
@@ -61,7 +62,8 @@ function dataText (data: unknown): string {
   if (data === undefined) throw new InvalidEventError('sendEvent(): data is required')
   let json: string | undefined
   try {
-    json = JSON.stringify(data)
+    // A member's unchanged copy of a group message: the text the member before got (copy-encoding.ts).
+    json = encodingOfCopy(data) ?? JSON.stringify(data)
   } catch (err) {
     throw new InvalidEventError(`sendEvent(): data cannot be encoded as JSON: ${(err as Error).message}`)
   }

@@ -417,3 +417,38 @@ t.test('without the plugin in scope, the handler answers 500 and says why', asyn
   t.equal(reply.statusCode, 500)
   t.match(reply.json(), { message: 'fastify-channels is not registered' })
 })
+
+t.test('a group message to many event streams: each gets exactly the JSON of what its own handler sent', async t => {
+  const edits: Record<string, (event: Record<string, any>) => unknown> = {
+    same: event => event.payload,
+    change: event => { event.payload.n = 99; return event.payload },
+    reorder: event => { const a = event.payload.a; delete event.payload.a; event.payload.a = a; return event.payload }
+  }
+  class Feed extends AsyncHttpConsumer {
+    override groups = ['feed']
+    override async handle () { await this.sendHeaders({ headers: { 'content-type': 'text/event-stream' } }) }
+    async feedItem (event: Record<string, any>) {
+      await this.sendEvent({ data: edits[this.scope.params.how](event) })
+    }
+  }
+  const { app, base } = await serve(app => { app.get('/feed/:how', Feed.asHandler()) })
+  t.teardown(() => app.close())
+  const order = ['same', 'change', 'same', 'reorder', 'same', 'change']
+  const streams = []
+  for (const how of order) {
+    const stream = await openEventStream(`${base}/feed/${how}`)
+    t.teardown(() => stream.close())
+    streams.push({ how, stream })
+  }
+  await eventually(() => inspect(app).memberships === order.length)
+  await app.channelLayer.groupSend('feed', { type: 'feed.item', payload: { n: 1, a: 'x', t: 0.1 + 0.2 } })
+  const expected: Record<string, string> = {
+    same: '{"n":1,"a":"x","t":0.30000000000000004}',
+    change: '{"n":99,"a":"x","t":0.30000000000000004}',
+    reorder: '{"n":1,"t":0.30000000000000004,"a":"x"}'
+  }
+  for (const { how, stream } of streams) {
+    const [event] = await stream.waitForEvents(1)
+    t.equal(event.data, expected[how], how)
+  }
+})
