@@ -12,7 +12,9 @@
  * fan-out (its connection was busy), is encoded as it is.
  *
  * Only for `JSON.stringify` itself: a consumer's own `encodeJson` may depend on more than the data
- * (time, object identity), so it always runs.
+ * (time, object identity), so it always runs. The comparison reads values as `JSON.stringify`
+ * does, so a getter a handler defines on its copy is read by it (and read again by
+ * `JSON.stringify` when something differs).
  */
 
 // The message the running fan-out copies from; undefined outside one.
