@@ -177,3 +177,49 @@ t.test('messages skipped for a client whose channel was full are sent from the h
   for (let n = 1; n <= 40; n++) await layer.groupSend('room.short', { type: 'line', n })
   t.match(await grace.closed, { code: 1013, reason: 'messages were skipped: reconnect to recover' })
 })
+
+t.test('a group message to many clients: each message frame is exactly the JSON of what forward() gave for that client', async t => {
+  const { buildApp } = await import('../helpers/app.js')
+  const { listen, openClient } = await import('../helpers/loopback.js')
+  const shapes: Record<string, (message: Record<string, any>) => unknown> = {
+    same: message => message,
+    change: message => { message.text = 'changed'; return message },
+    payload: message => message.payload,
+    reorder: message => { const text = message.text; delete message.text; message.text = text; return message }
+  }
+  class Feed extends GroupsConsumer {
+    override canJoin (): boolean { return true }
+    override forward (message: LayerMessage): unknown {
+      return shapes[this.scope.params.shape as string](message as Record<string, any>)
+    }
+  }
+  const layer = new InMemoryChannelLayer({ groups: { 'kept.*': { history: { size: 10, ttl: 60 } } } })
+  const { app } = await buildApp({ layer }, app => app.get('/feed/:shape', { websocket: true }, Feed.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const order = ['same', 'change', 'same', 'payload', 'same', 'reorder', 'same', 'change']
+  for (const group of ['plain', 'kept.log']) {
+    const clients = []
+    for (const shape of order) {
+      const texts: string[] = []
+      const { ws } = await openClient(`${url}/feed/${shape}`, {}, ws => ws.on('message', data => { texts.push(String(data)) }))
+      t.teardown(() => ws.terminate())
+      ws.send(JSON.stringify({ op: 'join', group }))
+      for (let i = 0; texts.length === 0 && i < 200; i++) await new Promise(resolve => setTimeout(resolve, 5))
+      clients.push({ shape, texts })
+    }
+    const sent = { type: 'feed.item', text: 'hello', payload: { n: 1, t: 0.1 + 0.2 } }
+    await app.channelLayer.groupSend(group, sent)
+    const position = group === 'plain' ? {} : { offset: 1, epoch: (JSON.parse(clients[0].texts[0]) as { position: { epoch: string } }).position.epoch }
+    const data: Record<string, unknown> = {
+      same: sent,
+      change: { ...sent, text: 'changed' },
+      payload: sent.payload,
+      reorder: { type: 'feed.item', payload: sent.payload, text: 'hello' }
+    }
+    for (const { shape, texts } of clients) {
+      for (let i = 0; texts.length < 2 && i < 200; i++) await new Promise(resolve => setTimeout(resolve, 5))
+      t.equal(texts[1], JSON.stringify({ op: 'message', group, ...position, data: data[shape] }), `${group}: ${shape}`)
+    }
+  }
+})
