@@ -266,14 +266,13 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
 
   #message (group: string, info: Delivery, data: unknown): Promise<void> | undefined {
     if (data === undefined) return undefined
-    const frame: ServerToClient = { op: 'message', group, offset: info.offset, epoch: info.epoch, data }
     // A member's unchanged copy of a group message: its JSON is the text the member before got
-    // (copy-encoding.ts), and the frame around it is written as JSON.stringify(frame) would, in
-    // the same key order. Only where sendJson() and encodeJson are this package's own.
+    // (copy-encoding.ts), and the frame around it is written as JSON.stringify() writes the frame
+    // below, in the same key order. Only where sendJson() and encodeJson are this package's own.
     const ownEncoding = this.sendJson === JsonWebsocketConsumer.prototype.sendJson &&
       (this.constructor as typeof JsonWebsocketConsumer).encodeJson === JsonWebsocketConsumer.encodeJson
     const dataText = ownEncoding ? encodingOfCopy(data) : undefined
-    if (dataText === undefined) return this.#write(frame)
+    if (dataText === undefined) return this.#write({ op: 'message', group, offset: info.offset, epoch: info.epoch, data })
     return this.send(`{"op":"message","group":${JSON.stringify(group)}${info.offset === undefined ? '' : `,"offset":${JSON.stringify(info.offset)}`}` +
       `${info.epoch === undefined ? '' : `,"epoch":${JSON.stringify(info.epoch)}`},"data":${dataText}}`)
   }
