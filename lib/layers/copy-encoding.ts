@@ -24,27 +24,31 @@ let source: object | undefined
 export function enterFanOut (message: object): object | undefined {
   const previous = source
   source = message
+  forgetMatches()
   return previous
 }
 
-/** The fan-out ended (a nested one restores the outer one's message, still untouched). */
+/**
+ * The fan-out ended (a nested one restores the outer one's message, still untouched, whose
+ * members left match it afresh). Nothing of a message is kept past its fan-out.
+ */
 export function leaveFanOut (previous: object | undefined): void {
   source = previous
-  if (previous !== undefined) return
-  // Nothing of a message is kept past its fan-out.
-  matchedSource = undefined
-  matchedPart = undefined
-  matchedText = ''
-  keyLists.clear()
+  forgetMatches()
 }
 
 // What the members of the current source have matched so far: the part of the source their
-// content equals, and its text. Reset when the source changes.
-let matchedSource: object | undefined
+// content equals, and its text. Forgotten whenever the source changes.
 let matchedPart: object | undefined
 let matchedText = ''
 // The source's objects' own keys, in order, read once per object and source.
 const keyLists = new Map<object, string[]>()
+
+function forgetMatches (): void {
+  matchedPart = undefined
+  matchedText = ''
+  keyLists.clear()
+}
 
 /**
  * `JSON.stringify(content)`, reused from a member before when `content` equals the same part of
@@ -53,11 +57,6 @@ const keyLists = new Map<object, string[]>()
 export function encodingOfCopy (content: unknown): string | undefined {
   const from = source
   if (from === undefined || typeof content !== 'object' || content === null) return undefined
-  if (from !== matchedSource) {
-    matchedSource = from
-    matchedPart = undefined
-    keyLists.clear()
-  }
   if (matchedPart !== undefined) return sameData(content, matchedPart) ? matchedText : undefined
   // The first member: which part of the message does it send? The message itself, or one of its
   // objects (`sendJson(event.payload)`).
