@@ -69,7 +69,7 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
       if (content === lastShared && encode === lastEncoder) {
         text = lastText
       } else {
-        text = (encode === defaultEncodeJson ? encodingOfCopy(content) : undefined) ?? encode(content)
+        text = reusedEncoding(this, content) ?? encode(content)
         if (isShared(content)) {
           lastShared = content
           lastEncoder = encode
@@ -88,6 +88,15 @@ reserveNames(JsonWebsocketConsumer.prototype)
 // The encoder a consumer has unless it overrides `encodeJson`: only its encodings are reused
 // between members (copy-encoding.ts).
 const defaultEncodeJson = JsonWebsocketConsumer.encodeJson
+
+/**
+ * The JSON of `content` as the member before got it, when `content` is a member's unchanged copy
+ * of the group message being fanned out and `consumer` encodes with `JSON.stringify` itself;
+ * undefined otherwise (encode it as usual).
+ */
+export function reusedEncoding (consumer: JsonWebsocketConsumer, content: unknown): string | undefined {
+  return (consumer.constructor as typeof JsonWebsocketConsumer).encodeJson === defaultEncodeJson ? encodingOfCopy(content) : undefined
+}
 
 // The last shared content encoded, with the encoder that did it: the next member's sendJson of it
 // (a fan-out goes member after member) reuses the text.

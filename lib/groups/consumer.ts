@@ -11,9 +11,8 @@
 import type { Delivery, GroupAddOptions, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, StreamPosition } from '../layers/types.js'
 import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
-import { JsonWebsocketConsumer, kRefuseFrame } from '../json-consumer.js'
+import { JsonWebsocketConsumer, kRefuseFrame, reusedEncoding } from '../json-consumer.js'
 import { kSkipped } from '../connection/tasks.js'
-import { encodingOfCopy } from '../layers/copy-encoding.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
@@ -268,10 +267,8 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     if (data === undefined) return undefined
     // A member's unchanged copy of a group message: its JSON is the text the member before got
     // (copy-encoding.ts), and the frame around it is written as JSON.stringify() writes the frame
-    // below, in the same key order. Only where sendJson() and encodeJson are this package's own.
-    const ownEncoding = this.sendJson === JsonWebsocketConsumer.prototype.sendJson &&
-      (this.constructor as typeof JsonWebsocketConsumer).encodeJson === JsonWebsocketConsumer.encodeJson
-    const dataText = ownEncoding ? encodingOfCopy(data) : undefined
+    // below, in the same key order. Only where sendJson() is this package's own (and encodeJson).
+    const dataText = this.sendJson === JsonWebsocketConsumer.prototype.sendJson ? reusedEncoding(this, data) : undefined
     if (dataText === undefined) return this.#write({ op: 'message', group, offset: info.offset, epoch: info.epoch, data })
     return this.send(`{"op":"message","group":${JSON.stringify(group)}${info.offset === undefined ? '' : `,"offset":${JSON.stringify(info.offset)}`}` +
       `${info.epoch === undefined ? '' : `,"epoch":${JSON.stringify(info.epoch)}`},"data":${dataText}}`)
