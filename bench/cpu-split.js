@@ -80,7 +80,7 @@ async function server (target, groups) {
   const mod = await import(`./targets/${name}.js`)
   const entry = variants.includes('alt') ? process.env.BENCH_ALT_ENTRY : undefined
   const durable = variants.includes('durable')
-  const s = await mod.start({ layer, entry, shared: variants.includes('shared'), metrics: durable || variants.includes('metrics'), history: durable, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix: `split${process.pid}`, logFile: '/dev/null' })
+  const s = await mod.start({ layer, entry, shared: variants.includes('shared'), metrics: durable || variants.includes('metrics'), history: durable, sync: variants.includes('sync'), redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix: `split${process.pid}`, logFile: '/dev/null' })
   let scavenges = 0
   let counting = false
   new PerformanceObserver(list => {

@@ -7,7 +7,9 @@ import Fastify from 'fastify'
 
 // Features (bench/run.js targets): `shared` opts the consumer in to shared, read-only messages;
 // `history` gives every group a history policy (size 100); `metrics` registers the metrics.
-export async function start ({ layer: kind, redisUrl, prefix, logFile, entry, shared = false, history = false, metrics = false }) {
+// `sync` (bench/cpu-split.js only) makes the handler a plain method that does not await
+// sendJson(): what is left of a delivery without the `async` call per member.
+export async function start ({ layer: kind, redisUrl, prefix, logFile, entry, shared = false, history = false, metrics = false, sync = false }) {
   const channels = await import(entry ?? 'fastify-channels')
   const { default: fastifyChannels, JsonWebsocketConsumer, AsyncHttpConsumer, InMemoryChannelLayer } = channels
 
@@ -21,6 +23,11 @@ export async function start ({ layer: kind, redisUrl, prefix, logFile, entry, sh
 
     async benchMessage (event) {
       await this.sendJson(event.payload)
+    }
+  }
+  if (sync) {
+    BenchConsumer.prototype.benchMessage = function benchMessage (event) {
+      this.sendJson(event.payload)
     }
   }
 
