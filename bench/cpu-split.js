@@ -3,7 +3,7 @@
 // for this package side by side, in interleaved rounds.
 //
 //   node bench/cpu-split.js [--targets=ws-memory,channels-memory,channels-memory-shared]
-//     [--connections=10000] [--groups=100] [--rate=300] [--seconds=10] [--rounds=3]
+//     [--connections=10000] [--groups=100] [--active=<groups>] [--rate=300] [--seconds=10] [--rounds=3]
 //     [--alt=<path to another build's dist/index.js>]   (then e.g. --targets=channels-memory,channels-memory-alt)
 //
 // The clients are plain WebSocket clients of `/ws/<group>`: the `ws` and `channels` targets.
@@ -32,6 +32,8 @@ async function main () {
   if (opts.alt !== undefined) process.env.BENCH_ALT_ENTRY = opts.alt
   const connections = Number(opts.connections ?? 10000)
   const groups = Number(opts.groups ?? 100)
+  // Messages go to the first `active` groups only: the other connections are held, idle.
+  const active = Number(opts.active ?? groups)
   const rate = Number(opts.rate ?? 300)
   const seconds = Number(opts.seconds ?? 10)
   const rounds = Number(opts.rounds ?? 3)
@@ -39,12 +41,12 @@ async function main () {
   const results = new Map(targets.map(t => [t, []]))
   for (let round = 1; round <= rounds; round++) {
     for (const target of targets) {
-      const row = await measure(target, { connections, groups, rate, seconds, pin })
+      const row = await measure(target, { connections, groups, active, rate, seconds, pin })
       results.get(target).push(row)
-      console.log(`round ${round} ${target}: user ${row.user.toFixed(2)} + sys ${row.sys.toFixed(2)} = ${(row.user + row.sys).toFixed(2)} µs/delivery, ${row.scavenges} scavenges, ${(row.received / row.expected * 100).toFixed(1)}% received`)
+      console.log(`round ${round} ${target}: user ${row.user.toFixed(2)} + sys ${row.sys.toFixed(2)} = ${(row.user + row.sys).toFixed(2)} µs/delivery, ${row.scavenges} scavenges and ${row.majors} other collections (pauses ${(row.gcMs * 1000 / row.deliveries).toFixed(2)} µs/delivery), ${(row.received / row.expected * 100).toFixed(1)}% received`)
     }
   }
-  console.log(`\nmedian of ${rounds} rounds, ${connections} connections, ${groups} groups, ${rate} messages/s (${rate * connections / groups} deliveries/s) for ${seconds} s:`)
+  console.log(`\nmedian of ${rounds} rounds, ${connections} connections, ${groups} groups (${active} receiving), ${rate} messages/s (${rate * connections / groups} deliveries/s) for ${seconds} s:`)
   console.log('| target | user µs/delivery | system µs/delivery | total | young-generation GCs per 100,000 deliveries |')
   console.log('|---|--:|--:|--:|--:|')
   for (const [target, rows] of results) {
@@ -53,7 +55,7 @@ async function main () {
   }
 }
 
-async function measure (target, { connections, groups, rate, seconds, pin }) {
+async function measure (target, { connections, groups, active, rate, seconds, pin }) {
   const stdio = ['ignore', 'pipe', 'inherit', 'ipc']
   const run = (cpu, args) => pin ? spawn('taskset', ['-c', String(cpu), process.execPath, self, ...args], { stdio }) : spawn(process.execPath, [self, ...args], { stdio })
   const srv = run(0, ['server', target, String(groups)])
@@ -64,7 +66,7 @@ async function measure (target, { connections, groups, rate, seconds, pin }) {
     cli.once('exit', code => { srv.kill(); reject(new Error(`clients of ${target} exited (${code}) before all were open`)) })
   })
   await sleep(1000)
-  srv.send({ rate, seconds })
+  srv.send({ rate, seconds, active })
   const row = await new Promise(resolve => srv.once('message', resolve))
   await sleep(500)
   cli.send('count')
@@ -82,12 +84,19 @@ async function server (target, groups) {
   const durable = variants.includes('durable')
   const s = await mod.start({ layer, entry, shared: variants.includes('shared'), metrics: durable || variants.includes('metrics'), history: durable, sync: variants.includes('sync'), redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix: `split${process.pid}`, logFile: '/dev/null' })
   let scavenges = 0
+  let majors = 0 // any other collection: mark-compact, incremental marking's finalization, …
+  let gcMs = 0 // time in collections' pauses
   let counting = false
   new PerformanceObserver(list => {
-    for (const e of list.getEntries()) if (counting && e.detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) scavenges++
+    for (const e of list.getEntries()) {
+      if (!counting) continue
+      if (e.detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) scavenges++
+      else majors++
+      gcMs += e.duration
+    }
   }).observe({ entryTypes: ['gc'] })
   process.send({ port: s.port })
-  process.once('message', ({ rate, seconds }) => {
+  process.once('message', ({ rate, seconds, active }) => {
     const payload = makePayloadFactory(128)
     const perTick = rate / 100
     const warm = 300
@@ -98,7 +107,7 @@ async function server (target, groups) {
     const timer = setInterval(() => {
       for (let i = 0; i < perTick; i++) {
         seq++
-        s.publish(groupName(seq % groups), payload(seq, seq % groups, performance.now()))
+        s.publish(groupName(seq % active), payload(seq, seq % active, performance.now()))
       }
       if (++ticks === warm) {
         start = process.cpuUsage()
@@ -109,7 +118,7 @@ async function server (target, groups) {
       clearInterval(timer)
       const used = process.cpuUsage(start)
       const deliveries = (seq - from) * (s.connections() / groups)
-      process.send({ user: used.user / deliveries, sys: used.system / deliveries, scavenges, deliveries, total: seq })
+      process.send({ user: used.user / deliveries, sys: used.system / deliveries, scavenges, majors, gcMs, deliveries, total: seq })
     }, 10)
   })
 }
