@@ -3,7 +3,8 @@
 // for this package side by side, in interleaved rounds.
 //
 //   node bench/cpu-split.js [--targets=ws-memory,channels-memory,channels-memory-shared]
-//     [--connections=10000] [--groups=100] [--active=<groups>] [--rate=300] [--seconds=10] [--rounds=3]
+//     [--connections=10000] [--groups=100] [--active=<groups>] [--join=interleaved|grouped]
+//     [--rate=300] [--seconds=10] [--rounds=3]
 //     [--alt=<path to another build's dist/index.js>]   (then e.g. --targets=channels-memory,channels-memory-alt)
 //
 // The clients are plain WebSocket clients of `/ws/<group>`: the `ws` and `channels` targets.
@@ -34,6 +35,9 @@ async function main () {
   const groups = Number(opts.groups ?? 100)
   // Messages go to the first `active` groups only: the other connections are held, idle.
   const active = Number(opts.active ?? groups)
+  // `interleaved`: connection k joins group k mod groups, so a group's members connect at different
+  // times, as in an app; `grouped`: a group's members connect one after another.
+  const grouped = (opts.join ?? 'interleaved') === 'grouped'
   const rate = Number(opts.rate ?? 300)
   const seconds = Number(opts.seconds ?? 10)
   const rounds = Number(opts.rounds ?? 3)
@@ -41,12 +45,12 @@ async function main () {
   const results = new Map(targets.map(t => [t, []]))
   for (let round = 1; round <= rounds; round++) {
     for (const target of targets) {
-      const row = await measure(target, { connections, groups, active, rate, seconds, pin })
+      const row = await measure(target, { connections, groups, active, grouped, rate, seconds, pin })
       results.get(target).push(row)
       console.log(`round ${round} ${target}: user ${row.user.toFixed(2)} + sys ${row.sys.toFixed(2)} = ${(row.user + row.sys).toFixed(2)} µs/delivery, ${row.scavenges} scavenges and ${row.majors} other collections (pauses ${(row.gcMs * 1000 / row.deliveries).toFixed(2)} µs/delivery), ${(row.received / row.expected * 100).toFixed(1)}% received`)
     }
   }
-  console.log(`\nmedian of ${rounds} rounds, ${connections} connections, ${groups} groups (${active} receiving), ${rate} messages/s (${rate * connections / groups} deliveries/s) for ${seconds} s:`)
+  console.log(`\nmedian of ${rounds} rounds, ${connections} connections, ${groups} groups (${active} receiving, members joined ${grouped ? 'grouped' : 'interleaved'}), ${rate} messages/s (${rate * connections / groups} deliveries/s) for ${seconds} s:`)
   console.log('| target | user µs/delivery | system µs/delivery | total | young-generation GCs per 100,000 deliveries |')
   console.log('|---|--:|--:|--:|--:|')
   for (const [target, rows] of results) {
@@ -55,12 +59,12 @@ async function main () {
   }
 }
 
-async function measure (target, { connections, groups, active, rate, seconds, pin }) {
+async function measure (target, { connections, groups, active, grouped, rate, seconds, pin }) {
   const stdio = ['ignore', 'pipe', 'inherit', 'ipc']
   const run = (cpu, args) => pin ? spawn('taskset', ['-c', String(cpu), process.execPath, self, ...args], { stdio }) : spawn(process.execPath, [self, ...args], { stdio })
   const srv = run(0, ['server', target, String(groups)])
   const port = await new Promise((resolve, reject) => { srv.once('message', m => resolve(m.port)); srv.once('exit', code => reject(new Error(`${target} server exited (${code})`))) })
-  const cli = run(1, ['clients', String(port), String(connections), String(groups)])
+  const cli = run(1, ['clients', String(port), String(connections), String(groups), grouped ? '1' : '0'])
   await new Promise((resolve, reject) => {
     cli.once('message', resolve)
     cli.once('exit', code => { srv.kill(); reject(new Error(`clients of ${target} exited (${code}) before all were open`)) })
@@ -123,12 +127,12 @@ async function server (target, groups) {
   })
 }
 
-async function clients (port, n, groups) {
+async function clients (port, n, groups, grouped) {
   const { WebSocket } = await import('ws')
   let received = 0
   for (let i = 0; i < n; i += 100) {
     await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, j) => new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/${groupName((i + j) % groups)}`, { perMessageDeflate: false })
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/${groupName(grouped ? Math.floor((i + j) * groups / n) : (i + j) % groups)}`, { perMessageDeflate: false })
       ws.once('open', resolve)
       ws.once('error', reject)
       ws.on('message', () => { received++ })
