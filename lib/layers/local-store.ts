@@ -82,30 +82,25 @@ export class LocalStore {
     const members = this.#groups.get(group)
     if (members === undefined) return
     const now = performance.now()
-    const count = members.size
-    const pristine = count > 1
-    let seen = 0
+    // More than one member: each gets a copy, even the last, so `message` stays as it was sent.
+    const pristine = members.size > 1
     let frozen = false
     const previous = pristine ? enterFanOut(message) : undefined
     try {
       // forEach, not for…of: an entries iterator makes a [channel, expiresAt] array per member.
       members.forEach((expiresAt, channel) => {
-        seen++
         if (expiresAt <= now) {
           this.#unlink(group, members, channel)
           return
         }
         if (skip !== undefined && skip.has(channel)) return
         const sink = this.#sinks.get(channel)
-        let copy: boolean
-        if (sink !== undefined && sink.sharesMessages === true) {
-          if (!frozen) share(message)
+        const shares = sink !== undefined && sink.sharesMessages === true
+        if (shares && !frozen) {
+          share(message)
           frozen = true
-          copy = false
-        } else {
-          copy = pristine || frozen || seen !== count
         }
-        if (this.#deliver(channel, sink, message, info, copy, false)) return
+        if (this.#deliver(channel, sink, message, info, pristine && !shares, false)) return
         this.#settings.skipped(group, channel)
         if (info.offset !== undefined) this.#markSkipped(channel, info)
       })
