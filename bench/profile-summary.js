@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Summarises a V8 .cpuprofile (from `npm run bench -- --profile`, written by `node --cpu-prof`):
 // self time by function and by package/file, so hot spots can be compared between targets.
-//   node bench/profile-summary.js bench/results/profiles/groups-100x100.channels-memory.0.cpuprofile [--top=40]
+//   node bench/profile-summary.js bench/results/partial/profiles/groups-100x100.channels-memory.0.cpuprofile [--top=40]
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 

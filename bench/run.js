@@ -11,6 +11,9 @@
 // --alt=<path/to/dist/index.js>[,…] (adds channels-memory-alt1, channels-redis-alt1, channels-sse-memory-alt1, …: other builds)
 // --no-steps (skip the search for the maximum: warm-up, saturation and fixed-rate steps only)
 // --connections=<n> (instead of the scenario's 10,000, same groups; loopback allows about 28,000)
+// --bisect=<n> (halvings of the bracket around the maximum: 5 in a full run: the maximum to within 2.2%; 2 in --quick)
+// Results: bench/results/latest.* for a full run of every target and scenario; any other run
+// (--quick, a subset, --no-steps, --fixed-rate, --connections) writes bench/results/partial/ unless --out.
 // Method and how to read the output: bench/README.md.
 import { spawn, execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -68,7 +71,7 @@ if (args.alt !== undefined) {
 }
 
 const PLAN = {
-  full: { scenarios: ['groups-100x100', 'groups-100x100-1k', 'broadcast-1x10000', 'chat-1000x10'], targets: Object.keys(TARGETS), stepMs: 3000, fixedMs: 5000, bisect: 3, warmMs: 2000 },
+  full: { scenarios: ['groups-100x100', 'groups-100x100-1k', 'broadcast-1x10000', 'chat-1000x10'], targets: Object.keys(TARGETS), stepMs: 3000, fixedMs: 5000, bisect: 5, warmMs: 2000 },
   quick: { scenarios: ['groups-100x100'], targets: Object.keys(TARGETS), stepMs: 2000, fixedMs: 3000, bisect: 2, warmMs: 1000 },
   smoke: { scenarios: ['smoke'], targets: ['ws-memory', 'channels-memory', 'channels-sse-memory'], stepMs: 500, fixedMs: 500, bisect: 0, warmMs: 200, smoke: true }
 }[mode]
@@ -78,7 +81,13 @@ const targetNames = orderTargets(args.targets?.split(',') ?? PLAN.targets)
 for (const name of scenarioNames) if (SCENARIOS[name] === undefined) fail(`unknown scenario ${name}; known: ${Object.keys(SCENARIOS).join(', ')}`)
 for (const name of targetNames) if (TARGETS[name] === undefined) fail(`unknown target ${name}; known: ${Object.keys(TARGETS).join(', ')}`)
 
-const outDir = path.resolve(args.out ?? (PLAN.smoke ? path.join(os.tmpdir(), `fastify-channels-bench-${process.pid}`) : path.join(here, 'results')))
+const bisections = args.bisect === undefined ? PLAN.bisect : Number(args.bisect)
+// Only a complete run replaces the table the README quotes (bench/results/latest.*).
+const complete = mode === 'full' && args.targets === undefined && args.scenarios === undefined && !args['no-steps'] &&
+  args['fixed-rate'] === undefined && args.connections === undefined && args.bisect === undefined
+const outDir = path.resolve(args.out ?? (PLAN.smoke
+  ? path.join(os.tmpdir(), `fastify-channels-bench-${process.pid}`)
+  : path.join(here, 'results', complete ? '' : 'partial')))
 const logDir = path.join(os.tmpdir(), `fastify-channels-bench-logs-${process.pid}`)
 mkdirSync(outDir, { recursive: true })
 mkdirSync(logDir, { recursive: true })
@@ -230,7 +239,7 @@ async function runTarget (scenario, target, floorMax) {
         rate /= STEP.factor * STEP.factor // did not keep up with the first step: look lower
       }
     }
-    for (let i = 0; i < PLAN.bisect && good !== undefined && bad !== undefined && !bad.generatorBound; i++) {
+    for (let i = 0; i < bisections && good !== undefined && bad !== undefined && !bad.generatorBound; i++) {
       const step = await measure(Math.sqrt(good.offeredPerSec * bad.offeredPerSec), PLAN.stepMs, 'bisect')
       steps.push(step)
       if (step.keptUp && !step.generatorBound) { good = step; counted.push(step) } else bad = step
@@ -501,7 +510,8 @@ function machine () {
 }
 
 function writeResults (final) {
-  const command = `npm run bench${mode === 'full' ? '' : ` -- --${mode}`}` + (args.targets ? ` --targets=${args.targets}` : '') + (args.scenarios ? ` --scenarios=${args.scenarios}` : '')
+  const argv = process.argv.slice(2)
+  const command = `npm run bench${argv.length === 0 ? '' : ` -- ${argv.join(' ')}`}`
   const meta = { mode, command, started: started.toISOString(), finished: final ? new Date().toISOString() : null, machine: machine() }
   writeFileSync(path.join(outDir, 'latest.json'), JSON.stringify(rows, null, 2) + '\n')
   writeFileSync(path.join(outDir, 'latest-meta.json'), JSON.stringify(meta, null, 2) + '\n')
