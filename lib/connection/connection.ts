@@ -320,7 +320,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (task instanceof End) return this.#end(task.code)
     if (this.#state !== 'open') return undefined
     try {
-      return callConsumer(this.#consumer, task, info, this.log, this.#channelName)
+      return callConsumer(this.#consumer, task, info, this)
     } catch (err) {
       this.taskFailed(err)
       return undefined

@@ -48,13 +48,19 @@ export class End {
 // Layer messages are queued as they are, with no wrapper: one allocation fewer per delivery.
 export type Task = ClientFrame | End | LayerMessage
 
+/** Where a message without a handler is reported; read only then, not on every delivery. */
+export interface Reporter {
+  readonly log: FastifyBaseLogger
+  readonly channelName: string
+}
+
 /**
  * Hands a frame or a message (with how it came) to the consumer. Returns what to wait for when the
  * handler is asynchronous; throws what it threw (also a thenable whose `then` cannot be read).
  * A presence announcement without a handler is ignored silently: not every consumer cares.
  */
 export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | LayerMessage, info: Delivery | undefined,
-  log: FastifyBaseLogger, channel: string): PromiseLike<unknown> | undefined {
+  reporter: Reporter): PromiseLike<unknown> | undefined {
   let result: unknown
   if (task instanceof ClientFrame) {
     result = task.binary
@@ -65,7 +71,7 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
   } else {
     const handler = findHandler(consumer, task.type, info)
     if (handler === undefined) {
-      if (!isPresenceEvent(task.type)) log.warn({ type: task.type, channel }, 'no handler for message type; dropped')
+      if (!isPresenceEvent(task.type)) reporter.log.warn({ type: task.type, channel: reporter.channelName }, 'no handler for message type; dropped')
       return undefined
     }
     result = handler.call(consumer, task, info ?? DIRECT)
