@@ -65,8 +65,9 @@ t.test('subprotocols: the decision of a consumer\'s request, else the server\'s 
 t.test('frame writer: only a ws socket without extensions, and only while OPEN and idle', async t => {
   t.equal(frameWriterOf({}), null, 'not a ws socket: frames go through send()')
   const written: Buffer[][] = []
-  const writer = { _state: 0, sendFrame: (list: Buffer[]) => { written.push(list) } }
+  const writer = { _state: 0, sendFrame: (list: Buffer[]) => { written.push(list) }, _socket: { cork () {}, uncork () {} } }
   t.equal(frameWriterOf({ _sender: writer, extensions: 'permessage-deflate' }), null, 'a compressed socket')
+  t.equal(frameWriterOf({ _sender: { ...writer, _socket: {} }, extensions: '' }), null, 'a Sender whose socket cannot hold writes')
   t.equal(frameWriterOf({ _sender: writer, extensions: '' }), writer)
   const frame = [Buffer.from([0x81, 0])]
   t.equal(writeFrame({ readyState: 2 }, writer, frame), false, 'closing: ws.send() decides')

@@ -1,6 +1,6 @@
 /**
  * What `send()` does with a consumer's data: a string goes out as one text frame, bytes as one
- * binary frame, written by the end of the current turn (no promise per frame). Two policies:
+ * binary frame, written before the event loop next waits (no promise per frame). Two policies:
  *
  * - A slow reader (more than `maxBufferedBytes` waiting in its socket) is closed with 1008 instead
  *   of buffering without bound.
@@ -16,7 +16,7 @@
  * `connect()`, a spawned task) stops instead of running for the life of the process.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { frameWriterOf, writeFrame, type FrameWriter } from '../internals.js'
+import { corked, frameWriterOf, writeFrame, type FrameWriter } from '../internals.js'
 import { ConnectionClosedError } from '../errors.js'
 import { encodedOnce } from './shared-encoding.js'
 import type { RouteCounts } from '../metrics.js'
@@ -93,6 +93,8 @@ export class Outbound {
       if (frame !== undefined) {
         if (this.#batch !== null) {
           this.#batch.push(frame, data)
+          // A burst to one socket is written every MAX_BATCH frames, so the limit above sees it.
+          if (this.#batch.length >= 2 * MAX_BATCH) this.flush()
           return
         }
         // Most connections write one frame per turn: an array of exactly it (an empty one would
@@ -101,7 +103,7 @@ export class Outbound {
         batched.push(this)
         if (!flushing) {
           flushing = true
-          queueMicrotask(flushAll)
+          setImmediate(flushAll)
         }
         return
       }
@@ -120,15 +122,26 @@ export class Outbound {
     const socket = this.#socket
     const writer = this.#writer
     if (socket === null || writer === null) return
-    for (let i = 0; i < batch.length; i += 2) {
-      if (!writeFrame(socket, writer, batch[i] as Buffer[])) socket.send(batch[i + 1] as string)
-    }
+    // Several frames: one write to the TCP socket for all of them.
+    if (batch.length === 2) writeBatch(socket, writer, batch)
+    else corked(writer, () => { writeBatch(socket, writer, batch) })
   }
 }
 
-// Shared frames are written at the end of the current turn, every socket's in one loop: a group
-// message's writes then follow each other (the kernel's write path stays warm) instead of
-// alternating with each member's handler. A socket's other sends, and its close, flush it first.
+/** A batch's frames in order; a frame that cannot be written as it is goes through `ws.send()`. */
+function writeBatch (socket: WritableSocket, writer: FrameWriter, batch: Array<Buffer[] | string>): void {
+  for (let i = 0; i < batch.length; i += 2) {
+    if (!writeFrame(socket, writer, batch[i] as Buffer[])) socket.send(batch[i + 1] as string)
+  }
+}
+
+// Shared frames are written once the current turn of the event loop has run its callbacks and
+// the promise jobs they started (setImmediate), every socket's in one loop: a group message's
+// writes then follow each other (the kernel's write path stays warm) instead of alternating with
+// each member's handler, and the frames a socket got in that turn (a burst: several group messages
+// in one tick, or read from Redis in one chunk, each run through its async handler) leave in one
+// system call. A socket's other sends, and its close, flush it first.
+const MAX_BATCH = 32
 const batched: Outbound[] = []
 let flushing = false
 function flushAll (): void {

@@ -155,3 +155,44 @@ t.test('what waits to be written goes out before the socket closes', async t => 
   t.equal(await closed, 1000)
   t.same(client.received, ['last words'], 'written before the close frame')
 })
+
+/** Counts the writes that reach the TCP socket under a server-side ws socket: one per system call. */
+function countWrites (socket: WebSocket) {
+  const tcp = (socket as unknown as { _socket: { _write: (...a: unknown[]) => void, _writev: (chunks: unknown[], cb: unknown) => void } })._socket
+  const writes: number[] = [] // frames per write
+  const write = tcp._write.bind(tcp)
+  const writev = tcp._writev.bind(tcp)
+  tcp._write = (...a: unknown[]) => { writes.push(1); write(...a) }
+  tcp._writev = (chunks: unknown[], cb: unknown) => { writes.push(chunks.length); writev(chunks, cb) }
+  return writes
+}
+
+t.test('the frames a socket gets in one turn, from one handler after another, leave in one write, in order', async t => {
+  const { servers: [socket], clients: [client] } = await pairs(t, 1)
+  const out = new Outbound(owner().owner, 1024 * 1024, { framesSent: 0, slowReaders: 0 })
+  out.open(socket)
+  const writes = countWrites(socket)
+  // As a connection's async handlers run: each send follows the previous one's promise.
+  await new Promise<void>(resolve => {
+    setTimeout(() => {
+      out.send('{"n":1}')
+      void Promise.resolve().then(() => { out.send('{"n":2}') }).then(() => { out.send('{"n":3}') }).then(resolve)
+    }, 1)
+  })
+  await eventually(() => client.received.length === 3)
+  t.same(client.received, ['{"n":1}', '{"n":2}', '{"n":3}'])
+  t.same(writes, [3], 'three frames, one write')
+})
+
+t.test('a burst to one socket is written every 32 frames, so the slow-reader limit sees it within the turn', async t => {
+  const { servers: [socket], clients: [client] } = await pairs(t, 1)
+  const out = new Outbound(owner().owner, 1024 * 1024, { framesSent: 0, slowReaders: 0 })
+  out.open(socket)
+  const writes = countWrites(socket)
+  const texts = Array.from({ length: 40 }, (_, i) => `{"n":${i}}`)
+  for (const text of texts) out.send(text)
+  t.same(writes, [32], 'the first 32 at once')
+  await eventually(() => client.received.length === 40)
+  t.same(client.received, texts)
+  t.same(writes, [32, 8], 'the rest at the end of the turn')
+})
