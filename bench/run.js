@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The benchmark harness: every target in turn, in the same run, same method, same machine.
-//   node bench/run.js              full: every scenario (about 40 minutes on 2 cores)
+//   node bench/run.js              full: every scenario (about 48 minutes on 2 cores)
 //   node bench/run.js --quick      groups-100x100 only, short steps (about 10 minutes)
 //   node bench/run.js --smoke      2 targets, 50 connections, ~1 s of load: checks the harness works
 // Options: --targets=a,b  --scenarios=a,b  --out=<dir>  --profile (a CPU profile of each server
