@@ -15,7 +15,7 @@
  * ConnectionClosedError, so that code still sending to a connection that ended (a loop in
  * `connect()`, a spawned task) stops instead of running for the life of the process.
  */
-import type { FastifyBaseLogger } from 'fastify'
+import type { Reporter } from './tasks.js'
 import { corked, frameWriterOf, writeFrame, type FrameWriter } from '../internals.js'
 import { ConnectionClosedError } from '../errors.js'
 import { encodedOnce } from './shared-encoding.js'
@@ -29,9 +29,7 @@ export interface WritableSocket {
   send (data: string | Uint8Array, options: { binary: boolean }): void
 }
 
-export interface OutboundOwner {
-  readonly log: FastifyBaseLogger
-  readonly channelName: string
+export interface OutboundOwner extends Reporter {
   close (code: number, reason: string): void
 }
 

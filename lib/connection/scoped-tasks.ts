@@ -9,7 +9,7 @@
  * Made only when a consumer reads `signal` or calls `spawn()`: an AbortController per idle
  * connection would cost memory that most connections never use.
  */
-import type { FastifyBaseLogger } from 'fastify'
+import type { Reporter } from './tasks.js'
 import { ConnectionClosedError, InvalidOptionError } from '../errors.js'
 
 export type SpawnedTask = (signal: AbortSignal) => Promise<void> | void
@@ -17,9 +17,7 @@ export type SpawnedTask = (signal: AbortSignal) => Promise<void> | void
 // How long the end of a connection waits for its tasks before it says so (and goes on waiting).
 const STUCK_AFTER_MS = 5000
 
-export interface ScopedTasksOwner {
-  readonly log: FastifyBaseLogger
-  readonly channelName: string
+export interface ScopedTasksOwner extends Reporter {
   /** A task failed while the connection was live: it closes as after a failing handler. */
   spawnFailed (err: unknown): void
 }

@@ -48,7 +48,10 @@ export class End {
 // Layer messages are queued as they are, with no wrapper: one allocation fewer per delivery.
 export type Task = ClientFrame | End | LayerMessage
 
-/** Where a message without a handler is reported; read only then, not on every delivery. */
+/**
+ * The connection as its parts report on it: its logger, and its channel's name for every log
+ * line. `callConsumer` reads them only for a message without a handler, not on every delivery.
+ */
 export interface Reporter {
   readonly log: FastifyBaseLogger
   readonly channelName: string
