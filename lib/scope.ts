@@ -96,9 +96,47 @@ function decodePath (rawPath: string): string {
   }
 }
 
+/**
+ * What a scope holds when there is nothing to hold, one frozen object for every scope: no
+ * subprotocol offered, no `@fastify/cookie`. Nobody writes to them, and a write would throw
+ * rather than be lost.
+ */
+const NO_SUBPROTOCOLS: string[] = Object.freeze([]) as unknown as string[]
+const NO_COOKIES: Record<string, string> = Object.freeze({})
+
 function parseSubprotocols (header: string | undefined): string[] {
-  if (header === undefined) return []
+  if (header === undefined) return NO_SUBPROTOCOLS
   return header.split(',').map(p => p.trim()).filter(p => p.length > 0)
+}
+
+/** `@fastify/cookie`'s own object when every value is a string (as it parses them), else a copy of those that are. */
+function cookiesOf (cookies: Record<string, string | undefined> | null | undefined): Record<string, string> {
+  if (cookies == null) return NO_COOKIES
+  for (const key in cookies) {
+    if (typeof cookies[key] !== 'string') {
+      return Object.fromEntries(Object.entries(cookies).filter((e): e is [string, string] => typeof e[1] === 'string'))
+    }
+  }
+  return cookies as Record<string, string>
+}
+
+/**
+ * The server's side of a connection is one of few addresses (those the process listens on): one
+ * frozen object per address and port, shared by the scopes of all its connections.
+ */
+const servers = new Map<string, Scope['server']>()
+const MAX_SERVERS = 64
+
+function serverOf (socket: { localAddress?: string, localPort?: number } | undefined): Scope['server'] {
+  const address = socket?.localAddress ?? ''
+  const port = socket?.localPort ?? 0
+  const key = `${port} ${address}`
+  let server = servers.get(key)
+  if (server === undefined) {
+    server = Object.freeze({ address, port })
+    if (servers.size < MAX_SERVERS) servers.set(key, server)
+  }
+  return server
 }
 
 type ScopeFields = Omit<Scope | HttpScope, 'session'>
@@ -142,14 +180,15 @@ export async function buildScope (request: FastifyRequest, getUser: GetUser, typ
     path: decodePath(rawPath),
     rawPath,
     queryString: q === -1 ? '' : url.slice(q + 1),
-    query: { ...(request.query as Record<string, string | string[]> | undefined) },
-    params: { ...(request.params as Record<string, string> | undefined) },
+    // The request's own objects, as `headers` is: the scope lives as long as the request does.
+    query: (request.query ?? {}) as Record<string, string | string[]>,
+    params: (request.params ?? {}) as Record<string, string>,
     headers: request.headers,
-    cookies: cookies == null ? {} : Object.fromEntries(Object.entries(cookies).filter((e): e is [string, string] => typeof e[1] === 'string')),
+    cookies: cookiesOf(cookies),
     user,
     client: clientOf(request, socket),
-    server: { address: socket?.localAddress ?? '', port: socket?.localPort ?? 0 },
-    subprotocols: type === 'websocket' ? parseSubprotocols(request.headers['sec-websocket-protocol']) : [],
+    server: serverOf(socket),
+    subprotocols: type === 'websocket' ? parseSubprotocols(request.headers['sec-websocket-protocol']) : NO_SUBPROTOCOLS,
     request
   }
   return Object.defineProperty(scope, 'session', sessionProperty) as Scope | HttpScope

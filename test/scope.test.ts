@@ -10,6 +10,7 @@ import fastifyCookie from '@fastify/cookie'
 import fastifyJwt from '@fastify/jwt'
 import fastifyChannels, { JsonWebsocketConsumer, WebsocketConsumer, type Scope } from '../lib/index.js'
 import { WebsocketCommunicator, type CommunicatorOptions } from '../lib/testing.js'
+import WebSocket from 'ws'
 import { buildApp } from './helpers/app.js'
 import { buildSessionApp, sessionCookie, sessionData } from './helpers/session.js'
 
@@ -239,6 +240,17 @@ t.test('the scope\'s shape: its keys, `session` an enumerable live accessor, and
   t.match(withSession, { path: '/ws/a', queryString: 'x=1', params: { room: 'a' }, subprotocols: ['chat', 'json'] })
   t.match(decoded, { path: '/ws/b c', rawPath: '/ws/b%20c', queryString: '', params: { room: 'b c' }, subprotocols: [] })
   t.match(noSession, { query: { y: ['2', '3'] }, session: null })
+  // What the request already holds is not copied: scope and request read the same objects.
+  for (const scope of scopes) {
+    t.equal(scope.query, scope.request.query, `${scope.rawPath}: query is the request's`)
+    t.equal(scope.params, scope.request.params, `${scope.rawPath}: params is the request's`)
+  }
+  // Nothing to hold: one frozen empty value for every scope, so a write throws instead of vanishing.
+  t.same(noSession.cookies, {}, 'no @fastify/cookie: cookies is {}')
+  t.throws(() => { (noSession.cookies as Record<string, string>).a = '1' }, TypeError, 'and a write to it throws')
+  t.equal(decoded.subprotocols, noSession.subprotocols, 'no subprotocol offered: the same empty list')
+  t.throws(() => { decoded.subprotocols.push('chat') }, TypeError)
+  t.not(withSession.subprotocols, decoded.subprotocols, 'offered ones are a list of the scope\'s own')
 
   const descriptor = Object.getOwnPropertyDescriptor(withSession, 'session')
   t.match(descriptor, { enumerable: true, configurable: false })
@@ -253,4 +265,31 @@ t.test('the scope\'s shape: its keys, `session` an enumerable live accessor, and
   t.equal((noSession.request as unknown as { session: unknown }).session, replacement, 'assigning it sets request.session')
   t.equal(noSession.session, replacement)
   t.equal(decoded.session?.sessionId, sessionData(decoded.request).sessionId, 'each scope reads its own request')
+})
+
+t.test('over real sockets: client is each connection\'s peer; server is one frozen object per address the app listens on', async t => {
+  const scopes: Scope[] = []
+  class Keeper extends WebsocketConsumer {
+    override async connect () {
+      scopes.push(this.scope)
+      await this.accept()
+    }
+  }
+  const app = Fastify()
+  await app.register(fastifyChannels)
+  app.get('/ws', { websocket: true }, Keeper.asHandler())
+  t.teardown(() => app.close())
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const port = (app.server.address() as { port: number }).port
+  const sockets = [new WebSocket(`ws://127.0.0.1:${port}/ws`), new WebSocket(`ws://127.0.0.1:${port}/ws`)]
+  t.teardown(() => { for (const socket of sockets) socket.terminate() })
+  const locals = await Promise.all(sockets.map(async socket => await new Promise<number>((resolve, reject) => {
+    socket.once('open', () => { resolve((socket as unknown as { _socket: { localPort: number } })._socket.localPort) })
+    socket.once('error', reject)
+  })))
+  t.equal(scopes.length, 2)
+  t.same(scopes.map(s => s.client), locals.map(localPort => ({ address: '127.0.0.1', port: localPort })), 'each client\'s own address and port')
+  t.same(scopes[0]!.server, { address: '127.0.0.1', port })
+  t.equal(scopes[0]!.server, scopes[1]!.server, 'both scopes hold the same server object')
+  t.ok(Object.isFrozen(scopes[0]!.server), 'which is frozen: no scope can change what the others read')
 })
