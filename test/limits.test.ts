@@ -141,6 +141,41 @@ t.test('heartbeatInterval 0 disables pings', async t => {
   await silent.closed
 })
 
+t.test('maxBufferedBytes on group messages (frames written a turn at a time): the reader that stops is closed with 1008, the other members get every message', async t => {
+  const ended: number[] = []
+  class Member extends WebsocketConsumer {
+    override groups = ['flood']
+    async floodMessage (event: { text: string }) { await this.send(event.text) }
+    override async disconnect (code: number) { ended.push(code) }
+  }
+  const { app } = await buildApp({ maxBufferedBytes: 256 * 1024 }, app => app.get('/ws', { websocket: true }, Member.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const reader = await openClient(`${url}/ws`)
+  const member = await openClient(`${url}/ws`)
+  let delivered = 0
+  member.ws.on('message', () => { delivered++ })
+  reader.ws.pause()
+  const MESSAGES = 2048
+  // 60 KiB each (under the 64 KiB to which a group's text is framed once for every member): 120
+  // MiB in all, far more than the kernel buffers hold for the reader.
+  const text = 'x'.repeat(60 * 1024)
+  for (let i = 0; i < MESSAGES; i++) {
+    await app.channelLayer.groupSend('flood', { type: 'flood.message', text: `${i} ${text}` })
+    if (i % 16 === 15) await new Promise(resolve => setImmediate(resolve))
+  }
+  await eventually(() => delivered === MESSAGES, 10_000)
+  t.same(ended, [1008], 'only the reader was given up on')
+  let received = 0
+  reader.ws.on('message', () => { received++ })
+  reader.ws.resume()
+  t.match(await reader.closed, { code: 1008, reason: /slow reader/ }, 'the reader finds close 1008 after the data written before it')
+  t.ok(received < MESSAGES / 4, `only what was written before the limit reached it (${received} of ${MESSAGES})`)
+  t.equal(member.ws.readyState, member.ws.OPEN, 'the member that reads stays open')
+  member.ws.close()
+  await member.closed
+})
+
 t.test('maxBufferedBytes: a reader that stops reading is closed with 1008 instead of buffering forever', async t => {
   let resolveEnded!: (code: number) => void
   const ended = new Promise<number>(resolve => { resolveEnded = resolve })
