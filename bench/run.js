@@ -116,6 +116,9 @@ const STEP = {
   starved: 0.8 // server CPU share under this in a step that fell behind = starved by the machine
 }
 
+// How long a step's drain waits for frames still missing once publishing stopped.
+const DRAIN = { idleMs: 5000, giveUpMs: 60_000, checkMs: 1000, busyShare: 0.1 }
+
 const runId = `fcbench-${process.pid}-${Date.now().toString(36)}`
 const started = new Date()
 const rows = []
@@ -325,10 +328,14 @@ class Bench {
     return total
   }
 
+  serversCpuUs () {
+    return sum(this.servers.map(s => procCpuUs(s.pid) ?? 0))
+  }
+
   cpu () {
     return {
       at: monoMs(),
-      servers: sum(this.servers.map(s => procCpuUs(s.pid) ?? 0)),
+      servers: this.serversCpuUs(),
       gens: sum(this.gens.map(g => procCpuUs(g.pid) ?? 0)),
       redis: redisPid === undefined ? 0 : procCpuUs(redisPid) ?? 0,
       self: procCpuUs(process.pid) ?? 0,
@@ -352,12 +359,27 @@ class Bench {
     let doneAt = monoMs()
     let progressAt = doneAt
     let lastFrames = after.frames
-    // A busy machine can stall a process for seconds: give up only after 5 s without progress.
-    while (after.frames < this.expectedFrames && monoMs() - progressAt < 5000) {
+    // A busy machine can stall a process for seconds: give up only after 5 s without a frame in
+    // which the servers were idle too (nothing more will come), or 60 s without a frame at all.
+    // While a server still works through a backlog, its late frames belong to this step: counted
+    // here as late, not as lost here and repeated in the next step.
+    let checkedAt = monoMs()
+    let serversAt = this.serversCpuUs()
+    let serversBusy = false
+    while (after.frames < this.expectedFrames) {
+      const stalledMs = monoMs() - progressAt
+      if (stalledMs >= DRAIN.giveUpMs || (stalledMs >= DRAIN.idleMs && !serversBusy)) break
       await sleep(10)
       after = await this.snapshot()
       if (after.frames !== lastFrames) { progressAt = monoMs(); lastFrames = after.frames }
       doneAt = progressAt
+      if (monoMs() - checkedAt >= DRAIN.checkMs) {
+        // Busy: the servers used at least a tenth of a core since the last check.
+        const servers = this.serversCpuUs()
+        serversBusy = (servers - serversAt) / 1000 >= DRAIN.busyShare * (monoMs() - checkedAt)
+        serversAt = servers
+        checkedAt = monoMs()
+      }
     }
     const cpu1 = this.cpu()
     const elapsedMs = Math.max(doneAt - cpu0.at, 1)
