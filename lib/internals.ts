@@ -1,6 +1,6 @@
 /**
- * Every place fastify-channels relies on behaviour of Fastify, @fastify/websocket or ws that those
- * packages do not document as API. Each reach says why it is needed and is guarded by the major
+ * Every place fastify-channels relies on behaviour of Fastify, @fastify/websocket, ws or Node's
+ * http module that they do not document as API. Each reach says why it is needed and is guarded by the major
  * version it was written for (read once from the installed packages): where the product cannot do
  * without it, another version fails `register` with a clear InvalidOptionError; elsewhere the
  * reach is skipped and the documented path is taken.
@@ -8,6 +8,7 @@
  * Nothing else in lib/ touches a private field, a symbol or an error message of those packages.
  */
 import { createRequire } from 'node:module'
+import type { Socket } from 'node:net'
 import type { FastifyInstance, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
 import { InvalidOptionError } from './errors.js'
@@ -208,6 +209,46 @@ export function writeFrame (socket: { readonly readyState: number }, writer: Fra
   if (socket.readyState !== 1 || writer._state !== 0) return false
   writer.sendFrame(frame)
   return true
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node's http
+
+/** A ServerResponse as its body writes see it: the documented fields and those `write()` reads. */
+interface ChunkedResponse {
+  readonly headersSent: boolean
+  readonly writableEnded: boolean
+  readonly destroyed: boolean
+  readonly socket: (Socket & { _httpMessage?: unknown }) | null
+  readonly chunkedEncoding?: unknown
+  readonly strictContentLength?: unknown
+  readonly _hasBody?: unknown
+  readonly outputData?: unknown
+}
+
+/**
+ * The TCP socket a chunked response's body chunk may be written to as one ready-made buffer
+ * (size line, data, CRLF); null when it must go through `res.write()`.
+ *
+ * Why: Node's `res.write()` frames each chunk of a chunked body itself, as four writes to the
+ * socket (the size in hex, CRLF, the data, CRLF) gathered by a cork per tick. An event of a
+ * group is the same chunk for every member's response: built once, it is written as one buffer,
+ * as a WebSocket frame is (outbound.ts). Only where `res.write()` would write to the socket at
+ * once — the head sent, the body chunked with no length to check and allowed (not a HEAD or a
+ * 204), the response not ended, its socket its own (`_httpMessage`: not a pipelined response
+ * still waiting for its turn) and writable, nothing of it buffered in the response: the fields
+ * Node's OutgoingMessage itself checks (Node 20's, and older ones alike). Guarded by shape, not
+ * by version: where a field is missing or not what it was written for (an HTTP/2 response, a
+ * Node that changed them), null, and `res.write()` does the framing.
+ */
+export function chunkedBodySocket (res: object): Socket | null {
+  const response = res as ChunkedResponse
+  const socket = response.socket
+  if (socket === null || socket === undefined || socket._httpMessage !== res || !socket.writable) return null
+  if (response.chunkedEncoding !== true || response.strictContentLength === true || response._hasBody !== true) return null
+  if (!response.headersSent || response.writableEnded || response.destroyed) return null
+  const pending = response.outputData
+  return Array.isArray(pending) && pending.length === 0 ? socket : null
 }
 
 // ---------------------------------------------------------------------------------------------

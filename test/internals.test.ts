@@ -1,5 +1,5 @@
 /**
- * The reaches into Fastify, @fastify/websocket and ws internals: each one's guard. Where the
+ * The reaches into Fastify, @fastify/websocket, ws and Node's http internals: each one's guard. Where the
  * product cannot do without a reach, a version or shape it was not written for fails with a clear
  * InvalidOptionError; elsewhere the reach steps aside. What the reaches achieve on the versions
  * they were written for is shown through real sockets in the concern tests (plugin.test.ts: an
@@ -11,7 +11,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { WebSocketServer } from 'ws'
 import fastifyChannels, { WebsocketConsumer } from '../lib/index.js'
 import {
-  addOnRouteHookFirst, decideSubprotocols, endUpgradesWhileClosing, frameWriterOf, refusedHandshakeStatus, setMaxPayload, writeFrame
+  addOnRouteHookFirst, chunkedBodySocket, decideSubprotocols, endUpgradesWhileClosing, frameWriterOf, refusedHandshakeStatus, setMaxPayload, writeFrame
 } from '../lib/internals.js'
 
 /** Just enough of a Fastify instance of another major version. */
@@ -74,6 +74,30 @@ t.test('frame writer: only a ws socket without extensions, and only while OPEN a
   t.equal(writeFrame({ readyState: 1 }, { ...writer, _state: 1 }, frame), false, 'something queued ahead in ws')
   t.equal(writeFrame({ readyState: 1 }, writer, frame), true)
   t.same(written, [frame])
+})
+
+t.test('chunked body socket: only where res.write() would write to the socket at once', async t => {
+  const socket = { writable: true, _httpMessage: null as unknown }
+  const open = { headersSent: true, writableEnded: false, destroyed: false, socket, chunkedEncoding: true, strictContentLength: false, _hasBody: true, outputData: [] }
+  socket._httpMessage = open
+  t.equal(chunkedBodySocket(open), socket)
+  t.equal(chunkedBodySocket({}), null, 'not a Node response (an HTTP/2 one has none of these)')
+  const not = (change: Record<string, unknown>, why: string) => {
+    const res = { ...open, ...change }
+    socket._httpMessage = res
+    t.equal(chunkedBodySocket(res), null, why)
+  }
+  not({ socket: null }, 'no socket yet')
+  not({ chunkedEncoding: false }, 'not chunked (HTTP/1.0, a length)')
+  not({ strictContentLength: true }, 'a length to check')
+  not({ _hasBody: false }, 'no body allowed')
+  not({ headersSent: false }, 'the head not sent')
+  not({ writableEnded: true }, 'ended')
+  not({ destroyed: true }, 'destroyed')
+  not({ outputData: [{ data: 'x' }] }, 'something of it buffered ahead')
+  not({ outputData: undefined }, 'no buffer where Node keeps it')
+  t.equal(chunkedBodySocket({ ...open, socket: { ...socket, _httpMessage: {} } }), null, 'the socket serves another response')
+  t.equal(chunkedBodySocket({ ...open, socket: { ...socket, writable: false } }), null, 'the socket cannot be written')
 })
 
 t.test('refused handshakes in the test kit: the status from injectWS, any other error passed on', async t => {

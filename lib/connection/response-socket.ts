@@ -6,7 +6,8 @@
  * How the socket's operations map onto the response:
  * - `send(data)`: a body chunk; the head goes first (200, no headers of its own) unless
  *   `writeHead()` sent one. A text is written as bytes shared with the responses it went to just
- *   before (shared-encoding.ts).
+ *   before (shared-encoding.ts): on a chunked body, the whole chunk, straight to the TCP socket
+ *   where `res.write()` would write it there too (internals.ts).
  * - `close(code)`: the end of the response. Before the head: an error status instead, 503 while
  *   the server shuts down (1001), else 500. After it: the body ends — but a slow reader (1008) has
  *   its socket destroyed, since ending would wait for it to read what is queued.
@@ -23,14 +24,26 @@
  */
 import { STATUS_CODES, type OutgoingHttpHeaders, type ServerResponse } from 'node:http'
 import type { FastifyReply } from 'fastify'
+import type { Socket } from 'node:net'
 import type { ConnectionSocket } from './socket.js'
 import { HEARTBEAT_COMMENT, isEventStream } from '../server-sent-events.js'
 import { encodedOnce } from './shared-encoding.js'
+import { chunkedBodySocket } from '../internals.js'
 
 type Listener = (...args: never[]) => unknown
 
 /** The UTF-8 bytes of the last text sent (an event for every member of a group): encoded once. */
 const sharedBytes = encodedOnce(text => Buffer.from(text))
+/** The same as one chunk of a chunked body (size line, bytes, CRLF), for the socket directly. */
+const sharedChunk = encodedOnce(text => {
+  const length = Buffer.byteLength(text)
+  const size = `${length.toString(16)}\r\n`
+  const chunk = Buffer.allocUnsafe(size.length + length + 2)
+  chunk.write(size, 0, 'latin1')
+  chunk.write(text, size.length, 'utf8')
+  chunk.write('\r\n', size.length + length, 'latin1')
+  return chunk
+})
 
 export class ResponseSocket implements ConnectionSocket {
   readonly #reply: FastifyReply
@@ -96,7 +109,22 @@ export class ResponseSocket implements ConnectionSocket {
 
   send (data: string | Uint8Array): void {
     if (!this.#started) this.writeHead(200, {})
-    this.#res.write(typeof data === 'string' ? sharedBytes(data) ?? data : data)
+    if (typeof data !== 'string') {
+      this.#res.write(data)
+      return
+    }
+    const tcp = data.length === 0 ? null : chunkedBodySocket(this.#res)
+    const chunk = tcp === null ? undefined : sharedChunk(data)
+    if (tcp === null || chunk === undefined) {
+      this.#res.write(sharedBytes(data) ?? data)
+      return
+    }
+    // What res.write() does, in one write: the chunks of one tick leave in one system call.
+    if (!tcp.writableCorked) {
+      tcp.cork()
+      process.nextTick(uncork, tcp)
+    }
+    tcp.write(chunk)
   }
 
   close (code: number, reason: string): void {
@@ -136,3 +164,6 @@ export class ResponseSocket implements ConnectionSocket {
   resume (): void {}
 }
 
+function uncork (tcp: Socket): void {
+  tcp.uncork()
+}
