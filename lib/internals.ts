@@ -8,6 +8,7 @@
  * Nothing else in lib/ touches a private field, a symbol or an error message of those packages.
  */
 import { createRequire } from 'node:module'
+import { OutgoingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
@@ -216,6 +217,7 @@ export function writeFrame (socket: { readonly readyState: number }, writer: Fra
 
 /** A ServerResponse as its body writes see it: the documented fields and those `write()` reads. */
 interface ChunkedResponse {
+  readonly write: unknown
   readonly headersSent: boolean
   readonly writableEnded: boolean
   readonly destroyed: boolean
@@ -237,12 +239,15 @@ interface ChunkedResponse {
  * once — the head sent, the body chunked with no length to check and allowed (not a HEAD or a
  * 204), the response not ended, its socket its own (`_httpMessage`: not a pipelined response
  * still waiting for its turn) and writable, nothing of it buffered in the response: the fields
- * Node's OutgoingMessage itself checks (Node 20's, and older ones alike). Guarded by shape, not
- * by version: where a field is missing or not what it was written for (an HTTP/2 response, a
- * Node that changed them), null, and `res.write()` does the framing.
+ * Node's OutgoingMessage itself checks (Node 20's, and older ones alike). And only while
+ * `res.write` is Node's own: a middleware that wraps it (compression, byte counting) must see
+ * every chunk. Guarded by shape, not by version: where a field is missing or not what it was
+ * written for (an HTTP/2 response, a Node that changed them), null, and `res.write()` does the
+ * framing.
  */
 export function chunkedBodySocket (res: object): Socket | null {
   const response = res as ChunkedResponse
+  if (response.write !== OutgoingMessage.prototype.write) return null
   const socket = response.socket
   if (socket === null || socket === undefined || socket._httpMessage !== res || !socket.writable) return null
   if (response.chunkedEncoding !== true || response.strictContentLength === true || response._hasBody !== true) return null

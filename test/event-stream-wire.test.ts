@@ -2,10 +2,11 @@
  * An event stream's bytes on the wire, read from a raw TCP socket: each event is one HTTP chunk
  * whose size counts bytes, in order, whether it was written straight to the socket (an open,
  * chunked response) or through Node's `res.write()` (HTTP/1.0, a pipelined response waiting for
- * its turn).
+ * its turn, a `res.write` that a middleware wrapped).
  */
 import t, { type Test } from 'tap'
 import { connect, type Socket } from 'node:net'
+import type { FastifyReply, FastifyRequest, RouteShorthandOptions } from 'fastify'
 import { AsyncHttpConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { buildApp, eventually } from './helpers/app.js'
 import { listen } from './helpers/loopback.js'
@@ -23,8 +24,8 @@ class Feed extends AsyncHttpConsumer {
   async feedEnd () { await this.sendBody('', { more: false }) }
 }
 
-async function serve (t: Test) {
-  const { app } = await buildApp({}, app => { app.get('/feed/:name', Feed.asHandler()) })
+async function serve (t: Test, hooks: RouteShorthandOptions = {}) {
+  const { app } = await buildApp({}, app => { app.get('/feed/:name', hooks, Feed.asHandler()) })
   const { port } = await listen(app)
   t.teardown(() => app.close())
   return { app, port }
@@ -131,4 +132,27 @@ t.test('a pipelined stream waits for the one before it: its events, sent meanwhi
   t.equal(second.status, 'HTTP/1.1 200 OK')
   t.same(second.chunks, [event('to both, 1'), event('second waits, 2'), event('to both, 3'), event('to the one left, 4')])
   t.equal(second.ended, true)
+})
+
+t.test('a middleware that wraps res.write() (compression, byte counts) gets every event through it', async t => {
+  const seen: string[] = []
+  const { app, port } = await serve(t, {
+    onRequest: async (_request: FastifyRequest, reply: FastifyReply) => {
+      const raw = reply.raw
+      const write = raw.write.bind(raw) as (chunk: unknown, ...rest: unknown[]) => boolean
+      // Marks each chunk, as a transforming middleware would change it.
+      raw.write = ((chunk: unknown, ...rest: unknown[]) => {
+        seen.push(String(chunk))
+        return write(`${String(chunk)}: wrapped\n\n`, ...rest)
+      }) as typeof raw.write
+    }
+  })
+  const client = rawConnection(port, t)
+  client.socket.write('GET /feed/one HTTP/1.1\r\nHost: x\r\n\r\n')
+  await eventually(() => inspect(app).memberships === 2)
+  await app.channelLayer.groupSend('feed', { type: 'feed.item', text: 'one' })
+  await app.channelLayer.groupSend('feed', { type: 'feed.item', text: 'two' })
+  await eventually(() => parseChunked(client.received())[0]?.chunks.length === 2)
+  t.same(seen, [event('one'), event('two')])
+  t.same(parseChunked(client.received())[0].chunks, [event('one') + ': wrapped\n\n', event('two') + ': wrapped\n\n'])
 })

@@ -7,6 +7,7 @@
  */
 import t from 'tap'
 import { EventEmitter } from 'node:events'
+import { OutgoingMessage } from 'node:http'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { WebSocketServer } from 'ws'
 import fastifyChannels, { WebsocketConsumer } from '../lib/index.js'
@@ -78,7 +79,8 @@ t.test('frame writer: only a ws socket without extensions, and only while OPEN a
 
 t.test('chunked body socket: only where res.write() would write to the socket at once', async t => {
   const socket = { writable: true, _httpMessage: null as unknown }
-  const open = { headersSent: true, writableEnded: false, destroyed: false, socket, chunkedEncoding: true, strictContentLength: false, _hasBody: true, outputData: [] }
+  const write = OutgoingMessage.prototype.write
+  const open = { write, headersSent: true, writableEnded: false, destroyed: false, socket, chunkedEncoding: true, strictContentLength: false, _hasBody: true, outputData: [] }
   socket._httpMessage = open
   t.equal(chunkedBodySocket(open), socket)
   t.equal(chunkedBodySocket({}), null, 'not a Node response (an HTTP/2 one has none of these)')
@@ -96,6 +98,7 @@ t.test('chunked body socket: only where res.write() would write to the socket at
   not({ destroyed: true }, 'destroyed')
   not({ outputData: [{ data: 'x' }] }, 'something of it buffered ahead')
   not({ outputData: undefined }, 'no buffer where Node keeps it')
+  not({ write: function wrapped () {} }, 'res.write wrapped by a middleware')
   t.equal(chunkedBodySocket({ ...open, socket: { ...socket, _httpMessage: {} } }), null, 'the socket serves another response')
   t.equal(chunkedBodySocket({ ...open, socket: { ...socket, writable: false } }), null, 'the socket cannot be written')
 })

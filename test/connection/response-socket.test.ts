@@ -154,6 +154,7 @@ t.test('one text sent to several responses is encoded once: each is written the 
   // The event's bytes (with their chunk framing): one Buffer, written to every response's socket.
   const event = written.map(chunks => chunks.find(chunk => Buffer.isBuffer(chunk) && chunk.includes('{"same":"event"}')))
   t.ok(Buffer.isBuffer(event[0]), 'written as bytes')
+  t.equal(event[0]?.toString(), '10\r\n{"same":"event"}\r\n', 'the whole chunk, size line and CRLF included, in one write')
   t.equal(event[1], event[0], 'the same Buffer for every response')
   t.equal(event[2], event[0])
   for (const { socket } of opened) socket.close(1000, '')
