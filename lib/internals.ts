@@ -1,9 +1,9 @@
 /**
  * Every place fastify-channels relies on behaviour of Fastify, @fastify/websocket, ws or Node's
- * http module that they do not document as API. Each reach says why it is needed and is guarded by the major
- * version it was written for (read once from the installed packages): where the product cannot do
- * without it, another version fails `register` with a clear InvalidOptionError; elsewhere the
- * reach is skipped and the documented path is taken.
+ * http module that they do not document as API. Each reach says why it is needed and is guarded by
+ * the major version it was written for (read once from the installed packages; Node's by the shape
+ * of what it reads): where the product cannot do without it, another version fails `register`
+ * with a clear InvalidOptionError; elsewhere the reach is skipped and the documented path is taken.
  *
  * Nothing else in lib/ touches a private field, a symbol or an error message of those packages.
  */

@@ -113,6 +113,7 @@ export class ResponseSocket implements ConnectionSocket {
       this.#res.write(data)
       return
     }
+    // An empty text goes to res.write(), which skips it: as a chunk of size 0 it would end the body.
     const tcp = data.length === 0 ? null : chunkedBodySocket(this.#res)
     const chunk = tcp === null ? undefined : sharedChunk(data)
     if (tcp === null || chunk === undefined) {
