@@ -9,7 +9,7 @@
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteHandlerMethod, preHandlerAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyWebsocket from '@fastify/websocket'
-import type { WebSocket } from 'ws'
+import type { WebSocket, WebSocketServer } from 'ws'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
 import { canAttachLogger, type ChannelLayer } from './layers/types.js'
 import { Connection, type Runtime } from './connection/connection.js'
@@ -194,8 +194,12 @@ async function registerWebsocket (fastify: FastifyInstance, opts: FastifyChannel
       if (socket.readyState !== socket.CLOSED && socket.readyState !== socket.CLOSING) socket.terminate()
     },
     preClose: async function (this: FastifyInstance) {
-      await shutdownConnections(channels)
+      dropUnansweredCloses(this.websocketServer, this.log)
+      // Consumers' sockets are sent 1001 at once; the app's other sockets too, without waiting
+      // for the consumers' disconnect(), so that every peer has the same grace to answer.
+      const consumersEnded = shutdownConnections(channels)
       for (const client of this.websocketServer.clients) client.close(1001, 'server shutting down')
+      await consumersEnded
       await new Promise<void>(resolve => this.websocketServer.close(() => resolve()))
     }
   })
@@ -204,7 +208,10 @@ async function registerWebsocket (fastify: FastifyInstance, opts: FastifyChannel
 /** The app registered `@fastify/websocket` itself: its options stand, but for `maxPayload` when given. */
 function adoptWebsocket (fastify: FastifyInstance, opts: FastifyChannelsOptions, channels: Channels): void {
   if (opts.maxPayload !== undefined) setMaxPayload(fastify.websocketServer, opts.maxPayload)
-  fastify.addHook('preClose', async () => { await shutdownConnections(channels) })
+  fastify.addHook('preClose', async () => {
+    dropUnansweredCloses(fastify.websocketServer, fastify.log)
+    await shutdownConnections(channels)
+  })
   closeClientsAsGoingAway(fastify.websocketServer)
 }
 
@@ -232,6 +239,28 @@ async function shutdownConnections (channels: Channels): Promise<void> {
   const open = [...channels.connections]
   for (const connection of open) connection.shutdown()
   await Promise.all(open.map(c => c.finished))
+}
+
+/** How long, from the start of `app.close()`, a peer has to answer the close frame. */
+const SHUTDOWN_CLOSE_GRACE_MS = 5000
+
+/**
+ * At shutdown, the sockets whose peer has not answered the close frame within the grace (a peer
+ * that stopped reading, a network that vanished) are dropped; a socket the app leaves open is not.
+ * Without it, ws waits 30 s for each closing handshake, and `app.close()` with it: as long as a
+ * process manager's whole stop timeout. A consumer's `disconnect()` has run by then (with 1001);
+ * only its TCP socket was still open.
+ */
+function dropUnansweredCloses (wss: WebSocketServer, log: FastifyInstance['log']): void {
+  if (wss.clients.size === 0) return
+  const timer = setTimeout(() => {
+    const unanswered = [...wss.clients].filter(socket => socket.readyState === socket.CLOSING)
+    if (unanswered.length === 0) return
+    log.warn({ sockets: unanswered.length, graceMs: SHUTDOWN_CLOSE_GRACE_MS }, 'shutdown: peers did not answer the close frame in time; their sockets are dropped')
+    for (const socket of unanswered) socket.terminate()
+  }, SHUTDOWN_CLOSE_GRACE_MS)
+  timer.unref()
+  wss.once('close', () => { clearTimeout(timer) })
 }
 
 /** `app.channelWorker()`: workers are declared before the app is ready and run from onReady until close. */

@@ -1,10 +1,11 @@
 /**
  * Graceful shutdown under load: `app.close()` with 1,000 open sockets closes every one with 1001,
  * runs every consumer's disconnect() exactly once and waits for it, refuses new upgrades with 503
- * while it is in progress, and leaves the layer empty and closed. Then the same over real TCP.
+ * while it is in progress, and leaves the layer empty and closed. Then the same over real TCP, and
+ * a peer that never answers the close frame: it holds `app.close()` 5 s, not ws' 30 s.
  */
-import t from 'tap'
-import Fastify from 'fastify'
+import t, { type Test } from 'tap'
+import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import fastifyChannels, { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
@@ -104,4 +105,48 @@ t.test('with the app\'s own @fastify/websocket registered first, a handshake dur
   release()
   await closing
   t.same([...disconnects.values()], [[1001]])
+})
+
+/**
+ * A client that reads and one that stops reading, on a consumer route (and on `paths`, more
+ * stalled ones): `app.close()` gives them 5 s, then drops what has not answered.
+ */
+async function withStalledPeers (t: Test, app: FastifyInstance, disconnects: number[], paths: string[] = []) {
+  const { url } = await listen(app)
+  const reading = await openClient(`${url}/ws`)
+  const stalled = await Promise.all(['/ws', ...paths].map(async path => await openClient(`${url}${path}`)))
+  for (const { ws } of stalled) {
+    ws.pause() // the close frame will wait in its socket, unanswered
+    t.teardown(() => { ws.terminate() })
+  }
+  const started = Date.now()
+  await app.close()
+  const took = Date.now() - started
+  t.match(await reading.closed, { code: 1001 }, 'the client that reads saw 1001')
+  t.same(disconnects, [1001, 1001], 'both disconnect()s ran once, with 1001')
+  t.ok(took >= 4000 && took < 15_000, `close() gave the peers their 5 s, not ws' 30 s (${took} ms)`)
+}
+
+class Recorded extends WebsocketConsumer {
+  static disconnects: number[] = []
+  override async disconnect (code: number) { Recorded.disconnects.push(code) }
+}
+
+t.test('peers that never answer the close frame hold app.close() for 5 s at most, then their sockets are dropped (logged)', async t => {
+  Recorded.disconnects = []
+  const { app, logs } = await buildApp({ heartbeatInterval: 0 }, app => {
+    app.get('/ws', { websocket: true }, Recorded.asHandler())
+    app.get('/plain', { websocket: true }, () => {}) // a route of the app's own, not a consumer
+  })
+  await withStalledPeers(t, app, Recorded.disconnects, ['/plain'])
+  t.match(logs.filter(l => /did not answer the close frame/.test(String(l.msg))), [{ level: 40, sockets: 2 }], 'the drop is logged at warn, once')
+})
+
+t.test('the same with the app\'s own @fastify/websocket registered first', async t => {
+  Recorded.disconnects = []
+  const app = Fastify()
+  await app.register(fastifyWebsocket)
+  await app.register(fastifyChannels, { heartbeatInterval: 0 })
+  app.get('/ws', { websocket: true }, Recorded.asHandler())
+  await withStalledPeers(t, app, Recorded.disconnects)
 })
