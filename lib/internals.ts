@@ -310,6 +310,20 @@ export function refusedHandshakeStatus (err: unknown): number | undefined {
   return match === null ? undefined : Number(match[1])
 }
 
+/**
+ * Makes the `Sec-WebSocket-Version` of a request built by `app.injectWS()` a string, as every
+ * request read from a socket has it.
+ *
+ * Why: `injectWS` (in @fastify/websocket 11) sets it to the number 13, and ws from 8.23.1 compares
+ * it with the string '13' and answers 400: every injected handshake, and so every
+ * WebsocketCommunicator, would be refused. Only a number is changed; with another version of
+ * @fastify/websocket nothing is.
+ */
+export function stringifyInjectedVersion (headers: Record<string, unknown>): void {
+  const version = headers['sec-websocket-version']
+  if (typeof version === 'number' && isWrittenFor('@fastify/websocket')) headers['sec-websocket-version'] = String(version)
+}
+
 const kInjection = Symbol('fastify-channels.injection')
 
 /**

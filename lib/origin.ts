@@ -6,6 +6,7 @@
  */
 import type { FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify'
 import { InvalidOptionError } from './errors.js'
+import { stringifyInjectedVersion } from './internals.js'
 
 export interface OriginOptions {
   /** Channels' OriginValidator patterns; unset means the Origin must be the request's own host. */
@@ -135,13 +136,17 @@ export function checkOriginOptions (opts: OriginOptions): void {
 
 /**
  * The `onRequest` hook run for upgrades to consumer routes: a malformed handshake gets 400, a
- * refused Origin 403 (logged at info with the Origin, which Channels does not do).
+ * refused Origin 403 (logged at info with the Origin, which Channels does not do). On any
+ * upgrade route it first gives an injected handshake its version as a string (internals.ts).
  */
 export function createUpgradeGuard (opts: OriginOptions, isConsumerRoute: (request: FastifyRequest) => boolean): onRequestAsyncHookHandler {
   const allowed = opts.allowedOrigins === undefined ? undefined : compileAllowedOrigins(opts.allowedOrigins)
   const rejectMissing = opts.rejectMissingOrigin === true
   return async function channelsUpgradeGuard (request: FastifyRequest, reply: FastifyReply) {
-    if (request.ws !== true || !isConsumerRoute(request)) return
+    if (request.ws !== true) return
+    // On every route, so that app.injectWS() reaches the app's own sockets too.
+    stringifyInjectedVersion(request.raw.headers)
+    if (!isConsumerRoute(request)) return
     const invalid = invalidUpgrade(request)
     if (invalid !== undefined) {
       request.log.info({ url: request.url, reason: invalid }, 'websocket handshake refused: bad upgrade request')

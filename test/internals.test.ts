@@ -12,7 +12,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { WebSocketServer } from 'ws'
 import fastifyChannels, { WebsocketConsumer } from '../lib/index.js'
 import {
-  addOnRouteHookFirst, chunkedBodySocket, decideSubprotocols, endUpgradesWhileClosing, frameWriterOf, refusedHandshakeStatus, setMaxPayload, writeFrame
+  addOnRouteHookFirst, chunkedBodySocket, decideSubprotocols, endUpgradesWhileClosing, frameWriterOf, refusedHandshakeStatus, setMaxPayload, stringifyInjectedVersion, writeFrame
 } from '../lib/internals.js'
 
 /** Just enough of a Fastify instance of another major version. */
@@ -114,6 +114,29 @@ t.test('refused handshakes in the test kit: the status from injectWS, any other 
   t.equal(refusedHandshakeStatus(err), 403)
   t.equal(refusedHandshakeStatus(new Error('socket hang up')), undefined)
   t.equal(refusedHandshakeStatus('Unexpected server response: 500'), undefined, 'not an Error')
+})
+
+t.test('injected handshakes carry their version as a string, so ws (8.23.1 on) accepts them on every route', async t => {
+  const app = Fastify()
+  await app.register(fastifyChannels)
+  class Echo extends WebsocketConsumer { override async receive (text?: string) { await this.send(`echo ${text ?? ''}`) } }
+  app.get('/ws', { websocket: true }, Echo.asHandler())
+  app.get('/plain', { websocket: true }, socket => { socket.on('message', data => { socket.send(`plain ${String(data)}`) }) })
+  t.teardown(() => app.close())
+  await app.ready()
+  for (const [path, answer] of [['/ws', 'echo hi'], ['/plain', 'plain hi']]) {
+    const ws = await app.injectWS(path)
+    const reply = new Promise(resolve => ws.once('message', data => { resolve(String(data)) }))
+    ws.send('hi')
+    t.equal(await reply, answer, `${path}: the handshake is accepted and the socket answers`)
+    ws.terminate()
+  }
+  const headers: Record<string, unknown> = { 'sec-websocket-version': 13 }
+  stringifyInjectedVersion(headers)
+  t.same(headers, { 'sec-websocket-version': '13' }, 'a number becomes the string on the wire')
+  const odd: Record<string, unknown> = { 'sec-websocket-version': ['13', '8'] }
+  stringifyInjectedVersion(odd)
+  t.same(odd, { 'sec-websocket-version': ['13', '8'] }, 'anything else is left for ws to judge')
 })
 
 t.test('after the upgrade, what @fastify/websocket kept of it is let go; protocol errors are still logged once', async t => {
