@@ -21,8 +21,11 @@ export function sleep (ms: number): Promise<void> {
   return new Promise(resolve => setTimeout(resolve, ms))
 }
 
-/** Waits until `check()` is true, polling; fails after `ms`. */
-export async function eventually (check: () => boolean | Promise<boolean>, ms = 1000): Promise<void> {
+/**
+ * Waits until `check()` is true, polling; fails after `ms`. The default is long because it only
+ * delays a failure: a passing check returns at once, and a CI host may stall for a second.
+ */
+export async function eventually (check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
   const deadline = Date.now() + ms
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error('condition not met in time')
