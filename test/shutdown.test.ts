@@ -127,26 +127,28 @@ async function withStalledPeers (t: Test, app: FastifyInstance, disconnects: num
   t.ok(took >= 4000 && took < 15_000, `close() gave the peers their 5 s, not ws' 30 s (${took} ms)`)
 }
 
-class Recorded extends WebsocketConsumer {
-  static disconnects: number[] = []
-  override async disconnect (code: number) { Recorded.disconnects.push(code) }
+/** A consumer that records each disconnect() code in `disconnects`. */
+function recordingConsumer (disconnects: number[]) {
+  return class Recorded extends WebsocketConsumer {
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
 }
 
 t.test('peers that never answer the close frame hold app.close() for 5 s at most, then their sockets are dropped (logged)', async t => {
-  Recorded.disconnects = []
+  const disconnects: number[] = []
   const { app, logs } = await buildApp({ heartbeatInterval: 0 }, app => {
-    app.get('/ws', { websocket: true }, Recorded.asHandler())
+    app.get('/ws', { websocket: true }, recordingConsumer(disconnects).asHandler())
     app.get('/plain', { websocket: true }, () => {}) // a route of the app's own, not a consumer
   })
-  await withStalledPeers(t, app, Recorded.disconnects, ['/plain'])
+  await withStalledPeers(t, app, disconnects, ['/plain'])
   t.match(logs.filter(l => /did not answer the close frame/.test(String(l.msg))), [{ level: 40, sockets: 2 }], 'the drop is logged at warn, once')
 })
 
 t.test('the same with the app\'s own @fastify/websocket registered first', async t => {
-  Recorded.disconnects = []
+  const disconnects: number[] = []
   const app = Fastify()
   await app.register(fastifyWebsocket)
   await app.register(fastifyChannels, { heartbeatInterval: 0 })
-  app.get('/ws', { websocket: true }, Recorded.asHandler())
-  await withStalledPeers(t, app, Recorded.disconnects)
+  app.get('/ws', { websocket: true }, recordingConsumer(disconnects).asHandler())
+  await withStalledPeers(t, app, disconnects)
 })
