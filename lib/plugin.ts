@@ -16,6 +16,7 @@ import { Connection, type Runtime } from './connection/connection.js'
 import { bindToRequest, connectionOf } from './connection/binding.js'
 import { ResponseSocket } from './connection/response-socket.js'
 import { startHeartbeat } from './connection/heartbeat.js'
+import { CLOSING_HANDSHAKE_GRACE_MS } from './connection/close-codes.js'
 import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
 import { AsyncHttpConsumer, kRespondWith, type HttpConsumerClass } from './http-consumer.js'
 import { defaultGetUser } from './scope.js'
@@ -241,24 +242,22 @@ async function shutdownConnections (channels: Channels): Promise<void> {
   await Promise.all(open.map(c => c.finished))
 }
 
-/** How long, from the start of `app.close()`, a peer has to answer the close frame. */
-const SHUTDOWN_CLOSE_GRACE_MS = 5000
-
 /**
- * At shutdown, the sockets whose peer has not answered the close frame within the grace (a peer
- * that stopped reading, a network that vanished) are dropped; a socket the app leaves open is not.
- * Without it, ws waits 30 s for each closing handshake, and `app.close()` with it: as long as a
- * process manager's whole stop timeout. A consumer's `disconnect()` has run by then (with 1001);
- * only its TCP socket was still open.
+ * At shutdown, the sockets whose peer has not answered the close frame within the grace every
+ * closing connection has (close-codes.ts; a peer that stopped reading, a network that vanished)
+ * are dropped, the app's own sockets too, and counted in one warning; a socket the app leaves
+ * open is not. Without it, ws waits 30 s for each closing handshake, and `app.close()` with it:
+ * as long as a process manager's whole stop timeout. A consumer's `disconnect()` has run by then
+ * (with 1001); only its TCP socket was still open.
  */
 function dropUnansweredCloses (wss: WebSocketServer, log: FastifyInstance['log']): void {
   if (wss.clients.size === 0) return
   const timer = setTimeout(() => {
     const unanswered = [...wss.clients].filter(socket => socket.readyState === socket.CLOSING)
     if (unanswered.length === 0) return
-    log.warn({ sockets: unanswered.length, graceMs: SHUTDOWN_CLOSE_GRACE_MS }, 'shutdown: peers did not answer the close frame in time; their sockets are dropped')
+    log.warn({ sockets: unanswered.length, graceMs: CLOSING_HANDSHAKE_GRACE_MS }, 'shutdown: peers did not answer the close frame in time; their sockets are dropped')
     for (const socket of unanswered) socket.terminate()
-  }, SHUTDOWN_CLOSE_GRACE_MS)
+  }, CLOSING_HANDSHAKE_GRACE_MS)
   timer.unref()
   wss.once('close', () => { clearTimeout(timer) })
 }

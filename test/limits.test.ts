@@ -6,12 +6,13 @@
  * | `maxPayload`             | 1 MiB    | close 1009                                              |
  * | `heartbeatInterval`      | 30000 ms | a peer that does not answer pings is dropped (1006)      |
  * | `maxBufferedBytes`       | 4 MiB    | a reader that does not read is closed with 1008          |
+ * | (closing handshake)      | 5 s      | a peer that does not answer the close frame is dropped  |
  * | `maxGroupsPerConnection` | 100      | joining one more group closes with 1008                  |
  * | (backpressure, no option) | 16 frames | a client flooding a busy consumer is no longer read   |
  *
  * Each test also shows that `disconnect()` ran once and that other clients were not affected.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import Fastify from 'fastify'
 import fastifyChannels, {
@@ -220,6 +221,64 @@ t.test('maxBufferedBytes: a reader that stops reading is closed with 1008 instea
   t.equal(await reply, 'echo hi', 'another client is not affected')
   bystander.ws.close()
   await bystander.closed
+})
+
+/**
+ * Closes a client that has stopped reading, as `closeIt` does it, and measures how long the server
+ * keeps its socket after `disconnect()` ran: the peer never answers the close frame.
+ */
+async function dropsUnansweredClose (t: Test, opts: FastifyChannelsOptions, closeIt: typeof WebsocketConsumer, expectedCode: number) {
+  const disconnects: number[] = []
+  class Recorded extends closeIt {
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app, logs } = await buildApp({ heartbeatInterval: 0, ...opts }, app => app.get('/ws', { websocket: true }, Recorded.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const stopped = await openClient(`${url}/ws`)
+  const bystander = await openClient(`${url}/ws`)
+  t.teardown(() => { stopped.ws.terminate() })
+  stopped.ws.pause() // the close frame will wait in its socket, unanswered
+  stopped.ws.send('close me')
+  await eventually(() => disconnects.length === 1)
+  const closedAt = Date.now()
+  t.same(disconnects, [expectedCode], `disconnect(${expectedCode}) ran at once`)
+  t.equal(app.websocketServer.clients.size, 2, 'the socket still waits for the peer\'s answer')
+  await eventually(() => app.websocketServer.clients.size === 1, 20_000)
+  const took = Date.now() - closedAt
+  t.ok(took >= 4000 && took < 15_000, `its socket was dropped after the 5 s grace, not ws' 30 s (${took} ms)`)
+  t.match(logs.filter(l => /did not complete the closing handshake/.test(String(l.msg))), [{ level: 20, graceMs: 5000 }], 'the drop is logged at debug, once')
+
+  const reply = new Promise(resolve => bystander.ws.once('message', data => resolve(String(data))))
+  bystander.ws.send('hi')
+  t.equal(await reply, 'echo hi', 'another client is not affected')
+  bystander.ws.close()
+  await bystander.closed
+}
+
+t.test('maxBufferedBytes: a reader still stopped 5 s after its 1008 has its socket dropped, with what was queued for it', async t => {
+  class Flood extends WebsocketConsumer {
+    override async receive (text?: string) {
+      if (text !== 'close me') { await this.send(`echo ${text ?? ''}`); return }
+      const chunk = Buffer.alloc(64 * 1024, 7)
+      // Far more than the kernel buffers hold; once the connection is closed, send() rejects.
+      for (let i = 0; i < 4096; i++) {
+        await this.send(chunk)
+        if (i % 64 === 63) await new Promise(resolve => setImmediate(resolve))
+      }
+    }
+  }
+  await dropsUnansweredClose(t, { maxBufferedBytes: 256 * 1024 }, Flood, 1008)
+})
+
+t.test('close(): a peer that never answers the close frame has its socket dropped 5 s later', async t => {
+  class Closing extends WebsocketConsumer {
+    override async receive (text?: string) {
+      if (text === 'close me') await this.close(4000, 'bye')
+      else await this.send(`echo ${text ?? ''}`)
+    }
+  }
+  await dropsUnansweredClose(t, {}, Closing, 4000)
 })
 
 t.test('a client flooding a busy consumer is not read further (TCP backpressure); nothing is lost', async t => {

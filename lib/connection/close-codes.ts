@@ -1,4 +1,9 @@
-/** WebSocket close codes and reasons (RFC 6455 §7.4), as the connection sends and reports them. */
+/**
+ * WebSocket close codes and reasons (RFC 6455 §7.4), as the connection sends and reports them,
+ * and how long a peer has to complete the closing handshake.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { ConnectionSocket } from './socket.js'
 
 /** Codes an endpoint may send in a close frame. */
 export function isSendableCloseCode (code: number): boolean {
@@ -21,4 +26,29 @@ export function protocolErrorCloseCode (code: string | undefined): number {
   if (code === 'WS_ERR_INVALID_UTF8') return 1007
   if (code?.startsWith('WS_ERR_') === true) return 1002
   return 1006 // a network error: the connection is simply gone
+}
+
+/**
+ * How long a peer has, once its connection starts to close, to complete the closing handshake
+ * (answer the close frame and end its side); then its socket is dropped. ws alone waits 30 s and
+ * meanwhile keeps what was queued for the peer: for a reader closed for being slow (1008), up to
+ * `maxBufferedBytes`, for 30 s per connection an attacker opens. Long enough for a client on a
+ * slow link to read a modest backlog and the close frame after it.
+ */
+export const CLOSING_HANDSHAKE_GRACE_MS = 5000
+
+const CLOSING = 2 // ws' WebSocket.CLOSING
+
+type ClosingSocket = Pick<ConnectionSocket, 'readyState' | 'terminate'>
+
+/** Drops `socket` if its closing handshake is still under way once the grace is over. */
+export function dropIfStillClosing (socket: ClosingSocket, log: FastifyBaseLogger, channel: string): void {
+  if (socket.readyState !== CLOSING) return
+  setTimeout(dropUnanswered, CLOSING_HANDSHAKE_GRACE_MS, socket, log, channel).unref()
+}
+
+function dropUnanswered (socket: ClosingSocket, log: FastifyBaseLogger, channel: string): void {
+  if (socket.readyState !== CLOSING) return
+  log.debug({ channel, graceMs: CLOSING_HANDSHAKE_GRACE_MS }, 'peer did not complete the closing handshake in time; socket dropped')
+  socket.terminate()
 }

@@ -34,7 +34,7 @@ import { listenTo, type ConnectionSocket, type SocketEvents } from './socket.js'
 import type { RawData } from 'ws'
 import { ClientFrame, End, callConsumer, failureClose, kConnect, kDisconnect, type ConsumerHooks, type Task } from './tasks.js'
 import { ScopedTasks, endedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
-import { fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
+import { dropIfStillClosing, fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
 import type { RouteCounts } from '../metrics.js'
 import { Occurrence } from './occurrence.js'
 import type { ConsumerContext, Decision, Runtime } from './runtime.js'
@@ -278,7 +278,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /**
    * open or accepted → closing: nothing more is read or written, the socket (if any) is ended as
-   * `endSocket` says, and End runs after what is queued.
+   * `endSocket` says and dropped if its peer has not completed the closing handshake within the
+   * grace (close-codes.ts), and End runs after what is queued.
    */
   #beginClosing (from: 'open' | 'accepted', code: number, endSocket?: (socket: ConnectionSocket) => void): void {
     if (!this.#transition(from, 'closing')) return
@@ -287,7 +288,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#scoped?.abort()
     this.#flow.stop()
     this.#opened = Occurrence.happen(this.#opened)
-    if (endSocket !== undefined && this.#socket !== null) endSocket(this.#socket)
+    const socket = this.#socket
+    if (socket !== null) {
+      if (endSocket !== undefined) endSocket(socket)
+      dropIfStillClosing(socket, this.log, this.#channelName)
+    }
     this.#tasks.push(new End(code))
   }
 
