@@ -47,7 +47,7 @@ async function main () {
     for (const target of targets) {
       const row = await measure(target, { connections, groups, active, grouped, rate, seconds, pin })
       results.get(target).push(row)
-      console.log(`round ${round} ${target}: user ${row.user.toFixed(2)} + sys ${row.sys.toFixed(2)} = ${(row.user + row.sys).toFixed(2)} µs/delivery, ${row.scavenges} scavenges and ${row.majors} other collections (pauses ${(row.gcMs * 1000 / row.deliveries).toFixed(2)} µs/delivery), ${(row.received / row.expected * 100).toFixed(1)}% received`)
+      console.log(`round ${round} ${target}: user ${row.user.toFixed(2)} + sys ${row.sys.toFixed(2)} = ${(row.user + row.sys).toFixed(2)} µs/delivery, ${row.scavenges} scavenges and ${row.majors} other collections (pauses ${(row.gcMs * 1000 / row.deliveries).toFixed(2)} µs/delivery, the longest ${row.gcMaxMs.toFixed(1)} ms), ${(row.received / row.expected * 100).toFixed(1)}% received`)
     }
   }
   console.log(`\nmedian of ${rounds} rounds, ${connections} connections, ${groups} groups (${active} receiving, members joined ${grouped ? 'grouped' : 'interleaved'}), ${rate} messages/s (${rate * connections / groups} deliveries/s) for ${seconds} s:`)
@@ -90,6 +90,7 @@ async function server (target, groups) {
   let scavenges = 0
   let majors = 0 // any other collection: mark-compact, incremental marking's finalization, …
   let gcMs = 0 // time in collections' pauses
+  let gcMaxMs = 0 // the longest pause
   let counting = false
   new PerformanceObserver(list => {
     for (const e of list.getEntries()) {
@@ -97,6 +98,7 @@ async function server (target, groups) {
       if (e.detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) scavenges++
       else majors++
       gcMs += e.duration
+      if (e.duration > gcMaxMs) gcMaxMs = e.duration
     }
   }).observe({ entryTypes: ['gc'] })
   process.send({ port: s.port })
@@ -122,7 +124,7 @@ async function server (target, groups) {
       clearInterval(timer)
       const used = process.cpuUsage(start)
       const deliveries = (seq - from) * (s.connections() / groups)
-      process.send({ user: used.user / deliveries, sys: used.system / deliveries, scavenges, majors, gcMs, deliveries, total: seq })
+      process.send({ user: used.user / deliveries, sys: used.system / deliveries, scavenges, majors, gcMs, gcMaxMs, deliveries, total: seq })
     }, 10)
   })
 }
