@@ -16,7 +16,7 @@ import { Connection, type Runtime } from './connection/connection.js'
 import { bindToRequest, connectionOf } from './connection/binding.js'
 import { ResponseSocket } from './connection/response-socket.js'
 import { startHeartbeat } from './connection/heartbeat.js'
-import { CLOSING_HANDSHAKE_GRACE_MS } from './connection/close-codes.js'
+import { CLOSING_HANDSHAKE_GRACE_MS, isClosing } from './connection/close-codes.js'
 import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
 import { AsyncHttpConsumer, kRespondWith, type HttpConsumerClass } from './http-consumer.js'
 import { defaultGetUser } from './scope.js'
@@ -253,7 +253,7 @@ async function shutdownConnections (channels: Channels): Promise<void> {
 function dropUnansweredCloses (wss: WebSocketServer, log: FastifyInstance['log']): void {
   if (wss.clients.size === 0) return
   const timer = setTimeout(() => {
-    const unanswered = [...wss.clients].filter(socket => socket.readyState === socket.CLOSING)
+    const unanswered = [...wss.clients].filter(isClosing)
     if (unanswered.length === 0) return
     log.warn({ sockets: unanswered.length, graceMs: CLOSING_HANDSHAKE_GRACE_MS }, 'shutdown: peers did not answer the close frame in time; their sockets are dropped')
     for (const socket of unanswered) socket.terminate()

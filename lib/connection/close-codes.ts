@@ -4,12 +4,18 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { ConnectionSocket } from './socket.js'
+import { InvalidOptionError } from '../errors.js'
 
 /** Codes an endpoint may send in a close frame. */
-export function isSendableCloseCode (code: number): boolean {
+function isSendableCloseCode (code: number): boolean {
   return Number.isInteger(code) &&
     ((code >= 1000 && code <= 1014 && code !== 1004 && code !== 1005 && code !== 1006) ||
       (code >= 3000 && code <= 4999))
+}
+
+/** Throws InvalidOptionError for a code that no close frame may carry. */
+export function checkSendableCloseCode (code: number): void {
+  if (!isSendableCloseCode(code)) throw new InvalidOptionError(`close code ${String(code)} cannot be sent; use 1000-1014 or 3000-4999`)
 }
 
 /** Close reasons are limited to 123 bytes of UTF-8; cut on a character boundary. */
@@ -37,18 +43,21 @@ export function protocolErrorCloseCode (code: string | undefined): number {
  */
 export const CLOSING_HANDSHAKE_GRACE_MS = 5000
 
-const CLOSING = 2 // ws' WebSocket.CLOSING
-
 type ClosingSocket = Pick<ConnectionSocket, 'readyState' | 'terminate'>
+
+/** Whether `socket` sent or answered a close frame and waits for the rest of the closing handshake. */
+export function isClosing (socket: Pick<ConnectionSocket, 'readyState'>): boolean {
+  return socket.readyState === 2 // ws' WebSocket.CLOSING
+}
 
 /** Drops `socket` if its closing handshake is still under way once the grace is over. */
 export function dropIfStillClosing (socket: ClosingSocket, log: FastifyBaseLogger, channel: string): void {
-  if (socket.readyState !== CLOSING) return
+  if (!isClosing(socket)) return
   setTimeout(dropUnanswered, CLOSING_HANDSHAKE_GRACE_MS, socket, log, channel).unref()
 }
 
 function dropUnanswered (socket: ClosingSocket, log: FastifyBaseLogger, channel: string): void {
-  if (socket.readyState !== CLOSING) return
+  if (!isClosing(socket)) return
   log.debug({ channel, graceMs: CLOSING_HANDSHAKE_GRACE_MS }, 'peer did not complete the closing handshake in time; socket dropped')
   socket.terminate()
 }

@@ -22,8 +22,8 @@
  * response (response-socket.ts) for an HTTP consumer, whose `handle()` accepts before it runs.
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { ChannelLayer, Delivery, LayerMessage } from '../layers/types.js'
-import { buildScope, type GetUser, type HttpScope, type Scope } from '../scope.js'
+import type { ChannelLayer, Delivery } from '../layers/types.js'
+import { buildScope } from '../scope.js'
 import { InvalidOptionError } from '../errors.js'
 import { joinedThrough, layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
@@ -33,8 +33,8 @@ import { FlowControl, type FlowOwner } from './flow-control.js'
 import { listenTo, type ConnectionSocket, type SocketEvents } from './socket.js'
 import type { RawData } from 'ws'
 import { ClientFrame, End, callConsumer, failureClose, kConnect, kDisconnect, type ConsumerHooks, type Task } from './tasks.js'
-import { ScopedTasks, endedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
-import { dropIfStillClosing, fitCloseReason, isSendableCloseCode, protocolErrorCloseCode } from './close-codes.js'
+import { ScopedTasks, stoppedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
+import { checkSendableCloseCode, dropIfStillClosing, fitCloseReason, protocolErrorCloseCode } from './close-codes.js'
 import type { RouteCounts } from '../metrics.js'
 import { Occurrence } from './occurrence.js'
 import type { ConsumerContext, Decision, Runtime } from './runtime.js'
@@ -189,9 +189,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** Before accept() this refuses the handshake (403); once accepted, the socket closes as soon as it is there. */
   close (code = 1000, reason = ''): void {
-    if (!isSendableCloseCode(code)) {
-      throw new InvalidOptionError(`close code ${String(code)} cannot be sent; use 1000-1014 or 3000-4999`)
-    }
+    checkSendableCloseCode(code)
     if (this.#state === 'handshake') {
       void this.#refuse(403)
     } else if (this.#state === 'accepted') {
@@ -288,10 +286,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#scoped?.abort()
     this.#flow.stop()
     this.#opened = Occurrence.happen(this.#opened)
-    const socket = this.#socket
-    if (socket !== null) {
-      if (endSocket !== undefined) endSocket(socket)
-      dropIfStillClosing(socket, this.log, this.#channelName)
+    if (this.#socket !== null) {
+      endSocket?.(this.#socket)
+      dropIfStillClosing(this.#socket, this.log, this.#channelName)
     }
     this.#tasks.push(new End(code))
   }
@@ -337,10 +334,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    * (its send came too late, its wait was aborted) is no failure: debug, and nothing more to close.
    */
   taskFailed (err: unknown): void {
-    if ((this.#state === 'closing' || this.#state === 'ended') && endedWithConnection(err)) {
-      this.log.debug({ err, channel: this.#channelName }, 'consumer handler stopped: the connection had ended')
-      return
-    }
+    const ended = this.#state === 'closing' || this.#state === 'ended'
+    if (stoppedWithConnection(err, ended, this, 'consumer handler stopped: the connection had ended')) return
     this.#failed(failureClose(err, this.log, this.#channelName))
   }
 

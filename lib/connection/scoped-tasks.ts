@@ -74,11 +74,7 @@ export class ScopedTasks {
   }
 
   #failed (err: unknown): void {
-    if (this.signal.aborted && endedWithConnection(err)) {
-      this.#owner.log.debug({ err, channel: this.#owner.channelName }, 'spawned task stopped with its connection')
-    } else {
-      this.#owner.spawnFailed(err)
-    }
+    if (!stoppedWithConnection(err, this.signal.aborted, this.#owner, 'spawned task stopped with its connection')) this.#owner.spawnFailed(err)
   }
 }
 
@@ -95,4 +91,14 @@ async function run (fn: SpawnedTask, signal: AbortSignal): Promise<void> {
 export function endedWithConnection (err: unknown): boolean {
   if (err instanceof ConnectionClosedError) return true
   return err instanceof Error && err.name === 'AbortError' && err.cause instanceof ConnectionClosedError
+}
+
+/**
+ * A failure that only lost the race with its connection's end (the connection has `ended`, and
+ * `err` says so: see above) is no failure: logged at debug as `message`, and true.
+ */
+export function stoppedWithConnection (err: unknown, ended: boolean, reporter: Reporter, message: string): boolean {
+  if (!ended || !endedWithConnection(err)) return false
+  reporter.log.debug({ err, channel: reporter.channelName }, message)
+  return true
 }

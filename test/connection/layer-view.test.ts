@@ -7,7 +7,7 @@
 import t from 'tap'
 import { EventEmitter } from 'node:events'
 import { inspect } from 'node:util'
-import { InMemoryChannelLayer, JsonWebsocketConsumer, type ChannelLayer } from '../../lib/index.js'
+import { InMemoryChannelLayer, JsonWebsocketConsumer } from '../../lib/index.js'
 import { joinedThrough, layerView } from '../../lib/connection/layer-view.js'
 import { WebsocketCommunicator } from '../../lib/testing.js'
 import { buildApp } from '../helpers/app.js'
