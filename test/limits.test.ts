@@ -185,24 +185,28 @@ t.test('maxBufferedBytes on group messages (frames written a turn at a time): th
   await member.closed
 })
 
+const FLOOD_FRAMES = 4096
+
+/** Echoes each frame, but answers 'flood' with FLOOD_FRAMES binary frames of 64 KiB. */
+class Flood extends WebsocketConsumer {
+  override async receive (text?: string) {
+    if (text !== 'flood') { await this.send(`echo ${text ?? ''}`); return }
+    const chunk = Buffer.alloc(64 * 1024, 7)
+    // 256 MiB, far more than the kernel buffers hold: once the connection is closed, send() rejects.
+    for (let i = 0; i < FLOOD_FRAMES; i++) {
+      await this.send(chunk)
+      if (i % 64 === 63) await new Promise(resolve => setImmediate(resolve))
+    }
+  }
+}
+
 t.test('maxBufferedBytes: a reader that stops reading is closed with 1008 instead of buffering forever', async t => {
   let resolveEnded!: (code: number) => void
   const ended = new Promise<number>(resolve => { resolveEnded = resolve })
-  const FRAMES = 4096
-  class Flood extends WebsocketConsumer {
-    override async receive (text?: string) {
-      if (text !== 'flood') { await this.send(`echo ${text ?? ''}`); return }
-      const chunk = Buffer.alloc(64 * 1024, 7)
-      // 256 MiB, far more than the kernel buffers hold: once the connection is closed, send() drops.
-      for (let i = 0; i < FRAMES; i++) {
-        await this.send(chunk)
-        if (i % 64 === 63) await new Promise(resolve => setImmediate(resolve))
-      }
-    }
-
+  class Recorded extends Flood {
     override async disconnect (code: number) { resolveEnded(code) }
   }
-  const { app } = await buildApp({ maxBufferedBytes: 256 * 1024 }, app => app.get('/ws', { websocket: true }, Flood.asHandler()))
+  const { app } = await buildApp({ maxBufferedBytes: 256 * 1024 }, app => app.get('/ws', { websocket: true }, Recorded.asHandler()))
   t.teardown(() => app.close())
   const { url } = await listen(app)
   const reader = await openClient(`${url}/ws`)
@@ -214,7 +218,7 @@ t.test('maxBufferedBytes: a reader that stops reading is closed with 1008 instea
   reader.ws.on('message', () => { received++ })
   reader.ws.resume()
   t.match(await reader.closed, { code: 1008, reason: /slow reader/ }, 'the reader, once it reads again, finds close 1008 after the data')
-  t.ok(received < FRAMES / 4, `only what was queued before the limit reached it (${received} of ${FRAMES} frames)`)
+  t.ok(received < FLOOD_FRAMES / 4, `only what was queued before the limit reached it (${received} of ${FLOOD_FRAMES} frames)`)
 
   const reply = new Promise(resolve => bystander.ws.once('message', data => resolve(String(data))))
   bystander.ws.send('hi')
@@ -224,10 +228,11 @@ t.test('maxBufferedBytes: a reader that stops reading is closed with 1008 instea
 })
 
 /**
- * Closes a client that has stopped reading, as `closeIt` does it, and measures how long the server
- * keeps its socket after `disconnect()` ran: the peer never answers the close frame.
+ * Sends `trigger` from a client that then stops reading, so that `closeIt` closes it, and measures
+ * how long the server keeps its socket after `disconnect()` ran: the peer never answers the close
+ * frame.
  */
-async function dropsUnansweredClose (t: Test, opts: FastifyChannelsOptions, closeIt: typeof WebsocketConsumer, expectedCode: number) {
+async function dropsUnansweredClose (t: Test, opts: FastifyChannelsOptions, closeIt: typeof WebsocketConsumer, trigger: string, expectedCode: number) {
   const disconnects: number[] = []
   class Recorded extends closeIt {
     override async disconnect (code: number) { disconnects.push(code) }
@@ -239,7 +244,7 @@ async function dropsUnansweredClose (t: Test, opts: FastifyChannelsOptions, clos
   const bystander = await openClient(`${url}/ws`)
   t.teardown(() => { stopped.ws.terminate() })
   stopped.ws.pause() // the close frame will wait in its socket, unanswered
-  stopped.ws.send('close me')
+  stopped.ws.send(trigger)
   await eventually(() => disconnects.length === 1)
   const closedAt = Date.now()
   t.same(disconnects, [expectedCode], `disconnect(${expectedCode}) ran at once`)
@@ -257,18 +262,7 @@ async function dropsUnansweredClose (t: Test, opts: FastifyChannelsOptions, clos
 }
 
 t.test('maxBufferedBytes: a reader still stopped 5 s after its 1008 has its socket dropped, with what was queued for it', async t => {
-  class Flood extends WebsocketConsumer {
-    override async receive (text?: string) {
-      if (text !== 'close me') { await this.send(`echo ${text ?? ''}`); return }
-      const chunk = Buffer.alloc(64 * 1024, 7)
-      // Far more than the kernel buffers hold; once the connection is closed, send() rejects.
-      for (let i = 0; i < 4096; i++) {
-        await this.send(chunk)
-        if (i % 64 === 63) await new Promise(resolve => setImmediate(resolve))
-      }
-    }
-  }
-  await dropsUnansweredClose(t, { maxBufferedBytes: 256 * 1024 }, Flood, 1008)
+  await dropsUnansweredClose(t, { maxBufferedBytes: 256 * 1024 }, Flood, 'flood', 1008)
 })
 
 t.test('close(): a peer that never answers the close frame has its socket dropped 5 s later', async t => {
@@ -278,7 +272,7 @@ t.test('close(): a peer that never answers the close frame has its socket droppe
       else await this.send(`echo ${text ?? ''}`)
     }
   }
-  await dropsUnansweredClose(t, {}, Closing, 4000)
+  await dropsUnansweredClose(t, {}, Closing, 'close me', 4000)
 })
 
 t.test('a client flooding a busy consumer is not read further (TCP backpressure); nothing is lost', async t => {
