@@ -73,62 +73,97 @@ export class Outbound {
       this.#owner.log.debug({ channel: this.#owner.channelName }, 'send() on a connection that is not open; dropped')
       return
     }
-    if (socket.bufferedAmount > this.#maxBufferedBytes) {
-      this.#counts.slowReaders++
-      this.#owner.log.warn({ channel: this.#owner.channelName, bufferedAmount: socket.bufferedAmount }, 'slow reader: outgoing buffer over the limit, closing')
-      this.#owner.close(1008, 'slow reader: too much data queued')
-      return
-    }
-    this.#counts.framesSent++
-    if (typeof data !== 'string') {
-      this.flush()
-      socket.send(data, BINARY)
-      return
-    }
-    const writer = this.#writer
-    if (writer !== null) {
+    if (typeof data === 'string' && this.#writer !== null) {
       const frame = sharedTextFrame(data)
       if (frame !== undefined) {
-        if (this.#batch !== null) {
-          this.#batch.push(frame, data)
-          // A burst to one socket is written every MAX_BATCH frames, so the limit above sees it.
-          if (this.#batch.length >= 2 * MAX_BATCH) this.flush()
+        const batch = this.#batchOfTurn()
+        if (batch !== undefined) {
+          batch.push(frame, data)
+          // A burst to one socket is written every MAX_BATCH frames, so the slow-reader limit sees it.
+          if (batch.length > 2 * MAX_BATCH) this.flush()
           return
         }
         // Most connections write one frame per turn: an array of exactly it (an empty one would
         // grow room for 17 at its first push).
-        this.#batch = [frame, data]
-        batched.push(this)
+        this.#batchAt = pending.push([this, frame, data]) - 1
         if (!flushing) {
           flushing = true
-          setImmediate(flushAll)
+          setImmediate(Outbound.#flushAll)
         }
         return
       }
     }
     this.flush()
-    socket.send(data)
+    // The flush may have found a slow reader and closed it: then this is not written either.
+    if (this.#socket === null || this.#overLimit(socket)) return
+    this.#counts.framesSent++
+    if (typeof data === 'string') socket.send(data)
+    else socket.send(data, BINARY)
   }
 
-  #batch: Array<Buffer[] | string> | null = null
+  /** A slow reader: closed (1008), counted and logged; true when it is one. */
+  #overLimit (socket: WritableSocket): boolean {
+    if (socket.bufferedAmount <= this.#maxBufferedBytes) return false
+    this.#counts.slowReaders++
+    this.#owner.log.warn({ channel: this.#owner.channelName, bufferedAmount: socket.bufferedAmount }, 'slow reader: outgoing buffer over the limit, closing')
+    this.#owner.close(1008, 'slow reader: too much data queued')
+    return true
+  }
+
+  // Where this socket's frames of the current turn wait: the index of its batch in `pending`, or
+  // -1. An index rather than the batch itself: an old object pointing to a new one costs V8 a
+  // write barrier and a remembered-set entry, at every send.
+  #batchAt = -1
+
+  /** This socket's batch of the current turn, if it has one. */
+  #batchOfTurn (): Batch | undefined {
+    const at = this.#batchAt
+    if (at < 0) return undefined
+    const batch = pending[at]
+    return batch !== undefined && batch !== null && batch[0] === this ? batch : undefined
+  }
 
   /** Writes the frames batched for this socket, in order. */
   flush (): void {
-    const batch = this.#batch
-    if (batch === null) return
-    this.#batch = null
+    const batch = this.#batchOfTurn()
+    if (batch === undefined) return
+    pending[this.#batchAt] = null
+    this.#batchAt = -1
+    this.#write(batch)
+  }
+
+  /** Every socket's batch of the turn, in the order the sockets got their first frame. */
+  static #flushAll (): void {
+    flushing = false
+    const batches = pending
+    pending = []
+    for (let i = 0; i < batches.length; i++) {
+      const batch = batches[i]
+      if (batch === null) continue
+      const outbound = batch[0] as Outbound
+      outbound.#batchAt = -1
+      outbound.#write(batch)
+    }
+  }
+
+  #write (batch: Batch): void {
     const socket = this.#socket
     const writer = this.#writer
     if (socket === null || writer === null) return
+    // The limit is read here, where the socket is written anyway, rather than at each send: it
+    // bounds the same thing (a batch is not in the socket's buffer until now) and the handler
+    // phase touches the socket one time fewer.
+    if (this.#overLimit(socket)) return
+    this.#counts.framesSent += (batch.length - 1) >> 1
     // Several frames: one write to the TCP socket for all of them.
-    if (batch.length === 2) writeBatch(socket, writer, batch)
+    if (batch.length === 3) writeBatch(socket, writer, batch)
     else corked(writer, () => { writeBatch(socket, writer, batch) })
   }
 }
 
 /** A batch's frames in order; a frame that cannot be written as it is goes through `ws.send()`. */
-function writeBatch (socket: WritableSocket, writer: FrameWriter, batch: Array<Buffer[] | string>): void {
-  for (let i = 0; i < batch.length; i += 2) {
+function writeBatch (socket: WritableSocket, writer: FrameWriter, batch: Batch): void {
+  for (let i = 1; i < batch.length; i += 2) {
     if (!writeFrame(socket, writer, batch[i] as Buffer[])) socket.send(batch[i + 1] as string)
   }
 }
@@ -140,16 +175,12 @@ function writeBatch (socket: WritableSocket, writer: FrameWriter, batch: Array<B
 // in one tick, or read from Redis in one chunk, each run through its async handler) leave in one
 // system call. A socket's other sends, and its close, flush it first.
 const MAX_BATCH = 32
-const batched: Outbound[] = []
+// A socket's frames of the turn: the Outbound, then each frame with its text (for ws.send() when
+// the frame cannot be written as it is). A new list each turn, so that what it holds is as young
+// as it is (no write barrier).
+type Batch = Array<Outbound | Buffer[] | string>
+let pending: Array<Batch | null> = []
 let flushing = false
-function flushAll (): void {
-  flushing = false
-  try {
-    for (let i = 0; i < batched.length; i++) batched[i].flush()
-  } finally {
-    batched.length = 0
-  }
-}
 
 /** One unmasked, unfragmented text frame (RFC 6455 §5.2), header and payload in one Buffer. */
 function textFrame (text: string): Buffer {
