@@ -77,7 +77,7 @@ export class FlowControl<Task> implements ChannelSink {
     }
     this.#queue.push(task)
     if (this.#queue.pending >= HIGH_WATER) {
-      this.#saturated = true
+      this.#holdBack()
       if (!this.#readsPaused) {
         this.#readsPaused = true
         this.#socket?.pause()
@@ -93,7 +93,7 @@ export class FlowControl<Task> implements ChannelSink {
   /** ChannelSink: a layer message and how it came, queued behind what arrived before it. */
   push (message: LayerMessage, info: Delivery): void {
     this.#queue.push(message, info)
-    if (this.#queue.pending >= HIGH_WATER) this.#saturated = true
+    if (this.#queue.pending >= HIGH_WATER) this.#holdBack()
   }
 
   /** ChannelSink: the layer closed under the connection. */
@@ -101,9 +101,20 @@ export class FlowControl<Task> implements ChannelSink {
     this.#owner.layerFailed(reason)
   }
 
-  /** After each task: below HIGH_WATER, every source held back flows again. */
+  /**
+   * The queue has reached HIGH_WATER: a source is (or may be) held back, so the queue reports each
+   * completed task (`afterTask()`) until there is room again.
+   */
+  #holdBack (): void {
+    this.#saturated = true
+    this.#queue.watch()
+  }
+
+  /** After each task while something is held back: below HIGH_WATER, every source flows again. */
   afterTask (): void {
     if (this.#queue.pending >= HIGH_WATER) return
+    // First: resuming may fill the queue again at once, and then watch it again.
+    this.#queue.unwatch()
     this.#wake()
     if (this.#saturated) {
       this.#saturated = false
@@ -144,6 +155,7 @@ export class FlowControl<Task> implements ChannelSink {
       }
       this.#queue.push(message)
       if (this.#queue.pending >= HIGH_WATER) {
+        this.#queue.watch()
         await new Promise<void>(resolve => { this.#wakePump = resolve })
       }
     }

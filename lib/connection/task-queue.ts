@@ -14,17 +14,21 @@ export interface TaskRunner<Task, Detail = never> {
   runTask (task: Task, detail: Detail | undefined): PromiseLike<unknown> | undefined
   /** The promise `runTask` returned rejected (or was a thenable that broke). */
   taskFailed (err: unknown): void
-  /** Called after every task, once it has completed. */
+  /** Called after every task, once it has completed, while the queue is watched (`watch()`). */
   afterTask (): void
 }
 
 export class TaskQueue<Task, Detail = never> {
   readonly #runner: TaskRunner<Task, Detail>
-  // task, detail, task, detail, …: #head is the next task's index.
-  readonly #queue: Array<Task | Detail | undefined> = []
+  // task, detail, task, detail, …: #head is the next task's index. Only while tasks wait: an idle
+  // queue (most of them, most of the time) holds no array, and a delivery reads none.
+  #queue: Array<Task | Detail | undefined> | null = null
   #head = 0
   #draining = false
   #started = false
+  // Whether the runner is told of each completed task: only while it waits for room (flow
+  // control holds a source back), so a delivery to a connection that keeps up reads nothing else.
+  #watched = false
 
   constructor (runner: TaskRunner<Task, Detail>) {
     this.#runner = runner
@@ -32,18 +36,29 @@ export class TaskQueue<Task, Detail = never> {
 
   /** Tasks queued and not yet taken. */
   get pending (): number {
-    return (this.#queue.length - this.#head) >> 1
+    const queue = this.#queue
+    return queue === null ? 0 : (queue.length - this.#head) >> 1
   }
 
   push (task: Task, detail?: Detail): void {
     if (!this.#started || this.#draining) {
-      this.#queue.push(task, detail)
+      if (this.#queue === null) this.#queue = [task, detail]
+      else this.#queue.push(task, detail)
       return
     }
     // Idle, so nothing is queued (a drain stops only once the queue is empty): the task runs at
     // once, never stored. Most deliveries find their connection idle.
     this.#draining = true
     if (this.#run(task, detail)) this.#drain()
+  }
+
+  /** `afterTask()` follows each completed task from now on, until `unwatch()`. */
+  watch (): void {
+    this.#watched = true
+  }
+
+  unwatch (): void {
+    this.#watched = false
   }
 
   start (): void {
@@ -55,15 +70,17 @@ export class TaskQueue<Task, Detail = never> {
   #drain (): void {
     this.#draining = true
     const queue = this.#queue
-    while (this.#head < queue.length) {
-      const task = queue[this.#head] as Task
-      const detail = queue[this.#head + 1] as Detail | undefined
-      queue[this.#head++] = undefined
-      queue[this.#head++] = undefined
-      if (!this.#run(task, detail)) return
+    if (queue !== null) {
+      while (this.#head < queue.length) {
+        const task = queue[this.#head] as Task
+        const detail = queue[this.#head + 1] as Detail | undefined
+        queue[this.#head++] = undefined
+        queue[this.#head++] = undefined
+        if (!this.#run(task, detail)) return
+      }
+      this.#queue = null
+      this.#head = 0
     }
-    queue.length = 0
-    this.#head = 0
     this.#draining = false
   }
 
@@ -76,7 +93,7 @@ export class TaskQueue<Task, Detail = never> {
       Promise.resolve(pending).then(this.#taskDone ??= () => { this.#done() }, this.#taskRejected ??= (err: unknown) => { this.#failed(err) })
       return false
     }
-    this.#runner.afterTask()
+    if (this.#watched) this.#runner.afterTask()
     return true
   }
 
@@ -86,7 +103,7 @@ export class TaskQueue<Task, Detail = never> {
   #taskRejected: ((err: unknown) => void) | undefined
 
   #done (): void {
-    this.#runner.afterTask()
+    if (this.#watched) this.#runner.afterTask()
     this.#drain()
   }
 

@@ -8,15 +8,17 @@ import { TaskQueue, type TaskRunner } from '../../lib/connection/task-queue.js'
 
 type Step = () => PromiseLike<unknown> | undefined
 
-/** A runner that records what happened, in order. */
-function recorder () {
+/** A runner that records what happened, in order; the queue is watched unless `watched` is false. */
+function recorder (watched = true) {
   const log: string[] = []
   const runner: TaskRunner<[string, Step]> = {
     runTask ([name, step]) { log.push(`run ${name}`); return step() },
     taskFailed (err) { log.push(`failed ${(err as Error).message}`) },
     afterTask () { log.push('after') }
   }
-  return { log, queue: new TaskQueue(runner) }
+  const queue = new TaskQueue(runner)
+  if (watched) queue.watch()
+  return { log, queue }
 }
 
 const sync: Step = () => undefined
@@ -63,6 +65,22 @@ t.test('an asynchronous task holds back the next until it settles; afterTask fol
   t.same(log, ['run slow', 'after', 'run next', 'after'])
 })
 
+t.test('afterTask() is heard only while the queue is watched', async t => {
+  const { log, queue } = recorder(false)
+  queue.start()
+  queue.push(['quiet', sync])
+  queue.push(['quiet async', () => Promise.resolve()])
+  await new Promise(resolve => setImmediate(resolve))
+  t.same(log, ['run quiet', 'run quiet async'], 'not watched: no afterTask')
+  queue.watch()
+  queue.push(['watched', sync])
+  queue.push(['watched async', () => Promise.resolve()])
+  await new Promise(resolve => setImmediate(resolve))
+  queue.unwatch()
+  queue.push(['quiet again', sync])
+  t.same(log.slice(2), ['run watched', 'after', 'run watched async', 'after', 'run quiet again'])
+})
+
 t.test('a rejection or a broken thenable fails only that task: the queue goes on, push() never throws', async t => {
   const { log, queue } = recorder()
   queue.start()
@@ -101,6 +119,7 @@ t.test('cost: no promise for synchronous tasks, one .then per asynchronous task'
       if (++settled === TASKS) { counter.disable(); finish() }
     }
   })
+  asyncQueue.watch()
   asyncQueue.start()
   // Counting starts in a later turn, after this test has begun to await.
   setImmediate(() => {
