@@ -9,6 +9,7 @@ import { LayerClosedError } from '../errors.js'
 import { Mailbox, Waiter } from './mailbox.js'
 import { clonePlainObject, cloneMessage, share } from './message.js'
 import { enterFanOut, leaveFanOut } from './copy-encoding.js'
+import { Listener, Membership } from './local-entries.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
 
 /** The `Delivery` of a message sent to the channel itself. */
@@ -48,10 +49,10 @@ export interface LayerInspection {
 export class LocalStore {
   readonly #settings: LocalStoreSettings
   readonly #mailboxes = new Map<string, Mailbox>()
-  // group → channel → expiry deadline (performance.now() ms), and the reverse index that makes
+  // group → channel → its membership (deadline, listener), and the reverse index that makes
   // discarding a channel cost O(its memberships): channel → its one group, or a Set once it has
   // more (most connections join one group, and a Set of one costs about 150 bytes).
-  readonly #groups = new Map<string, Map<string, number>>()
+  readonly #groups = new Map<string, Map<string, Membership>>()
   readonly #channelGroups = new Map<string, string | Set<string>>()
   readonly #sinks = new Map<string, ChannelSink>()
   // group → channel → presence info, only for memberships that recorded one.
@@ -88,13 +89,13 @@ export class LocalStore {
     const previous = pristine ? enterFanOut(message) : undefined
     try {
       // forEach, not for…of: an entries iterator makes a [channel, expiresAt] array per member.
-      members.forEach((expiresAt, channel) => {
-        if (expiresAt <= now) {
+      members.forEach((membership, channel) => {
+        if (membership.expiresAt <= now) {
           this.#unlink(group, members, channel)
           return
         }
         if (skip !== undefined && skip.has(channel)) return
-        const sink = this.#sinks.get(channel)
+        const sink = membership.sink
         const shares = sink !== undefined && sink.sharesMessages === true
         if (shares && !frozen) {
           share(message)
@@ -146,6 +147,7 @@ export class LocalStore {
   listen (channel: string, sink: ChannelSink): ChannelListener | undefined {
     if (this.#sinks.has(channel)) return undefined
     this.#sinks.set(channel, sink)
+    this.#setMembershipSinks(channel, sink)
     const listener = new Listener(this, channel, sink)
     listener.resume()
     return listener
@@ -158,13 +160,23 @@ export class LocalStore {
 
   /** A listener's `close()`. */
   closeListener (channel: string, sink: ChannelSink): void {
-    if (this.#sinks.get(channel) === sink) this.#sinks.delete(channel)
+    if (this.#sinks.get(channel) !== sink) return
+    this.#sinks.delete(channel)
+    this.#setMembershipSinks(channel, undefined)
+  }
+
+  /** What a fan-out hands a member's messages to, kept on each of the channel's memberships. */
+  #setMembershipSinks (channel: string, sink: ChannelSink | undefined): void {
+    for (const group of this.groupsOf(channel)) {
+      const membership = this.#groups.get(group)?.get(channel)
+      if (membership !== undefined) membership.sink = sink
+    }
   }
 
   /** Whether `channel` is a live member of `group` here. */
   isMember (group: string, channel: string): boolean {
-    const expiresAt = this.#groups.get(group)?.get(channel)
-    return expiresAt !== undefined && expiresAt > performance.now()
+    const membership = this.#groups.get(group)?.get(channel)
+    return membership !== undefined && membership.expiresAt > performance.now()
   }
 
   /** What the membership recorded as its presence, if anything. */
@@ -187,7 +199,13 @@ export class LocalStore {
       members = new Map()
       this.#groups.set(group, members)
     }
-    members.set(channel, performance.now() + this.#settings.groupExpiryMs)
+    // Whole milliseconds: a small integer is stored in the membership itself, where a fraction
+    // would be one more heap object, read for every member at every fan-out (until the process
+    // has run for about 24 days: past 2^31 ms it is such an object again, as correct and slower).
+    const expiresAt = Math.ceil(performance.now() + this.#settings.groupExpiryMs)
+    const membership = members.get(channel)
+    if (membership !== undefined) membership.expiresAt = expiresAt
+    else members.set(channel, new Membership(expiresAt, this.#sinks.get(channel)))
     const groups = this.#channelGroups.get(channel)
     if (groups === undefined) this.#channelGroups.set(channel, group)
     else if (typeof groups !== 'string') groups.add(group)
@@ -203,7 +221,7 @@ export class LocalStore {
    * The group's local members with their expiry deadlines (`performance.now()` ms; expired ones stay
    * until swept), or undefined when it has none. A read-only view.
    */
-  members (group: string): ReadonlyMap<string, number> | undefined {
+  members (group: string): ReadonlyMap<string, { readonly expiresAt: number }> | undefined {
     return this.#groups.get(group)
   }
 
@@ -215,7 +233,7 @@ export class LocalStore {
     const now = performance.now()
     const out: Array<{ channel: string, info: PresenceInfo }> = []
     for (const [channel, info] of entries) {
-      const expiresAt = members?.get(channel)
+      const expiresAt = members?.get(channel)?.expiresAt
       if (expiresAt !== undefined && expiresAt > now) out.push({ channel, info: clonePlainObject(info) })
     }
     return out
@@ -281,8 +299,8 @@ export class LocalStore {
       mailbox.releaseIfIdle()
     }
     for (const [group, members] of this.#groups) {
-      for (const [channel, expiresAt] of members) {
-        if (expiresAt <= now) this.#unlink(group, members, channel)
+      for (const [channel, membership] of members) {
+        if (membership.expiresAt <= now) this.#unlink(group, members, channel)
       }
     }
   }
@@ -304,7 +322,8 @@ export class LocalStore {
 
   // `copy` clones only once the channel is known to accept, so skipping a full member costs nothing.
   #deliver (channel: string, sink: ChannelSink | undefined, message: LayerMessage, info: Delivery, copy: boolean, force: boolean): boolean {
-    let mailbox = this.#mailboxes.get(channel)
+    // Most of the time no channel has a mailbox: then the name is not even hashed.
+    let mailbox = this.#mailboxes.size === 0 ? undefined : this.#mailboxes.get(channel)
     // Straight to the listener, unless older messages still wait for it (order is kept).
     if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0)) {
       this.#settings.counts.deliveries++
@@ -350,7 +369,7 @@ export class LocalStore {
     mailbox.releaseIfIdle()
   }
 
-  #unlink (group: string, members: Map<string, number>, channel: string): void {
+  #unlink (group: string, members: Map<string, Membership>, channel: string): void {
     if (!members.delete(channel)) return
     if (members.size === 0) this.#groups.delete(group)
     this.#leavePresence(group, channel)
@@ -372,18 +391,5 @@ export class LocalStore {
     entries.delete(channel)
     if (entries.size === 0) this.#presence.delete(group)
     this.#settings.presenceLeft?.(group, channel, info)
-  }
-}
-
-/** One object per listened channel (every connection has one), rather than a closure per method. */
-class Listener implements ChannelListener {
-  constructor (readonly store: LocalStore, readonly channel: string, readonly sink: ChannelSink) {}
-
-  resume (): void {
-    this.store.resumeListener(this.channel, this.sink)
-  }
-
-  close (): void {
-    this.store.closeListener(this.channel, this.sink)
   }
 }

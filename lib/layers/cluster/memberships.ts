@@ -324,7 +324,7 @@ export class Memberships {
     const work: Array<[string, Array<[string, number]>]> = []
     for (const group of [...this.#groups]) {
       const members: Array<[string, number]> = []
-      for (const [channel, expiresAt] of [...(this.#store.members(group) ?? [])]) {
+      for (const [channel, { expiresAt }] of [...(this.#store.members(group) ?? [])]) {
         if (expiresAt <= now) this.#store.removeMember(group, channel)
         else members.push([channel, ttl(Math.min(this.#leaseMs, expiresAt - now))])
       }
