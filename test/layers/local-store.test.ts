@@ -74,6 +74,32 @@ t.test('fan-out gives each member its own copy and skips the full ones', async t
   t.same(s.groupsOf('g!1'), ['room'])
 })
 
+t.test('group messages follow the listener whenever it starts or stops, joined before or after', async t => {
+  const { store: s } = store({ capacity: 10 })
+  s.addMember('g', 'early!1') // joins, then listens (a consumer's `groups`, or groupAdd in connect())
+  const early = new Sink()
+  const earlyListener = s.listen('early!1', early)
+  const late = new Sink()
+  s.listen('late!1', late)
+  s.addMember('g', 'late!1') // listens, then joins (groupAdd in a handler)
+  s.addMember('h', 'late!1')
+  s.fanOut('g', { type: 'one' }, {})
+  s.fanOut('h', { type: 'only late' }, {})
+  t.same(early.got.map(m => m.type), ['one'])
+  t.same(late.got.map(m => m.type), ['one', 'only late'], 'in every group it joined')
+
+  earlyListener?.close()
+  s.fanOut('g', { type: 'two' }, {})
+  t.same(early.got.map(m => m.type), ['one'], 'a closed listener gets nothing more…')
+  const waiting = await s.receive('early!1', undefined)
+  t.same(waiting.message, { type: 'two' }, '…the message waits in the channel, still a member')
+  const again = new Sink()
+  s.listen('early!1', again)
+  s.fanOut('g', { type: 'three' }, {})
+  t.same(again.got.map(m => m.type), ['three'], 'a new listener gets what follows')
+  t.same(late.got.map(m => m.type), ['one', 'only late', 'two', 'three'])
+})
+
 t.test('a channel\'s groups: one, several, back to one; discarding it leaves every group', async t => {
   const { store: s } = store({})
   t.same(s.groupsOf('c!1'), [], 'none yet')
