@@ -6,6 +6,7 @@
 //     [--connections=10000] [--groups=100] [--active=<groups>] [--join=interleaved|grouped]
 //     [--rate=300] [--seconds=10] [--rounds=3]
 //     [--alt=<path to another build's dist/index.js>]   (then e.g. --targets=channels-memory,channels-memory-alt)
+//     [--perf=<path prefix>]   (a `perf record -g` of each server during its measured window)
 //
 // The clients are plain WebSocket clients of `/ws/<group>`: the `ws` and `channels` targets.
 // Each target's server runs alone on CPU 0 (taskset, when there is one) and one client process
@@ -13,10 +14,13 @@
 // round-robin over the groups for `seconds`; the server's process.cpuUsage() over that window,
 // divided by the deliveries, gives user and system µs per delivery. Reported: each target's
 // median over the rounds. `npm run build` first (the channels targets import the built package).
-// For a profile of the same load, run the server under `perf record -g` with `node
-// --perf-basic-prof` (see README › Performance).
+// `--perf=/tmp/split` profiles the same load: each server runs with `node --perf-basic-prof`, and
+// `perf record -g` is attached once its warm-up is over (the upgrades are not in it), for the
+// measured window; `perf report -i /tmp/split-<target>-<round>.data` reads it (README ›
+// Performance, *Fewer objects read per delivery*).
 import { spawn, spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { tmpdir } from 'node:os'
 import { PerformanceObserver, constants } from 'node:perf_hooks'
 import { groupName, makePayloadFactory, sleep } from './lib/common.js'
 
@@ -45,7 +49,8 @@ async function main () {
   const results = new Map(targets.map(t => [t, []]))
   for (let round = 1; round <= rounds; round++) {
     for (const target of targets) {
-      const row = await measure(target, { connections, groups, active, grouped, rate, seconds, pin })
+      const perf = opts.perf === undefined ? undefined : `${opts.perf}-${target}-${round}.data`
+      const row = await measure(target, { connections, groups, active, grouped, rate, seconds, pin, perf })
       results.get(target).push(row)
       console.log(`round ${round} ${target}: user ${row.user.toFixed(2)} + sys ${row.sys.toFixed(2)} = ${(row.user + row.sys).toFixed(2)} µs/delivery, ${row.scavenges} scavenges and ${row.majors} other collections (pauses ${(row.gcMs * 1000 / row.deliveries).toFixed(2)} µs/delivery, the longest ${row.gcMaxMs.toFixed(1)} ms), ${(row.received / row.expected * 100).toFixed(1)}% received`)
     }
@@ -59,10 +64,11 @@ async function main () {
   }
 }
 
-async function measure (target, { connections, groups, active, grouped, rate, seconds, pin }) {
+async function measure (target, { connections, groups, active, grouped, rate, seconds, pin, perf }) {
   const stdio = ['ignore', 'pipe', 'inherit', 'ipc']
-  const run = (cpu, args) => pin ? spawn('taskset', ['-c', String(cpu), process.execPath, self, ...args], { stdio }) : spawn(process.execPath, [self, ...args], { stdio })
-  const srv = run(0, ['server', target, String(groups)])
+  const run = (cpu, args, flags = [], cwd = undefined) => pin ? spawn('taskset', ['-c', String(cpu), process.execPath, ...flags, self, ...args], { stdio, cwd }) : spawn(process.execPath, [...flags, self, ...args], { stdio, cwd })
+  // With --perf-basic-prof, V8 also writes an isolate log to the working directory: there, not here.
+  const srv = perf === undefined ? run(0, ['server', target, String(groups)]) : run(0, ['server', target, String(groups)], ['--perf-basic-prof'], tmpdir())
   const port = await new Promise((resolve, reject) => { srv.once('message', m => resolve(m.port)); srv.once('exit', code => reject(new Error(`${target} server exited (${code})`))) })
   const cli = run(1, ['clients', String(port), String(connections), String(groups), grouped ? '1' : '0'])
   await new Promise((resolve, reject) => {
@@ -71,6 +77,10 @@ async function measure (target, { connections, groups, active, grouped, rate, se
   })
   await sleep(1000)
   srv.send({ rate, seconds, active })
+  if (perf !== undefined) {
+    // The server's warm-up is 3 s; the recording ends before its window does.
+    setTimeout(() => spawn('perf', ['record', '-F', '2999', '-g', '-p', String(srv.pid), '-o', perf, '--', 'sleep', String(Math.max(1, seconds - 1))], { stdio: 'ignore' }), 3500)
+  }
   const row = await new Promise(resolve => srv.once('message', resolve))
   await sleep(500)
   cli.send('count')
