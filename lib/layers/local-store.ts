@@ -88,7 +88,7 @@ export class LocalStore {
     let frozen = false
     const previous = pristine ? enterFanOut(message) : undefined
     try {
-      // forEach, not for…of: an entries iterator makes a [channel, expiresAt] array per member.
+      // forEach, not for…of: an entries iterator makes a [channel, membership] array per member.
       members.forEach((membership, channel) => {
         if (membership.expiresAt <= now) {
           this.#unlink(group, members, channel)
