@@ -67,8 +67,10 @@ async function main () {
 async function measure (target, { connections, groups, active, grouped, rate, seconds, pin, perf }) {
   const stdio = ['ignore', 'pipe', 'inherit', 'ipc']
   const run = (cpu, args, flags = [], cwd = undefined) => pin ? spawn('taskset', ['-c', String(cpu), process.execPath, ...flags, self, ...args], { stdio, cwd }) : spawn(process.execPath, [...flags, self, ...args], { stdio, cwd })
-  // With --perf-basic-prof, V8 also writes an isolate log to the working directory: there, not here.
-  const srv = perf === undefined ? run(0, ['server', target, String(groups)]) : run(0, ['server', target, String(groups)], ['--perf-basic-prof'], tmpdir())
+  // Profiled, the server runs with --perf-basic-prof, with which V8 also writes an isolate log to
+  // the working directory: the temporary one, not here.
+  const profiled = perf !== undefined
+  const srv = run(0, ['server', target, String(groups)], profiled ? ['--perf-basic-prof'] : [], profiled ? tmpdir() : undefined)
   const port = await new Promise((resolve, reject) => { srv.once('message', m => resolve(m.port)); srv.once('exit', code => reject(new Error(`${target} server exited (${code})`))) })
   const cli = run(1, ['clients', String(port), String(connections), String(groups), grouped ? '1' : '0'])
   await new Promise((resolve, reject) => {
@@ -77,7 +79,7 @@ async function measure (target, { connections, groups, active, grouped, rate, se
   })
   await sleep(1000)
   srv.send({ rate, seconds, active })
-  if (perf !== undefined) {
+  if (profiled) {
     // The server's warm-up is 3 s; the recording ends before its window does.
     setTimeout(() => spawn('perf', ['record', '-F', '2999', '-g', '-p', String(srv.pid), '-o', perf, '--', 'sleep', String(Math.max(1, seconds - 1))], { stdio: 'ignore' }), 3500)
   }
