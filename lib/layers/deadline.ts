@@ -5,6 +5,11 @@ const noop = (): void => {}
 /**
  * Settles like `promise`, or rejects with LayerTimeoutError at `deadline` (performance.now() ms);
  * `timeout` is what the error reports. The abandoned promise's rejection is absorbed, never unhandled.
+ *
+ * The deadline is judged after the I/O the process has already received: a process that was busy
+ * past it (a long synchronous stretch, an overloaded event loop) finds the expired timer and the
+ * answer both waiting, and timers run before I/O callbacks in a turn. So the timer only schedules
+ * the rejection for after this turn's I/O (setImmediate): an answer already there wins.
  */
 export function withDeadline<T> (promise: Promise<T>, deadline: number, what: string, timeout: number): Promise<T> {
   const left = deadline - performance.now()
@@ -14,8 +19,10 @@ export function withDeadline<T> (promise: Promise<T>, deadline: number, what: st
   }
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => {
-      promise.catch(noop)
-      reject(new LayerTimeoutError(what, timeout))
+      setImmediate(() => {
+        promise.catch(noop)
+        reject(new LayerTimeoutError(what, timeout))
+      })
     }, left)
     promise.then(value => {
       clearTimeout(timer)

@@ -5,7 +5,7 @@ import { LayerTimeoutError } from '../../lib/errors.js'
 import { RedisChannelLayer } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { freePort } from '../helpers/process.js'
-import { startRedisServer, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
 
 // Redis going away: calls settle within `timeout` with LayerTimeoutError, the layer says so with
 // events, and after a restart (all data lost) subscriptions and memberships come back by themselves.
@@ -133,5 +133,25 @@ t.test('a layer whose Redis never answers: every call settles within the timeout
   const started = performance.now()
   await layer.close()
   t.ok(performance.now() - started < 1000, 'close() does not wait for Redis')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
+t.test('a process busy past the timeout: an answer that has arrived meanwhile wins over the deadline', async t => {
+  if (!await requireRedis(t)) return
+  const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: uniquePrefix('fc-busy'), timeout: 200 })
+  t.teardown(() => layer.close())
+  const channel = await layer.newChannel()
+  await layer.groupAdd('busy', channel)
+  for (const n of [1, 2, 3]) {
+    const sent = layer.groupSend('busy', { type: 'busy.message', n })
+    // The command is written once the call's promise jobs have run (no I/O in between); Redis
+    // answers within a millisecond, and the process only looks after the deadline has passed.
+    for (let i = 0; i < 50; i++) await null
+    const until = performance.now() + 500
+    while (performance.now() < until);
+    const outcome = await sent.then(() => 'resolved', (err: unknown) => err)
+    t.equal(outcome, 'resolved', `groupSend ${n} resolves: it was done, so it is not reported as timed out`)
+    t.same(await receiveWithin(layer, channel), { type: 'busy.message', n }, `and message ${n} arrives, once`)
+  }
   t.same(unhandled, [], 'no unhandled rejection')
 })
