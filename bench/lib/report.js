@@ -53,6 +53,7 @@ export function renderMarkdown (rows, meta) {
     if (r.lostWhenOverloaded > 0) notes.push(`${r.lostWhenOverloaded} lost past saturation`)
     if (r.dups > 0) notes.push(`${r.dups} duplicates`)
     if (r.groupSendSkipped > 0) notes.push(`groupSend skipped ${r.groupSendSkipped}`)
+    if (r.publishErrors > 0) notes.push(`${r.publishErrors} publishes rejected`)
     lines.push(`| ${r.scenario} | ${r.target} | ${r.connections} | ${r.groups} | ${r.payloadBytes} | ` +
       `${max.lowerBound ? '≥ ' : ''}${num(max.value)} | ${ratio(max.value, floor === undefined ? undefined : maxOf(floor).value)} | ` +
       `${r.maxIsLowerBound ? '≥ ' : ''}${num(r.deliveriesPerSec)} | ${ratio(r.deliveriesPerSec, floor?.deliveriesPerSec)} | ` +
