@@ -132,17 +132,24 @@ export class Outbound {
     this.#write(batch)
   }
 
-  /** Every socket's batch of the turn, in the order the sockets got their first frame. */
+  /**
+   * Every socket's batch of the turn, in the order the sockets got their first frame. The list
+   * stays the current one until all are written: a send made meanwhile (from a write's own
+   * callbacks) joins its socket's batch still waiting, or a new one at the end, so no socket's
+   * frames can pass each other.
+   */
   static #flushAll (): void {
-    flushing = false
-    const batches = pending
-    pending = []
-    for (let i = 0; i < batches.length; i++) {
-      const batch = batches[i]
-      if (batch === null) continue
-      const outbound = batch[0] as Outbound
-      outbound.#batchAt = -1
-      outbound.#write(batch)
+    try {
+      for (let i = 0; i < pending.length; i++) {
+        const batch = pending[i]
+        if (batch === null) continue
+        const outbound = batch[0] as Outbound
+        outbound.#batchAt = -1
+        outbound.#write(batch)
+      }
+    } finally {
+      pending = []
+      flushing = false
     }
   }
 
