@@ -16,6 +16,7 @@ import { Connection, type Runtime } from './connection/connection.js'
 import { bindToRequest, connectionOf } from './connection/binding.js'
 import { ResponseSocket } from './connection/response-socket.js'
 import { startHeartbeat } from './connection/heartbeat.js'
+import { ConnectionSet } from './connection/connection-set.js'
 import { CLOSING_HANDSHAKE_GRACE_MS, isClosing } from './connection/close-codes.js'
 import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
 import { AsyncHttpConsumer, kRespondWith, type HttpConsumerClass } from './http-consumer.js'
@@ -53,7 +54,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
   const channels: Channels = {
     layer,
     getUser: opts.getUser ?? defaultGetUser,
-    connections: new Set(),
+    connections: new ConnectionSet(),
     maxBufferedBytes: opts.maxBufferedBytes ?? DEFAULTS.maxBufferedBytes,
     maxGroupsPerConnection: opts.maxGroupsPerConnection ?? DEFAULTS.maxGroupsPerConnection,
     counts: new Counts(),

@@ -9,10 +9,9 @@
  *
  * The policy, per connection and tick: `beat()`.
  */
+import type { ConnectionSet, Slotted } from './connection-set.js'
 
-export interface Beating {
-  /** Which tick of the interval pings this connection. */
-  readonly heartbeatSlot: number
+export interface Beating extends Slotted {
   /** Only an open connection is pinged. */
   readonly isOpen: boolean
   /** While reading is paused for backpressure a pong cannot be read either. */
@@ -26,7 +25,7 @@ export interface Beating {
 
 // A tick every quarter second, at most this many slices: 30 s → 120 ticks, each for 1/120th.
 const TICK_MS = 250
-const MAX_SLICES = 120
+export const MAX_SLICES = 120
 
 function slicesFor (interval: number): number {
   return Math.max(1, Math.min(MAX_SLICES, Math.floor(interval / TICK_MS)))
@@ -40,16 +39,14 @@ export function heartbeatSlot (): number {
   return nextSlot
 }
 
-/** Starts the heartbeat over `connections` (read at each tick); returns what stops it. */
-export function startHeartbeat (connections: Iterable<Beating>, interval: number): () => void {
+/** Starts the heartbeat over `connections` (a tick reads its slice of them); returns what stops it. */
+export function startHeartbeat (connections: ConnectionSet<Beating>, interval: number): () => void {
   const slices = slicesFor(interval)
   let tick = 0
   const timer = setInterval(() => {
     const slice = tick
     tick = (tick + 1) % slices
-    for (const connection of connections) {
-      if (connection.heartbeatSlot % slices === slice) beat(connection)
-    }
+    connections.forEachInSlice(slice, slices, beat)
   }, interval / slices)
   timer.unref()
   return () => clearInterval(timer)

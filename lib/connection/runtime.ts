@@ -10,12 +10,13 @@ import type { Counts } from '../metrics.js'
 import type { RateLimit } from '../options.js'
 import type { Connection } from './connection.js'
 import type { Outbound } from './outbound.js'
+import type { ConnectionSet } from './connection-set.js'
 
 /** What every connection of one plugin instance shares. */
 export interface Runtime {
   layer: ChannelLayer
   getUser: GetUser
-  connections: Set<Connection>
+  connections: ConnectionSet<Connection>
   /** Bytes a slow reader may have queued before it is closed with 1008. */
   maxBufferedBytes: number
   /** Groups one connection's channel may join through its consumer's `channelLayer`. */

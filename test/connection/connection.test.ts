@@ -10,6 +10,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { InMemoryChannelLayer, WebsocketConsumer, type LayerMessage } from '../../lib/index.js'
 import { Connection, type Decision, type Runtime } from '../../lib/connection/connection.js'
 import { Counts } from '../../lib/metrics.js'
+import { ConnectionSet } from '../../lib/connection/connection-set.js'
 import type { ConnectionSocket } from '../../lib/connection/socket.js'
 import { kInit } from '../../lib/consumer.js'
 import { eventually } from '../helpers/app.js'
@@ -55,7 +56,7 @@ function setup (script?: Scripted['script'], options: Partial<Runtime> = {}) {
   // Just what building a scope and watching for an early goodbye read of a Fastify request.
   const tcp = new EventEmitter()
   const request = { url: '/ws', routeOptions: { url: '/ws' }, query: {}, params: {}, headers: {}, ip: '127.0.0.1', log, raw: { socket: tcp } } as unknown as FastifyRequest
-  const runtime: Runtime = { layer, getUser: () => null, connections: new Set(), maxBufferedBytes: 1024 * 1024, maxGroupsPerConnection: 100, counts: new Counts(), rateLimit: undefined, ...options }
+  const runtime: Runtime = { layer, getUser: () => null, connections: new ConnectionSet(), maxBufferedBytes: 1024 * 1024, maxGroupsPerConnection: 100, counts: new Counts(), rateLimit: undefined, ...options }
   const consumer = new Scripted()
   if (script !== undefined) consumer.script = script
   const connection = new Connection(runtime, request, consumer)

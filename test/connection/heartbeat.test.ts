@@ -4,6 +4,7 @@
  */
 import t from 'tap'
 import { beat, heartbeatSlot, startHeartbeat, type Beating } from '../../lib/connection/heartbeat.js'
+import { ConnectionSet } from '../../lib/connection/connection-set.js'
 import { eventually, sleep } from '../helpers/app.js'
 
 /** A peer that records pings and termination; `answers` makes it pong at once. */
@@ -113,7 +114,9 @@ t.test('the scheduler: each tick pings one slice, slices alternate, every peer o
       send()
     }
   }
-  const stop = startHeartbeat(peers, 500)
+  const connections = new ConnectionSet<Beating>()
+  for (const p of peers) connections.add(p)
+  const stop = startHeartbeat(connections, 500)
   await eventually(() => ticks.length >= 4, 5000)
   stop()
   const parity = (tick: Set<number>): Set<number> => new Set([...tick].map(i => peers[i].heartbeatSlot % 2))
@@ -127,4 +130,35 @@ t.test('the scheduler: each tick pings one slice, slices alternate, every peer o
   const seen = ticks.length
   await sleep(600)
   t.equal(ticks.length, seen, 'no tick after stop()')
+})
+
+t.test('the scheduler pings the connections of the set: one deleted from it is pinged no more', async t => {
+  // 250 ms: one slice, every peer at each tick.
+  const kept = peer(true)
+  const gone = peer(true)
+  const connections = new ConnectionSet<Beating>()
+  connections.add(kept)
+  connections.add(gone)
+  const stop = startHeartbeat(connections, 250)
+  t.teardown(stop)
+  await eventually(() => kept.pings >= 1 && gone.pings >= 1, 5000)
+  connections.delete(gone)
+  const before = gone.pings
+  await eventually(() => kept.pings >= 3, 5000)
+  t.equal(gone.pings, before, 'not pinged after it left the set')
+})
+
+t.test('a connection set counts each connection once and yields each of them', async t => {
+  const peers = Array.from({ length: 300 }, () => peer())
+  const connections = new ConnectionSet<Beating>()
+  for (const p of peers) connections.add(p)
+  connections.add(peers[0])
+  t.equal(connections.size, 300, 'added twice, counted once')
+  connections.delete(peers[1])
+  connections.delete(peers[1])
+  t.equal(connections.size, 299, 'deleted twice, counted once')
+  const seen = [...connections]
+  t.equal(seen.length, 299)
+  t.equal(new Set(seen).size, 299, 'each once')
+  t.notOk(seen.includes(peers[1]), 'not the deleted one')
 })

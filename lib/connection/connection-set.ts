@@ -1,0 +1,40 @@
+/**
+ * An app's connections, kept in buckets by heartbeat slot: the heartbeat's tick reads the
+ * connections it pings and no other (a slice of them every 250 ms, heartbeat.ts), instead of
+ * every connection of the process four times a second.
+ */
+import { MAX_SLICES } from './heartbeat.js'
+
+export interface Slotted {
+  /** Which of the MAX_SLICES buckets holds it: fixed for its life. */
+  readonly heartbeatSlot: number
+}
+
+export class ConnectionSet<T extends Slotted> implements Iterable<T> {
+  readonly #buckets: Array<Set<T>> = Array.from({ length: MAX_SLICES }, () => new Set())
+  #size = 0
+
+  get size (): number {
+    return this.#size
+  }
+
+  add (item: T): void {
+    const bucket = this.#buckets[item.heartbeatSlot]
+    if (bucket.has(item)) return
+    bucket.add(item)
+    this.#size++
+  }
+
+  delete (item: T): void {
+    if (this.#buckets[item.heartbeatSlot].delete(item)) this.#size--
+  }
+
+  /** Calls `fn` for each connection in slice `slice` of `slices` (its slot modulo `slices`). */
+  forEachInSlice (slice: number, slices: number, fn: (item: T) => void): void {
+    for (let slot = slice; slot < MAX_SLICES; slot += slices) this.#buckets[slot].forEach(fn)
+  }
+
+  * [Symbol.iterator] (): Iterator<T> {
+    for (const bucket of this.#buckets) yield * bucket
+  }
+}
