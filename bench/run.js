@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The benchmark harness: every target in turn, in the same run, same method, same machine.
-//   node bench/run.js              full: every scenario (about 48 minutes on 2 cores)
-//   node bench/run.js --quick      groups-100x100 only, short steps (about 10 minutes)
+//   node bench/run.js              full: every scenario (about an hour on 2 cores)
+//   node bench/run.js --quick      groups-100x100 only, short steps (about 12 minutes)
 //   node bench/run.js --smoke      2 targets, 50 connections, ~1 s of load: checks the harness works
 // Options: --targets=a,b  --scenarios=a,b  --out=<dir>  --profile (a CPU profile of each server
 // process during the fixed-rate step, in <out>/profiles)  --gens=<n> generator processes  --no-pin
@@ -71,9 +71,9 @@ if (args.alt !== undefined) {
 }
 
 const PLAN = {
-  full: { scenarios: ['groups-100x100', 'groups-100x100-1k', 'broadcast-1x10000', 'chat-1000x10'], targets: Object.keys(TARGETS), stepMs: 3000, fixedMs: 5000, bisect: 5, warmMs: 2000 },
-  quick: { scenarios: ['groups-100x100'], targets: Object.keys(TARGETS), stepMs: 2000, fixedMs: 3000, bisect: 2, warmMs: 1000 },
-  smoke: { scenarios: ['smoke'], targets: ['ws-memory', 'channels-memory', 'channels-sse-memory'], stepMs: 500, fixedMs: 500, bisect: 0, warmMs: 200, smoke: true }
+  full: { scenarios: ['groups-100x100', 'groups-100x100-1k', 'broadcast-1x10000', 'chat-1000x10'], targets: Object.keys(TARGETS), stepMs: 3000, fixedMs: 5000, bisect: 5, warmMs: 2000, idleMs: 5000 },
+  quick: { scenarios: ['groups-100x100'], targets: Object.keys(TARGETS), stepMs: 2000, fixedMs: 3000, bisect: 2, warmMs: 1000, idleMs: 10_000 },
+  smoke: { scenarios: ['smoke'], targets: ['ws-memory', 'channels-memory', 'channels-sse-memory'], stepMs: 500, fixedMs: 500, bisect: 0, warmMs: 200, idleMs: 200, smoke: true }
 }[mode]
 
 const scenarioNames = args.scenarios?.split(',') ?? PLAN.scenarios
@@ -204,6 +204,13 @@ async function runTarget (scenario, target, floorMax) {
     row.rssPerConnKiB = round((sum(rssN) - sum(rss0)) / scenario.connections / 1024, 1)
     // A server process at rest (the app, the target's layer, no connection), for capacity plans.
     row.rssAtRestMiB = round(sum(rss0) / servers.length / 1024 / 1024, 1)
+    // Idle CPU: the servers' CPU time while the N connections only stay open (keep-alive pings),
+    // in ms per second per 10,000 connections.
+    const idleCpu0 = sum(servers.map(s => procCpuUs(s.pid) ?? 0))
+    const idleT0 = monoMs()
+    await sleep(PLAN.idleMs)
+    const idleCpuUs = sum(servers.map(s => procCpuUs(s.pid) ?? 0)) - idleCpu0
+    row.idleCpuMsPerSec = round(idleCpuUs / (monoMs() - idleT0) * 10_000 / scenario.connections, 2)
 
     // 4. Load: warm-up, stepped open-loop load to saturation, then the fixed-rate step.
     const bench = new Bench(scenario, servers, gens, members, groupSize, target.layer === 'redis')
@@ -647,7 +654,7 @@ async function main () {
         const key = r => r.deliveriesPerSec ?? r.deliveriesPerCpuSecond ?? -1
         const measured = runs.filter(r => r.error === undefined).sort((a, b) => key(a) - key(b))
         const row = measured.length === 0 ? runs[0] : measured[Math.floor((measured.length - 1) / 2)]
-        row.repeats = runs.map(r => ({ deliveriesPerSec: r.deliveriesPerSec, deliveriesPerCpuSecond: r.deliveriesPerCpuSecond, p50Ms: r.p50Ms, p99Ms: r.p99Ms, cpuUsPerDelivery: r.cpuUsPerDelivery, rssPerConnKiB: r.rssPerConnKiB, lost: r.lost, error: r.error }))
+        row.repeats = runs.map(r => ({ deliveriesPerSec: r.deliveriesPerSec, deliveriesPerCpuSecond: r.deliveriesPerCpuSecond, p50Ms: r.p50Ms, p99Ms: r.p99Ms, cpuUsPerDelivery: r.cpuUsPerDelivery, rssPerConnKiB: r.rssPerConnKiB, idleCpuMsPerSec: r.idleCpuMsPerSec, lost: r.lost, error: r.error }))
         row.lost = runs.reduce((n, r) => n + (r.lost ?? 0), 0)
         rows.push(row)
       }
