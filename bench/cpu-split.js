@@ -22,7 +22,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { tmpdir } from 'node:os'
 import { PerformanceObserver, constants } from 'node:perf_hooks'
-import { groupName, makePayloadFactory, sleep } from './lib/common.js'
+import { groupName, makePayloadFactory, median, sleep } from './lib/common.js'
 
 const self = fileURLToPath(import.meta.url)
 const [role] = process.argv.slice(2)
@@ -154,9 +154,4 @@ async function clients (port, n, groups, grouped) {
   }
   process.send('open')
   process.on('message', () => process.send(received))
-}
-
-function median (values) {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)]
 }

@@ -1,5 +1,5 @@
 // Shared by the harness, the server processes and the load generators.
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 
 /** Milliseconds on CLOCK_MONOTONIC: the same clock in every process of this machine. */
 export function monoMs () {
@@ -43,6 +43,24 @@ export function procCpuUs (pid) {
     const utime = Number(fields[11])
     const stime = Number(fields[12])
     return (utime + stime) * (1e6 / TICKS_PER_SECOND)
+  } catch {
+    return null
+  }
+}
+
+/**
+ * CPU time of a process (all threads) in microseconds, to the nanosecond, from each thread's
+ * /proc schedstat (procCpuUs counts 10 ms ticks); null if gone.
+ */
+export function procCpuPreciseUs (pid) {
+  try {
+    let ns = 0
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'latin1').split(' ')[0])
+      } catch {} // a thread that ended meanwhile
+    }
+    return ns / 1000
   } catch {
     return null
   }
@@ -121,4 +139,10 @@ export function cpuBusyUs () {
     }
   } catch {}
   return out
+}
+
+/** The middle value (of an even count, the upper of the two middle ones). */
+export function median (values) {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]
 }

@@ -49,7 +49,7 @@ export function renderMarkdown (rows, meta) {
     if (r.starved) notes.push('search ended by a step where the servers were starved of CPU by other jobs')
     if (r.fixedKeptUp === false) notes.push('overloaded at the fixed rate')
     if (r.repeats !== undefined) notes.push(`median of ${r.repeats.length}: ${r.repeats.map(x => num(x.deliveriesPerSec ?? x.deliveriesPerCpuSecond)).join(' / ')}`)
-    if (r.idleCpuMsPerSec != null) notes.push(`idle: ${r.idleCpuMsPerSec} ms CPU/s per 10,000 connections`)
+    if (r.idleCpuMsPerSec != null) notes.push(`idle: ${r.idleCpuMsPerSec} ms CPU/s per 10,000 connections${r.idleRedisCpuMsPerSec == null ? '' : `, +${r.idleRedisCpuMsPerSec} Redis`}`)
     if (r.redisCpuUsPerDelivery !== undefined) notes.push(`+${r.redisCpuUsPerDelivery} µs Redis CPU/delivery`)
     if (r.lostWhenOverloaded > 0) notes.push(`${r.lostWhenOverloaded} lost past saturation`)
     if (r.dups > 0) notes.push(`${r.dups} duplicates`)
