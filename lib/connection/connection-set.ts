@@ -12,21 +12,19 @@ export interface Slotted {
 
 export class ConnectionSet<T extends Slotted> implements Iterable<T> {
   readonly #buckets: Array<Set<T>> = Array.from({ length: MAX_SLICES }, () => new Set())
-  #size = 0
 
   get size (): number {
-    return this.#size
+    let size = 0
+    for (const bucket of this.#buckets) size += bucket.size
+    return size
   }
 
   add (item: T): void {
-    const bucket = this.#buckets[item.heartbeatSlot]
-    if (bucket.has(item)) return
-    bucket.add(item)
-    this.#size++
+    this.#buckets[item.heartbeatSlot].add(item)
   }
 
   delete (item: T): void {
-    if (this.#buckets[item.heartbeatSlot].delete(item)) this.#size--
+    this.#buckets[item.heartbeatSlot].delete(item)
   }
 
   /** Calls `fn` for each connection in slice `slice` of `slices` (its slot modulo `slices`). */
