@@ -100,3 +100,29 @@ t.test('10,000 join/leave cycles leave no keys, subscriptions or local state beh
     t.same(layer.inspect(), { channels: 0, groups: 0, memberships: 0, subscriptions: 2, readers: 0, requests: 0 })
   }
 })
+
+t.test('a renewal keeps 1,201 members of one group past their lease, in one script call of three ZADDs', async t => {
+  const server = await startRedisServer(t)
+  const admin = new Redis(server.url)
+  t.teardown(() => admin.disconnect())
+  const prefix = uniquePrefix('fc-renew')
+  // A one-second lease is renewed every third of a second: only renewals keep the records.
+  const layer = new RedisChannelLayer({ url: server.url, prefix, membershipLease: 1 })
+  t.teardown(() => layer.close())
+  const group = 'crowd'
+  const size = 1201
+  for (let i = 0; i < size; i += 100) {
+    await Promise.all(Array.from({ length: Math.min(100, size - i) }, async () => await layer.groupAdd(group, await layer.newChannel())))
+  }
+  await admin.config('RESETSTAT')
+  await new Promise(resolve => setTimeout(resolve, 1500))
+  const stats = await commandStats(admin)
+  const key = `${prefix}:gm:{${group}}`
+  t.equal(await admin.zcard(key), size, 'every member is still recorded, half a second past its lease')
+  const [seconds, micros] = await admin.time()
+  const lowest = Number((await admin.zrange(key, '0', '0', 'WITHSCORES'))[1])
+  t.ok(lowest > Number(seconds) * 1000 + Number(micros) / 1000, 'and none of the records has expired')
+  t.comment(`renewals in 1.5 s: ${JSON.stringify(stats)}`)
+  t.ok(stats.evalsha >= 1, 'renewed at least once')
+  t.equal(stats.zadd, 3 * stats.evalsha, 'each renewal: one EVALSHA, one ZADD per 500 members')
+})

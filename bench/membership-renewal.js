@@ -1,0 +1,61 @@
+// What renewing memberships costs Redis. Every membershipLease / 3 (20 s by default) each process
+// runs the layer's renewal script once per group it has members in, carrying those members. This
+// runs that script (from the built package) as a process with 50 members in a group of 100 does,
+// and reads Redis's own CPU time for it from INFO commandstats.
+//
+//   node bench/membership-renewal.js                       # this build (npm run build first)
+//   node bench/membership-renewal.js --alt=../other/dist   # and another build, in alternating rounds
+//   options: --members=<n> (renewed per call, 50) --group=<n> (the group's size, 100) --calls=<n> (per round, 2000) --rounds=<n> (7)
+//
+// Use a Redis of your own (REDIS_URL, default redis://127.0.0.1:6379): RESETSTAT clears its counters.
+import { Redis } from 'ioredis'
+import path from 'node:path'
+import { pathToFileURL, fileURLToPath } from 'node:url'
+import { median } from './lib/common.js'
+
+const args = Object.fromEntries(process.argv.slice(2).map(arg => {
+  const m = /^--([a-z]+)=(.*)$/.exec(arg)
+  if (m === null) throw new Error(`unknown argument ${arg}; see the comment at the top of this file`)
+  return [m[1], m[2]]
+}))
+const members = Number(args.members ?? 50)
+const groupSize = Number(args.group ?? 100)
+const calls = Number(args.calls ?? 2000)
+const rounds = Number(args.rounds ?? 7)
+const here = path.dirname(fileURLToPath(import.meta.url))
+const builds = { current: path.join(here, '..', 'dist') }
+if (args.alt !== undefined) builds.alt = path.resolve(args.alt)
+
+const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379')
+const key = `fc-bench-renewal:${process.pid}:gm:{room}`
+const presenceKey = `fc-bench-renewal:${process.pid}:gp:{room}`
+const ours = Array.from({ length: members }, (_, i) => `specific.${'a'.repeat(22)}!${i}`)
+const pairs = ours.flatMap(channel => [channel, 60_000])
+
+const scripts = {}
+for (const [name, dist] of Object.entries(builds)) {
+  const { renewMembers } = await import(pathToFileURL(path.join(dist, 'layers', 'redis', 'group-scripts.js')).href)
+  scripts[name] = { ...renewMembers, sha: await redis.script('LOAD', renewMembers.lua) }
+}
+
+async function round (s) {
+  await redis.del(key, presenceKey)
+  const others = Array.from({ length: groupSize - members }, (_, i) => [Date.now() + 60_000, `specific.${'b'.repeat(22)}!${i}`])
+  if (others.length > 0) await redis.zadd(key, ...others.flat())
+  await redis.evalsha(s.sha, s.keys, key, presenceKey, ...pairs) // the first call adds; the rest renew
+  await redis.config('RESETSTAT')
+  for (let i = 0; i < calls; i++) await redis.evalsha(s.sha, s.keys, key, presenceKey, ...pairs)
+  const m = /cmdstat_evalsha:calls=(\d+),usec=(\d+)/.exec(await redis.info('commandstats'))
+  return Number(m[2]) / Number(m[1])
+}
+
+const results = Object.fromEntries(Object.keys(scripts).map(name => [name, []]))
+for (const s of Object.values(scripts)) await round(s) // warm-up
+for (let r = 0; r < rounds; r++) for (const [name, s] of Object.entries(scripts)) results[name].push(await round(s))
+for (const [name, perCall] of Object.entries(results)) {
+  const mid = median(perCall)
+  console.log(`${name} (${builds[name]}): ${mid.toFixed(1)} µs of Redis per renewal call of ${members} members in a group of ${groupSize} ` +
+    `(${(mid / members).toFixed(2)} µs per member; rounds: ${perCall.map(x => x.toFixed(1)).join(', ')})`)
+}
+await redis.del(key, presenceKey)
+redis.disconnect()
