@@ -8,6 +8,7 @@
 // --nice=<n> (run every bench process at that niceness, e.g. -10 on a machine shared with other jobs)
 // --repeat=<n> (n interleaved rounds; each row is the round with the median maximum)
 // --fixed-rate=<deliveries/s> (instead of half of the floor's maximum; e.g. to profile under overload)
+// --fixed-ms=<n> (the fixed-rate step's length: 5,000 in a full run, 3,000 in --quick)
 // --alt=<path/to/dist/index.js>[,…] (adds channels-memory-alt1, channels-redis-alt1, channels-sse-memory-alt1, …: other builds)
 // --no-steps (skip the search for the maximum: warm-up, saturation and fixed-rate steps only)
 // --connections=<n> (instead of the scenario's 10,000, same groups; loopback allows about 28,000)
@@ -84,9 +85,10 @@ for (const name of targetNames) if (TARGETS[name] === undefined) fail(`unknown t
 
 const bisections = args.bisect === undefined ? PLAN.bisect : Number(args.bisect)
 const idleMs = args['idle-ms'] === undefined ? PLAN.idleMs : Number(args['idle-ms'])
+const fixedMs = args['fixed-ms'] === undefined ? PLAN.fixedMs : Number(args['fixed-ms'])
 // Only a complete run replaces the table the README quotes (bench/results/latest.*).
 const complete = mode === 'full' && args.targets === undefined && args.scenarios === undefined && !args['no-steps'] &&
-  args['fixed-rate'] === undefined && args.connections === undefined && args.bisect === undefined
+  args['fixed-rate'] === undefined && args['fixed-ms'] === undefined && args.connections === undefined && args.bisect === undefined
 const outDir = path.resolve(args.out ?? (PLAN.smoke
   ? path.join(os.tmpdir(), `fastify-channels-bench-${process.pid}`)
   : path.join(here, 'results', complete ? '' : 'partial')))
@@ -294,7 +296,7 @@ async function runTarget (scenario, target, floorMax) {
     }
 
     if (args.profile) await Promise.all(servers.map(s => s.request('profileStart')))
-    const fixed = await measure(fixedRate, PLAN.fixedMs, 'fixed')
+    const fixed = await measure(fixedRate, fixedMs, 'fixed')
     if (args.profile) {
       mkdirSync(path.join(outDir, 'profiles'), { recursive: true })
       await Promise.all(servers.map((s, i) => s.request('profileStop', { file: path.join(outDir, 'profiles', `${scenario.name}.${target.name}.${i}.cpuprofile`) })))
