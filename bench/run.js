@@ -9,6 +9,7 @@
 // --repeat=<n> (n interleaved rounds; each row is the round with the median maximum)
 // --fixed-rate=<deliveries/s> (instead of half of the floor's maximum; e.g. to profile under overload)
 // --fixed-ms=<n> (the fixed-rate step's length: 5,000 in a full run, 3,000 in --quick)
+// --loop-delay (each server process's event-loop delay during the fixed-rate step, at 1 ms resolution)
 // --alt=<path/to/dist/index.js>[,…] (adds channels-memory-alt1, channels-redis-alt1, channels-sse-memory-alt1, …: other builds)
 // --no-steps (skip the search for the maximum: warm-up, saturation and fixed-rate steps only)
 // --connections=<n> (instead of the scenario's 10,000, same groups; loopback allows about 28,000)
@@ -296,7 +297,12 @@ async function runTarget (scenario, target, floorMax) {
     }
 
     if (args.profile) await Promise.all(servers.map(s => s.request('profileStart')))
+    if (args['loop-delay']) await Promise.all(servers.map(s => s.request('loopDelayStart')))
     const fixed = await measure(fixedRate, fixedMs, 'fixed')
+    if (args['loop-delay']) {
+      row.loopDelay = await Promise.all(servers.map(s => s.request('loopDelayStop')))
+      log(`  ${target.name} event-loop delay in the fixed step, per server process: ${row.loopDelay.map(d => `p99 ${d.p99Ms}, p99.9 ${d.p999Ms}, max ${d.maxMs} ms`).join('; ')}`)
+    }
     if (args.profile) {
       mkdirSync(path.join(outDir, 'profiles'), { recursive: true })
       await Promise.all(servers.map((s, i) => s.request('profileStop', { file: path.join(outDir, 'profiles', `${scenario.name}.${target.name}.${i}.cpuprofile`) })))

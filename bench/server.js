@@ -76,8 +76,24 @@ async function profileStart () {
   }
 }
 
+// Event-loop delay during a chosen phase (--loop-delay): how long the process held every timer
+// and socket back, at 1 ms resolution.
+let loopDelay
+async function loopDelayStart () {
+  const { monitorEventLoopDelay } = await import('node:perf_hooks')
+  loopDelay = monitorEventLoopDelay({ resolution: 1 })
+  loopDelay.enable()
+}
+function loopDelayStop () {
+  loopDelay.disable()
+  const ms = ns => Math.round(ns / 1e4) / 100
+  return { p99Ms: ms(loopDelay.percentile(99)), p999Ms: ms(loopDelay.percentile(99.9)), maxMs: ms(loopDelay.max) }
+}
+
 serveIpc({
   run: msg => runPhase(msg),
+  loopDelayStart: () => loopDelayStart(),
+  loopDelayStop: () => loopDelayStop(),
   profileStart: () => profileStart(),
   profileStop: async ({ file }) => { await profiler.stopTo(file) },
   stats: () => ({ connections: server.connections(), rss: process.memoryUsage.rss(), publishErrors, ...server.stats?.() }),
