@@ -9,7 +9,7 @@
 // --repeat=<n> (n interleaved rounds; each row is the round with the median maximum)
 // --fixed-rate=<deliveries/s> (instead of half of the floor's maximum; e.g. to profile under overload)
 // --fixed-ms=<n> (the fixed-rate step's length: 5,000 in a full run, 3,000 in --quick)
-// --loop-delay (each server process's event-loop delay during the fixed-rate step, at 1 ms resolution)
+// --loop-delay (each server process's event-loop delay during the fixed-rate step, at 1 ms resolution, and its wait for a core)
 // --alt=<path/to/dist/index.js>[,…] (adds channels-memory-alt1, channels-redis-alt1, channels-sse-memory-alt1, …: other builds)
 // --no-steps (skip the search for the maximum: warm-up, saturation and fixed-rate steps only)
 // --connections=<n> (instead of the scenario's 10,000, same groups; loopback allows about 28,000)
@@ -23,7 +23,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { cpuBusyUs, ipcClient, median, monoMs, procCpuPreciseUs, procCpuUs, sleep } from './lib/common.js'
+import { cpuBusyUs, ipcClient, median, monoMs, procCpuPreciseUs, procCpuUs, procRunQueueWaitUs, sleep } from './lib/common.js'
 import { renderMarkdown } from './lib/report.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
@@ -297,11 +297,19 @@ async function runTarget (scenario, target, floorMax) {
     }
 
     if (args.profile) await Promise.all(servers.map(s => s.request('profileStart')))
-    if (args['loop-delay']) await Promise.all(servers.map(s => s.request('loopDelayStart')))
+    // --loop-delay: each server process's event-loop delay, and how long it waited for its core.
+    const waitedUs = () => servers.map(s => procRunQueueWaitUs(s.pid) ?? 0)
+    let waitedBefore, loopFrom
+    if (args['loop-delay']) {
+      await Promise.all(servers.map(s => s.request('loopDelayStart')))
+      waitedBefore = waitedUs()
+      loopFrom = monoMs()
+    }
     const fixed = await measure(fixedRate, fixedMs, 'fixed')
     if (args['loop-delay']) {
-      row.loopDelay = await Promise.all(servers.map(s => s.request('loopDelayStop')))
-      log(`  ${target.name} event-loop delay in the fixed step, per server process: ${row.loopDelay.map(d => `p99 ${d.p99Ms}, p99.9 ${d.p999Ms}, max ${d.maxMs} ms`).join('; ')}`)
+      const waitMsPerSec = waitedUs().map((us, i) => round((us - waitedBefore[i]) / (monoMs() - loopFrom), 1))
+      row.loopDelay = (await Promise.all(servers.map(s => s.request('loopDelayStop')))).map((d, i) => ({ ...d, runQueueWaitMsPerSec: waitMsPerSec[i] }))
+      log(`  ${target.name} in the fixed step, per server process: ${row.loopDelay.map(d => `event-loop delay p99 ${d.p99Ms}, p99.9 ${d.p999Ms}, max ${d.maxMs} ms, waited for its core ${d.runQueueWaitMsPerSec} ms/s`).join('; ')}`)
     }
     if (args.profile) {
       mkdirSync(path.join(outDir, 'profiles'), { recursive: true })

@@ -53,11 +53,21 @@ export function procCpuUs (pid) {
  * /proc schedstat (procCpuUs counts 10 ms ticks); null if gone.
  */
 export function procCpuPreciseUs (pid) {
+  return procSchedstatUs(pid, 0)
+}
+
+/** Time a process's threads were ready to run but waited for a core, in microseconds; null if gone. */
+export function procRunQueueWaitUs (pid) {
+  return procSchedstatUs(pid, 1)
+}
+
+/** A field of /proc schedstat (0: on a core, 1: waiting for one), summed over threads, in µs. */
+function procSchedstatUs (pid, field) {
   try {
     let ns = 0
     for (const tid of readdirSync(`/proc/${pid}/task`)) {
       try {
-        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'latin1').split(' ')[0])
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'latin1').split(' ')[field])
       } catch {} // a thread that ended meanwhile
     }
     return ns / 1000
