@@ -28,7 +28,7 @@ if (args.alt !== undefined) builds.alt = path.resolve(args.alt)
 
 const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379')
 const key = `fc-bench-renewal:${process.pid}:gm:{room}`
-const presenceKey = `fc-bench-renewal:${process.pid}:gp:{room}`
+const presenceKey = `fc-bench-renewal:${process.pid}:pi:{room}`
 const ours = Array.from({ length: members }, (_, i) => `specific.${'a'.repeat(22)}!${i}`)
 const pairs = ours.flatMap(channel => [channel, 60_000])
 

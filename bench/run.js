@@ -297,18 +297,10 @@ async function runTarget (scenario, target, floorMax) {
     }
 
     if (args.profile) await Promise.all(servers.map(s => s.request('profileStart')))
-    // --loop-delay: each server process's event-loop delay, and how long it waited for its core.
-    const waitedUs = () => servers.map(s => procRunQueueWaitUs(s.pid) ?? 0)
-    let waitedBefore, loopFrom
-    if (args['loop-delay']) {
-      await Promise.all(servers.map(s => s.request('loopDelayStart')))
-      waitedBefore = waitedUs()
-      loopFrom = monoMs()
-    }
+    const loops = args['loop-delay'] ? await watchLoops(servers) : undefined
     const fixed = await measure(fixedRate, fixedMs, 'fixed')
-    if (args['loop-delay']) {
-      const waitMsPerSec = waitedUs().map((us, i) => round((us - waitedBefore[i]) / (monoMs() - loopFrom), 1))
-      row.loopDelay = (await Promise.all(servers.map(s => s.request('loopDelayStop')))).map((d, i) => ({ ...d, runQueueWaitMsPerSec: waitMsPerSec[i] }))
+    if (loops !== undefined) {
+      row.loopDelay = await loops()
       log(`  ${target.name} in the fixed step, per server process: ${row.loopDelay.map(d => `event-loop delay p99 ${d.p99Ms}, p99.9 ${d.p999Ms}, max ${d.maxMs} ms, waited for its core ${d.runQueueWaitMsPerSec} ms/s`).join('; ')}`)
     }
     if (args.profile) {
@@ -634,6 +626,22 @@ function summary (r) {
 
 function fmt (n) {
   return n === null || n === undefined ? '-' : Math.round(n).toLocaleString('en-US')
+}
+
+/**
+ * --loop-delay: starts watching each server process's event-loop delay and its wait for a core;
+ * the function it returns stops and reads them, per process.
+ */
+async function watchLoops (servers) {
+  await Promise.all(servers.map(s => s.request('loopDelayStart')))
+  const waited = () => servers.map(s => procRunQueueWaitUs(s.pid) ?? 0)
+  const before = waited()
+  const from = monoMs()
+  return async () => {
+    const waitMsPerSec = waited().map((us, i) => round((us - before[i]) / (monoMs() - from), 1))
+    const delays = await Promise.all(servers.map(s => s.request('loopDelayStop')))
+    return delays.map((d, i) => ({ ...d, runQueueWaitMsPerSec: waitMsPerSec[i] }))
+  }
 }
 
 function round (n, digits) {

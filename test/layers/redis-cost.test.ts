@@ -2,6 +2,7 @@ import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { RedisChannelLayer } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
+import { sleep } from '../helpers/app.js'
 import { REDIS_URL, adminClient, commandStats, keysOf, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
 
 // What the Redis layer costs: Redis commands per groupSend (on a private redis-server, so that
@@ -115,7 +116,7 @@ t.test('a renewal keeps 1,201 members of one group past their lease, in one scri
     await Promise.all(Array.from({ length: Math.min(100, size - i) }, async () => await layer.groupAdd(group, await layer.newChannel())))
   }
   await admin.config('RESETSTAT')
-  await new Promise(resolve => setTimeout(resolve, 1500))
+  await sleep(1500)
   const stats = await commandStats(admin)
   const key = `${prefix}:gm:{${group}}`
   t.equal(await admin.zcard(key), size, 'every member is still recorded, half a second past its lease')
