@@ -13,9 +13,9 @@ import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { ChannelsClient } from 'fastify-channels/client'
-import { ipcClient, sleep } from './lib/common.js'
+import { ipcClient, parseFlags, sleep } from './lib/common.js'
 
-const args = Object.fromEntries(process.argv.slice(2).map(a => a.replace(/^--/, '').split('=')).map(([k, v]) => [k, v ?? true]))
+const args = parseFlags(process.argv.slice(2), ['seconds', 'smoke'], import.meta.url)
 const smoke = args.smoke === true
 const SECONDS = Number(args.seconds ?? (smoke ? 1 : 10))
 const CALL_EVERY_MS = 5

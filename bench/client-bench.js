@@ -12,10 +12,10 @@ import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { ChannelsClient } from 'fastify-channels/client'
-import { ipcClient, sleep } from './lib/common.js'
+import { ipcClient, parseFlags, sleep } from './lib/common.js'
 import { clientSize } from './client-size.js'
 
-const args = Object.fromEntries(process.argv.slice(2).map(a => a.replace(/^--/, '').split('=')).map(([k, v]) => [k, v ?? true]))
+const args = parseFlags(process.argv.slice(2), ['clients', 'calls', 'smoke'], import.meta.url)
 const smoke = args.smoke === true
 const CLIENTS = Number(args.clients ?? (smoke ? 50 : 1000))
 const CALLS = Number(args.calls ?? (smoke ? 200 : 5000))

@@ -22,7 +22,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { tmpdir } from 'node:os'
 import { PerformanceObserver, constants } from 'node:perf_hooks'
-import { groupName, makePayloadFactory, median, sleep } from './lib/common.js'
+import { groupName, makePayloadFactory, median, parseFlags, sleep } from './lib/common.js'
 
 const self = fileURLToPath(import.meta.url)
 const [role] = process.argv.slice(2)
@@ -32,7 +32,7 @@ else if (role === 'clients') await clients(...process.argv.slice(3).map(Number))
 else await main()
 
 async function main () {
-  const opts = Object.fromEntries(process.argv.slice(2).map(a => a.replace(/^--/, '').split('=')))
+  const opts = parseFlags(process.argv.slice(2), ['targets', 'connections', 'groups', 'active', 'join', 'rate', 'seconds', 'rounds', 'alt', 'perf'], import.meta.url)
   const targets = (opts.targets ?? 'ws-memory,channels-memory,channels-memory-shared').split(',')
   if (opts.alt !== undefined) process.env.BENCH_ALT_ENTRY = opts.alt
   const connections = Number(opts.connections ?? 10000)

@@ -11,13 +11,9 @@
 import { Redis } from 'ioredis'
 import path from 'node:path'
 import { pathToFileURL, fileURLToPath } from 'node:url'
-import { median } from './lib/common.js'
+import { median, parseFlags } from './lib/common.js'
 
-const args = Object.fromEntries(process.argv.slice(2).map(arg => {
-  const m = /^--([a-z]+)=(.*)$/.exec(arg)
-  if (m === null) throw new Error(`unknown argument ${arg}; see the comment at the top of this file`)
-  return [m[1], m[2]]
-}))
+const args = parseFlags(process.argv.slice(2), ['alt', 'members', 'group', 'calls', 'rounds'], import.meta.url)
 const members = Number(args.members ?? 50)
 const groupSize = Number(args.group ?? 100)
 const calls = Number(args.calls ?? 2000)

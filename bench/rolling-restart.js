@@ -18,10 +18,10 @@ import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { RedisChannelLayer } from 'fastify-channels'
 import { ChannelsClient } from 'fastify-channels/client'
-import { ipcClient, sleep } from './lib/common.js'
+import { ipcClient, parseFlags, sleep } from './lib/common.js'
 import { startNginx } from './lib/nginx.js'
 
-const args = Object.fromEntries(process.argv.slice(2).map(a => a.replace(/^--/, '').split('=')).map(([k, v]) => [k, v ?? true]))
+const args = parseFlags(process.argv.slice(2), ['clients', 'rate', 'smoke'], import.meta.url)
 const smoke = args.smoke === true
 const CLIENTS = Number(args.clients ?? (smoke ? 20 : 200))
 const RATE = Number(args.rate ?? (smoke ? 50 : 100))

@@ -15,6 +15,7 @@
 // --connections=<n> (instead of the scenario's 10,000, same groups; loopback allows about 28,000)
 // --bisect=<n> (halvings of the bracket around the maximum: 5 in a full run: the maximum to within 2.2%; 2 in --quick)
 // --idle-ms=<n> (the idle-CPU window with every connection open and no message, groups-100x100 only: 10,000 by default)
+// --keep-logs (keeps the server processes' logs: <os tmpdir>/fastify-channels-bench-logs-<pid of run.js>)
 // Results: bench/results/latest.* for a full run of every target and scenario; any other run
 // (--quick, a subset, --no-steps, --fixed-rate, --connections) writes bench/results/partial/ unless --out.
 // Method and how to read the output: bench/README.md.
@@ -23,13 +24,14 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { cpuBusyUs, ipcClient, median, monoMs, procCpuPreciseUs, procCpuUs, procRunQueueWaitUs, sleep } from './lib/common.js'
+import { cpuBusyUs, ipcClient, median, monoMs, parseFlags, procCpuPreciseUs, procCpuUs, procRunQueueWaitUs, sleep } from './lib/common.js'
 import { renderMarkdown } from './lib/report.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.dirname(here)
 
-const args = parseArgs(process.argv.slice(2))
+const args = parseFlags(process.argv.slice(2), ['quick', 'smoke', 'targets', 'scenarios', 'out', 'profile', 'gens', 'no-pin', 'nice', 'repeat',
+  'fixed-rate', 'fixed-ms', 'loop-delay', 'alt', 'no-steps', 'connections', 'bisect', 'idle-ms', 'keep-logs'], import.meta.url)
 const mode = args.smoke ? 'smoke' : args.quick ? 'quick' : 'full'
 const redisUrl = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 
@@ -577,16 +579,6 @@ function writeResults (final) {
 function orderTargets (names) {
   const order = Object.keys(TARGETS)
   return [...names].sort((a, b) => order.indexOf(a) - order.indexOf(b))
-}
-
-function parseArgs (argv) {
-  const out = {}
-  for (const arg of argv) {
-    const m = /^--([^=]+)(?:=(.*))?$/.exec(arg)
-    if (m === null) fail(`unknown argument ${arg}`)
-    out[m[1]] = m[2] ?? true
-  }
-  return out
 }
 
 function hasTaskset () {

@@ -1,5 +1,36 @@
 // Shared by the harness, the server processes and the load generators.
 import { readdirSync, readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+
+/**
+ * A bench script's flags, `--name=value` or a bare `--name` (true). Anything not in `known` stops
+ * the script before it measures anything (a mistyped flag must not start an hour-long run), and
+ * `--help` prints the script's opening comment, its usage; `script` is its `import.meta.url`.
+ */
+export function parseFlags (argv, known, script) {
+  const flags = {}
+  for (const arg of argv) {
+    const m = /^--([a-z][a-z-]*)(?:=(.*))?$/.exec(arg)
+    if (m?.[1] === 'help') {
+      process.stdout.write(usageOf(script))
+      process.exit(0)
+    }
+    if (m === null || !known.includes(m[1])) {
+      process.stderr.write(`${arg}: not a flag of this script; it knows --${known.join(', --')} (--help)\n`)
+      process.exit(2)
+    }
+    flags[m[1]] = m[2] ?? true
+  }
+  return flags
+}
+
+/** The comment lines a script opens with (after its `#!` line), without their `// `. */
+function usageOf (script) {
+  const lines = readFileSync(fileURLToPath(script), 'utf8').split('\n')
+  const comment = lines.slice(lines[0].startsWith('#!') ? 1 : 0)
+  const end = comment.findIndex(line => !line.startsWith('//'))
+  return comment.slice(0, end).map(line => line.replace(/^\/\/ ?/, '')).join('\n') + '\n'
+}
 
 /** Milliseconds on CLOCK_MONOTONIC: the same clock in every process of this machine. */
 export function monoMs () {

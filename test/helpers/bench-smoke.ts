@@ -10,8 +10,13 @@ export interface Row { target: string, lost: number | null, dups: number, error?
 
 /** Runs a bench script with --smoke; resolves with its exit code and output. */
 export function smokeRun (script: string, extra: string[] = []): Promise<{ code: number | null, output: string }> {
+  return benchRun(script, ['--smoke', ...extra])
+}
+
+/** Runs a bench script with `args`; resolves with its exit code and output. */
+export function benchRun (script: string, args: string[]): Promise<{ code: number | null, output: string }> {
   return new Promise(resolve => {
-    execFile(process.execPath, [path.join(root, 'bench', script), '--smoke', ...extra], {
+    execFile(process.execPath, [path.join(root, 'bench', script), ...args], {
       cwd: root,
       timeout: 90_000,
       // The bench processes are not under test: keep tap's coverage instrumentation out of them.
