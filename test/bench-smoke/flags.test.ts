@@ -9,7 +9,8 @@ const scripts: Array<[string, string]> = [
   ['membership-renewal.js', '--members'],
   ['abuse.js', '--seconds'],
   ['client-bench.js', '--clients'],
-  ['rolling-restart.js', '--clients']
+  ['rolling-restart.js', '--clients'],
+  ['heartbeat.js', '--interval']
 ]
 
 for (const [script, aFlag] of scripts) {
