@@ -18,11 +18,11 @@
 // `perf record -g` is attached once its warm-up is over (the upgrades are not in it), for the
 // measured window; `perf report -i /tmp/split-<target>-<round>.data` reads it (README ›
 // Performance, *Fewer objects read per delivery*).
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { tmpdir } from 'node:os'
 import { PerformanceObserver, constants } from 'node:perf_hooks'
-import { groupName, makePayloadFactory, median, parseFlags, sleep } from './lib/common.js'
+import { exited, groupName, hasTaskset, makePayloadFactory, median, openClients, parseFlags, sleep, spawnNode } from './lib/common.js'
 
 const self = fileURLToPath(import.meta.url)
 const [role] = process.argv.slice(2)
@@ -45,7 +45,7 @@ async function main () {
   const rate = Number(opts.rate ?? 300)
   const seconds = Number(opts.seconds ?? 10)
   const rounds = Number(opts.rounds ?? 3)
-  const pin = spawnSync('taskset', ['-c', '0', 'true']).status === 0
+  const pin = hasTaskset()
   const results = new Map(targets.map(t => [t, []]))
   for (let round = 1; round <= rounds; round++) {
     for (const target of targets) {
@@ -66,7 +66,7 @@ async function main () {
 
 async function measure (target, { connections, groups, active, grouped, rate, seconds, pin, perf }) {
   const stdio = ['ignore', 'pipe', 'inherit', 'ipc']
-  const run = (cpu, args, flags = [], cwd = undefined) => pin ? spawn('taskset', ['-c', String(cpu), process.execPath, ...flags, self, ...args], { stdio, cwd }) : spawn(process.execPath, [...flags, self, ...args], { stdio, cwd })
+  const run = (cpu, args, flags = [], cwd = undefined) => spawnNode([...flags, self, ...args], { pin, cpu, stdio, cwd })
   // Profiled, the server runs with --perf-basic-prof, with which V8 also writes an isolate log to
   // the working directory: the temporary one, not here.
   const profiled = perf !== undefined
@@ -89,7 +89,7 @@ async function measure (target, { connections, groups, active, grouped, rate, se
   const received = await new Promise(resolve => cli.once('message', resolve))
   cli.kill()
   srv.kill()
-  await Promise.all([cli, srv].map(p => new Promise(resolve => p.exitCode !== null ? resolve() : p.once('exit', resolve))))
+  await Promise.all([cli, srv].map(exited))
   return { ...row, received, expected: row.total * connections / groups }
 }
 
@@ -142,16 +142,10 @@ async function server (target, groups) {
 }
 
 async function clients (port, n, groups, grouped) {
-  const { WebSocket } = await import('ws')
   let received = 0
-  for (let i = 0; i < n; i += 100) {
-    await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, j) => new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/${groupName(grouped ? Math.floor((i + j) * groups / n) : (i + j) % groups)}`, { perMessageDeflate: false })
-      ws.once('open', resolve)
-      ws.once('error', reject)
-      ws.on('message', () => { received++ })
-    })))
-  }
+  await openClients(n, i => `ws://127.0.0.1:${port}/ws/${groupName(grouped ? Math.floor(i * groups / n) : i % groups)}`, ws => {
+    ws.on('message', () => { received++ })
+  })
   process.send('open')
   process.on('message', () => process.send(received))
 }

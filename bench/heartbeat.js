@@ -13,9 +13,8 @@
 //   node bench/heartbeat.js --smoke                          200 connections, 1 s, one round of 3 s: checks the harness (CI)
 // The server runs on CPU 0 and the clients (plain `ws` clients, which answer pings) on CPU 1, with
 // taskset where there is one. `npm run build` first: this package's server imports the built package.
-import { spawn, spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { median, parseFlags, sleep } from './lib/common.js'
+import { exited, hasTaskset, median, openClients, parseFlags, sleep, spawnNode } from './lib/common.js'
 
 const self = fileURLToPath(import.meta.url)
 const [role, ...rest] = process.argv.slice(2)
@@ -37,8 +36,8 @@ async function main () {
   // every connection is on the schedule. V8's memory reducer runs major collections for a while
   // after the connections were made; a longer wait leaves them out.
   const settle = Number(opts.settle ?? interval + 1000)
-  const pin = spawnSync('taskset', ['-c', '0', 'true']).status === 0
-  const run = (cpu, args) => spawn(pin ? 'taskset' : process.execPath, [...(pin ? ['-c', String(cpu), process.execPath] : []), self, ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const pin = hasTaskset()
+  const run = (cpu, args) => spawnNode([self, ...args], { pin, cpu, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
   // Pings due in one second.
   const pings = connections * 1000 / interval
   const results = { ws: [], channels: [] }
@@ -56,7 +55,7 @@ async function main () {
       cli.send('count')
       const open = await new Promise(resolve => cli.once('message', resolve))
       for (const p of [cli, srv]) p.kill()
-      await Promise.all([cli, srv].map(p => new Promise(resolve => p.exitCode !== null ? resolve() : p.once('exit', resolve))))
+      await Promise.all([cli, srv].map(exited))
       if (open !== connections) throw new Error(`${target}: ${connections - open} connections closed during the round`)
       if (usage.user === undefined) throw new Error(`${target}: no one-second window was read (--seconds=${seconds}: give it 2 or more)`)
       const row = { user: usage.user / pings, sys: usage.system / pings, pongs: usage.pongs / pings }
@@ -134,16 +133,11 @@ async function server (target, interval) {
 }
 
 async function clients (port, n) {
-  const { WebSocket } = await import('ws')
   let open = 0
-  for (let i = 0; i < n; i += 100) {
-    await Promise.all(Array.from({ length: Math.min(100, n - i) }, () => new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { perMessageDeflate: false })
-      ws.once('open', () => { open++; resolve() })
-      ws.once('error', reject)
-      ws.once('close', () => { open-- })
-    })))
-  }
+  await openClients(n, () => `ws://127.0.0.1:${port}/ws`, ws => {
+    ws.once('open', () => { open++ })
+    ws.once('close', () => { open-- })
+  })
   process.send('open')
   process.on('message', () => process.send(open))
 }

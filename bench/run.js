@@ -24,7 +24,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { cpuBusyUs, ipcClient, median, monoMs, parseFlags, procCpuPreciseUs, procCpuUs, procRunQueueWaitUs, sleep } from './lib/common.js'
+import { cpuBusyUs, hasTaskset, ipcClient, median, monoMs, parseFlags, procCpuPreciseUs, procCpuUs, procRunQueueWaitUs, sleep } from './lib/common.js'
 import { renderMarkdown } from './lib/report.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
@@ -579,15 +579,6 @@ function writeResults (final) {
 function orderTargets (names) {
   const order = Object.keys(TARGETS)
   return [...names].sort((a, b) => order.indexOf(a) - order.indexOf(b))
-}
-
-function hasTaskset () {
-  try {
-    execFileSync('taskset', ['-c', '0', 'true'], { stdio: 'ignore' })
-    return true
-  } catch {
-    return false
-  }
 }
 
 async function waitFor (check, ms, what) {

@@ -1,4 +1,5 @@
 // Shared by the harness, the server processes and the load generators.
+import { spawn, spawnSync } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
@@ -30,6 +31,40 @@ function usageOf (script) {
   const comment = lines.slice(lines[0].startsWith('#!') ? 1 : 0)
   const end = comment.findIndex(line => !line.startsWith('//'))
   return comment.slice(0, end).map(line => line.replace(/^\/\/ ?/, '')).join('\n') + '\n'
+}
+
+/** Whether processes can be pinned to a CPU here: `taskset` is installed and works. */
+export function hasTaskset () {
+  return spawnSync('taskset', ['-c', '0', 'true'], { stdio: 'ignore' }).status === 0
+}
+
+/** `node …nodeArgs` on CPU `cpu` (taskset) when `pin`, else wherever the system runs it. */
+export function spawnNode (nodeArgs, { pin, cpu, ...options }) {
+  return pin
+    ? spawn('taskset', ['-c', String(cpu), process.execPath, ...nodeArgs], options)
+    : spawn(process.execPath, nodeArgs, options)
+}
+
+/** Resolves once `child` has exited (at once when it already has). */
+export function exited (child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise(resolve => child.once('exit', resolve))
+}
+
+/**
+ * Opens `n` plain `ws` clients, 100 at a time, to `urlOf(i)`; `setUp(ws)` adds each one's
+ * listeners before it opens. Rejects with the first that fails to open.
+ */
+export async function openClients (n, urlOf, setUp) {
+  const { WebSocket } = await import('ws')
+  for (let i = 0; i < n; i += 100) {
+    await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, j) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(urlOf(i + j), { perMessageDeflate: false })
+      setUp(ws)
+      ws.once('open', resolve)
+      ws.once('error', reject)
+    })))
+  }
 }
 
 /** Milliseconds on CLOCK_MONOTONIC: the same clock in every process of this machine. */
