@@ -12,9 +12,9 @@ import { startRedisCluster, uniquePrefix, type RedisCluster } from '../helpers/r
 const clients: Cluster[] = []
 let cluster: RedisCluster | undefined
 
-function userClient (): Cluster {
+function userClient (keyPrefix?: string): Cluster {
   if (cluster === undefined) throw new Error('cluster not started')
-  const client = new Cluster(cluster.nodes)
+  const client = new Cluster(cluster.nodes, keyPrefix === undefined ? {} : { keyPrefix })
   clients.push(client)
   return client
 }
@@ -27,6 +27,10 @@ t.teardown(() => { for (const client of clients) client.disconnect() })
 const prefix = uniquePrefix('fc-cluster')
 conformance('RedisChannelLayer on Redis Cluster', options => new RedisChannelLayer({ client: userClient(), prefix, ...options }),
   { shared: true, latency: 150 })
+// ioredis' keyPrefix on a Cluster client prefixes sharded channels too (to Redis they are keys).
+const keyPrefix = `${uniquePrefix('fc-cluster-kp')}:`
+conformance('RedisChannelLayer on Redis Cluster, client with keyPrefix',
+  options => new RedisChannelLayer({ client: userClient(keyPrefix), prefix: 'app', ...options }), { shared: true, latency: 150 })
 
 function receiveWithin (layer: RedisChannelLayer, channel: string, ms = 3000): Promise<LayerMessage> {
   const controller = new AbortController()

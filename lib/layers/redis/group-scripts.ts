@@ -38,17 +38,19 @@ end
 `
 
 /**
- * A group message with history. KEYS meta, stream, the group's pub/sub channel, named members;
- * ARGV payload, size, ttl ms, idle ms, epoch candidate, '1' for sharded pub/sub.
+ * A group message with history. KEYS meta, stream, named members; ARGV payload, size, ttl ms,
+ * idle ms, epoch candidate, '1' for sharded pub/sub, the group's pub/sub channel.
  * Takes the next offset, keeps the payload, publishes it followed by its position [offset, epoch]
- * (a second msgpack value), and returns { offset, epoch, live named members }.
+ * (a second msgpack value), and returns { offset, epoch, live named members }. The channel is an
+ * argument, not a key: ioredis applies its keyPrefix to a script's KEYS, and not to the channels
+ * the layer subscribes.
  */
-export const publishWithHistory = script(4, `${epochLua('KEYS[1]', 'KEYS[2]', 'ARGV[5]', 'ARGV[4]')}
+export const publishWithHistory = script(3, `${epochLua('KEYS[1]', 'KEYS[2]', 'ARGV[5]', 'ARGV[4]')}
 local offset = redis.call('HINCRBY', KEYS[1], 't', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'p', ARGV[1], 't', now)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call(ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH', KEYS[3], ARGV[1] .. cmsgpack.pack({offset, epoch}))
-return {offset, epoch, redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, '+inf')}
+redis.call(ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[7], ARGV[1] .. cmsgpack.pack({offset, epoch}))
+return {offset, epoch, redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf')}
 `)
 
 /**

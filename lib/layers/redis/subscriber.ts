@@ -106,7 +106,9 @@ export class Subscriber extends EventEmitter {
     this.#conn = conn
     if (isCluster(conn)) {
       // ioredis' subscriber group resubscribes by itself after topology changes and reconnects.
-      conn.on('smessageBuffer', (channel: Buffer, payload: Buffer) => this.#deliver(channel, payload))
+      // A sharded channel is a key to Redis, so it comes back with ioredis' keyPrefix on it.
+      const prefixed = this.#connections.keyPrefix.length
+      conn.on('smessageBuffer', (channel: Buffer, payload: Buffer) => this.#deliver(channel.subarray(prefixed), payload))
       let wasReady = false
       conn.on('ready', () => {
         wasReady = true

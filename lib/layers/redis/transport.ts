@@ -75,8 +75,8 @@ export class RedisTransport implements Transport {
     if (history !== undefined) {
       return this.#connections.run(what, async client => {
         const [offset, epoch, named] = await runScript(client, publishWithHistory,
-          [keys.meta(group), keys.stream(group), keys.groupChannel(group), keys.namedMembers(group)],
-          [payload, history.size, history.ttlMs, history.idleMs, newEpoch(), this.#connections.cluster ? '1' : '0'], true) as [number, Buffer, Buffer[]]
+          [keys.meta(group), keys.stream(group), keys.namedMembers(group)],
+          [payload, history.size, history.ttlMs, history.idleMs, newEpoch(), ...this.#scriptChannel(group)], true) as [number, Buffer, Buffer[]]
         return { named: named.map(String), position: { offset, epoch: epoch.toString() } }
       })
     }
@@ -157,6 +157,16 @@ export class RedisTransport implements Transport {
     this.queues.close()
     this.#subscriber.close()
     this.#connections.close()
+  }
+
+  /**
+   * The sharded flag and the group's pub/sub channel for the history script, which publishes:
+   * named as the subscriber's commands name it, since ioredis' keyPrefix reaches a script's KEYS
+   * but no ARGV. SSUBSCRIBE gets the prefix (its channel is a key to Redis), SUBSCRIBE does not.
+   */
+  #scriptChannel (group: string): [string, string] {
+    const channel = this.#keys.groupChannel(group)
+    return this.#connections.cluster ? ['1', this.#connections.keyPrefix + channel] : ['0', channel]
   }
 
   #publish (client: Client, channel: string, payload: Buffer): Promise<number> {
