@@ -10,7 +10,8 @@ const scripts: Array<[string, string]> = [
   ['abuse.js', '--seconds'],
   ['client-bench.js', '--clients'],
   ['rolling-restart.js', '--clients'],
-  ['heartbeat.js', '--interval']
+  ['heartbeat.js', '--interval'],
+  ['group-send.js', '--sends']
 ]
 
 for (const [script, aFlag] of scripts) {
