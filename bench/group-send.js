@@ -9,11 +9,11 @@
 //   options: --sends=<n> (per round, 20000) --in-flight=<n> (sends awaited together, 10) --rounds=<n> (5) --smoke
 //
 // Use a Redis of your own (REDIS_URL, default redis://127.0.0.1:6379).
+import { execFileSync } from 'node:child_process'
 import { Redis } from 'ioredis'
 import path from 'node:path'
 import { pathToFileURL, fileURLToPath } from 'node:url'
 import { hasTaskset, median, parseFlags } from './lib/common.js'
-import { execFileSync } from 'node:child_process'
 
 const args = parseFlags(process.argv.slice(2), ['alt', 'sends', 'in-flight', 'rounds', 'smoke'], import.meta.url)
 const smoke = args.smoke === true

@@ -9,7 +9,8 @@ import { REDIS_URL, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.
 // conformance suite, history and group sends among them, must still reach its receivers.
 
 if (await requireRedis(t)) {
-  const keyPrefix = `${uniquePrefix('fc-kp')}:`
+  const namespace = uniquePrefix('fc-kp')
+  const keyPrefix = `${namespace}:`
   const clients: Redis[] = []
   const userClient = (): Redis => {
     const client = new Redis(REDIS_URL, { keyPrefix })
@@ -21,7 +22,8 @@ if (await requireRedis(t)) {
   t.teardown(async () => {
     for (const client of clients) client.disconnect()
     const admin = new Redis(REDIS_URL)
-    for (const key of await keysOf(admin, keyPrefix)) await admin.unlink(key)
+    // Every key the layers wrote starts with ioredis' prefix: removed afterwards.
+    for (const key of await keysOf(admin, namespace)) await admin.unlink(key)
     admin.disconnect()
   })
 }
