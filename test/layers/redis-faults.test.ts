@@ -136,23 +136,51 @@ t.test('a layer whose Redis never answers: every call settles within the timeout
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
-t.test('a process busy past the timeout: an answer that has arrived meanwhile wins over the deadline', async t => {
-  if (!await requireRedis(t)) return
-  const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: uniquePrefix('fc-busy'), timeout: 200 })
-  t.teardown(() => layer.close())
-  const channel = await layer.newChannel()
-  await layer.groupAdd('busy', channel)
-  for (const n of [1, 2, 3]) {
-    const sent = layer.groupSend('busy', { type: 'busy.message', n })
-    // The command is written once the call's promise jobs have run (no I/O in between); Redis
-    // answers within a millisecond, and the process only looks after the deadline has passed.
-    for (let i = 0; i < 50; i++) await null
-    const until = performance.now() + 500
-    while (performance.now() < until);
-    const outcome = await sent.then(() => 'resolved', (err: unknown) => err)
-    t.equal(outcome, 'resolved', `groupSend ${n} resolves: it was done, so it is not reported as timed out`)
-    t.same(await receiveWithin(layer, channel), { type: 'busy.message', n }, `and message ${n} arrives`)
-  }
-  await t.rejects(receiveWithin(layer, channel, 300), 'and nothing more: each arrived once')
-  t.same(unhandled, [], 'no unhandled rejection')
-})
+// Every call that sends a message: told it timed out, a caller would send it again.
+const busySends: Array<[string, (a: RedisChannelLayer, b: RedisChannelLayer) => Promise<{ send: (n: number) => Promise<unknown>, from: RedisChannelLayer, channel: string }>]> = [
+  ['groupSend', async a => {
+    const channel = await a.newChannel()
+    await a.groupAdd('busy', channel)
+    return { send: async n => await a.groupSend('busy', { type: 'busy.message', n }), from: a, channel }
+  }],
+  ['groupSend to a group with history', async a => {
+    const channel = await a.newChannel()
+    await a.groupAdd('kept-busy', channel)
+    return { send: async n => await a.groupSend('kept-busy', { type: 'busy.message', n }), from: a, channel }
+  }],
+  ['send to a channel of another process', async (a, b) => {
+    const channel = await b.newChannel()
+    return { send: async n => await a.send(channel, { type: 'busy.message', n }), from: b, channel }
+  }],
+  ['send to a named channel', async a => {
+    return { send: async n => await a.send('busy-jobs', { type: 'busy.message', n }), from: a, channel: 'busy-jobs' }
+  }]
+]
+for (const [call, setUp] of busySends) {
+  t.test(`a process busy past the timeout: an answer that has arrived meanwhile wins over the deadline (${call})`, async t => {
+    if (!await requireRedis(t)) return
+    const prefix = uniquePrefix('fc-busy')
+    const open = (): RedisChannelLayer => {
+      const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: 200, groups: { 'kept-*': { history: { size: 10, ttl: 60 } } } })
+      t.teardown(() => layer.close())
+      return layer
+    }
+    const { send, from, channel } = await setUp(open(), open())
+    // Connected, and the script known to Redis: a send still waiting for either is not done yet.
+    await send(0)
+    t.same(await receiveWithin(from, channel), { type: 'busy.message', n: 0 }, 'a first message arrives')
+    for (const n of [1, 2, 3]) {
+      const sent = send(n)
+      // The command is written once the call's promise jobs have run (no I/O in between); Redis
+      // answers within a millisecond, and the process only looks after the deadline has passed.
+      for (let i = 0; i < 50; i++) await null
+      const until = performance.now() + 500
+      while (performance.now() < until);
+      const outcome = await sent.then(() => 'resolved', (err: unknown) => err)
+      t.equal(outcome, 'resolved', `${call} ${n} resolves: it was done, so it is not reported as timed out`)
+      t.same(await receiveWithin(from, channel), { type: 'busy.message', n }, `and message ${n} arrives`)
+    }
+    await t.rejects(receiveWithin(from, channel, 300), 'and nothing more: each arrived once')
+    t.same(unhandled, [], 'no unhandled rejection')
+  })
+}

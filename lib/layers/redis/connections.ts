@@ -6,7 +6,7 @@
  * Redis itself, and any other error (a bug is a bug), passes through unchanged.
  */
 import { EventEmitter } from 'node:events'
-import { Redis, ReplyError, type Cluster, type ClusterOptions, type RedisOptions } from 'ioredis'
+import { Command, Redis, ReplyError, type Cluster, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { LayerTimeoutError } from '../../errors.js'
 import { withDeadline } from '../deadline.js'
 
@@ -172,6 +172,19 @@ export class RedisConnections extends EventEmitter {
       if (!isUnreachable(err) || isReplyError(err)) throw err
       throw Object.assign(new LayerTimeoutError(`${what} (${describe(err)})`, this.timeout), { cause: err })
     }
+  }
+
+  /**
+   * Writes a command to Redis at once, keyPrefix applied as ioredis' own methods apply it: for the
+   * calls that send a message. Autopipelining holds a command to the end of the turn (and behind a
+   * batch still waiting for its replies), so a process busy past the deadline would write it and
+   * then report it timed out, though Redis carries it out. Replies come as strings, or as Buffers
+   * with `binary`.
+   */
+  sendNow (client: Client, name: string, args: ReadonlyArray<string | number | Buffer>, binary = false): Promise<unknown> {
+    const command = new Command(name, [...args], { keyPrefix: this.keyPrefix || undefined, replyEncoding: binary ? null : 'utf8' })
+    client.sendCommand(command)
+    return command.promise
   }
 
   /** A connection in subscriber mode: standalone with manual resubscription, or sharded on Cluster. */

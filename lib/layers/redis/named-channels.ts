@@ -14,7 +14,7 @@ import type { Delivery, LayerMessage, Received } from '../types.js'
 import { ttl, withDeadline } from '../deadline.js'
 import { DIRECT } from '../local-store.js'
 import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
-import { DEADLINE_WIDTH, queuePush, queuePushBack, recordMembers, runScript, type ServerClock } from './scripts.js'
+import { DEADLINE_WIDTH, queuePush, queuePushBack, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
 import type { Client, RedisConnections } from './connections.js'
 import type { RedisKeys } from './keys.js'
 
@@ -59,7 +59,7 @@ export class NamedChannels implements SharedQueues {
     const { capacity, expiryMs } = this.#layer
     const payload = this.#layer.codec.encodeDelivery(message, info)
     const reply = await this.#connections.run(what, client =>
-      runScript(client, queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number, number]
+      runScriptBy((name, args) => this.#connections.sendNow(client, name, args), queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number, number]
     this.#clock.observe(reply[1])
     return reply[0] === 1
   }

@@ -119,19 +119,27 @@ function isNoScript (err: unknown): boolean {
   return err instanceof Error && err.message.startsWith('NOSCRIPT')
 }
 
+/** Sends one scripting command: `evalsha` or `eval` and its arguments. */
+export type ScriptSender = (name: 'evalsha' | 'eval', args: ScriptArgs) => Promise<unknown>
+
 /**
- * EVALSHA, falling back to EVAL once when Redis lost its script cache (a restart, a new node).
+ * EVALSHA, falling back to EVAL once when Redis lost its script cache (a restart, a new node),
+ * through ioredis' own methods (autopipelined on the layer's connections).
  * With `binary`, strings in the reply come as Buffers (payloads are msgpack, not text).
  */
-export async function runScript (client: Client, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>,
+export function runScript (client: Client, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>,
   binary = false): Promise<unknown> {
-  const all = [...keys, ...args]
-  const buffers = client as unknown as BinaryScripting<Promise<unknown>>
+  const methods = client as unknown as Record<string, (...all: ScriptArgs) => Promise<unknown>>
+  return runScriptBy((name, all) => methods[binary ? `${name}Buffer` : name](...all), s, keys, args)
+}
+
+/** `runScript` through `send` (RedisConnections.sendNow, for a call that sends a message). */
+export async function runScriptBy (send: ScriptSender, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>): Promise<unknown> {
   try {
-    return binary ? await buffers.evalshaBuffer(s.sha, s.keys, ...all) : await client.evalsha(s.sha, s.keys, ...all)
+    return await send('evalsha', [s.sha, s.keys, ...keys, ...args])
   } catch (err) {
     if (!isNoScript(err)) throw err
-    return binary ? await buffers.evalBuffer(s.lua, s.keys, ...all) : await client.eval(s.lua, s.keys, ...all)
+    return await send('eval', [s.lua, s.keys, ...keys, ...args])
   }
 }
 

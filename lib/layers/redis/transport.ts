@@ -3,7 +3,6 @@
  * Redis Cluster), membership records are sorted sets scored by their lease deadline, and named
  * channels are lists (named-channels.ts). Keys are listed in keys.ts.
  */
-import { Command } from 'ioredis'
 import type {
   ClusterContext, HistoryKeeping, JoinRecord, JoinResult, Route, SharedQueues, StoredPayload, StoredPresence, Transport
 } from '../cluster/transport.js'
@@ -13,7 +12,7 @@ import { RedisConnections, type Client } from './connections.js'
 import { Subscriber } from './subscriber.js'
 import { NamedChannels } from './named-channels.js'
 import { RedisKeys } from './keys.js'
-import { ServerClock, lostScript, queueScript, runScript } from './scripts.js'
+import { ServerClock, lostScript, queueScript, runScript, runScriptBy } from './scripts.js'
 import { joinGroup, publishWithHistory, reapPresence, readHistory, readPresence, removeMembers, renewMembers } from './group-scripts.js'
 import type { RedisChannelLayerOptions } from './options.js'
 import { RedisPipelineError } from '../../errors.js'
@@ -75,19 +74,18 @@ export class RedisTransport implements Transport {
     const keys = this.#keys
     if (history !== undefined) {
       return this.#connections.run(what, async client => {
-        const [offset, epoch, named] = await runScript(client, publishWithHistory,
+        const [offset, epoch, named] = await runScriptBy((name, args) => this.#connections.sendNow(client, name, args, true), publishWithHistory,
           [keys.meta(group), keys.stream(group), keys.namedMembers(group)],
-          [payload, history.size, history.ttlMs, history.idleMs, newEpoch(), ...this.#scriptChannel(group)], true) as [number, Buffer, Buffer[]]
+          [payload, history.size, history.ttlMs, history.idleMs, newEpoch(), ...this.#scriptChannel(group)]) as [number, Buffer, Buffer[]]
         return { named: named.map(String), position: { offset, epoch: epoch.toString() } }
       })
     }
-    // Two commands written at once, in one round trip: not a Pipeline object, which cost the sender
-    // a third more CPU per send (bench/group-send.js), nor ioredis' autopipelining, which would
-    // hold them for the end of the turn, and behind a batch still waiting for its replies.
+    // Two commands written at once (sendNow), in one round trip: not in a Pipeline object, which
+    // cost the sender a third more CPU per send (bench/group-send.js).
     return this.#connections.run(what, async client => {
       const [, members] = await Promise.all([
-        this.#written(client, this.#connections.cluster ? 'spublish' : 'publish', [keys.groupChannel(group), payload]),
-        this.#written(client, 'zrange', [keys.namedMembers(group), '0', '-1', 'WITHSCORES']) as Promise<string[]>
+        this.#publish(client, keys.groupChannel(group), payload),
+        this.#connections.sendNow(client, 'zrange', [keys.namedMembers(group), '0', '-1', 'WITHSCORES']) as Promise<string[]>
       ])
       const now = this.#clock.now()
       const named: string[] = []
@@ -173,15 +171,8 @@ export class RedisTransport implements Transport {
     return this.#connections.cluster ? ['1', this.#connections.keyPrefix + channel] : ['0', channel]
   }
 
-  /** A command written to Redis now (not held by autopipelining), keyPrefix applied as ioredis does; string replies. */
-  #written (client: Client, name: string, args: Array<string | Buffer>): Promise<unknown> {
-    const command = new Command(name, args, { keyPrefix: this.#connections.keyPrefix || undefined, replyEncoding: 'utf8' })
-    client.sendCommand(command)
-    return command.promise
-  }
-
   #publish (client: Client, channel: string, payload: Buffer): Promise<number> {
-    return (this.#connections.cluster ? client.spublish(channel, payload) : client.publish(channel, payload)) as Promise<number>
+    return this.#connections.sendNow(client, this.#connections.cluster ? 'spublish' : 'publish', [channel, payload]) as Promise<number>
   }
 
   #queuePublish (pipeline: ReturnType<Client['pipeline']>, channel: string, payload: Buffer): void {
