@@ -181,8 +181,9 @@ export class RedisConnections extends EventEmitter {
    * then report it timed out, though Redis carries it out. Replies come as strings, or as Buffers
    * with `binary`.
    */
-  sendNow (client: Client, name: string, args: ReadonlyArray<string | number | Buffer>, binary = false): Promise<unknown> {
-    const command = new Command(name, [...args], { keyPrefix: this.keyPrefix || undefined, replyEncoding: binary ? null : 'utf8' })
+  sendNow (client: Client, name: string, args: Array<string | number | Buffer>, binary = false): Promise<unknown> {
+    // Command makes its own flat copy of `args`: no copy here.
+    const command = new Command(name, args, { keyPrefix: this.keyPrefix || undefined, replyEncoding: binary ? null : 'utf8' })
     client.sendCommand(command)
     return command.promise
   }
