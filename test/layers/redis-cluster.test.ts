@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { Cluster, Redis } from 'ioredis'
+import { Cluster, Redis, type ClusterOptions } from 'ioredis'
 import { RedisChannelLayer } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
@@ -12,9 +12,9 @@ import { startRedisCluster, uniquePrefix, type RedisCluster } from '../helpers/r
 const clients: Cluster[] = []
 let cluster: RedisCluster | undefined
 
-function userClient (keyPrefix?: string): Cluster {
+function userClient (options: ClusterOptions = {}): Cluster {
   if (cluster === undefined) throw new Error('cluster not started')
-  const client = new Cluster(cluster.nodes, keyPrefix === undefined ? {} : { keyPrefix })
+  const client = new Cluster(cluster.nodes, options)
   clients.push(client)
   return client
 }
@@ -27,10 +27,13 @@ t.teardown(() => { for (const client of clients) client.disconnect() })
 const prefix = uniquePrefix('fc-cluster')
 conformance('RedisChannelLayer on Redis Cluster', options => new RedisChannelLayer({ client: userClient(), prefix, ...options }),
   { shared: true, latency: 150 })
-// ioredis' keyPrefix on a Cluster client prefixes sharded channels too (to Redis they are keys).
+// Options of ioredis that rewrite commands or replies, as an app's shared client may have them:
+// keyPrefix prefixes sharded channels too (to Redis they are keys); stringNumbers returns
+// integers as strings.
 const keyPrefix = `${uniquePrefix('fc-cluster-kp')}:`
-conformance('RedisChannelLayer on Redis Cluster, client with keyPrefix',
-  options => new RedisChannelLayer({ client: userClient(keyPrefix), prefix: 'app', ...options }), { shared: true, latency: 150 })
+conformance('RedisChannelLayer on Redis Cluster, client with keyPrefix and stringNumbers',
+  options => new RedisChannelLayer({ client: userClient({ keyPrefix, redisOptions: { stringNumbers: true } }), prefix: 'app', ...options }),
+  { shared: true, latency: 150 })
 
 function receiveWithin (layer: RedisChannelLayer, channel: string, ms = 3000): Promise<LayerMessage> {
   const controller = new AbortController()

@@ -20,9 +20,13 @@ export class ServerClock {
     return Date.now() + this.#offset
   }
 
-  /** Learns the server time (ms) from a reply; ignores anything that is not a time. */
+  /**
+   * Learns the server time (ms) from a reply: a number, or its digits (a client with ioredis'
+   * `stringNumbers` returns integers so); ignores anything that is not a time.
+   */
   observe (serverNow: unknown): void {
-    if (typeof serverNow === 'number' && Number.isFinite(serverNow)) this.#offset = serverNow - Date.now()
+    const ms = typeof serverNow === 'string' ? Number(serverNow) : serverNow
+    if (typeof ms === 'number' && Number.isFinite(ms)) this.#offset = ms - Date.now()
   }
 }
 

@@ -2,6 +2,9 @@
  * The cluster protocol's transport over Redis: routes are pub/sub channels (sharded pub/sub on
  * Redis Cluster), membership records are sorted sets scored by their lease deadline, and named
  * channels are lists (named-channels.ts). Keys are listed in keys.ts.
+ *
+ * An integer in a reply is read with Number(): on a user's client with ioredis' `stringNumbers`
+ * it comes as a string, and "0" === 0 would be false.
  */
 import type {
   ClusterContext, HistoryKeeping, JoinRecord, JoinResult, Route, SharedQueues, StoredPayload, StoredPresence, Transport
@@ -67,7 +70,7 @@ export class RedisTransport implements Transport {
   }
 
   publish (route: Route, payload: Buffer, what: string): Promise<number> {
-    return this.#connections.run(what, client => this.#publish(client, this.#keys.channelOf(route), payload))
+    return this.#connections.run(what, async client => Number(await this.#publish(client, this.#keys.channelOf(route), payload)))
   }
 
   publishToGroup (group: string, payload: Buffer, what: string, history?: HistoryKeeping): Promise<{ named: string[], position?: StreamPosition }> {
@@ -76,8 +79,8 @@ export class RedisTransport implements Transport {
       return this.#connections.run(what, async client => {
         const [offset, epoch, named] = await runScriptBy((name, args) => this.#connections.sendNow(client, name, args, true), publishWithHistory,
           [keys.meta(group), keys.stream(group), keys.namedMembers(group)],
-          [payload, history.size, history.ttlMs, history.idleMs, newEpoch(), ...this.#scriptChannel(group)]) as [number, Buffer, Buffer[]]
-        return { named: named.map(String), position: { offset, epoch: epoch.toString() } }
+          [payload, history.size, history.ttlMs, history.idleMs, newEpoch(), ...this.#scriptChannel(group)]) as [number | string, Buffer, Buffer[]]
+        return { named: named.map(String), position: { offset: Number(offset), epoch: epoch.toString() } }
       })
     }
     // Two commands written at once (sendNow), in one round trip: not in a Pipeline object, which
@@ -106,12 +109,12 @@ export class RedisTransport implements Transport {
     const reply = await this.#connections.run(what, client => runScript(client, joinGroup,
       [keys.members(group), keys.presence(group), keys.meta(group), keys.stream(group)],
       [record.channel, record.leaseMs, record.presence ?? '', history?.ttlMs ?? 0, history?.idleMs ?? 0, newEpoch(),
-        history?.since?.epoch ?? '', history?.since?.offset ?? -1], true)) as [number, Buffer | null, Buffer | null, number, Buffer[]]
+        history?.since?.epoch ?? '', history?.since?.offset ?? -1], true)) as [number | string, Buffer | null, Buffer | null, number | string, Buffer[]]
     const [now, before, epoch, top, missed] = reply
     this.#clock.observe(now)
     return {
       previousPresence: before,
-      position: epoch === null ? null : { offset: top, epoch: epoch.toString() },
+      position: epoch === null ? null : { offset: Number(top), epoch: epoch.toString() },
       missed: storedPayloads(missed)
     }
   }
@@ -134,11 +137,11 @@ export class RedisTransport implements Transport {
   Promise<{ position: StreamPosition, stored: StoredPayload[] }> {
     const [epoch, top, entries] = await this.#connections.run(what, client => runScript(client, readHistory,
       [this.#keys.meta(group), this.#keys.stream(group)],
-      [history.ttlMs, history.idleMs, newEpoch(), since?.epoch ?? '', since?.offset ?? 0, limit], true)) as [Buffer, number, Buffer[]]
+      [history.ttlMs, history.idleMs, newEpoch(), since?.epoch ?? '', since?.offset ?? 0, limit], true)) as [Buffer, number | string, Buffer[]]
     const stored = storedPayloads(entries)
     // Without `since` the latest come newest first.
     if (since === undefined) stored.reverse()
-    return { position: { offset: top, epoch: epoch.toString() }, stored }
+    return { position: { offset: Number(top), epoch: epoch.toString() }, stored }
   }
 
   async presence (group: string, what: string): Promise<StoredPresence[]> {
@@ -171,8 +174,9 @@ export class RedisTransport implements Transport {
     return this.#connections.cluster ? ['1', this.#connections.keyPrefix + channel] : ['0', channel]
   }
 
-  #publish (client: Client, channel: string, payload: Buffer): Promise<number> {
-    return this.#connections.sendNow(client, this.#connections.cluster ? 'spublish' : 'publish', [channel, payload]) as Promise<number>
+  /** Resolves with how many subscribers received it: a number, or its digits (`stringNumbers`). */
+  #publish (client: Client, channel: string, payload: Buffer): Promise<unknown> {
+    return this.#connections.sendNow(client, this.#connections.cluster ? 'spublish' : 'publish', [channel, payload])
   }
 
   #queuePublish (pipeline: ReturnType<Client['pipeline']>, channel: string, payload: Buffer): void {
