@@ -7,6 +7,7 @@
 //     [--rate=300] [--seconds=10] [--rounds=3]
 //     [--alt=<path to another build's dist/index.js>]   (then e.g. --targets=channels-memory,channels-memory-alt)
 //     [--perf=<path prefix>]   (a `perf record -g` of each server during its measured window)
+//     [--syscalls]   (each server's write, read and epoll_pwait calls per delivery, by `perf stat`)
 //
 // The clients are plain WebSocket clients of `/ws/<group>`: the `ws` and `channels` targets.
 // Each target's server runs alone on CPU 0 (taskset, when there is one) and one client process
@@ -18,6 +19,9 @@
 // `perf record -g` is attached once its warm-up is over (the upgrades are not in it), for the
 // measured window; `perf report -i /tmp/split-<target>-<round>.data` reads it (README ›
 // Performance, *Fewer objects read per delivery*).
+// `--syscalls` counts the server's system calls in the same window instead (`perf stat` on the
+// kernel's syscall tracepoints): whether a target writes each delivery in one call, as the floor
+// does, or reads and polls more often.
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { tmpdir } from 'node:os'
@@ -32,7 +36,7 @@ else if (role === 'clients') await clients(...process.argv.slice(3).map(Number))
 else await main()
 
 async function main () {
-  const opts = parseFlags(process.argv.slice(2), ['targets', 'connections', 'groups', 'active', 'join', 'rate', 'seconds', 'rounds', 'alt', 'perf'], import.meta.url)
+  const opts = parseFlags(process.argv.slice(2), ['targets', 'connections', 'groups', 'active', 'join', 'rate', 'seconds', 'rounds', 'alt', 'perf', 'syscalls'], import.meta.url)
   const targets = (opts.targets ?? 'ws-memory,channels-memory,channels-memory-shared').split(',')
   if (opts.alt !== undefined) process.env.BENCH_ALT_ENTRY = opts.alt
   const connections = Number(opts.connections ?? 10000)
@@ -50,9 +54,10 @@ async function main () {
   for (let round = 1; round <= rounds; round++) {
     for (const target of targets) {
       const perf = opts.perf === undefined ? undefined : `${opts.perf}-${target}-${round}.data`
-      const row = await measure(target, { connections, groups, active, grouped, rate, seconds, pin, perf })
+      const row = await measure(target, { connections, groups, active, grouped, rate, seconds, pin, perf, syscalls: opts.syscalls === true })
       results.get(target).push(row)
       console.log(`round ${round} ${target}: user ${row.user.toFixed(2)} + sys ${row.sys.toFixed(2)} = ${(row.user + row.sys).toFixed(2)} µs/delivery, ${row.scavenges} scavenges and ${row.majors} other collections (pauses ${(row.gcMs * 1000 / row.deliveries).toFixed(2)} µs/delivery, the longest ${row.gcMaxMs.toFixed(1)} ms), ${(row.received / row.expected * 100).toFixed(1)}% received`)
+      if (row.syscalls !== undefined) console.log(`  system calls per delivery: ${Object.entries(row.syscalls).map(([name, n]) => `${name} ${n.toFixed(4)}`).join(', ')}`)
     }
   }
   console.log(`\nmedian of ${rounds} rounds, ${connections} connections, ${groups} groups (${active} receiving, members joined ${grouped ? 'grouped' : 'interleaved'}), ${rate} messages/s (${rate * connections / groups} deliveries/s) for ${seconds} s:`)
@@ -64,7 +69,7 @@ async function main () {
   }
 }
 
-async function measure (target, { connections, groups, active, grouped, rate, seconds, pin, perf }) {
+async function measure (target, { connections, groups, active, grouped, rate, seconds, pin, perf, syscalls }) {
   const stdio = ['ignore', 'pipe', 'inherit', 'ipc']
   const run = (cpu, args, flags = [], cwd = undefined) => spawnNode([...flags, self, ...args], { pin, cpu, stdio, cwd })
   // Profiled, the server runs with --perf-basic-prof, with which V8 also writes an isolate log to
@@ -79,11 +84,17 @@ async function measure (target, { connections, groups, active, grouped, rate, se
   })
   await sleep(1000)
   srv.send({ rate, seconds, active })
+  // The server's warm-up is 3 s; a recording or count ends before its window does.
+  const watched = Math.max(1, seconds - 1)
   if (profiled) {
-    // The server's warm-up is 3 s; the recording ends before its window does.
-    setTimeout(() => spawn('perf', ['record', '-F', '2999', '-g', '-p', String(srv.pid), '-o', perf, '--', 'sleep', String(Math.max(1, seconds - 1))], { stdio: 'ignore' }), 3500)
+    setTimeout(() => spawn('perf', ['record', '-F', '2999', '-g', '-p', String(srv.pid), '-o', perf, '--', 'sleep', String(watched)], { stdio: 'ignore' }), 3500)
   }
-  const row = await new Promise(resolve => srv.once('message', resolve))
+  const [row, counted] = await Promise.all([
+    new Promise(resolve => srv.once('message', resolve)),
+    syscalls ? countSyscalls(srv.pid, watched, 3500) : undefined
+  ])
+  // Offered deliveries in the counted seconds: the counts are per delivery at the offered rate.
+  if (counted !== undefined) row.syscalls = perDelivery(counted, rate * connections / groups * watched)
   await sleep(500)
   cli.send('count')
   const received = await new Promise(resolve => cli.once('message', resolve))
@@ -91,6 +102,29 @@ async function measure (target, { connections, groups, active, grouped, rate, se
   srv.kill()
   await Promise.all([cli, srv].map(exited))
   return { ...row, received, expected: row.total * connections / groups }
+}
+
+/** `perf stat` of the process' system calls for `seconds`, from `delay` ms on: count by name. */
+async function countSyscalls (pid, seconds, delay) {
+  const names = ['write', 'writev', 'read', 'epoll_pwait']
+  await sleep(delay)
+  const events = names.map(name => `syscalls:sys_enter_${name}`).join(',')
+  const stat = spawn('perf', ['stat', '-x', ',', '-e', events, '-p', String(pid), '--', 'sleep', String(seconds)], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let out = ''
+  stat.stderr.on('data', chunk => { out += chunk })
+  await exited(stat)
+  if (stat.exitCode !== 0) throw new Error(`perf stat exited (${code}): ${out.trim()}`)
+  const counts = {}
+  for (const line of out.split('\n')) {
+    const [count, , event] = line.split(',')
+    const name = event?.replace('syscalls:sys_enter_', '')
+    if (names.includes(name)) counts[name] = Number(count)
+  }
+  return counts
+}
+
+function perDelivery (counts, deliveries) {
+  return Object.fromEntries(Object.entries(counts).map(([name, n]) => [name, n / deliveries]))
 }
 
 async function server (target, groups) {
