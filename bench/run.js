@@ -168,7 +168,7 @@ async function runTarget (scenario, target, floorMax) {
   try {
     // How much of the servers' CPU this machine gives a busy process right now (1.0 on an idle
     // machine): a shared or oversubscribed host shows up here, and in every number below.
-    if (!PLAN.smoke) row.cpu0Available = await cpuAvailable(0)
+    if (!PLAN.smoke) Object.assign(row, await coreCheck(0, ''))
     // 1. Servers, pinned to CPU 0. The first one is the publisher.
     for (let i = 0; i < target.processes; i++) {
       const options = { redisUrl, prefix, logFile: path.join(logDir, `${prefix}-${i}.log`), entry: target.entry, ...target.features }
@@ -336,6 +336,8 @@ async function runTarget (scenario, target, floorMax) {
     await Promise.all(servers.map(s => s.stop()))
     if (target.layer === 'redis') await cleanRedis(prefix)
     await sleep(PLAN.smoke ? 50 : 500)
+    // Again once the target is done: a host that slowed during it shows here.
+    if (!PLAN.smoke) Object.assign(row, await coreCheck(0, 'After'))
   }
   return row
 }
@@ -500,16 +502,24 @@ async function startChild (script, argv, { cpu, execArgv, env = {}, name }) {
   }
 }
 
-/** Share of one CPU a process that only spins gets in 1 s, pinned like the servers. */
-async function cpuAvailable (cpu) {
-  const code = 'const c=process.cpuUsage(),t=Date.now();while(Date.now()-t<1000);const u=process.cpuUsage(c);' +
-    'console.log((u.user+u.system)/1e3/(Date.now()-t))'
+/**
+ * The servers' core for 1 s, pinned like them: the share of it a busy process got
+ * (`cpu0Available`, 1.00 on an idle machine) and the fixed work it did there, JSON round trips of
+ * a small object a second (`cpu0Speed`). Other jobs on the machine lower both; a host that gives
+ * the core less speed without the guest seeing it (a busy neighbour, throttling) only the second.
+ * `suffix` names the reading taken after a target ('After').
+ */
+async function coreCheck (cpu, suffix) {
+  const code = 'const o={type:"bench.message",seq:1,text:"x".repeat(100)};let n=0;' +
+    'const c=process.cpuUsage(),t=Date.now();while(Date.now()-t<1000){JSON.parse(JSON.stringify(o));n++}' +
+    'const u=process.cpuUsage(c),ms=Date.now()-t;console.log((u.user+u.system)/1e3/ms,n*1000/ms)'
   const argv = ['-e', code]
   const [command, commandArgs] = pin ? ['taskset', ['-c', String(cpu), process.execPath, ...argv]] : [process.execPath, argv]
   try {
-    return round(Number(execFileSync(command, commandArgs, { encoding: 'utf8' }).trim()), 2)
+    const [available, speed] = execFileSync(command, commandArgs, { encoding: 'utf8' }).trim().split(' ').map(Number)
+    return { [`cpu0Available${suffix}`]: round(available, 2), [`cpu0Speed${suffix}`]: Math.round(speed) }
   } catch {
-    return null
+    return {}
   }
 }
 

@@ -19,6 +19,9 @@ const COUNTERPART = {
   'socketio-redis': { floor: 'ws-redis' }
 }
 
+// A row whose core read slower than this share of the run's fastest is noted.
+const SLOW_CORE = 0.9
+
 export function renderMarkdown (rows, meta) {
   const m = meta.machine
   const lines = []
@@ -28,10 +31,19 @@ export function renderMarkdown (rows, meta) {
     `${m.pinned ? 'servers pinned to CPU 0, load generators to CPU 1 (Redis, when used, is not pinned)' : 'NOT pinned'}; ` +
     `${m.generators} generator processes. ` +
     Object.entries(m.versions).map(([k, v]) => `${k} ${v}`).join(', ') + '.', '')
-  const avail = rows.map(r => r.cpu0Available).filter(a => typeof a === 'number')
+  const avail = rows.flatMap(r => [r.cpu0Available, r.cpu0AvailableAfter]).filter(a => typeof a === 'number')
   if (avail.length > 0) {
-    lines.push(`CPU available to a busy process on the servers' core, measured before each target: ${Math.min(...avail).toFixed(2)}–${Math.max(...avail).toFixed(2)} ` +
+    lines.push(`CPU available to a busy process on the servers' core, measured before${rows.some(r => r.cpu0AvailableAfter !== undefined) ? ' and after' : ''} each target: ${Math.min(...avail).toFixed(2)}–${Math.max(...avail).toFixed(2)} ` +
       '(1.00 = an idle machine; lower means other jobs or the host took the rest, and every number below is that much worse).', '')
+  }
+  // The core's speed on a fixed task, before and after each target, against the run's fastest
+  // reading: a row whose readings fall short of it ran on a slower host than the others.
+  const speeds = rows.flatMap(r => [r.cpu0Speed, r.cpu0SpeedAfter]).filter(v => typeof v === 'number')
+  const fastest = Math.max(...speeds)
+  const slowest = r => Math.min(...[r.cpu0Speed, r.cpu0SpeedAfter].filter(v => typeof v === 'number')) / fastest
+  if (speeds.length > 0) {
+    lines.push(`Speed of the servers' core on a fixed task (JSON round trips), before and after each target, against the run's fastest reading: ${(Math.min(...speeds) / fastest).toFixed(2)}–1.00 ` +
+      `(a row below ${SLOW_CORE} is noted: the host ran it slower than the others).`, '')
   }
   lines.push('| scenario | target | conns | groups | payload B | max deliveries/s | × floor | kept up with | × floor | deliveries per server CPU-s | × floor | p50 ms | p99 ms | at deliveries/s | CPU µs/delivery | RSS KiB/conn | lost | notes |')
   lines.push('|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|')
@@ -46,6 +58,7 @@ export function renderMarkdown (rows, meta) {
     const max = maxOf(r)
     if (max.fromSaturation) notes.push('max from the saturation step')
     if (max.lowerBound) notes.push('max is a lower bound (generator-bound or never saturated)')
+    if (speeds.length > 0 && slowest(r) < SLOW_CORE) notes.push(`core at ${slowest(r).toFixed(2)} of the run's fastest around this target`)
     if (r.starved) notes.push('search ended by a step where the servers were starved of CPU by other jobs')
     if (r.fixedKeptUp === false) notes.push('overloaded at the fixed rate')
     if (r.repeats !== undefined) notes.push(`median of ${r.repeats.length}: ${r.repeats.map(x => num(x.deliveriesPerSec ?? x.deliveriesPerCpuSecond)).join(' / ')}`)

@@ -21,6 +21,18 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
     t.ok(row.steps.some(s => s.frames > 0), `${row.target}: frames delivered`)
   }
   t.ok(existsSync(path.join(out, 'latest.md')), 'Markdown table written')
+
+  // A full run reads the servers' core before and after each target (--smoke does not): a row
+  // around which the core read slow is noted, so a host that slowed mid-run is seen in the table.
+  const { pathToFileURL } = await import('node:url')
+  const { renderMarkdown } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as { renderMarkdown: (rows: object[], meta: object) => string }
+  const meta = JSON.parse(readFileSync(path.join(out, 'latest-meta.json'), 'utf8')) as object
+  const timed = rows.map(r => ({ ...r, cpu0Speed: 1_200_000, cpu0SpeedAfter: r.target === 'channels-memory' ? 696_000 : 1_200_000 }))
+  const table = renderMarkdown(timed, meta)
+  t.match(table, /fixed task .*: 0\.58–1\.00/, 'the range of the core\'s readings, against the fastest')
+  const noted = table.split('\n').filter(line => line.includes('core at 0.58 of the run\'s fastest'))
+  t.same(noted.map(line => line.split(' | ')[1]), ['channels-memory'], 'only the row the slow reading came with is noted')
+  t.notMatch(renderMarkdown(rows, meta), /fixed task/, 'a run without readings says nothing of them')
 })
 
 t.test('the table\'s maximum: the searched one, or the saturation step\'s when that delivered more and lost nothing', async t => {
