@@ -113,7 +113,7 @@ async function countSyscalls (pid, seconds, delay) {
   let out = ''
   stat.stderr.on('data', chunk => { out += chunk })
   await exited(stat)
-  if (stat.exitCode !== 0) throw new Error(`perf stat exited (${code}): ${out.trim()}`)
+  if (stat.exitCode !== 0) throw new Error(`perf stat exited (${stat.exitCode}): ${out.trim()}`)
   const counts = {}
   for (const line of out.split('\n')) {
     const [count, , event] = line.split(',')
