@@ -22,6 +22,11 @@ const COUNTERPART = {
 // A row whose core read slower than this share of the run's fastest is noted.
 const SLOW_CORE = 0.9
 
+/** A row's readings of the core's speed, before and after its target (none in --smoke). */
+function speedsOf (r) {
+  return [r.cpu0Speed, r.cpu0SpeedAfter].filter(v => typeof v === 'number')
+}
+
 export function renderMarkdown (rows, meta) {
   const m = meta.machine
   const lines = []
@@ -38,9 +43,8 @@ export function renderMarkdown (rows, meta) {
   }
   // The core's speed on a fixed task, before and after each target, against the run's fastest
   // reading: a row whose readings fall short of it ran on a slower host than the others.
-  const speeds = rows.flatMap(r => [r.cpu0Speed, r.cpu0SpeedAfter]).filter(v => typeof v === 'number')
+  const speeds = rows.flatMap(speedsOf)
   const fastest = Math.max(...speeds)
-  const slowest = r => Math.min(...[r.cpu0Speed, r.cpu0SpeedAfter].filter(v => typeof v === 'number')) / fastest
   if (speeds.length > 0) {
     lines.push(`Speed of the servers' core on a fixed task (JSON round trips), before and after each target, against the run's fastest reading: ${(Math.min(...speeds) / fastest).toFixed(2)}–1.00 ` +
       `(a row below ${SLOW_CORE} is noted: the host ran it slower than the others).`, '')
@@ -58,7 +62,9 @@ export function renderMarkdown (rows, meta) {
     const max = maxOf(r)
     if (max.fromSaturation) notes.push('max from the saturation step')
     if (max.lowerBound) notes.push('max is a lower bound (generator-bound or never saturated)')
-    if (speeds.length > 0 && slowest(r) < SLOW_CORE) notes.push(`core at ${slowest(r).toFixed(2)} of the run's fastest around this target`)
+    const own = speedsOf(r)
+    const slowest = own.length === 0 ? 1 : Math.min(...own) / fastest
+    if (slowest < SLOW_CORE) notes.push(`core at ${slowest.toFixed(2)} of the run's fastest around this target`)
     if (r.starved) notes.push('search ended by a step where the servers were starved of CPU by other jobs')
     if (r.fixedKeptUp === false) notes.push('overloaded at the fixed rate')
     if (r.repeats !== undefined) notes.push(`median of ${r.repeats.length}: ${r.repeats.map(x => num(x.deliveriesPerSec ?? x.deliveriesPerCpuSecond)).join(' / ')}`)
