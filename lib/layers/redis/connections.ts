@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events'
 import { Command, Redis, ReplyError, type Cluster, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { LayerTimeoutError } from '../../errors.js'
 import { withDeadline } from '../deadline.js'
+import type { ScriptSender } from './scripts.js'
 
 export type Client = Redis | Cluster
 
@@ -186,6 +187,11 @@ export class RedisConnections extends EventEmitter {
     const command = new Command(name, args, { keyPrefix: this.keyPrefix || undefined, replyEncoding: binary ? null : 'utf8' })
     client.sendCommand(command)
     return command.promise
+  }
+
+  /** Sends scripting commands through `sendNow` (for `runScriptBy`). */
+  scriptSender (client: Client, binary = false): ScriptSender {
+    return (name, args) => this.sendNow(client, name, args, binary)
   }
 
   /** A connection in subscriber mode: standalone with manual resubscription, or sharded on Cluster. */

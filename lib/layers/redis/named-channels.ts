@@ -59,7 +59,7 @@ export class NamedChannels implements SharedQueues {
     const { capacity, expiryMs } = this.#layer
     const payload = this.#layer.codec.encodeDelivery(message, info)
     const reply = await this.#connections.run(what, client =>
-      runScriptBy((name, args) => this.#connections.sendNow(client, name, args), queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number | string, number | string]
+      runScriptBy(this.#connections.scriptSender(client), queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number | string, number | string]
     this.#clock.observe(reply[1])
     // Number(): a client with ioredis' `stringNumbers` returns integers as strings.
     return Number(reply[0]) === 1

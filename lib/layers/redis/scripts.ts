@@ -108,15 +108,23 @@ return now
 
 type ScriptArgs = Array<string | number | Buffer>
 
-/** ioredis has the Buffer-replying forms of EVAL/EVALSHA at run time, but does not declare them. */
-interface BinaryScripting<R> {
-  evalshaBuffer (sha: string, keys: number, ...args: ScriptArgs): R
-  evalBuffer (lua: string, keys: number, ...args: ScriptArgs): R
+/**
+ * ioredis' scripting methods, each called with (sha or lua, number of keys, ...keys, ...args). It
+ * has the Buffer-replying forms at run time, but does not declare them.
+ */
+interface Scripting<R> {
+  evalsha (...args: ScriptArgs): R
+  eval (...args: ScriptArgs): R
+  evalshaBuffer (...args: ScriptArgs): R
+  evalBuffer (...args: ScriptArgs): R
 }
+
+/** The Buffer-replying form of each scripting command. */
+const BINARY_FORM = { evalsha: 'evalshaBuffer', eval: 'evalBuffer' } as const
 
 /** Adds a binary EVALSHA of `s` to a pipeline (check its reply with `lostScript`). */
 export function queueScript<P> (pipeline: P, s: Script, keys: readonly string[], args: readonly string[]): P {
-  return (pipeline as unknown as BinaryScripting<P>).evalshaBuffer(s.sha, s.keys, ...keys, ...args)
+  return (pipeline as unknown as Scripting<P>).evalshaBuffer(s.sha, s.keys, ...keys, ...args)
 }
 
 function isNoScript (err: unknown): boolean {
@@ -133,11 +141,11 @@ export type ScriptSender = (name: 'evalsha' | 'eval', args: ScriptArgs) => Promi
  */
 export function runScript (client: Client, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>,
   binary = false): Promise<unknown> {
-  const methods = client as unknown as Record<string, (...all: ScriptArgs) => Promise<unknown>>
-  return runScriptBy((name, all) => methods[binary ? `${name}Buffer` : name](...all), s, keys, args)
+  const methods = client as unknown as Scripting<Promise<unknown>>
+  return runScriptBy((name, all) => methods[binary ? BINARY_FORM[name] : name](...all), s, keys, args)
 }
 
-/** `runScript` through `send` (RedisConnections.sendNow, for a call that sends a message). */
+/** `runScript` through `send` (RedisConnections.scriptSender, for a call that sends a message). */
 export async function runScriptBy (send: ScriptSender, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>): Promise<unknown> {
   try {
     return await send('evalsha', [s.sha, s.keys, ...keys, ...args])

@@ -77,7 +77,7 @@ export class RedisTransport implements Transport {
     const keys = this.#keys
     if (history !== undefined) {
       return this.#connections.run(what, async client => {
-        const [offset, epoch, named] = await runScriptBy((name, args) => this.#connections.sendNow(client, name, args, true), publishWithHistory,
+        const [offset, epoch, named] = await runScriptBy(this.#connections.scriptSender(client, true), publishWithHistory,
           [keys.meta(group), keys.stream(group), keys.namedMembers(group)],
           [payload, history.size, history.ttlMs, history.idleMs, newEpoch(), ...this.#scriptChannel(group)]) as [number | string, Buffer, Buffer[]]
         return { named: named.map(String), position: { offset: Number(offset), epoch: epoch.toString() } }
