@@ -19,12 +19,19 @@ const COUNTERPART = {
   'socketio-redis': { floor: 'ws-redis' }
 }
 
-// A row whose core read slower than this share of the run's fastest is noted.
-const SLOW_CORE = 0.9
+// A row whose core read slower than this share of the run's fastest is noted (and, by
+// bench/run.js, measured again).
+export const SLOW_CORE = 0.9
 
 /** A row's readings of the core's speed, before and after its target (none in --smoke). */
-function speedsOf (r) {
+export function speedsOf (r) {
   return [r.cpu0Speed, r.cpu0SpeedAfter].filter(v => typeof v === 'number')
+}
+
+/** A row's slowest reading of the core as a share of `fastest`; 1 for a row without readings. */
+export function slowestCore (r, fastest) {
+  const own = speedsOf(r)
+  return own.length === 0 ? 1 : Math.min(...own) / fastest
 }
 
 export function renderMarkdown (rows, meta) {
@@ -62,9 +69,9 @@ export function renderMarkdown (rows, meta) {
     const max = maxOf(r)
     if (max.fromSaturation) notes.push('max from the saturation step')
     if (max.lowerBound) notes.push('max is a lower bound (generator-bound or never saturated)')
-    const own = speedsOf(r)
-    const slowest = own.length === 0 ? 1 : Math.min(...own) / fastest
+    const slowest = slowestCore(r, fastest)
     if (slowest < SLOW_CORE) notes.push(`core at ${slowest.toFixed(2)} of the run's fastest around this target`)
+    if (r.coreRetries > 0) notes.push(`measured ${r.coreRetries + 1} times (core slow), the steadiest kept`)
     if (r.starved) notes.push('search ended by a step where the servers were starved of CPU by other jobs')
     if (r.fixedKeptUp === false) notes.push('overloaded at the fixed rate')
     if (r.repeats !== undefined) notes.push(`median of ${r.repeats.length}: ${r.repeats.map(x => num(x.deliveriesPerSec ?? x.deliveriesPerCpuSecond)).join(' / ')}`)

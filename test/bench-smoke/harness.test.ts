@@ -33,6 +33,17 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
   const noted = table.split('\n').filter(line => line.includes('core at 0.58 of the run\'s fastest'))
   t.same(noted.map(line => line.split(' | ')[1]), ['channels-memory'], 'only the row the slow reading came with is noted')
   t.notMatch(renderMarkdown(rows, meta), /fixed task/, 'a run without readings says nothing of them')
+
+  // A target around which the core read slow is measured again (bench/run.js, --retry-slow): by
+  // its slowest reading against the fastest so far; the row kept says how often it was measured.
+  const { slowestCore, SLOW_CORE } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as { slowestCore: (row: object, fastest: number) => number, SLOW_CORE: number }
+  t.equal(slowestCore({ cpu0Speed: 1_200_000, cpu0SpeedAfter: 696_000 }, 1_200_000), 0.58, 'the slower of the two readings counts')
+  t.ok(slowestCore({ cpu0Speed: 1_200_000, cpu0SpeedAfter: 696_000 }, 1_200_000) < SLOW_CORE, 'and is slow enough to measure again')
+  t.equal(slowestCore({ cpu0Speed: 1_150_000 }, 1_200_000) >= SLOW_CORE, true, 'a reading within the threshold is not')
+  t.equal(slowestCore({}, 1_200_000), 1, 'a row without readings (--smoke) never is')
+  const retried = renderMarkdown(timed.map(r => r.target === 'ws-memory' ? { ...r, coreRetries: 2 } : r), meta)
+  t.same(retried.split('\n').filter(line => line.includes('measured 3 times (core slow), the steadiest kept')).map(line => line.split(' | ')[1]),
+    ['ws-memory'], 'a row measured again says so')
 })
 
 t.test('the table\'s maximum: the searched one, or the saturation step\'s when that delivered more and lost nothing', async t => {
