@@ -26,7 +26,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { cpuBusyUs, hasTaskset, ipcClient, median, monoMs, parseFlags, procCpuPreciseUs, procCpuUs, procRunQueueWaitUs, sleep } from './lib/common.js'
-import { renderMarkdown, SLOW_CORE, slowestCore, speedsOf } from './lib/report.js'
+import { keptAttempt, renderMarkdown, SLOW_CORE, slowestCore, speedsOf } from './lib/report.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.dirname(here)
@@ -673,7 +673,7 @@ async function measureSteadily (scenario, target, floorMax) {
   for (let attempt = 0; attempt <= retrySlow; attempt++) {
     const row = await runTarget(scenario, target, floorMax)
     for (const speed of speedsOf(row)) fastestCore = Math.max(fastestCore, speed)
-    if (kept === undefined || slowestCore(row, fastestCore) > slowestCore(kept, fastestCore)) kept = row
+    kept = keptAttempt(kept, row, fastestCore)
     kept.coreRetries = attempt
     const slowest = slowestCore(kept, fastestCore)
     if (slowest >= SLOW_CORE || row.error !== undefined || attempt === retrySlow) break

@@ -34,6 +34,16 @@ export function slowestCore (r, fastest) {
   return own.length === 0 ? 1 : Math.min(...own) / fastest
 }
 
+/**
+ * Of two attempts at one target (bench/run.js, --retry-slow), the one to keep: a measured one
+ * over one that failed, then the one whose core read the steadier. `kept` is undefined at first.
+ */
+export function keptAttempt (kept, row, fastest) {
+  if (kept === undefined || (kept.error !== undefined && row.error === undefined)) return row
+  if (row.error !== undefined) return kept
+  return slowestCore(row, fastest) > slowestCore(kept, fastest) ? row : kept
+}
+
 export function renderMarkdown (rows, meta) {
   const m = meta.machine
   const lines = []

@@ -41,6 +41,15 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
   t.ok(slowestCore({ cpu0Speed: 1_200_000, cpu0SpeedAfter: 696_000 }, 1_200_000) < SLOW_CORE, 'and is slow enough to measure again')
   t.equal(slowestCore({ cpu0Speed: 1_150_000 }, 1_200_000) >= SLOW_CORE, true, 'a reading within the threshold is not')
   t.equal(slowestCore({}, 1_200_000), 1, 'a row without readings (--smoke) never is')
+  const { keptAttempt } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as { keptAttempt: (kept: object | undefined, row: object, fastest: number) => object }
+  const slow = { cpu0Speed: 700_000, cpu0SpeedAfter: 1_200_000 }
+  const steady = { cpu0Speed: 1_150_000, cpu0SpeedAfter: 1_180_000 }
+  const failed = { cpu0Speed: 1_200_000, cpu0SpeedAfter: 1_200_000, error: 'server did not start' }
+  t.equal(keptAttempt(undefined, slow, 1_200_000), slow, 'the first attempt is kept until another is steadier')
+  t.equal(keptAttempt(slow, steady, 1_200_000), steady, 'a steadier attempt replaces it')
+  t.equal(keptAttempt(steady, slow, 1_200_000), steady, 'a slower one does not')
+  t.equal(keptAttempt(slow, failed, 1_200_000), slow, 'nor does a failed one, however steady the core around it')
+  t.equal(keptAttempt(failed, slow, 1_200_000), slow, 'a measured attempt replaces a failed one')
   const retried = renderMarkdown(timed.map(r => r.target === 'ws-memory' ? { ...r, coreRetries: 2 } : r), meta)
   t.same(retried.split('\n').filter(line => line.includes('measured 3 times (core slow), the steadiest kept')).map(line => line.split(' | ')[1]),
     ['ws-memory'], 'a row measured again says so')
