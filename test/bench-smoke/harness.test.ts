@@ -25,7 +25,12 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
   // A full run reads the servers' core before and after each target (--smoke does not): a row
   // around which the core read slow is noted, so a host that slowed mid-run is seen in the table.
   const { pathToFileURL } = await import('node:url')
-  const { renderMarkdown } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as { renderMarkdown: (rows: object[], meta: object) => string }
+  const { renderMarkdown, slowestCore, SLOW_CORE, keptAttempt } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as {
+    renderMarkdown: (rows: object[], meta: object) => string
+    slowestCore: (row: object, fastest: number) => number
+    SLOW_CORE: number
+    keptAttempt: (kept: object | undefined, row: object, fastest: number) => object
+  }
   const meta = JSON.parse(readFileSync(path.join(out, 'latest-meta.json'), 'utf8')) as object
   const timed = rows.map(r => ({ ...r, cpu0Speed: 1_200_000, cpu0SpeedAfter: r.target === 'channels-memory' ? 696_000 : 1_200_000 }))
   const table = renderMarkdown(timed, meta)
@@ -36,12 +41,10 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
 
   // A target around which the core read slow is measured again (bench/run.js, --retry-slow): by
   // its slowest reading against the fastest so far; the row kept says how often it was measured.
-  const { slowestCore, SLOW_CORE } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as { slowestCore: (row: object, fastest: number) => number, SLOW_CORE: number }
   t.equal(slowestCore({ cpu0Speed: 1_200_000, cpu0SpeedAfter: 696_000 }, 1_200_000), 0.58, 'the slower of the two readings counts')
   t.ok(slowestCore({ cpu0Speed: 1_200_000, cpu0SpeedAfter: 696_000 }, 1_200_000) < SLOW_CORE, 'and is slow enough to measure again')
   t.equal(slowestCore({ cpu0Speed: 1_150_000 }, 1_200_000) >= SLOW_CORE, true, 'a reading within the threshold is not')
   t.equal(slowestCore({}, 1_200_000), 1, 'a row without readings (--smoke) never is')
-  const { keptAttempt } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as { keptAttempt: (kept: object | undefined, row: object, fastest: number) => object }
   const slow = { cpu0Speed: 700_000, cpu0SpeedAfter: 1_200_000 }
   const steady = { cpu0Speed: 1_150_000, cpu0SpeedAfter: 1_180_000 }
   const failed = { cpu0Speed: 1_200_000, cpu0SpeedAfter: 1_200_000, error: 'server did not start' }
