@@ -26,8 +26,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { cpuBusyUs, hasTaskset, ipcClient, median, monoMs, parseFlags, procCpuPreciseUs, procCpuUs, procRunQueueWaitUs, sleep } from './lib/common.js'
-import { canProbe, startCoreProbe } from './lib/core-probe.js'
-import { keptAttempt, renderMarkdown, slowestCore, slowestDuring, speedsOf, steadiness } from './lib/report.js'
+import { keptAttempt, renderMarkdown, SLOW_CORE, slowestCore, speedsOf } from './lib/report.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.dirname(here)
@@ -109,8 +108,6 @@ if (!existsSync(path.join(root, 'dist', 'index.js'))) fail('dist/ is missing: ru
 // the run still works, unpinned, and says so.
 const cpus = os.availableParallelism?.() ?? os.cpus().length
 const pin = !args['no-pin'] && cpus >= 2 && hasTaskset()
-// The servers' core read during each target too (not in --smoke, which reads no core).
-const probing = !PLAN.smoke && canProbe(pin)
 if (pin) execFileSync('taskset', ['-a', '-p', '-c', '1', String(process.pid)], { stdio: 'ignore' })
 // On a machine shared with other jobs, `--nice=-10` gives every bench process priority over them
 // (needs the privilege to lower niceness); other CPU use is recorded per step either way.
@@ -171,12 +168,10 @@ async function runTarget (scenario, target, floorMax) {
   const servers = []
   const gens = []
   const prefix = `${runId}-${scenario.name}-${target.name}`
-  let probe
   try {
     // How much of the servers' CPU this machine gives a busy process right now (1.0 on an idle
     // machine): a shared or oversubscribed host shows up here, and in every number below.
     if (!PLAN.smoke) Object.assign(row, await coreCheck(0, ''))
-    probe = probing ? startCoreProbe(0) : undefined
     // 1. Servers, pinned to CPU 0. The first one is the publisher.
     for (let i = 0; i < target.processes; i++) {
       const options = { redisUrl, prefix, logFile: path.join(logDir, `${prefix}-${i}.log`), entry: target.entry, ...target.features }
@@ -242,7 +237,7 @@ async function runTarget (scenario, target, floorMax) {
     }
 
     // 4. Load: warm-up, stepped open-loop load to saturation, then the fixed-rate step.
-    const bench = new Bench(scenario, servers, gens, members, groupSize, target.layer === 'redis', probe)
+    const bench = new Bench(scenario, servers, gens, members, groupSize, target.layer === 'redis')
     const warm = await bench.phase(STEP.startDeliveries, PLAN.warmMs, 'warm-up')
     const steps = []
     let retries = 0
@@ -333,8 +328,6 @@ async function runTarget (scenario, target, floorMax) {
     row.publishErrors = sum(stats.map(s => s.publishErrors))
     if (stats.some(s => s.groupSendSkipped !== undefined)) row.groupSendSkipped = sum(stats.map(s => s.groupSendSkipped ?? 0))
     row.steps = [warm, ...steps, fixed]
-    const during = row.steps.map(s => s.coreSpeed).filter(v => v !== undefined)
-    if (during.length > 0) row.cpu0SpeedDuring = Math.min(...during)
     row.otherCpuMax = Math.max(...row.steps.map(s => s.otherCpu))
     // The step that ended the search was limited by the machine, not by the target.
     row.starved = bad?.starved === true
@@ -342,7 +335,6 @@ async function runTarget (scenario, target, floorMax) {
     row.error = err?.message ?? String(err)
     log(`  ${target.name}: ${err?.stack ?? err}`)
   } finally {
-    probe?.stop()
     await Promise.all(gens.map(g => g.stop()))
     await Promise.all(servers.map(s => s.stop()))
     if (target.layer === 'redis') await cleanRedis(prefix)
@@ -355,9 +347,8 @@ async function runTarget (scenario, target, floorMax) {
 
 /** One target under load: runs phases and keeps the cumulative counters straight. */
 class Bench {
-  constructor (scenario, servers, gens, members, groupSize, usesRedis, probe) {
+  constructor (scenario, servers, gens, members, groupSize, usesRedis) {
     this.usesRedis = usesRedis
-    this.probe = probe
     this.scenario = scenario
     this.servers = servers
     this.publisher = servers[0]
@@ -467,9 +458,6 @@ class Bench {
       step.redisCpu = round((cpu1.redis - cpu0.redis) / 1000 / cpuMs, 2)
       step.redisCpuUsPerDelivery = frames === 0 ? null : round((cpu1.redis - cpu0.redis) / frames, 2)
     }
-    // The host's speed during the step (core-probe.js): the first quarter of the probe's readings.
-    const coreSpeed = this.probe?.lowQuarter(cpu0.at, cpu1.at)
-    if (coreSpeed !== undefined) step.coreSpeed = coreSpeed
     if (after.closed > 0) throw new Error(`${after.closed} connections were closed by the server during the bench`)
     step.keptUp = deliveredPerSec >= STEP.keptUp * offeredPerSec && lost === 0 && step.dups === 0
     step.generatorBound = step.generatorCpu > STEP.generatorBusy
@@ -674,11 +662,11 @@ function fail (message) {
 let fastestCore = 0
 
 /**
- * `runTarget`, again (up to --retry-slow times) while the core read slow: before or after the
- * target, under SLOW_CORE of the fastest reading so far, or during one of its steps (the probe)
- * under SLOW_DURING of it. This host slows down for seconds to minutes at a time, and a row
- * measured then is not comparable with the others. Keeps the steadiest attempt, with how many
- * times the target was measured again (`coreRetries`).
+ * `runTarget`, again (up to --retry-slow times) while the core read slower than SLOW_CORE of the
+ * fastest reading so far, before or after the target: this host slows down for tens of seconds
+ * at a time, and a row measured then is not comparable with the others. Keeps the attempt whose
+ * slowest reading is the highest, with how many times the target was measured again
+ * (`coreRetries`). A slowdown within a target, between its two readings, is not seen.
  */
 async function measureSteadily (scenario, target, floorMax) {
   let kept
@@ -687,9 +675,9 @@ async function measureSteadily (scenario, target, floorMax) {
     for (const speed of speedsOf(row)) fastestCore = Math.max(fastestCore, speed)
     kept = keptAttempt(kept, row, fastestCore)
     kept.coreRetries = attempt
-    if (steadiness(kept, fastestCore) >= 1 || row.error !== undefined || attempt === retrySlow) break
-    log(`${scenario.name} ${target.name}: core at ${slowestCore(kept, fastestCore).toFixed(2)} of the fastest so far around it, ` +
-      `${slowestDuring(kept, fastestCore).toFixed(2)} in its slowest step; measuring again`)
+    const slowest = slowestCore(kept, fastestCore)
+    if (slowest >= SLOW_CORE || row.error !== undefined || attempt === retrySlow) break
+    log(`${scenario.name} ${target.name}: core at ${slowest.toFixed(2)} of the fastest so far around it; measuring again`)
   }
   return kept
 }

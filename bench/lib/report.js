@@ -34,22 +34,6 @@ export function slowestCore (r, fastest) {
   return own.length === 0 ? 1 : Math.min(...own) / fastest
 }
 
-// The same for the probe that reads the core during a target (bench/lib/core-probe.js). It judges
-// each step by the first quarter of its readings, so that a slow spell over a quarter of any step
-// counts. Beside busy servers that quarter sits at 0.80–0.86 of the fastest idle reading on this
-// host, and a slow spell reads 0.5–0.65, hence a lower bar.
-export const SLOW_DURING = 0.7
-
-/** A row's slowest step as the probe read it, as a share of `fastest`; 1 for a row without. */
-export function slowestDuring (r, fastest) {
-  return typeof r.cpu0SpeedDuring === 'number' ? r.cpu0SpeedDuring / fastest : 1
-}
-
-/** How steady the core was for a row, around and during its target: 1 or more is steady. */
-export function steadiness (r, fastest) {
-  return Math.min(slowestCore(r, fastest) / SLOW_CORE, slowestDuring(r, fastest) / SLOW_DURING)
-}
-
 /**
  * Of two attempts at one target (bench/run.js, --retry-slow), the one to keep: a measured one
  * over one that failed, then the one whose core read the steadier. `kept` is undefined at first.
@@ -57,7 +41,7 @@ export function steadiness (r, fastest) {
 export function keptAttempt (kept, row, fastest) {
   if (kept === undefined || (kept.error !== undefined && row.error === undefined)) return row
   if (row.error !== undefined) return kept
-  return steadiness(row, fastest) > steadiness(kept, fastest) ? row : kept
+  return slowestCore(row, fastest) > slowestCore(kept, fastest) ? row : kept
 }
 
 export function renderMarkdown (rows, meta) {
@@ -81,11 +65,6 @@ export function renderMarkdown (rows, meta) {
   if (speeds.length > 0) {
     lines.push(`Speed of the servers' core on a fixed task (JSON round trips), before and after each target, against the run's fastest reading: ${(Math.min(...speeds) / fastest).toFixed(2)}–1.00 ` +
       `(a row below ${SLOW_CORE} is noted: the host ran it slower than the others).`, '')
-    const during = rows.filter(r => typeof r.cpu0SpeedDuring === 'number').map(r => slowestDuring(r, fastest))
-    if (during.length > 0) {
-      lines.push(`The same core during each target, read four times a second by a probe at idle priority: each row's slowest step at ${Math.min(...during).toFixed(2)}–${Math.max(...during).toFixed(2)} of that fastest reading ` +
-        `(the first quarter of the step's readings; a row below ${SLOW_DURING} is noted).`, '')
-    }
   }
   lines.push('| scenario | target | conns | groups | payload B | max deliveries/s | × floor | kept up with | × floor | deliveries per server CPU-s | × floor | p50 ms | p99 ms | at deliveries/s | CPU µs/delivery | RSS KiB/conn | lost | notes |')
   lines.push('|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|')
@@ -102,8 +81,6 @@ export function renderMarkdown (rows, meta) {
     if (max.lowerBound) notes.push('max is a lower bound (generator-bound or never saturated)')
     const slowest = slowestCore(r, fastest)
     if (slowest < SLOW_CORE) notes.push(`core at ${slowest.toFixed(2)} of the run's fastest around this target`)
-    const during = slowestDuring(r, fastest)
-    if (during < SLOW_DURING) notes.push(`core at ${during.toFixed(2)} of the run's fastest during a step of this target`)
     if (r.coreRetries > 0) notes.push(`measured ${r.coreRetries + 1} times (core slow), the steadiest kept`)
     if (r.starved) notes.push('search ended by a step where the servers were starved of CPU by other jobs')
     if (r.fixedKeptUp === false) notes.push('overloaded at the fixed rate')
