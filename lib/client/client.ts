@@ -70,8 +70,9 @@ type Listener = (...args: never[]) => void
 const OPEN = 1
 const STABLE_MS = 5000
 const GROUP_NAME = /^[a-zA-Z\d\-_.]{1,99}$/
-// A re-join refused for one of these is tried again on the same socket: the server may recover.
-const RETRIABLE = new Set(['FST_CHANNELS_LAYER_TIMEOUT', 'FST_CHANNELS_LAYER_CLOSED', 'FST_CHANNELS_REMOTE_FAILED', 'FST_CHANNELS_JOIN_FAILED'])
+// A join refused for one of the layer's own failures is tried again on the same socket: the server
+// may recover. Any other refusal (canJoin() said no, or threw) ends the subscription.
+const RETRIABLE = new Set(['FST_CHANNELS_LAYER_TIMEOUT', 'FST_CHANNELS_LAYER_CLOSED', 'FST_CHANNELS_REMOTE_FAILED'])
 
 const scope = globalThis as unknown as {
   WebSocket?: WebSocketConstructor
@@ -128,10 +129,10 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     this.#minDelay = positive(options.minDelay, 500, 'minDelay')
     this.#maxDelay = positive(options.maxDelay, 30_000, 'maxDelay')
     this.#connectTimeout = positive(options.connectTimeout, 10_000, 'connectTimeout')
+    this.#connect(true)
     // A browser that is back online need not wait out the backoff.
     scope.addEventListener?.('online', this.#online)
     scope.addEventListener?.('offline', this.#offline)
-    this.#connect()
   }
 
   get state (): ClientState {
@@ -184,12 +185,16 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     }
     this.#subs.clear()
     this.#calls.reject(closed, false)
-    this.#socket?.close(1000)
+    // Forgotten at once: a frame still arriving on it is not handled.
+    const socket = this.#socket
+    this.#socket = null
+    socket?.close(1000)
   }
 
   // --- the socket -------------------------------------------------------------------------------
 
-  #connect (): void {
+  /** `first`, from the constructor: a WebSocket constructor that throws is a bad option, thrown to the caller. */
+  #connect (first = false): void {
     if (this.#socket !== null || this.#state === 'closed') return
     if (this.#closing !== null) {
       this.#due = true
@@ -199,6 +204,9 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     try {
       socket = new this.#WebSocket(this.#url, this.#protocols) as Socket
     } catch (err) {
+      // The same URL and protocols every time: what the first attempt refused (a malformed
+      // subprotocol, a URL this page may not open) every retry would refuse too.
+      if (first) throw new ChannelsClientError(INVALID_OPTION, `new WebSocket() refused ${this.#url}: ${String(err)}`)
       this.#report(err)
       this.#scheduleRetry({})
       return
@@ -248,7 +256,8 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     const attempt = ++this.#attempt
     const delay = fullJitter(attempt, this.#minDelay, this.#maxDelay)
     this.#setState('reconnecting', { ...detail, attempt, delay })
-    this.#retryIn(delay)
+    // A state listener may have closed the client.
+    if (this.#state === 'reconnecting') this.#retryIn(delay)
   }
 
   #retryIn (delay: number): void {
@@ -327,7 +336,11 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
 
   #setState (state: ClientState, detail: StateDetail): void {
     this.#state = state
-    for (const listener of this.#listeners.state) this.#safely(listener, state, detail)
+    for (const listener of this.#listeners.state) {
+      // A listener changed the state (close() on 'reconnecting'): the others have heard of that one.
+      if (this.#state !== state) return
+      this.#safely(listener, state, detail)
+    }
   }
 
   #check (): void {

@@ -79,7 +79,8 @@ t.test('calls and joins that fail reject with a stable code', async t => {
   t.match(await rejection(c.call('echo', { n: 1n } as unknown as undefined)), { code: 'FST_CHANNELS_INVALID_ARGS' }, 'arguments that are not JSON never leave')
   t.match(await rejection(c.join('lobby').ready), { code: 'FST_CHANNELS_JOIN_DENIED' }, 'a refused join rejects ready')
   const errors: unknown[] = []
-  c.join('room.explode', { error (err) { errors.push(err) } })
+  const explode = c.join('room.explode', { error (err) { errors.push(err) } })
+  t.match(await rejection(explode.ready), { code: 'FST_CHANNELS_JOIN_FAILED' }, 'a canJoin() that throws rejects ready: it is not retried')
   t.throws(() => c.join('not a group!'), { code: 'FST_CHANNELS_INVALID_NAME' }, 'an invalid name is refused before it is sent')
   const sub = c.join('room.twice')
   t.throws(() => c.join('room.twice'), { code: 'FST_CHANNELS_ALREADY_JOINED' })
@@ -93,6 +94,8 @@ t.test('calls and joins that fail reject with a stable code', async t => {
   t.same(errors, [], 'a join refused the first time rejects ready; error() is for later refusals')
   t.throws(() => new ChannelsClient('/ws/rooms', { WebSocket }), { code: 'FST_CHANNELS_INVALID_OPTION' }, 'a relative URL outside a browser')
   t.throws(() => new ChannelsClient(server.url, { WebSocket, callTimeout: -1 }), { code: 'FST_CHANNELS_INVALID_OPTION' })
+  t.throws(() => new ChannelsClient(server.url, { WebSocket, protocols: ['not a token'] }), { code: 'FST_CHANNELS_INVALID_OPTION', message: /new WebSocket\(\) refused/ },
+    'what the WebSocket constructor refuses is thrown to the caller, not retried')
   const global = globalThis as { WebSocket?: unknown }
   const saved = global.WebSocket
   delete global.WebSocket
@@ -171,4 +174,19 @@ t.test('close(): pending calls and joins are rejected, no reconnect', async t =>
   t.throws(() => c.join('room.after'), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
   await eventually(() => server.app.websocketServer.clients.size === 0, 2000)
   t.pass('the server sees the socket closed')
+})
+
+t.test('close() from a state listener: the client stays closed, and later listeners hear only that', async t => {
+  const c = new ChannelsClient<RoomsApi>(server.url, { WebSocket, minDelay: 10, maxDelay: 20 })
+  t.teardown(() => { c.close() })
+  await opened(c)
+  const heard: ClientState[] = []
+  c.on('state', state => { if (state === 'reconnecting') c.close() })
+  c.on('state', state => { heard.push(state) })
+  for (const socket of server.app.websocketServer.clients) socket.terminate()
+  await eventually(() => c.state === 'closed', 2000)
+  t.same(heard, ['closed'], 'no \'reconnecting\' after \'closed\'')
+  await new Promise(resolve => setTimeout(resolve, 200))
+  t.equal(c.state, 'closed')
+  t.equal(server.app.websocketServer.clients.size, 0, 'no new socket')
 })
