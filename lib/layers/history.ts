@@ -26,6 +26,8 @@ interface Stream {
   head: number
   /** Last send or join, for forgetting idle groups. */
   touched: number
+  /** How long it is remembered once idle: `idleMs`, or the policy's `ttl` when that is longer. */
+  keepMs: number
 }
 
 export type HistoryPolicy = NonNullable<Policy['history']>
@@ -93,10 +95,10 @@ export class MemoryHistory {
     this.#streams.clear()
   }
 
-  /** Forgets groups idle for longer than `idleMs`. */
+  /** Forgets groups idle for longer than `idleMs` (or their `ttl`). */
   sweep (now = performance.now()): void {
     for (const [group, stream] of this.#streams) {
-      if (now - stream.touched > this.#idleMs) this.#streams.delete(group)
+      if (now - stream.touched > stream.keepMs) this.#streams.delete(group)
     }
   }
 
@@ -107,15 +109,17 @@ export class MemoryHistory {
 
   #stream (group: string, policy: HistoryPolicy, now: number): Stream {
     let stream = this.#streams.get(group)
-    if (stream !== undefined && now - stream.touched > this.#idleMs) {
+    if (stream !== undefined && now - stream.touched > stream.keepMs) {
       this.#streams.delete(group)
       stream = undefined
     }
+    const keepMs = Math.max(this.#idleMs, policy.ttlMs)
     if (stream === undefined) {
-      stream = { epoch: newEpoch(), top: 0, entries: [], head: 0, touched: now }
+      stream = { epoch: newEpoch(), top: 0, entries: [], head: 0, touched: now, keepMs }
       this.#streams.set(group, stream)
     }
     stream.touched = now
+    stream.keepMs = keepMs
     this.#dropExpired(stream, policy, now)
     return stream
   }

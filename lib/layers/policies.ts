@@ -95,5 +95,6 @@ function checkHistory (key: string, history: unknown): { size: number, ttlMs: nu
   if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl <= 0) {
     throw new InvalidOptionError(`groups["${key}"].history.ttl must be a positive number of seconds, got ${String(ttl)}`)
   }
-  return { size, ttlMs: ttl * 1000 }
+  // Whole milliseconds: Redis takes the ttl as an integer (PEXPIRE), and both layers keep the same.
+  return { size, ttlMs: Math.ceil(ttl * 1000) }
 }

@@ -19,6 +19,7 @@ function withPolicy (extra: ConformanceLayerOptions = {}): ConformanceLayerOptio
       'hist.*': HISTORY,
       'tiny.*': { history: { size: 3, ttl: 60 } },
       'brief.*': { history: { size: 50, ttl: 0.3 } },
+      'frac.*': { history: { size: 5, ttl: 1.0005 } },
       'pres.*': { presenceEvents: true },
       'both.*': { ...HISTORY, presenceEvents: true }
     }
@@ -206,6 +207,29 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     const join = await layer.groupAdd(group, channel, { since: position ?? undefined })
     t.equal(join.recovered, false, 'nor recovered')
     await nothing(t, layer, channel)
+  })
+
+  test('an idle group\'s position lasts as long as its ttl when that is longer than groupExpiry', async t => {
+    const layer = await open(t, withPolicy({ groupExpiry: 0.4 }))
+    const group = unique('hist.outlives')
+    const channel = await layer.newChannel()
+    const { position } = await layer.groupAdd(group, channel)
+    await layer.groupDiscard(group, channel)
+    await layer.groupSend(group, { type: 'n', n: 1 })
+    await sleep(900)
+    const join = await layer.groupAdd(group, channel, { since: position ?? undefined })
+    t.same(join, { position: { offset: 1, epoch: position?.epoch }, recovered: true }, 'the same epoch, recovered')
+    t.same((await delivery(layer, channel)).message, { type: 'n', n: 1 }, 'what was missed is replayed')
+  })
+
+  test('a ttl that is not a whole number of milliseconds works', async t => {
+    const layer = await open(t, withPolicy())
+    const group = unique('frac.ttl')
+    const channel = await layer.newChannel()
+    await layer.groupAdd(group, channel)
+    t.match(await layer.groupSend(group, { type: 'n', n: 1 }), { offset: 1 })
+    t.same((await delivery(layer, channel)).message, { type: 'n', n: 1 })
+    t.same((await layer.history(group)).messages.map(m => m.message), [{ type: 'n', n: 1 }])
   })
 
   test('flush loses the history: a new epoch', async t => {
