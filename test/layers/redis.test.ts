@@ -218,6 +218,23 @@ function tests (): void {
       'only the inbox and broadcast subscriptions are left')
   })
 
+  t.test('a dead process\'s presence entry is removed, also in a group that does not announce presence', async t => {
+    const admin = adminClient(t)
+    const prefix = uniquePrefix('fc-reap')
+    const layer = open(t, { prefix, membershipLease: 1 })
+    const [members, presence] = [`${prefix}:gm:{room}`, `${prefix}:pi:{room}`]
+    // What a process that died leaves: its presence entry, its membership record past its lease.
+    await admin.zadd(members, 1, 'ghost')
+    await admin.hset(presence, 'ghost', 'left behind')
+    const channel = await layer.newChannel()
+    await layer.groupAdd('room', channel, { presence: { name: 'Ada' } })
+    t.same(await layer.presence('room'), [{ channel, info: { name: 'Ada' } }], 'presence() never showed it')
+    const gone = async (): Promise<boolean> => await admin.hexists(presence, 'ghost') === 0
+    for (let i = 0; i < 30 && !await gone(); i++) await sleep(100)
+    t.ok(await gone(), 'the entry is removed from Redis within the reap interval')
+    t.equal(await admin.hexists(presence, channel), 1, 'the live one stays')
+  })
+
   t.test('close() ends only what the layer opened', async t => {
     const admin = adminClient(t)
     const client = new Redis(REDIS_URL)

@@ -61,6 +61,8 @@ export class Memberships {
   readonly #joining = new Map<string, Map<string, Held[]>>()
   /** group → channel → the position its join read up to, until the live stream gets there. */
   readonly #floors = new Map<string, Map<string, StreamPosition>>()
+  /** Groups in which a join of this process recorded presence: their dead entries are reaped too. */
+  readonly #recordsPresence = new Set<string>()
   readonly #timers: NodeJS.Timeout[]
   #renewal: Promise<void> = Promise.resolve()
   #renewalQueued = false
@@ -143,6 +145,7 @@ export class Memberships {
   #releaseIfEmpty (group: string): void {
     if (this.#store.members(group) !== undefined || this.#joining.has(group) || !this.#groups.delete(group)) return
     this.#floors.delete(group)
+    this.#recordsPresence.delete(group)
     this.#transport.unsubscribe({ kind: 'group', group })
   }
 
@@ -151,6 +154,7 @@ export class Memberships {
     this.#store.flush()
     this.#joining.clear()
     this.#floors.clear()
+    this.#recordsPresence.clear()
     for (const group of this.#groups) this.#transport.unsubscribe({ kind: 'group', group })
     this.#groups.clear()
   }
@@ -239,6 +243,7 @@ export class Memberships {
         recovered = since !== undefined && position !== null && since.epoch === position.epoch && since.offset <= position.offset
       }
       store.addMember(group, channel)
+      if (presence !== undefined) this.#recordsPresence.add(group)
       if (presence !== undefined && policy?.presenceEvents === true && this.#changed(result.previousPresence, join.presence)) {
         await this.#settings.announce(group, 'presence.join', channel, presence)
           .catch((err: unknown) => this.#settings.log().warn({ err, group }, 'could not announce a presence join'))
@@ -338,10 +343,13 @@ export class Memberships {
     }
   }
 
-  /** Finds the presence entries of processes that died, in groups that announce presence. */
+  /**
+   * Finds the presence entries of processes that died, in groups that announce presence (where
+   * they are announced) and in those this process records presence in (where they are only removed).
+   */
   async #reap (): Promise<void> {
     if (this.#closed || !this.#transport.up) return
-    const groups = [...this.#groups].filter(group => this.#settings.presenceEvents(group))
+    const groups = [...this.#groups].filter(group => this.#settings.presenceEvents(group) || this.#recordsPresence.has(group))
     try {
       await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.reapPresence(group, 'reap presence'))))
     } catch (err) {
