@@ -100,6 +100,22 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     await nothing(t, b, back)
   })
 
+  test('two joins of one channel at once: what it missed comes once', async t => {
+    const layer = await open(t, withPolicy())
+    const group = unique('hist.twice')
+    const channel = await layer.newChannel()
+    const { position } = await layer.groupAdd(group, channel)
+    await layer.groupDiscard(group, channel)
+    for (let n = 1; n <= 3; n++) await layer.groupSend(group, { type: 'missed', n })
+    const since = position ?? undefined
+    const joins = await Promise.all([layer.groupAdd(group, channel, { since }), layer.groupAdd(group, channel, { since })])
+    t.same(joins.map(j => j.recovered), [true, true])
+    await layer.groupSend(group, { type: 'newer', n: 4 })
+    const got = await drain(layer, channel, 4)
+    t.same(got.map(d => d.info.offset), [1, 2, 3, 4], 'each message once, in order')
+    await nothing(t, layer, channel)
+  })
+
   test('recovery is impossible: another epoch, or history that no longer reaches back', async t => {
     const layer = await open(t, withPolicy())
     const group = unique('tiny.gone')

@@ -61,6 +61,8 @@ export class Memberships {
   readonly #joining = new Map<string, Map<string, Held[]>>()
   /** group → channel → the position its join read up to, until the live stream gets there. */
   readonly #floors = new Map<string, Map<string, StreamPosition>>()
+  /** group + channel → its join with history or presence still under way: the next one waits for it. */
+  readonly #recording = new Map<string, Promise<GroupJoin>>()
   /** Groups in which a join of this process recorded presence: their dead entries are reaped too. */
   readonly #recordsPresence = new Set<string>()
   readonly #timers: NodeJS.Timeout[]
@@ -95,7 +97,19 @@ export class Memberships {
       await this.#addPlain(group, channel)
       return NO_JOIN
     }
-    return await this.#addRecorded(group, channel, join, policy)
+    // One at a time per membership: two joins under way at once would each hold back and replay
+    // what the channel missed (twice), or the later one's held messages would be lost.
+    const key = `${group}\n${channel}`
+    const before = this.#recording.get(key)
+    const mine = before === undefined
+      ? this.#addRecorded(group, channel, join, policy)
+      : before.then(settled, settled).then(async () => await this.#addRecorded(group, channel, join, policy))
+    this.#recording.set(key, mine)
+    try {
+      return await mine
+    } finally {
+      if (this.#recording.get(key) === mine) this.#recording.delete(key)
+    }
   }
 
   /** A group message from the group's route: to the local members, and held for joining ones. */
@@ -357,6 +371,8 @@ export class Memberships {
     }
   }
 }
+
+function settled (): void {}
 
 /** Whether `missed` holds every message after `since` up to `position`. */
 function complete (since: StreamPosition, position: StreamPosition, missed: StoredPayload[]): boolean {
