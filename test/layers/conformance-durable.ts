@@ -200,6 +200,7 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     t.same(latest.position, { offset: 8, epoch })
     t.same((await layer.history(group, { since: { offset: 4, epoch }, limit: 2 })).messages.map(m => m.offset), [5, 6])
     t.same((await layer.history(group, { since: { offset: 8, epoch } })).messages, [])
+    t.same((await layer.history(group, { since: { offset: 1e15, epoch } })).messages, [], 'a position far ahead: nothing after it')
     t.same((await layer.history(group)).messages.length, 8)
     t.same((await layer.history(group, { since: { offset: 4, epoch: 'old' } })).messages.map(m => m.offset), [1, 2, 3, 4, 5, 6, 7, 8],
       'a position from another epoch reads from the start')

@@ -154,6 +154,8 @@ if ARGV[4] == '' then
 end
 local from = 1
 if ARGV[4] == epoch then from = tonumber(ARGV[5]) + 1 end
+-- Nothing after a position ahead of the group's (and Lua would write a large one as 1e+15).
+if from > top then return {epoch, top, out} end
 -- Expired entries are the oldest ones: skip them a chunk at a time until \`limit\` live ones are found.
 while #out < 2 * limit do
   local chunk = redis.call('XRANGE', KEYS[2], from .. '-0', '+', 'COUNT', limit)
