@@ -116,6 +116,40 @@ t.test('app.close() is not held up by the tutorials\' loop: clients see 1001, di
   t.notOk(logs.some(l => (l.level as number) >= 50))
 })
 
+t.test('a refused handshake ends a task that only sends: send() rejects, app.close() is not held up', async t => {
+  let iterations = 0
+  const stops: unknown[] = []
+  class Refusing extends WebsocketConsumer {
+    override async connect () {
+      this.spawn(async () => {
+        try {
+          for (;;) { // ignores its signal: only send() can end it
+            iterations++
+            await this.send('tick')
+            await sleep(10)
+          }
+        } catch (err) {
+          stops.push((err as { code?: string }).code)
+          throw err
+        }
+      })
+      await sleep(30)
+      // returns without accept(): the handshake is refused with 403
+    }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/refusing', { websocket: true }, Refusing.asHandler()))
+  const { url } = await listen(app)
+  await t.rejects(openClient(`${url}/refusing`), /HTTP 403/)
+  await eventually(() => stops.length === 1, 2000)
+  t.same(stops, ['FST_CHANNELS_CONNECTION_CLOSED'], 'the first send() after the refusal rejects')
+  const stopped = iterations
+  await sleep(50)
+  t.equal(iterations, stopped, 'the loop ended')
+  const closing = app.close().then(() => 'closed')
+  t.equal(await Promise.race([closing, sleep(5000, 'still waiting')]), 'closed', 'app.close() resolves')
+  t.notOk(logs.some(l => (l.level as number) >= 50), 'nothing logged as an error')
+})
+
 t.test('a spawned task that fails closes its own connection with 1011; the others keep working', async t => {
   class Failing extends WebsocketConsumer {
     override async receive (text?: string) {

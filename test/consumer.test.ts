@@ -1,7 +1,9 @@
 import t from 'tap'
 import { WebsocketConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type Delivery, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
-import { buildApp, sleep } from './helpers/app.js'
+import { buildApp, eventually, sleep } from './helpers/app.js'
+import { listen } from './helpers/loopback.js'
+import { connect } from 'node:net'
 import { contractOnly } from './helpers/layers.js'
 
 const inspect = (app: { channelLayer: unknown }) => (app.channelLayer as InMemoryChannelLayer).inspect()
@@ -150,6 +152,39 @@ t.test('groups are joined before connect() and left after disconnect(); disconne
   await b.serverFinished()
   t.same(codes, [4000, 4001], 'server close code, once')
   t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 })
+})
+
+t.test('a client gone while connect() ran: its accept() ends the connection, disconnect(1006) runs once, groups are left', async t => {
+  let started = false
+  let release = (): void => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const codes: number[] = []
+  class Slow extends WebsocketConsumer {
+    override groups = ['lobby']
+    override async connect () {
+      started = true
+      await gate // a slow lookup, during which the client goes away
+      await this.accept()
+    }
+
+    override async disconnect (code: number) { codes.push(code) }
+  }
+  const { app } = await buildApp({}, app => app.get('/slow', { websocket: true }, Slow.asHandler()))
+  t.teardown(() => app.close())
+  const { port } = await listen(app)
+  // A raw handshake, so that the client can reset the connection: the server's socket is then
+  // closed and destroyed before accept() (a plain FIN would leave it half open until the upgrade).
+  const socket = connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  socket.write(`GET /slow HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+  await eventually(() => started, 2000)
+  socket.resetAndDestroy()
+  await sleep(100)
+  release()
+  await eventually(() => codes.length === 1, 2000)
+  t.same(codes, [1006], 'disconnect() with 1006, once')
+  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'the channel and its membership are gone')
 })
 
 t.test('layer messages are dispatched by type; unknown and reserved types are dropped and logged', async t => {

@@ -72,12 +72,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #socket: ConnectionSocket | null = null
   #channelName = ''
   #view: ChannelLayer | null = null // the consumer's channelLayer: what was joined through it is left at the end
-  // handshake: how the HTTP request learns the decision.
-  #decide: ((decision: Decision) => void) | null = null
-  // accepted: a close() asked for before the socket came.
-  #pendingClose: { code: number, reason: string } | null = null
-  // accepted: watches the request's TCP socket for a client gone before the socket came.
-  #goneBeforeOpen: (() => void) | null = null
+  #decide: ((decision: Decision) => void) | null = null // handshake: how the HTTP request learns the decision
+  #pendingClose: { code: number, reason: string } | null = null // accepted: a close() asked for before the socket came
+  #goneBeforeOpen: (() => void) | null = null // accepted: watches the request's TCP socket for a client gone before the upgrade
   // `signal` and `spawn()`: made on first use.
   #scoped: ScopedTasks | null = null
   // accept()'s promise: the socket came (or never will); and the end, once the layer is freed.
@@ -155,11 +152,13 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     }
     if (this.#transition('handshake', 'accepted')) {
       this.subprotocol = subprotocol
-      // If the client goes away between accept() and the upgrade, the route handler never runs.
-      // Removed once the socket is there: it may be a TCP socket that outlives this connection.
+      // If the client goes away before the upgrade (a reset may even come before accept()), the
+      // route handler never runs. Removed once the socket is there: it may outlive this connection.
+      const raw = this.#request.raw.socket
       this.#goneBeforeOpen = () => { this.#beginClosing('accepted', 1006) }
-      this.#request.raw.socket?.once('close', this.#goneBeforeOpen)
+      raw?.once('close', this.#goneBeforeOpen)
       this.#decided({ accepted: true })
+      if (raw?.destroyed === true) this.#goneBeforeOpen()
     }
     return (this.#opened = Occurrence.of(this.#opened)).promise
   }
@@ -259,9 +258,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   // --- the moves behind the events -------------------------------------------------------------
 
-  /** handshake → ended: the decision is a refusal; what the set-up joined is left. */
+  /** handshake → ended: a refusal; what the set-up joined is left, and a task that only sends stops at its next send(). */
   async #refuse (status: number): Promise<void> {
     if (!this.#transition('handshake', 'ended')) return
+    this.#outbound.shut()
     this.#scoped?.abort()
     this.#decided({ accepted: false, status })
     await this.#scoped?.settled()
