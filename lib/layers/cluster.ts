@@ -27,8 +27,8 @@ import { withTimeout } from './deadline.js'
 import { Envelope, WireCodec, reviveMessage, reviveObject } from './codec.js'
 import { PayloadCipher, type EncryptionKey } from './encryption.js'
 import { Requests, checkReply, replyFor, type OwnerOp } from './cluster/requests.js'
-import { Memberships, NO_JOIN } from './cluster/memberships.js'
-import type { ClusterContext, HistoryKeeping, Route, Transport } from './cluster/transport.js'
+import { Memberships, NO_JOIN, keepingOf } from './cluster/memberships.js'
+import type { ClusterContext, Route, Transport } from './cluster/transport.js'
 
 export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
   /**
@@ -180,7 +180,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const what = `groupSend ${group}`
     const history = policy?.history
     const { named, position } = await this.transport.publishToGroup(group, this.#codec.encodeEnvelope([Envelope.group, message]), what,
-      history === undefined ? undefined : this.#keeping(history))
+      history === undefined ? undefined : keepingOf(history, this.groupExpiryMs))
     // Named channels are queues in the backend, not members of any process: the sender fills them.
     if (named.length > 0) {
       const info: Delivery = position === undefined ? { group } : { group, offset: position.offset, epoch: position.epoch }
@@ -190,7 +190,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   }
 
   protected override async doHistory (group: string, history: HistoryPolicy, since: StreamPosition | undefined, limit: number): Promise<GroupHistory> {
-    const { position, stored } = await this.transport.readHistory(group, this.#keeping(history), since, limit, `history ${group}`)
+    const { position, stored } = await this.transport.readHistory(group, keepingOf(history, this.groupExpiryMs), since, limit, `history ${group}`)
     const messages: GroupHistory['messages'] = []
     for (const [offset, payload] of stored) {
       try {
@@ -212,10 +212,6 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       }
     }
     return entries
-  }
-
-  #keeping (history: HistoryPolicy): HistoryKeeping {
-    return { size: history.size, ttlMs: history.ttlMs, idleMs: Math.max(history.ttlMs, this.groupExpiryMs) }
   }
 
   protected override async doDiscardChannel (channel: string): Promise<void> {

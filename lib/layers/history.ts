@@ -39,6 +39,11 @@ export interface Recovery {
   complete: boolean
 }
 
+/** How long an idle group's position is remembered: the layer's `groupExpiry`, at least the history's `ttl`. */
+export function idleMsOf (history: HistoryPolicy, groupExpiryMs: number): number {
+  return Math.max(history.ttlMs, groupExpiryMs)
+}
+
 export function newEpoch (): string {
   return randomBytes(6).toString('base64url')
 }
@@ -113,7 +118,7 @@ export class MemoryHistory {
       this.#streams.delete(group)
       stream = undefined
     }
-    const keepMs = Math.max(this.#idleMs, policy.ttlMs)
+    const keepMs = idleMsOf(policy, this.#idleMs)
     if (stream === undefined) {
       stream = { epoch: newEpoch(), top: 0, entries: [], head: 0, touched: now, keepMs }
       this.#streams.set(group, stream)

@@ -21,6 +21,7 @@ import { isDeepStrictEqual } from 'node:util'
 import type { Delivery, GroupJoin, LayerLogger, LayerMessage, PresenceInfo, StreamPosition } from '../types.js'
 import { ttl, withTimeout } from '../deadline.js'
 import type { HistoryKeeping, Route, StoredPayload, StoredPresence, Transport } from './transport.js'
+import { idleMsOf, type HistoryPolicy } from '../history.js'
 
 const RENEW_MIN_MS = 50
 /** Dead processes' presence entries are looked for this often (at most). */
@@ -225,9 +226,7 @@ export class Memberships {
     const what = `groupAdd ${group}`
     try {
       await this.#subscribe(group, what)
-      const keeping: HistoryKeeping | undefined = history === undefined
-        ? undefined
-        : { size: history.size, ttlMs: history.ttlMs, idleMs: Math.max(history.ttlMs, this.#settings.groupExpiryMs) }
+      const keeping = history === undefined ? undefined : keepingOf(history, this.#settings.groupExpiryMs)
       const presence = join.presence === undefined ? undefined : this.#settings.codec.encodeValue(join.presence)
       const result = await this.#transport.join(group, {
         channel,
@@ -373,6 +372,11 @@ export class Memberships {
 }
 
 function settled (): void {}
+
+/** What the backend is told of a group's history policy. */
+export function keepingOf (history: HistoryPolicy, groupExpiryMs: number): HistoryKeeping {
+  return { size: history.size, ttlMs: history.ttlMs, idleMs: idleMsOf(history, groupExpiryMs) }
+}
 
 /** Whether `missed` holds every message after `since` up to `position`. */
 function complete (since: StreamPosition, position: StreamPosition, missed: StoredPayload[]): boolean {
