@@ -1,7 +1,7 @@
 import type { Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { InvalidMessageError, InvalidOptionError } from '../../lib/errors.js'
-import { canReceiveDelivery, type ChannelLayer, type Delivery, type GroupPolicy, type LayerMessage } from '../../lib/layers/types.js'
+import { canReceiveDelivery, type ChannelLayer, type Delivery, type GroupPolicy, type LayerMessage, type StreamPosition } from '../../lib/layers/types.js'
 import type { ConformanceLayerOptions, Harness } from './conformance.js'
 import { receiveWithin } from '../helpers/layers.js'
 
@@ -36,6 +36,14 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     const out = []
     for (let i = 0; i < count; i++) out.push(await delivery(layer, channel))
     return out
+  }
+
+  /** A channel that joined `group` and left it: it misses what the group sends next, from `since`. */
+  async function away (layer: ChannelLayer, group: string): Promise<{ channel: string, since: StreamPosition | undefined }> {
+    const channel = await layer.newChannel()
+    const { position } = await layer.groupAdd(group, channel)
+    await layer.groupDiscard(group, channel)
+    return { channel, since: position ?? undefined }
   }
 
   // A second layer on the same backend when there is one: "another process".
@@ -103,11 +111,8 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
   test('two joins of one channel at once: what it missed comes once', async t => {
     const layer = await open(t, withPolicy())
     const group = unique('hist.twice')
-    const channel = await layer.newChannel()
-    const { position } = await layer.groupAdd(group, channel)
-    await layer.groupDiscard(group, channel)
+    const { channel, since } = await away(layer, group)
     for (let n = 1; n <= 3; n++) await layer.groupSend(group, { type: 'missed', n })
-    const since = position ?? undefined
     const joins = await Promise.all([layer.groupAdd(group, channel, { since }), layer.groupAdd(group, channel, { since })])
     t.same(joins.map(j => j.recovered), [true, true])
     await layer.groupSend(group, { type: 'newer', n: 4 })
@@ -215,13 +220,11 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
   test('history expires after its ttl', async t => {
     const layer = await open(t, withPolicy())
     const group = unique('brief.ttl')
-    const channel = await layer.newChannel()
-    const { position } = await layer.groupAdd(group, channel)
-    await layer.groupDiscard(group, channel)
+    const { channel, since } = await away(layer, group)
     await layer.groupSend(group, { type: 'old' })
     await sleep(450)
     t.same((await layer.history(group)).messages, [], 'an expired message is not read')
-    const join = await layer.groupAdd(group, channel, { since: position ?? undefined })
+    const join = await layer.groupAdd(group, channel, { since })
     t.equal(join.recovered, false, 'nor recovered')
     await nothing(t, layer, channel)
   })
@@ -229,13 +232,11 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
   test('an idle group\'s position lasts as long as its ttl when that is longer than groupExpiry', async t => {
     const layer = await open(t, withPolicy({ groupExpiry: 0.4 }))
     const group = unique('hist.outlives')
-    const channel = await layer.newChannel()
-    const { position } = await layer.groupAdd(group, channel)
-    await layer.groupDiscard(group, channel)
+    const { channel, since } = await away(layer, group)
     await layer.groupSend(group, { type: 'n', n: 1 })
     await sleep(900)
-    const join = await layer.groupAdd(group, channel, { since: position ?? undefined })
-    t.same(join, { position: { offset: 1, epoch: position?.epoch }, recovered: true }, 'the same epoch, recovered')
+    const join = await layer.groupAdd(group, channel, { since })
+    t.same(join, { position: { offset: 1, epoch: since?.epoch }, recovered: true }, 'the same epoch, recovered')
     t.same((await delivery(layer, channel)).message, { type: 'n', n: 1 }, 'what was missed is replayed')
   })
 
