@@ -154,6 +154,26 @@ t.test('groups are joined before connect() and left after disconnect(); disconne
   t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 })
 })
 
+t.test('a close reason longer than a close frame holds is cut on a character boundary, never inside an emoji', async t => {
+  class Closer extends WebsocketConsumer {
+    override async receive (text?: string) { await this.close(4002, text) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Closer.asHandler()))
+  t.teardown(() => app.close())
+  for (const [reason, expected] of [
+    ['a' + '😀'.repeat(40), 'a' + '😀'.repeat(29) + '...'], // 117 bytes, then half an emoji would still fit
+    ['😀'.repeat(40), '😀'.repeat(30) + '...'],
+    ['é'.repeat(100), 'é'.repeat(60) + '...'],
+    ['x'.repeat(123), 'x'.repeat(123)]
+  ]) {
+    const comm = new WebsocketCommunicator(app, '/ws')
+    await comm.connect()
+    await comm.sendTo(reason)
+    const closed = await comm.closed
+    t.same(closed, { code: 4002, reason: expected }, `${Buffer.byteLength(reason)} bytes → ${Buffer.byteLength(expected)}`)
+  }
+})
+
 t.test('a client gone while connect() ran: its accept() ends the connection, disconnect(1006) runs once, groups are left', async t => {
   let started = false
   let release = (): void => {}

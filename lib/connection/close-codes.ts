@@ -23,6 +23,8 @@ export function fitCloseReason (reason: string): string {
   if (Buffer.byteLength(reason) <= 123) return reason
   let cut = reason.slice(0, 123)
   while (Buffer.byteLength(cut) > 120) cut = cut.slice(0, -1)
+  // Not half of a surrogate pair (an emoji), which would go out as U+FFFD.
+  if (/[\uD800-\uDBFF]$/.test(cut)) cut = cut.slice(0, -1)
   return cut + '...'
 }
 
