@@ -24,7 +24,7 @@ interface Stream {
   /** Oldest first; `head` is the first live one. */
   entries: Array<Entry | undefined>
   head: number
-  /** Last send or join, for forgetting idle groups. */
+  /** Last send, join or read, for forgetting idle groups. */
   touched: number
   /** How long it is remembered once idle: `idleMs`, or the policy's `ttl` when that is longer. */
   keepMs: number
@@ -83,11 +83,12 @@ export class MemoryHistory {
     return { position, entries, complete: first === since.offset + 1 }
   }
 
-  /** `layer.history()`: oldest first; after `since` when its epoch is current, else from the start. */
+  /**
+   * `layer.history()`: oldest first; after `since` when its epoch is current, else from the start.
+   * A read is a use: the group's position is kept for `idleMs` from it, as on Redis.
+   */
   read (group: string, policy: HistoryPolicy, since: StreamPosition | undefined, limit: number): GroupHistory {
-    const stream = this.#streams.get(group)
-    if (stream === undefined) return { messages: [], position: this.position(group, policy) }
-    this.#dropExpired(stream, policy, performance.now())
+    const stream = this.#stream(group, policy, performance.now())
     const from = since !== undefined && since.epoch === stream.epoch ? since.offset : 0
     const messages = since === undefined
       ? this.#after(stream, 0, Infinity).slice(-limit)

@@ -240,6 +240,22 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     t.same((await delivery(layer, channel)).message, { type: 'n', n: 1 }, 'what was missed is replayed')
   })
 
+  test('reading a group\'s history keeps its position, as a send or a join does', async t => {
+    const layer = await open(t, withPolicy({ groupExpiry: 0.4 }))
+    const [read, unread] = [unique('brief.read'), unique('brief.unread')]
+    const first = await layer.groupSend(read, { type: 'n', n: 1 })
+    const idle = await layer.groupSend(unread, { type: 'n', n: 1 })
+    // Three times the 400 ms the position outlives its last use, read every 150 ms.
+    for (let i = 0; i < 8; i++) {
+      await sleep(150)
+      t.same((await layer.history(read)).position, first, `read ${i + 1}: the same position`)
+    }
+    t.same(await layer.groupSend(read, { type: 'n', n: 2 }), { offset: 2, epoch: first?.epoch }, 'the next send follows on')
+    const after = (await layer.history(unread)).position
+    t.not(after?.epoch, idle?.epoch, 'a group left idle for longer reads in a new epoch')
+    t.equal(after?.offset, 0)
+  })
+
   test('a ttl that is not a whole number of milliseconds works', async t => {
     const layer = await open(t, withPolicy())
     const group = unique('frac.ttl')
