@@ -79,12 +79,12 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
     : async (): Promise<Received> => ({ message: await layer.receive(channel, { signal }), info: DIRECT })
 
   async function handle ({ message, info }: Received): Promise<void> {
-    const handler = findHandler(worker, message.type)
-    if (handler === undefined) {
-      if (!isPresenceEvent(message.type)) log.warn({ type: message.type, channel }, 'no worker handler for message type; dropped')
-      return
-    }
     try {
+      const handler = findHandler(worker, message.type)
+      if (handler === undefined) {
+        if (!isPresenceEvent(message.type)) log.warn({ type: message.type, channel }, 'no worker handler for message type; dropped')
+        return
+      }
       await handler.call(worker, message, info)
     } catch (err) {
       log.error({ err, type: message.type, channel }, 'worker handler failed; going on with the next message')
