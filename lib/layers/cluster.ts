@@ -241,7 +241,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       const removals = Promise.all(records.map(([group, channels]) => this.transport.removeMembers(group, channels, 'close')))
       await withTimeout(removals, Math.min(this.transport.timeout, 1000), 'close').catch(() => {})
     }
-    this.transport.close()
+    await this.transport.close()
   }
 
   // Requests to the process that owns a channel: changes only it can make.

@@ -143,6 +143,22 @@ function tests (): void {
     }
   })
 
+  t.test('a layer that closes while its pop of a named channel is under way gives back what the pop took', async t => {
+    const prefix = uniquePrefix('fc-close-pop')
+    const b = open(t, { prefix })
+    for (let round = 0; round < 8; round++) {
+      const a = new RedisChannelLayer({ url: REDIS_URL, prefix })
+      const controller = new AbortController()
+      const pending = a.receive('jobs', { signal: controller.signal }).catch(() => 'aborted')
+      await sleep(50) // its BLPOP waits in Redis now, for up to a second
+      controller.abort() // as a worker stops before app.close()
+      t.equal(await pending, 'aborted')
+      await b.send('jobs', { type: 'job', round }) // Redis hands it to a's pop at once
+      await a.close()
+      t.same(await next(b, 'jobs'), { type: 'job', round }, `round ${round}: the message is still in the channel for the other process`)
+    }
+  })
+
   t.test('a channel of another instance: full there means dropped there, counted and logged', async t => {
     const prefix = uniquePrefix('fc-remote-full')
     const warnings: object[] = []

@@ -29,7 +29,8 @@ export interface SharedQueues {
   discard (channel: string): Promise<void>
   /** A group message for the group's named members: each gets it unless its queue is full (reported). */
   fill (group: string, members: readonly string[], message: LayerMessage, what: string, info: Delivery): Promise<void>
-  close (): void
+  /** Resolves once no message taken from a queue can be lost any more (given back, if popped); the connections may then close. */
+  close (): Promise<void>
 }
 
 /** What the cluster protocol gives the backend it runs on. */
@@ -120,5 +121,5 @@ export interface Transport {
   reapPresence (group: string, what: string): Promise<StoredPresence[]>
   /** Deletes everything the layer keeps in the backend (its own prefix only). */
   deleteAll (what: string): Promise<void>
-  close (): void
+  close (): Promise<void>
 }

@@ -11,7 +11,7 @@
  */
 import { LayerTimeoutError } from '../../errors.js'
 import type { Delivery, LayerMessage, Received } from '../types.js'
-import { ttl, withDeadline } from '../deadline.js'
+import { ttl, withDeadline, withTimeout } from '../deadline.js'
 import { DIRECT } from '../local-store.js'
 import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
 import { DEADLINE_WIDTH, queuePush, queuePushBack, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
@@ -102,13 +102,15 @@ export class NamedChannels implements SharedQueues {
     })
   }
 
-  close (): void {
-    this.#readers.close()
+  close (): Promise<void> {
+    return this.#readers.close()
   }
 }
 
 class Reader {
   running = false
+  /** The reader's loop while it runs. */
+  done: Promise<void> = Promise.resolve()
   /** One controller per waiting receive(): lets an outage reject them with LayerTimeoutError. */
   readonly receivers = new Set<AbortController>()
   constructor (readonly channel: string, readonly key: string) {}
@@ -150,13 +152,21 @@ class QueueReaders {
       reader.receivers.delete(own)
     }
     pending.then(settled, settled)
-    if (!reader.running) void this.#run(reader)
+    if (!reader.running) reader.done = this.#run(reader)
     return pending
   }
 
-  close (): void {
+  /**
+   * Stops reading. A pop under way may already have taken a message (its receivers gone with the
+   * closing layer): it is awaited, for at most the pop's own wait and `timeout`, and what it took
+   * goes back to the queue before the connections close. Past that, the connections close anyway.
+   */
+  async close (): Promise<void> {
     this.#closed = true
-    for (const conn of [...this.#idle.splice(0), ...this.#busy]) this.#connections.release(conn)
+    for (const conn of this.#idle.splice(0)) this.#connections.release(conn)
+    const readers = Promise.all([...this.#readers.values()].map(reader => reader.done))
+    await withTimeout(readers, POP_SECONDS * 1000 + this.#connections.timeout, 'close').catch(() => {})
+    for (const conn of this.#busy) this.#connections.release(conn)
     this.#busy.clear()
   }
 
@@ -198,7 +208,7 @@ class QueueReaders {
       if (conn !== undefined) this.#recycle(conn)
       if (this.#readers.get(channel) === reader) {
         // A receive() may have arrived while the last pop was finishing.
-        if (!this.#closed && this.#layer.store.hasReceivers(channel)) void this.#run(reader)
+        if (!this.#closed && this.#layer.store.hasReceivers(channel)) reader.done = this.#run(reader)
         else this.#readers.delete(channel)
       }
     }

@@ -158,8 +158,8 @@ export class RedisTransport implements Transport {
     await this.#connections.run(what, client => this.#connections.deleteMatching(client, this.#keys.pattern))
   }
 
-  close (): void {
-    this.queues.close()
+  async close (): Promise<void> {
+    await this.queues.close()
     this.#subscriber.close()
     this.#connections.close()
   }
