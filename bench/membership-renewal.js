@@ -6,6 +6,7 @@
 //   node bench/membership-renewal.js                       # this build (npm run build first)
 //   node bench/membership-renewal.js --alt=../other/dist   # and another build, in alternating rounds
 //   options: --members=<n> (renewed per call, 50) --group=<n> (the group's size, 100) --calls=<n> (per round, 2000) --rounds=<n> (7)
+//            --presence=<bytes> (each member also carries a presence entry of that size; 0: none)
 //
 // Use a Redis of your own (REDIS_URL, default redis://127.0.0.1:6379): RESETSTAT clears its counters.
 import { Redis } from 'ioredis'
@@ -13,7 +14,7 @@ import path from 'node:path'
 import { pathToFileURL, fileURLToPath } from 'node:url'
 import { median, parseFlags } from './lib/common.js'
 
-const args = parseFlags(process.argv.slice(2), ['alt', 'members', 'group', 'calls', 'rounds'], import.meta.url)
+const args = parseFlags(process.argv.slice(2), ['alt', 'members', 'group', 'calls', 'rounds', 'presence'], import.meta.url)
 const members = Number(args.members ?? 50)
 const groupSize = Number(args.group ?? 100)
 const calls = Number(args.calls ?? 2000)
@@ -27,20 +28,26 @@ const key = `fc-bench-renewal:${process.pid}:gm:{room}`
 const presenceKey = `fc-bench-renewal:${process.pid}:pi:{room}`
 const ours = Array.from({ length: members }, (_, i) => `specific.${'a'.repeat(22)}!${i}`)
 const pairs = ours.flatMap(channel => [channel, 60_000])
+const presenceBytes = Number(args.presence ?? 0)
+const presence = presenceBytes > 0 ? ours.flatMap(channel => [channel, Buffer.alloc(presenceBytes, 0x61)]) : []
 
 const scripts = {}
 for (const [name, dist] of Object.entries(builds)) {
   const { renewMembers } = await import(pathToFileURL(path.join(dist, 'layers', 'redis', 'group-scripts.js')).href)
-  scripts[name] = { ...renewMembers, sha: await redis.script('LOAD', renewMembers.lua) }
+  // Since presence entries are written back, the script's first argument counts the membership values.
+  const counted = renewMembers.lua.includes('local n = tonumber(ARGV[1])')
+  if (!counted && presence.length > 0) throw new Error(`${dist}: this build's renewal carries no presence`)
+  const args = counted ? [pairs.length, ...pairs, ...presence] : pairs
+  scripts[name] = { ...renewMembers, sha: await redis.script('LOAD', renewMembers.lua), args }
 }
 
 async function round (s) {
   await redis.del(key, presenceKey)
   const others = Array.from({ length: groupSize - members }, (_, i) => [Date.now() + 60_000, `specific.${'b'.repeat(22)}!${i}`])
   if (others.length > 0) await redis.zadd(key, ...others.flat())
-  await redis.evalsha(s.sha, s.keys, key, presenceKey, ...pairs) // the first call adds; the rest renew
+  await redis.evalsha(s.sha, s.keys, key, presenceKey, ...s.args) // the first call adds; the rest renew
   await redis.config('RESETSTAT')
-  for (let i = 0; i < calls; i++) await redis.evalsha(s.sha, s.keys, key, presenceKey, ...pairs)
+  for (let i = 0; i < calls; i++) await redis.evalsha(s.sha, s.keys, key, presenceKey, ...s.args)
   const m = /cmdstat_evalsha:calls=(\d+),usec=(\d+)/.exec(await redis.info('commandstats'))
   return Number(m[2]) / Number(m[1])
 }
@@ -50,7 +57,8 @@ for (const s of Object.values(scripts)) await round(s) // warm-up
 for (let r = 0; r < rounds; r++) for (const [name, s] of Object.entries(scripts)) results[name].push(await round(s))
 for (const [name, perCall] of Object.entries(results)) {
   const mid = median(perCall)
-  console.log(`${name} (${builds[name]}): ${mid.toFixed(1)} µs of Redis per renewal call of ${members} members in a group of ${groupSize} ` +
+  console.log(`${name} (${builds[name]}): ${mid.toFixed(1)} µs of Redis per renewal call of ${members} members in a group of ${groupSize}` +
+    `${presenceBytes > 0 ? `, each with ${presenceBytes} bytes of presence` : ''} ` +
     `(${(mid / members).toFixed(2)} µs per member; rounds: ${perCall.map(x => x.toFixed(1)).join(', ')})`)
 }
 await redis.del(key, presenceKey)

@@ -319,7 +319,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     } else if (envelope[0] === Envelope.discard) {
       const channel = envelope[1]
       if (typeof channel !== 'string' || processTokenOf(channel) !== this.processToken) return
-      this.#memberships.dropLocal(group, channel)
+      this.#memberships.dropDiscarded(group, channel)
     }
   }
 

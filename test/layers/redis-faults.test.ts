@@ -119,6 +119,45 @@ t.test('Redis killed and restarted mid-stream', async t => {
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
+t.test('Redis restarted without its data: presence entries come back, and are announced again', async t => {
+  const server = await startRedisServer(t)
+  const prefix = uniquePrefix('fc-presence-restart')
+  // A short lease: renewals every 200 ms, so the last step sees several.
+  const options = { url: server.url, prefix, timeout: TIMEOUT, membershipLease: 0.6, groups: { room: { presenceEvents: true } } }
+  const [a, b] = [new RedisChannelLayer(options), new RedisChannelLayer(options)]
+  t.teardown(async () => { await Promise.all([a.close(), b.close()]) })
+  const [ada, watcher, bob] = [await a.newChannel(), await a.newChannel(), await b.newChannel()]
+  await a.groupAdd('room', watcher)
+  await a.groupAdd('room', ada, { presence: { name: 'Ada' } })
+  await b.groupAdd('room', bob, { presence: { name: 'Bob' } })
+  const present = [{ channel: ada, info: { name: 'Ada' } }, { channel: bob, info: { name: 'Bob' } }]
+  const byChannel = (entries: Array<{ channel: string }>): Array<{ channel: string }> => [...entries].sort((x, y) => x.channel.localeCompare(y.channel))
+  t.same(byChannel(await a.presence('room')), byChannel(present), 'both entries before the restart')
+  t.same(await receiveWithin(a, watcher), { type: 'presence.join', channel: ada, info: { name: 'Ada' } })
+  t.same(await receiveWithin(a, watcher), { type: 'presence.join', channel: bob, info: { name: 'Bob' } })
+
+  const down = [once(a, 'disconnect', 5000), once(b, 'disconnect', 5000)]
+  await server.kill()
+  await Promise.all(down)
+  const up = [once(a, 'reconnect', 15_000), once(b, 'reconnect', 15_000)]
+  await server.start()
+  await Promise.all(up)
+  // 'reconnect' comes once the process has written its memberships again, presence with them.
+  t.same(byChannel(await b.presence('room')), byChannel(present), 'each process wrote its entries again in the empty Redis')
+  const heard: LayerMessage[] = []
+  for (let m; (m = await receiveWithin(a, watcher, 500).catch(() => undefined)) !== undefined;) heard.push(m)
+  // Bob's comes only if this process subscribed again before the other one wrote its entries.
+  t.same(heard.filter(m => m.channel === ada), [{ type: 'presence.join', channel: ada, info: { name: 'Ada' } }],
+    'the entry written again is announced, once, to the process that wrote it')
+
+  await a.groupDiscard('room', ada)
+  t.same(await a.presence('room'), [{ channel: bob, info: { name: 'Bob' } }], 'a member that leaves after the restart takes its entry along')
+  await a.groupAdd('room', ada)
+  await sleep(TIMEOUT)
+  t.same(await b.presence('room'), [{ channel: bob, info: { name: 'Bob' } }], 'a join without presence does not bring the old entry back')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
 t.test('a layer whose Redis never answers: every call settles within the timeout', async t => {
   const port = await freePort()
   const layer = new RedisChannelLayer({ url: `redis://127.0.0.1:${port}`, prefix: uniquePrefix('fc-dead'), timeout: TIMEOUT })

@@ -22,6 +22,7 @@ import type { Delivery, GroupJoin, LayerLogger, LayerMessage, PresenceInfo, Stre
 import { ttl, withTimeout } from '../deadline.js'
 import type { HistoryKeeping, Route, StoredPayload, StoredPresence, Transport } from './transport.js'
 import { idleMsOf, type HistoryPolicy } from '../history.js'
+import { RecordedPresence } from './recorded-presence.js'
 
 const RENEW_MIN_MS = 50
 /** Dead processes' presence entries are looked for this often (at most). */
@@ -64,8 +65,8 @@ export class Memberships {
   readonly #floors = new Map<string, Map<string, StreamPosition>>()
   /** group + channel → its join with history or presence still under way: the next one waits for it. */
   readonly #recording = new Map<string, Promise<GroupJoin>>()
-  /** Groups in which a join of this process recorded presence: their dead entries are reaped too. */
-  readonly #recordsPresence = new Set<string>()
+  /** What joins here recorded as presence (written back if lost); in those groups, dead processes' entries are reaped too. */
+  readonly #presence = new RecordedPresence()
   readonly #timers: NodeJS.Timeout[]
   #renewal: Promise<void> = Promise.resolve()
   #renewalQueued = false
@@ -130,18 +131,25 @@ export class Memberships {
     const groups = this.#store.groupsOf(channel)
     this.#store.discardChannel(channel)
     if (groups.length === 0) return
-    for (const group of groups) this.#releaseIfEmpty(group)
+    for (const group of groups) {
+      this.#presence.forget(group, channel)
+      this.#releaseIfEmpty(group)
+    }
     const what = `discardChannel ${channel}`
     await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.removeMembers(group, [channel], what))))
   }
 
   /** Announces removed presence entries to a group that wants to hear of them; a failure is logged. */
-  async announceGone (group: string, removed: StoredPresence[]): Promise<void> {
-    if (removed.length === 0 || !this.#settings.presenceEvents(group)) return
+  announceGone (group: string, removed: StoredPresence[]): Promise<void> {
+    return this.#announceAll(group, 'presence.leave', removed)
+  }
+
+  async #announceAll (group: string, type: 'presence.join' | 'presence.leave', entries: readonly StoredPresence[]): Promise<void> {
+    if (entries.length === 0 || !this.#settings.presenceEvents(group)) return
     try {
-      await Promise.all(removed.map(([channel, info]) => this.#settings.announce(group, 'presence.leave', channel, info)))
+      await Promise.all(entries.map(([channel, info]) => this.#settings.announce(group, type, channel, info)))
     } catch (err) {
-      this.#settings.log().warn({ err, group }, 'could not announce a presence leave')
+      this.#settings.log().warn({ err, group }, `could not announce a ${type}`)
     }
   }
 
@@ -153,14 +161,28 @@ export class Memberships {
   /** The channel is no longer a member here; the group's subscription goes with its last member. */
   dropLocal (group: string, channel: string): void {
     this.#store.removeMember(group, channel)
+    this.#presence.forget(group, channel)
     this.#releaseIfEmpty(group)
+  }
+
+  /**
+   * Another process removed this member (its notice on the group's route). A renewal under way
+   * may have written its presence entry back meanwhile: once that is done, it is removed again.
+   */
+  dropDiscarded (group: string, channel: string): void {
+    const recorded = this.#presence.has(group, channel)
+    this.dropLocal(group, channel)
+    if (!recorded) return
+    void this.#renewal.then(async () => {
+      if (!this.#closed && !this.#store.isMember(group, channel)) await this.announceGone(group, await this.#transport.removeMembers(group, [channel], `groupDiscard ${group}`))
+    }).catch((err: unknown) => this.#settings.log().warn({ err, group }, 'could not remove a discarded member\'s presence'))
   }
 
   /** Unsubscribes from a group once its last local member is gone. */
   #releaseIfEmpty (group: string): void {
     if (this.#store.members(group) !== undefined || this.#joining.has(group) || !this.#groups.delete(group)) return
     this.#floors.delete(group)
-    this.#recordsPresence.delete(group)
+    this.#presence.forgetGroup(group)
     this.#transport.unsubscribe({ kind: 'group', group })
   }
 
@@ -169,7 +191,7 @@ export class Memberships {
     this.#store.flush()
     this.#joining.clear()
     this.#floors.clear()
-    this.#recordsPresence.clear()
+    this.#presence.clear()
     for (const group of this.#groups) this.#transport.unsubscribe({ kind: 'group', group })
     this.#groups.clear()
   }
@@ -202,6 +224,8 @@ export class Memberships {
 
   async #addPlain (group: string, channel: string): Promise<void> {
     const existed = this.#store.members(group)?.has(channel) === true
+    // A membership that expired here (groupExpiry) took its presence along.
+    if (!this.#store.isMember(group, channel)) this.#presence.forget(group, channel)
     this.#store.addMember(group, channel)
     this.#groups.add(group)
     const what = `groupAdd ${group}`
@@ -220,6 +244,7 @@ export class Memberships {
     const store = this.#store
     const history = policy?.history
     const rejoin = store.isMember(group, channel)
+    if (!rejoin) this.#presence.forget(group, channel)
     const held: Held[] | undefined = rejoin ? undefined : []
     if (held !== undefined) this.#hold(group, channel, held)
     this.#groups.add(group)
@@ -256,10 +281,9 @@ export class Memberships {
         recovered = since !== undefined && position !== null && since.epoch === position.epoch && since.offset <= position.offset
       }
       store.addMember(group, channel)
-      if (presence !== undefined) this.#recordsPresence.add(group)
-      if (presence !== undefined && policy?.presenceEvents === true && this.#changed(result.previousPresence, join.presence)) {
-        await this.#settings.announce(group, 'presence.join', channel, presence)
-          .catch((err: unknown) => this.#settings.log().warn({ err, group }, 'could not announce a presence join'))
+      if (presence !== undefined) {
+        this.#presence.record(group, channel, presence)
+        if (this.#changed(result.previousPresence, join.presence)) await this.#announceAll(group, 'presence.join', [[channel, presence]])
       }
       return { position, recovered }
     } catch (err) {
@@ -339,18 +363,22 @@ export class Memberships {
   async #renewNow (): Promise<void> {
     if (this.#closed || !this.#transport.up) return
     const now = performance.now()
-    const work: Array<[string, Array<[string, number]>]> = []
+    const work: Array<[string, Array<[string, number]>, StoredPresence[]]> = []
     for (const group of [...this.#groups]) {
       const members: Array<[string, number]> = []
       for (const [channel, { expiresAt }] of [...(this.#store.members(group) ?? [])]) {
         if (expiresAt <= now) this.#store.removeMember(group, channel)
         else members.push([channel, ttl(Math.min(this.#leaseMs, expiresAt - now))])
       }
+      // Memberships that expired (groupExpiry), here or in the store's own sweeps, take their presence along.
+      const presence = this.#presence.live(group, channel => this.#store.isMember(group, channel))
       if (members.length === 0) this.#releaseIfEmpty(group)
-      else work.push([group, members])
+      else work.push([group, members, presence])
     }
     try {
-      await Promise.all(work.map(([group, members]) => this.#transport.recordMembers(group, members, 'renew memberships')))
+      // An entry written again was lost (the backend's data, or reaped while this process stalled): announced anew.
+      await Promise.all(work.map(async ([group, members, presence]) =>
+        await this.#announceAll(group, 'presence.join', await this.#transport.recordMembers(group, members, 'renew memberships', presence))))
     } catch (err) {
       this.#settings.log().warn({ err }, 'could not renew group memberships; retrying')
     }
@@ -362,7 +390,7 @@ export class Memberships {
    */
   async #reap (): Promise<void> {
     if (this.#closed || !this.#transport.up) return
-    const groups = [...this.#groups].filter(group => this.#settings.presenceEvents(group) || this.#recordsPresence.has(group))
+    const groups = [...this.#groups].filter(group => this.#settings.presenceEvents(group) || this.#presence.has(group))
     try {
       await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.reapPresence(group, 'reap presence'))))
     } catch (err) {

@@ -103,8 +103,13 @@ export interface Transport {
    * next offset and is kept; the payload is published with its position appended (see codec.ts).
    */
   publishToGroup (group: string, payload: Buffer, what: string, history?: HistoryKeeping): Promise<{ named: string[], position?: StreamPosition }>
-  /** Records (or renews) memberships of this process' channels for `ttlMs` each, with their presence. */
-  recordMembers (group: string, members: ReadonlyArray<readonly [channel: string, ttlMs: number]>, what: string): Promise<void>
+  /**
+   * Records (or renews) memberships of this process' channels for `ttlMs` each. `presence` holds
+   * the entries those memberships recorded: one the backend no longer has (it lost its data, or a
+   * process took this one for dead) is written again, and resolves among the restored ones.
+   */
+  recordMembers (group: string, members: ReadonlyArray<readonly [channel: string, ttlMs: number]>, what: string,
+    presence?: readonly StoredPresence[]): Promise<StoredPresence[]>
   /** Records a membership with presence or history, reading what a returning member missed. */
   join (group: string, record: JoinRecord, what: string): Promise<JoinResult>
   /**

@@ -81,12 +81,22 @@ return {now, before, epoch, top, out}
 `)
 
 /**
- * Renews memberships and their presence entries. KEYS members, presence; ARGV pairs of
- * (channel, ms to live). Returns the server time.
+ * Renews memberships and their presence entries. KEYS members, presence; ARGV n, then n values
+ * of (channel, ms to live) pairs, then (channel, presence info) pairs of those memberships that
+ * recorded presence: an entry the hash lost is written again.
+ * Returns { server now, the channels whose entry was written again }.
  */
-export const renewMembers = script(2, `${recordMembersLua('ARGV')}
+export const renewMembers = script(2, `
+local n = tonumber(ARGV[1])
+local given = {}
+for i = 2, n + 1 do given[i - 1] = ARGV[i] end
+${recordMembersLua('given')}
+local restored = {}
+for i = n + 2, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then table.insert(restored, ARGV[i]) end
+end
 if last and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last))) end
-return now
+return {now, restored}
 `)
 
 /**

@@ -97,10 +97,15 @@ export class RedisTransport implements Transport {
     })
   }
 
-  async recordMembers (group: string, members: ReadonlyArray<readonly [string, number]>, what: string): Promise<void> {
-    const pairs = members.flat()
-    this.#clock.observe(await this.#connections.run(what, client =>
-      runScript(client, renewMembers, [this.#keys.members(group), this.#keys.presence(group)], pairs)))
+  async recordMembers (group: string, members: ReadonlyArray<readonly [string, number]>, what: string,
+    presence: readonly StoredPresence[] = []): Promise<StoredPresence[]> {
+    const args = [members.length * 2, ...members.flat(), ...presence.flat()]
+    const [now, restored] = await this.#connections.run(what, client =>
+      runScript(client, renewMembers, [this.#keys.members(group), this.#keys.presence(group)], args)) as [number | string, Array<string | Buffer>]
+    this.#clock.observe(now)
+    if (restored.length === 0) return []
+    const written = new Set(restored.map(String))
+    return presence.filter(([channel]) => written.has(channel))
   }
 
   async join (group: string, record: JoinRecord, what: string): Promise<JoinResult> {
