@@ -162,7 +162,13 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   /** Calls an action of the server's consumer; resolves with its result, rejects with a ChannelsClientError. */
   call<K extends keyof Api & string> (action: K, ...[args, options]: CallArgs<Api[K]['args']>): Promise<Api[K]['result']> {
     if (this.#state === 'closed') return Promise.reject(new ChannelsClientError(CLIENT_CLOSED, 'the client is closed'))
-    const timeout = positive(options?.timeout, this.#callTimeout, 'timeout')
+    let timeout: number
+    try {
+      timeout = positive(options?.timeout, this.#callTimeout, 'timeout')
+    } catch (err) {
+      // As every other failure of a call: the promise rejects, nothing is thrown.
+      return Promise.reject(err)
+    }
     try {
       return this.#calls.add(action, args, timeout, this.#write) as Promise<Api[K]['result']>
     } catch (err) {

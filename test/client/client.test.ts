@@ -77,6 +77,11 @@ t.test('calls and joins that fail reject with a stable code', async t => {
   t.match(await rejection((c as unknown as ChannelsClient).call('missing', {})), { code: 'FST_CHANNELS_UNKNOWN_ACTION' })
   t.match(await rejection(c.call('wait', { ms: 300 }, { timeout: 50 })), { code: 'FST_CHANNELS_CALL_TIMEOUT', message: 'no reply to "wait" within 50 ms' })
   t.match(await rejection(c.call('echo', { n: 1n } as unknown as undefined)), { code: 'FST_CHANNELS_INVALID_ARGS' }, 'arguments that are not JSON never leave')
+  for (const timeout of [0, -5, Number.NaN, Infinity]) {
+    t.match(await rejection(c.call('echo', undefined, { timeout })), { code: 'FST_CHANNELS_INVALID_OPTION', message: /timeout must be a positive number/ },
+      `a call with timeout ${timeout} rejects (it does not throw)`)
+  }
+  t.equal(await c.call('echo'), undefined, 'the next call works')
   t.match(await rejection(c.join('lobby').ready), { code: 'FST_CHANNELS_JOIN_DENIED' }, 'a refused join rejects ready')
   const errors: unknown[] = []
   const explode = c.join('room.explode', { error (err) { errors.push(err) } })
