@@ -77,8 +77,9 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
    * Sends the status and headers at once. Optional: `sendBody()` sends a bare 200 first, and
    * `sendEvent()` an event stream's head. Rejects after the response has started.
    */
-  sendHeaders ({ status = 200, headers = {} }: SendHeadersOptions = {}): Promise<void> {
+  sendHeaders (options: SendHeadersOptions = {}): Promise<void> {
     try {
+      const { status = 200, headers = {} } = optionsObject('sendHeaders(options)', options)
       checkHead(status, headers)
       this.#live('sendHeaders()')
       if (this.#response.started) throw new HttpResponseError('sendHeaders() was called after the response had started')
@@ -94,8 +95,9 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
    * Channels. Handed to the socket before this returns (no promise per chunk); rejects with
    * ConnectionClosedError once the response is over.
    */
-  sendBody (chunk: string | Uint8Array, { more = false }: SendBodyOptions = {}): Promise<void> {
+  sendBody (chunk: string | Uint8Array, options: SendBodyOptions = {}): Promise<void> {
     try {
+      const { more = false } = optionsObject('sendBody(chunk, options)', options)
       if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) {
         throw new InvalidOptionError(`sendBody(chunk) takes a string or bytes, got ${chunk === null ? 'null' : typeof chunk}`)
       }
@@ -158,6 +160,12 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
 }
 
 reserveNames(AsyncHttpConsumer.prototype)
+
+/** Options given as something else than an object (null, a string) are refused as such, not as a TypeError. */
+function optionsObject<T extends object> (what: string, options: T): T {
+  if (options === null || typeof options !== 'object') throw new InvalidOptionError(`${what}: options must be an object, got ${options === null ? 'null' : typeof options}`)
+  return options
+}
 
 function checkHead (status: unknown, headers: unknown): asserts headers is OutgoingHttpHeaders {
   if (typeof status !== 'number' || !Number.isInteger(status) || status < 200 || status > 599) {

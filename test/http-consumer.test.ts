@@ -299,6 +299,8 @@ t.test('bad calls reject with typed errors and cost only their own response', as
         newlineId: async () => await this.sendEvent({ id: '1\r\nevent: forged', data: 'y' }),
         headersAgain: async () => await this.sendHeaders(),
         badStatus: async () => await this.sendHeaders({ status: 99 }),
+        nullHead: async () => await this.sendHeaders(null as never),
+        nullBodyOptions: async () => await this.sendBody('x', null as never),
         badChunk: async () => await this.sendBody(42 as never),
         noData: async () => await this.sendEvent({} as never),
         spawnNothing: async () => { this.spawn(undefined as never) }
@@ -329,7 +331,7 @@ t.test('bad calls reject with typed errors and cost only their own response', as
   const bystander = await openEventStream(`${base}/careless`)
   await victim.waitForEvents(1)
   await bystander.waitForEvents(1)
-  const whats = ['newlineEvent', 'newlineId', 'headersAgain', 'badStatus', 'badChunk', 'noData', 'spawnNothing']
+  const whats = ['newlineEvent', 'newlineId', 'headersAgain', 'badStatus', 'nullHead', 'nullBodyOptions', 'badChunk', 'noData', 'spawnNothing']
   for (const what of whats) await app.channelLayer.groupSend('bad', { type: 'bad.try', what })
   await victim.waitForEvents(1 + whats.length)
   t.same(outcomes, {
@@ -337,6 +339,8 @@ t.test('bad calls reject with typed errors and cost only their own response', as
     newlineId: 'FST_CHANNELS_INVALID_EVENT',
     headersAgain: 'FST_CHANNELS_HTTP_RESPONSE',
     badStatus: 'FST_CHANNELS_INVALID_OPTION',
+    nullHead: 'FST_CHANNELS_INVALID_OPTION',
+    nullBodyOptions: 'FST_CHANNELS_INVALID_OPTION',
     badChunk: 'FST_CHANNELS_INVALID_OPTION',
     noData: 'FST_CHANNELS_INVALID_EVENT',
     spawnNothing: 'FST_CHANNELS_INVALID_OPTION'
