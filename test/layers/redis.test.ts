@@ -159,6 +159,23 @@ function tests (): void {
     }
   })
 
+  t.test('a named channel whose key holds something else: receive() rejects with Redis\' answer, not as an outage', async t => {
+    const prefix = uniquePrefix('fc-wrongtype')
+    const warnings: unknown[] = []
+    const log = { warn: (obj: unknown) => { warnings.push(obj) }, debug: () => {}, error: () => {} }
+    const layer = open(t, { prefix, timeout: 500, log })
+    const admin = adminClient(t)
+    await admin.set(`${prefix}:q:{jobs}`, 'not a list')
+    const err = await layer.receive('jobs').catch((e: unknown) => e)
+    t.match(err, { message: /WRONGTYPE/ }, 'the receive rejects with the error Redis answered')
+    t.notMatch(err, { code: 'FST_CHANNELS_LAYER_TIMEOUT' }, 'not as Redis being unreachable')
+    t.match(warnings, [{ channel: 'jobs' }], 'and it is logged')
+    t.equal(layer.inspect().readers, 0, 'no reader goes on popping')
+    await admin.del(`${prefix}:q:{jobs}`)
+    await layer.send('jobs', { type: 'job' })
+    t.same(await next(layer, 'jobs'), { type: 'job' }, 'once the key is a list again, the channel works')
+  })
+
   t.test('a channel of another instance: full there means dropped there, counted and logged', async t => {
     const prefix = uniquePrefix('fc-remote-full')
     const warnings: object[] = []

@@ -15,7 +15,7 @@ import { ttl, withDeadline, withTimeout } from '../deadline.js'
 import { DIRECT } from '../local-store.js'
 import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
 import { DEADLINE_WIDTH, queuePush, queuePushBack, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
-import type { Client, RedisConnections } from './connections.js'
+import { isReplyError, type Client, type RedisConnections } from './connections.js'
 import type { RedisKeys } from './keys.js'
 
 /** Seconds one BLPOP waits on the server before the reader looks around (receivers gone? closing?). */
@@ -185,9 +185,16 @@ class QueueReaders {
           backoff = 50
           if (popped !== null) await this.#hand(reader, popped)
         } catch (err) {
+          if (this.#closed) break
+          if (isReplyError(err)) {
+            // Redis answered (WRONGTYPE: the key holds something else; NOPERM…): no outage, the
+            // connection is fine. The waiting receivers get the answer as it is, and the loop ends.
+            this.#layer.log().warn({ err, channel }, 'Redis refused to pop a named channel')
+            for (const receiver of [...reader.receivers]) receiver.abort(err)
+            continue
+          }
           if (conn !== undefined) this.#discard(conn)
           conn = undefined
-          if (this.#closed) break
           const now = performance.now()
           failingSince ??= now
           this.#layer.log().debug({ err, channel }, 'named channel reader could not reach Redis; retrying')
