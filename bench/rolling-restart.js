@@ -87,7 +87,10 @@ function percentile (sorted, p) {
 }
 
 const servers = [await startServer(), await startServer()]
-const nginx = await startNginx(servers.map(s => s.port))
+const nginx = await startNginx(servers.map(s => s.port)).catch(err => {
+  for (const s of servers) s.child.kill('SIGTERM') // no server left behind when nginx cannot start
+  throw err
+})
 const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: PREFIX, groups })
 const members = []
 try {

@@ -48,8 +48,11 @@ export async function startNginx (upstreams, overrides = {}) {
   const child = spawn('nginx', ['-p', prefix, '-c', 'nginx.conf', '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr.on('data', chunk => { stderr += String(chunk) })
+  // Not installed (ENOENT) or not runnable: reported by the loop below, never an unhandled 'error'.
+  let failed
+  child.once('error', err => { failed = err })
   const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
+    if (failed === undefined && child.exitCode === null && child.signalCode === null) {
       const exited = new Promise(resolve => child.once('exit', resolve))
       child.kill('SIGQUIT')
       const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
@@ -60,6 +63,10 @@ export async function startNginx (upstreams, overrides = {}) {
   }
   const deadline = Date.now() + 10_000
   for (;;) {
+    if (failed !== undefined) {
+      await stop()
+      throw new Error(`nginx could not be started (${failed.message}); Debian's package: apt-get install nginx`)
+    }
     if (child.exitCode !== null) {
       await stop()
       throw new Error(`nginx exited: ${stderr}`)
