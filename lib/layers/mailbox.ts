@@ -40,8 +40,9 @@ export class Mailbox {
   private head = 0
   // Replayed messages (a recovering member's catch-up) do not count against the channel's
   // capacity, neither when they are queued nor while they wait: live messages after them must
-  // still find room. Made on the first replay.
-  private replays: WeakSet<LayerMessage> | null = null
+  // still find room. A flag per queued message, along the arrays above (one object, such as the
+  // skip marker, may be queued more than once): made on the first replay, dropped once none waits.
+  private replays: boolean[] | null = null
   private replaysQueued = 0
   private firstWaiter: Waiter | null = null
   private lastWaiter: Waiter | null = null
@@ -63,9 +64,10 @@ export class Mailbox {
 
   push (message: LayerMessage, info: Delivery, expiresAt: number, replay = false): void {
     if (replay) {
-      (this.replays ??= new WeakSet()).add(message)
+      this.replays ??= new Array<boolean>(this.messages.length).fill(false)
       this.replaysQueued++
     }
+    this.replays?.push(replay)
     this.messages.push(message)
     this.infos.push(info)
     this.expiresAt.push(expiresAt)
@@ -90,7 +92,7 @@ export class Mailbox {
   shift (): Received | undefined {
     if (this.head === this.messages.length) return undefined
     const received = { message: this.messages[this.head] as LayerMessage, info: this.infos[this.head] as Delivery }
-    this.#forget(received.message)
+    this.#forget(this.head)
     this.messages[this.head] = undefined
     this.infos[this.head++] = undefined
     this.compact()
@@ -102,7 +104,7 @@ export class Mailbox {
     const end = this.messages.length
     let head = this.head
     while (head < end && this.expiresAt[head] <= now) {
-      this.#forget(this.messages[head] as LayerMessage)
+      this.#forget(head)
       this.messages[head] = undefined
       this.infos[head++] = undefined
     }
@@ -161,8 +163,9 @@ export class Mailbox {
     }
   }
 
-  #forget (message: LayerMessage): void {
-    if (this.replaysQueued !== 0 && this.replays?.delete(message) === true) this.replaysQueued--
+  /** The message at `index` leaves the queue. */
+  #forget (index: number): void {
+    if (this.replays?.[index] === true && --this.replaysQueued === 0) this.replays = null
   }
 
   private compact (): void {
@@ -173,6 +176,7 @@ export class Mailbox {
       this.head = 0
     } else if (this.head >= 1024 && this.head * 2 >= this.messages.length) {
       this.messages.splice(0, this.head)
+      this.replays?.splice(0, this.head)
       this.infos.splice(0, this.head)
       this.expiresAt.splice(0, this.head)
       this.head = 0

@@ -180,3 +180,36 @@ t.test('a listened channel that skips messages of a group with history gets one 
   t.same((await receiver.receive('r!1', undefined)).info, { group: 'room', offset: 1, epoch: 'e' })
   t.equal(receiver.inspect().channels, 0, 'a channel read with receive() (a worker) gets no marker: nothing is left queued')
 })
+
+t.test('markers of two groups in a row count against no capacity, before or after they are handed over', async t => {
+  const { store: s } = store({ capacity: 2 })
+  // A listener that takes `budget` messages, then stops accepting.
+  const sink = new class extends Sink {
+    budget = 0
+    override push (message: LayerMessage): void {
+      super.push(message)
+      if (--this.budget === 0) this.accepting = false
+    }
+  }()
+  sink.accepting = false
+  const listener = s.listen('m!1', sink)
+  s.addMember('a', 'm!1')
+  s.addMember('b', 'm!1')
+  for (let offset = 1; offset <= 3; offset++) s.fanOut('a', { type: 'n', offset }, { group: 'a', offset, epoch: 'e' })
+  s.fanOut('b', { type: 'n', offset: 1 }, { group: 'b', offset: 1, epoch: 'e' })
+  const take = (budget: number): void => {
+    sink.budget = budget
+    sink.accepting = true
+    listener?.resume()
+  }
+  take(3)
+  t.same(sink.got.map(m => m === SKIPPED ? 'skipped' : m.offset), [1, 2, 'skipped'], 'two messages, then the marker of a')
+  t.ok(s.deliver('m!1', { type: 'x' }), 'behind the marker of b, room for two')
+  t.ok(s.deliver('m!1', { type: 'y' }))
+  t.notOk(s.deliver('m!1', { type: 'z' }), 'a third is refused')
+  take(1)
+  t.equal(sink.got.at(-1), SKIPPED, 'the marker of b handed over')
+  t.notOk(s.deliver('m!1', { type: 'z' }), 'x and y still fill the channel: the third is still refused')
+  take(2)
+  t.same(sink.got.slice(-2).map(m => m.type), ['x', 'y'])
+})
