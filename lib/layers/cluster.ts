@@ -95,6 +95,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       groupExpiryMs: this.groupExpiryMs,
       log: () => this.log,
       skipped: (group, channel) => this.reportSkipped(group, channel),
+      expired: count => { this.stats.expired += count },
       received: (route, payload) => this.#received(route, payload),
       stateChanged: () => this.#stateChanged()
     })

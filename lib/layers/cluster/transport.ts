@@ -47,6 +47,8 @@ export interface ClusterContext {
   log (): LayerLogger
   /** A group member was skipped because its queue was full. */
   skipped (group: string, channel: string): void
+  /** Messages of a named channel that expired unreceived and were dropped by this process. */
+  expired (count: number): void
   /** A payload arrived on a route this process subscribed to. */
   received (route: Route, payload: Buffer): void
   /** `up` may have changed. */

@@ -59,8 +59,10 @@ export class NamedChannels implements SharedQueues {
     const { capacity, expiryMs } = this.#layer
     const payload = this.#layer.codec.encodeDelivery(message, info)
     const reply = await this.#connections.run(what, client =>
-      runScriptBy(this.#connections.scriptSender(client), queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number | string, number | string]
+      runScriptBy(this.#connections.scriptSender(client), queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number | string, number | string, number | string]
     this.#clock.observe(reply[1])
+    const expired = Number(reply[2])
+    if (expired > 0) this.#layer.expired(expired)
     // Number(): a client with ioredis' `stringNumbers` returns integers as strings.
     return Number(reply[0]) === 1
   }
@@ -240,7 +242,10 @@ class QueueReaders {
   async #hand (reader: Reader, element: Buffer): Promise<void> {
     const { channel } = reader
     const deadline = queueDeadline(element)
-    if (!(deadline > this.#clock.now())) return // expired on the way, or not ours
+    if (!(deadline > this.#clock.now())) { // expired in the list or on the way, or not ours (NaN)
+      if (!Number.isNaN(deadline)) this.#layer.expired(1)
+      return
+    }
     if (this.#layer.store.hasReceivers(channel)) {
       let received: Received
       try {
@@ -254,7 +259,8 @@ class QueueReaders {
     }
     // Everyone who waited here left while the pop was in flight: give it back to the others.
     try {
-      await this.#connections.run(`send ${channel}`, client => runScript(client, queuePushBack, [reader.key], [element]))
+      const returned = await this.#connections.run(`send ${channel}`, client => runScript(client, queuePushBack, [reader.key], [element]))
+      if (Number(returned) === 0) this.#layer.expired(1)
     } catch (err) {
       this.#layer.log().warn({ err, channel }, 'could not return a message to its named channel; it is lost')
     }

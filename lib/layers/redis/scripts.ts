@@ -45,20 +45,22 @@ export function script (keys: number, body: string): Script {
 /**
  * Named channel send. KEYS[1] queue; ARGV capacity, expiry ms, payload.
  * Drops expired messages at the head, refuses when `capacity` remain, appends with its deadline.
- * Returns { accepted (1|0), server now }.
+ * Returns { accepted (1|0), server now, expired messages dropped }.
  */
 export const queuePush = script(1, `
 local key = KEYS[1]
+local dropped = 0
 local head = redis.call('LINDEX', key, 0)
 while head and (tonumber(string.sub(head, 1, ${DEADLINE_WIDTH})) or 0) <= now do
   redis.call('LPOP', key)
+  dropped = dropped + 1
   head = redis.call('LINDEX', key, 0)
 end
-if redis.call('LLEN', key) >= tonumber(ARGV[1]) then return {0, now} end
+if redis.call('LLEN', key) >= tonumber(ARGV[1]) then return {0, now, dropped} end
 local expiry = tonumber(ARGV[2])
 redis.call('RPUSH', key, string.format('%0${DEADLINE_WIDTH}d', now + expiry) .. ARGV[3])
 if redis.call('PTTL', key) < expiry then redis.call('PEXPIRE', key, expiry) end
-return {1, now}
+return {1, now, dropped}
 `)
 
 /**
