@@ -111,8 +111,8 @@ export class NamedChannels implements SharedQueues {
 
 class Reader {
   running = false
-  /** The reader's loop while it runs. */
-  done: Promise<void> = Promise.resolve()
+  /** A pop under way and the handing over of what it took: close() waits for it. */
+  taking: Promise<void> | undefined
   /** One controller per waiting receive(): lets an outage reject them with LayerTimeoutError. */
   readonly receivers = new Set<AbortController>()
   constructor (readonly channel: string, readonly key: string) {}
@@ -125,6 +125,8 @@ class QueueReaders {
   readonly #readers = new Map<string, Reader>()
   readonly #idle: Client[] = []
   readonly #busy = new Set<Client>()
+  /** Ends the readers' waits between attempts, for close(). */
+  readonly #wakes = new Set<() => void>()
   #closed = false
 
   constructor (connections: RedisConnections, layer: ClusterContext, clock: ServerClock) {
@@ -154,7 +156,7 @@ class QueueReaders {
       reader.receivers.delete(own)
     }
     pending.then(settled, settled)
-    if (!reader.running) reader.done = this.#run(reader)
+    if (!reader.running) void this.#run(reader)
     return pending
   }
 
@@ -162,12 +164,14 @@ class QueueReaders {
    * Stops reading. A pop under way may already have taken a message (its receivers gone with the
    * closing layer): it is awaited, for at most the pop's own wait and `timeout`, and what it took
    * goes back to the queue before the connections close. Past that, the connections close anyway.
+   * A reader that is connecting or waiting to try again holds nothing: it is not waited for.
    */
   async close (): Promise<void> {
     this.#closed = true
+    for (const wake of this.#wakes) wake()
     for (const conn of this.#idle.splice(0)) this.#connections.release(conn)
-    const readers = Promise.all([...this.#readers.values()].map(reader => reader.done))
-    await withTimeout(readers, POP_SECONDS * 1000 + this.#connections.timeout, 'close').catch(() => {})
+    const taking = [...this.#readers.values()].flatMap(reader => reader.taking ?? [])
+    if (taking.length > 0) await withTimeout(Promise.allSettled(taking), POP_SECONDS * 1000 + this.#connections.timeout, 'close').catch(() => {})
     for (const conn of this.#busy) this.#connections.release(conn)
     this.#busy.clear()
   }
@@ -182,10 +186,15 @@ class QueueReaders {
       while (!this.#closed && this.#layer.store.hasReceivers(channel)) {
         try {
           conn ??= await this.#acquire()
-          const popped = await this.#pop(conn, reader.key)
+          await this.#connect(conn)
+          reader.taking = this.#take(conn, reader)
+          try {
+            await reader.taking
+          } finally {
+            reader.taking = undefined
+          }
           failingSince = undefined
           backoff = 50
-          if (popped !== null) await this.#hand(reader, popped)
         } catch (err) {
           if (this.#closed) break
           if (isReplyError(err)) {
@@ -208,7 +217,7 @@ class QueueReaders {
           }
           // Wake no later than the moment the waiting receivers are due their LayerTimeoutError.
           const due = (failingSince ?? now) + this.#connections.timeout - performance.now()
-          await new Promise(resolve => setTimeout(resolve, Math.max(0, Math.min(backoff, due))).unref())
+          await this.#pause(Math.max(0, Math.min(backoff, due)))
           backoff = Math.min(backoff * 2, 1000)
         }
       }
@@ -217,13 +226,27 @@ class QueueReaders {
       if (conn !== undefined) this.#recycle(conn)
       if (this.#readers.get(channel) === reader) {
         // A receive() may have arrived while the last pop was finishing.
-        if (!this.#closed && this.#layer.store.hasReceivers(channel)) reader.done = this.#run(reader)
+        if (!this.#closed && this.#layer.store.hasReceivers(channel)) void this.#run(reader)
         else this.#readers.delete(channel)
       }
     }
   }
 
-  async #pop (conn: Client, key: string): Promise<Buffer | null> {
+  /** Waits `ms` between attempts, or until close(). */
+  #pause (ms: number): Promise<void> {
+    return new Promise(resolve => {
+      const wake = (): void => {
+        clearTimeout(timer)
+        this.#wakes.delete(wake)
+        resolve()
+      }
+      const timer = setTimeout(wake, ms)
+      this.#wakes.add(wake)
+    })
+  }
+
+  /** Connects a connection not ready yet (a new one, or one that dropped). */
+  async #connect (conn: Client): Promise<void> {
     const timeout = this.#connections.timeout
     if (conn.status !== 'ready') {
       const connected = performance.now() + timeout
@@ -233,10 +256,15 @@ class QueueReaders {
       const [seconds, micros] = await withDeadline(conn.time(), connected, 'connect', timeout)
       this.#clock.observe(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000))
     }
+  }
+
+  /** One pop, and what it took handed to a receiver here (or given back). */
+  async #take (conn: Client, reader: Reader): Promise<void> {
+    const timeout = this.#connections.timeout
     // The server answers within POP_SECONDS; past that plus `timeout`, the connection is dead.
     const deadline = performance.now() + POP_SECONDS * 1000 + timeout
-    const popped = await withDeadline(conn.blpopBuffer(key, POP_SECONDS), deadline, 'receive', timeout)
-    return popped === null ? null : popped[1]
+    const popped = await withDeadline(conn.blpopBuffer(reader.key, POP_SECONDS), deadline, 'receive', timeout)
+    if (popped !== null) await this.#hand(reader, popped[1])
   }
 
   async #hand (reader: Reader, element: Buffer): Promise<void> {
