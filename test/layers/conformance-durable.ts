@@ -138,6 +138,11 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     await nothing(t, layer, channel)
     const upToDate = await layer.groupAdd(group, channel, { since: { offset: 5, epoch } })
     t.same(upToDate, { position: { offset: 5, epoch }, recovered: true }, 'nothing missed is a complete recovery')
+    t.same(await layer.groupAdd(group, channel, { since: { offset: 0, epoch } }), { position: { offset: 5, epoch }, recovered: false },
+      'joined again while a member, from before what the history holds: not recovered either')
+    t.same(await layer.groupAdd(group, channel, { since: { offset: 3, epoch } }), { position: { offset: 5, epoch }, recovered: true },
+      'joined again while a member, from within the history: recovered')
+    await nothing(t, layer, channel)
   })
 
   test('replayed messages are not refused for capacity', async t => {

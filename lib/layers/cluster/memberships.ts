@@ -262,10 +262,10 @@ export class Memberships {
       // Synchronous from here: nothing the group publishes can come between the catch-up and the join.
       const { position } = result
       const since = join.since
-      let recovered: boolean
+      // Whether the history holds everything after `since`, as the in-memory layer answers.
+      const recovered = since !== undefined && position !== null && complete(since, position, result.missed)
       if (held !== undefined) {
         this.#release(group, channel)
-        recovered = since !== undefined && position !== null && complete(since, position, result.missed)
         if (recovered && position !== null) this.#replay(group, channel, position.epoch, result.missed)
         // Replays and held messages are one catch-up: neither is refused for capacity.
         const top = position?.offset ?? 0
@@ -276,10 +276,8 @@ export class Memberships {
           if (info.offset === undefined || offset > top) store.deliver(channel, message, info, true)
         }
         if (position !== null && reached < top) this.#setFloor(group, channel, position)
-      } else {
-        // A member all along: it has had everything since it joined.
-        recovered = since !== undefined && position !== null && since.epoch === position.epoch && since.offset <= position.offset
       }
+      // A member all along has had everything since it joined: nothing is replayed.
       store.addMember(group, channel)
       if (presence !== undefined) {
         this.#presence.record(group, channel, presence)
