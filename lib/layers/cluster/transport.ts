@@ -108,7 +108,7 @@ export interface Transport {
   /**
    * Records (or renews) memberships of this process' channels for `ttlMs` each. `presence` holds
    * the entries those memberships recorded: one the backend no longer has (it lost its data, or a
-   * process took this one for dead) is written again, and resolves among the restored ones.
+   * process took this one for dead) is written again; resolves with the entries written again.
    */
   recordMembers (group: string, members: ReadonlyArray<readonly [channel: string, ttlMs: number]>, what: string,
     presence?: readonly StoredPresence[]): Promise<StoredPresence[]>
