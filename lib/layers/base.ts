@@ -50,7 +50,10 @@ export interface LayerStats {
   groupSends: number
   /** Messages handed to a listener (a consumer) or a `receive()` caller here. */
   deliveries: number
-  /** Messages that expired in a channel here before anyone received them. */
+  /**
+   * Messages that expired in a channel before anyone received them, counted where they were
+   * dropped (a Redis named channel's: by the process whose send or pop found them expired).
+   */
   expired: number
 }
 
