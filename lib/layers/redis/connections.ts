@@ -189,6 +189,21 @@ export class RedisConnections extends EventEmitter {
     return command.promise
   }
 
+  /**
+   * Runs `write`, whose commands (`sendNow`) then leave in one socket write, still at once: the
+   * socket is corked around it. A Cluster client routes each command itself: there, one write each.
+   */
+  inOneWrite<T> (client: Client, write: () => T): T {
+    const stream = isCluster(client) ? undefined : client.stream
+    if (stream === undefined || stream === null) return write()
+    stream.cork()
+    try {
+      return write()
+    } finally {
+      stream.uncork()
+    }
+  }
+
   /** Sends scripting commands through `sendNow` (for `runScriptBy`). */
   scriptSender (client: Client, binary = false): ScriptSender {
     return (name, args) => this.sendNow(client, name, args, binary)

@@ -83,13 +83,13 @@ export class RedisTransport implements Transport {
         return { named: named.map(String), position: { offset: Number(offset), epoch: epoch.toString() } }
       })
     }
-    // Two commands written at once (sendNow), in one round trip: not in a Pipeline object, which
-    // cost the sender a third more CPU per send (bench/group-send.js).
+    // Two commands written at once (sendNow), in one round trip and one socket write: not in a
+    // Pipeline object, which cost the sender a third more CPU per send (bench/group-send.js).
     return this.#connections.run(what, async client => {
-      const [, members] = await Promise.all([
+      const [, members] = await Promise.all(this.#connections.inOneWrite(client, () => [
         this.#publish(client, keys.groupChannel(group), payload),
         this.#connections.sendNow(client, 'zrange', [keys.namedMembers(group), '0', '-1', 'WITHSCORES']) as Promise<string[]>
-      ])
+      ] as const))
       const now = this.#clock.now()
       const named: string[] = []
       for (let i = 0; i + 1 < members.length; i += 2) if (Number(members[i + 1]) > now) named.push(members[i])
