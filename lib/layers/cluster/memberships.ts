@@ -10,12 +10,11 @@
  * ones the read did not include (offset above the position). Live copies of what the read
  * included may still be on their way (pub/sub and commands travel on different connections):
  * until the live stream reaches the position, the new member does not get them again. So
- * nothing is missed and nothing comes twice.
+ * nothing is missed and nothing comes twice. (catch-ups.ts keeps the held messages and positions.)
  */
 import type { LocalStore } from '../local-store.js'
 import type { Policy } from '../policies.js'
 import type { JoinRequest } from '../arguments.js'
-import { cloneMessage } from '../message.js'
 import { reviveMessage, type WireCodec } from '../codec.js'
 import { isDeepStrictEqual } from 'node:util'
 import type { Delivery, GroupJoin, LayerLogger, LayerMessage, PresenceInfo, StreamPosition } from '../types.js'
@@ -23,6 +22,7 @@ import { ttl, withTimeout } from '../deadline.js'
 import type { HistoryKeeping, Route, StoredPayload, StoredPresence, Transport } from './transport.js'
 import { idleMsOf, type HistoryPolicy } from '../history.js'
 import { RecordedPresence } from './recorded-presence.js'
+import { CatchUps, type Held } from './catch-ups.js'
 
 const RENEW_MIN_MS = 50
 /** Dead processes' presence entries are looked for this often (at most). */
@@ -47,11 +47,6 @@ export interface MembershipSettings {
   announce: (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: Buffer) => Promise<void>
 }
 
-interface Held {
-  message: LayerMessage
-  info: Delivery
-}
-
 export class Memberships {
   readonly #store: LocalStore
   readonly #transport: Transport
@@ -59,10 +54,8 @@ export class Memberships {
   readonly #leaseMs: number
   /** Groups whose route this process subscribes: those with local members (or joining ones). */
   readonly #groups = new Set<string>()
-  /** group → channel → live messages held back while that channel's join reads what it missed. */
-  readonly #joining = new Map<string, Map<string, Held[]>>()
-  /** group → channel → the position its join read up to, until the live stream gets there. */
-  readonly #floors = new Map<string, Map<string, StreamPosition>>()
+  /** Joins reading what their channel missed, and the live messages they wait for. */
+  readonly #catchUps = new CatchUps()
   /** group + channel → its join with history or presence still under way: the next one waits for it. */
   readonly #recording = new Map<string, Promise<GroupJoin>>()
   /** What joins here recorded as presence (written back if lost); in those groups, dead processes' entries are reaped too. */
@@ -116,10 +109,7 @@ export class Memberships {
 
   /** A group message from the group's route: to the local members, and held for joining ones. */
   deliver (group: string, message: LayerMessage, info: Delivery): void {
-    const joining = this.#joining.get(group)
-    if (joining !== undefined) for (const held of joining.values()) held.push({ message: cloneMessage(message), info })
-    const floors = this.#floors.get(group)
-    this.#store.fanOut(group, message, info, floors === undefined ? undefined : this.#passFloors(group, floors, info))
+    this.#store.fanOut(group, message, info, this.#catchUps.live(group, message, info))
   }
 
   async remove (group: string, channel: string): Promise<void> {
@@ -180,8 +170,8 @@ export class Memberships {
 
   /** Unsubscribes from a group once its last local member is gone. */
   #releaseIfEmpty (group: string): void {
-    if (this.#store.members(group) !== undefined || this.#joining.has(group) || !this.#groups.delete(group)) return
-    this.#floors.delete(group)
+    if (this.#store.members(group) !== undefined || this.#catchUps.joining(group) || !this.#groups.delete(group)) return
+    this.#catchUps.forgetGroup(group)
     this.#presence.forgetGroup(group)
     this.#transport.unsubscribe({ kind: 'group', group })
   }
@@ -189,8 +179,7 @@ export class Memberships {
   /** Forgets every local membership (a flush): nothing to renew, no group to hear. */
   forgetAll (): void {
     this.#store.flush()
-    this.#joining.clear()
-    this.#floors.clear()
+    this.#catchUps.clear()
     this.#presence.clear()
     for (const group of this.#groups) this.#transport.unsubscribe({ kind: 'group', group })
     this.#groups.clear()
@@ -245,8 +234,7 @@ export class Memberships {
     const history = policy?.history
     const rejoin = store.isMember(group, channel)
     if (!rejoin) this.#presence.forget(group, channel)
-    const held: Held[] | undefined = rejoin ? undefined : []
-    if (held !== undefined) this.#hold(group, channel, held)
+    const held: Held[] | undefined = rejoin ? undefined : this.#catchUps.hold(group, channel)
     this.#groups.add(group)
     const what = `groupAdd ${group}`
     try {
@@ -265,7 +253,7 @@ export class Memberships {
       // Whether the history holds everything after `since`, as the in-memory layer answers.
       const recovered = since !== undefined && position !== null && complete(since, position, result.missed)
       if (held !== undefined) {
-        this.#release(group, channel)
+        this.#catchUps.release(group, channel)
         if (recovered && position !== null) this.#replay(group, channel, position.epoch, result.missed)
         // Replays and held messages are one catch-up: neither is refused for capacity.
         const top = position?.offset ?? 0
@@ -275,7 +263,7 @@ export class Memberships {
           if (offset > reached) reached = offset
           if (info.offset === undefined || offset > top) store.deliver(channel, message, info, true)
         }
-        if (position !== null && reached < top) this.#setFloor(group, channel, position)
+        if (position !== null && reached < top) this.#catchUps.setFloor(group, channel, position)
       }
       // A member all along has had everything since it joined: nothing is replayed.
       store.addMember(group, channel)
@@ -285,7 +273,7 @@ export class Memberships {
       }
       return { position, recovered }
     } catch (err) {
-      if (held !== undefined) this.#release(group, channel)
+      if (held !== undefined) this.#catchUps.release(group, channel)
       if (!rejoin && !this.#closed) this.#releaseIfEmpty(group)
       throw err
     }
@@ -293,46 +281,6 @@ export class Memberships {
 
   #subscribe (group: string, what: string): Promise<unknown> {
     return withTimeout(Promise.all([this.subscribeProcess(), this.#transport.subscribe({ kind: 'group', group })]), this.#transport.timeout, what)
-  }
-
-  #hold (group: string, channel: string, held: Held[]): void {
-    let joining = this.#joining.get(group)
-    if (joining === undefined) {
-      joining = new Map()
-      this.#joining.set(group, joining)
-    }
-    joining.set(channel, held)
-  }
-
-  #release (group: string, channel: string): void {
-    const joining = this.#joining.get(group)
-    if (joining === undefined) return
-    joining.delete(channel)
-    if (joining.size === 0) this.#joining.delete(group)
-  }
-
-  #setFloor (group: string, channel: string, position: StreamPosition): void {
-    let floors = this.#floors.get(group)
-    if (floors === undefined) {
-      floors = new Map()
-      this.#floors.set(group, floors)
-    }
-    floors.set(channel, position)
-  }
-
-  /** The members that already have this live message; floors the stream has reached are lifted. */
-  #passFloors (group: string, floors: Map<string, StreamPosition>, info: Delivery): Set<string> | undefined {
-    let skip: Set<string> | undefined
-    for (const [channel, floor] of floors) {
-      if (info.epoch !== floor.epoch || info.offset === undefined) {
-        floors.delete(channel)
-        continue
-      }
-      if (info.offset <= floor.offset) (skip ??= new Set()).add(channel)
-      if (info.offset >= floor.offset) floors.delete(channel)
-    }
-    if (floors.size === 0) this.#floors.delete(group)
-    return skip
   }
 
   #replay (group: string, channel: string, epoch: string, missed: StoredPayload[]): void {
