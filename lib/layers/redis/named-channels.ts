@@ -61,9 +61,9 @@ export class NamedChannels implements SharedQueues {
     const reply = await this.#connections.run(what, client =>
       runScriptBy(this.#connections.scriptSender(client), queuePush, [this.#keys.queue(channel)], [capacity, ttl(expiryMs), payload])) as [number | string, number | string, number | string]
     this.#clock.observe(reply[1])
+    // Number(): a client with ioredis' `stringNumbers` returns integers as strings.
     const expired = Number(reply[2])
     if (expired > 0) this.#layer.expired(expired)
-    // Number(): a client with ioredis' `stringNumbers` returns integers as strings.
     return Number(reply[0]) === 1
   }
 
