@@ -39,9 +39,12 @@ export class Calls {
   reply ({ id, result, error }: ReplyFrame): void {
     const call = this.#pending.get(id)
     if (call === undefined) return
+    // Read before the call is settled: a malformed error (null) throws here and the call still
+    // waits for a good reply or its timeout.
+    const failure = error === undefined ? undefined : new ChannelsClientError(error.code, error.message)
     this.#pending.delete(id)
     clearTimeout(call.timer)
-    if (error !== undefined) call.reject(new ChannelsClientError(error.code, error.message))
+    if (failure !== undefined) call.reject(failure)
     else call.resolve(result)
   }
 

@@ -281,13 +281,24 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   // --- frames -----------------------------------------------------------------------------------
 
   #frame (data: unknown): void {
-    let frame: ServerToClient
+    let frame: ServerToClient | null
     try {
-      frame = JSON.parse(String(data)) as ServerToClient
+      frame = JSON.parse(String(data)) as ServerToClient | null
     } catch {
       this.#report(new ChannelsClientError(BAD_FRAME, 'the server sent a frame that is not JSON'))
       return
     }
+    // A frame of another protocol (a proxy's, another app's at this URL) is reported, never thrown
+    // from the socket's listener: in Node that would end the process.
+    try {
+      if (typeof frame?.op !== 'string') throw new TypeError('no "op"')
+      this.#dispatch(frame)
+    } catch (err) {
+      this.#report(new ChannelsClientError(BAD_FRAME, `the server sent a frame that is not of the protocol (${String(err)}): ${String(data).slice(0, 100)}`))
+    }
+  }
+
+  #dispatch (frame: ServerToClient): void {
     if (frame.op === 'reply') {
       this.#calls.reply(frame)
       return

@@ -1,10 +1,13 @@
 /**
  * ChannelsClient in Node (with `ws`, as on Node 20) against a real server: joins, messages,
  * presence and calls; every way a call or a join can fail; a dropped socket that loses nothing and
- * repeats nothing; a restarted in-memory server whose history is gone (gap); close().
+ * repeats nothing; a restarted in-memory server whose history is gone (gap); close(); frames of
+ * another protocol.
  */
 import t, { type Test } from 'tap'
-import WebSocket from 'ws'
+import { once } from 'node:events'
+import type { AddressInfo } from 'node:net'
+import WebSocket, { WebSocketServer } from 'ws'
 import { ChannelsClient, ChannelsClientError, type ClientState, type PresenceEntry } from '../../lib/client/index.js'
 import type { ApiOf } from '../../lib/index.js'
 import { eventually } from '../helpers/app.js'
@@ -194,4 +197,33 @@ t.test('close() from a state listener: the client stays closed, and later listen
   await new Promise(resolve => setTimeout(resolve, 200))
   t.equal(c.state, 'closed')
   t.equal(server.app.websocketServer.clients.size, 0, 'no new socket')
+})
+
+t.test('a server frame not of the protocol is reported as FST_CHANNELS_BAD_FRAME, never thrown: the client and its calls go on', async t => {
+  // Another app at the URL, or a proxy: frames that are JSON but not this protocol's.
+  const bad = ['null', '42', '"hello"', '[]', '{"op":"joined","group":"room.odd","position":null,"recovered":false,"presence":5}']
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+  await once(wss, 'listening')
+  t.teardown(() => { wss.close() })
+  wss.on('connection', socket => {
+    socket.on('message', data => {
+      const frame = JSON.parse(String(data)) as { op: string, id?: number }
+      if (frame.op !== 'call') return
+      for (const text of bad) socket.send(text)
+      // A reply whose error is not an object: the call is not settled by it…
+      socket.send(JSON.stringify({ op: 'reply', id: frame.id, error: null }))
+      // …but by the good reply after it.
+      socket.send(JSON.stringify({ op: 'reply', id: frame.id, result: 'still here' }))
+    })
+  })
+  const c = new ChannelsClient<RoomsApi>(`ws://127.0.0.1:${(wss.address() as AddressInfo).port}/`, { WebSocket })
+  t.teardown(() => { c.close() })
+  const errors: ChannelsClientError[] = []
+  c.on('error', err => { errors.push(err as ChannelsClientError) })
+  c.join('room.odd')
+  t.equal(await c.call('echo', 'x'), 'still here', 'the call resolves with its good reply')
+  t.equal(errors.length, bad.length + 1, 'each bad frame is reported once')
+  t.ok(errors.every(err => err.code === 'FST_CHANNELS_BAD_FRAME'), 'as FST_CHANNELS_BAD_FRAME')
+  t.match(errors[0].message, /not of the protocol.*: null$/, 'saying what came')
+  t.equal(c.state, 'open', 'the socket stays open')
 })
