@@ -1,6 +1,7 @@
 /**
  * Redis for the Redis layer's tests: the shared server at REDIS_URL, and private `redis-server`
- * processes (a killable one, a 3-master cluster) on free high ports, always stopped in teardown.
+ * processes (a killable one, a 3-master cluster) on free high ports, always stopped in teardown;
+ * a proxy that holds Redis' answers back.
  */
 import type { Test } from 'tap'
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
@@ -8,6 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { createServer, connect, type AddressInfo, type Socket } from 'node:net'
 import { Redis } from 'ioredis'
 import { freePort } from './process.js'
 
@@ -188,10 +190,53 @@ export async function startRedisCluster (t: Test): Promise<RedisCluster> {
 }
 
 async function portFree (port: number): Promise<boolean> {
-  const { createServer } = await import('node:net')
   return new Promise(resolve => {
     const server = createServer()
     server.once('error', () => resolve(false))
     server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
   })
+}
+
+export interface StallingProxy {
+  /** `redis://` URL of the proxy. */
+  url: string
+  /** Holds everything Redis sends back, on every connection, as a Redis too slow to answer would. */
+  stall (): void
+  /** Sends what was held, in order, and forwards again. */
+  resume (): void
+}
+
+/** A TCP proxy to `url`'s Redis that can hold Redis' answers back; closed in teardown. */
+export async function stallingProxy (t: Test, url = REDIS_URL): Promise<StallingProxy> {
+  const target = new URL(url)
+  let stalled = false
+  const held: Array<[Socket, Buffer]> = []
+  const sockets = new Set<Socket>()
+  const server = createServer(client => {
+    const upstream = connect(Number(target.port || 6379), target.hostname)
+    for (const socket of [client, upstream]) {
+      sockets.add(socket)
+      socket.on('error', () => {})
+      socket.on('close', () => { sockets.delete(socket); client.destroy(); upstream.destroy() })
+    }
+    client.on('data', chunk => { upstream.write(chunk) })
+    upstream.on('data', chunk => {
+      if (stalled) held.push([client, chunk])
+      else client.write(chunk)
+    })
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const socket of sockets) socket.destroy()
+    server.close()
+  })
+  const { port } = server.address() as AddressInfo
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    stall () { stalled = true },
+    resume () {
+      stalled = false
+      for (const [client, chunk] of held.splice(0)) if (!client.destroyed) client.write(chunk)
+    }
+  }
 }

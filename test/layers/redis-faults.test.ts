@@ -5,7 +5,7 @@ import { LayerTimeoutError } from '../../lib/errors.js'
 import { RedisChannelLayer } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { freePort } from '../helpers/process.js'
-import { REDIS_URL, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, requireRedis, stallingProxy, startRedisServer, uniquePrefix } from '../helpers/redis.js'
 
 // Redis going away: calls settle within `timeout` with LayerTimeoutError, the layer says so with
 // events, and after a restart (all data lost) subscriptions and memberships come back by themselves.
@@ -223,3 +223,33 @@ for (const [call, setUp] of busySends) {
     t.same(unhandled, [], 'no unhandled rejection')
   })
 }
+
+t.test('a named channel\'s pop that Redis answers after its deadline: the message it took is given back, not lost', async t => {
+  if (!await requireRedis(t)) return
+  const proxy = await stallingProxy(t)
+  const prefix = uniquePrefix('fc-late-pop')
+  const slow = new RedisChannelLayer({ url: proxy.url, prefix, timeout: 300 })
+  const direct = new RedisChannelLayer({ url: REDIS_URL, prefix })
+  t.teardown(async () => { await Promise.all([slow.close(), direct.close()]) })
+
+  // The slow side's reader is connected and popping.
+  const first = receiveWithin(slow, 'late-jobs')
+  await direct.send('late-jobs', { type: 'job', n: 0 })
+  t.same(await first, { type: 'job', n: 0 }, 'a first message arrives through the proxy')
+  const waiting = slow.receive('late-jobs').then(() => 'received', (err: unknown) => err)
+  await sleep(100)
+
+  // Redis pops the next message for that reader, and its answer is held past the pop's deadline
+  // (its second of waiting plus `timeout`): the reader gives the pop up.
+  proxy.stall()
+  await direct.send('late-jobs', { type: 'job', n: 1 })
+  t.match(await waiting, { code: 'FST_CHANNELS_LAYER_TIMEOUT' }, 'the waiting receive() is told Redis is too slow')
+  t.equal(await direct.receive('late-jobs', { signal: AbortSignal.timeout(200) }).catch(() => 'empty'), 'empty',
+    'the message is no longer in the list: the late pop took it')
+
+  // Redis' answer arrives: the message goes back to the list, where another receiver gets it.
+  proxy.resume()
+  t.same(await receiveWithin(direct, 'late-jobs'), { type: 'job', n: 1 }, 'the message is given back, and received once')
+  await t.rejects(receiveWithin(direct, 'late-jobs', 300), 'and nothing more')
+  t.same(unhandled, [], 'no unhandled rejection')
+})

@@ -4,7 +4,9 @@
  * runs one reader for it: a loop of BLPOP on a connection of its own (a blocking pop holds its
  * connection), handing each message to the longest-waiting local receiver. Redis hands each
  * element to one BLPOP only, so each message reaches one receiver in all processes. A message
- * popped after its receiver left goes back to the head of the list.
+ * popped after its receiver left goes back to the head of the list. A pop Redis answers after its
+ * deadline (Redis slower than `timeout`) keeps its connection until the answer comes, so what it
+ * took is handed over or given back rather than lost with the connection.
  *
  * A named channel may also be a group member. It belongs to no process, so the member is recorded
  * in Redis only and the process that calls groupSend fills the queue.
@@ -22,6 +24,8 @@ import type { RedisKeys } from './keys.js'
 const POP_SECONDS = 1
 /** Idle blocking connections kept for the next reader. */
 const IDLE_CONNECTIONS = 2
+/** How long a pop given up at its deadline keeps its connection for a late answer. */
+const LATE_ANSWER_MS = 30_000
 
 // Queue elements: a fixed-width expiry deadline (Redis server time, ms) in ASCII, then the message.
 
@@ -125,6 +129,8 @@ class QueueReaders {
   readonly #readers = new Map<string, Reader>()
   readonly #idle: Client[] = []
   readonly #busy = new Set<Client>()
+  /** Connections of pops given up at their deadline, until their answer comes: what it took is handed over then. */
+  readonly #late = new Map<Client, Promise<void>>()
   /** Ends the readers' waits between attempts, for close(). */
   readonly #wakes = new Set<() => void>()
   #closed = false
@@ -170,9 +176,9 @@ class QueueReaders {
     this.#closed = true
     for (const wake of this.#wakes) wake()
     for (const conn of this.#idle.splice(0)) this.#connections.release(conn)
-    const taking = [...this.#readers.values()].flatMap(reader => reader.taking ?? [])
+    const taking = [...this.#readers.values()].flatMap(reader => reader.taking ?? []).concat([...this.#late.values()])
     if (taking.length > 0) await withTimeout(Promise.allSettled(taking), POP_SECONDS * 1000 + this.#connections.timeout, 'close').catch(() => {})
-    for (const conn of this.#busy) this.#connections.release(conn)
+    for (const conn of [...this.#busy, ...this.#late.keys()]) this.#connections.release(conn)
     this.#busy.clear()
   }
 
@@ -263,8 +269,36 @@ class QueueReaders {
     const timeout = this.#connections.timeout
     // The server answers within POP_SECONDS; past that plus `timeout`, the connection is dead.
     const deadline = performance.now() + POP_SECONDS * 1000 + timeout
-    const popped = await withDeadline(conn.blpopBuffer(reader.key, POP_SECONDS), deadline, 'receive', timeout)
+    const pop = conn.blpopBuffer(reader.key, POP_SECONDS)
+    let popped: [Buffer, Buffer] | null
+    try {
+      popped = await withDeadline(pop, deadline, 'receive', timeout)
+    } catch (err) {
+      if (err instanceof LayerTimeoutError) this.#awaitLate(conn, reader, pop)
+      throw err
+    }
     if (popped !== null) await this.#hand(reader, popped[1])
+  }
+
+  /**
+   * Redis has not answered the pop in time, but may yet, and an element it pops is no longer in
+   * the list: the connection is kept, out of the reader's hands, for up to LATE_ANSWER_MS (or until
+   * close()), and what the answer brings is handed to a receiver here or given back. Lost only if
+   * the connection itself fails first.
+   */
+  #awaitLate (conn: Client, reader: Reader, pop: Promise<[Buffer, Buffer] | null>): void {
+    this.#busy.delete(conn)
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const givenUp = new Promise<null>(resolve => { timer = setTimeout(resolve, LATE_ANSWER_MS, null) })
+    const late = Promise.race([pop, givenUp])
+      .then(async popped => { if (popped !== null) await this.#hand(reader, popped[1]) })
+      .catch(() => {}) // the connection failed: nothing came back on it
+      .finally(() => {
+        clearTimeout(timer)
+        this.#late.delete(conn)
+        this.#connections.release(conn)
+      })
+    this.#late.set(conn, late)
   }
 
   async #hand (reader: Reader, element: Buffer): Promise<void> {
@@ -308,7 +342,7 @@ class QueueReaders {
 
   #discard (conn: Client): void {
     this.#busy.delete(conn)
-    this.#connections.release(conn)
+    if (!this.#late.has(conn)) this.#connections.release(conn)
   }
 }
 
