@@ -61,6 +61,8 @@ export interface RunningWorker {
 
 const RETRY_MIN_MS = 100
 const RETRY_MAX_MS = 5000
+/** How long stop() waits for a receive() to end on its abort signal before it goes on without it. */
+const RECEIVE_GRACE_MS = 1000
 
 /**
  * Receives from `ctx.channelName` in a loop and hands each message to `worker`, one at a time.
@@ -91,12 +93,22 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
     }
   }
 
+  // The layer's receive() under way; stop() may give it up (below).
+  let receiving: Promise<unknown> | undefined
+  let gaveUp = false
+
   async function loop (): Promise<void> {
     let retryMs = RETRY_MIN_MS
     while (!signal.aborted) {
       let received: Received
       try {
-        received = await receive()
+        const pending = receive()
+        receiving = pending
+        try {
+          received = await pending
+        } finally {
+          receiving = undefined
+        }
       } catch (err) {
         if (signal.aborted) return
         if ((err as { code?: unknown }).code === 'FST_CHANNELS_LAYER_CLOSED') {
@@ -108,6 +120,10 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
         retryMs = Math.min(retryMs * 2, RETRY_MAX_MS)
         continue
       }
+      if (gaveUp) {
+        log.warn({ type: received.message.type, channel }, 'a message arrived after the worker stopped without its receive(); dropped')
+        return
+      }
       retryMs = RETRY_MIN_MS
       await handle(received)
     }
@@ -118,6 +134,20 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
   return {
     async stop () {
       abort.abort()
+      // Every layer of this package ends a receive() on its signal at once. One that does not (a
+      // layer of the app's own) is waited for RECEIVE_GRACE_MS, not for ever: app.close() goes on.
+      const pending = receiving
+      if (pending !== undefined) {
+        let timer: ReturnType<typeof setTimeout> | undefined
+        const grace = new Promise<void>(resolve => { timer = setTimeout(resolve, RECEIVE_GRACE_MS) })
+        await Promise.race([done, grace])
+        clearTimeout(timer)
+        if (receiving === pending) {
+          gaveUp = true
+          log.warn({ channel }, 'the channel layer did not end receive() on its abort signal; worker stopped without it')
+          return
+        }
+      }
       await done
       log.debug({ channel }, 'worker stopped')
     }

@@ -4,6 +4,7 @@ import fastifyChannels, {
   ChannelConsumer, JsonWebsocketConsumer, WebsocketConsumer, InMemoryChannelLayer, InvalidChannelNameError, InvalidOptionError,
   type Delivery, type LayerMessage
 } from '../lib/index.js'
+import type { Received } from '../lib/layers/types.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, eventually } from './helpers/app.js'
 
@@ -245,4 +246,29 @@ t.test('handlers get how a message came: its group and position, or nothing for 
   await layer.send('auditor', { type: 'record', n: 3 })
   await eventually(() => seen.length === 3)
   t.notOk(logs.some(l => l.msg === 'no worker handler for message type; dropped'), 'presence events are ignored silently by a worker without their handlers')
+})
+
+t.test('a layer whose receive() ignores the abort signal does not hold up close(): the worker stops without it, and a message it brings later is dropped and logged', async t => {
+  const layer = new InMemoryChannelLayer()
+  let deliver: ((received: Received) => void) | undefined
+  // An app's own layer that never looks at the signal it is given.
+  layer.receiveDelivery = async () => await new Promise<Received>(resolve => { deliver = resolve })
+  const handled: unknown[] = []
+  class Deaf extends ChannelConsumer {
+    async work (message: LayerMessage) { handled.push(message.n) }
+  }
+  const { app, logs } = await buildApp({ layer }, app => app.channelWorker('deaf', Deaf))
+  await eventually(() => deliver !== undefined)
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const outcome = await Promise.race([
+    app.close().then(() => 'closed'),
+    new Promise(resolve => { timer = setTimeout(resolve, 5000, 'still closing after 5 s') })
+  ])
+  clearTimeout(timer)
+  t.equal(outcome, 'closed', 'app.close() goes on')
+  t.match(logs.find(l => l.msg === 'the channel layer did not end receive() on its abort signal; worker stopped without it'), { level: 40, channel: 'deaf' })
+
+  deliver?.({ message: { type: 'work', n: 1 }, info: {} })
+  await eventually(() => logs.some(l => l.msg === 'a message arrived after the worker stopped without its receive(); dropped'))
+  t.same(handled, [], 'the stopped worker does not handle it')
 })
