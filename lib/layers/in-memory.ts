@@ -13,8 +13,6 @@ import type { GroupHistory, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo
 
 export type InMemoryChannelLayerOptions = BaseChannelLayerOptions
 
-const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
-
 export class InMemoryChannelLayer extends BaseChannelLayer {
   // An idle group's position is remembered as long as a membership would be; made on first use.
   #history: MemoryHistory | undefined
@@ -33,10 +31,15 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
     return this.store.receive(channel, signal)
   }
 
-  // In one synchronous step, so no message sent meanwhile can come between the replay and the join.
+  // In one step of the store (store.turn()), so no message sent meanwhile can come between the
+  // replay and the join, and a join asked for from inside a fan-out waits until it is over.
   protected override async doGroupAdd (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    return await this.store.turn(() => this.#join(group, channel, join, policy))
+  }
+
+  #join (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): GroupJoin {
     const store = this.store
-    let result = NO_JOIN
+    let result: GroupJoin = { position: null, recovered: false }
     const history = policy?.history
     if (history !== undefined) {
       const memory = this.#memory()
@@ -51,8 +54,9 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
         result = { position, recovered: complete }
       }
     }
-    const announce = join.presence !== undefined && policy?.presenceEvents === true &&
-      !samePresence(store.presenceOf(group, channel), join.presence)
+    // What a membership that expired recorded went with it.
+    const before = store.isMember(group, channel) ? store.presenceOf(group, channel) : undefined
+    const announce = join.presence !== undefined && policy?.presenceEvents === true && !samePresence(before, join.presence)
     store.addMember(group, channel, join.presence)
     if (announce) this.#announce(group, 'presence.join', channel, join.presence as PresenceInfo)
     return result
@@ -94,11 +98,9 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
     this.store.close()
   }
 
-  // Announced after the store is done changing: the removal may happen in the middle of a fan-out.
+  // A removal in the middle of a fan-out (an expired member) announces once it is over (store.turn()).
   protected override presenceLeft (group: string, channel: string, info: PresenceInfo): void {
-    queueMicrotask(() => {
-      if (!this.closed && this.policies.of(group)?.presenceEvents === true) this.#announce(group, 'presence.leave', channel, info)
-    })
+    if (!this.closed && this.policies.of(group)?.presenceEvents === true) this.#announce(group, 'presence.leave', channel, info)
   }
 
   protected override sweep (): void {

@@ -57,6 +57,9 @@ export class LocalStore {
   readonly #sinks = new Map<string, ChannelSink>()
   // group → channel → presence info, only for memberships that recorded one.
   readonly #presence = new Map<string, Map<string, PresenceInfo>>()
+  // A fan-out or a turn() under way, and the ones started meanwhile, waiting for it (below).
+  #busy = false
+  readonly #waiting: Array<() => void> = []
 
   constructor (settings: LocalStoreSettings) {
     this.#settings = settings
@@ -80,6 +83,83 @@ export class LocalStore {
    * (copy-encoding.ts). Members whose sink shares messages all get `message` itself, deep-frozen.
    */
   fanOut (group: string, message: LayerMessage, info: Delivery, skip?: ReadonlySet<string>): void {
+    if (this.#busy) {
+      this.#waiting.push(() => { this.#fanOut(group, message, info, skip) })
+      return
+    }
+    this.#busy = true
+    try {
+      this.#fanOut(group, message, info, skip)
+    } finally {
+      this.#drain()
+    }
+  }
+
+  /**
+   * Runs `step` (store changes that belong together: a join and its replay) alone among the
+   * store's fan-outs and turns, as a fan-out runs: at once, or after the one under way.
+   *
+   * A member's handler runs synchronously when it is handed a message (an idle connection), so
+   * it may send to a group or join one from inside a fan-out. Were that done at once, the members
+   * not reached yet would get the new message before the one being fanned out, and a join would
+   * land in the middle of it (a member that joined after a message was sent would get it, one
+   * joining with `since` would get it twice). So it waits until the fan-out is over, then runs,
+   * in call order: every member gets a group's messages in the order they were sent.
+   */
+  turn<T> (step: () => T): T | Promise<T> {
+    if (this.#busy) {
+      return new Promise<T>((resolve, reject) => {
+        this.#waiting.push(() => {
+          try {
+            resolve(step())
+          } catch (err) {
+            reject(err)
+          }
+        })
+      })
+    }
+    this.#busy = true
+    try {
+      return step()
+    } finally {
+      this.#drain()
+    }
+  }
+
+  /** `turn()` for a step that returns nothing: no promise when it waits, so nothing to reject. */
+  alone (step: () => void): void {
+    if (this.#busy) {
+      this.#waiting.push(step)
+      return
+    }
+    this.#busy = true
+    try {
+      step()
+    } finally {
+      this.#drain()
+    }
+  }
+
+  /** Runs what waited for the step just done, in order (and what those start, after them). */
+  #drain (): void {
+    let failure: { err: unknown } | undefined
+    try {
+      for (let i = 0; i < this.#waiting.length; i++) {
+        try {
+          this.#waiting[i]()
+        } catch (err) {
+          // The others still run; the first error reaches the caller afterwards.
+          failure ??= { err }
+        }
+      }
+    } finally {
+      this.#waiting.length = 0
+      this.#busy = false
+    }
+    if (failure !== undefined) throw failure.err
+  }
+
+  #fanOut (group: string, message: LayerMessage, info: Delivery, skip: ReadonlySet<string> | undefined): void {
     const members = this.#groups.get(group)
     if (members === undefined) return
     const now = performance.now()
@@ -186,6 +266,11 @@ export class LocalStore {
 
   /** Adds or renews a membership; `presence` replaces what it recorded (undefined keeps it). */
   addMember (group: string, channel: string, presence?: PresenceInfo): void {
+    const now = performance.now()
+    // One that expired and is not swept yet ends first, with what it recorded: this one is new.
+    const current = this.#groups.get(group)
+    const old = current?.get(channel)
+    if (current !== undefined && old !== undefined && old.expiresAt <= now) this.#unlink(group, current, channel)
     if (presence !== undefined) {
       let entries = this.#presence.get(group)
       if (entries === undefined) {
@@ -202,7 +287,7 @@ export class LocalStore {
     // Whole milliseconds: a small integer is stored in the membership itself, where a fraction
     // would be one more heap object, read for every member at every fan-out (until the process
     // has run for about 24 days: past 2^31 ms it is such an object again, as correct and slower).
-    const expiresAt = Math.ceil(performance.now() + this.#settings.groupExpiryMs)
+    const expiresAt = Math.ceil(now + this.#settings.groupExpiryMs)
     const membership = members.get(channel)
     if (membership !== undefined) membership.expiresAt = expiresAt
     else members.set(channel, new Membership(expiresAt, this.#sinks.get(channel)))
@@ -212,9 +297,12 @@ export class LocalStore {
     else if (groups !== group) this.#channelGroups.set(channel, new Set([groups, group]))
   }
 
+  /** Ends a membership (after the fan-out under way, if any: see turn()). */
   removeMember (group: string, channel: string): void {
-    const members = this.#groups.get(group)
-    if (members !== undefined) this.#unlink(group, members, channel)
+    this.alone(() => {
+      const members = this.#groups.get(group)
+      if (members !== undefined) this.#unlink(group, members, channel)
+    })
   }
 
   /**
@@ -246,8 +334,12 @@ export class LocalStore {
     return typeof groups === 'string' ? [groups] : [...groups]
   }
 
-  /** Drops the channel's queued messages and every membership it has. */
+  /** Drops the channel's queued messages and every membership it has (see removeMember()). */
   discardChannel (channel: string): void {
+    this.alone(() => { this.#discardChannel(channel) })
+  }
+
+  #discardChannel (channel: string): void {
     const mailbox = this.#mailboxes.get(channel)
     if (mailbox !== undefined) {
       mailbox.clearMessages()
@@ -290,8 +382,12 @@ export class LocalStore {
     for (const sink of sinks) sink.layerClosed(new LayerClosedError())
   }
 
-  /** Drops expired messages and memberships, and whatever is left empty. */
+  /** Drops expired messages and memberships, and whatever is left empty (see removeMember()). */
   sweep (): void {
+    this.alone(() => { this.#sweep() })
+  }
+
+  #sweep (): void {
     // Deleting from a Map while iterating it is well defined, so the loops need no snapshot.
     const now = performance.now()
     for (const mailbox of this.#mailboxes.values()) {

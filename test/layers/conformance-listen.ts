@@ -1,7 +1,7 @@
 import type { Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ChannelFullError, InvalidOptionError, LayerClosedError } from '../../lib/errors.js'
-import { canListen, type ChannelLayer, type ChannelListening, type ChannelSink, type LayerMessage } from '../../lib/layers/types.js'
+import { canListen, type ChannelLayer, type ChannelListening, type ChannelSink, type GroupJoin, type LayerMessage } from '../../lib/layers/types.js'
 import type { ConformanceLayerOptions, Harness } from './conformance.js'
 
 // listen(): the push delivery a connection uses on its own channel. Optional for a layer; ours offer it.
@@ -151,6 +151,65 @@ export function conformanceListen (
     await layer.close()
     t.ok(sink.ended instanceof LayerClosedError, 'closing the layer ends its listeners')
     t.throws(() => layer.listen(other, new RecordingSink()), LayerClosedError)
+  })
+
+  // An idle consumer's handler runs inside push(): what it sends or joins there must not overtake
+  // the message being handed out.
+  test('a member that sends to its group from inside push(): every member gets the group\'s messages in the order they were sent', async t => {
+    const group = unique('reentrant-send')
+    const layer = await listening(t, { groups: { [group]: { history: { size: 10, ttl: 60 } } } })
+    const names = ['bot', 'ada', 'grace']
+    const channels = await Promise.all(names.map(async () => await layer.newChannel()))
+    const got = new Map<string, Array<[unknown, number | undefined]>>()
+    channels.forEach((channel, i) => {
+      const seen: Array<[unknown, number | undefined]> = []
+      got.set(names[i], seen)
+      layer.listen(channel, {
+        accepting: true,
+        push (message, info) {
+          seen.push([message.text, info.offset])
+          // The bot answers at once, before push() returns.
+          if (i === 0 && message.text === 'ping') void layer.groupSend(group, { type: 'chat', text: 'pong' })
+        },
+        layerClosed () {}
+      })
+    })
+    for (const channel of channels) await layer.groupAdd(group, channel)
+    await layer.groupSend(group, { type: 'chat', text: 'ping' })
+    await until(t, 'every member got both', () => [...got.values()].every(seen => seen.length === 2))
+    for (const name of names) t.same(got.get(name), [['ping', 1], ['pong', 2]], `${name}: ping, then pong, in offset order`)
+  })
+
+  test('a join made from inside push() takes effect after the message being handed out', async t => {
+    const group = unique('reentrant-join')
+    const layer = await listening(t, { groups: { [group]: { history: { size: 10, ttl: 60 } } } })
+    const [host, plain, recovering] = [await layer.newChannel(), await layer.newChannel(), await layer.newChannel()]
+    const joins: Array<Promise<unknown>> = []
+    layer.listen(host, {
+      accepting: true,
+      push (message) {
+        if (message.text !== 'first') return
+        // Both join while 'first' is being handed out: a plain join comes after it, one from
+        // offset 0 gets it replayed, once.
+        joins.push(layer.groupAdd(group, plain), layer.groupAdd(group, recovering, { since: { offset: 0, epoch } }))
+      },
+      layerClosed () {}
+    })
+    const [toPlain, toRecovering] = [new RecordingSink(), new RecordingSink()]
+    layer.listen(plain, toPlain)
+    layer.listen(recovering, toRecovering)
+    const { position } = await layer.groupAdd(group, host)
+    const epoch = position?.epoch as string
+    await layer.groupSend(group, { type: 'chat', text: 'first' })
+    await until(t, 'both joins are done', () => joins.length === 2)
+    const [plainJoin, recoveringJoin] = await Promise.all(joins) as GroupJoin[]
+    t.match(plainJoin, { position: { offset: 1 }, recovered: false }, 'the plain join sees the message sent before it')
+    t.match(recoveringJoin, { position: { offset: 1 }, recovered: true })
+    await layer.groupSend(group, { type: 'chat', text: 'second' })
+    await until(t, 'the second message reached both', () => toPlain.got.length >= 1 && toRecovering.got.length >= 2)
+    await sleep(latency)
+    t.same(toPlain.got.map(m => m.text), ['second'], 'the plain joiner gets only what was sent after its join')
+    t.same(toRecovering.got.map(m => m.text), ['first', 'second'], 'the recovering joiner gets the first once, then the second')
   })
 
   if (!shared) return

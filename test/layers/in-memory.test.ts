@@ -171,3 +171,21 @@ t.test('each member\'s copy holds the message\'s own keys only, even with Object
   }
   t.equal(new Set(received.map(m => (m.list as object[])[0])).size, 3, 'objects inside arrays are each member\'s own')
 })
+
+t.test('a plain re-join after the membership expired does not bring back its presence: the old entry leaves', async t => {
+  // Sweeps run every 0.3 s from the layer's start; the membership expires between two of them,
+  // and the re-join comes before the next one finds it.
+  const layer = new InMemoryChannelLayer({ groupExpiry: 0.3, groups: { room: { presenceEvents: true } } })
+  t.teardown(() => layer.close())
+  const events: string[] = []
+  const watcher = await layer.newChannel()
+  layer.listen(watcher, { accepting: true, push (message) { events.push(`${message.type} ${String((message.info as { name?: string } | undefined)?.name)}`) }, layerClosed () {} })
+  const ada = await layer.newChannel()
+  await sleep(50)
+  await layer.groupAdd('room', ada, { presence: { name: 'Ada' } })
+  await sleep(370)
+  await layer.groupAdd('room', watcher)
+  await layer.groupAdd('room', ada)
+  t.same(await layer.presence('room'), [], 'the new membership recorded no presence')
+  t.same(events, ['presence.leave Ada'], 'and the expired one\'s entry is announced gone')
+})

@@ -215,7 +215,8 @@ export class Memberships {
     const existed = this.#store.members(group)?.has(channel) === true
     // A membership that expired here (groupExpiry) took its presence along.
     if (!this.#store.isMember(group, channel)) this.#presence.forget(group, channel)
-    this.#store.addMember(group, channel)
+    // Asked for from inside a fan-out of the group, it takes effect once that is over.
+    this.#store.alone(() => { this.#store.addMember(group, channel) })
     this.#groups.add(group)
     const what = `groupAdd ${group}`
     try {
