@@ -56,6 +56,8 @@ export function handlerNames (type: string): string[] {
   if (parts.length === 0) return []
   const camel = parts[0] + parts.slice(1).map(p => p[0].toUpperCase() + p.slice(1)).join('')
   const snake = type.replaceAll('.', '_')
+  // '.grant.admin' would be '_grant_admin': a name starting with _ is never a handler.
+  if (snake[0] === '_') return [camel]
   return camel === snake ? [camel] : [camel, snake]
 }
 

@@ -223,14 +223,14 @@ t.test('layer messages are dispatched by type; unknown and reserved types are dr
   t.equal(await comm.receiveFrom(), 'camel hi')
   await send({ type: 'user.joined', name: 'ann' })
   t.equal(await comm.receiveFrom(), 'snake ann', "falls back to Django's name")
-  for (const type of ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '__proto__', 'receive', 'channel.layer', '']) {
+  for (const type of ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '.secret', '__proto__', 'receive', 'channel.layer', '']) {
     await send({ type })
   }
   await send({ type: 'chat.message', text: 'still open' })
   t.equal(await comm.receiveFrom(), 'camel still open', 'the connection survived every dropped type')
   t.ok(await comm.receiveNothing(30))
   const dropped = logs.filter(l => l.msg === 'no handler for message type; dropped').map(l => l.type)
-  t.same(dropped, ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '__proto__', 'receive', 'channel.layer', ''])
+  t.same(dropped, ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '.secret', '__proto__', 'receive', 'channel.layer', ''])
 })
 
 t.test('a handler that throws closes with 1011, runs disconnect and leaves the groups', async t => {

@@ -7,6 +7,7 @@ t.test('type to handler names: camelCase first, then Django\'s snake name', asyn
   t.same(handlerNames('deploy.progress_update'), ['deployProgressUpdate', 'deploy_progress_update'])
   t.same(handlerNames('tick'), ['tick'])
   t.same(handlerNames('_private'), [])
+  t.same(handlerNames('.private'), ['private'], 'never a name starting with _, through the snake name either')
   t.same(handlerNames(''), [])
   t.same(handlerNames('...'), [])
 })
