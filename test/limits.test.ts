@@ -16,7 +16,7 @@ import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import Fastify from 'fastify'
 import fastifyChannels, {
-  InMemoryChannelLayer, JsonWebsocketConsumer, WebsocketConsumer, type FastifyChannelsOptions
+  InMemoryChannelLayer, JsonWebsocketConsumer, WebsocketConsumer, type FastifyChannelsOptions, type LayerMessage
 } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, eventually, sleep } from './helpers/app.js'
@@ -273,6 +273,36 @@ t.test('close(): a peer that never answers the close frame has its socket droppe
     }
   }
   await dropsUnansweredClose(t, {}, Closing, 'close me', 4000)
+})
+
+t.test('a client that sends its close frame and never ends its TCP side: disconnect() runs at once with its code, its socket is dropped 5 s later', async t => {
+  const disconnects: number[] = []
+  const handled: unknown[] = []
+  class Leaving extends WebsocketConsumer {
+    override groups = ['leaving']
+    async note (message: LayerMessage) { handled.push(message.n) }
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app } = await buildApp({ heartbeatInterval: 0 }, app => app.get('/ws', { websocket: true }, Leaving.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const { ws } = await openClient(`${url}/ws`)
+  // This client's TCP side stays open whatever comes: it never completes the closing handshake.
+  const tcp = (ws as unknown as { _socket: { end: () => unknown, destroy: () => unknown } })._socket
+  const destroy = tcp.destroy.bind(tcp)
+  t.teardown(() => { destroy() })
+  tcp.end = () => tcp
+  tcp.destroy = () => tcp
+  ws.close(4001, 'bye')
+  await eventually(() => disconnects.length === 1, 3000)
+  const closedAt = Date.now()
+  t.same(disconnects, [4001], 'disconnect() runs with the client\'s code as its close frame arrives')
+  await app.channelLayer.groupSend('leaving', { type: 'note', n: 1 })
+  await sleep(50)
+  t.same(handled, [], 'a layer message after the close frame is not handled')
+  await eventually(() => app.websocketServer.clients.size === 0, 20_000)
+  const took = Date.now() - closedAt
+  t.ok(took >= 4000 && took < 15_000, `its socket is dropped after the 5 s grace, not ws' 30 s (${took} ms)`)
 })
 
 t.test('a client flooding a busy consumer is not read further (TCP backpressure); nothing is lost', async t => {

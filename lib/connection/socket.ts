@@ -2,6 +2,7 @@
  * The socket as the connection's lifecycle sees it: what it needs of it (ws' WebSocket has it; a
  * test fakes it, and another transport could adapt to it), and the data it brings.
  */
+import { EventEmitter } from 'node:events'
 import type { RawData } from 'ws'
 import type { WritableSocket } from './outbound.js'
 import type { Readable } from './flow-control.js'
@@ -32,13 +33,24 @@ function onPong (this: object): void { bySocket.get(this)?.pong() }
 function onError (this: object, err: Error & { code?: string }): void { bySocket.get(this)?.failed(err) }
 function onClose (this: object, code: number): void { bySocket.get(this)?.closed(code) }
 
-/** Sends `socket`'s events to `events` from now on. */
+/**
+ * Sends `socket`'s events to `events` from now on. A close frame from the peer counts as the
+ * close: ws reports it only once the TCP connection is gone too, which a peer that never ends
+ * its side holds off for 30 s (ws' own limit), with the connection taken for open meanwhile. Its
+ * frame reader says when the frame came ('conclude', after ws has answered it): a ws detail,
+ * used where it is there; without it, ws' 'close' is the close.
+ */
 export function listenTo (socket: ConnectionSocket, events: SocketEvents): void {
   bySocket.set(socket, events)
   socket.on('message', onMessage)
   socket.on('pong', onPong)
   socket.on('error', onError)
   socket.on('close', onClose)
+  const reader = (socket as { _receiver?: unknown })._receiver
+  if (reader instanceof EventEmitter) {
+    bySocket.set(reader, events)
+    reader.on('conclude', onClose)
+  }
 }
 
 /** A client frame's data as one Buffer, whatever form ws gave it in. */
