@@ -74,3 +74,30 @@ t.test('maxBufferedBytes: a reader that stops reading is cut off; disconnect() o
   t.same(events.slice(1).map(e => Number(e.id)), Array.from({ length: sent }, (_, i) => i + 1), 'the reader got every event, in order')
   reader.close()
 })
+
+t.test('maxGroupsPerConnection after the head: the response ends (its last chunk sent), with the event sent just before; the socket is not dropped', async t => {
+  let disconnects = 0
+  class Rooms extends AsyncHttpConsumer {
+    override groups = ['control']
+    override async handle () { await this.sendEvent({ data: 'open' }) }
+    async roomJoin (event: { room: string }) {
+      await this.sendEvent({ event: 'joining', data: event.room })
+      await this.channelLayer.groupAdd(event.room, this.channelName)
+    }
+    override async disconnect () { disconnects++ }
+  }
+  const { app } = await buildApp({ maxGroupsPerConnection: 2, heartbeatInterval: 0 }, app => app.get('/rooms', Rooms.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const stream = await openEventStream(`${url.replace('ws://', 'http://')}/rooms`)
+  await stream.waitForEvents(1)
+  await app.channelLayer.groupSend('control', { type: 'room.join', room: 'a' })
+  await stream.waitForEvents(2)
+  // 'control' and 'a' make two: 'b' is one too many.
+  await app.channelLayer.groupSend('control', { type: 'room.join', room: 'b' })
+  t.equal(await stream.ended, true, 'the response ends as a response does, not cut off')
+  t.same(stream.events.map(e => `${e.event} ${e.data}`), ['message open', 'joining a', 'joining b'], 'every event sent before, the last one included')
+  await eventually(() => disconnects > 0)
+  await sleep(30)
+  t.equal(disconnects, 1, 'disconnect() runs once')
+})

@@ -35,6 +35,9 @@ export interface OutboundOwner extends Reporter {
 
 const BINARY = { binary: true }
 
+/** The reason a slow reader is closed with (1008): an HTTP response then drops its socket (response-socket.ts). */
+export const SLOW_READER_REASON = 'slow reader: too much data queued'
+
 /** The frame of the last text sent, built again only when the text changes. */
 const sharedTextFrame = encodedOnce(text => [textFrame(text)])
 
@@ -106,7 +109,7 @@ export class Outbound {
     if (socket.bufferedAmount <= this.#maxBufferedBytes) return false
     this.#counts.slowReaders++
     this.#owner.log.warn({ channel: this.#owner.channelName, bufferedAmount: socket.bufferedAmount }, 'slow reader: outgoing buffer over the limit, closing')
-    this.#owner.close(1008, 'slow reader: too much data queued')
+    this.#owner.close(1008, SLOW_READER_REASON)
     return true
   }
 

@@ -9,8 +9,8 @@
  *   before (shared-encoding.ts): on a chunked body, the whole chunk, straight to the TCP socket
  *   where `res.write()` would write it there too (internals.ts).
  * - `close(code)`: the end of the response. Before the head: an error status instead, 503 while
- *   the server shuts down (1001), else 500. After it: the body ends — but a slow reader (1008) has
- *   its socket destroyed, since ending would wait for it to read what is queued.
+ *   the server shuts down (1001), else 500. After it: the body ends — but a slow reader (1008 for
+ *   that reason) has its socket destroyed, since ending would wait for it to read what is queued.
  * - `terminate()`: the socket is destroyed.
  * - `ping()`, for the heartbeat: on an event stream, a comment; its "pong" is the comment reaching
  *   the kernel, so a reader stuck more than a heartbeat interval behind is terminated, as a
@@ -29,6 +29,7 @@ import type { ConnectionSocket } from './socket.js'
 import { HEARTBEAT_COMMENT, isEventStream } from '../server-sent-events.js'
 import { encodedOnce } from './shared-encoding.js'
 import { chunkedBodySocket } from '../internals.js'
+import { SLOW_READER_REASON } from './outbound.js'
 
 type Listener = (...args: never[]) => unknown
 
@@ -135,7 +136,8 @@ export class ResponseSocket implements ConnectionSocket {
       return
     }
     this.#over = true
-    if (code === 1008) this.#res.destroy()
+    // Not every 1008 is a slow reader: one over maxGroupsPerConnection can read what was sent.
+    if (code === 1008 && reason === SLOW_READER_REASON) this.#res.destroy()
     else this.#res.end()
   }
 
