@@ -241,6 +241,9 @@ async function shutdownConnections (channels: Channels): Promise<void> {
   const open = [...channels.connections]
   for (const connection of open) connection.shutdown()
   await Promise.all(open.map(c => c.finished))
+  // An ended response whose body a reader has not taken in yet: it leaves before the server
+  // closes its idle connections, which would cut it off (the closing grace bounds the wait).
+  await Promise.all(open.map(c => c.drained))
 }
 
 /**

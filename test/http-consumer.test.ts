@@ -5,6 +5,7 @@
  * response, nothing else).
  */
 import t from 'tap'
+import { connect } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
@@ -264,6 +265,41 @@ t.test('app.close() ends every stream, runs each disconnect() once, refuses new 
   await closing
   t.same(disconnects, [1, 1, 1], 'every disconnect() ran once, before close() resolved')
   t.same(inspect(app), empty)
+})
+
+t.test('app.close() with a reader behind: the rest of its stream and the end still reach it once it reads again, within the grace', async t => {
+  let sent = 0
+  let queuedAtServer = (): number => 0
+  class Feed extends AsyncHttpConsumer {
+    override async handle () {
+      const socket = this.scope.request.raw.socket
+      queuedAtServer = () => socket.writableLength
+      const pad = 'x'.repeat(16 * 1024)
+      // About 1 MiB left waiting in the server's socket: under maxBufferedBytes (4 MiB), a reader a little behind.
+      while (socket.writableLength < 1024 * 1024 && sent < 2000) {
+        await this.sendEvent({ id: ++sent, data: pad })
+        if (sent % 16 === 0) await sleep(1)
+      }
+    }
+  }
+  const { app, base } = await serve(app => app.get('/feed', Feed.asHandler()))
+  const { port } = new URL(base)
+  const reader = connect(Number(port), '127.0.0.1')
+  let body = ''
+  reader.setEncoding('latin1')
+  reader.on('data', (chunk: string) => { body += chunk })
+  const gone = new Promise(resolve => reader.once('close', resolve))
+  reader.write('GET /feed HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n')
+  reader.pause()
+  await eventually(() => queuedAtServer() >= 1024 * 1024, 10_000)
+  const closing = app.close()
+  await sleep(300)
+  reader.resume()
+  await closing
+  await gone
+  const ids = [...body.matchAll(/id: (\d+)\n/g)].map(m => Number(m[1]))
+  t.equal(ids.length, sent, `every event arrived (${ids.length} of ${sent})`)
+  t.ok(body.endsWith('0\r\n\r\n'), 'and the end of the body')
 })
 
 t.test('a stream whose handle() is still running at shutdown is answered 503', async t => {

@@ -384,6 +384,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     return this.#channelName
   }
 
+  /** Resolves once what the socket was last given has left for the peer, where the socket can tell (an HTTP response). */
+  get drained (): Promise<void> {
+    return this.#socket?.drained?.() ?? Promise.resolve()
+  }
+
   /** Beating: the heartbeat pings only an open connection. */
   get isOpen (): boolean {
     return this.#state === 'open'

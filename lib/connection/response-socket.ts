@@ -12,6 +12,9 @@
  *   the server shuts down (1001), else 500. After it: the body ends — but a slow reader (1008 for
  *   that reason) has its socket destroyed, since ending would wait for it to read what is queued.
  * - `terminate()`: the socket is destroyed.
+ * - `drained()`: an ended body still leaving for a reader behind (`readyState` 2, closing, meanwhile,
+ *   so the closing grace drops a reader that takes too long): the server's shutdown waits for it,
+ *   which would otherwise cut the body off with the idle connections it closes.
  * - `ping()`, for the heartbeat: on an event stream, a comment; its "pong" is the comment reaching
  *   the kernel, so a reader stuck more than a heartbeat interval behind is terminated, as a
  *   WebSocket peer that does not answer would be. Any other body cannot take filler: answered at
@@ -54,6 +57,8 @@ export class ResponseSocket implements ConnectionSocket {
   // The response is over: ended or closed here (the code), or closed under us.
   #over = false
   #clientGone = false
+  // Ended with body still queued for the client, until the response's 'finish' (or its socket's end).
+  #ending: Promise<void> | null = null
   #onClose: ((code: number) => void) | null = null
   #onPong: (() => void) | null = null
 
@@ -80,8 +85,15 @@ export class ResponseSocket implements ConnectionSocket {
     return this.#res.writableLength
   }
 
+  /** 2 (closing) while an ended response's body is still leaving: dropped if that takes longer than the grace. */
   get readyState (): number {
-    return this.#over ? 3 : 1
+    if (!this.#over) return 1
+    return this.#ending === null ? 3 : 2
+  }
+
+  /** Resolves once an ended response's body has left for the client (or its socket is gone). */
+  drained (): Promise<void> {
+    return this.#ending ?? settled
   }
 
   on (event: 'message' | 'pong' | 'error' | 'close', listener: Listener): this {
@@ -138,7 +150,21 @@ export class ResponseSocket implements ConnectionSocket {
     this.#over = true
     // Not every 1008 is a slow reader: one over maxGroupsPerConnection can read what was sent.
     if (code === 1008 && reason === SLOW_READER_REASON) this.#res.destroy()
-    else this.#res.end()
+    else this.#end()
+  }
+
+  #end (): void {
+    const res = this.#res
+    res.end()
+    if (res.writableFinished || res.destroyed) return
+    this.#ending = new Promise(resolve => {
+      const done = (): void => {
+        this.#ending = null
+        resolve()
+      }
+      res.once('finish', done)
+      res.once('close', done)
+    })
   }
 
   /** Answers with an error status and a JSON body as Fastify's would, before any head was sent. */
@@ -166,6 +192,8 @@ export class ResponseSocket implements ConnectionSocket {
   pause (): void {}
   resume (): void {}
 }
+
+const settled = Promise.resolve()
 
 function uncork (tcp: Socket): void {
   tcp.uncork()

@@ -15,6 +15,8 @@ export interface ConnectionSocket extends WritableSocket, Readable {
   close (code: number, reason: string): void
   terminate (): void
   ping (): void
+  /** A socket whose last bytes may still be leaving after close() (an HTTP response): resolves once they have. */
+  drained? (): Promise<void>
 }
 
 /** What a connection does with its socket's events. */
