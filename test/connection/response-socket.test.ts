@@ -6,6 +6,7 @@
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import { ResponseSocket } from '../../lib/connection/response-socket.js'
+import { SLOW_READER_REASON } from '../../lib/connection/outbound.js'
 import { openEventStream } from '../helpers/event-stream.js'
 import { eventually } from '../helpers/app.js'
 
@@ -65,7 +66,7 @@ t.test('send() before any head sends a bare 200; writeHead() keeps the hooks\' h
   await headedStream.ended
 })
 
-t.test('close codes: before the head 503 (shutdown) or 500; after it the end, or a destroyed socket for a slow reader', async t => {
+t.test('close codes: before the head 503 (shutdown) or 500; after it the end, or a destroyed socket for a slow reader only', async t => {
   const r = await responder(t)
   const shutdown = await r.open()
   shutdown.socket.close(1001, 'server shutting down')
@@ -81,9 +82,15 @@ t.test('close codes: before the head 503 (shutdown) or 500; after it the end, or
   const slow = await r.open()
   slow.socket.send('x')
   const s3 = await slow.stream
-  slow.socket.close(1008, 'slow reader')
+  slow.socket.close(1008, SLOW_READER_REASON)
   t.equal(await s3.ended, false, 'the slow reader\'s response is cut off, not ended')
   t.equal(slow.socket.readyState, 3)
+
+  const tooMany = await r.open()
+  tooMany.socket.send('x')
+  const s5 = await tooMany.stream
+  tooMany.socket.close(1008, 'too many groups')
+  t.equal(await s5.ended, true, 'another 1008 ends the response')
 
   const twice = await r.open()
   twice.socket.close(1011, 'first')
