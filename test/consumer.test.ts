@@ -47,6 +47,38 @@ t.test('connect() refuses: close() before accept and returning without accept gi
   t.equal((await app.inject({ method: 'GET', url: '/closes' })).statusCode, 404, 'a plain HTTP GET on a consumer route is 404')
 })
 
+t.test('close() in connect() refuses at once; what connect() still joins is left once it returns; accept() after it rejects; a spawned task failing before accept() is a 500', async t => {
+  let acceptAfterRefusal: unknown
+  let release!: () => void
+  const lookup = new Promise<void>(resolve => { release = resolve })
+  class GoesOn extends WebsocketConsumer {
+    override async connect () {
+      await this.close() // refused: 403 at once
+      await lookup // something connect() was already waiting for
+      await this.channelLayer.groupAdd('after-refusal', this.channelName)
+      acceptAfterRefusal = await this.accept().then(() => 'resolved', (err: unknown) => err)
+    }
+  }
+  class SpawnFails extends WebsocketConsumer {
+    override async connect () {
+      this.spawn(async () => { throw new Error('task bug') })
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+  }
+  const { app } = await buildApp({}, app => {
+    app.get('/goes-on', { websocket: true }, GoesOn.asHandler())
+    app.get('/spawn-fails', { websocket: true }, SpawnFails.asHandler())
+  })
+  t.teardown(() => app.close())
+  t.match(await new WebsocketCommunicator(app, '/goes-on').connect(), { connected: false, status: 403 }, 'the client is refused without waiting for connect()')
+  release()
+  await eventually(() => acceptAfterRefusal !== undefined)
+  t.match(acceptAfterRefusal, { code: 'FST_CHANNELS_CONNECTION_CLOSED' }, 'accept() after the refusal rejects instead of waiting for ever')
+  await eventually(() => inspect(app).memberships === 0 && inspect(app).channels === 0)
+  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'the group joined after the refusal is left too')
+  t.match(await new WebsocketCommunicator(app, '/spawn-fails').connect(), { connected: false, status: 500 }, 'the app\'s bug before accept() is a 500, as a throw in connect() is')
+})
+
 t.test('text and binary frames reach receive() as text or bytes', async t => {
   const seen: Array<[string | undefined, number[] | undefined]> = []
   class Record extends WebsocketConsumer {

@@ -24,7 +24,7 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ChannelLayer, Delivery } from '../layers/types.js'
 import { buildScope } from '../scope.js'
-import { InvalidOptionError } from '../errors.js'
+import { ConnectionClosedError, InvalidOptionError } from '../errors.js'
 import { joinedThrough, layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
@@ -51,6 +51,8 @@ interface Transitions {
 }
 
 export type { ConsumerContext, Decision, Runtime } from './runtime.js'
+
+const noop = (): void => {}
 
 export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner, SocketEvents {
   /** The subprotocol `accept()` named. */
@@ -80,6 +82,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   // accept()'s promise: the socket came (or never will); and the end, once the layer is freed.
   #opened: Occurrence | null = null
   #finished: Occurrence | null = null
+  // connect() under way: a refusal frees the layer only once it has returned.
+  #connecting: Promise<void> | null = null
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
     this.#runtime = runtime
@@ -129,6 +133,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       throw err
     }
     const connected = (async () => { await this.#consumer[kConnect]() })()
+    this.#connecting = connected
     connected.then(() => {
       // Returning without accept() refuses; after it, the queued frames may run.
       if (this.#state === 'handshake') void this.#refuse(403)
@@ -149,6 +154,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   accept (subprotocol?: string): Promise<void> {
     if (subprotocol !== undefined && typeof subprotocol !== 'string') {
       throw new InvalidOptionError('accept(subprotocol) takes a string')
+    }
+    // Refused already (close() came first): this connection will never open.
+    if (this.#state === 'ended' && this.#opened === null) {
+      return Promise.reject(new ConnectionClosedError(this.#channelName, 'accept() after the handshake was refused'))
     }
     if (this.#transition('handshake', 'accepted')) {
       this.subprotocol = subprotocol
@@ -258,13 +267,18 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   // --- the moves behind the events -------------------------------------------------------------
 
-  /** handshake → ended: a refusal; what the set-up joined is left, and a task that only sends stops at its next send(). */
+  /**
+   * handshake → ended: a refusal, answered at once. What the set-up and connect() joined is left
+   * once connect() has returned too (close() in it refuses while it still runs, and it may join a
+   * group after), and a task that only sends stops at its next send().
+   */
   async #refuse (status: number): Promise<void> {
     if (!this.#transition('handshake', 'ended')) return
     this.#outbound.shut()
     this.#scoped?.abort()
     this.#decided({ accepted: false, status })
     await this.#scoped?.settled()
+    await this.#connecting?.then(noop, noop)
     await this.#finish()
   }
 
@@ -342,7 +356,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   /** A handler or task failed: 1011 is the app's bug (counted), 1008 the client's doing. */
   #failed ([code, reason]: [number, string]): void {
     if (code === 1011) this.#counts.handlerErrors++
-    this.close(code, reason)
+    // Before accept() (a spawned task that failed in connect()): the app's bug is a 500, as a throw in connect() is.
+    if (this.#state === 'handshake') void this.#refuse(code === 1011 ? 500 : 403)
+    else this.close(code, reason)
   }
 
   /** FlowOwner: a client sending faster than `rateLimit`: closed, counted, logged; its frame is not handled. */
