@@ -2,7 +2,7 @@ import t from 'tap'
 import { WebsocketConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type Delivery, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, eventually, sleep } from './helpers/app.js'
-import { listen } from './helpers/loopback.js'
+import { listen, openClient } from './helpers/loopback.js'
 import { connect } from 'node:net'
 import { contractOnly } from './helpers/layers.js'
 
@@ -77,6 +77,43 @@ t.test('close() in connect() refuses at once; what connect() still joins is left
   await eventually(() => inspect(app).memberships === 0 && inspect(app).channels === 0)
   t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'the group joined after the refusal is left too')
   t.match(await new WebsocketCommunicator(app, '/spawn-fails').connect(), { connected: false, status: 500 }, 'the app\'s bug before accept() is a 500, as a throw in connect() is')
+})
+
+t.test('frames a client sent before it closed still reach receive() (behind a slow connect() or a busy handler), then disconnect() with its code', async t => {
+  const events: string[] = []
+  class Slow extends WebsocketConsumer {
+    override async connect () {
+      await this.accept()
+      await sleep(200)
+    }
+    override async receive (text?: string) {
+      events.push(`receive ${text ?? ''}`)
+      if (text === 'slow') await sleep(200)
+      // What the frame asked for is done; only the answer to the client cannot go any more.
+      await this.channelLayer.groupSend('audit', { type: 'audit', text: text ?? '' })
+      await this.send('done').catch((err: { code?: string }) => { events.push(`send ${err.code ?? ''}`) })
+    }
+    override async disconnect (code: number) { events.push(`disconnect ${code}`) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Slow.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const audit = await app.channelLayer.newChannel()
+  await app.channelLayer.groupAdd('audit', audit)
+  const { ws, closed } = await openClient(`${url}/ws`)
+  ws.send('slow')
+  ws.send('hello')
+  ws.send('bye')
+  await sleep(50)
+  ws.close(4000, 'tab closed')
+  await closed
+  await eventually(() => events.includes('disconnect 4000'), 5000)
+  const received = events.filter(e => e.startsWith('receive'))
+  t.same(received, ['receive slow', 'receive hello', 'receive bye'], 'every frame, in order')
+  t.equal(events.at(-1), 'disconnect 4000', 'disconnect() after them, with the client\'s code')
+  const audited: unknown[] = []
+  for (let i = 0; i < 3; i++) audited.push((await app.channelLayer.receive(audit, { signal: AbortSignal.timeout(2000) })).text)
+  t.same(audited, ['slow', 'hello', 'bye'], 'what each frame asked for was done')
 })
 
 t.test('text and binary frames reach receive() as text or bytes', async t => {

@@ -84,6 +84,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #finished: Occurrence | null = null
   // connect() under way: a refusal frees the layer only once it has returned.
   #connecting: Promise<void> | null = null
+  // Closed by the peer: the frames it sent before its close are still handed to receive().
+  #peerClosed = false
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
     this.#runtime = runtime
@@ -226,7 +228,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#beginClosing('open', code)
   }
 
+  /** SocketEvents: the peer closed, or its connection is gone: the frames it sent before still run. */
   closed (code: number): void {
+    if (this.#state === 'open') this.#peerClosed = true
     this.#beginClosing('open', code)
   }
 
@@ -334,7 +338,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   /** TaskRunner: only End runs once the connection is closing. */
   runTask (task: Task, info: Delivery | undefined): PromiseLike<unknown> | undefined {
     if (task instanceof End) return this.#end(task.code)
-    if (this.#state !== 'open') return undefined
+    // Once closing, only what the client sent before it closed runs (as in Channels, where its
+    // frames come before its disconnect): its send() rejects, a layer message waits no more.
+    if (this.#state !== 'open' && !(this.#peerClosed && this.#state === 'closing' && task instanceof ClientFrame)) return undefined
     try {
       return callConsumer(this.#consumer, task, info, this)
     } catch (err) {
