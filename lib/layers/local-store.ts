@@ -197,7 +197,9 @@ export class LocalStore {
     let mailbox = this.#mailboxes.get(channel)
     if (mailbox !== undefined) {
       this.#settings.counts.expired += mailbox.dropExpired(performance.now())
-      const received = mailbox.shift()
+      let received = mailbox.shift()
+      // A skip marker left by a listener that has closed: for a consumer only, never a receiver's.
+      while (received !== undefined && received.message === SKIPPED) received = mailbox.shift()
       if (received !== undefined) {
         mailbox.releaseIfIdle()
         this.#settings.counts.deliveries++

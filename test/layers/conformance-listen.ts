@@ -212,6 +212,20 @@ export function conformanceListen (
     t.same(toRecovering.got.map(m => m.text), ['first', 'second'], 'the recovering joiner gets the first once, then the second')
   })
 
+  test('messages a closed listener left behind go to receive(), without the marker of those skipped for it', async t => {
+    const group = unique('left-behind')
+    const layer = await listening(t, { capacity: 1, groups: { [group]: { history: { size: 10, ttl: 60 } } } })
+    const channel = await layer.newChannel()
+    const listener = layer.listen(channel, { accepting: false, push () {}, layerClosed () {} })
+    await layer.groupAdd(group, channel)
+    // The first waits in the channel (capacity 1), the second is skipped for it.
+    await layer.groupSend(group, { type: 'kept', n: 1 })
+    await layer.groupSend(group, { type: 'kept', n: 2 })
+    listener?.close()
+    t.same(await next(layer, channel), { type: 'kept', n: 1 })
+    await h.nothing(t, layer, channel)
+  })
+
   if (!shared) return
 
   test('a listener is reached from another instance, directly and through a group', async t => {
