@@ -57,14 +57,21 @@ export function checkActions (name: string, actions: unknown, proto: object): vo
 type Validate = ((data: unknown) => unknown) & { errors?: unknown }
 
 /**
- * Checks `args` against the action's schema; resolves with the arguments the method gets (a
- * compiler may coerce or fill in defaults, as for a body), or throws InvalidArgsError.
+ * Checks `args` against the action's schema; gives the arguments the method gets (a compiler may
+ * coerce or fill in defaults, as for a body), or throws InvalidArgsError. A schema with `$async`
+ * validates in a promise: then a promise of the same, rejected with InvalidArgsError.
  */
 export function validateArgs (request: FastifyRequest, action: string, spec: ActionSpec, args: unknown): unknown {
   if (spec.schema === undefined) return args
   const validate = request.compileValidationSchema(spec.schema, 'body') as Validate
   const result = validate(args)
   if (result === true) return args
+  if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
+    // Ajv's async validation: resolves with the data, rejects with a ValidationError's `errors`.
+    return Promise.resolve(result).then(value => value === undefined ? args : value, (err: unknown) => {
+      throw new InvalidArgsError(action, describe((err as { errors?: unknown } | null)?.errors ?? err))
+    })
+  }
   const failure = result === false ? validate.errors : (result as { error?: unknown, value?: unknown } | undefined)?.error
   if (failure === undefined || failure === null) {
     const value = (result as { value?: unknown } | undefined)?.value

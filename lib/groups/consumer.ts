@@ -174,7 +174,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     if (spec === undefined) return await this.#replyError(id, new UnknownActionError(show(action)), 'info')
     let result: unknown
     try {
-      const checked = validateArgs(this.scope.request, action, spec, args)
+      const checked = await validateArgs(this.scope.request, action, spec, args)
       result = await (this as unknown as Record<string, (args: unknown) => unknown>)[action](checked)
     } catch (err) {
       const { body, exposed } = errorBody(err, action)

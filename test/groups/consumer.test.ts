@@ -128,6 +128,36 @@ class Strict extends GroupsConsumer {
   async say (args: { text: string }): Promise<unknown> { return args }
 }
 
+t.test('an $async schema (Fastify\'s default compiler): bad arguments get FST_CHANNELS_INVALID_ARGS, the method runs only on good ones', async t => {
+  const ran: unknown[] = []
+  class Renames extends GroupsConsumer {
+    static override actions = {
+      rename: { schema: { $async: true, type: 'object', required: ['name'], properties: { name: { type: 'string', maxLength: 5 } } } }
+    }
+
+    async rename (args: { name: string }): Promise<string> {
+      ran.push(args)
+      return `renamed to ${args.name}`
+    }
+  }
+  const unhandled: unknown[] = []
+  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+  const app = await roomsApp({}, app => app.get('/ws/renames', { websocket: true }, Renames.asHandler()))
+  t.teardown(() => app.app.close())
+  const c = await rawProtocolClient(app.url.replace('/ws/rooms', '/ws/renames'))
+  t.teardown(() => { c.ws.terminate() })
+  c.send({ op: 'call', id: 1, action: 'rename', args: { name: 12345678 } })
+  t.match(await c.next(), { op: 'reply', id: 1, error: { code: 'FST_CHANNELS_INVALID_ARGS', message: /args\/name must NOT have more than 5 characters/ } })
+  c.send({ op: 'call', id: 2, action: 'rename', args: {} })
+  t.match(await c.next(), { op: 'reply', id: 2, error: { code: 'FST_CHANNELS_INVALID_ARGS', message: /must have required property 'name'/ } })
+  c.send({ op: 'call', id: 3, action: 'rename', args: { name: 'ok' } })
+  t.same(await c.next(), { op: 'reply', id: 3, result: 'renamed to ok' })
+  t.same(ran, [{ name: 'ok' }], 'the method ran for the good call only')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
 t.test('a bad static actions fails when the route is declared', async t => {
   class NotAMethod extends GroupsConsumer { static override actions = { missing: {} } }
   class Reserved extends GroupsConsumer { static override actions = { close: {} } }
