@@ -16,7 +16,7 @@ import { kSkipped } from '../connection/tasks.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
-import { readFrame, echo, show } from './frames.js'
+import { readFrame, echo, isCallId, show } from './frames.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
 
 export type GroupsConsumerClass = (new () => GroupsConsumer) & { actions: ActionTable }
@@ -47,6 +47,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   /** Per joined group with history: the position of the last message the client was sent or has. */
   readonly #positions = new Map<string, StreamPosition>()
   #frameBytes = 0
+  #frameText: string | undefined = undefined
   #strikes = 0
   #strikeAt = 0
 
@@ -79,7 +80,12 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
 
   override async receive (text: string | undefined, bytes: Buffer | undefined): Promise<void> {
     this.#frameBytes = text === undefined ? 0 : Buffer.byteLength(text)
-    await super.receive(text, bytes)
+    this.#frameText = text
+    try {
+      await super.receive(text, bytes)
+    } finally {
+      this.#frameText = undefined
+    }
   }
 
   /** One protocol frame. */
@@ -94,7 +100,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   }
 
   override async [kRefuseFrame] (reason: string): Promise<void> {
-    await this.#protocolError(new BadFrameError(reason), {})
+    await this.#protocolError(new BadFrameError(reason), { id: callIdIn(this.#frameText) })
   }
 
   // --- join and leave ---------------------------------------------------------------------------
@@ -306,6 +312,20 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
 }
 
 reserveNames(GroupsConsumer.prototype, ['maxJoins', 'maxArgsBytes', 'maxProtocolErrors'])
+
+/**
+ * The id of a call frame the safe decoder refused (too deep, a prototype key): read with a plain
+ * parse, so that the call is answered with a reply its client waits for, not a bare error.
+ */
+function callIdIn (text: string | undefined): CallId | undefined {
+  if (text === undefined) return undefined
+  try {
+    const frame = JSON.parse(text) as { op?: unknown, id?: unknown } | null
+    return frame?.op === 'call' && isCallId(frame.id) ? frame.id : undefined
+  } catch {
+    return undefined
+  }
+}
 
 function coded (err: unknown, fallback: Coded): Coded {
   return err instanceof Error && typeof (err as Partial<Coded>).code === 'string' ? err as Coded : fallback

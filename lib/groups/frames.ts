@@ -55,7 +55,7 @@ function refuse (message: string, about: { group?: string, id?: CallId } = {}): 
   return { op: 'refused', error: new BadFrameError(message), ...about }
 }
 
-function isCallId (id: unknown): id is CallId {
+export function isCallId (id: unknown): id is CallId {
   if (typeof id === 'string') return id.length > 0 && id.length <= MAX_ID_LENGTH
   return Number.isSafeInteger(id) && (id as number) >= 0
 }

@@ -34,7 +34,10 @@ async function answer (c: RawProtocolClient, frame: unknown): Promise<Record<str
 const badFrames: Array<[string, unknown, Record<string, unknown>]> = [
   ['malformed JSON', '{"op": "join", ', { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /^invalid JSON: / }],
   ['JSON nested deeper than 32', '['.repeat(33) + ']'.repeat(33), { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /nested deeper than 32/ }],
-  ['a __proto__ key', '{"op":"call","id":1,"action":"echo","args":{"__proto__":{"admin":true}}}', { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /prototype/ }],
+  // A call the safe decoder refuses is still answered by a reply, which its client waits for.
+  ['a call with a __proto__ key', '{"op":"call","id":1,"action":"echo","args":{"__proto__":{"admin":true}}}', { op: 'reply', id: 1, error: { code: 'FST_CHANNELS_BAD_FRAME', message: /prototype/ } }],
+  ['a call with arguments nested deeper than 32', `{"op":"call","id":"deep","action":"echo","args":${'['.repeat(40)}${']'.repeat(40)}}`, { op: 'reply', id: 'deep', error: { code: 'FST_CHANNELS_BAD_FRAME', message: /nested deeper than 32/ } }],
+  ['a join with a __proto__ key', '{"op":"join","group":"room.a","__proto__":{"admin":true}}', { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /prototype/ }],
   ['an array', [{ op: 'join', group: 'room.a' }], { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /JSON object/ }],
   ['a string', '"join"', { op: 'error', code: 'FST_CHANNELS_BAD_FRAME' }],
   ['null', 'null', { op: 'error', code: 'FST_CHANNELS_BAD_FRAME' }],
