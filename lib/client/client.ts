@@ -384,10 +384,13 @@ function fullJitter (attempt: number, min: number, max: number): number {
   return Math.random() * Math.min(max, min * 2 ** Math.min(attempt - 1, 30))
 }
 
+// The longest wait a timer takes: a longer one fires at once.
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 function positive (value: number | undefined, fallback: number, name: string): number {
   if (value === undefined) return fallback
-  if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
-    throw new ChannelsClientError(INVALID_OPTION, `${name} must be a positive number of milliseconds`)
+  if (typeof value !== 'number' || !(value > 0) || !(value <= MAX_TIMER_MS)) {
+    throw new ChannelsClientError(INVALID_OPTION, `${name} must be a positive number of milliseconds, at most ${MAX_TIMER_MS}`)
   }
   return value
 }

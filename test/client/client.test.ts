@@ -80,7 +80,8 @@ t.test('calls and joins that fail reject with a stable code', async t => {
   t.match(await rejection((c as unknown as ChannelsClient).call('missing', {})), { code: 'FST_CHANNELS_UNKNOWN_ACTION' })
   t.match(await rejection(c.call('wait', { ms: 300 }, { timeout: 50 })), { code: 'FST_CHANNELS_CALL_TIMEOUT', message: 'no reply to "wait" within 50 ms' })
   t.match(await rejection(c.call('echo', { n: 1n } as unknown as undefined)), { code: 'FST_CHANNELS_INVALID_ARGS' }, 'arguments that are not JSON never leave')
-  for (const timeout of [0, -5, Number.NaN, Infinity]) {
+  // 2^31 ms and more: a timer would fire at once.
+  for (const timeout of [0, -5, Number.NaN, Infinity, 2 ** 31]) {
     t.match(await rejection(c.call('echo', undefined, { timeout })), { code: 'FST_CHANNELS_INVALID_OPTION', message: /timeout must be a positive number/ },
       `a call with timeout ${timeout} rejects (it does not throw)`)
   }
@@ -102,6 +103,7 @@ t.test('calls and joins that fail reject with a stable code', async t => {
   t.same(errors, [], 'a join refused the first time rejects ready; error() is for later refusals')
   t.throws(() => new ChannelsClient('/ws/rooms', { WebSocket }), { code: 'FST_CHANNELS_INVALID_OPTION' }, 'a relative URL outside a browser')
   t.throws(() => new ChannelsClient(server.url, { WebSocket, callTimeout: -1 }), { code: 'FST_CHANNELS_INVALID_OPTION' })
+  t.throws(() => new ChannelsClient(server.url, { WebSocket, connectTimeout: 2 ** 31 }), { code: 'FST_CHANNELS_INVALID_OPTION', message: /at most 2147483647/ })
   t.throws(() => new ChannelsClient(server.url, { WebSocket, protocols: ['not a token'] }), { code: 'FST_CHANNELS_INVALID_OPTION', message: /new WebSocket\(\) refused/ },
     'what the WebSocket constructor refuses is thrown to the caller, not retried')
   const global = globalThis as { WebSocket?: unknown }
