@@ -200,8 +200,11 @@ async function portFree (port: number): Promise<boolean> {
 export interface StallingProxy {
   /** `redis://` URL of the proxy. */
   url: string
-  /** Holds everything Redis sends back, on every connection, as a Redis too slow to answer would. */
-  stall (): void
+  /**
+   * Holds everything Redis sends back, as a Redis too slow to answer would: on every connection,
+   * or only on those that subscribed (a layer's pub/sub), so that its messages come late.
+   */
+  stall (only?: 'subscribers'): void
   /** Sends what was held, in order, and forwards again. */
   resume (): void
 }
@@ -210,6 +213,8 @@ export interface StallingProxy {
 export async function stallingProxy (t: Test, url = REDIS_URL): Promise<StallingProxy> {
   const target = new URL(url)
   let stalled = false
+  let subscribersOnly = false
+  const subscribers = new WeakSet<Socket>()
   const held: Array<[Socket, Buffer]> = []
   const sockets = new Set<Socket>()
   const server = createServer(client => {
@@ -219,9 +224,12 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
       socket.on('error', () => {})
       socket.on('close', () => { sockets.delete(socket); client.destroy(); upstream.destroy() })
     }
-    client.on('data', chunk => { upstream.write(chunk) })
+    client.on('data', (chunk: Buffer) => {
+      if (/subscribe/i.test(chunk.toString('latin1'))) subscribers.add(client)
+      upstream.write(chunk)
+    })
     upstream.on('data', chunk => {
-      if (stalled) held.push([client, chunk])
+      if (stalled && (!subscribersOnly || subscribers.has(client))) held.push([client, chunk])
       else client.write(chunk)
     })
   })
@@ -233,7 +241,10 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
   const { port } = server.address() as AddressInfo
   return {
     url: `redis://127.0.0.1:${port}`,
-    stall () { stalled = true },
+    stall (only) {
+      stalled = true
+      subscribersOnly = only === 'subscribers'
+    },
     resume () {
       stalled = false
       for (const [client, chunk] of held.splice(0)) if (!client.destroyed) client.write(chunk)

@@ -253,3 +253,36 @@ t.test('a named channel\'s pop that Redis answers after its deadline: the messag
   await t.rejects(receiveWithin(direct, 'late-jobs', 300), 'and nothing more')
   t.same(unhandled, [], 'no unhandled rejection')
 })
+
+t.test('live copies that come after a join\'s catch-up are not given to it twice, also when a presence announcement comes between them', async t => {
+  if (!await requireRedis(t)) return
+  const proxy = await stallingProxy(t)
+  const prefix = uniquePrefix('fc-floor')
+  const groups = { 'room*': { history: { size: 100, ttl: 60 }, presenceEvents: true } }
+  const late = new RedisChannelLayer({ url: proxy.url, prefix, groups })
+  const sender = new RedisChannelLayer({ url: REDIS_URL, prefix, groups })
+  t.teardown(async () => { await Promise.all([late.close(), sender.close()]) })
+  // The late process is in the group already (its pub/sub subscribed) through another member.
+  const { position } = await late.groupAdd('room', await late.newChannel())
+  const epoch = position?.epoch as string
+
+  // Its pub/sub falls behind: the group's messages and an announcement reach it only later.
+  proxy.stall('subscribers')
+  await sender.groupSend('room', { type: 'line', n: 1 })
+  await sender.groupAdd('room', await sender.newChannel(), { presence: { name: 'Ada' } })
+  await sender.groupSend('room', { type: 'line', n: 2 })
+  // A member joins there meanwhile, recovering from the start: its catch-up reads both lines.
+  const joiner = await late.newChannel()
+  const join = await late.groupAdd('room', joiner, { since: { offset: 0, epoch } })
+  t.match(join, { position: { offset: 2 }, recovered: true })
+  proxy.resume()
+  await sender.groupSend('room', { type: 'line', n: 3 })
+
+  const lines: unknown[] = []
+  for (;;) {
+    const message = await receiveWithin(late, joiner, 1000).catch(() => undefined)
+    if (message === undefined) break
+    if (message.type === 'line') lines.push(message.n)
+  }
+  t.same(lines, [1, 2, 3], 'each line once, in order')
+})

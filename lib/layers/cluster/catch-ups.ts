@@ -61,8 +61,10 @@ export class CatchUps {
     const floors = this.#floors.get(group)
     if (floors === undefined) return undefined
     let skip: Set<string> | undefined
+    // A presence announcement takes no offset: it says nothing of where the stream is.
+    if (info.offset === undefined) return undefined
     for (const [channel, floor] of floors) {
-      if (info.epoch !== floor.epoch || info.offset === undefined) {
+      if (info.epoch !== floor.epoch) {
         floors.delete(channel)
         continue
       }
