@@ -237,9 +237,12 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     this.#requests.close()
     const records = this.#memberships.records()
     this.store.close()
-    // Best effort, and only when the backend is there: the records would expire with their lease anyway.
+    // Best effort, and only when the backend is there: the records would expire with their lease
+    // anyway. The presence entries they take along are announced gone, as at any other leave.
     if (records.length > 0 && this.transport.up) {
-      const removals = Promise.all(records.map(([group, channels]) => this.transport.removeMembers(group, channels, 'close')))
+      const removals = Promise.all(records.map(async ([group, channels]) => {
+        await this.#memberships.announceGone(group, await this.transport.removeMembers(group, channels, 'close'))
+      }))
       await withTimeout(removals, Math.min(this.transport.timeout, 1000), 'close').catch(() => {})
     }
     await this.transport.close()

@@ -312,6 +312,23 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     t.same(await b.presence(group), [], 'the channel\'s end takes it')
   })
 
+  // Another process: on a layer of one process, closing it ends every member there at once.
+  if (shared) {
+    test('a process that closes its layer: its members\' presence entries go, announced as leaves', async t => {
+      const a = await open(t, withPolicy())
+      const b = await other(t, a)
+      const group = unique('both.closing')
+      const watcher = await a.newChannel()
+      await a.groupAdd(group, watcher)
+      const member = await b.newChannel()
+      await b.groupAdd(group, member, { presence: { name: 'Bob' } })
+      t.same(await delivery(a, watcher), { message: { type: 'presence.join', channel: member, info: { name: 'Bob' } }, info: { group } })
+      await b.close()
+      t.same(await a.presence(group), [], 'the entry is gone')
+      t.same(await delivery(a, watcher), { message: { type: 'presence.leave', channel: member, info: { name: 'Bob' } }, info: { group } }, 'and announced gone')
+    })
+  }
+
   test('presence events announce joins and leaves, without offsets, kept out of history', async t => {
     const a = await open(t, withPolicy())
     const b = await other(t, a)
