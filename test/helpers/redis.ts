@@ -202,9 +202,10 @@ export interface StallingProxy {
   url: string
   /**
    * Holds everything Redis sends back, as a Redis too slow to answer would: on every connection,
-   * or only on those that subscribed (a layer's pub/sub), so that its messages come late.
+   * only on those that subscribed (a layer's pub/sub: its messages come late), or only on the
+   * others (answers to commands come late, pub/sub messages on time).
    */
-  stall (only?: 'subscribers'): void
+  stall (only?: 'subscribers' | 'commands'): void
   /** Sends what was held, in order, and forwards again. */
   resume (): void
 }
@@ -213,7 +214,7 @@ export interface StallingProxy {
 export async function stallingProxy (t: Test, url = REDIS_URL): Promise<StallingProxy> {
   const target = new URL(url)
   let stalled = false
-  let subscribersOnly = false
+  let only: 'subscribers' | 'commands' | undefined
   const subscribers = new WeakSet<Socket>()
   const held: Array<[Socket, Buffer]> = []
   const sockets = new Set<Socket>()
@@ -229,7 +230,8 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
       upstream.write(chunk)
     })
     upstream.on('data', chunk => {
-      if (stalled && (!subscribersOnly || subscribers.has(client))) held.push([client, chunk])
+      const holds = stalled && (only === undefined || (only === 'subscribers') === subscribers.has(client))
+      if (holds) held.push([client, chunk])
       else client.write(chunk)
     })
   })
@@ -241,9 +243,9 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
   const { port } = server.address() as AddressInfo
   return {
     url: `redis://127.0.0.1:${port}`,
-    stall (only) {
+    stall (which) {
       stalled = true
-      subscribersOnly = only === 'subscribers'
+      only = which
     },
     resume () {
       stalled = false

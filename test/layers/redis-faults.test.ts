@@ -286,3 +286,33 @@ t.test('live copies that come after a join\'s catch-up are not given to it twice
   }
   t.same(lines, [1, 2, 3], 'each line once, in order')
 })
+
+t.test('a plain groupAdd while a join with presence of the same channel is under way: each message once', async t => {
+  if (!await requireRedis(t)) return
+  const proxy = await stallingProxy(t)
+  const prefix = uniquePrefix('fc-mixed-join')
+  const slow = new RedisChannelLayer({ url: proxy.url, prefix })
+  const sender = new RedisChannelLayer({ url: REDIS_URL, prefix })
+  t.teardown(async () => { await Promise.all([slow.close(), sender.close()]) })
+  await slow.groupAdd('mixed', await slow.newChannel()) // subscribed to the group already
+  const channel = await slow.newChannel()
+
+  // Both joins wait on Redis while the group's messages come in.
+  proxy.stall('commands')
+  const joins = Promise.all([slow.groupAdd('mixed', channel, { presence: { name: 'Ada' } }), slow.groupAdd('mixed', channel)])
+  await sleep(50)
+  for (const n of [1, 2, 3]) await sender.groupSend('mixed', { type: 'line', n })
+  await sleep(50)
+  proxy.resume()
+  await joins
+  await sender.groupSend('mixed', { type: 'line', n: 4 })
+
+  const lines: unknown[] = []
+  for (;;) {
+    const message = await receiveWithin(slow, channel, 1000).catch(() => undefined)
+    if (message === undefined) break
+    lines.push(message.n)
+  }
+  t.same(lines.filter((n, i) => lines.indexOf(n) !== i), [], `no message twice (got ${JSON.stringify(lines)})`)
+  t.equal(lines.at(-1), 4, 'and the one sent after the joins')
+})

@@ -88,17 +88,20 @@ export class Memberships {
 
   /** Joins `channel` to `group`; see the file comment for joins with presence or history. */
   async add (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
-    if (policy?.history === undefined && join.presence === undefined) {
+    const key = `${group}\n${channel}`
+    const before = this.#recording.get(key)
+    const plain = policy?.history === undefined && join.presence === undefined
+    if (plain && before === undefined) {
       await this.#addPlain(group, channel)
       return NO_JOIN
     }
     // One at a time per membership: two joins under way at once would each hold back and replay
-    // what the channel missed (twice), or the later one's held messages would be lost.
-    const key = `${group}\n${channel}`
-    const before = this.#recording.get(key)
-    const mine = before === undefined
-      ? this.#addRecorded(group, channel, join, policy)
-      : before.then(settled, settled).then(async () => await this.#addRecorded(group, channel, join, policy))
+    // what the channel missed (twice), or the later one's held messages would be lost; a plain
+    // join made member meanwhile would get live what the other then hands over again.
+    const run = plain
+      ? async () => { await this.#addPlain(group, channel); return NO_JOIN }
+      : async () => await this.#addRecorded(group, channel, join, policy)
+    const mine = before === undefined ? run() : before.then(settled, settled).then(run)
     this.#recording.set(key, mine)
     try {
       return await mine
