@@ -234,10 +234,26 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     return this.#forwardOne(group, message, info)
   }
 
+  /**
+   * A forward() that fails drops that message only, logged at error: closing the connection would
+   * have its client re-join from the same position, get the same message, and fail again.
+   */
   #forwardOne (group: string, message: LayerMessage, info: Delivery): Promise<void> | undefined {
-    const data = this.forward(message, info)
-    if (data instanceof Promise) return data.then(async reshaped => { await this.#message(group, info, reshaped) })
+    let data: unknown
+    try {
+      data = this.forward(message, info)
+    } catch (err) {
+      this.#forwardFailed(err, group, info)
+      return undefined
+    }
+    if (data instanceof Promise) {
+      return data.then(async reshaped => { await this.#message(group, info, reshaped) }, (err: unknown) => { this.#forwardFailed(err, group, info) })
+    }
     return this.#message(group, info, data)
+  }
+
+  #forwardFailed (err: unknown, group: string, info: Delivery): void {
+    this.log.error({ err, group, offset: info.offset, channel: this.channelName }, 'forward() failed; the message is not sent to this client')
   }
 
   /** The layer skipped messages of a group for this channel, up to `info`: fetched from the history. */

@@ -66,6 +66,20 @@ t.test('join, messages with their positions, presence, leave', async t => {
   t.same(await layer.presence('room.lobby'), [], 'and her presence entry is gone')
 })
 
+t.test('a forward() that throws or rejects drops that message only, logged; the client goes on with the next', async t => {
+  const ada = await client(t, 'Ada')
+  ada.send({ op: 'join', group: 'room.poisoned' })
+  await ada.until(f => f.op === 'joined')
+  const layer = server.app.channelLayer
+  await layer.groupSend('room.poisoned', { type: 'room.poison' })
+  await layer.groupSend('room.poisoned', { type: 'room.poison.async' })
+  await layer.groupSend('room.poisoned', { type: 'room.message', text: 'after' })
+  const got = withoutPresence(await ada.until(f => f.op === 'message'))
+  t.match(got, [{ op: 'message', offset: 3, data: { text: 'after' } }], 'the next message arrives')
+  t.equal(ada.ws.readyState, ada.ws.OPEN, 'the connection stays open')
+  t.equal(server.logs.filter(l => l.msg === 'forward() failed; the message is not sent to this client' && l.level === 50).length, 2, 'each failure logged at error')
+})
+
 t.test('a join with since recovers what was missed, before anything newer; a stale since is not recovered', async t => {
   const layer = server.app.channelLayer
   const first = await client(t, 'Ada')

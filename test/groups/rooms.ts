@@ -36,6 +36,8 @@ export class Rooms extends GroupsConsumer {
 
   override forward (message: LayerMessage, info: Delivery): unknown {
     if (message.type === 'room.secret') return undefined
+    if (message.type === 'room.poison') throw new Error('forward() bug')
+    if (message.type === 'room.poison.async') return Promise.reject(new Error('async forward() bug'))
     if (message.type === 'room.shout') return { text: String(message.text).toUpperCase() }
     return message
   }
