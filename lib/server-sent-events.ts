@@ -25,8 +25,11 @@ export const EVENT_STREAM_HEADERS = {
   'x-accel-buffering': 'no'
 } as const
 
-/** A comment line: readers ignore it, proxies see traffic. */
-export const HEARTBEAT_COMMENT = ':\n\n'
+/**
+ * A comment line: readers ignore it, proxies see traffic. No blank line after it: that would end
+ * an event an app writes in pieces (sendBody with `more`) between two of them.
+ */
+export const HEARTBEAT_COMMENT = ':\n'
 
 const LINE_BREAK = /\r\n|\r|\n/
 

@@ -36,6 +36,25 @@ t.test('heartbeat: an idle event stream gets a comment every interval; a JSON bo
   json.close()
 })
 
+t.test('heartbeat: a comment between the pieces of an event an app writes itself does not end that event', async t => {
+  class Pieces extends AsyncHttpConsumer {
+    override async handle () {
+      await this.sendHeaders({ headers: { 'content-type': 'text/event-stream' } })
+      await this.sendBody('data: first half\n', { more: true })
+      await sleep(350) // heartbeats come meanwhile
+      await this.sendBody('data: second half\n\n', { more: true })
+    }
+  }
+  const { app } = await buildApp({ heartbeatInterval: 100 }, app => app.get('/pieces', Pieces.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const stream = await openEventStream(`${url.replace('ws://', 'http://')}/pieces`)
+  await stream.waitForEvents(1)
+  t.ok(stream.comments >= 2, 'heartbeats came between the pieces')
+  t.same(stream.events.map(e => e.data), ['first half\nsecond half'], 'one event, whole')
+  stream.close()
+})
+
 t.test('maxBufferedBytes: a reader that stops reading is cut off; disconnect() once; the others keep receiving', async t => {
   const disconnects: string[] = []
   class Firehose extends AsyncHttpConsumer {

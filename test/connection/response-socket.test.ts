@@ -110,7 +110,7 @@ t.test('the heartbeat: a comment on an event stream, its pong once written; any 
   await eventually(() => pongs === 1)
   const stream = await sse.stream
   await eventually(() => stream.comments === 1)
-  t.equal(stream.body(), ':\n\n')
+  t.equal(stream.body(), ':\n')
   t.same(stream.events, [], 'a comment is no event')
   sse.socket.close(1000, '')
 
