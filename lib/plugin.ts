@@ -13,7 +13,7 @@ import type { WebSocket, WebSocketServer } from 'ws'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
 import { canAttachLogger, type ChannelLayer } from './layers/types.js'
 import { Connection, type Runtime } from './connection/connection.js'
-import { bindToRequest, connectionOf } from './connection/binding.js'
+import { bindToRequest, connectionOf, noteHandshake } from './connection/binding.js'
 import { ResponseSocket } from './connection/response-socket.js'
 import { startHeartbeat } from './connection/heartbeat.js'
 import { ConnectionSet } from './connection/connection-set.js'
@@ -26,7 +26,7 @@ import { checkOptions, DEFAULTS, type FastifyChannelsOptions } from './options.j
 import { Counts, registerMetrics } from './metrics.js'
 import { createUpgradeGuard } from './origin.js'
 import { checkWorker, runWorker, type ChannelConsumerClass, type RunningWorker } from './worker.js'
-import { addOnRouteHookFirst, closeClientsAsGoingAway, decideSubprotocols, endUpgradesWhileClosing, setMaxPayload } from './internals.js'
+import { addOnRouteHookFirst, closeClientsAsGoingAway, decideSubprotocols, endUpgradesWhileClosing, injectionMarker, setMaxPayload } from './internals.js'
 
 export type { FastifyChannelsOptions } from './options.js'
 
@@ -120,6 +120,7 @@ function handshakeHook (channels: Channels, Consumer: ConsumerClass, ownsWebsock
     }
     const consumer = new Consumer()
     const connection = new Connection(channels, request, consumer)
+    noteHandshake(injectionMarker(request.raw), connection)
     let decision
     try {
       decision = await connection.handshake(ctx => consumer[kInit](ctx))

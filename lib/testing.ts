@@ -5,7 +5,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
 import type { Connection } from './connection/connection.js'
-import { connectionOf } from './connection/binding.js'
+import { connectionOfInjection } from './connection/binding.js'
 import { toBuffer } from './connection/socket.js'
 import { injectionMarker, markedUpgradeContext, refusedHandshakeStatus } from './internals.js'
 
@@ -54,7 +54,6 @@ export class WebsocketCommunicator {
     let subprotocol: string | null = null
     const onHeaders = (headers: string[], req: object): void => {
       if (injectionMarker(req) !== tag) return
-      this.#connection = connectionOf(req)
       const line = headers.find(h => h.toLowerCase().startsWith('sec-websocket-protocol:'))
       if (line !== undefined) subprotocol = line.slice(line.indexOf(':') + 1).trim()
     }
@@ -70,25 +69,34 @@ export class WebsocketCommunicator {
     if (this.options.subprotocols !== undefined && this.options.subprotocols.length > 0) {
       headers['sec-websocket-protocol'] = this.options.subprotocols.join(', ')
     }
+    const injected = this.app.injectWS(this.path, markedUpgradeContext(headers, tag), {
+      onInit: (ws) => {
+        // injectWS builds its client without ws' defaults, so it would not answer pings as every browser does.
+        ws.on('ping', (data: Buffer) => ws.pong(data))
+        ws.on('message', (data: RawData, binary: boolean) => this.#push(binary ? toBuffer(data) : toBuffer(data).toString('utf8')))
+        ws.on('close', (code: number, reason: Buffer) => this.#onClose(code, reason.toString('utf8')))
+      }
+    })
     try {
-      const ws = await withTimeout(
-        this.app.injectWS(this.path, markedUpgradeContext(headers, tag), {
-          onInit: (ws) => {
-            // injectWS builds its client without ws' defaults, so it would not answer pings as every browser does.
-            ws.on('ping', (data: Buffer) => ws.pong(data))
-            ws.on('message', (data: RawData, binary: boolean) => this.#push(binary ? toBuffer(data) : toBuffer(data).toString('utf8')))
-            ws.on('close', (code: number, reason: Buffer) => this.#onClose(code, reason.toString('utf8')))
-          }
-        }),
-        timeout, `connect to ${this.path}`)
+      const ws = await withTimeout(injected, timeout, `connect to ${this.path}`)
       this.#ws = ws
       return { connected: true, subprotocol, status: 101 }
     } catch (err) {
       const status = refusedHandshakeStatus(err)
-      if (status === undefined) throw err
-      this.#onClose(1006, 'handshake refused')
-      return { connected: false, subprotocol: null, status }
+      if (status !== undefined) {
+        this.#onClose(1006, 'handshake refused')
+        return { connected: false, subprotocol: null, status }
+      }
+      if (err instanceof ConnectTimeoutError) {
+        // As Channels cancels the application: this communicator is done, and a consumer that
+        // accepts after all is closed at once, so that disconnect() can wait for its end.
+        this.#onClose(1006, 'connect() timed out')
+        injected.then(ws => { ws.close(1000, 'the communicator gave up waiting') }, () => {})
+      }
+      throw err
     } finally {
+      // The connection the handshake made, accepted or refused: disconnect() waits for its end.
+      this.#connection = connectionOfInjection(tag)
       wss.off('headers', onHeaders)
       wss.off('connection', onConnection)
     }
@@ -130,11 +138,14 @@ export class WebsocketCommunicator {
     return JSON.parse(frame) as T
   }
 
-  /** True when no frame arrives within `timeout` ms (frames already received count). */
+  /**
+   * True when nothing arrives within `timeout` ms: no frame, and no close (as in Channels, where
+   * the close is in the output queue too). Frames and a close already received count.
+   */
   async receiveNothing (timeout = 100): Promise<boolean> {
-    if (this.#inbox.length > 0) return false
+    if (this.#inbox.length > 0 || this.#closeEvent !== null) return false
     await new Promise(resolve => setTimeout(resolve, timeout))
-    return this.#inbox.length === 0
+    return this.#inbox.length === 0 && this.#closeEvent === null
   }
 
   /** Closes from the client side and waits until the consumer's `disconnect()` has finished. */
@@ -177,10 +188,12 @@ export class WebsocketCommunicator {
   }
 }
 
+class ConnectTimeoutError extends Error {}
+
 async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
+    timer = setTimeout(() => reject(new ConnectTimeoutError(`timed out after ${ms} ms waiting for ${what}`)), ms)
   })
   try {
     return await Promise.race([promise, timeout])

@@ -6,6 +6,9 @@
 import type { Connection } from './connection.js'
 
 const byRequest = new WeakMap<object, Connection>()
+// The test kit's handshakes (marked, internals.ts) → their connection, from its start: a refused
+// one is never bound to its request, and the kit still waits for it to finish.
+const byInjection = new WeakMap<object, Connection>()
 // Requests whose upgrade state (internals.ts) may be let go: fastify-channels registered
 // @fastify/websocket itself, so its error listener calls nothing the app set up.
 const releasable = new WeakSet<object>()
@@ -13,6 +16,16 @@ const releasable = new WeakSet<object>()
 export function bindToRequest (raw: object, connection: Connection, releaseUpgrade: boolean): void {
   byRequest.set(raw, connection)
   if (releaseUpgrade) releasable.add(raw)
+}
+
+/** A connection's handshake starts: a test kit's (its marker) is noted. */
+export function noteHandshake (marker: unknown, connection: Connection): void {
+  if (typeof marker === 'object' && marker !== null) byInjection.set(marker, connection)
+}
+
+/** The connection a test kit's handshake, marked with `marker`, made. */
+export function connectionOfInjection (marker: object): Connection | undefined {
+  return byInjection.get(marker)
 }
 
 export function mayReleaseUpgrade (raw: object): boolean {

@@ -1,0 +1,62 @@
+/**
+ * The test kit (`fastify-channels/testing`) as a test uses it: what `receiveNothing()` counts,
+ * and what `serverFinished()` and `disconnect()` wait for after a refusal or a connect() timeout.
+ */
+import t from 'tap'
+import { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
+import { WebsocketCommunicator } from '../lib/testing.js'
+import { buildApp, sleep } from './helpers/app.js'
+
+const inspect = (app: { channelLayer: unknown }) => (app.channelLayer as InMemoryChannelLayer).inspect()
+
+t.test('receiveNothing() is false once the consumer has closed: a close is something received', async t => {
+  class Closes extends WebsocketConsumer {
+    override async receive () { await this.close(4000, 'go away') }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Closes.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  t.equal(await comm.receiveNothing(50), true, 'nothing yet')
+  await comm.sendTo('bye')
+  t.equal(await comm.receiveNothing(200), false, 'the close came')
+  t.same(await comm.closed, { code: 4000, reason: 'go away' })
+})
+
+t.test('after a refusal, serverFinished() and disconnect() wait until connect() has returned and the layer is clean', async t => {
+  class RefusesThenJoins extends WebsocketConsumer {
+    override groups = ['lobby']
+    override async connect () {
+      await this.close()
+      await sleep(150)
+      await this.channelLayer.groupAdd('late', this.channelName)
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, RefusesThenJoins.asHandler()))
+  t.teardown(() => app.close())
+  for (const end of ['serverFinished', 'disconnect'] as const) {
+    const comm = new WebsocketCommunicator(app, '/ws')
+    t.match(await comm.connect(), { connected: false, status: 403 })
+    await comm[end]()
+    t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, `${end}(): nothing left in the layer`)
+  }
+})
+
+t.test('a connect() that times out: a consumer that accepts later is closed at once, and disconnect() waits for its disconnect()', async t => {
+  const events: string[] = []
+  class Slow extends WebsocketConsumer {
+    override async connect () {
+      await sleep(200)
+      await this.accept()
+      events.push('accepted')
+    }
+
+    override async disconnect (code: number) { events.push(`disconnect ${code}`) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Slow.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await t.rejects(comm.connect(50), /timed out after 50 ms/)
+  await comm.disconnect(1000, '', 2000)
+  t.same(events, ['accepted', 'disconnect 1000'], 'the late consumer was closed, and disconnect() waited for it')
+})
