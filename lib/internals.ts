@@ -151,14 +151,18 @@ export function setMaxPayload (wss: WebSocketServer, maxPayload: number): void {
  *
  * Why: that plugin's own preClose closes every client without a code (1005) before fastify-channels
  * can close its consumers with 1001, and offers no option to change it. Patching each socket's
- * `close` (ws 8's `close(code, reason)`) makes it 1001; with another ws, clients see that
- * plugin's close as it is.
+ * `close` (ws 8's `close(code, reason)`) makes a close without code or reason 1001; a close with a
+ * code (ws' own protocol closes, 1009 for one, or the app's) is left as it is. With another ws,
+ * clients see that plugin's close as it is.
  */
 export function closeClientsAsGoingAway (wss: WebSocketServer): void {
   if (!isWrittenFor('ws')) return
   wss.on('connection', (socket: WebSocket) => {
     const close = socket.close.bind(socket)
-    socket.close = (code?: number, reason?: string | Buffer) => close(code ?? 1001, reason ?? 'server shutting down')
+    socket.close = (code?: number, reason?: string | Buffer) => {
+      if (code === undefined && reason === undefined) close(1001, 'server shutting down')
+      else close(code, reason)
+    }
   })
 }
 
