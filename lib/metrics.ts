@@ -75,7 +75,8 @@ const PREFIX = 'fastify_channels_'
 const OP_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
 
 /**
- * Registers the metrics in `options.registry`; returns what unhooks the layer's timing. Fails with
+ * Registers the metrics in `options.registry`; returns what takes them out again and unhooks the
+ * layer's timing (at the app's close). Fails with
  * InvalidOptionError when prom-client cannot be loaded or the names are taken in that registry.
  */
 export async function registerMetrics (options: MetricsOptions, counts: Counts, layer: ChannelLayer): Promise<() => void> {
@@ -90,6 +91,7 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
     throw new InvalidOptionError('option "metrics": this registry already has fastify-channels metrics (one plugin instance per registry)')
   }
   const registers = [registry]
+  const names: string[] = []
   const routes = (): Array<[string, RouteCounts]> => [...counts.routes]
   const stats = (): LayerCounts => ((layer as { stats?: LayerCounts }).stats ?? {})
 
@@ -97,6 +99,7 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
   // one series per set of label values.
   const totals = <L extends string>(name: string, help: string, labelNames: L[], read: () => Iterable<[Record<L, string>, number]>): void => {
     const reported = new Map<string, number>()
+    names.push(PREFIX + name)
     void new prom.Counter<L>({
       name: PREFIX + name,
       help,
@@ -119,6 +122,7 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
     for (const [route, c] of routes()) yield [{ route }, pick(c)]
   }
 
+  names.push(`${PREFIX}connections`, `${PREFIX}layer_op_seconds`)
   void new prom.Gauge<'route'>({
     name: `${PREFIX}connections`,
     help: 'Open connections (WebSocket and HTTP consumers), by route',
@@ -159,7 +163,11 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
     buckets: OP_BUCKETS,
     registers
   })
-  if (!canTimeOperations(layer)) return () => {}
-  layer.timeOperations((op, seconds) => ops.observe({ op }, seconds))
-  return () => layer.timeOperations(undefined)
+  const timed = canTimeOperations(layer)
+  if (timed) layer.timeOperations((op, seconds) => ops.observe({ op }, seconds))
+  return () => {
+    if (timed) layer.timeOperations(undefined)
+    // The registry may outlive the app (prom-client's default one): another may register there next.
+    for (const name of names) registry.removeSingleMetric(name)
+  }
 }

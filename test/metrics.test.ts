@@ -113,3 +113,15 @@ t.test('a bad metrics option, or a registry that has them already, fails registe
     await t.rejects(async () => { await app.register(fastifyChannels, { rateLimit } as never) }, { code: 'FST_CHANNELS_INVALID_OPTION' })
   }
 })
+
+t.test('app.close() takes its metrics out of the registry: the next app in the process registers there again', async t => {
+  const registry = new Registry()
+  registry.registerMetric(new (await import('prom-client')).Counter({ name: 'app_own_total', help: 'the app\'s own', registers: [] }))
+  const { app: first } = await buildApp({ metrics: { registry } })
+  t.ok(registry.getSingleMetric('fastify_channels_connections') !== undefined)
+  await first.close()
+  t.same((await registry.getMetricsAsJSON()).map(m => m.name), ['app_own_total'], 'only the app\'s own metric is left')
+  const { app: second } = await buildApp({ metrics: { registry } })
+  t.teardown(() => second.close())
+  t.equal(await value(registry, 'fastify_channels_connections'), 0, 'the next app\'s metrics are there')
+})
