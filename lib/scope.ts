@@ -160,7 +160,9 @@ const sessionProperty = {
  */
 function clientOf (request: FastifyRequest, socket: { remoteAddress?: string, remotePort?: number } | undefined): Scope['client'] {
   const address = request.ip ?? socket?.remoteAddress ?? ''
-  const forwarded = socket?.remoteAddress !== undefined && address !== socket.remoteAddress
+  // Fastify's `ips` are the socket's address and the trusted forwarded ones: more than one, and
+  // `ip` is forwarded (even when it reads the same as the proxy's own).
+  const forwarded = (request.ips?.length ?? 0) > 1
   return { address, port: forwarded ? 0 : socket?.remotePort ?? 0 }
 }
 

@@ -216,6 +216,8 @@ t.test('behind a trusted proxy (trustProxy): the Origin is checked against the f
   }
   const trusted = await open(true)
   t.same(await greeted(`${trusted.url}/ws`, forwarded), { client: { address: '203.0.113.9', port: 0 }, host: 'chat.example' })
+  t.same(await greeted(`${trusted.url}/ws`, { ...forwarded, 'x-forwarded-for': '127.0.0.1' }), { client: { address: '127.0.0.1', port: 0 }, host: 'chat.example' },
+    'a forwarded address that is the proxy\'s own is still forwarded: no port')
   await t.rejects(openClient(`${trusted.url}/ws`, { headers: { ...forwarded, origin: 'https://evil.example' } }), /HTTP 403/,
     'another Origin is still refused')
   const direct = await open(false)
