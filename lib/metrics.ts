@@ -108,8 +108,9 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
       collect () {
         for (const [labels, now] of read()) {
           const key = JSON.stringify(labels)
-          const before = reported.get(key) ?? 0
-          if (now > before) this.inc(labels, now - before)
+          const before = reported.get(key)
+          // A series is there from the first scrape, at 0: Prometheus' increase() sees its first count.
+          if (before === undefined || now > before) this.inc(labels, now - (before ?? 0))
           reported.set(key, now)
         }
       }

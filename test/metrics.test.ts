@@ -125,3 +125,13 @@ t.test('app.close() takes its metrics out of the registry: the next app in the p
   t.teardown(() => second.close())
   t.equal(await value(registry, 'fastify_channels_connections'), 0, 'the next app\'s metrics are there')
 })
+
+t.test('counters have their series from the first scrape, at 0: a first drop is an increase', async t => {
+  const registry = new Registry()
+  const { app } = await buildApp({ metrics: { registry } })
+  t.teardown(() => app.close())
+  for (const reason of ['full', 'expired', 'decrypt', 'slow_reader', 'rate_limited']) {
+    t.equal(await value(registry, 'fastify_channels_dropped_total', { reason }), 0, `dropped_total{reason="${reason}"} is 0`)
+  }
+  t.match(await registry.metrics(), /fastify_channels_dropped_total\{reason="full"\} 0/)
+})
