@@ -23,7 +23,14 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
 
   protected override async doNewChannel (): Promise<void> {}
 
+  // From inside a fan-out (a handler that sends to a group, then to a channel), after the group
+  // sends made before it: one sender's messages keep their order (store.turn()).
   protected override async doSend (channel: string, message: LayerMessage): Promise<void> {
+    if (this.store.busy) await this.store.turn(() => { this.#send(channel, message) })
+    else this.#send(channel, message)
+  }
+
+  #send (channel: string, message: LayerMessage): void {
     if (!this.store.deliver(channel, message)) throw new ChannelFullError(channel)
   }
 
@@ -63,7 +70,7 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
   }
 
   protected override async doGroupDiscard (group: string, channel: string): Promise<void> {
-    this.store.removeMember(group, channel)
+    await this.store.turn(() => { this.store.removeMember(group, channel) })
   }
 
   protected override async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
@@ -72,6 +79,12 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
       this.store.fanOut(group, message, { group })
       return undefined
     }
+    // The offset is taken and the message fanned out in one step of the store: a join or a send
+    // waiting for the fan-out under way (store.turn()) is then before or after both.
+    return this.store.busy ? await this.store.turn(() => this.#append(group, history, message)) : this.#append(group, history, message)
+  }
+
+  #append (group: string, history: HistoryPolicy, message: LayerMessage): StreamPosition {
     const position = this.#memory().append(group, history, message)
     this.store.fanOut(group, message, { group, offset: position.offset, epoch: position.epoch })
     return position
@@ -86,7 +99,7 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
   }
 
   protected override async doDiscardChannel (channel: string): Promise<void> {
-    this.store.discardChannel(channel)
+    await this.store.turn(() => { this.store.discardChannel(channel) })
   }
 
   protected override async doFlush (): Promise<void> {

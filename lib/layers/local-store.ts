@@ -126,6 +126,11 @@ export class LocalStore {
     }
   }
 
+  /** Whether a fan-out or a turn is under way: what is asked for now would wait for it (turn()). */
+  get busy (): boolean {
+    return this.#busy
+  }
+
   /** `turn()` for a step that returns nothing: no promise when it waits, so nothing to reject. */
   alone (step: () => void): void {
     if (this.#busy) {
@@ -299,12 +304,9 @@ export class LocalStore {
     else if (groups !== group) this.#channelGroups.set(channel, new Set([groups, group]))
   }
 
-  /** Ends a membership (after the fan-out under way, if any: see turn()). */
   removeMember (group: string, channel: string): void {
-    this.alone(() => {
-      const members = this.#groups.get(group)
-      if (members !== undefined) this.#unlink(group, members, channel)
-    })
+    const members = this.#groups.get(group)
+    if (members !== undefined) this.#unlink(group, members, channel)
   }
 
   /**
@@ -336,12 +338,8 @@ export class LocalStore {
     return typeof groups === 'string' ? [groups] : [...groups]
   }
 
-  /** Drops the channel's queued messages and every membership it has (see removeMember()). */
+  /** Drops the channel's queued messages and every membership it has. */
   discardChannel (channel: string): void {
-    this.alone(() => { this.#discardChannel(channel) })
-  }
-
-  #discardChannel (channel: string): void {
     const mailbox = this.#mailboxes.get(channel)
     if (mailbox !== undefined) {
       mailbox.clearMessages()
@@ -384,7 +382,7 @@ export class LocalStore {
     for (const sink of sinks) sink.layerClosed(new LayerClosedError())
   }
 
-  /** Drops expired messages and memberships, and whatever is left empty (see removeMember()). */
+  /** Drops expired messages and memberships, and whatever is left empty (one step: see turn()). */
   sweep (): void {
     this.alone(() => { this.#sweep() })
   }

@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { InvalidMessageError, InvalidOptionError } from '../../lib/errors.js'
 import { InMemoryChannelLayer } from '../../lib/layers/in-memory.js'
-import type { LayerMessage, LayerValue } from '../../lib/layers/types.js'
+import type { GroupJoin, LayerMessage, LayerValue, StreamPosition } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
 
 conformance('InMemoryChannelLayer', options => new InMemoryChannelLayer(options))
@@ -188,4 +188,56 @@ t.test('a plain re-join after the membership expired does not bring back its pre
   await layer.groupAdd('room', ada)
   t.same(await layer.presence('room'), [], 'the new membership recorded no presence')
   t.same(events, ['presence.leave Ada'], 'and the expired one\'s entry is announced gone')
+})
+
+t.test('from inside a fan-out, a join and a send to a group with history run in call order, each message once', async t => {
+  const layer = new InMemoryChannelLayer({ groups: { room: { history: { size: 10, ttl: 60 } } } })
+  t.teardown(() => layer.close())
+  const got: string[] = []
+  const sink = (name: string, onPush?: (message: LayerMessage) => void) => ({
+    accepting: true,
+    push (message: LayerMessage, info: { group?: string, offset?: number }) {
+      if (info.group === 'room') got.push(`${name} ${String(message.text)}@${String(info.offset)}`)
+      onPush?.(message)
+    },
+    layerClosed () {}
+  })
+  const [x, y, z] = [await layer.newChannel(), await layer.newChannel(), await layer.newChannel()]
+  const first = await layer.groupSend('room', { type: 'chat', text: 'first' }) as StreamPosition
+  const results: Array<Promise<unknown>> = []
+  // Both react to the same lobby message: X joins the room from its last position, and Z plainly;
+  // then Y posts to the room.
+  layer.listen(x, sink('X', m => { if (m.type === 'enter') results.push(layer.groupAdd('room', x, { since: first }), layer.groupAdd('room', z)) }))
+  layer.listen(y, sink('Y', m => { if (m.type === 'enter') results.push(layer.groupSend('room', { type: 'chat', text: 'welcome' })) }))
+  layer.listen(z, sink('Z'))
+  await layer.groupAdd('lobby', x)
+  await layer.groupAdd('lobby', y)
+  await layer.groupSend('lobby', { type: 'enter' })
+  const [xJoin, zJoin, sent] = await Promise.all(results) as [GroupJoin, GroupJoin, StreamPosition]
+  t.match(xJoin, { position: { offset: 1 }, recovered: true })
+  t.match(zJoin, { position: { offset: 1 }, recovered: false }, 'the plain join\'s position is before the welcome')
+  t.equal(sent.offset, 2)
+  t.same(got.sort(), ['X welcome@2', 'Z welcome@2'], 'each joiner gets the welcome once')
+})
+
+t.test('from inside a fan-out, a send to a group then to a channel: the channel gets them in that order', async t => {
+  const layer = new InMemoryChannelLayer()
+  t.teardown(() => layer.close())
+  const [a, b] = [await layer.newChannel(), await layer.newChannel()]
+  const got: unknown[] = []
+  layer.listen(a, {
+    accepting: true,
+    push (message) {
+      if (message.type !== 'ping') return
+      void layer.groupSend('room', { type: 'first' })
+      void layer.send(b, { type: 'second' })
+    },
+    layerClosed () {}
+  })
+  layer.listen(b, { accepting: true, push (message) { got.push(message.type) }, layerClosed () {} })
+  await layer.groupAdd('lobby', a)
+  await layer.groupAdd('room', b)
+  await layer.groupSend('lobby', { type: 'ping' })
+  await sleep(20)
+  t.same(got, ['first', 'second'], 'FIFO per sender')
 })

@@ -159,6 +159,20 @@ function tests (): void {
     }
   })
 
+  t.test('the last member leaving its group from inside the group\'s fan-out (a kick): the process unsubscribes from it', async t => {
+    const layer = open(t, { prefix: uniquePrefix('fc-kick') })
+    const channel = await layer.newChannel()
+    const before = layer.inspect().subscriptions
+    await layer.groupAdd('kicks', channel)
+    t.equal(layer.inspect().subscriptions, before + 1, 'subscribed to the group')
+    let left: Promise<void> | undefined
+    layer.listen(channel, { accepting: true, push (message) { if (message.type === 'kick') left = layer.groupDiscard('kicks', channel) }, layerClosed () {} })
+    await layer.groupSend('kicks', { type: 'kick' })
+    for (let i = 0; i < 100 && left === undefined; i++) await sleep(10)
+    await left
+    t.equal(layer.inspect().subscriptions, before, 'its subscription went with its last member')
+  })
+
   t.test('a named channel whose key holds something else: receive() rejects with Redis\' answer, not as an outage', async t => {
     const prefix = uniquePrefix('fc-wrongtype')
     const warnings: unknown[] = []

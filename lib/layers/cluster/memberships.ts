@@ -122,12 +122,15 @@ export class Memberships {
 
   async discardChannel (channel: string): Promise<void> {
     const groups = this.#store.groupsOf(channel)
-    this.#store.discardChannel(channel)
+    // One step, after a fan-out under way (as a join would be): then the groups left empty go.
+    this.#store.alone(() => {
+      this.#store.discardChannel(channel)
+      for (const group of groups) {
+        this.#presence.forget(group, channel)
+        this.#releaseIfEmpty(group)
+      }
+    })
     if (groups.length === 0) return
-    for (const group of groups) {
-      this.#presence.forget(group, channel)
-      this.#releaseIfEmpty(group)
-    }
     const what = `discardChannel ${channel}`
     await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.removeMembers(group, [channel], what))))
   }
@@ -153,9 +156,12 @@ export class Memberships {
 
   /** The channel is no longer a member here; the group's subscription goes with its last member. */
   dropLocal (group: string, channel: string): void {
-    this.#store.removeMember(group, channel)
-    this.#presence.forget(group, channel)
-    this.#releaseIfEmpty(group)
+    // One step, after a fan-out under way (as a join would be).
+    this.#store.alone(() => {
+      this.#store.removeMember(group, channel)
+      this.#presence.forget(group, channel)
+      this.#releaseIfEmpty(group)
+    })
   }
 
   /**

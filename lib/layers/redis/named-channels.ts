@@ -289,7 +289,7 @@ class QueueReaders {
   #awaitLate (conn: Client, reader: Reader, pop: Promise<[Buffer, Buffer] | null>): void {
     this.#busy.delete(conn)
     let timer: ReturnType<typeof setTimeout> | undefined
-    const givenUp = new Promise<null>(resolve => { timer = setTimeout(resolve, LATE_ANSWER_MS, null) })
+    const givenUp = new Promise<null>(resolve => { timer = setTimeout(resolve, LATE_ANSWER_MS, null).unref() })
     const late = Promise.race([pop, givenUp])
       .then(async popped => { if (popped !== null) await this.#hand(reader, popped[1]) })
       .catch(() => {}) // the connection failed: nothing came back on it
