@@ -24,6 +24,9 @@ export const DEPLOY_GROUP = 'deploys'
 export const MAX_SERVERS = 12
 const ROOM = '^[a-z0-9][a-z0-9-]{0,29}$'
 const ROOM_GROUP = /^room\.[a-z0-9][a-z0-9-]{0,29}$/
+// Any process's clock: behind a proxy without sticky sessions, the page was told its clock by
+// /api/me on one process and its socket may be held by another; the ticks come over the layer.
+const CLOCK_GROUP = /^clock\.[a-zA-Z0-9._-]{1,40}$/
 let release = 14
 
 /** The layer's group policies: rooms keep their last 200 lines and say who is in them; deploys replay their progress. */
@@ -65,7 +68,7 @@ export class AppConsumer extends GroupsConsumer {
   }
 
   canJoin (group) {
-    return ROOM_GROUP.test(group) || group === DEPLOY_GROUP || group === clockGroup
+    return ROOM_GROUP.test(group) || group === DEPLOY_GROUP || CLOCK_GROUP.test(group)
   }
 
   presenceInfo (group) {

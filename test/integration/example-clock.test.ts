@@ -1,0 +1,53 @@
+/**
+ * The example app as two processes on one Redis with no sticky sessions (as behind its
+ * nginx.conf): a page whose /api/me came from one process and whose socket reached the other still
+ * gets the clock it was told to join.
+ */
+import t from 'tap'
+import WebSocket from 'ws'
+import { ChannelsClient } from '../../lib/client/index.js'
+import { freePort } from '../helpers/process.js'
+import { ensureBuilt } from '../helpers/dist.js'
+import { startExampleApp } from '../helpers/browser.js'
+import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+
+t.setTimeout(120_000)
+
+t.test('the clock of the process that answered /api/me reaches a socket held by the other process', async t => {
+  if (!await requireRedis(t)) return
+  await ensureBuilt()
+  const prefix = uniquePrefix('fc-example-clock')
+  const [portA, portB] = [await freePort(), await freePort()]
+  const env = { REDIS_URL, REDIS_PREFIX: prefix, HOST: '127.0.0.1' }
+  const [a, b] = await Promise.all([startExampleApp({ ...env, PORT: String(portA) }), startExampleApp({ ...env, PORT: String(portB) })])
+  const redis = adminClient(t)
+  t.teardown(async () => {
+    await Promise.all([a.stop(), b.stop()])
+    const keys = await keysOf(redis, prefix)
+    if (keys.length > 0) await redis.del(...keys)
+  })
+
+  // Signed in at A, and told by A which clock to join.
+  const login = await fetch(`http://127.0.0.1:${portA}/login`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=Ada', redirect: 'manual' })
+  const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0]
+  t.match(cookie, /^sessionId=/, 'signed in')
+  const me = await (await fetch(`http://127.0.0.1:${portA}/api/me`, { headers: { cookie } })).json() as { clock: string, server: string }
+  t.equal(me.server, `:${portA}`)
+
+  // The page's socket lands on B.
+  const origin = `http://127.0.0.1:${portB}`
+  class Browserish extends WebSocket {
+    constructor (url: string, protocols?: string | string[]) {
+      super(url, protocols, { headers: { cookie, origin } })
+    }
+  }
+  const client = new ChannelsClient(`ws://127.0.0.1:${portB}/ws/app`, { WebSocket: Browserish })
+  t.teardown(() => { client.close() })
+  const ticks: Array<{ server?: string }> = []
+  const sub = client.join(me.clock, { message (tick) { ticks.push(tick as { server?: string }) } })
+  await sub.ready
+  const until = Date.now() + 10_000
+  while (ticks.length < 2 && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 100))
+  t.ok(ticks.length >= 2, `the clock ticks (${ticks.length} ticks)`)
+  t.equal(ticks[0]?.server, `:${portA}`, 'from the process the page was told of')
+})
