@@ -129,7 +129,7 @@ const ROLES = ['web', 'api', 'web', 'jobs']
 export class DeployWorker extends ChannelConsumer {
   async deployStart (job) {
     await this.#report(job, 0, 'running', `started by ${job.by}`)
-    await this.channelLayer.send(this.channelName, { ...job, type: 'deploy.step', index: 0 })
+    await this.#next(job, 0)
   }
 
   async deployStep (job) {
@@ -138,7 +138,20 @@ export class DeployWorker extends ChannelConsumer {
     const done = job.index + 1
     const finished = done === job.servers
     await this.#report(job, done, finished ? 'succeeded' : 'running', `${host} updated, healthy`)
-    if (!finished) await this.channelLayer.send(this.channelName, { ...job, type: 'deploy.step', index: done })
+    if (!finished) await this.#next(job, done)
+  }
+
+  /**
+   * Queues the deploy's next server. When new deploys have filled the queue meanwhile, this one
+   * stops and says so, rather than stay "running" with nothing left to move it.
+   */
+  async #next (job, index) {
+    try {
+      await this.channelLayer.send(this.channelName, { ...job, type: 'deploy.step', index })
+    } catch (err) {
+      if (err?.code !== 'FST_CHANNELS_CHANNEL_FULL') throw err
+      await this.#report(job, index, 'failed', 'stopped: too many deploys waiting')
+    }
   }
 
   // Private: a message type can never name it.

@@ -260,7 +260,7 @@ function onDeploy (event) {
   const job = jobNode(event)
   job.item.dataset.status = event.status
   job.item.dataset.pct = String(event.pct)
-  job.status.textContent = event.status === 'succeeded' ? 'Done' : 'Running'
+  job.status.textContent = event.status === 'succeeded' ? 'Done' : event.status === 'failed' ? 'Stopped' : 'Running'
   job.status.className = `badge badge-${event.status}`
   job.fill.style.width = `${event.pct}%`
   job.bar.setAttribute('aria-valuenow', String(event.pct))

@@ -4,6 +4,7 @@
  * gets the clock it was told to join.
  */
 import t from 'tap'
+import { tmpdir } from 'node:os'
 import WebSocket from 'ws'
 import { ChannelsClient } from '../../lib/client/index.js'
 import { freePort } from '../helpers/process.js'
@@ -50,4 +51,36 @@ t.test('the clock of the process that answered /api/me reaches a socket held by 
   while (ticks.length < 2 && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 100))
   t.ok(ticks.length >= 2, `the clock ticks (${ticks.length} ticks)`)
   t.equal(ticks[0]?.server, `:${portA}`, 'from the process the page was told of')
+})
+
+t.test('a deploy under way when others fill the job queue ends, stopped or done, never left running', async t => {
+  await ensureBuilt()
+  const port = await freePort()
+  const server = await startExampleApp({ PORT: String(port), HOST: '127.0.0.1', REDIS_URL: '', SESSION_FILE: `${tmpdir()}/fc-example-deploys-${process.pid}.json` })
+  t.teardown(() => server.stop())
+  const login = await fetch(`http://127.0.0.1:${port}/login`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=Ada', redirect: 'manual' })
+  const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0]
+  const origin = `http://127.0.0.1:${port}`
+  class Browserish extends WebSocket {
+    constructor (url: string, protocols?: string | string[]) {
+      super(url, protocols, { headers: { cookie, origin } })
+    }
+  }
+  const open = (): ChannelsClient => {
+    const client = new ChannelsClient(`ws://127.0.0.1:${port}/ws/app`, { WebSocket: Browserish })
+    t.teardown(() => { client.close() })
+    return client
+  }
+  const ada = open()
+  const status = new Map<string, string>()
+  await ada.join('deploys', { message (event) { const e = event as { jobId: string, status: string }; status.set(e.jobId, e.status) } }).ready
+  const { jobId } = await ada.call('deploy', { servers: 2 }) as { jobId: string }
+  // While its first server deploys, three others click Deploy 40 times each (under the rate limit).
+  const others = [open(), open(), open()]
+  const outcomes = await Promise.all(others.flatMap(c => Array.from({ length: 40 }, async () =>
+    await c.call('deploy', { servers: 1 }).then(() => 'queued', (err: { code?: string }) => err.code))))
+  t.ok(outcomes.filter(o => o === 'queued').length >= 90, `most were queued (${outcomes.filter(o => o === 'queued').length})`)
+  const until = Date.now() + 10_000
+  while (status.get(jobId) !== 'succeeded' && status.get(jobId) !== 'failed' && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 100))
+  t.match(status.get(jobId), /^(succeeded|failed)$/, `the deploy ended (${String(status.get(jobId))})`)
 })
