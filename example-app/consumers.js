@@ -20,6 +20,11 @@ export const serverLabel = process.env.SERVER_LABEL ?? `:${process.env.PORT ?? 3
 export const clockGroup = `clock.${serverLabel.replace(/[^a-zA-Z0-9._-]/g, '') || 'main'}`
 
 export const DEPLOY_CHANNEL = 'deploy-jobs'
+
+/** The group of one session's sockets: signing out closes them all. */
+export function sessionGroup (sessionId) {
+  return `session.${String(sessionId).replace(/[^a-zA-Z0-9._-]/g, '').slice(0, 90)}`
+}
 export const DEPLOY_GROUP = 'deploys'
 export const MAX_SERVERS = 12
 const ROOM = '^[a-z0-9][a-z0-9-]{0,29}$'
@@ -59,12 +64,19 @@ export class AppConsumer extends GroupsConsumer {
   }
 
   // Every socket of the example needs a signed-in user; without one the handshake gets a 403.
+  // Each socket is in its session's group, so that signing out in one tab closes the others.
   async connect () {
     if (typeof this.scope.user?.name !== 'string') {
       await this.close()
       return
     }
+    await this.channelLayer.groupAdd(sessionGroup(this.scope.session.sessionId), this.channelName)
     await this.accept()
+  }
+
+  /** The session was signed out (in another tab too): this socket ends; the page then shows the sign-in. */
+  async sessionEnded () {
+    await this.close(4001, 'signed out')
   }
 
   canJoin (group) {

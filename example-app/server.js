@@ -18,7 +18,7 @@ import fastifySession from '@fastify/session'
 import fastifyStatic from '@fastify/static'
 import { Registry, collectDefaultMetrics } from 'prom-client'
 import fastifyChannels, { InMemoryChannelLayer, RedisChannelLayer } from 'fastify-channels'
-import { AppConsumer, DeployWorker, DEPLOY_CHANNEL, clockGroup, groupPolicies, serverLabel, startClock } from './consumers.js'
+import { AppConsumer, DeployWorker, DEPLOY_CHANNEL, clockGroup, groupPolicies, serverLabel, sessionGroup, startClock } from './consumers.js'
 import { FileSessionStore, RedisSessionStore } from './sessions.js'
 import { DeployLogConsumer, requireUser } from './deploy-log.js'
 
@@ -88,6 +88,8 @@ app.post('/login', async (request, reply) => {
 })
 
 app.post('/logout', async (request, reply) => {
+  // Every socket of this session, in any tab and process, closes (AppConsumer.sessionEnded).
+  await app.channelLayer.groupSend(sessionGroup(request.session.sessionId), { type: 'session.ended' })
   await request.session.destroy()
   return reply.redirect('/', 303)
 })

@@ -84,3 +84,25 @@ t.test('a deploy under way when others fill the job queue ends, stopped or done,
   while (status.get(jobId) !== 'succeeded' && status.get(jobId) !== 'failed' && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 100))
   t.match(status.get(jobId), /^(succeeded|failed)$/, `the deploy ended (${String(status.get(jobId))})`)
 })
+
+t.test('signing out in one tab closes the sockets of the other tabs of that session (4001)', async t => {
+  await ensureBuilt()
+  const port = await freePort()
+  const server = await startExampleApp({ PORT: String(port), HOST: '127.0.0.1', REDIS_URL: '', SESSION_FILE: `${tmpdir()}/fc-example-logout-${process.pid}.json` })
+  t.teardown(() => server.stop())
+  const login = await fetch(`http://127.0.0.1:${port}/login`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=Ada', redirect: 'manual' })
+  const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0]
+  const origin = `http://127.0.0.1:${port}`
+  const tabs = await Promise.all([1, 2].map(async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/app`, { headers: { cookie, origin } })
+    const closed = new Promise<number>(resolve => ws.once('close', code => resolve(code)))
+    await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
+    t.teardown(() => { ws.terminate() })
+    return { ws, closed }
+  }))
+  const logout = await fetch(`http://127.0.0.1:${port}/logout`, { method: 'POST', headers: { cookie }, redirect: 'manual' })
+  t.equal(logout.status, 303)
+  const within = (closed: Promise<number>): Promise<number | string> =>
+    Promise.race([closed, new Promise<string>(resolve => setTimeout(resolve, 5000, 'still open after 5 s'))])
+  t.same(await Promise.all(tabs.map(async tab => await within(tab.closed))), [4001, 4001], 'every tab\'s socket closes')
+})
