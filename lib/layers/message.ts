@@ -102,7 +102,8 @@ function copyValue (value: unknown, depth: number): unknown {
     case 'boolean':
       return value
     case 'number':
-      if (Number.isFinite(value)) return value
+      // -0 is 0, as every backend's encoding carries it: the layers hand out the same value.
+      if (Number.isFinite(value)) return value === 0 ? 0 : value
       throw new Rejection(`${String(value)} is not allowed`)
     case 'object':
       return value === null ? null : copyContainer(value, depth + 1)

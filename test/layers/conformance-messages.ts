@@ -119,6 +119,15 @@ export function conformanceMessages (test: Define, { open, unique, next, nothing
     t.same([...(received.bytes as Uint8Array)], [0, 255])
   })
 
+  test('-0 arrives as 0 on every layer (JSON and every backend encoding know no -0)', async t => {
+    const layer = await open(t)
+    const channel = await layer.newChannel()
+    await layer.send(channel, { type: 'zeros', z: -0, list: [-0], obj: { z: -0 } })
+    const received = await next(layer, channel)
+    t.ok(Object.is(received.z, 0) && Object.is((received.list as number[])[0], 0) && Object.is((received.obj as { z: number }).z, 0),
+      `every -0 is 0 (${JSON.stringify([Object.is(received.z, -0), Object.is((received.list as number[])[0], -0)])})`)
+  })
+
   test('recipients get their own copy; the sender keeps its object', async t => {
     const layer = await open(t)
     const [a, b, c] = [await layer.newChannel(), await layer.newChannel(), await layer.newChannel()]
