@@ -335,7 +335,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   // --- tasks -----------------------------------------------------------------------------------
 
-  /** TaskRunner: only End runs once the connection is closing. */
+  /** TaskRunner: once the connection is closing, End runs, and the client's frames if the client closed. */
   runTask (task: Task, info: Delivery | undefined): PromiseLike<unknown> | undefined {
     if (task instanceof End) return this.#end(task.code)
     // Once closing, only what the client sent before it closed runs (as in Channels, where its
