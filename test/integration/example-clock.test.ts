@@ -1,18 +1,50 @@
 /**
- * The example app as two processes on one Redis with no sticky sessions (as behind its
- * nginx.conf): a page whose /api/me came from one process and whose socket reached the other still
- * gets the clock it was told to join.
+ * The example app through real HTTP and real sockets: as two processes on one Redis with no
+ * sticky sessions (as behind its nginx.conf), a page whose /api/me came from one process and whose
+ * socket reached the other still gets the clock it was told to join; a deploy under way when
+ * others fill the job queue ends (stopped, or done), never left running; signing out in one tab
+ * closes the other tabs' sockets.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { tmpdir } from 'node:os'
 import WebSocket from 'ws'
-import { ChannelsClient } from '../../lib/client/index.js'
+import { ChannelsClient, type WebSocketConstructor } from '../../lib/client/index.js'
 import { freePort } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
 import { startExampleApp } from '../helpers/browser.js'
 import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
 
 t.setTimeout(120_000)
+
+/** Signs Ada in at the process on `port`; resolves with her session cookie. */
+async function signIn (port: number): Promise<string> {
+  const login = await fetch(`http://127.0.0.1:${port}/login`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=Ada', redirect: 'manual' })
+  return (login.headers.get('set-cookie') ?? '').split(';')[0]
+}
+
+/** What a page served by the process on `port` sends with its socket: the session cookie and its Origin. */
+function pageHeaders (cookie: string, port: number): Record<string, string> {
+  return { cookie, origin: `http://127.0.0.1:${port}` }
+}
+
+/** The WebSocket class a ChannelsClient of such a page uses. */
+function pageWebSocket (cookie: string, port: number): WebSocketConstructor {
+  const headers = pageHeaders(cookie, port)
+  return class extends WebSocket {
+    constructor (url: string, protocols?: string | string[]) {
+      super(url, protocols, { headers })
+    }
+  }
+}
+
+/** The example on the in-memory layer, stopped when the test ends; resolves with its port. */
+async function inMemoryExample (t: Test, name: string): Promise<number> {
+  await ensureBuilt()
+  const port = await freePort()
+  const server = await startExampleApp({ PORT: String(port), HOST: '127.0.0.1', REDIS_URL: '', SESSION_FILE: `${tmpdir()}/fc-example-${name}-${process.pid}.json` })
+  t.teardown(() => server.stop())
+  return port
+}
 
 t.test('the clock of the process that answered /api/me reaches a socket held by the other process', async t => {
   if (!await requireRedis(t)) return
@@ -29,20 +61,13 @@ t.test('the clock of the process that answered /api/me reaches a socket held by 
   })
 
   // Signed in at A, and told by A which clock to join.
-  const login = await fetch(`http://127.0.0.1:${portA}/login`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=Ada', redirect: 'manual' })
-  const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0]
+  const cookie = await signIn(portA)
   t.match(cookie, /^sessionId=/, 'signed in')
   const me = await (await fetch(`http://127.0.0.1:${portA}/api/me`, { headers: { cookie } })).json() as { clock: string, server: string }
   t.equal(me.server, `:${portA}`)
 
   // The page's socket lands on B.
-  const origin = `http://127.0.0.1:${portB}`
-  class Browserish extends WebSocket {
-    constructor (url: string, protocols?: string | string[]) {
-      super(url, protocols, { headers: { cookie, origin } })
-    }
-  }
-  const client = new ChannelsClient(`ws://127.0.0.1:${portB}/ws/app`, { WebSocket: Browserish })
+  const client = new ChannelsClient(`ws://127.0.0.1:${portB}/ws/app`, { WebSocket: pageWebSocket(cookie, portB) })
   t.teardown(() => { client.close() })
   const ticks: Array<{ server?: string }> = []
   const sub = client.join(me.clock, { message (tick) { ticks.push(tick as { server?: string }) } })
@@ -54,20 +79,10 @@ t.test('the clock of the process that answered /api/me reaches a socket held by 
 })
 
 t.test('a deploy under way when others fill the job queue ends, stopped or done, never left running', async t => {
-  await ensureBuilt()
-  const port = await freePort()
-  const server = await startExampleApp({ PORT: String(port), HOST: '127.0.0.1', REDIS_URL: '', SESSION_FILE: `${tmpdir()}/fc-example-deploys-${process.pid}.json` })
-  t.teardown(() => server.stop())
-  const login = await fetch(`http://127.0.0.1:${port}/login`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=Ada', redirect: 'manual' })
-  const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0]
-  const origin = `http://127.0.0.1:${port}`
-  class Browserish extends WebSocket {
-    constructor (url: string, protocols?: string | string[]) {
-      super(url, protocols, { headers: { cookie, origin } })
-    }
-  }
+  const port = await inMemoryExample(t, 'deploys')
+  const Page = pageWebSocket(await signIn(port), port)
   const open = (): ChannelsClient => {
-    const client = new ChannelsClient(`ws://127.0.0.1:${port}/ws/app`, { WebSocket: Browserish })
+    const client = new ChannelsClient(`ws://127.0.0.1:${port}/ws/app`, { WebSocket: Page })
     t.teardown(() => { client.close() })
     return client
   }
@@ -86,15 +101,10 @@ t.test('a deploy under way when others fill the job queue ends, stopped or done,
 })
 
 t.test('signing out in one tab closes the sockets of the other tabs of that session (4001)', async t => {
-  await ensureBuilt()
-  const port = await freePort()
-  const server = await startExampleApp({ PORT: String(port), HOST: '127.0.0.1', REDIS_URL: '', SESSION_FILE: `${tmpdir()}/fc-example-logout-${process.pid}.json` })
-  t.teardown(() => server.stop())
-  const login = await fetch(`http://127.0.0.1:${port}/login`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=Ada', redirect: 'manual' })
-  const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0]
-  const origin = `http://127.0.0.1:${port}`
+  const port = await inMemoryExample(t, 'logout')
+  const cookie = await signIn(port)
   const tabs = await Promise.all([1, 2].map(async () => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/app`, { headers: { cookie, origin } })
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/app`, { headers: pageHeaders(cookie, port) })
     const closed = new Promise<number>(resolve => ws.once('close', code => resolve(code)))
     await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
     t.teardown(() => { ws.terminate() })
