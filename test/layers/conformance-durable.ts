@@ -1,7 +1,7 @@
 import type { Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { InvalidMessageError, InvalidOptionError } from '../../lib/errors.js'
-import { canReceiveDelivery, type ChannelLayer, type Delivery, type GroupPolicy, type LayerMessage, type StreamPosition } from '../../lib/layers/types.js'
+import { canReceiveDelivery, type ChannelLayer, type Delivery, type GroupPolicy, type LayerMessage, type Received, type StreamPosition } from '../../lib/layers/types.js'
 import type { ConformanceLayerOptions, Harness } from './conformance.js'
 import { receiveWithin } from '../helpers/layers.js'
 
@@ -312,36 +312,39 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     t.same(await b.presence(group), [], 'the channel\'s end takes it')
   })
 
-  // Another process: on a layer of one process, closing it ends every member there at once.
-  if (shared) {
-    test('a process that closes its layer: its members\' presence entries go, announced as leaves', async t => {
-      const a = await open(t, withPolicy())
-      const b = await other(t, a)
-      const group = unique('both.closing')
-      const watcher = await a.newChannel()
-      await a.groupAdd(group, watcher)
-      const member = await b.newChannel()
-      await b.groupAdd(group, member, { presence: { name: 'Bob' } })
-      t.same(await delivery(a, watcher), { message: { type: 'presence.join', channel: member, info: { name: 'Bob' } }, info: { group } })
-      await b.close()
-      t.same(await a.presence(group), [], 'the entry is gone')
-      t.same(await delivery(a, watcher), { message: { type: 'presence.leave', channel: member, info: { name: 'Bob' } }, info: { group } }, 'and announced gone')
-    })
-  }
+  /** The announcement of Bob's presence entry in `group`, as a watcher receives it. */
+  const bob = (type: 'presence.join' | 'presence.leave', group: string, channel: string): Received =>
+    ({ message: { type, channel, info: { name: 'Bob' } }, info: { group } })
 
-  test('presence events announce joins and leaves, without offsets, kept out of history', async t => {
+  /** A watcher in `group` on one process sees Bob join it with his presence on another (one layer when not shared). */
+  async function bobJoinsWatched (t: Test, base: string): Promise<{ a: ChannelLayer, b: ChannelLayer, group: string, watcher: string, member: string }> {
     const a = await open(t, withPolicy())
     const b = await other(t, a)
-    const group = unique('both.events')
+    const group = unique(base)
     const watcher = await a.newChannel()
     await a.groupAdd(group, watcher)
     const member = await b.newChannel()
     await b.groupAdd(group, member, { presence: { name: 'Bob' } })
-    t.same(await delivery(a, watcher), { message: { type: 'presence.join', channel: member, info: { name: 'Bob' } }, info: { group } })
+    t.same(await delivery(a, watcher), bob('presence.join', group, member))
+    return { a, b, group, watcher, member }
+  }
+
+  // Another process: on a layer of one process, closing it ends every member there at once.
+  if (shared) {
+    test('a process that closes its layer: its members\' presence entries go, announced as leaves', async t => {
+      const { a, b, group, watcher, member } = await bobJoinsWatched(t, 'both.closing')
+      await b.close()
+      t.same(await a.presence(group), [], 'the entry is gone')
+      t.same(await delivery(a, watcher), bob('presence.leave', group, member), 'and announced gone')
+    })
+  }
+
+  test('presence events announce joins and leaves, without offsets, kept out of history', async t => {
+    const { a, b, group, watcher, member } = await bobJoinsWatched(t, 'both.events')
     await b.groupAdd(group, member, { presence: { name: 'Bob' } })
     await nothing(t, a, watcher)
     await b.groupDiscard(group, member)
-    t.same(await delivery(a, watcher), { message: { type: 'presence.leave', channel: member, info: { name: 'Bob' } }, info: { group } })
+    t.same(await delivery(a, watcher), bob('presence.leave', group, member))
     t.same((await a.history(group)).messages, [], 'announcements are not history')
     const plain = unique('room')
     await a.groupAdd(plain, watcher)
