@@ -10,6 +10,7 @@ import { Mailbox, Waiter } from './mailbox.js'
 import { clonePlainObject, cloneMessage, share } from './message.js'
 import { enterFanOut, leaveFanOut } from './copy-encoding.js'
 import { Listener, Membership } from './local-entries.js'
+import { Turns } from './turns.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
 
 /** The `Delivery` of a message sent to the channel itself. */
@@ -57,9 +58,8 @@ export class LocalStore {
   readonly #sinks = new Map<string, ChannelSink>()
   // group → channel → presence info, only for memberships that recorded one.
   readonly #presence = new Map<string, Map<string, PresenceInfo>>()
-  // A fan-out or a turn() under way, and the ones started meanwhile, waiting for it (below).
-  #busy = false
-  readonly #waiting: Array<() => void> = []
+  // Fan-outs and turn()s, one at a time (turns.ts).
+  readonly #turns = new Turns()
 
   constructor (settings: LocalStoreSettings) {
     this.#settings = settings
@@ -83,85 +83,35 @@ export class LocalStore {
    * (copy-encoding.ts). Members whose sink shares messages all get `message` itself, deep-frozen.
    */
   fanOut (group: string, message: LayerMessage, info: Delivery, skip?: ReadonlySet<string>): void {
-    if (this.#busy) {
-      this.#waiting.push(() => { this.#fanOut(group, message, info, skip) })
+    const turns = this.#turns
+    if (turns.busy) {
+      turns.defer(() => { this.#fanOut(group, message, info, skip) })
       return
     }
-    this.#busy = true
+    turns.begin()
     try {
       this.#fanOut(group, message, info, skip)
     } finally {
-      this.#drain()
+      turns.end()
     }
   }
 
   /**
    * Runs `step` (store changes that belong together: a join and its replay) alone among the
-   * store's fan-outs and turns, as a fan-out runs: at once, or after the one under way.
-   *
-   * A member's handler runs synchronously when it is handed a message (an idle connection), so
-   * it may send to a group or join one from inside a fan-out. Were that done at once, the members
-   * not reached yet would get the new message before the one being fanned out, and a join would
-   * land in the middle of it (a member that joined after a message was sent would get it, one
-   * joining with `since` would get it twice). So it waits until the fan-out is over, then runs,
-   * in call order: every member gets a group's messages in the order they were sent.
+   * store's fan-outs and turns: at once, or after the one under way (turns.ts says why).
    */
   turn<T> (step: () => T): T | Promise<T> {
-    if (this.#busy) {
-      return new Promise<T>((resolve, reject) => {
-        this.#waiting.push(() => {
-          try {
-            resolve(step())
-          } catch (err) {
-            reject(err)
-          }
-        })
-      })
-    }
-    this.#busy = true
-    try {
-      return step()
-    } finally {
-      this.#drain()
-    }
+    return this.#turns.turn(step)
   }
 
   /** Whether a fan-out or a turn is under way: what is asked for now would wait for it (turn()). */
   get busy (): boolean {
-    return this.#busy
+    return this.#turns.busy
   }
 
   /** `turn()` for a step that returns nothing: no promise when it waits, so nothing to reject. */
   alone (step: () => void): void {
-    if (this.#busy) {
-      this.#waiting.push(step)
-      return
-    }
-    this.#busy = true
-    try {
-      step()
-    } finally {
-      this.#drain()
-    }
-  }
-
-  /** Runs what waited for the step just done, in order (and what those start, after them). */
-  #drain (): void {
-    let failure: { err: unknown } | undefined
-    try {
-      for (let i = 0; i < this.#waiting.length; i++) {
-        try {
-          this.#waiting[i]()
-        } catch (err) {
-          // The others still run; the first error reaches the caller afterwards.
-          failure ??= { err }
-        }
-      }
-    } finally {
-      this.#waiting.length = 0
-      this.#busy = false
-    }
-    if (failure !== undefined) throw failure.err
+    this.#turns.alone(step)
   }
 
   #fanOut (group: string, message: LayerMessage, info: Delivery, skip: ReadonlySet<string> | undefined): void {
