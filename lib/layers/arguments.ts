@@ -17,13 +17,19 @@ export interface JoinRequest {
   presence: PresenceInfo | undefined
 }
 
-/** A layer option that must be a positive number (or integer); `fallback` when unset. */
-export function positiveOption (name: string, value: unknown, fallback: number, integer: boolean): number {
+/** The longest delay a Node timer keeps (ms): a longer one fires after 1 ms instead. */
+export const MAX_TIMER_MS = 2 ** 31 - 1
+
+/**
+ * A layer option that must be a positive number (or integer), at most `max`; `fallback` when
+ * unset. An option that becomes a timer's delay takes `max` from MAX_TIMER_MS.
+ */
+export function positiveOption (name: string, value: unknown, fallback: number, integer: boolean, max = Infinity): number {
   if (value === undefined) return fallback
-  const ok = typeof value === 'number' && Number.isFinite(value) && value > 0 && (!integer || Number.isInteger(value))
+  const ok = typeof value === 'number' && Number.isFinite(value) && value > 0 && value <= max && (!integer || Number.isInteger(value))
   if (!ok) {
     throw new InvalidOptionError(`Channel layer option "${name}" must be a positive ${integer ? 'integer' : 'number'}` +
-      `, got ${typeof value === 'number' ? String(value) : typeof value}`)
+      `${max < Infinity ? ` of at most ${max}` : ''}, got ${typeof value === 'number' ? String(value) : typeof value}`)
   }
   return value
 }

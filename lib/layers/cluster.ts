@@ -15,7 +15,7 @@
  */
 import { ChannelFullError } from '../errors.js'
 import { BaseChannelLayer, type BaseChannelLayerOptions, type LayerStats } from './base.js'
-import { positiveOption, type JoinRequest } from './arguments.js'
+import { MAX_TIMER_MS, positiveOption, type JoinRequest } from './arguments.js'
 import type { LayerInspection } from './local-store.js'
 import type { Policy } from './policies.js'
 import type { HistoryPolicy } from './history.js'
@@ -79,7 +79,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     super(options)
     // The same object the base class counts in, with what only a shared layer counts.
     Object.assign(this.stats, { directSendDropped: 0, undecryptable: 0, reconnects: 0 })
-    const leaseMs = positiveOption('membershipLease', options.membershipLease, LEASE_MS / 1000, false) * 1000
+    const leaseMs = positiveOption('membershipLease', options.membershipLease, LEASE_MS / 1000, false, MAX_TIMER_MS / 1000) * 1000
     this.#inbox = { kind: 'process', token: this.processToken }
     const cipher = options.encryptionKeys === undefined ? undefined : new PayloadCipher(options.encryptionKeys)
     this.#codec = new WireCodec(cipher, () => {

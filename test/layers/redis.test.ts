@@ -47,6 +47,9 @@ function tests (): void {
       ['prefix', { prefix: 'a{b}' }],
       ['timeout', { timeout: 0 }],
       ['timeout', { timeout: Infinity }],
+      // Past what a Node timer keeps: every call would time out after 1 ms.
+      ['timeout', { timeout: 2 ** 31 }],
+      ['membershipLease', { membershipLease: 2 ** 31 / 1000 * 3 }],
       ['client', { client: {} as never }],
       ['client', { client: new Redis({ lazyConnect: true }), url: REDIS_URL }],
       ['redisOptions', { redisOptions: 'x' as never }],
@@ -58,6 +61,9 @@ function tests (): void {
     const err = (() => { try { return new RedisChannelLayer({ prefix: 'a b' }) } catch (e) { return e } })()
     t.match(err, { code: 'FST_CHANNELS_INVALID_OPTION', message: /prefix/ })
     t.equal(open(t).prefix, 'channels', 'default prefix')
+    const patient = open(t, { timeout: 2 ** 31 - 1 })
+    await patient.send('patient-queue', { type: 'waited' })
+    t.same(await patient.receive('patient-queue'), { type: 'waited' }, 'the longest timeout a timer keeps is taken, and calls succeed')
   })
 
   t.test('every key and pub/sub channel starts with the prefix; flush deletes only its own', async t => {

@@ -2,7 +2,7 @@
 import type { Cluster, Redis, RedisOptions } from 'ioredis'
 import { InvalidOptionError } from '../../errors.js'
 import type { ClusterChannelLayerOptions } from '../cluster.js'
-import { positiveOption } from '../arguments.js'
+import { MAX_TIMER_MS, positiveOption } from '../arguments.js'
 
 export interface RedisChannelLayerOptions extends ClusterChannelLayerOptions {
   /** `redis://[user:password@]host:port/db` (or `rediss://`). Default: ioredis' default, 127.0.0.1:6379. */
@@ -16,7 +16,7 @@ export interface RedisChannelLayerOptions extends ClusterChannelLayerOptions {
   client?: Redis | Cluster
   /** Every key and pub/sub channel starts with `<prefix>:`. Letters, digits, `_`, `-`, `.`. Default 'channels'. */
   prefix?: string
-  /** Milliseconds a call may wait for an unreachable Redis before it rejects with LayerTimeoutError. Default 5000. */
+  /** Milliseconds a call may wait for an unreachable Redis before it rejects with LayerTimeoutError (at most 2^31 - 1). Default 5000. */
   timeout?: number
 }
 
@@ -43,5 +43,5 @@ export function checkOptions (options: RedisChannelLayerOptions): void {
   if (prefix !== undefined && (typeof prefix !== 'string' || !PREFIX.test(prefix))) {
     throw new InvalidOptionError('RedisChannelLayer option "prefix" must be 1 to 64 letters, digits, "_", "-" or "."')
   }
-  positiveOption('timeout', timeout, 5000, false)
+  positiveOption('timeout', timeout, 5000, false, MAX_TIMER_MS)
 }
