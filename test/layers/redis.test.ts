@@ -252,6 +252,21 @@ function tests (): void {
     t.ok(await nothing(a, 'jobs'), 'and left the group')
   })
 
+  t.test('a process whose clock runs ahead of Redis still reaches a named member with its first group send', async t => {
+    const prefix = uniquePrefix('fc-skew')
+    const worker = open(t, { prefix, groupExpiry: 60 })
+    await worker.groupAdd('news', 'inbox')
+    const realNow = Date.now
+    // This host's clock is 90 s fast: past the membership's 60 s, were it compared with its own.
+    Date.now = () => realNow() + 90_000
+    t.teardown(() => { Date.now = realNow })
+    const sender = open(t, { prefix, groupExpiry: 60 })
+    await sender.connect()
+    await sender.groupSend('news', { type: 'headline' })
+    Date.now = realNow
+    t.same(await next(worker, 'inbox'), { type: 'headline' }, 'the membership is judged by the server\'s time')
+  })
+
   t.test('memberships are recorded in Redis and removed with them', async t => {
     const admin = adminClient(t)
     const prefix = uniquePrefix('fc-records')

@@ -259,8 +259,7 @@ class QueueReaders {
       const connecting = conn.status === 'wait' ? conn.connect() : Promise.reject(new Error(`connection ${conn.status}`))
       await withDeadline(connecting, connected, 'connect', timeout)
       // Elements carry deadlines in server time; a worker-only process learns it here.
-      const [seconds, micros] = await withDeadline(conn.time(), connected, 'connect', timeout)
-      this.#clock.observe(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000))
+      this.#clock.observeTime(await withDeadline(conn.time(), connected, 'connect', timeout))
     }
   }
 

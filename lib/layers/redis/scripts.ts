@@ -15,9 +15,15 @@ export const DEADLINE_WIDTH = 16
  */
 export class ServerClock {
   #offset = 0
+  #known = false
 
   now (): number {
     return Date.now() + this.#offset
+  }
+
+  /** Whether a reply has told this process the server's time yet (until then, now() is its own). */
+  get known (): boolean {
+    return this.#known
   }
 
   /**
@@ -26,7 +32,14 @@ export class ServerClock {
    */
   observe (serverNow: unknown): void {
     const ms = typeof serverNow === 'string' ? Number(serverNow) : serverNow
-    if (typeof ms === 'number' && Number.isFinite(ms)) this.#offset = ms - Date.now()
+    if (typeof ms !== 'number' || !Number.isFinite(ms)) return
+    this.#offset = ms - Date.now()
+    this.#known = true
+  }
+
+  /** Learns the server time from the reply of Redis' `TIME` (seconds and microseconds). */
+  observeTime ([seconds, micros]: readonly unknown[]): void {
+    this.observe(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000))
   }
 }
 

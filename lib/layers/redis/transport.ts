@@ -86,10 +86,13 @@ export class RedisTransport implements Transport {
     // Two commands written at once (sendNow), in one round trip and one socket write: not in a
     // Pipeline object, which cost the sender a third more CPU per send (bench/group-send.js).
     return this.#connections.run(what, async client => {
-      const [, members] = await Promise.all(this.#connections.inOneWrite(client, () => [
+      const [, members, time] = await Promise.all(this.#connections.inOneWrite(client, () => [
         this.#publish(client, keys.groupChannel(group), payload),
-        this.#connections.sendNow(client, 'zrange', [keys.namedMembers(group), '0', '-1', 'WITHSCORES']) as Promise<string[]>
+        this.#connections.sendNow(client, 'zrange', [keys.namedMembers(group), '0', '-1', 'WITHSCORES']) as Promise<string[]>,
+        // The named members' deadlines are server time: until a reply has said what it is, ask.
+        this.#clock.known ? undefined : this.#connections.sendNow(client, 'time', []) as Promise<string[]>
       ] as const))
+      if (time !== undefined) this.#clock.observeTime(time)
       const now = this.#clock.now()
       const named: string[] = []
       for (let i = 0; i + 1 < members.length; i += 2) if (Number(members[i + 1]) > now) named.push(members[i])
