@@ -64,6 +64,26 @@ export function handlerNames (type: string): string[] {
 /** Finds the handler `type` names on `target`, or undefined when none may be called. */
 export function findHandlerByType (target: object, type: string): MessageHandler | undefined {
   const proto = Object.getPrototypeOf(target) as object
+  // A fan-out asks for one type on one class, member after member: the last answer first.
+  let name = proto === lastProto && type === lastType ? lastName : undefined
+  if (name === undefined) name = nameFor(proto, type)
+  if (name !== null) return (target as Record<string, MessageHandler>)[name]
+  // Handlers assigned as instance fields (arrow functions) are found too, but are not cached.
+  for (const candidate of handlerNames(type)) {
+    if (reserved.has(candidate) || !Object.hasOwn(target, candidate)) continue
+    const value = (target as Record<string, unknown>)[candidate]
+    if (typeof value === 'function') return value as MessageHandler
+  }
+  return undefined
+}
+
+// The last class and type findHandlerByType answered for, and the method name it found (or null).
+let lastProto: object | undefined
+let lastType = ''
+let lastName: string | null = null
+
+/** The method of `proto` that `type` names, or null; remembered per class. */
+function nameFor (proto: object, type: string): string | null {
   let byType = cache.get(proto)
   if (byType === undefined) {
     byType = new Map()
@@ -81,12 +101,8 @@ export function findHandlerByType (target: object, type: string): MessageHandler
     // Bound the cache: types come from the network, a flood of distinct ones must not grow memory.
     if (byType.size < 1000) byType.set(type, name)
   }
-  if (name !== null) return (target as Record<string, MessageHandler>)[name]
-  // Handlers assigned as instance fields (arrow functions) are found too, but are not cached.
-  for (const candidate of handlerNames(type)) {
-    if (reserved.has(candidate) || !Object.hasOwn(target, candidate)) continue
-    const value = (target as Record<string, unknown>)[candidate]
-    if (typeof value === 'function') return value as MessageHandler
-  }
-  return undefined
+  lastProto = proto
+  lastType = type
+  lastName = name
+  return name
 }

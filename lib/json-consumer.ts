@@ -69,7 +69,7 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
       if (content === lastShared && encode === lastEncoder) {
         text = lastText
       } else {
-        text = reusedEncoding(this, content) ?? encode(content)
+        text = (encode === defaultEncodeJson ? encodingOfCopy(content) : undefined) ?? encode(content)
         if (isShared(content)) {
           lastShared = content
           lastEncoder = encode

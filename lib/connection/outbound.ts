@@ -79,16 +79,18 @@ export class Outbound {
     if (typeof data === 'string' && this.#writer !== null) {
       const frame = sharedTextFrame(data)
       if (frame !== undefined) {
-        const batch = this.#batchOfTurn()
-        if (batch !== undefined) {
-          batch.push(frame, data)
+        if (this.#queuedThisTurn()) {
+          let more = this.#more
+          if (more === null) more = this.#more = [frame, data]
+          else more.push(frame, data)
           // A burst to one socket is written every MAX_BATCH frames, so the slow-reader limit sees it.
-          if (batch.length > 2 * MAX_BATCH) this.flush()
+          if (1 + (more.length >> 1) >= MAX_BATCH) this.flush()
           return
         }
-        // Most connections write one frame per turn: an array of exactly it (an empty one would
-        // grow room for 17 at its first push).
-        this.#batchAt = pending.push([this, frame, data]) - 1
+        // Most connections write one frame per turn: it waits in the turn's list itself, with no
+        // array of its own (and none left from a turn whose writes threw).
+        this.#queuedAt = pending.push(this, frame, data) - 3
+        this.#more = null
         if (!flushing) {
           flushing = true
           setImmediate(Outbound.#flushAll)
@@ -113,42 +115,43 @@ export class Outbound {
     return true
   }
 
-  // Where this socket's frames of the current turn wait: the index of its batch in `pending`, or
-  // -1. An index rather than the batch itself: an old object pointing to a new one costs V8 a
-  // write barrier and a remembered-set entry, at every send.
-  #batchAt = -1
+  // Where this socket's first frame of the current turn waits: the index of its entry in
+  // `pending`, or -1. An index rather than the entry: an old object pointing to a new one costs V8
+  // a write barrier and a remembered-set entry, at every send.
+  #queuedAt = -1
+  // The socket's further frames of the turn, each with its text (a burst only).
+  #more: Array<Buffer[] | string> | null = null
 
-  /** This socket's batch of the current turn, if it has one. */
-  #batchOfTurn (): Batch | undefined {
-    const at = this.#batchAt
-    if (at < 0) return undefined
-    const batch = pending[at]
-    return batch !== undefined && batch !== null && batch[0] === this ? batch : undefined
+  /** Whether this socket has frames waiting for the end of the current turn. */
+  #queuedThisTurn (): boolean {
+    const at = this.#queuedAt
+    return at >= 0 && pending[at] === this
   }
 
   /** Writes the frames batched for this socket, in order. */
   flush (): void {
-    const batch = this.#batchOfTurn()
-    if (batch === undefined) return
-    pending[this.#batchAt] = null
-    this.#batchAt = -1
-    this.#write(batch)
+    if (!this.#queuedThisTurn()) return
+    const at = this.#queuedAt
+    const frame = pending[at + 1] as Buffer[]
+    const text = pending[at + 2] as string
+    pending[at] = pending[at + 1] = pending[at + 2] = null
+    this.#queuedAt = -1
+    this.#write(frame, text)
   }
 
   /**
-   * Every socket's batch of the turn, in the order the sockets got their first frame. The list
+   * Every socket's frames of the turn, in the order the sockets got their first frame. The list
    * stays the current one until all are written: a send made meanwhile (from a write's own
-   * callbacks) joins its socket's batch still waiting, or a new one at the end, so no socket's
-   * frames can pass each other.
+   * callbacks) joins its socket's frames still waiting, or is a new entry at the end, so no
+   * socket's frames can pass each other.
    */
   static #flushAll (): void {
     try {
-      for (let i = 0; i < pending.length; i++) {
-        const batch = pending[i]
-        if (batch === null) continue
-        const outbound = batch[0] as Outbound
-        outbound.#batchAt = -1
-        outbound.#write(batch)
+      for (let i = 0; i < pending.length; i += 3) {
+        const outbound = pending[i] as Outbound | null
+        if (outbound === null) continue
+        outbound.#queuedAt = -1
+        outbound.#write(pending[i + 1] as Buffer[], pending[i + 2] as string)
       }
     } finally {
       pending = []
@@ -156,7 +159,10 @@ export class Outbound {
     }
   }
 
-  #write (batch: Batch): void {
+  /** Writes the socket's first frame of the turn and the others after it. */
+  #write (frame: Buffer[], text: string): void {
+    const more = this.#more
+    this.#more = null
     const socket = this.#socket
     const writer = this.#writer
     if (socket === null || writer === null) return
@@ -164,18 +170,23 @@ export class Outbound {
     // bounds the same thing (a batch is not in the socket's buffer until now) and the handler
     // phase touches the socket one time fewer.
     if (this.#overLimit(socket)) return
-    this.#counts.framesSent += (batch.length - 1) >> 1
+    if (more === null) {
+      this.#counts.framesSent++
+      writeOne(socket, writer, frame, text)
+      return
+    }
+    this.#counts.framesSent += 1 + (more.length >> 1)
     // Several frames: one write to the TCP socket for all of them.
-    if (batch.length === 3) writeBatch(socket, writer, batch)
-    else corked(writer, () => { writeBatch(socket, writer, batch) })
+    corked(writer, () => {
+      writeOne(socket, writer, frame, text)
+      for (let i = 0; i < more.length; i += 2) writeOne(socket, writer, more[i] as Buffer[], more[i + 1] as string)
+    })
   }
 }
 
-/** A batch's frames in order; a frame that cannot be written as it is goes through `ws.send()`. */
-function writeBatch (socket: WritableSocket, writer: FrameWriter, batch: Batch): void {
-  for (let i = 1; i < batch.length; i += 2) {
-    if (!writeFrame(socket, writer, batch[i] as Buffer[])) socket.send(batch[i + 1] as string)
-  }
+/** One frame as it is, or through `ws.send()` when it cannot be written as it is. */
+function writeOne (socket: WritableSocket, writer: FrameWriter, frame: Buffer[], text: string): void {
+  if (!writeFrame(socket, writer, frame)) socket.send(text)
 }
 
 // Shared frames are written once the current turn of the event loop has run its callbacks and
@@ -185,11 +196,10 @@ function writeBatch (socket: WritableSocket, writer: FrameWriter, batch: Batch):
 // in one tick, or read from Redis in one chunk, each run through its async handler) leave in one
 // system call. A socket's other sends, and its close, flush it first.
 const MAX_BATCH = 32
-// A socket's frames of the turn: the Outbound, then each frame with its text (for ws.send() when
-// the frame cannot be written as it is). A new list each turn, so that what it holds is as young
-// as it is (no write barrier).
-type Batch = Array<Outbound | Buffer[] | string>
-let pending: Array<Batch | null> = []
+// The sockets' first frames of the turn, three entries each: the Outbound (null once it wrote them
+// early), the frame and its text (for ws.send() when the frame cannot be written as it is). A new
+// list each turn, so that what it holds is as young as it is (no write barrier).
+let pending: Array<Outbound | Buffer[] | string | null> = []
 let flushing = false
 
 /** One unmasked, unfragmented text frame (RFC 6455 §5.2), header and payload in one Buffer. */

@@ -108,12 +108,15 @@ function sameData (content: unknown, original: unknown): boolean {
   let i = 0
   for (const key in content) {
     // An inherited enumerable key (a polluted prototype) is not JSON's: leave that content alone.
-    if (key !== keys[i] || !Object.hasOwn(content, key)) return false
+    if (key !== keys[i] || !hasOwnProperty.call(content, key)) return false
     if (!sameData((content as Record<string, unknown>)[key], (original as Record<string, unknown>)[key])) return false
     i++
   }
   return i === keys.length
 }
+
+// Not Object.hasOwn: V8 turns this call, on the object a for…in walks, into a check of its shape.
+const hasOwnProperty = Object.prototype.hasOwnProperty
 
 function noToJson (value: object): boolean {
   return (value as { toJSON?: unknown }).toJSON === undefined
