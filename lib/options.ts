@@ -61,7 +61,8 @@ export function checkOptions (opts: FastifyChannelsOptions): void {
   }
   if (getUser !== undefined && typeof getUser !== 'function') throw new InvalidOptionError('option "getUser" must be a function')
   checkInteger('maxPayload', maxPayload, false)
-  checkInteger('heartbeatInterval', heartbeatInterval, true)
+  // A timer's delay: past 2^31 - 1 ms Node would fire it after 1 ms instead.
+  checkInteger('heartbeatInterval', heartbeatInterval, true, 2 ** 31 - 1)
   checkInteger('maxBufferedBytes', maxBufferedBytes, false)
   checkInteger('maxGroupsPerConnection', maxGroupsPerConnection, false)
   checkOriginOptions(opts)
@@ -74,9 +75,10 @@ export function checkOptions (opts: FastifyChannelsOptions): void {
   }
 }
 
-function checkInteger (name: string, value: unknown, allowZero: boolean): void {
+function checkInteger (name: string, value: unknown, allowZero: boolean, max = Infinity): void {
   if (value === undefined) return
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || (!allowZero && value === 0)) {
-    throw new InvalidOptionError(`option "${name}" must be a ${allowZero ? 'non-negative' : 'positive'} integer, got ${String(value)}`)
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || (!allowZero && value === 0) || value > max) {
+    throw new InvalidOptionError(`option "${name}" must be a ${allowZero ? 'non-negative' : 'positive'} integer` +
+      `${max < Infinity ? ` of at most ${max}` : ''}, got ${String(value)}`)
   }
 }

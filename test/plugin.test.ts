@@ -10,6 +10,8 @@ t.test('bad options fail register with a clear error', async t => {
     ['a non-function getUser', { getUser: 'user' }, /option "getUser" must be a function/],
     ['a zero maxPayload', { maxPayload: 0 }, /option "maxPayload" must be a positive integer/],
     ['a negative heartbeat', { heartbeatInterval: -1 }, /option "heartbeatInterval" must be a non-negative integer/],
+    // Meant as "practically never", it would ping every connection every few milliseconds.
+    ['a heartbeat longer than a timer keeps', { heartbeatInterval: Number.MAX_SAFE_INTEGER }, /option "heartbeatInterval" must be a non-negative integer of at most 2147483647/],
     ['a fractional maxBufferedBytes', { maxBufferedBytes: 1.5 }, /option "maxBufferedBytes" must be a positive integer/]
   ]
   for (const [what, opts, message] of cases) {
