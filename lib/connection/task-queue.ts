@@ -18,6 +18,9 @@ export interface TaskRunner<Task, Detail = never> {
   afterTask (): void
 }
 
+// Slots (two per task) taken from the front before the array is compacted.
+const COMPACT_AFTER = 1024
+
 export class TaskQueue<Task, Detail = never> {
   readonly #runner: TaskRunner<Task, Detail>
   // task, detail, task, detail, …: #head is the next task's index. Only while tasks wait: an idle
@@ -76,6 +79,12 @@ export class TaskQueue<Task, Detail = never> {
         const detail = queue[this.#head + 1] as Detail | undefined
         queue[this.#head++] = undefined
         queue[this.#head++] = undefined
+        // A queue that never empties (a consumer always a little behind) would keep every slot it
+        // ever used: once most of the array is behind the head, the rest moves to its start.
+        if (this.#head >= COMPACT_AFTER && this.#head * 2 >= queue.length) {
+          queue.splice(0, this.#head)
+          this.#head = 0
+        }
         if (!this.#run(task, detail)) return
       }
       this.#queue = null

@@ -4,6 +4,8 @@
  */
 import t from 'tap'
 import { createHook } from 'node:async_hooks'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { TaskQueue, type TaskRunner } from '../../lib/connection/task-queue.js'
 
 type Step = () => PromiseLike<unknown> | undefined
@@ -142,4 +144,37 @@ t.test('a task\'s detail reaches the runner beside it, and nothing else', async 
   queue.start()
   queue.push('later', 8)
   t.same(seen, [['with', 7], ['without', undefined], ['later', 8]])
+})
+
+/** Runs `total` asynchronous tasks with three always waiting, as for a consumer a little behind; the heap's growth. */
+async function neverEmpty (total: number, gc: () => void): Promise<{ grown: number, pending: number }> {
+  let ran = 0
+  let finished: () => void = () => {}
+  const done = new Promise<void>(resolve => { finished = resolve })
+  const queue: TaskQueue<Step> = new TaskQueue<Step>({ runTask: step => step(), taskFailed () {}, afterTask () {} })
+  // Each task queues the next before it settles.
+  const step: Step = () => {
+    ran++
+    if (ran + 3 <= total) queue.push(step)
+    if (ran === total) finished()
+    return Promise.resolve()
+  }
+  for (let i = 0; i < 3; i++) queue.push(step)
+  gc()
+  const before = process.memoryUsage().heapUsed
+  queue.start()
+  await done
+  gc()
+  return { grown: process.memoryUsage().heapUsed - before, pending: queue.pending }
+}
+
+t.test('a queue that never empties keeps what waits, not every task it ever ran', async t => {
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  await neverEmpty(50_000, gc) // warm-up: what compiling and the test runner add is not the queue's
+  const total = 600_000
+  const { grown, pending } = await neverEmpty(total, gc)
+  t.ok(pending <= 3, `${pending} still waiting`)
+  // Kept, each task would hold 16 bytes of the array at least: 9.6 MB here.
+  t.ok(grown < 5_000_000, `the heap grew ${grown} bytes over ${total} tasks`)
 })
