@@ -342,6 +342,44 @@ t.test('a client flooding a busy consumer is not read further (TCP backpressure)
   await client.closed
 })
 
+t.test('rateLimit: a client within the limit whose frames waited in TCP while its consumer was busy is not closed', async t => {
+  // 40 frames a second against 100 a second: after 16 frames the busy consumer is no longer read,
+  // and the 120 or so sent in the next 3 s are read together once it catches up.
+  let release!: () => void
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const disconnects: number[] = []
+  class Busy extends WebsocketConsumer {
+    handled = 0
+    override async receive (text?: string) {
+      if (this.handled++ === 0) await gate
+      if (text === 'last') await this.send(`handled ${this.handled}`)
+    }
+
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app } = await buildApp({ rateLimit: { messages: 100, interval: 1000 } }, app => app.get('/ws', { websocket: true }, Busy.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const client = await openClient(`${url}/ws`)
+  const answer = new Promise(resolve => client.ws.once('message', data => resolve(String(data))))
+  let sent = 0
+  const started = Date.now()
+  while (Date.now() - started < 4000 && client.ws.readyState === client.ws.OPEN) {
+    if (sent === 16 + 120) release()
+    client.ws.send(`frame ${sent++}`)
+    await sleep(25)
+  }
+  release()
+  client.ws.send('last')
+  sent++
+  const outcome = await Promise.race([answer, client.closed])
+  t.equal(outcome, `handled ${sent}`, `every one of the ${sent} frames was handled, and the client was not closed`)
+  client.ws.close(1000)
+  await client.closed
+  await eventually(() => disconnects.length === 1)
+  t.same(disconnects, [1000], 'it ended when the client closed, once')
+})
+
 t.test('maxGroupsPerConnection: joining one group too many closes with 1008; leaving frees a slot', async t => {
   const disconnects: number[] = []
   class Joiner extends JsonWebsocketConsumer {

@@ -41,6 +41,8 @@ export class FlowControl<Task> implements ChannelSink {
   #listener: ChannelListener | null = null
   // The per-connection rate limit on client frames, when there is one.
   #bucket: TokenBucket | null = null
+  // When reads were last paused: the rate limit does not charge the client for that time.
+  #pausedAt = 0
   /** ChannelSink: the consumer opted in to shared, read-only group messages. */
   sharesMessages = false
   // Only for a layer without listen(): the receive() pump's wake-up and its stop signal.
@@ -80,6 +82,7 @@ export class FlowControl<Task> implements ChannelSink {
       this.#holdBack()
       if (!this.#readsPaused) {
         this.#readsPaused = true
+        this.#pausedAt = performance.now()
         this.#socket?.pause()
       }
     }
@@ -122,6 +125,7 @@ export class FlowControl<Task> implements ChannelSink {
     }
     if (this.#readsPaused) {
       this.#readsPaused = false
+      this.#bucket?.resumed(performance.now() - this.#pausedAt)
       this.#socket?.resume()
     }
   }

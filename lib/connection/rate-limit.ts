@@ -20,10 +20,29 @@ export class TokenBucket {
   /** Takes a token for one frame; false when the client is over the limit. */
   take (now = performance.now()): boolean {
     const refilled = this.#tokens + (now - this.#at) * this.#perMs
-    this.#tokens = refilled > this.#capacity ? this.#capacity : refilled
+    // Never refilled past the brim; what resumed() put above it stays until it is spent.
+    if (refilled <= this.#capacity) this.#tokens = refilled
+    else if (this.#tokens < this.#capacity) this.#tokens = this.#capacity
     this.#at = now
     if (this.#tokens < 1) return false
     this.#tokens--
     return true
+  }
+
+  /**
+   * The connection was not read for `pausedMs` (flow control held it back while its consumer was
+   * behind): the frames its client sent meanwhile are read together. That time refills the bucket
+   * past its brim, by what it would have refilled, so that a client within the limit is not
+   * charged with a burst it did not send: up to `messages` plus `pausedMs`' worth. What is left
+   * of an earlier pause's is kept (the burst read after a pause fills the queue again at once, and
+   * is paused again) but never added to: the bucket holds at most `messages` plus the longest
+   * pause's worth.
+   */
+  resumed (pausedMs: number, now = performance.now()): void {
+    const refilled = this.#tokens + (now - this.#at) * this.#perMs
+    const brim = this.#capacity + pausedMs * this.#perMs
+    if (refilled <= brim) this.#tokens = refilled
+    else if (this.#tokens < brim) this.#tokens = brim
+    this.#at = now
   }
 }
