@@ -14,6 +14,11 @@
  *   P:pi:{group}     hash     presence info of the group's memberships
  *
  * Names cannot contain braces (the naming rules forbid them), so the tag is always the whole name.
+ *
+ * ioredis' `keyPrefix` (a client's option) goes before every key, and before every pub/sub channel
+ * too: on Cluster ioredis puts it there itself (a sharded channel is a key to Redis), on standalone
+ * Redis `channelPrefix` does. Apps that share a Redis and are kept apart by their keyPrefix then
+ * hear neither each other's groups nor each other's flush.
  */
 import type { Route } from '../cluster/transport.js'
 
@@ -22,10 +27,10 @@ export class RedisKeys {
   readonly #groupPrefix: string
   readonly #inboxPrefix: string
 
-  constructor (readonly prefix: string) {
-    this.broadcast = `${prefix}:x`
-    this.#groupPrefix = `${prefix}:g:{`
-    this.#inboxPrefix = `${prefix}:p:{`
+  constructor (readonly prefix: string, channelPrefix = '') {
+    this.broadcast = `${channelPrefix}${prefix}:x`
+    this.#groupPrefix = `${channelPrefix}${prefix}:g:{`
+    this.#inboxPrefix = `${channelPrefix}${prefix}:p:{`
   }
 
   /** SCAN pattern for every key of this prefix. */

@@ -31,7 +31,6 @@ export class RedisTransport implements Transport {
   constructor (options: RedisChannelLayerOptions, layer: ClusterContext) {
     const prefix = options.prefix ?? 'channels'
     this.timeout = options.timeout ?? 5000
-    this.#keys = new RedisKeys(prefix)
     this.#connections = new RedisConnections({
       client: options.client,
       url: options.url,
@@ -39,6 +38,8 @@ export class RedisTransport implements Transport {
       timeout: this.timeout,
       name: `${prefix}:${layer.processToken}`
     }, (err, which) => layer.log().debug({ err, connection: which }, 'Redis connection error'))
+    // ioredis puts its keyPrefix before a sharded channel itself (Cluster), not before a plain one.
+    this.#keys = new RedisKeys(prefix, this.#connections.cluster ? '' : this.#connections.keyPrefix)
     this.#subscriber = new Subscriber(this.#connections, (channel, payload) => {
       const route = this.#keys.routeOf(channel)
       if (route !== undefined) layer.received(route, payload)
@@ -174,8 +175,9 @@ export class RedisTransport implements Transport {
 
   /**
    * The sharded flag and the group's pub/sub channel for the history script, which publishes:
-   * named as the subscriber's commands name it, since ioredis' keyPrefix reaches a script's KEYS
-   * but no ARGV. SSUBSCRIBE gets the prefix (its channel is a key to Redis), SUBSCRIBE does not.
+   * named as Redis knows it, since ioredis' keyPrefix reaches a script's KEYS but no ARGV.
+   * SSUBSCRIBE gets the prefix from ioredis (its channel is a key to Redis); a plain channel's
+   * name has it already (keys.ts).
    */
   #scriptChannel (group: string): [string, string] {
     const channel = this.#keys.groupChannel(group)
