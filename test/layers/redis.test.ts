@@ -149,6 +149,22 @@ function tests (): void {
     }
   })
 
+  t.test('a receive that gave up in one process does not reorder what a worker in another gets next', async t => {
+    const prefix = uniquePrefix('fc-unblock')
+    const [quitter, worker, sender] = [open(t, { prefix }), open(t, { prefix }), open(t, { prefix })]
+    await Promise.all([quitter.connect(), worker.connect(), sender.connect()])
+    for (let round = 0; round < 3; round++) {
+      await t.rejects(quitter.receive('jobs', { signal: AbortSignal.timeout(100) }), { name: 'TimeoutError' })
+      const got: number[] = []
+      const working = (async () => { while (got.length < 2) got.push((await next(worker, 'jobs') as unknown as { n: number }).n) })()
+      await sleep(50)
+      await sender.send('jobs', { type: 'job', n: 1 })
+      await sender.send('jobs', { type: 'job', n: 2 })
+      await working
+      t.same(got, [1, 2], `round ${round}: the worker got both in the order they were sent`)
+    }
+  })
+
   t.test('a layer that closes while its pop of a named channel is under way gives back what the pop took', async t => {
     const prefix = uniquePrefix('fc-close-pop')
     const b = open(t, { prefix })

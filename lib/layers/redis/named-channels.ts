@@ -3,8 +3,9 @@
  * `expiry` kept by a Lua script on send. A process that has waiting `receive()` calls on a channel
  * runs one reader for it: a loop of BLPOP on a connection of its own (a blocking pop holds its
  * connection), handing each message to the longest-waiting local receiver. Redis hands each
- * element to one BLPOP only, so each message reaches one receiver in all processes. A message
- * popped after its receiver left goes back to the head of the list. A pop Redis answers after its
+ * element to one BLPOP only, so each message reaches one receiver in all processes. A pop whose
+ * receivers all gave up is ended (standalone Redis), and a message popped after its receivers
+ * left goes back to the head of the list. A pop Redis answers after its
  * deadline (Redis slower than `timeout`) keeps its connection until the answer comes, so what it
  * took is handed over or given back rather than lost with the connection.
  *
@@ -17,7 +18,7 @@ import { ttl, withDeadline, withTimeout } from '../deadline.js'
 import { DIRECT } from '../local-store.js'
 import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
 import { DEADLINE_WIDTH, queuePush, queuePushBack, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
-import { isReplyError, type Client, type RedisConnections } from './connections.js'
+import { isCluster, isReplyError, type Client, type RedisConnections } from './connections.js'
 import type { RedisKeys } from './keys.js'
 
 /** Seconds one BLPOP waits on the server before the reader looks around (receivers gone? closing?). */
@@ -117,6 +118,8 @@ class Reader {
   running = false
   /** A pop under way and the handing over of what it took: close() waits for it. */
   taking: Promise<void> | undefined
+  /** The connection of the pop waiting in Redis now, if one is. */
+  popping: Client | undefined
   /** One controller per waiting receive(): lets an outage reject them with LayerTimeoutError. */
   readonly receivers = new Set<AbortController>()
   constructor (readonly channel: string, readonly key: string) {}
@@ -133,6 +136,8 @@ class QueueReaders {
   readonly #late = new Map<Client, Promise<void>>()
   /** Ends the readers' waits between attempts, for close(). */
   readonly #wakes = new Set<() => void>()
+  /** Each blocking connection's id in Redis (standalone only), for CLIENT UNBLOCK. */
+  readonly #ids = new WeakMap<Client, number>()
   #closed = false
 
   constructor (connections: RedisConnections, layer: ClusterContext, clock: ServerClock) {
@@ -160,6 +165,7 @@ class QueueReaders {
     const settled = (): void => {
       signal?.removeEventListener('abort', forward)
       reader.receivers.delete(own)
+      if (own.signal.aborted && !this.#layer.store.hasReceivers(channel)) this.#unblock(reader)
     }
     pending.then(settled, settled)
     if (!reader.running) void this.#run(reader)
@@ -251,6 +257,19 @@ class QueueReaders {
     })
   }
 
+  /**
+   * The last receiver here gave up (aborted, timed out) while the reader's pop waits in Redis: the
+   * pop is ended (CLIENT UNBLOCK, standalone Redis), so that it takes no message nobody here
+   * wants. Taken, such a message would go back to the head of the list, after a later one had
+   * gone to another process' receiver. One the pop took already is given back as before.
+   */
+  #unblock (reader: Reader): void {
+    const conn = reader.popping
+    const id = conn === undefined ? undefined : this.#ids.get(conn)
+    if (id === undefined) return
+    this.#connections.run('receive', client => client.client('UNBLOCK', id)).catch(() => {}) // the pop ends within its second anyway
+  }
+
   /** Connects a connection not ready yet (a new one, or one that dropped). */
   async #connect (conn: Client): Promise<void> {
     const timeout = this.#connections.timeout
@@ -258,8 +277,11 @@ class QueueReaders {
       const connected = performance.now() + timeout
       const connecting = conn.status === 'wait' ? conn.connect() : Promise.reject(new Error(`connection ${conn.status}`))
       await withDeadline(connecting, connected, 'connect', timeout)
-      // Elements carry deadlines in server time; a worker-only process learns it here.
-      this.#clock.observeTime(await withDeadline(conn.time(), connected, 'connect', timeout))
+      // Elements carry deadlines in server time; a worker-only process learns it here. On
+      // Cluster, a pop's node is ioredis' choice: its pops are not ended early.
+      const [time, id] = await withDeadline(Promise.all([conn.time(), isCluster(conn) ? undefined : conn.client('ID')]), connected, 'connect', timeout)
+      this.#clock.observeTime(time)
+      if (id !== undefined) this.#ids.set(conn, Number(id))
     }
   }
 
@@ -270,11 +292,14 @@ class QueueReaders {
     const deadline = performance.now() + POP_SECONDS * 1000 + timeout
     const pop = conn.blpopBuffer(reader.key, POP_SECONDS)
     let popped: [Buffer, Buffer] | null
+    reader.popping = conn
     try {
       popped = await withDeadline(pop, deadline, 'receive', timeout)
     } catch (err) {
       if (err instanceof LayerTimeoutError) this.#awaitLate(conn, reader, pop)
       throw err
+    } finally {
+      reader.popping = undefined
     }
     if (popped !== null) await this.#hand(reader, popped[1])
   }
