@@ -52,8 +52,30 @@ export const DEFAULTS = {
 
 const LAYER_METHODS = ['newChannel', 'send', 'receive', 'groupAdd', 'groupDiscard', 'groupSend', 'flush', 'close'] as const
 
+// Every option above (the type makes the list whole), and those Fastify's register() takes for any plugin.
+const OPTIONS: Record<keyof FastifyChannelsOptions, true> = {
+  layer: true,
+  getUser: true,
+  maxPayload: true,
+  heartbeatInterval: true,
+  maxBufferedBytes: true,
+  allowedOrigins: true,
+  rejectMissingOrigin: true,
+  maxGroupsPerConnection: true,
+  metrics: true,
+  rateLimit: true
+}
+const KNOWN: ReadonlySet<string> = new Set([...Object.keys(OPTIONS), 'prefix', 'logLevel', 'logSerializers'])
+
 export function checkOptions (opts: FastifyChannelsOptions): void {
   if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('fastify-channels options must be an object')
+  // A misspelt option would be ignored: a misspelt `layer`, say, would run the app on the
+  // in-memory layer, where no message crosses to another process.
+  const unknown = Object.keys(opts).filter(key => !KNOWN.has(key))
+  if (unknown.length > 0) {
+    throw new InvalidOptionError(`unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map(key => `"${key}"`).join(', ')}; ` +
+      `the options are ${Object.keys(OPTIONS).join(', ')}`)
+  }
   const { layer, getUser, maxPayload, heartbeatInterval, maxBufferedBytes, maxGroupsPerConnection, metrics, rateLimit } = opts
   if (layer !== undefined) {
     const missing = LAYER_METHODS.filter(m => typeof (layer as unknown as Record<string, unknown>)?.[m] !== 'function')

@@ -12,7 +12,9 @@ t.test('bad options fail register with a clear error', async t => {
     ['a negative heartbeat', { heartbeatInterval: -1 }, /option "heartbeatInterval" must be a non-negative integer/],
     // Meant as "practically never", it would ping every connection every few milliseconds.
     ['a heartbeat longer than a timer keeps', { heartbeatInterval: Number.MAX_SAFE_INTEGER }, /option "heartbeatInterval" must be a non-negative integer of at most 2147483647/],
-    ['a fractional maxBufferedBytes', { maxBufferedBytes: 1.5 }, /option "maxBufferedBytes" must be a positive integer/]
+    ['a fractional maxBufferedBytes', { maxBufferedBytes: 1.5 }, /option "maxBufferedBytes" must be a positive integer/],
+    // Ignored, a misspelt `layer` would run the app on the in-memory layer: no message would cross to another process.
+    ['a misspelt option', { channelLayer: {} }, /unknown option "channelLayer"; the options are layer, getUser, /]
   ]
   for (const [what, opts, message] of cases) {
     const app = Fastify()
