@@ -10,6 +10,7 @@ import { releaseUpgradeState } from './internals.js'
 import { kConnect, kDisconnect, kReceive } from './connection/tasks.js'
 import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
 import { reserveNames } from './dispatch.js'
+import { InvalidOptionError } from './errors.js'
 
 export { kInit, consumerClassOf } from './base-consumer.js'
 
@@ -61,6 +62,10 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
    */
   send (data: string | Uint8Array): Promise<void> {
     try {
+      if (typeof data !== 'string' && !(data instanceof Uint8Array)) {
+        // ws would send anything else as a frame of what it makes of it (undefined: an empty binary one).
+        throw new InvalidOptionError(`send(data) takes a string or bytes, got ${data === null ? 'null' : typeof data}`)
+      }
       this[kOutbound].send(data)
     } catch (err) {
       return Promise.reject(err)

@@ -136,6 +136,26 @@ t.test('text and binary frames reach receive() as text or bytes', async t => {
   t.same(seen, [['héllo', undefined], [undefined, [1, 2, 3]]])
 })
 
+t.test('send() of anything but a string or bytes rejects with InvalidOptionError; nothing is sent and the connection stays open', async t => {
+  class Careless extends WebsocketConsumer {
+    override async receive (text?: string) {
+      const value = text === 'undefined' ? undefined : text === 'object' ? { a: 1 } : 42
+      const outcome = await this.send(value as never).then(() => 'sent', (err: { code?: string, message?: string }) => `${err.code ?? ''}: ${err.message ?? ''}`)
+      await this.send(outcome)
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Careless.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  for (const [what, type] of [['undefined', 'undefined'], ['object', 'object'], ['number', 'number']]) {
+    await comm.sendTo(what)
+    t.equal(await comm.receiveFrom(), `FST_CHANNELS_INVALID_OPTION: send(data) takes a string or bytes, got ${type}`, `${what}: refused, and the next frame is the refusal`)
+  }
+  t.ok(await comm.receiveNothing(), 'nothing else was sent')
+  await comm.disconnect()
+})
+
 t.test('frames sent while connect() is still running are queued in order, none dropped', async t => {
   let release!: () => void
   const gate = new Promise<void>(resolve => { release = resolve })
