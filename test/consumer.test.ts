@@ -136,6 +136,30 @@ t.test('text and binary frames reach receive() as text or bytes', async t => {
   t.same(seen, [['héllo', undefined], [undefined, [1, 2, 3]]])
 })
 
+t.test('what connect() sends after an accept() it did not await waits for the socket, and goes out first, in order', async t => {
+  class Eager extends WebsocketConsumer {
+    override async connect () {
+      void this.accept() // as a Channels user writes self.accept(): not awaited
+      await this.send('welcome')
+      await this.send(new Uint8Array([1, 2]))
+    }
+
+    override async receive (text?: string) { await this.send(`echo ${text ?? ''}`) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Eager.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const frames: unknown[] = []
+  const client = await openClient(`${url}/ws`, {}, ws => {
+    ws.on('message', (data, binary) => { frames.push(binary ? [...(data as Buffer)] : String(data)) })
+  })
+  client.ws.send('hi')
+  await eventually(() => frames.length >= 3)
+  t.same(frames, ['welcome', [1, 2], 'echo hi'], 'nothing dropped, in the order it was sent')
+  client.ws.close()
+  await client.closed
+})
+
 t.test('send() of anything but a string or bytes rejects with InvalidOptionError; nothing is sent and the connection stays open', async t => {
   class Careless extends WebsocketConsumer {
     override async receive (text?: string) {

@@ -163,6 +163,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     }
     if (this.#transition('handshake', 'accepted')) {
       this.subprotocol = subprotocol
+      this.#outbound.expect()
       // If the client goes away before the upgrade (a reset may even come before accept()), the
       // route handler never runs. Removed once the socket is there: it may outlive this connection.
       const raw = this.#request.raw.socket

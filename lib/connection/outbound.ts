@@ -9,9 +9,10 @@
  *   exactly that (see internals.ts).
  *
  * Data is written only while the connection is open: the connection opens its outbound side with
- * the socket and shuts it as soon as it starts closing. Three states, so each late send gets what
- * it should: before the socket is there (a send in `connect()` before `accept()`) the data is
- * dropped and logged at debug; once shut, `send()` throws
+ * the socket and shuts it as soon as it starts closing. Before that, so each early or late send
+ * gets what it should: before `accept()` (a send in `connect()` that comes first) the data is
+ * dropped and logged at debug; once `accept()` has been called and until the socket is there (an
+ * `accept()` not awaited), it waits, and goes out first, in order; once shut, `send()` throws
  * ConnectionClosedError, so that code still sending to a connection that ended (a loop in
  * `connect()`, a spawned task) stops instead of running for the life of the process.
  */
@@ -48,6 +49,8 @@ export class Outbound {
   #socket: WritableSocket | null = null
   #writer: FrameWriter | null = null
   #shut = false
+  // Sent after accept() was called, before the socket was there: written first once it is.
+  #early: Array<string | Uint8Array> | null = null
 
   constructor (owner: OutboundOwner, maxBufferedBytes: number, counts: Pick<RouteCounts, 'framesSent' | 'slowReaders'>) {
     this.#owner = owner
@@ -55,10 +58,18 @@ export class Outbound {
     this.#counts = counts
   }
 
-  /** Data may be written to `socket` from now on. */
+  /** `accept()` was called: what is sent until the socket is there waits for it. */
+  expect (): void {
+    this.#early ??= []
+  }
+
+  /** Data may be written to `socket` from now on; what waited for it goes first. */
   open (socket: WritableSocket): void {
     this.#socket = socket
     this.#writer = frameWriterOf(socket)
+    const early = this.#early
+    this.#early = null
+    if (early !== null) for (const data of early) this.send(data)
   }
 
   /** Nothing more is written; later sends throw ConnectionClosedError. */
@@ -66,6 +77,7 @@ export class Outbound {
     this.flush()
     this.#socket = null
     this.#writer = null
+    this.#early = null
     this.#shut = true
   }
 
@@ -73,7 +85,8 @@ export class Outbound {
     const socket = this.#socket
     if (socket === null) {
       if (this.#shut) throw new ConnectionClosedError(this.#owner.channelName, 'nothing more can be sent')
-      this.#owner.log.debug({ channel: this.#owner.channelName }, 'send() on a connection that is not open; dropped')
+      if (this.#early !== null) this.#early.push(data)
+      else this.#owner.log.debug({ channel: this.#owner.channelName }, 'send() before accept(); dropped')
       return
     }
     if (typeof data === 'string' && this.#writer !== null) {

@@ -110,20 +110,22 @@ t.test('a reader over the buffered limit: nothing more is written, the owner clo
   t.ok(logs.some(l => l.level === 'warn' && /slow reader/.test(l.msg)))
 })
 
-t.test('three states: before open() send() drops the data (debug); after shut() it throws ConnectionClosedError', async t => {
+t.test('four states: before expect() send() drops the data (debug); after it, data waits for open() and goes first; after shut() it throws ConnectionClosedError', async t => {
   const { servers: [socket], clients: [client] } = await pairs(t, 1)
   const { owner: o, logs } = owner()
   const out = new Outbound(o, 1024 * 1024, { framesSent: 0, slowReaders: 0 })
   out.send('too early')
-  t.same(logs, [{ level: 'debug', msg: 'send() on a connection that is not open; dropped' }])
+  t.same(logs, [{ level: 'debug', msg: 'send() before accept(); dropped' }])
+  out.expect()
+  out.send('accepted')
   out.open(socket)
   out.send('while open')
   out.shut()
   t.throws(() => out.send('too late'), { code: 'FST_CHANNELS_CONNECTION_CLOSED', message: 'Connection "specific!test" has ended: nothing more can be sent' })
   t.throws(() => out.send(Buffer.from('late bytes')), { code: 'FST_CHANNELS_CONNECTION_CLOSED' })
-  await eventually(() => client.received.length >= 1)
+  await eventually(() => client.received.length >= 2)
   await new Promise(resolve => setTimeout(resolve, 30))
-  t.same(client.received, ['while open'])
+  t.same(client.received, ['accepted', 'while open'])
   t.equal(logs.length, 1, 'nothing more logged: the caller has the error')
 })
 
