@@ -69,7 +69,7 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
       if (content === lastShared && encode === lastEncoder) {
         text = lastText
       } else {
-        text = (encode === defaultEncodeJson ? encodingOfCopy(content) : undefined) ?? encode(content)
+        text = reusedEncoding(encode, content) ?? encode(content)
         if (isShared(content)) {
           lastShared = content
           lastEncoder = encode
@@ -91,11 +91,11 @@ const defaultEncodeJson = JsonWebsocketConsumer.encodeJson
 
 /**
  * The JSON of `content` as the member before got it, when `content` is a member's unchanged copy
- * of the group message being fanned out and `consumer` encodes with `JSON.stringify` itself;
- * undefined otherwise (encode it as usual).
+ * of the group message being fanned out and `encode` (a consumer class' `encodeJson`) is
+ * `JSON.stringify` itself; undefined otherwise (encode it as usual).
  */
-export function reusedEncoding (consumer: JsonWebsocketConsumer, content: unknown): string | undefined {
-  return (consumer.constructor as typeof JsonWebsocketConsumer).encodeJson === defaultEncodeJson ? encodingOfCopy(content) : undefined
+export function reusedEncoding (encode: (value: unknown) => string, content: unknown): string | undefined {
+  return encode === defaultEncodeJson ? encodingOfCopy(content) : undefined
 }
 
 // The last shared content encoded, with the encoder that did it: the next member's sendJson of it

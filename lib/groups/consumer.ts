@@ -290,7 +290,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     // A member's unchanged copy of a group message: its JSON is the text the member before got
     // (copy-encoding.ts), and the frame around it is written as JSON.stringify() writes the frame
     // below, in the same key order. Only where sendJson() is this package's own (and encodeJson).
-    const dataText = this.sendJson === JsonWebsocketConsumer.prototype.sendJson ? reusedEncoding(this, data) : undefined
+    const dataText = this.sendJson === JsonWebsocketConsumer.prototype.sendJson ? reusedEncoding((this.constructor as typeof JsonWebsocketConsumer).encodeJson, data) : undefined
     if (dataText === undefined) return this.#write({ op: 'message', group, offset: info.offset, epoch: info.epoch, data })
     return this.send(`{"op":"message","group":${JSON.stringify(group)}${info.offset === undefined ? '' : `,"offset":${JSON.stringify(info.offset)}`}` +
       `${info.epoch === undefined ? '' : `,"epoch":${JSON.stringify(info.epoch)}`},"data":${dataText}}`)
