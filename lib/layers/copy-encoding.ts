@@ -116,6 +116,8 @@ function sameData (content: unknown, original: unknown): boolean {
 }
 
 // Not Object.hasOwn: V8 turns this call, on the object a for…in walks, into a check of its shape.
+// Declared in each module that loops so: imported from another, it is not (a member's copy and its
+// comparison took 127 → 167 ns in a micro-benchmark).
 const hasOwnProperty = Object.prototype.hasOwnProperty
 
 function noToJson (value: object): boolean {

@@ -188,6 +188,8 @@ function cloneObject (source: Record<string, unknown>): Record<string, unknown> 
 }
 
 // Not Object.hasOwn: V8 turns this call, on the object a for…in walks, into a check of its shape.
+// Declared in each module that loops so: imported from another, it is not (a member's copy and its
+// comparison took 127 → 167 ns in a micro-benchmark).
 const hasOwnProperty = Object.prototype.hasOwnProperty
 
 function setOwn (target: Record<string, unknown>, key: string, value: unknown): void {
