@@ -19,11 +19,7 @@ export class TokenBucket {
 
   /** Takes a token for one frame; false when the client is over the limit. */
   take (now = performance.now()): boolean {
-    const refilled = this.#tokens + (now - this.#at) * this.#perMs
-    // Never refilled past the brim; what resumed() put above it stays until it is spent.
-    if (refilled <= this.#capacity) this.#tokens = refilled
-    else if (this.#tokens < this.#capacity) this.#tokens = this.#capacity
-    this.#at = now
+    this.#refill(now, this.#capacity)
     if (this.#tokens < 1) return false
     this.#tokens--
     return true
@@ -39,8 +35,12 @@ export class TokenBucket {
    * pause's worth.
    */
   resumed (pausedMs: number, now = performance.now()): void {
+    this.#refill(now, this.#capacity + pausedMs * this.#perMs)
+  }
+
+  /** Refills for the time since the last reading, never past `brim`; what is above it already stays until it is spent. */
+  #refill (now: number, brim: number): void {
     const refilled = this.#tokens + (now - this.#at) * this.#perMs
-    const brim = this.#capacity + pausedMs * this.#perMs
     if (refilled <= brim) this.#tokens = refilled
     else if (this.#tokens < brim) this.#tokens = brim
     this.#at = now
