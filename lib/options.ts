@@ -5,6 +5,7 @@
 import type { ChannelLayer } from './layers/types.js'
 import type { GetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
+import { MAX_TIMER_MS } from './layers/arguments.js'
 import { checkOriginOptions } from './origin.js'
 import { checkMetricsOptions, type MetricsOptions } from './metrics.js'
 
@@ -83,8 +84,8 @@ export function checkOptions (opts: FastifyChannelsOptions): void {
   }
   if (getUser !== undefined && typeof getUser !== 'function') throw new InvalidOptionError('option "getUser" must be a function')
   checkInteger('maxPayload', maxPayload, false)
-  // A timer's delay: past 2^31 - 1 ms Node would fire it after 1 ms instead.
-  checkInteger('heartbeatInterval', heartbeatInterval, true, 2 ** 31 - 1)
+  // A timer's delay: past MAX_TIMER_MS, Node would fire it after 1 ms instead.
+  checkInteger('heartbeatInterval', heartbeatInterval, true, MAX_TIMER_MS)
   checkInteger('maxBufferedBytes', maxBufferedBytes, false)
   checkInteger('maxGroupsPerConnection', maxGroupsPerConnection, false)
   checkOriginOptions(opts)
