@@ -15,6 +15,7 @@
 import type { ApiShape, ServerToClient } from '../protocol.js'
 import { GroupSubscription, type Subscription, type SubscriptionHandlers } from './subscription.js'
 import { Calls } from './calls.js'
+import { host, milliseconds, socketUrl, webSocketClass, type CallArgs, type ClientOptions, type WebSocketConstructor } from './options.js'
 import {
   ChannelsClientError, ALREADY_JOINED, BAD_FRAME, CLIENT_CLOSED, CONNECTION_LOST,
   INVALID_ARGS, INVALID_NAME, INVALID_OPTION, LEFT
@@ -30,30 +31,6 @@ export interface StateDetail {
   code?: number
   reason?: string
 }
-
-/** A WebSocket class with the browser's API: the global one, or `ws`'s default export in Node 20. */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => object
-
-export interface ClientOptions {
-  /** Default: the global WebSocket (browsers, Node >= 22). */
-  WebSocket?: WebSocketConstructor
-  protocols?: string | string[]
-  /** Milliseconds a call waits for its reply (default 10000). */
-  callTimeout?: number
-  /** Backoff bounds in milliseconds (default 500 and 30000). */
-  minDelay?: number
-  maxDelay?: number
-  /** Milliseconds a socket may take to open before it is given up (default 10000). */
-  connectTimeout?: number
-}
-
-export interface CallOptions {
-  /** Milliseconds to wait for the reply; default: the client's `callTimeout`. */
-  timeout?: number
-}
-
-/** `call(action, args?, options?)`: `args` may be left out when the action takes none. */
-export type CallArgs<A> = undefined extends A ? [args?: A, options?: CallOptions] : [args: A, options?: CallOptions]
 
 interface Socket {
   readonly readyState: number
@@ -73,13 +50,6 @@ const GROUP_NAME = /^[a-zA-Z\d\-_.]{1,99}$/
 // A join refused for one of the layer's own failures is tried again on the same socket: the server
 // may recover. Any other refusal (canJoin() said no, or threw) ends the subscription.
 const RETRIABLE = new Set(['FST_CHANNELS_LAYER_TIMEOUT', 'FST_CHANNELS_LAYER_CLOSED', 'FST_CHANNELS_REMOTE_FAILED'])
-
-const scope = globalThis as unknown as {
-  WebSocket?: WebSocketConstructor
-  location?: { href: string }
-  addEventListener?: (type: string, listener: () => void) => void
-  removeEventListener?: (type: string, listener: () => void) => void
-}
 
 export class ChannelsClient<Api extends ApiShape = ApiShape> {
   readonly #url: string
@@ -119,20 +89,16 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
 
   constructor (url: string, options: ClientOptions = {}) {
     this.#url = socketUrl(url)
-    const WebSocket = options.WebSocket ?? scope.WebSocket
-    if (typeof WebSocket !== 'function') {
-      throw new ChannelsClientError(INVALID_OPTION, 'no WebSocket here: pass { WebSocket } (in Node 20, the ws package\'s)')
-    }
-    this.#WebSocket = WebSocket
+    this.#WebSocket = webSocketClass(options)
     this.#protocols = options.protocols
-    this.#callTimeout = positive(options.callTimeout, 10_000, 'callTimeout')
-    this.#minDelay = positive(options.minDelay, 500, 'minDelay')
-    this.#maxDelay = positive(options.maxDelay, 30_000, 'maxDelay')
-    this.#connectTimeout = positive(options.connectTimeout, 10_000, 'connectTimeout')
+    this.#callTimeout = milliseconds(options.callTimeout, 10_000, 'callTimeout')
+    this.#minDelay = milliseconds(options.minDelay, 500, 'minDelay')
+    this.#maxDelay = milliseconds(options.maxDelay, 30_000, 'maxDelay')
+    this.#connectTimeout = milliseconds(options.connectTimeout, 10_000, 'connectTimeout')
     this.#connect(true)
     // A browser that is back online need not wait out the backoff.
-    scope.addEventListener?.('online', this.#online)
-    scope.addEventListener?.('offline', this.#offline)
+    host.addEventListener?.('online', this.#online)
+    host.addEventListener?.('offline', this.#offline)
   }
 
   get state (): ClientState {
@@ -164,7 +130,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     if (this.#state === 'closed') return Promise.reject(new ChannelsClientError(CLIENT_CLOSED, 'the client is closed'))
     let timeout: number
     try {
-      timeout = positive(options?.timeout, this.#callTimeout, 'timeout')
+      timeout = milliseconds(options?.timeout, this.#callTimeout, 'timeout')
     } catch (err) {
       // As every other failure of a call: the promise rejects, nothing is thrown.
       return Promise.reject(err)
@@ -180,8 +146,8 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   close (): void {
     if (this.#state === 'closed') return
     this.#setState('closed', {})
-    scope.removeEventListener?.('online', this.#online)
-    scope.removeEventListener?.('offline', this.#offline)
+    host.removeEventListener?.('online', this.#online)
+    host.removeEventListener?.('offline', this.#offline)
     for (const timer of Object.values(this.#timers)) clearTimeout(timer)
     this.#timers = {}
     const closed = new ChannelsClientError(CLIENT_CLOSED, 'the client was closed')
@@ -382,30 +348,4 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
 /** Attempt n's wait: a random time in [0, min(max, min·2ⁿ⁻¹)] (exponential backoff, full jitter). */
 function fullJitter (attempt: number, min: number, max: number): number {
   return Math.random() * Math.min(max, min * 2 ** Math.min(attempt - 1, 30))
-}
-
-// The longest wait a timer takes: a longer one fires at once.
-const MAX_TIMER_MS = 2 ** 31 - 1
-
-function positive (value: number | undefined, fallback: number, name: string): number {
-  if (value === undefined) return fallback
-  if (typeof value !== 'number' || !(value > 0) || !(value <= MAX_TIMER_MS)) {
-    throw new ChannelsClientError(INVALID_OPTION, `${name} must be a positive number of milliseconds, at most ${MAX_TIMER_MS}`)
-  }
-  return value
-}
-
-/** ws:// or wss://, from a relative path (in a browser), http(s):// or ws(s)://. */
-function socketUrl (url: string): string {
-  let parsed: URL
-  try {
-    parsed = new URL(url, scope.location?.href)
-  } catch {
-    throw new ChannelsClientError(INVALID_OPTION, `${JSON.stringify(url)} is not a URL (outside a browser, give ws://host/path)`)
-  }
-  if (parsed.protocol === 'http:' || parsed.protocol === 'https:') parsed.protocol = parsed.protocol === 'http:' ? 'ws:' : 'wss:'
-  if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
-    throw new ChannelsClientError(INVALID_OPTION, `${JSON.stringify(url)}: expected a ws:, wss:, http: or https: URL`)
-  }
-  return parsed.href
 }

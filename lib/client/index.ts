@@ -3,7 +3,8 @@
  * dependency; nothing here imports the server's modules (types aside).
  */
 export { ChannelsClient } from './client.js'
-export type { ClientState, StateDetail, ClientOptions, CallOptions, CallArgs, WebSocketConstructor } from './client.js'
+export type { ClientState, StateDetail } from './client.js'
+export type { ClientOptions, CallOptions, CallArgs, WebSocketConstructor } from './options.js'
 export type { Subscription, SubscriptionHandlers, MessageInfo } from './subscription.js'
 export { ChannelsClientError } from './errors.js'
 export type { ApiShape } from '../protocol.js'
