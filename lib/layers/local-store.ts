@@ -1,16 +1,17 @@
 /**
  * What a channel layer keeps in this process: each channel's queued messages and waiting
  * `receive()` calls (its mailbox), the listener a connection put on its own channel, and the
- * groups with their local members (and the presence a membership records). Synchronous and
- * unvalidated: the layer facade checks names and copies messages before anything reaches the
- * store, and a backend that spans processes calls it for whatever lives here.
+ * groups with their local members (and the presence a membership records, local-presence.ts).
+ * Synchronous and unvalidated: the layer facade checks names and copies messages before anything
+ * reaches the store, and a backend that spans processes calls it for whatever lives here.
  */
 import { LayerClosedError } from '../errors.js'
 import { Mailbox, Waiter } from './mailbox.js'
-import { clonePlainObject, cloneMessage, share } from './message.js'
+import { cloneMessage, share } from './message.js'
 import { enterFanOut, leaveFanOut } from './copy-encoding.js'
 import { Listener, Membership } from './local-entries.js'
 import { Turns } from './turns.js'
+import { PresenceTable } from './local-presence.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
 
 /** The `Delivery` of a message sent to the channel itself. */
@@ -56,8 +57,8 @@ export class LocalStore {
   readonly #groups = new Map<string, Map<string, Membership>>()
   readonly #channelGroups = new Map<string, string | Set<string>>()
   readonly #sinks = new Map<string, ChannelSink>()
-  // group → channel → presence info, only for memberships that recorded one.
-  readonly #presence = new Map<string, Map<string, PresenceInfo>>()
+  // What the memberships that record presence recorded.
+  readonly #presence = new PresenceTable()
   // Fan-outs and turn()s, one at a time (turns.ts).
   readonly #turns = new Turns()
 
@@ -218,7 +219,7 @@ export class LocalStore {
 
   /** What the membership recorded as its presence, if anything. */
   presenceOf (group: string, channel: string): PresenceInfo | undefined {
-    return this.#presence.get(group)?.get(channel)
+    return this.#presence.of(group, channel)
   }
 
   /** Adds or renews a membership; `presence` replaces what it recorded (undefined keeps it). */
@@ -228,14 +229,7 @@ export class LocalStore {
     const current = this.#groups.get(group)
     const old = current?.get(channel)
     if (current !== undefined && old !== undefined && old.expiresAt <= now) this.#unlink(group, current, channel)
-    if (presence !== undefined) {
-      let entries = this.#presence.get(group)
-      if (entries === undefined) {
-        entries = new Map()
-        this.#presence.set(group, entries)
-      }
-      entries.set(channel, presence)
-    }
+    if (presence !== undefined) this.#presence.record(group, channel, presence)
     let members = this.#groups.get(group)
     if (members === undefined) {
       members = new Map()
@@ -269,16 +263,12 @@ export class LocalStore {
 
   /** The presence entries of the group's local members (copies), in join order. */
   presence (group: string): Array<{ channel: string, info: PresenceInfo }> {
-    const entries = this.#presence.get(group)
-    if (entries === undefined) return []
     const members = this.#groups.get(group)
     const now = performance.now()
-    const out: Array<{ channel: string, info: PresenceInfo }> = []
-    for (const [channel, info] of entries) {
+    return this.#presence.list(group, channel => {
       const expiresAt = members?.get(channel)?.expiresAt
-      if (expiresAt !== undefined && expiresAt > now) out.push({ channel, info: clonePlainObject(info) })
-    }
-    return out
+      return expiresAt !== undefined && expiresAt > now
+    })
   }
 
   /** The groups a channel of this process is a member of. */
@@ -431,11 +421,7 @@ export class LocalStore {
   }
 
   #leavePresence (group: string, channel: string): void {
-    const entries = this.#presence.get(group)
-    const info = entries?.get(channel)
-    if (entries === undefined || info === undefined) return
-    entries.delete(channel)
-    if (entries.size === 0) this.#presence.delete(group)
-    this.#settings.presenceLeft?.(group, channel, info)
+    const info = this.#presence.take(group, channel)
+    if (info !== undefined) this.#settings.presenceLeft?.(group, channel, info)
   }
 }
