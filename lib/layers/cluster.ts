@@ -10,8 +10,9 @@
  * - A named channel (no `!`) is a queue in the backend, shared by every process.
  * - Memberships are recorded in the backend on a lease (cluster/memberships.ts).
  * - When the backend is lost the layer emits 'disconnect'; once it is back with every subscription
- *   and membership restored, 'reconnect'. What was published meanwhile is lost to this process:
- *   delivery is at most once.
+ *   and membership restored, 'reconnect'. What was published meanwhile is lost to this process
+ *   (delivery is at most once), but for what a group's history still holds: that is read back
+ *   (cluster/stream-gaps.ts), as is what a subscription missed without an outage.
  */
 import { ChannelFullError } from '../errors.js'
 import { BaseChannelLayer, type BaseChannelLayerOptions, type LayerStats } from './base.js'
@@ -107,6 +108,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       groupExpiryMs: this.groupExpiryMs,
       log: () => this.log,
       processRoutes: [this.#inbox, BROADCAST],
+      history: group => this.policies.of(group)?.history,
       presenceEvents: group => this.policies.of(group)?.presenceEvents === true,
       announce: async (group, type, channel, info) => {
         const message = { type, channel, info: this.#codec.decodeObject(info) }
@@ -359,8 +361,9 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       this.#everUp = true
       if (!this.#outage) return
       this.#outage = false
-      // Subscriptions are back (the transport waited for them); re-assert the memberships, then tell.
-      void this.#memberships.renew(true).then(() => {
+      // Subscriptions are back (the transport waited for them); re-assert the memberships and read
+      // back what groups with history published meanwhile, then tell.
+      void Promise.all([this.#memberships.renew(true), this.#memberships.readBack()]).then(() => {
         if (this.closed || this.#outage) return
         this.log.warn({}, 'channel layer backend restored; subscriptions and memberships re-asserted')
         this.stats.reconnects++

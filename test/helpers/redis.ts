@@ -206,7 +206,17 @@ export interface StallingProxy {
    * others (answers to commands come late, pub/sub messages on time).
    */
   stall (only?: 'subscribers' | 'commands'): void
-  /** Sends what was held, in order, and forwards again. */
+  /**
+   * Cuts the connections that subscribed and refuses every new one, as a network partition would
+   * to a process' pub/sub (its connections for commands stay).
+   */
+  cutSubscribers (): void
+  /**
+   * Drops what Redis sends next to a subscribed connection (one pub/sub message, when messages
+   * are sent one at a time), as a subscription lost and made again would; resolves once dropped.
+   */
+  dropNextToSubscribers (): Promise<void>
+  /** Sends what was held, in order, and forwards again (and accepts connections again). */
   resume (): void
 }
 
@@ -214,11 +224,17 @@ export interface StallingProxy {
 export async function stallingProxy (t: Test, url = REDIS_URL): Promise<StallingProxy> {
   const target = new URL(url)
   let stalled = false
+  let refusing = false
+  let dropped: (() => void) | undefined
   let only: 'subscribers' | 'commands' | undefined
   const subscribers = new WeakSet<Socket>()
   const held: Array<[Socket, Buffer]> = []
   const sockets = new Set<Socket>()
   const server = createServer(client => {
+    if (refusing) {
+      client.destroy()
+      return
+    }
     const upstream = connect(Number(target.port || 6379), target.hostname)
     for (const socket of [client, upstream]) {
       sockets.add(socket)
@@ -231,7 +247,10 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
     })
     upstream.on('data', chunk => {
       const holds = stalled && (only === undefined || (only === 'subscribers') === subscribers.has(client))
-      if (holds) held.push([client, chunk])
+      if (dropped !== undefined && subscribers.has(client)) {
+        dropped()
+        dropped = undefined
+      } else if (holds) held.push([client, chunk])
       else client.write(chunk)
     })
   })
@@ -247,8 +266,16 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
       stalled = true
       only = which
     },
+    dropNextToSubscribers () {
+      return new Promise(resolve => { dropped = resolve })
+    },
+    cutSubscribers () {
+      refusing = true
+      for (const socket of sockets) if (subscribers.has(socket)) socket.destroy()
+    },
     resume () {
       stalled = false
+      refusing = false
       for (const [client, chunk] of held.splice(0)) if (!client.destroyed) client.write(chunk)
     }
   }

@@ -5,7 +5,7 @@ import { LayerTimeoutError } from '../../lib/errors.js'
 import { RedisChannelLayer } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { freePort } from '../helpers/process.js'
-import { REDIS_URL, requireRedis, stallingProxy, startRedisServer, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, requireRedis, stallingProxy, startRedisServer, uniquePrefix, type StallingProxy } from '../helpers/redis.js'
 
 // Redis going away: calls settle within `timeout` with LayerTimeoutError, the layer says so with
 // events, and after a restart (all data lost) subscriptions and memberships come back by themselves.
@@ -30,6 +30,30 @@ function receiveWithin (layer: RedisChannelLayer, channel: string, ms = 3000): P
   const controller = new AbortController()
   const timer = setTimeout(() => controller.abort(new Error(`nothing on ${channel} within ${ms} ms`)), ms)
   return layer.receive(channel, { signal: controller.signal }).finally(() => clearTimeout(timer))
+}
+
+/** The `n` of every message that comes to `channel` until none has come for a second. */
+async function linesUntilQuiet (layer: RedisChannelLayer, channel: string): Promise<unknown[]> {
+  const lines: unknown[] = []
+  for (;;) {
+    const message = await receiveWithin(layer, channel, 1000).catch(() => undefined)
+    if (message === undefined) return lines
+    lines.push(message.n)
+  }
+}
+
+/**
+ * Two layers on the same Redis, with a history on the group `feed`: one through a proxy that can
+ * cut or drop what its subscriptions get, one straight to Redis that sends.
+ */
+async function historyBehindProxy (t: Test, base: string): Promise<{ proxy: StallingProxy, layer: RedisChannelLayer, sender: RedisChannelLayer }> {
+  const proxy = await stallingProxy(t)
+  const prefix = uniquePrefix(base)
+  const groups = { feed: { history: { size: 100, ttl: 60 } } }
+  const layer = new RedisChannelLayer({ url: proxy.url, prefix, timeout: TIMEOUT, groups })
+  const sender = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: TIMEOUT, groups })
+  t.teardown(async () => { await Promise.all([layer.close(), sender.close()]) })
+  return { proxy, layer, sender }
 }
 
 function once (layer: RedisChannelLayer, event: string, ms: number): Promise<void> {
@@ -307,12 +331,74 @@ t.test('a plain groupAdd while a join with presence of the same channel is under
   await joins
   await sender.groupSend('mixed', { type: 'line', n: 4 })
 
-  const lines: unknown[] = []
-  for (;;) {
-    const message = await receiveWithin(slow, channel, 1000).catch(() => undefined)
-    if (message === undefined) break
-    lines.push(message.n)
-  }
+  const lines = await linesUntilQuiet(slow, channel)
   t.same(lines.filter((n, i) => lines.indexOf(n) !== i), [], `no message twice (got ${JSON.stringify(lines)})`)
   t.equal(lines.at(-1), 4, 'and the one sent after the joins')
+})
+
+t.test('a process cut off from its subscriptions gets, once back, what its groups with history published meanwhile', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer: cutOff, sender } = await historyBehindProxy(t, 'fc-read-back')
+  const member = await cutOff.newChannel()
+  await cutOff.groupAdd('feed', member)
+  const lines: unknown[] = []
+  for (const n of [1, 2, 3]) await sender.groupSend('feed', { type: 'line', n })
+  for (let i = 0; i < 3; i++) lines.push((await receiveWithin(cutOff, member)).n)
+
+  const down = once(cutOff, 'disconnect', 5000)
+  proxy.cutSubscribers()
+  await down
+  for (const n of [4, 5, 6, 7, 8]) await sender.groupSend('feed', { type: 'line', n })
+  const back = once(cutOff, 'reconnect', 10_000)
+  proxy.resume()
+  await back
+  await sender.groupSend('feed', { type: 'line', n: 9 })
+  lines.push(...await linesUntilQuiet(cutOff, member))
+  t.same(lines, [1, 2, 3, 4, 5, 6, 7, 8, 9], 'the lines published while it was cut off come back, in order, each once')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
+t.test('a group message with history that a process\'s subscription missed is read back before the next one', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer: missing, sender } = await historyBehindProxy(t, 'fc-gap')
+  const [member, other] = [await missing.newChannel(), await missing.newChannel()]
+  await missing.groupAdd('feed', member)
+  await missing.groupAdd('feed', other)
+  await sender.groupSend('feed', { type: 'line', n: 1 })
+  t.same(await receiveWithin(missing, member), { type: 'line', n: 1 })
+  t.same(await receiveWithin(missing, other), { type: 'line', n: 1 })
+
+  const lost = proxy.dropNextToSubscribers()
+  await sender.groupSend('feed', { type: 'line', n: 2 })
+  await lost
+  await sender.groupSend('feed', { type: 'line', n: 3 })
+  for (const channel of [member, other]) {
+    t.same(await linesUntilQuiet(missing, channel), [2, 3], 'the missed line first, then the next, each once')
+  }
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
+t.test('a group whose offsets start again lower (a Redis that lost its last writes) still reaches a process that was cut off', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-lower')
+  const member = await layer.newChannel()
+  await layer.groupAdd('feed', member)
+  for (const n of [1, 2, 3]) await sender.groupSend('feed', { type: 'line', n })
+  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+
+  const down = once(layer, 'disconnect', 5000)
+  proxy.cutSubscribers()
+  await down
+  // What a restart from a snapshot taken after the first line would leave: the same epoch, an
+  // offset behind, and the stream without the lines after it.
+  const admin = adminClient(t)
+  const stream = `${sender.prefix}:s:{feed}`
+  const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
+  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
+  const back = once(layer, 'reconnect', 10_000)
+  proxy.resume()
+  await back
+  t.equal((await sender.groupSend('feed', { type: 'line', n: 4 }))?.offset, 2, 'the next line takes an offset already heard')
+  await sender.groupSend('feed', { type: 'line', n: 5 })
+  t.same(await linesUntilQuiet(layer, member), [4, 5], 'both lines come, each once')
 })

@@ -23,6 +23,7 @@ import type { HistoryKeeping, Route, StoredPayload, StoredPresence, Transport } 
 import { idleMsOf, type HistoryPolicy } from '../history.js'
 import { RecordedPresence } from './recorded-presence.js'
 import { CatchUps, type Held } from './catch-ups.js'
+import { StreamGaps } from './stream-gaps.js'
 
 const RENEW_MIN_MS = 50
 /** Dead processes' presence entries are looked for this often (at most). */
@@ -41,6 +42,8 @@ export interface MembershipSettings {
   log: () => LayerLogger
   /** Routes every member's process must hear (its inbox, the broadcast route). */
   processRoutes: readonly Route[]
+  /** The history policy this process has for the group, if any. */
+  history: (group: string) => HistoryPolicy | undefined
   /** Whether the group announces presence entries that come and go. */
   presenceEvents: (group: string) => boolean
   /** A presence entry came or went: tell the group. */
@@ -56,6 +59,8 @@ export class Memberships {
   readonly #groups = new Set<string>()
   /** Joins reading what their channel missed, and the live messages they wait for. */
   readonly #catchUps = new CatchUps()
+  /** Where each group's live stream is, to read back what this process missed. */
+  readonly #gaps: StreamGaps
   /** group + channel → its join with history or presence still under way: the next one waits for it. */
   readonly #recording = new Map<string, Promise<GroupJoin>>()
   /** What joins here recorded as presence (written back if lost); in those groups, dead processes' entries are reaped too. */
@@ -70,6 +75,17 @@ export class Memberships {
     this.#transport = settings.transport
     this.#settings = settings
     this.#leaseMs = settings.leaseMs
+    this.#gaps = new StreamGaps({
+      historySize: group => settings.history(group)?.size,
+      read: async (group, since, limit) => {
+        const history = settings.history(group)
+        if (history === undefined) throw new Error('the group has no history policy here')
+        return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`)
+      },
+      decode: payload => this.#decode(payload),
+      deliver: (group, message, info) => { this.#fanOut(group, message, info) },
+      log: settings.log
+    })
     // Held weakly: a layer dropped without close() can still be collected.
     const ref = new WeakRef(this)
     const every = (ms: number, run: (alive: Memberships) => void): NodeJS.Timeout => {
@@ -112,6 +128,15 @@ export class Memberships {
 
   /** A group message from the group's route: to the local members, and held for joining ones. */
   deliver (group: string, message: LayerMessage, info: Delivery): void {
+    this.#gaps.arrive(group, message, info)
+  }
+
+  /** After an outage: what the groups with history published meanwhile, to their local members. */
+  readBack (): Promise<void> {
+    return this.#gaps.recover()
+  }
+
+  #fanOut (group: string, message: LayerMessage, info: Delivery): void {
     this.#store.fanOut(group, message, info, this.#catchUps.live(group, message, info))
   }
 
@@ -181,6 +206,7 @@ export class Memberships {
   #releaseIfEmpty (group: string): void {
     if (this.#store.members(group) !== undefined || this.#catchUps.joining(group) || !this.#groups.delete(group)) return
     this.#catchUps.forgetGroup(group)
+    this.#gaps.forget(group)
     this.#presence.forgetGroup(group)
     this.#transport.unsubscribe({ kind: 'group', group })
   }
@@ -189,6 +215,7 @@ export class Memberships {
   forgetAll (): void {
     this.#store.flush()
     this.#catchUps.clear()
+    this.#gaps.clear()
     this.#presence.clear()
     for (const group of this.#groups) this.#transport.unsubscribe({ kind: 'group', group })
     this.#groups.clear()
@@ -275,6 +302,7 @@ export class Memberships {
         }
         if (position !== null && reached < top) this.#catchUps.setFloor(group, channel, position)
       }
+      if (position !== null) this.#gaps.joined(group, position)
       // A member all along has had everything since it joined: nothing is replayed.
       store.addMember(group, channel)
       if (presence !== undefined) {
@@ -297,13 +325,17 @@ export class Memberships {
     for (const [offset, payload] of missed) {
       let message: LayerMessage
       try {
-        message = reviveMessage(this.#settings.codec.decodeEnvelope(payload)?.[1])
+        message = this.#decode(payload)
       } catch (err) {
         this.#settings.log().warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
         continue
       }
       this.#store.deliver(channel, message, { group, offset, epoch }, true)
     }
+  }
+
+  #decode (payload: Buffer): LayerMessage {
+    return reviveMessage(this.#settings.codec.decodeEnvelope(payload)?.[1])
   }
 
   /** Whether a join changes the presence the membership recorded (sealed bytes differ each time: compare what they hold). */

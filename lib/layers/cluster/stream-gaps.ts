@@ -1,0 +1,179 @@
+/**
+ * The live stream of each group with history, as this process hears it: the offsets tell when
+ * messages were missed, and the group's history gives them back.
+ *
+ * A group message with history is published in the same step that gives it its offset, so one
+ * subscription hears a group's messages in offset order. A process misses some only when its
+ * subscription is gone for a while: its connection to the backend dropped, or (Redis Cluster) the
+ * group's hash slot moved to another master, which drops the subscriptions to it until they are
+ * made again there. So:
+ *
+ * - a live message whose offset is more than one past the last one heard reveals a gap: it waits,
+ *   with every later one, while the missed ones are read from the history and handed on first;
+ * - after an outage, each group is read from the last offset heard, without waiting for its next
+ *   message (`recover()`);
+ * - a live copy of what such a read handed on (published once the process was back, before the
+ *   read) is dropped.
+ *
+ * What the history no longer holds (trimmed by its `size` or `ttl`) is lost, and logged. A group's
+ * position where this process starts hearing it is its first live message, or a join's position
+ * (a baseline: live messages from before the join may still arrive, and are handed on). A live
+ * offset below the last one that no read handed on means the stream started again lower (a Redis
+ * that lost its last writes keeps its epoch): it is handed on, and the stream goes on from there.
+ */
+import type { Delivery, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
+import type { StoredPayload } from './transport.js'
+
+export interface GapReader {
+  /** The size of the history this process keeps for the group (undefined without): only then are gaps read back. */
+  historySize (group: string): number | undefined
+  /** The group's stored messages after `since` (oldest first, at most `limit`), and its position. */
+  read (group: string, since: StreamPosition, limit: number): Promise<{ position: StreamPosition, stored: StoredPayload[] }>
+  /** A stored payload's message; throws when it cannot be decoded. */
+  decode (payload: Buffer): LayerMessage
+  /** Hands a group message on to the local members, in order. */
+  deliver (group: string, message: LayerMessage, info: Delivery): void
+  log: () => LayerLogger
+}
+
+interface Stream {
+  epoch: string
+  /** The last offset handed on (or, with `baseline`, the position of a join). */
+  offset: number
+  baseline: boolean
+  /** After a read after an outage: the offset it reached, until the live stream gets there (else 0). */
+  readTo: number
+  /** Live messages waiting for a read of the history to be handed on first. */
+  waiting: Array<[LayerMessage, Delivery]> | undefined
+}
+
+export class StreamGaps {
+  readonly #streams = new Map<string, Stream>()
+  readonly #reader: GapReader
+
+  constructor (reader: GapReader) {
+    this.#reader = reader
+  }
+
+  /** A live message of the group. */
+  arrive (group: string, message: LayerMessage, info: Delivery): void {
+    const stream = this.#streams.get(group)
+    if (stream?.waiting !== undefined) stream.waiting.push([message, info])
+    else this.#pass(group, stream, message, info)
+  }
+
+  /** A join of the group read its position: a gap after it can be told from then on. */
+  joined (group: string, position: StreamPosition): void {
+    const stream = this.#streams.get(group)
+    if (stream === undefined || (stream.epoch !== position.epoch && stream.waiting === undefined)) {
+      this.#streams.set(group, { epoch: position.epoch, offset: position.offset, baseline: true, readTo: 0, waiting: undefined })
+    }
+  }
+
+  /** After an outage: reads what each group published since the last offset heard. */
+  async recover (): Promise<void> {
+    await Promise.all([...this.#streams].map(async ([group, stream]) => {
+      const size = this.#reader.historySize(group)
+      if (stream.waiting !== undefined || size === undefined) return
+      stream.waiting = []
+      await this.#fill(group, stream, Infinity, size)
+    }))
+  }
+
+  /** The process stopped hearing the group. */
+  forget (group: string): void {
+    this.#streams.delete(group)
+  }
+
+  clear (): void {
+    this.#streams.clear()
+  }
+
+  #pass (group: string, stream: Stream | undefined, message: LayerMessage, info: Delivery): void {
+    const { offset, epoch } = info
+    // A presence announcement, or a group without history: nothing to go by.
+    if (offset === undefined || epoch === undefined) return this.#reader.deliver(group, message, info)
+    if (stream === undefined || stream.epoch !== epoch) {
+      this.#streams.set(group, { epoch, offset, baseline: false, readTo: 0, waiting: undefined })
+      return this.#reader.deliver(group, message, info)
+    }
+    if (offset <= stream.offset) {
+      if (offset <= stream.readTo) {
+        // A live copy of what the read handed on.
+        if (offset === stream.readTo) stream.readTo = 0
+        return
+      }
+      // Sent before the join whose position this is, or the stream started again lower.
+      if (!stream.baseline) stream.offset = offset
+      return this.#reader.deliver(group, message, info)
+    }
+    stream.readTo = 0
+    if (offset > stream.offset + 1 && this.#reader.historySize(group) !== undefined) {
+      stream.waiting = [[message, info]]
+      void this.#fill(group, stream, offset, offset - stream.offset - 1)
+      return
+    }
+    stream.offset = offset
+    stream.baseline = false
+    this.#reader.deliver(group, message, info)
+  }
+
+  /** Reads the history after the stream's offset, below `before`, hands it on, then what waited. */
+  async #fill (group: string, stream: Stream, before: number, limit: number): Promise<void> {
+    const since = { epoch: stream.epoch, offset: stream.offset }
+    const reader = this.#reader
+    let missing = before === Infinity ? 0 : before - since.offset - 1
+    try {
+      const { position, stored } = await reader.read(group, since, limit)
+      if (this.#streams.get(group) !== stream) return
+      // Another epoch: the history this process heard is gone, and nothing of it can be read.
+      if (position.epoch === since.epoch) {
+        if (before === Infinity) missing = position.offset - since.offset
+        for (const [offset, payload] of stored) {
+          if (offset <= stream.offset || offset >= before) continue
+          let message: LayerMessage
+          try {
+            message = reader.decode(payload)
+          } catch (err) {
+            reader.log().warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
+            continue
+          }
+          missing--
+          stream.offset = offset
+          stream.baseline = false
+          reader.deliver(group, message, { group, offset, epoch: since.epoch })
+        }
+        if (before === Infinity) {
+          // Below where it was, the stream started again lower (see the file comment): it goes on from there.
+          stream.readTo = position.offset > since.offset ? position.offset : 0
+          stream.offset = position.offset
+          stream.baseline = false
+        }
+      }
+    } catch (err) {
+      if (this.#streams.get(group) !== stream) return
+      reader.log().warn({ err, group }, 'could not read back the group messages this process missed')
+    }
+    if (missing > 0) reader.log().warn({ group, missing, after: since.offset }, 'group messages this process missed are no longer in the group\'s history: lost here')
+    this.#drain(group, stream)
+  }
+
+  #drain (group: string, stream: Stream): void {
+    const waiting = stream.waiting ?? []
+    stream.waiting = undefined
+    for (let i = 0; i < waiting.length; i++) {
+      // A later gap: what is left waits for that read too.
+      const later = waitingOf(stream)
+      if (later !== undefined) {
+        for (let j = i; j < waiting.length; j++) later.push(waiting[j])
+        return
+      }
+      this.#pass(group, stream, waiting[i][0], waiting[i][1])
+    }
+  }
+}
+
+/** Read anew: a pass may have started a read (TypeScript keeps the narrowing across calls). */
+function waitingOf (stream: Stream): Stream['waiting'] {
+  return stream.waiting
+}
