@@ -363,7 +363,9 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       this.#outage = false
       // Subscriptions are back (the transport waited for them); re-assert the memberships and read
       // back what groups with history published meanwhile, then tell.
-      void Promise.all([this.#memberships.renew(true), this.#memberships.readBack()]).then(() => {
+      const readBack = this.#memberships.readBack()
+        .catch((err: unknown) => this.log.error({ err }, 'could not hand on what the groups published during the outage'))
+      void Promise.all([this.#memberships.renew(true), readBack]).then(() => {
         if (this.closed || this.#outage) return
         this.log.warn({}, 'channel layer backend restored; subscriptions and memberships re-asserted')
         this.stats.reconnects++

@@ -43,13 +43,13 @@ async function linesUntilQuiet (layer: RedisChannelLayer, channel: string): Prom
 }
 
 /**
- * Two layers on the same Redis, with a history on the group `feed`: one through a proxy that can
+ * Two layers on the same Redis, with a history of `size` messages on the group `feed`: one through a proxy that can
  * cut or drop what its subscriptions get, one straight to Redis that sends.
  */
-async function historyBehindProxy (t: Test, base: string): Promise<{ proxy: StallingProxy, layer: RedisChannelLayer, sender: RedisChannelLayer }> {
+async function historyBehindProxy (t: Test, base: string, size = 100): Promise<{ proxy: StallingProxy, layer: RedisChannelLayer, sender: RedisChannelLayer }> {
   const proxy = await stallingProxy(t)
   const prefix = uniquePrefix(base)
-  const groups = { feed: { history: { size: 100, ttl: 60 } } }
+  const groups = { feed: { history: { size, ttl: 60 } } }
   const layer = new RedisChannelLayer({ url: proxy.url, prefix, timeout: TIMEOUT, groups })
   const sender = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: TIMEOUT, groups })
   t.teardown(async () => { await Promise.all([layer.close(), sender.close()]) })
@@ -401,4 +401,42 @@ t.test('a group whose offsets start again lower (a Redis that lost its last writ
   t.equal((await sender.groupSend('feed', { type: 'line', n: 4 }))?.offset, 2, 'the next line takes an offset already heard')
   await sender.groupSend('feed', { type: 'line', n: 5 })
   t.same(await linesUntilQuiet(layer, member), [4, 5], 'both lines come, each once')
+})
+
+t.test('a missed group message the history no longer holds is lost to that process only: the next ones come', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-trimmed', 1)
+  const member = await layer.newChannel()
+  await layer.groupAdd('feed', member)
+  await sender.groupSend('feed', { type: 'line', n: 1 })
+  t.same(await linesUntilQuiet(layer, member), [1])
+  const lost = proxy.dropNextToSubscribers()
+  await sender.groupSend('feed', { type: 'line', n: 2 })
+  await lost
+  // The history keeps one message: the dropped one is gone from it when the next reveals the gap.
+  for (const n of [3, 4, 5]) await sender.groupSend('feed', { type: 'line', n })
+  t.same(await linesUntilQuiet(layer, member), [3, 4, 5], 'every line after the lost one, in order')
+})
+
+t.test('a process cut off while Redis lost a group\'s history gets what the group published since, in its new epoch', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-new-epoch')
+  const member = await layer.newChannel()
+  await layer.groupAdd('feed', member)
+  for (const n of [1, 2]) await sender.groupSend('feed', { type: 'line', n })
+  t.same(await linesUntilQuiet(layer, member), [1, 2])
+
+  const down = once(layer, 'disconnect', 5000)
+  proxy.cutSubscribers()
+  await down
+  const admin = adminClient(t)
+  await admin.del(`${sender.prefix}:h:{feed}`, `${sender.prefix}:s:{feed}`)
+  const epochs = new Set<string | undefined>()
+  for (const n of [3, 4, 5]) epochs.add((await sender.groupSend('feed', { type: 'line', n }))?.epoch)
+  t.equal(epochs.size, 1, 'the group has a new epoch')
+  const back = once(layer, 'reconnect', 10_000)
+  proxy.resume()
+  await back
+  await sender.groupSend('feed', { type: 'line', n: 6 })
+  t.same(await linesUntilQuiet(layer, member), [3, 4, 5, 6], 'the new epoch\'s lines, in order, each once')
 })

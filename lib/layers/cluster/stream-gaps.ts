@@ -118,17 +118,27 @@ export class StreamGaps {
     this.#reader.deliver(group, message, info)
   }
 
-  /** Reads the history after the stream's offset, below `before`, hands it on, then what waited. */
+  /**
+   * Reads the history after the stream's offset (below `before`, for a gap), hands it on, then
+   * what waited. What the read did not bring is lost here, and the stream goes on after it.
+   */
   async #fill (group: string, stream: Stream, before: number, limit: number): Promise<void> {
-    const since = { epoch: stream.epoch, offset: stream.offset }
+    const after = stream.offset
     const reader = this.#reader
-    let missing = before === Infinity ? 0 : before - since.offset - 1
+    const outage = before === Infinity
+    let missing = outage ? 0 : before - after - 1
     try {
-      const { position, stored } = await reader.read(group, since, limit)
+      const { position, stored } = await reader.read(group, { epoch: stream.epoch, offset: after }, limit)
       if (this.#streams.get(group) !== stream) return
-      // Another epoch: the history this process heard is gone, and nothing of it can be read.
-      if (position.epoch === since.epoch) {
-        if (before === Infinity) missing = position.offset - since.offset
+      // After an outage in which the backend lost the group's history, its new epoch is read from
+      // the start; for a gap, another epoch holds nothing of it.
+      if (position.epoch !== stream.epoch && outage) {
+        stream.epoch = position.epoch
+        stream.offset = 0
+      }
+      if (position.epoch === stream.epoch) {
+        const from = stream.offset
+        if (outage) missing = position.offset - from
         for (const [offset, payload] of stored) {
           if (offset <= stream.offset || offset >= before) continue
           let message: LayerMessage
@@ -140,21 +150,21 @@ export class StreamGaps {
           }
           missing--
           stream.offset = offset
-          stream.baseline = false
-          reader.deliver(group, message, { group, offset, epoch: since.epoch })
+          reader.deliver(group, message, { group, offset, epoch: stream.epoch })
         }
-        if (before === Infinity) {
-          // Below where it was, the stream started again lower (see the file comment): it goes on from there.
-          stream.readTo = position.offset > since.offset ? position.offset : 0
+        if (outage) {
+          // Below where it was, the stream started again lower (see the file comment).
+          stream.readTo = position.offset > from ? position.offset : 0
           stream.offset = position.offset
-          stream.baseline = false
         }
       }
     } catch (err) {
       if (this.#streams.get(group) !== stream) return
       reader.log().warn({ err, group }, 'could not read back the group messages this process missed')
     }
-    if (missing > 0) reader.log().warn({ group, missing, after: since.offset }, 'group messages this process missed are no longer in the group\'s history: lost here')
+    if (!outage && stream.offset < before - 1) stream.offset = before - 1
+    stream.baseline = false
+    if (missing > 0) reader.log().warn({ group, missing, after }, 'group messages this process missed are no longer in the group\'s history: lost here')
     this.#drain(group, stream)
   }
 
