@@ -12,14 +12,15 @@
  *   with every later one, while the missed ones are read from the history and handed on first;
  * - after an outage, each group is read from the last offset heard, without waiting for its next
  *   message (`recover()`);
- * - a live copy of what such a read handed on (published once the process was back, before the
- *   read) is dropped.
+ * - a live message at or below the last offset handed on is a copy of what a read handed on (or
+ *   one late from a connection to a master that gave the slot away): it is dropped, so nothing
+ *   comes twice.
  *
  * What the history no longer holds (trimmed by its `size` or `ttl`) is lost, and logged. A group's
  * position where this process starts hearing it is its first live message, or a join's position
- * (a baseline: live messages from before the join may still arrive, and are handed on). A live
- * offset below the last one that no read handed on means the stream started again lower (a Redis
- * that lost its last writes keeps its epoch): it is handed on, and the stream goes on from there.
+ * (a baseline: live messages from before the join may still arrive, and are handed on). A Redis
+ * that lost its last writes keeps its epoch and gives their offsets out again: the read after the
+ * outage finds the group's position lower than this process' and goes on from there.
  */
 import type { Delivery, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
 import type { StoredPayload } from './transport.js'
@@ -41,8 +42,6 @@ interface Stream {
   /** The last offset handed on (or, with `baseline`, the position of a join). */
   offset: number
   baseline: boolean
-  /** After a read after an outage: the offset it reached, until the live stream gets there (else 0). */
-  readTo: number
   /** Live messages waiting for a read of the history to be handed on first. */
   waiting: Array<[LayerMessage, Delivery]> | undefined
 }
@@ -66,7 +65,7 @@ export class StreamGaps {
   joined (group: string, position: StreamPosition): void {
     const stream = this.#streams.get(group)
     if (stream === undefined || (stream.epoch !== position.epoch && stream.waiting === undefined)) {
-      this.#streams.set(group, { epoch: position.epoch, offset: position.offset, baseline: true, readTo: 0, waiting: undefined })
+      this.#streams.set(group, { epoch: position.epoch, offset: position.offset, baseline: true, waiting: undefined })
     }
   }
 
@@ -94,23 +93,18 @@ export class StreamGaps {
     // A presence announcement, or a group without history: nothing to go by.
     if (offset === undefined || epoch === undefined) return this.#reader.deliver(group, message, info)
     if (stream === undefined || stream.epoch !== epoch) {
-      this.#streams.set(group, { epoch, offset, baseline: false, readTo: 0, waiting: undefined })
+      this.#streams.set(group, { epoch, offset, baseline: false, waiting: undefined })
       return this.#reader.deliver(group, message, info)
     }
     if (offset <= stream.offset) {
-      if (offset <= stream.readTo) {
-        // A live copy of what the read handed on.
-        if (offset === stream.readTo) stream.readTo = 0
-        return
-      }
-      // Sent before the join whose position this is, or the stream started again lower.
-      if (!stream.baseline) stream.offset = offset
-      return this.#reader.deliver(group, message, info)
+      // Sent before the join whose position this is: handed on. Otherwise a copy.
+      if (stream.baseline) this.#reader.deliver(group, message, info)
+      return
     }
-    stream.readTo = 0
-    if (offset > stream.offset + 1 && this.#reader.historySize(group) !== undefined) {
+    const size = offset > stream.offset + 1 ? this.#reader.historySize(group) : undefined
+    if (size !== undefined) {
       stream.waiting = [[message, info]]
-      void this.#fill(group, stream, offset, offset - stream.offset - 1)
+      void this.#fill(group, stream, offset, Math.min(offset - stream.offset - 1, size))
       return
     }
     stream.offset = offset
@@ -152,11 +146,8 @@ export class StreamGaps {
           stream.offset = offset
           reader.deliver(group, message, { group, offset, epoch: stream.epoch })
         }
-        if (outage) {
-          // Below where it was, the stream started again lower (see the file comment).
-          stream.readTo = position.offset > from ? position.offset : 0
-          stream.offset = position.offset
-        }
+        // Below where it was, the stream started again lower (see the file comment).
+        if (outage) stream.offset = position.offset
       }
     } catch (err) {
       if (this.#streams.get(group) !== stream) return
