@@ -10,7 +10,7 @@
 // --fixed-rate=<deliveries/s> (instead of half of the floor's maximum; e.g. to profile under overload)
 // --fixed-ms=<n> (the fixed-rate step's length: 5,000 in a full run, 3,000 in --quick)
 // --loop-delay (each server process's event-loop delay during the fixed-rate step, at 1 ms resolution, and its wait for a core)
-// --alt=<path/to/dist/index.js>[,…] (adds channels-memory-alt1, channels-redis-alt1, channels-sse-memory-alt1, …: other builds)
+// --alt=<path/to/dist/index.js>[,…] (adds channels-memory-alt1, channels-redis-alt1, channels-redis-durable-alt1, channels-sse-memory-alt1, …: other builds)
 // --no-steps (skip the search for the maximum: warm-up, saturation and fixed-rate steps only)
 // --connections=<n> (instead of the scenario's 10,000, same groups; loopback allows about 28,000)
 // --bisect=<n> (halvings of the bracket around the maximum: 5 in a full run: the maximum to within 2.2%; 2 in --quick)
@@ -67,11 +67,12 @@ const TARGETS = {
 
 if (args.alt !== undefined) {
   // Candidate builds of this package, measured next to the current one in the same run:
-  // --alt=<path to a build's index.js>[,<another>] adds channels-memory-alt1, channels-redis-alt1, channels-sse-memory-alt1, …
+  // --alt=<path to a build's index.js>[,<another>] adds channels-memory-alt1, channels-redis-alt1, channels-redis-durable-alt1, channels-sse-memory-alt1, …
   args.alt.split(',').forEach((file, i) => {
     const entry = pathToFileURL(path.resolve(file)).href
     TARGETS[`channels-memory-alt${i + 1}`] = { ...TARGETS['channels-memory'], entry }
     TARGETS[`channels-redis-alt${i + 1}`] = { ...TARGETS['channels-redis'], entry }
+    TARGETS[`channels-redis-durable-alt${i + 1}`] = { ...TARGETS['channels-redis-durable'], entry }
     TARGETS[`channels-sse-memory-alt${i + 1}`] = { ...TARGETS['channels-sse-memory'], entry }
   })
 }
@@ -132,7 +133,8 @@ const IDLE = { scenarios: new Set(['groups-100x100', 'smoke']), windowMs: 1000 }
 // How long a step's drain waits for frames still missing once publishing stopped.
 const DRAIN = { idleMs: 5000, giveUpMs: 60_000, checkMs: 1000, busyShare: 0.1 }
 
-const runId = `fcbench-${process.pid}-${Date.now().toString(36)}`
+// Short: the Redis prefix it starts (with the scenario and target names) must stay within 64 characters.
+const runId = `fcb${process.pid.toString(36)}-${(Date.now() % 1e9).toString(36)}`
 const started = new Date()
 const rows = []
 const live = new Set() // child processes, killed if we die
