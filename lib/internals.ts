@@ -90,15 +90,18 @@ export function addOnRouteHookFirst (fastify: FastifyInstance, hook: (route: Rou
  * Fastify 5 this is skipped: the request then runs through the hooks, where the consumer route
  * answers 503 itself.
  */
-export function endUpgradesWhileClosing (fastify: FastifyInstance, isClosing: () => boolean): void {
+export function endUpgradesWhileClosing (fastify: FastifyInstance, isClosing: () => boolean, refused: (url: string) => void): void {
   if (!isWrittenFor('fastify', fastifyMajor(fastify))) return
   const server = fastify.server
-  server.on('upgrade', (_request: unknown, socket: { bytesWritten?: number, destroySoon?: () => void, write?: (data: string) => unknown }) => {
+  server.on('upgrade', (request: { url?: string }, socket: { bytesWritten?: number, destroySoon?: () => void, write?: (data: string) => unknown }) => {
     if (!isClosing()) return
     if ((socket.bytesWritten ?? 0) === 0 && server.listenerCount('upgrade') === 1) {
       socket.write?.('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
     }
-    if ((socket.bytesWritten ?? 0) > 0) socket.destroySoon?.()
+    if ((socket.bytesWritten ?? 0) === 0) return
+    // No hook saw this answer: whoever counts handshakes is told here.
+    refused(request.url ?? '')
+    socket.destroySoon?.()
   })
 }
 

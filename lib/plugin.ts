@@ -8,6 +8,7 @@
  */
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteHandlerMethod, preHandlerAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
+import Router from 'find-my-way'
 import fastifyWebsocket from '@fastify/websocket'
 import type { WebSocket, WebSocketServer } from 'ws'
 import { InMemoryChannelLayer } from './layers/in-memory.js'
@@ -44,9 +45,13 @@ interface Channels extends Runtime {
   /** `app.close()` has begun: a new handshake gets 503. */
   closing: boolean
   stopHeartbeat: () => void
+  /** The WebSocket consumer routes, to name the route of an upgrade no hook sees (while closing). */
+  routes: Router.Instance<Router.HTTPVersion.V1>
 }
 
 const kConsumerRoute = Symbol('fastify-channels.consumerRoute')
+
+function noop (): void {}
 
 const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts) => {
   checkOptions(opts)
@@ -60,7 +65,8 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
     counts: new Counts(),
     rateLimit: opts.rateLimit,
     closing: false,
-    stopHeartbeat: () => {}
+    stopHeartbeat: () => {},
+    routes: Router({ ignoreTrailingSlash: true, ignoreDuplicateSlashes: true })
   }
 
   if (canAttachLogger(layer)) layer.attachLogger(fastify.log.child({ component: 'channel-layer' }))
@@ -107,6 +113,8 @@ function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, fore
     // Marks the route for the upgrade guard, an app-level onRequest hook that therefore runs
     // before the route's own hooks and those of the plugins around it.
     route.config = Object.assign({}, route.config, { [kConsumerRoute]: true })
+    // Once per path: Fastify also calls this for the HEAD route it adds to a GET.
+    if (!channels.routes.hasRoute('GET', route.url)) channels.routes.on('GET', route.url, noop, route.url)
   }, foreignWebsocket)
 }
 
@@ -228,7 +236,11 @@ function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, 
   fastify.addHook('onResponse', async (request, reply) => {
     if (request.ws && isConsumerRoute(request)) channels.counts.of(request.routeOptions.url ?? request.url).handshake(reply.statusCode)
   })
-  endUpgradesWhileClosing(fastify, () => channels.closing)
+  // Answered 503 outside every hook: counted by the route its path is.
+  endUpgradesWhileClosing(fastify, () => channels.closing, url => {
+    const route = channels.routes.find('GET', url.split('?')[0])?.store
+    if (typeof route === 'string') channels.counts.of(route).handshake(503)
+  })
   decideSubprotocols(fastify.websocketServer, request => {
     const connection = connectionOf(request)
     return connection === undefined ? undefined : connection.subprotocol ?? false

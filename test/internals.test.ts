@@ -35,10 +35,10 @@ t.test('hook order on another Fastify major: fails loudly only where the order m
 
 t.test('upgrades during close: the raw 503 is for Fastify 5 only', async t => {
   const other = otherFastify('6.1.0')
-  endUpgradesWhileClosing(other.app, () => true)
+  endUpgradesWhileClosing(other.app, () => true, () => {})
   t.equal(other.server.listenerCount('upgrade'), 0, 'another major answers through its own hooks')
   const five = otherFastify('5.3.0')
-  endUpgradesWhileClosing(five.app, () => true)
+  endUpgradesWhileClosing(five.app, () => true, () => {})
   t.equal(five.server.listenerCount('upgrade'), 1)
 })
 

@@ -7,12 +7,19 @@
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
+import { Registry } from 'prom-client'
 import fastifyChannels, { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, eventually } from './helpers/app.js'
 import { listen, openClient, rawSession } from './helpers/loopback.js'
 
 /** A consumer whose disconnect() waits for the test, so close() can be caught half-way. */
+/** `fastify_channels_handshakes_total` for a route's 503s. */
+async function refusedWhileClosing (registry: Registry, route: string): Promise<number | undefined> {
+  const values = (await registry.getSingleMetric('fastify_channels_handshakes_total')?.get())?.values ?? []
+  return values.find(v => v.labels.route === route && v.labels.status === '503')?.value
+}
+
 function heldConsumer (gate: Promise<void>, disconnects: Map<string, number[]>, counters: { built: number, started: number }) {
   return class Held extends WebsocketConsumer {
     override groups = ['everyone']
@@ -63,13 +70,14 @@ t.test('app.close() with 1,000 open sockets: all close with 1001, every disconne
   t.equal(layer.closed, true, 'the layer was closed after the consumers')
 })
 
-t.test('the same over real TCP: clients see 1001, a new handshake during shutdown gets HTTP 503', async t => {
+t.test('the same over real TCP: clients see 1001, a new handshake during shutdown gets HTTP 503, counted', async t => {
   const SOCKETS = 50
+  const registry = new Registry()
   let release!: () => void
   const gate = new Promise<void>(resolve => { release = resolve })
   const disconnects = new Map<string, number[]>()
   const counters = { built: 0, started: 0 }
-  const { app } = await buildApp({ heartbeatInterval: 0 }, app => app.get('/ws', { websocket: true }, heldConsumer(gate, disconnects, counters).asHandler()))
+  const { app } = await buildApp({ heartbeatInterval: 0, metrics: { registry } }, app => app.get('/ws', { websocket: true }, heldConsumer(gate, disconnects, counters).asHandler()))
   const { url, port } = await listen(app)
   const clients = await Promise.all(Array.from({ length: SOCKETS }, async () => await openClient(`${url}/ws`)))
 
@@ -79,6 +87,9 @@ t.test('the same over real TCP: clients see 1001, a new handshake during shutdow
   t.same(closes.filter(c => c.code !== 1001), [], 'every client saw close 1001')
   const late = await rawSession(port, '/ws', { host: `127.0.0.1:${port}` })
   t.equal(late.status, 503, 'a handshake during shutdown is answered 503')
+  const lateQuery = await rawSession(port, '/ws/?token=x', { host: `127.0.0.1:${port}` })
+  t.equal(lateQuery.status, 503, 'also with a query and a trailing slash')
+  t.equal(await refusedWhileClosing(registry, '/ws'), 2, 'and counted in handshakes_total under its route')
   t.equal(counters.built, SOCKETS)
   release()
   await closing
@@ -91,9 +102,10 @@ t.test('with the app\'s own @fastify/websocket registered first, a handshake dur
   const gate = new Promise<void>(resolve => { release = resolve })
   const disconnects = new Map<string, number[]>()
   const counters = { built: 0, started: 0 }
+  const registry = new Registry()
   const app = Fastify()
   await app.register(fastifyWebsocket)
-  await app.register(fastifyChannels, { heartbeatInterval: 0 })
+  await app.register(fastifyChannels, { heartbeatInterval: 0, metrics: { registry } })
   app.get('/ws', { websocket: true }, heldConsumer(gate, disconnects, counters).asHandler())
   const { url, port } = await listen(app)
   const client = await openClient(`${url}/ws`)
@@ -102,6 +114,7 @@ t.test('with the app\'s own @fastify/websocket registered first, a handshake dur
   t.match(await client.closed, { code: 1001 })
   const late = await rawSession(port, '/ws', { host: `127.0.0.1:${port}` })
   t.equal(late.status, 503)
+  t.equal(await refusedWhileClosing(registry, '/ws'), 1, 'counted in handshakes_total')
   release()
   await closing
   t.same([...disconnects.values()], [[1001]])
