@@ -146,8 +146,17 @@ export function setMaxPayload (wss: WebSocketServer, maxPayload: number): void {
   if (!isWrittenFor('ws', major) || options === undefined || typeof options.maxPayload !== 'number') {
     throw unsupported('option "maxPayload" with an app\'s own @fastify/websocket', 'ws', major)
   }
+  // One server, one limit: a second registration's other value would silently replace the first's.
+  const before = maxPayloadSet.get(wss)
+  if (before !== undefined && before !== maxPayload) {
+    throw new InvalidOptionError(`option "maxPayload" (${maxPayload}): another fastify-channels registration on the same @fastify/websocket server set ${before}, and one server has one limit; give both the same value`)
+  }
+  maxPayloadSet.set(wss, maxPayload)
   options.maxPayload = maxPayload
 }
+
+/** The maxPayload a registration set on an app's own `@fastify/websocket` server. */
+const maxPayloadSet = new WeakMap<WebSocketServer, number>()
 
 /**
  * Makes `close()` without a code send 1001 on every socket of an app's own `@fastify/websocket`.

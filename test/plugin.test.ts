@@ -98,3 +98,18 @@ t.test('maxPayload: a larger message closes with 1009 and others keep working', 
   await small.sendTo('y'.repeat(1000))
   t.equal(await small.receiveFrom(), 'y'.repeat(1000))
 })
+
+t.test('two registrations on the app\'s own @fastify/websocket: one server has one maxPayload', async t => {
+  const registerTwice = async (first: number, second: number): Promise<unknown> => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(fastifyWebsocket)
+    await app.register(async child => { await child.register(fastifyChannels, { maxPayload: first }) })
+    await app.register(async child => { await child.register(fastifyChannels, { maxPayload: second }) })
+    return await app.ready().then(() => undefined)
+  }
+  await t.rejects(registerTwice(1000, 2000), {
+    code: 'FST_CHANNELS_INVALID_OPTION', message: /"maxPayload" \(2000\): another fastify-channels registration on the same @fastify\/websocket server set 1000/
+  }, 'a different value fails register rather than replacing the first')
+  t.equal(await registerTwice(1000, 1000), undefined, 'the same value is fine')
+})
