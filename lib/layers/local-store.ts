@@ -78,20 +78,20 @@ export class LocalStore {
   /**
    * Fans `message` out to the group's live local members, each its own copy and the same read-only
    * `info`; full members are skipped and reported, expired memberships dropped on the way. Members
-   * in `skip` have had it. A group of one member gets `message` itself (serialize it before
+   * in `skip` have had it; with `force`, none is full (a catch-up). A group of one member gets `message` itself (serialize it before
    * calling); in a larger one even the last member gets a copy, so that `message` stays as it was
    * sent while the members' handlers run, and those whose copy is unchanged share one encoding
    * (copy-encoding.ts). Members whose sink shares messages all get `message` itself, deep-frozen.
    */
-  fanOut (group: string, message: LayerMessage, info: Delivery, skip?: ReadonlySet<string>): void {
+  fanOut (group: string, message: LayerMessage, info: Delivery, skip?: ReadonlySet<string>, force = false): void {
     const turns = this.#turns
     if (turns.busy) {
-      turns.defer(() => { this.#fanOut(group, message, info, skip) })
+      turns.defer(() => { this.#fanOut(group, message, info, skip, force) })
       return
     }
     turns.begin()
     try {
-      this.#fanOut(group, message, info, skip)
+      this.#fanOut(group, message, info, skip, force)
     } finally {
       turns.end()
     }
@@ -115,7 +115,7 @@ export class LocalStore {
     this.#turns.alone(step)
   }
 
-  #fanOut (group: string, message: LayerMessage, info: Delivery, skip: ReadonlySet<string> | undefined): void {
+  #fanOut (group: string, message: LayerMessage, info: Delivery, skip: ReadonlySet<string> | undefined, force: boolean): void {
     const members = this.#groups.get(group)
     if (members === undefined) return
     const now = performance.now()
@@ -137,7 +137,7 @@ export class LocalStore {
           share(message)
           frozen = true
         }
-        if (this.#deliver(channel, sink, message, info, pristine && !shares, false)) return
+        if (this.#deliver(channel, sink, message, info, pristine && !shares, force)) return
         this.#settings.skipped(group, channel)
         if (info.offset !== undefined) this.#markSkipped(channel, info)
       })

@@ -43,14 +43,15 @@ async function linesUntilQuiet (layer: RedisChannelLayer, channel: string): Prom
 }
 
 /**
- * Two layers on the same Redis, with a history of `size` messages on the group `feed`: one through a proxy that can
+ * Two layers on the same Redis, with a history of `size` messages on the group `feed`: one (of
+ * `capacity`) through a proxy that can
  * cut or drop what its subscriptions get, one straight to Redis that sends.
  */
-async function historyBehindProxy (t: Test, base: string, size = 100): Promise<{ proxy: StallingProxy, layer: RedisChannelLayer, sender: RedisChannelLayer }> {
+async function historyBehindProxy (t: Test, base: string, size = 100, capacity?: number): Promise<{ proxy: StallingProxy, layer: RedisChannelLayer, sender: RedisChannelLayer }> {
   const proxy = await stallingProxy(t)
   const prefix = uniquePrefix(base)
   const groups = { feed: { history: { size, ttl: 60 } } }
-  const layer = new RedisChannelLayer({ url: proxy.url, prefix, timeout: TIMEOUT, groups })
+  const layer = new RedisChannelLayer({ url: proxy.url, prefix, timeout: TIMEOUT, groups, capacity })
   const sender = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: TIMEOUT, groups })
   t.teardown(async () => { await Promise.all([layer.close(), sender.close()]) })
   return { proxy, layer, sender }
@@ -439,4 +440,41 @@ t.test('a process cut off while Redis lost a group\'s history gets what the grou
   await back
   await sender.groupSend('feed', { type: 'line', n: 6 })
   t.same(await linesUntilQuiet(layer, member), [3, 4, 5, 6], 'the new epoch\'s lines, in order, each once')
+})
+
+t.test('a read back that fails (Redis too slow) is tried again: the missed message still comes, before the next', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-read-again')
+  const member = await layer.newChannel()
+  await layer.groupAdd('feed', member)
+  await sender.groupSend('feed', { type: 'line', n: 1 })
+  t.same(await linesUntilQuiet(layer, member), [1])
+  const lost = proxy.dropNextToSubscribers()
+  await sender.groupSend('feed', { type: 'line', n: 2 })
+  await lost
+  // Answers to commands held longer than the layer's timeout: the first read of the gap fails.
+  proxy.stall('commands')
+  await sender.groupSend('feed', { type: 'line', n: 3 })
+  await sleep(TIMEOUT + 500)
+  proxy.resume()
+  const lines: unknown[] = [(await receiveWithin(layer, member, 10_000)).n, (await receiveWithin(layer, member, 10_000)).n]
+  lines.push(...await linesUntilQuiet(layer, member))
+  t.same(lines, [2, 3], 'the missed line, then the next, each once')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
+t.test('a read back larger than the members\' capacity is not refused for it, as a join\'s catch-up is not', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-read-big', 100, 5)
+  const member = await layer.newChannel()
+  await layer.groupAdd('feed', member)
+  const down = once(layer, 'disconnect', 5000)
+  proxy.cutSubscribers()
+  await down
+  for (let n = 1; n <= 20; n++) await sender.groupSend('feed', { type: 'line', n })
+  const back = once(layer, 'reconnect', 10_000)
+  proxy.resume()
+  await back
+  t.same(await linesUntilQuiet(layer, member), Array.from({ length: 20 }, (_, i) => i + 1), 'all 20 lines, in order, with room for 5')
+  t.equal(layer.stats.groupSendSkipped, 0, 'none skipped')
 })

@@ -83,7 +83,7 @@ export class Memberships {
         return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`)
       },
       decode: payload => this.#decode(payload),
-      deliver: (group, message, info) => { this.#fanOut(group, message, info) },
+      deliver: (group, message, info, readBack) => { this.#fanOut(group, message, info, readBack) },
       log: settings.log
     })
     // Held weakly: a layer dropped without close() can still be collected.
@@ -136,8 +136,8 @@ export class Memberships {
     return this.#gaps.recover()
   }
 
-  #fanOut (group: string, message: LayerMessage, info: Delivery): void {
-    this.#store.fanOut(group, message, info, this.#catchUps.live(group, message, info))
+  #fanOut (group: string, message: LayerMessage, info: Delivery, readBack = false): void {
+    this.#store.fanOut(group, message, info, this.#catchUps.live(group, message, info), readBack)
   }
 
   async remove (group: string, channel: string): Promise<void> {
@@ -244,6 +244,7 @@ export class Memberships {
 
   close (): void {
     this.#closed = true
+    this.#gaps.clear()
     for (const timer of this.#timers) clearInterval(timer)
   }
 

@@ -25,6 +25,10 @@
 import type { Delivery, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
 import type { StoredPayload } from './transport.js'
 
+/** Reads of one gap, in all, before what it holds is given up for lost; the first retry after this. */
+const READ_TRIES = 3
+const READ_RETRY_MS = 1000
+
 export interface GapReader {
   /** The size of the history this process keeps for the group (undefined without): only then are gaps read back. */
   historySize (group: string): number | undefined
@@ -32,8 +36,11 @@ export interface GapReader {
   read (group: string, since: StreamPosition, limit: number): Promise<{ position: StreamPosition, stored: StoredPayload[] }>
   /** A stored payload's message; throws when it cannot be decoded. */
   decode (payload: Buffer): LayerMessage
-  /** Hands a group message on to the local members, in order. */
-  deliver (group: string, message: LayerMessage, info: Delivery): void
+  /**
+   * Hands a group message on to the local members, in order; one read back is not refused for
+   * capacity (as a join's catch-up is not): the history bounds it.
+   */
+  deliver (group: string, message: LayerMessage, info: Delivery, readBack: boolean): void
   log: () => LayerLogger
 }
 
@@ -91,14 +98,14 @@ export class StreamGaps {
   #pass (group: string, stream: Stream | undefined, message: LayerMessage, info: Delivery): void {
     const { offset, epoch } = info
     // A presence announcement, or a group without history: nothing to go by.
-    if (offset === undefined || epoch === undefined) return this.#reader.deliver(group, message, info)
+    if (offset === undefined || epoch === undefined) return this.#reader.deliver(group, message, info, false)
     if (stream === undefined || stream.epoch !== epoch) {
       this.#streams.set(group, { epoch, offset, baseline: false, waiting: undefined })
-      return this.#reader.deliver(group, message, info)
+      return this.#reader.deliver(group, message, info, false)
     }
     if (offset <= stream.offset) {
       // Sent before the join whose position this is: handed on. Otherwise a copy.
-      if (stream.baseline) this.#reader.deliver(group, message, info)
+      if (stream.baseline) this.#reader.deliver(group, message, info, false)
       return
     }
     const size = offset > stream.offset + 1 ? this.#reader.historySize(group) : undefined
@@ -109,14 +116,17 @@ export class StreamGaps {
     }
     stream.offset = offset
     stream.baseline = false
-    this.#reader.deliver(group, message, info)
+    this.#reader.deliver(group, message, info, false)
   }
 
   /**
    * Reads the history after the stream's offset (below `before`, for a gap), hands it on, then
-   * what waited. What the read did not bring is lost here, and the stream goes on after it.
+   * what waited. What a read did not bring is lost here, and the stream goes on after it. A read
+   * that fails is tried again, `READ_TRIES` times in all, the group's live messages still waiting;
+   * after an outage it is not: the group's next message shows the gap, and that read is tried.
    */
-  async #fill (group: string, stream: Stream, before: number, limit: number): Promise<void> {
+  async #fill (group: string, stream: Stream, before: number, limit: number, tries = 1): Promise<void> {
+    if (this.#streams.get(group) !== stream) return
     const after = stream.offset
     const reader = this.#reader
     const outage = before === Infinity
@@ -144,14 +154,21 @@ export class StreamGaps {
           }
           missing--
           stream.offset = offset
-          reader.deliver(group, message, { group, offset, epoch: stream.epoch })
+          reader.deliver(group, message, { group, offset, epoch: stream.epoch }, true)
         }
         // Below where it was, the stream started again lower (see the file comment).
         if (outage) stream.offset = position.offset
       }
     } catch (err) {
       if (this.#streams.get(group) !== stream) return
-      reader.log().warn({ err, group }, 'could not read back the group messages this process missed')
+      const again = !outage && tries < READ_TRIES
+      reader.log().warn({ err, group, tries }, `could not read back the group messages this process missed${again ? '; trying again' : ''}`)
+      if (again) {
+        setTimeout(() => { void this.#fill(group, stream, before, limit, tries + 1) }, READ_RETRY_MS * tries).unref()
+        return
+      }
+      if (!outage) reader.log().warn({ group, missing, after }, 'group messages this process missed could not be read back: lost here')
+      missing = 0
     }
     if (!outage && stream.offset < before - 1) stream.offset = before - 1
     stream.baseline = false
