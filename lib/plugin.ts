@@ -53,6 +53,13 @@ const kConsumerRoute = Symbol('fastify-channels.consumerRoute')
 
 function noop (): void {}
 
+/** A router of the consumer routes that matches paths as the app's own router does. */
+function consumerRouter (fastify: FastifyInstance): Router.Instance<Router.HTTPVersion.V1> {
+  const config = fastify.initialConfig as Record<string, unknown> & { routerOptions?: Record<string, unknown> }
+  const names = ['ignoreTrailingSlash', 'ignoreDuplicateSlashes', 'caseSensitive', 'allowUnsafeRegex', 'maxParamLength']
+  return Router(Object.fromEntries(names.map(name => [name, config.routerOptions?.[name] ?? config[name]])) as Router.Config<Router.HTTPVersion.V1>)
+}
+
 const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts) => {
   checkOptions(opts)
   const layer = opts.layer ?? new InMemoryChannelLayer()
@@ -66,7 +73,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
     rateLimit: opts.rateLimit,
     closing: false,
     stopHeartbeat: () => {},
-    routes: Router({ ignoreTrailingSlash: true, ignoreDuplicateSlashes: true })
+    routes: consumerRouter(fastify)
   }
 
   if (canAttachLogger(layer)) layer.attachLogger(fastify.log.child({ component: 'channel-layer' }))
@@ -114,7 +121,12 @@ function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, fore
     // before the route's own hooks and those of the plugins around it.
     route.config = Object.assign({}, route.config, { [kConsumerRoute]: true })
     // Once per path: Fastify also calls this for the HEAD route it adds to a GET.
-    if (!channels.routes.hasRoute('GET', route.url)) channels.routes.on('GET', route.url, noop, route.url)
+    try {
+      if (!channels.routes.hasRoute('GET', route.url)) channels.routes.on('GET', route.url, noop, route.url)
+    } catch (err) {
+      // Fastify took it: only its 503s while the app closes go uncounted.
+      fastify.log.debug({ err, url: route.url }, 'fastify-channels cannot match this route\'s path itself: its 503s while the app closes are not counted')
+    }
   }, foreignWebsocket)
 }
 

@@ -113,3 +113,19 @@ t.test('two registrations on the app\'s own @fastify/websocket: one server has o
   }, 'a different value fails register rather than replacing the first')
   t.equal(await registerTwice(1000, 1000), undefined, 'the same value is fine')
 })
+
+t.test('a consumer route the app\'s router options allow (an unsafe regexp) registers and connects', async t => {
+  class Echo extends WebsocketConsumer {
+    override async receive (text?: string) { await this.send(text!) }
+  }
+  const app = Fastify({ routerOptions: { allowUnsafeRegex: true } })
+  t.teardown(() => app.close())
+  await app.register(fastifyChannels)
+  app.get('/ws/:id(^(a+)+$)', { websocket: true }, Echo.asHandler())
+  await app.ready()
+  const comm = new WebsocketCommunicator(app, '/ws/aaa')
+  t.match(await comm.connect(), { connected: true, status: 101 })
+  await comm.sendTo('hi')
+  t.equal(await comm.receiveFrom(), 'hi')
+  await comm.disconnect()
+})
