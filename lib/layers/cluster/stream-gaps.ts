@@ -131,9 +131,23 @@ export class StreamGaps {
     const reader = this.#reader
     const outage = before === Infinity
     let missing = outage ? 0 : before - after - 1
+    let read: Awaited<ReturnType<GapReader['read']>> | undefined
     try {
-      const { position, stored } = await reader.read(group, { epoch: stream.epoch, offset: after }, limit)
+      read = await reader.read(group, { epoch: stream.epoch, offset: after }, limit)
+    } catch (err) {
       if (this.#streams.get(group) !== stream) return
+      const again = !outage && tries < READ_TRIES
+      reader.log().warn({ err, group, tries }, `could not read back the group messages this process missed${again ? '; trying again' : ''}`)
+      if (again) {
+        setTimeout(() => { void this.#fill(group, stream, before, limit, tries + 1) }, READ_RETRY_MS * tries).unref()
+        return
+      }
+      if (!outage) reader.log().warn({ group, missing, after }, 'group messages this process missed could not be read back: lost here')
+      missing = 0
+    }
+    if (this.#streams.get(group) !== stream) return
+    if (read !== undefined) {
+      const { position, stored } = read
       // After an outage in which the backend lost the group's history, its new epoch is read from
       // the start; for a gap, another epoch holds nothing of it.
       if (position.epoch !== stream.epoch && outage) {
@@ -141,8 +155,7 @@ export class StreamGaps {
         stream.offset = 0
       }
       if (position.epoch === stream.epoch) {
-        const from = stream.offset
-        if (outage) missing = position.offset - from
+        if (outage) missing = position.offset - stream.offset
         for (const [offset, payload] of stored) {
           if (offset <= stream.offset || offset >= before) continue
           let message: LayerMessage
@@ -159,16 +172,6 @@ export class StreamGaps {
         // Below where it was, the stream started again lower (see the file comment).
         if (outage) stream.offset = position.offset
       }
-    } catch (err) {
-      if (this.#streams.get(group) !== stream) return
-      const again = !outage && tries < READ_TRIES
-      reader.log().warn({ err, group, tries }, `could not read back the group messages this process missed${again ? '; trying again' : ''}`)
-      if (again) {
-        setTimeout(() => { void this.#fill(group, stream, before, limit, tries + 1) }, READ_RETRY_MS * tries).unref()
-        return
-      }
-      if (!outage) reader.log().warn({ group, missing, after }, 'group messages this process missed could not be read back: lost here')
-      missing = 0
     }
     if (!outage && stream.offset < before - 1) stream.offset = before - 1
     stream.baseline = false
