@@ -478,3 +478,30 @@ t.test('a read back larger than the members\' capacity is not refused for it, as
   t.same(await linesUntilQuiet(layer, member), Array.from({ length: 20 }, (_, i) => i + 1), 'all 20 lines, in order, with room for 5')
   t.equal(layer.stats.groupSendSkipped, 0, 'none skipped')
 })
+
+t.test('a gap whose reads fail because Redis went away is read once Redis is back, with what came during the outage', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-read-later')
+  const member = await layer.newChannel()
+  await layer.groupAdd('feed', member)
+  await sender.groupSend('feed', { type: 'line', n: 1 })
+  t.same(await linesUntilQuiet(layer, member), [1])
+  const lost = proxy.dropNextToSubscribers()
+  await sender.groupSend('feed', { type: 'line', n: 2 })
+  await lost
+  // The gap shows with line 3; its reads wait on Redis, which then goes away for longer than
+  // the three reads take.
+  proxy.stall('commands')
+  const down = once(layer, 'disconnect', 5000)
+  await sender.groupSend('feed', { type: 'line', n: 3 })
+  await sleep(200)
+  proxy.cutSubscribers()
+  await down
+  await sender.groupSend('feed', { type: 'line', n: 4 })
+  await sleep(3 * TIMEOUT + 3000 + 1000)
+  const back = once(layer, 'reconnect', 10_000)
+  proxy.resume()
+  await back
+  t.same(await linesUntilQuiet(layer, member), [2, 3, 4], 'the gap, the line that showed it, and the one sent during the outage')
+  t.same(unhandled, [], 'no unhandled rejection')
+})

@@ -84,6 +84,7 @@ export class Memberships {
       },
       decode: payload => this.#decode(payload),
       deliver: (group, message, info, readBack) => { this.#fanOut(group, message, info, readBack) },
+      up: () => this.#transport.up,
       log: settings.log
     })
     // Held weakly: a layer dropped without close() can still be collected.

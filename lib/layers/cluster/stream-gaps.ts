@@ -41,6 +41,8 @@ export interface GapReader {
    * capacity (as a join's catch-up is not): the history bounds it.
    */
   deliver (group: string, message: LayerMessage, info: Delivery, readBack: boolean): void
+  /** Whether the backend is reachable: a gap whose reads failed while it was not waits for it. */
+  up: () => boolean
   log: () => LayerLogger
 }
 
@@ -51,6 +53,10 @@ interface Stream {
   baseline: boolean
   /** Live messages waiting for a read of the history to be handed on first. */
   waiting: Array<[LayerMessage, Delivery]> | undefined
+  /** A gap whose reads failed while the backend was gone: read once it is back (`recover()`). */
+  unread?: { before: number, limit: number }
+  /** An outage ended while a gap was being read: once that is done, read what it published. */
+  recoverAfter?: boolean
 }
 
 export class StreamGaps {
@@ -76,13 +82,21 @@ export class StreamGaps {
     }
   }
 
-  /** After an outage: reads what each group published since the last offset heard. */
+  /**
+   * After an outage: reads what each group published since the last offset heard, after the gap
+   * its process was reading (or had to leave) when the backend went, if any.
+   */
   async recover (): Promise<void> {
     await Promise.all([...this.#streams].map(async ([group, stream]) => {
-      const size = this.#reader.historySize(group)
-      if (stream.waiting !== undefined || size === undefined) return
-      stream.waiting = []
-      await this.#fill(group, stream, Infinity, size)
+      if (this.#reader.historySize(group) === undefined) return
+      const unread = stream.unread
+      stream.recoverAfter = true
+      if (unread !== undefined) {
+        stream.unread = undefined
+        await this.#fill(group, stream, unread.before, unread.limit)
+      } else if (stream.waiting === undefined) {
+        await this.#recoverNow(group, stream)
+      }
     }))
   }
 
@@ -123,7 +137,8 @@ export class StreamGaps {
    * Reads the history after the stream's offset (below `before`, for a gap), hands it on, then
    * what waited. What a read did not bring is lost here, and the stream goes on after it. A read
    * that fails is tried again, `READ_TRIES` times in all, the group's live messages still waiting;
-   * after an outage it is not: the group's next message shows the gap, and that read is tried.
+   * if the backend is gone by then, the gap waits for it (`recover()`). The read after an outage
+   * is not tried again: the group's next message shows the gap, and that read is.
    */
   async #fill (group: string, stream: Stream, before: number, limit: number, tries = 1): Promise<void> {
     if (this.#streams.get(group) !== stream) return
@@ -140,6 +155,11 @@ export class StreamGaps {
       reader.log().warn({ err, group, tries }, `could not read back the group messages this process missed${again ? '; trying again' : ''}`)
       if (again) {
         setTimeout(() => { void this.#fill(group, stream, before, limit, tries + 1) }, READ_RETRY_MS * tries).unref()
+        return
+      }
+      if (!outage && !reader.up()) {
+        // Gone with the backend: read once it is back, the group's later messages still waiting.
+        stream.unread = { before, limit }
         return
       }
       if (!outage) reader.log().warn({ group, missing, after }, 'group messages this process missed could not be read back: lost here')
@@ -177,6 +197,16 @@ export class StreamGaps {
     stream.baseline = false
     if (missing > 0) reader.log().warn({ group, missing, after }, 'group messages this process missed are no longer in the group\'s history: lost here')
     this.#drain(group, stream)
+    if (stream.recoverAfter === true && stream.waiting === undefined) await this.#recoverNow(group, stream)
+  }
+
+  /** The read after an outage, for a stream no read is under way for. */
+  async #recoverNow (group: string, stream: Stream): Promise<void> {
+    const size = this.#reader.historySize(group)
+    stream.recoverAfter = false
+    if (size === undefined) return
+    stream.waiting = []
+    await this.#fill(group, stream, Infinity, size)
   }
 
   #drain (group: string, stream: Stream): void {
