@@ -57,6 +57,31 @@ async function historyBehindProxy (t: Test, base: string, size = 100, capacity?:
   return { proxy, layer, sender }
 }
 
+/** A channel of `layer`, member of `feed`. */
+async function feedMember (layer: RedisChannelLayer): Promise<string> {
+  const member = await layer.newChannel()
+  await layer.groupAdd('feed', member)
+  return member
+}
+
+/** Sends line `n` to `feed` while the proxy drops it on its way to the other layer's subscription. */
+async function sendDropped (proxy: StallingProxy, sender: RedisChannelLayer, n: number): Promise<void> {
+  const lost = proxy.dropNextToSubscribers()
+  await sender.groupSend('feed', { type: 'line', n })
+  await lost
+}
+
+/** Cuts `layer`'s subscriptions, runs `meanwhile` once it knows, and resolves once it has reconnected. */
+async function cutOffWhile (proxy: StallingProxy, layer: RedisChannelLayer, meanwhile: () => Promise<void>): Promise<void> {
+  const down = once(layer, 'disconnect', 5000)
+  proxy.cutSubscribers()
+  await down
+  await meanwhile()
+  const back = once(layer, 'reconnect', 10_000)
+  proxy.resume()
+  await back
+}
+
 function once (layer: RedisChannelLayer, event: string, ms: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no '${event}' within ${ms} ms`)), ms)
@@ -340,19 +365,14 @@ t.test('a plain groupAdd while a join with presence of the same channel is under
 t.test('a process cut off from its subscriptions gets, once back, what its groups with history published meanwhile', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer: cutOff, sender } = await historyBehindProxy(t, 'fc-read-back')
-  const member = await cutOff.newChannel()
-  await cutOff.groupAdd('feed', member)
+  const member = await feedMember(cutOff)
   const lines: unknown[] = []
   for (const n of [1, 2, 3]) await sender.groupSend('feed', { type: 'line', n })
   for (let i = 0; i < 3; i++) lines.push((await receiveWithin(cutOff, member)).n)
 
-  const down = once(cutOff, 'disconnect', 5000)
-  proxy.cutSubscribers()
-  await down
-  for (const n of [4, 5, 6, 7, 8]) await sender.groupSend('feed', { type: 'line', n })
-  const back = once(cutOff, 'reconnect', 10_000)
-  proxy.resume()
-  await back
+  await cutOffWhile(proxy, cutOff, async () => {
+    for (const n of [4, 5, 6, 7, 8]) await sender.groupSend('feed', { type: 'line', n })
+  })
   await sender.groupSend('feed', { type: 'line', n: 9 })
   lines.push(...await linesUntilQuiet(cutOff, member))
   t.same(lines, [1, 2, 3, 4, 5, 6, 7, 8, 9], 'the lines published while it was cut off come back, in order, each once')
@@ -369,9 +389,7 @@ t.test('a group message with history that a process\'s subscription missed is re
   t.same(await receiveWithin(missing, member), { type: 'line', n: 1 })
   t.same(await receiveWithin(missing, other), { type: 'line', n: 1 })
 
-  const lost = proxy.dropNextToSubscribers()
-  await sender.groupSend('feed', { type: 'line', n: 2 })
-  await lost
+  await sendDropped(proxy, sender, 2)
   await sender.groupSend('feed', { type: 'line', n: 3 })
   for (const channel of [member, other]) {
     t.same(await linesUntilQuiet(missing, channel), [2, 3], 'the missed line first, then the next, each once')
@@ -382,23 +400,18 @@ t.test('a group message with history that a process\'s subscription missed is re
 t.test('a group whose offsets start again lower (a Redis that lost its last writes) still reaches a process that was cut off', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-lower')
-  const member = await layer.newChannel()
-  await layer.groupAdd('feed', member)
+  const member = await feedMember(layer)
   for (const n of [1, 2, 3]) await sender.groupSend('feed', { type: 'line', n })
   t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
 
-  const down = once(layer, 'disconnect', 5000)
-  proxy.cutSubscribers()
-  await down
-  // What a restart from a snapshot taken after the first line would leave: the same epoch, an
-  // offset behind, and the stream without the lines after it.
-  const admin = adminClient(t)
-  const stream = `${sender.prefix}:s:{feed}`
-  const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
-  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
-  const back = once(layer, 'reconnect', 10_000)
-  proxy.resume()
-  await back
+  await cutOffWhile(proxy, layer, async () => {
+    // What a restart from a snapshot taken after the first line would leave: the same epoch, an
+    // offset behind, and the stream without the lines after it.
+    const admin = adminClient(t)
+    const stream = `${sender.prefix}:s:{feed}`
+    const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
+    await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
+  })
   t.equal((await sender.groupSend('feed', { type: 'line', n: 4 }))?.offset, 2, 'the next line takes an offset already heard')
   await sender.groupSend('feed', { type: 'line', n: 5 })
   t.same(await linesUntilQuiet(layer, member), [4, 5], 'both lines come, each once')
@@ -407,13 +420,10 @@ t.test('a group whose offsets start again lower (a Redis that lost its last writ
 t.test('a missed group message the history no longer holds is lost to that process only: the next ones come', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-trimmed', 1)
-  const member = await layer.newChannel()
-  await layer.groupAdd('feed', member)
+  const member = await feedMember(layer)
   await sender.groupSend('feed', { type: 'line', n: 1 })
   t.same(await linesUntilQuiet(layer, member), [1])
-  const lost = proxy.dropNextToSubscribers()
-  await sender.groupSend('feed', { type: 'line', n: 2 })
-  await lost
+  await sendDropped(proxy, sender, 2)
   // The history keeps one message: the dropped one is gone from it when the next reveals the gap.
   for (const n of [3, 4, 5]) await sender.groupSend('feed', { type: 'line', n })
   t.same(await linesUntilQuiet(layer, member), [3, 4, 5], 'every line after the lost one, in order')
@@ -422,22 +432,16 @@ t.test('a missed group message the history no longer holds is lost to that proce
 t.test('a process cut off while Redis lost a group\'s history gets what the group published since, in its new epoch', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-new-epoch')
-  const member = await layer.newChannel()
-  await layer.groupAdd('feed', member)
+  const member = await feedMember(layer)
   for (const n of [1, 2]) await sender.groupSend('feed', { type: 'line', n })
   t.same(await linesUntilQuiet(layer, member), [1, 2])
 
-  const down = once(layer, 'disconnect', 5000)
-  proxy.cutSubscribers()
-  await down
-  const admin = adminClient(t)
-  await admin.del(`${sender.prefix}:h:{feed}`, `${sender.prefix}:s:{feed}`)
   const epochs = new Set<string | undefined>()
-  for (const n of [3, 4, 5]) epochs.add((await sender.groupSend('feed', { type: 'line', n }))?.epoch)
+  await cutOffWhile(proxy, layer, async () => {
+    await adminClient(t).del(`${sender.prefix}:h:{feed}`, `${sender.prefix}:s:{feed}`)
+    for (const n of [3, 4, 5]) epochs.add((await sender.groupSend('feed', { type: 'line', n }))?.epoch)
+  })
   t.equal(epochs.size, 1, 'the group has a new epoch')
-  const back = once(layer, 'reconnect', 10_000)
-  proxy.resume()
-  await back
   await sender.groupSend('feed', { type: 'line', n: 6 })
   t.same(await linesUntilQuiet(layer, member), [3, 4, 5, 6], 'the new epoch\'s lines, in order, each once')
 })
@@ -445,13 +449,10 @@ t.test('a process cut off while Redis lost a group\'s history gets what the grou
 t.test('a read back that fails (Redis too slow) is tried again: the missed message still comes, before the next', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-read-again')
-  const member = await layer.newChannel()
-  await layer.groupAdd('feed', member)
+  const member = await feedMember(layer)
   await sender.groupSend('feed', { type: 'line', n: 1 })
   t.same(await linesUntilQuiet(layer, member), [1])
-  const lost = proxy.dropNextToSubscribers()
-  await sender.groupSend('feed', { type: 'line', n: 2 })
-  await lost
+  await sendDropped(proxy, sender, 2)
   // Answers to commands held longer than the layer's timeout: the first read of the gap fails.
   proxy.stall('commands')
   await sender.groupSend('feed', { type: 'line', n: 3 })
@@ -466,15 +467,10 @@ t.test('a read back that fails (Redis too slow) is tried again: the missed messa
 t.test('a read back larger than the members\' capacity is not refused for it, as a join\'s catch-up is not', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-read-big', 100, 5)
-  const member = await layer.newChannel()
-  await layer.groupAdd('feed', member)
-  const down = once(layer, 'disconnect', 5000)
-  proxy.cutSubscribers()
-  await down
-  for (let n = 1; n <= 20; n++) await sender.groupSend('feed', { type: 'line', n })
-  const back = once(layer, 'reconnect', 10_000)
-  proxy.resume()
-  await back
+  const member = await feedMember(layer)
+  await cutOffWhile(proxy, layer, async () => {
+    for (let n = 1; n <= 20; n++) await sender.groupSend('feed', { type: 'line', n })
+  })
   t.same(await linesUntilQuiet(layer, member), Array.from({ length: 20 }, (_, i) => i + 1), 'all 20 lines, in order, with room for 5')
   t.equal(layer.stats.groupSendSkipped, 0, 'none skipped')
 })
@@ -482,13 +478,10 @@ t.test('a read back larger than the members\' capacity is not refused for it, as
 t.test('a gap whose reads fail because Redis went away is read once Redis is back, with what came during the outage', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-read-later')
-  const member = await layer.newChannel()
-  await layer.groupAdd('feed', member)
+  const member = await feedMember(layer)
   await sender.groupSend('feed', { type: 'line', n: 1 })
   t.same(await linesUntilQuiet(layer, member), [1])
-  const lost = proxy.dropNextToSubscribers()
-  await sender.groupSend('feed', { type: 'line', n: 2 })
-  await lost
+  await sendDropped(proxy, sender, 2)
   // The gap shows with line 3; its reads wait on Redis, which then goes away for longer than
   // the three reads take.
   proxy.stall('commands')
