@@ -28,8 +28,8 @@ import { withTimeout } from './deadline.js'
 import { Envelope, WireCodec, reviveMessage, reviveObject } from './codec.js'
 import { PayloadCipher, type EncryptionKey } from './encryption.js'
 import { Requests, checkReply, replyFor, type OwnerOp } from './cluster/requests.js'
-import { Memberships, NO_JOIN, keepingOf } from './cluster/memberships.js'
-import type { ClusterContext, Route, Transport } from './cluster/transport.js'
+import { Memberships, NO_JOIN } from './cluster/memberships.js'
+import { keepingOf, type ClusterContext, type Route, type Transport } from './cluster/transport.js'
 
 export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
   /**

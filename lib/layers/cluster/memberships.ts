@@ -19,8 +19,8 @@ import { reviveMessage, type WireCodec } from '../codec.js'
 import { isDeepStrictEqual } from 'node:util'
 import type { Delivery, GroupJoin, LayerLogger, LayerMessage, PresenceInfo, StreamPosition } from '../types.js'
 import { ttl, withTimeout } from '../deadline.js'
-import type { HistoryKeeping, Route, StoredPayload, StoredPresence, Transport } from './transport.js'
-import { idleMsOf, type HistoryPolicy } from '../history.js'
+import { keepingOf, type Route, type StoredPayload, type StoredPresence, type Transport } from './transport.js'
+import type { HistoryPolicy } from '../history.js'
 import { RecordedPresence } from './recorded-presence.js'
 import { CatchUps, type Held } from './catch-ups.js'
 import { StreamGaps } from './stream-gaps.js'
@@ -390,11 +390,6 @@ export class Memberships {
 }
 
 function settled (): void {}
-
-/** What the backend is told of a group's history policy. */
-export function keepingOf (history: HistoryPolicy, groupExpiryMs: number): HistoryKeeping {
-  return { size: history.size, ttlMs: history.ttlMs, idleMs: idleMsOf(history, groupExpiryMs) }
-}
 
 /** Whether `missed` holds every message after `since` up to `position`. */
 function complete (since: StreamPosition, position: StreamPosition, missed: StoredPayload[]): boolean {

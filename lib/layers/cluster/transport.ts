@@ -6,6 +6,7 @@
 import type { LocalStore } from '../local-store.js'
 import type { WireCodec } from '../codec.js'
 import type { Delivery, LayerLogger, LayerMessage, Received, StreamPosition } from '../types.js'
+import { idleMsOf, type HistoryPolicy } from '../history.js'
 
 /** Where a payload is published, and where an incoming one came from. */
 export type Route =
@@ -60,6 +61,11 @@ export interface HistoryKeeping {
   size: number
   ttlMs: number
   idleMs: number
+}
+
+/** What the backend is told of a group's history policy. */
+export function keepingOf (history: HistoryPolicy, groupExpiryMs: number): HistoryKeeping {
+  return { size: history.size, ttlMs: history.ttlMs, idleMs: idleMsOf(history, groupExpiryMs) }
 }
 
 /** A membership that records presence or joins a group with history, in one step. */
