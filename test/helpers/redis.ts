@@ -216,6 +216,19 @@ export interface StallingProxy {
    * are sent one at a time), as a subscription lost and made again would; resolves once dropped.
    */
   dropNextToSubscribers (): Promise<void>
+  /**
+   * Cuts the connection whose answer from Redis next contains `text` (after `skip` such answers),
+   * before that answer reaches it, as a network would that fails with an answer on the way;
+   * resolves once cut.
+   */
+  cutAnswerWith (text: string, skip?: number): Promise<void>
+  /**
+   * Holds, for `ms`, the answer from Redis that next contains `text` and what follows it on that
+   * connection, as a Redis too slow for one call would.
+   */
+  holdAnswerWith (text: string, ms: number): void
+  /** Cuts every connection and refuses new ones, as to a process that died (until `resume`). */
+  cut (): void
   /** Sends what was held, in order, and forwards again (and accepts connections again). */
   resume (): void
 }
@@ -226,6 +239,9 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
   let stalled = false
   let refusing = false
   let dropped: (() => void) | undefined
+  let cutting: { text: string, skip: number, done: () => void } | undefined
+  let holding: { text: string, ms: number } | undefined
+  const heldUntil = new Map<Socket, Buffer[]>()
   let only: 'subscribers' | 'commands' | undefined
   const subscribers = new WeakSet<Socket>()
   const held: Array<[Socket, Buffer]> = []
@@ -246,8 +262,27 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
       upstream.write(chunk)
     })
     upstream.on('data', chunk => {
+      const late = heldUntil.get(client)
+      if (late !== undefined) {
+        late.push(chunk)
+        return
+      }
+      if (holding !== undefined && chunk.includes(holding.text)) {
+        const chunks = [chunk]
+        heldUntil.set(client, chunks)
+        setTimeout(() => {
+          heldUntil.delete(client)
+          if (!client.destroyed) for (const held of chunks) client.write(held)
+        }, holding.ms)
+        holding = undefined
+        return
+      }
       const holds = stalled && (only === undefined || (only === 'subscribers') === subscribers.has(client))
-      if (dropped !== undefined && subscribers.has(client)) {
+      if (cutting !== undefined && chunk.includes(cutting.text) && cutting.skip-- === 0) {
+        client.destroy()
+        cutting.done()
+        cutting = undefined
+      } else if (dropped !== undefined && subscribers.has(client)) {
         dropped()
         dropped = undefined
       } else if (holds) held.push([client, chunk])
@@ -268,6 +303,16 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
     },
     dropNextToSubscribers () {
       return new Promise(resolve => { dropped = resolve })
+    },
+    cutAnswerWith (text, skip = 0) {
+      return new Promise(resolve => { cutting = { text, skip, done: resolve } })
+    },
+    holdAnswerWith (text, ms) {
+      holding = { text, ms }
+    },
+    cut () {
+      refusing = true
+      for (const socket of sockets) socket.destroy()
     },
     cutSubscribers () {
       refusing = true

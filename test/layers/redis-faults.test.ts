@@ -379,6 +379,25 @@ t.test('a process cut off from its subscriptions gets, once back, what its group
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
+t.test('the read after an outage that fails is tried again, without waiting for the group\'s next message', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer: cutOff, sender } = await historyBehindProxy(t, 'fc-read-back-again')
+  const member = await feedMember(cutOff)
+  const lines: unknown[] = []
+  for (const n of [1, 2]) await sender.groupSend('feed', { type: 'line', n })
+  for (let i = 0; i < 2; i++) lines.push((await receiveWithin(cutOff, member)).n)
+
+  // Its first read of what was missed gets its answer past the timeout.
+  proxy.holdAnswerWith('missed-while-cut-off', TIMEOUT + 500)
+  await cutOffWhile(proxy, cutOff, async () => {
+    for (const n of [3, 4, 5]) await sender.groupSend('feed', { type: 'line', n, text: 'missed-while-cut-off' })
+  })
+  lines.push((await receiveWithin(cutOff, member, 5000)).n) // the second read comes a second after the first failed
+  lines.push(...await linesUntilQuiet(cutOff, member))
+  t.same(lines, [1, 2, 3, 4, 5], 'the lines come back though the group sends nothing more')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
 t.test('a group message with history that a process\'s subscription missed is read back before the next one', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer: missing, sender } = await historyBehindProxy(t, 'fc-gap')

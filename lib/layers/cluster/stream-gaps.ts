@@ -53,7 +53,7 @@ interface Stream {
   baseline: boolean
   /** Live messages waiting for a read of the history to be handed on first. */
   waiting: Array<[LayerMessage, Delivery]> | undefined
-  /** A gap whose reads failed while the backend was gone: read once it is back (`recover()`). */
+  /** A gap (or the read after an outage) whose reads failed while the backend was gone: read once it is back (`recover()`). */
   unread?: { before: number, limit: number }
   /** An outage ended while a gap was being read: once that is done, read what it published. */
   recoverAfter?: boolean
@@ -90,12 +90,14 @@ export class StreamGaps {
     await Promise.all([...this.#streams].map(async ([group, stream]) => {
       if (this.#reader.historySize(group) === undefined) return
       const unread = stream.unread
-      stream.recoverAfter = true
       if (unread !== undefined) {
+        // After the gap (or the read after the last outage) that had to wait, the read after this one.
         stream.unread = undefined
+        stream.recoverAfter = unread.before !== Infinity
         await this.#fill(group, stream, unread.before, unread.limit)
-      } else if (stream.waiting === undefined) {
-        await this.#recoverNow(group, stream)
+      } else {
+        stream.recoverAfter = true
+        if (stream.waiting === undefined) await this.#recoverNow(group, stream)
       }
     }))
   }
@@ -137,8 +139,8 @@ export class StreamGaps {
    * Reads the history after the stream's offset (below `before`, for a gap), hands it on, then
    * what waited. What a read did not bring is lost here, and the stream goes on after it. A read
    * that fails is tried again, `READ_TRIES` times in all, the group's live messages still waiting;
-   * if the backend is gone by then, the gap waits for it (`recover()`). The read after an outage
-   * is not tried again: the group's next message shows the gap, and that read is.
+   * if the backend is gone by then, the read waits for it (`recover()`). So does the read after an
+   * outage; if it fails for good with the backend up, the group's next message shows the gap.
    */
   async #fill (group: string, stream: Stream, before: number, limit: number, tries = 1): Promise<void> {
     if (this.#streams.get(group) !== stream) return
@@ -151,13 +153,13 @@ export class StreamGaps {
       read = await reader.read(group, { epoch: stream.epoch, offset: after }, limit)
     } catch (err) {
       if (this.#streams.get(group) !== stream) return
-      const again = !outage && tries < READ_TRIES
+      const again = tries < READ_TRIES
       reader.log().warn({ err, group, tries }, `could not read back the group messages this process missed${again ? '; trying again' : ''}`)
       if (again) {
         setTimeout(() => { void this.#fill(group, stream, before, limit, tries + 1) }, READ_RETRY_MS * tries).unref()
         return
       }
-      if (!outage && !reader.up()) {
+      if (!reader.up()) {
         // Gone with the backend: read once it is back, the group's later messages still waiting.
         stream.unread = { before, limit }
         return
