@@ -12,6 +12,7 @@ import { InvalidOptionError, LayerClosedError } from '../errors.js'
 import { copyMessage } from './message.js'
 import { assertChannelName, assertChannelPrefix, assertGroupName, isProcessSpecific } from './names.js'
 import { LocalStore, type LayerInspection } from './local-store.js'
+import { SkipLog } from './skip-log.js'
 import { GroupPolicies, type Policy } from './policies.js'
 import type { HistoryPolicy } from './history.js'
 import { checkHistoryOptions, checkJoin, checkLogger, positiveOption, type JoinRequest } from './arguments.js'
@@ -84,6 +85,7 @@ export abstract class BaseChannelLayer extends EventEmitter
   readonly #ownLogger: boolean
   #closed = false
   readonly #sweeper: NodeJS.Timeout
+  readonly #skips = new SkipLog(() => this.#log)
   #observe: ((op: string, seconds: number) => void) | undefined
 
   constructor (options: BaseChannelLayerOptions = {}) {
@@ -256,6 +258,7 @@ export abstract class BaseChannelLayer extends EventEmitter
     if (this.#closed) return
     this.#closed = true
     clearInterval(this.#sweeper)
+    this.#skips.close()
     return this.doClose()
   }
 
@@ -309,6 +312,6 @@ export abstract class BaseChannelLayer extends EventEmitter
   /** A group member skipped because its channel was full: counted and logged, never an error. */
   protected reportSkipped (group: string, channel: string): void {
     this.stats.groupSendSkipped++
-    this.#log.warn({ group, channel }, 'groupSend skipped a full channel')
+    this.#skips.skipped(group, channel)
   }
 }

@@ -92,6 +92,22 @@ t.test('a skipped group member is logged with group and channel', async t => {
   t.equal(memory.stats.groupSendSkipped, 1)
 })
 
+t.test('a member skipped at every message: one warning, then one line a second with the number, every skip counted', async t => {
+  const warnings: object[] = []
+  const memory = layer(t, { capacity: 1, log: { warn: obj => { warnings.push(obj) }, debug: () => {}, error: () => {} } })
+  const [slow, other] = [await memory.newChannel(), await memory.newChannel()]
+  await memory.groupAdd('busy', slow)
+  await memory.groupAdd('busy', other)
+  for (let n = 0; n < 100; n++) {
+    await memory.groupSend('busy', { type: 'line', n })
+    await memory.receive(other) // a member that keeps up
+  }
+  t.equal(memory.stats.groupSendSkipped, 99)
+  t.same(warnings, [{ group: 'busy', channel: slow }], 'the first skip is logged at once')
+  await memory.close() // ends the second under way
+  t.same(warnings, [{ group: 'busy', channel: slow }, { group: 'busy', channel: slow, skipped: 98 }], 'the rest in one line')
+})
+
 t.test('newChannel embeds the per-instance process token', async t => {
   const [a, b] = [layer(t), layer(t)]
   t.match(a.processToken, /^[a-z\d]{12}$/)
