@@ -57,6 +57,19 @@ async function historyBehindProxy (t: Test, base: string, size = 100, capacity?:
   return { proxy, layer, sender }
 }
 
+/**
+ * Two layers on the same Redis, with no history: one through a proxy that can hold or cut what
+ * Redis answers it, one straight to Redis.
+ */
+async function behindProxy (t: Test, base: string, timeout = TIMEOUT): Promise<{ proxy: StallingProxy, prefix: string, behind: RedisChannelLayer, direct: RedisChannelLayer }> {
+  const proxy = await stallingProxy(t)
+  const prefix = uniquePrefix(base)
+  const behind = new RedisChannelLayer({ url: proxy.url, prefix, timeout })
+  const direct = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: TIMEOUT })
+  t.teardown(async () => { await Promise.all([behind.close(), direct.close()]) })
+  return { proxy, prefix, behind, direct }
+}
+
 /** A channel of `layer`, member of `feed`. */
 async function feedMember (layer: RedisChannelLayer): Promise<string> {
   const member = await layer.newChannel()
@@ -276,11 +289,7 @@ for (const [call, setUp] of busySends) {
 
 t.test('a named channel\'s pop that Redis answers after its deadline: the message it took is given back, not lost', async t => {
   if (!await requireRedis(t)) return
-  const proxy = await stallingProxy(t)
-  const prefix = uniquePrefix('fc-late-pop')
-  const slow = new RedisChannelLayer({ url: proxy.url, prefix, timeout: 300 })
-  const direct = new RedisChannelLayer({ url: REDIS_URL, prefix })
-  t.teardown(async () => { await Promise.all([slow.close(), direct.close()]) })
+  const { proxy, behind: slow, direct } = await behindProxy(t, 'fc-late-pop', 300)
 
   // The slow side's reader is connected and popping.
   const first = receiveWithin(slow, 'late-jobs')
@@ -301,6 +310,63 @@ t.test('a named channel\'s pop that Redis answers after its deadline: the messag
   proxy.resume()
   t.same(await receiveWithin(direct, 'late-jobs'), { type: 'job', n: 1 }, 'the message is given back, and received once')
   await t.rejects(receiveWithin(direct, 'late-jobs', 300), 'and nothing more')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
+t.test('a named channel\'s pop whose answer is lost with its connection: the message comes back to the channel, once', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, prefix, behind: cutOff, direct } = await behindProxy(t, 'fc-lost-pop')
+  const admin = adminClient(t)
+
+  for (const n of [1, 2, 3]) {
+    const waiting = receiveWithin(cutOff, 'jobs', 5000)
+    await sleep(100) // its pop waits in Redis
+    // Redis takes the message for that pop; the connection fails with the answer on the way.
+    const cut = proxy.cutAnswerWith(`lost-on-the-way-${n}`)
+    await direct.send('jobs', { type: `lost-on-the-way-${n}` })
+    await cut
+    t.same(await waiting, { type: `lost-on-the-way-${n}` }, `round ${n}: the receive waiting gets it once its reader is back`)
+  }
+  await direct.send('jobs', { type: 'after' })
+  t.same(await receiveWithin(cutOff, 'jobs'), { type: 'after' }, 'the channel goes on')
+  await t.rejects(receiveWithin(direct, 'jobs', 300), 'and nothing came twice')
+  await Promise.all([cutOff.close(), direct.close()])
+  t.same((await admin.keys(`${prefix}:*`)).filter(key => key.includes(':qc')), [], 'closed layers leave no claim behind')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
+t.test('two messages the same to the byte, the second lost on the way: it is given back, not taken for the first', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, behind: cutOff, direct } = await behindProxy(t, 'fc-twin-pop')
+
+  // Both receives wait, so the reader's second pop goes out with the removal of what the first handed over.
+  const both = [receiveWithin(cutOff, 'ticks', 5000), receiveWithin(cutOff, 'ticks', 5000)]
+  await sleep(100)
+  const cut = proxy.cutAnswerWith('twin-tick', 1) // the second answer
+  // Sent in one write, both are written in the same millisecond, most likely: the same bytes.
+  await Promise.all([direct.send('ticks', { type: 'twin-tick' }), direct.send('ticks', { type: 'twin-tick' })])
+  await cut
+  t.same(await Promise.all(both), [{ type: 'twin-tick' }, { type: 'twin-tick' }], 'both arrive')
+  await t.rejects(receiveWithin(direct, 'ticks', 300), 'and neither twice')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
+t.test('a process cut off from Redis for good with a message its pop took: another process gets it once the claim\'s lease runs out', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, behind: gone, direct: other } = await behindProxy(t, 'fc-dead-pop')
+
+  const waiting = gone.receive('jobs').catch((err: unknown) => err)
+  await sleep(100) // its pop waits in Redis
+  proxy.stall()
+  await other.send('jobs', { type: 'job', n: 1 })
+  await sleep(100) // Redis has taken it for that pop; the answer is held
+  proxy.cut() // and the process is never heard of again, as if killed
+  t.match(await waiting, { code: 'FST_CHANNELS_LAYER_TIMEOUT' })
+  await other.send('jobs', { type: 'job', n: 2 })
+  // The lease is 20 s here; a reader of the channel looks for claims past theirs every 5 s.
+  const got = [await receiveWithin(other, 'jobs'), await receiveWithin(other, 'jobs', 40_000)]
+  t.same(got, [{ type: 'job', n: 2 }, { type: 'job', n: 1 }], 'the message sent later first, then the one the gone process took')
+  await t.rejects(receiveWithin(other, 'jobs', 300), 'each once')
   t.same(unhandled, [], 'no unhandled rejection')
 })
 

@@ -6,6 +6,8 @@
  *   P:gm:{group}     zset     process-specific members → lease deadline (server ms)
  *   P:gn:{group}     zset     named-channel members → expiry deadline (server ms)
  *   P:q:{channel}    list     a named channel's queue: deadline + msgpack per element
+ *   P:qc:{channel}:c list     a claim: what a pop took from the queue, until handed over (claims.ts)
+ *   P:qcs:{channel}  zset     a named channel's claims → lease deadline (server ms)
  *   P:cg:{channel}   set      groups a named channel belongs to
  *   P:p:{token}      pub/sub  a process' inbox: direct messages, requests and replies
  *   P:x              pub/sub  the broadcast route (flush)
@@ -42,6 +44,8 @@ export class RedisKeys {
   members (group: string): string { return `${this.prefix}:gm:{${group}}` }
   namedMembers (group: string): string { return `${this.prefix}:gn:{${group}}` }
   queue (channel: string): string { return `${this.prefix}:q:{${channel}}` }
+  claim (channel: string, claim: string): string { return `${this.prefix}:qc:{${channel}}:${claim}` }
+  claims (channel: string): string { return `${this.prefix}:qcs:{${channel}}` }
   channelGroups (channel: string): string { return `${this.prefix}:cg:{${channel}}` }
   inbox (token: string): string { return `${this.#inboxPrefix}${token}}` }
   meta (group: string): string { return `${this.prefix}:h:{${group}}` }

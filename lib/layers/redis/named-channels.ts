@@ -1,13 +1,13 @@
 /**
  * Named channels (no `!`): a Redis list per channel, shared by every process, with `capacity` and
  * `expiry` kept by a Lua script on send. A process that has waiting `receive()` calls on a channel
- * runs one reader for it: a loop of BLPOP on a connection of its own (a blocking pop holds its
- * connection), handing each message to the longest-waiting local receiver. Redis hands each
- * element to one BLPOP only, so each message reaches one receiver in all processes. A pop whose
- * receivers all gave up is ended (standalone Redis), and a message popped after its receivers
- * left goes back to the head of the list. A pop Redis answers after its
- * deadline (Redis slower than `timeout`) keeps its connection until the answer comes, so what it
- * took is handed over or given back rather than lost with the connection.
+ * runs one reader for it: a loop of blocking pops on a connection of its own (a blocking pop holds
+ * its connection), handing each message to the longest-waiting local receiver. Redis hands each
+ * element to one pop only, so each message reaches one receiver in all processes. A pop moves the
+ * message into the reader's claim (claims.ts) rather than out of Redis, so a message whose answer
+ * is lost on the way goes back to the queue. A pop whose receivers all gave up is ended
+ * (standalone Redis), and a message popped after its receivers left goes back to the head of the
+ * list.
  *
  * A named channel may also be a group member. It belongs to no process, so the member is recorded
  * in Redis only and the process that calls groupSend fills the queue.
@@ -17,16 +17,15 @@ import type { Delivery, LayerMessage, Received } from '../types.js'
 import { ttl, withDeadline, withTimeout } from '../deadline.js'
 import { DIRECT } from '../local-store.js'
 import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
-import { DEADLINE_WIDTH, queuePush, queuePushBack, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
-import { isCluster, isReplyError, type Client, type RedisConnections } from './connections.js'
+import { DEADLINE_WIDTH, queuePush, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
+import { isReplyError, type Client, type RedisConnections } from './connections.js'
+import { Claims, type Claim } from './claims.js'
 import type { RedisKeys } from './keys.js'
 
-/** Seconds one BLPOP waits on the server before the reader looks around (receivers gone? closing?). */
+/** Seconds one pop waits on the server before the reader looks around (receivers gone? closing?). */
 const POP_SECONDS = 1
 /** Idle blocking connections kept for the next reader. */
 const IDLE_CONNECTIONS = 2
-/** How long a pop given up at its deadline keeps its connection for a late answer. */
-const LATE_ANSWER_MS = 30_000
 
 // Queue elements: a fixed-width expiry deadline (Redis server time, ms) in ASCII, then the message.
 
@@ -47,7 +46,7 @@ export class NamedChannels implements SharedQueues {
     this.#keys = keys
     this.#layer = layer
     this.#clock = clock
-    this.#readers = new QueueReaders(connections, layer, clock)
+    this.#readers = new QueueReaders(connections, layer, clock, new Claims(connections, keys, layer, POP_SECONDS * 1000 + connections.timeout))
   }
 
   /** Readers running now: for leak checks. */
@@ -120,6 +119,8 @@ class Reader {
   taking: Promise<void> | undefined
   /** The connection of the pop waiting in Redis now, if one is. */
   popping: Client | undefined
+  /** Where this reader's pops put what they take. */
+  claim: Claim | undefined
   /** One controller per waiting receive(): lets an outage reject them with LayerTimeoutError. */
   readonly receivers = new Set<AbortController>()
   constructor (readonly channel: string, readonly key: string) {}
@@ -132,15 +133,15 @@ class QueueReaders {
   readonly #readers = new Map<string, Reader>()
   readonly #idle: Client[] = []
   readonly #busy = new Set<Client>()
-  /** Connections of pops given up at their deadline, until their answer comes: what it took is handed over then. */
-  readonly #late = new Map<Client, Promise<void>>()
+  readonly #claims: Claims
   /** Ends the readers' waits between attempts, for close(). */
   readonly #wakes = new Set<() => void>()
   /** Each blocking connection's id in Redis (standalone only), for CLIENT UNBLOCK. */
   readonly #ids = new WeakMap<Client, number>()
   #closed = false
 
-  constructor (connections: RedisConnections, layer: ClusterContext, clock: ServerClock) {
+  constructor (connections: RedisConnections, layer: ClusterContext, clock: ServerClock, claims: Claims) {
+    this.#claims = claims
     this.#connections = connections
     this.#layer = layer
     this.#clock = clock
@@ -175,16 +176,22 @@ class QueueReaders {
   /**
    * Stops reading. A pop under way may already have taken a message (its receivers gone with the
    * closing layer): it is awaited, for at most the pop's own wait and `timeout`, and what it took
-   * goes back to the queue before the connections close. Past that, the connections close anyway.
-   * A reader that is connecting or waiting to try again holds nothing: it is not waited for.
+   * goes back to the queue before the connections close, and the claims leave Redis. Past that,
+   * the connections close anyway: a claim left holds its message until its lease runs out, and
+   * another process gives it back. A reader that is connecting or waiting to try again is not
+   * waited for: what its last claim holds is given back with the others.
    */
   async close (): Promise<void> {
     this.#closed = true
     for (const wake of this.#wakes) wake()
     for (const conn of this.#idle.splice(0)) this.#connections.release(conn)
-    const taking = [...this.#readers.values()].flatMap(reader => reader.taking ?? []).concat([...this.#late.values()])
-    if (taking.length > 0) await withTimeout(Promise.allSettled(taking), POP_SECONDS * 1000 + this.#connections.timeout, 'close').catch(() => {})
-    for (const conn of [...this.#busy, ...this.#late.keys()]) this.#connections.release(conn)
+    const taking = [...this.#readers.values()].flatMap(reader => reader.taking ?? [])
+    if (taking.length > 0) {
+      await withTimeout(Promise.allSettled(taking), POP_SECONDS * 1000 + this.#connections.timeout, 'close').catch(() => {})
+      await new Promise(resolve => setImmediate(resolve)) // the readers that were taking end their runs, and their claims
+    }
+    await withTimeout(this.#claims.close(), this.#connections.timeout, 'close').catch(() => {})
+    for (const conn of this.#busy) this.#connections.release(conn)
     this.#busy.clear()
   }
 
@@ -199,7 +206,9 @@ class QueueReaders {
         try {
           conn ??= await this.#acquire()
           await this.#connect(conn)
-          reader.taking = this.#take(conn, reader)
+          await this.#claims.settled(channel) // what an earlier pop took and never handed over comes first
+          reader.claim ??= this.#claims.take(channel)
+          reader.taking = this.#take(conn, reader, reader.claim)
           try {
             await reader.taking
           } finally {
@@ -208,7 +217,6 @@ class QueueReaders {
           failingSince = undefined
           backoff = 50
         } catch (err) {
-          if (this.#closed) break
           if (isReplyError(err)) {
             // Redis answered (WRONGTYPE: the key holds something else; NOPERM…): no outage, the
             // connection is fine. The waiting receivers get the answer as it is, and the loop ends.
@@ -216,8 +224,12 @@ class QueueReaders {
             for (const receiver of [...reader.receivers]) receiver.abort(err)
             continue
           }
+          // A pop may still be queued on the connection: its claim is given back once that is ruled out.
+          if (reader.claim !== undefined) this.#claims.giveUp(reader.claim, conn)
+          reader.claim = undefined
           if (conn !== undefined) this.#discard(conn)
           conn = undefined
+          if (this.#closed) break
           const now = performance.now()
           failingSince ??= now
           this.#layer.log().debug({ err, channel }, 'named channel reader could not reach Redis; retrying')
@@ -235,6 +247,8 @@ class QueueReaders {
       }
     } finally {
       reader.running = false
+      if (reader.claim !== undefined) this.#claims.park(reader.claim)
+      reader.claim = undefined
       if (conn !== undefined) this.#recycle(conn)
       if (this.#readers.get(channel) === reader) {
         // A receive() may have arrived while the last pop was finishing.
@@ -279,60 +293,37 @@ class QueueReaders {
       await withDeadline(connecting, connected, 'connect', timeout)
       // Elements carry deadlines in server time; a worker-only process learns it here. On
       // Cluster, a pop's node is ioredis' choice: its pops are not ended early.
-      const [time, id] = await withDeadline(Promise.all([conn.time(), isCluster(conn) ? undefined : conn.client('ID')]), connected, 'connect', timeout)
+      const [time, id] = await withDeadline(Promise.all([conn.time(), this.#claims.identify(conn)]), connected, 'connect', timeout)
       this.#clock.observeTime(time)
       if (id !== undefined) this.#ids.set(conn, Number(id))
     }
   }
 
   /** One pop, and what it took handed to a receiver here (or given back). */
-  async #take (conn: Client, reader: Reader): Promise<void> {
+  async #take (conn: Client, reader: Reader, claim: Claim): Promise<void> {
     const timeout = this.#connections.timeout
     // The server answers within POP_SECONDS; past that plus `timeout`, the connection is dead.
     const deadline = performance.now() + POP_SECONDS * 1000 + timeout
-    const pop = conn.blpopBuffer(reader.key, POP_SECONDS)
-    let popped: [Buffer, Buffer] | null
+    let taken: Buffer | null
     reader.popping = conn
     try {
-      popped = await withDeadline(pop, deadline, 'receive', timeout)
-    } catch (err) {
-      if (err instanceof LayerTimeoutError) this.#awaitLate(conn, reader, pop)
-      throw err
+      taken = await this.#claims.pop(conn, claim, reader.key, POP_SECONDS, deadline, timeout)
     } finally {
       reader.popping = undefined
     }
-    if (popped !== null) await this.#hand(reader, popped[1])
+    if (taken !== null) await this.#hand(reader, claim, taken)
   }
 
-  /**
-   * Redis has not answered the pop in time, but may yet, and an element it pops is no longer in
-   * the list: the connection is kept, out of the reader's hands, for up to LATE_ANSWER_MS (or until
-   * close()), and what the answer brings is handed to a receiver here or given back. Lost only if
-   * the connection itself fails first.
-   */
-  #awaitLate (conn: Client, reader: Reader, pop: Promise<[Buffer, Buffer] | null>): void {
-    this.#busy.delete(conn)
-    let timer: ReturnType<typeof setTimeout> | undefined
-    const givenUp = new Promise<null>(resolve => { timer = setTimeout(resolve, LATE_ANSWER_MS, null).unref() })
-    const late = Promise.race([pop, givenUp])
-      .then(async popped => { if (popped !== null) await this.#hand(reader, popped[1]) })
-      .catch(() => {}) // the connection failed: nothing came back on it
-      .finally(() => {
-        clearTimeout(timer)
-        this.#late.delete(conn)
-        this.#connections.release(conn)
-      })
-    this.#late.set(conn, late)
-  }
-
-  async #hand (reader: Reader, element: Buffer): Promise<void> {
+  async #hand (reader: Reader, claim: Claim, element: Buffer): Promise<void> {
     const { channel } = reader
     const deadline = queueDeadline(element)
     if (!(deadline > this.#clock.now())) { // expired in the list or on the way, or not ours (NaN)
       if (!Number.isNaN(deadline)) this.#layer.expired(1)
+      claim.hand(element)
       return
     }
     if (this.#layer.store.hasReceivers(channel)) {
+      claim.hand(element)
       let received: Received
       try {
         received = this.#layer.codec.decodeDelivery(element.subarray(DEADLINE_WIDTH))
@@ -345,10 +336,11 @@ class QueueReaders {
     }
     // Everyone who waited here left while the pop was in flight: give it back to the others.
     try {
-      const returned = await this.#connections.run(`send ${channel}`, client => runScript(client, queuePushBack, [reader.key], [element]))
-      if (Number(returned) === 0) this.#layer.expired(1)
+      await this.#claims.giveBackTaken(claim)
     } catch (err) {
-      this.#layer.log().warn({ err, channel }, 'could not return a message to its named channel; it is lost')
+      this.#layer.log().debug({ err, channel }, 'could not give a message back to its named channel yet')
+      this.#claims.giveUp(claim, undefined) // the claim keeps it until Redis answers again
+      reader.claim = undefined
     }
   }
 
@@ -366,7 +358,7 @@ class QueueReaders {
 
   #discard (conn: Client): void {
     this.#busy.delete(conn)
-    if (!this.#late.has(conn)) this.#connections.release(conn)
+    this.#connections.release(conn)
   }
 }
 

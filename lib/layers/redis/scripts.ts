@@ -77,18 +77,6 @@ return {1, now, dropped}
 `)
 
 /**
- * Puts a popped element back at the head of its queue (its receiver left meanwhile), unless it
- * expired. KEYS[1] queue; ARGV element. Returns 1 when put back.
- */
-export const queuePushBack = script(1, `
-local remaining = (tonumber(string.sub(ARGV[1], 1, ${DEADLINE_WIDTH})) or 0) - now
-if remaining <= 0 then return 0 end
-redis.call('LPUSH', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) < remaining then redis.call('PEXPIRE', KEYS[1], remaining) end
-return 1
-`)
-
-/**
  * Lua that records memberships in the sorted set KEYS[1] from `pairs` (a Lua table of channel,
  * ms to live), forgets expired members and lets the key expire with its last member; `last` is
  * then that member's deadline (or nil), for keys that live as long. Members go in one
