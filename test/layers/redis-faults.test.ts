@@ -351,6 +351,33 @@ t.test('two messages the same to the byte, the second lost on the way: it is giv
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
+t.test('a Redis that loses its scripts while a reader reads: what was handed over is removed all the same, never delivered again', async t => {
+  if (!await requireRedis(t)) return
+  const server = await startRedisServer(t) // its own, since the test flushes the scripts
+  const prefix = uniquePrefix('fc-noscript')
+  const reader = new RedisChannelLayer({ url: server.url, prefix, timeout: TIMEOUT })
+  const other = new RedisChannelLayer({ url: server.url, prefix, timeout: TIMEOUT })
+  t.teardown(async () => { await Promise.all([reader.close(), other.close()]) })
+  const admin = new Redis(server.url)
+  t.teardown(() => admin.disconnect())
+
+  // Three receives wait, so one reader pops three times, each pop with the removal of the last.
+  const received = [1, 2, 3].map(() => receiveWithin(reader, 'jobs', 5000))
+  await sleep(100)
+  await reader.send('jobs', { type: 'job', n: 1 })
+  t.same(await received[0], { type: 'job', n: 1 })
+  await sleep(100) // the second pop waits, its removal of the first run
+  await admin.script('FLUSH') // as a restart (or a failover) would: the third pop's removal finds no script
+  await reader.send('jobs', { type: 'job', n: 2 })
+  t.same(await received[1], { type: 'job', n: 2 })
+  await sleep(100)
+  await reader.send('jobs', { type: 'job', n: 3 })
+  t.same(await received[2], { type: 'job', n: 3 })
+  await reader.close()
+  await t.rejects(receiveWithin(other, 'jobs', 1500), 'nothing comes again')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
 t.test('a process cut off from Redis for good with a message its pop took: another process gets it once the claim\'s lease runs out', async t => {
   if (!await requireRedis(t)) return
   const { proxy, behind: gone, direct: other } = await behindProxy(t, 'fc-dead-pop')

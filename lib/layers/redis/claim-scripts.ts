@@ -8,15 +8,26 @@ import { DEADLINE_WIDTH, script } from './scripts.js'
 /** Claims whose lease ran out that one renewal gives back, at most. */
 const SWEEP_LIMIT = 8
 
-/** Lua: removes ARGV[h] (handed over, as removal number ARGV[h + 1]) from KEYS[1] unless its marker says it was. */
-const removeHanded = (h: number): string => `
-if ARGV[${h}] ~= '' and redis.call('LINDEX', KEYS[1], 0) ~= ARGV[${h + 1}] then
-  redis.call('LREM', KEYS[1], 1, ARGV[${h}])
-  local marker = redis.call('LINDEX', KEYS[1], 0)
-  if marker and #marker <= ${DEADLINE_WIDTH} then redis.call('LSET', KEYS[1], 0, ARGV[${h + 1}]) end
-end`
+/**
+ * Lua: removes from KEYS[1] the messages handed over in ARGV[from…], pairs of (message, removal
+ * number) oldest first, except those whose removal ran already: the marker holds the number of the
+ * last one run.
+ */
+const removeHanded = (from: number): string => `
+local marker = redis.call('LINDEX', KEYS[1], 0)
+if marker and #marker > ${DEADLINE_WIDTH} then marker = false end
+local last = marker and tonumber(marker) or 0
+local done = last
+for i = ${from}, #ARGV, 2 do
+  local n = tonumber(ARGV[i + 1])
+  if n > done then
+    redis.call('LREM', KEYS[1], 1, ARGV[i])
+    done = n
+  end
+end
+if marker and done > last then redis.call('LSET', KEYS[1], 0, string.format('%d', done)) end`
 
-/** Removes what was handed over from the claim. KEYS[1] claim; ARGV the message, its removal number. */
+/** Removes what was handed over from the claim. KEYS[1] claim; ARGV pairs of (message, removal number). */
 export const removal = script(1, `${removeHanded(1)}
 return 1
 `)
@@ -41,8 +52,8 @@ return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, ${SWEEP_LIM
  * Removes what was handed over (as `removal`), then gives the claim's messages back to the head of
  * their queue, in order, except expired ones; then ends the claim, or (mode `return`) keeps it.
  * With mode `lease`, gives back only once the claim's lease ran out.
- * KEYS[1] claim, KEYS[2] the channel's claims, KEYS[3] queue; ARGV claim id, mode, the message
- * handed over ('' for none), its removal number.
+ * KEYS[1] claim, KEYS[2] the channel's claims, KEYS[3] queue; ARGV claim id, mode, then pairs of
+ * (message handed over, removal number).
  * Returns { given back, expired }, or { -1, 0 } for a claim whose lease still runs.
  */
 export const giveBack = script(3, `${removeHanded(3)}

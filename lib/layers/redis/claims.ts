@@ -17,10 +17,11 @@
  * Redis for longer than the lease) within it has that message given back and delivered again.
  *
  * A claim's key starts with a marker, an element shorter than a message (which keeps the key and
- * its expiry while the claim holds nothing), then holds at most the message handed over and the
- * one taken since. The marker counts the removals of handed-over messages: two messages can be
- * the same bytes (the same message sent in the same millisecond), so a claim given back after a
- * failed round trip removes the one handed over only if the marker says that removal did not run.
+ * its expiry while the claim holds nothing), then holds what was handed over and not removed yet
+ * (one message, unless a removal failed) and the one taken since. Each message handed over gets a
+ * removal number, and the marker holds the last one run: two messages can be the same bytes (the
+ * same message sent in the same millisecond), so a removal sent again after a failed round trip
+ * removes only what the marker says was not removed yet, never an identical message taken since.
  */
 import type { ChainableCommander } from 'ioredis'
 import { LayerTimeoutError } from '../../errors.js'
@@ -49,10 +50,13 @@ interface Blocked {
 }
 
 export class Claim {
-  /** What the last pop took and this process handed over, until removed from the claim in Redis. */
-  handed: Buffer | undefined
-  /** The number of the removal of `handed` (the marker holds the last one run). */
-  removals = 0
+  /**
+   * What pops took and this process handed over, each with the number of its removal (the marker
+   * holds the last one run), oldest first, until removed from the claim in Redis. One, unless a
+   * removal failed while its pop took the next message.
+   */
+  readonly #handed: Array<[Buffer, number]> = []
+  #removals = 0
   /** When the lease was last renewed (performance.now()); -Infinity before the first pop. */
   renewedAt = -Infinity
   /** A pop was sent and its answer has not come: it may still run in Redis. */
@@ -66,15 +70,20 @@ export class Claim {
     /** Another process' claim whose lease ran out. */
     readonly swept = false) {}
 
-  /** The arguments that remove what was handed over: the message ('' for none), its removal number. */
-  get handedArgs (): [Buffer | string, number] {
-    return [this.handed ?? '', this.removals]
+  /** The arguments that remove what was handed over: pairs of (message, removal number), oldest first. */
+  removing (): Array<Buffer | number> {
+    return this.#handed.flat()
   }
 
-  /** The pop takes `element` and hands it over. */
+  /** The removals of `removing` (as removing() gave them) ran. */
+  removed (removing: ReadonlyArray<Buffer | number>): void {
+    const last = removing.at(-1)
+    while (this.#handed.length > 0 && this.#handed[0][1] <= (last as number)) this.#handed.shift()
+  }
+
+  /** The pop took `element`, and it is handed over (or dropped: expired, undecodable). */
   hand (element: Buffer): void {
-    this.handed = element
-    this.removals++
+    this.#handed.push([element, ++this.#removals])
   }
 }
 
@@ -94,8 +103,8 @@ export class Claims {
   /** A reader renews its claim's lease, and looks for claims of the channel whose lease ran out, this often. */
   readonly #renewal: number
   #count = 0
-  /** Whether Redis has this module's scripts (see pop()). */
-  #scriptsLoaded = false
+  /** The scripts Redis has (see #queueScript()). */
+  readonly #loaded = new Set<Script>()
   #settling: Promise<void> | undefined
   /** A claim was given up while a settling was finishing: settle again at once. */
   #again = false
@@ -149,12 +158,12 @@ export class Claims {
    */
   park (claim: Claim): void {
     this.#keep(claim)
-    const handed = claim.handed
-    if (handed === undefined) return
+    if (claim.removing().length === 0) return
     setImmediate(() => {
-      if (this.#parked.get(claim.channel)?.claim !== claim || claim.handed !== handed) return // taken, or ended
-      const parking = this.#connections.run(`receive ${claim.channel}`, client => runScript(client, removal, [claim.key], claim.handedArgs))
-        .then(() => { if (claim.handed === handed) claim.handed = undefined }, () => {}) // still recorded: removed by the next pop, or with the claim
+      if (this.#parked.get(claim.channel)?.claim !== claim) return // taken, or ended: removed that way
+      const removing = claim.removing()
+      const parking = this.#connections.run(`receive ${claim.channel}`, client => runScript(client, removal, [claim.key], removing))
+        .then(() => { claim.removed(removing) }, () => {}) // still recorded: removed by the next pop, or with the claim
         .finally(() => this.#parking.delete(parking))
       this.#parking.add(parking)
     })
@@ -179,13 +188,11 @@ export class Claims {
    */
   async pop (conn: Client, claim: Claim, queue: string, seconds: number, deadline: number, timeout: number): Promise<Buffer | null> {
     const pipeline: ChainableCommander = conn.pipeline()
-    const handed = claim.handed
-    // EVALSHA once Redis has the scripts (an EVAL gives them to it): a NOSCRIPT reply (Redis
-    // restarted) fails that script only, which the next pop runs again with EVAL.
-    const sha = this.#scriptsLoaded
-    if (handed !== undefined) queueEval(pipeline, removal, [claim.key], claim.handedArgs, sha)
+    const removing = claim.removing()
+    const removes = removing.length > 0
+    if (removes) this.#queueScript(pipeline, removal, [claim.key], removing)
     const renew = performance.now() - claim.renewedAt >= this.#renewal
-    if (renew) queueEval(pipeline, renewal, [claim.key, claim.claims], [claim.id, this.#lease, ttl(this.#lease + this.#layer.expiryMs)], sha)
+    if (renew) this.#queueScript(pipeline, renewal, [claim.key, claim.claims], [claim.id, this.#lease, ttl(this.#lease + this.#layer.expiryMs)])
     pipeline.blmoveBuffer(queue, claim.key, 'LEFT', 'RIGHT', seconds)
     claim.unanswered = true
     const replies = await withDeadline(this.#connections.inOneWrite(conn, () => pipeline.exec()), deadline, 'receive', timeout)
@@ -194,13 +201,11 @@ export class Claims {
     // An error of the connection is no answer: the pop may still run in Redis.
     claim.unanswered = popError !== null && !isReplyError(popError)
     if (popError !== null) throw popError
-    const scripts = replies.slice(0, -1)
-    if (scripts.some(reply => lostScript(reply as [Error | null, unknown]))) this.#scriptsLoaded = false
-    else if (scripts.length > 0 && scripts.every(([err]) => err === null)) this.#scriptsLoaded = true
     let at = 0
-    if (handed !== undefined && replies[at++][0] === null && claim.handed === handed) claim.handed = undefined
+    if (removes && this.#scriptRan(removal, replies[at++][0])) claim.removed(removing)
     if (renew) {
       const [err, expired] = replies[at]
+      this.#scriptRan(renewal, err)
       if (err !== null && !lostScript([err, undefined])) this.#layer.log().warn({ err, channel: claim.channel }, 'could not renew the lease of a named channel\'s claim; trying again with the next pop')
       else {
         claim.renewedAt = performance.now()
@@ -322,14 +327,31 @@ export class Claims {
   }
 
   /**
+   * Adds `s` to a pipeline: EVALSHA once Redis has it (an EVAL gives it to it), EVAL until then. A
+   * NOSCRIPT reply (Redis restarted, or its scripts flushed) fails that script only: what it was to
+   * remove stays recorded, and the next pop runs it again with EVAL.
+   */
+  #queueScript (pipeline: ChainableCommander, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>): void {
+    if (this.#loaded.has(s)) pipeline.evalsha(s.sha, s.keys, ...keys, ...args)
+    else pipeline.eval(s.lua, s.keys, ...keys, ...args)
+  }
+
+  /** Whether `s` ran (its reply's error is `err`), keeping track of whether Redis has it. */
+  #scriptRan (s: Script, err: Error | null): boolean {
+    if (err === null) this.#loaded.add(s)
+    else if (lostScript([err, undefined])) this.#loaded.delete(s)
+    return err === null
+  }
+
+  /**
    * Runs the giveBack script for `claim`, which also removes what it handed over (whatever the
    * lease); false when its lease still runs.
    */
   async #giveBack (claim: Claim, mode: 'own' | 'lease' | 'return'): Promise<boolean> {
-    const handed = claim.handed
+    const removing = claim.removing()
     const reply = await this.#connections.run(`receive ${claim.channel}`, client =>
-      runScript(client, giveBack, [claim.key, claim.claims, this.#keys.queue(claim.channel)], [claim.id, mode, ...claim.handedArgs])) as unknown[]
-    if (claim.handed === handed) claim.handed = undefined
+      runScript(client, giveBack, [claim.key, claim.claims, this.#keys.queue(claim.channel)], [claim.id, mode, ...removing])) as unknown[]
+    claim.removed(removing)
     const [back, expired] = reply.map(Number)
     if (back === -1) return false
     if (expired > 0) this.#layer.expired(expired)
@@ -341,8 +363,4 @@ export class Claims {
   }
 }
 
-/** Adds an EVALSHA (`sha`) or an EVAL of `s` to a pipeline. */
-function queueEval (pipeline: ChainableCommander, s: Script, keys: readonly string[], args: ReadonlyArray<string | number | Buffer>, sha: boolean): void {
-  if (sha) pipeline.evalsha(s.sha, s.keys, ...keys, ...args)
-  else pipeline.eval(s.lua, s.keys, ...keys, ...args)
-}
+
