@@ -378,6 +378,24 @@ t.test('a Redis that loses its scripts while a reader reads: what was handed ove
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
+t.test('a Redis that lost its scripts before a reader\'s pop: the pop takes the message as usual, nothing to give back', async t => {
+  if (!await requireRedis(t)) return
+  const server = await startRedisServer(t)
+  const warnings: string[] = []
+  const log = { warn: (_: unknown, message: string) => { warnings.push(message) }, debug: () => {}, error: () => {} }
+  const layer = new RedisChannelLayer({ url: server.url, prefix: uniquePrefix('fc-noscript-renewal'), timeout: TIMEOUT, log })
+  t.teardown(() => layer.close())
+  const admin = new Redis(server.url)
+  t.teardown(() => admin.disconnect())
+  await layer.send('jobs', { type: 'job', n: 1 })
+  t.same(await receiveWithin(layer, 'jobs'), { type: 'job', n: 1 })
+  await sleep(1500) // the reader's claim is gone with its run; the next run opens one
+  await admin.script('FLUSH')
+  await layer.send('jobs', { type: 'job', n: 2 })
+  t.same(await receiveWithin(layer, 'jobs'), { type: 'job', n: 2 })
+  t.same(warnings, [], 'nothing given back, nothing logged')
+})
+
 t.test('a process cut off from Redis for good with a message its pop took: another process gets it once the claim\'s lease runs out', async t => {
   if (!await requireRedis(t)) return
   const { proxy, behind: gone, direct: other } = await behindProxy(t, 'fc-dead-pop')

@@ -205,11 +205,11 @@ export class Claims {
     if (removes && this.#scriptRan(removal, replies[at++][0])) claim.removed(removing)
     if (renew) {
       const [err, expired] = replies[at]
-      this.#scriptRan(renewal, err)
-      if (err !== null && !lostScript([err, undefined])) this.#layer.log().warn({ err, channel: claim.channel }, 'could not renew the lease of a named channel\'s claim; trying again with the next pop')
-      else {
+      if (this.#scriptRan(renewal, err)) {
         claim.renewedAt = performance.now()
         for (const id of expired as string[]) this.#leaseRanOut(claim.channel, id)
+      } else if (!lostScript([err, undefined])) {
+        this.#layer.log().warn({ err, channel: claim.channel }, 'could not renew the lease of a named channel\'s claim; trying again with the next pop')
       }
     }
     return taken as Buffer | null
