@@ -14,6 +14,7 @@
  */
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
+import { spawn } from 'node:child_process'
 import Fastify from 'fastify'
 import fastifyChannels, {
   InMemoryChannelLayer, JsonWebsocketConsumer, WebsocketConsumer, type FastifyChannelsOptions, type LayerMessage
@@ -378,6 +379,44 @@ t.test('rateLimit: a client within the limit whose frames waited in TCP while it
   await client.closed
   await eventually(() => disconnects.length === 1)
   t.same(disconnects, [1000], 'it ended when the client closed, once')
+})
+
+t.test('rateLimit: a client within the limit whose frames were read together after the process stalled is not closed', async t => {
+  // The client runs in a process of its own, so that it goes on sending (40 frames a second against
+  // 100) while this one is held up for 4 s by a handler's synchronous work; the 160 or so frames
+  // sent meanwhile are read together afterwards.
+  class Stalling extends WebsocketConsumer {
+    handled = 0
+    override async receive (text?: string) {
+      this.handled++
+      if (text === 'stall') for (const until = performance.now() + 4000; performance.now() < until;);
+      if (text === 'last') await this.send(`handled ${this.handled}`)
+    }
+  }
+  const { app } = await buildApp({ rateLimit: { messages: 100, interval: 1000 } }, app => app.get('/ws', { websocket: true }, Stalling.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const client = spawn(process.execPath, ['--input-type=module', '-e', `
+    import WebSocket from 'ws'
+    const ws = new WebSocket(${JSON.stringify(`${url}/ws`)})
+    const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
+    ws.on('close', (code, reason) => { console.log(JSON.stringify({ closed: code, reason: String(reason) })); process.exit(0) })
+    ws.on('message', data => { console.log(JSON.stringify({ answer: String(data), sent })); ws.close(1000) })
+    await new Promise(resolve => ws.once('open', resolve))
+    let sent = 0
+    for (; sent < 220 && ws.readyState === ws.OPEN; sent++) {
+      ws.send(sent === 20 ? 'stall' : \`frame \${sent}\`)
+      await sleep(25)
+    }
+    if (ws.readyState === ws.OPEN) { ws.send('last'); sent++ }
+    setTimeout(() => process.exit(1), 5000).unref()
+  `], { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => { client.kill() })
+  let output = ''
+  client.stdout.on('data', chunk => { output += String(chunk) })
+  await once(client, 'exit')
+  const outcome = JSON.parse(output.trim().split('\n')[0]) as { answer?: string, sent?: number, closed?: number }
+  t.same(outcome, { answer: `handled ${outcome.sent}`, sent: outcome.sent }, 'every frame was handled, and the client was not closed')
 })
 
 t.test('maxGroupsPerConnection: joining one group too many closes with 1008; leaving frees a slot', async t => {

@@ -1,3 +1,5 @@
+import { loopStalledMs } from './loop-stalls.js'
+
 /**
  * The per-connection rate limit (plugin option `rateLimit: { messages, interval }`): a token
  * bucket that holds `messages` tokens and refills at `messages` per `interval` ms, so a client may
@@ -9,17 +11,26 @@ export class TokenBucket {
   readonly #perMs: number
   #tokens: number
   #at: number
+  /** How long the process' loop had been held up at the last reading (loop-stalls.ts). */
+  #stalled: number
 
   constructor (messages: number, interval: number, now = performance.now()) {
     this.#capacity = messages
     this.#perMs = messages / interval
     this.#tokens = messages
     this.#at = now
+    this.#stalled = loopStalledMs()
   }
 
-  /** Takes a token for one frame; false when the client is over the limit. */
+  /**
+   * Takes a token for one frame; false when the client is over the limit. A stall of the process
+   * since the last frame counts as a pause of this connection (see resumed()).
+   */
   take (now = performance.now()): boolean {
-    this.#refill(now, this.#capacity)
+    const stalled = loopStalledMs()
+    const held = stalled - this.#stalled
+    this.#stalled = stalled
+    this.#refill(now, held > 0 ? this.#capacity + held * this.#perMs : this.#capacity)
     if (this.#tokens < 1) return false
     this.#tokens--
     return true
