@@ -120,21 +120,24 @@ export class Claims {
   }
 
   /**
-   * Names a new blocking connection uniquely in Redis, so that it can be ended there later; its id
-   * (standalone Redis), or undefined on Cluster or for a user not allowed to (its claims then wait
-   * for their lease).
+   * Names a new blocking connection uniquely in Redis and learns its id, so that it can be ended
+   * there later (standalone Redis). Not on Cluster, nor for a user not allowed to: its claims then
+   * wait for their lease.
    */
-  async identify (conn: Client): Promise<number | undefined> {
-    if (isCluster(conn)) return undefined
+  async identify (conn: Client): Promise<void> {
+    if (isCluster(conn)) return
     const name = `${conn.options.connectionName ?? this.#layer.processToken}:${++this.#count}`
     try {
       const [, id] = await Promise.all([conn.client('SETNAME', name), conn.client('ID')])
       this.#blocked.set(conn, { id: Number(id), name })
-      return Number(id)
     } catch (err) {
       if (!isReplyError(err)) throw err
-      return undefined
     }
+  }
+
+  /** A blocking connection's id in Redis, once identify() learned it (for CLIENT UNBLOCK too). */
+  idOf (conn: Client): number | undefined {
+    return this.#blocked.get(conn)?.id
   }
 
   /** A claim for a reader's run on `channel`: the one its last run parked, or a new one. */
@@ -289,7 +292,7 @@ export class Claims {
       try {
         if (claim.blocked !== undefined) {
           // Without the right to end it (an ACL user without @admin), the claim waits for its lease.
-          await this.#end(claim.blocked).catch((err: unknown) => {
+          await this.#kill(claim.blocked).catch((err: unknown) => {
             if (!isReplyError(err)) throw err
             claim.mode = 'lease'
           })
@@ -311,7 +314,7 @@ export class Claims {
   }
 
   /** Ends a blocking connection in Redis, unless Redis no longer has it (its id may be another's since). */
-  async #end (blocked: Blocked): Promise<void> {
+  async #kill (blocked: Blocked): Promise<void> {
     await this.#connections.run('receive', async client => {
       const listed = await client.call('CLIENT', 'LIST', 'ID', blocked.id) as string
       if (listed.includes(` name=${blocked.name} `)) await client.call('CLIENT', 'KILL', 'ID', blocked.id)

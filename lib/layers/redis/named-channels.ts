@@ -136,8 +136,6 @@ class QueueReaders {
   readonly #claims: Claims
   /** Ends the readers' waits between attempts, for close(). */
   readonly #wakes = new Set<() => void>()
-  /** Each blocking connection's id in Redis (standalone only), for CLIENT UNBLOCK. */
-  readonly #ids = new WeakMap<Client, number>()
   #closed = false
 
   constructor (connections: RedisConnections, layer: ClusterContext, clock: ServerClock, claims: Claims) {
@@ -279,7 +277,7 @@ class QueueReaders {
    */
   #unblock (reader: Reader): void {
     const conn = reader.popping
-    const id = conn === undefined ? undefined : this.#ids.get(conn)
+    const id = conn === undefined ? undefined : this.#claims.idOf(conn)
     if (id === undefined) return
     this.#connections.run('receive', client => client.client('UNBLOCK', id)).catch(() => {}) // the pop ends within its second anyway
   }
@@ -293,9 +291,8 @@ class QueueReaders {
       await withDeadline(connecting, connected, 'connect', timeout)
       // Elements carry deadlines in server time; a worker-only process learns it here. On
       // Cluster, a pop's node is ioredis' choice: its pops are not ended early.
-      const [time, id] = await withDeadline(Promise.all([conn.time(), this.#claims.identify(conn)]), connected, 'connect', timeout)
+      const [time] = await withDeadline(Promise.all([conn.time(), this.#claims.identify(conn)]), connected, 'connect', timeout)
       this.#clock.observeTime(time)
-      if (id !== undefined) this.#ids.set(conn, Number(id))
     }
   }
 
