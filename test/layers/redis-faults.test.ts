@@ -84,6 +84,19 @@ async function sendDropped (proxy: StallingProxy, sender: RedisChannelLayer, n: 
   await lost
 }
 
+/**
+ * `historyBehindProxy`, and a member of `feed` in the proxied layer that heard line 1, then missed
+ * line 2 (dropped on its way to that layer's subscription).
+ */
+async function missedLineTwo (t: Test, base: string, size?: number): Promise<{ proxy: StallingProxy, layer: RedisChannelLayer, sender: RedisChannelLayer, member: string }> {
+  const { proxy, layer, sender } = await historyBehindProxy(t, base, size)
+  const member = await feedMember(layer)
+  await sender.groupSend('feed', { type: 'line', n: 1 })
+  t.same(await linesUntilQuiet(layer, member), [1])
+  await sendDropped(proxy, sender, 2)
+  return { proxy, layer, sender, member }
+}
+
 /** Cuts `layer`'s subscriptions, runs `meanwhile` once it knows, and resolves once it has reconnected. */
 async function cutOffWhile (proxy: StallingProxy, layer: RedisChannelLayer, meanwhile: () => Promise<void>): Promise<void> {
   const down = once(layer, 'disconnect', 5000)
@@ -549,11 +562,7 @@ t.test('a group whose offsets start again lower (a Redis that lost its last writ
 
 t.test('a missed group message the history no longer holds is lost to that process only: the next ones come', async t => {
   if (!await requireRedis(t)) return
-  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-trimmed', 1)
-  const member = await feedMember(layer)
-  await sender.groupSend('feed', { type: 'line', n: 1 })
-  t.same(await linesUntilQuiet(layer, member), [1])
-  await sendDropped(proxy, sender, 2)
+  const { proxy, layer, sender, member } = await missedLineTwo(t, 'fc-trimmed', 1)
   // The history keeps one message: the dropped one is gone from it when the next reveals the gap.
   for (const n of [3, 4, 5]) await sender.groupSend('feed', { type: 'line', n })
   t.same(await linesUntilQuiet(layer, member), [3, 4, 5], 'every line after the lost one, in order')
@@ -578,11 +587,7 @@ t.test('a process cut off while Redis lost a group\'s history gets what the grou
 
 t.test('a read back that fails (Redis too slow) is tried again: the missed message still comes, before the next', async t => {
   if (!await requireRedis(t)) return
-  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-read-again')
-  const member = await feedMember(layer)
-  await sender.groupSend('feed', { type: 'line', n: 1 })
-  t.same(await linesUntilQuiet(layer, member), [1])
-  await sendDropped(proxy, sender, 2)
+  const { proxy, layer, sender, member } = await missedLineTwo(t, 'fc-read-again')
   // Answers to commands held longer than the layer's timeout: the first read of the gap fails.
   proxy.stall('commands')
   await sender.groupSend('feed', { type: 'line', n: 3 })
@@ -607,11 +612,7 @@ t.test('a read back larger than the members\' capacity is not refused for it, as
 
 t.test('a gap whose reads fail because Redis went away is read once Redis is back, with what came during the outage', async t => {
   if (!await requireRedis(t)) return
-  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-read-later')
-  const member = await feedMember(layer)
-  await sender.groupSend('feed', { type: 'line', n: 1 })
-  t.same(await linesUntilQuiet(layer, member), [1])
-  await sendDropped(proxy, sender, 2)
+  const { proxy, layer, sender, member } = await missedLineTwo(t, 'fc-read-later')
   // The gap shows with line 3; its reads wait on Redis, which then goes away for longer than
   // the three reads take.
   proxy.stall('commands')
