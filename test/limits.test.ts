@@ -343,6 +343,30 @@ t.test('a client flooding a busy consumer is not read further (TCP backpressure)
   await client.closed
 })
 
+t.test('rateLimit: the frame over the limit closes with 1008 \'rate limit\'; the frames sent before it, within the limit, are handled', async t => {
+  const received: string[] = []
+  const disconnects: number[] = []
+  class Recorder extends WebsocketConsumer {
+    override async receive (text?: string) {
+      await sleep(1)
+      received.push(String(text))
+    }
+
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app } = await buildApp({ rateLimit: { messages: 5, interval: 60_000 } }, app => app.get('/ws', { websocket: true }, Recorder.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const client = await openClient(`${url}/ws`)
+  // Sent together: the server reads them in one chunk, so frames 2 to 5 still wait behind the
+  // first's handler when the sixth goes over the limit.
+  for (let i = 1; i <= 6; i++) client.ws.send(`frame ${i}`)
+  t.match(await client.closed, { code: 1008, reason: 'rate limit' }, 'the client is closed with 1008 \'rate limit\'')
+  await eventually(() => disconnects.length === 1)
+  t.same(received, ['frame 1', 'frame 2', 'frame 3', 'frame 4', 'frame 5'], 'the five frames within the limit were handled, in order; the sixth was not')
+  t.same(disconnects, [1008], 'disconnect(1008) ran once, after them')
+})
+
 t.test('rateLimit: a client within the limit whose frames waited in TCP while its consumer was busy is not closed', async t => {
   // 40 frames a second against 100 a second: after 16 frames the busy consumer is no longer read,
   // and the 120 or so sent in the next 3 s are read together once it catches up.

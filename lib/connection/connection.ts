@@ -84,8 +84,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #finished: Occurrence | null = null
   // connect() under way: a refusal frees the layer only once it has returned.
   #connecting: Promise<void> | null = null
-  // Closed by the peer: the frames it sent before its close are still handed to receive().
-  #peerClosed = false
+  // Closed by the peer, or for its rate: the frames it sent before (within the limit) are still
+  // handed to receive().
+  #queuedFramesRun = false
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
     this.#runtime = runtime
@@ -231,7 +232,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** SocketEvents: the peer closed, or its connection is gone: the frames it sent before still run. */
   closed (code: number): void {
-    if (this.#state === 'open') this.#peerClosed = true
+    if (this.#state === 'open') this.#queuedFramesRun = true
     this.#beginClosing('open', code)
   }
 
@@ -339,9 +340,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   /** TaskRunner: once the connection is closing, End runs, and the client's frames if the client closed. */
   runTask (task: Task, info: Delivery | undefined): PromiseLike<unknown> | undefined {
     if (task instanceof End) return this.#end(task.code)
-    // Once closing, only what the client sent before it closed runs (as in Channels, where its
-    // frames come before its disconnect): its send() rejects, a layer message waits no more.
-    if (this.#state !== 'open' && !(this.#peerClosed && this.#state === 'closing' && task instanceof ClientFrame)) return undefined
+    // Once closing, only what the client sent before it closed (or went over the rate limit) runs,
+    // as in Channels, where its frames come before its disconnect: its send() rejects, a layer
+    // message waits no more.
+    if (this.#state !== 'open' && !(this.#queuedFramesRun && this.#state === 'closing' && task instanceof ClientFrame)) return undefined
     try {
       return callConsumer(this.#consumer, task, info, this)
     } catch (err) {
@@ -368,11 +370,15 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     else this.close(code, reason)
   }
 
-  /** FlowOwner: a client sending faster than `rateLimit`: closed, counted, logged; its frame is not handled. */
+  /**
+   * FlowOwner: a client sending faster than `rateLimit`: closed, counted, logged; the frame over the
+   * limit is not handled, those it sent before are.
+   */
   overLimit (): void {
     if (this.#state !== 'open') return
     this.#counts.rateLimited++
     this.log.warn({ channel: this.#channelName }, 'client over the rate limit; closing with 1008')
+    this.#queuedFramesRun = true
     this.close(1008, 'rate limit')
   }
 
