@@ -5,7 +5,7 @@
 import type { ChannelLayer } from './layers/types.js'
 import type { GetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
-import { MAX_TIMER_MS } from './layers/arguments.js'
+import { MAX_TIMER_MS, refuseUnknownOptions } from './layers/arguments.js'
 import { checkOriginOptions } from './origin.js'
 import { checkMetricsOptions, type MetricsOptions } from './metrics.js'
 
@@ -43,6 +43,8 @@ export interface RateLimit {
   /** Milliseconds. */
   interval: number
 }
+
+const RATE_LIMIT_OPTIONS: Readonly<Record<keyof RateLimit, true>> = { messages: true, interval: true }
 
 export const DEFAULTS = {
   maxPayload: 1024 * 1024,
@@ -92,6 +94,7 @@ export function checkOptions (opts: FastifyChannelsOptions): void {
   checkMetricsOptions(metrics)
   if (rateLimit !== undefined) {
     if (typeof rateLimit !== 'object' || rateLimit === null) throw new InvalidOptionError('option "rateLimit" must be { messages, interval }')
+    refuseUnknownOptions('option "rateLimit"', rateLimit, RATE_LIMIT_OPTIONS)
     checkInteger('rateLimit.messages', rateLimit.messages, false)
     checkInteger('rateLimit.interval', rateLimit.interval, false)
     if (rateLimit.messages === undefined || rateLimit.interval === undefined) throw new InvalidOptionError('option "rateLimit" must be { messages, interval }')

@@ -14,7 +14,8 @@ t.test('bad options fail register with a clear error', async t => {
     ['a heartbeat longer than a timer keeps', { heartbeatInterval: Number.MAX_SAFE_INTEGER }, /option "heartbeatInterval" must be a non-negative integer of at most 2147483647/],
     ['a fractional maxBufferedBytes', { maxBufferedBytes: 1.5 }, /option "maxBufferedBytes" must be a positive integer/],
     // Ignored, a misspelt `layer` would run the app on the in-memory layer: no message would cross to another process.
-    ['a misspelt option', { channelLayer: {} }, /unknown option "channelLayer"; the options are layer, getUser, /]
+    ['a misspelt option', { channelLayer: {} }, /unknown option "channelLayer"; the options are layer, getUser, /],
+    ['a rateLimit with a key of another shape', { rateLimit: { messages: 5, interval: 1000, burst: 10 } }, /option "rateLimit": unknown option "burst"; the options are messages, interval/]
   ]
   for (const [what, opts, message] of cases) {
     const app = Fastify()

@@ -44,6 +44,20 @@ export function checkLogger (log: unknown): LayerLogger | undefined {
   return log as LayerLogger
 }
 
+/**
+ * Refuses option names that are not in `known`: a misspelt one would be ignored silently (a
+ * misspelt `url` runs the layer on the default Redis, a misspelt `presence` records none).
+ */
+export function refuseUnknownOptions (what: string, options: object, known: Readonly<Record<string, true>>): void {
+  const unknown = Object.keys(options).filter(key => !Object.hasOwn(known, key))
+  if (unknown.length === 0) return
+  throw new InvalidOptionError(`${what}: unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map(key => `"${key}"`).join(', ')}; ` +
+    `the options are ${Object.keys(known).join(', ')}`)
+}
+
+const JOIN_OPTIONS: Record<keyof GroupAddOptions, true> = { since: true, presence: true }
+const HISTORY_OPTIONS: Record<keyof HistoryOptions, true> = { since: true, limit: true }
+
 function checkPosition (value: unknown, what: string): StreamPosition {
   const { offset, epoch } = (typeof value === 'object' && value !== null ? value : {}) as Partial<StreamPosition>
   if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0 ||
@@ -56,6 +70,7 @@ function checkPosition (value: unknown, what: string): StreamPosition {
 export function checkJoin (options: GroupAddOptions | undefined): JoinRequest {
   if (options === undefined) return { since: undefined, presence: undefined }
   if (typeof options !== 'object' || options === null) throw new InvalidOptionError('groupAdd() options must be an object')
+  refuseUnknownOptions('groupAdd()', options, JOIN_OPTIONS)
   const since = options.since === undefined ? undefined : checkPosition(options.since, 'groupAdd() option "since"')
   let presence: PresenceInfo | undefined
   if (options.presence !== undefined) {
@@ -69,6 +84,7 @@ export function checkJoin (options: GroupAddOptions | undefined): JoinRequest {
 export function checkHistoryOptions (options: HistoryOptions | undefined): { since: StreamPosition | undefined, limit: number } {
   if (options === undefined) return { since: undefined, limit: DEFAULT_HISTORY_LIMIT }
   if (typeof options !== 'object' || options === null) throw new InvalidOptionError('history() options must be an object')
+  refuseUnknownOptions('history()', options, HISTORY_OPTIONS)
   const since = options.since === undefined ? undefined : checkPosition(options.since, 'history() option "since"')
   const limit = options.limit ?? DEFAULT_HISTORY_LIMIT
   if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1) {

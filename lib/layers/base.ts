@@ -43,6 +43,9 @@ export interface BaseChannelLayerOptions {
   groups?: Record<string, GroupPolicy>
 }
 
+/** Every option name of the layers' common part: a layer refuses names that are none of its own. */
+export const BASE_OPTIONS: Readonly<Record<keyof BaseChannelLayerOptions, true>> = { capacity: true, expiry: true, groupExpiry: true, log: true, groups: true }
+
 /** Running counts of what the layer did in this process (what the plugin's metrics report). */
 export interface LayerStats {
   /** Deliveries `groupSend()` skipped because the member's channel was full. */

@@ -15,7 +15,7 @@
  *   (cluster/stream-gaps.ts), as is what a subscription missed without an outage.
  */
 import { ChannelFullError } from '../errors.js'
-import { BaseChannelLayer, type BaseChannelLayerOptions, type LayerStats } from './base.js'
+import { BASE_OPTIONS, BaseChannelLayer, type BaseChannelLayerOptions, type LayerStats } from './base.js'
 import { MAX_TIMER_MS, positiveOption, type JoinRequest } from './arguments.js'
 import type { LayerInspection } from './local-store.js'
 import type { Policy } from './policies.js'
@@ -43,6 +43,8 @@ export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
    */
   encryptionKeys?: readonly EncryptionKey[]
 }
+
+export const CLUSTER_OPTIONS: Readonly<Record<keyof ClusterChannelLayerOptions, true>> = { ...BASE_OPTIONS, membershipLease: true, encryptionKeys: true }
 
 export interface ClusterLayerStats extends LayerStats {
   /** Messages sent from another process to a channel of this one that was full: dropped here. */

@@ -4,8 +4,8 @@
  * hook works on the process-local store; durable groups keep their history here too.
  */
 import { ChannelFullError } from '../errors.js'
-import { BaseChannelLayer, type BaseChannelLayerOptions } from './base.js'
-import type { JoinRequest } from './arguments.js'
+import { BASE_OPTIONS, BaseChannelLayer, type BaseChannelLayerOptions } from './base.js'
+import { refuseUnknownOptions, type JoinRequest } from './arguments.js'
 import { MemoryHistory, type HistoryPolicy } from './history.js'
 import { clonePlainObject } from './message.js'
 import type { Policy } from './policies.js'
@@ -18,6 +18,7 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
   #history: MemoryHistory | undefined
 
   constructor (options: InMemoryChannelLayerOptions = {}) {
+    if (typeof options === 'object' && options !== null) refuseUnknownOptions('InMemoryChannelLayer', options, BASE_OPTIONS)
     super(options)
   }
 

@@ -220,6 +220,8 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     t.same((await layer.history(group, { limit: 1 })).messages[0].message.n, 8, 'readers get copies')
     await rejectsWith(t, layer.history(group, { limit: 0 }), InvalidOptionError, 'FST_CHANNELS_INVALID_OPTION')
     await rejectsWith(t, layer.history(group, { since: { offset: -1, epoch } }), InvalidOptionError, 'FST_CHANNELS_INVALID_OPTION')
+    // Misspelt, it would be ignored: the whole history read instead of 5.
+    await t.rejects(layer.history(group, { limt: 5 } as never), { code: 'FST_CHANNELS_INVALID_OPTION', message: 'history(): unknown option "limt"; the options are since, limit' })
   })
 
   test('history expires after its ttl', async t => {
@@ -288,6 +290,9 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     for (const since of [{ offset: 1 }, { offset: 1.5, epoch: 'e' }, { offset: -1, epoch: 'e' }, { offset: 1, epoch: '' }, 'x']) {
       await rejectsWith(t, layer.groupAdd(group, channel, { since } as never), InvalidOptionError, 'FST_CHANNELS_INVALID_OPTION')
     }
+    // Misspelt, it would be ignored: a member nobody lists.
+    await t.rejects(layer.groupAdd(group, channel, { presense: { name: 'ada' } } as never), { code: 'FST_CHANNELS_INVALID_OPTION', message: 'groupAdd(): unknown option "presense"; the options are since, presence' })
+    t.same(await layer.presence(group), [], 'the refused join recorded nothing')
     for (const presence of [{ when: new Date() }, { f: undefined }, [], 'x', { big: 'x'.repeat(1100) }]) {
       await rejectsWith(t, layer.groupAdd(group, channel, { presence } as never), InvalidMessageError, 'FST_CHANNELS_INVALID_MESSAGE')
     }

@@ -26,6 +26,7 @@ t.test('options are validated in the constructor', async t => {
   t.equal((err as { code?: string }).code, 'FST_CHANNELS_INVALID_OPTION')
   t.match((err as Error).message, /capacity/)
   t.throws(() => new InMemoryChannelLayer(null as never), InvalidOptionError)
+  t.throws(() => new InMemoryChannelLayer({ capcity: 5 } as never), { code: 'FST_CHANNELS_INVALID_OPTION', message: 'InMemoryChannelLayer: unknown option "capcity"; the options are capacity, expiry, groupExpiry, log, groups' }, 'a misspelt option')
   const ok = layer(t, { capacity: 1, expiry: 0.5, groupExpiry: 3600 })
   t.ok(ok instanceof InMemoryChannelLayer)
   t.ok(layer(t))

@@ -53,7 +53,9 @@ function tests (): void {
       ['client', { client: {} as never }],
       ['client', { client: new Redis({ lazyConnect: true }), url: REDIS_URL }],
       ['redisOptions', { redisOptions: 'x' as never }],
-      ['capacity', { capacity: 0 }]
+      ['capacity', { capacity: 0 }],
+      // Misspelt, it would be ignored: the layer would run on the default Redis.
+      ['a misspelt url', { ulr: 'redis://elsewhere:6379' } as never]
     ]
     for (const [option, options] of bad) {
       t.throws(() => new RedisChannelLayer(options), InvalidOptionError, option)

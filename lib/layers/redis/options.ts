@@ -1,8 +1,8 @@
 /** The Redis layer's options, checked once in its constructor. */
 import type { Cluster, Redis, RedisOptions } from 'ioredis'
 import { InvalidOptionError } from '../../errors.js'
-import type { ClusterChannelLayerOptions } from '../cluster.js'
-import { MAX_TIMER_MS, positiveOption } from '../arguments.js'
+import { CLUSTER_OPTIONS, type ClusterChannelLayerOptions } from '../cluster.js'
+import { MAX_TIMER_MS, positiveOption, refuseUnknownOptions } from '../arguments.js'
 
 export interface RedisChannelLayerOptions extends ClusterChannelLayerOptions {
   /** `redis://[user:password@]host:port/db` (or `rediss://`). Default: ioredis' default, 127.0.0.1:6379. */
@@ -23,7 +23,10 @@ export interface RedisChannelLayerOptions extends ClusterChannelLayerOptions {
 // No ':' (a SCAN for one prefix must not match another's keys) and no glob or hash-tag characters.
 const PREFIX = /^[A-Za-z\d_.-]{1,64}$/
 
+const OPTIONS: Readonly<Record<keyof RedisChannelLayerOptions, true>> = { ...CLUSTER_OPTIONS, url: true, redisOptions: true, client: true, prefix: true, timeout: true }
+
 export function checkOptions (options: RedisChannelLayerOptions): void {
+  refuseUnknownOptions('RedisChannelLayer', options, OPTIONS)
   const { url, client, redisOptions, prefix, timeout } = options
   if (url !== undefined && (typeof url !== 'string' || !/^rediss?:\/\//.test(url))) {
     throw new InvalidOptionError('RedisChannelLayer option "url" must be a redis:// or rediss:// URL')
