@@ -2,7 +2,8 @@
  * A TypeScript user's first hour: the packed tarball installed into a bare ESM app (fastify,
  * fastify-channels and typescript, nothing else), compiled with `tsc --strict` and
  * `skipLibCheck: false`, so every declaration the package ships is checked as the user's compiler
- * sees it. The README's Quick start is compiled as it stands in README.md; a second file uses the
+ * sees it. The README's Quick start and its GroupsConsumer server are compiled as they stand in
+ * README.md (the second with the app and URL it assumes); another file uses the
  * rest of the surface a first app touches (a `@ts-expect-error` line must be refused; the full list
  * of what must and must not compile is in test/types.test.ts), and a third is wrong on purpose to
  * show that the compile reports errors.
@@ -12,14 +13,22 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { packedApp, root, run } from '../helpers/packed-app.js'
 
-/** The first TypeScript block under the README's `## Quick start` heading. */
-async function quickStart (): Promise<string> {
+/** The first TypeScript block under the README's `## <heading>`. */
+async function firstBlockUnder (heading: string): Promise<string> {
   const readme = await readFile(join(root, 'README.md'), 'utf8')
-  const section = /^## Quick start\n([\s\S]*?)(?=^## )/m.exec(readme)?.[1]
+  const start = readme.indexOf(`\n## ${heading}\n`)
+  const section = start < 0 ? undefined : readme.slice(start).split(/\n## /)[1]
   const code = section === undefined ? undefined : /^```ts\n([\s\S]*?)^```$/m.exec(section)?.[1]
-  if (code === undefined) throw new Error('README.md has no ```ts block under "## Quick start"')
+  if (code === undefined) throw new Error(`README.md has no \`\`\`ts block under "## ${heading}"`)
   return code
 }
+
+// What the GroupsConsumer section's server block takes from the app around it.
+const groupsPrelude = `import Fastify from 'fastify'
+import fastifyChannels, { RedisChannelLayer } from 'fastify-channels'
+const app = Fastify()
+const url = 'redis://127.0.0.1:6379'
+`
 
 const bareApp = `
 import Fastify from 'fastify'
@@ -112,28 +121,43 @@ await app.channelLayer.send('jobs', { type: 'job.start', at: new Date() })
 app.get('/ws', { websocket: 'yes' }, async () => {})
 `
 
-t.test('the Quick start and a bare app compile against the packed package under --strict without skipLibCheck', async t => {
-  const { dir } = await packedApp(t, ['fastify', 'typescript'])
-  await writeFile(join(dir, 'quick-start.ts'), await quickStart())
-  await writeFile(join(dir, 'bare-app.ts'), bareApp)
-  await writeFile(join(dir, 'wrong.ts'), wrongApp)
-  await writeFile(join(dir, 'tsconfig.json'), JSON.stringify({
+/**
+ * `tsc --strict` of `files`, in a program of their own (a module augmentation in one file would
+ * reach the others): the error lines.
+ */
+async function compile (dir: string, name: string, files: string[]): Promise<string[]> {
+  await writeFile(join(dir, `tsconfig.${name}.json`), JSON.stringify({
     compilerOptions: { target: 'ES2022', module: 'NodeNext', strict: true, skipLibCheck: false, noEmit: true },
-    files: ['quick-start.ts', 'bare-app.ts', 'wrong.ts']
+    files
   }, null, 2))
-
-  const output = await run(process.execPath, [join('node_modules', 'typescript', 'bin', 'tsc'), '-p', '.', '--strict', '--pretty', 'false'],
+  const output = await run(process.execPath, [join('node_modules', 'typescript', 'bin', 'tsc'), '-p', `tsconfig.${name}.json`, '--strict', '--pretty', 'false'],
     { cwd: dir, timeout: 120_000 })
     .then(({ stdout }) => stdout, (err: { stdout?: string }) => err.stdout ?? String(err))
-  const errors = output.split('\n').filter(line => /^\S.*\(\d+,\d+\): error /.test(line))
+  return output.split('\n').filter(line => /^\S.*\(\d+,\d+\): error /.test(line))
+}
+
+t.test('the Quick start and a bare app compile against the packed package under --strict without skipLibCheck', async t => {
+  const { dir } = await packedApp(t, ['fastify', 'typescript'])
+  await writeFile(join(dir, 'quick-start.ts'), await firstBlockUnder('Quick start'))
+  await writeFile(join(dir, 'groups-consumer.ts'), groupsPrelude + await firstBlockUnder('GroupsConsumer and the client'))
+  await writeFile(join(dir, 'bare-app.ts'), bareApp)
+  await writeFile(join(dir, 'wrong.ts'), wrongApp)
+  // Each README block alone, as a reader copies it into an app of their own.
+  const [quick, groups, bare] = await Promise.all([
+    compile(dir, 'quick-start', ['quick-start.ts']),
+    compile(dir, 'groups-consumer', ['groups-consumer.ts']),
+    compile(dir, 'bare-app', ['bare-app.ts', 'wrong.ts'])
+  ])
+  const errors = [...quick, ...groups, ...bare]
   const where = (file: string): string[] => errors.filter(line => line.startsWith(`${file}(`))
 
   t.same(where('quick-start.ts'), [], 'the README\'s Quick start compiles')
+  t.same(where('groups-consumer.ts'), [], 'the README\'s GroupsConsumer server compiles')
   t.same(where('bare-app.ts'), [], 'the bare app compiles, and every @ts-expect-error line is refused')
-  t.same(errors.filter(line => !/^(quick-start|bare-app|wrong)\.ts\(/.test(line)), [], 'no error in any declaration file (skipLibCheck: false)')
+  t.same(errors.filter(line => !/^(quick-start|groups-consumer|bare-app|wrong)\.ts\(/.test(line)), [], 'no error in any declaration file (skipLibCheck: false)')
   t.match(where('wrong.ts'), [
     /^wrong\.ts\(6,\d+\): error TS2322: Type 'Date' is not assignable to type 'LayerValue'/,
     /^wrong\.ts\(7,\d+\): error TS2769: /
   ], 'the compile can fail: the wrong lines are reported')
-  t.equal(where('wrong.ts').length, 2, 'exactly those two', { output })
+  t.equal(where('wrong.ts').length, 2, 'exactly those two', { errors })
 })
