@@ -104,6 +104,11 @@ function decodePath (rawPath: string): string {
 const NO_SUBPROTOCOLS: string[] = Object.freeze([]) as unknown as string[]
 const NO_COOKIES: Record<string, string> = Object.freeze({})
 
+/** The subprotocols a WebSocket upgrade request offers, in its order. */
+export function offeredSubprotocols (request: FastifyRequest): string[] {
+  return parseSubprotocols(request.headers['sec-websocket-protocol'])
+}
+
 function parseSubprotocols (header: string | undefined): string[] {
   if (header === undefined) return NO_SUBPROTOCOLS
   return header.split(',').map(p => p.trim()).filter(p => p.length > 0)

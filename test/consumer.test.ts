@@ -22,6 +22,21 @@ t.test('accept() completes the handshake, with the subprotocol it names', async 
   t.same(await other.connect(), { connected: true, subprotocol: null, status: 101 }, 'no subprotocol unless accept() names one')
 })
 
+t.test('accept() with a subprotocol the client did not offer refuses the handshake with 500 and logs why', async t => {
+  class Wrong extends WebsocketConsumer {
+    override async connect () { await this.accept('v9') }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Wrong.asHandler()))
+  t.teardown(() => app.close())
+  t.match(await new WebsocketCommunicator(app, '/ws', { subprotocols: ['v1'] }).connect(), { connected: false, status: 500 },
+    'a client offering v1 is refused: it would have failed the handshake itself')
+  t.match(await new WebsocketCommunicator(app, '/ws').connect(), { connected: false, status: 500 }, 'so is a client offering none')
+  const failures = logs.filter(l => l.msg === 'consumer connect() failed')
+  t.equal(failures.length, 2, 'each logged at error')
+  t.match(failures[0], { level: 50, err: { code: 'FST_CHANNELS_INVALID_OPTION', message: 'accept("v9"): the client did not offer that subprotocol (it offered "v1")' } })
+  t.match(failures[1], { err: { message: 'accept("v9"): the client did not offer that subprotocol (it offered none)' } })
+})
+
 t.test('connect() refuses: close() before accept and returning without accept give 403; a throw gives 500 and is logged', async t => {
   class Closes extends WebsocketConsumer { override async connect () { await this.close() } }
   class Returns extends WebsocketConsumer { override async connect () {} }

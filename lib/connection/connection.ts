@@ -23,7 +23,7 @@
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ChannelLayer, Delivery } from '../layers/types.js'
-import { buildScope } from '../scope.js'
+import { buildScope, offeredSubprotocols } from '../scope.js'
 import { ConnectionClosedError, InvalidOptionError } from '../errors.js'
 import { joinedThrough, layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
@@ -157,6 +157,12 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   accept (subprotocol?: string): Promise<void> {
     if (subprotocol !== undefined && typeof subprotocol !== 'string') {
       throw new InvalidOptionError('accept(subprotocol) takes a string')
+    }
+    // RFC 6455 §4.2.2: the server picks one the client offered. Any other fails the client's
+    // handshake (or, left out, the client fails it as "no subprotocol"), so it is the app's bug.
+    if (subprotocol !== undefined && this.#upgrade && !offeredSubprotocols(this.#request).includes(subprotocol)) {
+      throw new InvalidOptionError(`accept("${subprotocol}"): the client did not offer that subprotocol ` +
+        `(it offered ${offeredSubprotocols(this.#request).map(p => `"${p}"`).join(', ') || 'none'})`)
     }
     // Refused already (close() came first): this connection will never open.
     if (this.#state === 'ended' && this.#opened === null) {
