@@ -167,6 +167,27 @@ t.test('sendHeaders() and sendBody(): status and headers (with the hooks\' own),
   await eventually(() => inspect(app).memberships === 0)
 })
 
+t.test('sendHeaders() with an event stream\'s content type: no cache and no nginx buffering unless the app set its own', async t => {
+  class Stream extends AsyncHttpConsumer {
+    override async handle () {
+      const own = this.scope.query.own === '1' ? { 'Cache-Control': 'private, max-age=5' } : {}
+      await this.sendHeaders({ headers: { 'content-type': this.scope.query.type ?? 'text/event-stream', ...own } })
+      await this.sendBody('data: x\n\n')
+    }
+  }
+  const { app, base } = await serve(app => app.get('/stream', Stream.asHandler()))
+  t.teardown(() => app.close())
+  const plain = await openEventStream(`${base}/stream`)
+  t.match(plain.headers, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' },
+    'the README\'s sendHeaders() of an event stream gets the head sendEvent() would send')
+  const own = await openEventStream(`${base}/stream?own=1`)
+  t.match(own.headers, { 'cache-control': 'private, max-age=5', 'x-accel-buffering': 'no' }, 'a header the app set wins')
+  const json = await openEventStream(`${base}/stream?type=application/json`)
+  t.equal(json.headers['x-accel-buffering'], undefined, 'another content type is left as it is')
+  t.equal(json.headers['cache-control'], undefined)
+  await Promise.all([plain.ended, own.ended, json.ended])
+})
+
 t.test('sendBody() alone answers 200 and ends; bytes are written as they are', async t => {
   class Once extends AsyncHttpConsumer {
     override async handle () { await this.sendBody(Buffer.from([0x68, 0x69])) }

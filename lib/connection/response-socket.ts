@@ -29,7 +29,7 @@ import { STATUS_CODES, type OutgoingHttpHeaders, type ServerResponse } from 'nod
 import type { FastifyReply } from 'fastify'
 import type { Socket } from 'node:net'
 import type { ConnectionSocket } from './socket.js'
-import { HEARTBEAT_COMMENT, isEventStream } from '../server-sent-events.js'
+import { EVENT_STREAM_HEADERS, HEARTBEAT_COMMENT, isEventStream } from '../server-sent-events.js'
 import { encodedOnce } from './shared-encoding.js'
 import { chunkedBodySocket } from '../internals.js'
 import { SLOW_READER_REASON } from './outbound.js'
@@ -112,12 +112,15 @@ export class ResponseSocket implements ConnectionSocket {
   writeHead (status: number, headers: OutgoingHttpHeaders): void {
     const head: Record<string, OutgoingHttpHeaders[string]> = { ...this.#reply.getHeaders() }
     for (const [name, value] of Object.entries(headers)) head[name.toLowerCase()] = value
+    this.#eventStream = isEventStream(head['content-type'])
+    // However the stream's head was chosen, its events must reach the reader as they are written:
+    // what the app left unset of the event-stream head (no cache, no nginx buffering) is added.
+    if (this.#eventStream) for (const [name, value] of Object.entries(EVENT_STREAM_HEADERS)) head[name] ??= value
     this.#res.writeHead(status, head)
     // Written now, not with the first chunk: an EventSource opens (and a proxy sees an answer)
     // before the first event.
     this.#res.flushHeaders()
     this.#started = true
-    this.#eventStream = isEventStream(head['content-type'])
   }
 
   send (data: string | Uint8Array): void {
