@@ -8,7 +8,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { ErrorBody } from '../protocol.js'
 import { isReservedName } from '../dispatch.js'
-import { ActionFailedError, InvalidArgsError, InvalidOptionError } from '../errors.js'
+import { ActionFailedError, InvalidArgsError, InvalidOptionError, LayerTimeoutError } from '../errors.js'
 
 /** One action: the JSON schema its arguments must pass, if any. */
 export interface ActionSpec {
@@ -92,14 +92,17 @@ function describe (failure: unknown): string {
 
 /**
  * What the client learns of a failed action. An error meant for the client — a 4xx `statusCode`
- * (as Fastify's errors and @fastify/error's carry) with a string `code` — is sent as it is; any
- * other is the app's bug: logged by the caller and answered with FST_CHANNELS_ACTION_FAILED.
+ * (as Fastify's errors and @fastify/error's carry) with a string `code` — is sent as it is, and so
+ * is the layer's LayerTimeoutError; any other is the app's bug: logged by the caller and answered with FST_CHANNELS_ACTION_FAILED.
  */
 export function errorBody (err: unknown, action: string): { body: ErrorBody, exposed: boolean } {
   const { statusCode, code, message } = (err ?? {}) as { statusCode?: unknown, code?: unknown, message?: unknown }
   if (typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500 && typeof code === 'string') {
     return { body: { code, message: typeof message === 'string' ? message : code }, exposed: true }
   }
+  // The layer's backend did not answer (an outage): not the app's bug, and worth trying again, as
+  // a join that failed so is.
+  if (err instanceof LayerTimeoutError) return { body: { code: err.code, message: err.message }, exposed: true }
   const failed = new ActionFailedError(action)
   return { body: { code: failed.code, message: failed.message }, exposed: false }
 }

@@ -139,8 +139,14 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     return token === undefined || token === this.processToken || !TOKEN.test(token) ? undefined : token
   }
 
+  // Once confirmed, the process' own routes come back by themselves after an outage ('reconnect'):
+  // a new channel then needs no backend, so a connection that joins nothing opens while it is away.
+  #ownRoutes = false
+
   protected override async doNewChannel (): Promise<void> {
+    if (this.#ownRoutes) return
     await withTimeout(this.#memberships.subscribeProcess(), this.transport.timeout, 'newChannel')
+    this.#ownRoutes = true
   }
 
   protected override async doSend (channel: string, message: LayerMessage): Promise<void> {

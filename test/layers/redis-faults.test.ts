@@ -251,6 +251,28 @@ t.test('a layer whose Redis never answers: every call settles within the timeout
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
+t.test('a process cut off from Redis makes new channels of its own at once: they work within the process, and for the others once it is back', async t => {
+  const { proxy, behind, direct } = await behindProxy(t, 'fc-new-channel-outage')
+  await behind.connect()
+  await behind.newChannel() // the process' own routes are confirmed once
+  const down = once(behind, 'disconnect', 5000)
+  proxy.cut()
+  await down
+  await sleep(200) // both of its connections have seen theirs close, not only the first
+  // Before, this waited for the resubscription and rejected with LayerTimeoutError: a WebSocket
+  // handshake during an outage failed with 500 even for a consumer that joins nothing.
+  const channel = await behind.newChannel()
+  await behind.send(channel, { type: 'local' })
+  t.same(await receiveWithin(behind, channel), { type: 'local' }, 'a message from its own process reaches it')
+  await t.rejects(behind.groupAdd('outage', channel), LayerTimeoutError, 'a join needs Redis, and says so within the timeout')
+  const back = once(behind, 'reconnect', 10_000)
+  proxy.resume()
+  await back
+  await direct.send(channel, { type: 'from-elsewhere' })
+  t.same(await receiveWithin(behind, channel), { type: 'from-elsewhere' }, 'once Redis is back, another process reaches it too')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
 // Every call that sends a message: told it timed out, a caller would send it again.
 const busySends: Array<[string, (a: RedisChannelLayer, b: RedisChannelLayer) => Promise<{ send: (n: number) => Promise<unknown>, from: RedisChannelLayer, channel: string }>]> = [
   ['groupSend', async a => {
