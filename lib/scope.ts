@@ -6,6 +6,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { FastifyRequest } from 'fastify'
 import { shareHeaderValues } from './shared-header-values.js'
+import { InvalidOptionError } from './errors.js'
 
 /**
  * The signed-in user. Empty on purpose: augment it with the shape your app stores, e.g.
@@ -104,9 +105,17 @@ function decodePath (rawPath: string): string {
 const NO_SUBPROTOCOLS: string[] = Object.freeze([]) as unknown as string[]
 const NO_COOKIES: Record<string, string> = Object.freeze({})
 
-/** The subprotocols a WebSocket upgrade request offers, in its order. */
-export function offeredSubprotocols (request: FastifyRequest): string[] {
-  return parseSubprotocols(request.headers['sec-websocket-protocol'])
+/**
+ * `accept(subprotocol)`'s argument: a string the client offered. RFC 6455 §4.2.2 lets the server
+ * pick only one of those; any other fails the client's handshake (ws would leave it out, and the
+ * client then fails it as "no subprotocol"), so it is the app's bug, reported as one.
+ */
+export function checkSubprotocol (request: FastifyRequest, subprotocol: unknown): void {
+  if (typeof subprotocol !== 'string') throw new InvalidOptionError('accept(subprotocol) takes a string')
+  const offered = parseSubprotocols(request.headers['sec-websocket-protocol'])
+  if (offered.includes(subprotocol)) return
+  throw new InvalidOptionError(`accept("${subprotocol}"): the client did not offer that subprotocol ` +
+    `(it offered ${offered.map(p => `"${p}"`).join(', ') || 'none'})`)
 }
 
 function parseSubprotocols (header: string | undefined): string[] {

@@ -23,8 +23,8 @@
  */
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ChannelLayer, Delivery } from '../layers/types.js'
-import { buildScope, offeredSubprotocols } from '../scope.js'
-import { ConnectionClosedError, InvalidOptionError } from '../errors.js'
+import { buildScope, checkSubprotocol } from '../scope.js'
+import { ConnectionClosedError } from '../errors.js'
 import { joinedThrough, layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
@@ -155,15 +155,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** `accept()`: the handshake completes once the route handler has the socket. */
   accept (subprotocol?: string): Promise<void> {
-    if (subprotocol !== undefined && typeof subprotocol !== 'string') {
-      throw new InvalidOptionError('accept(subprotocol) takes a string')
-    }
-    // RFC 6455 §4.2.2: the server picks one the client offered. Any other fails the client's
-    // handshake (or, left out, the client fails it as "no subprotocol"), so it is the app's bug.
-    if (subprotocol !== undefined && this.#upgrade && !offeredSubprotocols(this.#request).includes(subprotocol)) {
-      throw new InvalidOptionError(`accept("${subprotocol}"): the client did not offer that subprotocol ` +
-        `(it offered ${offeredSubprotocols(this.#request).map(p => `"${p}"`).join(', ') || 'none'})`)
-    }
+    if (subprotocol !== undefined) checkSubprotocol(this.#request, subprotocol)
     // Refused already (close() came first): this connection will never open.
     if (this.#state === 'ended' && this.#opened === null) {
       return Promise.reject(new ConnectionClosedError(this.#channelName, 'accept() after the handshake was refused'))
