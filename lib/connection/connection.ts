@@ -335,7 +335,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   // --- tasks -----------------------------------------------------------------------------------
 
-  /** TaskRunner: once the connection is closing, End runs, and the client's frames if the client closed. */
+  /** TaskRunner: once closing, End runs, and the client's frames if it closed (or went over the rate limit). */
   runTask (task: Task, info: Delivery | undefined): PromiseLike<unknown> | undefined {
     if (task instanceof End) return this.#end(task.code)
     // Once closing, only what the client sent before it closed (or went over the rate limit) runs,

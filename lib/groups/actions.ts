@@ -93,7 +93,8 @@ function describe (failure: unknown): string {
 /**
  * What the client learns of a failed action. An error meant for the client — a 4xx `statusCode`
  * (as Fastify's errors and @fastify/error's carry) with a string `code` — is sent as it is, and so
- * is the layer's LayerTimeoutError; any other is the app's bug: logged by the caller and answered with FST_CHANNELS_ACTION_FAILED.
+ * is the layer's LayerTimeoutError; any other is the app's bug: logged by the caller and answered
+ * with FST_CHANNELS_ACTION_FAILED.
  */
 export function errorBody (err: unknown, action: string): { body: ErrorBody, exposed: boolean } {
   const { statusCode, code, message } = (err ?? {}) as { statusCode?: unknown, code?: unknown, message?: unknown }
