@@ -254,8 +254,9 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
       this.#report(new ChannelsClientError(BAD_FRAME, 'the server sent a frame that is not JSON'))
       return
     }
-    // A frame of another protocol (a proxy's, another app's at this URL) is reported, never thrown
-    // from the socket's listener: in Node that would end the process.
+    // A frame of another protocol (a proxy's, another app's at this URL) is reported to `error`
+    // listeners (with none, thrown on its own, as any unhandled error), never thrown from the
+    // socket's listener, where it would cut the handling of the socket's events short.
     try {
       if (typeof frame?.op !== 'string') throw new TypeError('no "op"')
       this.#dispatch(frame)
