@@ -13,7 +13,9 @@ export type CallId = string | number
 export interface JoinFrame { op: 'join', group: string, since?: StreamPosition }
 export interface LeaveFrame { op: 'leave', group: string }
 export interface CallFrame { op: 'call', id: CallId, action: string, args?: unknown }
-export type ClientToServer = JoinFrame | LeaveFrame | CallFrame
+/** Is the connection still alive? Answered with a `pong`. */
+export interface PingFrame { op: 'ping' }
+export type ClientToServer = JoinFrame | LeaveFrame | CallFrame | PingFrame
 
 // server → client
 
@@ -31,7 +33,8 @@ export interface ErrorBody { code: string, message: string }
 export interface ReplyFrame { op: 'reply', id: CallId, result?: unknown, error?: ErrorBody }
 /** A frame the server could not act on; `group` names the join or leave it answers. */
 export interface ErrorFrame extends ErrorBody { op: 'error', group?: string }
-export type ServerToClient = JoinedFrame | MessageFrame | PresenceFrame | ReplyFrame | ErrorFrame
+export interface PongFrame { op: 'pong' }
+export type ServerToClient = JoinedFrame | MessageFrame | PresenceFrame | ReplyFrame | ErrorFrame | PongFrame
 
 /**
  * What a client may call: each action's arguments and result. `ApiOf<typeof SomeConsumer>`

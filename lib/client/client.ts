@@ -40,6 +40,8 @@ interface Socket {
   onerror: (() => void) | null
   send (data: string): void
   close (code?: number, reason?: string): void
+  /** ws' (Node): ends the connection without the closing handshake. */
+  terminate?: () => void
 }
 
 type Listener = (...args: never[]) => void
@@ -59,13 +61,17 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   readonly #minDelay: number
   readonly #maxDelay: number
   readonly #connectTimeout: number
+  readonly #heartbeat: number
+  // Whether the socket said anything since the heartbeat last looked, and whether it was asked.
+  #heard = false
+  #pinged = false
   #state: ClientState = 'connecting'
   #socket: Socket | null = null
   /** A socket given up before its `close` came (the browser went offline): no new one until it has. */
   #closing: Socket | null = null
   #due = false
   #attempt = 0
-  #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout> } = {}
+  #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout>, beat?: ReturnType<typeof setInterval> } = {}
   readonly #listeners = { state: new Set<Listener>(), error: new Set<Listener>() }
   readonly #subs = new Map<string, GroupSubscription<never>>()
   /** Answers still to come to joins that were left before they were answered. */
@@ -79,12 +85,17 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   readonly #online = (): void => { if (this.#timers.retry !== undefined) this.#retryIn(Math.random() * this.#minDelay) }
   // Offline, a browser keeps the socket "open" and silent, and holds its close until back online:
   // the client says so at once and re-joins from where it was once a new socket opens.
-  readonly #offline = (): void => {
-    const socket = this.#socket
-    if (socket === null || this.#state !== 'open') return
-    socket.close(4000, 'offline')
-    this.#closed(socket, 4000, 'offline')
-    this.#closing = socket
+  readonly #offline = (): void => { this.#giveUp('offline') }
+  // A socket silent for a heartbeat is asked (ping); still silent a heartbeat later, it is dead
+  // (a network that drops packets without closing anything), which TCP would notice in minutes.
+  readonly #beat = (): void => {
+    if (this.#heard) {
+      this.#heard = this.#pinged = false
+    } else if (!this.#pinged) {
+      this.#pinged = this.#write('{"op":"ping"}')
+    } else {
+      this.#giveUp('heartbeat timeout')
+    }
   }
 
   constructor (url: string, options: ClientOptions = {}) {
@@ -95,6 +106,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     this.#minDelay = milliseconds(options.minDelay, 500, 'minDelay')
     this.#maxDelay = milliseconds(options.maxDelay, 30_000, 'maxDelay')
     this.#connectTimeout = milliseconds(options.connectTimeout, 10_000, 'connectTimeout')
+    this.#heartbeat = milliseconds(options.heartbeat, 25_000, 'heartbeat')
     this.#connect(true)
     // A browser that is back online need not wait out the backoff.
     host.addEventListener?.('online', this.#online)
@@ -185,7 +197,11 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     }
     this.#socket = socket
     socket.onopen = () => { this.#opened(socket) }
-    socket.onmessage = event => { if (socket === this.#socket) this.#frame(event.data) }
+    socket.onmessage = event => {
+      if (socket !== this.#socket) return
+      this.#heard = true
+      this.#frame(event.data)
+    }
     socket.onclose = event => {
       if (socket === this.#closing) {
         this.#closing = null
@@ -202,6 +218,8 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     if (socket !== this.#socket) return
     clearTimeout(this.#timers.connect)
     this.#timers.stable = setTimeout(() => { this.#attempt = 0 }, STABLE_MS)
+    this.#heard = this.#pinged = false
+    this.#timers.beat = setInterval(this.#beat, this.#heartbeat)
     // Joins and waiting calls go out before the listeners hear of it: a join they make is sent once.
     this.#state = 'open'
     for (const sub of this.#subs.values()) this.#sendJoin(sub)
@@ -209,11 +227,26 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     this.#setState('open', {})
   }
 
+  /**
+   * Gives up a socket that cannot be heard: closed now as far as the client goes (4000, `reason`),
+   * and a new one is opened once it has fired `close`: at once where it can be ended without the
+   * closing handshake (ws' `terminate()`), else whenever the WebSocket gives up on it.
+   */
+  #giveUp (reason: string): void {
+    const socket = this.#socket
+    if (socket === null || this.#state !== 'open') return
+    this.#closed(socket, 4000, reason)
+    this.#closing = socket
+    if (typeof socket.terminate === 'function') socket.terminate()
+    else socket.close(4000, reason)
+  }
+
   #closed (socket: Socket, code: number, reason: string): void {
     if (socket !== this.#socket) return
     this.#socket = null
     clearTimeout(this.#timers.connect)
     clearTimeout(this.#timers.stable)
+    clearInterval(this.#timers.beat)
     this.#stale.clear()
     for (const sub of this.#subs.values()) {
       sub.joined = false
@@ -270,6 +303,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
       this.#calls.reply(frame)
       return
     }
+    if (frame.op === 'pong') return // it was heard: that is all a pong says
     const group = frame.group
     if (group === undefined) {
       if (frame.op === 'error') this.#report(new ChannelsClientError(frame.code, frame.message))

@@ -19,6 +19,11 @@ export interface ClientOptions {
   maxDelay?: number
   /** Milliseconds a socket may take to open before it is given up (default 10000). */
   connectTimeout?: number
+  /**
+   * Milliseconds a socket may stay silent before the client asks the server (a `ping`); silent a
+   * heartbeat more, it is given up and the client reconnects (default 25000).
+   */
+  heartbeat?: number
 }
 
 export interface CallOptions {

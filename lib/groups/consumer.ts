@@ -95,6 +95,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       case 'join': return await this.#join(request.group, request.since)
       case 'leave': return await this.#leave(request.group)
       case 'call': return await this.#call(request.id, request.action, request.args)
+      case 'ping': return await this.#write({ op: 'pong' })
       default: return await this.#protocolError(request.error, request)
     }
   }

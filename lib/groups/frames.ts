@@ -13,6 +13,7 @@ export type Request =
   | { op: 'join', group: string, since: StreamPosition | undefined }
   | { op: 'leave', group: string }
   | { op: 'call', id: CallId, action: string, args: unknown }
+  | { op: 'ping' }
 
 export interface Refusal {
   op: 'refused'
@@ -47,6 +48,7 @@ export function readFrame (content: unknown): Request | Refusal {
     if (typeof action !== 'string') return refuse('call needs an "action" string', { id })
     return { op, id, action, args: frame.args }
   }
+  if (op === 'ping') return { op }
   if (op === undefined) return refuse('a frame needs an "op"')
   return { op: 'refused', error: new UnknownOpError(show(op)) }
 }

@@ -1,0 +1,55 @@
+/**
+ * A connection that goes silent without closing (a network that drops packets: a NAT that forgot
+ * it, a phone that changed networks), through a TCP proxy that holds everything the server sends:
+ * the client asks (ping), gives the socket up a heartbeat later, reconnects, and the re-join
+ * recovers what the group sent meanwhile, once and in order. A socket that talks, or whose server
+ * answers the ping, is kept.
+ */
+import t from 'tap'
+import WebSocket from 'ws'
+import { ChannelsClient, type ClientState } from '../../lib/client/index.js'
+import { eventually } from '../helpers/app.js'
+import { stallingProxy } from '../helpers/redis.js'
+import { roomsApp } from '../groups/rooms.js'
+
+t.test('a silent connection is given up after two heartbeats, and what the group sent meanwhile is recovered', async t => {
+  const server = await roomsApp()
+  t.teardown(() => server.app.close())
+  // A plain TCP proxy (its URL's scheme is only a label here).
+  const proxy = await stallingProxy(t, `redis://127.0.0.1:${server.port}`)
+  const url = `ws://127.0.0.1:${new URL(proxy.url).port}/ws/rooms`
+  const client = new ChannelsClient(url, { WebSocket, heartbeat: 200, minDelay: 50, maxDelay: 100 })
+  t.teardown(() => { client.close() })
+  const states: Array<[ClientState, string | undefined]> = []
+  client.on('state', (state, detail) => { states.push([state, detail.reason]) })
+  const got: unknown[] = []
+  let gaps = 0
+  await client.join('room.quiet', { message (data) { got.push(data) }, gap () { gaps++ } }).ready
+
+  await server.app.channelLayer.groupSend('room.quiet', { type: 'room.message', text: 'one' })
+  await eventually(() => got.length === 1)
+  proxy.stall()
+  await server.app.channelLayer.groupSend('room.quiet', { type: 'room.message', text: 'two' })
+  await server.app.channelLayer.groupSend('room.quiet', { type: 'room.message', text: 'three' })
+  await eventually(() => client.state === 'reconnecting', 5000)
+  t.same(states.at(-1), ['reconnecting', 'heartbeat timeout'], 'the silent socket is given up, and says why')
+  t.same(got.length, 1, 'nothing came through the silent socket')
+
+  proxy.resume()
+  await eventually(() => client.state === 'open' && got.length === 3, 5000)
+  t.same(got.map(m => (m as { text: string }).text), ['one', 'two', 'three'], 'once back, the re-join recovers what was sent meanwhile, in order')
+  t.equal(gaps, 0, 'nothing was lost, so no gap')
+
+  // A connection that talks keeps going: the group speaks more often than the heartbeat.
+  const before = states.length
+  for (let i = 0; i < 10; i++) {
+    await server.app.channelLayer.groupSend('room.quiet', { type: 'room.message', text: `more ${i}` })
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  await eventually(() => got.length === 13)
+  t.equal(states.length, before, 'no state change while messages flow')
+  // A quiet connection that is alive answers the client's pings: five heartbeats of silence, no change.
+  await new Promise(resolve => setTimeout(resolve, 1000))
+  t.equal(states.length, before, 'a quiet connection whose server answers is kept')
+  t.equal(client.state, 'open')
+})
