@@ -81,6 +81,11 @@ app.post('/login', async (request, reply) => {
   // Printable characters only, so a name cannot break a log line or the page's layout.
   const name = String(request.body?.name ?? '').replace(/[^\p{L}\p{N}\p{P}\p{Zs}]/gu, '').trim().slice(0, 24)
   if (name === '') return reply.redirect('/?error=name', 303)
+  // Signing in again ends the session before it: its sockets (other tabs) close, as on sign-out,
+  // rather than go on as its user.
+  if (request.session.get('user') != null) {
+    await app.channelLayer.groupSend(sessionGroup(request.session.sessionId), { type: 'session.ended' })
+  }
   // A fresh session id on sign-in: an id planted before it (session fixation) is worth nothing after.
   await request.session.regenerate()
   request.session.set('user', { name })
