@@ -64,6 +64,10 @@ export class GroupSubscription<T = unknown> implements Subscription {
   }
 
   onJoined ({ position, recovered, presence }: JoinedFrame): void {
+    // Checked first: a string is iterable too, and would be taken for a list of entries.
+    if (presence !== undefined && !(Array.isArray(presence) && presence.every(entry => typeof entry?.channel === 'string'))) {
+      throw new TypeError('"presence" is not a list of { channel, info }')
+    }
     const first = !this.everJoined
     this.joined = this.everJoined = true
     this.retries = 0

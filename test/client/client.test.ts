@@ -203,7 +203,8 @@ t.test('close() from a state listener: the client stays closed, and later listen
 
 t.test('a server frame not of the protocol is reported as FST_CHANNELS_BAD_FRAME, never thrown: the client and its calls go on', async t => {
   // Another app at the URL, or a proxy: frames that are JSON but not this protocol's.
-  const bad = ['null', '42', '"hello"', '[]', '{"op":"joined","group":"room.odd","position":null,"recovered":false,"presence":5}']
+  const joined = '{"op":"joined","group":"room.odd","position":null,"recovered":false,"presence":'
+  const bad = ['null', '42', '"hello"', '[]', `${joined}5}`, `${joined}"notalist"}`, `${joined}[{"info":{}}]}`]
   const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' })
   await once(wss, 'listening')
   t.teardown(() => { wss.close() })
@@ -222,10 +223,11 @@ t.test('a server frame not of the protocol is reported as FST_CHANNELS_BAD_FRAME
   t.teardown(() => { c.close() })
   const errors: ChannelsClientError[] = []
   c.on('error', err => { errors.push(err as ChannelsClientError) })
-  c.join('room.odd')
+  const sub = c.join('room.odd')
   t.equal(await c.call('echo', 'x'), 'still here', 'the call resolves with its good reply')
   t.equal(errors.length, bad.length + 1, 'each bad frame is reported once')
   t.ok(errors.every(err => err.code === 'FST_CHANNELS_BAD_FRAME'), 'as FST_CHANNELS_BAD_FRAME')
   t.match(errors[0].message, /not of the protocol.*: null$/, 'saying what came')
   t.equal(c.state, 'open', 'the socket stays open')
+  t.same(sub.presence, [], 'a presence that is no list of entries is not taken for one')
 })
