@@ -67,7 +67,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   #pinged = false
   #state: ClientState = 'connecting'
   #socket: Socket | null = null
-  /** A socket given up before its `close` came (the browser went offline): no new one until it has. */
+  /** A socket given up before its `close` came (offline, or silent past the heartbeat): no new one until it has. */
   #closing: Socket | null = null
   #due = false
   #attempt = 0
