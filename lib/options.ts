@@ -68,17 +68,13 @@ const OPTIONS: Record<keyof FastifyChannelsOptions, true> = {
   metrics: true,
   rateLimit: true
 }
-const KNOWN: ReadonlySet<string> = new Set([...Object.keys(OPTIONS), 'prefix', 'logLevel', 'logSerializers'])
+const FASTIFYS = ['prefix', 'logLevel', 'logSerializers']
 
 export function checkOptions (opts: FastifyChannelsOptions): void {
   if (opts === null || typeof opts !== 'object') throw new InvalidOptionError('fastify-channels options must be an object')
   // A misspelt option would be ignored: a misspelt `layer`, say, would run the app on the
   // in-memory layer, where no message crosses to another process.
-  const unknown = Object.keys(opts).filter(key => !KNOWN.has(key))
-  if (unknown.length > 0) {
-    throw new InvalidOptionError(`unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map(key => `"${key}"`).join(', ')}; ` +
-      `the options are ${Object.keys(OPTIONS).join(', ')}`)
-  }
+  refuseUnknownOptions('fastify-channels', opts, OPTIONS, FASTIFYS)
   const { layer, getUser, maxPayload, heartbeatInterval, maxBufferedBytes, maxGroupsPerConnection, metrics, rateLimit } = opts
   if (layer !== undefined) {
     const missing = LAYER_METHODS.filter(m => typeof (layer as unknown as Record<string, unknown>)?.[m] !== 'function')

@@ -45,11 +45,12 @@ export function checkLogger (log: unknown): LayerLogger | undefined {
 }
 
 /**
- * Refuses option names that are not in `known`: a misspelt one would be ignored silently (a
- * misspelt `url` runs the layer on the default Redis, a misspelt `presence` records none).
+ * Refuses option names that are not in `known` (nor in `unlisted`, names taken but not offered in
+ * the message): a misspelt one would be ignored silently (a misspelt `url` runs the layer on the
+ * default Redis, a misspelt `presence` records none).
  */
-export function refuseUnknownOptions (what: string, options: object, known: Readonly<Record<string, true>>): void {
-  const unknown = Object.keys(options).filter(key => !Object.hasOwn(known, key))
+export function refuseUnknownOptions (what: string, options: object, known: Readonly<Record<string, true>>, unlisted: readonly string[] = []): void {
+  const unknown = Object.keys(options).filter(key => !Object.hasOwn(known, key) && !unlisted.includes(key))
   if (unknown.length === 0) return
   throw new InvalidOptionError(`${what}: unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map(key => `"${key}"`).join(', ')}; ` +
     `the options are ${Object.keys(known).join(', ')}`)

@@ -5,6 +5,7 @@
  */
 import { InvalidOptionError } from '../errors.js'
 import { assertGroupName } from './names.js'
+import { refuseUnknownOptions } from './arguments.js'
 import type { GroupPolicy } from './types.js'
 
 export const MAX_HISTORY_SIZE = 100_000
@@ -71,13 +72,14 @@ function checkName (key: string, name: string): void {
   }
 }
 
+const POLICY_OPTIONS: Readonly<Record<keyof GroupPolicy, true>> = { history: true, presenceEvents: true }
+
 function checkPolicy (key: string, value: unknown): Policy {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new InvalidOptionError(`groups["${key}"] must be a policy object ({ history?, presenceEvents? })`)
   }
-  const { history, presenceEvents, ...rest } = value as GroupPolicy & Record<string, unknown>
-  const unknown = Object.keys(rest)
-  if (unknown.length > 0) throw new InvalidOptionError(`groups["${key}"] has unknown option(s): ${unknown.join(', ')}`)
+  refuseUnknownOptions(`groups["${key}"]`, value, POLICY_OPTIONS)
+  const { history, presenceEvents } = value as GroupPolicy
   if (presenceEvents !== undefined && typeof presenceEvents !== 'boolean') {
     throw new InvalidOptionError(`groups["${key}"].presenceEvents must be a boolean`)
   }
