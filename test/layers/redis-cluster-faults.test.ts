@@ -91,6 +91,23 @@ async function behindProxies (t: Test, base: string): Promise<ProxiedPair> {
   return { prefix, proxies, behind, direct }
 }
 
+/**
+ * `behindProxies`, with a first message of `jobs` received through the proxies (the proxied
+ * layer's reader is connected and popping through the proxy of the channel's master), and that
+ * master: its port and a plain client to it.
+ */
+async function readingThroughProxies (t: Test, base: string): Promise<ProxiedPair & { nodes: Redis[], queue: string, ownerPort: number, owner: Redis }> {
+  const nodes = masters(t)
+  const pair = await behindProxies(t, base)
+  const queue = `${pair.prefix}:q:{jobs}`
+  const ownerPort = await ownerOf(nodes[0], queue)
+  const owner = nodes[(cluster as RedisCluster).nodes.findIndex(node => node.port === ownerPort)]
+  const first = receiveWithin(pair.behind, 'jobs', 5000)
+  await pair.direct.send('jobs', { type: 'job', n: 0 })
+  t.same(await first, { type: 'job', n: 0 }, 'a first message arrives through the proxy')
+  return { ...pair, nodes, queue, ownerPort, owner }
+}
+
 /** The layer's claim keys (and claim sets) left on any master. */
 async function claimKeys (nodes: Redis[], prefix: string): Promise<string[]> {
   const keys = (await Promise.all(nodes.map(node => keysOf(node, prefix)))).flat()
@@ -98,16 +115,7 @@ async function claimKeys (nodes: Redis[], prefix: string): Promise<string[]> {
 }
 
 t.test('Cluster: a named channel\'s pop whose answer is lost with its connection: the message comes back after the lease, once', async t => {
-  const nodes = masters(t)
-  const { prefix, proxies, behind: cutOff, direct } = await behindProxies(t, 'fc-cluster-lost-pop')
-  const queue = `${prefix}:q:{jobs}`
-  const ownerPort = await ownerOf(nodes[0], queue)
-  const owner = nodes[(cluster as RedisCluster).nodes.findIndex(node => node.port === ownerPort)]
-
-  // The proxied layer's reader is connected and popping through the proxy of the channel's master.
-  const first = receiveWithin(cutOff, 'jobs', 5000)
-  await direct.send('jobs', { type: 'job', n: 0 })
-  t.same(await first, { type: 'job', n: 0 }, 'a first message arrives through the proxy')
+  const { nodes, prefix, proxies, behind: cutOff, direct, queue, ownerPort, owner } = await readingThroughProxies(t, 'fc-cluster-lost-pop')
 
   const waiting = receiveWithin(cutOff, 'jobs', 5000)
   await sleep(100) // its pop waits in Redis
@@ -137,16 +145,7 @@ t.test('Cluster: a named channel\'s pop whose answer is lost with its connection
 })
 
 t.test('Cluster: a process cut off for good with a message its pop took: another process gets it once the claim\'s lease runs out', async t => {
-  const nodes = masters(t)
-  const { prefix, proxies, behind: gone, direct: other } = await behindProxies(t, 'fc-cluster-dead-pop')
-  const queue = `${prefix}:q:{jobs}`
-  const ownerPort = await ownerOf(nodes[0], queue)
-  const owner = nodes[(cluster as RedisCluster).nodes.findIndex(node => node.port === ownerPort)]
-
-  // The proxied layer's reader is connected and popping through the proxy of the channel's master.
-  const first = receiveWithin(gone, 'jobs', 5000)
-  await other.send('jobs', { type: 'job', n: 0 })
-  t.same(await first, { type: 'job', n: 0 }, 'a first message arrives through the proxy')
+  const { nodes, prefix, proxies, behind: gone, direct: other, queue, owner } = await readingThroughProxies(t, 'fc-cluster-dead-pop')
 
   const waiting = receiveWithin(gone, 'jobs', 10_000).catch((err: unknown) => err)
   await sleep(100) // its pop waits in Redis

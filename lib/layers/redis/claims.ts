@@ -365,5 +365,3 @@ export class Claims {
     return true
   }
 }
-
-
