@@ -380,6 +380,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.close(1008, 'rate limit')
   }
 
+  /** FlowOwner: a replay waits while the client has not read what it was sent. */
+  get outgoingCongested (): boolean {
+    return this.#outbound.congested
+  }
+
   /** TaskRunner: after each task, the sources held back for the queue may flow again. */
   afterTask (): void {
     this.#flow.afterTask()

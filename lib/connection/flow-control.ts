@@ -8,6 +8,12 @@
  *   channel (its capacity and expiry apply) until `listener.resume()`, called once the queue is
  *   below HIGH_WATER again after it had reached it;
  * - a layer that can only be polled: the `receive()` pump waits.
+ *
+ * One more hold, on replays only (a recovering member's catch-up, which the layer hands over past
+ * the channel's capacity): while the client has not read what it was sent (`congested`), they
+ * wait in the channel, and what arrives after them waits behind them. A large recovery is so
+ * written at the pace its client reads; live messages to a reader that stops still meet the
+ * slow-reader limit (outbound.ts).
  */
 import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, Delivery, LayerMessage } from '../layers/types.js'
 import { canListen } from '../layers/types.js'
@@ -16,6 +22,8 @@ import { TokenBucket } from './rate-limit.js'
 
 // Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
 export const HIGH_WATER = 16
+// How often a held replay looks whether its client has read what was sent.
+const DRAIN_CHECK_MS = 5
 
 /** The part of a socket flow control drives: whether it is read. */
 export interface Readable {
@@ -24,6 +32,8 @@ export interface Readable {
 }
 
 export interface FlowOwner {
+  /** Whether the client has not read enough of what it was sent for a replay to go on (outbound.ts). */
+  readonly outgoingCongested: boolean
   /** The layer failed under the connection: no message will come any more. */
   layerFailed (err: unknown): void
   /** A client frame came faster than the rate limit allows: it is not queued. */
@@ -45,6 +55,8 @@ export class FlowControl<Task> implements ChannelSink {
   #pausedAt = 0
   /** ChannelSink: the consumer opted in to shared, read-only group messages. */
   sharesMessages = false
+  // A replay waits for the client to read what it was sent: the check for it, until it has.
+  #drainCheck: NodeJS.Timeout | null = null
   // Only for a layer without listen(): the receive() pump's wake-up and its stop signal.
   #wakePump: (() => void) | null = null
   #stopPump: AbortController | null = null
@@ -93,6 +105,27 @@ export class FlowControl<Task> implements ChannelSink {
     return this.#queue.pending < HIGH_WATER
   }
 
+  /**
+   * ChannelSink: replays wait in the layer while the client has not read what it was sent. The
+   * layer asks only when it has one to hand over; from then on the socket is checked every
+   * DRAIN_CHECK_MS, and once it has drained the layer hands over what waited.
+   */
+  get congested (): boolean {
+    if (!this.#owner.outgoingCongested) return false
+    this.#drainCheck ??= setTimeout(FlowControl.#checkDrained, DRAIN_CHECK_MS, this)
+    return true
+  }
+
+  // Static, the flow control passed along: no closure kept per connection for a rare wait.
+  static #checkDrained (flow: FlowControl<unknown>): void {
+    if (flow.#owner.outgoingCongested) {
+      flow.#drainCheck = setTimeout(FlowControl.#checkDrained, DRAIN_CHECK_MS, flow)
+      return
+    }
+    flow.#drainCheck = null
+    flow.#listener?.resume()
+  }
+
   /** ChannelSink: a layer message and how it came, queued behind what arrived before it. */
   push (message: LayerMessage, info: Delivery): void {
     this.#queue.push(message, info)
@@ -132,6 +165,8 @@ export class FlowControl<Task> implements ChannelSink {
 
   /** No more layer messages: the connection is ending. Later ones stay in the layer. */
   stop (): void {
+    if (this.#drainCheck !== null) clearTimeout(this.#drainCheck)
+    this.#drainCheck = null
     this.#stopPump?.abort()
     this.#listener?.close()
     this.#wake()

@@ -119,6 +119,16 @@ export class Outbound {
     else socket.send(data, BINARY)
   }
 
+  /**
+   * Whether more than half of `maxBufferedBytes` waits in the socket: a replay then waits in the
+   * layer until it has drained (flow-control.ts), so a recovery larger than the limit is written at
+   * the pace the client reads it instead of closing it as a slow reader.
+   */
+  get congested (): boolean {
+    const socket = this.#socket
+    return socket !== null && socket.bufferedAmount > this.#maxBufferedBytes / 2
+  }
+
   /** A slow reader: closed (1008), counted and logged; true when it is one. */
   #overLimit (socket: WritableSocket): boolean {
     if (socket.bufferedAmount <= this.#maxBufferedBytes) return false

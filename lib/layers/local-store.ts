@@ -360,8 +360,9 @@ export class LocalStore {
   #deliver (channel: string, sink: ChannelSink | undefined, message: LayerMessage, info: Delivery, copy: boolean, force: boolean): boolean {
     // Most of the time no channel has a mailbox: then the name is not even hashed.
     let mailbox = this.#mailboxes.size === 0 ? undefined : this.#mailboxes.get(channel)
-    // Straight to the listener, unless older messages still wait for it (order is kept).
-    if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0)) {
+    // Straight to the listener, unless older messages still wait for it (order is kept), or a
+    // replay meets a client that has not read what it was sent.
+    if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0) && !(force && sink.congested === true)) {
       this.#settings.counts.deliveries++
       sink.push(copy ? cloneMessage(message) : message, info)
       return true
@@ -397,6 +398,7 @@ export class LocalStore {
     if (mailbox === undefined) return
     this.#settings.counts.expired += mailbox.dropExpired(performance.now())
     while (sink.accepting && this.#sinks.get(channel) === sink) {
+      if (mailbox.replayNext && sink.congested === true) break
       const received = mailbox.shift()
       if (received === undefined) break
       this.#settings.counts.deliveries++

@@ -73,6 +73,11 @@ export class Mailbox {
     this.expiresAt.push(expiresAt)
   }
 
+  /** Whether the next message to leave is a replay. */
+  get replayNext (): boolean {
+    return this.replays !== null && this.replays[this.head] === true
+  }
+
   /** Whether the newest queued message is `message` itself. */
   endsWith (message: LayerMessage): boolean {
     return this.messages.length > this.head && this.messages[this.messages.length - 1] === message

@@ -141,6 +141,11 @@ export interface ChannelSink {
    * (its consumer opted in with `static sharedMessages = true`), instead of a copy of its own.
    */
   readonly sharesMessages?: boolean
+  /**
+   * Whether replayed messages (a recovering member's catch-up, `force`d past capacity) wait in the
+   * channel, even while the sink accepts, until `resume()`: its client has not read what it was sent.
+   */
+  readonly congested?: boolean
   /** Takes one message, a copy the sink owns, and how it came (shared by a group's members: read-only). */
   push (message: LayerMessage, info: Delivery): void
   /** The layer closed: no message will come any more. */

@@ -25,7 +25,7 @@ function harness () {
     taskFailed () {},
     afterTask () { flow.afterTask() }
   })
-  flow = new FlowControl<Task>(queue, { layerFailed: err => failures.push(err), overLimit: () => failures.push('over the limit') })
+  flow = new FlowControl<Task>(queue, { layerFailed: err => failures.push(err), overLimit: () => failures.push('over the limit'), outgoingCongested: false })
   const socket = { pauses: 0, resumes: 0, pause () { this.pauses++ }, resume () { this.resumes++ } }
   return {
     handled,

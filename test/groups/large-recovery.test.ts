@@ -1,0 +1,68 @@
+/**
+ * A recovery larger than `maxBufferedBytes`: the replay is written at the pace the client reads
+ * it (flow-control.ts), so a client that reads gets every missed message once, in order, and
+ * stays connected; a client that stops reading during its replay is not closed for it.
+ */
+import t, { type Test } from 'tap'
+import { InMemoryChannelLayer } from '../../lib/layers/in-memory.js'
+import { RedisChannelLayer } from '../../lib/layers/redis.js'
+import type { ChannelLayer } from '../../lib/layers/types.js'
+import { rawProtocolClient, type Frame } from '../helpers/protocol.js'
+import { REDIS_URL, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { roomsApp } from './rooms.js'
+
+const MESSAGES = 1000
+// 10 KB each: 10 MB to replay, ten times the connection's limit.
+const TEXT = 'x'.repeat(10_000)
+const MAX_BUFFERED = 1024 * 1024
+const groups = { 'room.*': { history: { size: MESSAGES, ttl: 60 } } }
+
+async function replays (t: Test, layer: ChannelLayer): Promise<void> {
+  const server = await roomsApp({ layer, maxBufferedBytes: MAX_BUFFERED })
+  t.teardown(() => server.app.close())
+  const first = await rawProtocolClient(server.url)
+  first.send({ op: 'join', group: 'room.big' })
+  const { position } = await first.next() as unknown as { position: { offset: number, epoch: string } }
+  first.ws.terminate()
+  await first.closed
+  for (let n = 1; n <= MESSAGES; n++) await server.app.channelLayer.groupSend('room.big', { type: 'line', n, text: TEXT })
+
+  const back = await rawProtocolClient(server.url)
+  t.teardown(() => { back.ws.terminate() })
+  back.send({ op: 'join', group: 'room.big', since: position })
+  const frames = await back.until(f => f.op === 'message' && f.offset === position.offset + MESSAGES, 10_000)
+  t.match(frames[0], { op: 'joined', recovered: true }, 'recovered')
+  const lines = frames.slice(1) as Array<Frame & { offset: number, data: { n: number, text: string } }>
+  t.equal(lines.length, MESSAGES, `every missed message, once (${lines.length})`)
+  t.ok(lines.every((f, i) => f.op === 'message' && f.offset === position.offset + i + 1 && f.data.n === i + 1 && f.data.text === TEXT), 'in order, whole')
+  t.equal(back.ws.readyState, back.ws.OPEN, 'the client that reads stays connected')
+
+  // Live messages after the replay still come.
+  await server.app.channelLayer.groupSend('room.big', { type: 'line', n: MESSAGES + 1, text: 'live' })
+  t.match(await back.next(), { op: 'message', offset: position.offset + MESSAGES + 1, data: { text: 'live' } }, 'then the live message')
+
+  // A client that does not read while its replay is written is left alone by it: its part waits
+  // in the layer, and what it reads later comes in order.
+  const paused = await rawProtocolClient(server.url)
+  t.teardown(() => { paused.ws.terminate() })
+  paused.ws.pause()
+  // The history holds the last MESSAGES: from the second on.
+  paused.send({ op: 'join', group: 'room.big', since: { offset: position.offset + 1, epoch: position.epoch } })
+  await new Promise(resolve => setTimeout(resolve, 500))
+  paused.ws.resume()
+  const later = await paused.until(f => f.op === 'message' && f.offset === position.offset + MESSAGES + 1, 10_000)
+  t.match(later[0], { op: 'joined', recovered: true }, 'recovered')
+  t.equal(later.length, MESSAGES + 1, 'joined, then every missed message, the live one last')
+  t.ok(later.slice(1).every((f, i) => f.op === 'message' && f.offset === position.offset + i + 2), 'in order, once')
+  t.equal(paused.ws.readyState, paused.ws.OPEN, 'not closed as a slow reader')
+}
+
+t.test('in memory', async t => {
+  await replays(t, new InMemoryChannelLayer({ groups }))
+})
+
+t.test('on Redis', async t => {
+  if (!await requireRedis(t)) return
+  const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: uniquePrefix('fc-large-recovery'), groups })
+  await replays(t, layer)
+})
