@@ -6,13 +6,9 @@
  * dispatched: a message must not be able to call `close`, `send`, `constructor` or `toString`.
  */
 import type { Delivery } from './layers/types.js'
+export { isPresenceEvent } from './layers/local-presence.js'
 
 export type MessageHandler = (message: object, info: Delivery) => unknown
-
-/** Presence announcements: a consumer without a handler for them ignores them silently. */
-export function isPresenceEvent (type: string): boolean {
-  return type === 'presence.join' || type === 'presence.leave'
-}
 
 const reserved = new Set<string>(Object.getOwnPropertyNames(Object.prototype))
 

@@ -260,9 +260,28 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   /** The layer skipped messages of a group for this channel, up to `info`: fetched from the history. */
   async [kSkipped] (info: Delivery): Promise<void> {
     const group = info.group
+    if (group !== undefined && info.offset === undefined) return await this.#refreshPresence(group)
     const had = group === undefined ? undefined : this.#positions.get(group)
     if (group === undefined || had === undefined || info.offset === undefined || info.epoch !== had.epoch || info.offset <= had.offset) return
     await this.#fillGap(group, had, info.offset)
+  }
+
+  /**
+   * Presence announcements of the group were skipped for this channel (it was full: a burst of
+   * joins or leaves): the client gets the whole list again, in a `joined` frame as after a re-join
+   * that recovered, so its list is the truth again. Announcements after it apply on top.
+   */
+  async #refreshPresence (group: string): Promise<void> {
+    if (!this.#joined.has(group) || !this.#recordsPresence()) return
+    let presence: PresenceEntry[]
+    try {
+      presence = await this.channelLayer.presence(group)
+    } catch (err) {
+      this.log.warn({ err, group, channel: this.channelName }, 'presence announcements were skipped for this client and the list could not be read; it is sent again at its next join')
+      return
+    }
+    if (!this.#joined.has(group)) return
+    await this.#write({ op: 'joined', group, position: this.#positions.get(group) ?? null, recovered: true, presence })
   }
 
   /**

@@ -11,7 +11,7 @@ import { cloneMessage, share } from './message.js'
 import { enterFanOut, leaveFanOut } from './copy-encoding.js'
 import { Listener, Membership } from './local-entries.js'
 import { Turns } from './turns.js'
-import { PresenceTable } from './local-presence.js'
+import { PresenceTable, isPresenceEvent } from './local-presence.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
 
 /** The `Delivery` of a message sent to the channel itself. */
@@ -139,7 +139,9 @@ export class LocalStore {
         }
         if (this.#deliver(channel, sink, message, info, pristine && !shares, force)) return
         this.#settings.skipped(group, channel)
-        if (info.offset !== undefined) this.#markSkipped(channel, info)
+        // A message with an offset can be read back from the history, and a presence list read
+        // afresh: either way the consumer is told, in order.
+        if (info.offset !== undefined || isPresenceEvent(message.type)) this.#markSkipped(channel, info)
       })
     } finally {
       if (pristine) leaveFanOut(previous)
@@ -385,11 +387,16 @@ export class LocalStore {
     return true
   }
 
-  /** The marker for a skipped message of a group with history, in a channel a consumer listens to. */
+  /**
+   * The marker for a skipped message of a group with history (its `info` has the offset), or for a
+   * skipped presence announcement (just the group), in a channel a consumer listens to. Markers of
+   * one kind and group in a row are one, the last one's.
+   */
   #markSkipped (channel: string, info: Delivery): void {
     const mailbox = this.#mailboxes.get(channel)
     if (mailbox === undefined || !this.#sinks.has(channel)) return
-    if (mailbox.endsWith(SKIPPED) && mailbox.lastInfo?.group === info.group) mailbox.setLastInfo(info)
+    const last = mailbox.lastInfo
+    if (last !== undefined && mailbox.endsWith(SKIPPED) && last.group === info.group && (last.offset === undefined) === (info.offset === undefined)) mailbox.setLastInfo(info)
     else mailbox.push(SKIPPED, info, performance.now() + this.#settings.expiryMs, true)
   }
 
