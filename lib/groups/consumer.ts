@@ -141,8 +141,12 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     }
     // What the client has now: what it said it had when that was recovered, else the group's position.
     const has = joined.recovered && since !== undefined ? since : joined.position
-    if (has === null) this.#positions.delete(group)
-    else this.#positions.set(group, { offset: has.offset, epoch: has.epoch })
+    // A second join of a group leaves what the client has as it was: nothing is replayed to a
+    // member, and messages older than the group's position may still be queued for it.
+    if (!rejoin || !this.#positions.has(group)) {
+      if (has === null) this.#positions.delete(group)
+      else this.#positions.set(group, { offset: has.offset, epoch: has.epoch })
+    }
     await this.#write({ op: 'joined', group, position: joined.position, recovered: joined.recovered, presence })
   }
 
@@ -225,6 +229,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     }
     const offset = info.offset
     const had = this.#positions.get(group)
+    if (offset !== undefined && had !== undefined && info.epoch === had.epoch && offset <= had.offset) return this.#wentBack(group, had, offset)
     if (offset !== undefined && had !== undefined && info.epoch === had.epoch && offset > had.offset + 1) {
       return this.#fillGap(group, had, offset - 1).then(async filled => { if (filled) await this.#deliver(message, info) })
     }
@@ -233,6 +238,17 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       else this.#positions.set(group, { offset, epoch: info.epoch as string })
     }
     return this.#forwardOne(group, message, info)
+  }
+
+  /**
+   * The group's offsets went back in the same epoch (Redis lost its last writes and gives their
+   * offsets out again): the client, which has `had`, would drop this message as one it has. It is
+   * closed (1013) to re-join from `had`, which the group has not reached again, so the re-join
+   * reports the gap and the app reloads.
+   */
+  #wentBack (group: string, had: StreamPosition, offset: number): Promise<void> {
+    this.log.warn({ group, channel: this.channelName, offset, had: had.offset }, 'the group\'s offsets went back (Redis lost its last writes); closing so that the client recovers')
+    return this.close(1013, 'the group\'s history went back: reconnect to recover')
   }
 
   /**

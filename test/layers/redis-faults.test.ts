@@ -582,6 +582,28 @@ t.test('a group whose offsets start again lower (a Redis that lost its last writ
   t.same(await linesUntilQuiet(layer, member), [4, 5], 'both lines come, each once')
 })
 
+t.test('a group whose offsets go back while the process hears it (a Cluster master restarted from an older snapshot, unseen) reaches its members: nothing taken for a copy', async t => {
+  if (!await requireRedis(t)) return
+  const { layer, sender } = await historyBehindProxy(t, 'fc-back-live')
+  const member = await feedMember(layer)
+  let before: string | undefined
+  for (const n of [1, 2, 3]) before = (await sender.groupSend('feed', { type: 'line', n }))?.epoch
+  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  // No outage this process could see: the group's data is put back to what a snapshot taken after
+  // the first line holds.
+  const admin = adminClient(t)
+  const stream = `${sender.prefix}:s:{feed}`
+  const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
+  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
+  const offsets: unknown[] = []
+  for (const n of [4, 5, 6]) offsets.push((await sender.groupSend('feed', { type: 'line', n }))?.offset)
+  t.same(offsets, [2, 3, 4], 'the lines take offsets already heard, then a new one')
+  t.same(await linesUntilQuiet(layer, member), [4, 5, 6], 'each line comes, once, in order')
+  const now = await sender.groupSend('feed', { type: 'line', n: 7 })
+  t.ok(now !== undefined && now.epoch !== before && now.offset === 5, 'the group went on in a new epoch, offsets kept: a position in the old one is recovered no more')
+  t.match(await sender.groupAdd('feed', await sender.newChannel(), { since: { epoch: before as string, offset: 3 } }), { recovered: false })
+})
+
 t.test('a missed group message the history no longer holds is lost to that process only: the next ones come', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer, sender, member } = await missedLineTwo(t, 'fc-trimmed', 1)

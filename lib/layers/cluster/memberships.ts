@@ -83,6 +83,11 @@ export class Memberships {
         return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`)
       },
       decode: payload => this.#decode(payload),
+      renewEpoch: (group, epoch) => {
+        this.#transport.renewEpoch(group, epoch, `new epoch for ${group}`).catch((err: unknown) => {
+          settings.log().warn({ err, group }, 'could not give the group a new epoch; positions in the old one may still be taken for recovered')
+        })
+      },
       deliver: (group, message, info, readBack) => { this.#fanOut(group, message, info, readBack) },
       up: () => this.#transport.up,
       log: settings.log

@@ -12,15 +12,21 @@
  *   with every later one, while the missed ones are read from the history and handed on first;
  * - after an outage, each group is read from the last offset heard, without waiting for its next
  *   message (`recover()`);
- * - a live message at or below the last offset handed on is a copy of what a read handed on (or
- *   one late from a connection to a master that gave the slot away): it is dropped, so nothing
- *   comes twice.
+ * - a live message at or below the last offset handed on, among those a read handed on, is a copy
+ *   of one of them (the read got it before its live copy came, or it is late from a connection to
+ *   a master that gave the slot away, whose later messages revealed a gap): it is dropped, so
+ *   nothing comes twice. Below the last offset and not read back, it is no copy: the group's
+ *   offsets went back (below), and it is handed on.
  *
  * What the history no longer holds (trimmed by its `size` or `ttl`) is lost, and logged. A group's
  * position where this process starts hearing it is its first live message, or a join's position
  * (a baseline: live messages from before the join may still arrive, and are handed on). A Redis
- * that lost its last writes keeps its epoch and gives their offsets out again: the read after the
- * outage finds the group's position lower than this process' and goes on from there.
+ * that lost its last writes (restarted from an older snapshot, or a replica that was behind took
+ * over) keeps its epoch and gives their offsets out again: the read after the outage finds the
+ * group's position lower than this process' and goes on from there, and so does a live message
+ * below the last offset that no read handed on (on Redis Cluster a master can restart without
+ * this process seeing an outage). Members see the offset go back (`GroupsConsumer` has its client
+ * re-join, which then reports the gap).
  */
 import type { Delivery, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
 import type { StoredPayload } from './transport.js'
@@ -41,6 +47,11 @@ export interface GapReader {
    * capacity (as a join's catch-up is not): the history bounds it.
    */
   deliver (group: string, message: LayerMessage, info: Delivery, readBack: boolean): void
+  /**
+   * The group's offsets went back in `epoch`: it is given a new one, so that members whose
+   * position is in `epoch` recover from it no more (their next join is not recovered).
+   */
+  renewEpoch (group: string, epoch: string): void
   /** Whether the backend is reachable: a gap whose reads failed while it was not waits for it. */
   up: () => boolean
   log: () => LayerLogger
@@ -57,6 +68,8 @@ interface Stream {
   unread?: { before: number, limit: number }
   /** An outage ended while a gap was being read: once that is done, read what it published. */
   recoverAfter?: boolean
+  /** The lowest and highest offsets reads handed on in this epoch: a live message among them may be a copy. */
+  readBack?: [number, number]
 }
 
 export class StreamGaps {
@@ -120,9 +133,12 @@ export class StreamGaps {
       return this.#reader.deliver(group, message, info, false)
     }
     if (offset <= stream.offset) {
-      // Sent before the join whose position this is: handed on. Otherwise a copy.
-      if (stream.baseline) this.#reader.deliver(group, message, info, false)
-      return
+      // Sent before the join whose position this is: handed on.
+      if (stream.baseline) return this.#reader.deliver(group, message, info, false)
+      const read = stream.readBack
+      if (read !== undefined && offset >= read[0] && offset <= read[1]) return // a copy
+      this.#wentBack(group, stream, offset)
+      return this.#reader.deliver(group, message, info, false)
     }
     const size = offset > stream.offset + 1 ? this.#reader.historySize(group) : undefined
     if (size !== undefined) {
@@ -175,6 +191,7 @@ export class StreamGaps {
       if (position.epoch !== stream.epoch && outage) {
         stream.epoch = position.epoch
         stream.offset = 0
+        stream.readBack = undefined
       }
       if (position.epoch === stream.epoch) {
         if (outage) missing = position.offset - stream.offset
@@ -189,10 +206,15 @@ export class StreamGaps {
           }
           missing--
           stream.offset = offset
+          const read = stream.readBack
+          stream.readBack = read === undefined ? [offset, offset] : [Math.min(read[0], offset), offset]
           reader.deliver(group, message, { group, offset, epoch: stream.epoch }, true)
         }
         // Below where it was, the stream started again lower (see the file comment).
-        if (outage) stream.offset = position.offset
+        if (outage) {
+          if (position.offset < stream.offset) this.#wentBack(group, stream, position.offset)
+          stream.offset = position.offset
+        }
       }
     }
     if (!outage && stream.offset < before - 1) stream.offset = before - 1
@@ -200,6 +222,14 @@ export class StreamGaps {
     if (missing > 0) reader.log().warn({ group, missing, after }, 'group messages this process missed are no longer in the group\'s history: lost here')
     this.#drain(group, stream)
     if (stream.recoverAfter === true && stream.waiting === undefined) await this.#recoverNow(group, stream)
+  }
+
+  /** The group's offsets went back to `offset`: followed from there, and the group gets a new epoch. */
+  #wentBack (group: string, stream: Stream, offset: number): void {
+    this.#reader.log().warn({ group, offset, heard: stream.offset }, 'the group\'s offsets went back (Redis lost its last writes); following them, in a new epoch')
+    stream.offset = offset
+    stream.readBack = undefined
+    this.#reader.renewEpoch(group, stream.epoch)
   }
 
   /** The read after an outage, for a stream no read is under way for. */

@@ -128,6 +128,11 @@ export interface Transport {
   /** The kept payloads: after `since` (oldest first) when it is in this epoch, else the latest `limit`. */
   readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string):
   Promise<{ position: StreamPosition, stored: StoredPayload[] }>
+  /**
+   * The group's offsets went back in epoch `seen` (the backend lost its last writes): it gets a new
+   * epoch, unless it has one already, so that positions in `seen` are recovered no more.
+   */
+  renewEpoch (group: string, seen: string, what: string): Promise<void>
   /** The live presence entries of the group, across processes. */
   presence (group: string, what: string): Promise<StoredPresence[]>
   /** Removes presence entries whose membership ended without a word; each comes back to one caller only. */

@@ -148,6 +148,20 @@ return dead
 `)
 
 /**
+ * A new epoch for a group whose offsets went back (Redis lost its last writes): only while the
+ * group is still in the epoch seen, so the processes that notice it make one. Its kept messages
+ * keep their offsets. KEYS meta; ARGV epoch seen, new epoch. Returns the group's epoch now.
+ */
+export const renewEpoch = script(1, `
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if epoch == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'e', ARGV[2])
+  return ARGV[2]
+end
+return epoch
+`)
+
+/**
  * A group's history for reading. KEYS meta, stream; ARGV ttl ms, idle ms, epoch candidate,
  * since epoch ('' for none), since offset, limit. Oldest first after `since` when it is in this
  * epoch (from the start otherwise), the latest `limit` without `since`.

@@ -16,7 +16,7 @@ import { Subscriber } from './subscriber.js'
 import { NamedChannels } from './named-channels.js'
 import { RedisKeys } from './keys.js'
 import { ServerClock, lostScript, queueScript, runScript, runScriptBy } from './scripts.js'
-import { joinGroup, publishWithHistory, reapPresence, readHistory, readPresence, removeMembers, renewMembers } from './group-scripts.js'
+import { joinGroup, publishWithHistory, reapPresence, readHistory, readPresence, removeMembers, renewEpoch, renewMembers } from './group-scripts.js'
 import type { RedisChannelLayerOptions } from './options.js'
 import { RedisPipelineError } from '../../errors.js'
 
@@ -151,6 +151,10 @@ export class RedisTransport implements Transport {
     // Without `since` the latest come newest first.
     if (since === undefined) stored.reverse()
     return { position: { offset: Number(top), epoch: epoch.toString() }, stored }
+  }
+
+  async renewEpoch (group: string, seen: string, what: string): Promise<void> {
+    await this.#connections.run(what, client => runScript(client, renewEpoch, [this.#keys.meta(group)], [seen, newEpoch()]))
   }
 
   async presence (group: string, what: string): Promise<StoredPresence[]> {
