@@ -18,7 +18,10 @@ export interface ConnectResult {
   connected: boolean
   /** The subprotocol the consumer accepted with; null when none. */
   subprotocol: string | null
-  /** 101 when connected, else the HTTP status of the refusal. */
+  /**
+   * 101 when connected, else the HTTP status of the refusal; 101 with `connected: false` when the
+   * consumer accepted with none of the subprotocols offered, which a browser refuses.
+   */
   status: number
 }
 
@@ -80,6 +83,13 @@ export class WebsocketCommunicator {
     try {
       const ws = await withTimeout(injected, timeout, `connect to ${this.path}`)
       this.#ws = ws
+      if (subprotocol === null && (this.options.subprotocols?.length ?? 0) > 0) {
+        // As a browser or ws' client does: an answer with none of the offered subprotocols fails
+        // the connection (the consumer had accepted: its disconnect() runs with 1006).
+        ws.terminate()
+        this.#onClose(1006, 'Server sent no subprotocol')
+        return { connected: false, subprotocol: null, status: 101 }
+      }
       return { connected: true, subprotocol, status: 101 }
     } catch (err) {
       const status = refusedHandshakeStatus(err)

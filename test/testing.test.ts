@@ -5,7 +5,9 @@
 import t from 'tap'
 import { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
-import { buildApp, sleep } from './helpers/app.js'
+import WebSocket from 'ws'
+import { buildApp, eventually, sleep } from './helpers/app.js'
+import { listen } from './helpers/loopback.js'
 
 const inspect = (app: { channelLayer: unknown }) => (app.channelLayer as InMemoryChannelLayer).inspect()
 
@@ -59,4 +61,27 @@ t.test('a connect() that times out: a consumer that accepts later is closed at o
   await t.rejects(comm.connect(50), /timed out after 50 ms/)
   await comm.disconnect(1000, '', 2000)
   t.same(events, ['accepted', 'disconnect 1000'], 'the late consumer was closed, and disconnect() waited for it')
+})
+
+t.test('a consumer that accepts with none of the offered subprotocols: the communicator fails the connection, as a real client does', async t => {
+  const ended: number[] = []
+  class IgnoresSubprotocols extends WebsocketConsumer {
+    override async disconnect (code: number) { ended.push(code) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, IgnoresSubprotocols.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const real = new WebSocket(`${url}/ws`, ['v1'])
+  const failure = await new Promise<Error>(resolve => real.once('error', resolve))
+  t.match(failure.message, /no subprotocol/, 'a real ws client refuses the answer')
+
+  const comm = new WebsocketCommunicator(app, '/ws', { subprotocols: ['v1'] })
+  t.same(await comm.connect(), { connected: false, subprotocol: null, status: 101 }, 'so does the communicator')
+  t.match(await comm.closed, { code: 1006, reason: /no subprotocol/ })
+  await comm.serverFinished()
+  await eventually(() => ended.length === 2, 5000)
+  t.same(ended, [1006, 1006], 'the consumer, which had accepted, sees the connection drop, both times')
+  const plain = new WebsocketCommunicator(app, '/ws')
+  t.match(await plain.connect(), { connected: true, subprotocol: null }, 'without an offer, no subprotocol is fine')
+  await plain.disconnect()
 })
