@@ -170,13 +170,17 @@ export class RoomsConsumer extends GroupsConsumer {
   static override actions = {
     post: { schema: { type: 'object', required: ['room', 'text'],
                       properties: { room: { type: 'string' }, text: { type: 'string', maxLength: 2000 } } } },
-    ping: {}
+    ping: {},
+    when: {},
+    nothing: {}
   }
   async post ({ room, text }: { room: string; text: string }) {
     const at = await this.channelLayer.groupSend(\`room.\${room}\`, { type: 'room.message', text, from: this.scope.user!.name })
     return { offset: at?.offset }
   }
   async ping () { return 'pong' as const }
+  async when () { return { at: new Date(), tags: ['a', undefined], note: undefined as string | undefined, drop: () => 1 } }
+  async nothing () {}
   async notAnAction (x: number) { return x }
 }
 export type RoomsApi = ApiOf<typeof RoomsConsumer>
@@ -198,6 +202,16 @@ const at: number | undefined = joined.position?.offset
 const reply = await client.call('post', { room: 'lobby', text: 'hi' }, { timeout: 5000 })
 const offset: number | undefined = reply.offset
 const pong: 'pong' = await client.call('ping')
+// Results as JSON delivers them: a Date as a string, an undefined array item as null, functions gone.
+const when = await client.call('when')
+const at2: string = when.at
+const tags: Array<string | null> = when.tags
+const note: string | undefined = when.note
+const none: undefined = await client.call('nothing')
+// @ts-expect-error a Date arrives as a string
+when.at.getTime()
+// @ts-expect-error a function is not sent
+void when.drop
 // @ts-expect-error an argument is missing
 await client.call('post', { room: 'lobby' })
 // @ts-expect-error an argument of the wrong type
@@ -212,7 +226,7 @@ await client.call('nope', {})
 const wrongResult: string = await client.call('post', { room: 'a', text: 'b' })
 // @ts-expect-error canJoin answers with a boolean
 class BadJoin extends GroupsConsumer { override canJoin (group: string) { return group } }
-void at; void offset; void pong; void wrongResult; void BadJoin
+void at; void offset; void pong; void wrongResult; void BadJoin; void at2; void tags; void note; void none
 sub.leave(); client.close()
 `
 

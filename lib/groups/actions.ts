@@ -19,16 +19,34 @@ export type ActionTable = Readonly<Record<string, ActionSpec>>
 
 type Method = (...args: never[]) => unknown
 
+// What JSON.stringify leaves out of an object, and writes as null in an array.
+type Unwritten = undefined | symbol | ((...args: never[]) => unknown)
+
+/**
+ * A value as it arrives after `JSON.stringify` and `JSON.parse`: what has `toJSON()` (a `Date`)
+ * as what that returns, properties JSON leaves out gone, array items it cannot write as null.
+ */
+export type Jsonified<T> =
+  T extends { toJSON: (...args: never[]) => infer R } ? Jsonified<R>
+    : T extends string | number | boolean | null ? T
+      : T extends Unwritten | bigint ? never
+        : T extends ReadonlyArray<infer U> ? Array<U extends Unwritten ? null : Jsonified<U>>
+          : { [K in keyof T as T[K] extends Unwritten ? never : K]: Jsonified<T[K]> }
+
+/** A reply's result: nothing (an action that returns nothing) stays undefined. */
+type Reply<T> = T extends undefined | void ? undefined : Jsonified<T>
+
 /**
  * The actions of a GroupsConsumer class as the client sees them: each listed action's argument
- * and (awaited) result types, taken from the method. `new ChannelsClient<ApiOf<typeof Rooms>>()`
- * makes `client.call(name, args)` check both at compile time.
+ * type, taken from the method, and its (awaited) result as it arrives through JSON (a `Date` as
+ * a string). `new ChannelsClient<ApiOf<typeof Rooms>>()` makes `client.call(name, args)` check
+ * both at compile time.
  */
 export type ApiOf<C extends { actions: object, prototype: object }> = {
   [K in keyof C['actions'] & keyof C['prototype'] & string]: C['prototype'][K] extends Method
     ? {
         args: Parameters<C['prototype'][K]> extends [] ? undefined : Parameters<C['prototype'][K]>[0]
-        result: Awaited<ReturnType<C['prototype'][K]>>
+        result: Reply<Awaited<ReturnType<C['prototype'][K]>>>
       }
     : never
 }
