@@ -312,6 +312,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
 
   #received (route: Route, payload: Buffer): void {
     const envelope = this.#codec.decodeEnvelope(payload)
+    if (envelope === null) return // no key opens it: counted and logged once, by the codec
     if (envelope === undefined) {
       this.log.warn({ route }, 'ignored a payload this layer did not write')
       return

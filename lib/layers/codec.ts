@@ -57,11 +57,12 @@ export class WireCodec {
   }
 
   /**
-   * Decodes an envelope; undefined for anything a layer did not write. A backend may append more
+   * Decodes an envelope; undefined for anything a layer did not write, null for a sealed payload
+   * no key opens (counted and reported already). A backend may append more
    * values to a payload it publishes (a group message's position, stamped where the offset is
    * assigned): they come after the envelope's own elements.
    */
-  decodeEnvelope (payload: Buffer): unknown[] | undefined {
+  decodeEnvelope (payload: Buffer): unknown[] | null | undefined {
     let values: unknown[]
     try {
       values = unpackr.unpackMultiple(payload) as unknown[]
@@ -70,8 +71,9 @@ export class WireCodec {
     }
     let envelope = values[0]
     if (this.#cipher !== undefined) {
-      const plain = envelope instanceof Uint8Array ? this.#open(envelope) : undefined
-      if (plain === undefined) return undefined
+      if (!(envelope instanceof Uint8Array)) return undefined
+      const plain = this.#open(envelope)
+      if (plain === undefined) return null
       try {
         envelope = unpackr.unpack(plain)
       } catch {
