@@ -1,4 +1,5 @@
 import { LayerTimeoutError } from '../errors.js'
+import { MAX_TIMER_MS } from './arguments.js'
 
 const noop = (): void => {}
 
@@ -23,7 +24,9 @@ export function withDeadline<T> (promise: Promise<T>, deadline: number, what: st
         promise.catch(noop)
         reject(new LayerTimeoutError(what, timeout))
       })
-    }, left)
+      // A deadline past what a timer holds (a `timeout` near its maximum plus a pop's second) is
+      // the longest a timer waits: Node would fire a longer one after 1 ms.
+    }, Math.min(left, MAX_TIMER_MS))
     promise.then(value => {
       clearTimeout(timer)
       resolve(value)
