@@ -213,9 +213,15 @@ $('chat-form').addEventListener('submit', (event) => {
 $('room-form').addEventListener('submit', (event) => {
   event.preventDefault()
   const input = $('room-input')
-  const name = roomName(input.value)
+  const asked = input.value.trim()
+  const name = roomName(asked)
   input.value = ''
-  if (name !== '') joinRoom(name)
+  if (name === '') {
+    if (asked !== '') addNotice(`"${asked}" has no letters or digits: room names use lowercase letters, digits and dashes.`)
+    return
+  }
+  joinRoom(name)
+  if (name !== asked) addNotice(`Room names use lowercase letters, digits and dashes: "${asked}" is #${name}.`)
 })
 
 // ---- clock --------------------------------------------------------------------------------------

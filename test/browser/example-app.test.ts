@@ -182,6 +182,13 @@ if (noChromium !== undefined && inCI) {
     t.same(await lines(grace), await lines(ada), 'no line shown twice on either page')
     await ada.screenshot({ path: join(shots, '07-reconnected.png'), animations: 'disabled' })
 
+    // A room name the server would not take is changed, and the page says so.
+    await grace.locator('#room-input').fill('Café Talk')
+    await grace.locator('#room-input').press('Enter')
+    await grace.locator('#rooms .room.active', { hasText: '#caf-talk' }).waitFor()
+    await grace.locator('#messages .notice', { hasText: '"Café Talk" is #caf-talk' }).waitFor()
+    t.pass('a room name with other characters is joined as the name it became, and the page says which')
+
     t.same(errors, [], 'no script errors in the pages')
   })
 
