@@ -100,7 +100,9 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       skipped: (group, channel) => this.reportSkipped(group, channel),
       expired: count => { this.stats.expired += count },
       received: (route, payload) => this.#received(route, payload),
-      stateChanged: () => this.#stateChanged()
+      stateChanged: () => this.#stateChanged(),
+      // Tried at once, and again every few seconds while it fails: written back once the part returns.
+      partLost: () => { if (!this.closed) void this.#memberships.renew(true) }
     })
     this.#memberships = new Memberships({
       store: this.store,
@@ -374,7 +376,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       // back what groups with history published meanwhile, then tell.
       const readBack = this.#memberships.readBack()
         .catch((err: unknown) => this.log.error({ err }, 'could not hand on what the groups published during the outage'))
-      void Promise.all([this.#memberships.renew(true), readBack]).then(() => {
+      void Promise.all([this.#memberships.reassert(), readBack]).then(() => {
         if (this.closed || this.#outage) return
         this.log.warn({}, 'channel layer backend restored; subscriptions and memberships re-asserted')
         this.stats.reconnects++

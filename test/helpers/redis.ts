@@ -150,43 +150,61 @@ export async function startRedisServer (t: Test): Promise<RedisServer> {
 
 export interface RedisCluster {
   nodes: Array<{ host: string, port: number }>
+  /** kill -9 of one master: its data is gone, as after a crash. */
+  kill (port: number): Promise<void>
+  /** Starts that master again on its port, empty, with its cluster config (its slots). */
+  start (port: number): Promise<void>
 }
 
 /** Three masters, made with `redis-cli --cluster create`, as an operator would; killed in teardown. */
 export async function startRedisCluster (t: Test): Promise<RedisCluster> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fc-cluster-'))
-  const children: ChildProcess[] = []
+  const children = new Map<number, ChildProcess>()
   t.teardown(async () => {
-    await Promise.all(children.map(killChild))
+    await Promise.all([...children.values()].map(killChild))
     rmSync(dir, { recursive: true, force: true })
   })
+  const spawnNode = (port: number): void => {
+    children.set(port, spawnServer(port, dir, ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`]))
+  }
   const ports: number[] = []
   while (ports.length < 3) {
     const port = await freePort()
     // The cluster bus listens on port + 10000: both must be free and below 65536.
     if (port + 10000 < 65536 && !ports.includes(port) && await portFree(port + 10000)) ports.push(port)
   }
-  for (const port of ports) {
-    children.push(spawnServer(port, dir, ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`]))
-  }
+  for (const port of ports) spawnNode(port)
   for (const port of ports) await waitFor(() => serving(port), 10_000, `cluster node ${port}`)
   await new Promise<void>((resolve, reject) => {
     execFile('redis-cli', ['--cluster', 'create', ...ports.map(p => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'],
       { timeout: 30_000 }, (err, stdout, stderr) => err === null ? resolve() : reject(new Error(`redis-cli --cluster create failed: ${stderr || stdout}`)))
   })
-  for (const port of ports) {
-    await waitFor(async () => {
-      const client = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
-      client.on('error', () => {})
-      try {
-        await client.connect()
-        return /cluster_state:ok/.test(await client.cluster('INFO') as string)
-      } finally {
-        client.disconnect()
-      }
-    }, 20_000, `cluster_state:ok on ${port}`)
+  for (const port of ports) await clusterOk(port)
+  return {
+    nodes: ports.map(port => ({ host: '127.0.0.1', port })),
+    async kill (port) {
+      await killChild(children.get(port))
+      children.delete(port)
+    },
+    async start (port) {
+      spawnNode(port)
+      await waitFor(() => serving(port), 10_000, `cluster node ${port}`)
+      for (const each of ports) await clusterOk(each)
+    }
   }
-  return { nodes: ports.map(port => ({ host: '127.0.0.1', port })) }
+}
+
+async function clusterOk (port: number): Promise<void> {
+  await waitFor(async () => {
+    const client = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+    client.on('error', () => {})
+    try {
+      await client.connect()
+      return /cluster_state:ok/.test(await client.cluster('INFO') as string)
+    } finally {
+      client.disconnect()
+    }
+  }, 20_000, `cluster_state:ok on ${port}`)
 }
 
 async function portFree (port: number): Promise<boolean> {

@@ -26,6 +26,11 @@ import { CatchUps, type Held } from './catch-ups.js'
 import { StreamGaps } from './stream-gaps.js'
 
 const RENEW_MIN_MS = 50
+/** The renewal after an outage, tried this many times, the next after this times the tries. */
+const REASSERT_TRIES = 3
+const REASSERT_RETRY_MS = 1000
+/** A renewal that failed is tried again after this. */
+const RENEW_RETRY_MS = 2000
 /** Dead processes' presence entries are looked for this often (at most). */
 const REAP_MS = 5000
 
@@ -66,7 +71,8 @@ export class Memberships {
   /** What joins here recorded as presence (written back if lost); in those groups, dead processes' entries are reaped too. */
   readonly #presence = new RecordedPresence()
   readonly #timers: NodeJS.Timeout[]
-  #renewal: Promise<void> = Promise.resolve()
+  #renewal: Promise<boolean> = Promise.resolve(true)
+  #retryTimer: NodeJS.Timeout | undefined
   #renewalQueued = false
   #closed = false
 
@@ -237,21 +243,39 @@ export class Memberships {
     return out
   }
 
-  /** Re-writes every live record, at once when `urgent` (after a reconnect), else when due. */
-  renew (urgent: boolean): Promise<void> {
+  /**
+   * Re-writes every live record, at once when `urgent` (after a reconnect), else when due.
+   * Resolves with whether every record was written.
+   */
+  renew (urgent: boolean): Promise<boolean> {
     if (this.#renewalQueued && !urgent) return this.#renewal
     this.#renewalQueued = true
     this.#renewal = this.#renewal.then(() => {
       this.#renewalQueued = false
       return this.#renewNow()
-    }).catch((err: unknown) => this.#settings.log().error({ err }, 'membership renewal failed'))
+    }).catch((err: unknown) => {
+      this.#settings.log().error({ err }, 'membership renewal failed')
+      return false
+    })
     return this.#renewal
+  }
+
+  /**
+   * After an outage: renews at once, and again 1 s and 2 s later while it fails (a Cluster client
+   * may take a moment to route to a master that came back), so that what the backend lost is
+   * written back before the layer says it is back; past that, the regular renewal goes on.
+   */
+  async reassert (): Promise<void> {
+    for (let tries = 1; !await this.renew(true) && tries < REASSERT_TRIES && !this.#closed; tries++) {
+      await new Promise(resolve => setTimeout(resolve, REASSERT_RETRY_MS * tries).unref())
+    }
   }
 
   close (): void {
     this.#closed = true
     this.#gaps.clear()
     for (const timer of this.#timers) clearInterval(timer)
+    clearTimeout(this.#retryTimer)
   }
 
   async #addPlain (group: string, channel: string): Promise<void> {
@@ -355,8 +379,21 @@ export class Memberships {
     }
   }
 
-  async #renewNow (): Promise<void> {
-    if (this.#closed || !this.#transport.up) return
+  /**
+   * A renewal that failed is tried again RENEW_RETRY_MS later, not only at the next one due: on
+   * Redis Cluster one master can go and come back empty without the client closing, and what it
+   * lost (records, presence) is written back as soon as it answers.
+   */
+  #retryRenewal (): void {
+    if (this.#retryTimer !== undefined || this.#closed) return
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined
+      void this.renew(true)
+    }, RENEW_RETRY_MS).unref()
+  }
+
+  async #renewNow (): Promise<boolean> {
+    if (this.#closed || !this.#transport.up) return false
     const now = performance.now()
     const work: Array<[string, Array<[string, number]>, StoredPresence[]]> = []
     for (const group of [...this.#groups]) {
@@ -374,8 +411,11 @@ export class Memberships {
       // An entry written again was lost (the backend's data, or reaped while this process stalled): announced anew.
       await Promise.all(work.map(async ([group, members, presence]) =>
         await this.#announceAll(group, 'presence.join', await this.#transport.recordMembers(group, members, 'renew memberships', presence))))
+      return true
     } catch (err) {
       this.#settings.log().warn({ err }, 'could not renew group memberships; retrying')
+      this.#retryRenewal()
+      return false
     }
   }
 

@@ -54,6 +54,11 @@ export interface ClusterContext {
   received (route: Route, payload: Buffer): void
   /** `up` may have changed. */
   stateChanged (): void
+  /**
+   * A part of the backend went away while it stays up as a whole (one master of a Redis Cluster):
+   * what this process recorded there may come back lost, so its records are written again.
+   */
+  partLost (): void
 }
 
 /** What a group with history keeps: `idleMs` is how long its position outlives its last use. */

@@ -132,13 +132,17 @@ export class RedisConnections extends EventEmitter {
     this.#up = this.cmd.status === 'ready'
     const onReady = (): void => this.#set(true)
     const onClose = (): void => this.#set(false)
+    // On Redis Cluster one master can go (and come back empty) while the client stays ready.
+    const onNodeLost = (): void => { if (this.#up) this.emit('partLost') }
     this.cmd.on('ready', onReady)
     this.cmd.on('close', onClose)
     this.cmd.on('end', onClose)
+    this.cmd.on('-node', onNodeLost)
     this.#detach.push(() => {
       this.cmd.off('ready', onReady)
       this.cmd.off('close', onClose)
       this.cmd.off('end', onClose)
+      this.cmd.off('-node', onNodeLost)
     })
   }
 

@@ -47,6 +47,7 @@ export class RedisTransport implements Transport {
     this.queues = new NamedChannels(this.#connections, this.#keys, layer, this.#clock)
     this.#connections.on('state', () => layer.stateChanged())
     this.#subscriber.on('state', () => layer.stateChanged())
+    this.#connections.on('partLost', () => layer.partLost())
   }
 
   get up (): boolean {
