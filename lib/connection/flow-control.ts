@@ -9,21 +9,20 @@
  *   below HIGH_WATER again after it had reached it;
  * - a layer that can only be polled: the `receive()` pump waits.
  *
- * One more hold, on replays only (a recovering member's catch-up, which the layer hands over past
- * the channel's capacity): while the client has not read what it was sent (`congested`), they
- * wait in the channel, and what arrives after them waits behind them. A large recovery is so
- * written at the pace its client reads; live messages to a reader that stops still meet the
- * slow-reader limit (outbound.ts).
+ * One more hold, on what waits in the channel (a recovering member's catch-up, which the layer
+ * hands over past the channel's capacity, and what arrived behind it): while the client has not
+ * read what it was sent (`congested`), it waits there. A large recovery, and the live messages
+ * held behind it, are so written at the pace the client reads; live messages handed over at once
+ * to a reader that stops still meet the slow-reader limit (outbound.ts).
  */
 import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, Delivery, LayerMessage } from '../layers/types.js'
 import { canListen } from '../layers/types.js'
 import type { TaskQueue } from './task-queue.js'
 import { TokenBucket } from './rate-limit.js'
+import { DRAIN_CHECK_MS } from './outbound.js'
 
 // Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
 export const HIGH_WATER = 16
-// How often a held replay looks whether its client has read what was sent.
-const DRAIN_CHECK_MS = 5
 
 /** The part of a socket flow control drives: whether it is read. */
 export interface Readable {

@@ -129,6 +129,22 @@ export class Outbound {
     return socket !== null && socket.bufferedAmount > this.#maxBufferedBytes / 2
   }
 
+  /**
+   * Undefined while the socket is not congested; else resolves once it is not (checked every
+   * DRAIN_CHECK_MS), or once nothing more can be written here (a send then throws as usual). For
+   * code that writes much at once (a read-back of missed messages) at the pace the client reads.
+   */
+  whenUncongested (): Promise<void> | undefined {
+    if (!this.congested) return undefined
+    return new Promise(resolve => {
+      const check = (): void => {
+        if (this.congested) setTimeout(check, DRAIN_CHECK_MS)
+        else resolve()
+      }
+      setTimeout(check, DRAIN_CHECK_MS)
+    })
+  }
+
   /** A slow reader: closed (1008), counted and logged; true when it is one. */
   #overLimit (socket: WritableSocket): boolean {
     if (socket.bufferedAmount <= this.#maxBufferedBytes) return false
@@ -219,6 +235,8 @@ function writeOne (socket: WritableSocket, writer: FrameWriter, frame: Buffer[],
 // in one tick, or read from Redis in one chunk, each run through its async handler) leave in one
 // system call. A socket's other sends, and its close, flush it first.
 const MAX_BATCH = 32
+// How often a wait for a congested socket looks whether it has drained.
+export const DRAIN_CHECK_MS = 5
 // The sockets' first frames of the turn, three entries each: the Outbound (null once it wrote them
 // early), the frame and its text (for ws.send() when the frame cannot be written as it is). A new
 // list each turn, so that what it holds is as young as it is (no write barrier).

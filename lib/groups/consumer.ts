@@ -13,6 +13,7 @@ import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
 import { JsonWebsocketConsumer, kRefuseFrame, reusedEncoding } from '../json-consumer.js'
 import { kSkipped } from '../connection/tasks.js'
+import { kOutbound } from '../base-consumer.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
@@ -316,7 +317,11 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       return false
     }
     this.log.debug({ group, channel: this.channelName, missing }, 'sent messages skipped for this client from the history')
-    for (const kept of messages) await this.#forwardOne(group, kept.message, { group, offset: kept.offset, epoch: had.epoch })
+    for (const kept of messages) {
+      // At the pace the client reads: a read-back can be the whole history.
+      await this[kOutbound].whenUncongested()
+      await this.#forwardOne(group, kept.message, { group, offset: kept.offset, epoch: had.epoch })
+    }
     had.offset = upTo
     return true
   }

@@ -383,7 +383,9 @@ export class LocalStore {
       this.#settings.counts.expired += mailbox.dropExpired(now)
       if (mailbox.backlog >= this.#settings.capacity && !force) return false
     }
-    mailbox.push(copy ? cloneMessage(message) : message, info, now + this.#settings.expiryMs, force)
+    // A replay does not expire while it waits (for a client reading a large recovery slowly): the
+    // history's size bounds it, and the connection's end drops it.
+    mailbox.push(copy ? cloneMessage(message) : message, info, force ? Infinity : now + this.#settings.expiryMs, force)
     return true
   }
 
@@ -397,7 +399,8 @@ export class LocalStore {
     if (mailbox === undefined || !this.#sinks.has(channel)) return
     const last = mailbox.lastInfo
     if (last !== undefined && mailbox.endsWith(SKIPPED) && last.group === info.group && (last.offset === undefined) === (info.offset === undefined)) mailbox.setLastInfo(info)
-    else mailbox.push(SKIPPED, info, performance.now() + this.#settings.expiryMs, true)
+    // It does not expire: it stands for the messages read back for it, which may have expired.
+    else mailbox.push(SKIPPED, info, Infinity, true)
   }
 
   #resume (channel: string, sink: ChannelSink): void {
@@ -405,7 +408,9 @@ export class LocalStore {
     if (mailbox === undefined) return
     this.#settings.counts.expired += mailbox.dropExpired(performance.now())
     while (sink.accepting && this.#sinks.get(channel) === sink) {
-      if (mailbox.replayNext && sink.congested === true) break
+      // What waited goes on at the pace the client reads: the rest of a replay, and the live
+      // messages held behind it (up to capacity), which would otherwise all be written at once.
+      if (sink.congested === true) break
       const received = mailbox.shift()
       if (received === undefined) break
       this.#settings.counts.deliveries++

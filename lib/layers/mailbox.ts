@@ -73,11 +73,6 @@ export class Mailbox {
     this.expiresAt.push(expiresAt)
   }
 
-  /** Whether the next message to leave is a replay. */
-  get replayNext (): boolean {
-    return this.replays !== null && this.replays[this.head] === true
-  }
-
   /** Whether the newest queued message is `message` itself. */
   endsWith (message: LayerMessage): boolean {
     return this.messages.length > this.head && this.messages[this.messages.length - 1] === message
@@ -104,7 +99,10 @@ export class Mailbox {
     return received
   }
 
-  /** Expiry times only grow along the queue, so expired messages are always at the head. Returns how many. */
+  /**
+   * Expiry times only grow along the queue (a replay, which never expires, holds back those behind
+   * it until it has gone), so expired messages are always at the head. Returns how many.
+   */
   dropExpired (now: number): number {
     const end = this.messages.length
     let head = this.head

@@ -142,8 +142,9 @@ export interface ChannelSink {
    */
   readonly sharesMessages?: boolean
   /**
-   * Whether replayed messages (a recovering member's catch-up, `force`d past capacity) wait in the
-   * channel, even while the sink accepts, until `resume()`: its client has not read what it was sent.
+   * Whether replayed messages (a recovering member's catch-up, `force`d past capacity), and what
+   * waited in the channel when the sink resumes, wait in the channel, even while the sink accepts,
+   * until `resume()`: its client has not read what it was sent.
    */
   readonly congested?: boolean
   /** Takes one message, a copy the sink owns, and how it came (shared by a group's members: read-only). */

@@ -17,7 +17,7 @@ const TEXT = 'x'.repeat(10_000)
 const MAX_BUFFERED = 1024 * 1024
 const groups = { 'room.*': { history: { size: MESSAGES, ttl: 60 } } }
 
-async function replays (t: Test, layer: ChannelLayer): Promise<void> {
+async function replays (t: Test, layer: ChannelLayer, slowLayer: ChannelLayer): Promise<void> {
   const server = await roomsApp({ layer, maxBufferedBytes: MAX_BUFFERED })
   t.teardown(() => server.app.close())
   const first = await rawProtocolClient(server.url)
@@ -55,14 +55,51 @@ async function replays (t: Test, layer: ChannelLayer): Promise<void> {
   t.equal(later.length, MESSAGES + 1, 'joined, then every missed message, the live one last')
   t.ok(later.slice(1).every((f, i) => f.op === 'message' && f.offset === position.offset + i + 2), 'in order, once')
   t.equal(paused.ws.readyState, paused.ws.OPEN, 'not closed as a slow reader')
+  await slowReader(t, slowLayer)
+}
+
+/**
+ * A client that does not read its replay for longer than the channel's `expiry` (1 s here), while
+ * the room goes on past the channel's capacity: the replay does not expire while it waits, the
+ * live messages held behind it come after it at the client's pace, and those skipped for capacity
+ * are read back, also at its pace. Every message once, in order, and no close.
+ */
+async function slowReader (t: Test, layer: ChannelLayer): Promise<void> {
+  const server = await roomsApp({ layer, maxBufferedBytes: MAX_BUFFERED })
+  t.teardown(() => server.app.close())
+  const first = await rawProtocolClient(server.url)
+  first.send({ op: 'join', group: 'room.slow' })
+  const { position } = await first.next() as unknown as { position: { offset: number, epoch: string } }
+  first.ws.terminate()
+  await first.closed
+  // A replay larger than the kernel's buffers take for a client that does not read, so that it
+  // waits in the layer; the live messages then wait behind it.
+  const REPLAY = MESSAGES
+  const LIVE = 300
+  for (let n = 1; n <= REPLAY; n++) await server.app.channelLayer.groupSend('room.slow', { type: 'line', n, text: TEXT })
+  const back = await rawProtocolClient(server.url)
+  t.teardown(() => { back.ws.terminate() })
+  back.ws.pause()
+  back.send({ op: 'join', group: 'room.slow', since: position })
+  await new Promise(resolve => setTimeout(resolve, 200))
+  // Live messages while the replay waits: three times the channel's capacity (100).
+  for (let n = REPLAY + 1; n <= REPLAY + LIVE; n++) await server.app.channelLayer.groupSend('room.slow', { type: 'line', n, text: TEXT })
+  await new Promise(resolve => setTimeout(resolve, 1500)) // past the channel's expiry
+  back.ws.resume()
+  const frames = await back.until(f => f.op === 'message' && f.offset === position.offset + REPLAY + LIVE, 20_000)
+  const lines = frames.filter(f => f.op === 'message') as Array<Frame & { offset: number }>
+  t.equal(lines.length, REPLAY + LIVE, `every message, the replay's and the live ones (${lines.length})`)
+  t.ok(lines.every((f, i) => f.offset === position.offset + i + 1), 'in order, once')
+  t.equal(back.ws.readyState, back.ws.OPEN, 'and the client was not closed')
 }
 
 t.test('in memory', async t => {
-  await replays(t, new InMemoryChannelLayer({ groups }))
+  await replays(t, new InMemoryChannelLayer({ groups }), new InMemoryChannelLayer({ groups, expiry: 1 }))
 })
 
 t.test('on Redis', async t => {
   if (!await requireRedis(t)) return
   const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: uniquePrefix('fc-large-recovery'), groups })
-  await replays(t, layer)
+  const slow = new RedisChannelLayer({ url: REDIS_URL, prefix: uniquePrefix('fc-slow-recovery'), groups, expiry: 1 })
+  await replays(t, layer, slow)
 })
