@@ -383,9 +383,11 @@ export class LocalStore {
       this.#settings.counts.expired += mailbox.dropExpired(now)
       if (mailbox.backlog >= this.#settings.capacity && !force) return false
     }
-    // A replay does not expire while it waits (for a client reading a large recovery slowly): the
-    // history's size bounds it, and the connection's end drops it.
-    mailbox.push(copy ? cloneMessage(message) : message, info, force ? Infinity : now + this.#settings.expiryMs, force)
+    // A replay to a consumer does not expire while it waits (for a client reading a large recovery
+    // slowly): the history's size bounds it, and the connection's end drops it. One to a channel
+    // nobody listens to expires as any message does.
+    const forever = force && sink !== undefined
+    mailbox.push(copy ? cloneMessage(message) : message, info, forever ? Infinity : now + this.#settings.expiryMs, force)
     return true
   }
 
