@@ -380,9 +380,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.close(1008, 'rate limit')
   }
 
-  /** FlowOwner: a replay waits while the client has not read what it was sent. */
-  get outgoingCongested (): boolean {
-    return this.#outbound.congested
+  /** FlowOwner: what waits in the channel waits while the client has not read what it was sent. */
+  whenUncongested (): Promise<void> | undefined {
+    return this.#outbound.whenUncongested()
   }
 
   /** TaskRunner: after each task, the sources held back for the queue may flow again. */

@@ -19,7 +19,6 @@ import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, Deli
 import { canListen } from '../layers/types.js'
 import type { TaskQueue } from './task-queue.js'
 import { TokenBucket } from './rate-limit.js'
-import { DRAIN_CHECK_MS } from './outbound.js'
 
 // Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
 export const HIGH_WATER = 16
@@ -31,8 +30,11 @@ export interface Readable {
 }
 
 export interface FlowOwner {
-  /** Whether the client has not read enough of what it was sent for a replay to go on (outbound.ts). */
-  readonly outgoingCongested: boolean
+  /**
+   * Undefined while the client has read enough of what it was sent for what waits in the channel
+   * to go on; else resolves once it has (outbound.ts).
+   */
+  whenUncongested (): Promise<void> | undefined
   /** The layer failed under the connection: no message will come any more. */
   layerFailed (err: unknown): void
   /** A client frame came faster than the rate limit allows: it is not queued. */
@@ -54,8 +56,8 @@ export class FlowControl<Task> implements ChannelSink {
   #pausedAt = 0
   /** ChannelSink: the consumer opted in to shared, read-only group messages. */
   sharesMessages = false
-  // A replay waits for the client to read what it was sent: the check for it, until it has.
-  #drainCheck: NodeJS.Timeout | null = null
+  // What waits in the channel waits for the client to read what it was sent: until it has.
+  #drained: Promise<void> | null = null
   // Only for a layer without listen(): the receive() pump's wake-up and its stop signal.
   #wakePump: (() => void) | null = null
   #stopPump: AbortController | null = null
@@ -105,24 +107,19 @@ export class FlowControl<Task> implements ChannelSink {
   }
 
   /**
-   * ChannelSink: replays wait in the layer while the client has not read what it was sent. The
-   * layer asks only when it has one to hand over; from then on the socket is checked every
-   * DRAIN_CHECK_MS, and once it has drained the layer hands over what waited.
+   * ChannelSink: replays, and what waited in the channel, wait there while the client has not read
+   * what it was sent. The layer asks only when it has such a message to hand over; once the socket
+   * has drained (or the connection has ended), the layer hands over what waited.
    */
   get congested (): boolean {
-    if (!this.#owner.outgoingCongested) return false
-    this.#drainCheck ??= setTimeout(FlowControl.#checkDrained, DRAIN_CHECK_MS, this)
+    if (this.#drained !== null) return true
+    const drained = this.#owner.whenUncongested()
+    if (drained === undefined) return false
+    this.#drained = drained.then(() => {
+      this.#drained = null
+      this.#listener?.resume()
+    })
     return true
-  }
-
-  // Static, the flow control passed along: no closure kept per connection for a rare wait.
-  static #checkDrained (flow: FlowControl<unknown>): void {
-    if (flow.#owner.outgoingCongested) {
-      flow.#drainCheck = setTimeout(FlowControl.#checkDrained, DRAIN_CHECK_MS, flow)
-      return
-    }
-    flow.#drainCheck = null
-    flow.#listener?.resume()
   }
 
   /** ChannelSink: a layer message and how it came, queued behind what arrived before it. */
@@ -164,8 +161,6 @@ export class FlowControl<Task> implements ChannelSink {
 
   /** No more layer messages: the connection is ending. Later ones stay in the layer. */
   stop (): void {
-    if (this.#drainCheck !== null) clearTimeout(this.#drainCheck)
-    this.#drainCheck = null
     this.#stopPump?.abort()
     this.#listener?.close()
     this.#wake()

@@ -120,29 +120,26 @@ export class Outbound {
   }
 
   /**
-   * Whether more than half of `maxBufferedBytes` waits in the socket: a replay then waits in the
-   * layer until it has drained (flow-control.ts), so a recovery larger than the limit is written at
-   * the pace the client reads it instead of closing it as a slow reader.
-   */
-  get congested (): boolean {
-    const socket = this.#socket
-    return socket !== null && socket.bufferedAmount > this.#maxBufferedBytes / 2
-  }
-
-  /**
-   * Undefined while the socket is not congested; else resolves once it is not (checked every
-   * DRAIN_CHECK_MS), or once nothing more can be written here (a send then throws as usual). For
-   * code that writes much at once (a read-back of missed messages) at the pace the client reads.
+   * Undefined while the socket is not congested (no more than half of `maxBufferedBytes` waits in
+   * it); else resolves once it is not (checked every DRAIN_CHECK_MS), or once nothing more can be
+   * written here (a send then throws as usual). So what would be written at once — a replay, what
+   * waited behind it (flow-control.ts), a read-back of missed messages — goes at the pace the client
+   * reads, instead of closing it as a slow reader.
    */
   whenUncongested (): Promise<void> | undefined {
-    if (!this.congested) return undefined
+    if (!this.#congested()) return undefined
     return new Promise(resolve => {
       const check = (): void => {
-        if (this.congested) setTimeout(check, DRAIN_CHECK_MS)
+        if (this.#congested()) setTimeout(check, DRAIN_CHECK_MS)
         else resolve()
       }
       setTimeout(check, DRAIN_CHECK_MS)
     })
+  }
+
+  #congested (): boolean {
+    const socket = this.#socket
+    return socket !== null && socket.bufferedAmount > this.#maxBufferedBytes / 2
   }
 
   /** A slow reader: closed (1008), counted and logged; true when it is one. */
@@ -236,7 +233,7 @@ function writeOne (socket: WritableSocket, writer: FrameWriter, frame: Buffer[],
 // system call. A socket's other sends, and its close, flush it first.
 const MAX_BATCH = 32
 // How often a wait for a congested socket looks whether it has drained.
-export const DRAIN_CHECK_MS = 5
+const DRAIN_CHECK_MS = 5
 // The sockets' first frames of the turn, three entries each: the Outbound (null once it wrote them
 // early), the frame and its text (for ws.send() when the frame cannot be written as it is). A new
 // list each turn, so that what it holds is as young as it is (no write barrier).

@@ -25,7 +25,7 @@ function harness () {
     taskFailed () {},
     afterTask () { flow.afterTask() }
   })
-  flow = new FlowControl<Task>(queue, { layerFailed: err => failures.push(err), overLimit: () => failures.push('over the limit'), outgoingCongested: false })
+  flow = new FlowControl<Task>(queue, { layerFailed: err => failures.push(err), overLimit: () => failures.push('over the limit'), whenUncongested: () => undefined })
   const socket = { pauses: 0, resumes: 0, pause () { this.pauses++ }, resume () { this.resumes++ } }
   return {
     handled,
