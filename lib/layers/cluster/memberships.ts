@@ -2,7 +2,7 @@
  * Memberships of this process' channels in a layer shared by many processes. While a group has
  * local members, this process subscribes to the group's route and fans its messages out locally;
  * each membership is also recorded in the backend on a lease this process renews every third of
- * it, so a process that dies leaves nothing behind for longer than the lease.
+ * it (leases.ts), so a process that dies leaves nothing behind for longer than the lease.
  *
  * A join that records presence or joins a group with history is one backend call that also reads
  * what a returning member missed, and the group's position then. Until it answers, the group's
@@ -24,15 +24,7 @@ import type { HistoryPolicy } from '../history.js'
 import { RecordedPresence } from './recorded-presence.js'
 import { CatchUps, type Held } from './catch-ups.js'
 import { StreamGaps } from './stream-gaps.js'
-
-const RENEW_MIN_MS = 50
-/** The renewal after an outage, tried this many times, the next after this times the tries. */
-const REASSERT_TRIES = 3
-const REASSERT_RETRY_MS = 1000
-/** A renewal that failed is tried again after this. */
-const RENEW_RETRY_MS = 2000
-/** Dead processes' presence entries are looked for this often (at most). */
-const REAP_MS = 5000
+import { Leases, type DueRecords } from './leases.js'
 
 export const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
 
@@ -70,10 +62,8 @@ export class Memberships {
   readonly #recording = new Map<string, Promise<GroupJoin>>()
   /** What joins here recorded as presence (written back if lost); in those groups, dead processes' entries are reaped too. */
   readonly #presence = new RecordedPresence()
-  readonly #timers: NodeJS.Timeout[]
-  #renewal: Promise<boolean> = Promise.resolve(true)
-  #retryTimer: NodeJS.Timeout | undefined
-  #renewalQueued = false
+  /** The records' renewal (leases.ts). */
+  readonly #leases: Leases
   #closed = false
 
   constructor (settings: MembershipSettings) {
@@ -98,20 +88,11 @@ export class Memberships {
       up: () => this.#transport.up,
       log: settings.log
     })
-    // Held weakly: a layer dropped without close() can still be collected.
-    const ref = new WeakRef(this)
-    const every = (ms: number, run: (alive: Memberships) => void): NodeJS.Timeout => {
-      const timer: NodeJS.Timeout = setInterval(() => {
-        const alive = ref.deref()
-        if (alive === undefined) clearInterval(timer)
-        else run(alive)
-      }, ms).unref()
-      return timer
-    }
-    this.#timers = [
-      every(Math.max(this.#leaseMs / 3, RENEW_MIN_MS), alive => { void alive.renew(false) }),
-      every(Math.max(Math.min(REAP_MS, this.#leaseMs), RENEW_MIN_MS), alive => { void alive.#reap() })
-    ]
+    this.#leases = new Leases(this.#transport, {
+      due: () => this.#due(),
+      reapable: () => [...this.#groups].filter(group => settings.presenceEvents(group) || this.#presence.has(group)),
+      announce: (group, type, entries) => this.#announceAll(group, type, entries)
+    }, this.#leaseMs, settings.log)
   }
 
   /** Joins `channel` to `group`; see the file comment for joins with presence or history. */
@@ -209,7 +190,7 @@ export class Memberships {
     const recorded = this.#presence.has(group, channel)
     this.dropLocal(group, channel)
     if (!recorded) return
-    void this.#renewal.then(async () => {
+    void this.#leases.settled.then(async () => {
       if (!this.#closed && !this.#store.isMember(group, channel)) await this.announceGone(group, await this.#transport.removeMembers(group, [channel], `groupDiscard ${group}`))
     }).catch((err: unknown) => this.#settings.log().warn({ err, group }, 'could not remove a discarded member\'s presence'))
   }
@@ -243,39 +224,20 @@ export class Memberships {
     return out
   }
 
-  /**
-   * Re-writes every live record, at once when `urgent` (after a reconnect), else when due.
-   * Resolves with whether every record was written.
-   */
+  /** Re-writes every live record, at once when `urgent`, else when due (leases.ts). */
   renew (urgent: boolean): Promise<boolean> {
-    if (this.#renewalQueued && !urgent) return this.#renewal
-    this.#renewalQueued = true
-    this.#renewal = this.#renewal.then(() => {
-      this.#renewalQueued = false
-      return this.#renewNow()
-    }).catch((err: unknown) => {
-      this.#settings.log().error({ err }, 'membership renewal failed')
-      return false
-    })
-    return this.#renewal
+    return this.#leases.renew(urgent)
   }
 
-  /**
-   * After an outage: renews at once, and again 1 s and 2 s later while it fails (a Cluster client
-   * may take a moment to route to a master that came back), so that what the backend lost is
-   * written back before the layer says it is back; past that, the regular renewal goes on.
-   */
-  async reassert (): Promise<void> {
-    for (let tries = 1; !await this.renew(true) && tries < REASSERT_TRIES && !this.#closed; tries++) {
-      await new Promise(resolve => setTimeout(resolve, REASSERT_RETRY_MS * tries).unref())
-    }
+  /** After an outage: renews until what the backend lost is written back (leases.ts). */
+  reassert (): Promise<void> {
+    return this.#leases.reassert()
   }
 
   close (): void {
     this.#closed = true
     this.#gaps.clear()
-    for (const timer of this.#timers) clearInterval(timer)
-    clearTimeout(this.#retryTimer)
+    this.#leases.close()
   }
 
   async #addPlain (group: string, channel: string): Promise<void> {
@@ -379,23 +341,10 @@ export class Memberships {
     }
   }
 
-  /**
-   * A renewal that failed is tried again RENEW_RETRY_MS later, not only at the next one due: on
-   * Redis Cluster one master can go and come back empty without the client closing, and what it
-   * lost (records, presence) is written back as soon as it answers.
-   */
-  #retryRenewal (): void {
-    if (this.#retryTimer !== undefined || this.#closed) return
-    this.#retryTimer = setTimeout(() => {
-      this.#retryTimer = undefined
-      void this.renew(true)
-    }, RENEW_RETRY_MS).unref()
-  }
-
-  async #renewNow (): Promise<boolean> {
-    if (this.#closed || !this.#transport.up) return false
+  /** What a renewal writes: each group's live members and the presence they recorded; expired ones go. */
+  #due (): DueRecords[] {
     const now = performance.now()
-    const work: Array<[string, Array<[string, number]>, StoredPresence[]]> = []
+    const work: DueRecords[] = []
     for (const group of [...this.#groups]) {
       const members: Array<[string, number]> = []
       for (const [channel, { expiresAt }] of [...(this.#store.members(group) ?? [])]) {
@@ -407,30 +356,7 @@ export class Memberships {
       if (members.length === 0) this.#releaseIfEmpty(group)
       else work.push([group, members, presence])
     }
-    try {
-      // An entry written again was lost (the backend's data, or reaped while this process stalled): announced anew.
-      await Promise.all(work.map(async ([group, members, presence]) =>
-        await this.#announceAll(group, 'presence.join', await this.#transport.recordMembers(group, members, 'renew memberships', presence))))
-      return true
-    } catch (err) {
-      this.#settings.log().warn({ err }, 'could not renew group memberships; retrying')
-      this.#retryRenewal()
-      return false
-    }
-  }
-
-  /**
-   * Finds the presence entries of processes that died, in groups that announce presence (where
-   * they are announced) and in those this process records presence in (where they are only removed).
-   */
-  async #reap (): Promise<void> {
-    if (this.#closed || !this.#transport.up) return
-    const groups = [...this.#groups].filter(group => this.#settings.presenceEvents(group) || this.#presence.has(group))
-    try {
-      await Promise.all(groups.map(async group => await this.announceGone(group, await this.#transport.reapPresence(group, 'reap presence'))))
-    } catch (err) {
-      this.#settings.log().warn({ err }, 'could not look for the presence of processes that died; retrying')
-    }
+    return work
   }
 }
 
