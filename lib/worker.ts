@@ -7,7 +7,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { canReceiveDelivery, type ChannelLayer, type Received } from './layers/types.js'
-import { DIRECT } from './layers/local-store.js'
+import { DIRECT } from './layers/local-channels.js'
 import { assertChannelName } from './layers/names.js'
 import { findHandler, isPresenceEvent, reserveNames } from './dispatch.js'
 import { InvalidChannelNameError, InvalidOptionError } from './errors.js'

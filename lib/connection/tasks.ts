@@ -6,7 +6,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { RawData } from 'ws'
 import type { Delivery, LayerMessage } from '../layers/types.js'
-import { DIRECT, SKIPPED } from '../layers/local-store.js'
+import { DIRECT, SKIPPED } from '../layers/local-channels.js'
 import { findHandler, isPresenceEvent } from '../dispatch.js'
 import { TooManyGroupsError } from '../errors.js'
 import { toBuffer } from './socket.js'

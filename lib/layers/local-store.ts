@@ -1,41 +1,23 @@
 /**
- * What a channel layer keeps in this process: each channel's queued messages and waiting
- * `receive()` calls (its mailbox), the listener a connection put on its own channel, and the
- * groups with their local members (and the presence a membership records, local-presence.ts).
+ * What a channel layer keeps in this process: its channels (their queued messages, waiting
+ * `receive()` calls and listeners, local-channels.ts), and the groups with their local members
+ * (and the presence a membership records, local-presence.ts), whose fan-outs deliver to them.
  * Synchronous and unvalidated: the layer facade checks names and copies messages before anything
  * reaches the store, and a backend that spans processes calls it for whatever lives here.
  */
-import { LayerClosedError } from '../errors.js'
-import { Mailbox, Waiter } from './mailbox.js'
-import { cloneMessage, share } from './message.js'
+import { share } from './message.js'
 import { enterFanOut, leaveFanOut } from './copy-encoding.js'
 import { Listener, Membership } from './local-entries.js'
 import { Turns } from './turns.js'
 import { PresenceTable, isPresenceEvent } from './local-presence.js'
+import { DIRECT, LocalChannels, type ChannelSettings } from './local-channels.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
 
-/** The `Delivery` of a message sent to the channel itself. */
-export const DIRECT: Delivery = Object.freeze({})
-
-/**
- * Queued in a listened channel in place of the group messages skipped because it was full (a
- * group with history only; one marker for a run of skips, with the last skipped one's Delivery),
- * so that its consumer learns, in order, what it did not get and can fetch it from the history.
- * Compared by identity: no layer message can be it, and no handler is chosen by its type.
- */
-export const SKIPPED: LayerMessage = Object.freeze({ type: 'channels.skipped' }) as LayerMessage
-
-export interface LocalStoreSettings {
-  /** Undelivered messages a channel may hold. */
-  capacity: number
-  /** Milliseconds an undelivered message is kept. */
-  expiryMs: number
+export interface LocalStoreSettings extends ChannelSettings {
   /** Milliseconds a membership lasts unless renewed. */
   groupExpiryMs: number
   /** A group member was skipped because its channel was full. */
   skipped: (group: string, channel: string) => void
-  /** Where messages handed to a receiver, and messages that expired unreceived, are counted. */
-  counts: { deliveries: number, expired: number }
   /** A membership that recorded presence ended (left, discarded, expired); not called by flush or close. */
   presenceLeft?: (group: string, channel: string, info: PresenceInfo) => void
 }
@@ -50,13 +32,12 @@ export interface LayerInspection {
 
 export class LocalStore {
   readonly #settings: LocalStoreSettings
-  readonly #mailboxes = new Map<string, Mailbox>()
+  readonly #channels: LocalChannels
   // group → channel → its membership (deadline, listener), and the reverse index that makes
   // discarding a channel cost O(its memberships): channel → its one group, or a Set once it has
   // more (most connections join one group, and a Set of one costs about 150 bytes).
   readonly #groups = new Map<string, Map<string, Membership>>()
   readonly #channelGroups = new Map<string, string | Set<string>>()
-  readonly #sinks = new Map<string, ChannelSink>()
   // What the memberships that record presence recorded.
   readonly #presence = new PresenceTable()
   // Fan-outs and turn()s, one at a time (turns.ts).
@@ -64,6 +45,7 @@ export class LocalStore {
 
   constructor (settings: LocalStoreSettings) {
     this.#settings = settings
+    this.#channels = new LocalChannels(settings)
   }
 
   /**
@@ -72,7 +54,8 @@ export class LocalStore {
    * `force` queues it anyway: a replay is not refused for capacity, nor counted against it.
    */
   deliver (channel: string, message: LayerMessage, info: Delivery = DIRECT, force = false): boolean {
-    return this.#deliver(channel, this.#sinks.get(channel), message, info, false, force)
+    const channels = this.#channels
+    return channels.deliver(channel, channels.sinkOf(channel), message, info, false, force)
   }
 
   /**
@@ -122,6 +105,7 @@ export class LocalStore {
     // More than one member: each gets a copy, even the last, so `message` stays as it was sent.
     const pristine = members.size > 1
     let frozen = false
+    const channels = this.#channels
     const previous = pristine ? enterFanOut(message) : undefined
     try {
       // forEach, not for…of: an entries iterator makes a [channel, membership] array per member.
@@ -137,11 +121,11 @@ export class LocalStore {
           share(message)
           frozen = true
         }
-        if (this.#deliver(channel, sink, message, info, pristine && !shares, force)) return
+        if (channels.deliver(channel, sink, message, info, pristine && !shares, force)) return
         this.#settings.skipped(group, channel)
         // A message with an offset can be read back from the history, and a presence list read
         // afresh: either way the consumer is told, in order.
-        if (info.offset !== undefined || isPresenceEvent(message.type)) this.#markSkipped(channel, info)
+        if (info.offset !== undefined || isPresenceEvent(message.type)) channels.markSkipped(channel, info)
       })
     } finally {
       if (pristine) leaveFanOut(previous)
@@ -150,33 +134,12 @@ export class LocalStore {
 
   /** The next message of a channel of this process, FIFO among receivers. */
   receive (channel: string, signal: AbortSignal | undefined): Promise<Received> {
-    // A caller may have awaited since it checked, and an aborted signal never fires again.
-    if (signal?.aborted === true) return Promise.reject(signal.reason)
-    let mailbox = this.#mailboxes.get(channel)
-    if (mailbox !== undefined) {
-      this.#settings.counts.expired += mailbox.dropExpired(performance.now())
-      let received = mailbox.shift()
-      // A skip marker left by a listener that has closed: for a consumer only, never a receiver's.
-      while (received !== undefined && received.message === SKIPPED) received = mailbox.shift()
-      if (received !== undefined) {
-        mailbox.releaseIfIdle()
-        this.#settings.counts.deliveries++
-        return Promise.resolve(received)
-      }
-    } else {
-      mailbox = this.#newMailbox(channel)
-    }
-    const box = mailbox
-    return new Promise((resolve, reject) => {
-      const waiter = new Waiter(box, resolve, reject, signal)
-      box.addWaiter(waiter)
-      signal?.addEventListener('abort', waiter, { once: true })
-    })
+    return this.#channels.receive(channel, signal)
   }
 
   /** Whether a `receive()` waits on the channel. */
   hasReceivers (channel: string): boolean {
-    return this.#mailboxes.get(channel)?.hasWaiters === true
+    return this.#channels.hasReceivers(channel)
   }
 
   /**
@@ -185,8 +148,7 @@ export class LocalStore {
    * Returns undefined when the channel already has a listener.
    */
   listen (channel: string, sink: ChannelSink): ChannelListener | undefined {
-    if (this.#sinks.has(channel)) return undefined
-    this.#sinks.set(channel, sink)
+    if (!this.#channels.listen(channel, sink)) return undefined
     this.#setMembershipSinks(channel, sink)
     const listener = new Listener(this, channel, sink)
     listener.resume()
@@ -195,14 +157,12 @@ export class LocalStore {
 
   /** A listener's `resume()`: hands the sink what waited, while it is still the channel's. */
   resumeListener (channel: string, sink: ChannelSink): void {
-    if (this.#sinks.get(channel) === sink) this.#resume(channel, sink)
+    this.#channels.resume(channel, sink)
   }
 
   /** A listener's `close()`. */
   closeListener (channel: string, sink: ChannelSink): void {
-    if (this.#sinks.get(channel) !== sink) return
-    this.#sinks.delete(channel)
-    this.#setMembershipSinks(channel, undefined)
+    if (this.#channels.unlisten(channel, sink)) this.#setMembershipSinks(channel, undefined)
   }
 
   /** What a fan-out hands a member's messages to, kept on each of the channel's memberships. */
@@ -243,7 +203,7 @@ export class LocalStore {
     const expiresAt = Math.ceil(now + this.#settings.groupExpiryMs)
     const membership = members.get(channel)
     if (membership !== undefined) membership.expiresAt = expiresAt
-    else members.set(channel, new Membership(expiresAt, this.#sinks.get(channel)))
+    else members.set(channel, new Membership(expiresAt, this.#channels.sinkOf(channel)))
     const groups = this.#channelGroups.get(channel)
     if (groups === undefined) this.#channelGroups.set(channel, group)
     else if (typeof groups !== 'string') groups.add(group)
@@ -282,11 +242,7 @@ export class LocalStore {
 
   /** Drops the channel's queued messages and every membership it has. */
   discardChannel (channel: string): void {
-    const mailbox = this.#mailboxes.get(channel)
-    if (mailbox !== undefined) {
-      mailbox.clearMessages()
-      mailbox.releaseIfIdle()
-    }
+    this.#channels.discard(channel)
     const groups = this.#channelGroups.get(channel)
     if (groups === undefined) return
     // Forgotten first, so #unlink does not edit the set this loop walks.
@@ -299,10 +255,7 @@ export class LocalStore {
 
   /** Empties every channel and group; waiting receivers and listeners stay. */
   flush (): void {
-    for (const mailbox of this.#mailboxes.values()) {
-      mailbox.clearMessages()
-      mailbox.releaseIfIdle()
-    }
+    this.#channels.flush()
     this.#groups.clear()
     this.#channelGroups.clear()
     this.#presence.clear()
@@ -310,18 +263,10 @@ export class LocalStore {
 
   /** Rejects waiting receivers with LayerClosedError, tells listeners, and forgets everything. */
   close (): void {
-    for (const mailbox of this.#mailboxes.values()) {
-      for (let waiter = mailbox.takeWaiter(); waiter !== null; waiter = mailbox.takeWaiter()) {
-        waiter.reject(new LayerClosedError())
-      }
-    }
-    this.#mailboxes.clear()
     this.#groups.clear()
     this.#channelGroups.clear()
     this.#presence.clear()
-    const sinks = [...this.#sinks.values()]
-    this.#sinks.clear()
-    for (const sink of sinks) sink.layerClosed(new LayerClosedError())
+    this.#channels.close()
   }
 
   /** Drops expired messages and memberships, and whatever is left empty (one step: see turn()). */
@@ -332,10 +277,7 @@ export class LocalStore {
   #sweep (): void {
     // Deleting from a Map while iterating it is well defined, so the loops need no snapshot.
     const now = performance.now()
-    for (const mailbox of this.#mailboxes.values()) {
-      this.#settings.counts.expired += mailbox.dropExpired(now)
-      mailbox.releaseIfIdle()
-    }
+    this.#channels.sweep(now)
     for (const [group, members] of this.#groups) {
       for (const [channel, membership] of members) {
         if (membership.expiresAt <= now) this.#unlink(group, members, channel)
@@ -347,78 +289,7 @@ export class LocalStore {
   inspect (): LayerInspection {
     let memberships = 0
     for (const members of this.#groups.values()) memberships += members.size
-    let channels = this.#mailboxes.size
-    for (const channel of this.#sinks.keys()) if (!this.#mailboxes.has(channel)) channels++
-    return { channels, groups: this.#groups.size, memberships }
-  }
-
-  #newMailbox (channel: string): Mailbox {
-    const mailbox = new Mailbox(channel, this.#mailboxes)
-    this.#mailboxes.set(channel, mailbox)
-    return mailbox
-  }
-
-  // `copy` clones only once the channel is known to accept, so skipping a full member costs nothing.
-  #deliver (channel: string, sink: ChannelSink | undefined, message: LayerMessage, info: Delivery, copy: boolean, force: boolean): boolean {
-    // Most of the time no channel has a mailbox: then the name is not even hashed.
-    let mailbox = this.#mailboxes.size === 0 ? undefined : this.#mailboxes.get(channel)
-    // Straight to the listener, unless older messages still wait for it (order is kept), or a
-    // replay meets a client that has not read what it was sent.
-    if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0) && !(force && sink.congested === true)) {
-      this.#settings.counts.deliveries++
-      sink.push(copy ? cloneMessage(message) : message, info)
-      return true
-    }
-    const now = performance.now()
-    if (mailbox === undefined) {
-      mailbox = this.#newMailbox(channel)
-    } else {
-      const waiter = mailbox.takeWaiter()
-      if (waiter !== null) {
-        this.#settings.counts.deliveries++
-        waiter.resolve({ message: copy ? cloneMessage(message) : message, info })
-        mailbox.releaseIfIdle()
-        return true
-      }
-      this.#settings.counts.expired += mailbox.dropExpired(now)
-      if (mailbox.backlog >= this.#settings.capacity && !force) return false
-    }
-    // A replay to a consumer does not expire while it waits (for a client reading a large recovery
-    // slowly): the history's size bounds it, and the connection's end drops it. One to a channel
-    // nobody listens to expires as any message does.
-    const forever = force && sink !== undefined
-    mailbox.push(copy ? cloneMessage(message) : message, info, forever ? Infinity : now + this.#settings.expiryMs, force)
-    return true
-  }
-
-  /**
-   * The marker for a skipped message of a group with history (its `info` has the offset), or for a
-   * skipped presence announcement (just the group), in a channel a consumer listens to. Markers of
-   * one kind and group in a row are one, the last one's.
-   */
-  #markSkipped (channel: string, info: Delivery): void {
-    const mailbox = this.#mailboxes.get(channel)
-    if (mailbox === undefined || !this.#sinks.has(channel)) return
-    const last = mailbox.lastInfo
-    if (last !== undefined && mailbox.endsWith(SKIPPED) && last.group === info.group && (last.offset === undefined) === (info.offset === undefined)) mailbox.setLastInfo(info)
-    // It does not expire: it stands for the messages read back for it, which may have expired.
-    else mailbox.push(SKIPPED, info, Infinity, true)
-  }
-
-  #resume (channel: string, sink: ChannelSink): void {
-    const mailbox = this.#mailboxes.get(channel)
-    if (mailbox === undefined) return
-    this.#settings.counts.expired += mailbox.dropExpired(performance.now())
-    while (sink.accepting && this.#sinks.get(channel) === sink) {
-      // What waited goes on at the pace the client reads: the rest of a replay, and the live
-      // messages held behind it (up to capacity), which would otherwise all be written at once.
-      if (sink.congested === true) break
-      const received = mailbox.shift()
-      if (received === undefined) break
-      this.#settings.counts.deliveries++
-      sink.push(received.message, received.info)
-    }
-    mailbox.releaseIfIdle()
+    return { channels: this.#channels.size, groups: this.#groups.size, memberships }
   }
 
   #unlink (group: string, members: Map<string, Membership>, channel: string): void {

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { LocalStore, SKIPPED } from '../../lib/layers/local-store.js'
+import { LocalStore } from '../../lib/layers/local-store.js'
+import { SKIPPED } from '../../lib/layers/local-channels.js'
 import type { ChannelSink, LayerMessage } from '../../lib/layers/types.js'
 
 // The process-local store on its own: where a message goes (listener, receiver, queue), capacity,

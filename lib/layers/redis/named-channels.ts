@@ -15,7 +15,7 @@
 import { LayerTimeoutError } from '../../errors.js'
 import type { Delivery, LayerMessage, Received } from '../types.js'
 import { ttl, withDeadline, withTimeout } from '../deadline.js'
-import { DIRECT } from '../local-store.js'
+import { DIRECT } from '../local-channels.js'
 import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
 import { DEADLINE_WIDTH, queuePush, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
 import { isReplyError, type Client, type RedisConnections } from './connections.js'
