@@ -18,9 +18,12 @@ export const InvalidMessageError = createError<'FST_CHANNELS_INVALID_MESSAGE', [
 export const LayerClosedError = createError<'FST_CHANNELS_LAYER_CLOSED', []>(
   'FST_CHANNELS_LAYER_CLOSED', 'The channel layer is closed')
 
-/** A layer's backend did not answer within the layer's `timeout`. */
+/**
+ * A layer's backend did not answer within the layer's `timeout`, or said sooner that it cannot
+ * (Redis unreachable, a Redis Cluster down): an outage, worth trying again.
+ */
 export const LayerTimeoutError = createError<'FST_CHANNELS_LAYER_TIMEOUT', [string, number]>(
-  'FST_CHANNELS_LAYER_TIMEOUT', 'Channel layer backend did not answer %s within %d ms')
+  'FST_CHANNELS_LAYER_TIMEOUT', 'Channel layer backend unavailable for %s (timeout %d ms)')
 
 /** A plugin, layer or consumer option has a bad value. */
 export const InvalidOptionError = createError<'FST_CHANNELS_INVALID_OPTION', [string]>(
