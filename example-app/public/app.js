@@ -202,7 +202,12 @@ $('chat-form').addEventListener('submit', (event) => {
   event.preventDefault()
   const input = $('chat-input')
   const text = input.value.trim()
-  if (text === '') return
+  if (text === '') {
+    // Enter on an empty box does nothing; a line of only spaces is not sent, and the page says why.
+    if (input.value !== '') addNotice('Not sent: the message has only spaces.')
+    input.value = ''
+    return
+  }
   input.value = ''
   client.call('post', { room, text }).catch(err => {
     input.value = text

@@ -189,6 +189,12 @@ if (noChromium !== undefined && inCI) {
     await grace.locator('#messages .notice', { hasText: '"Café Talk" is #caf-talk' }).waitFor()
     t.pass('a room name with other characters is joined as the name it became, and the page says which')
 
+    // A line of only spaces is not sent, and the page says why.
+    const before = await lines(grace)
+    await say(grace, '   ')
+    await grace.locator('#messages .notice', { hasText: 'the message has only spaces' }).waitFor()
+    t.same(await lines(grace), before, 'a line of only spaces is not sent: the page says so')
+
     t.same(errors, [], 'no script errors in the pages')
   })
 
