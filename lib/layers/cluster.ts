@@ -20,14 +20,14 @@ import { MAX_TIMER_MS, positiveOption, type JoinRequest } from './arguments.js'
 import type { LayerInspection } from './local-store.js'
 import type { Policy } from './policies.js'
 import type { HistoryPolicy } from './history.js'
-import { assertChannelName, assertGroupName, isProcessSpecific, processTokenOf } from './names.js'
+import { isProcessSpecific, isProcessToken, processTokenOf } from './names.js'
 import type {
   Delivery, GroupHistory, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, Received, StreamPosition
 } from './types.js'
 import { withTimeout } from './deadline.js'
-import { Envelope, WireCodec, reviveMessage, reviveObject } from './codec.js'
+import { Envelope, WireCodec, reviveMessage } from './codec.js'
 import { PayloadCipher, type EncryptionKey } from './encryption.js'
-import { Requests, checkReply, replyFor, type OwnerOp } from './cluster/requests.js'
+import { OwnerRequests } from './cluster/requests.js'
 import { Memberships, NO_JOIN } from './cluster/memberships.js'
 import { keepingOf, type ClusterContext, type Route, type Transport } from './cluster/transport.js'
 
@@ -64,7 +64,6 @@ export interface ClusterLayerInspection extends LayerInspection {
   requests: number
 }
 
-const TOKEN = /^[\da-z]{12}$/
 const LEASE_MS = 60_000
 const BROADCAST: Route = { kind: 'broadcast' }
 
@@ -73,7 +72,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   protected readonly transport: T
   readonly #codec: WireCodec
   readonly #memberships: Memberships
-  readonly #requests = new Requests()
+  readonly #requests: OwnerRequests
   readonly #inbox: Route
   #everUp = false
   #outage = false
@@ -119,6 +118,15 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
         await this.transport.publish({ kind: 'group', group }, this.#codec.encodeEnvelope([Envelope.group, message]), `announce ${type} in ${group}`)
       }
     })
+    this.#requests = new OwnerRequests({
+      processToken: this.processToken,
+      codec: this.#codec,
+      transport: this.transport,
+      memberships: this.#memberships,
+      policy: group => this.policies.of(group),
+      closed: () => this.closed,
+      log: () => this.log
+    })
     this.#stateChanged() // a transport may be connected already
   }
 
@@ -138,7 +146,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   #ownerElsewhere (channel: string): string | undefined {
     const token = processTokenOf(channel)
     // Names with a `!` that newChannel() did not make belong to no process: kept where they are used.
-    return token === undefined || token === this.processToken || !TOKEN.test(token) ? undefined : token
+    return token === undefined || token === this.processToken || !isProcessToken(token) ? undefined : token
   }
 
   // Once confirmed, the process' own routes come back by themselves after an outage ('reconnect'):
@@ -177,7 +185,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       return NO_JOIN
     }
     const owner = this.#ownerElsewhere(channel)
-    if (owner !== undefined) return await this.#ask(owner, 'add', group, channel, join) as GroupJoin
+    if (owner !== undefined) return await this.#requests.ask(owner, 'add', group, channel, join) as GroupJoin
     return await this.#memberships.add(group, channel, join, policy)
   }
 
@@ -231,7 +239,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     if (!isProcessSpecific(channel)) return this.transport.queues.discard(channel)
     const owner = this.#ownerElsewhere(channel)
     if (owner !== undefined) {
-      await this.#ask(owner, 'discardChannel', '', channel)
+      await this.#requests.ask(owner, 'discardChannel', '', channel)
       return
     }
     return this.#memberships.discardChannel(channel)
@@ -258,56 +266,6 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       await withTimeout(removals, Math.min(this.transport.timeout, 1000), 'close').catch(() => {})
     }
     await this.transport.close()
-  }
-
-  // Requests to the process that owns a channel: changes only it can make.
-
-  /** Resolves with what the owner answered (a GroupJoin for 'add'). */
-  async #ask (owner: string, op: OwnerOp, group: string, channel: string, join?: JoinRequest): Promise<unknown> {
-    const what = op === 'add' ? `groupAdd ${group}` : `discardChannel ${channel}`
-    const timeout = this.transport.timeout
-    await withTimeout(this.#memberships.subscribeProcess(), timeout, what) // the reply comes to our inbox
-    const { id, reply } = this.#requests.open()
-    try {
-      const envelope = this.#codec.encodeEnvelope([Envelope.request, id, this.processToken, op, group, channel, join?.since ?? null, join?.presence ?? null])
-      const receivers = await this.transport.publish({ kind: 'process', token: owner }, envelope, what)
-      // Nobody listens there: that process is gone, and so is the channel.
-      if (receivers === 0) return NO_JOIN
-      const answer = await withTimeout(reply, timeout, what)
-      checkReply(answer, op, group, channel)
-      return answer.result
-    } finally {
-      this.#requests.forget(id)
-    }
-  }
-
-  async #answer (envelope: unknown[]): Promise<void> {
-    const [, id, replyTo, op, group, channel, since, presence] = envelope
-    if (this.closed || typeof id !== 'number' || typeof replyTo !== 'string' || !TOKEN.test(replyTo)) return
-    let reply = { code: '', reason: '' }
-    let result: GroupJoin | null = null
-    try {
-      assertChannelName(channel)
-      if (processTokenOf(channel) !== this.processToken) throw new TypeError('not a channel of this process')
-      if (op === 'add') {
-        assertGroupName(group)
-        // Checked by the asking process' facade.
-        const join: JoinRequest = {
-          since: since === null ? undefined : reviveObject(since) as unknown as StreamPosition,
-          presence: presence === null ? undefined : reviveObject(presence) as PresenceInfo
-        }
-        result = await this.#memberships.add(group, channel, join, this.policies.of(group))
-      } else if (op === 'discardChannel') {
-        await this.#memberships.discardChannel(channel)
-      } else {
-        throw new TypeError(`unknown request ${String(op)}`)
-      }
-    } catch (err) {
-      reply = replyFor(err)
-    }
-    if (this.closed) return
-    await this.transport.publish({ kind: 'process', token: replyTo }, this.#codec.encodeEnvelope([Envelope.reply, id, reply.code, reply.reason, result]), 'reply')
-      .catch((err: unknown) => this.log.warn({ err }, 'could not answer another process'))
   }
 
   // What arrives
@@ -351,16 +309,10 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
         return
       }
       case Envelope.request:
-        void this.#answer(envelope)
+        void this.#requests.answer(envelope)
         return
-      case Envelope.reply: {
-        const [, id, code, reason, result] = envelope
-        if (typeof id === 'number') {
-          this.#requests.settle(id, typeof code === 'string'
-            ? { code, reason: typeof reason === 'string' ? reason : '', result: reviveJoin(result) }
-            : { code: 'FST_CHANNELS_REMOTE_FAILED', reason: 'malformed reply' })
-        }
-      }
+      case Envelope.reply:
+        this.#requests.settle(envelope)
     }
   }
 
@@ -397,11 +349,4 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       this.log.error({ err, event }, 'a channel layer event listener threw')
     }
   }
-}
-
-/** The GroupJoin in an owner's reply (a decoded envelope element). */
-function reviveJoin (value: unknown): GroupJoin | undefined {
-  if (value === null || value === undefined) return undefined
-  const { position, recovered } = reviveObject(value) as Partial<GroupJoin>
-  return { position: position ?? null, recovered: recovered === true }
 }

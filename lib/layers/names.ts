@@ -47,3 +47,10 @@ export function processTokenOf (channel: string): string | undefined {
   const dot = channel.lastIndexOf('.', bang)
   return dot === -1 ? undefined : channel.slice(dot + 1, bang)
 }
+
+/** Whether `token` is one a layer makes (`processToken`): 12 lowercase base-36 characters. */
+export function isProcessToken (token: string): boolean {
+  return PROCESS_TOKEN.test(token)
+}
+
+const PROCESS_TOKEN = /^[\da-z]{12}$/

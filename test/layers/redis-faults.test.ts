@@ -608,7 +608,7 @@ t.test('a group whose offsets go back while the process hears it (a Cluster mast
 
 t.test('a missed group message the history no longer holds is lost to that process only: the next ones come', async t => {
   if (!await requireRedis(t)) return
-  const { proxy, layer, sender, member } = await missedLineTwo(t, 'fc-trimmed', 1)
+  const { layer, sender, member } = await missedLineTwo(t, 'fc-trimmed', 1)
   // The history keeps one message: the dropped one is gone from it when the next reveals the gap.
   for (const n of [3, 4, 5]) await sender.groupSend('feed', { type: 'line', n })
   t.same(await linesUntilQuiet(layer, member), [3, 4, 5], 'every line after the lost one, in order')
