@@ -3,6 +3,7 @@ import { Registry } from 'prom-client'
 import fastifyChannels, { JsonWebsocketConsumer, InMemoryChannelLayer, WebsocketConsumer, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, eventually } from './helpers/app.js'
+import { listen, openClient } from './helpers/loopback.js'
 
 // The metrics (prom-client, in the app's registry) count what happened: each figure below is
 // checked against what the test itself did through real sockets.
@@ -134,4 +135,25 @@ t.test('counters have their series from the first scrape, at 0: a first drop is 
     t.equal(await value(registry, 'fastify_channels_dropped_total', { reason }), 0, `dropped_total{reason="${reason}"} is 0`)
   }
   t.match(await registry.metrics(), /fastify_channels_dropped_total\{reason="full"\} 0/)
+})
+
+t.test('frames a client sends after going over the rate limit are not read: neither handled nor counted', async t => {
+  const registry = new Registry()
+  const handled: string[] = []
+  class Recorder extends WebsocketConsumer {
+    override async receive (text?: string) { handled.push(String(text)) }
+  }
+  const { app } = await buildApp({ metrics: { registry }, rateLimit: { messages: 5, interval: 60_000 } }, app => {
+    app.get('/ws/limited', { websocket: true }, Recorder.asHandler())
+  })
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const client = await openClient(`${url}/ws/limited`)
+  // Sent together: the server reads all 30 in one go, the sixth over the limit.
+  for (let i = 1; i <= 30; i++) client.ws.send(`frame ${i}`)
+  t.match(await client.closed, { code: 1008, reason: 'rate limit' })
+  await eventually(async () => await value(registry, 'fastify_channels_dropped_total', { reason: 'rate_limited' }) === 1)
+  t.same(handled, ['frame 1', 'frame 2', 'frame 3', 'frame 4', 'frame 5'], 'the five within the limit were handled')
+  t.equal(await value(registry, 'fastify_channels_frames_received_total', { route: '/ws/limited' }), 6,
+    'counted: the five and the one over the limit, not the 24 after it')
 })

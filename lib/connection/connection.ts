@@ -30,9 +30,9 @@ import { Outbound, type OutboundOwner } from './outbound.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
-import { listenTo, type ConnectionSocket, type SocketEvents } from './socket.js'
+import { listenTo, toBuffer, type ConnectionSocket, type SocketEvents } from './socket.js'
 import type { RawData } from 'ws'
-import { ClientFrame, End, callConsumer, failureClose, kConnect, kDisconnect, type ConsumerHooks, type Task } from './tasks.js'
+import { ClientFrame, End, callConsumer, failureClose, kAtOnce, kConnect, kDisconnect, type ConsumerHooks, type Task } from './tasks.js'
 import { ScopedTasks, stoppedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
 import { checkSendableCloseCode, dropIfStillClosing, fitCloseReason, protocolErrorCloseCode } from './close-codes.js'
 import type { RouteCounts } from '../metrics.js'
@@ -209,9 +209,17 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     }
   }
 
-  /** SocketEvents: a client frame, queued behind what came before it (unless over the rate limit). */
+  /**
+   * SocketEvents: a client frame, queued behind what came before it (unless over the rate limit,
+   * or one the consumer answers at once). Once closing, nothing more is read: a frame still
+   * coming is neither handled nor counted.
+   */
   frame (data: RawData, binary: boolean): void {
+    if (this.#state !== 'open') return
     this.#counts.framesReceived++
+    if (!this.#flow.admit()) return
+    const atOnce = this.#consumer[kAtOnce]
+    if (atOnce !== undefined && !binary && atOnce.call(this.#consumer, toBuffer(data))) return
     this.#flow.fromClient(new ClientFrame(data, binary))
   }
 

@@ -84,12 +84,15 @@ export class FlowControl<Task> implements ChannelSink {
     this.#bucket = new TokenBucket(messages, interval)
   }
 
-  /** A client frame, queued behind what arrived before it; refused over the rate limit. */
+  /** Whether a client frame is within the rate limit; over it, the owner is told, and false. */
+  admit (): boolean {
+    if (this.#bucket === null || this.#bucket.take()) return true
+    this.#owner.overLimit()
+    return false
+  }
+
+  /** A client frame within the rate limit (admit()), queued behind what arrived before it. */
   fromClient (task: Task): void {
-    if (this.#bucket !== null && !this.#bucket.take()) {
-      this.#owner.overLimit()
-      return
-    }
     this.#queue.push(task)
     if (this.#queue.pending >= HIGH_WATER) {
       this.#holdBack()

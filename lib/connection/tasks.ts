@@ -22,6 +22,12 @@ export const kDisconnect = Symbol('fastify-channels.disconnect')
  * that keeps its client whole (GroupsConsumer) fetches them from the group's history.
  */
 export const kSkipped = Symbol('fastify-channels.skipped')
+/**
+ * Optional: a client text frame the consumer answers at once, ahead of what is queued (a
+ * GroupsConsumer's `ping`, so that a long action does not make a live connection look dead).
+ * True when the consumer took it; false queues it as any other frame.
+ */
+export const kAtOnce = Symbol('fastify-channels.atOnce')
 
 /** The part of a consumer the connection drives; layer messages go to its handlers by `type`. */
 export interface ConsumerHooks {
@@ -33,6 +39,7 @@ export interface ConsumerHooks {
   /** Once, at the end. */
   [kDisconnect] (code: number): unknown
   [kSkipped]?: (info: Delivery) => unknown
+  [kAtOnce]?: (text: Buffer) => boolean
 }
 
 /** A client frame waiting for `receive()`. */

@@ -12,7 +12,7 @@ import type { Delivery, GroupAddOptions, GroupJoin, LayerMessage, PresenceEntry,
 import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
 import { JsonWebsocketConsumer, kRefuseFrame, reusedEncoding } from '../json-consumer.js'
-import { kSkipped } from '../connection/tasks.js'
+import { kAtOnce, kSkipped } from '../connection/tasks.js'
 import { kOutbound } from '../base-consumer.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
@@ -26,6 +26,8 @@ type Coded = Error & { code: string }
 
 /** Groups a client left are remembered (up to this many) so their late messages are dropped quietly. */
 const MAX_LEFT = 1000
+/** A frame longer than this is no `ping` (`{"op":"ping"}` with room for spaces). */
+const MAX_PING_BYTES = 64
 
 const ignore = (): undefined => undefined
 
@@ -99,6 +101,24 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       case 'ping': return await this.#write({ op: 'pong' })
       default: return await this.#protocolError(request.error, request)
     }
+  }
+
+  /**
+   * A `ping` is answered as it arrives, not in turn: the frames before it may wait for a long
+   * action, and a client that hears nothing for two heartbeats gives its socket up.
+   */
+  [kAtOnce] (text: Buffer): boolean {
+    if (text.length > MAX_PING_BYTES || !text.includes('ping')) return false
+    let frame: unknown
+    try {
+      frame = JSON.parse(text.toString('utf8'))
+    } catch {
+      return false // handled in turn, as the bad frame it is
+    }
+    if (readFrame(frame).op !== 'ping') return false
+    // A pong too late for its connection (it has ended) is nobody's concern.
+    this.#write({ op: 'pong' }).catch(ignore)
+    return true
   }
 
   override async [kRefuseFrame] (reason: string): Promise<void> {

@@ -53,3 +53,18 @@ t.test('a silent connection is given up after two heartbeats, and what the group
   t.equal(states.length, before, 'a quiet connection whose server answers is kept')
   t.equal(client.state, 'open')
 })
+
+t.test('a long action does not make a live connection look dead: its pings are answered meanwhile', async t => {
+  const server = await roomsApp()
+  t.teardown(() => server.app.close())
+  const client = new ChannelsClient(`ws://127.0.0.1:${server.port}/ws/rooms`, { WebSocket, heartbeat: 200, minDelay: 50, maxDelay: 100 })
+  t.teardown(() => { client.close() })
+  const states: Array<[ClientState, string | undefined]> = []
+  client.on('state', (state, detail) => { states.push([state, detail.reason]) })
+  await eventually(() => client.state === 'open')
+  const before = states.length
+  // Six heartbeats long: the client pings while the action runs, and the server answers.
+  t.equal(await client.call('wait', { ms: 1200 }, { timeout: 5000 }), 1200, 'the call resolves with its result')
+  t.equal(states.length, before, 'the socket was kept all along')
+  t.equal(client.state, 'open')
+})
