@@ -6,7 +6,7 @@
  * `app.channelLayer`; serve workers; and on `app.close()` shut everything down in order:
  * connections (1001, each `disconnect()` once), workers, then the layer.
  */
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteHandlerMethod, preHandlerAsyncHookHandler } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteHandlerMethod, preHandlerAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import Router from 'find-my-way'
 import fastifyWebsocket from '@fastify/websocket'
@@ -44,12 +44,20 @@ declare module 'fastify' {
 interface Channels extends Runtime {
   /** `app.close()` has begun: a new handshake gets 503. */
   closing: boolean
+  /** The connections' end, once `app.close()` has begun (its hooks share it). */
+  shutdown?: Promise<void>
   stopHeartbeat: () => void
   /** The WebSocket consumer routes, to name the route of an upgrade no hook sees (while closing). */
   routes: Router.Instance<Router.HTTPVersion.V1>
 }
 
 const kConsumerRoute = Symbol('fastify-channels.consumerRoute')
+/**
+ * How long `app.close()` waits for consumers still in `connect()` or `disconnect()` (their
+ * `signal` aborted): as long as a peer has to answer the close frame. Daphne's
+ * `application_close_timeout` does the same; Fastify fails a close hook that takes 10 s.
+ */
+const SHUTDOWN_GRACE_MS = CLOSING_HANDSHAKE_GRACE_MS
 
 function noop (): void {}
 
@@ -90,7 +98,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
   const workers = serveWorkers(fastify, layer)
   const stopMetrics = opts.metrics === undefined ? () => {} : await registerMetrics(opts.metrics, channels.counts, layer)
   fastify.addHook('onClose', async () => {
-    await Promise.all([shutdownConnections(channels), workers.stop()])
+    await Promise.all([shutdownConnections(channels, fastify.log), workers.stop()])
     stopMetrics()
     await layer.close()
   })
@@ -220,7 +228,7 @@ async function registerWebsocket (fastify: FastifyInstance, opts: FastifyChannel
       dropUnansweredCloses(this.websocketServer, this.log)
       // Consumers' sockets are sent 1001 at once; the app's other sockets too, without waiting
       // for the consumers' disconnect(), so that every peer has the same grace to answer.
-      const consumersEnded = shutdownConnections(channels)
+      const consumersEnded = shutdownConnections(channels, this.log)
       for (const client of this.websocketServer.clients) client.close(1001, 'server shutting down')
       await consumersEnded
       await new Promise<void>(resolve => this.websocketServer.close(() => resolve()))
@@ -233,7 +241,7 @@ function adoptWebsocket (fastify: FastifyInstance, opts: FastifyChannelsOptions,
   if (opts.maxPayload !== undefined) setMaxPayload(fastify.websocketServer, opts.maxPayload)
   fastify.addHook('preClose', async () => {
     dropUnansweredCloses(fastify.websocketServer, fastify.log)
-    await shutdownConnections(channels)
+    await shutdownConnections(channels, fastify.log)
   })
   closeClientsAsGoingAway(fastify.websocketServer)
 }
@@ -259,13 +267,33 @@ function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, 
   })
 }
 
-/** Every connection closes with 1001 (or ends, if not yet upgraded); resolves once each has finished. */
-async function shutdownConnections (channels: Channels): Promise<void> {
+/**
+ * Every connection closes with 1001 (or ends, if not yet upgraded); resolves once each has
+ * finished, or after SHUTDOWN_GRACE_MS for those whose connect() or disconnect() never returns
+ * (logged): a stuck consumer must not hold the process' stop forever. Once per app.
+ */
+function shutdownConnections (channels: Channels, log: FastifyBaseLogger): Promise<void> {
+  channels.shutdown ??= endConnections(channels, log)
+  return channels.shutdown
+}
+
+async function endConnections (channels: Channels, log: FastifyBaseLogger): Promise<void> {
   channels.closing = true
   channels.stopHeartbeat()
   const open = [...channels.connections]
   for (const connection of open) connection.shutdown()
-  await Promise.all(open.map(c => c.finished))
+  const finished = new Set<Connection>()
+  let timer: NodeJS.Timeout | undefined
+  const late = await Promise.race([
+    Promise.all(open.map(async c => { await c.finished; finished.add(c) })).then(() => false),
+    new Promise<boolean>(resolve => { timer = setTimeout(resolve, SHUTDOWN_GRACE_MS, true) })
+  ])
+  clearTimeout(timer)
+  if (late) {
+    log.warn({ connections: open.length - finished.size, graceMs: SHUTDOWN_GRACE_MS },
+      'shutdown: consumers still in connect() or disconnect() after the grace; not waiting for them')
+    return
+  }
   // An ended response whose body a reader has not taken in yet: it leaves before the server
   // closes its idle connections, which would cut it off (the closing grace bounds the wait).
   await Promise.all(open.map(c => c.drained))

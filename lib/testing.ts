@@ -101,6 +101,8 @@ export class WebsocketCommunicator {
         // As Channels cancels the application: this communicator is done, and a consumer that
         // accepts after all is closed at once, so that disconnect() can wait for its end.
         this.#onClose(1006, 'connect() timed out')
+        // connect() still running is told through its `signal`, as if the client had gone.
+        connectionOfInjection(tag)?.clientGone()
         injected.then(ws => { ws.close(1000, 'the communicator gave up waiting') }, () => {})
       }
       throw err

@@ -8,6 +8,8 @@ import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import { Registry } from 'prom-client'
+import { setTimeout as wait } from 'node:timers/promises'
+import WebSocket from 'ws'
 import fastifyChannels, { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, eventually } from './helpers/app.js'
@@ -164,4 +166,56 @@ t.test('the same with the app\'s own @fastify/websocket registered first', async
   await app.register(fastifyChannels, { heartbeatInterval: 0 })
   app.get('/ws', { websocket: true }, recordingConsumer(disconnects).asHandler())
   await withStalledPeers(t, app, disconnects)
+})
+
+/** A handshake to `url` whose answer is not a 101: its HTTP status. */
+function refusedWith (url: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url)
+    ws.on('unexpected-response', (_request, response) => { resolve(response.statusCode ?? 0); ws.terminate() })
+    ws.on('open', () => { reject(new Error('the handshake was accepted')); ws.terminate() })
+    ws.on('error', () => {})
+  })
+}
+
+t.test('app.close() while a connect() waits: its signal is aborted, the client gets 503, and close() does not wait out the wait', async t => {
+  const events: string[] = []
+  class Waits extends WebsocketConsumer {
+    override async connect () {
+      events.push('connect')
+      try {
+        await wait(60_000, undefined, { signal: this.signal })
+        await this.accept()
+      } catch (err) {
+        events.push(`stopped: ${(err as Error).name}`)
+      }
+    }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Waits.asHandler()))
+  const { url } = await listen(app)
+  const status = refusedWith(`${url}/ws`)
+  await eventually(() => events.length === 1)
+  await app.close()
+  t.same(events, ['connect', 'stopped: AbortError'], 'connect() stopped waiting when the server began to close')
+  t.equal(await status, 503, 'the handshake is answered 503')
+  t.same(logs.filter(l => /not waiting for them/.test(String(l.msg))), [], 'close() did not have to give up on it')
+})
+
+t.test('a connect() that never returns: the client gets 503 at once, and app.close() waits for it 5 s at most, logged', async t => {
+  let started = false
+  class Stuck extends WebsocketConsumer {
+    override async connect () {
+      started = true
+      await new Promise(() => {}) // deaf to its signal: a call with no timeout that never answers
+    }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Stuck.asHandler()))
+  const { url } = await listen(app)
+  const status = refusedWith(`${url}/ws`)
+  await eventually(() => started)
+  const closing = app.close()
+  t.equal(await status, 503, 'the handshake is answered 503 as the server begins to close')
+  await closing
+  t.match(logs.filter(l => /not waiting for them/.test(String(l.msg))), [{ level: 40, connections: 1, graceMs: 5000 }],
+    'close() went on without it, and said so at warn')
 })

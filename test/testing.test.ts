@@ -6,6 +6,7 @@ import t from 'tap'
 import { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import WebSocket from 'ws'
+import { setTimeout as wait } from 'node:timers/promises'
 import { buildApp, eventually, sleep } from './helpers/app.js'
 import { listen } from './helpers/loopback.js'
 
@@ -61,6 +62,27 @@ t.test('a connect() that times out: a consumer that accepts later is closed at o
   await t.rejects(comm.connect(50), /timed out after 50 ms/)
   await comm.disconnect(1000, '', 2000)
   t.same(events, ['accepted', 'disconnect 1000'], 'the late consumer was closed, and disconnect() waited for it')
+})
+
+t.test('a connect() that times out is told through this.signal, as Channels cancels the application', async t => {
+  const events: string[] = []
+  class Waits extends WebsocketConsumer {
+    override async connect () {
+      try {
+        await wait(60_000, undefined, { signal: this.signal })
+        await this.accept()
+      } catch (err) {
+        events.push(`stopped: ${(err as Error).name}`)
+      }
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Waits.asHandler()))
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await t.rejects(comm.connect(100), /timed out after 100 ms/)
+  await eventually(() => events.length === 1, 2000)
+  t.same(events, ['stopped: AbortError'], 'connect() stopped waiting')
+  await app.close()
+  t.pass('and app.close() completes')
 })
 
 t.test('a consumer that accepts with none of the offered subprotocols: the communicator fails the connection, as a real client does', async t => {

@@ -76,7 +76,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #view: ChannelLayer | null = null // the consumer's channelLayer: what was joined through it is left at the end
   #decide: ((decision: Decision) => void) | null = null // handshake: how the HTTP request learns the decision
   #pendingClose: { code: number, reason: string } | null = null // accepted: a close() asked for before the socket came
-  #goneBeforeOpen: (() => void) | null = null // accepted: watches the request's TCP socket for a client gone before the upgrade
+  #goneBeforeOpen: (() => void) | null = null // handshake, accepted: watches the request's TCP socket for a client gone before the upgrade
+  // handshake: the client went away while connect() runs: `signal` is aborted.
+  #abandoned = false
+  // handshake: the server began to close before connect() ran; it will not run.
+  #shutDown = false
   // `signal` and `spawn()`: made on first use.
   #scoped: ScopedTasks | null = null
   // accept()'s promise: the socket came (or never will); and the end, once the layer is freed.
@@ -124,6 +128,13 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   async handshake (init: (ctx: ConsumerContext) => void, type: 'websocket' | 'http' = 'websocket'): Promise<Decision> {
     const decision = new Promise<Decision>(resolve => { this.#decide = resolve })
     this.#upgrade = type === 'websocket'
+    // If the client goes away before the upgrade (a reset may even come before connect() runs),
+    // connect() is told through `signal`; an accepted handshake then ends (disconnect(1006)).
+    // Removed once the socket is there: it may outlive this connection.
+    const raw = this.#request.raw.socket
+    this.#goneBeforeOpen = () => { this.clientGone() }
+    raw?.once('close', this.#goneBeforeOpen)
+    if (raw?.destroyed === true) this.clientGone()
     const layer = this.#runtime.layer
     try {
       const scope = await buildScope(this.#request, this.#runtime.getUser, type)
@@ -134,6 +145,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     } catch (err) {
       await this.#refuse(500)
       throw err
+    }
+    if (this.#shutDown) {
+      void this.#refuse(503)
+      return await decision
     }
     const connected = (async () => { await this.#consumer[kConnect]() })()
     this.#connecting = connected
@@ -163,13 +178,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (this.#transition('handshake', 'accepted')) {
       this.subprotocol = subprotocol
       this.#outbound.expect()
-      // If the client goes away before the upgrade (a reset may even come before accept()), the
-      // route handler never runs. Removed once the socket is there: it may outlive this connection.
-      const raw = this.#request.raw.socket
-      this.#goneBeforeOpen = () => { this.#beginClosing('accepted', 1006) }
-      raw?.once('close', this.#goneBeforeOpen)
       this.#decided({ accepted: true })
-      if (raw?.destroyed === true) this.#goneBeforeOpen()
+      // Gone already: the route handler will never bring the socket.
+      if (this.#request.raw.socket?.destroyed === true) this.clientGone()
     }
     return (this.#opened = Occurrence.of(this.#opened)).promise
   }
@@ -242,6 +253,15 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#beginClosing('open', code)
   }
 
+  /**
+   * The client went away before the upgrade (or, for the test kit, stopped waiting for it): while
+   * connect() runs, its `signal` is aborted; once accepted, the connection ends with 1006.
+   */
+  clientGone (): void {
+    if (this.#state === 'handshake') this.#abandon()
+    else this.#beginClosing('accepted', 1006)
+  }
+
   /** Ends a peer that stopped answering: no close handshake, `disconnect(1006)`. */
   terminate (): void {
     this.#beginClosing('open', 1006, socket => { socket.terminate() })
@@ -249,10 +269,12 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /**
    * Server shutdown: an open connection closes with 1001; one accepted but not yet upgraded ends
-   * with 1001. One still in its handshake is refused with 503 by the plugin once `connect()` decides.
+   * with 1001. One still in its handshake is refused with 503 at once, and its `signal` aborted:
+   * it ends once `connect()` returns.
    */
   shutdown (): void {
     if (this.#state === 'open') this.close(1001, 'server shutting down')
+    else if (this.#state === 'handshake') this.#refuseAtShutdown()
     else this.#beginClosing('accepted', 1001)
   }
 
@@ -292,6 +314,21 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     await this.#scoped?.settled()
     await this.#connecting?.then(noop, noop)
     await this.#finish()
+  }
+
+  /**
+   * Shutdown in the handshake: refused with 503 at once if connect() runs (its `signal` aborted;
+   * the layer is left once it returns), else as soon as the set-up before it is done.
+   */
+  #refuseAtShutdown (): void {
+    if (this.#connecting !== null) void this.#refuse(503)
+    else this.#shutDown = true
+  }
+
+  /** The handshake will come to nothing: connect() is told through `signal`, and decides as it will. */
+  #abandon (): void {
+    this.#abandoned = true
+    this.#scoped?.abort()
   }
 
   #decided (decision: Decision): void {
@@ -401,7 +438,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #scopedTasks (): ScopedTasks {
     if (this.#scoped === null) {
       this.#scoped = new ScopedTasks(this)
-      if (this.#state === 'closing' || this.#state === 'ended') this.#scoped.abort()
+      if (this.#abandoned || this.#state === 'closing' || this.#state === 'ended') this.#scoped.abort()
     }
     return this.#scoped
   }

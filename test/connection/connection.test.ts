@@ -171,17 +171,30 @@ t.test('frames that arrive while connect() still runs wait for it, in order', as
 })
 
 t.test('shutdown in each state', async t => {
-  t.test('handshake: nothing yet; the decision comes from connect()', async t => {
+  t.test('handshake: refused with 503 at once, connect() told through its signal; the layer is left once it returns', async t => {
     const [gate, release] = gated()
-    const s = setup(async c => { await gate; await c.accept() })
+    let late: unknown
+    const s = setup(async c => { await gate; await c.accept().catch((err: unknown) => { late = err }) })
     await new Promise(resolve => setImmediate(resolve))
     s.connection.shutdown()
-    t.equal(s.connection.state, 'handshake')
+    t.same(await s.decision, { accepted: false, status: 503 }, 'the request is answered 503 without waiting for connect()')
+    t.equal(s.connection.signal.aborted, true, 'the signal connect() can watch is aborted')
+    t.same(s.layer.inspect(), { channels: 0, groups: 1, memberships: 1 }, 'connect() still runs: what it joined stays for now')
     release()
-    t.same(await s.decision, { accepted: true })
-    s.connection.shutdown()
     await s.connection.finished
-    t.same(s.consumer.disconnects, [1001], 'once accepted, shutdown ends it with 1001')
+    t.match(late, { code: 'FST_CHANNELS_CONNECTION_CLOSED' }, 'an accept() after it rejects')
+    t.same(s.consumer.disconnects, [], 'a refused handshake runs no disconnect()')
+    t.same(s.layer.inspect(), empty, 'then the layer is left')
+  })
+
+  t.test('handshake, before connect() runs: refused with 503 once the set-up is done; connect() never runs', async t => {
+    let connected = false
+    const s = setup(async () => { connected = true })
+    s.connection.shutdown()
+    t.same(await s.decision, { accepted: false, status: 503 })
+    await s.connection.finished
+    t.notOk(connected, 'connect() did not run')
+    t.same(s.layer.inspect(), empty, 'what the set-up joined is left')
   })
 
   t.test('accepted: ends with 1001 without a socket; accept() returns', async t => {
