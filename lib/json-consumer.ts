@@ -8,6 +8,7 @@ import { WebsocketConsumer } from './consumer.js'
 import { reserveNames } from './dispatch.js'
 import { isShared } from './layers/message.js'
 import { encodingOfCopy } from './layers/copy-encoding.js'
+import { InvalidOptionError } from './errors.js'
 
 export const kRefuseFrame = Symbol('fastify-channels.refuseFrame')
 
@@ -70,6 +71,8 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
         text = lastText
       } else {
         text = reusedEncoding(encode, content) ?? encode(content)
+        // JSON.stringify(undefined), or of a function: nothing to send, and no `null` meant.
+        if (typeof text !== 'string') throw new InvalidOptionError(`sendJson(content) takes a value JSON can encode, got ${typeof content}`)
         if (isShared(content)) {
           lastShared = content
           lastEncoder = encode

@@ -129,3 +129,27 @@ t.test('a group message to many members: each client gets exactly the JSON of wh
   }
   t.same(payload, { n: 1, a: 'x', list: [1, 2, 3], t: 0.1 + 0.2 }, 'the sender\'s object is untouched')
 })
+
+t.test('sendJson() of something JSON cannot encode (undefined, a function) rejects with a clear error; nothing is sent', async t => {
+  const outcomes: unknown[] = []
+  class Careless extends JsonWebsocketConsumer {
+    override async receiveJson (content: { send?: string }) {
+      const value = content.send === 'function' ? () => {} : undefined
+      await this.sendJson(value).then(() => outcomes.push('sent'), (err: unknown) => outcomes.push(err))
+      await this.sendJson({ after: content.send })
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Careless.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  for (const send of ['undefined', 'function']) {
+    await comm.sendJsonTo({ send })
+    t.same(await comm.receiveJsonFrom(), { after: send }, `sendJson(${send}) sent nothing: the next frame is the one after it`)
+  }
+  t.match(outcomes, [
+    { code: 'FST_CHANNELS_INVALID_OPTION', message: 'sendJson(content) takes a value JSON can encode, got undefined' },
+    { code: 'FST_CHANNELS_INVALID_OPTION', message: 'sendJson(content) takes a value JSON can encode, got function' }
+  ])
+  await comm.disconnect()
+})
