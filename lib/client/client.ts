@@ -71,6 +71,8 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   #closing: Socket | null = null
   #due = false
   #attempt = 0
+  /** Offline at the last retry due, which was skipped: the next is tried even so. */
+  #skippedOffline = false
   #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout>, beat?: ReturnType<typeof setInterval> } = {}
   readonly #listeners = { state: new Set<Listener>(), error: new Set<Listener>() }
   readonly #subs = new Map<string, GroupSubscription<never>>()
@@ -269,6 +271,15 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     clearTimeout(this.#timers.retry)
     this.#timers.retry = setTimeout(() => {
       this.#timers.retry = undefined
+      // Offline, an attempt can only fail (and a browser logs each one as an error): the retry
+      // waits for 'online', which retries at once, and is made anyway a `maxDelay` later, in case
+      // the browser is wrong about being offline. The backoff does not grow meanwhile.
+      if (host.navigator?.onLine === false && !this.#skippedOffline) {
+        this.#skippedOffline = true
+        this.#retryIn(this.#maxDelay)
+        return
+      }
+      this.#skippedOffline = false
       this.#connect()
     }, delay)
   }

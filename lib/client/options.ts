@@ -38,6 +38,7 @@ export type CallArgs<A> = undefined extends A ? [args?: A, options?: CallOptions
 export const host = globalThis as unknown as {
   WebSocket?: WebSocketConstructor
   location?: { href: string }
+  navigator?: { onLine?: boolean }
   addEventListener?: (type: string, listener: () => void) => void
   removeEventListener?: (type: string, listener: () => void) => void
 }

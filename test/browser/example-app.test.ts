@@ -8,7 +8,7 @@ import t, { type Test } from 'tap'
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { Browser, BrowserContext, Page } from 'playwright-core'
+import type { Browser, BrowserContext, ConsoleMessage, Page } from 'playwright-core'
 import { freePort, type NodeProcess } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
 import { inCI, launchChromium, noChromium, screenshots as shots, startExampleApp } from '../helpers/browser.js'
@@ -154,6 +154,9 @@ if (noChromium !== undefined && inCI) {
     t.match(metrics, /fastify_channels_group_sends_total \d+/, '/metrics: group sends are counted')
 
     // Grace's page goes offline; Ada goes on talking; back online, Grace has every line, once.
+    const consoleErrors: string[] = []
+    const onConsole = (message: ConsoleMessage): void => { if (message.type() === 'error' && /WebSocket/.test(message.text())) consoleErrors.push(message.text()) }
+    grace.on('console', onConsole)
     await graceContext.setOffline(true)
     await grace.locator('#conn[data-state="reconnecting"]').waitFor()
     t.pass('offline: the page says it is reconnecting')
@@ -161,6 +164,9 @@ if (noChromium !== undefined && inCI) {
       await say(ada, `While you were offline, line ${i}`)
       await shownOnce(t, ada, 'Ada', `While you were offline, line ${i}`)
     }
+    await grace.waitForTimeout(3000) // several retries' worth of backoff
+    grace.off('console', onConsole)
+    t.same(consoleErrors, [], 'offline, the page makes no WebSocket attempt that can only fail: none in the console')
     await grace.screenshot({ path: join(shots, '04-offline.png'), animations: 'disabled' })
     await graceContext.setOffline(false)
     await connected(grace, 30_000)
