@@ -32,7 +32,7 @@ import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
 import { listenTo, toBuffer, type ConnectionSocket, type SocketEvents } from './socket.js'
 import type { RawData } from 'ws'
-import { ClientFrame, End, callConsumer, failureClose, kAtOnce, kConnect, kDisconnect, type ConsumerHooks, type Task } from './tasks.js'
+import { ClientFrame, End, callConsumer, failureClose, kAtOnce, kConnect, kDisconnect, kUnmetered, type ConsumerHooks, type Task } from './tasks.js'
 import { ScopedTasks, stoppedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
 import { checkSendableCloseCode, dropIfStillClosing, fitCloseReason, protocolErrorCloseCode } from './close-codes.js'
 import type { RouteCounts } from '../metrics.js'
@@ -228,9 +228,13 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   frame (data: RawData, binary: boolean): void {
     if (this.#state !== 'open') return
     this.#counts.framesReceived++
-    if (!this.#flow.admit()) return
-    const atOnce = this.#consumer[kAtOnce]
-    if (atOnce !== undefined && !binary && atOnce.call(this.#consumer, toBuffer(data))) return
+    const consumer = this.#consumer
+    // A consumer that looks at text frames first (GroupsConsumer: its pings and its joins).
+    const text = binary || (consumer[kAtOnce] === undefined && consumer[kUnmetered] === undefined) ? undefined : toBuffer(data)
+    if (text === undefined || consumer[kUnmetered]?.(text) !== true) {
+      if (!this.#flow.admit()) return
+    }
+    if (text !== undefined && consumer[kAtOnce]?.(text) === true) return
     this.#flow.fromClient(new ClientFrame(data, binary))
   }
 

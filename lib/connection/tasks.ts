@@ -28,6 +28,11 @@ export const kSkipped = Symbol('fastify-channels.skipped')
  * True when the consumer took it; false queues it as any other frame.
  */
 export const kAtOnce = Symbol('fastify-channels.atOnce')
+/**
+ * Optional: whether a client text frame is exempt from the rate limit (a GroupsConsumer's client
+ * joins all its groups at once as it connects; the consumer bounds how many).
+ */
+export const kUnmetered = Symbol('fastify-channels.unmetered')
 
 /** The part of a consumer the connection drives; layer messages go to its handlers by `type`. */
 export interface ConsumerHooks {
@@ -40,6 +45,7 @@ export interface ConsumerHooks {
   [kDisconnect] (code: number): unknown
   [kSkipped]?: (info: Delivery) => unknown
   [kAtOnce]?: (text: Buffer) => boolean
+  [kUnmetered]?: (text: Buffer) => boolean
 }
 
 /** A client frame waiting for `receive()`. */

@@ -12,7 +12,7 @@ import type { Delivery, GroupAddOptions, GroupJoin, LayerMessage, PresenceEntry,
 import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
 import { JsonWebsocketConsumer, kRefuseFrame, reusedEncoding } from '../json-consumer.js'
-import { kAtOnce, kSkipped } from '../connection/tasks.js'
+import { kAtOnce, kSkipped, kUnmetered } from '../connection/tasks.js'
 import { kOutbound } from '../base-consumer.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
@@ -28,6 +28,8 @@ type Coded = Error & { code: string }
 const MAX_LEFT = 1000
 /** A frame longer than this is no `ping` (`{"op":"ping"}` with room for spaces). */
 const MAX_PING_BYTES = 64
+/** A frame longer than this is no `join` (a group name and a position). */
+const MAX_JOIN_BYTES = 1024
 
 const ignore = (): undefined => undefined
 
@@ -46,6 +48,8 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   maxProtocolErrors = 10
 
   readonly #joined = new Set<string>()
+  /** Join frames not held to the rate limit so far (kUnmetered). */
+  #unmeteredJoins = 0
   readonly #left = new Set<string>()
   /** Per joined group with history: the position of the last message the client was sent or has. */
   readonly #positions = new Map<string, StreamPosition>()
@@ -118,6 +122,17 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     if (readFrame(frame).op !== 'ping') return false
     // A pong too late for its connection (it has ended) is nobody's concern.
     this.#write({ op: 'pong' }).catch(ignore)
+    return true
+  }
+
+  /**
+   * The client joins all its groups at once as it connects (and reconnects): a connection's first
+   * `maxJoins` joins are not held to the plugin's `rateLimit`, which would close a client in more
+   * groups than its burst allows, again at each reconnect. Past those, joins count as any frame.
+   */
+  [kUnmetered] (text: Buffer): boolean {
+    if (this.#unmeteredJoins >= this.maxJoins || text.length > MAX_JOIN_BYTES || !text.includes('"join"')) return false
+    this.#unmeteredJoins++
     return true
   }
 

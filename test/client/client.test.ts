@@ -231,3 +231,20 @@ t.test('a server frame not of the protocol is reported as FST_CHANNELS_BAD_FRAME
   t.equal(c.state, 'open', 'the socket stays open')
   t.same(sub.presence, [], 'a presence that is no list of entries is not taken for one')
 })
+
+t.test('a client in more groups than the rate limit\'s burst joins them all at once without being closed; its other frames still count', async t => {
+  // 2 frames a minute, and a consumer that allows 3 groups: the joins as the client connects are not metered.
+  const limited = await roomsApp({ rateLimit: { messages: 2, interval: 60_000 } })
+  t.teardown(() => limited.app.close())
+  const client = new ChannelsClient(limited.url, { WebSocket, minDelay: 50, maxDelay: 100 })
+  t.teardown(() => { client.close() })
+  const states: Array<[ClientState, number | undefined, string | undefined]> = []
+  client.on('state', (state, detail) => { states.push([state, detail.code, detail.reason]) })
+  const subs = ['room.a', 'room.b', 'room.c'].map(group => client.join(group))
+  await Promise.all(subs.map(async sub => await sub.ready))
+  t.same(states, [['open', undefined, undefined]], 'three joins at once: all answered, the socket kept')
+  t.equal(await client.call('echo', 1), 1)
+  t.equal(await client.call('echo', 2), 2)
+  await t.rejects(client.call('echo', 3), { code: 'FST_CHANNELS_CONNECTION_LOST' }, 'the third call is over the limit')
+  t.match(states.at(-1), ['reconnecting', 1008, 'rate limit'], 'and closes the socket with 1008')
+})
