@@ -86,7 +86,8 @@ export class Outbound {
     if (socket === null) {
       if (this.#shut) throw new ConnectionClosedError(this.#owner.channelName, 'nothing more can be sent')
       if (this.#early !== null) this.#early.push(data)
-      else this.#owner.log.debug({ channel: this.#owner.channelName }, 'send() before accept(); dropped')
+      // The app's mistake, which Channels raises for: said where an app's logs are read.
+      else this.#owner.log.warn({ channel: this.#owner.channelName }, 'send() before accept(): dropped (accept() first)')
       return
     }
     if (typeof data === 'string' && this.#writer !== null) {

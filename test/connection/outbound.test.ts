@@ -110,12 +110,12 @@ t.test('a reader over the buffered limit: nothing more is written, the owner clo
   t.ok(logs.some(l => l.level === 'warn' && /slow reader/.test(l.msg)))
 })
 
-t.test('four states: before expect() send() drops the data (debug); after it, data waits for open() and goes first; after shut() it throws ConnectionClosedError', async t => {
+t.test('four states: before expect() send() drops the data (warn); after it, data waits for open() and goes first; after shut() it throws ConnectionClosedError', async t => {
   const { servers: [socket], clients: [client] } = await pairs(t, 1)
   const { owner: o, logs } = owner()
   const out = new Outbound(o, 1024 * 1024, { framesSent: 0, slowReaders: 0 })
   out.send('too early')
-  t.same(logs, [{ level: 'debug', msg: 'send() before accept(); dropped' }])
+  t.same(logs, [{ level: 'warn', msg: 'send() before accept(): dropped (accept() first)' }])
   out.expect()
   out.send('accepted')
   out.open(socket)
