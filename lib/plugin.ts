@@ -112,6 +112,8 @@ function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, fore
   addOnRouteHookFirst(fastify, (route) => {
     const Class = consumerClassOf(route.handler)
     if (Class === undefined) return
+    // The route's series are there from the first scrape, at 0: dashboards see a quiet route, not none.
+    const counts = channels.counts.of(route.url)
     if (Class.prototype instanceof AsyncHttpConsumer) {
       if (route.websocket === true) {
         throw new InvalidOptionError(`route ${route.url}: an AsyncHttpConsumer answers plain HTTP; remove { websocket: true }`)
@@ -123,6 +125,7 @@ function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, fore
     if (route.websocket !== true) {
       throw new InvalidOptionError(`route ${route.url}: a consumer handler needs { websocket: true }`)
     }
+    if (!counts.handshakes.has(101)) counts.handshakes.set(101, 0)
     const own = route.preHandler
     route.preHandler = [...(own === undefined ? [] : Array.isArray(own) ? own : [own]), handshakeHook(channels, Consumer, !foreignWebsocket)]
     // Marks the route for the upgrade guard, an app-level onRequest hook that therefore runs

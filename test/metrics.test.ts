@@ -129,12 +129,18 @@ t.test('app.close() takes its metrics out of the registry: the next app in the p
 
 t.test('counters have their series from the first scrape, at 0: a first drop is an increase', async t => {
   const registry = new Registry()
-  const { app } = await buildApp({ metrics: { registry } })
+  const { app } = await buildApp({ metrics: { registry } }, app => { app.get('/ws/quiet', { websocket: true }, Plain.asHandler()) })
   t.teardown(() => app.close())
   for (const reason of ['full', 'expired', 'decrypt', 'slow_reader', 'rate_limited']) {
     t.equal(await value(registry, 'fastify_channels_dropped_total', { reason }), 0, `dropped_total{reason="${reason}"} is 0`)
   }
-  t.match(await registry.metrics(), /fastify_channels_dropped_total\{reason="full"\} 0/)
+  const text = await registry.metrics()
+  t.match(text, /fastify_channels_dropped_total\{reason="full"\} 0/)
+  // A consumer route nobody has connected to yet, as after a restart.
+  for (const series of ['connections{route="/ws/quiet"} 0', 'frames_received_total{route="/ws/quiet"} 0', 'frames_sent_total{route="/ws/quiet"} 0',
+    'handler_errors_total{route="/ws/quiet"} 0', 'handshakes_total{route="/ws/quiet",status="101"} 0']) {
+    t.ok(text.includes(`fastify_channels_${series}\n`), `${series.split('{')[0]} of a route not used yet is there, at 0`)
+  }
 })
 
 t.test('frames a client sends after going over the rate limit are not read: neither handled nor counted', async t => {
