@@ -17,7 +17,7 @@ import { kOutbound } from '../base-consumer.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
-import { readFrame, echo, isCallId, show } from './frames.js'
+import { readFrame, echo, isCallId, isPing, mayBeJoin, show } from './frames.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
 
 export type GroupsConsumerClass = (new () => GroupsConsumer) & { actions: ActionTable }
@@ -26,10 +26,6 @@ type Coded = Error & { code: string }
 
 /** Groups a client left are remembered (up to this many) so their late messages are dropped quietly. */
 const MAX_LEFT = 1000
-/** A frame longer than this is no `ping` (`{"op":"ping"}` with room for spaces). */
-const MAX_PING_BYTES = 64
-/** A frame longer than this is no `join` (a group name and a position). */
-const MAX_JOIN_BYTES = 1024
 
 const ignore = (): undefined => undefined
 
@@ -112,14 +108,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
    * action, and a client that hears nothing for two heartbeats gives its socket up.
    */
   [kAtOnce] (text: Buffer): boolean {
-    if (text.length > MAX_PING_BYTES || !text.includes('ping')) return false
-    let frame: unknown
-    try {
-      frame = JSON.parse(text.toString('utf8'))
-    } catch {
-      return false // handled in turn, as the bad frame it is
-    }
-    if (readFrame(frame).op !== 'ping') return false
+    if (!isPing(text)) return false
     // A pong too late for its connection (it has ended) is nobody's concern.
     this.#write({ op: 'pong' }).catch(ignore)
     return true
@@ -131,7 +120,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
    * groups than its burst allows, again at each reconnect. Past those, joins count as any frame.
    */
   [kUnmetered] (text: Buffer): boolean {
-    if (this.#unmeteredJoins >= this.maxJoins || text.length > MAX_JOIN_BYTES || !text.includes('"join"')) return false
+    if (this.#unmeteredJoins >= this.maxJoins || !mayBeJoin(text)) return false
     this.#unmeteredJoins++
     return true
   }

@@ -53,6 +53,29 @@ export function readFrame (content: unknown): Request | Refusal {
   return { op: 'refused', error: new UnknownOpError(show(op)) }
 }
 
+/** A frame longer than this is no `ping` (`{"op":"ping"}` with room for spaces). */
+const MAX_PING_BYTES = 64
+/** A frame longer than this is no `join` (a group name and a position). */
+const MAX_JOIN_BYTES = 1024
+
+/** Whether a raw text frame is a `ping`, read before its turn (and cheaply: most frames are not). */
+export function isPing (text: Buffer): boolean {
+  if (text.length > MAX_PING_BYTES || !text.includes('ping')) return false
+  try {
+    return readFrame(JSON.parse(text.toString('utf8'))).op === 'ping'
+  } catch {
+    return false // read in turn, as the bad frame it is
+  }
+}
+
+/**
+ * Whether a raw text frame may be a `join`, without reading it: true for every join, and for
+ * few frames that are not (one whose text has `"join"` in it).
+ */
+export function mayBeJoin (text: Buffer): boolean {
+  return text.length <= MAX_JOIN_BYTES && text.includes('"join"')
+}
+
 function refuse (message: string, about: { group?: string, id?: CallId } = {}): Refusal {
   return { op: 'refused', error: new BadFrameError(message), ...about }
 }
