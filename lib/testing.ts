@@ -72,6 +72,7 @@ export class WebsocketCommunicator {
     if (this.options.subprotocols !== undefined && this.options.subprotocols.length > 0) {
       headers['sec-websocket-protocol'] = this.options.subprotocols.join(', ')
     }
+    let late: Promise<void> = Promise.resolve()
     const injected = this.app.injectWS(this.path, markedUpgradeContext(headers, tag), {
       onInit: (ws) => {
         // injectWS builds its client without ws' defaults, so it would not answer pings as every browser does.
@@ -103,14 +104,19 @@ export class WebsocketCommunicator {
         this.#onClose(1006, 'connect() timed out')
         // connect() still running is told through its `signal`, as if the client had gone.
         connectionOfInjection(tag)?.clientGone()
-        injected.then(ws => { ws.close(1000, 'the communicator gave up waiting') }, () => {})
+        late = injected.then(ws => {
+          // Once the closing handshake is done, the server's side ends too, as after any close.
+          ws.once('close', () => { this.#serverSocket?.terminate() })
+          ws.close(1000, 'the communicator gave up waiting')
+        }, () => {})
       }
       throw err
     } finally {
       // The connection the handshake made, accepted or refused: disconnect() waits for its end.
       this.#connection = connectionOfInjection(tag)
       wss.off('headers', onHeaders)
-      wss.off('connection', onConnection)
+      // A consumer that accepts after a timeout brings its server socket later.
+      void late.then(() => { wss.off('connection', onConnection) })
     }
   }
 

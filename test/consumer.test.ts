@@ -336,35 +336,39 @@ t.test('a client gone while connect() ran: its accept() ends the connection, dis
   t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'the channel and its membership are gone')
 })
 
-t.test('a client gone while connect() waits: connect() is told through this.signal, and the connection ends', async t => {
-  const events: string[] = []
-  class Waits extends WebsocketConsumer {
-    override groups = ['lobby']
-    override async connect () {
-      events.push('connect')
-      try {
-        // A lookup that takes a minute, or until the connection is given up.
-        await wait(60_000, undefined, { signal: this.signal })
-        await this.accept()
-      } catch (err) {
-        events.push(`stopped: ${(err as Error).name}`)
+for (const how of ['resets the connection', 'ends its side (FIN)']) {
+  t.test(`a client that ${how} while connect() waits: connect() is told through this.signal, and the connection ends`, async t => {
+    const events: string[] = []
+    class Waits extends WebsocketConsumer {
+      override groups = ['lobby']
+      override async connect () {
+        events.push('connect')
+        try {
+          // A lookup that takes a minute, or until the connection is given up.
+          await wait(60_000, undefined, { signal: this.signal })
+          await this.accept()
+        } catch (err) {
+          events.push(`stopped: ${(err as Error).name}`)
+        }
       }
     }
-  }
-  const { app } = await buildApp({}, app => app.get('/waits', { websocket: true }, Waits.asHandler()))
-  t.teardown(() => app.close())
-  const { port } = await listen(app)
-  const socket = connect(port, '127.0.0.1')
-  socket.on('error', () => {})
-  socket.write(`GET /waits HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
-  await eventually(() => events.length === 1, 2000)
-  socket.resetAndDestroy()
-  await eventually(() => events.length === 2, 3000)
-  t.same(events, ['connect', 'stopped: AbortError'], 'connect() stopped waiting when the client went away')
-  await eventually(() => inspect(app).memberships === 0, 2000)
-  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'the channel and its membership are gone')
-})
+    const { app } = await buildApp({}, app => app.get('/waits', { websocket: true }, Waits.asHandler()))
+    t.teardown(() => app.close())
+    const { port } = await listen(app)
+    const socket = connect(port, '127.0.0.1')
+    socket.on('error', () => {})
+    socket.write(`GET /waits HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+    await eventually(() => events.length === 1, 2000)
+    if (how.startsWith('resets')) socket.resetAndDestroy()
+    else socket.end()
+    await eventually(() => events.length === 2, 3000)
+    t.same(events, ['connect', 'stopped: AbortError'], 'connect() stopped waiting when the client went away')
+    await eventually(() => inspect(app).memberships === 0, 2000)
+    t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'the channel and its membership are gone')
+    socket.destroy()
+  })
+}
 
 t.test('layer messages are dispatched by type; unknown and reserved types are dropped and logged', async t => {
   class Dispatch extends WebsocketConsumer {

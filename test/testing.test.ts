@@ -56,12 +56,13 @@ t.test('a connect() that times out: a consumer that accepts later is closed at o
 
     override async disconnect (code: number) { events.push(`disconnect ${code}`) }
   }
-  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Slow.asHandler()))
-  t.teardown(() => app.close())
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Slow.asHandler()))
   const comm = new WebsocketCommunicator(app, '/ws')
   await t.rejects(comm.connect(50), /timed out after 50 ms/)
   await comm.disconnect(1000, '', 2000)
   t.same(events, ['accepted', 'disconnect 1000'], 'the late consumer was closed, and disconnect() waited for it')
+  await app.close()
+  t.same(logs.filter(l => /did not answer the close frame/.test(String(l.msg))), [], 'its socket ended with it: app.close() has no peer to wait for')
 })
 
 t.test('a connect() that times out is told through this.signal, as Channels cancels the application', async t => {
@@ -83,6 +84,28 @@ t.test('a connect() that times out is told through this.signal, as Channels canc
   t.same(events, ['stopped: AbortError'], 'connect() stopped waiting')
   await app.close()
   t.pass('and app.close() completes')
+})
+
+t.test('a consumer that accepts after the communicator gave up: its socket ends, so app.close() has none to wait for', async t => {
+  for (const honours of [true, false]) {
+    const events: string[] = []
+    class Late extends WebsocketConsumer {
+      override async connect () {
+        await wait(150, undefined, honours ? { signal: this.signal } : {}).catch(() => {})
+        await this.accept()
+      }
+
+      override async disconnect (code: number) { events.push(`disconnect ${code}`) }
+    }
+    const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Late.asHandler()))
+    const comm = new WebsocketCommunicator(app, '/ws')
+    await t.rejects(comm.connect(50), /timed out after 50 ms/)
+    await eventually(() => events.length === 1, 2000)
+    await eventually(() => app.websocketServer.clients.size === 0, 2000)
+    t.pass(`${honours ? 'stopping at its signal' : 'deaf to it'}: its disconnect() ran (${events.join()}), and the server holds no socket of it`)
+    await app.close()
+    t.same(logs.filter(l => /did not answer the close frame/.test(String(l.msg))), [], 'no peer left for app.close() to wait for')
+  }
 })
 
 t.test('a consumer that accepts with none of the offered subprotocols: the communicator fails the connection, as a real client does', async t => {

@@ -77,6 +77,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #decide: ((decision: Decision) => void) | null = null // handshake: how the HTTP request learns the decision
   #pendingClose: { code: number, reason: string } | null = null // accepted: a close() asked for before the socket came
   #goneBeforeOpen: (() => void) | null = null // handshake, accepted: watches the request's TCP socket for a client gone before the upgrade
+  #endedBeforeOpen: (() => void) | null = null // handshake: the same for a client that ended its side (FIN), which Node leaves half open
   // handshake: the client went away while connect() runs: `signal` is aborted.
   #abandoned = false
   // handshake: the server began to close before connect() ran; it will not run.
@@ -133,7 +134,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     // Removed once the socket is there: it may outlive this connection.
     const raw = this.#request.raw.socket
     this.#goneBeforeOpen = () => { this.clientGone() }
+    this.#endedBeforeOpen = () => { if (this.#state === 'handshake') this.#abandon() }
     raw?.once('close', this.#goneBeforeOpen)
+    raw?.once('end', this.#endedBeforeOpen)
     if (raw?.destroyed === true) this.clientGone()
     const layer = this.#runtime.layer
     try {
@@ -450,7 +453,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #forgetGoneBeforeOpen (): void {
     if (this.#goneBeforeOpen === null) return
     this.#request.raw.socket?.off('close', this.#goneBeforeOpen)
-    this.#goneBeforeOpen = null
+    if (this.#endedBeforeOpen !== null) this.#request.raw.socket?.off('end', this.#endedBeforeOpen)
+    this.#goneBeforeOpen = this.#endedBeforeOpen = null
   }
 
   // --- what the parts beside it read -----------------------------------------------------------
