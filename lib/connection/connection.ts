@@ -32,7 +32,7 @@ import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
 import { listenTo, toBuffer, type ConnectionSocket, type SocketEvents } from './socket.js'
 import type { RawData } from 'ws'
-import { ClientFrame, End, callConsumer, failureClose, kAtOnce, kConnect, kDisconnect, kUnmetered, type ConsumerHooks, type Task } from './tasks.js'
+import { ClientFrame, End, callConsumer, failureClose, kAtOnce, kConnect, kDisconnect, kStillHere, kUnmetered, type ConsumerHooks, type Task } from './tasks.js'
 import { ScopedTasks, stoppedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
 import { checkSendableCloseCode, dropIfStillClosing, fitCloseReason, protocolErrorCloseCode } from './close-codes.js'
 import type { RouteCounts } from '../metrics.js'
@@ -430,6 +430,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.log.warn({ channel: this.#channelName }, 'client over the rate limit; closing with 1008')
     this.#queuedFramesRun = true
     this.close(1008, 'rate limit')
+  }
+
+  /** FlowOwner: the client's frames are not read meanwhile; a consumer that can say it is still there does. */
+  stillHere (): void {
+    if (this.#state === 'open') this.#consumer[kStillHere]?.()
   }
 
   /** FlowOwner: what waits in the channel waits while the client has not read what it was sent. */

@@ -39,7 +39,12 @@ export interface FlowOwner {
   layerFailed (err: unknown): void
   /** A client frame came faster than the rate limit allows: it is not queued. */
   overLimit (): void
+  /** Client frames are not read (the consumer is behind): at once, and every STILL_HERE_MS while that lasts. */
+  stillHere (): void
 }
+
+/** While client frames are not read, the owner is told this often (a client watching for silence must hear something). */
+const STILL_HERE_MS = 500
 
 export class FlowControl<Task> implements ChannelSink {
   readonly #queue: TaskQueue<Task | LayerMessage, Delivery>
@@ -47,6 +52,7 @@ export class FlowControl<Task> implements ChannelSink {
   #socket: Readable | null = null
   // Stopped reading client frames because the consumer is behind.
   #readsPaused = false
+  #stillHere: NodeJS.Timeout | undefined
   // The queue reached HIGH_WATER: the layer may have kept messages back, to resume.
   #saturated = false
   #listener: ChannelListener | null = null
@@ -100,6 +106,9 @@ export class FlowControl<Task> implements ChannelSink {
         this.#readsPaused = true
         this.#pausedAt = performance.now()
         this.#socket?.pause()
+        const owner = this.#owner
+        owner.stillHere()
+        this.#stillHere = setInterval(() => { owner.stillHere() }, STILL_HERE_MS).unref()
       }
     }
   }
@@ -157,6 +166,7 @@ export class FlowControl<Task> implements ChannelSink {
     }
     if (this.#readsPaused) {
       this.#readsPaused = false
+      clearInterval(this.#stillHere)
       this.#bucket?.resumed(performance.now() - this.#pausedAt)
       this.#socket?.resume()
     }
@@ -164,6 +174,7 @@ export class FlowControl<Task> implements ChannelSink {
 
   /** No more layer messages: the connection is ending. Later ones stay in the layer. */
   stop (): void {
+    clearInterval(this.#stillHere)
     this.#stopPump?.abort()
     this.#listener?.close()
     this.#wake()

@@ -33,6 +33,12 @@ export const kAtOnce = Symbol('fastify-channels.atOnce')
  * joins all its groups at once as it connects; the consumer bounds how many).
  */
 export const kUnmetered = Symbol('fastify-channels.unmetered')
+/**
+ * Optional: the connection is not reading the client's frames (the consumer is behind), at once
+ * and every half second while that lasts: a consumer whose client gives up a silent socket says it is
+ * there (GroupsConsumer: a `pong`), since the client's `ping` waits unread.
+ */
+export const kStillHere = Symbol('fastify-channels.stillHere')
 
 /** The part of a consumer the connection drives; layer messages go to its handlers by `type`. */
 export interface ConsumerHooks {
@@ -46,6 +52,7 @@ export interface ConsumerHooks {
   [kSkipped]?: (info: Delivery) => unknown
   [kAtOnce]?: (text: Buffer) => boolean
   [kUnmetered]?: (text: Buffer) => boolean
+  [kStillHere]?: () => void
 }
 
 /** A client frame waiting for `receive()`. */

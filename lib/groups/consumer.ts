@@ -12,12 +12,12 @@ import type { Delivery, GroupAddOptions, GroupJoin, LayerMessage, PresenceEntry,
 import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
 import { JsonWebsocketConsumer, kRefuseFrame, reusedEncoding } from '../json-consumer.js'
-import { kAtOnce, kSkipped, kUnmetered } from '../connection/tasks.js'
+import { kAtOnce, kSkipped, kStillHere, kUnmetered } from '../connection/tasks.js'
 import { kOutbound } from '../base-consumer.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
-import { readFrame, echo, isCallId, isPing, mayBeJoin, show } from './frames.js'
+import { readFrame, echo, isCallId, isJoin, isPing, show } from './frames.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
 
 export type GroupsConsumerClass = (new () => GroupsConsumer) & { actions: ActionTable }
@@ -115,12 +115,20 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   }
 
   /**
+   * Its frames are not read while more than 16 wait for a long action: its `ping` with them. A
+   * `pong` unasked, every half second meanwhile, tells it the socket is alive.
+   */
+  [kStillHere] (): void {
+    this.#write({ op: 'pong' }).catch(ignore)
+  }
+
+  /**
    * The client joins all its groups at once as it connects (and reconnects): a connection's first
    * `maxJoins` joins are not held to the plugin's `rateLimit`, which would close a client in more
    * groups than its burst allows, again at each reconnect. Past those, joins count as any frame.
    */
   [kUnmetered] (text: Buffer): boolean {
-    if (this.#unmeteredJoins >= this.maxJoins || !mayBeJoin(text)) return false
+    if (this.#unmeteredJoins >= this.maxJoins || !isJoin(text)) return false
     this.#unmeteredJoins++
     return true
   }

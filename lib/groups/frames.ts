@@ -60,20 +60,22 @@ const MAX_JOIN_BYTES = 1024
 
 /** Whether a raw text frame is a `ping`, read before its turn (and cheaply: most frames are not). */
 export function isPing (text: Buffer): boolean {
-  if (text.length > MAX_PING_BYTES || !text.includes('ping')) return false
+  return readsAs(text, MAX_PING_BYTES, 'ping', 'ping')
+}
+
+/** Whether `text`, no longer than `max` and holding `hint`, reads as a frame of `op`. */
+function readsAs (text: Buffer, max: number, hint: string, op: string): boolean {
+  if (text.length > max || !text.includes(hint)) return false
   try {
-    return readFrame(JSON.parse(text.toString('utf8'))).op === 'ping'
+    return readFrame(JSON.parse(text.toString('utf8'))).op === op
   } catch {
     return false // read in turn, as the bad frame it is
   }
 }
 
-/**
- * Whether a raw text frame may be a `join`, without reading it: true for every join, and for
- * few frames that are not (one whose text has `"join"` in it).
- */
-export function mayBeJoin (text: Buffer): boolean {
-  return text.length <= MAX_JOIN_BYTES && text.includes('"join"')
+/** Whether a raw text frame is a `join`, read before its turn (most frames are not even parsed). */
+export function isJoin (text: Buffer): boolean {
+  return readsAs(text, MAX_JOIN_BYTES, '"join"', 'join')
 }
 
 function refuse (message: string, about: { group?: string, id?: CallId } = {}): Refusal {

@@ -68,3 +68,20 @@ t.test('a long action does not make a live connection look dead: its pings are a
   t.equal(states.length, before, 'the socket was kept all along')
   t.equal(client.state, 'open')
 })
+
+t.test('a long action with more frames queued behind it than are read: the server says it is there, and the socket is kept', async t => {
+  const server = await roomsApp()
+  t.teardown(() => server.app.close())
+  const client = new ChannelsClient(`ws://127.0.0.1:${server.port}/ws/rooms`, { WebSocket, heartbeat: 1000, minDelay: 50, maxDelay: 100 })
+  t.teardown(() => { client.close() })
+  const states: Array<[ClientState, string | undefined]> = []
+  client.on('state', (state, detail) => { states.push([state, detail.reason]) })
+  await eventually(() => client.state === 'open')
+  const before = states.length
+  // 20 calls wait behind one of three heartbeats: past 16 queued, the server stops reading, the client's pings too.
+  const slow = client.call('wait', { ms: 3000 }, { timeout: 10_000 })
+  const quick = Array.from({ length: 20 }, async (_, n) => await client.call('echo', n, { timeout: 10_000 }))
+  t.equal(await slow, 3000)
+  t.same(await Promise.all(quick), Array.from({ length: 20 }, (_, n) => n), 'every call answered, in order')
+  t.equal(states.length, before, 'the socket was kept all along')
+})

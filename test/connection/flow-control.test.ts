@@ -25,7 +25,8 @@ function harness () {
     taskFailed () {},
     afterTask () { flow.afterTask() }
   })
-  flow = new FlowControl<Task>(queue, { layerFailed: err => failures.push(err), overLimit: () => failures.push('over the limit'), whenUncongested: () => undefined })
+  const owner = { stillHere: 0 }
+  flow = new FlowControl<Task>(queue, { layerFailed: err => failures.push(err), overLimit: () => failures.push('over the limit'), whenUncongested: () => undefined, stillHere: () => { owner.stillHere++ } })
   const socket = { pauses: 0, resumes: 0, pause () { this.pauses++ }, resume () { this.resumes++ } }
   return {
     handled,
@@ -33,6 +34,7 @@ function harness () {
     queue,
     flow,
     socket,
+    owner,
     /** Every task from now on waits until release(). */
     hold () { gate = new Promise(resolve => { open = resolve }) },
     release () { const done = open; gate = undefined; done?.() }
@@ -69,11 +71,17 @@ t.test('client frames: reads pause once at HIGH_WATER queued tasks and resume on
   t.equal(h.socket.pauses, 1, 'paused once, not once per frame')
   t.equal(h.flow.readsPaused, true)
   t.equal(h.socket.resumes, 0)
+  t.equal(h.owner.stillHere, 1, 'the owner is told at once that frames are not read')
+  await eventually(() => h.owner.stillHere === 2, 3000)
+  t.pass('and again half a second later, while that lasts')
   h.release()
   await eventually(() => h.handled.length === FRAMES)
   t.same(h.handled, Array.from({ length: FRAMES }, (_, frame) => ({ frame })), 'every frame, in order')
   t.equal(h.socket.resumes, 1, 'resumed once')
   t.equal(h.flow.readsPaused, false)
+  const told = h.owner.stillHere
+  await new Promise(resolve => setTimeout(resolve, 700))
+  t.equal(h.owner.stillHere, told, 'not any more once reading again')
 })
 
 t.test('a pushing layer: accepting is a pure reading; messages past HIGH_WATER wait in the layer and come in order', async t => {

@@ -1,8 +1,8 @@
 import t from 'tap'
-import { isPing, mayBeJoin, readFrame } from '../../lib/groups/frames.js'
+import { isJoin, isPing, readFrame } from '../../lib/groups/frames.js'
 
 // Reading a client's frame: in turn (readFrame), or before its turn from the raw text (isPing,
-// mayBeJoin), where a frame that is not what it looks like must not pass for it.
+// isJoin), where a frame that is not what it looks like must not pass for it.
 
 t.test('readFrame: each op typed, a bad one refused with the error to answer it with', async t => {
   t.same(readFrame({ op: 'join', group: 'room.a' }), { op: 'join', group: 'room.a', since: undefined })
@@ -19,8 +19,9 @@ t.test('isPing: a ping, however spaced; nothing else, and nothing that only ment
   }
 })
 
-t.test('mayBeJoin: true for every join; false for frames that cannot be one', async t => {
-  t.ok(mayBeJoin(Buffer.from('{"op":"join","group":"room.a","since":{"offset":3,"epoch":"abc"}}')))
-  t.notOk(mayBeJoin(Buffer.from('{"op":"call","id":1,"action":"post"}')))
-  t.notOk(mayBeJoin(Buffer.from(`{"op":"join","group":"${'a'.repeat(2000)}"}`)), 'longer than any join')
+t.test('isJoin: a join; not a frame that only mentions one, nor one longer than any join', async t => {
+  t.ok(isJoin(Buffer.from('{"op":"join","group":"room.a","since":{"offset":3,"epoch":"abc"}}')))
+  for (const text of ['{"op":"call","id":1,"action":"post","args":{"text":"join"}}', '{"op":"ping","join":1}', '{"op":"leave","group":"join"}', `{"op":"join","group":"${'a'.repeat(2000)}"}`]) {
+    t.notOk(isJoin(Buffer.from(text)), text.slice(0, 60))
+  }
 })
