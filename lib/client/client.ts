@@ -84,7 +84,14 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     this.#socket.send(text)
     return true
   }
-  readonly #online = (): void => { if (this.#timers.retry !== undefined) this.#retryIn(Math.random() * this.#minDelay) }
+  // Back online: the next attempt need not wait out the backoff, nor a socket given up offline,
+  // whose `close` a browser may hold for a minute (its closing handshake on a dead connection).
+  readonly #online = (): void => {
+    const waiting = this.#due || this.#timers.retry !== undefined
+    this.#closing = null
+    this.#due = false
+    if (waiting) this.#retryIn(Math.random() * this.#minDelay)
+  }
   // Offline, a browser keeps the socket "open" and silent, and holds its close until back online:
   // the client says so at once and re-joins from where it was once a new socket opens.
   readonly #offline = (): void => { this.#giveUp('offline') }
@@ -186,6 +193,15 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
       this.#due = true
       return
     }
+    // Offline, an attempt can only fail (and a browser logs each one as an error): it waits for
+    // 'online', which retries at once, and is made anyway a `maxDelay` later, in case the browser
+    // is wrong about being offline. The backoff does not grow meanwhile.
+    if (host.navigator?.onLine === false && !this.#skippedOffline) {
+      this.#skippedOffline = true
+      this.#retryIn(this.#maxDelay)
+      return
+    }
+    this.#skippedOffline = false
     let socket: Socket
     try {
       socket = new this.#WebSocket(this.#url, this.#protocols) as Socket
@@ -271,15 +287,6 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     clearTimeout(this.#timers.retry)
     this.#timers.retry = setTimeout(() => {
       this.#timers.retry = undefined
-      // Offline, an attempt can only fail (and a browser logs each one as an error): the retry
-      // waits for 'online', which retries at once, and is made anyway a `maxDelay` later, in case
-      // the browser is wrong about being offline. The backoff does not grow meanwhile.
-      if (host.navigator?.onLine === false && !this.#skippedOffline) {
-        this.#skippedOffline = true
-        this.#retryIn(this.#maxDelay)
-        return
-      }
-      this.#skippedOffline = false
       this.#connect()
     }, delay)
   }

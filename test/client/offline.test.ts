@@ -1,0 +1,75 @@
+/**
+ * The client in a browser that goes offline and comes back, with the browser's part played here:
+ * `navigator.onLine` and the window's 'online' and 'offline' events on the global object, and a
+ * WebSocket that, as a browser's on a dead connection, has no terminate() and holds its `close`
+ * (its closing handshake cannot complete). This file's process is its own: the globals are its.
+ */
+import t from 'tap'
+import WebSocket from 'ws'
+import { ChannelsClient, type ClientState } from '../../lib/client/index.js'
+import { eventually } from '../helpers/app.js'
+import { roomsApp } from '../groups/rooms.js'
+
+const page = new EventTarget()
+const navigator = { onLine: true }
+Object.assign(globalThis, {
+  addEventListener: page.addEventListener.bind(page),
+  removeEventListener: page.removeEventListener.bind(page)
+})
+Object.defineProperty(globalThis, 'navigator', { value: navigator, configurable: true })
+
+const sockets: WebSocket[] = []
+/** A browser's WebSocket on a connection that died: close() starts a closing handshake that never ends. */
+class BrowserSocket extends WebSocket {
+  constructor (url: string, protocols?: string | string[]) {
+    super(url, protocols)
+    sockets.push(this)
+    Object.defineProperty(this, 'terminate', { value: undefined })
+  }
+
+  override close (): void {}
+}
+
+function goOffline (): void {
+  navigator.onLine = false
+  page.dispatchEvent(new Event('offline'))
+}
+
+function goOnline (): void {
+  navigator.onLine = true
+  page.dispatchEvent(new Event('online'))
+}
+
+t.teardown(() => { for (const socket of sockets) WebSocket.prototype.terminate.call(socket) })
+
+t.test('back online, the client opens a new socket at once: it does not wait for the one it gave up offline', async t => {
+  const server = await roomsApp()
+  t.teardown(() => server.app.close())
+  const client = new ChannelsClient(server.url, { WebSocket: BrowserSocket as unknown as typeof globalThis.WebSocket, minDelay: 50, maxDelay: 5000 })
+  t.teardown(() => { client.close() })
+  const states: Array<[ClientState, string | undefined]> = []
+  client.on('state', (state, detail) => { states.push([state, detail.reason]) })
+  await eventually(() => client.state === 'open')
+  goOffline()
+  t.same(states.at(-1), ['reconnecting', 'offline'], 'offline: reconnecting at once')
+  await new Promise(resolve => setTimeout(resolve, 300))
+  t.equal(sockets.length, 1, 'no attempt while offline')
+  goOnline()
+  await eventually(() => client.state === 'open', 2000)
+  t.equal(sockets.length, 2, 'back online: one new socket, opened')
+  t.equal(await client.call('echo', 'again'), 'again', 'and it works')
+})
+
+t.test('a client made while offline makes no attempt until it is back online', async t => {
+  const server = await roomsApp()
+  t.teardown(() => server.app.close())
+  const before = sockets.length
+  goOffline()
+  const client = new ChannelsClient(server.url, { WebSocket: BrowserSocket as unknown as typeof globalThis.WebSocket, minDelay: 50, maxDelay: 5000 })
+  t.teardown(() => { client.close() })
+  await new Promise(resolve => setTimeout(resolve, 300))
+  t.equal(sockets.length, before, 'no attempt while offline')
+  goOnline()
+  await eventually(() => client.state === 'open', 2000)
+  t.equal(sockets.length, before + 1, 'one attempt once online, and it opened')
+})
