@@ -84,7 +84,7 @@ export class AppConsumer extends GroupsConsumer {
   }
 
   presenceInfo (group) {
-    return group.startsWith('room.') ? { name: this.scope.user.name } : undefined
+    return group.startsWith('room.') ? { id: userId(this.scope.user), name: this.scope.user.name } : undefined
   }
 
   /** A chat line, to everyone in the room (and into its history). */
@@ -92,7 +92,7 @@ export class AppConsumer extends GroupsConsumer {
     const line = text.trim()
     if (line === '') throw Object.assign(new Error('Say something first.'), { statusCode: 400, code: 'EMPTY_MESSAGE' })
     const at = await this.channelLayer.groupSend(`room.${room}`, {
-      type: 'chat.message', user: this.scope.user.name, text: line, at: Date.now(), via: serverLabel
+      type: 'chat.message', user: this.scope.user.name, userId: userId(this.scope.user), text: line, at: Date.now(), via: serverLabel
     })
     return { offset: at?.offset }
   }
@@ -182,4 +182,9 @@ export class DeployWorker extends ChannelConsumer {
       at: Date.now()
     })
   }
+}
+
+/** Who a user is: the id given at sign-in (a session from before ids were given has its name). */
+function userId (user) {
+  return user.id ?? user.name
 }

@@ -11,6 +11,7 @@
  */
 import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
+import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import Fastify from 'fastify'
 import fastifyCookie from '@fastify/cookie'
@@ -88,7 +89,8 @@ app.post('/login', async (request, reply) => {
   }
   // A fresh session id on sign-in: an id planted before it (session fixation) is worth nothing after.
   await request.session.regenerate()
-  request.session.set('user', { name })
+  // Names are what people call themselves, not who they are: two people may both be Ada.
+  request.session.set('user', { id: randomBytes(9).toString('base64url'), name })
   return reply.redirect('/', 303)
 })
 

@@ -120,11 +120,11 @@ function addNotice (text) {
  * A chat line, placed by its position in the room's history: `epoch:offset` keys it, so a line the
  * history call returns and the live stream brings too is shown once, where it belongs.
  */
-function addMessage ({ user, text, at, via }, offset, epoch) {
+function addMessage ({ user, userId, text, at, via }, offset, epoch) {
   const list = $('messages')
   const key = `${epoch}:${offset}`
   if (list.querySelector(`[data-key="${CSS.escape(key)}"]`) !== null) return
-  const mine = user === me.name
+  const mine = (userId ?? user) === myId()
   const item = el('li', 'message' + (mine ? ' mine' : ''))
   item.dataset.key = key
   item.dataset.epoch = epoch
@@ -149,19 +149,25 @@ function appendItem (item, before) {
 }
 
 function renderPresence (entries) {
-  const names = [...new Set(entries.map(entry => entry.info.name))].sort()
+  // One entry per person (id → name), however many tabs each has open; two people may share a name.
+  const now = new Map(entries.map(({ info }) => [info.id ?? info.name, info.name]))
   // After the first list, changes are announced in the chat.
   if (people !== null) {
-    for (const name of names) if (!people.has(name) && name !== me.name) addNotice(`${name} joined`)
-    for (const name of people) if (!names.includes(name)) addNotice(`${name} left`)
+    for (const [id, name] of now) if (!people.has(id) && id !== myId()) addNotice(`${name} joined`)
+    for (const [id, name] of people) if (!now.has(id)) addNotice(`${name} left`)
   }
-  people = new Set(names)
+  people = now
   const list = $('presence')
-  list.replaceChildren(...names.map(name => {
-    const item = el('li', 'person', name)
+  list.replaceChildren(...[...now].sort(([, a], [, b]) => a.localeCompare(b)).map(([id, name]) => {
+    const item = el('li', 'person' + (id === myId() ? ' me' : ''), name)
     item.prepend(avatar(name))
     return item
   }))
+}
+
+/** Who this page's user is (see the server's sign-in). */
+function myId () {
+  return me.id ?? me.name
 }
 
 /** The room's last lines, merged with what is already shown (on arrival, and after a gap). */

@@ -97,6 +97,18 @@ if (noChromium !== undefined && inCI) {
     await ada.locator('#presence .person', { hasText: 'Grace' }).waitFor()
     t.same((await ada.locator('#presence .person').allTextContents()).map(s => s.slice(1)), ['Ada', 'Grace'], 'the room shows who is in it')
 
+    // Someone else who calls herself Ada is someone else: listed apart, her lines not shown as this Ada's own.
+    const { page: otherAda, context: otherAdaContext } = await person(t, browser, server.url, 'Ada', errors)
+    await ada.locator('#messages .notice', { hasText: 'Ada joined' }).waitFor()
+    t.same((await ada.locator('#presence .person').allTextContents()).map(s => s.slice(1)), ['Ada', 'Ada', 'Grace'], 'two people named Ada are two people')
+    await say(otherAda, 'I am the other Ada')
+    await message(ada, 'Ada', 'I am the other Ada').waitFor()
+    t.equal(await ada.locator('#messages .message.mine', { hasText: 'I am the other Ada' }).count(), 0, 'her line is not marked as this Ada\'s own')
+    t.equal(await otherAda.locator('#messages .message.mine', { hasText: 'I am the other Ada' }).count(), 1, 'but it is on her page')
+    await otherAdaContext.close()
+    await ada.locator('#messages .notice', { hasText: 'Ada left' }).waitFor()
+    t.same((await ada.locator('#presence .person').allTextContents()).map(s => s.slice(1)), ['Ada', 'Grace'], 'when she leaves, this Ada is still listed')
+
     // Any client can speak the protocol from the README; Django's trailing slash is served too.
     const spoken = await grace.evaluate(async (address) => {
       const socket = new WebSocket(address)
