@@ -1,10 +1,8 @@
 import t from 'tap'
 import { WebsocketConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type Delivery, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
-import { buildApp, eventually, sleep } from './helpers/app.js'
-import { listen, openClient } from './helpers/loopback.js'
-import { connect } from 'node:net'
-import { setTimeout as wait } from 'node:timers/promises'
+import { buildApp, eventually, sleep, waitingConsumer } from './helpers/app.js'
+import { listen, openClient, rawHandshake } from './helpers/loopback.js'
 import { contractOnly } from './helpers/layers.js'
 
 const inspect = (app: { channelLayer: unknown }) => (app.channelLayer as InMemoryChannelLayer).inspect()
@@ -323,10 +321,7 @@ t.test('a client gone while connect() ran: its accept() ends the connection, dis
   const { port } = await listen(app)
   // A raw handshake, so that the client can reset the connection: the server's socket is then
   // closed and destroyed before accept() (a plain FIN would leave it half open until the upgrade).
-  const socket = connect(port, '127.0.0.1')
-  socket.on('error', () => {})
-  socket.write(`GET /slow HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+  const socket = rawHandshake(port, '/slow')
   await eventually(() => started, 2000)
   socket.resetAndDestroy()
   await sleep(100)
@@ -339,26 +334,10 @@ t.test('a client gone while connect() ran: its accept() ends the connection, dis
 for (const how of ['resets the connection', 'ends its side (FIN)']) {
   t.test(`a client that ${how} while connect() waits: connect() is told through this.signal, and the connection ends`, async t => {
     const events: string[] = []
-    class Waits extends WebsocketConsumer {
-      override groups = ['lobby']
-      override async connect () {
-        events.push('connect')
-        try {
-          // A lookup that takes a minute, or until the connection is given up.
-          await wait(60_000, undefined, { signal: this.signal })
-          await this.accept()
-        } catch (err) {
-          events.push(`stopped: ${(err as Error).name}`)
-        }
-      }
-    }
-    const { app } = await buildApp({}, app => app.get('/waits', { websocket: true }, Waits.asHandler()))
+    const { app } = await buildApp({}, app => app.get('/waits', { websocket: true }, waitingConsumer(events, ['lobby']).asHandler()))
     t.teardown(() => app.close())
     const { port } = await listen(app)
-    const socket = connect(port, '127.0.0.1')
-    socket.on('error', () => {})
-    socket.write(`GET /waits HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+    const socket = rawHandshake(port, '/waits')
     await eventually(() => events.length === 1, 2000)
     if (how.startsWith('resets')) socket.resetAndDestroy()
     else socket.end()

@@ -8,11 +8,10 @@ import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import { Registry } from 'prom-client'
-import { setTimeout as wait } from 'node:timers/promises'
 import WebSocket from 'ws'
 import fastifyChannels, { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
-import { buildApp, eventually } from './helpers/app.js'
+import { buildApp, eventually, waitingConsumer } from './helpers/app.js'
 import { listen, openClient, rawSession } from './helpers/loopback.js'
 
 /** A consumer whose disconnect() waits for the test, so close() can be caught half-way. */
@@ -180,18 +179,7 @@ function refusedWith (url: string): Promise<number> {
 
 t.test('app.close() while a connect() waits: its signal is aborted, the client gets 503, and close() does not wait out the wait', async t => {
   const events: string[] = []
-  class Waits extends WebsocketConsumer {
-    override async connect () {
-      events.push('connect')
-      try {
-        await wait(60_000, undefined, { signal: this.signal })
-        await this.accept()
-      } catch (err) {
-        events.push(`stopped: ${(err as Error).name}`)
-      }
-    }
-  }
-  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Waits.asHandler()))
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, waitingConsumer(events).asHandler()))
   const { url } = await listen(app)
   const status = refusedWith(`${url}/ws`)
   await eventually(() => events.length === 1)

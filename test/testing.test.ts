@@ -7,7 +7,7 @@ import { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import WebSocket from 'ws'
 import { setTimeout as wait } from 'node:timers/promises'
-import { buildApp, eventually, sleep } from './helpers/app.js'
+import { buildApp, eventually, sleep, waitingConsumer } from './helpers/app.js'
 import { listen } from './helpers/loopback.js'
 
 const inspect = (app: { channelLayer: unknown }) => (app.channelLayer as InMemoryChannelLayer).inspect()
@@ -67,21 +67,11 @@ t.test('a connect() that times out: a consumer that accepts later is closed at o
 
 t.test('a connect() that times out is told through this.signal, as Channels cancels the application', async t => {
   const events: string[] = []
-  class Waits extends WebsocketConsumer {
-    override async connect () {
-      try {
-        await wait(60_000, undefined, { signal: this.signal })
-        await this.accept()
-      } catch (err) {
-        events.push(`stopped: ${(err as Error).name}`)
-      }
-    }
-  }
-  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Waits.asHandler()))
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, waitingConsumer(events).asHandler()))
   const comm = new WebsocketCommunicator(app, '/ws')
   await t.rejects(comm.connect(100), /timed out after 100 ms/)
-  await eventually(() => events.length === 1, 2000)
-  t.same(events, ['stopped: AbortError'], 'connect() stopped waiting')
+  await eventually(() => events.length === 2, 2000)
+  t.same(events, ['connect', 'stopped: AbortError'], 'connect() stopped waiting')
   await app.close()
   t.pass('and app.close() completes')
 })

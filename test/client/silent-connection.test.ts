@@ -5,7 +5,7 @@
  * recovers what the group sent meanwhile, once and in order. A socket that talks, or whose server
  * answers the ping, is kept.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { ChannelsClient, type ClientState } from '../../lib/client/index.js'
 import { eventually } from '../helpers/app.js'
@@ -54,14 +54,20 @@ t.test('a silent connection is given up after two heartbeats, and what the group
   t.equal(client.state, 'open')
 })
 
-t.test('a long action does not make a live connection look dead: its pings are answered meanwhile', async t => {
+/** A client with this `heartbeat` open on a rooms app of its own, and the states it goes through. */
+async function openWithHeartbeat (t: Test, heartbeat: number): Promise<{ client: ChannelsClient, states: Array<[ClientState, string | undefined]> }> {
   const server = await roomsApp()
   t.teardown(() => server.app.close())
-  const client = new ChannelsClient(`ws://127.0.0.1:${server.port}/ws/rooms`, { WebSocket, heartbeat: 200, minDelay: 50, maxDelay: 100 })
+  const client = new ChannelsClient(`ws://127.0.0.1:${server.port}/ws/rooms`, { WebSocket, heartbeat, minDelay: 50, maxDelay: 100 })
   t.teardown(() => { client.close() })
   const states: Array<[ClientState, string | undefined]> = []
   client.on('state', (state, detail) => { states.push([state, detail.reason]) })
   await eventually(() => client.state === 'open')
+  return { client, states }
+}
+
+t.test('a long action does not make a live connection look dead: its pings are answered meanwhile', async t => {
+  const { client, states } = await openWithHeartbeat(t, 200)
   const before = states.length
   // Six heartbeats long: the client pings while the action runs, and the server answers.
   t.equal(await client.call('wait', { ms: 1200 }, { timeout: 5000 }), 1200, 'the call resolves with its result')
@@ -70,13 +76,7 @@ t.test('a long action does not make a live connection look dead: its pings are a
 })
 
 t.test('a long action with more frames queued behind it than are read: the server says it is there, and the socket is kept', async t => {
-  const server = await roomsApp()
-  t.teardown(() => server.app.close())
-  const client = new ChannelsClient(`ws://127.0.0.1:${server.port}/ws/rooms`, { WebSocket, heartbeat: 1000, minDelay: 50, maxDelay: 100 })
-  t.teardown(() => { client.close() })
-  const states: Array<[ClientState, string | undefined]> = []
-  client.on('state', (state, detail) => { states.push([state, detail.reason]) })
-  await eventually(() => client.state === 'open')
+  const { client, states } = await openWithHeartbeat(t, 1000)
   const before = states.length
   // 20 calls wait behind one of three heartbeats: past 16 queued, the server stops reading, the client's pings too.
   const slow = client.call('wait', { ms: 3000 }, { timeout: 10_000 })

@@ -1,5 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify'
-import fastifyChannels, { type FastifyChannelsOptions } from '../../lib/index.js'
+import { setTimeout as wait } from 'node:timers/promises'
+import fastifyChannels, { WebsocketConsumer, type FastifyChannelsOptions } from '../../lib/index.js'
 
 /** A Fastify app with the plugin registered and logging captured for assertions. */
 export interface TestApp {
@@ -15,6 +16,25 @@ export async function buildApp (opts: FastifyChannelsOptions = {}, routes?: (app
   routes?.(app)
   await app.ready()
   return { app, logs }
+}
+
+/**
+ * A consumer in `groups` whose connect() waits a minute (a slow lookup) unless its signal is
+ * aborted first, then accepts; `events` gets 'connect', and 'stopped: <error name>' if it stopped.
+ */
+export function waitingConsumer (events: string[], groups: string[] = []): typeof WebsocketConsumer {
+  return class Waits extends WebsocketConsumer {
+    override groups = [...groups]
+    override async connect (): Promise<void> {
+      events.push('connect')
+      try {
+        await wait(60_000, undefined, { signal: this.signal })
+        await this.accept()
+      } catch (err) {
+        events.push(`stopped: ${(err as Error).name}`)
+      }
+    }
+  }
 }
 
 export function sleep (ms: number): Promise<void> {

@@ -53,6 +53,17 @@ function handshakeRequest (path: string, headers: Record<string, string | undefi
 }
 
 /**
+ * Opens a raw TCP connection and sends a WebSocket handshake for `path`, leaving the rest to the
+ * caller: a client that can reset its connection, or end its side, before the answer.
+ */
+export function rawHandshake (port: number, path: string): Socket {
+  const socket = connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  socket.write(handshakeRequest(path, { host: `127.0.0.1:${port}` }))
+  return socket
+}
+
+/**
  * Opens a raw TCP connection, sends a handshake (headers may be overridden, or removed with
  * undefined), and once upgraded writes `frames` as they are. Resolves when the server ends the
  * connection, with the status and the close frame it sent.
