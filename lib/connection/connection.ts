@@ -234,9 +234,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     const consumer = this.#consumer
     // A consumer that looks at text frames first (GroupsConsumer: its pings and its joins).
     const text = binary || (consumer[kAtOnce] === undefined && consumer[kUnmetered] === undefined) ? undefined : toBuffer(data)
-    if (text === undefined || consumer[kUnmetered]?.(text) !== true) {
-      if (!this.#flow.admit()) return
-    }
+    const unmetered = text !== undefined && consumer[kUnmetered]?.(text) === true
+    if (!unmetered && !this.#flow.admit()) return
     if (text !== undefined && consumer[kAtOnce]?.(text) === true) return
     this.#flow.fromClient(new ClientFrame(data, binary))
   }

@@ -109,8 +109,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
    */
   [kAtOnce] (text: Buffer): boolean {
     if (!isPing(text)) return false
-    // A pong too late for its connection (it has ended) is nobody's concern.
-    this.#write({ op: 'pong' }).catch(ignore)
+    this.#pong()
     return true
   }
 
@@ -119,6 +118,11 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
    * `pong` unasked, every half second meanwhile, tells it the socket is alive.
    */
   [kStillHere] (): void {
+    this.#pong()
+  }
+
+  #pong (): void {
+    // A pong too late for its connection (it has ended) is nobody's concern.
     this.#write({ op: 'pong' }).catch(ignore)
   }
 
