@@ -10,8 +10,9 @@ import Fastify from 'fastify'
 // `sync` (bench/cpu-split.js only) makes the handler a plain method that does not await
 // sendJson(): what is left of a delivery without the `async` call per member. Not a pattern to
 // copy: sendJson()'s promise rejects once the connection has ended, and nothing would handle it
-// (cpu-split only sends while every connection is open).
-export async function start ({ layer: kind, redisUrl, prefix, logFile, entry, shared = false, history = false, metrics = false, sync = false }) {
+// (cpu-split only sends while every connection is open). `heartbeatInterval` replaces the
+// plugin's default (bench/instructions.js turns it off: a ping costs per second, not per delivery).
+export async function start ({ layer: kind, redisUrl, prefix, logFile, entry, shared = false, history = false, metrics = false, sync = false, heartbeatInterval }) {
   const channels = await import(entry ?? 'fastify-channels')
   const { default: fastifyChannels, JsonWebsocketConsumer, AsyncHttpConsumer, InMemoryChannelLayer } = channels
 
@@ -45,7 +46,7 @@ export async function start ({ layer: kind, redisUrl, prefix, logFile, entry, sh
   }
   const app = Fastify({ logger: { level: 'warn', file: logFile } })
   const registry = metrics ? new (await import('prom-client')).Registry() : undefined
-  await app.register(fastifyChannels, { layer, metrics: registry === undefined ? undefined : { registry } })
+  await app.register(fastifyChannels, { layer, metrics: registry === undefined ? undefined : { registry }, ...(heartbeatInterval === undefined ? {} : { heartbeatInterval }) })
   app.get('/ws/:group', { websocket: true }, BenchConsumer.asHandler())
 
   let streams = 0
