@@ -375,6 +375,44 @@ t.test('layer messages are dispatched by type; unknown and reserved types are dr
   t.same(dropped, ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '.secret', '__proto__', 'receive', 'channel.layer', ''])
 })
 
+t.test('one fan-out to four classes: each member runs its own class\'s handler, an override, a snake_case name or an arrow-function field', async t => {
+  class Base extends WebsocketConsumer {
+    override groups = ['all']
+    async chatMessage (m: { text: string }) { await this.send(`base ${m.text}`) }
+  }
+  class Override extends Base {
+    override async chatMessage (m: { text: string }) { await this.send(`override ${m.text}`) }
+  }
+  class Snake extends WebsocketConsumer {
+    override groups = ['all']
+    async chat_message (m: { text: string }) { await this.send(`snake ${m.text}`) } // eslint-disable-line camelcase
+  }
+  class Field extends WebsocketConsumer {
+    override groups = ['all']
+    chatMessage = async (m: { text: string }) => { await this.send(`field ${m.text}`) }
+  }
+  const { app } = await buildApp({}, app => {
+    app.get('/base', { websocket: true }, Base.asHandler())
+    app.get('/override', { websocket: true }, Override.asHandler())
+    app.get('/snake', { websocket: true }, Snake.asHandler())
+    app.get('/field', { websocket: true }, Field.asHandler())
+  })
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  // Members of one class in a row and of others between them: a lookup remembered for one class
+  // must not answer for the next.
+  const paths = ['/base', '/base', '/override', '/snake', '/field', '/override', '/snake', '/base', '/field', '/field']
+  const texts = paths.map(() => [] as string[])
+  for (const [i, path] of paths.entries()) {
+    const { ws } = await openClient(`${url}${path}`, {}, ws => ws.on('message', data => { texts[i].push(data.toString()) }))
+    t.teardown(() => ws.terminate())
+  }
+  await eventually(() => inspect(app).memberships === paths.length)
+  for (const text of ['one', 'two']) await app.channelLayer.groupSend('all', { type: 'chat.message', text })
+  await eventually(async () => texts.every(t => t.length === 2))
+  t.same(texts, paths.map(path => [`${path.slice(1)} one`, `${path.slice(1)} two`]))
+})
+
 t.test('a handler that throws closes with 1011, runs disconnect and leaves the groups', async t => {
   const codes: number[] = []
   class Fails extends WebsocketConsumer {

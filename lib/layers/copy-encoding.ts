@@ -41,13 +41,18 @@ export function leaveFanOut (previous: object | undefined): void {
 // content equals, and its text. Forgotten whenever the source changes.
 let matchedPart: object | undefined
 let matchedText = ''
-// The source's objects' own keys, in order, read once per object and source.
-const keyLists = new Map<object, string[]>()
+// The source's objects' own keys and values, in order, read once per object and source (the
+// source is pristine while its fan-out runs), and the last object asked for.
+interface Entries { keys: string[], values: unknown[] }
+const entryLists = new Map<object, Entries>()
+let lastObject: object | undefined
+let lastEntries: Entries = { keys: [], values: [] }
 
 function forgetMatches (): void {
   matchedPart = undefined
   matchedText = ''
-  keyLists.clear()
+  entryLists.clear()
+  lastObject = undefined
 }
 
 /**
@@ -64,8 +69,7 @@ export function encodingOfCopy (content: unknown): string | undefined {
   if (sameData(content, from)) {
     part = from
   } else {
-    for (const key of keysOf(from)) {
-      const value = (from as Record<string, unknown>)[key]
+    for (const value of entriesOf(from).values) {
       if (typeof value === 'object' && value !== null && sameData(content, value)) {
         part = value
         break
@@ -80,13 +84,16 @@ export function encodingOfCopy (content: unknown): string | undefined {
   return matchedText
 }
 
-function keysOf (value: object): string[] {
-  let keys = keyLists.get(value)
-  if (keys === undefined) {
-    keys = Object.keys(value)
-    keyLists.set(value, keys)
+function entriesOf (value: object): Entries {
+  if (value === lastObject) return lastEntries
+  let entries = entryLists.get(value)
+  if (entries === undefined) {
+    entries = { keys: Object.keys(value), values: Object.values(value) }
+    entryLists.set(value, entries)
   }
-  return keys
+  lastObject = value
+  lastEntries = entries
+  return entries
 }
 
 /** Whether `JSON.stringify` reads the same data in `content` as in `original` (a part of the source). */
@@ -94,7 +101,7 @@ function sameData (content: unknown, original: unknown): boolean {
   if (content === original) return typeof content !== 'object' || content === null || noToJson(content)
   if (typeof content !== 'object' || content === null || typeof original !== 'object' || original === null) return false
   if (Array.isArray(original)) {
-    if (!Array.isArray(content) || Object.getPrototypeOf(content) !== Array.prototype || !noToJson(content)) return false
+    if (!Array.isArray(content) || !noToJson(content) || Object.getPrototypeOf(content) !== Array.prototype) return false
     const items = original as unknown[]
     if (content.length !== items.length) return false
     for (let i = 0; i < items.length; i++) {
@@ -102,14 +109,17 @@ function sameData (content: unknown, original: unknown): boolean {
     }
     return true
   }
-  if (Object.getPrototypeOf(content) !== Object.prototype || !noToJson(content)) return false
+  // toJSON is read first: V8 then knows the content's shape, and reads its prototype from it.
+  if (!noToJson(content) || Object.getPrototypeOf(content) !== Object.prototype) return false
   if (original instanceof Uint8Array) return false
-  const keys = keysOf(original)
+  const { keys, values } = entriesOf(original)
   let i = 0
   for (const key in content) {
     // An inherited enumerable key (a polluted prototype) is not JSON's: leave that content alone.
     if (key !== keys[i] || !hasOwnProperty.call(content, key)) return false
-    if (!sameData((content as Record<string, unknown>)[key], (original as Record<string, unknown>)[key])) return false
+    // The same primitive needs no further look; anything else is compared in depth.
+    const value = (content as Record<string, unknown>)[key]
+    if ((value !== values[i] || (typeof value === 'object' && value !== null)) && !sameData(value, values[i])) return false
     i++
   }
   return i === keys.length
