@@ -4,7 +4,7 @@
 // is the same on a slow host and a fast one, so two builds or two targets compare in any state.
 //
 //   node bench/instructions.js [--targets=ws-memory,channels-memory]
-//     [--connections=2000] [--groups=20] [--rate=10] [--payload=128] [--warm=400] [--messages=200] [--rounds=1]
+//     [--connections=2000] [--groups=20] [--rate=50] [--payload=128] [--warm=400] [--messages=1000] [--rounds=1]
 //     [--alt=<path to another build's dist/index.js>]   (then e.g. --targets=channels-memory,channels-memory-alt)
 //     [--keep=<dir>]   (keeps callgrind's dumps, <dir>/<target>/callgrind.<pid>.<n>: 1 idle, 2 busy;
 //                       `callgrind_annotate` lists where the instructions went)
@@ -24,7 +24,16 @@
 //   system time apart; every target writes once per delivery);
 // - heartbeats, turned off: the floor has none, and a ping costs per second, not per delivery;
 // - V8's compiling on a helper thread (`--no-concurrent-recompilation`): under valgrind that thread
-//   lags far behind, and its work would land in the measured window instead of the warm-up.
+//   lags far behind, and its work would land in the measured window instead of the warm-up;
+// - the young generation's growth: V8 sizes it by how fast the process allocates, and under
+//   valgrind one process' grew and another's did not, a collection per 1,000 deliveries against
+//   none in 10,000. It is set to 16 MiB a semi-space (`--min-semi-space-size=16`), the size a
+//   server at this load grows to (about one scavenge per 14,000 deliveries in `cpu-split.js`),
+//   and the window holds 100,000 deliveries, so that collections are counted as they fall. A full
+//   collection runs between the warm-up and the windows (`--expose-gc`): the old generation the
+//   connections' set-up filled is collected then, not as a major collection of 90 million
+//   instructions in one window; and V8's memory reducer is off (`--no-memory-reducer`), which
+//   collects again when a process allocates little, as in the idle window.
 // The rate is low on purpose: under valgrind a process runs some fifty times slower, and an
 // overloaded server would batch its writes, which the real one at this load does not.
 // `--keep` runs the server with `--perf-basic-prof` too, so that `bench/instructions-report.js`
@@ -55,10 +64,10 @@ async function main () {
   const load = {
     connections: Number(opts.connections ?? 2000),
     groups: Number(opts.groups ?? 20),
-    rate: Number(opts.rate ?? 10),
+    rate: Number(opts.rate ?? 50),
     payload: Number(opts.payload ?? 128),
     warm: Number(opts.warm ?? 400),
-    messages: Number(opts.messages ?? 200)
+    messages: Number(opts.messages ?? 1000)
   }
   const rounds = Number(opts.rounds ?? 1)
   const pin = hasTaskset()
@@ -86,7 +95,7 @@ async function measure (target, { connections, groups, rate, payload, warm, mess
   const dir = keep === undefined ? mkdtempSync(join(tmpdir(), 'instructions-')) : join(keep, target)
   mkdirSync(dir, { recursive: true })
   const stdio = ['ignore', 'inherit', 'inherit', 'ipc']
-  const valgrind = ['valgrind', '--tool=callgrind', '--smc-check=all-non-file', '--quiet', `--callgrind-out-file=${join(dir, 'callgrind.%p')}`, process.execPath, '--no-concurrent-recompilation', ...(keep === undefined ? [] : ['--perf-basic-prof']), self, 'server', target, String(groups)]
+  const valgrind = ['valgrind', '--tool=callgrind', '--smc-check=all-non-file', '--quiet', `--callgrind-out-file=${join(dir, 'callgrind.%p')}`, process.execPath, '--no-concurrent-recompilation', '--min-semi-space-size=16', '--expose-gc', '--no-memory-reducer', ...(keep === undefined ? [] : ['--perf-basic-prof']), self, 'server', target, String(groups)]
   const srv = pin ? spawn('taskset', ['-c', '0', ...valgrind], { stdio }) : spawn(valgrind[0], valgrind.slice(1), { stdio })
   try {
     const port = await new Promise((resolve, reject) => {
@@ -105,6 +114,7 @@ async function measure (target, { connections, groups, rate, payload, warm, mess
     const untilReceived = async n => { while (await received() < n) await sleep(200) }
     await ask(srv, { publish: warm, rate: rate * 4, from: 0, payload })
     await untilReceived(warm * perMessage)
+    await ask(srv, { collect: true })
     // What the server does with no message to deliver (its timers, the heartbeat) in as long a
     // window as the measured one, so that it can be told apart.
     const window = async work => {
@@ -152,8 +162,14 @@ async function server (target, groups) {
   const s = await mod.start({ layer, entry, shared: variants.includes('shared'), metrics: durable || variants.includes('metrics'), history: durable, heartbeatInterval: 0, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix: `instructions${process.pid}`, logFile: '/dev/null' })
   const count = Number(groups)
   process.send({ port: s.port })
-  // `publish` messages of `bytes` from sequence `from` on, `rate` a second, then an answer.
-  process.on('message', ({ publish, rate, from, payload: bytes }) => {
+  // `publish` messages of `bytes` from sequence `from` on, `rate` a second, then an answer; or
+  // `collect`: a full collection, then an answer.
+  process.on('message', ({ publish, rate, from, payload: bytes, collect }) => {
+    if (collect) {
+      globalThis.gc()
+      process.send('collected')
+      return
+    }
     const payload = makePayloadFactory(bytes)
     let seq = from
     const timer = setInterval(() => {

@@ -11,7 +11,9 @@ const scripts: Array<[string, string]> = [
   ['client-bench.js', '--clients'],
   ['rolling-restart.js', '--clients'],
   ['heartbeat.js', '--interval'],
-  ['group-send.js', '--sends']
+  ['group-send.js', '--sends'],
+  ['instructions.js', '--messages'],
+  ['instructions-report.js', '--deliveries']
 ]
 
 for (const [script, aFlag] of scripts) {
