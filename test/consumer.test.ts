@@ -409,7 +409,7 @@ t.test('one fan-out to four classes: each member runs its own class\'s handler, 
   }
   await eventually(() => inspect(app).memberships === paths.length)
   for (const text of ['one', 'two']) await app.channelLayer.groupSend('all', { type: 'chat.message', text })
-  await eventually(async () => texts.every(t => t.length === 2))
+  await eventually(() => texts.every(received => received.length === 2))
   t.same(texts, paths.map(path => [`${path.slice(1)} one`, `${path.slice(1)} two`]))
 })
 

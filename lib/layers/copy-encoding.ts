@@ -45,14 +45,16 @@ let matchedText = ''
 // source is pristine while its fan-out runs), and the last object asked for.
 interface Entries { keys: string[], values: unknown[] }
 const entryLists = new Map<object, Entries>()
+const NO_ENTRIES: Entries = { keys: [], values: [] }
 let lastObject: object | undefined
-let lastEntries: Entries = { keys: [], values: [] }
+let lastEntries = NO_ENTRIES
 
 function forgetMatches (): void {
   matchedPart = undefined
   matchedText = ''
   entryLists.clear()
   lastObject = undefined
+  lastEntries = NO_ENTRIES
 }
 
 /**
