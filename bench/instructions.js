@@ -7,7 +7,7 @@
 //     [--connections=2000] [--groups=20] [--rate=50] [--payload=128] [--warm=400] [--messages=1000] [--rounds=1]
 //     [--alt=<path to another build's dist/index.js>]   (then e.g. --targets=channels-memory,channels-memory-alt)
 //     [--keep=<dir>]   (keeps callgrind's dumps, <dir>/<target>/callgrind.<pid>.<n>: 1 idle, 2 busy;
-//                       `callgrind_annotate` lists where the instructions went)
+//                       `bench/instructions-report.js` lists where the instructions went)
 //
 // Each target's server runs alone under `valgrind --tool=callgrind` (on CPU 0 when taskset works),
 // with one client process holding every connection on CPU 1, outside valgrind. The server
@@ -19,7 +19,7 @@
 // is the server's instructions per delivery: the JavaScript, V8's compiled code and collections,
 // Node and libuv, and the publish itself (publishes enter the server, as in `npm run bench`).
 //
-// What it leaves out, on purpose:
+// What it leaves out or holds fixed, so that a count depends on the code only:
 // - the kernel's part, the socket writes: valgrind sees user space only (`cpu-split.js` gives the
 //   system time apart; every target writes once per delivery);
 // - heartbeats, turned off: the floor has none, and a ping costs per second, not per delivery;
