@@ -42,7 +42,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve as resolvePath } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { exited, groupName, hasTaskset, makePayloadFactory, median, openClients, parseFlags, sleep } from './lib/common.js'
 
@@ -92,11 +92,12 @@ async function main () {
 }
 
 async function measure (target, { connections, groups, rate, payload, warm, messages }, pin, keep) {
-  const dir = keep === undefined ? mkdtempSync(join(tmpdir(), 'instructions-')) : join(keep, target)
+  const dir = keep === undefined ? mkdtempSync(join(tmpdir(), 'instructions-')) : resolvePath(keep, target)
   mkdirSync(dir, { recursive: true })
   const stdio = ['ignore', 'inherit', 'inherit', 'ipc']
   const valgrind = ['valgrind', '--tool=callgrind', '--smc-check=all-non-file', '--quiet', `--callgrind-out-file=${join(dir, 'callgrind.%p')}`, process.execPath, '--no-concurrent-recompilation', '--min-semi-space-size=16', '--expose-gc', '--no-memory-reducer', ...(keep === undefined ? [] : ['--perf-basic-prof']), self, 'server', target, String(groups)]
-  const srv = pin ? spawn('taskset', ['-c', '0', ...valgrind], { stdio }) : spawn(valgrind[0], valgrind.slice(1), { stdio })
+  // With --perf-basic-prof V8 also writes an isolate log to the working directory: the dumps' one.
+  const srv = pin ? spawn('taskset', ['-c', '0', ...valgrind], { stdio, cwd: dir }) : spawn(valgrind[0], valgrind.slice(1), { stdio, cwd: dir })
   try {
     const port = await new Promise((resolve, reject) => {
       srv.once('message', m => resolve(m.port))
