@@ -116,7 +116,7 @@ async function measure (target, { connections, groups, rate, payload, warm, mess
     await ask(srv, { publish: warm, rate: rate * 4, from: 0, payload })
     await untilReceived(warm * perMessage)
     await ask(srv, { collect: true })
-    // What the server does with no message to deliver (its timers, the heartbeat) in as long a
+    // What the server does with no message to deliver (its timers) in as long a
     // window as the measured one, so that it can be told apart.
     const window = async work => {
       callgrind(['-z', String(srv.pid)])
