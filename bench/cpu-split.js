@@ -26,7 +26,7 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { tmpdir } from 'node:os'
 import { PerformanceObserver, constants } from 'node:perf_hooks'
-import { exited, groupName, hasTaskset, makePayloadFactory, median, openClients, parseFlags, sleep, spawnNode } from './lib/common.js'
+import { countingClients, exited, groupName, hasTaskset, makePayloadFactory, median, parseFlags, sleep, spawnNode, startNamedTarget } from './lib/common.js'
 
 const self = fileURLToPath(import.meta.url)
 const [role] = process.argv.slice(2)
@@ -128,11 +128,7 @@ function perDelivery (counts, deliveries) {
 }
 
 async function server (target, groups) {
-  const [name, layer, ...variants] = target.split('-')
-  const mod = await import(`./targets/${name}.js`)
-  const entry = variants.includes('alt') ? process.env.BENCH_ALT_ENTRY : undefined
-  const durable = variants.includes('durable')
-  const s = await mod.start({ layer, entry, shared: variants.includes('shared'), metrics: durable || variants.includes('metrics'), history: durable, sync: variants.includes('sync'), redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix: `split${process.pid}`, logFile: '/dev/null' })
+  const s = await startNamedTarget(target, { prefix: `split${process.pid}` })
   let scavenges = 0
   let majors = 0 // any other collection: mark-compact, incremental marking's finalization, …
   let gcMs = 0 // time in collections' pauses
@@ -176,10 +172,5 @@ async function server (target, groups) {
 }
 
 async function clients (port, n, groups, grouped) {
-  let received = 0
-  await openClients(n, i => `ws://127.0.0.1:${port}/ws/${groupName(grouped ? Math.floor(i * groups / n) : i % groups)}`, ws => {
-    ws.on('message', () => { received++ })
-  })
-  process.send('open')
-  process.on('message', () => process.send(received))
+  await countingClients(port, n, i => grouped ? Math.floor(i * groups / n) : i % groups)
 }

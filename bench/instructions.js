@@ -44,7 +44,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve as resolvePath } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { exited, groupName, hasTaskset, makePayloadFactory, median, openClients, parseFlags, sleep } from './lib/common.js'
+import { countingClients, exited, groupName, hasTaskset, makePayloadFactory, median, parseFlags, sleep, startNamedTarget } from './lib/common.js'
 
 const self = fileURLToPath(import.meta.url)
 const [role] = process.argv.slice(2)
@@ -156,11 +156,7 @@ function callgrind (args) {
 }
 
 async function server (target, groups) {
-  const [name, layer, ...variants] = target.split('-')
-  const mod = await import(`./targets/${name}.js`)
-  const entry = variants.includes('alt') ? process.env.BENCH_ALT_ENTRY : undefined
-  const durable = variants.includes('durable')
-  const s = await mod.start({ layer, entry, shared: variants.includes('shared'), metrics: durable || variants.includes('metrics'), history: durable, heartbeatInterval: 0, redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix: `instructions${process.pid}`, logFile: '/dev/null' })
+  const s = await startNamedTarget(target, { prefix: `instructions${process.pid}`, heartbeatInterval: 0 })
   const count = Number(groups)
   process.send({ port: s.port })
   // `publish` messages of `bytes` from sequence `from` on, `rate` a second, then an answer; or
@@ -184,10 +180,5 @@ async function server (target, groups) {
 }
 
 async function clients (port, n, groups) {
-  let received = 0
-  await openClients(n, i => `ws://127.0.0.1:${port}/ws/${groupName(i % groups)}`, ws => {
-    ws.on('message', () => { received++ })
-  })
-  process.send('open')
-  process.on('message', () => process.send(received))
+  await countingClients(port, n, i => i % groups)
 }

@@ -67,6 +67,42 @@ export async function openClients (n, urlOf, setUp) {
   }
 }
 
+/**
+ * A client process of `cpu-split.js` and `instructions.js`: opens `n` clients of
+ * `/ws/<group>` (`groupOf(i)`, the i-th one's group index), counts what they receive, tells its
+ * parent 'open' once every one is, then answers each message from the parent with the count.
+ */
+export async function countingClients (port, n, groupOf) {
+  let received = 0
+  await openClients(n, i => `ws://127.0.0.1:${port}/ws/${groupName(groupOf(i))}`, ws => {
+    ws.on('message', () => { received++ })
+  })
+  process.send('open')
+  process.on('message', () => process.send(received))
+}
+
+/**
+ * Starts a target in this process by the name `cpu-split.js` and `instructions.js` take:
+ * `<ws|channels>-<memory|redis>`, then any of `-shared`, `-metrics`, `-durable` (metrics and a
+ * history), `-sync` and `-alt` (the build at BENCH_ALT_ENTRY). `options` go to its start() too.
+ */
+export async function startNamedTarget (target, options) {
+  const [name, layer, ...variants] = target.split('-')
+  const mod = await import(`../targets/${name}.js`)
+  const durable = variants.includes('durable')
+  return mod.start({
+    layer,
+    entry: variants.includes('alt') ? process.env.BENCH_ALT_ENTRY : undefined,
+    shared: variants.includes('shared'),
+    metrics: durable || variants.includes('metrics'),
+    history: durable,
+    sync: variants.includes('sync'),
+    redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    logFile: '/dev/null',
+    ...options
+  })
+}
+
 /** Milliseconds on CLOCK_MONOTONIC: the same clock in every process of this machine. */
 export function monoMs () {
   const [s, ns] = process.hrtime()
