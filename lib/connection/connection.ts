@@ -6,7 +6,7 @@
  *       └─refused: 403 (close() before accept(), or connect() returned), 500 (it threw)─▶ ended
  *
  * - handshake: the scope is built, `groups` joined and `connect()` runs; the HTTP request waits for
- *   its decision. Carries the decision's resolver.
+ *   its decision (handshake.ts holds what only this part of the life needs).
  * - accepted: the 101 is on its way and the route handler will bring the socket. Carries a close
  *   that `connect()` asked for meanwhile.
  * - open: client frames and layer messages run one at a time, in arrival order (task-queue.ts),
@@ -37,6 +37,7 @@ import { ScopedTasks, stoppedWithConnection, type ScopedTasksOwner, type Spawned
 import { checkSendableCloseCode, dropIfStillClosing, fitCloseReason, protocolErrorCloseCode } from './close-codes.js'
 import type { RouteCounts } from '../metrics.js'
 import { Occurrence } from './occurrence.js'
+import { Handshake, type HandshakeOwner } from './handshake.js'
 import type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
 export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
@@ -52,9 +53,7 @@ interface Transitions {
 
 export type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
-const noop = (): void => {}
-
-export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner, SocketEvents {
+export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner, SocketEvents, HandshakeOwner {
   /** The subprotocol `accept()` named. */
   subprotocol: string | undefined = undefined
   /** Beating: set by the heartbeat on ping, cleared by the peer's pong. */
@@ -69,26 +68,16 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   readonly #request: FastifyRequest
   readonly #consumer: ConsumerHooks
   readonly #counts: RouteCounts
-  // Set by the handshake: an HTTP consumer's response is no WebSocket upgrade to count as one.
-  #upgrade = true
+  // From handshake() until the socket comes (or the connection ends without one).
+  #handshake: Handshake | null = null
   #socket: ConnectionSocket | null = null
   #channelName = ''
   #view: ChannelLayer | null = null // the consumer's channelLayer: what was joined through it is left at the end
-  #decide: ((decision: Decision) => void) | null = null // handshake: how the HTTP request learns the decision
-  #pendingClose: { code: number, reason: string } | null = null // accepted: a close() asked for before the socket came
-  #goneBeforeOpen: (() => void) | null = null // handshake, accepted: watches the request's TCP socket for a client gone before the upgrade
-  #endedBeforeOpen: (() => void) | null = null // handshake: the same for a client that ended its side (FIN), which Node leaves half open
-  // handshake: the client went away while connect() runs: `signal` is aborted.
-  #abandoned = false
-  // handshake: the server began to close before connect() ran; it will not run.
-  #shutDown = false
   // `signal` and `spawn()`: made on first use.
   #scoped: ScopedTasks | null = null
   // accept()'s promise: the socket came (or never will); and the end, once the layer is freed.
   #opened: Occurrence | null = null
   #finished: Occurrence | null = null
-  // connect() under way: a refusal frees the layer only once it has returned.
-  #connecting: Promise<void> | null = null
   // Closed by the peer, or for its rate: the frames it sent before (within the limit) are still
   // handed to receive().
   #queuedFramesRun = false
@@ -127,17 +116,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    * before `connect()` failed.
    */
   async handshake (init: (ctx: ConsumerContext) => void, type: 'websocket' | 'http' = 'websocket'): Promise<Decision> {
-    const decision = new Promise<Decision>(resolve => { this.#decide = resolve })
-    this.#upgrade = type === 'websocket'
-    // If the client goes away before the upgrade (a reset may even come before connect() runs),
-    // connect() is told through `signal`; an accepted handshake then ends (disconnect(1006)).
-    // Removed once the socket is there: it may outlive this connection.
-    const raw = this.#request.raw.socket
-    this.#goneBeforeOpen = () => { this.clientGone() }
-    this.#endedBeforeOpen = () => { if (this.#state === 'handshake') this.#abandon() }
-    raw?.once('close', this.#goneBeforeOpen)
-    raw?.once('end', this.#endedBeforeOpen)
-    if (raw?.destroyed === true) this.clientGone()
+    // If the client goes away before the upgrade, connect() is told through `signal`; an accepted
+    // handshake then ends (disconnect(1006)).
+    const handshake = this.#handshake = new Handshake(this.#request.raw.socket, type === 'websocket', this)
+    if (handshake.socketGone) this.clientGone()
     const layer = this.#runtime.layer
     try {
       const scope = await buildScope(this.#request, this.#runtime.getUser, type)
@@ -149,12 +131,12 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       await this.#refuse(500)
       throw err
     }
-    if (this.#shutDown) {
+    if (handshake.shutDown) {
       void this.#refuse(503)
-      return await decision
+      return await handshake.decision
     }
     const connected = (async () => { await this.#consumer[kConnect]() })()
-    this.#connecting = connected
+    handshake.connecting = connected
     connected.then(() => {
       // Returning without accept() refuses; after it, the queued frames may run.
       if (this.#state === 'handshake') void this.#refuse(403)
@@ -168,7 +150,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
         this.#tasks.start()
       }
     })
-    return await decision
+    return await handshake.decision
   }
 
   /** `accept()`: the handshake completes once the route handler has the socket. */
@@ -181,34 +163,31 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (this.#transition('handshake', 'accepted')) {
       this.subprotocol = subprotocol
       this.#outbound.expect()
-      this.#decided({ accepted: true })
+      this.#handshake?.decide({ accepted: true })
       // Gone already: the route handler will never bring the socket.
-      if (this.#request.raw.socket?.destroyed === true) this.clientGone()
+      if (this.#handshake?.socketGone === true) this.clientGone()
     }
     return (this.#opened = Occurrence.of(this.#opened)).promise
   }
 
   /** Called by the route handler with the upgraded socket. */
   attach (socket: ConnectionSocket): void {
-    this.#forgetGoneBeforeOpen()
+    const handshake = this.#forgetHandshake()
     if (!this.#transition('accepted', 'open')) {
       socket.terminate()
       return
     }
     this.#socket = socket
     this.#outbound.open(socket)
-    if (this.#upgrade) this.#counts.handshake(101)
+    if (handshake?.upgrade !== false) this.#counts.handshake(101)
     this.#counts.open++
     const limit = this.#runtime.rateLimit
     if (limit !== undefined) this.#flow.limitTo(limit.messages, limit.interval)
     listenTo(socket, this)
     this.#opened = Occurrence.happen(this.#opened)
     this.#flow.start(socket, this.#runtime.layer, this.#channelName)
-    const pending = this.#pendingClose
-    if (pending !== null) {
-      this.#pendingClose = null
-      this.close(pending.code, pending.reason)
-    }
+    const pending = handshake?.pendingClose
+    if (pending != null) this.close(pending.code, pending.reason)
   }
 
   /** Before accept() this refuses the handshake (403); once accepted, the socket closes as soon as it is there. */
@@ -217,7 +196,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (this.#state === 'handshake') {
       void this.#refuse(403)
     } else if (this.#state === 'accepted') {
-      this.#pendingClose = { code, reason }
+      if (this.#handshake !== null) this.#handshake.pendingClose = { code, reason }
     } else {
       this.#beginClosing('open', code, socket => { socket.close(code, fitCloseReason(reason)) })
     }
@@ -268,6 +247,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     else this.#beginClosing('accepted', 1006)
   }
 
+  /** HandshakeOwner: the client ended its side of the request's TCP socket before the upgrade. */
+  clientEnded (): void {
+    if (this.#state === 'handshake') this.#abandon()
+  }
+
   /** Ends a peer that stopped answering: no close handshake, `disconnect(1006)`. */
   terminate (): void {
     this.#beginClosing('open', 1006, socket => { socket.terminate() })
@@ -316,9 +300,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (!this.#transition('handshake', 'ended')) return
     this.#outbound.shut()
     this.#scoped?.abort()
-    this.#decided({ accepted: false, status })
+    this.#handshake?.decide({ accepted: false, status })
     await this.#scoped?.settled()
-    await this.#connecting?.then(noop, noop)
+    await this.#handshake?.connectReturned()
     await this.#finish()
   }
 
@@ -327,20 +311,14 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    * the layer is left once it returns), else as soon as the set-up before it is done.
    */
   #refuseAtShutdown (): void {
-    if (this.#connecting !== null) void this.#refuse(503)
-    else this.#shutDown = true
+    if (this.#handshake?.connecting != null) void this.#refuse(503)
+    else if (this.#handshake !== null) this.#handshake.shutDown = true
   }
 
   /** The handshake will come to nothing: connect() is told through `signal`, and decides as it will. */
   #abandon (): void {
-    this.#abandoned = true
+    if (this.#handshake !== null) this.#handshake.abandoned = true
     this.#scoped?.abort()
-  }
-
-  #decided (decision: Decision): void {
-    const decide = this.#decide
-    this.#decide = null
-    decide?.(decision)
   }
 
   /**
@@ -376,7 +354,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** In `ended`: free the layer, then tell whoever waits. */
   async #finish (): Promise<void> {
-    this.#forgetGoneBeforeOpen()
+    this.#forgetHandshake()
     if (this.#channelName !== '') {
       await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, joinedThrough(this.#runtime.layer, this.#view), this.log)
     }
@@ -449,16 +427,20 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #scopedTasks (): ScopedTasks {
     if (this.#scoped === null) {
       this.#scoped = new ScopedTasks(this)
-      if (this.#abandoned || this.#state === 'closing' || this.#state === 'ended') this.#scoped.abort()
+      if (this.#handshake?.abandoned === true || this.#state === 'closing' || this.#state === 'ended') this.#scoped.abort()
     }
     return this.#scoped
   }
 
-  #forgetGoneBeforeOpen (): void {
-    if (this.#goneBeforeOpen === null) return
-    this.#request.raw.socket?.off('close', this.#goneBeforeOpen)
-    if (this.#endedBeforeOpen !== null) this.#request.raw.socket?.off('end', this.#endedBeforeOpen)
-    this.#goneBeforeOpen = this.#endedBeforeOpen = null
+  /** The socket came, or never will: what only the handshake needed goes; returns it, if it was still held. */
+  #forgetHandshake (): Handshake | null {
+    const handshake = this.#handshake
+    if (handshake === null) return null
+    handshake.forget()
+    // A client that left while connect() ran: a `signal` asked for from now on is aborted as well.
+    if (handshake.abandoned) this.#scopedTasks()
+    this.#handshake = null
+    return handshake
   }
 
   // --- what the parts beside it read -----------------------------------------------------------
