@@ -1,0 +1,219 @@
+/**
+ * The client's WebSocket, which comes back by itself: when a socket is opened, when one is given
+ * up, and how long the next attempt waits. The client (client.ts) speaks the protocol over it and
+ * owns the state; this tells it when a socket opened or went away.
+ *
+ * - One socket at a time: a new one is opened only once the previous one has fired `close`.
+ * - Reconnects with exponential backoff and full jitter: attempt n waits a random time in
+ *   [0, min(maxDelay, minDelay·2ⁿ⁻¹)], so clients of a restarted server spread out. The count goes
+ *   back to 0 only after a socket stayed open for STABLE_MS, so a server that accepts and drops at
+ *   once is not hammered.
+ */
+import type { ClientState, StateDetail } from './client.js'
+import { host, milliseconds, type ClientOptions, type WebSocketConstructor } from './options.js'
+import { ChannelsClientError, INVALID_OPTION } from './errors.js'
+
+interface Socket {
+  readonly readyState: number
+  onopen: (() => void) | null
+  onmessage: ((event: { data: unknown }) => void) | null
+  onclose: ((event: { code: number, reason: string }) => void) | null
+  onerror: (() => void) | null
+  send (data: string): void
+  close (code?: number, reason?: string): void
+  /** ws' (Node): ends the connection without the closing handshake. */
+  terminate?: () => void
+}
+
+/** What the socket tells the client, and asks of it. */
+export interface SocketEvents {
+  /** No socket is opened once the client is 'closed', and nothing is written unless it is 'open'. */
+  state (): ClientState
+  opened (): void
+  frame (data: unknown): void
+  /** The socket went away: what was on it is lost. `reconnecting` follows unless the client is closed. */
+  dropped (): void
+  reconnecting (detail: StateDetail): void
+  report (err: unknown): void
+}
+
+const OPEN = 1
+const STABLE_MS = 5000
+
+export class ReconnectingSocket {
+  readonly #url: string
+  readonly #WebSocket: WebSocketConstructor
+  readonly #protocols: string | string[] | undefined
+  readonly #minDelay: number
+  readonly #maxDelay: number
+  readonly #connectTimeout: number
+  readonly #heartbeat: number
+  readonly #events: SocketEvents
+  // Whether the socket said anything since the heartbeat last looked, and whether it was asked.
+  #heard = false
+  #pinged = false
+  #socket: Socket | null = null
+  /** A socket given up before its `close` came (offline, or silent past the heartbeat): no new one until it has. */
+  #closing: Socket | null = null
+  #due = false
+  #attempt = 0
+  /** Offline at the last retry due, which was skipped: the next is tried even so. */
+  #skippedOffline = false
+  #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout>, beat?: ReturnType<typeof setInterval> } = {}
+  /** Writes a frame; false when there is no open socket. */
+  readonly send = (text: string): boolean => {
+    if (this.#events.state() !== 'open' || this.#socket === null) return false
+    this.#socket.send(text)
+    return true
+  }
+  // Back online: the next attempt need not wait out the backoff, nor a socket given up offline,
+  // whose `close` a browser may hold for a minute (its closing handshake on a dead connection).
+  readonly #online = (): void => {
+    const waiting = this.#due || this.#timers.retry !== undefined
+    this.#closing = null
+    this.#due = false
+    if (waiting) this.#retryIn(Math.random() * this.#minDelay)
+  }
+  // Offline, a browser keeps the socket "open" and silent, and holds its close until back online:
+  // the client says so at once and re-joins from where it was once a new socket opens.
+  readonly #offline = (): void => { this.#giveUp('offline') }
+  // A socket silent for a heartbeat is asked (ping); still silent a heartbeat later, it is dead
+  // (a network that drops packets without closing anything), which TCP would notice in minutes.
+  readonly #beat = (): void => {
+    if (this.#heard) {
+      this.#heard = this.#pinged = false
+    } else if (!this.#pinged) {
+      this.#pinged = this.send('{"op":"ping"}')
+    } else {
+      this.#giveUp('heartbeat timeout')
+    }
+  }
+
+  /** Opens the first socket. `url` and `WebSocket` come checked: the client checks them before its own options. */
+  constructor (url: string, WebSocket: WebSocketConstructor, options: ClientOptions, events: SocketEvents) {
+    this.#url = url
+    this.#WebSocket = WebSocket
+    this.#protocols = options.protocols
+    this.#minDelay = milliseconds(options.minDelay, 500, 'minDelay')
+    this.#maxDelay = milliseconds(options.maxDelay, 30_000, 'maxDelay')
+    this.#connectTimeout = milliseconds(options.connectTimeout, 10_000, 'connectTimeout')
+    this.#heartbeat = milliseconds(options.heartbeat, 25_000, 'heartbeat')
+    this.#events = events
+    this.#connect(true)
+    // A browser that is back online need not wait out the backoff.
+    host.addEventListener?.('online', this.#online)
+    host.addEventListener?.('offline', this.#offline)
+  }
+
+  /** Attempt n's wait: a random time in [0, min(maxDelay, minDelay·2ⁿ⁻¹)] (exponential backoff, full jitter). */
+  backoff (attempt: number): number {
+    return Math.random() * Math.min(this.#maxDelay, this.#minDelay * 2 ** Math.min(attempt - 1, 30))
+  }
+
+  /** For good, once the client is closed. */
+  close (): void {
+    host.removeEventListener?.('online', this.#online)
+    host.removeEventListener?.('offline', this.#offline)
+    for (const timer of Object.values(this.#timers)) clearTimeout(timer)
+    this.#timers = {}
+    // Forgotten at once: a frame still arriving on it is not handled.
+    const socket = this.#socket
+    this.#socket = null
+    socket?.close(1000)
+  }
+
+  /** `first`, from the constructor: a WebSocket constructor that throws is a bad option, thrown to the caller. */
+  #connect (first = false): void {
+    if (this.#socket !== null || this.#events.state() === 'closed') return
+    if (this.#closing !== null) {
+      this.#due = true
+      return
+    }
+    // Offline, an attempt can only fail (and a browser logs each one as an error): it waits for
+    // 'online', which retries at once, and is made anyway a `maxDelay` later, in case the browser
+    // is wrong about being offline. The backoff does not grow meanwhile.
+    if (host.navigator?.onLine === false && !this.#skippedOffline) {
+      this.#skippedOffline = true
+      this.#retryIn(this.#maxDelay)
+      return
+    }
+    this.#skippedOffline = false
+    let socket: Socket
+    try {
+      socket = new this.#WebSocket(this.#url, this.#protocols) as Socket
+    } catch (err) {
+      // The same URL and protocols every time: what the first attempt refused (a malformed
+      // subprotocol, a URL this page may not open) every retry would refuse too.
+      if (first) throw new ChannelsClientError(INVALID_OPTION, `new WebSocket() refused ${this.#url}: ${String(err)}`)
+      this.#events.report(err)
+      this.#scheduleRetry({})
+      return
+    }
+    this.#socket = socket
+    socket.onopen = () => { this.#opened(socket) }
+    socket.onmessage = event => {
+      if (socket !== this.#socket) return
+      this.#heard = true
+      this.#events.frame(event.data)
+    }
+    socket.onclose = event => {
+      if (socket === this.#closing) {
+        this.#closing = null
+        const due = this.#due
+        this.#due = false
+        if (due) this.#connect()
+      } else this.#closed(socket, event.code, event.reason)
+    }
+    socket.onerror = () => {} // a close follows
+    this.#timers.connect = setTimeout(() => { if (socket.readyState !== OPEN) socket.close() }, this.#connectTimeout)
+  }
+
+  #opened (socket: Socket): void {
+    if (socket !== this.#socket) return
+    clearTimeout(this.#timers.connect)
+    this.#timers.stable = setTimeout(() => { this.#attempt = 0 }, STABLE_MS)
+    this.#heard = this.#pinged = false
+    this.#timers.beat = setInterval(this.#beat, this.#heartbeat)
+    this.#events.opened()
+  }
+
+  /**
+   * Gives up a socket that cannot be heard: closed now as far as the client goes (4000, `reason`),
+   * and a new one is opened once it has fired `close`: at once where it can be ended without the
+   * closing handshake (ws' `terminate()`), else whenever the WebSocket gives up on it.
+   */
+  #giveUp (reason: string): void {
+    const socket = this.#socket
+    if (socket === null || this.#events.state() !== 'open') return
+    this.#closed(socket, 4000, reason)
+    this.#closing = socket
+    if (typeof socket.terminate === 'function') socket.terminate()
+    else socket.close(4000, reason)
+  }
+
+  #closed (socket: Socket, code: number, reason: string): void {
+    if (socket !== this.#socket) return
+    this.#socket = null
+    clearTimeout(this.#timers.connect)
+    clearTimeout(this.#timers.stable)
+    clearInterval(this.#timers.beat)
+    this.#events.dropped()
+    if (this.#events.state() !== 'closed') this.#scheduleRetry({ code, reason })
+  }
+
+  #scheduleRetry (detail: StateDetail): void {
+    const attempt = ++this.#attempt
+    const delay = this.backoff(attempt)
+    this.#events.reconnecting({ ...detail, attempt, delay })
+    // A state listener may have closed the client.
+    if (this.#events.state() === 'reconnecting') this.#retryIn(delay)
+  }
+
+  #retryIn (delay: number): void {
+    clearTimeout(this.#timers.retry)
+    this.#timers.retry = setTimeout(() => {
+      this.#timers.retry = undefined
+      this.#connect()
+    }, delay)
+  }
+}
