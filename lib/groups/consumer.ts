@@ -13,12 +13,12 @@ import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
 import { JsonWebsocketConsumer, kRefuseFrame, reusedEncoding } from '../json-consumer.js'
 import { kAtOnce, kSkipped, kStillHere, kUnmetered } from '../connection/tasks.js'
-import { kOutbound } from '../base-consumer.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
 import { readFrame, echo, isCallId, isJoin, isPing, show } from './frames.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
+import { Positions } from './positions.js'
 
 export type GroupsConsumerClass = (new () => GroupsConsumer) & { actions: ActionTable }
 
@@ -47,8 +47,8 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   /** Join frames not held to the rate limit so far (kUnmetered). */
   #unmeteredJoins = 0
   readonly #left = new Set<string>()
-  /** Per joined group with history: the position of the last message the client was sent or has. */
-  readonly #positions = new Map<string, StreamPosition>()
+  /** Where the client stands in each joined group's history; a gap it fills is sent as live messages are. */
+  readonly #positions = new Positions(this, (group, message, info) => this.#forwardOne(group, message, info))
   #frameBytes = 0
   #frameText: string | undefined = undefined
   #strikes = 0
@@ -176,14 +176,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       if (!rejoin) await this.#forget(group, joined !== undefined)
       return await this.#refuseGroup(coded(err, new JoinFailedError(group)), group, 'warn')
     }
-    // What the client has now: what it said it had when that was recovered, else the group's position.
-    const has = joined.recovered && since !== undefined ? since : joined.position
-    // A second join of a group leaves what the client has as it was: nothing is replayed to a
-    // member, and messages older than the group's position may still be queued for it.
-    if (!rejoin || !this.#positions.has(group)) {
-      if (has === null) this.#positions.delete(group)
-      else this.#positions.set(group, { offset: has.offset, epoch: has.epoch })
-    }
+    this.#positions.joined(group, joined, since, rejoin)
     await this.#write({ op: 'joined', group, position: joined.position, recovered: joined.recovered, presence })
   }
 
@@ -195,7 +188,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   /** The client is no longer in `group`: what is still queued for it is dropped. */
   async #forget (group: string, discard: boolean): Promise<void> {
     this.#joined.delete(group)
-    this.#positions.delete(group)
+    this.#positions.forget(group)
     this.#left.add(group)
     if (this.#left.size > MAX_LEFT) this.#left.delete(this.#left.values().next().value as string)
     if (!discard) return
@@ -264,28 +257,9 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       const entry = { channel: message.channel, info: message.info } as PresenceEntry
       return this.#write(message.type === 'presence.join' ? { op: 'presence', group, join: entry } : { op: 'presence', group, leave: entry })
     }
-    const offset = info.offset
-    const had = this.#positions.get(group)
-    if (offset !== undefined && had !== undefined && info.epoch === had.epoch && offset <= had.offset) return this.#wentBack(group, had, offset)
-    if (offset !== undefined && had !== undefined && info.epoch === had.epoch && offset > had.offset + 1) {
-      return this.#fillGap(group, had, offset - 1).then(async filled => { if (filled) await this.#deliver(message, info) })
-    }
-    if (offset !== undefined) {
-      if (had !== undefined && had.epoch === info.epoch) had.offset = offset
-      else this.#positions.set(group, { offset, epoch: info.epoch as string })
-    }
+    const held = this.#positions.next(group, info)
+    if (held !== undefined) return held.then(async sendable => { if (sendable) await this.#deliver(message, info) })
     return this.#forwardOne(group, message, info)
-  }
-
-  /**
-   * The group's offsets went back in the same epoch (Redis lost its last writes and gives their
-   * offsets out again): the client, which has `had`, would drop this message as one it has. It is
-   * closed (1013) to re-join from `had`, which the group has not reached again, so the re-join
-   * reports the gap and the app reloads.
-   */
-  #wentBack (group: string, had: StreamPosition, offset: number): Promise<void> {
-    this.log.warn({ group, channel: this.channelName, offset, had: had.offset }, 'the group\'s offsets went back (Redis lost its last writes); closing so that the client recovers')
-    return this.close(1013, 'the group\'s history went back: reconnect to recover')
   }
 
   /**
@@ -314,9 +288,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   async [kSkipped] (info: Delivery): Promise<void> {
     const group = info.group
     if (group !== undefined && info.offset === undefined) return await this.#refreshPresence(group)
-    const had = group === undefined ? undefined : this.#positions.get(group)
-    if (group === undefined || had === undefined || info.offset === undefined || info.epoch !== had.epoch || info.offset <= had.offset) return
-    await this.#fillGap(group, had, info.offset)
+    await this.#positions.skipped(info)
   }
 
   /**
@@ -335,31 +307,6 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     }
     if (!this.#joined.has(group)) return
     await this.#write({ op: 'joined', group, position: this.#positions.get(group) ?? null, recovered: true, presence })
-  }
-
-  /**
-   * Messages of the group were skipped for this channel (it was full while the client caught up):
-   * those after `had` up to `upTo` are read back from the group's history and sent, so the client
-   * still gets every message once and in order. When the history no longer holds them, the
-   * connection closes (1013): the client reconnects, re-joins from its last position and is told
-   * of the gap. Resolves with whether they were sent.
-   */
-  async #fillGap (group: string, had: StreamPosition, upTo: number): Promise<boolean> {
-    const missing = upTo - had.offset
-    const { messages, position } = await this.channelLayer.history(group, { since: had, limit: missing })
-    if (position?.epoch !== had.epoch || messages.length !== missing || messages[0].offset !== had.offset + 1) {
-      this.log.warn({ group, channel: this.channelName, from: had.offset + 1, to: upTo }, 'messages skipped for this client are gone from the history; closing so that it recovers')
-      await this.close(1013, 'messages were skipped: reconnect to recover')
-      return false
-    }
-    this.log.debug({ group, channel: this.channelName, missing }, 'sent messages skipped for this client from the history')
-    for (const kept of messages) {
-      // At the pace the client reads: a read-back can be the whole history.
-      await this[kOutbound].whenUncongested()
-      await this.#forwardOne(group, kept.message, { group, offset: kept.offset, epoch: had.epoch })
-    }
-    had.offset = upTo
-    return true
   }
 
   #message (group: string, info: Delivery, data: unknown): Promise<void> | undefined {
