@@ -7,7 +7,7 @@
  */
 import { LayerClosedError } from '../errors.js'
 import { Mailbox, Waiter } from './mailbox.js'
-import { cloneMessage } from './message.js'
+import type { Cloner } from './compiled-clone.js'
 import type { ChannelSink, Delivery, LayerMessage, Received } from './types.js'
 
 /** The `Delivery` of a message sent to the channel itself. */
@@ -45,19 +45,19 @@ export class LocalChannels {
   }
 
   /**
-   * Hands `message` (a copy of it with `copy`) to `sink`, the channel's longest-waiting receiver,
-   * or its queue. False, delivering nothing, when the channel is full; `force` queues it anyway:
-   * a replay is not refused for capacity, nor counted against it. `copy` clones only once the
-   * channel is known to accept, so skipping a full member costs nothing.
+   * Hands `message` (what `copy` makes of it, when given) to `sink`, the channel's longest-waiting
+   * receiver, or its queue. False, delivering nothing, when the channel is full; `force` queues it
+   * anyway: a replay is not refused for capacity, nor counted against it. The copy is made only
+   * once the channel is known to accept, so skipping a full member costs nothing.
    */
-  deliver (channel: string, sink: ChannelSink | undefined, message: LayerMessage, info: Delivery, copy: boolean, force: boolean): boolean {
+  deliver (channel: string, sink: ChannelSink | undefined, message: LayerMessage, info: Delivery, copy: Cloner | null, force: boolean): boolean {
     // Most of the time no channel has a mailbox: then the name is not even hashed.
     let mailbox = this.#mailboxes.size === 0 ? undefined : this.#mailboxes.get(channel)
     // Straight to the listener, unless older messages still wait for it (order is kept), or a
     // replay meets a client that has not read what it was sent.
     if (sink !== undefined && sink.accepting && (mailbox === undefined || mailbox.size === 0) && !(force && sink.congested === true)) {
       this.#settings.counts.deliveries++
-      sink.push(copy ? cloneMessage(message) : message, info)
+      sink.push(copy === null ? message : copy(message), info)
       return true
     }
     const now = performance.now()
@@ -67,7 +67,7 @@ export class LocalChannels {
       const waiter = mailbox.takeWaiter()
       if (waiter !== null) {
         this.#settings.counts.deliveries++
-        waiter.resolve({ message: copy ? cloneMessage(message) : message, info })
+        waiter.resolve({ message: copy === null ? message : copy(message), info })
         mailbox.releaseIfIdle()
         return true
       }
@@ -78,7 +78,7 @@ export class LocalChannels {
     // slowly): the history's size bounds it, and the connection's end drops it. One to a channel
     // nobody listens to expires as any message does.
     const forever = force && sink !== undefined
-    mailbox.push(copy ? cloneMessage(message) : message, info, forever ? Infinity : now + this.#settings.expiryMs, force)
+    mailbox.push(copy === null ? message : copy(message), info, forever ? Infinity : now + this.#settings.expiryMs, force)
     return true
   }
 

@@ -5,13 +5,17 @@
  * Synchronous and unvalidated: the layer facade checks names and copies messages before anything
  * reaches the store, and a backend that spans processes calls it for whatever lives here.
  */
-import { share } from './message.js'
+import { cloneMessage, share } from './message.js'
 import { enterFanOut, leaveFanOut } from './copy-encoding.js'
+import { clonerFor } from './compiled-clone.js'
 import { Listener, Membership } from './local-entries.js'
 import { Turns } from './turns.js'
 import { PresenceTable, isPresenceEvent } from './local-presence.js'
 import { DIRECT, LocalChannels, type ChannelSettings } from './local-channels.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
+
+/** Fan-outs to this many members or more copy with code compiled for the message (compiled-clone.ts). */
+const COMPILED_COPY_FROM = 8
 
 export interface LocalStoreSettings extends ChannelSettings {
   /** Milliseconds a membership lasts unless renewed. */
@@ -55,7 +59,7 @@ export class LocalStore {
    */
   deliver (channel: string, message: LayerMessage, info: Delivery = DIRECT, force = false): boolean {
     const channels = this.#channels
-    return channels.deliver(channel, channels.sinkOf(channel), message, info, false, force)
+    return channels.deliver(channel, channels.sinkOf(channel), message, info, null, force)
   }
 
   /**
@@ -107,6 +111,8 @@ export class LocalStore {
     let frozen = false
     const channels = this.#channels
     const previous = pristine ? enterFanOut(message) : undefined
+    // Reading the message's structure costs about what a few generic copies do.
+    const copy = pristine ? (members.size >= COMPILED_COPY_FROM ? clonerFor(message) : cloneMessage) : null
     try {
       // forEach, not for…of: an entries iterator makes a [channel, membership] array per member.
       members.forEach((membership, channel) => {
@@ -121,7 +127,7 @@ export class LocalStore {
           share(message)
           frozen = true
         }
-        if (channels.deliver(channel, sink, message, info, pristine && !shares, force)) return
+        if (channels.deliver(channel, sink, message, info, shares ? null : copy, force)) return
         this.#settings.skipped(group, channel)
         // A message with an offset can be read back from the history, and a presence list read
         // afresh: either way the consumer is told, in order.

@@ -163,7 +163,7 @@ function copyArray (source: unknown[], depth: number): unknown[] {
 // whole (V8 copies an object of a known shape in one step, instead of adding its keys one by one),
 // then its nested containers replaced by their clones. The source is a checked copy: no getters,
 // no symbol keys, so the spread reads what the checks read.
-function cloneValue (value: unknown): unknown {
+export function cloneValue (value: unknown): unknown {
   if (typeof value !== 'object' || value === null) return value
   if (Array.isArray(value)) {
     const target = value.slice()

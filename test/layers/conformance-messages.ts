@@ -197,4 +197,56 @@ export function conformanceMessages (test: Define, { open, unique, next, nothing
     }
     t.equal(({} as { polluted?: unknown }).polluted, undefined, 'Object.prototype untouched')
   })
+
+  test('a group of many members: each gets its own exact copy, whatever the message holds', async t => {
+    // Fan-outs to 8 members or more copy with code compiled for the message's structure, from the
+    // second message of that structure on (compiled-clone.ts): every kind of key, value and
+    // nesting, the same structure with other values, a structure that changes, and more
+    // structures than it compiles.
+    const layer = await open(t)
+    const members: string[] = []
+    for (let i = 0; i < 10; i++) members.push(await layer.newChannel())
+    const group = unique('many')
+    for (const channel of members) await layer.groupAdd(group, channel)
+    const wide: Record<string, number> = {}
+    for (let i = 0; i < 100; i++) wide[`k${i}`] = i
+    const messages: LayerMessage[] = [
+      '{"type":"rich","2":"two","1":{"b":true,"a":null},"quote\\"key":"q","line\\nkey":"\\u2028","ünï":{"x":[1,{"y":{"z":[]}}]},"empty":{},"deep":{"a":{"b":{"c":{"d":{"e":{"f":"bottom"}}}}}},"n":-1.5}',
+      '{"type":"rich","2":"deux","1":{"b":false,"a":"now a string"},"quote\\"key":"r","line\\nkey":"","ünï":{"x":[]},"empty":{},"deep":{"a":{"b":{"c":{"d":{"e":{"f":"fond"}}}}}},"n":7}',
+      '{"type":"rich","2":"trois","1":"no longer an object"}',
+      '{"type":"evil","__proto__":{"polluted":true},"nested":{"__proto__":{"x":1}}}',
+      JSON.stringify({ type: 'wide', wide, after: { v: 1 } })
+    ].map(json => JSON.parse(json) as LayerMessage)
+    messages.push({ type: 'bytes', inner: { bytes: Uint8Array.from([1, 2, 3]), list: [Uint8Array.from([4])] } })
+    // A structure is compiled the second time it is sent.
+    for (let i = 0; i < 300; i++) messages.push({ type: 'structure', [`k${i}`]: { v: i } }, { type: 'structure', [`k${i}`]: { v: -i } })
+
+    const containers = (value: unknown, out: object[] = []): object[] => {
+      if (typeof value !== 'object' || value === null) return out
+      out.push(value)
+      for (const inner of Object.values(value)) containers(inner, out)
+      return out
+    }
+    const seen = new Set(messages.flatMap(message => containers(message)))
+    let exact = 0
+    // One at a time: a channel holds 100 messages at most.
+    for (const message of messages) {
+      await layer.groupSend(group, message)
+      for (const channel of members) {
+        const copy = await next(layer, channel)
+        if (JSON.stringify(copy) === JSON.stringify(message)) exact++
+        else t.fail(`${channel}: ${JSON.stringify(copy)} is not ${JSON.stringify(message)}`)
+        for (const object of containers(copy)) {
+          if (seen.has(object)) t.fail(`${channel}: an object of ${message.type} is shared`)
+          seen.add(object)
+          const plain = Array.isArray(object) || object instanceof Uint8Array || Object.getPrototypeOf(object) === Object.prototype
+          if (!plain) t.fail(`${channel}: an object of ${message.type} has another prototype`)
+        }
+        if (message.type === 'bytes') t.ok(((copy.inner as { bytes: unknown }).bytes instanceof Uint8Array), 'bytes stay bytes')
+        if (message.type === 'evil') t.ok(Object.hasOwn(copy, '__proto__') && Object.getPrototypeOf(copy) === Object.prototype, '__proto__ stays data')
+      }
+    }
+    t.equal(exact, members.length * messages.length, 'every member got every message, key order and values as sent')
+    t.equal(({} as { polluted?: unknown }).polluted, undefined, 'Object.prototype untouched')
+  })
 }
