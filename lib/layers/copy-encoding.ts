@@ -15,32 +15,46 @@
  * (time, object identity), so it always runs. The comparison reads values as `JSON.stringify`
  * does, so a getter a handler defines on its copy is read by it (and read again by
  * `JSON.stringify` when something differs).
+ *
+ * In a fan-out whose message has a compiled structure (message-structure.ts), the members after
+ * the first are compared by code compiled for the part they send: the checks of `sameData`,
+ * written out for its keys.
  */
+import { compileFunction, isPlainObject, keyCases, keyLiteral, MAX_DEPTH, MAX_KEYS, type PartIndex, type Structure } from './message-structure.js'
 
-// The message the running fan-out copies from; undefined outside one.
+// The message the running fan-out copies from (undefined outside one), and its structure when
+// compiled.
 let source: object | undefined
+let structure: Structure | undefined
 
 /** A fan-out of `message` starts, every member getting a copy; returns what `leaveFanOut` restores. */
-export function enterFanOut (message: object): object | undefined {
-  const previous = source
+export function enterFanOut (message: object, compiled: Structure | undefined): FanOut {
+  const previous = { source, structure }
   source = message
+  structure = compiled
   forgetMatches()
   return previous
 }
+
+/** What `enterFanOut` returns. */
+export interface FanOut { source: object | undefined, structure: Structure | undefined }
 
 /**
  * The fan-out ended (a nested one restores the outer one's message, still untouched, whose
  * members left match it afresh). Nothing of a message is kept past its fan-out.
  */
-export function leaveFanOut (previous: object | undefined): void {
-  source = previous
+export function leaveFanOut (previous: FanOut): void {
+  source = previous.source
+  structure = previous.structure
   forgetMatches()
 }
 
 // What the members of the current source have matched so far: the part of the source their
-// content equals, and its text. Forgotten whenever the source changes.
+// content equals, its text, and how the next members are compared with it. Forgotten whenever
+// the source changes.
 let matchedPart: object | undefined
 let matchedText = ''
+let sameAsMatched: Comparer = sameData
 // The source's objects' own keys and values, in order, read once per object and source (the
 // source is pristine while its fan-out runs), and the last object asked for.
 interface Entries { keys: string[], values: unknown[] }
@@ -52,6 +66,7 @@ let lastEntries = NO_ENTRIES
 function forgetMatches (): void {
   matchedPart = undefined
   matchedText = ''
+  sameAsMatched = sameData
   entryLists.clear()
   lastObject = undefined
   lastEntries = NO_ENTRIES
@@ -64,16 +79,20 @@ function forgetMatches (): void {
 export function encodingOfCopy (content: unknown): string | undefined {
   const from = source
   if (from === undefined || typeof content !== 'object' || content === null) return undefined
-  if (matchedPart !== undefined) return sameData(content, matchedPart) ? matchedText : undefined
+  if (matchedPart !== undefined) return sameAsMatched(content, matchedPart) ? matchedText : undefined
   // The first member: which part of the message does it send? The message itself, or one of its
   // objects (`sendJson(event.payload)`).
   let part: object | undefined
+  let index: PartIndex = -1
   if (sameData(content, from)) {
     part = from
   } else {
-    for (const value of entriesOf(from).values) {
+    const values = entriesOf(from).values
+    for (let i = 0; i < values.length; i++) {
+      const value = values[i]
       if (typeof value === 'object' && value !== null && sameData(content, value)) {
         part = value
+        index = i
         break
       }
     }
@@ -83,6 +102,8 @@ export function encodingOfCopy (content: unknown): string | undefined {
   // gives every content equal to it.
   matchedText = JSON.stringify(content)
   matchedPart = part
+  const found = part
+  if (structure !== undefined) sameAsMatched = structure.part(index, () => comparerFor(found)) ?? sameData
   return matchedText
 }
 
@@ -97,6 +118,9 @@ function entriesOf (value: object): Entries {
   lastEntries = entries
   return entries
 }
+
+/** `sameData`, or the same written out for one structure. */
+type Comparer = (content: unknown, original: unknown) => boolean
 
 /** Whether `JSON.stringify` reads the same data in `content` as in `original` (a part of the source). */
 function sameData (content: unknown, original: unknown): boolean {
@@ -134,4 +158,62 @@ const hasOwnProperty = Object.prototype.hasOwnProperty
 
 function noToJson (value: object): boolean {
   return (value as { toJSON?: unknown }).toJSON === undefined
+}
+
+/**
+ * `sameData` written out for `part`'s structure (its keys, and which values are objects), for
+ * every part of that structure; undefined where it is not compiled (compare generically).
+ */
+function comparerFor (part: object): Comparer | undefined {
+  if (Array.isArray(part) || part instanceof Uint8Array) return undefined
+  const plan: ComparePlan = { keys: 0, functions: '', count: 0 }
+  const root = checkOf(part as Record<string, unknown>, 0, plan)
+  if (root === undefined) return undefined
+  return compileFunction({ sameData, hasOwnProperty }, `${plan.functions}return ${root}`) as Comparer | undefined
+}
+
+interface ComparePlan {
+  /** Properties written so far. */
+  keys: number
+  /** One function per object of the part. */
+  functions: string
+  count: number
+}
+
+/**
+ * The name of a function `(content, original)` that checks what `sameData` does against an
+ * object of `value`'s structure: no `toJSON`, Object.prototype, the same own keys in the same
+ * order, and equal values. Arrays, bytes and deeper objects go to `sameData` itself.
+ */
+function checkOf (value: Record<string, unknown>, depth: number, plan: ComparePlan): string | undefined {
+  const keys = Object.keys(value)
+  plan.keys += keys.length
+  if (plan.keys > MAX_KEYS) return undefined
+  let values = ''
+  for (let i = 0; i < keys.length; i++) {
+    const key = keys[i]
+    if (key === '__proto__') return undefined
+    const name = keyLiteral(key)
+    const item = value[key]
+    if (typeof item !== 'object' || item === null) {
+      values += ` && c[${name}] === o[${name}]`
+    } else {
+      const nested = depth < MAX_DEPTH && isPlainObject(item) ? checkOf(item as Record<string, unknown>, depth + 1, plan) : 'sameData'
+      if (nested === undefined) return undefined
+      values += ` && ${nested}(c[${name}], o[${name}])`
+    }
+  }
+  const fn = `same${++plan.count}`
+  plan.functions += `function ${fn} (c, o) {
+if (typeof c !== 'object' || c === null || c.toJSON !== undefined || Object.getPrototypeOf(c) !== Object.prototype) return false
+let i = 0
+for (const k in c) {
+switch (i++) {
+${keyCases(keys)}}
+if (!hasOwnProperty.call(c, k)) return false
+}
+return i === ${keys.length}${values}
+}
+`
+  return fn
 }

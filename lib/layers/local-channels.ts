@@ -7,7 +7,7 @@
  */
 import { LayerClosedError } from '../errors.js'
 import { Mailbox, Waiter } from './mailbox.js'
-import type { Cloner } from './compiled-clone.js'
+import type { Structure } from './message-structure.js'
 import type { ChannelSink, Delivery, LayerMessage, Received } from './types.js'
 
 /** The `Delivery` of a message sent to the channel itself. */
@@ -50,7 +50,7 @@ export class LocalChannels {
    * anyway: a replay is not refused for capacity, nor counted against it. The copy is made only
    * once the channel is known to accept, so skipping a full member costs nothing.
    */
-  deliver (channel: string, sink: ChannelSink | undefined, message: LayerMessage, info: Delivery, copy: Cloner | null, force: boolean): boolean {
+  deliver (channel: string, sink: ChannelSink | undefined, message: LayerMessage, info: Delivery, copy: Structure['clone'] | null, force: boolean): boolean {
     // Most of the time no channel has a mailbox: then the name is not even hashed.
     let mailbox = this.#mailboxes.size === 0 ? undefined : this.#mailboxes.get(channel)
     // Straight to the listener, unless older messages still wait for it (order is kept), or a

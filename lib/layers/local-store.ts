@@ -7,15 +7,18 @@
  */
 import { cloneMessage, share } from './message.js'
 import { enterFanOut, leaveFanOut } from './copy-encoding.js'
-import { clonerFor } from './compiled-clone.js'
+import { structureOf } from './message-structure.js'
 import { Listener, Membership } from './local-entries.js'
 import { Turns } from './turns.js'
 import { PresenceTable, isPresenceEvent } from './local-presence.js'
 import { DIRECT, LocalChannels, type ChannelSettings } from './local-channels.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
 
-/** Fan-outs to this many members or more copy with code compiled for the message (compiled-clone.ts). */
-const COMPILED_COPY_FROM = 8
+/**
+ * Fan-outs to this many members or more copy the message, and compare what members send with it,
+ * by code compiled for its structure (message-structure.ts).
+ */
+const COMPILED_FROM = 8
 
 export interface LocalStoreSettings extends ChannelSettings {
   /** Milliseconds a membership lasts unless renewed. */
@@ -110,9 +113,10 @@ export class LocalStore {
     const pristine = members.size > 1
     let frozen = false
     const channels = this.#channels
-    const previous = pristine ? enterFanOut(message) : undefined
-    // Reading the message's structure costs about what a few generic copies do.
-    const copy = pristine ? (members.size >= COMPILED_COPY_FROM ? clonerFor(message) : cloneMessage) : null
+    // Finding the message's structure costs about what a few generic copies do.
+    const structure = pristine && members.size >= COMPILED_FROM ? structureOf(message) : undefined
+    const previous = pristine ? enterFanOut(message, structure) : undefined
+    const copy = pristine ? (structure?.clone ?? cloneMessage) : null
     try {
       // forEach, not for…of: an entries iterator makes a [channel, membership] array per member.
       members.forEach((membership, channel) => {
@@ -134,7 +138,7 @@ export class LocalStore {
         if (info.offset !== undefined || isPresenceEvent(message.type)) channels.markSkipped(channel, info)
       })
     } finally {
-      if (pristine) leaveFanOut(previous)
+      if (previous !== undefined) leaveFanOut(previous)
     }
   }
 

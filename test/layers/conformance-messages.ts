@@ -200,9 +200,9 @@ export function conformanceMessages (test: Define, { open, unique, next, nothing
 
   test('a group of many members: each gets its own exact copy, whatever the message holds', async t => {
     // Fan-outs to 8 members or more copy with code compiled for the message's structure, from the
-    // second message of that structure on (compiled-clone.ts): every kind of key, value and
-    // nesting, the same structure with other values, a structure that changes, and more
-    // structures than it compiles.
+    // second message of that structure on (message-structure.ts): every kind of key, value and
+    // nesting, the same structure with other values, messages that differ from the last structure
+    // by a key or by which values are objects, and more structures than are compiled.
     const layer = await open(t)
     const members: string[] = []
     for (let i = 0; i < 10; i++) members.push(await layer.newChannel())
@@ -213,6 +213,9 @@ export function conformanceMessages (test: Define, { open, unique, next, nothing
     const messages: LayerMessage[] = [
       '{"type":"rich","2":"two","1":{"b":true,"a":null},"quote\\"key":"q","line\\nkey":"\\u2028","ünï":{"x":[1,{"y":{"z":[]}}]},"empty":{},"deep":{"a":{"b":{"c":{"d":{"e":{"f":"bottom"}}}}}},"n":-1.5}',
       '{"type":"rich","2":"deux","1":{"b":false,"a":"now a string"},"quote\\"key":"r","line\\nkey":"","ünï":{"x":[]},"empty":{},"deep":{"a":{"b":{"c":{"d":{"e":{"f":"fond"}}}}}},"n":7}',
+      '{"type":"rich","2":"drei","1":{"b":true,"a":0},"quote\\"key":"s","line\\nkey":"","ünï":{"x":{}},"empty":{},"deep":{"a":{"b":{"c":{"d":{"e":[]}}}}},"n":8}',
+      '{"type":"rich","2":"one more key","1":{"b":true,"a":0},"quote\\"key":"s","line\\nkey":"","ünï":{"x":{}},"empty":{},"deep":{"a":{"b":{"c":{"d":{"e":[]}}}}},"n":8,"zz":1}',
+      '{"type":"rich","2":{"now":"an object"},"1":{"b":true,"a":{"also":"one"}},"quote\\"key":"s","line\\nkey":"","ünï":{"x":{}},"empty":{"k":{}},"deep":{"a":{"b":{"c":{"d":{"e":[]}}}}},"n":8}',
       '{"type":"rich","2":"trois","1":"no longer an object"}',
       '{"type":"evil","__proto__":{"polluted":true},"nested":{"__proto__":{"x":1}}}',
       JSON.stringify({ type: 'wide', wide, after: { v: 1 } })

@@ -1,4 +1,4 @@
-// A fan-out's copies made by compiled code (lib/layers/compiled-clone.ts): what they must be is in
+// A fan-out's copies made by compiled code (lib/layers/message-structure.ts): what they must be is in
 // the conformance suite (conformance-messages.ts, "a group of many members"); here, a process that
 // forbids code generation still gets every copy, made the generic way.
 import t from 'tap'
