@@ -4,7 +4,7 @@
 // is the same on a slow host and a fast one, so two builds or two targets compare in any state.
 //
 //   node bench/instructions.js [--targets=ws-memory,channels-memory]
-//     [--connections=2000] [--groups=20] [--rate=50] [--payload=128] [--warm=400] [--messages=1000] [--rounds=1]
+//     [--connections=2000] [--groups=20] [--rate=50] [--payload=128] [--warm=2000] [--messages=1000] [--rounds=1]
 //     [--alt=<path to another build's dist/index.js>]   (then e.g. --targets=channels-memory,channels-memory-alt)
 //     [--keep=<dir>]   (keeps callgrind's dumps, <dir>/<target>/callgrind.<pid>.<n>: 1 idle, 2 busy;
 //                       `bench/instructions-report.js` lists where the instructions went)
@@ -12,7 +12,8 @@
 // Each target's server runs alone under `valgrind --tool=callgrind` (on CPU 0 when taskset works),
 // with one client process holding every connection on CPU 1, outside valgrind. The server
 // publishes `warm` group messages round-robin over the groups, at four times the rate, so that the
-// JIT compiles the hot path. Then callgrind's counters are zeroed (`callgrind_control -z`) and
+// JIT compiles the hot path: after 400, functions that run once per group message (a fan-out)
+// were still being compiled in the window, some 500 instructions per delivery of compiling. Then callgrind's counters are zeroed (`callgrind_control -z`) and
 // dumped after a window with nothing to deliver, then zeroed again while the server publishes
 // `messages` more at `rate` a second, and dumped once the clients have received every one. The
 // busy window's total, less what the idle window ran in as much time, divided by the deliveries,
@@ -66,7 +67,7 @@ async function main () {
     groups: Number(opts.groups ?? 20),
     rate: Number(opts.rate ?? 50),
     payload: Number(opts.payload ?? 128),
-    warm: Number(opts.warm ?? 400),
+    warm: Number(opts.warm ?? 2000),
     messages: Number(opts.messages ?? 1000)
   }
   const rounds = Number(opts.rounds ?? 1)
