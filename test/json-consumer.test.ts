@@ -145,6 +145,41 @@ t.test('a group message to many members: each client gets exactly the JSON of wh
   t.same(payload, { n: 1, a: 'x', list: [1, 2, 3], o: { x: 1, y: null }, t: 0.1 + 0.2 }, 'the sender\'s object is untouched')
 })
 
+t.test('deeper than a message structure is compiled, one message may differ from the next: a copy is compared with its own', async t => {
+  // The payload's object `d` is 5 levels into the message, below what its structure's code fixes.
+  // One member turns its `d` into one with the keys of the earlier messages' `d`, every value
+  // undefined (which JSON leaves out): compared with the keys the code was written for, it would
+  // look unchanged and get the text of the member before.
+  class Member extends JsonWebsocketConsumer {
+    override groups = ['deep']
+    async deepItem (event: Record<string, any>) {
+      if ((this.scope.query as { twist?: string }).twist === '1') {
+        const d = event.payload.a.b.c.d
+        for (const key of Object.keys(d)) delete d[key]
+        d.y = undefined
+      }
+      await this.sendJson(event.payload)
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Member.asHandler()))
+  t.teardown(() => app.close())
+  const members: WebsocketCommunicator[] = []
+  for (let i = 0; i < 10; i++) {
+    const member = new WebsocketCommunicator(app, i === 2 ? '/ws?twist=1' : '/ws')
+    await member.connect()
+    members.push(member)
+  }
+  const deep = (d: Record<string, number>) => ({ a: { b: { c: { d } } } })
+  // Two of one structure compile it; the third has it too, with another `d`.
+  for (const d of [{ y: 2 }, { y: 3 }, { x: 1 }]) {
+    await app.channelLayer.groupSend('deep', { type: 'deep.item', payload: deep(d) })
+    for (let i = 0; i < members.length; i++) {
+      t.equal(JSON.stringify(await members[i].receiveJsonFrom()), JSON.stringify(deep(i === 2 ? {} : d)), `member ${i}, d ${JSON.stringify(d)}`)
+    }
+  }
+  for (const member of members) await member.disconnect()
+})
+
 t.test('sendJson() of something JSON cannot encode (undefined, a function) rejects with a clear error; nothing is sent', async t => {
   const outcomes: unknown[] = []
   class Careless extends JsonWebsocketConsumer {

@@ -103,7 +103,7 @@ export function encodingOfCopy (content: unknown): string | undefined {
   matchedText = JSON.stringify(content)
   matchedPart = part
   const found = part
-  if (structure !== undefined) sameAsMatched = structure.part(index, () => comparerFor(found)) ?? sameData
+  if (structure !== undefined) sameAsMatched = structure.part(index, () => comparerFor(found, index < 0 ? 0 : 1)) ?? sameData
   return matchedText
 }
 
@@ -161,13 +161,16 @@ function noToJson (value: object): boolean {
 }
 
 /**
- * `sameData` written out for `part`'s structure (its keys, and which values are objects), for
- * every part of that structure; undefined where it is not compiled (compare generically).
+ * `sameData` written out for `part`'s structure (its keys, and which values are objects), for the
+ * same part of every message of the fan-out's structure; undefined where it is not compiled
+ * (compare generically). `depth`: the part's in the message. Objects are written out exactly as
+ * deep as the structure is (MAX_DEPTH), where every message of it has the same keys: what lies
+ * deeper may differ from one message to the next, and is compared by `sameData`.
  */
-function comparerFor (part: object): Comparer | undefined {
+function comparerFor (part: object, depth: number): Comparer | undefined {
   if (Array.isArray(part) || part instanceof Uint8Array) return undefined
   const plan: ComparePlan = { keys: 0, functions: '', count: 0 }
-  const root = checkOf(part as Record<string, unknown>, 0, plan)
+  const root = checkOf(part as Record<string, unknown>, depth, plan)
   if (root === undefined) return undefined
   return compileFunction({ sameData, hasOwnProperty }, `${plan.functions}return ${root}`) as Comparer | undefined
 }
