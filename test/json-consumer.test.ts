@@ -171,7 +171,8 @@ t.test('deeper than a message structure is compiled, one message may differ from
   }
   const deep = (d: Record<string, number>) => ({ a: { b: { c: { d } } } })
   // Two of one structure compile it; the third has it too, with another `d`.
-  for (const d of [{ y: 2 }, { y: 3 }, { x: 1 }]) {
+  const ds: Array<Record<string, number>> = [{ y: 2 }, { y: 3 }, { x: 1 }]
+  for (const d of ds) {
     await app.channelLayer.groupSend('deep', { type: 'deep.item', payload: deep(d) })
     for (let i = 0; i < members.length; i++) {
       t.equal(JSON.stringify(await members[i].receiveJsonFrom()), JSON.stringify(deep(i === 2 ? {} : d)), `member ${i}, d ${JSON.stringify(d)}`)
