@@ -20,7 +20,8 @@
  * the first are compared by code compiled for the part they send: the checks of `sameData`,
  * written out for its keys.
  */
-import { compileFunction, isPlainObject, keyCases, keyLiteral, MAX_DEPTH, MAX_KEYS, type PartIndex, type Structure } from './message-structure.js'
+import { compileFunction, keyLiteral, keysToWrite, MAX_DEPTH, sameKeysCode, type PartIndex, type Structure } from './message-structure.js'
+import { isPlainPrototype } from './message.js'
 
 // The message the running fan-out copies from (undefined outside one), and its structure when
 // compiled.
@@ -189,19 +190,16 @@ interface ComparePlan {
  * order, and equal values. Arrays, bytes and deeper objects go to `sameData` itself.
  */
 function checkOf (value: Record<string, unknown>, depth: number, plan: ComparePlan): string | undefined {
-  const keys = Object.keys(value)
-  plan.keys += keys.length
-  if (plan.keys > MAX_KEYS) return undefined
+  const keys = keysToWrite(value, plan)
+  if (keys === undefined) return undefined
   let values = ''
-  for (let i = 0; i < keys.length; i++) {
-    const key = keys[i]
-    if (key === '__proto__') return undefined
+  for (const key of keys) {
     const name = keyLiteral(key)
     const item = value[key]
     if (typeof item !== 'object' || item === null) {
       values += ` && c[${name}] === o[${name}]`
     } else {
-      const nested = depth < MAX_DEPTH && isPlainObject(item) ? checkOf(item as Record<string, unknown>, depth + 1, plan) : 'sameData'
+      const nested = depth < MAX_DEPTH && isPlainPrototype(Object.getPrototypeOf(item)) ? checkOf(item as Record<string, unknown>, depth + 1, plan) : 'sameData'
       if (nested === undefined) return undefined
       values += ` && ${nested}(c[${name}], o[${name}])`
     }
@@ -209,13 +207,7 @@ function checkOf (value: Record<string, unknown>, depth: number, plan: ComparePl
   const fn = `same${++plan.count}`
   plan.functions += `function ${fn} (c, o) {
 if (typeof c !== 'object' || c === null || c.toJSON !== undefined || Object.getPrototypeOf(c) !== Object.prototype) return false
-let i = 0
-for (const k in c) {
-switch (i++) {
-${keyCases(keys)}}
-if (!hasOwnProperty.call(c, k)) return false
-}
-return i === ${keys.length}${values}
+${sameKeysCode('c', keys)}return true${values}
 }
 `
   return fn

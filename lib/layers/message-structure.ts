@@ -26,11 +26,11 @@
  *   string literal; nothing else of a message does. Arrays, bytes and objects nested deeper than
  *   MAX_DEPTH are walked generically from inside the compiled code.
  */
-import { cloneValue } from './message.js'
+import { cloneValue, isPlainPrototype } from './message.js'
 import type { LayerMessage } from './types.js'
 
 /** Properties one structure is written out for at most; a larger message is walked generically. */
-export const MAX_KEYS = 64
+const MAX_KEYS = 64
 /** How deep objects are written out. */
 export const MAX_DEPTH = 4
 const MAX_CODE = 8192
@@ -109,16 +109,33 @@ export function keyLiteral (key: string): string {
   return JSON.stringify(key)
 }
 
-export function isPlainObject (value: object): boolean {
-  const proto: unknown = Object.getPrototypeOf(value)
-  return proto === Object.prototype || proto === null
+/**
+ * The own keys of `value` that compiled code is written for, counted into `plan.keys`; undefined
+ * past MAX_KEYS, or for a `__proto__` key (a literal would read it as its prototype).
+ */
+export function keysToWrite (value: object, plan: { keys: number }): string[] | undefined {
+  const keys = Object.keys(value)
+  plan.keys += keys.length
+  if (plan.keys > MAX_KEYS || keys.includes('__proto__')) return undefined
+  return keys
 }
 
-/** The `switch` a compiled walk makes on an object's keys (`k`, the `i`th): anything else is not the same. */
-export function keyCases (keys: readonly string[]): string {
+/**
+ * Compiled lines that return false unless the object `ref` names has exactly `keys` as its own
+ * enumerable keys, in that order.
+ */
+export function sameKeysCode (ref: string, keys: readonly string[]): string {
   let cases = ''
   for (let i = 0; i < keys.length; i++) cases += `case ${i}: if (k !== ${keyLiteral(keys[i])}) return false; break\n`
-  return `${cases}default: return false\n`
+  return `let i = 0
+for (const k in ${ref}) {
+switch (i++) {
+${cases}default: return false
+}
+if (!hasOwnProperty.call(${ref}, k)) return false
+}
+if (i !== ${keys.length}) return false
+`
 }
 
 // Not Object.hasOwn: V8 turns this call, on the object a for…in walks, into a check of its shape.
@@ -141,21 +158,19 @@ interface Plan {
  */
 function literalOf (value: Record<string, unknown>, ref: string, depth: number, plan: Plan): string | undefined {
   const match = `match${++plan.count}`
-  const keys = Object.keys(value)
-  plan.keys += keys.length
-  if (plan.keys > MAX_KEYS) return undefined
+  const keys = keysToWrite(value, plan)
+  if (keys === undefined) return undefined
   let out = '{'
   let kinds = ''
   for (let i = 0; i < keys.length; i++) {
     const key = keys[i]
-    if (key === '__proto__') return undefined
     const name = keyLiteral(key)
     const item = value[key]
     let copy: string
     if (typeof item !== 'object' || item === null) {
       copy = `${ref}[${name}]`
       kinds += ` && (typeof (v = o[${name}]) !== 'object' || v === null)`
-    } else if (depth < MAX_DEPTH && isPlainObject(item)) {
+    } else if (depth < MAX_DEPTH && isPlainPrototype(Object.getPrototypeOf(item))) {
       const temp = `v${plan.count}`
       plan.loads += `const ${temp} = ${ref}[${name}]\n`
       kinds += ` && match${plan.count + 1}(o[${name}])`
@@ -173,14 +188,8 @@ function literalOf (value: Record<string, unknown>, ref: string, depth: number, 
 if (typeof o !== 'object' || o === null) return false
 const p = Object.getPrototypeOf(o)
 if (p !== Object.prototype && p !== null) return false
-let i = 0
-for (const k in o) {
-switch (i++) {
-${keyCases(keys)}}
-if (!hasOwnProperty.call(o, k)) return false
-}
-let v
-return i === ${keys.length}${kinds}
+${sameKeysCode('o', keys)}let v
+return true${kinds}
 }
 `
   return `${out}}`

@@ -92,7 +92,7 @@ export function cloneMessage (message: LayerMessage): LayerMessage {
   return cloneObject(message) as LayerMessage
 }
 
-function isPlainPrototype (proto: unknown): boolean {
+export function isPlainPrototype (proto: unknown): boolean {
   return proto === Object.prototype || proto === null
 }
 
