@@ -13,7 +13,11 @@
 // with one client process holding every connection on CPU 1, outside valgrind. The server
 // publishes `warm` group messages round-robin over the groups, at four times the rate, so that the
 // JIT compiles the hot path: after 400, functions that run once per group message (a fan-out)
-// were still being compiled in the window, some 500 instructions per delivery of compiling. Then callgrind's counters are zeroed (`callgrind_control -z`) and
+// were still being compiled in the window, some 500 instructions per delivery of compiling. Then
+// a full collection (below), and `warm` / 2 messages more: the collection deoptimizes the compiled
+// code that held objects it freed (Node's socket writes among them), and without them that code
+// was compiled again in the window, 300–1,000 instructions per delivery that differed from one
+// target to the next more than the targets did. Then callgrind's counters are zeroed (`callgrind_control -z`) and
 // dumped after a window with nothing to deliver, then zeroed again while the server publishes
 // `messages` more at `rate` a second, and dumped once the clients have received every one. The
 // busy window's total, less what the idle window ran in as much time, divided by the deliveries,
@@ -117,6 +121,11 @@ async function measure (target, { connections, groups, rate, payload, warm, mess
     await ask(srv, { publish: warm, rate: rate * 4, from: 0, payload })
     await untilReceived(warm * perMessage)
     await ask(srv, { collect: true })
+    // The collection deoptimizes code that held objects it freed (Node's stream writes among
+    // them): publish again, so that it is compiled again before the windows, not in them.
+    const rewarm = Math.ceil(warm / 2)
+    await ask(srv, { publish: rewarm, rate: rate * 4, from: warm, payload })
+    await untilReceived((warm + rewarm) * perMessage)
     // What the server does with no message to deliver (its timers) in as long a
     // window as the measured one, so that it can be told apart.
     const window = async work => {
@@ -130,8 +139,8 @@ async function measure (target, { connections, groups, rate, payload, warm, mess
     let dumps = 0
     const idle = await window(() => sleep(messages / rate * 1000))
     const busy = await window(async () => {
-      await ask(srv, { publish: messages, rate, from: warm, payload })
-      await untilReceived((warm + messages) * perMessage)
+      await ask(srv, { publish: messages, rate, from: warm + rewarm, payload })
+      await untilReceived((warm + rewarm + messages) * perMessage)
     })
     cli.kill()
     await exited(cli)
