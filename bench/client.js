@@ -18,6 +18,7 @@ let misrouted = 0 // frames for a group the client is not in
 let unparsed = 0 // text frames that were not bench frames and not protocol chatter
 let closed = 0 // connections that ended while the bench ran
 let latencies = []
+let sentAts = [] // each latency's scheduled send time, for where in a step the slow ones fell
 const clients = []
 const READ_BUFFER = Buffer.allocUnsafe(256 * 1024)
 const DATA_FIELD = Buffer.from('data: ')
@@ -181,7 +182,9 @@ class Client {
       i += 5
       let j = i
       while (j < end && buf[j] !== 0x2c) j++
-      latencies.push(monoMs() - Number(buf.latin1Slice(i, j)))
+      const sentAt = Number(buf.latin1Slice(i, j))
+      latencies.push(monoMs() - sentAt)
+      sentAts.push(sentAt)
     }
   }
 
@@ -217,9 +220,10 @@ serveIpc({
   connect: msg => connectAll(msg),
   snapshot: () => ({ frames, gaps, dups, misrouted, unparsed, closed, at: monoMs() }),
   latencies: () => {
-    const out = latencies
+    const out = { latencies, sentAts }
     latencies = []
-    return { latencies: out }
+    sentAts = []
+    return out
   },
   // After a drain: whatever a client has not seen up to its group's last sequence number is lost.
   check: ({ lastSeq }) => {

@@ -26,7 +26,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { cpuBusyUs, hasTaskset, ipcClient, median, monoMs, parseFlags, procCpuPreciseUs, procCpuUs, procRunQueueWaitUs, sleep } from './lib/common.js'
-import { keptAttempt, renderMarkdown, SLOW_CORE, slowestCore, speedsOf } from './lib/report.js'
+import { keptAttempt, p99Spread, renderMarkdown, SLOW_CORE, slowestCore, speedsOf } from './lib/report.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.dirname(here)
@@ -319,6 +319,8 @@ async function runTarget (scenario, target, floorMax) {
     row.fixedKeptUp = fixed.keptUp
     row.p50Ms = fixed.p50Ms
     row.p99Ms = fixed.p99Ms
+    row.p99Windows = fixed.p99Windows
+    row.windows = fixed.windows
     row.cpuUsPerDelivery = fixed.cpuUsPerDelivery
     if (fixed.redisCpuUsPerDelivery !== undefined) row.redisCpuUsPerDelivery = fixed.redisCpuUsPerDelivery
     counted.push(fixed)
@@ -425,8 +427,12 @@ class Bench {
     const elapsedMs = Math.max(doneAt - cpu0.at, 1)
     const cpuMs = cpu1.at - cpu0.at
     const checks = await Promise.all(this.gens.map(g => g.request('check', { lastSeq: run.lastSeq })))
-    const latencies = (await Promise.all(this.gens.map(g => g.request('latencies')))).flatMap(r => r.latencies)
-    latencies.sort((a, b) => a - b)
+    const samples = await Promise.all(this.gens.map(g => g.request('latencies')))
+    const sentAts = samples.flatMap(r => r.sentAts)
+    const latencies = samples.flatMap(r => r.latencies)
+    const inOrder = [...latencies].sort((a, b) => a - b)
+    const p99 = percentile(inOrder, 0.99)
+    const spread = p99Spread(sentAts, latencies, p99)
     const frames = after.frames - before.frames
     const lost = (after.gaps - before.gaps) + sum(checks.map(c => c.tail))
     const offeredPerSec = rate * this.groupSize
@@ -444,10 +450,12 @@ class Bench {
       closed: after.closed - before.closed,
       publisherMaxLagMs: round(run.maxLagMs, 1),
       tailMs: Math.round(doneAt - cpu0.at - run.elapsedMs),
-      p50Ms: percentile(latencies, 0.5),
-      p99Ms: percentile(latencies, 0.99),
-      maxMs: latencies.length === 0 ? null : round(latencies[latencies.length - 1], 2),
-      samples: latencies.length,
+      p50Ms: percentile(inOrder, 0.5),
+      p99Ms: p99,
+      p99Windows: spread.slowWindows,
+      windows: spread.windows,
+      maxMs: inOrder.length === 0 ? null : round(inOrder[inOrder.length - 1], 2),
+      samples: inOrder.length,
       serverCpu: round(serverCpuUs / 1000 / cpuMs, 2),
       generatorCpu: round((cpu1.gens - cpu0.gens) / 1000 / cpuMs, 2),
       cpuUsPerDelivery: frames === 0 ? null : round(serverCpuUs / frames, 2)
@@ -611,7 +619,7 @@ function percentile (sorted, q) {
 
 function describeStep (s) {
   return `${s.kind.padEnd(7)} offered ${fmt(s.offeredPerSec)}/s delivered ${fmt(s.deliveredPerSec)}/s ` +
-    `p50 ${s.p50Ms} p99 ${s.p99Ms} ms server cpu ${s.serverCpu} gen cpu ${s.generatorCpu}` +
+    `p50 ${s.p50Ms} p99 ${s.p99Ms} ms (over it in ${s.p99Windows} of ${s.windows} 100-ms windows) server cpu ${s.serverCpu} gen cpu ${s.generatorCpu}` +
     `${s.redisCpu !== undefined ? ` redis cpu ${s.redisCpu}` : ''} other cpu ${s.otherCpu} lost ${s.lost}` +
     `${s.keptUp ? '' : ' (did not keep up)'}${s.generatorBound ? ' (generator-bound)' : ''}${s.starved ? ' (server starved of CPU)' : ''}`
 }

@@ -84,6 +84,7 @@ export function renderMarkdown (rows, meta) {
     if (r.coreRetries > 0) notes.push(`measured ${r.coreRetries + 1} times (core slow), the steadiest kept`)
     if (r.starved) notes.push('search ended by a step where the servers were starved of CPU by other jobs')
     if (r.fixedKeptUp === false) notes.push('overloaded at the fixed rate')
+    if (r.p99Windows !== undefined && tailFromSpell(r)) notes.push(`p99 from a spell: its slow deliveries fell in ${r.p99Windows} of ${r.windows} windows of 100 ms`)
     if (r.repeats !== undefined) notes.push(`median of ${r.repeats.length}: ${r.repeats.map(x => num(x.deliveriesPerSec ?? x.deliveriesPerCpuSecond)).join(' / ')}`)
     if (r.idleCpuMsPerSec != null) notes.push(`idle: ${r.idleCpuMsPerSec} ms CPU/s per 10,000 connections${r.idleRedisCpuMsPerSec == null ? '' : `, +${r.idleRedisCpuMsPerSec} Redis`}`)
     if (r.redisCpuUsPerDelivery !== undefined) notes.push(`+${r.redisCpuUsPerDelivery} µs Redis CPU/delivery`)
@@ -231,3 +232,31 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   writeFileSync(path.join(dir, 'latest.md'), renderMarkdown(rows, meta))
   console.log(`rendered ${path.join(dir, 'latest.md')}`)
 }
+
+/**
+ * Where a step's p99 came from: how many windows of `windowMs` of send time hold a delivery slower
+ * than it, out of the step's windows. A few: the tail is a spell (the host stalled the servers, or
+ * a pause), and one such spell in a short step sets the p99; many: it is spread through the step,
+ * as steady queueing spreads it. `sentAts[i]` is when the message of `latencies[i]` was due.
+ */
+export function p99Spread (sentAts, latencies, p99, windowMs = 100) {
+  if (p99 == null || sentAts.length === 0) return { slowWindows: 0, windows: 0 }
+  let first = Infinity
+  let last = -Infinity
+  for (const at of sentAts) {
+    if (at < first) first = at
+    if (at > last) last = at
+  }
+  const slow = new Set()
+  for (let i = 0; i < sentAts.length; i++) if (latencies[i] > p99) slow.add(Math.floor((sentAts[i] - first) / windowMs))
+  return { slowWindows: slow.size, windows: Math.floor((last - first) / windowMs) + 1 }
+}
+
+/**
+ * A tail from a spell: the deliveries over the p99 fell in a tenth of the step's windows or fewer,
+ * in a step that kept up (overloaded, latency grows to the end, and the slowest are the last).
+ */
+export function tailFromSpell ({ p99Windows, windows, fixedKeptUp }) {
+  return fixedKeptUp !== false && windows >= 10 && p99Windows > 0 && p99Windows * 10 <= windows
+}
+

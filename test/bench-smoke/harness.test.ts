@@ -19,6 +19,9 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
     t.equal(row.lost, 0, `${row.target}: nothing lost`)
     t.equal(row.dups, 0, `${row.target}: no duplicates`)
     t.ok(row.steps.some(s => s.frames > 0), `${row.target}: frames delivered`)
+    const fixed = row.steps.find(s => s.kind === 'fixed')
+    t.ok(fixed !== undefined && fixed.samples > 0 && fixed.windows >= 1 && fixed.p99Windows <= fixed.windows,
+      `${row.target}: the fixed step says in how many of its 100-ms windows the deliveries over its p99 fell`)
   }
   t.ok(existsSync(path.join(out, 'latest.md')), 'Markdown table written')
 
@@ -56,6 +59,30 @@ t.test('bench --smoke produces a row per target with nothing lost', async t => {
   const retried = renderMarkdown(timed.map(r => r.target === 'ws-memory' ? { ...r, coreRetries: 2 } : r), meta)
   t.same(retried.split('\n').filter(line => line.includes('measured 3 times (core slow), the steadiest kept')).map(line => line.split(' | ')[1]),
     ['ws-memory'], 'a row measured again says so')
+})
+
+t.test('where a step\'s p99 came from: a spell of a few windows, or spread through the step', async t => {
+  const { pathToFileURL } = await import('node:url')
+  const { p99Spread, tailFromSpell, renderMarkdown } = await import(pathToFileURL(path.join(root, 'bench', 'lib', 'report.js')).href) as {
+    p99Spread: (sentAts: number[], latencies: number[], p99: number | null, windowMs?: number) => { slowWindows: number, windows: number }
+    tailFromSpell: (row: { p99Windows: number, windows: number, fixedKeptUp?: boolean }) => boolean
+    renderMarkdown: (rows: object[], meta: object) => string
+  }
+  // 5 s of deliveries, one every 5 ms, at 2 ms; 20 of them at 40 ms.
+  const sentAts = Array.from({ length: 1000 }, (_, i) => 1_000 + i * 5)
+  const spell = sentAts.map((_, i) => i >= 600 && i < 620 ? 40 : 2) // 100 ms in a row
+  const spread = sentAts.map((_, i) => i % 50 === 7 ? 40 : 2) // one every 250 ms
+  t.same(p99Spread(sentAts, spell, 2), { slowWindows: 1, windows: 50 }, 'a spell: the slow ones in one window of 50')
+  t.same(p99Spread(sentAts, spread, 2), { slowWindows: 20, windows: 50 }, 'spread: in 20 windows')
+  t.same(p99Spread([], [], null), { slowWindows: 0, windows: 0 }, 'no sample, no window')
+  t.equal(tailFromSpell({ p99Windows: 1, windows: 50 }), true)
+  t.equal(tailFromSpell({ p99Windows: 20, windows: 50 }), false)
+  t.equal(tailFromSpell({ p99Windows: 1, windows: 5 }), false, 'a step of less than a second says nothing either way')
+  t.equal(tailFromSpell({ p99Windows: 3, windows: 100, fixedKeptUp: false }), false, 'nor an overloaded one, whose slowest deliveries are its last')
+  const meta = { mode: 'smoke', command: 'node bench/run.js --smoke', started: '', machine: { versions: {} } }
+  const row = { scenario: 'smoke', target: 'ws-memory', steps: [], p99Ms: 40, p99Windows: 1, windows: 50 }
+  t.match(renderMarkdown([row], meta), /p99 from a spell: its slow deliveries fell in 1 of 50 windows of 100 ms/, 'the table notes it')
+  t.notMatch(renderMarkdown([{ ...row, p99Windows: 20 }], meta), /p99 from a spell/, 'and says nothing of a spread tail')
 })
 
 t.test('the table\'s maximum: the searched one, or the saturation step\'s when that delivered more and lost nothing', async t => {

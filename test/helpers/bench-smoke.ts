@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
-export interface Row { target: string, lost: number | null, dups: number, error?: string, steps: Array<{ frames: number }> }
+export interface Row { target: string, lost: number | null, dups: number, error?: string, steps: Array<{ frames: number, kind: string, samples: number, p99Windows: number, windows: number }> }
 
 /** Runs a bench script with --smoke; resolves with its exit code and output. */
 export function smokeRun (script: string, extra: string[] = []): Promise<{ code: number | null, output: string }> {
