@@ -17,9 +17,10 @@
 // a full collection (below), and `warm` / 2 messages more: the collection deoptimizes the compiled
 // code that held objects it freed (Node's socket writes among them), and without them that code
 // was compiled again in the window, 300–1,000 instructions per delivery that differed from one
-// target to the next more than the targets did. Then callgrind's counters are zeroed (`callgrind_control -z`) and
-// dumped after a window with nothing to deliver, then zeroed again while the server publishes
-// `messages` more at `rate` a second, and dumped once the clients have received every one. The
+// target to the next more than the targets did. Then callgrind's counters are zeroed
+// (`callgrind_control -z`) and dumped after a window with nothing to deliver, then zeroed again
+// while the server publishes `messages` more at `rate` a second, and dumped once the clients have
+// received every one. The
 // busy window's total, less what the idle window ran in as much time, divided by the deliveries,
 // is the server's instructions per delivery: the JavaScript, V8's compiled code and collections,
 // Node and libuv, and the publish itself (publishes enter the server, as in `npm run bench`).

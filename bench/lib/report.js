@@ -225,14 +225,6 @@ function escape (s) {
   return String(s).replaceAll('|', '\\|').replaceAll('\n', ' ')
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const dir = process.argv[2] ?? path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'results')
-  const rows = JSON.parse(readFileSync(path.join(dir, 'latest.json'), 'utf8'))
-  const meta = JSON.parse(readFileSync(path.join(dir, 'latest-meta.json'), 'utf8'))
-  writeFileSync(path.join(dir, 'latest.md'), renderMarkdown(rows, meta))
-  console.log(`rendered ${path.join(dir, 'latest.md')}`)
-}
-
 /**
  * Where a step's p99 came from: how many windows of `windowMs` of send time hold a delivery slower
  * than it, out of the step's windows. A few: the tail is a spell (the host stalled the servers, or
@@ -260,3 +252,10 @@ export function tailFromSpell ({ p99Windows, windows, fixedKeptUp }) {
   return fixedKeptUp !== false && windows >= 10 && p99Windows > 0 && p99Windows * 10 <= windows
 }
 
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const dir = process.argv[2] ?? path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'results')
+  const rows = JSON.parse(readFileSync(path.join(dir, 'latest.json'), 'utf8'))
+  const meta = JSON.parse(readFileSync(path.join(dir, 'latest-meta.json'), 'utf8'))
+  writeFileSync(path.join(dir, 'latest.md'), renderMarkdown(rows, meta))
+  console.log(`rendered ${path.join(dir, 'latest.md')}`)
+}
