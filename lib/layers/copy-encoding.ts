@@ -173,7 +173,7 @@ function comparerFor (part: object, depth: number): Comparer | undefined {
   const plan: ComparePlan = { keys: 0, functions: '', count: 0 }
   const root = checkOf(part as Record<string, unknown>, depth, plan)
   if (root === undefined) return undefined
-  return compileFunction({ sameData, hasOwnProperty }, `${plan.functions}return ${root}`) as Comparer | undefined
+  return compileFunction({ sameData }, `${plan.functions}return ${root}`) as Comparer | undefined
 }
 
 interface ComparePlan {

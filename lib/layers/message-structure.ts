@@ -81,7 +81,7 @@ export function structureOf (message: LayerMessage): Structure | undefined {
       return undefined
     }
     seenOnce.delete(code)
-    const made = compileFunction({ cloneValue, hasOwnProperty }, code) as [Structure['clone'], Structure['matches']] | undefined
+    const made = compileFunction({ cloneValue }, code) as [Structure['clone'], Structure['matches']] | undefined
     if (made === undefined) return undefined
     structure = new Structure(made[0], made[1])
     structures.set(code, structure)
@@ -91,13 +91,15 @@ export function structureOf (message: LayerMessage): Structure | undefined {
 }
 
 /**
- * The value a function body returns, given `helpers` by name; undefined where the process forbids
- * code generation (then no more is attempted).
+ * The value a function body returns, given `helpers` by name, and `hasOwnProperty`, which the
+ * lines of `sameKeysCode` read; undefined where the process forbids code generation (then no more
+ * is attempted).
  */
 export function compileFunction (helpers: Record<string, unknown>, body: string): unknown {
   if (forbidden) return undefined
+  const given = { hasOwnProperty, ...helpers }
   try {
-    return new Function(...Object.keys(helpers), body)(...Object.values(helpers))
+    return new Function(...Object.keys(given), body)(...Object.values(given))
   } catch {
     forbidden = true
     return undefined
@@ -122,7 +124,8 @@ export function keysToWrite (value: object, plan: { keys: number }): string[] | 
 
 /**
  * Compiled lines that return false unless the object `ref` names has exactly `keys` as its own
- * enumerable keys, in that order.
+ * enumerable keys, in that order (for code made by `compileFunction`, which gives them
+ * `hasOwnProperty`).
  */
 export function sameKeysCode (ref: string, keys: readonly string[]): string {
   let cases = ''
