@@ -11,6 +11,7 @@ const scripts: Array<[string, string]> = [
   ['client-bench.js', '--clients'],
   ['rolling-restart.js', '--clients'],
   ['heartbeat.js', '--interval'],
+  ['memory-margin.js', '--connections'],
   ['group-send.js', '--sends'],
   ['instructions.js', '--messages'],
   ['instructions-report.js', '--deliveries']
