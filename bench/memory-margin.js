@@ -13,7 +13,7 @@
 // the built package); the Redis targets need Redis at REDIS_URL (default 127.0.0.1:6379).
 import { fork } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { groupName, openClients, parseFlags, sleep, startNamedTarget } from './lib/common.js'
+import { collectGarbage, exited, groupName, openClients, parseFlags, sleep, startNamedTarget } from './lib/common.js'
 
 const self = fileURLToPath(import.meta.url)
 
@@ -44,17 +44,14 @@ async function main () {
     }
     for (const ws of sockets) ws.terminate()
     child.kill()
-    await new Promise(resolve => child.once('exit', resolve))
+    await exited(child)
   }
 }
 
 async function server (target) {
   const app = await startNamedTarget(target, { prefix: `bench-margin-${process.pid}` })
   process.on('message', async () => {
-    for (let i = 0; i < 3; i++) {
-      globalThis.gc()
-      await sleep(50)
-    }
+    await collectGarbage()
     const { rss, heapUsed, heapTotal } = process.memoryUsage()
     process.send({ rss, heapUsed, heapTotal, connections: app.connections() })
   })

@@ -2,7 +2,7 @@
 //   node --expose-gc bench/server.js <target-module> <layer> <publisher|follower>
 // The publisher role also runs the load driver: publishes enter the system in this process only,
 // open-loop (on a schedule that never waits for deliveries), stamped with their scheduled time.
-import { groupName, makePayloadFactory, monoMs, serveIpc } from './lib/common.js'
+import { collectGarbage, groupName, makePayloadFactory, monoMs, serveIpc } from './lib/common.js'
 
 const [moduleName, layerKind, role] = process.argv.slice(2)
 const options = JSON.parse(process.env.BENCH_SERVER_OPTIONS ?? '{}')
@@ -98,10 +98,7 @@ serveIpc({
   profileStop: async ({ file }) => { await profiler.stopTo(file) },
   stats: () => ({ connections: server.connections(), rss: process.memoryUsage.rss(), publishErrors, ...server.stats?.() }),
   gc: async () => {
-    for (let i = 0; i < 3; i++) {
-      globalThis.gc?.()
-      await new Promise(resolve => setTimeout(resolve, 50))
-    }
+    await collectGarbage()
     return { rss: process.memoryUsage.rss(), heapUsed: process.memoryUsage().heapUsed }
   },
   exit: async () => {
