@@ -30,7 +30,11 @@ async function main () {
   for (const target of targets) {
     const child = fork(self, ['server', target], { execArgv: ['--expose-gc'] })
     const ask = () => new Promise(resolve => { child.once('message', resolve); child.send('measure') })
-    const { port } = await new Promise(resolve => child.once('message', resolve))
+    // A server that cannot start (no Redis, a target that does not exist) exits instead of answering.
+    const { port } = await new Promise((resolve, reject) => {
+      child.once('message', resolve)
+      child.once('exit', code => reject(new Error(`${target}: its server exited (code ${code}) before it listened`)))
+    })
     const sockets = []
     let before = await ask()
     for (const batch of ['first', 'second']) {

@@ -13,3 +13,9 @@ t.test('the memory-margin bench measures two batches of connections per target',
     t.match(output, new RegExp(`\\| ${target} \\| second \\| 80 \\| -?[\\d.]+ \\| -?[\\d.]+ \\| -?[\\d.]+ \\|`), `${target}: the second batch`)
   }
 })
+
+t.test('a target whose server cannot start stops the bench with its name', async t => {
+  const { code, output } = await benchRun('memory-margin.js', ['--targets=nope-memory', '--connections=10'])
+  t.equal(code, 1, output)
+  t.match(output, 'nope-memory: its server exited (code 1) before it listened')
+})
