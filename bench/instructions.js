@@ -20,10 +20,10 @@
 // target to the next more than the targets did. Then callgrind's counters are zeroed
 // (`callgrind_control -z`) and dumped after a window with nothing to deliver, then zeroed again
 // while the server publishes `messages` more at `rate` a second, and dumped once the clients have
-// received every one. The
-// busy window's total, less what the idle window ran in as much time, divided by the deliveries,
-// is the server's instructions per delivery: the JavaScript, V8's compiled code and collections,
-// Node and libuv, and the publish itself (publishes enter the server, as in `npm run bench`).
+// received every one. The busy window's total, less what the idle window ran in as much time,
+// divided by the deliveries, is the server's instructions per delivery: the JavaScript, V8's
+// compiled code and collections, Node and libuv, and the publish itself (publishes enter the
+// server, as in `npm run bench`).
 //
 // What it leaves out or holds fixed, so that a count depends on the code only:
 // - the kernel's part, the socket writes: valgrind sees user space only (`cpu-split.js` gives the
