@@ -6,7 +6,8 @@
  * store (local-store.ts) holds these beside the groups whose fan-outs deliver here.
  */
 import { LayerClosedError } from '../errors.js'
-import { Mailbox, Waiter } from './mailbox.js'
+import { Mailbox, Waiter, type ExpiryMarks } from './mailbox.js'
+import { isPresenceEvent } from './local-presence.js'
 import type { Structure } from './message-structure.js'
 import type { ChannelSink, Delivery, LayerMessage, Received } from './types.js'
 
@@ -20,6 +21,23 @@ export const DIRECT: Delivery = Object.freeze({})
  * Compared by identity: no layer message can be it, and no handler is chosen by its type.
  */
 export const SKIPPED: LayerMessage = Object.freeze({ type: 'channels.skipped' }) as LayerMessage
+
+/**
+ * Whether a consumer that did not get `message` can get it after all, so that a marker tells it:
+ * a message with an offset is read back from the group's history, a presence announcement stands
+ * for a list read afresh. Skipped for capacity or expired in a listened channel, alike.
+ */
+export function canBeReadBack (message: LayerMessage, info: Delivery): boolean {
+  return info.offset !== undefined || isPresenceEvent(message.type)
+}
+
+/** Markers of one kind (offsets or presence) and group in a row are one, the last one's. */
+function sameRun (earlier: Delivery, later: Delivery): boolean {
+  return earlier.group === later.group && (earlier.offset === undefined) === (later.offset === undefined)
+}
+
+// What expires in a listened channel: the same markers as for skips.
+const EXPIRY_MARKS: ExpiryMarks = { marker: SKIPPED, leavesMarker: canBeReadBack, sameRun }
 
 export interface ChannelSettings {
   /** Undelivered messages a channel may hold. */
@@ -71,7 +89,7 @@ export class LocalChannels {
         mailbox.releaseIfIdle()
         return true
       }
-      this.#settings.counts.expired += mailbox.dropExpired(now)
+      this.#dropExpired(channel, mailbox, now)
       if (mailbox.backlog >= this.#settings.capacity && !force) return false
     }
     // A replay to a consumer does not expire while it waits (for a client reading a large recovery
@@ -91,7 +109,7 @@ export class LocalChannels {
     const mailbox = this.#mailboxes.get(channel)
     if (mailbox === undefined || !this.#sinks.has(channel)) return
     const last = mailbox.lastInfo
-    if (last !== undefined && mailbox.endsWith(SKIPPED) && last.group === info.group && (last.offset === undefined) === (info.offset === undefined)) mailbox.setLastInfo(info)
+    if (last !== undefined && mailbox.endsWith(SKIPPED) && sameRun(last, info)) mailbox.setLastInfo(info)
     // It does not expire: it stands for the messages read back for it, which may have expired.
     else mailbox.push(SKIPPED, info, Infinity, true)
   }
@@ -102,7 +120,7 @@ export class LocalChannels {
     if (signal?.aborted === true) return Promise.reject(signal.reason)
     let mailbox = this.#mailboxes.get(channel)
     if (mailbox !== undefined) {
-      this.#settings.counts.expired += mailbox.dropExpired(performance.now())
+      this.#dropExpired(channel, mailbox, performance.now())
       let received = mailbox.shift()
       // A skip marker left by a listener that has closed: for a consumer only, never a receiver's.
       while (received !== undefined && received.message === SKIPPED) received = mailbox.shift()
@@ -146,7 +164,7 @@ export class LocalChannels {
     if (this.#sinks.get(channel) !== sink) return
     const mailbox = this.#mailboxes.get(channel)
     if (mailbox === undefined) return
-    this.#settings.counts.expired += mailbox.dropExpired(performance.now())
+    this.#dropExpired(channel, mailbox, performance.now())
     while (sink.accepting && this.#sinks.get(channel) === sink) {
       // What waited goes on at the pace the client reads: the rest of a replay, and the live
       // messages held behind it (up to capacity), which would otherwise all be written at once.
@@ -190,8 +208,8 @@ export class LocalChannels {
 
   /** Drops expired messages, and the mailboxes left idle. */
   sweep (now: number): void {
-    for (const mailbox of this.#mailboxes.values()) {
-      this.#settings.counts.expired += mailbox.dropExpired(now)
+    for (const [channel, mailbox] of this.#mailboxes) {
+      this.#dropExpired(channel, mailbox, now)
       mailbox.releaseIfIdle()
     }
   }
@@ -201,6 +219,14 @@ export class LocalChannels {
     let channels = this.#mailboxes.size
     for (const channel of this.#sinks.keys()) if (!this.#mailboxes.has(channel)) channels++
     return channels
+  }
+
+  /**
+   * Drops what expired, counted. In a channel a consumer listens to, what it can read back leaves
+   * a marker, as a skip does: a message that waited too long behind a slow client is recovered.
+   */
+  #dropExpired (channel: string, mailbox: Mailbox, now: number): void {
+    this.#settings.counts.expired += mailbox.dropExpired(now, this.#sinks.has(channel) ? EXPIRY_MARKS : undefined)
   }
 
   #newMailbox (channel: string): Mailbox {

@@ -10,8 +10,8 @@ import { enterFanOut, leaveFanOut } from './copy-encoding.js'
 import { structureOf } from './message-structure.js'
 import { Listener, Membership } from './local-entries.js'
 import { Turns } from './turns.js'
-import { PresenceTable, isPresenceEvent } from './local-presence.js'
-import { DIRECT, LocalChannels, type ChannelSettings } from './local-channels.js'
+import { PresenceTable } from './local-presence.js'
+import { DIRECT, LocalChannels, canBeReadBack, type ChannelSettings } from './local-channels.js'
 import type { ChannelListener, ChannelSink, Delivery, LayerMessage, PresenceInfo, Received } from './types.js'
 
 /**
@@ -135,7 +135,7 @@ export class LocalStore {
         this.#settings.skipped(group, channel)
         // A message with an offset can be read back from the history, and a presence list read
         // afresh: either way the consumer is told, in order.
-        if (info.offset !== undefined || isPresenceEvent(message.type)) channels.markSkipped(channel, info)
+        if (canBeReadBack(message, info)) channels.markSkipped(channel, info)
       })
     } finally {
       if (previous !== undefined) leaveFanOut(previous)

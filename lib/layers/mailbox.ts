@@ -29,6 +29,17 @@ export class Waiter {
 }
 
 /**
+ * Which expired messages leave a marker in their place, and which marker (local-channels.ts): a
+ * consumer can read them back, and learns of them from it.
+ */
+export interface ExpiryMarks {
+  readonly marker: LayerMessage
+  leavesMarker (message: LayerMessage, info: Delivery): boolean
+  /** Whether the markers of `earlier` and `later`, next to each other, are one: `later`'s. */
+  sameRun (earlier: Delivery, later: Delivery): boolean
+}
+
+/**
  * A channel's process-local queue and waiting receivers. Messages go straight to a waiter when one
  * exists, so a mailbox never holds messages and waiters at the same time.
  */
@@ -101,22 +112,46 @@ export class Mailbox {
 
   /**
    * Expiry times only grow along the queue (a replay, which never expires, holds back those behind
-   * it until it has gone), so expired messages are always at the head. Returns how many.
+   * it until it has gone), so expired messages are always at the head. Returns how many. With
+   * `marks`, the expired messages it picks leave its marker in their place, one per run (see
+   * ExpiryMarks), so that the channel's reader learns, in order, what it did not get.
    */
-  dropExpired (now: number): number {
+  dropExpired (now: number, marks?: ExpiryMarks): number {
     const end = this.messages.length
     let head = this.head
+    let runs: Delivery[] | null = null
     while (head < end && this.expiresAt[head] <= now) {
+      const info = this.infos[head] as Delivery
+      if (marks?.leavesMarker(this.messages[head] as LayerMessage, info) === true) {
+        if (runs === null) runs = [info]
+        else if (marks.sameRun(runs[runs.length - 1], info)) runs[runs.length - 1] = info
+        else runs.push(info)
+      }
       this.#forget(head)
       this.messages[head] = undefined
       this.infos[head++] = undefined
     }
     const dropped = head - this.head
+    if (runs !== null && marks !== undefined) {
+      // The markers take the last slots of what expired, in its order: nothing moves.
+      head -= runs.length
+      for (let i = 0; i < runs.length; i++) this.#putMarker(head + i, marks.marker, runs[i])
+    }
     if (dropped !== 0) {
       this.head = head
       this.compact()
     }
     return dropped
+  }
+
+  /** A marker at `index`, a freed slot: it never expires, nor counts against the capacity. */
+  #putMarker (index: number, marker: LayerMessage, info: Delivery): void {
+    this.messages[index] = marker
+    this.infos[index] = info
+    this.expiresAt[index] = Infinity
+    this.replays ??= new Array<boolean>(this.messages.length).fill(false)
+    this.replays[index] = true
+    this.replaysQueued++
   }
 
   clearMessages (): void {

@@ -65,23 +65,24 @@ async function replays (t: Test, layer: ChannelLayer): Promise<void> {
 
 /**
  * A client that does not read its replay for longer than the channel's `expiry` (1 s here), while
- * the room goes on past the channel's capacity: the replay does not expire while it waits, the
- * live messages held behind it come after it at the client's pace, and those skipped for capacity
- * are read back, also at its pace. Every message once, in order, and no close.
+ * the room goes on: the replay does not expire while it waits, and the live messages held behind
+ * it come after it at the client's pace. Past the channel's capacity (`live` 300), those skipped
+ * are read back, also at its pace; within it (`live` 50), those that expired behind the replay are
+ * read back as well, although the room sends nothing after them. Every message once, in order,
+ * and no close.
  */
-async function slowReader (t: Test, layer: ChannelLayer): Promise<void> {
+async function slowReader (t: Test, layer: ChannelLayer, LIVE: number): Promise<void> {
   const { server, position } = await clientGone(t, layer, 'room.slow')
   // A replay larger than the kernel's buffers take for a client that does not read, so that it
   // waits in the layer; the live messages then wait behind it.
   const REPLAY = MESSAGES
-  const LIVE = 300
   for (let n = 1; n <= REPLAY; n++) await server.app.channelLayer.groupSend('room.slow', { type: 'line', n, text: TEXT })
   const back = await rawProtocolClient(server.url)
   t.teardown(() => { back.ws.terminate() })
   back.ws.pause()
   back.send({ op: 'join', group: 'room.slow', since: position })
   await new Promise(resolve => setTimeout(resolve, 200))
-  // Live messages while the replay waits: three times the channel's capacity (100).
+  // Live messages while the replay waits: three times the channel's capacity (100), or half of it.
   for (let n = REPLAY + 1; n <= REPLAY + LIVE; n++) await server.app.channelLayer.groupSend('room.slow', { type: 'line', n, text: TEXT })
   await new Promise(resolve => setTimeout(resolve, 1500)) // past the channel's expiry
   back.ws.resume()
@@ -94,13 +95,14 @@ async function slowReader (t: Test, layer: ChannelLayer): Promise<void> {
 
 t.test('in memory', async t => {
   await replays(t, new InMemoryChannelLayer({ groups }))
-  await slowReader(t, new InMemoryChannelLayer({ groups, expiry: 1 }))
+  await slowReader(t, new InMemoryChannelLayer({ groups, expiry: 1 }), 300)
+  await slowReader(t, new InMemoryChannelLayer({ groups, expiry: 1 }), 50)
 })
 
 t.test('on Redis', async t => {
   if (!await requireRedis(t)) return
   const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: uniquePrefix('fc-large-recovery'), groups })
-  const slow = new RedisChannelLayer({ url: REDIS_URL, prefix: uniquePrefix('fc-slow-recovery'), groups, expiry: 1 })
   await replays(t, layer)
-  await slowReader(t, slow)
+  await slowReader(t, new RedisChannelLayer({ url: REDIS_URL, prefix: uniquePrefix('fc-slow-recovery'), groups, expiry: 1 }), 300)
+  await slowReader(t, new RedisChannelLayer({ url: REDIS_URL, prefix: uniquePrefix('fc-slow-recovery'), groups, expiry: 1 }), 50)
 })

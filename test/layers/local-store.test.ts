@@ -214,3 +214,39 @@ t.test('markers of two groups in a row count against no capacity, before or afte
   take(2)
   t.same(sink.got.slice(-2).map(m => m.type), ['x', 'y'])
 })
+
+t.test('what expires in a listened channel and can be read back leaves one marker per run, in its place; the rest is dropped', async t => {
+  const counts = { deliveries: 0, expired: 0 }
+  const { store: s } = store({ capacity: 10, expiryMs: 20, counts })
+  const sink = new Sink()
+  const infos: unknown[] = []
+  sink.push = (message, info) => { sink.got.push(message); infos.push(info) }
+  const listener = s.listen('x!1', sink)
+  sink.accepting = false
+  for (const group of ['a', 'b', 'plain']) s.addMember(group, 'x!1')
+  s.fanOut('a', { type: 'n' }, { group: 'a', offset: 1, epoch: 'e' })
+  s.fanOut('a', { type: 'n' }, { group: 'a', offset: 2, epoch: 'e' })
+  s.fanOut('plain', { type: 'plain' }, { group: 'plain' })
+  s.fanOut('a', { type: 'presence.join', channel: 'y!1', info: {} }, { group: 'a' })
+  s.fanOut('b', { type: 'n' }, { group: 'b', offset: 7, epoch: 'e' })
+  s.deliver('x!1', { type: 'direct' })
+  await sleep(40)
+  s.deliver('x!1', { type: 'fresh' })
+  t.equal(counts.expired, 6, 'every expired message is counted as expired')
+  // Capacity 10: 'fresh' and nine more, as if the markers were not there.
+  for (let n = 0; n < 9; n++) t.ok(s.deliver('x!1', { type: 'room' }), `the markers take none of the capacity (${n})`)
+  t.notOk(s.deliver('x!1', { type: 'over' }), 'the eleventh is refused')
+  sink.accepting = true
+  listener?.resume()
+  t.same(sink.got.slice(0, 4).map(m => m === SKIPPED ? 'marker' : m.type), ['marker', 'marker', 'marker', 'fresh'], 'three markers, in order, before what came after them')
+  t.same(infos.slice(0, 3), [{ group: 'a', offset: 2, epoch: 'e' }, { group: 'a' }, { group: 'b', offset: 7, epoch: 'e' }],
+    "each with its run's last Delivery: a's offsets, a's presence, b's offsets")
+  t.equal(sink.got.length, 13, 'the plain group message and the direct one are dropped')
+
+  const { store: r } = store({ expiryMs: 20 })
+  r.addMember('a', 'r!1')
+  r.fanOut('a', { type: 'n' }, { group: 'a', offset: 1, epoch: 'e' })
+  await sleep(40)
+  r.deliver('r!1', { type: 'fresh' })
+  t.same((await r.receive('r!1', undefined)).message, { type: 'fresh' }, 'a channel read with receive() gets no marker for what expired')
+})
