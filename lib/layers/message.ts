@@ -99,6 +99,7 @@ export function isPlainPrototype (proto: unknown): boolean {
 function copyValue (value: unknown, depth: number): unknown {
   switch (typeof value) {
     case 'string':
+      return wellFormed(value)
     case 'boolean':
       return value
     case 'number':
@@ -110,6 +111,15 @@ function copyValue (value: unknown, depth: number): unknown {
     default: // undefined, function, symbol, bigint
       throw new Rejection(`${typeof value} is not allowed`)
   }
+}
+
+/**
+ * A string as UTF-8 carries it: each lone surrogate (half of a pair, as a slice through an emoji
+ * leaves) becomes U+FFFD, as a browser's WebSocket and TextEncoder make it. msgpack, and so the
+ * Redis layer, can only carry it so; every layer hands out the same string.
+ */
+function wellFormed (text: string): string {
+  return text.isWellFormed() ? text : text.toWellFormed()
 }
 
 function copyContainer (value: object, depth: number): unknown {
@@ -129,7 +139,10 @@ function copyObject (source: Record<string, unknown>, depth: number): Record<str
   try {
     for (; i < keys.length; i++) {
       const key = keys[i]
-      setOwn(target, key, copyValue(source[key], depth))
+      const name = wellFormed(key)
+      // Two keys that differ only in lone surrogates would become one: refused, not merged.
+      if (name !== key && Object.hasOwn(target, name)) throw new Rejection('two keys that are the same once lone surrogates are replaced')
+      setOwn(target, name, copyValue(source[key], depth))
     }
     // JSON and msgpack drop symbol keys silently; refusing them keeps every backend identical.
     if (Object.getOwnPropertySymbols(source).length > 0) throw new Rejection('symbol keys are not allowed')

@@ -128,6 +128,24 @@ export function conformanceMessages (test: Define, { open, unique, next, nothing
       `every -0 is 0 (${JSON.stringify([Object.is(received.z, -0), Object.is((received.list as number[])[0], -0)])})`)
   })
 
+  test('a lone surrogate arrives as U+FFFD on every layer, in values and keys, short and long (UTF-8 carries no other)', async t => {
+    const layer = await open(t)
+    const channel = await layer.newChannel()
+    const group = unique('surrogates')
+    await layer.groupAdd(group, channel)
+    const long = 'é'.repeat(200)
+    const message = { type: 'cut', text: 'x\ud83dy', low: '\udc00', long: `${long}\ud800`, pair: '😀', list: ['\ud83d'], 'k\ud800': 'key', nested: { 'k\udfff': ['a\ud800b'] } }
+    const wanted = { type: 'cut', text: 'x\ufffdy', low: '\ufffd', long: `${long}\ufffd`, pair: '😀', list: ['\ufffd'], 'k\ufffd': 'key', nested: { 'k\ufffd': ['a\ufffdb'] } }
+    await layer.send(channel, message)
+    t.same(await next(layer, channel), wanted, 'sent to a channel')
+    await layer.groupSend(group, message)
+    t.same(await next(layer, channel), wanted, 'sent to a group')
+    t.equal(message.text, 'x\ud83dy', "the sender's object is left as it was")
+    const err = await layer.send(channel, { type: 'clash', 'a\ud800': 1, 'a\udc00': 2 }).then(() => undefined, (err: unknown) => err)
+    t.ok(err instanceof InvalidMessageError, 'two keys that would become one are refused', { found: err })
+    t.match((err as Error).message, /lone surrogates/)
+  })
+
   test('recipients get their own copy; the sender keeps its object', async t => {
     const layer = await open(t)
     const [a, b, c] = [await layer.newChannel(), await layer.newChannel(), await layer.newChannel()]

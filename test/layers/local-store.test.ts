@@ -2,7 +2,7 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LocalStore } from '../../lib/layers/local-store.js'
 import { SKIPPED } from '../../lib/layers/local-channels.js'
-import type { ChannelSink, LayerMessage } from '../../lib/layers/types.js'
+import type { ChannelSink, Delivery, LayerMessage } from '../../lib/layers/types.js'
 
 // The process-local store on its own: where a message goes (listener, receiver, queue), capacity,
 // copies per group member, expiry, and what close() tells whom.
@@ -18,8 +18,12 @@ function store (overrides: Partial<ConstructorParameters<typeof LocalStore>[0]> 
 class Sink implements ChannelSink {
   accepting = true
   readonly got: LayerMessage[] = []
+  readonly infos: Delivery[] = []
   closedWith: Error | undefined
-  push (message: LayerMessage): void { this.got.push(message) }
+  push (message: LayerMessage, info: Delivery = {}): void {
+    this.got.push(message)
+    this.infos.push(info)
+  }
   layerClosed (reason: Error): void { this.closedWith = reason }
 }
 
@@ -219,8 +223,6 @@ t.test('what expires in a listened channel and can be read back leaves one marke
   const counts = { deliveries: 0, expired: 0 }
   const { store: s } = store({ capacity: 10, expiryMs: 20, counts })
   const sink = new Sink()
-  const infos: unknown[] = []
-  sink.push = (message, info) => { sink.got.push(message); infos.push(info) }
   const listener = s.listen('x!1', sink)
   sink.accepting = false
   for (const group of ['a', 'b', 'plain']) s.addMember(group, 'x!1')
@@ -239,7 +241,7 @@ t.test('what expires in a listened channel and can be read back leaves one marke
   sink.accepting = true
   listener?.resume()
   t.same(sink.got.slice(0, 4).map(m => m === SKIPPED ? 'marker' : m.type), ['marker', 'marker', 'marker', 'fresh'], 'three markers, in order, before what came after them')
-  t.same(infos.slice(0, 3), [{ group: 'a', offset: 2, epoch: 'e' }, { group: 'a' }, { group: 'b', offset: 7, epoch: 'e' }],
+  t.same(sink.infos.slice(0, 3), [{ group: 'a', offset: 2, epoch: 'e' }, { group: 'a' }, { group: 'b', offset: 7, epoch: 'e' }],
     "each with its run's last Delivery: a's offsets, a's presence, b's offsets")
   t.equal(sink.got.length, 13, 'the plain group message and the direct one are dropped')
 
