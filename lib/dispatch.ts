@@ -6,7 +6,7 @@
  * dispatched: a message must not be able to call `close`, `send`, `constructor` or `toString`.
  */
 import type { Delivery } from './layers/types.js'
-export { isPresenceEvent } from './layers/local-presence.js'
+export { isPresenceEvent } from './layers/message.js'
 
 export type MessageHandler = (message: object, info: Delivery) => unknown
 

@@ -7,7 +7,7 @@
  */
 import { LayerClosedError } from '../errors.js'
 import { Mailbox, Waiter, type ExpiryMarks } from './mailbox.js'
-import { isPresenceEvent } from './local-presence.js'
+import { isPresenceEvent } from './message.js'
 import type { Structure } from './message-structure.js'
 import type { ChannelSink, Delivery, LayerMessage, Received } from './types.js'
 

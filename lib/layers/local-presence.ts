@@ -6,11 +6,6 @@
 import { clonePlainObject } from './message.js'
 import type { PresenceInfo } from './types.js'
 
-/** Whether a message is a presence announcement (`presenceEvents`), which takes no offset. */
-export function isPresenceEvent (type: string): boolean {
-  return type === 'presence.join' || type === 'presence.leave'
-}
-
 export class PresenceTable {
   readonly #groups = new Map<string, Map<string, PresenceInfo>>()
 

@@ -19,6 +19,11 @@ class Rejection {
 
 const DEPTH_REASON = `nested deeper than ${MAX_MESSAGE_DEPTH}`
 
+/** Whether a message is a presence announcement (`presenceEvents`), which takes no offset. */
+export function isPresenceEvent (type: string): boolean {
+  return type === 'presence.join' || type === 'presence.leave'
+}
+
 /**
  * Checks `message` against the layer rules and returns a deep copy the layer owns. The caller's
  * object is only read: never mutated, frozen or kept.
@@ -27,9 +32,12 @@ export function copyMessage (message: unknown): LayerMessage {
   if (typeof message !== 'object' || message === null || !isPlainPrototype(Object.getPrototypeOf(message))) {
     throw new InvalidMessageError(`message must be a plain object with a string "type", not ${describe(message)}`)
   }
-  if (typeof (message as { type?: unknown }).type !== 'string') {
+  const type = (message as { type?: unknown }).type
+  if (typeof type !== 'string') {
     throw new InvalidMessageError('message.type must be a string')
   }
+  // Consumers take these for the layer's own announcements (no offset, a presence list to update).
+  if (isPresenceEvent(type)) throw new InvalidMessageError(`message.type "${type}" is reserved for the layer's presence announcements`)
   return checkedCopy(message as Record<string, unknown>, 'message') as LayerMessage
 }
 

@@ -74,6 +74,8 @@ export function conformanceMessages (test: Define, { open, unique, next, nothing
       ['a Date', new Date()],
       ['no type', { text: 'hi' }],
       ['a numeric type', { type: 1 }],
+      ["the layer's presence.join", { type: 'presence.join', channel: 'x', info: {} }, /reserved for the layer's presence announcements/],
+      ["the layer's presence.leave", { type: 'presence.leave', channel: 'x', info: {} }, /presence\.leave/],
       ['a Date value', { type: 'x', payload: { when: new Date() } }, /message\.payload\.when.*Date/],
       ['a function', { type: 'x', fn: () => 1 }, /message\.fn/],
       ['a class instance value', { type: 'x', at: new Point() }, /message\.at.*Point/],
