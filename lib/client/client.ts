@@ -76,7 +76,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   /** Joins `group` now and after every reconnect, with the last position seen. */
   join<T = unknown> (group: string, handlers: SubscriptionHandlers<T> = {}): Subscription {
     this.#check()
-    if (!GROUP_NAME.test(group)) throw new ChannelsClientError(INVALID_NAME, `invalid group name ${JSON.stringify(group)}`)
+    if (typeof group !== 'string' || !GROUP_NAME.test(group)) throw new ChannelsClientError(INVALID_NAME, `invalid group name ${JSON.stringify(group)}`)
     if (this.#subs.has(group)) throw new ChannelsClientError(ALREADY_JOINED, `already in group "${group}": leave() it first`)
     const sub: GroupSubscription<T> = new GroupSubscription<T>(group, handlers, () => { this.#leave(sub) }, err => { this.#report(err) })
     this.#subs.set(group, sub as GroupSubscription<never>)

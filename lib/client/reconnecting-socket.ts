@@ -77,8 +77,9 @@ export class ReconnectingSocket {
   // Offline, a browser keeps the socket "open" and silent, and holds its close until back online:
   // the client says so at once and re-joins from where it was once a new socket opens.
   readonly #offline = (): void => { this.#giveUp('offline') }
-  // A socket silent for a heartbeat is asked (ping); still silent a heartbeat later, it is dead
-  // (a network that drops packets without closing anything), which TCP would notice in minutes.
+  // Every heartbeat: a socket silent since the last beat (one to two heartbeats) is asked (ping);
+  // still silent at the next, it is dead (a network that drops packets without closing anything),
+  // which TCP would notice in minutes.
   readonly #beat = (): void => {
     if (this.#heard) {
       this.#heard = this.#pinged = false
@@ -202,11 +203,16 @@ export class ReconnectingSocket {
   }
 
   #scheduleRetry (detail: StateDetail): void {
-    const attempt = ++this.#attempt
-    const delay = this.backoff(attempt)
+    // Offline, the next attempt is the one made a `maxDelay` later anyway (#connect), or at once
+    // back online: the backoff does not grow, and no wait comes before that one.
+    const offline = host.navigator?.onLine === false
+    const attempt = offline ? Math.max(1, this.#attempt) : ++this.#attempt
+    const delay = offline ? this.#maxDelay : this.backoff(attempt)
     this.#events.reconnecting({ ...detail, attempt, delay })
     // A state listener may have closed the client.
-    if (this.#events.state() === 'reconnecting') this.#retryIn(delay)
+    if (this.#events.state() !== 'reconnecting') return
+    this.#skippedOffline = offline
+    this.#retryIn(delay)
   }
 
   #retryIn (delay: number): void {

@@ -91,6 +91,11 @@ t.test('calls and joins that fail reject with a stable code', async t => {
   const explode = c.join('room.explode', { error (err) { errors.push(err) } })
   t.match(await rejection(explode.ready), { code: 'FST_CHANNELS_JOIN_FAILED' }, 'a canJoin() that throws rejects ready: it is not retried')
   t.throws(() => c.join('not a group!'), { code: 'FST_CHANNELS_INVALID_NAME' }, 'an invalid name is refused before it is sent')
+  // From plain JavaScript: none is turned into text that would pass ('undefined', '123').
+  for (const name of [undefined, null, 123, {}, ['room.arr']]) {
+    t.throws(() => c.join(name as unknown as string), { code: 'FST_CHANNELS_INVALID_NAME' }, `${JSON.stringify(name) ?? 'undefined'} is refused as a name`)
+  }
+  t.equal(await c.call('echo', 'still'), 'still', 'and nothing of them was sent')
   const sub = c.join('room.twice')
   t.throws(() => c.join('room.twice'), { code: 'FST_CHANNELS_ALREADY_JOINED' })
   await sub.ready

@@ -73,3 +73,21 @@ t.test('a client made while offline makes no attempt until it is back online', a
   await eventually(() => client.state === 'open', 2000)
   t.equal(sockets.length, before + 1, 'one attempt once online, and it opened')
 })
+
+t.test('offline, the client tries once a maxDelay, and its backoff does not grow', async t => {
+  // A server that is gone: every attempt fails, as one made offline does.
+  const server = await roomsApp()
+  const url = server.url
+  await server.app.close()
+  goOffline()
+  t.teardown(goOnline)
+  const before = sockets.length
+  const client = new ChannelsClient(url, { WebSocket: BrowserSocket as unknown as typeof globalThis.WebSocket, minDelay: 50, maxDelay: 150 })
+  t.teardown(() => { client.close() })
+  const retries: Array<{ attempt?: number, delay?: number }> = []
+  client.on('state', (state, detail) => { if (state === 'reconnecting') retries.push({ attempt: detail.attempt, delay: detail.delay }) })
+  await eventually(() => retries.length >= 4, 5000)
+  t.ok(sockets.length - before >= 3, `attempts were made offline, once a maxDelay (${sockets.length - before})`)
+  t.same(new Set(retries.map(r => r.attempt)), new Set([1]), 'the attempt count stays at 1')
+  t.same(new Set(retries.map(r => r.delay)), new Set([150]), 'each waits maxDelay, no backoff on top')
+})
