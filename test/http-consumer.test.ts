@@ -230,7 +230,7 @@ t.test('handle() that sends nothing, throws, or is missing: 500 and an error log
     await stream.ended
     t.match(JSON.parse(stream.body()), { statusCode: 500, error: 'Internal Server Error' })
   }
-  const failures = logs.filter(l => l.msg === 'consumer handler failed; closing with 1011').map(l => (l.err as { message: string, code?: string }))
+  const failures = logs.filter(l => l.msg === 'consumer handler failed; ending the response (500 if its head was not sent)').map(l => (l.err as { message: string, code?: string }))
   t.match(failures, [
     { code: 'FST_CHANNELS_HTTP_RESPONSE', message: 'Silent.handle() returned without sending a response' },
     { message: 'database down' },
@@ -408,7 +408,7 @@ t.test('bad calls reject with typed errors and cost only their own response', as
   await app.channelLayer.groupSend('bad', { type: 'bad.throw' })
   t.equal(await victim.ended, true)
   t.equal(await bystander.ended, true, 'both members got the message and both failed alike…')
-  t.ok(logs.some(l => l.msg === 'consumer handler failed; closing with 1011' && (l.err as { code: string }).code === 'FST_CHANNELS_INVALID_EVENT'))
+  t.ok(logs.some(l => l.msg === 'consumer handler failed; ending the response (500 if its head was not sent)' && (l.err as { code: string }).code === 'FST_CHANNELS_INVALID_EVENT'))
   const fresh = await openEventStream(`${base}/careless`)
   t.same((await fresh.waitForEvents(1)).map(e => e.data), ['ready'], '…and a new stream works')
   t.notMatch(victim.body() + bystander.body(), /forged/)

@@ -81,6 +81,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   // Closed by the peer, or for its rate: the frames it sent before (within the limit) are still
   // handed to receive().
   #queuedFramesRun = false
+  // An HTTP consumer's: its socket is the response, and a failure's log says so.
+  #http = false
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
     this.#runtime = runtime
@@ -119,6 +121,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     // If the client goes away before the upgrade, connect() is told through `signal`; an accepted
     // handshake then ends (disconnect(1006)).
     const handshake = this.#handshake = new Handshake(this.#request.raw.socket, type === 'websocket', this)
+    this.#http = type === 'http'
     if (handshake.socketGone) this.clientGone()
     const layer = this.#runtime.layer
     try {
@@ -280,7 +283,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** ScopedTasksOwner: a spawned task failed while the connection was live. */
   spawnFailed (err: unknown): void {
-    this.#failed(failureClose(err, this.log, this.#channelName, 'spawned task'))
+    this.#failed(failureClose(err, this.log, this.#channelName, 'spawned task', this.#http))
   }
 
   /** FlowOwner: the layer failed under the connection. */
@@ -386,7 +389,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   taskFailed (err: unknown): void {
     const ended = this.#state === 'closing' || this.#state === 'ended'
     if (stoppedWithConnection(err, ended, this, 'consumer handler stopped: the connection had ended')) return
-    this.#failed(failureClose(err, this.log, this.#channelName))
+    this.#failed(failureClose(err, this.log, this.#channelName, undefined, this.#http))
   }
 
   /** A handler or task failed: 1011 is the app's bug (counted), 1008 the client's doing. */

@@ -105,15 +105,15 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
 /**
  * A handler (or a spawned task, `what`) failed after accept: logged, and the close its connection
  * gets. Joining too many groups is the client's doing (1008, at warn); anything else is the app's
- * bug (1011, at error).
+ * bug (1011, at error). The log says what the client gets: a close code on a WebSocket; on an HTTP
+ * response (`http`), its end, a 500 if its head was not sent yet (response-socket.ts).
  */
-export function failureClose (err: unknown, log: FastifyBaseLogger, channel: string, what = 'consumer handler'): [code: number, reason: string] {
-  if (err instanceof TooManyGroupsError) {
-    log.warn({ err, channel }, 'consumer joined too many groups; closing with 1008')
-    return [1008, 'too many groups']
-  }
-  log.error({ err, channel }, `${what} failed; closing with 1011`)
-  return [1011, 'internal error']
+export function failureClose (err: unknown, log: FastifyBaseLogger, channel: string, what = 'consumer handler', http = false): [code: number, reason: string] {
+  const [code, reason]: [number, string] = err instanceof TooManyGroupsError ? [1008, 'too many groups'] : [1011, 'internal error']
+  const outcome = http ? 'ending the response (500 if its head was not sent)' : `closing with ${code}`
+  if (code === 1008) log.warn({ err, channel }, `consumer joined too many groups; ${outcome}`)
+  else log.error({ err, channel }, `${what} failed; ${outcome}`)
+  return [code, reason]
 }
 
 function isThenable (value: unknown): value is PromiseLike<unknown> {
