@@ -207,3 +207,20 @@ t.test('a connect() that never returns: the client gets 503 at once, and app.clo
   t.match(logs.filter(l => /not waiting for them/.test(String(l.msg))), [{ level: 40, connections: 1, graceMs: 5000 }],
     'close() went on without it, and said so at warn')
 })
+
+t.test('a getUser that never returns: the client gets 503 at once, and app.close() waits for it 5 s at most', async t => {
+  let asked = 0
+  const getUser = async (): Promise<null> => {
+    asked++
+    return await new Promise(() => {}) // a user store that never answers
+  }
+  class Plain extends WebsocketConsumer {}
+  const { app, logs } = await buildApp({ getUser }, app => app.get('/ws', { websocket: true }, Plain.asHandler()))
+  const { url } = await listen(app)
+  const status = refusedWith(`${url}/ws`)
+  await eventually(() => asked === 1)
+  const closing = app.close()
+  t.equal(await status, 503, 'the handshake is answered 503 as the server begins to close')
+  await closing
+  t.match(logs.filter(l => /not waiting for them/.test(String(l.msg))), [{ level: 40, connections: 1 }], 'close() went on without it, and said so')
+})

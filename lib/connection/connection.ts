@@ -123,21 +123,18 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     const handshake = this.#handshake = new Handshake(this.#request.raw.socket, type === 'websocket', this)
     this.#http = type === 'http'
     if (handshake.socketGone) this.clientGone()
-    const layer = this.#runtime.layer
+    const setUp = handshake.settingUp = this.#setUp(init, type)
+    let ready: boolean
     try {
-      const scope = await buildScope(this.#request, this.#runtime.getUser, type)
-      this.#channelName = await layer.newChannel()
-      const view = this.#view = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
-      init({ scope, channelName: this.#channelName, channelLayer: view, log: this.log, connection: this, outbound: this.#outbound })
-      for (const group of this.#consumer.groups) await view.groupAdd(group, this.#channelName)
+      // Refused meanwhile (shutdown), the client is answered at once, not once the set-up is done
+      // (a getUser that hangs would hold it, and the server's close, for ever).
+      ready = await Promise.race([setUp.then(() => true), handshake.decision.then(() => false)])
     } catch (err) {
+      if (this.#state !== 'handshake') return await handshake.decision
       await this.#refuse(500)
       throw err
     }
-    if (handshake.shutDown) {
-      void this.#refuse(503)
-      return await handshake.decision
-    }
+    if (!ready || this.#state !== 'handshake') return await handshake.decision
     const connected = (async () => { await this.#consumer[kConnect]() })()
     handshake.connecting = connected
     connected.then(() => {
@@ -154,6 +151,25 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       }
     })
     return await handshake.decision
+  }
+
+  /**
+   * The set-up before `connect()`: the scope (`getUser` among it), the channel, `groups` joined.
+   * A handshake refused meanwhile (shutdown) stops at the step under way: the refusal waits for it,
+   * then frees what it made.
+   */
+  async #setUp (init: (ctx: ConsumerContext) => void, type: 'websocket' | 'http'): Promise<void> {
+    const layer = this.#runtime.layer
+    const scope = await buildScope(this.#request, this.#runtime.getUser, type)
+    if (this.#state !== 'handshake') return
+    this.#channelName = await layer.newChannel()
+    if (this.#state !== 'handshake') return
+    const view = this.#view = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
+    init({ scope, channelName: this.#channelName, channelLayer: view, log: this.log, connection: this, outbound: this.#outbound })
+    for (const group of this.#consumer.groups) {
+      if (this.#state !== 'handshake') return
+      await view.groupAdd(group, this.#channelName)
+    }
   }
 
   /** `accept()`: the handshake completes once the route handler has the socket. */
@@ -305,17 +321,17 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#scoped?.abort()
     this.#handshake?.decide({ accepted: false, status })
     await this.#scoped?.settled()
-    await this.#handshake?.connectReturned()
+    await this.#handshake?.returned()
     await this.#finish()
   }
 
   /**
-   * Shutdown in the handshake: refused with 503 at once if connect() runs (its `signal` aborted;
-   * the layer is left once it returns), else as soon as the set-up before it is done.
+   * Shutdown in the handshake: refused with 503 at once, in the set-up before connect() (a
+   * `getUser` that hangs) as in connect() (its `signal` aborted). The layer is left once what runs
+   * has returned.
    */
   #refuseAtShutdown (): void {
-    if (this.#handshake?.connecting != null) void this.#refuse(503)
-    else if (this.#handshake !== null) this.#handshake.shutDown = true
+    void this.#refuse(503)
   }
 
   /** The handshake will come to nothing: connect() is told through `signal`, and decides as it will. */

@@ -21,12 +21,12 @@ export class Handshake {
   readonly decision: Promise<Decision>
   /** A WebSocket upgrade, counted as one once the socket comes; an HTTP consumer's response is not. */
   readonly upgrade: boolean
-  /** `connect()` under way: a refusal frees the layer only once it has returned. */
+  /** The scope, the channel and `groups` being set up: a refusal frees the layer only once it has returned. */
+  settingUp: Promise<void> | null = null
+  /** `connect()` under way: the same. */
   connecting: Promise<void> | null = null
   /** The client went away while `connect()` runs: `signal` is aborted. */
   abandoned = false
-  /** The server began to close before `connect()` ran; it will not run. */
-  shutDown = false
   /** Accepted: a `close()` asked for before the socket came. */
   pendingClose: { code: number, reason: string } | null = null
 
@@ -58,8 +58,9 @@ export class Handshake {
     decide?.(decision)
   }
 
-  /** Resolves once `connect()` has returned or thrown, at once if it never ran. */
-  async connectReturned (): Promise<void> {
+  /** Resolves once the set-up and `connect()` have returned or thrown (what never ran, at once). */
+  async returned (): Promise<void> {
+    await this.settingUp?.then(noop, noop)
     await this.connecting?.then(noop, noop)
   }
 
