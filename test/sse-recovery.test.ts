@@ -46,9 +46,9 @@ class DeployLog extends AsyncHttpConsumer {
 
 // ----------------------------------------------------------------------------------------------
 
-async function setup () {
+async function setup (maxBufferedBytes?: number) {
   const layer = new InMemoryChannelLayer({ groups: { 'deploy-log': { history: { size: 1000, ttl: 3600 } } } })
-  const { app } = await buildApp({ layer }, app => app.get('/deploy-log', DeployLog.asHandler()))
+  const { app } = await buildApp({ layer, maxBufferedBytes }, app => app.get('/deploy-log', DeployLog.asHandler()))
   const { url } = await listen(app)
   const base = url.replace('ws://', 'http://')
   const send = async (line: string) => await app.channelLayer.groupSend('deploy-log', { type: 'deploy.line', line })
@@ -79,6 +79,26 @@ t.test('a first visit gets the history; a reconnect with Last-Event-ID gets exac
   t.same(lines(resumed), ['five', 'six', 'seven'], 'what was missed first, then live, each once')
   await sleep(20)
   t.equal(again.events.length, 3, 'nothing twice')
+  again.close()
+})
+
+t.test('a recovery many times maxBufferedBytes reaches a reader that reads, whole: it is written at its pace, not cut off', async t => {
+  // 600 events of 10 KB against a limit of 256 KiB: each handler sends its own event, so the
+  // replay is handed to the consumer one event at a time, as fast as the reader takes them.
+  const { app, base, send } = await setup(256 * 1024)
+  t.teardown(() => app.close())
+  await send('first')
+  const first = await openEventStream(`${base}/deploy-log`)
+  const [, seen] = await first.waitForEvents(2)
+  first.close()
+  const pad = 'p'.repeat(10_240)
+  for (let n = 1; n <= 600; n++) await send(`${n} ${pad}`)
+  const again = await openEventStream(`${base}/deploy-log`, { 'last-event-id': seen.id })
+  const resumed = await again.waitForEvents(600, 20_000)
+  t.ok(lines(resumed).every((line, i) => line === `${i + 1} ${pad}`), 'every missed event, once, in order')
+  await sleep(20)
+  t.equal(again.events.length, 600, 'nothing twice')
+  t.equal(again.response.destroyed, false, 'the reader was not cut off as a slow one')
   again.close()
 })
 

@@ -64,6 +64,8 @@ export class FlowControl<Task> implements ChannelSink {
   sharesMessages = false
   // What waits in the channel waits for the client to read what it was sent: until it has.
   #drained: Promise<void> | null = null
+  // ... and for the consumer to have taken what was handed over before it.
+  #paced = false
   // Only for a layer without listen(): the receive() pump's wake-up and its stop signal.
   #wakePump: (() => void) | null = null
   #stopPump: AbortController | null = null
@@ -124,7 +126,14 @@ export class FlowControl<Task> implements ChannelSink {
    * has drained (or the connection has ended), the layer hands over what waited.
    */
   get congested (): boolean {
-    if (this.#drained !== null) return true
+    if (this.#drained !== null || this.#paced) return true
+    // One message at a time: the client's reading is measured by the bytes its handler sends, so
+    // the next waits until the consumer has taken the last (at most one running, one queued).
+    if (this.#queue.pending > 0) {
+      this.#paced = true
+      this.#queue.watch()
+      return true
+    }
     const drained = this.#owner.whenUncongested()
     if (drained === undefined) return false
     this.#drained = drained.then(() => {
@@ -156,9 +165,15 @@ export class FlowControl<Task> implements ChannelSink {
 
   /** After each task while something is held back: below HIGH_WATER, every source flows again. */
   afterTask (): void {
-    if (this.#queue.pending >= HIGH_WATER) return
+    const pending = this.#queue.pending
+    if (this.#paced && pending === 0) {
+      // The consumer has taken what was handed over at its pace: the next may come.
+      this.#paced = false
+      this.#listener?.resume()
+    }
+    if (pending >= HIGH_WATER) return
     // First: resuming may fill the queue again at once, and then watch it again.
-    this.#queue.unwatch()
+    if (!this.#paced) this.#queue.unwatch()
     this.#wake()
     if (this.#saturated) {
       this.#saturated = false

@@ -138,9 +138,20 @@ export class Outbound {
     })
   }
 
+  // Counts the frames batched for the end of the turn too: a catch-up handed over in one turn is
+  // all there, and the socket's buffer alone would show none of it until the turn's writes.
   #congested (): boolean {
     const socket = this.#socket
-    return socket !== null && socket.bufferedAmount > this.#maxBufferedBytes / 2
+    return socket !== null && socket.bufferedAmount + this.#batchedBytes() > this.#maxBufferedBytes / 2
+  }
+
+  /** The bytes of the frames waiting for the end of the turn (read only here, off the send path). */
+  #batchedBytes (): number {
+    if (!this.#queuedThisTurn()) return 0
+    let bytes = frameBytes(pending[this.#queuedAt + 1] as Buffer[])
+    const more = this.#more
+    if (more !== null) for (let i = 0; i < more.length; i += 2) bytes += frameBytes(more[i] as Buffer[])
+    return bytes
   }
 
   /** A slow reader: closed (1008), counted and logged; true when it is one. */
@@ -240,6 +251,12 @@ const DRAIN_CHECK_MS = 5
 // list each turn, so that what it holds is as young as it is (no write barrier).
 let pending: Array<Outbound | Buffer[] | string | null> = []
 let flushing = false
+
+function frameBytes (frame: Buffer[]): number {
+  let bytes = 0
+  for (const part of frame) bytes += part.length
+  return bytes
+}
 
 /** One unmasked, unfragmented text frame (RFC 6455 §5.2), header and payload in one Buffer. */
 function textFrame (text: string): Buffer {
