@@ -103,7 +103,17 @@ export class Positions {
   async #fillGap (group: string, had: StreamPosition, upTo: number): Promise<boolean> {
     const owner = this.#owner
     const missing = upTo - had.offset
-    const { messages, position } = await owner.channelLayer.history(group, { since: had, limit: missing })
+    let read: Awaited<ReturnType<ChannelLayer['history']>>
+    try {
+      read = await owner.channelLayer.history(group, { since: had, limit: missing })
+    } catch (err) {
+      // The layer cannot answer now (Redis too slow, or gone): the client re-joins from where it
+      // stands, and its recovery reads them once the layer answers again.
+      owner.log.warn({ err, group, channel: owner.channelName, from: had.offset + 1, to: upTo }, 'messages skipped for this client could not be read back; closing so that it recovers')
+      await owner.close(1013, 'messages were skipped: reconnect to recover')
+      return false
+    }
+    const { messages, position } = read
     if (position?.epoch !== had.epoch || messages.length !== missing || messages[0].offset !== had.offset + 1) {
       owner.log.warn({ group, channel: owner.channelName, from: had.offset + 1, to: upTo }, 'messages skipped for this client are gone from the history; closing so that it recovers')
       await owner.close(1013, 'messages were skipped: reconnect to recover')

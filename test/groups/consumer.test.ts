@@ -6,7 +6,7 @@
  * does at route declaration.
  */
 import t, { type Test } from 'tap'
-import { GroupsConsumer, InMemoryChannelLayer, type Delivery, type LayerMessage } from '../../lib/index.js'
+import { GroupsConsumer, InMemoryChannelLayer, LayerTimeoutError, type Delivery, type LayerMessage } from '../../lib/index.js'
 import { rawProtocolClient, type Frame, type RawProtocolClient } from '../helpers/protocol.js'
 import { Rooms, called, roomsApp, type RoomsApp } from './rooms.js'
 
@@ -224,6 +224,17 @@ t.test('messages skipped for a client whose channel was full are sent from the h
   await grace.until(f => f.op === 'joined')
   for (let n = 1; n <= 40; n++) await layer.groupSend('room.short', { type: 'line', n })
   t.match(await grace.closed, { code: 1013, reason: 'messages were skipped: reconnect to recover' })
+
+  // A layer that cannot answer the read-back (Redis too slow): the same 1013, logged as that, not
+  // the app's failure (1011).
+  const history = layer.history.bind(layer)
+  layer.history = async () => { throw new LayerTimeoutError('history', 100) }
+  t.teardown(() => { layer.history = history })
+  const alan = await rawProtocolClient(slow.url.replace('/ws/rooms', '/ws/slow') + '?name=Alan')
+  alan.send({ op: 'join', group: 'room.outage' })
+  await alan.until(f => f.op === 'joined')
+  for (let n = 1; n <= 40; n++) await layer.groupSend('room.outage', { type: 'line', n })
+  t.match(await alan.closed, { code: 1013, reason: 'messages were skipped: reconnect to recover' })
 })
 
 t.test('a group message to many clients: each message frame is exactly the JSON of what forward() gave for that client', async t => {
