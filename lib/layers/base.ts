@@ -218,8 +218,9 @@ export abstract class BaseChannelLayer extends EventEmitter
     assertGroupName(group)
     const { since, limit } = checkHistoryOptions(options)
     const history = this.policies.of(group)?.history
-    if (history === undefined) return { messages: [], position: null }
-    return this.#timed('history', () => this.doHistory(group, history, since, limit))
+    // Timed too without a policy (answered here at once): every call is counted, as for the other operations.
+    if (history === undefined) return await this.#timed('history', async () => ({ messages: [], position: null }))
+    return await this.#timed('history', () => this.doHistory(group, history, since, limit))
   }
 
   /** The presence entries of the group's members, across every process sharing the layer. */
