@@ -42,6 +42,7 @@ export class WebsocketCommunicator {
   #inbox: Array<string | Buffer> = []
   #waiters: Array<() => void> = []
   #closeEvent: CloseEvent | null = null
+  #connectCalled = false
   #resolveClosed!: (event: CloseEvent) => void
 
   constructor (app: FastifyInstance, path: string, options: CommunicatorOptions = {}) {
@@ -52,6 +53,9 @@ export class WebsocketCommunicator {
   }
 
   async connect (timeout = DEFAULT_TIMEOUT): Promise<ConnectResult> {
+    // One communicator is one connection, as in Channels: a second would be left open unseen.
+    if (this.#connectCalled) throw new Error('connect() was called already: make another communicator for another connection')
+    this.#connectCalled = true
     await this.app.ready()
     const tag = {}
     let subprotocol: string | null = null
@@ -134,6 +138,7 @@ export class WebsocketCommunicator {
    * `receiveFrom<string>()` states which kind the test expects; it is not checked.
    */
   async receiveFrom<T extends string | Buffer = string | Buffer> (timeout = DEFAULT_TIMEOUT): Promise<T> {
+    this.#connectedFirst()
     const deadline = Date.now() + timeout
     while (this.#inbox.length === 0) {
       if (this.#closeEvent !== null) {
@@ -161,6 +166,7 @@ export class WebsocketCommunicator {
    * the close is in the output queue too). Frames and a close already received count.
    */
   async receiveNothing (timeout = 100): Promise<boolean> {
+    this.#connectedFirst()
     if (this.#inbox.length > 0 || this.#closeEvent !== null) return false
     await new Promise(resolve => setTimeout(resolve, timeout))
     return this.#inbox.length === 0 && this.#closeEvent === null
@@ -168,6 +174,7 @@ export class WebsocketCommunicator {
 
   /** Closes from the client side and waits until the consumer's `disconnect()` has finished. */
   async disconnect (code = 1000, reason = '', timeout = DEFAULT_TIMEOUT): Promise<void> {
+    this.#connectedFirst()
     if (this.#ws !== null && this.#closeEvent === null) this.#ws.close(code, reason)
     await withTimeout(this.closed, timeout, 'close handshake')
     if (this.#connection !== undefined) await withTimeout(this.#connection.finished, timeout, 'consumer disconnect()')
@@ -175,7 +182,13 @@ export class WebsocketCommunicator {
 
   /** Resolves when the server side has finished with this connection (disconnect and clean-up done). */
   async serverFinished (timeout = DEFAULT_TIMEOUT): Promise<void> {
+    this.#connectedFirst()
     if (this.#connection !== undefined) await withTimeout(this.#connection.finished, timeout, 'consumer disconnect()')
+  }
+
+  /** What reads the connection needs connect() first (refused or timed out counts: it closed). */
+  #connectedFirst (): void {
+    if (!this.#connectCalled) throw new Error('not connected: call connect() first')
   }
 
   #open (): WebSocket {

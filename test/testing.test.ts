@@ -120,3 +120,25 @@ t.test('a consumer that accepts with none of the offered subprotocols: the commu
   t.match(await plain.connect(), { connected: true, subprotocol: null }, 'without an offer, no subprotocol is fine')
   await plain.disconnect()
 })
+
+t.test('a communicator is one connection: a second connect() rejects, and reads before connect() say to connect first', async t => {
+  class Echo extends WebsocketConsumer {
+    override async connect () { await this.accept() }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Echo.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  for (const [name, call] of [
+    ['receiveFrom', () => comm.receiveFrom()],
+    ['receiveNothing', () => comm.receiveNothing()],
+    ['disconnect', () => comm.disconnect()],
+    ['serverFinished', () => comm.serverFinished()],
+    ['sendTo', () => comm.sendTo('x')]
+  ] as const) {
+    await t.rejects(call() as Promise<unknown>, { message: 'not connected: call connect() first' }, `${name}() before connect()`)
+  }
+  t.match(await comm.connect(), { connected: true })
+  await t.rejects(comm.connect(), { message: /connect\(\) was called already/ }, 'a second connect() is refused, not a second connection')
+  await comm.disconnect()
+  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'nothing left open')
+})
