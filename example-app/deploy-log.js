@@ -14,7 +14,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import { AsyncHttpConsumer } from 'fastify-channels'
-import { DEPLOY_GROUP as DEPLOY_LOG_GROUP } from './consumers.js'
+import { DEPLOY_GROUP as DEPLOY_LOG_GROUP, sessionGroup } from './consumers.js'
 
 const maxAgeMs = 1000 * Number(process.env.DEPLOY_LOG_MAX_AGE ?? 300)
 
@@ -37,6 +37,8 @@ function positionOf (lastEventId) {
 
 export class DeployLogConsumer extends AsyncHttpConsumer {
   async handle () {
+    // In its session's group, as every socket of the example: signing out (in any tab) ends it.
+    await this.channelLayer.groupAdd(sessionGroup(this.scope.session.sessionId), this.channelName)
     await this.sendHeaders({ headers: { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' } })
     await this.sendBody('retry: 1000\n\n', { more: true }) // reconnect after 1 s, not the browser's default
     if (maxAgeMs > 0) {
@@ -54,6 +56,11 @@ export class DeployLogConsumer extends AsyncHttpConsumer {
       if (offset > position.offset) break // sent after the join: it comes through deployProgress()
       await this.#progress(message, position.epoch, offset)
     }
+  }
+
+  /** The session was signed out: the stream ends, and the browser's reconnect gets the 401. */
+  async sessionEnded () {
+    await this.sendBody('')
   }
 
   async deployProgress (message, info) {

@@ -24,6 +24,11 @@ function onState (state, detail) {
     if (lost) addNotice(`Reconnected to #${room}`)
     lost = false
   } else if (state === 'reconnecting') {
+    // 4001: the session was signed out or replaced (a sign-in in another tab): this page is done.
+    if (detail.code === 4001) {
+      sessionEnded()
+      return
+    }
     if (!lost) addNotice('Connection lost — reconnecting…')
     lost = true
     conn.dataset.state = 'reconnecting'
@@ -50,16 +55,20 @@ async function checkSignedIn () {
   if (checking) return
   checking = true
   try {
-    const me = await (await fetch('/api/me', { cache: 'no-store' })).json()
-    if (me.user === null) {
-      client.close()
-      showSignIn('Your session ended — sign in again.')
-    }
+    const now = await (await fetch('/api/me', { cache: 'no-store' })).json()
+    // Signed out, or signed in as someone else in another tab: not this page's user any more.
+    if (now.user === null || now.user.id !== me?.id) sessionEnded()
   } catch {
     // The server is down: the client keeps retrying.
   } finally {
     checking = false
   }
+}
+
+function sessionEnded () {
+  client.close()
+  clearInterval(countdown)
+  showSignIn('Your session ended — sign in again.')
 }
 
 // ---- helpers ------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ if (noChromium !== undefined && inCI) {
 
     // A restart loses the in-memory history: the page reconnects, is told to start over, and goes on.
     t.equal(await server.stop(), 0, 'the server shuts down cleanly')
-    server = await startExampleApp(env)
+    // From here streams stay open (DEPLOY_LOG_MAX_AGE 0): only a sign-out, below, ends this one.
+    server = await startExampleApp({ ...env, DEPLOY_LOG_MAX_AGE: '0' })
     await page.locator('#reset-note').waitFor({ timeout: 30_000 })
     await page.locator('#state[data-state="open"]').waitFor()
     t.equal(await page.locator('#log .line').count(), 0, 'the old log is cleared')
@@ -104,6 +105,12 @@ if (noChromium !== undefined && inCI) {
     await page.locator('.job[data-status="succeeded"][data-pct="100"]').waitFor({ timeout: 30_000 })
     t.same(await offsets(page), [1, 2, 3], 'the next deploy is followed from the new history')
     await page.screenshot({ path: join(screenshots, 'deploy-log-02-after-restart.png'), animations: 'disabled' })
+
+    // Signing out (in any tab) ends the open stream: the browser's reconnect gets the 401.
+    const signOut = await context.request.post(`${base}/logout`, { maxRedirects: 0 })
+    t.equal(signOut.status(), 303, 'signed out')
+    await page.locator('#state[data-state="closed"]').waitFor({ timeout: 30_000 })
+    t.equal(await page.locator('#signin-hint').isVisible(), true, 'the open page stops and says it is not signed in')
     t.same(pageErrors, [], 'no script errors')
   })
 }

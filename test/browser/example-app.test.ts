@@ -90,7 +90,7 @@ if (noChromium !== undefined && inCI) {
     await signIn.screenshot({ path: join(shots, '01-sign-in.png'), animations: 'disabled' })
     await first.close()
 
-    const { page: ada } = await person(t, browser, server.url, 'Ada', errors)
+    const { page: ada, context: adaContext } = await person(t, browser, server.url, 'Ada', errors)
     t.equal(await ada.locator('#conn-text').textContent(), 'Connected', 'the page says it is connected')
     const { page: grace, context: graceContext } = await person(t, browser, server.url, 'Grace', errors)
     await ada.locator('#messages .notice', { hasText: 'Grace joined' }).waitFor()
@@ -212,6 +212,13 @@ if (noChromium !== undefined && inCI) {
     await say(grace, '   ')
     await grace.locator('#messages .notice', { hasText: 'the message has only spaces' }).waitFor()
     t.same(await lines(grace), before, 'a line of only spaces is not sent: the page says so')
+
+    // Signing in again in Ada's browser, as someone else (another tab: the same cookies), ends her
+    // session: her open page shows the sign-in, instead of going on as the new user.
+    const again = await adaContext.request.post(new URL('/login', server.url).href, { form: { name: 'Bob' }, maxRedirects: 0 })
+    t.equal(again.status(), 303, 'signed in again as Bob')
+    await ada.locator('#signin-view').waitFor()
+    t.match(await ada.locator('#signin-error').textContent(), /session ended/, 'the open page says her session ended')
 
     t.same(errors, [], 'no script errors in the pages')
   })
