@@ -39,8 +39,9 @@ function onState (state, detail) {
     }
     tick()
     countdown = setInterval(tick, 250)
-    // A socket refused before it opened may mean we were signed out: let the page check.
-    checkSignedIn()
+    // A socket refused before it opened may mean we were signed out: let the page check (not
+    // offline, where the request could only fail, with an error in the console).
+    if (navigator.onLine !== false) checkSignedIn()
   } else {
     conn.dataset.state = 'connecting'
     text.textContent = 'Connecting…'
