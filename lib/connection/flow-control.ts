@@ -10,10 +10,11 @@
  * - a layer that can only be polled: the `receive()` pump waits.
  *
  * One more hold, on what waits in the channel (a recovering member's catch-up, which the layer
- * hands over past the channel's capacity, and what arrived behind it): while the client has not
- * read what it was sent (`congested`), it waits there. A large recovery, and the live messages
- * held behind it, are so written at the pace the client reads; live messages handed over at once
- * to a reader that stops still meet the slow-reader limit (outbound.ts).
+ * hands over past the channel's capacity, and what arrived behind it): it is handed over one
+ * message at a time, once the consumer has taken the last, and while the client has not read what
+ * it was sent (`congested`) it waits there. A large recovery, and the live messages held behind
+ * it, are so written at the pace the client reads; live messages handed over at once to a reader
+ * that stops still meet the slow-reader limit (outbound.ts).
  */
 import type { ChannelLayer, ChannelListener, ChannelListening, ChannelSink, Delivery, LayerMessage } from '../layers/types.js'
 import { canListen } from '../layers/types.js'
@@ -121,9 +122,10 @@ export class FlowControl<Task> implements ChannelSink {
   }
 
   /**
-   * ChannelSink: replays, and what waited in the channel, wait there while the client has not read
-   * what it was sent. The layer asks only when it has such a message to hand over; once the socket
-   * has drained (or the connection has ended), the layer hands over what waited.
+   * ChannelSink: replays, and what waited in the channel, wait there while the consumer has not
+   * taken what was handed over before them, or the client has not read what it was sent. The layer
+   * asks only when it has such a message to hand over; once the consumer has taken it (afterTask),
+   * or the socket has drained (or the connection has ended), the layer hands over what waited.
    */
   get congested (): boolean {
     if (this.#drained !== null || this.#paced) return true

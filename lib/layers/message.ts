@@ -144,12 +144,14 @@ function copyObject (source: Record<string, unknown>, depth: number): Record<str
   const target: Record<string, unknown> = {}
   const keys = Object.keys(source)
   let i = 0
+  // Once a key had a lone surrogate replaced, two keys may become one: refused, not merged.
+  let replaced = false
   try {
     for (; i < keys.length; i++) {
       const key = keys[i]
       const name = wellFormed(key)
-      // Two keys that differ only in lone surrogates would become one: refused, not merged.
-      if (name !== key && Object.hasOwn(target, name)) throw new Rejection('two keys that are the same once lone surrogates are replaced')
+      if (name !== key) replaced = true
+      if (replaced && Object.hasOwn(target, name)) throw new Rejection('two keys that are the same once lone surrogates are replaced')
       setOwn(target, name, copyValue(source[key], depth))
     }
     // JSON and msgpack drop symbol keys silently; refusing them keeps every backend identical.
