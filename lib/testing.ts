@@ -28,6 +28,7 @@ export interface ConnectResult {
 export interface CloseEvent { code: number; reason: string }
 
 const DEFAULT_TIMEOUT = 1000
+const NOT_CONNECTED = 'not connected: call connect() first'
 
 export class WebsocketCommunicator {
   readonly app: FastifyInstance
@@ -188,11 +189,11 @@ export class WebsocketCommunicator {
 
   /** What reads the connection needs connect() first (refused or timed out counts: it closed). */
   #connectedFirst (): void {
-    if (!this.#connectCalled) throw new Error('not connected: call connect() first')
+    if (!this.#connectCalled) throw new Error(NOT_CONNECTED)
   }
 
   #open (): WebSocket {
-    if (this.#ws === null) throw new Error('not connected: call connect() first')
+    if (this.#ws === null) throw new Error(NOT_CONNECTED)
     if (this.#closeEvent !== null) throw new Error(`connection closed (code ${this.#closeEvent.code})`)
     return this.#ws
   }

@@ -124,17 +124,16 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#http = type === 'http'
     if (handshake.socketGone) this.clientGone()
     const setUp = handshake.settingUp = this.#setUp(init, type)
-    let ready: boolean
     try {
       // Refused meanwhile (shutdown), the client is answered at once, not once the set-up is done
       // (a getUser that hangs would hold it, and the server's close, for ever).
-      ready = await Promise.race([setUp.then(() => true), handshake.decision.then(() => false)])
+      await Promise.race([setUp, handshake.decision])
     } catch (err) {
       if (this.#state !== 'handshake') return await handshake.decision
       await this.#refuse(500)
       throw err
     }
-    if (!ready || this.#state !== 'handshake') return await handshake.decision
+    if (this.#state !== 'handshake') return await handshake.decision
     const connected = (async () => { await this.#consumer[kConnect]() })()
     handshake.connecting = connected
     connected.then(() => {
@@ -278,12 +277,13 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /**
    * Server shutdown: an open connection closes with 1001; one accepted but not yet upgraded ends
-   * with 1001. One still in its handshake is refused with 503 at once, and its `signal` aborted:
-   * it ends once `connect()` returns.
+   * with 1001. One still in its handshake, in the set-up before connect() (a `getUser` that hangs)
+   * or in connect(), is refused with 503 at once and its `signal` aborted: the layer is left once
+   * what runs has returned.
    */
   shutdown (): void {
     if (this.#state === 'open') this.close(1001, 'server shutting down')
-    else if (this.#state === 'handshake') this.#refuseAtShutdown()
+    else if (this.#state === 'handshake') void this.#refuse(503)
     else this.#beginClosing('accepted', 1001)
   }
 
@@ -323,15 +323,6 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     await this.#scoped?.settled()
     await this.#handshake?.returned()
     await this.#finish()
-  }
-
-  /**
-   * Shutdown in the handshake: refused with 503 at once, in the set-up before connect() (a
-   * `getUser` that hangs) as in connect() (its `signal` aborted). The layer is left once what runs
-   * has returned.
-   */
-  #refuseAtShutdown (): void {
-    void this.#refuse(503)
   }
 
   /** The handshake will come to nothing: connect() is told through `signal`, and decides as it will. */

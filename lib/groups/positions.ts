@@ -93,6 +93,13 @@ export class Positions {
     return false
   }
 
+  /** The client cannot be given what it missed here: closed (1013) so that its re-join recovers it or reports the gap. */
+  async #closeToRecover (fields: object, why: string): Promise<false> {
+    this.#owner.log.warn(fields, why)
+    await this.#owner.close(1013, 'messages were skipped: reconnect to recover')
+    return false
+  }
+
   /**
    * Messages of the group were skipped for this channel (it was full while the client caught up):
    * those after `had` up to `upTo` are read back from the group's history and sent, so the client
@@ -103,21 +110,18 @@ export class Positions {
   async #fillGap (group: string, had: StreamPosition, upTo: number): Promise<boolean> {
     const owner = this.#owner
     const missing = upTo - had.offset
+    const gap = { group, channel: owner.channelName, from: had.offset + 1, to: upTo }
     let read: Awaited<ReturnType<ChannelLayer['history']>>
     try {
       read = await owner.channelLayer.history(group, { since: had, limit: missing })
     } catch (err) {
       // The layer cannot answer now (Redis too slow, or gone): the client re-joins from where it
       // stands, and its recovery reads them once the layer answers again.
-      owner.log.warn({ err, group, channel: owner.channelName, from: had.offset + 1, to: upTo }, 'messages skipped for this client could not be read back; closing so that it recovers')
-      await owner.close(1013, 'messages were skipped: reconnect to recover')
-      return false
+      return await this.#closeToRecover({ err, ...gap }, 'messages skipped for this client could not be read back; closing so that it recovers')
     }
     const { messages, position } = read
     if (position?.epoch !== had.epoch || messages.length !== missing || messages[0].offset !== had.offset + 1) {
-      owner.log.warn({ group, channel: owner.channelName, from: had.offset + 1, to: upTo }, 'messages skipped for this client are gone from the history; closing so that it recovers')
-      await owner.close(1013, 'messages were skipped: reconnect to recover')
-      return false
+      return await this.#closeToRecover(gap, 'messages skipped for this client are gone from the history; closing so that it recovers')
     }
     owner.log.debug({ group, channel: owner.channelName, missing }, 'sent messages skipped for this client from the history')
     for (const kept of messages) {

@@ -218,9 +218,8 @@ export abstract class BaseChannelLayer extends EventEmitter
     assertGroupName(group)
     const { since, limit } = checkHistoryOptions(options)
     const history = this.policies.of(group)?.history
-    // Timed too without a policy (answered here at once): every call is counted, as for the other operations.
-    if (history === undefined) return await this.#timed('history', async () => ({ messages: [], position: null }))
-    return await this.#timed('history', () => this.doHistory(group, history, since, limit))
+    // Timed also without a policy (answered here at once): every call is counted.
+    return await this.#timed('history', async () => history === undefined ? { messages: [], position: null } : await this.doHistory(group, history, since, limit))
   }
 
   /** The presence entries of the group's members, across every process sharing the layer. */
