@@ -3,7 +3,7 @@
  *
  *   /ws/app          AppConsumer     one socket per page (GroupsConsumer): chat rooms with presence
  *                                    and history, the deploys' progress, the clock; actions post,
- *                                    history and deploy
+ *                                    history, deploy and deploys
  *   'deploy-jobs'    DeployWorker    runs the deploys, one server per message
  */
 import { randomBytes } from 'node:crypto'
@@ -53,6 +53,7 @@ export class AppConsumer extends GroupsConsumer {
       }
     },
     history: { schema: { type: 'object', required: ['room'], additionalProperties: false, properties: { room } } },
+    deploys: { schema: { type: 'object', additionalProperties: false } },
     deploy: {
       schema: {
         type: 'object',
@@ -99,8 +100,12 @@ export class AppConsumer extends GroupsConsumer {
 
   /** The room's last 50 lines with their offsets: what a page shows on arrival, or after a gap. */
   async history ({ room }) {
-    const { messages, position } = await this.channelLayer.history(`room.${room}`, { limit: 50 })
-    return { epoch: position?.epoch ?? null, messages: messages.map(({ message, offset }) => ({ ...message, offset })) }
+    return recent(this.channelLayer, `room.${room}`, 50)
+  }
+
+  /** The deploys' last 200 progress events with their offsets: what a page shows on arrival, or after a gap. */
+  async deploys () {
+    return recent(this.channelLayer, DEPLOY_GROUP, 200)
   }
 
   async deploy ({ servers }) {
@@ -182,6 +187,12 @@ export class DeployWorker extends ChannelConsumer {
       at: Date.now()
     })
   }
+}
+
+/** A group's last `limit` messages, each with its offset, and the epoch they belong to. */
+async function recent (layer, group, limit) {
+  const { messages, position } = await layer.history(group, { limit })
+  return { epoch: position?.epoch ?? null, messages: messages.map(({ message, offset }) => ({ ...message, offset })) }
 }
 
 /** Who a user is: the id given at sign-in (a session from before ids were given has its name). */

@@ -102,6 +102,7 @@ const dateFormat = new Intl.DateTimeFormat(undefined, { weekday: 'long', day: 'n
 const DEFAULT_ROOMS = ['lobby', 'random', 'ops']
 let room = 'lobby'
 let chat
+let deploys
 let people = null
 
 /** What the server accepts as a room: lowercase letters, digits and dashes. */
@@ -257,11 +258,29 @@ function onTick ({ now, server }) {
 
 const jobs = new Map()
 
-function jobNode (progress) {
+// Where a progress event stands among those shown: offsets count within an epoch, and an epoch
+// seen later (the history was lost, by a restart of the in-memory layer) comes after.
+const epochs = []
+function place (epoch, offset) {
+  if (!epochs.includes(epoch)) epochs.push(epoch)
+  return { era: epochs.indexOf(epoch), offset }
+}
+function isAfter (a, b) {
+  return a.era > b.era || (a.era === b.era && a.offset > b.offset)
+}
+function placeOf (node, name) {
+  return { era: Number(node.dataset[`${name}Era`]), offset: Number(node.dataset[`${name}Offset`]) }
+}
+
+// A deploy's card, made by its first event; cards are ordered newest first by that event's place
+// (progress read back from the history may arrive after a live event of a newer deploy).
+function jobNode (progress, at) {
   let job = jobs.get(progress.jobId)
   if (job !== undefined) return job
   const item = el('li', 'job')
   item.dataset.job = progress.jobId
+  item.dataset.firstEra = String(at.era)
+  item.dataset.firstOffset = String(at.offset)
   const head = el('div', 'job-head')
   const title = el('div', 'job-title')
   title.append(el('strong', '', `Deploy ${progress.jobId}`),
@@ -276,36 +295,63 @@ function jobNode (progress) {
   bar.append(fill)
   const foot = el('div', 'job-foot muted small')
   item.append(head, bar, foot)
-  $('jobs').prepend(item)
+  const older = [...$('jobs').children].find(node => isAfter(at, placeOf(node, 'first')))
+  $('jobs').insertBefore(item, older ?? null)
   $('jobs-empty').hidden = true
-  job = { item, status, bar, fill, foot }
+  job = { item, status, bar, fill, foot, latest: undefined }
   jobs.set(progress.jobId, job)
   return job
 }
 
-function onDeploy (event) {
-  const job = jobNode(event)
-  job.item.dataset.status = event.status
-  job.item.dataset.pct = String(event.pct)
-  job.status.textContent = event.status === 'succeeded' ? 'Done' : event.status === 'failed' ? 'Stopped' : 'Running'
-  job.status.className = `badge badge-${event.status}`
-  job.fill.style.width = `${event.pct}%`
-  job.bar.setAttribute('aria-valuenow', String(event.pct))
-  job.foot.textContent = `${event.done} of ${event.servers} servers · ${event.pct}% · worker ${event.worker}`
+/**
+ * One progress event, live or read back from the history: keyed by its place, so an event is
+ * shown once whichever way it came first, its log line goes in order, and a card shows its
+ * deploy's latest event.
+ */
+function onDeploy (event, offset, epoch) {
+  const at = place(epoch, offset)
+  const log = $('deploy-log')
+  if (log.querySelector(`[data-at-era="${at.era}"][data-at-offset="${at.offset}"]`) !== null) return
+  const job = jobNode(event, at)
+  if (job.latest === undefined || isAfter(at, job.latest)) {
+    job.latest = at
+    job.item.dataset.status = event.status
+    job.item.dataset.pct = String(event.pct)
+    job.status.textContent = event.status === 'succeeded' ? 'Done' : event.status === 'failed' ? 'Stopped' : 'Running'
+    job.status.className = `badge badge-${event.status}`
+    job.fill.style.width = `${event.pct}%`
+    job.bar.setAttribute('aria-valuenow', String(event.pct))
+    job.foot.textContent = `${event.done} of ${event.servers} servers · ${event.pct}% · worker ${event.worker}`
+  }
 
   const line = el('li', 'log-line')
+  line.dataset.atEra = String(at.era)
+  line.dataset.atOffset = String(at.offset)
   const tag = el('span', 'log-job', event.jobId)
   tag.style.setProperty('--hue', hue(event.jobId))
   line.append(el('time', 'log-time', timeFormat.format(event.at)), tag, el('span', 'log-text', event.line))
   // With several processes on Redis, steps of one deploy run wherever a worker is free: show where.
   if (event.worker !== info.server) line.append(el('span', 'log-worker', `on ${event.worker}`))
-  const log = $('deploy-log')
-  log.append(line)
+  const later = [...log.children].find(node => isAfter(placeOf(node, 'at'), at))
+  log.insertBefore(line, later ?? null)
   while (log.children.length > 300) log.firstElementChild.remove()
-  log.scrollTop = log.scrollHeight
+  if (later === undefined) log.scrollTop = log.scrollHeight
 }
 
-// Progress the deploys group could not replay (its history is gone): say so rather than show a frozen bar.
+// The deploys' recent progress, on arrival (a reloaded page shows the deploys under way and done)
+// and after a gap; merged with what came live by offset.
+async function loadDeploys (sub) {
+  try {
+    const { epoch, messages } = await client.call('deploys', {})
+    if (deploys !== sub) return
+    for (const message of messages) onDeploy(message, message.offset, epoch)
+  } catch (err) {
+    console.warn('deploys not loaded:', err)
+  }
+}
+
+// Progress the deploys group could not replay (its history is gone): say so rather than show a
+// frozen bar, until the history read back shows newer progress.
 function markInterrupted () {
   for (const job of jobs.values()) {
     if (job.item.dataset.status === 'running') {
@@ -353,7 +399,15 @@ function showApp (user) {
   onState(client.state, {})
   client.on('error', err => console.warn('channels client:', err))
   client.join(info.clock, { message: onTick })
-  client.join('deploys', { message: onDeploy, gap: markInterrupted })
+  const sub = client.join('deploys', {
+    message: (event, { offset, epoch }) => onDeploy(event, offset, epoch),
+    gap: () => {
+      markInterrupted()
+      loadDeploys(sub)
+    }
+  })
+  deploys = sub
+  sub.ready.then(() => loadDeploys(sub), err => console.warn('deploys not joined:', err))
   joinRoom(roomName(new URLSearchParams(location.search).get('room') ?? '') || 'lobby')
 }
 

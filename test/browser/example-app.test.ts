@@ -165,6 +165,15 @@ if (noChromium !== undefined && inCI) {
     t.match(metrics, /fastify_channels_connections\{route="\/ws\/app"\} 2\b/, '/metrics: the two pages are the two open connections')
     t.match(metrics, /fastify_channels_group_sends_total \d+/, '/metrics: group sends are counted')
 
+    // A reload shows the deploys again, read back from the group's history: the same cards and the
+    // same log, each line once and in order, though no deploy sends anything more.
+    const logBefore = await ada.locator('#deploy-log .log-line').allTextContents()
+    await ada.reload()
+    await connected(ada, 30_000)
+    await ada.locator('.job[data-status="succeeded"][data-pct="100"]').nth(1).waitFor()
+    t.equal(await ada.locator('.job').count(), 2, 'after a reload, both deploys are shown, done')
+    t.same(await ada.locator('#deploy-log .log-line').allTextContents(), logBefore, 'after a reload, the deploy log is the same, line for line')
+
     // Grace's page goes offline; Ada goes on talking; back online, Grace has every line, once.
     const consoleErrors: string[] = []
     const onConsole = (message: ConsoleMessage): void => { if (message.type() === 'error') consoleErrors.push(message.text()) }
