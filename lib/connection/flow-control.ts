@@ -2,12 +2,18 @@
  * Flow control: how much a connection takes in while its consumer is behind. Three sources fill
  * the connection's task queue, and each is held back once HIGH_WATER tasks wait:
  *
- * - client frames: the socket is no longer read, so TCP pushes back on the client;
+ * - client frames: the socket is no longer read, so TCP pushes back on the client. ws still hands
+ *   over every frame of what it had read (a read is up to 64 KiB, hundreds of small frames): those
+ *   wait here, as if still unread, and go to the queue as it makes room;
  * - a layer that pushes (`listen()`): this is the channel's sink, and it stops accepting. The
  *   layer reads `accepting` before each `push()` and, while it is false, keeps messages in the
  *   channel (its capacity and expiry apply) until `listener.resume()`, called once the queue is
  *   below HIGH_WATER again after it had reached it;
  * - a layer that can only be polled: the `receive()` pump waits.
+ *
+ * While client frames and layer messages both wait, they take turns at the room the consumer
+ * makes, as Channels' consumer takes from its two sources in turn: a burst of frames, each of which
+ * sends to a group the consumer is in, cannot fill its own channel past capacity meanwhile.
  *
  * One more hold, on what waits in the channel (a recovering member's catch-up, which the layer
  * hands over past the channel's capacity, and what arrived behind it): it is handed over one
@@ -53,6 +59,11 @@ export class FlowControl<Task> implements ChannelSink {
   #socket: Readable | null = null
   // Stopped reading client frames because the consumer is behind.
   #readsPaused = false
+  // Frames ws had read before reads paused, oldest first from #unreadHead; null when none wait.
+  #unread: Task[] | null = null
+  #unreadHead = 0
+  // Whose turn it is first when the queue makes room: unread frames' or the layer's.
+  #unreadFirst = false
   #stillHere: NodeJS.Timeout | undefined
   // The queue reached HIGH_WATER: the layer may have kept messages back, to resume.
   #saturated = false
@@ -65,8 +76,12 @@ export class FlowControl<Task> implements ChannelSink {
   sharesMessages = false
   // What waits in the channel waits for the client to read what it was sent: until it has.
   #drained: Promise<void> | null = null
-  // ... and for the consumer to have taken what was handed over before it.
+  // ... and for the consumer to have taken what was handed over before it: the queue's `taken`
+  // once it has (0: nothing handed over waits in the queue).
   #paced = false
+  #handedOver = 0
+  // `congested` said the layer may hand over what waited: the next push() is that message.
+  #handing = false
   // Only for a layer without listen(): the receive() pump's wake-up and its stop signal.
   #wakePump: (() => void) | null = null
   #stopPump: AbortController | null = null
@@ -102,8 +117,10 @@ export class FlowControl<Task> implements ChannelSink {
 
   /** A client frame within the rate limit (admit()), queued behind what arrived before it. */
   fromClient (task: Task): void {
-    this.#queue.push(task)
-    if (this.#queue.pending >= HIGH_WATER) {
+    if (this.#unread !== null) this.#unread.push(task)
+    else if (this.#queue.pending < HIGH_WATER) this.#queue.push(task)
+    else this.#unread = [task]
+    if (this.#unread !== null || this.#queue.pending >= HIGH_WATER) {
       this.#holdBack()
       if (!this.#readsPaused) {
         this.#readsPaused = true
@@ -130,14 +147,18 @@ export class FlowControl<Task> implements ChannelSink {
   get congested (): boolean {
     if (this.#drained !== null || this.#paced) return true
     // One message at a time: the client's reading is measured by the bytes its handler sends, so
-    // the next waits until the consumer has taken the last (at most one running, one queued).
-    if (this.#queue.pending > 0) {
+    // the next waits until the consumer has taken the last (at most one running, one queued). The
+    // client's frames queued meanwhile take their turns: the next does not wait for them.
+    if (this.#queue.taken < this.#handedOver) {
       this.#paced = true
       this.#queue.watch()
       return true
     }
     const drained = this.#owner.whenUncongested()
-    if (drained === undefined) return false
+    if (drained === undefined) {
+      this.#handing = true
+      return false
+    }
     this.#drained = drained.then(() => {
       this.#drained = null
       this.#listener?.resume()
@@ -148,6 +169,10 @@ export class FlowControl<Task> implements ChannelSink {
   /** ChannelSink: a layer message and how it came, queued behind what arrived before it. */
   push (message: LayerMessage, info: Delivery): void {
     this.#queue.push(message, info)
+    if (this.#handing) {
+      this.#handing = false
+      this.#handedOver = this.#queue.taken + this.#queue.pending
+    }
     if (this.#queue.pending >= HIGH_WATER) this.#holdBack()
   }
 
@@ -167,21 +192,25 @@ export class FlowControl<Task> implements ChannelSink {
 
   /** After each task while something is held back: below HIGH_WATER, every source flows again. */
   afterTask (): void {
-    const pending = this.#queue.pending
-    if (this.#paced && pending === 0) {
+    if (this.#paced && this.#queue.taken >= this.#handedOver) {
       // The consumer has taken what was handed over at its pace: the next may come.
       this.#paced = false
       this.#listener?.resume()
     }
-    if (pending >= HIGH_WATER) return
+    // Read after the resume: what it handed over may have filled the queue (which then stays watched).
+    if (this.#queue.pending >= HIGH_WATER) return
     // First: resuming may fill the queue again at once, and then watch it again.
     if (!this.#paced) this.#queue.unwatch()
     this.#wake()
-    if (this.#saturated) {
+    this.#unreadFirst = !this.#unreadFirst
+    if (this.#unreadFirst) this.#takeUnread(1)
+    if (this.#saturated && this.#queue.pending < HIGH_WATER) {
       this.#saturated = false
       this.#listener?.resume()
     }
-    if (this.#readsPaused) {
+    // The rest of the room goes to unread frames, unless the layer has something waiting for it.
+    if (!this.#saturated && !this.#paced) this.#takeUnread(HIGH_WATER)
+    if (this.#readsPaused && this.#unread === null) {
       this.#readsPaused = false
       clearInterval(this.#stillHere)
       this.#bucket?.resumed(performance.now() - this.#pausedAt)
@@ -189,8 +218,31 @@ export class FlowControl<Task> implements ChannelSink {
     }
   }
 
-  /** No more layer messages: the connection is ending. Later ones stay in the layer. */
+  /**
+   * Up to `count` unread frames go to the queue, while fewer than `room` tasks wait there. Filling
+   * it holds the sources back again; once none is left, the socket may be read again.
+   */
+  #takeUnread (count: number, room = HIGH_WATER): void {
+    const unread = this.#unread
+    if (unread === null) return
+    const queue = this.#queue
+    for (let taken = 0; taken < count && queue.pending < room && this.#unreadHead < unread.length; taken++) {
+      queue.push(unread[this.#unreadHead])
+      unread[this.#unreadHead++] = undefined as Task
+    }
+    if (this.#unreadHead === unread.length) {
+      this.#unread = null
+      this.#unreadHead = 0
+    }
+    if (queue.pending >= HIGH_WATER) this.#holdBack()
+  }
+
+  /**
+   * No more layer messages: the connection is ending. Later ones stay in the layer; the frames
+   * still unread are queued, ahead of the connection's end, as those read before them are.
+   */
   stop (): void {
+    this.#takeUnread(Infinity, Infinity)
     clearInterval(this.#stillHere)
     this.#stopPump?.abort()
     this.#listener?.close()

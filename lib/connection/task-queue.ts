@@ -27,6 +27,8 @@ export class TaskQueue<Task, Detail = never> {
   // queue (most of them, most of the time) holds no array, and a delivery reads none.
   #queue: Array<Task | Detail | undefined> | null = null
   #head = 0
+  // Tasks started so far: a task queued when `taken + pending` were has started once `taken` passes that.
+  #taken = 0
   #draining = false
   #started = false
   // Whether the runner is told of each completed task: only while it waits for room (flow
@@ -41,6 +43,11 @@ export class TaskQueue<Task, Detail = never> {
   get pending (): number {
     const queue = this.#queue
     return queue === null ? 0 : (queue.length - this.#head) >> 1
+  }
+
+  /** How many tasks have started so far. */
+  get taken (): number {
+    return this.#taken
   }
 
   push (task: Task, detail?: Detail): void {
@@ -95,6 +102,7 @@ export class TaskQueue<Task, Detail = never> {
 
   /** One task; true when it completed synchronously, false when the queue waits for its promise. */
   #run (task: Task, detail: Detail | undefined): boolean {
+    this.#taken++
     const pending = this.#runner.runTask(task, detail)
     if (pending !== undefined) {
       // Promise.resolve: a native promise as it is; any other thenable adopted safely (a `then`

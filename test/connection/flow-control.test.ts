@@ -84,6 +84,47 @@ t.test('client frames: reads pause once at HIGH_WATER queued tasks and resume on
   t.equal(h.owner.stillHere, told, 'not any more once reading again')
 })
 
+t.test('frames ws hands over after reads paused wait outside the queue; layer messages waiting meanwhile take turns with them', async t => {
+  const h = harness()
+  const layer = new InMemoryChannelLayer()
+  t.teardown(() => layer.close())
+  const channel = await startOn(h, layer)
+  h.hold()
+  // ws emits every frame of what it had read, paused or not: 1 in hand, 16 queued, 63 unread.
+  const FRAMES = 80
+  for (let frame = 0; frame < FRAMES; frame++) h.flow.fromClient({ frame })
+  t.equal(h.queue.pending, HIGH_WATER, 'the queue holds HIGH_WATER frames, not all of them')
+  t.equal(h.socket.pauses, 1)
+  const MESSAGES = 20
+  for (let n = 0; n < MESSAGES; n++) await layer.send(channel, { type: 'waited', n })
+  h.release()
+  await eventually(() => h.handled.length === FRAMES + MESSAGES)
+  const order = h.handled.map(task => 'frame' in task ? `f${task.frame}` : `m${(task as unknown as { n: number }).n}`)
+  t.same(order.filter(name => name[0] === 'f'), Array.from({ length: FRAMES }, (_, n) => `f${n}`), 'every frame, in order')
+  t.same(order.filter(name => name[0] === 'm'), Array.from({ length: MESSAGES }, (_, n) => `m${n}`), 'every message, in order')
+  const lastMessage = order.indexOf(`m${MESSAGES - 1}`)
+  t.ok(lastMessage < order.indexOf(`f${FRAMES - 1}`), `the messages did not wait for every unread frame (the last at ${lastMessage} of ${order.length}: ${order.join(' ')})`)
+  t.equal(h.socket.resumes, 1, 'reads resume once, when no frame is left unread')
+  t.equal(h.flow.readsPaused, false)
+})
+
+t.test('a frame that finds the queue full of layer messages waits unread, and reads pause', async t => {
+  const h = harness()
+  const layer = new InMemoryChannelLayer()
+  t.teardown(() => layer.close())
+  const channel = await startOn(h, layer)
+  h.hold()
+  for (let n = 0; n < 20; n++) await layer.send(channel, { type: 'first', n })
+  t.equal(h.queue.pending, HIGH_WATER)
+  for (let frame = 0; frame < 3; frame++) h.flow.fromClient({ frame })
+  t.equal(h.queue.pending, HIGH_WATER, 'the frames are not queued past HIGH_WATER')
+  t.equal(h.socket.pauses, 1, 'and the socket is no longer read')
+  h.release()
+  await eventually(() => h.handled.length === 23)
+  t.same(h.handled.filter(task => 'frame' in task), [{ frame: 0 }, { frame: 1 }, { frame: 2 }], 'the frames are handled, in order')
+  t.equal(h.socket.resumes, 1)
+})
+
 t.test('a pushing layer: accepting is a pure reading; messages past HIGH_WATER wait in the layer and come in order', async t => {
   const h = harness()
   const layer = new InMemoryChannelLayer()

@@ -1,0 +1,72 @@
+/**
+ * A burst of client frames to the README's chat consumer, over a real socket, on both layers: each
+ * frame sends to the room, the sender's own channel included. ws hands over every frame of what
+ * it read at once (hundreds of small ones), and the consumer handles them while the group messages
+ * they produce wait in its channel: those must take turns with the frames, not pile up past the
+ * channel's capacity (100) and be skipped. Every member, the sender too, gets every line, in order.
+ */
+import t, { type Test } from 'tap'
+import type WebSocket from 'ws'
+import { InMemoryChannelLayer, JsonWebsocketConsumer, RedisChannelLayer, type ChannelLayer } from '../lib/index.js'
+import { buildApp, eventually } from './helpers/app.js'
+import { listen, openClient } from './helpers/loopback.js'
+import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from './helpers/redis.js'
+
+const LINES = 400
+
+class ChatConsumer extends JsonWebsocketConsumer {
+  async connect (): Promise<void> {
+    await this.channelLayer.groupAdd('chat', this.channelName)
+    await this.accept()
+  }
+
+  async receiveJson (content: { text: string }): Promise<void> {
+    await this.channelLayer.groupSend('chat', { type: 'chat.message', text: content.text })
+  }
+
+  async chatMessage (event: { text: string }): Promise<void> {
+    await this.sendJson({ text: event.text })
+  }
+}
+
+/** The texts a client is sent, in order. */
+function received (ws: WebSocket): string[] {
+  const texts: string[] = []
+  ws.on('message', data => { texts.push((JSON.parse(data.toString()) as { text: string }).text) })
+  return texts
+}
+
+async function burstToRoom (t: Test, layer: ChannelLayer): Promise<void> {
+  const { app, logs } = await buildApp({ layer }, app => { app.get('/chat', { websocket: true }, ChatConsumer.asHandler()) })
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const sender = await openClient(`${url}/chat`)
+  const other = await openClient(`${url}/chat`)
+  const bySender = received(sender.ws)
+  const byOther = received(other.ws)
+  const lines = Array.from({ length: LINES }, (_, i) => `line ${i}`)
+  // One burst: the frames reach the server in a few reads, far more than 16 per read.
+  for (const text of lines) sender.ws.send(JSON.stringify({ text }))
+  await eventually(() => bySender.length >= LINES && byOther.length >= LINES, 15_000)
+    .catch(() => {}) // what is missing shows in the assertions below
+  t.same(bySender, lines, 'the sender gets every line it sent, once, in order')
+  t.same(byOther, lines, 'the other member gets every line, once, in order')
+  t.same(logs.filter(log => /skipped|full/.test(String(log.msg))).map(log => log.msg), [], 'no channel was full: nothing skipped')
+  sender.ws.close()
+  other.ws.close()
+}
+
+t.test('in memory: a burst of frames that each send to the room loses nothing', async t => {
+  await burstToRoom(t, new InMemoryChannelLayer())
+})
+
+t.test('on Redis: a burst of frames that each send to the room loses nothing', async t => {
+  if (!await requireRedis(t)) return
+  const prefix = uniquePrefix('fc-burst')
+  const redis = adminClient(t)
+  t.teardown(async () => {
+    const keys = await keysOf(redis, prefix)
+    if (keys.length > 0) await redis.del(...keys)
+  })
+  await burstToRoom(t, new RedisChannelLayer({ url: REDIS_URL, prefix }))
+})
