@@ -15,12 +15,12 @@ import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from './he
 const LINES = 400
 
 class ChatConsumer extends JsonWebsocketConsumer {
-  async connect (): Promise<void> {
+  override async connect (): Promise<void> {
     await this.channelLayer.groupAdd('chat', this.channelName)
     await this.accept()
   }
 
-  async receiveJson (content: { text: string }): Promise<void> {
+  override async receiveJson (content: { text: string }): Promise<void> {
     await this.channelLayer.groupSend('chat', { type: 'chat.message', text: content.text })
   }
 
