@@ -1,6 +1,7 @@
 import t from 'tap'
 import { WebsocketConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type Delivery, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
+import { setTimeout as wait } from 'node:timers/promises'
 import { buildApp, eventually, sleep, waitingConsumer } from './helpers/app.js'
 import { listen, openClient, rawHandshake } from './helpers/loopback.js'
 import { contractOnly } from './helpers/layers.js'
@@ -348,6 +349,32 @@ for (const how of ['resets the connection', 'ends its side (FIN)']) {
     socket.destroy()
   })
 }
+
+t.test('a connect() whose wait the signal aborted when the client went away is no failure: logged at debug, not as the app\'s error', async t => {
+  let stopped = false
+  class Lookup extends WebsocketConsumer {
+    override async connect (): Promise<void> {
+      try {
+        await wait(60_000, undefined, { signal: this.signal }) // a slow lookup, as the README suggests
+      } finally {
+        stopped = true
+      }
+      await this.accept()
+    }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/lookup', { websocket: true }, Lookup.asHandler()))
+  t.teardown(() => app.close())
+  const { port } = await listen(app)
+  const socket = rawHandshake(port, '/lookup')
+  await eventually(() => logs.some(l => l.msg === 'incoming request'), 2000)
+  await sleep(50)
+  socket.resetAndDestroy()
+  await eventually(() => stopped, 3000)
+  await eventually(() => logs.some(l => l.msg === 'consumer connect() stopped: the client went away'), 2000)
+  t.same(logs.filter(l => (l.level as number) >= 40).map(l => l.msg), [], 'nothing logged at warn or error')
+  await eventually(() => inspect(app).channels === 0, 2000)
+  t.pass('the channel is gone')
+})
 
 t.test('layer messages are dispatched by type; unknown and reserved types are dropped and logged', async t => {
   class Dispatch extends WebsocketConsumer {

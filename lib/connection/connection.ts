@@ -142,6 +142,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       else this.#tasks.start()
     }, (err: unknown) => {
       if (this.#state === 'handshake') {
+        // A wait the signal aborted because the client went away: connect() ended without accepting.
+        if (stoppedWithConnection(err, handshake.abandoned, this, 'consumer connect() stopped: the client went away')) {
+          void this.#refuse(403)
+          return
+        }
         this.log.error({ err }, 'consumer connect() failed')
         void this.#refuse(500)
       } else {
