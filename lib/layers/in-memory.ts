@@ -3,6 +3,7 @@
  * messages are copied, channels fill up and expire exactly as they would across processes. Every
  * hook works on the process-local store; durable groups keep their history here too.
  */
+import { isDeepStrictEqual } from 'node:util'
 import { ChannelFullError } from '../errors.js'
 import { BASE_OPTIONS, BaseChannelLayer, type BaseChannelLayerOptions } from './base.js'
 import { refuseUnknownOptions, type JoinRequest } from './arguments.js'
@@ -133,6 +134,7 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
   }
 }
 
+/** The same info, whatever the order of its keys (as Redis compares it: cluster/memberships.ts). */
 function samePresence (a: PresenceInfo | undefined, b: PresenceInfo): boolean {
-  return a !== undefined && JSON.stringify(a) === JSON.stringify(b)
+  return a !== undefined && isDeepStrictEqual(a, b)
 }

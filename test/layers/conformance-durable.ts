@@ -348,6 +348,13 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     const { a, b, group, watcher, member } = await bobJoinsWatched(t, 'both.events')
     await b.groupAdd(group, member, { presence: { name: 'Bob' } })
     await nothing(t, a, watcher)
+    // The same info with its keys in another order is the same info: nothing announced either.
+    await b.groupAdd(group, member, { presence: { role: 'ops', name: 'Bob' } })
+    t.same(await delivery(a, watcher), { message: { type: 'presence.join', channel: member, info: { role: 'ops', name: 'Bob' } }, info: { group } }, 'changed info is announced')
+    await b.groupAdd(group, member, { presence: { name: 'Bob', role: 'ops' } })
+    await nothing(t, a, watcher)
+    await b.groupAdd(group, member, { presence: { name: 'Bob' } })
+    t.same(await delivery(a, watcher), bob('presence.join', group, member))
     await b.groupDiscard(group, member)
     t.same(await delivery(a, watcher), bob('presence.leave', group, member))
     t.same((await a.history(group)).messages, [], 'announcements are not history')
