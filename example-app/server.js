@@ -32,6 +32,9 @@ const sessionSecret = process.env.SESSION_SECRET ?? 'fastify-channels-example-de
 
 const app = Fastify({
   logger: { level: process.env.LOG_LEVEL ?? 'info' },
+  // Behind example-app/nginx.conf the client's address is in X-Forwarded-For: trust the proxy's
+  // address (TRUST_PROXY, Fastify's trustProxy; '' trusts none).
+  trustProxy: process.env.TRUST_PROXY === '' ? false : (process.env.TRUST_PROXY ?? '127.0.0.1'),
   // Django's routes end with '/' ('ws/chat/<room>/'): serve /ws/chat/lobby and /ws/chat/lobby/ alike.
   routerOptions: { ignoreTrailingSlash: true }
 })
