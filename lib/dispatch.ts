@@ -10,17 +10,26 @@ export { isPresenceEvent } from './layers/message.js'
 
 export type MessageHandler = (message: object, info: Delivery) => unknown
 
-const reserved = new Set<string>(Object.getOwnPropertyNames(Object.prototype))
+const objectNames = new Set<string>(Object.getOwnPropertyNames(Object.prototype))
+// The names each base class reserves: its prototype's own names and the instance fields it sets.
+const reservedBy = new WeakMap<object, Set<string>>()
 
-/** Marks every name on a base class prototype (and the given instance fields) as not dispatchable. */
+/** Marks every name on a base class prototype (and the given instance fields) as not dispatchable in its subclasses. */
 export function reserveNames (proto: object, fields: readonly string[] = []): void {
-  for (const name of Object.getOwnPropertyNames(proto)) reserved.add(name)
-  for (const name of fields) reserved.add(name)
+  reservedBy.set(proto, new Set([...Object.getOwnPropertyNames(proto), ...fields]))
 }
 
-/** Whether `name` belongs to a base class or `Object.prototype`, so no message may call it. */
-export function isReservedName (name: string): boolean {
-  return reserved.has(name)
+/**
+ * Whether `name` belongs to one of the base classes `proto` inherits from, or to
+ * `Object.prototype`, so no message may call it. A worker may have a `send()` handler: `send` is
+ * a consumer's method, not one of `ChannelConsumer`'s.
+ */
+export function isReservedName (name: string, proto: object): boolean {
+  if (objectNames.has(name)) return true
+  for (let base: object | null = proto; base !== null; base = Object.getPrototypeOf(base) as object | null) {
+    if (reservedBy.get(base)?.has(name) === true) return true
+  }
+  return false
 }
 
 /**
@@ -70,7 +79,7 @@ export function findHandlerByType (target: object, type: string): MessageHandler
 /** A handler assigned as an instance field (an arrow function): found too, but not cached. */
 function ownHandler (target: object, type: string): MessageHandler | undefined {
   for (const candidate of handlerNames(type)) {
-    if (reserved.has(candidate) || !Object.hasOwn(target, candidate)) continue
+    if (!Object.hasOwn(target, candidate) || isReservedName(candidate, target)) continue
     const value = (target as Record<string, unknown>)[candidate]
     if (typeof value === 'function') return value as MessageHandler
   }
@@ -93,7 +102,7 @@ function nameFor (proto: object, type: string): string | null {
   if (name === undefined) {
     name = null
     for (const candidate of handlerNames(type)) {
-      if (!reserved.has(candidate) && typeof (proto as Record<string, unknown>)[candidate] === 'function') {
+      if (typeof (proto as Record<string, unknown>)[candidate] === 'function' && !isReservedName(candidate, proto)) {
         name = candidate
         break
       }

@@ -30,6 +30,28 @@ t.test('messages are dispatched by type, camelCase first, then the Django name',
   t.same(seen, [['jobStart', 1, 'jobs'], ['job_done', 2]])
 })
 
+t.test('a worker may name its handlers after methods of the consumer classes (send, handle, forward): they are not its base class\'s', async t => {
+  const seen: string[] = []
+  class Mailer extends ChannelConsumer {
+    async send (message: { type: string, to: string }) { seen.push(`send ${message.to}`) }
+    async handle (message: { type: string, id: number }) { seen.push(`handle ${message.id}`) }
+    async forward (message: { type: string, to: string }) { seen.push(`forward ${message.to}`) }
+  }
+  const { app, logs } = await buildApp({}, app => app.channelWorker('mail', Mailer))
+  t.teardown(() => app.close())
+  await app.channelLayer.send('mail', { type: 'send', to: 'ada' })
+  await app.channelLayer.send('mail', { type: 'handle', id: 7 })
+  await app.channelLayer.send('mail', { type: 'forward', to: 'bob' })
+  // Its own base class' names and Object.prototype's stay out of reach.
+  await app.channelLayer.send('mail', { type: 'constructor' })
+  await app.channelLayer.send('mail', { type: 'channel.layer' })
+  await app.channelLayer.send('mail', { type: 'to.string' })
+  await app.channelLayer.send('mail', { type: 'send', to: 'last' })
+  await eventually(() => seen.length === 4)
+  t.same(seen, ['send ada', 'handle 7', 'forward bob', 'send last'])
+  t.same(logs.filter(l => l.msg === 'no worker handler for message type; dropped').map(l => l.type), ['constructor', 'channel.layer', 'to.string'])
+})
+
 t.test('one message at a time, in the order they were sent', async t => {
   const events: string[] = []
   const first = gate()

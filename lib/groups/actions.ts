@@ -58,7 +58,7 @@ export function checkActions (name: string, actions: unknown, proto: object): vo
     throw new InvalidOptionError(`${where} must be an object of { schema? } by action name`)
   }
   for (const [action, spec] of Object.entries(actions)) {
-    if (action.startsWith('_') || isReservedName(action)) {
+    if (action.startsWith('_') || isReservedName(action, proto)) {
       throw new InvalidOptionError(`${where}: "${action}" cannot be an action (a name of the base classes, or private)`)
     }
     if (typeof (proto as Record<string, unknown>)[action] !== 'function') {
