@@ -9,6 +9,7 @@ import { reserveNames } from './dispatch.js'
 import { isShared } from './layers/message.js'
 import { encodingOfCopy } from './layers/copy-encoding.js'
 import { InvalidOptionError } from './errors.js'
+import { isThenable } from './connection/tasks.js'
 
 export const kRefuseFrame = Symbol('fastify-channels.refuseFrame')
 
@@ -43,6 +44,8 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
       await this[kRefuseFrame](`invalid JSON: ${problem}`, { err })
       return
     }
+    // Channels' decode_json may be async; here it is not: the app's mistake, said as such (1011).
+    if (isThenable(content)) throw new InvalidOptionError(`${ctor.name}.decodeJson() returned a promise: it must return the decoded value (it cannot be async)`)
     await this.receiveJson(content)
   }
 
@@ -72,7 +75,11 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
       } else {
         text = reusedEncoding(encode, content) ?? encode(content)
         // JSON.stringify(undefined), or of a function: nothing to send, and no `null` meant.
-        if (typeof text !== 'string') throw new InvalidOptionError(`sendJson(content) takes a value JSON can encode, got ${typeof content}`)
+        if (typeof text !== 'string') {
+          throw new InvalidOptionError(isThenable(text)
+            ? `${this.constructor.name}.encodeJson() returned a promise: it must return the text (it cannot be async)`
+            : `sendJson(content) takes a value JSON can encode, got ${typeof content}`)
+        }
         if (isShared(content)) {
           lastShared = content
           lastEncoder = encode

@@ -71,6 +71,30 @@ t.test('encodeJson and decodeJson may be overridden', async t => {
   t.equal(await comm.receiveFrom(), '{"WRAPPED":"NOT JSON"}')
 })
 
+for (const side of ['decodeJson', 'encodeJson'] as const) {
+  t.test(`an async ${side} (Channels' async ${side === 'decodeJson' ? 'decode_json' : 'encode_json'}) is refused with a clear error, logged; the connection closes with 1011`, async t => {
+    class Ported extends JsonWebsocketConsumer {
+      static override decodeJson (text: string): unknown {
+        return side === 'decodeJson' ? Promise.resolve(JSON.parse(text)) : JSON.parse(text)
+      }
+
+      static override encodeJson (value: unknown): string {
+        return (side === 'encodeJson' ? Promise.resolve(JSON.stringify(value)) : JSON.stringify(value)) as string
+      }
+
+      override async receiveJson (content: unknown) { await this.sendJson(content) }
+    }
+    const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Ported.asHandler()))
+    t.teardown(() => app.close())
+    const comm = new WebsocketCommunicator(app, '/ws')
+    await comm.connect()
+    await comm.sendJsonTo({ hello: 1 })
+    t.match(await comm.closed, { code: 1011 })
+    const err = logs.find(l => (l.level as number) >= 50)?.err as { code?: string, message?: string } | undefined
+    t.match(err, { code: 'FST_CHANNELS_INVALID_OPTION', message: `Ported.${side}() returned a promise` })
+  })
+}
+
 t.test('a group message to many members: each client gets exactly the JSON of what its own handler sent, changed or not', async t => {
   const { listen, openClient } = await import('./helpers/loopback.js')
   // What each member's handler does to its copy before sendJson (members fan out in join order,

@@ -116,7 +116,8 @@ export function failureClose (err: unknown, log: FastifyBaseLogger, channel: str
   return [code, reason]
 }
 
-function isThenable (value: unknown): value is PromiseLike<unknown> {
+/** Whether `value` is a promise, or anything else with a `then()`. */
+export function isThenable (value: unknown): value is PromiseLike<unknown> {
   return value !== null && (typeof value === 'object' || typeof value === 'function') &&
     typeof (value as { then?: unknown }).then === 'function'
 }
