@@ -15,7 +15,7 @@ import { LocalStore, type LayerInspection } from './local-store.js'
 import { SkipLog } from './skip-log.js'
 import { GroupPolicies, type Policy } from './policies.js'
 import type { HistoryPolicy } from './history.js'
-import { checkHistoryOptions, checkJoin, checkLogger, positiveOption, type JoinRequest } from './arguments.js'
+import { MAX_SECONDS, checkHistoryOptions, checkJoin, checkLogger, positiveOption, type JoinRequest } from './arguments.js'
 import type {
   ChannelDiscarding, ChannelLayer, ChannelListener, ChannelListening, ChannelSink, DeliveryReceiving, GroupAddOptions,
   GroupHistory, GroupJoin, GroupPolicy, HistoryOptions, LayerLogger, LayerMessage, LoggerAttaching, OpTiming, PresenceEntry,
@@ -97,8 +97,8 @@ export abstract class BaseChannelLayer extends EventEmitter
       throw new InvalidOptionError('Channel layer options must be an object')
     }
     this.capacity = positiveOption('capacity', options.capacity, 100, true)
-    const expiry = positiveOption('expiry', options.expiry, 60, false)
-    const groupExpiry = positiveOption('groupExpiry', options.groupExpiry, 86400, false)
+    const expiry = positiveOption('expiry', options.expiry, 60, false, MAX_SECONDS)
+    const groupExpiry = positiveOption('groupExpiry', options.groupExpiry, 86400, false, MAX_SECONDS)
     this.expiryMs = expiry * 1000
     this.groupExpiryMs = groupExpiry * 1000
     const log = checkLogger(options.log)

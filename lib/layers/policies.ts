@@ -5,7 +5,7 @@
  */
 import { InvalidOptionError } from '../errors.js'
 import { assertGroupName } from './names.js'
-import { refuseUnknownOptions } from './arguments.js'
+import { MAX_SECONDS, refuseUnknownOptions } from './arguments.js'
 import type { GroupPolicy } from './types.js'
 
 export const MAX_HISTORY_SIZE = 100_000
@@ -94,8 +94,8 @@ function checkHistory (key: string, history: unknown): { size: number, ttlMs: nu
   if (typeof size !== 'number' || !Number.isInteger(size) || size < 1 || size > MAX_HISTORY_SIZE) {
     throw new InvalidOptionError(`groups["${key}"].history.size must be an integer from 1 to ${MAX_HISTORY_SIZE}, got ${String(size)}`)
   }
-  if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl <= 0) {
-    throw new InvalidOptionError(`groups["${key}"].history.ttl must be a positive number of seconds, got ${String(ttl)}`)
+  if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl <= 0 || ttl > MAX_SECONDS) {
+    throw new InvalidOptionError(`groups["${key}"].history.ttl must be a positive number of seconds, at most ${MAX_SECONDS}, got ${String(ttl)}`)
   }
   // Whole milliseconds: Redis takes the ttl as an integer (PEXPIRE), and both layers keep the same.
   return { size, ttlMs: Math.ceil(ttl * 1000) }

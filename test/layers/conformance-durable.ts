@@ -20,6 +20,7 @@ function withPolicy (extra: ConformanceLayerOptions = {}): ConformanceLayerOptio
       'tiny.*': { history: { size: 3, ttl: 60 } },
       'brief.*': { history: { size: 50, ttl: 0.3 } },
       'frac.*': { history: { size: 5, ttl: 1.0005 } },
+      'decade.*': { history: { size: 5, ttl: 315_360_000 } },
       'pres.*': { presenceEvents: true },
       'both.*': { ...HISTORY, presenceEvents: true }
     }
@@ -366,9 +367,18 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     await nothing(t, a, watcher)
   })
 
+  test('a history kept for the longest ttl (ten years) works', async t => {
+    const layer = await open(t, withPolicy())
+    const group = unique('decade.kept')
+    const member = await layer.newChannel()
+    await layer.groupAdd(group, member)
+    t.match(await layer.groupSend(group, { type: 'kept' }), { offset: 1 })
+    t.match((await layer.history(group)).messages, [{ message: { type: 'kept' }, offset: 1 }])
+  })
+
   test('a bad policy fails the constructor', async t => {
     const bad: unknown[] = [
-      [], 'x', { 'a b': {} }, { 'x*': { history: { size: 0, ttl: 1 } } }, { g: { history: { size: 100_001, ttl: 1 } } },
+      [], 'x', { 'a b': {} }, { 'x*': { history: { size: 0, ttl: 1 } } }, { g: { history: { size: 100_001, ttl: 1 } } }, { g: { history: { size: 10, ttl: 315_360_001 } } },
       { g: { history: { size: 1.5, ttl: 1 } } }, { g: { history: { size: 10, ttl: 0 } } }, { g: { history: { size: 10 } } },
       { g: { presenceEvents: 'yes' } }, { g: { retention: 1 } }, { g: null }
     ]

@@ -224,6 +224,22 @@ export function conformance (name: string, factory: LayerFactory, opts: Conforma
       t.same(await next(layer, full), { type: 'room.again' }, 'receiving frees capacity')
     })
 
+    test('the longest expiry and groupExpiry (ten years) work; longer is refused in the constructor', async t => {
+      const layer = await open(t, { expiry: 315_360_000, groupExpiry: 315_360_000 })
+      const mine = await layer.newChannel()
+      await layer.groupAdd('decade', mine)
+      await layer.groupAdd('decade', 'decade-queue')
+      await layer.groupSend('decade', { type: 'kept' })
+      t.same(await next(layer, mine), { type: 'kept' }, 'a member\'s channel gets it')
+      t.same(await next(layer, 'decade-queue'), { type: 'kept' }, 'so does a named channel')
+      await layer.send('decade-queue', { type: 'direct' })
+      t.same(await next(layer, 'decade-queue'), { type: 'direct' })
+      for (const option of ['expiry', 'groupExpiry']) {
+        const err = await Promise.resolve().then(() => open(t, { [option]: 315_360_001 })).then(() => undefined, (e: unknown) => e)
+        t.match(err, { code: 'FST_CHANNELS_INVALID_OPTION', message: new RegExp(`"${option}" must be a positive number of at most 315360000`) }, `${option} over ten years`)
+      }
+    })
+
     // Expiry cases assert an upper bound only when the clock shows the process was not stalled
     // (loaded CI machines pause for a second at times): a stall is inconclusive, never a failure.
     test('undelivered messages expire', async t => {
