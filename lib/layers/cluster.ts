@@ -28,6 +28,7 @@ import { withTimeout } from './deadline.js'
 import { Envelope, WireCodec, reviveMessage } from './codec.js'
 import { PayloadCipher, type EncryptionKey } from './encryption.js'
 import { OwnerRequests } from './cluster/requests.js'
+import { Fences } from './cluster/fences.js'
 import { Memberships, NO_JOIN } from './cluster/memberships.js'
 import { keepingOf, type ClusterContext, type Route, type Transport } from './cluster/transport.js'
 
@@ -72,6 +73,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   protected readonly transport: T
   readonly #codec: WireCodec
   readonly #memberships: Memberships
+  readonly #fences: Fences
   readonly #requests: OwnerRequests
   readonly #inbox: Route
   #everUp = false
@@ -103,6 +105,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       // Tried at once, and again every few seconds while it fails: written back once the part returns.
       partLost: () => { if (!this.closed) void this.#memberships.renew(true) }
     })
+    this.#fences = new Fences(this.processToken, this.#codec, this.transport.timeout)
     this.#memberships = new Memberships({
       store: this.store,
       codec: this.#codec,
@@ -113,6 +116,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       processRoutes: [this.#inbox, BROADCAST],
       history: group => this.policies.of(group)?.history,
       presenceEvents: group => this.policies.of(group)?.presenceEvents === true,
+      fences: this.#fences,
       announce: async (group, type, channel, info) => {
         const message = { type, channel, info: this.#codec.decodeObject(info) }
         await this.transport.publish({ kind: 'group', group }, this.#codec.encodeEnvelope([Envelope.group, message]), `announce ${type} in ${group}`)
@@ -253,6 +257,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   }
 
   protected override async doClose (): Promise<void> {
+    this.#fences.close()
     this.#memberships.close()
     this.#requests.close()
     const records = this.#memberships.records()
@@ -291,6 +296,8 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       const [, message, offset, epoch] = envelope
       const info: Delivery = typeof offset === 'number' && typeof epoch === 'string' ? { group, offset, epoch } : { group }
       this.#memberships.deliver(group, reviveMessage(message), info)
+    } else if (envelope[0] === Envelope.fence) {
+      this.#fences.arrived(envelope[1], envelope[2])
     } else if (envelope[0] === Envelope.discard) {
       const channel = envelope[1]
       if (typeof channel !== 'string' || processTokenOf(channel) !== this.processToken) return

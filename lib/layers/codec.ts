@@ -33,7 +33,8 @@ export const Envelope = {
   direct: 2,
   request: 3,
   reply: 4,
-  flush: 5
+  flush: 5,
+  fence: 6
 } as const
 
 /**

@@ -224,6 +224,24 @@ export function conformance (name: string, factory: LayerFactory, opts: Conforma
       t.same(await next(layer, full), { type: 'room.again' }, 'receiving frees capacity')
     })
 
+    test('a leave or a join right after a send takes effect after it: the member that leaves gets it, the one that joins does not', async t => {
+      const layer = await open(t)
+      const group = unique('fence')
+      const [stays, leaves, joins] = [await layer.newChannel(), await layer.newChannel(), await layer.newChannel()]
+      await layer.groupAdd(group, stays)
+      await layer.groupAdd(group, leaves)
+      await layer.groupSend(group, { type: 'before.leave' })
+      await layer.groupDiscard(group, leaves)
+      await layer.groupSend(group, { type: 'before.join' })
+      await layer.groupAdd(group, joins)
+      await layer.groupSend(group, { type: 'after.join' })
+      t.same(await next(layer, leaves), { type: 'before.leave' }, 'sent while it was a member: it gets it')
+      await nothing(t, layer, leaves)
+      t.same(await next(layer, joins), { type: 'after.join' }, 'sent before it joined: it does not get it, only what came after')
+      await nothing(t, layer, joins)
+      for (const type of ['before.leave', 'before.join', 'after.join']) t.same(await next(layer, stays), { type })
+    })
+
     test('the longest expiry and groupExpiry (ten years) work; longer is refused in the constructor', async t => {
       const layer = await open(t, { expiry: 315_360_000, groupExpiry: 315_360_000 })
       const mine = await layer.newChannel()

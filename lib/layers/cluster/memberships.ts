@@ -25,6 +25,7 @@ import { RecordedPresence } from './recorded-presence.js'
 import { CatchUps, type Held } from './catch-ups.js'
 import { StreamGaps } from './stream-gaps.js'
 import { Leases, type DueRecords } from './leases.js'
+import type { Fences } from './fences.js'
 
 export const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
 
@@ -45,6 +46,8 @@ export interface MembershipSettings {
   presenceEvents: (group: string) => boolean
   /** A presence entry came or went: tell the group. */
   announce: (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: Buffer) => Promise<void>
+  /** What makes a join or leave wait for this process' own messages to the group (fences.ts). */
+  fences: Fences
 }
 
 export class Memberships {
@@ -97,6 +100,8 @@ export class Memberships {
 
   /** Joins `channel` to `group`; see the file comment for joins with presence or history. */
   async add (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
+    // What this process sent the group before the join is not for the new member (fences.ts).
+    if (!this.#store.isMember(group, channel)) await this.#afterOwnSends(group, undefined, `groupAdd ${group}`)
     const key = `${group}\n${channel}`
     const before = this.#recording.get(key)
     const plain = policy?.history === undefined && join.presence === undefined
@@ -133,9 +138,37 @@ export class Memberships {
     this.#store.fanOut(group, message, info, this.#catchUps.live(group, message, info), readBack)
   }
 
+  /** The leave takes effect here once what this process sent the group before it has come back (fences.ts). */
   async remove (group: string, channel: string): Promise<void> {
-    this.dropLocal(group, channel)
-    await this.announceGone(group, await this.#transport.removeMembers(group, [channel], `groupDiscard ${group}`))
+    const what = `groupDiscard ${group}`
+    let removed: StoredPresence[] = []
+    try {
+      await this.#afterOwnSends(group, channel, what, async marker => {
+        removed = await this.#transport.removeMembers(group, [channel], what, marker)
+      })
+    } finally {
+      // Also when the backend failed: the member leaves here whatever the record says.
+      this.dropLocal(group, channel)
+    }
+    await this.announceGone(group, removed)
+  }
+
+  /**
+   * Waits until this process' own messages to `group` published so far are back from its route,
+   * when they come back here at all: the group has local members (`channel` among them, for a
+   * leave) and the route is up. `publish` sends the marker (with the leave's own backend call);
+   * without it the marker goes alone. Without a wait, `publish` runs with no marker.
+   */
+  async #afterOwnSends (group: string, channel: string | undefined, what: string, publish?: (marker?: Buffer) => Promise<void>): Promise<void> {
+    const wait = this.#groups.has(group) && this.#transport.up && (channel === undefined || this.#store.isMember(group, channel))
+    if (!wait) {
+      await publish?.()
+      return
+    }
+    const { marker, back } = this.#settings.fences.open()
+    if (publish === undefined) await this.#transport.publish({ kind: 'group', group }, marker, what)
+    else await publish(marker)
+    await back
   }
 
   async discardChannel (channel: string): Promise<void> {

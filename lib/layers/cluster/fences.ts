@@ -1,0 +1,57 @@
+/**
+ * Fences: a join or a leave of this process' channel takes effect after the group messages this
+ * process published before it. Those come back to this process on the group's route, after
+ * their round trip through the backend; a join or leave applied at once would overtake them (a
+ * member that leaves right after a send would not get it, one that joins right after would). So
+ * the change waits for a marker published on the route after them: the backend keeps one route's
+ * order, so once the marker is back, so are they. As the in-memory layer, where a send is handed
+ * out before the call returns, and as Channels, where a send reaches the members it had.
+ *
+ * A marker that does not come back within the layer's `timeout` (the route dropped meanwhile)
+ * lets the change go ahead: what it waited for is then read back or lost as after any outage.
+ */
+import { Envelope, type WireCodec } from '../codec.js'
+
+export class Fences {
+  readonly #token: string
+  readonly #codec: WireCodec
+  readonly #timeoutMs: number
+  readonly #waiting = new Map<number, () => void>()
+  #next = 0
+
+  constructor (processToken: string, codec: WireCodec, timeoutMs: number) {
+    this.#token = processToken
+    this.#codec = codec
+    this.#timeoutMs = timeoutMs
+  }
+
+  /** A marker to publish on a group's route, and what resolves once it is back (or the timeout passed). */
+  open (): { marker: Buffer, back: Promise<void> } {
+    const id = this.#next++
+    const marker = this.#codec.encodeEnvelope([Envelope.fence, this.#token, id])
+    const back = new Promise<void>(resolve => {
+      const timer = setTimeout(() => { this.#release(id) }, this.#timeoutMs).unref()
+      this.#waiting.set(id, () => {
+        clearTimeout(timer)
+        resolve()
+      })
+    })
+    return { marker, back }
+  }
+
+  /** A marker came back on a group's route (any process' marker: only this one's are waited for). */
+  arrived (token: unknown, id: unknown): void {
+    if (token === this.#token && typeof id === 'number') this.#release(id)
+  }
+
+  /** The layer closes: nothing waits any longer. */
+  close (): void {
+    for (const id of [...this.#waiting.keys()]) this.#release(id)
+  }
+
+  #release (id: number): void {
+    const release = this.#waiting.get(id)
+    this.#waiting.delete(id)
+    release?.()
+  }
+}
