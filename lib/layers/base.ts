@@ -190,7 +190,13 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.assertOpen()
     assertGroupName(group)
     assertChannelName(channel)
-    return this.#timed('groupAdd', () => this.doGroupAdd(group, channel, checkJoin(options), this.policies.of(group)))
+    const join = checkJoin(options)
+    // A named channel (a queue) is no process' member: it gets the group's messages from the join
+    // on, with no recovery (a layer answers { position: null, recovered: false }) and no presence.
+    if (join.presence !== undefined && !isProcessSpecific(channel)) {
+      throw new InvalidOptionError(`groupAdd(): "${channel}" is a named channel, which has no presence (only a consumer's channel has)`)
+    }
+    return this.#timed('groupAdd', () => this.doGroupAdd(group, channel, join, this.policies.of(group)))
   }
 
   async groupDiscard (group: string, channel: string): Promise<void> {

@@ -9,6 +9,7 @@ import { BASE_OPTIONS, BaseChannelLayer, type BaseChannelLayerOptions } from './
 import { refuseUnknownOptions, type JoinRequest } from './arguments.js'
 import { MemoryHistory, type HistoryPolicy } from './history.js'
 import { clonePlainObject } from './message.js'
+import { isProcessSpecific } from './names.js'
 import type { Policy } from './policies.js'
 import type { GroupHistory, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, Received, StreamPosition } from './types.js'
 
@@ -48,6 +49,10 @@ export class InMemoryChannelLayer extends BaseChannelLayer {
 
   #join (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): GroupJoin {
     const store = this.store
+    if (!isProcessSpecific(channel)) {
+      store.addMember(group, channel)
+      return { position: null, recovered: false }
+    }
     let result: GroupJoin = { position: null, recovered: false }
     const history = policy?.history
     if (history !== undefined) {

@@ -367,6 +367,25 @@ export function conformanceDurable (test: Define, { open, unique, next, nothing,
     await nothing(t, a, watcher)
   })
 
+  test('a named channel joins a group with history and presence without recovery or presence, on every layer alike', async t => {
+    const layer = await open(t, withPolicy())
+    const group = unique('hist.named')
+    const watched = unique('pres.named')
+    const queue = unique('named-queue')
+    const watcher = await layer.newChannel()
+    await layer.groupAdd(watched, watcher)
+    t.match(await layer.groupSend(group, { type: 'before' }), { offset: 1 })
+    const since = { offset: 0, epoch: (await layer.history(group)).position?.epoch as string }
+    t.same(await layer.groupAdd(group, queue, { since }), { position: null, recovered: false }, 'no recovery: nothing from before the join')
+    await t.rejects(layer.groupAdd(watched, queue, { presence: { name: 'Queue' } }), { code: 'FST_CHANNELS_INVALID_OPTION', message: /named channel, which has no presence/ })
+    await layer.groupAdd(watched, queue)
+    t.same(await layer.presence(watched), [], 'not listed in presence')
+    await nothing(t, layer, watcher)
+    await layer.groupSend(group, { type: 'after' })
+    t.same(await next(layer, queue), { type: 'after' }, 'what comes after the join, and only that')
+    await nothing(t, layer, queue)
+  })
+
   test('a history kept for the longest ttl (ten years) works', async t => {
     const layer = await open(t, withPolicy())
     const group = unique('decade.kept')
