@@ -224,6 +224,28 @@ export function conformance (name: string, factory: LayerFactory, opts: Conforma
       t.same(await next(layer, full), { type: 'room.again' }, 'receiving frees capacity')
     })
 
+    test('calls under way when close() is called finish (or say the layer closed), never time out', async t => {
+      const layer = await open(t)
+      const channel = await layer.newChannel()
+      const group = unique('closing')
+      await layer.groupAdd(group, channel)
+      const started = performance.now()
+      const calls: Array<[string, () => Promise<unknown>]> = [
+        ['groupAdd', () => layer.groupAdd(unique('closing'), channel)],
+        ['groupSend', () => layer.groupSend(group, { type: 'last' })],
+        ['send to a named channel', () => layer.send(unique('closing-queue'), { type: 'last' })],
+        ['history', () => layer.history(group)],
+        ['presence', () => layer.presence(group)],
+        ['groupDiscard', () => layer.groupDiscard(group, channel)],
+        ['groupAdd of a named channel', () => layer.groupAdd(group, unique('closing-member'))],
+        ['flush', () => layer.flush()]
+      ]
+      const outcomes = calls.map(async ([name, call]) => await call().then(() => `${name}: done`, (err: { code?: string }) => `${name}: ${err.code ?? String(err)}`))
+      await layer.close()
+      for (const outcome of await Promise.all(outcomes)) t.match(outcome, /: (done|FST_CHANNELS_LAYER_CLOSED)$/, outcome)
+      t.ok(performance.now() - started < 3000, 'and close() did not wait for a timeout')
+    })
+
     test('a leave or a join right after a send takes effect after it: the member that leaves gets it, the one that joins does not', async t => {
       const layer = await open(t)
       const group = unique('fence')

@@ -75,6 +75,25 @@ function tests (): void {
     t.same(overflows, [], 'no timer overflowed')
   })
 
+  t.test('calls made before the first connection, then close(): they reject with LayerClosedError at once, not after the timeout', async t => {
+    const prefix = uniquePrefix('fc-close')
+    const groups = { 'hist*': { history: { size: 10, ttl: 60 } } }
+    const calls: Array<[string, (layer: RedisChannelLayer) => Promise<unknown>]> = [
+      ['groupAdd', layer => layer.groupAdd('hist', 'queue')],
+      ['history', layer => layer.history('hist')],
+      ['presence', layer => layer.presence('hist')],
+      ['flush', layer => layer.flush()]
+    ]
+    for (const [name, call] of calls) {
+      const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: 5000, groups })
+      const started = performance.now()
+      const outcome = call(layer).then(() => 'done', (err: unknown) => err)
+      await layer.close()
+      t.ok(await outcome instanceof LayerClosedError, `${name}: LayerClosedError`)
+      t.ok(performance.now() - started < 2000, `${name}: at once`)
+    }
+  })
+
   t.test('every key and pub/sub channel starts with the prefix; flush deletes only its own', async t => {
     const admin = adminClient(t)
     const [mine, theirs] = [uniquePrefix('fc-own'), uniquePrefix('fc-other')]

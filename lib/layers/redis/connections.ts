@@ -7,13 +7,15 @@
  */
 import { EventEmitter } from 'node:events'
 import { Command, Redis, ReplyError, type Cluster, type ClusterOptions, type RedisOptions } from 'ioredis'
-import { LayerTimeoutError } from '../../errors.js'
+import { LayerClosedError, LayerTimeoutError } from '../../errors.js'
 import { withDeadline } from '../deadline.js'
 import type { ScriptSender } from './scripts.js'
 
 export type Client = Redis | Cluster
 
 const noop = (): void => {}
+// How long close() lets the calls already sent finish.
+const CLOSE_GRACE_MS = 1000
 
 /** Reconnect quickly, then every second: a restarted Redis is found again within about a second. */
 export function retryStrategy (times: number): number {
@@ -56,27 +58,34 @@ export function isUnreachable (err: unknown): boolean {
  * during an outage share one 'ready' listener.
  */
 class ReadyGate {
-  readonly #waiters = new Set<() => void>()
+  readonly #waiters = new Set<(err?: Error) => void>()
   readonly #onReady = (): void => {
     for (const wake of this.#waiters) wake()
     this.#waiters.clear()
   }
 
+  #closed = false
+
   constructor (readonly client: Client) {
     client.on('ready', this.#onReady)
   }
 
-  dispose (): void {
+  /** The layer closes: what waits for the connection rejects with LayerClosedError, and so does what comes. */
+  close (): void {
+    this.#closed = true
     this.client.off('ready', this.#onReady)
+    for (const wake of this.#waiters) wake(new LayerClosedError())
+    this.#waiters.clear()
   }
 
   wait (deadline: number, what: string, timeout: number): Promise<void> {
+    if (this.#closed) return Promise.reject(new LayerClosedError())
     const status = this.client.status
     if (status === 'ready') return Promise.resolve()
     if (status === 'end') return Promise.reject(new LayerTimeoutError(`${what} (the Redis connection was closed)`, timeout))
     if (status === 'wait') this.client.connect().catch(noop)
-    let wake = noop
-    const ready = new Promise<void>(resolve => { wake = resolve })
+    let wake: (err?: Error) => void = noop
+    const ready = new Promise<void>((resolve, reject) => { wake = err => { if (err === undefined) resolve(); else reject(err) } })
     this.#waiters.add(wake)
     return withDeadline(ready, deadline, what, timeout).finally(() => this.#waiters.delete(wake))
   }
@@ -103,6 +112,9 @@ export class RedisConnections extends EventEmitter {
   #up = false
   readonly #owned: Client[] = []
   readonly #gate: ReadyGate
+  // Calls sent and not yet answered, each settling quietly: close() lets them finish.
+  readonly #running = new Set<Promise<void>>()
+  #closing = false
   readonly #name: string
   readonly #detach: Array<() => void> = []
 
@@ -171,11 +183,17 @@ export class RedisConnections extends EventEmitter {
   async run<T> (what: string, op: (client: Client) => Promise<T>): Promise<T> {
     const deadline = performance.now() + this.timeout
     await this.#gate.wait(deadline, what, this.timeout)
+    const running = withDeadline(op(this.cmd), deadline, what, this.timeout)
+    const settled = running.then(noop, noop)
+    this.#running.add(settled)
     try {
-      return await withDeadline(op(this.cmd), deadline, what, this.timeout)
+      return await running
     } catch (err) {
       if (!isUnreachable(err) || isReplyError(err)) throw err
+      if (this.#closing) throw Object.assign(new LayerClosedError(), { cause: err })
       throw Object.assign(new LayerTimeoutError(`${what} (${describe(err)})`, this.timeout), { cause: err })
+    } finally {
+      this.#running.delete(settled)
     }
   }
 
@@ -275,9 +293,15 @@ export class RedisConnections extends EventEmitter {
     client.disconnect()
   }
 
-  /** Ends every connection this object opened; the user's `client` is left as it was. */
-  close (): void {
-    this.#gate.dispose()
+  /**
+   * Ends every connection this object opened; the user's `client` is left as it was. Calls
+   * already sent get their answers first (a second at most); those still waiting for a
+   * connection reject with LayerClosedError.
+   */
+  async close (): Promise<void> {
+    this.#closing = true
+    this.#gate.close()
+    if (this.#running.size > 0) await withDeadline(Promise.all(this.#running), performance.now() + CLOSE_GRACE_MS, 'close', CLOSE_GRACE_MS).catch(noop)
     for (const detach of this.#detach) detach()
     for (const client of this.#owned.splice(0)) client.disconnect()
   }

@@ -175,7 +175,7 @@ export class RedisTransport implements Transport {
   async close (): Promise<void> {
     await this.queues.close()
     this.#subscriber.close()
-    this.#connections.close()
+    await this.#connections.close()
   }
 
   /**
