@@ -173,8 +173,11 @@ t.test('a queue that never empties keeps what waits, not every task it ever ran'
   const gc = runInNewContext('gc') as () => void
   await neverEmpty(50_000, gc) // warm-up: what compiling and the test runner add is not the queue's
   const total = 600_000
-  const { grown, pending } = await neverEmpty(total, gc)
-  t.ok(pending <= 3, `${pending} still waiting`)
+  // The least of three runs: the heap also grows by a few MB now and then for reasons not the
+  // queue's (seen: 2.6 MB most runs, 5.8 MB in some), which kept tasks would add to in every run.
+  const runs = [await neverEmpty(total, gc), await neverEmpty(total, gc), await neverEmpty(total, gc)]
+  t.ok(runs.every(run => run.pending <= 3), `${runs.map(run => run.pending).join(', ')} still waiting`)
+  const grown = Math.min(...runs.map(run => run.grown))
   // Kept, each task would hold 16 bytes of the array at least: 9.6 MB here.
-  t.ok(grown < 5_000_000, `the heap grew ${grown} bytes over ${total} tasks`)
+  t.ok(grown < 5_000_000, `the heap grew ${grown} bytes over ${total} tasks (the least of ${runs.map(run => run.grown).join(', ')})`)
 })
