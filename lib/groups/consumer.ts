@@ -29,6 +29,13 @@ const MAX_LEFT = 1000
 
 const ignore = (): undefined => undefined
 
+/**
+ * The type of the marker a re-join sends to the consumer's own channel (see #markRejoin): it
+ * starts with `_`, so no handler could ever be named after it.
+ */
+const REJOIN_MARK = '_groups.rejoined'
+let rejoins = 0
+
 export class GroupsConsumer extends JsonWebsocketConsumer {
   /** What a client may call: `{ post: { schema } }` — each one a method of the class. */
   static actions: ActionTable = {}
@@ -47,6 +54,12 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   /** Join frames not held to the rate limit so far (kUnmetered). */
   #unmeteredJoins = 0
   readonly #left = new Set<string>()
+  /**
+   * Groups joined again after a leave while messages of the membership before may still wait in
+   * the channel, with the marker their re-join sent behind those: until it comes, the group's
+   * messages are the old membership's, and dropped.
+   */
+  readonly #rejoining = new Map<string, number>()
   /** Where the client stands in each joined group's history; a gap it fills is sent as live messages are. */
   readonly #positions = new Positions(this, (group, message, info) => this.#forwardOne(group, message, info))
   #frameBytes = 0
@@ -164,6 +177,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       this.log.error({ err, group, channel: this.channelName }, 'canJoin() or presenceInfo() failed; join refused')
       return await this.#refuseGroup(new JoinFailedError(group), group, 'none')
     }
+    if (this.#left.has(group)) await this.#markRejoin(group)
     // Before the join takes effect: its messages are queued behind this frame and must find it joined.
     this.#joined.add(group)
     this.#left.delete(group)
@@ -185,8 +199,31 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     await this.#forget(group, true)
   }
 
+  /**
+   * A group joined again after a leave: what its membership before left in the channel (queued
+   * behind a busy consumer) must not reach the client as the new membership's. A marker sent to
+   * the channel now goes behind all of it and before anything of the new membership; the group's
+   * messages are dropped until it comes. A channel too full to take it sends the join on without.
+   */
+  async #markRejoin (group: string): Promise<void> {
+    const id = ++rejoins
+    try {
+      await this.channelLayer.send(this.channelName, { type: REJOIN_MARK, group, id })
+      this.#rejoining.set(group, id)
+    } catch (err) {
+      this.log.warn({ err, group, channel: this.channelName }, 'could not mark a re-join: messages of the membership before may still reach the client')
+    }
+  }
+
+  #rejoinMarked (message: object): undefined {
+    const { group, id } = message as { group?: unknown, id?: unknown }
+    if (typeof group === 'string' && this.#rejoining.get(group) === id) this.#rejoining.delete(group)
+    return undefined
+  }
+
   /** The client is no longer in `group`: what is still queued for it is dropped. */
   async #forget (group: string, discard: boolean): Promise<void> {
+    this.#rejoining.delete(group)
     this.#joined.delete(group)
     this.#positions.forget(group)
     this.#left.add(group)
@@ -241,9 +278,10 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   [kRoute] (type: string, info: Delivery): MessageHandler | undefined {
     const group = info.group
     if (group !== undefined) {
-      if (this.#joined.has(group)) return this.#deliver
+      if (this.#joined.has(group)) return this.#rejoining.size === 0 || !this.#rejoining.has(group) ? this.#deliver : ignore
       if (this.#left.has(group)) return ignore
     }
+    if (type === REJOIN_MARK) return this.#rejoinMarked
     const { actions } = this.constructor as GroupsConsumerClass
     if (handlerNames(type).some(name => Object.hasOwn(actions, name))) return undefined
     return findHandlerByType(this, type)
@@ -287,6 +325,8 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   /** The layer skipped messages of a group for this channel, up to `info`: fetched from the history. */
   async [kSkipped] (info: Delivery): Promise<void> {
     const group = info.group
+    // Skipped while the client was in the membership it left: nothing of the new one.
+    if (group !== undefined && this.#rejoining.has(group)) return
     if (group !== undefined && info.offset === undefined) return await this.#refreshPresence(group)
     await this.#positions.skipped(info)
   }
