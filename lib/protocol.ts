@@ -26,6 +26,8 @@ export interface JoinedFrame {
   recovered: boolean
   /** The group's presence list, when the consumer records presence. */
   presence?: PresenceEntry[]
+  /** Sent unasked: the whole presence list again, not the answer to a join. */
+  refresh?: true
 }
 export interface MessageFrame { op: 'message', group: string, offset?: number, epoch?: string, data: unknown }
 export interface PresenceFrame { op: 'presence', group: string, join?: PresenceEntry, leave?: PresenceEntry }

@@ -172,6 +172,12 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
       return
     }
     const sub = this.#subs.get(group)
+    if (frame.op === 'joined' && frame.refresh === true) {
+      // The presence list again, unasked: no join's answer. Sent before the server read a leave
+      // and a join of ours, it is the membership's before: the join's answer will bring the list.
+      if (sub?.joined === true && sub.awaiting === 0 && (this.#stale.get(group) ?? 0) === 0) sub.onPresenceList(frame)
+      return
+    }
     if (frame.op === 'joined' || frame.op === 'error') {
       const stale = this.#stale.get(group) ?? 0
       if (stale > 0) this.#stale.set(group, stale - 1)

@@ -64,21 +64,27 @@ export class GroupSubscription<T = unknown> implements Subscription {
   }
 
   onJoined ({ position, recovered, presence }: JoinedFrame): void {
-    // Checked first: a string is iterable too, and would be taken for a list of entries.
-    if (presence !== undefined && !(Array.isArray(presence) && presence.every(entry => typeof entry?.channel === 'string'))) {
-      throw new TypeError('"presence" is not a list of { channel, info }')
-    }
+    if (presence !== undefined) checkPresenceList(presence)
     const first = !this.everJoined
     this.joined = this.everJoined = true
     this.retries = 0
     if (first || !recovered) this.position = position
     if (first) this.#resolve({ position, recovered })
-    if (presence !== undefined) {
-      this.#entries.clear()
-      for (const entry of presence) this.#entries.set(entry.channel, entry)
-      this.#call('presence', this.presence)
-    }
+    if (presence !== undefined) this.#setPresence(presence)
     if (!first && !recovered) this.#call('gap')
+  }
+
+  /** The whole presence list again, sent unasked for this membership (announcements were skipped). */
+  onPresenceList ({ presence }: JoinedFrame): void {
+    if (presence === undefined) return
+    checkPresenceList(presence)
+    this.#setPresence(presence)
+  }
+
+  #setPresence (presence: PresenceEntry[]): void {
+    this.#entries.clear()
+    for (const entry of presence) this.#entries.set(entry.channel, entry)
+    this.#call('presence', this.presence)
   }
 
   onMessage ({ offset, epoch, data }: MessageFrame): void {
@@ -111,5 +117,12 @@ export class GroupSubscription<T = unknown> implements Subscription {
     } catch (err) {
       this.report(err)
     }
+  }
+}
+
+/** Checked before anything changes: a string is iterable too, and would be taken for a list of entries. */
+function checkPresenceList (presence: unknown): void {
+  if (!(Array.isArray(presence) && presence.every(entry => typeof (entry as PresenceEntry | null)?.channel === 'string'))) {
+    throw new TypeError('"presence" is not a list of { channel, info }')
   }
 }

@@ -346,7 +346,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       return
     }
     if (!this.#joined.has(group)) return
-    await this.#write({ op: 'joined', group, position: this.#positions.get(group) ?? null, recovered: true, presence })
+    await this.#write({ op: 'joined', group, position: this.#positions.get(group) ?? null, recovered: true, presence, refresh: true })
   }
 
   #message (group: string, info: Delivery, data: unknown): Promise<void> | undefined {

@@ -237,6 +237,45 @@ t.test('a server frame not of the protocol is reported as FST_CHANNELS_BAD_FRAME
   t.same(sub.presence, [], 'a presence that is no list of entries is not taken for one')
 })
 
+t.test('an unasked presence list (refresh) is no join\'s answer: one that crosses a leave and a re-join is dropped, one for the group joined updates its list', async t => {
+  const epoch = 'e1'
+  const ada = { channel: 'c.ada', info: { name: 'Ada' } }
+  const bob = { channel: 'c.bob', info: { name: 'Bob' } }
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+  await once(wss, 'listening')
+  t.teardown(() => { wss.close() })
+  let joins = 0
+  wss.on('connection', socket => {
+    socket.on('message', data => {
+      const frame = JSON.parse(String(data)) as { op: string, group?: string }
+      if (frame.op !== 'join') return
+      joins++
+      if (joins === 1) {
+        socket.send(JSON.stringify({ op: 'joined', group: frame.group, position: { offset: 1, epoch }, recovered: false, presence: [ada] }))
+        // Announcements were skipped: the whole list again, unasked.
+        socket.send(JSON.stringify({ op: 'joined', group: frame.group, position: { offset: 1, epoch }, recovered: true, presence: [ada, bob], refresh: true }))
+        return
+      }
+      // The server sent a refresh for the membership before, then read the leave and the join.
+      socket.send(JSON.stringify({ op: 'joined', group: frame.group, position: { offset: 1, epoch }, recovered: true, presence: [ada], refresh: true }))
+      socket.send(JSON.stringify({ op: 'joined', group: frame.group, position: { offset: 5, epoch }, recovered: false, presence: [bob] }))
+    })
+  })
+  const c = new ChannelsClient<RoomsApi>(`ws://127.0.0.1:${(wss.address() as AddressInfo).port}/`, { WebSocket })
+  t.teardown(() => { c.close() })
+  const first = c.join('room.refresh')
+  t.match(await first.ready, { position: { offset: 1 }, recovered: false })
+  await eventually(() => first.presence.length === 2, 2000)
+  t.same(first.presence, [ada, bob], 'a refresh for the group joined replaces its list')
+  first.leave()
+  let gaps = 0
+  const again = c.join('room.refresh', { gap: () => { gaps++ } })
+  t.same(await again.ready, { position: { offset: 5, epoch }, recovered: false }, 'the new subscription gets its own join\'s answer, not the old membership\'s refresh')
+  t.same(again.presence, [bob], 'and its list')
+  await new Promise(resolve => setTimeout(resolve, 100))
+  t.equal(gaps, 0, 'no gap() for a brand-new subscription')
+})
+
 t.test('a client in more groups than the rate limit\'s burst joins them all at once without being closed; its other frames still count', async t => {
   // 2 frames a minute, and a consumer that allows 3 groups: the joins as the client connects are not metered.
   const limited = await roomsApp({ rateLimit: { messages: 2, interval: 60_000 } })
