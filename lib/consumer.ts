@@ -50,9 +50,14 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
     await this[kConnection].accept(subprotocol)
   }
 
-  /** Closes the connection; before `accept()` the handshake is refused with HTTP 403. */
-  async close (code?: number, reason?: string): Promise<void> {
+  /**
+   * Closes the connection; before `accept()` the handshake is refused with HTTP 403. A code no
+   * close frame may carry throws InvalidOptionError at once (not a rejection: a call not awaited
+   * still fails its handler, instead of an unhandled rejection); else the promise is settled.
+   */
+  close (code?: number, reason?: string): Promise<void> {
     this[kConnection].close(code, reason)
+    return settled
   }
 
   /**

@@ -483,18 +483,29 @@ t.test('connect() that throws after accept closes with 1011 and still runs disco
   t.same(codes, [1011])
 })
 
-t.test('an invalid close code is a clear error, not a crash', async t => {
-  class BadClose extends WebsocketConsumer {
-    override async receive () { await this.close(1005) }
-  }
-  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, BadClose.asHandler()))
-  t.teardown(() => app.close())
-  const comm = new WebsocketCommunicator(app, '/ws')
-  await comm.connect()
-  await comm.sendTo('x')
-  t.match(await comm.closed, { code: 1011 })
-  t.match(logs.find(l => l.msg === 'consumer handler failed; closing with 1011'), { err: { code: 'FST_CHANNELS_INVALID_OPTION', message: /1005/ } })
-})
+for (const awaited of [true, false]) {
+  t.test(`an invalid close code is a clear error, not a crash (close() ${awaited ? 'awaited' : 'not awaited'})`, async t => {
+    const rejections: unknown[] = []
+    const onRejection = (err: unknown): void => { rejections.push(err) }
+    process.on('unhandledRejection', onRejection)
+    t.teardown(() => { process.off('unhandledRejection', onRejection) })
+    class BadClose extends WebsocketConsumer {
+      override async receive () {
+        if (awaited) await this.close(1005)
+        else void this.close(1005) // as a Channels user may write it: the call still throws
+      }
+    }
+    const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, BadClose.asHandler()))
+    t.teardown(() => app.close())
+    const comm = new WebsocketCommunicator(app, '/ws')
+    await comm.connect()
+    await comm.sendTo('x')
+    t.match(await comm.closed, { code: 1011 })
+    t.match(logs.find(l => l.msg === 'consumer handler failed; closing with 1011'), { err: { code: 'FST_CHANNELS_INVALID_OPTION', message: /1005/ } })
+    await sleep(20)
+    t.same(rejections, [], 'no unhandled rejection')
+  })
+}
 
 t.test('channelName reaches the consumer through channelLayer.send from an HTTP route', async t => {
   const names: string[] = []
