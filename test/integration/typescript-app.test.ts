@@ -23,9 +23,8 @@ async function firstBlockUnder (heading: string): Promise<string> {
   return code
 }
 
-// What the GroupsConsumer section's server block takes from the app around it.
+// What the GroupsConsumer section's server block takes from the app around it (it imports the rest).
 const groupsPrelude = `import Fastify from 'fastify'
-import fastifyChannels, { RedisChannelLayer } from 'fastify-channels'
 const app = Fastify()
 const url = 'redis://127.0.0.1:6379'
 `
