@@ -154,12 +154,18 @@ if (noChromium !== undefined && inCI) {
     await say(grace, 'Chat still works while the deploys run.')
     await shownOnce(t, ada, 'Grace', 'still works')
     await ada.screenshot({ path: join(shots, '02-deploys-running.png'), animations: 'disabled' })
+    // Ada reloads while the deploys run: her page reads their progress back from the history and
+    // merges it with what comes live, so it ends with Grace's log, line for line.
+    await ada.reload()
+    await connected(ada, 30_000)
     await ada.locator('.job[data-status="succeeded"][data-pct="100"]').nth(1).waitFor({ timeout: 30_000 })
     t.equal(await ada.locator('.job').count(), 2, 'both deploys are shown')
     t.match(await ada.locator('.job .bar-fill').first().getAttribute('style'), /width: 100%/, 'the progress bar is full')
     t.ok(await ada.locator('#deploy-log .log-line', { hasText: 'healthy' }).count() >= 8, 'the log shows every server')
     await grace.locator('.job[data-status="succeeded"][data-pct="100"]').nth(1).waitFor()
     t.pass('both deploys reach 100% on both pages')
+    t.same(await ada.locator('#deploy-log .log-line').allTextContents(), await grace.locator('#deploy-log .log-line').allTextContents(),
+      'the page reloaded mid-deploy shows the same log as the page that was there all along')
     await ada.screenshot({ path: join(shots, '03-deploys-done.png'), animations: 'disabled' })
     const metrics = await (await fetch(new URL('/metrics', server.url))).text()
     t.match(metrics, /fastify_channels_connections\{route="\/ws\/app"\} 2\b/, '/metrics: the two pages are the two open connections')
