@@ -18,6 +18,7 @@ import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
 import { readFrame, echo, isCallId, isJoin, isPing, show } from './frames.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
+import { REJOIN_MARK, Rejoins } from './rejoins.js'
 import { Positions } from './positions.js'
 
 export type GroupsConsumerClass = (new () => GroupsConsumer) & { actions: ActionTable }
@@ -28,13 +29,6 @@ type Coded = Error & { code: string }
 const MAX_LEFT = 1000
 
 const ignore = (): undefined => undefined
-
-/**
- * The type of the marker a re-join sends to the consumer's own channel (see #markRejoin): it
- * starts with `_`, so no handler could ever be named after it.
- */
-const REJOIN_MARK = '_groups.rejoined'
-let rejoins = 0
 
 export class GroupsConsumer extends JsonWebsocketConsumer {
   /** What a client may call: `{ post: { schema } }` — each one a method of the class. */
@@ -54,12 +48,8 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   /** Join frames not held to the rate limit so far (kUnmetered). */
   #unmeteredJoins = 0
   readonly #left = new Set<string>()
-  /**
-   * Groups joined again after a leave while messages of the membership before may still wait in
-   * the channel, with the marker their re-join sent behind those: until it comes, the group's
-   * messages are the old membership's, and dropped.
-   */
-  readonly #rejoining = new Map<string, number>()
+  /** Groups joined again after a leave, while the membership before may still have messages queued. */
+  readonly #rejoins = new Rejoins(this)
   /** Where the client stands in each joined group's history; a gap it fills is sent as live messages are. */
   readonly #positions = new Positions(this, (group, message, info) => this.#forwardOne(group, message, info))
   #frameBytes = 0
@@ -177,7 +167,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       this.log.error({ err, group, channel: this.channelName }, 'canJoin() or presenceInfo() failed; join refused')
       return await this.#refuseGroup(new JoinFailedError(group), group, 'none')
     }
-    if (this.#left.has(group)) await this.#markRejoin(group)
+    if (this.#left.has(group)) await this.#rejoins.mark(group)
     // Before the join takes effect: its messages are queued behind this frame and must find it joined.
     this.#joined.add(group)
     this.#left.delete(group)
@@ -199,31 +189,9 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     await this.#forget(group, true)
   }
 
-  /**
-   * A group joined again after a leave: what its membership before left in the channel (queued
-   * behind a busy consumer) must not reach the client as the new membership's. A marker sent to
-   * the channel now goes behind all of it and before anything of the new membership; the group's
-   * messages are dropped until it comes. A channel too full to take it sends the join on without.
-   */
-  async #markRejoin (group: string): Promise<void> {
-    const id = ++rejoins
-    try {
-      await this.channelLayer.send(this.channelName, { type: REJOIN_MARK, group, id })
-      this.#rejoining.set(group, id)
-    } catch (err) {
-      this.log.warn({ err, group, channel: this.channelName }, 'could not mark a re-join: messages of the membership before may still reach the client')
-    }
-  }
-
-  #rejoinMarked (message: object): undefined {
-    const { group, id } = message as { group?: unknown, id?: unknown }
-    if (typeof group === 'string' && this.#rejoining.get(group) === id) this.#rejoining.delete(group)
-    return undefined
-  }
-
   /** The client is no longer in `group`: what is still queued for it is dropped. */
   async #forget (group: string, discard: boolean): Promise<void> {
-    this.#rejoining.delete(group)
+    this.#rejoins.forget(group)
     this.#joined.delete(group)
     this.#positions.forget(group)
     this.#left.add(group)
@@ -278,10 +246,10 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   [kRoute] (type: string, info: Delivery): MessageHandler | undefined {
     const group = info.group
     if (group !== undefined) {
-      if (this.#joined.has(group)) return this.#rejoining.size === 0 || !this.#rejoining.has(group) ? this.#deliver : ignore
+      if (this.#joined.has(group)) return this.#rejoins.holds(group) ? ignore : this.#deliver
       if (this.#left.has(group)) return ignore
     }
-    if (type === REJOIN_MARK) return this.#rejoinMarked
+    if (type === REJOIN_MARK) return this.#rejoins.arrived
     const { actions } = this.constructor as GroupsConsumerClass
     if (handlerNames(type).some(name => Object.hasOwn(actions, name))) return undefined
     return findHandlerByType(this, type)
@@ -326,7 +294,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   async [kSkipped] (info: Delivery): Promise<void> {
     const group = info.group
     // Skipped while the client was in the membership it left: nothing of the new one.
-    if (group !== undefined && this.#rejoining.has(group)) return
+    if (group !== undefined && this.#rejoins.holds(group)) return
     if (group !== undefined && info.offset === undefined) return await this.#refreshPresence(group)
     await this.#positions.skipped(info)
   }
