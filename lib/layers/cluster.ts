@@ -105,7 +105,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       // Tried at once, and again every few seconds while it fails: written back once the part returns.
       partLost: () => { if (!this.closed) void this.#memberships.renew(true) }
     })
-    this.#fences = new Fences(this.processToken, this.#codec, this.transport.timeout)
+    this.#fences = new Fences(this.processToken, this.#codec, this.transport)
     this.#memberships = new Memberships({
       store: this.store,
       codec: this.#codec,

@@ -11,32 +11,38 @@
  * lets the change go ahead: what it waited for is then read back or lost as after any outage.
  */
 import { Envelope, type WireCodec } from '../codec.js'
+import type { Transport } from './transport.js'
 
 export class Fences {
   readonly #token: string
   readonly #codec: WireCodec
-  readonly #timeoutMs: number
+  readonly #transport: Transport
   readonly #waiting = new Map<number, () => void>()
   #next = 0
 
-  constructor (processToken: string, codec: WireCodec, timeoutMs: number) {
+  constructor (processToken: string, codec: WireCodec, transport: Transport) {
     this.#token = processToken
     this.#codec = codec
-    this.#timeoutMs = timeoutMs
+    this.#transport = transport
   }
 
-  /** A marker to publish on a group's route, and what resolves once it is back (or the timeout passed). */
-  open (): { marker: Buffer, back: Promise<void> } {
+  /**
+   * Publishes a marker on `group`'s route, by `publish` (with a backend call of its own) or alone,
+   * and resolves once it is back (or the timeout passed).
+   */
+  async pass (group: string, what: string, publish?: (marker: Buffer) => Promise<void>): Promise<void> {
     const id = this.#next++
     const marker = this.#codec.encodeEnvelope([Envelope.fence, this.#token, id])
     const back = new Promise<void>(resolve => {
-      const timer = setTimeout(() => { this.#release(id) }, this.#timeoutMs).unref()
+      const timer = setTimeout(() => { this.#release(id) }, this.#transport.timeout).unref()
       this.#waiting.set(id, () => {
         clearTimeout(timer)
         resolve()
       })
     })
-    return { marker, back }
+    if (publish === undefined) await this.#transport.publish({ kind: 'group', group }, marker, what)
+    else await publish(marker)
+    await back
   }
 
   /** A marker came back on a group's route (any process' marker: only this one's are waited for). */

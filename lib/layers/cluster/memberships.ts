@@ -161,14 +161,8 @@ export class Memberships {
    */
   async #afterOwnSends (group: string, channel: string | undefined, what: string, publish?: (marker?: Buffer) => Promise<void>): Promise<void> {
     const wait = this.#groups.has(group) && this.#transport.up && (channel === undefined || this.#store.isMember(group, channel))
-    if (!wait) {
-      await publish?.()
-      return
-    }
-    const { marker, back } = this.#settings.fences.open()
-    if (publish === undefined) await this.#transport.publish({ kind: 'group', group }, marker, what)
-    else await publish(marker)
-    await back
+    if (wait) await this.#settings.fences.pass(group, what, publish)
+    else await publish?.()
   }
 
   async discardChannel (channel: string): Promise<void> {
