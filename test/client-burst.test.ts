@@ -10,7 +10,7 @@ import type WebSocket from 'ws'
 import { InMemoryChannelLayer, JsonWebsocketConsumer, RedisChannelLayer, type ChannelLayer } from '../lib/index.js'
 import { buildApp, eventually } from './helpers/app.js'
 import { listen, openClient } from './helpers/loopback.js'
-import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from './helpers/redis.js'
+import { REDIS_URL, adminClient, deleteKeysOf, requireRedis, uniquePrefix } from './helpers/redis.js'
 
 const LINES = 400
 
@@ -65,8 +65,7 @@ t.test('on Redis: a burst of frames that each send to the room loses nothing', a
   const prefix = uniquePrefix('fc-burst')
   const redis = adminClient(t)
   t.teardown(async () => {
-    const keys = await keysOf(redis, prefix)
-    if (keys.length > 0) await redis.del(...keys)
+    await deleteKeysOf(redis, prefix)
   })
   await burstToRoom(t, new RedisChannelLayer({ url: REDIS_URL, prefix }))
 })

@@ -12,7 +12,7 @@ import type { Browser, BrowserContext, ConsoleMessage, Page } from 'playwright-c
 import { freePort, type NodeProcess } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
 import { inCI, launchChromium, noChromium, screenshots as shots, startExampleApp } from '../helpers/browser.js'
-import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, deleteKeysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
 
 const WAIT = 15_000
 // A browser, several server starts and reconnect backoffs: more than .taprc's 120 s on a busy machine. Every wait below is bounded.
@@ -251,8 +251,7 @@ if (noChromium !== undefined && inCI) {
     t.teardown(async () => {
       await browser.close()
       await Promise.all([a.proc.stop(), b.proc.stop()])
-      const keys = await keysOf(redis, prefix)
-      if (keys.length > 0) await redis.del(...keys)
+      await deleteKeysOf(redis, prefix)
     })
     const errors: string[] = []
     const { page: ada } = await person(t, browser, a.url, 'Ada', errors)

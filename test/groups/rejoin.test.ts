@@ -12,7 +12,7 @@ import { GroupsConsumer, InMemoryChannelLayer, RedisChannelLayer, type ChannelLa
 import { buildApp } from '../helpers/app.js'
 import { listen } from '../helpers/loopback.js'
 import { rawProtocolClient, type Frame } from '../helpers/protocol.js'
-import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, deleteKeysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
 
 const groups = { 'kept.*': { history: { size: 1000, ttl: 60 } } }
 
@@ -64,8 +64,7 @@ t.test('on Redis: leaving and joining again while behind sends nothing of the me
   const prefix = uniquePrefix('fc-rejoin')
   const redis = adminClient(t)
   t.teardown(async () => {
-    const keys = await keysOf(redis, prefix)
-    if (keys.length > 0) await redis.del(...keys)
+    await deleteKeysOf(redis, prefix)
   })
   await leaveAndRejoin(t, new RedisChannelLayer({ url: REDIS_URL, prefix, groups }))
 })

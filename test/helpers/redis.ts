@@ -48,6 +48,12 @@ export async function requireRedis (t: Test): Promise<boolean> {
   }
 }
 
+/** Deletes every key of one prefix: what a test leaves on the shared Redis. */
+export async function deleteKeysOf (client: Redis, prefix: string): Promise<void> {
+  const keys = await keysOf(client, prefix)
+  if (keys.length > 0) await client.unlink(...keys)
+}
+
 /** Keys of one prefix (SCAN, never KEYS *). */
 export async function keysOf (client: Redis, prefix: string): Promise<string[]> {
   const keys: string[] = []

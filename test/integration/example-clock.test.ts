@@ -12,7 +12,7 @@ import { ChannelsClient, type WebSocketConstructor } from '../../lib/client/inde
 import { freePort } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
 import { startExampleApp } from '../helpers/browser.js'
-import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, deleteKeysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
 
 t.setTimeout(120_000)
 
@@ -56,8 +56,7 @@ t.test('the clock of the process that answered /api/me reaches a socket held by 
   const redis = adminClient(t)
   t.teardown(async () => {
     await Promise.all([a.stop(), b.stop()])
-    const keys = await keysOf(redis, prefix)
-    if (keys.length > 0) await redis.del(...keys)
+    await deleteKeysOf(redis, prefix)
   })
 
   // Signed in at A, and told by A which clock to join.

@@ -2,7 +2,7 @@ import t from 'tap'
 import { Redis, type RedisOptions } from 'ioredis'
 import { RedisChannelLayer } from '../../lib/layers/redis.js'
 import { conformance } from './conformance.js'
-import { REDIS_URL, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, deleteKeysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
 
 // The layer on a client an app shares with it, made with an ioredis option that rewrites commands
 // or replies: every case of the conformance suite must still hold.
@@ -58,7 +58,7 @@ if (await requireRedis(t)) {
     for (const client of clients) client.disconnect()
     const admin = new Redis(REDIS_URL)
     // Every key the layers wrote starts with one of the namespaces: removed afterwards.
-    for (const start of namespaces) for (const key of await keysOf(admin, start)) await admin.unlink(key)
+    for (const start of namespaces) await deleteKeysOf(admin, start)
     admin.disconnect()
   })
 }

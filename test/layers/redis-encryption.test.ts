@@ -4,7 +4,7 @@ import { Redis } from 'ioredis'
 import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
-import { REDIS_URL, keysOf, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, deleteKeysOf, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
 import { receiveWithin } from '../helpers/layers.js'
 
 // encryptionKeys: every case of the conformance suite with every payload sealed, nothing
@@ -22,7 +22,7 @@ if (await requireRedis(t)) {
     { shared: true, latency: 100 })
   t.teardown(async () => {
     const admin = new Redis(REDIS_URL)
-    for (const key of await keysOf(admin, prefix)) await admin.unlink(key)
+    await deleteKeysOf(admin, prefix)
     admin.disconnect()
   })
 

@@ -5,7 +5,7 @@ import { ChannelFullError, InvalidOptionError, LayerClosedError } from '../../li
 import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
-import { REDIS_URL, adminClient, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, deleteKeysOf, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
 import { receiveWithin } from '../helpers/layers.js'
 
 // The Redis layer against the shared Redis at REDIS_URL: the conformance suite with two layer
@@ -17,7 +17,7 @@ if (await requireRedis(t)) {
     { shared: true, latency: 100 })
   t.teardown(async () => {
     const admin = new Redis(REDIS_URL)
-    for (const key of await keysOf(admin, conformancePrefix)) await admin.unlink(key)
+    await deleteKeysOf(admin, conformancePrefix)
     admin.disconnect()
   })
   tests()
