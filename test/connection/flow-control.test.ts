@@ -3,7 +3,7 @@
  * each of the three sources is held back at HIGH_WATER queued tasks and flows again once the
  * consumer catches up, nothing is lost or reordered, and `accepting` is a pure reading.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { InMemoryChannelLayer } from '../../lib/index.js'
 import type { ChannelLayer, ChannelListener, ChannelSink, LayerMessage } from '../../lib/layers/types.js'
 import { FlowControl, HIGH_WATER } from '../../lib/connection/flow-control.js'
@@ -49,6 +49,15 @@ async function startOn (h: ReturnType<typeof harness>, layer: ChannelLayer): Pro
   return channel
 }
 
+/** An in-memory layer closed when the test ends, the harness started on a new channel of it, held. */
+async function heldOnMemory (t: Test, h: ReturnType<typeof harness>): Promise<{ layer: InMemoryChannelLayer, channel: string }> {
+  const layer = new InMemoryChannelLayer()
+  t.teardown(() => layer.close())
+  const channel = await startOn(h, layer)
+  h.hold()
+  return { layer, channel }
+}
+
 /** Counts the listener's resume() calls made by the flow control. */
 function countingResumes (layer: InMemoryChannelLayer): { resumes: number } {
   const counter = { resumes: 0 }
@@ -62,10 +71,7 @@ function countingResumes (layer: InMemoryChannelLayer): { resumes: number } {
 
 t.test('client frames: reads pause once at HIGH_WATER queued tasks and resume once below it; all handled in order', async t => {
   const h = harness()
-  const layer = new InMemoryChannelLayer()
-  t.teardown(() => layer.close())
-  await startOn(h, layer)
-  h.hold()
+  await heldOnMemory(t, h)
   const FRAMES = HIGH_WATER + 10
   for (let frame = 0; frame < FRAMES; frame++) h.flow.fromClient({ frame })
   t.equal(h.socket.pauses, 1, 'paused once, not once per frame')
@@ -86,10 +92,7 @@ t.test('client frames: reads pause once at HIGH_WATER queued tasks and resume on
 
 t.test('frames ws hands over after reads paused wait outside the queue; layer messages waiting meanwhile take turns with them', async t => {
   const h = harness()
-  const layer = new InMemoryChannelLayer()
-  t.teardown(() => layer.close())
-  const channel = await startOn(h, layer)
-  h.hold()
+  const { layer, channel } = await heldOnMemory(t, h)
   // ws emits every frame of what it had read, paused or not: 1 in hand, 16 queued, 63 unread.
   const FRAMES = 80
   for (let frame = 0; frame < FRAMES; frame++) h.flow.fromClient({ frame })
@@ -110,10 +113,7 @@ t.test('frames ws hands over after reads paused wait outside the queue; layer me
 
 t.test('a frame that finds the queue full of layer messages waits unread, and reads pause', async t => {
   const h = harness()
-  const layer = new InMemoryChannelLayer()
-  t.teardown(() => layer.close())
-  const channel = await startOn(h, layer)
-  h.hold()
+  const { layer, channel } = await heldOnMemory(t, h)
   for (let n = 0; n < 20; n++) await layer.send(channel, { type: 'first', n })
   t.equal(h.queue.pending, HIGH_WATER)
   for (let frame = 0; frame < 3; frame++) h.flow.fromClient({ frame })
