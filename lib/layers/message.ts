@@ -62,8 +62,11 @@ function checkedCopy (value: Record<string, unknown>, root: string): Record<stri
   }
 }
 
-// Every object and array `share()` froze: what may be encoded once and the text reused.
+// Every object and array `share()` froze: what may be encoded once and the text reused. Until a
+// first message is shared, nothing is looked up in it: most apps never share one, and a lookup
+// for every `sendJson()` costs a call and a hash (about 85 instructions per delivery).
 const shared = new WeakSet<object>()
+let sharing = false
 
 /**
  * Makes `message` (a copy the layer owns) shareable by every consumer that opted in: deep-frozen,
@@ -77,11 +80,12 @@ export function share (message: LayerMessage): LayerMessage {
 
 /** Whether `value` is part of a message `share()` froze: it can never change. */
 export function isShared (value: unknown): boolean {
-  return typeof value === 'object' && value !== null && shared.has(value)
+  return sharing && typeof value === 'object' && value !== null && shared.has(value)
 }
 
 function freezeDeep (value: object): void {
   if (value instanceof Uint8Array || shared.has(value)) return
+  sharing = true
   shared.add(value)
   for (const inner of Object.values(value)) if (typeof inner === 'object' && inner !== null) freezeDeep(inner as object)
   Object.freeze(value)
