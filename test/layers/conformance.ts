@@ -264,6 +264,23 @@ export function conformance (name: string, factory: LayerFactory, opts: Conforma
       for (const type of ['before.leave', 'before.join', 'after.join']) t.same(await next(layer, stays), { type })
     })
 
+    test('a join while the group\'s last other member here ends completes at once, and hears the group', async t => {
+      const layer = await open(t)
+      if (!canDiscardChannel(layer)) return
+      const group = unique('fence-last')
+      const [ends, joins] = [await layer.newChannel(), await layer.newChannel()]
+      await layer.groupAdd(group, ends)
+      // The join waits for this process' own sends to the group (a marker on its route); the
+      // channel that ends meanwhile was the group's last member here.
+      const join = layer.groupAdd(group, joins)
+      await layer.discardChannel(ends)
+      const outcome = await Promise.race([join.then(() => 'joined'), sleep(2500).then(() => 'still waiting')])
+      t.equal(outcome, 'joined', 'the join did not wait out the layer\'s timeout (5 s on Redis)')
+      await join
+      await layer.groupSend(group, { type: 'after' })
+      t.same(await next(layer, joins), { type: 'after' }, 'the new member hears the group')
+    })
+
     test('the longest expiry and groupExpiry (ten years) work; longer is refused in the constructor', async t => {
       const layer = await open(t, { expiry: 315_360_000, groupExpiry: 315_360_000 })
       const mine = await layer.newChannel()

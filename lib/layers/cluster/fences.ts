@@ -9,6 +9,9 @@
  *
  * A marker that does not come back within the layer's `timeout` (the route dropped meanwhile)
  * lets the change go ahead: what it waited for is then read back or lost as after any outage.
+ * The process keeps hearing a group while a marker of its is on the way (`passing()`), even once
+ * the group has no local member left: a join must not wait out the timeout because the last other
+ * local member left meanwhile.
  */
 import { Envelope, type WireCodec } from '../codec.js'
 import type { Transport } from './transport.js'
@@ -18,6 +21,8 @@ export class Fences {
   readonly #codec: WireCodec
   readonly #transport: Transport
   readonly #waiting = new Map<number, () => void>()
+  // Markers on their way, per group.
+  readonly #passing = new Map<string, number>()
   #next = 0
 
   constructor (processToken: string, codec: WireCodec, transport: Transport) {
@@ -40,9 +45,21 @@ export class Fences {
         resolve()
       })
     })
-    if (publish === undefined) await this.#transport.publish({ kind: 'group', group }, marker, what)
-    else await publish(marker)
-    await back
+    this.#passing.set(group, (this.#passing.get(group) ?? 0) + 1)
+    try {
+      if (publish === undefined) await this.#transport.publish({ kind: 'group', group }, marker, what)
+      else await publish(marker)
+      await back
+    } finally {
+      const left = (this.#passing.get(group) ?? 1) - 1
+      if (left === 0) this.#passing.delete(group)
+      else this.#passing.set(group, left)
+    }
+  }
+
+  /** Whether a marker of this process is on its way on `group`'s route: the route must stay heard. */
+  passing (group: string): boolean {
+    return this.#passing.has(group)
   }
 
   /** A marker came back on a group's route (any process' marker: only this one's are waited for). */

@@ -161,8 +161,13 @@ export class Memberships {
    */
   async #afterOwnSends (group: string, channel: string | undefined, what: string, publish?: (marker?: Buffer) => Promise<void>): Promise<void> {
     const wait = this.#groups.has(group) && this.#transport.up && (channel === undefined || this.#store.isMember(group, channel))
-    if (wait) await this.#settings.fences.pass(group, what, publish)
-    else await publish?.()
+    if (!wait) return await publish?.()
+    try {
+      await this.#settings.fences.pass(group, what, publish)
+    } finally {
+      // Kept heard for the marker (fences.ts): left without members meanwhile, it goes now.
+      this.#store.alone(() => { this.#releaseIfEmpty(group) })
+    }
   }
 
   async discardChannel (channel: string): Promise<void> {
@@ -224,7 +229,7 @@ export class Memberships {
 
   /** Unsubscribes from a group once its last local member is gone. */
   #releaseIfEmpty (group: string): void {
-    if (this.#store.members(group) !== undefined || this.#catchUps.joining(group) || !this.#groups.delete(group)) return
+    if (this.#store.members(group) !== undefined || this.#catchUps.joining(group) || this.#settings.fences.passing(group) || !this.#groups.delete(group)) return
     this.#catchUps.forgetGroup(group)
     this.#gaps.forget(group)
     this.#presence.forgetGroup(group)
