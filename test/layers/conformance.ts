@@ -281,6 +281,30 @@ export function conformance (name: string, factory: LayerFactory, opts: Conforma
       t.same(await next(layer, joins), { type: 'after' }, 'the new member hears the group')
     })
 
+    test('joins and leaves of one membership not awaited take effect in call order', async t => {
+      const layer = await open(t)
+      const group = unique('in-turn')
+      const [rejoins, leaves, ends] = [await layer.newChannel(), await layer.newChannel(), await layer.newChannel()]
+      await layer.groupAdd(group, rejoins)
+      // A leave, then a join: a member at the end.
+      const leaving = layer.groupDiscard(group, rejoins)
+      await layer.groupAdd(group, rejoins)
+      await leaving
+      // A join, then a leave: not a member at the end.
+      const joining = layer.groupAdd(group, leaves)
+      await layer.groupDiscard(group, leaves)
+      await joining
+      await layer.groupSend(group, { type: 'after' })
+      t.same(await next(layer, rejoins), { type: 'after' }, 'left, then joined again: it gets the group\'s messages')
+      await nothing(t, layer, leaves)
+      // A join with presence, then the channel's end: no member, no presence entry left behind.
+      if (!canDiscardChannel(layer)) return
+      const entered = layer.groupAdd(group, ends, { presence: { name: 'gone' } })
+      await layer.discardChannel(ends)
+      await entered
+      t.same((await layer.presence(group)).map(entry => entry.channel), [], 'the ended channel is not listed')
+    })
+
     test('the longest expiry and groupExpiry (ten years) work; longer is refused in the constructor', async t => {
       const layer = await open(t, { expiry: 315_360_000, groupExpiry: 315_360_000 })
       const mine = await layer.newChannel()

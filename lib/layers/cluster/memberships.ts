@@ -26,6 +26,7 @@ import { CatchUps, type Held } from './catch-ups.js'
 import { StreamGaps } from './stream-gaps.js'
 import { Leases, type DueRecords } from './leases.js'
 import type { Fences } from './fences.js'
+import { MembershipTurns } from './membership-turns.js'
 
 export const NO_JOIN: GroupJoin = Object.freeze({ position: null, recovered: false }) as GroupJoin
 
@@ -61,8 +62,8 @@ export class Memberships {
   readonly #catchUps = new CatchUps()
   /** Where each group's live stream is, to read back what this process missed. */
   readonly #gaps: StreamGaps
-  /** group + channel → its join with history or presence still under way: the next one waits for it. */
-  readonly #recording = new Map<string, Promise<GroupJoin>>()
+  /** Joins and leaves of one membership, one at a time in call order (membership-turns.ts). */
+  readonly #turns = new MembershipTurns()
   /** What joins here recorded as presence (written back if lost); in those groups, dead processes' entries are reaped too. */
   readonly #presence = new RecordedPresence()
   /** The records' renewal (leases.ts). */
@@ -100,28 +101,16 @@ export class Memberships {
 
   /** Joins `channel` to `group`; see the file comment for joins with presence or history. */
   async add (group: string, channel: string, join: JoinRequest, policy: Policy | undefined): Promise<GroupJoin> {
-    // What this process sent the group before the join is not for the new member (fences.ts).
-    if (!this.#store.isMember(group, channel)) await this.#afterOwnSends(group, undefined, `groupAdd ${group}`)
-    const key = `${group}\n${channel}`
-    const before = this.#recording.get(key)
     const plain = policy?.history === undefined && join.presence === undefined
-    if (plain && before === undefined) {
+    // In turn: two joins under way at once would also each hold back and replay what the channel
+    // missed (twice), or the later one's held messages would be lost.
+    return await this.#turns.take(group, channel, async () => {
+      // What this process sent the group before the join is not for the new member (fences.ts).
+      if (!this.#store.isMember(group, channel)) await this.#afterOwnSends(group, undefined, `groupAdd ${group}`)
+      if (!plain) return await this.#addRecorded(group, channel, join, policy)
       await this.#addPlain(group, channel)
       return NO_JOIN
-    }
-    // One at a time per membership: two joins under way at once would each hold back and replay
-    // what the channel missed (twice), or the later one's held messages would be lost; a plain
-    // join made member meanwhile would get live what the other then hands over again.
-    const run = plain
-      ? async () => { await this.#addPlain(group, channel); return NO_JOIN }
-      : async () => await this.#addRecorded(group, channel, join, policy)
-    const mine = before === undefined ? run() : before.then(settled, settled).then(run)
-    this.#recording.set(key, mine)
-    try {
-      return await mine
-    } finally {
-      if (this.#recording.get(key) === mine) this.#recording.delete(key)
-    }
+    })
   }
 
   /** A group message from the group's route: to the local members, and held for joining ones. */
@@ -140,17 +129,19 @@ export class Memberships {
 
   /** The leave takes effect here once what this process sent the group before it has come back (fences.ts). */
   async remove (group: string, channel: string): Promise<void> {
-    const what = `groupDiscard ${group}`
-    let removed: StoredPresence[] = []
-    try {
-      await this.#afterOwnSends(group, channel, what, async marker => {
-        removed = await this.#transport.removeMembers(group, [channel], what, marker)
-      })
-    } finally {
-      // Also when the backend failed: the member leaves here whatever the record says.
-      this.dropLocal(group, channel)
-    }
-    await this.announceGone(group, removed)
+    await this.#turns.take(group, channel, async () => {
+      const what = `groupDiscard ${group}`
+      let removed: StoredPresence[] = []
+      try {
+        await this.#afterOwnSends(group, channel, what, async marker => {
+          removed = await this.#transport.removeMembers(group, [channel], what, marker)
+        })
+      } finally {
+        // Also when the backend failed: the member leaves here whatever the record says.
+        this.dropLocal(group, channel)
+      }
+      await this.announceGone(group, removed)
+    })
   }
 
   /**
@@ -170,7 +161,11 @@ export class Memberships {
     }
   }
 
-  async discardChannel (channel: string): Promise<void> {
+  discardChannel (channel: string): Promise<void> {
+    return this.#turns.end(channel, async () => { await this.#discard(channel) })
+  }
+
+  async #discard (channel: string): Promise<void> {
     const groups = this.#store.groupsOf(channel)
     // One step, after a fan-out under way (as a join would be): then the groups left empty go.
     this.#store.alone(() => {
@@ -391,8 +386,6 @@ export class Memberships {
     return work
   }
 }
-
-function settled (): void {}
 
 /** Whether `missed` holds every message after `since` up to `position`. */
 function complete (since: StreamPosition, position: StreamPosition, missed: StoredPayload[]): boolean {
