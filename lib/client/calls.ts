@@ -18,14 +18,19 @@ export class Calls {
   readonly #pending = new Map<CallId, PendingCall>()
   #nextId = 0
 
-  /** Registers a call; `send` writes a frame (and returns false when there is no open socket). */
-  add (action: string, args: unknown, timeout: number, send: (text: string) => boolean): Promise<unknown> {
+  /**
+   * Registers a call; `send` writes a frame (and returns false when there is no open socket);
+   * `timedOut` is told when a call sent went unanswered.
+   */
+  add (action: string, args: unknown, timeout: number, send: (text: string) => boolean, timedOut: () => void): Promise<unknown> {
     const id = ++this.#nextId
     const text = JSON.stringify({ op: 'call', id, action, args })
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
+        const sent = this.#pending.get(id)?.sent === true
         this.#pending.delete(id)
         reject(new ChannelsClientError(CALL_TIMEOUT, `no reply to "${action}" within ${timeout} ms`))
+        if (sent) timedOut()
       }, timeout)
       this.#pending.set(id, { text, sent: send(text), resolve, reject, timer })
     })

@@ -44,6 +44,8 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
   /** Answers still to come to joins that were left before they were answered. */
   readonly #stale = new Map<string, number>()
   readonly #calls = new Calls()
+  /** A call sent went unanswered: the socket is checked (reconnecting-socket.ts). */
+  readonly #callTimedOut = (): void => { this.#socket.check() }
 
   constructor (url: string, options: ClientOptions = {}) {
     // Every option is checked before the first socket opens, the URL and the class first.
@@ -95,7 +97,7 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
       return Promise.reject(err)
     }
     try {
-      return this.#calls.add(action, args, timeout, this.#socket.send) as Promise<Api[K]['result']>
+      return this.#calls.add(action, args, timeout, this.#socket.send, this.#callTimedOut) as Promise<Api[K]['result']>
     } catch (err) {
       return Promise.reject(new ChannelsClientError(INVALID_ARGS, `arguments of "${action}" are not JSON: ${String(err)}`))
     }
@@ -165,7 +167,11 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
       this.#calls.reply(frame)
       return
     }
-    if (frame.op === 'pong') return // it was heard: that is all a pong says
+    if (frame.op === 'pong') {
+      // It was heard: that is all a pong says.
+      this.#socket.answered()
+      return
+    }
     const group = frame.group
     if (group === undefined) {
       if (frame.op === 'error') this.#report(new ChannelsClientError(frame.code, frame.message))

@@ -59,7 +59,7 @@ export class ReconnectingSocket {
   #attempt = 0
   /** Offline at the last retry due, which was skipped: the next is tried even so. */
   #skippedOffline = false
-  #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout>, beat?: ReturnType<typeof setInterval> } = {}
+  #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout>, beat?: ReturnType<typeof setInterval>, check?: ReturnType<typeof setTimeout> } = {}
   /** Writes a frame; false when there is no open socket. */
   readonly send = (text: string): boolean => {
     if (this.#events.state() !== 'open' || this.#socket === null) return false
@@ -88,6 +88,27 @@ export class ReconnectingSocket {
     } else {
       this.#giveUp('heartbeat timeout')
     }
+  }
+
+  /**
+   * A call went unanswered: asks the server at once whether it hears this socket (a `ping`, which
+   * it answers ahead of any action). Frames still arriving say nothing of the other way: a network
+   * that loses only what the client sends leaves the heartbeat content. No `pong` within a
+   * heartbeat, the socket is given up and the client reconnects.
+   */
+  check (): void {
+    if (this.#timers.check !== undefined || !this.send('{"op":"ping"}')) return
+    const socket = this.#socket
+    this.#timers.check = setTimeout(() => {
+      this.#timers.check = undefined
+      if (socket === this.#socket) this.#giveUp('no answer to a ping')
+    }, this.#heartbeat)
+  }
+
+  /** The server answered a `ping`: it hears this socket. */
+  answered (): void {
+    clearTimeout(this.#timers.check)
+    this.#timers.check = undefined
   }
 
   /** Opens the first socket. `url` and `WebSocket` come checked: the client checks them before its own options. */
@@ -198,6 +219,7 @@ export class ReconnectingSocket {
     clearTimeout(this.#timers.connect)
     clearTimeout(this.#timers.stable)
     clearInterval(this.#timers.beat)
+    this.answered()
     this.#events.dropped()
     if (this.#events.state() !== 'closed') this.#scheduleRetry({ code, reason })
   }

@@ -6,6 +6,7 @@
  * answers the ping, is kept.
  */
 import t, { type Test } from 'tap'
+import { connect, createServer, type AddressInfo } from 'node:net'
 import WebSocket from 'ws'
 import { ChannelsClient, type ClientState } from '../../lib/client/index.js'
 import { eventually } from '../helpers/app.js'
@@ -84,4 +85,42 @@ t.test('a long action with more frames queued behind it than are read: the serve
   t.equal(await slow, 3000)
   t.same(await Promise.all(quick), Array.from({ length: 20 }, (_, n) => n), 'every call answered, in order')
   t.equal(states.length, before, 'the socket was kept all along')
+})
+
+t.test('a socket that still gets frames but whose own frames are lost: a call that times out makes the client ask, and it reconnects', async t => {
+  const server = await roomsApp()
+  t.teardown(() => server.app.close())
+  // A proxy whose current connection can lose what the client sends, while the server's frames still come.
+  let mute: (() => void) | undefined
+  const proxy = createServer(client => {
+    const upstream = connect(server.port, '127.0.0.1')
+    let muted = false
+    mute = () => { muted = true }
+    client.on('data', chunk => { if (!muted) upstream.write(chunk) })
+    upstream.pipe(client)
+    for (const socket of [client, upstream]) socket.on('error', () => {}).on('close', () => { client.destroy(); upstream.destroy() })
+  })
+  await new Promise<void>(resolve => proxy.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { proxy.close() })
+  const { port } = proxy.address() as AddressInfo
+  // The heartbeat alone never asks: the group speaks more often than it.
+  const client = new ChannelsClient(`ws://127.0.0.1:${port}/ws/rooms`, { WebSocket, heartbeat: 300, minDelay: 50, maxDelay: 100 })
+  t.teardown(() => { client.close() })
+  const states: Array<[ClientState, string | undefined]> = []
+  client.on('state', (state, detail) => { states.push([state, detail.reason]) })
+  const got: string[] = []
+  await client.join('room.quiet', { message (data) { got.push((data as { text: string }).text) } }).ready
+  let sent = 0
+  const talking = setInterval(() => { void server.app.channelLayer.groupSend('room.quiet', { type: 'room.message', text: `m${++sent}` }) }, 50)
+  t.teardown(() => { clearInterval(talking) })
+
+  mute?.()
+  await t.rejects(client.call('echo', 1, { timeout: 200 }), { code: 'FST_CHANNELS_CALL_TIMEOUT' }, 'the call goes unanswered')
+  await eventually(() => states.some(([state]) => state === 'reconnecting'), 3000)
+  t.same(states.find(([state]) => state === 'reconnecting'), ['reconnecting', 'no answer to a ping'], 'the socket is given up, and says why')
+  await eventually(() => client.state === 'open', 3000)
+  t.equal(await client.call('echo', 2, { timeout: 2000 }), 2, 'on the new socket, calls are answered')
+  clearInterval(talking)
+  await eventually(() => got.length === sent, 3000)
+  t.same(got, Array.from({ length: sent }, (_, n) => `m${n + 1}`), 'the re-join recovered every message, once and in order')
 })
