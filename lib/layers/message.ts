@@ -64,7 +64,7 @@ function checkedCopy (value: Record<string, unknown>, root: string): Record<stri
 
 // Every object and array `share()` froze: what may be encoded once and the text reused. Until a
 // first message is shared, nothing is looked up in it: most apps never share one, and a lookup
-// for every `sendJson()` costs a call and a hash (about 85 instructions per delivery).
+// for every `sendJson()` cost a call and a hash (about 140 instructions per delivery, measured).
 const shared = new WeakSet<object>()
 let sharing = false
 

@@ -11,7 +11,8 @@
 export class MembershipTurns {
   // group + channel → the last join or leave asked for that membership, while under way.
   readonly #last = new Map<string, Promise<unknown>>()
-  // channel → its end, while under way.
+  // channel → its joins and leaves under way (what its end waits for), and its end, while under way.
+  readonly #ofChannel = new Map<string, Set<Promise<unknown>>>()
   readonly #ending = new Map<string, Promise<unknown>>()
 
   /** Runs `step` once the join or leave asked before it for this membership (or its channel's end) is over. */
@@ -22,17 +23,21 @@ export class MembershipTurns {
     const before = ending === undefined ? last : last === undefined ? ending : Promise.all([last.then(settled, settled), ending])
     const mine = before === undefined ? step() : before.then(settled, settled).then(step)
     this.#last.set(key, mine)
+    let turns = this.#ofChannel.get(channel)
+    if (turns === undefined) this.#ofChannel.set(channel, turns = new Set())
+    turns.add(mine)
     try {
       return await mine
     } finally {
       if (this.#last.get(key) === mine) this.#last.delete(key)
+      turns.delete(mine)
+      if (turns.size === 0 && this.#ofChannel.get(channel) === turns) this.#ofChannel.delete(channel)
     }
   }
 
   /** Runs `end` once every join and leave asked before it for the channel is over. */
   async end (channel: string, end: () => Promise<void>): Promise<void> {
-    const suffix = `\n${channel}`
-    const before = [...this.#last].filter(([key]) => key.endsWith(suffix)).map(([, turn]) => turn.then(settled, settled))
+    const before = [...this.#ofChannel.get(channel) ?? []].map(turn => turn.then(settled, settled))
     const earlier = this.#ending.get(channel)
     if (earlier !== undefined) before.push(earlier.then(settled, settled))
     const mine = before.length === 0 ? end() : Promise.all(before).then(end)
