@@ -5,6 +5,7 @@ import { canDiscardChannel, type ChannelLayer, type GroupPolicy, type LayerMessa
 import { conformanceMessages } from './conformance-messages.js'
 import { conformanceListen } from './conformance-listen.js'
 import { conformanceDurable } from './conformance-durable.js'
+import { conformanceTurns } from './conformance-turns.js'
 
 // The channel layer contract (API.md, "Channel layers") as tests any backend must pass.
 
@@ -447,6 +448,7 @@ export function conformance (name: string, factory: LayerFactory, opts: Conforma
     conformanceMessages(test, h)
     conformanceListen(test, h, opts.shared === true, latency)
     conformanceDurable(test, h, opts.shared === true, latency)
+    conformanceTurns(test, h, latency)
 
     if (opts.shared !== true) return
 
