@@ -21,16 +21,16 @@ export interface JoinRequest {
 export const MAX_TIMER_MS = 2 ** 31 - 1
 
 /**
- * A layer option that must be a positive number (or integer), at most `max`; `fallback` when
- * unset. An option that becomes a timer's delay takes `max` from MAX_TIMER_MS.
- */
-/**
  * The longest a layer keeps anything, in seconds (ten years): a message's `expiry`, a membership's
  * `groupExpiry`, a history's `ttl`. Longer would overflow what Redis takes (a deadline in 16
  * digits of milliseconds, PEXPIRE's range), and no layer should differ on what it accepts.
  */
 export const MAX_SECONDS = 315_360_000
 
+/**
+ * A layer option that must be a positive number (or integer), at most `max`; `fallback` when
+ * unset. An option that becomes a timer's delay takes `max` from MAX_TIMER_MS.
+ */
 export function positiveOption (name: string, value: unknown, fallback: number, integer: boolean, max = Infinity): number {
   if (value === undefined) return fallback
   const ok = typeof value === 'number' && Number.isFinite(value) && value > 0 && value <= max && (!integer || Number.isInteger(value))
