@@ -10,7 +10,7 @@ import type WebSocket from 'ws'
 import { InMemoryChannelLayer, JsonWebsocketConsumer, RedisChannelLayer, type ChannelLayer } from '../lib/index.js'
 import { buildApp, eventually } from './helpers/app.js'
 import { listen, openClient } from './helpers/loopback.js'
-import { REDIS_URL, adminClient, deleteKeysOf, requireRedis, uniquePrefix } from './helpers/redis.js'
+import { REDIS_URL, cleanedPrefix, requireRedis } from './helpers/redis.js'
 
 const LINES = 400
 
@@ -62,10 +62,5 @@ t.test('in memory: a burst of frames that each send to the room loses nothing', 
 
 t.test('on Redis: a burst of frames that each send to the room loses nothing', async t => {
   if (!await requireRedis(t)) return
-  const prefix = uniquePrefix('fc-burst')
-  const redis = adminClient(t)
-  t.teardown(async () => {
-    await deleteKeysOf(redis, prefix)
-  })
-  await burstToRoom(t, new RedisChannelLayer({ url: REDIS_URL, prefix }))
+  await burstToRoom(t, new RedisChannelLayer({ url: REDIS_URL, prefix: cleanedPrefix(t, 'fc-burst') }))
 })

@@ -12,7 +12,7 @@ import { GroupsConsumer, InMemoryChannelLayer, RedisChannelLayer, type ChannelLa
 import { buildApp } from '../helpers/app.js'
 import { listen } from '../helpers/loopback.js'
 import { rawProtocolClient, type Frame } from '../helpers/protocol.js'
-import { REDIS_URL, adminClient, deleteKeysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, cleanedPrefix, requireRedis } from '../helpers/redis.js'
 
 const groups = { 'kept.*': { history: { size: 1000, ttl: 60 } } }
 
@@ -61,10 +61,5 @@ t.test('in memory: leaving and joining again while behind sends nothing of the m
 
 t.test('on Redis: leaving and joining again while behind sends nothing of the membership left', async t => {
   if (!await requireRedis(t)) return
-  const prefix = uniquePrefix('fc-rejoin')
-  const redis = adminClient(t)
-  t.teardown(async () => {
-    await deleteKeysOf(redis, prefix)
-  })
-  await leaveAndRejoin(t, new RedisChannelLayer({ url: REDIS_URL, prefix, groups }))
+  await leaveAndRejoin(t, new RedisChannelLayer({ url: REDIS_URL, prefix: cleanedPrefix(t, 'fc-rejoin'), groups }))
 })

@@ -48,6 +48,14 @@ export async function requireRedis (t: Test): Promise<boolean> {
   }
 }
 
+/** A prefix of its own (`uniquePrefix`) for one test on the shared Redis, whose keys are deleted when it ends. */
+export function cleanedPrefix (t: Test, base: string): string {
+  const prefix = uniquePrefix(base)
+  const redis = adminClient(t)
+  t.teardown(async () => { await deleteKeysOf(redis, prefix) })
+  return prefix
+}
+
 /** Deletes every key of one prefix: what a test leaves on the shared Redis. */
 export async function deleteKeysOf (client: Redis, prefix: string): Promise<void> {
   const keys = await keysOf(client, prefix)

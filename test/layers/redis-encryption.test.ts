@@ -4,7 +4,7 @@ import { Redis } from 'ioredis'
 import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
-import { REDIS_URL, deleteKeysOf, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, cleanedPrefix, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
 import { receiveWithin } from '../helpers/layers.js'
 
 // encryptionKeys: every case of the conformance suite with every payload sealed, nothing
@@ -17,14 +17,9 @@ async function next (layer: RedisChannelLayer, channel: string, ms = 2000): Prom
 }
 
 if (await requireRedis(t)) {
-  const prefix = uniquePrefix('fc-sealed')
+  const prefix = cleanedPrefix(t, 'fc-sealed')
   conformance('RedisChannelLayer with encryptionKeys', options => new RedisChannelLayer({ url: REDIS_URL, prefix, encryptionKeys: KEYS, ...options }),
     { shared: true, latency: 100 })
-  t.teardown(async () => {
-    const admin = new Redis(REDIS_URL)
-    await deleteKeysOf(admin, prefix)
-    admin.disconnect()
-  })
 
   t.test('Redis never sees message content or presence info; names and counts stay readable', async t => {
     const server = await startRedisServer(t)

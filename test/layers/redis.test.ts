@@ -5,21 +5,16 @@ import { ChannelFullError, InvalidOptionError, LayerClosedError } from '../../li
 import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
-import { REDIS_URL, adminClient, deleteKeysOf, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, cleanedPrefix, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
 import { receiveWithin } from '../helpers/layers.js'
 
 // The Redis layer against the shared Redis at REDIS_URL: the conformance suite with two layer
 // instances standing in for two processes, then what only a shared backend has.
 
 if (await requireRedis(t)) {
-  const conformancePrefix = uniquePrefix('fc-conf')
+  const conformancePrefix = cleanedPrefix(t, 'fc-conf')
   conformance('RedisChannelLayer', options => new RedisChannelLayer({ url: REDIS_URL, prefix: conformancePrefix, ...options }),
     { shared: true, latency: 100 })
-  t.teardown(async () => {
-    const admin = new Redis(REDIS_URL)
-    await deleteKeysOf(admin, conformancePrefix)
-    admin.disconnect()
-  })
   tests()
 }
 
