@@ -90,4 +90,28 @@ if (await requireRedis(t)) {
     const caughtUp = open([current])
     t.same(await next(caughtUp, 'rotation-jobs'), { type: 'queued.rotated' })
   })
+
+  t.test('a join whose missed messages no key of the process opens is not recovered', async t => {
+    const p = uniquePrefix('fc-unopened')
+    const groups = { 'kept.*': { history: { size: 10, ttl: 60 } } }
+    const open = (keys: Buffer[]): RedisChannelLayer => {
+      const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: keys, groups, log: { warn: () => {}, debug: () => {}, error: () => {} } })
+      t.teardown(() => layer.close())
+      return layer
+    }
+    const [sender, sameKey, otherKey] = [open(KEYS), open(KEYS), open([randomBytes(32)])]
+    const since = await sender.groupSend('kept.room', { type: 'x', n: 1 })
+    await sender.groupSend('kept.room', { type: 'x', n: 2 })
+
+    const cs = await sameKey.newChannel()
+    t.same((await sameKey.groupAdd('kept.room', cs, { since })).recovered, true, 'a process with the key recovers')
+    t.same(await next(sameKey, cs), { type: 'x', n: 2 }, 'and replays what was missed')
+
+    const co = await otherKey.newChannel()
+    const join = await otherKey.groupAdd('kept.room', co, { since })
+    t.same(join.recovered, false, 'a process without it is told the join is not recovered, so its app resynchronises')
+    t.same(join.position, { offset: 2, epoch: since?.epoch }, 'from the group\'s position')
+    await t.rejects(next(otherKey, co, 300), 'and nothing is replayed')
+    t.same((await otherKey.groupAdd('kept.room', co, { since })).recovered, false, 'a second join answers the same')
+  })
 }

@@ -307,11 +307,17 @@ export class Memberships {
       // Synchronous from here: nothing the group publishes can come between the catch-up and the join.
       const { position } = result
       const since = join.since
-      // Whether the history holds everything after `since`, as the in-memory layer answers.
-      const recovered = since !== undefined && position !== null && complete(since, position, result.missed)
+      // Whether the history holds everything after `since`, as the in-memory layer answers, and
+      // this process can read all of it: a message no key of its opens is not recovered either.
+      const replay = since !== undefined && position !== null && complete(since, position, result.missed)
+        ? this.#decodeMissed(group, result.missed)
+        : undefined
+      const recovered = replay !== undefined
       if (held !== undefined) {
         this.#catchUps.release(group, channel)
-        if (recovered && position !== null) this.#replay(group, channel, position.epoch, result.missed)
+        if (replay !== undefined && position !== null) {
+          for (const [offset, message] of replay) store.deliver(channel, message, { group, offset, epoch: position.epoch }, true)
+        }
         // Replays and held messages are one catch-up: neither is refused for capacity.
         const top = position?.offset ?? 0
         let reached = 0
@@ -341,17 +347,18 @@ export class Memberships {
     return withTimeout(Promise.all([this.subscribeProcess(), this.#transport.subscribe({ kind: 'group', group })]), this.#transport.timeout, what)
   }
 
-  #replay (group: string, channel: string, epoch: string, missed: StoredPayload[]): void {
+  /** What a recovering join replays, or undefined when one of the messages cannot be decoded (logged). */
+  #decodeMissed (group: string, missed: StoredPayload[]): Array<[number, LayerMessage]> | undefined {
+    const replay: Array<[number, LayerMessage]> = []
     for (const [offset, payload] of missed) {
-      let message: LayerMessage
       try {
-        message = this.#decode(payload)
+        replay.push([offset, this.#decode(payload)])
       } catch (err) {
-        this.#settings.log().warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
-        continue
+        this.#settings.log().warn({ err, group, offset }, 'a message of the group\'s history cannot be decoded here: the join is not recovered')
+        return undefined
       }
-      this.#store.deliver(channel, message, { group, offset, epoch }, true)
     }
+    return replay
   }
 
   #decode (payload: Buffer): LayerMessage {
