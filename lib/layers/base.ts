@@ -244,6 +244,9 @@ export abstract class BaseChannelLayer extends EventEmitter
     this.assertOpen()
     assertChannelName(channel)
     if (!isProcessSpecific(channel)) throw new InvalidOptionError(`listen() takes a channel of this process, not the named channel "${channel}"`)
+    if (typeof sink?.push !== 'function' || typeof sink.layerClosed !== 'function') {
+      throw new InvalidOptionError('listen() takes a sink: an object with push(message, info) and layerClosed(err) (ChannelSink)')
+    }
     const listener = this.store.listen(channel, sink)
     if (listener === undefined) throw new InvalidOptionError(`channel "${channel}" already has a listener`)
     return listener

@@ -138,9 +138,12 @@ export function conformanceListen (
     t.same(sink.got, [{ type: 'early', n: 1 }, { type: 'early', n: 2 }])
   })
 
-  test('listen() refuses a named channel, a second listener and a closed layer', async t => {
+  test('listen() refuses a named channel, a second listener, something that is not a sink, and a closed layer', async t => {
     const layer = await listening(t)
     const channel = await layer.newChannel()
+    for (const notSink of [(): void => {}, {}, { push () {} }, null]) {
+      t.throws(() => layer.listen(channel, notSink as unknown as ChannelSink), InvalidOptionError, 'a sink has push() and layerClosed()')
+    }
     layer.listen(channel, new RecordingSink())
     t.throws(() => layer.listen(channel, new RecordingSink()), InvalidOptionError, 'one listener per channel')
     t.throws(() => layer.listen(unique('named'), new RecordingSink()), InvalidOptionError, 'named channels are queues')
