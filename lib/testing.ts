@@ -8,6 +8,7 @@ import type { Connection } from './connection/connection.js'
 import { connectionOfInjection } from './connection/binding.js'
 import { toBuffer } from './connection/socket.js'
 import { injectionMarker, markedUpgradeContext, refusedHandshakeStatus } from './internals.js'
+import { checkSendableCloseCode } from './connection/close-codes.js'
 
 export interface CommunicatorOptions {
   headers?: Record<string, string>
@@ -28,6 +29,8 @@ export interface ConnectResult {
 export interface CloseEvent { code: number; reason: string }
 
 const DEFAULT_TIMEOUT = 1000
+// What disconnect() takes for a connection that drops without a close frame.
+const ABRUPT = 1006
 const NOT_CONNECTED = 'not connected: call connect() first'
 
 export class WebsocketCommunicator {
@@ -73,7 +76,10 @@ export class WebsocketCommunicator {
     const wss = this.app.websocketServer
     wss.on('headers', onHeaders)
     wss.on('connection', onConnection)
-    const headers: Record<string, string> = { ...this.options.headers }
+    // Named in lower case, as Node names a real request's (`Cookie` is `cookie`), and with a Host
+    // unless the test gives one, as app.inject() does: origin checks compare with it.
+    const headers: Record<string, string> = { host: 'localhost:80' }
+    for (const [name, value] of Object.entries(this.options.headers ?? {})) headers[name.toLowerCase()] = value
     if (this.options.subprotocols !== undefined && this.options.subprotocols.length > 0) {
       headers['sec-websocket-protocol'] = this.options.subprotocols.join(', ')
     }
@@ -173,10 +179,17 @@ export class WebsocketCommunicator {
     return this.#inbox.length === 0 && this.#closeEvent === null
   }
 
-  /** Closes from the client side and waits until the consumer's `disconnect()` has finished. */
+  /**
+   * Closes from the client side and waits until the consumer's `disconnect()` has finished. Code
+   * 1006 drops the connection without a close frame, as a lost network does.
+   */
   async disconnect (code = 1000, reason = '', timeout = DEFAULT_TIMEOUT): Promise<void> {
     this.#connectedFirst()
-    if (this.#ws !== null && this.#closeEvent === null) this.#ws.close(code, reason)
+    if (code !== ABRUPT) checkSendableCloseCode(code)
+    if (this.#ws !== null && this.#closeEvent === null) {
+      if (code === ABRUPT) this.#ws.terminate()
+      else this.#ws.close(code, reason)
+    }
     await withTimeout(this.closed, timeout, 'close handshake')
     if (this.#connection !== undefined) await withTimeout(this.#connection.finished, timeout, 'consumer disconnect()')
   }
@@ -233,3 +246,4 @@ async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): P
     clearTimeout(timer)
   }
 }
+

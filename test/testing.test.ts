@@ -142,3 +142,42 @@ t.test('a communicator is one connection: a second connect() rejects, and reads 
   await comm.disconnect()
   t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'nothing left open')
 })
+
+t.test('a communicator sends a Host, as app.inject() does, so a browser-like Origin passes the default check', async t => {
+  class Hosts extends WebsocketConsumer {
+    override async connect () {
+      await this.accept()
+      await this.send(this.scope.headers.host ?? '(none)')
+    }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Hosts.asHandler()))
+  t.teardown(() => app.close())
+  const same = new WebsocketCommunicator(app, '/ws', { headers: { origin: 'http://localhost' } })
+  t.match(await same.connect(), { connected: true }, 'the same origin is accepted')
+  t.equal(await same.receiveFrom(), 'localhost:80', 'with the default Host')
+  await same.disconnect()
+  const other = new WebsocketCommunicator(app, '/ws', { headers: { origin: 'http://evil.example' } })
+  t.match(await other.connect(), { connected: false, status: 403 }, 'another origin is refused')
+  const given = new WebsocketCommunicator(app, '/ws', { headers: { Host: 'app.example', Origin: 'http://app.example' } })
+  t.match(await given.connect(), { connected: true }, 'a Host the test gives replaces the default, and header names are read in any case, as Node reads them')
+  t.equal(await given.receiveFrom(), 'app.example')
+  await given.disconnect()
+})
+
+t.test('disconnect(1006) drops the connection without a close frame; a code no close frame carries is refused', async t => {
+  const codes: number[] = []
+  class Records extends WebsocketConsumer {
+    override async connect () { await this.accept() }
+    override async disconnect (code: number) { codes.push(code) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Records.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await t.rejects(comm.disconnect(1005), { code: 'FST_CHANNELS_INVALID_OPTION' }, 'a code that cannot be sent')
+  t.equal(await comm.receiveNothing(50), true, 'leaves the connection open')
+  await comm.disconnect(1006)
+  t.same(await comm.closed, { code: 1006, reason: '' }, 'the client saw the connection drop')
+  t.same(codes, [1006], 'and the consumer\'s disconnect() ran with 1006, once it had finished')
+  t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'nothing left in the layer')
+})
