@@ -7,14 +7,14 @@
  * - A call waits for its reply until its timeout; one in flight when the socket drops is rejected
  *   (whether it ran is unknown). Calls made while disconnected are sent once connected.
  */
-import type { ApiShape, ServerToClient } from '../protocol.js'
+import { isPosition, type ApiShape, type ServerToClient } from '../protocol.js'
 import { GroupSubscription, type Subscription, type SubscriptionHandlers } from './subscription.js'
 import { Calls } from './calls.js'
 import { ReconnectingSocket } from './reconnecting-socket.js'
 import { milliseconds, socketUrl, webSocketClass, type CallArgs, type ClientOptions } from './options.js'
 import {
   ChannelsClientError, ALREADY_JOINED, BAD_FRAME, CLIENT_CLOSED, CONNECTION_LOST,
-  INVALID_ARGS, INVALID_NAME, LEFT
+  INVALID_ARGS, INVALID_NAME, INVALID_OPTION, LEFT
 } from './errors.js'
 
 export type ClientState = 'connecting' | 'open' | 'reconnecting' | 'closed'
@@ -80,6 +80,10 @@ export class ChannelsClient<Api extends ApiShape = ApiShape> {
     this.#check()
     if (typeof group !== 'string' || !GROUP_NAME.test(group)) throw new ChannelsClientError(INVALID_NAME, `invalid group name ${JSON.stringify(group)}`)
     if (this.#subs.has(group)) throw new ChannelsClientError(ALREADY_JOINED, `already in group "${group}": leave() it first`)
+    const since = handlers.since
+    if (since !== undefined && since !== null && !isPosition(since)) {
+      throw new ChannelsClientError(INVALID_OPTION, '"since" must be a position { offset, epoch } (a subscription\'s `position`), or null')
+    }
     const sub: GroupSubscription<T> = new GroupSubscription<T>(group, handlers, () => { this.#leave(sub) }, err => { this.#report(err) })
     this.#subs.set(group, sub as GroupSubscription<never>)
     if (this.#state === 'open') this.#sendJoin(sub)

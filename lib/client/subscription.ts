@@ -15,6 +15,12 @@ export interface MessageInfo {
 }
 
 export interface SubscriptionHandlers<T = unknown> {
+  /**
+   * Where to start: the `position` a subscription of an earlier connection had reached (a page
+   * that saved it before a reload). The first join asks to recover from it: `message()` then gets
+   * what the group sent after it, and `gap()` runs when that cannot be recovered.
+   */
+  since?: StreamPosition | null
   /** Every message of the group, in order, each once (`forward()` on the server shapes `data`). */
   message? (data: T, info: MessageInfo): void
   /** The group's presence list, whenever it changes (the server must record presence). */
@@ -54,6 +60,7 @@ export class GroupSubscription<T = unknown> implements Subscription {
   #reject!: (err: ChannelsClientError) => void
 
   constructor (readonly group: string, readonly handlers: SubscriptionHandlers<T>, readonly leave: () => void, readonly report: Report) {
+    this.position = handlers.since ?? null
     this.ready = new Promise((resolve, reject) => { this.#resolve = resolve; this.#reject = reject })
     // Whoever does not wait for `ready` learns of a refusal from `error`: never an unhandled rejection.
     this.ready.catch(() => {})
@@ -68,10 +75,12 @@ export class GroupSubscription<T = unknown> implements Subscription {
     const first = !this.everJoined
     this.joined = this.everJoined = true
     this.retries = 0
-    if (first || !recovered) this.position = position
+    // Asked to recover from a position (a re-join, or `since`): the replay comes next and moves it.
+    const asked = this.position !== null
+    if (!recovered || !asked) this.position = position
     if (first) this.#resolve({ position, recovered })
     if (presence !== undefined) this.#setPresence(presence)
-    if (!first && !recovered) this.#call('gap')
+    if (asked && !recovered) this.#call('gap')
   }
 
   /** The whole presence list again, sent unasked for this membership (announcements were skipped). */
@@ -110,7 +119,7 @@ export class GroupSubscription<T = unknown> implements Subscription {
     else this.#reject(err)
   }
 
-  #call<K extends keyof SubscriptionHandlers<T>> (name: K, ...args: Parameters<NonNullable<SubscriptionHandlers<T>[K]>>): void {
+  #call<K extends Exclude<keyof SubscriptionHandlers<T>, 'since'>> (name: K, ...args: Parameters<NonNullable<SubscriptionHandlers<T>[K]>>): void {
     const handler = this.handlers[name] as ((...a: unknown[]) => void) | undefined
     try {
       handler?.apply(this.handlers, args)

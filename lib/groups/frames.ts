@@ -4,7 +4,7 @@
  * A frame that cannot be read is refused with the error to answer it with; `group` or `id` is kept
  * when the frame had a usable one, so the client can tell which of its requests failed.
  */
-import type { CallId } from '../protocol.js'
+import { isPosition, type CallId } from '../protocol.js'
 import type { StreamPosition } from '../layers/types.js'
 import { MAX_NAME_LENGTH } from '../layers/names.js'
 import { BadFrameError, UnknownOpError } from '../errors.js'
@@ -23,7 +23,6 @@ export interface Refusal {
 }
 
 const MAX_ID_LENGTH = 64
-const MAX_EPOCH_LENGTH = 100
 
 export function readFrame (content: unknown): Request | Refusal {
   if (content === null || typeof content !== 'object' || Array.isArray(content)) {
@@ -85,13 +84,6 @@ function refuse (message: string, about: { group?: string, id?: CallId } = {}): 
 export function isCallId (id: unknown): id is CallId {
   if (typeof id === 'string') return id.length > 0 && id.length <= MAX_ID_LENGTH
   return Number.isSafeInteger(id) && (id as number) >= 0
-}
-
-function isPosition (value: unknown): value is StreamPosition {
-  if (value === null || typeof value !== 'object') return false
-  const { offset, epoch } = value as Record<string, unknown>
-  return Number.isSafeInteger(offset) && (offset as number) >= 0 &&
-    typeof epoch === 'string' && epoch.length > 0 && epoch.length <= MAX_EPOCH_LENGTH
 }
 
 /** A group name short enough to send back (a valid one always is). */

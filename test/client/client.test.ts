@@ -149,6 +149,43 @@ t.test('a dropped socket: calls in flight are rejected, the client comes back, n
   t.equal(server.app.websocketServer.clients.size, 1, 'one socket at the server')
 })
 
+t.test('join(group, { since }): a new client (a page reloaded) goes on from the position an earlier one reached', async t => {
+  const layer = server.app.channelLayer
+  const first = client(t)
+  const before: number[] = []
+  const sub = first.join('room.reload', { message (data, info) { before.push(info.offset as number) } })
+  await sub.ready
+  for (let i = 0; i < 3; i++) await layer.groupSend('room.reload', { type: 'line', i })
+  await eventually(() => before.length === 3)
+  const saved = JSON.parse(JSON.stringify(sub.position)) as typeof sub.position
+  first.close()
+  for (let i = 3; i < 5; i++) await layer.groupSend('room.reload', { type: 'line', i })
+
+  const second = client(t)
+  const after: number[] = []
+  let gaps = 0
+  const resumed = second.join('room.reload', { since: saved, message (data, info) { after.push(info.offset as number) }, gap () { gaps++ } })
+  t.match(await resumed.ready, { recovered: true }, 'the first join recovers from the saved position')
+  await layer.groupSend('room.reload', { type: 'line', i: 5 })
+  await eventually(() => after.length === 3)
+  t.same(after, [4, 5, 6], 'what was sent since, then what is new: each once, none before it')
+  t.equal(gaps, 0)
+  t.same(resumed.position?.offset, 6)
+
+  const third = client(t)
+  const late: number[] = []
+  let thirdGaps = 0
+  const lost = third.join('room.reload', { since: { offset: 2, epoch: 'another-epoch' }, message (data, info) { late.push(info.offset as number) }, gap () { thirdGaps++ } })
+  t.match(await lost.ready, { recovered: false, position: { offset: 6 } }, 'a position that cannot be recovered is not')
+  t.equal(thirdGaps, 1, 'and gap() says so')
+  await layer.groupSend('room.reload', { type: 'line', i: 6 })
+  await eventually(() => late.length === 1)
+  t.same(late, [7], 'then the new messages only')
+
+  t.throws(() => third.join('room.other', { since: { offset: -1, epoch: 'e' } }), { code: 'FST_CHANNELS_INVALID_OPTION' }, 'a malformed position is refused')
+  t.throws(() => third.join('room.other', { since: 'yesterday' as never }), { code: 'FST_CHANNELS_INVALID_OPTION' })
+})
+
 t.test('a restarted in-memory server has lost its history: gap(), then messages again', async t => {
   const own = await roomsApp()
   const url = own.url
