@@ -282,6 +282,36 @@ t.test('groups are joined before connect() and left after disconnect(); disconne
   t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 })
 })
 
+t.test('while a slow disconnect() runs, group messages to the ended connection are dropped, not counted as a full channel\'s skips', async t => {
+  let release: () => void = () => {}
+  const released = new Promise<void>(resolve => { release = resolve })
+  class Slow extends WebsocketConsumer {
+    override groups = ['room']
+    override async connect () { await this.accept() }
+    async line (m: { n: number }) { await this.send(String(m.n)) }
+    override async disconnect () { await released }
+  }
+  const layer = new InMemoryChannelLayer({ capacity: 10 })
+  const { app, logs } = await buildApp({ layer }, app => app.get('/ws', { websocket: true }, Slow.asHandler()))
+  t.teardown(() => app.close())
+  const [leaving, staying] = [new WebsocketCommunicator(app, '/ws'), new WebsocketCommunicator(app, '/ws')]
+  await leaving.connect()
+  await staying.connect()
+  const ending = leaving.disconnect(1000, '', 5000)
+  await eventually(() => app.websocketServer.clients.size === 1)
+  t.equal(inspect(app).memberships, 2, 'the ended connection is still a member while its disconnect() runs')
+  for (let n = 1; n <= 30; n++) await app.channelLayer.groupSend('room', { type: 'line', n })
+  const got: string[] = []
+  for (let n = 1; n <= 30; n++) got.push(await staying.receiveFrom() as string)
+  t.same(got.map(Number), Array.from({ length: 30 }, (_, i) => i + 1), 'the member that stays gets every message')
+  t.equal(layer.stats.groupSendSkipped, 0, 'none is counted as skipped for a full channel')
+  t.same(logs.filter(l => String(l.msg).includes('skipped a full channel')), [], 'nor logged as one')
+  release()
+  await ending
+  t.same(inspect(app), { channels: 1, groups: 1, memberships: 1 }, 'then the ended connection leaves the layer')
+  await staying.disconnect()
+})
+
 t.test('a close reason longer than a close frame holds is cut on a character boundary, never inside an emoji', async t => {
   class Closer extends WebsocketConsumer {
     override async receive (text?: string) { await this.close(4002, text) }

@@ -372,6 +372,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#forgetHandshake()
     if (this.#channelName !== '') {
       await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, joinedThrough(this.#runtime.layer, this.#view), this.log)
+      this.#flow.release()
     }
     this.#runtime.connections.delete(this)
     this.#finished = Occurrence.happen(this.#finished)

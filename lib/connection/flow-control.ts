@@ -30,6 +30,9 @@ import { TokenBucket } from './rate-limit.js'
 // Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
 export const HIGH_WATER = 16
 
+/** Where the messages sent to a connection that has ended go: nowhere. */
+const ENDED: ChannelSink = { accepting: true, push () {}, layerClosed () {} }
+
 /** The part of a socket flow control drives: whether it is read. */
 export interface Readable {
   pause (): void
@@ -68,6 +71,9 @@ export class FlowControl<Task> implements ChannelSink {
   // The queue reached HIGH_WATER: the layer may have kept messages back, to resume.
   #saturated = false
   #listener: ChannelListener | null = null
+  // From stop() until release(): what drops the messages still sent to the ended connection's channel.
+  #dropping: ChannelListener | null = null
+  #relisten: ((sink: ChannelSink) => ChannelListener) | null = null
   // The per-connection rate limit on client frames, when there is one.
   #bucket: TokenBucket | null = null
   // When reads were last paused: the rate limit does not charge the client for that time.
@@ -238,20 +244,38 @@ export class FlowControl<Task> implements ChannelSink {
   }
 
   /**
-   * No more layer messages: the connection is ending. Later ones stay in the layer; the frames
-   * still unread are queued, ahead of the connection's end, as those read before them are.
+   * No more layer messages: the connection is ending. The frames still unread are queued, ahead
+   * of the connection's end, as those read before them are. What the layer still pushes to the
+   * channel until it leaves the layer (after `disconnect()`, which may take a while: `release()`)
+   * is dropped: in the channel it would fill it, and the group sends after that would count a
+   * connection that has ended as a reader too slow to keep up.
    */
   stop (): void {
     this.#takeUnread(Infinity, Infinity)
     clearInterval(this.#stillHere)
     this.#stopPump?.abort()
-    this.#listener?.close()
+    if (this.#listener !== null) {
+      this.#listener.close()
+      this.#listener = null
+      try {
+        this.#dropping = this.#relisten?.(ENDED) ?? null
+      } catch {
+        // The layer closed meanwhile: nothing more comes.
+      }
+    }
     this.#wake()
+  }
+
+  /** The channel has left the layer: nothing more is sent to it. */
+  release (): void {
+    this.#dropping?.close()
+    this.#dropping = null
   }
 
   #listen (layer: ChannelLayer & ChannelListening, channel: string): void {
     try {
       this.#listener = layer.listen(channel, this)
+      this.#relisten = sink => layer.listen(channel, sink)
     } catch (err) {
       this.#owner.layerFailed(err)
     }
