@@ -142,4 +142,31 @@ if (await requireRedis(t) && requireNginx(t)) {
       `reconnects ${reconnects.reduce((a, b) => a + b, 0)} in all (per client: ${[...new Set(reconnects)].sort().join(', ')}), ` +
       `after ${members.reduce((sum, m) => sum + m.retries, 0)} attempts`)
   })
+
+  t.test('while a process closes, held open by a client that does not answer its close frame, POSTs through nginx go to the other one', async t => {
+    const prefix = uniquePrefix('fc-rolling-post')
+    const [closing, staying] = [await startApp(t, 'closing', prefix), await startApp(t, 'staying', prefix)]
+    const nginx = await startNginx(t, [closing.port, staying.port])
+    // A client whose network went quiet: connected straight to the process, it never reads again,
+    // so the close frame stays unanswered and app.close() waits out its grace.
+    const silent = new WebSocket(`ws://127.0.0.1:${closing.port}/ws/rooms`)
+    t.teardown(() => { silent.terminate() })
+    await new Promise((resolve, reject) => { silent.once('open', resolve); silent.once('error', reject) })
+    ;(silent as unknown as { _socket: { pause: () => void } })._socket.pause()
+
+    const stopped = closing.proc.stop()
+    await until('the process is closing', async () => (await fetch(`http://127.0.0.1:${closing.port}/healthz`).catch(() => null))?.status === 503, 5000)
+    const statuses: number[] = []
+    const servers = new Set<string>()
+    for (let i = 0; i < 20; i++) {
+      const res = await fetch(`${nginx.url}/api/ping`, { method: 'POST' })
+      statuses.push(res.status)
+      if (res.status === 200) servers.add(((await res.json()) as { server: string }).server)
+      else await res.body?.cancel()
+      await sleep(50)
+    }
+    t.same(statuses.filter(s => s !== 200), [], `${statuses.length} POSTs during the close, each answered 200`)
+    t.same([...servers], ['staying'], 'by the process that stays')
+    t.equal(await stopped, 0, 'the closing process exits once its grace is over')
+  })
 }
