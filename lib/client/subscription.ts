@@ -80,7 +80,9 @@ export class GroupSubscription<T = unknown> implements Subscription {
     if (!recovered || !asked) this.position = position
     if (first) this.#resolve({ position, recovered })
     if (presence !== undefined) this.#setPresence(presence)
-    if (asked && !recovered) this.#call('gap')
+    // A re-join that did not recover (a group without history never does), or a first join from
+    // a `since` that could not be.
+    if ((!first || asked) && !recovered) this.#call('gap')
   }
 
   /** The whole presence list again, sent unasked for this membership (announcements were skipped). */

@@ -9,7 +9,7 @@ import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import WebSocket, { WebSocketServer } from 'ws'
 import { ChannelsClient, ChannelsClientError, type ClientState, type PresenceEntry } from '../../lib/client/index.js'
-import type { ApiOf } from '../../lib/index.js'
+import { InMemoryChannelLayer, type ApiOf } from '../../lib/index.js'
 import { eventually } from '../helpers/app.js'
 import { Rooms, roomsApp, type RoomsApp } from '../groups/rooms.js'
 
@@ -184,6 +184,21 @@ t.test('join(group, { since }): a new client (a page reloaded) goes on from the 
 
   t.throws(() => third.join('room.other', { since: { offset: -1, epoch: 'e' } }), { code: 'FST_CHANNELS_INVALID_OPTION' }, 'a malformed position is refused')
   t.throws(() => third.join('room.other', { since: 'yesterday' as never }), { code: 'FST_CHANNELS_INVALID_OPTION' })
+})
+
+t.test('a group without history: every re-join runs gap(), since nothing can be recovered; the first join does not', async t => {
+  const own = await roomsApp({ layer: new InMemoryChannelLayer({ groups: { 'room.kept': { history: { size: 10, ttl: 60 } } } }) })
+  t.teardown(() => own.app.close())
+  const c = new ChannelsClient<RoomsApi>(own.url, { WebSocket, minDelay: 20 })
+  t.teardown(() => { c.close() })
+  let gaps = 0
+  await c.join('room.plain', { gap () { gaps++ } }).ready
+  t.equal(gaps, 0, 'no gap() on the first join')
+  for (let drop = 1; drop <= 2; drop++) {
+    for (const socket of own.app.websocketServer.clients) socket.terminate()
+    await eventually(() => gaps === drop, 5000)
+  }
+  t.pass('one gap() per re-join')
 })
 
 t.test('a restarted in-memory server has lost its history: gap(), then messages again', async t => {
