@@ -293,9 +293,11 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
 
   #onGroup (group: string, envelope: unknown[]): void {
     if (envelope[0] === Envelope.group) {
-      const [, message, offset, epoch] = envelope
+      const [, message, offset, epoch, stamp] = envelope
       const info: Delivery = typeof offset === 'number' && typeof epoch === 'string' ? { group, offset, epoch } : { group }
-      this.#memberships.deliver(group, reviveMessage(message), info)
+      // A server clock in ms, packed by the script as a 64-bit integer: msgpack gives it as a bigint.
+      const stamped = typeof stamp === 'bigint' || typeof stamp === 'number' ? Number(stamp) : undefined
+      this.#memberships.deliver(group, reviveMessage(message), info, stamped)
     } else if (envelope[0] === Envelope.fence) {
       this.#fences.arrived(envelope[1], envelope[2])
     } else if (envelope[0] === Envelope.discard) {

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import { LayerTimeoutError } from '../../lib/errors.js'
 import { RedisChannelLayer } from '../../lib/layers/redis.js'
-import type { LayerMessage } from '../../lib/layers/types.js'
+import type { LayerMessage, StreamPosition } from '../../lib/layers/types.js'
 import { freePort } from '../helpers/process.js'
 import { REDIS_URL, adminClient, requireRedis, stallingProxy, startRedisServer, uniquePrefix, type StallingProxy } from '../helpers/redis.js'
 
@@ -582,6 +582,32 @@ t.test('a group whose offsets start again lower (a Redis that lost its last writ
   t.equal((await sender.groupSend('feed', { type: 'line', n: 4 }))?.offset, 2, 'the next line takes an offset already heard')
   await sender.groupSend('feed', { type: 'line', n: 5 })
   t.same(await linesUntilQuiet(layer, member), [4, 5], 'both lines come, each once')
+})
+
+t.test('a Redis that lost its last writes, and whose offsets other processes sent past again before a cut-off process was back: it notices, and the group gets a new epoch', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-rewritten')
+  const member = await feedMember(layer)
+  let heard: StreamPosition | undefined
+  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
+  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+
+  await cutOffWhile(proxy, layer, async () => {
+    // A restart from a snapshot taken after the first line, then another process sends on: lines
+    // 4 and 5 take offsets 2 and 3 again, in the same epoch, and 6 and 7 go past what was heard.
+    const admin = adminClient(t)
+    const stream = `${sender.prefix}:s:{feed}`
+    const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
+    await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
+    const offsets: unknown[] = []
+    for (const n of [4, 5, 6, 7]) offsets.push((await sender.groupSend('feed', { type: 'line', n }))?.offset)
+    t.same(offsets, [2, 3, 4, 5], 'the lines take offsets already given out, then new ones')
+  })
+  t.same(await linesUntilQuiet(layer, member), [5, 6, 7], 'the members get the group from the last offset they heard, which they see again: the offset went back')
+  const next = await sender.groupSend('feed', { type: 'line', n: 8 })
+  t.ok(next !== undefined && heard !== undefined && next.epoch !== heard.epoch, 'the group went on in a new epoch')
+  t.match(await sender.groupAdd('feed', await sender.newChannel(), { since: heard }), { recovered: false }, 'so a member that heard line 3 at offset 3 is not told it recovered')
+  t.same(await linesUntilQuiet(layer, member), [8])
 })
 
 t.test('a group whose offsets go back while the process hears it (a Cluster master restarted from an older snapshot, unseen) reaches its members: nothing taken for a copy', async t => {

@@ -19,7 +19,7 @@ import { reviveMessage, type WireCodec } from '../codec.js'
 import { isDeepStrictEqual } from 'node:util'
 import type { Delivery, GroupJoin, LayerLogger, LayerMessage, PresenceInfo, StreamPosition } from '../types.js'
 import { ttl, withTimeout } from '../deadline.js'
-import { keepingOf, type Route, type StoredPayload, type StoredPresence, type Transport } from './transport.js'
+import { keepingOf, type GroupStamp, type Route, type StoredPayload, type StoredPresence, type Transport } from './transport.js'
 import type { HistoryPolicy } from '../history.js'
 import { RecordedPresence } from './recorded-presence.js'
 import { CatchUps, type Held } from './catch-ups.js'
@@ -83,8 +83,8 @@ export class Memberships {
         return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`)
       },
       decode: payload => this.#decode(payload),
-      renewEpoch: (group, epoch) => {
-        this.#transport.renewEpoch(group, epoch, `new epoch for ${group}`).catch((err: unknown) => {
+      renewEpoch: async (group, epoch) => {
+        await this.#transport.renewEpoch(group, epoch, `new epoch for ${group}`).catch((err: unknown) => {
           settings.log().warn({ err, group }, 'could not give the group a new epoch; positions in the old one may still be taken for recovered')
         })
       },
@@ -114,8 +114,8 @@ export class Memberships {
   }
 
   /** A group message from the group's route: to the local members, and held for joining ones. */
-  deliver (group: string, message: LayerMessage, info: Delivery): void {
-    this.#gaps.arrive(group, message, info)
+  deliver (group: string, message: LayerMessage, info: Delivery, stamp: GroupStamp | undefined): void {
+    this.#gaps.arrive(group, message, info, stamp)
   }
 
   /** After an outage: what the groups with history published meanwhile, to their local members. */

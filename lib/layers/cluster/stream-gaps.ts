@@ -25,11 +25,14 @@
  * over) keeps its epoch and gives their offsets out again: the read after the outage finds the
  * group's position lower than this process' and goes on from there, and so does a live message
  * below the last offset that no read handed on (on Redis Cluster a master can restart without
- * this process seeing an outage). Members see the offset go back (`GroupsConsumer` has its client
- * re-join, which then reports the gap).
+ * this process seeing an outage). Other processes may have sent past this process' offset again
+ * before it reads: the read after the outage then finds the message at its last offset written
+ * anew (its stamp, `GroupStamp`, is not the one heard), and hands the group on from that offset.
+ * Either way members see the offset go back (`GroupsConsumer` has its client re-join, which then
+ * reports the gap), and the group gets a new epoch first.
  */
 import type { Delivery, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
-import type { StoredPayload } from './transport.js'
+import type { GroupStamp, HistoryRead } from './transport.js'
 
 /** Reads of one gap, in all, before what it holds is given up for lost; the first retry after this. */
 const READ_TRIES = 3
@@ -39,7 +42,7 @@ export interface GapReader {
   /** The size of the history this process keeps for the group (undefined without): only then are gaps read back. */
   historySize (group: string): number | undefined
   /** The group's stored messages after `since` (oldest first, at most `limit`), and its position. */
-  read (group: string, since: StreamPosition, limit: number): Promise<{ position: StreamPosition, stored: StoredPayload[] }>
+  read (group: string, since: StreamPosition, limit: number): Promise<HistoryRead>
   /** A stored payload's message; throws when it cannot be decoded. */
   decode (payload: Buffer): LayerMessage
   /**
@@ -51,7 +54,7 @@ export interface GapReader {
    * The group's offsets went back in `epoch`: it is given a new one, so that members whose
    * position is in `epoch` recover from it no more (their next join is not recovered).
    */
-  renewEpoch (group: string, epoch: string): void
+  renewEpoch (group: string, epoch: string): Promise<void>
   /** Whether the backend is reachable: a gap whose reads failed while it was not waits for it. */
   up: () => boolean
   log: () => LayerLogger
@@ -62,8 +65,10 @@ interface Stream {
   /** The last offset handed on (or, with `baseline`, the position of a join). */
   offset: number
   baseline: boolean
+  /** The stamp of the live message at `offset`; undefined when none was heard there (a baseline, a read). */
+  stamp?: GroupStamp
   /** Live messages waiting for a read of the history to be handed on first. */
-  waiting: Array<[LayerMessage, Delivery]> | undefined
+  waiting: Array<[LayerMessage, Delivery, GroupStamp | undefined]> | undefined
   /** A gap (or the read after an outage) whose reads failed while the backend was gone: read once it is back (`recover()`). */
   unread?: { before: number, limit: number }
   /** An outage ended while a gap was being read: once that is done, read what it published. */
@@ -80,11 +85,11 @@ export class StreamGaps {
     this.#reader = reader
   }
 
-  /** A live message of the group. */
-  arrive (group: string, message: LayerMessage, info: Delivery): void {
+  /** A live message of the group, with its stamp when it has history. */
+  arrive (group: string, message: LayerMessage, info: Delivery, stamp?: GroupStamp): void {
     const stream = this.#streams.get(group)
-    if (stream?.waiting !== undefined) stream.waiting.push([message, info])
-    else this.#pass(group, stream, message, info)
+    if (stream?.waiting !== undefined) stream.waiting.push([message, info, stamp])
+    else this.#pass(group, stream, message, info, stamp)
   }
 
   /** A join of the group read its position: a gap after it can be told from then on. */
@@ -124,12 +129,12 @@ export class StreamGaps {
     this.#streams.clear()
   }
 
-  #pass (group: string, stream: Stream | undefined, message: LayerMessage, info: Delivery): void {
+  #pass (group: string, stream: Stream | undefined, message: LayerMessage, info: Delivery, stamp: GroupStamp | undefined): void {
     const { offset, epoch } = info
     // A presence announcement, or a group without history: nothing to go by.
     if (offset === undefined || epoch === undefined) return this.#reader.deliver(group, message, info, false)
     if (stream === undefined || stream.epoch !== epoch) {
-      this.#streams.set(group, { epoch, offset, baseline: false, waiting: undefined })
+      this.#streams.set(group, { epoch, offset, baseline: false, stamp, waiting: undefined })
       return this.#reader.deliver(group, message, info, false)
     }
     if (offset <= stream.offset) {
@@ -138,15 +143,17 @@ export class StreamGaps {
       const read = stream.readBack
       if (read !== undefined && offset >= read[0] && offset <= read[1]) return // a copy
       this.#wentBack(group, stream, offset)
+      stream.stamp = stamp
       return this.#reader.deliver(group, message, info, false)
     }
     const size = offset > stream.offset + 1 ? this.#reader.historySize(group) : undefined
     if (size !== undefined) {
-      stream.waiting = [[message, info]]
+      stream.waiting = [[message, info, stamp]]
       void this.#fill(group, stream, offset, Math.min(offset - stream.offset - 1, size))
       return
     }
     stream.offset = offset
+    stream.stamp = stamp
     stream.baseline = false
     this.#reader.deliver(group, message, info, false)
   }
@@ -184,6 +191,19 @@ export class StreamGaps {
       missing = 0
     }
     if (this.#streams.get(group) !== stream) return
+    if (read !== undefined && outage && writtenAgain(stream, read)) {
+      // The message at the last offset heard is not the one heard: the backend lost its last
+      // writes, and other processes have sent past this offset again since. Read from there, so
+      // that members see the offset go back, but give the group its new epoch first: a member
+      // that re-joins from its position then is not told it recovered.
+      reader.log().warn({ group, offset: after }, 'the group\'s message at the last offset this process heard was written again (Redis lost its last writes); following it, in a new epoch')
+      read = await reader.read(group, { epoch: stream.epoch, offset: after - 1 }, limit).catch(() => undefined)
+      await reader.renewEpoch(group, stream.epoch)
+      if (this.#streams.get(group) !== stream) return
+      stream.offset = after - 1
+      stream.stamp = undefined
+      stream.readBack = undefined
+    }
     if (read !== undefined) {
       const { position, stored } = read
       // After an outage in which the backend lost the group's history, its new epoch is read from
@@ -206,6 +226,7 @@ export class StreamGaps {
           }
           missing--
           stream.offset = offset
+          stream.stamp = undefined
           const read = stream.readBack
           stream.readBack = read === undefined ? [offset, offset] : [Math.min(read[0], offset), offset]
           reader.deliver(group, message, { group, offset, epoch: stream.epoch }, true)
@@ -251,9 +272,15 @@ export class StreamGaps {
         for (let j = i; j < waiting.length; j++) later.push(waiting[j])
         return
       }
-      this.#pass(group, stream, waiting[i][0], waiting[i][1])
+      this.#pass(group, stream, waiting[i][0], waiting[i][1], waiting[i][2])
     }
   }
+}
+
+/** Whether the message at the stream's offset was written again since it was heard (its stamp differs). */
+function writtenAgain (stream: Stream, read: HistoryRead): boolean {
+  return read.position.epoch === stream.epoch && stream.stamp !== undefined &&
+    read.stampAtSince !== undefined && read.stampAtSince !== stream.stamp
 }
 
 /** Read anew: a pass may have started a read (TypeScript keeps the narrowing across calls). */

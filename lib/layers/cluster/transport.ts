@@ -94,6 +94,20 @@ export interface JoinResult {
   missed: StoredPayload[]
 }
 
+/**
+ * When the backend wrote a group message (its clock, in ms): published with the message, and kept
+ * with it. Two writes of one offset in one epoch have different stamps, so a process can tell that
+ * the message at an offset it heard was written again (the backend lost its last writes).
+ */
+export type GroupStamp = number
+
+export interface HistoryRead {
+  position: StreamPosition
+  stored: StoredPayload[]
+  /** The stamp of the message at `since`, when `since` is in this epoch and the message is kept. */
+  stampAtSince?: GroupStamp
+}
+
 /** A presence entry with its info encoded. */
 export type StoredPresence = readonly [channel: string, info: Buffer]
 
@@ -130,9 +144,12 @@ export interface Transport {
    * publishes it on the group's route in the same round trip.
    */
   removeMembers (group: string, channels: readonly string[], what: string, notice?: Buffer): Promise<StoredPresence[]>
-  /** The kept payloads: after `since` (oldest first) when it is in this epoch, else the latest `limit`. */
+  /**
+   * The kept payloads: after `since` (oldest first) when it is in this epoch, else the latest
+   * `limit`; and when the one at `since` was written, if it is kept (see `GroupStamp`).
+   */
   readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string):
-  Promise<{ position: StreamPosition, stored: StoredPayload[] }>
+  Promise<HistoryRead>
   /**
    * The group's offsets went back in epoch `seen` (the backend lost its last writes): it gets a new
    * epoch, unless it has one already, so that positions in `seen` are recovered no more.

@@ -4,7 +4,8 @@
  *
  *   P:h:{group}   hash    e: epoch, t: the latest offset (expires `idle` after the last use)
  *   P:s:{group}   stream  id <offset>-0, fields p: payload, t: server ms (trimmed to `size`,
- *                         expires `ttl` after the last send)
+ *                         expires `ttl` after the last send); `t` also tells one write of an
+ *                         offset from another (a Redis that lost its last writes gives it again)
  *   P:pi:{group}  hash    channel → presence info of a membership recorded in P:gm:{group}
  */
 import { recordMembersLua, script } from './scripts.js'
@@ -40,8 +41,9 @@ end
 /**
  * A group message with history. KEYS meta, stream, named members; ARGV payload, size, ttl ms,
  * idle ms, epoch candidate, '1' for sharded pub/sub, the group's pub/sub channel.
- * Takes the next offset, keeps the payload, publishes it followed by its position [offset, epoch]
- * (a second msgpack value), and returns { offset, epoch, live named members }. The channel is an
+ * Takes the next offset, keeps the payload, publishes it followed by its position and when it
+ * was written [offset, epoch, t] (a second msgpack value), and returns { offset, epoch, live
+ * named members }. The channel is an
  * argument, not a key: ioredis applies its keyPrefix to a script's KEYS, and not to the channels
  * the layer subscribes.
  */
@@ -49,7 +51,7 @@ export const publishWithHistory = script(3, `${epochLua('KEYS[1]', 'KEYS[2]', 'A
 local offset = redis.call('HINCRBY', KEYS[1], 't', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'p', ARGV[1], 't', now)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call(ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[7], ARGV[1] .. cmsgpack.pack({offset, epoch}))
+redis.call(ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[7], ARGV[1] .. cmsgpack.pack({offset, epoch, now}))
 return {offset, epoch, redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf')}
 `)
 
@@ -165,7 +167,8 @@ return epoch
  * A group's history for reading. KEYS meta, stream; ARGV ttl ms, idle ms, epoch candidate,
  * since epoch ('' for none), since offset, limit. Oldest first after `since` when it is in this
  * epoch (from the start otherwise), the latest `limit` without `since`.
- * Returns { epoch, latest offset, entries as offset, payload pairs (newest first without since) }.
+ * Returns { epoch, latest offset, entries as offset, payload pairs (newest first without since),
+ * when the entry at `since` was written (false when none is kept) }.
  */
 export const readHistory = script(2, `${LIVE_ENTRIES}${epochLua('KEYS[1]', 'KEYS[2]', 'ARGV[3]', 'ARGV[2]')}
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
@@ -177,9 +180,14 @@ if ARGV[4] == '' then
   return {epoch, top, out}
 end
 local from = 1
-if ARGV[4] == epoch then from = tonumber(ARGV[5]) + 1 end
+local at = false
+if ARGV[4] == epoch then
+  from = tonumber(ARGV[5]) + 1
+  local entry = redis.call('XRANGE', KEYS[2], ARGV[5] .. '-0', ARGV[5] .. '-0')
+  if #entry > 0 then at = tonumber(entry[1][2][4]) end
+end
 -- Nothing after a position ahead of the group's (and Lua would write a large one as 1e+15).
-if from > top then return {epoch, top, out} end
+if from > top then return {epoch, top, out, at} end
 -- Expired entries are the oldest ones: skip them a chunk at a time until \`limit\` live ones are found.
 while #out < 2 * limit do
   local chunk = redis.call('XRANGE', KEYS[2], from .. '-0', '+', 'COUNT', limit)
@@ -188,5 +196,5 @@ while #out < 2 * limit do
   from = tonumber(string.match(chunk[#chunk][1], '^%d+')) + 1
 end
 while #out > 2 * limit do table.remove(out) end
-return {epoch, top, out}
+return {epoch, top, out, at}
 `)

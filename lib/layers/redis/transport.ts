@@ -7,7 +7,7 @@
  * it comes as a string, and "0" === 0 would be false.
  */
 import type {
-  ClusterContext, HistoryKeeping, JoinRecord, JoinResult, Route, SharedQueues, StoredPayload, StoredPresence, Transport
+  ClusterContext, HistoryKeeping, HistoryRead, JoinRecord, JoinResult, Route, SharedQueues, StoredPayload, StoredPresence, Transport
 } from '../cluster/transport.js'
 import type { StreamPosition } from '../types.js'
 import { newEpoch } from '../history.js'
@@ -143,15 +143,16 @@ export class RedisTransport implements Transport {
     return storedPresence(removed)
   }
 
-  async readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string):
-  Promise<{ position: StreamPosition, stored: StoredPayload[] }> {
-    const [epoch, top, entries] = await this.#connections.run(what, client => runScript(client, readHistory,
+  async readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string): Promise<HistoryRead> {
+    const [epoch, top, entries, at] = await this.#connections.run(what, client => runScript(client, readHistory,
       [this.#keys.meta(group), this.#keys.stream(group)],
-      [history.ttlMs, history.idleMs, newEpoch(), since?.epoch ?? '', since?.offset ?? 0, limit], true)) as [Buffer, number | string, Buffer[]]
+      [history.ttlMs, history.idleMs, newEpoch(), since?.epoch ?? '', since?.offset ?? 0, limit], true)) as [Buffer, number | string, Buffer[], number | string | null | undefined]
     const stored = storedPayloads(entries)
     // Without `since` the latest come newest first.
     if (since === undefined) stored.reverse()
-    return { position: { offset: Number(top), epoch: epoch.toString() }, stored }
+    const read: HistoryRead = { position: { offset: Number(top), epoch: epoch.toString() }, stored }
+    if (at !== null && at !== undefined) read.stampAtSince = Number(at)
+    return read
   }
 
   async renewEpoch (group: string, seen: string, what: string): Promise<void> {
