@@ -250,7 +250,7 @@ export class StreamGaps {
     this.#reader.log().warn({ group, offset, heard: stream.offset }, 'the group\'s offsets went back (Redis lost its last writes); following them, in a new epoch')
     stream.offset = offset
     stream.readBack = undefined
-    this.#reader.renewEpoch(group, stream.epoch)
+    void this.#reader.renewEpoch(group, stream.epoch)
   }
 
   /** The read after an outage, for a stream no read is under way for. */
