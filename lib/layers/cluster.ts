@@ -29,6 +29,7 @@ import { Envelope, WireCodec, reviveMessage } from './codec.js'
 import { PayloadCipher, type EncryptionKey } from './encryption.js'
 import { OwnerRequests } from './cluster/requests.js'
 import { Fences } from './cluster/fences.js'
+import { SentPositions } from './cluster/sent-positions.js'
 import { Memberships, NO_JOIN } from './cluster/memberships.js'
 import { keepingOf, type ClusterContext, type Route, type Transport } from './cluster/transport.js'
 
@@ -74,6 +75,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   readonly #codec: WireCodec
   readonly #memberships: Memberships
   readonly #fences: Fences
+  readonly #sent = new SentPositions()
   readonly #requests: OwnerRequests
   readonly #inbox: Route
   #everUp = false
@@ -206,6 +208,10 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const history = policy?.history
     const { named, position } = await this.transport.publishToGroup(group, this.#codec.encodeEnvelope([Envelope.group, message]), what,
       history === undefined ? undefined : keepingOf(history, this.groupExpiryMs))
+    if (position !== undefined && this.#sent.wentBack(group, position)) {
+      this.log.warn({ group, offset: position.offset }, 'a group send got an offset this process was given before (Redis lost its last writes); the group gets a new epoch')
+      await this.#memberships.renewEpoch(group, position.epoch)
+    }
     // Named channels are queues in the backend, not members of any process: the sender fills them.
     if (named.length > 0) {
       const info: Delivery = position === undefined ? { group } : { group, offset: position.offset, epoch: position.epoch }

@@ -592,6 +592,9 @@ t.test('a Redis that lost its last writes, and whose offsets other processes sen
   for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
   t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
 
+  // A process that had sent nothing to the group before: it cannot tell the offsets went back.
+  const another = new RedisChannelLayer({ url: REDIS_URL, prefix: sender.prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } } })
+  t.teardown(() => another.close())
   await cutOffWhile(proxy, layer, async () => {
     // A restart from a snapshot taken after the first line, then another process sends on: lines
     // 4 and 5 take offsets 2 and 3 again, in the same epoch, and 6 and 7 go past what was heard.
@@ -600,14 +603,34 @@ t.test('a Redis that lost its last writes, and whose offsets other processes sen
     const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
     await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
     const offsets: unknown[] = []
-    for (const n of [4, 5, 6, 7]) offsets.push((await sender.groupSend('feed', { type: 'line', n }))?.offset)
+    for (const n of [4, 5, 6, 7]) offsets.push((await another.groupSend('feed', { type: 'line', n }))?.offset)
     t.same(offsets, [2, 3, 4, 5], 'the lines take offsets already given out, then new ones')
   })
   t.same(await linesUntilQuiet(layer, member), [5, 6, 7], 'the members get the group from the last offset they heard, which they see again: the offset went back')
-  const next = await sender.groupSend('feed', { type: 'line', n: 8 })
+  const next = await another.groupSend('feed', { type: 'line', n: 8 })
   t.ok(next !== undefined && heard !== undefined && next.epoch !== heard.epoch, 'the group went on in a new epoch')
   t.match(await sender.groupAdd('feed', await sender.newChannel(), { since: heard }), { recovered: false }, 'so a member that heard line 3 at offset 3 is not told it recovered')
   t.same(await linesUntilQuiet(layer, member), [8])
+})
+
+t.test('a Redis that lost its last writes of a group no process listens to: the sender notices its offsets go back, and the group gets a new epoch', async t => {
+  if (!await requireRedis(t)) return
+  const prefix = uniquePrefix('fc-sender-back')
+  const warnings: string[] = []
+  const log = { warn: (_: object, msg?: string) => { warnings.push(String(msg)) }, debug: () => {}, error: () => {} }
+  const sender = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } }, log })
+  t.teardown(() => sender.close())
+  let heard: StreamPosition | undefined
+  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
+  const admin = adminClient(t)
+  const stream = `${prefix}:s:{feed}`
+  const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
+  await admin.multi().hset(`${prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
+  t.same((await sender.groupSend('feed', { type: 'line', n: 4 }))?.offset, 2, 'a send gets an offset it was given before')
+  t.match(warnings, [/got an offset this process was given before/])
+  const next = await sender.groupSend('feed', { type: 'line', n: 5 })
+  t.ok(next !== undefined && heard !== undefined && next.epoch !== heard.epoch && next.offset === 3, 'the next goes on in a new epoch, offsets kept')
+  t.match(await sender.groupAdd('feed', await sender.newChannel(), { since: heard }), { recovered: false }, 'a position from before is recovered no more')
 })
 
 t.test('a group whose offsets go back while the process hears it (a Cluster master restarted from an older snapshot, unseen) reaches its members: nothing taken for a copy', async t => {

@@ -83,11 +83,7 @@ export class Memberships {
         return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`)
       },
       decode: payload => this.#decode(payload),
-      renewEpoch: async (group, epoch) => {
-        await this.#transport.renewEpoch(group, epoch, `new epoch for ${group}`).catch((err: unknown) => {
-          settings.log().warn({ err, group }, 'could not give the group a new epoch; positions in the old one may still be taken for recovered')
-        })
-      },
+      renewEpoch: async (group, epoch) => { await this.renewEpoch(group, epoch) },
       deliver: (group, message, info, readBack) => { this.#fanOut(group, message, info, readBack) },
       up: () => this.#transport.up,
       log: settings.log
@@ -116,6 +112,16 @@ export class Memberships {
   /** A group message from the group's route: to the local members, and held for joining ones. */
   deliver (group: string, message: LayerMessage, info: Delivery, stamp: GroupStamp | undefined): void {
     this.#gaps.arrive(group, message, info, stamp)
+  }
+
+  /**
+   * The group's offsets went back in `epoch` (the backend lost its last writes): it gets a new
+   * epoch, unless another process gave it one already. Never rejects: a failure is logged.
+   */
+  async renewEpoch (group: string, epoch: string): Promise<void> {
+    await this.#transport.renewEpoch(group, epoch, `new epoch for ${group}`).catch((err: unknown) => {
+      this.#settings.log().warn({ err, group }, 'could not give the group a new epoch; positions in the old one may still be taken for recovered')
+    })
   }
 
   /** After an outage: what the groups with history published meanwhile, to their local members. */
