@@ -172,7 +172,7 @@ for (const [kind, wrap] of [
   ['a pushing layer', (inner: InMemoryChannelLayer): ChannelLayer => inner],
   ['a polled layer', contractOnly]
 ] as const) {
-  t.test(`${kind}: after stop() later messages stay in the layer`, async t => {
+  t.test(`${kind}: after stop() nothing more is taken; until release() a pushing layer's messages are dropped, then they wait in the layer`, async t => {
     const h = harness()
     const inner = new InMemoryChannelLayer()
     t.teardown(() => inner.close())
@@ -182,10 +182,17 @@ for (const [kind, wrap] of [
     await eventually(() => h.handled.length === 1)
     h.flow.stop()
     await new Promise(resolve => setImmediate(resolve))
-    await layer.send(channel, { type: 'after' })
+    await layer.send(channel, { type: 'while ending' })
     await new Promise(resolve => setTimeout(resolve, 20))
     t.same(h.handled, [{ type: 'before' }], 'nothing taken after stop()')
-    t.same(await layer.receive(channel), { type: 'after' }, 'the message waits in the channel')
+    h.flow.release()
+    await layer.send(channel, { type: 'after' })
+    const next = await layer.receive(channel)
+    if (kind === 'a pushing layer') {
+      t.same(next, { type: 'after' }, 'what came while the connection ended was dropped; after release() a message waits in the channel')
+    } else {
+      t.same(next, { type: 'while ending' }, 'a polled layer keeps what it was sent: the pump took nothing more')
+    }
     t.same(h.failures, [], 'stopping is not a failure')
   })
 
