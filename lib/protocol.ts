@@ -1,7 +1,7 @@
 /**
  * The JSON protocol that GroupsConsumer and ChannelsClient speak, one text frame per object
- * (the README's "The wire protocol" says what each frame means). Types, and the one check both
- * sides make of a value (a position); nothing here imports a server module.
+ * (the README's "The wire protocol" says what each frame means). Types only: nothing here reaches
+ * the client's bundle, and nothing here imports a server module.
  */
 import type { PresenceEntry, StreamPosition } from './layers/types.js'
 
@@ -43,13 +43,3 @@ export type ServerToClient = JoinedFrame | MessageFrame | PresenceFrame | ReplyF
  * derives it from the server's class.
  */
 export type ApiShape = { [action: string]: { args: unknown, result: unknown } }
-
-const MAX_EPOCH_LENGTH = 100
-
-/** Whether `value` is a position a join may ask to recover from: `{ offset, epoch }`. */
-export function isPosition (value: unknown): value is StreamPosition {
-  if (value === null || typeof value !== 'object') return false
-  const { offset, epoch } = value as Record<string, unknown>
-  return Number.isSafeInteger(offset) && (offset as number) >= 0 &&
-    typeof epoch === 'string' && epoch.length > 0 && epoch.length <= MAX_EPOCH_LENGTH
-}

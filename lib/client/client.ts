@@ -7,7 +7,8 @@
  * - A call waits for its reply until its timeout; one in flight when the socket drops is rejected
  *   (whether it ran is unknown). Calls made while disconnected are sent once connected.
  */
-import { isPosition, type ApiShape, type ServerToClient } from '../protocol.js'
+import type { ApiShape, ServerToClient } from '../protocol.js'
+import { isPosition } from './position.js'
 import { GroupSubscription, type Subscription, type SubscriptionHandlers } from './subscription.js'
 import { Calls } from './calls.js'
 import { ReconnectingSocket } from './reconnecting-socket.js'

@@ -4,7 +4,8 @@
  * A frame that cannot be read is refused with the error to answer it with; `group` or `id` is kept
  * when the frame had a usable one, so the client can tell which of its requests failed.
  */
-import { isPosition, type CallId } from '../protocol.js'
+import type { CallId } from '../protocol.js'
+import { isPosition } from '../client/position.js'
 import type { StreamPosition } from '../layers/types.js'
 import { MAX_NAME_LENGTH } from '../layers/names.js'
 import { BadFrameError, UnknownOpError } from '../errors.js'

@@ -6,6 +6,8 @@
 import t from 'tap'
 import { build } from 'esbuild'
 import { fileURLToPath } from 'node:url'
+import { readdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
 // @ts-expect-error a plain ES module script, without declarations
 import { clientSize, BUDGET } from '../../bench/client-size.js'
 
@@ -18,7 +20,17 @@ t.test('fastify-channels/client is under 5 KB gzipped', async t => {
 t.test('the bundle holds only the client\'s own files', async t => {
   const entry = fileURLToPath(new URL('../../lib/client/index.ts', import.meta.url))
   const result = await build({ entryPoints: [entry], bundle: true, write: false, metafile: true, platform: 'browser', format: 'esm', logLevel: 'silent' })
-  // lib/protocol.ts is the wire protocol both sides speak (its one check, a position's, included).
-  t.same(Object.keys(result.metafile.inputs).sort(), ['lib/client/calls.ts', 'lib/client/client.ts', 'lib/client/errors.ts', 'lib/client/index.ts', 'lib/client/options.ts', 'lib/client/reconnecting-socket.ts', 'lib/client/subscription.ts', 'lib/protocol.ts'],
+  t.same(Object.keys(result.metafile.inputs).sort(), ['lib/client/calls.ts', 'lib/client/client.ts', 'lib/client/errors.ts', 'lib/client/index.ts', 'lib/client/options.ts', 'lib/client/position.ts', 'lib/client/reconnecting-socket.ts', 'lib/client/subscription.ts'],
     'no server module and no dependency is bundled')
+})
+
+t.test('no file of the client imports anything outside lib/client/ at run time: dist/client/ is served as plain ES modules', async t => {
+  const dir = fileURLToPath(new URL('../../lib/client/', import.meta.url))
+  const outside: string[] = []
+  for (const file of readdirSync(dir).filter(name => name.endsWith('.ts'))) {
+    for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
+      if (/^(import|export) (?!type )[^'"]*from '\.\.\//.test(line)) outside.push(`${file}: ${line}`)
+    }
+  }
+  t.same(outside, [], 'only type imports reach outside it')
 })
