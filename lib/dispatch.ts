@@ -72,7 +72,15 @@ export function findHandlerByType (target: object, type: string): MessageHandler
   // there, it reads the prototype directly instead of calling into the runtime per delivery.
   const proto = Object.getPrototypeOf(target) as object
   // A fan-out asks for one type on one class, member after member: the last answer first.
-  const name = proto === lastProto && type === lastType ? lastName : nameFor(proto, type)
+  let name: string | null
+  if (proto === lastProto && type === lastType) {
+    name = lastName
+    // The same text in another string (each message decoded from Redis brings its own): kept, so
+    // that the next members compare the same string, at once, instead of character by character.
+    lastType = type
+  } else {
+    name = nameFor(proto, type)
+  }
   return name !== null ? (target as Record<string, MessageHandler>)[name] : ownHandler(target, type)
 }
 
