@@ -28,6 +28,11 @@ export interface LeaseHolder {
   reapable: () => string[]
   /** Tells a group of presence entries that came (written again: they had been lost) or went (reaped). */
   announce: (group: string, type: 'presence.join' | 'presence.leave', entries: StoredPresence[]) => Promise<void>
+  /**
+   * The backend had lost presence entries of the group (these were written again): so were, with
+   * them, those of processes that died meanwhile, which no one will announce gone.
+   */
+  presenceLost: (group: string) => void
 }
 
 export class Leases {
@@ -117,8 +122,11 @@ export class Leases {
     const work = this.#holder.due()
     try {
       // An entry written again was lost (the backend's data, or reaped while this process stalled): announced anew.
-      await Promise.all(work.map(async ([group, members, presence]) =>
-        await this.#holder.announce(group, 'presence.join', await this.#transport.recordMembers(group, members, 'renew memberships', presence))))
+      await Promise.all(work.map(async ([group, members, presence]) => {
+        const restored = await this.#transport.recordMembers(group, members, 'renew memberships', presence)
+        if (restored.length > 0) this.#holder.presenceLost(group)
+        await this.#holder.announce(group, 'presence.join', restored)
+      }))
       return true
     } catch (err) {
       this.#log().warn({ err }, 'could not renew group memberships; retrying')

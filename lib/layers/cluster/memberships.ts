@@ -13,6 +13,7 @@
  * nothing is missed and nothing comes twice. (catch-ups.ts keeps the held messages and positions.)
  */
 import type { LocalStore } from '../local-store.js'
+import { SKIPPED } from '../local-channels.js'
 import type { Policy } from '../policies.js'
 import type { JoinRequest } from '../arguments.js'
 import { reviveMessage, type WireCodec } from '../codec.js'
@@ -91,7 +92,8 @@ export class Memberships {
     this.#leases = new Leases(this.#transport, {
       due: () => this.#due(),
       reapable: () => [...this.#groups].filter(group => settings.presenceEvents(group) || this.#presence.has(group)),
-      announce: (group, type, entries) => this.#announceAll(group, type, entries)
+      announce: (group, type, entries) => this.#announceAll(group, type, entries),
+      presenceLost: group => { this.#presenceLost(group) }
     }, this.#leaseMs, settings.log)
   }
 
@@ -189,6 +191,19 @@ export class Memberships {
   /** Announces removed presence entries to a group that wants to hear of them; a failure is logged. */
   announceGone (group: string, removed: StoredPresence[]): Promise<void> {
     return this.#announceAll(group, 'presence.leave', removed)
+  }
+
+  /**
+   * The group's presence entries were lost in the backend, and written back by the processes that
+   * are alive: what members were told of the others' (announced joins of processes that died
+   * since) no longer holds. Each local member gets the marker of skipped announcements, in order,
+   * so that a consumer that keeps a list (GroupsConsumer) reads it afresh.
+   */
+  #presenceLost (group: string): void {
+    if (!this.#settings.presenceEvents(group)) return
+    const members = this.#store.members(group)
+    if (members === undefined) return
+    for (const channel of [...members.keys()]) this.#store.deliver(channel, SKIPPED, { group }, true)
   }
 
   async #announceAll (group: string, type: 'presence.join' | 'presence.leave', entries: readonly StoredPresence[]): Promise<void> {
