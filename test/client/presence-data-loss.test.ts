@@ -8,14 +8,14 @@ import WebSocket from 'ws'
 import { ChannelsClient } from '../../lib/client/index.js'
 import { RedisChannelLayer, type ApiOf } from '../../lib/index.js'
 import { eventually } from '../helpers/app.js'
-import { REDIS_URL, adminClient, requireRedis, stallingProxy, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, cleanedPrefix, requireRedis, stallingProxy } from '../helpers/redis.js'
 import { Rooms, roomGroups, roomsApp } from '../groups/rooms.js'
 
 type RoomsApi = ApiOf<typeof Rooms>
 
 t.test('a process that died, then Redis lost its data: its entry leaves the other clients\' presence lists', async t => {
   if (!await requireRedis(t)) return
-  const prefix = uniquePrefix('fc-presence-lost')
+  const prefix = cleanedPrefix(t, 'fc-presence-lost')
   // Renewals every half second: the surviving process notices the loss at its next one.
   const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, groups: roomGroups, membershipLease: 1.5 })
   const server = await roomsApp({ layer })
