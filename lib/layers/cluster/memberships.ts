@@ -13,16 +13,15 @@
  * nothing is missed and nothing comes twice. (catch-ups.ts keeps the held messages and positions.)
  */
 import type { LocalStore } from '../local-store.js'
-import { SKIPPED } from '../local-channels.js'
 import type { Policy } from '../policies.js'
 import type { JoinRequest } from '../arguments.js'
 import { reviveMessage, type WireCodec } from '../codec.js'
-import { isDeepStrictEqual } from 'node:util'
-import type { Delivery, GroupJoin, LayerLogger, LayerMessage, PresenceInfo, StreamPosition } from '../types.js'
+import type { Delivery, GroupJoin, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
 import { ttl, withTimeout } from '../deadline.js'
 import { keepingOf, type GroupStamp, type Route, type StoredPayload, type StoredPresence, type Transport } from './transport.js'
 import type { HistoryPolicy } from '../history.js'
 import { RecordedPresence } from './recorded-presence.js'
+import { PresenceAnnouncements } from './presence-announcements.js'
 import { CatchUps, type Held } from './catch-ups.js'
 import { StreamGaps } from './stream-gaps.js'
 import { Leases, type DueRecords } from './leases.js'
@@ -67,6 +66,8 @@ export class Memberships {
   readonly #turns = new MembershipTurns()
   /** What joins here recorded as presence (written back if lost); in those groups, dead processes' entries are reaped too. */
   readonly #presence = new RecordedPresence()
+  /** What the groups hear of presence entries that come and go (presence-announcements.ts). */
+  readonly #announcements: PresenceAnnouncements
   /** The records' renewal (leases.ts). */
   readonly #leases: Leases
   #closed = false
@@ -76,6 +77,7 @@ export class Memberships {
     this.#transport = settings.transport
     this.#settings = settings
     this.#leaseMs = settings.leaseMs
+    const announcements = this.#announcements = new PresenceAnnouncements(settings)
     this.#gaps = new StreamGaps({
       historySize: group => settings.history(group)?.size,
       read: async (group, since, limit) => {
@@ -84,7 +86,7 @@ export class Memberships {
         return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`)
       },
       decode: payload => this.#decode(payload),
-      renewEpoch: async (group, epoch) => { await this.renewEpoch(group, epoch) },
+      renewEpoch: (group, epoch) => this.renewEpoch(group, epoch),
       deliver: (group, message, info, readBack) => { this.#fanOut(group, message, info, readBack) },
       up: () => this.#transport.up,
       log: settings.log
@@ -92,8 +94,8 @@ export class Memberships {
     this.#leases = new Leases(this.#transport, {
       due: () => this.#due(),
       reapable: () => [...this.#groups].filter(group => settings.presenceEvents(group) || this.#presence.has(group)),
-      announce: (group, type, entries) => this.#announceAll(group, type, entries),
-      presenceLost: group => { this.#presenceLost(group) }
+      announce: (group, type, entries) => announcements.all(group, type, entries),
+      presenceLost: group => { announcements.lost(group) }
     }, this.#leaseMs, settings.log)
   }
 
@@ -190,29 +192,7 @@ export class Memberships {
 
   /** Announces removed presence entries to a group that wants to hear of them; a failure is logged. */
   announceGone (group: string, removed: StoredPresence[]): Promise<void> {
-    return this.#announceAll(group, 'presence.leave', removed)
-  }
-
-  /**
-   * The group's presence entries were lost in the backend, and written back by the processes that
-   * are alive: what members were told of the others' (announced joins of processes that died
-   * since) no longer holds. Each local member gets the marker of skipped announcements, in order,
-   * so that a consumer that keeps a list (GroupsConsumer) reads it afresh.
-   */
-  #presenceLost (group: string): void {
-    if (!this.#settings.presenceEvents(group)) return
-    const members = this.#store.members(group)
-    if (members === undefined) return
-    for (const channel of [...members.keys()]) this.#store.deliver(channel, SKIPPED, { group }, true)
-  }
-
-  async #announceAll (group: string, type: 'presence.join' | 'presence.leave', entries: readonly StoredPresence[]): Promise<void> {
-    if (entries.length === 0 || !this.#settings.presenceEvents(group)) return
-    try {
-      await Promise.all(entries.map(([channel, info]) => this.#settings.announce(group, type, channel, info)))
-    } catch (err) {
-      this.#settings.log().warn({ err, group }, `could not announce a ${type}`)
-    }
+    return this.#announcements.all(group, 'presence.leave', removed)
   }
 
   /** Subscribes this process' own routes (once; resolves when confirmed). */
@@ -354,7 +334,7 @@ export class Memberships {
       store.addMember(group, channel)
       if (presence !== undefined) {
         this.#presence.record(group, channel, presence)
-        if (this.#changed(result.previousPresence, join.presence)) await this.#announceAll(group, 'presence.join', [[channel, presence]])
+        await this.#announcements.recorded(group, channel, presence, result.previousPresence, join.presence)
       }
       return { position, recovered }
     } catch (err) {
@@ -384,16 +364,6 @@ export class Memberships {
 
   #decode (payload: Buffer): LayerMessage {
     return reviveMessage(this.#settings.codec.decodeEnvelope(payload)?.[1])
-  }
-
-  /** Whether a join changes the presence the membership recorded (sealed bytes differ each time: compare what they hold). */
-  #changed (before: Buffer | null, info: PresenceInfo | undefined): boolean {
-    if (before === null) return true
-    try {
-      return !isDeepStrictEqual(this.#settings.codec.decodeObject(before), info)
-    } catch {
-      return true
-    }
   }
 
   /** What a renewal writes: each group's live members and the presence they recorded; expired ones go. */

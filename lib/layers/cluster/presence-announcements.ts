@@ -1,0 +1,61 @@
+/**
+ * What a group's members hear of the presence entries that come and go, in a group that announces
+ * them (`presenceEvents`): an entry recorded, written back or removed is announced to the group;
+ * a join that records what the membership had recorded already announces nothing; and when the
+ * backend lost the group's entries, the local members are told to read the list afresh, since the
+ * entries of processes that died meanwhile went with the data and no one will announce them gone.
+ */
+import { isDeepStrictEqual } from 'node:util'
+import { SKIPPED } from '../local-channels.js'
+import type { PresenceInfo } from '../types.js'
+import type { MembershipSettings } from './memberships.js'
+import type { StoredPresence } from './transport.js'
+
+export type PresenceChange = 'presence.join' | 'presence.leave'
+
+export class PresenceAnnouncements {
+  readonly #settings: Pick<MembershipSettings, 'store' | 'codec' | 'presenceEvents' | 'announce' | 'log'>
+
+  constructor (settings: Pick<MembershipSettings, 'store' | 'codec' | 'presenceEvents' | 'announce' | 'log'>) {
+    this.#settings = settings
+  }
+
+  /** Announces entries that came or went to a group that wants to hear of them; a failure is logged. */
+  async all (group: string, type: PresenceChange, entries: readonly StoredPresence[]): Promise<void> {
+    if (entries.length === 0 || !this.#settings.presenceEvents(group)) return
+    try {
+      await Promise.all(entries.map(([channel, info]) => this.#settings.announce(group, type, channel, info)))
+    } catch (err) {
+      this.#settings.log().warn({ err, group }, `could not announce a ${type}`)
+    }
+  }
+
+  /** A join recorded `info` (encoded: `recorded`) where the membership had `before`: announced unless it is the same. */
+  async recorded (group: string, channel: string, recorded: Buffer, before: Buffer | null, info: PresenceInfo | undefined): Promise<void> {
+    if (this.#changed(before, info)) await this.all(group, 'presence.join', [[channel, recorded]])
+  }
+
+  /**
+   * The group's entries were lost in the backend, and written back by the processes that are
+   * alive: what members were told of the others' no longer holds. Each local member gets the
+   * marker of skipped announcements, in order, so that a consumer that keeps a list
+   * (GroupsConsumer) reads it afresh.
+   */
+  lost (group: string): void {
+    if (!this.#settings.presenceEvents(group)) return
+    const store = this.#settings.store
+    const members = store.members(group)
+    if (members === undefined) return
+    for (const channel of [...members.keys()]) store.deliver(channel, SKIPPED, { group }, true)
+  }
+
+  /** Whether a join changes the presence the membership recorded (sealed bytes differ each time: compare what they hold). */
+  #changed (before: Buffer | null, info: PresenceInfo | undefined): boolean {
+    if (before === null) return true
+    try {
+      return !isDeepStrictEqual(this.#settings.codec.decodeObject(before), info)
+    } catch {
+      return true
+    }
+  }
+}
