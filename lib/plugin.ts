@@ -298,8 +298,14 @@ async function endConnections (channels: Channels, log: FastifyBaseLogger): Prom
     return
   }
   // An ended response whose body a reader has not taken in yet: it leaves before the server
-  // closes its idle connections, which would cut it off (the closing grace bounds the wait).
-  await Promise.all(open.map(c => c.drained))
+  // closes its idle connections, which would cut it off. The closing grace bounds the wait; the
+  // responses it cut off are counted in one warning, as the WebSocket peers it drops are.
+  const drained = await Promise.all(open.map(c => c.drained))
+  const cutOff = drained.filter(left => !left).length
+  if (cutOff > 0) {
+    log.warn({ responses: cutOff, graceMs: CLOSING_HANDSHAKE_GRACE_MS },
+      'shutdown: readers did not take the rest of their response in time; their responses are cut off')
+  }
 }
 
 /**

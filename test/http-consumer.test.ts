@@ -4,7 +4,7 @@
  * response starts and ends, disconnect() once, shutdown, and what bad calls cost (their own
  * response, nothing else).
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { connect } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -288,7 +288,11 @@ t.test('app.close() ends every stream, runs each disconnect() once, refuses new 
   t.same(inspect(app), empty)
 })
 
-t.test('app.close() with a reader behind: the rest of its stream and the end still reach it once it reads again, within the grace', async t => {
+/**
+ * An event stream with about 1 MiB left waiting in the server's socket for its reader, which has
+ * stopped reading: under maxBufferedBytes (4 MiB), a reader a little behind.
+ */
+async function readerBehind (t: Test) {
   let sent = 0
   let queuedAtServer = (): number => 0
   class Feed extends AsyncHttpConsumer {
@@ -296,16 +300,16 @@ t.test('app.close() with a reader behind: the rest of its stream and the end sti
       const socket = this.scope.request.raw.socket
       queuedAtServer = () => socket.writableLength
       const pad = 'x'.repeat(16 * 1024)
-      // About 1 MiB left waiting in the server's socket: under maxBufferedBytes (4 MiB), a reader a little behind.
       while (socket.writableLength < 1024 * 1024 && sent < 2000) {
         await this.sendEvent({ id: ++sent, data: pad })
         if (sent % 16 === 0) await sleep(1)
       }
     }
   }
-  const { app, base } = await serve(app => app.get('/feed', Feed.asHandler()))
+  const { app, base, logs } = await serve(app => app.get('/feed', Feed.asHandler()))
   const { port } = new URL(base)
   const reader = connect(Number(port), '127.0.0.1')
+  t.teardown(() => { reader.destroy() })
   let body = ''
   reader.setEncoding('latin1')
   reader.on('data', (chunk: string) => { body += chunk })
@@ -313,14 +317,36 @@ t.test('app.close() with a reader behind: the rest of its stream and the end sti
   reader.write('GET /feed HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n')
   reader.pause()
   await eventually(() => queuedAtServer() >= 1024 * 1024, 10_000)
+  return { app, logs, reader, gone, body: () => body, sent: () => sent }
+}
+
+const cutOffWarnings = (logs: Array<{ msg?: unknown }>) => logs.filter(l => /did not take the rest of their response/.test(String(l.msg)))
+
+t.test('app.close() with a reader behind: the rest of its stream and the end still reach it once it reads again, within the grace', async t => {
+  const { app, logs, reader, gone, body, sent } = await readerBehind(t)
   const closing = app.close()
   await sleep(300)
   reader.resume()
   await closing
   await gone
-  const ids = [...body.matchAll(/id: (\d+)\n/g)].map(m => Number(m[1]))
-  t.equal(ids.length, sent, `every event arrived (${ids.length} of ${sent})`)
-  t.ok(body.endsWith('0\r\n\r\n'), 'and the end of the body')
+  const ids = [...body().matchAll(/id: (\d+)\n/g)].map(m => Number(m[1]))
+  t.equal(ids.length, sent(), `every event arrived (${ids.length} of ${sent()})`)
+  t.ok(body().endsWith('0\r\n\r\n'), 'and the end of the body')
+  t.same(cutOffWarnings(logs), [], 'nothing was cut off')
+})
+
+t.test('app.close() with a reader that never reads again: its response is cut off after the 5 s grace, counted in one warning', async t => {
+  const { app, logs, reader, gone, body, sent } = await readerBehind(t)
+  const started = Date.now()
+  await app.close()
+  const took = Date.now() - started
+  reader.resume() // what had reached its kernel, then the end of the connection
+  await gone
+  const ids = [...body().matchAll(/id: (\d+)\n/g)].map(m => Number(m[1]))
+  t.ok(took >= 4000 && took < 15_000, `close() waited for the grace, not longer (${took} ms)`)
+  t.ok(ids.length < sent(), `the reader got part of the stream (${ids.length} of ${sent()} events)`)
+  t.notOk(body().endsWith('0\r\n\r\n'), 'and never the end of the body')
+  t.match(cutOffWarnings(logs), [{ level: 40, responses: 1, graceMs: 5000 }], 'the cut is logged at warn, once')
 })
 
 t.test('a stream whose handle() is still running at shutdown is answered 503', async t => {

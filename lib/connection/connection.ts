@@ -471,9 +471,12 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     return this.#channelName
   }
 
-  /** Resolves once what the socket was last given has left for the peer, where the socket can tell (an HTTP response). */
-  get drained (): Promise<void> {
-    return this.#socket?.drained?.() ?? Promise.resolve()
+  /**
+   * Resolves once what the socket was last given has left for the peer, where the socket can tell
+   * (an HTTP response): false when the socket went first, with some of it.
+   */
+  get drained (): Promise<boolean> {
+    return this.#socket?.drained?.() ?? Promise.resolve(true)
   }
 
   /** Beating: the heartbeat pings only an open connection. */

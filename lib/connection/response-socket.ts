@@ -57,8 +57,10 @@ export class ResponseSocket implements ConnectionSocket {
   // The response is over: ended or closed here (the code), or closed under us.
   #over = false
   #clientGone = false
-  // Ended with body still queued for the client, until the response's 'finish' (or its socket's end).
-  #ending: Promise<void> | null = null
+  // Ended with body still queued for the client, until the response's 'finish' (true), or its
+  // socket's end before it (false).
+  #ending: Promise<boolean> | null = null
+  #cutOff = false
   #onClose: ((code: number) => void) | null = null
   #onPong: (() => void) | null = null
 
@@ -91,8 +93,8 @@ export class ResponseSocket implements ConnectionSocket {
     return this.#ending === null ? 3 : 2
   }
 
-  /** Resolves once an ended response's body has left for the client (or its socket is gone). */
-  drained (): Promise<void> {
+  /** Resolves once an ended response's body has left for the client (true), or its socket is gone first (false). */
+  drained (): Promise<boolean> {
     return this.#ending ?? settled
   }
 
@@ -161,12 +163,14 @@ export class ResponseSocket implements ConnectionSocket {
     res.end()
     if (res.writableFinished || res.destroyed) return
     this.#ending = new Promise(resolve => {
-      const done = (): void => {
+      const done = (left: boolean): void => {
         this.#ending = null
-        resolve()
+        resolve(left)
       }
-      res.once('finish', done)
-      res.once('close', done)
+      // Node emits 'finish' for a response destroyed with its body queued as well: a body cut
+      // off here (terminate()) did not leave.
+      res.once('finish', () => { done(!this.#cutOff) })
+      res.once('close', () => { done(false) })
     })
   }
 
@@ -180,6 +184,7 @@ export class ResponseSocket implements ConnectionSocket {
   }
 
   terminate (): void {
+    if (this.#ending !== null) this.#cutOff = true
     this.#over = true
     this.#res.destroy()
   }
@@ -196,7 +201,7 @@ export class ResponseSocket implements ConnectionSocket {
   resume (): void {}
 }
 
-const settled = Promise.resolve()
+const settled = Promise.resolve(true)
 
 function uncork (tcp: Socket): void {
   tcp.uncork()

@@ -15,8 +15,12 @@ export interface ConnectionSocket extends WritableSocket, Readable {
   close (code: number, reason: string): void
   terminate (): void
   ping (): void
-  /** A socket whose last bytes may still be leaving after close() (an HTTP response): resolves once they have. */
-  drained? (): Promise<void>
+  /**
+   * A socket whose last bytes may still be leaving after close() (an HTTP response): resolves once
+   * they have (true), or once the socket is gone without them (false: the grace dropped a reader
+   * that did not take them, or it left).
+   */
+  drained? (): Promise<boolean>
 }
 
 /** What a connection does with its socket's events. */
