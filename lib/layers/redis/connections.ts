@@ -234,7 +234,8 @@ export class RedisConnections extends EventEmitter {
   /** A connection in subscriber mode: standalone with manual resubscription, or sharded on Cluster. */
   subscriber (): Client {
     if (isCluster(this.cmd)) {
-      const options: ClusterOptions = { shardedSubscribers: true, lazyConnect: true }
+      // Its reads of the slot map are the subscriber's (subscriber.ts), not those of the app's client.
+      const options: ClusterOptions = { shardedSubscribers: true, lazyConnect: true, slotsRefreshInterval: 0 }
       return this.#own(this.cmd.duplicate(undefined, options), 'subscriber')
     }
     return this.#own(this.cmd.duplicate({

@@ -16,6 +16,18 @@ interface Entry {
 
 const noop = (): void => {}
 
+/**
+ * When a slot changes master (a failover, a slot moved), the old master drops its sharded
+ * subscribers' subscriptions to the slot, and ioredis reads the slot map to subscribe again on the
+ * new one. Read before the cluster has settled, the map is the old one: ioredis then stays on a
+ * node that no longer sends the slot's messages, and nothing makes it read the map again. So each
+ * read of the map that ioredis makes of its own accord is followed by these, each this long after
+ * the last, and one is made every SLOTS_READ_MS in any case (a change nothing told of); a read
+ * that finds the map changed subscribes again.
+ */
+const SLOT_REREADS_MS = [1000, 2000, 4000]
+const SLOTS_READ_MS = 30_000
+
 function entry (): Entry {
   let settle = noop
   const done = new Promise<void>(resolve => { settle = resolve })
@@ -34,6 +46,11 @@ export class Subscriber extends EventEmitter {
   // Up until a connection that had been ready is lost: connecting for the first time is no outage.
   #up = true
   #closed = false
+  // Cluster: the next of the reads that follow a read of the slot map, the periodic one, and
+  // whether a read of ours is under way.
+  #reread: NodeJS.Timeout | undefined
+  #periodicRead: NodeJS.Timeout | undefined
+  #readingSlots = false
 
   constructor (connections: RedisConnections, onMessage: (channel: string, payload: Buffer) => void) {
     super()
@@ -81,6 +98,8 @@ export class Subscriber extends EventEmitter {
 
   close (): void {
     this.#closed = true
+    clearTimeout(this.#reread)
+    clearInterval(this.#periodicRead)
     for (const wanted of this.#entries.values()) wanted.settle()
     this.#entries.clear()
     // The connection itself is closed with the others by RedisConnections.close().
@@ -115,6 +134,8 @@ export class Subscriber extends EventEmitter {
         this.#set(true)
       })
       conn.on('close', () => { if (wasReady) this.#set(false) })
+      conn.on('refresh', () => { if (!this.#readingSlots) this.#readSlotsAgain(conn, 0) })
+      this.#periodicRead = setInterval(() => { this.#readSlots(conn, noop) }, SLOTS_READ_MS).unref()
     } else {
       conn.on('messageBuffer', (channel: Buffer, payload: Buffer) => this.#deliver(channel, payload))
       let wasReady = false
@@ -126,6 +147,22 @@ export class Subscriber extends EventEmitter {
     }
     conn.connect().catch(noop)
     return conn
+  }
+
+  /** The reads of the slot map that follow one ioredis made (SLOT_REREADS_MS), from the `index`th on. */
+  #readSlotsAgain (conn: Cluster, index: number): void {
+    clearTimeout(this.#reread)
+    if (this.#closed || index === SLOT_REREADS_MS.length) return
+    this.#reread = setTimeout(() => { this.#readSlots(conn, () => { this.#readSlotsAgain(conn, index + 1) }) }, SLOT_REREADS_MS[index]).unref()
+  }
+
+  /** A read of the slot map of ours (which the reads above do not follow); `then` once it is over. */
+  #readSlots (conn: Cluster, then: () => void): void {
+    this.#readingSlots = true
+    conn.refreshSlotsCache(() => {
+      this.#readingSlots = false
+      then()
+    })
   }
 
   #deliver (channel: Buffer, payload: Buffer): void {
