@@ -259,10 +259,43 @@ export interface StallingProxy {
    * connection, as a Redis too slow for one call would.
    */
   holdAnswerWith (text: string, ms: number): void
+  /**
+   * Holds, for `ms`, what a connection next sends Redis that contains `text` and what it sends
+   * after it, as a slow link to Redis for that connection would.
+   */
+  holdRequestWith (text: string, ms: number): void
   /** Cuts every connection and refuses new ones, as to a process that died (until `resume`). */
   cut (): void
   /** Sends what was held, in order, and forwards again (and accepts connections again). */
   resume (): void
+}
+
+/** What one side of the proxy's connections sends, held for a while from the chunk that contains a text on. */
+function holder () {
+  let next: { text: string, ms: number } | undefined
+  const heldUntil = new Map<Socket, Buffer[]>()
+  return {
+    arm (text: string, ms: number): void {
+      next = { text, ms }
+    },
+    /** Whether `chunk`, from the connection `from`, is held: then it is written to `to` later, in order. */
+    holds (from: Socket, chunk: Buffer, to: Socket): boolean {
+      const late = heldUntil.get(from)
+      if (late !== undefined) {
+        late.push(chunk)
+        return true
+      }
+      if (next === undefined || !chunk.includes(next.text)) return false
+      const chunks = [chunk]
+      heldUntil.set(from, chunks)
+      setTimeout(() => {
+        heldUntil.delete(from)
+        if (!to.destroyed) for (const held of chunks) to.write(held)
+      }, next.ms)
+      next = undefined
+      return true
+    }
+  }
 }
 
 /** A TCP proxy to `url`'s Redis that can hold Redis' answers back; closed in teardown. */
@@ -272,8 +305,8 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
   let refusing = false
   let dropped: (() => void) | undefined
   let cutting: { text: string, skip: number, done: () => void } | undefined
-  let holding: { text: string, ms: number } | undefined
-  const heldUntil = new Map<Socket, Buffer[]>()
+  const answers = holder()
+  const requests = holder()
   let only: 'subscribers' | 'commands' | undefined
   const subscribers = new WeakSet<Socket>()
   const held: Array<[Socket, Buffer]> = []
@@ -291,24 +324,10 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
     }
     client.on('data', (chunk: Buffer) => {
       if (/subscribe/i.test(chunk.toString('latin1'))) subscribers.add(client)
-      upstream.write(chunk)
+      if (!requests.holds(client, chunk, upstream)) upstream.write(chunk)
     })
     upstream.on('data', chunk => {
-      const late = heldUntil.get(client)
-      if (late !== undefined) {
-        late.push(chunk)
-        return
-      }
-      if (holding !== undefined && chunk.includes(holding.text)) {
-        const chunks = [chunk]
-        heldUntil.set(client, chunks)
-        setTimeout(() => {
-          heldUntil.delete(client)
-          if (!client.destroyed) for (const held of chunks) client.write(held)
-        }, holding.ms)
-        holding = undefined
-        return
-      }
+      if (answers.holds(client, chunk, client)) return
       const holds = stalled && (only === undefined || (only === 'subscribers') === subscribers.has(client))
       if (cutting !== undefined && chunk.includes(cutting.text) && cutting.skip-- === 0) {
         client.destroy()
@@ -340,7 +359,10 @@ export async function stallingProxy (t: Test, url = REDIS_URL): Promise<Stalling
       return new Promise(resolve => { cutting = { text, skip, done: resolve } })
     },
     holdAnswerWith (text, ms) {
-      holding = { text, ms }
+      answers.arm(text, ms)
+    },
+    holdRequestWith (text, ms) {
+      requests.arm(text, ms)
     },
     cut () {
       refusing = true

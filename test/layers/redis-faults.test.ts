@@ -546,6 +546,26 @@ t.test('the read after an outage that fails is tried again, without waiting for 
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
+t.test('a join while the first member\'s subscription to the group is still on its way (a slow link to Redis): it does not wait out the timeout', async t => {
+  if (!await requireRedis(t)) return
+  // A timeout long enough to tell waiting it out from waiting for the subscription.
+  const { proxy, prefix, behind, direct } = await behindProxy(t, 'fc-slow-sub', 10_000)
+  const [first, second] = [await behind.newChannel(), await behind.newChannel()]
+  // The group's SUBSCRIBE reaches Redis 1 s late; commands go on at once.
+  proxy.holdRequestWith(`${prefix}:g:{room}`, 1000)
+  const joined = behind.groupAdd('room', first)
+  await sleep(100)
+  const started = Date.now()
+  await behind.groupAdd('room', second)
+  const took = Date.now() - started
+  await joined
+  t.ok(took < 5000, `the second join waited for the subscription, not for the 10 s timeout (${took} ms)`)
+  await direct.groupSend('room', { type: 'line', n: 1 })
+  t.same(await receiveWithin(behind, first), { type: 'line', n: 1 }, 'both members get the group\'s messages')
+  t.same(await receiveWithin(behind, second), { type: 'line', n: 1 })
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
 t.test('a group message with history that a process\'s subscription missed is read back before the next one', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer: missing, sender } = await historyBehindProxy(t, 'fc-gap')
