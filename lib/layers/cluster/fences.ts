@@ -24,6 +24,7 @@ export class Fences {
   // Markers on their way, per group.
   readonly #passing = new Map<string, number>()
   #next = 0
+  #closed = false
 
   constructor (processToken: string, codec: WireCodec, transport: Transport) {
     this.#token = processToken
@@ -33,20 +34,27 @@ export class Fences {
 
   /**
    * Publishes a marker on `group`'s route, by `publish` (with a backend call of its own) or alone,
-   * and resolves once it is back (or the timeout passed).
+   * and resolves once it is back (or the timeout passed). The marker goes once `heard` says the
+   * route is heard: the first local member's subscription may still be on its way (on Redis
+   * Cluster, a connection to the group's shard opening for it), and a marker published before
+   * would never come back. When it is not (the subscription failed), `publish` runs without one.
    */
-  async pass (group: string, what: string, publish?: (marker: Buffer) => Promise<void>): Promise<void> {
-    const id = this.#next++
-    const marker = this.#codec.encodeEnvelope([Envelope.fence, this.#token, id])
-    const back = new Promise<void>(resolve => {
-      const timer = setTimeout(() => { this.#release(id) }, this.#transport.timeout).unref()
-      this.#waiting.set(id, () => {
-        clearTimeout(timer)
-        resolve()
-      })
-    })
+  async pass (group: string, what: string, heard: Promise<boolean>, publish?: (marker?: Buffer) => Promise<void>): Promise<void> {
     this.#passing.set(group, (this.#passing.get(group) ?? 0) + 1)
     try {
+      if (!await heard || this.#closed) {
+        await publish?.()
+        return
+      }
+      const id = this.#next++
+      const marker = this.#codec.encodeEnvelope([Envelope.fence, this.#token, id])
+      const back = new Promise<void>(resolve => {
+        const timer = setTimeout(() => { this.#release(id) }, this.#transport.timeout).unref()
+        this.#waiting.set(id, () => {
+          clearTimeout(timer)
+          resolve()
+        })
+      })
       if (publish === undefined) await this.#transport.publish({ kind: 'group', group }, marker, what)
       else await publish(marker)
       await back
@@ -69,6 +77,7 @@ export class Fences {
 
   /** The layer closes: nothing waits any longer. */
   close (): void {
+    this.#closed = true
     for (const id of [...this.#waiting.keys()]) this.#release(id)
   }
 

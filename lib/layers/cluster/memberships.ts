@@ -164,12 +164,7 @@ export class Memberships {
     const wait = this.#groups.has(group) && this.#transport.up && (channel === undefined || this.#store.isMember(group, channel))
     if (!wait) return await publish?.()
     try {
-      // The first local member's join may still be subscribing to the route (on Redis Cluster, a
-      // connection to the group's shard may be opening for it): a marker published before the
-      // route is heard would never come back, and the change would wait out the timeout.
-      const heard = await this.#subscribe(group, what).then(() => true, () => false)
-      if (!heard) return await publish?.()
-      await this.#settings.fences.pass(group, what, publish)
+      await this.#settings.fences.pass(group, what, this.#subscribe(group, what).then(() => true, () => false), publish)
     } finally {
       // Kept heard for the marker (fences.ts): left without members meanwhile, it goes now.
       this.#store.alone(() => { this.#releaseIfEmpty(group) })
