@@ -257,9 +257,14 @@ export class Memberships {
     return this.#leases.renew(urgent)
   }
 
-  /** After an outage: renews until what the backend lost is written back (leases.ts). */
-  reassert (): Promise<void> {
-    return this.#leases.reassert()
+  /**
+   * After an outage: renews until what the backend lost is written back (leases.ts). The presence
+   * announcements published meanwhile never reached this process (they are at most once), so the
+   * local members of groups that announce presence are told to read the list afresh.
+   */
+  async reassert (): Promise<void> {
+    await this.#leases.reassert()
+    for (const group of this.#groups) this.#announcements.lost(group)
   }
 
   close (): void {

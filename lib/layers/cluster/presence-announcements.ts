@@ -36,10 +36,10 @@ export class PresenceAnnouncements {
   }
 
   /**
-   * The group's entries were lost in the backend, and written back by the processes that are
-   * alive: what members were told of the others' no longer holds. Each local member gets the
-   * marker of skipped announcements, in order, so that a consumer that keeps a list
-   * (GroupsConsumer) reads it afresh.
+   * What members were told of the others' entries no longer holds: the backend lost the group's
+   * entries (written back by the processes that are alive), or this process was cut off while
+   * announcements went out. Each local member gets the marker of skipped announcements, in
+   * order, so that a consumer that keeps a list (GroupsConsumer) reads it afresh.
    */
   lost (group: string): void {
     if (!this.#settings.presenceEvents(group)) return
