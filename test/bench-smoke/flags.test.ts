@@ -14,7 +14,8 @@ const scripts: Array<[string, string]> = [
   ['memory-margin.js', '--connections'],
   ['group-send.js', '--sends'],
   ['instructions.js', '--messages'],
-  ['instructions-report.js', '--deliveries']
+  ['instructions-report.js', '--deliveries'],
+  ['fuzz.js', '--fault']
 ]
 
 for (const [script, aFlag] of scripts) {
