@@ -82,13 +82,14 @@ export class Positions {
 
   /**
    * The group's offsets went back in the same epoch (Redis lost its last writes and gives their
-   * offsets out again): the client, which has `had`, would drop this message as one it has. It is
+   * offsets out again, or the channel still held messages of the membership before a re-join whose
+   * marker it had no room for): the client, which has `had`, would drop this message as one it has. It is
    * closed (1013) to re-join from `had`, which the group has not reached again, so the re-join
    * reports the gap and the app reloads.
    */
   async #wentBack (group: string, had: StreamPosition, offset: number): Promise<false> {
     const owner = this.#owner
-    owner.log.warn({ group, channel: owner.channelName, offset, had: had.offset }, 'the group\'s offsets went back (Redis lost its last writes); closing so that the client recovers')
+    owner.log.warn({ group, channel: owner.channelName, offset, had: had.offset }, 'the group\'s offsets went back (Redis lost its last writes, or the channel still held messages of the membership before a re-join it could not mark); closing so that the client recovers')
     await owner.close(1013, 'the group\'s history went back: reconnect to recover')
     return false
   }
