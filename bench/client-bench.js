@@ -12,7 +12,7 @@ import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { ChannelsClient } from 'fastify-channels/client'
-import { ipcClient, parseFlags, sleep } from './lib/common.js'
+import { ipcClient, parseFlags, sleep, until } from './lib/common.js'
 import { clientSize } from './client-size.js'
 
 const args = parseFlags(process.argv.slice(2), ['clients', 'calls', 'smoke'], import.meta.url)
@@ -29,14 +29,6 @@ function startServer (port = 0, echoPort = 0) {
     child.once('exit', code => reject(new Error(`client-server exited (${code}) before it was ready`)))
     child.on('message', msg => { if (msg?.type === 'ready') resolve({ child, request, ...msg, readyAt: now() }) })
   })
-}
-
-async function until (what, check, ms) {
-  const deadline = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`${typeof what === 'function' ? what() : what}: not within ${ms} ms`)
-    await sleep(5)
-  }
 }
 
 function percentile (sorted, p) {
@@ -62,7 +54,7 @@ async function roundTrips (count, once) {
 
 async function measureRtt (server) {
   const client = new ChannelsClient(`ws://127.0.0.1:${server.port}/ws`, { WebSocket })
-  await until('client open', () => client.state === 'open', 10_000)
+  await until('client open', () => client.state === 'open', 10_000, 5)
   const raw = new WebSocket(`ws://127.0.0.1:${server.echoPort}`, { perMessageDeflate: false })
   await new Promise((resolve, reject) => { raw.once('open', resolve); raw.once('error', reject) })
   let wake
@@ -105,7 +97,7 @@ async function measureStorm (server) {
   // Every wait is bounded, under CI's limit with --smoke, and each step is logged (stderr), so a
   // storm that does not come back says where it stopped.
   const wait = smoke ? 20_000 : 300_000
-  await until(`${CLIENTS} clients joined`, () => joined === CLIENTS, wait)
+  await until(`${CLIENTS} clients joined`, () => joined === CLIENTS, wait, 5)
   console.error(`storm: ${CLIENTS} clients joined; stopping the server`)
   const downAt = now()
   // Listening before asking: on a loaded machine the exit can be handled before the reply is.
@@ -116,7 +108,7 @@ async function measureStorm (server) {
   const next = await startServer(server.port, server.echoPort)
   console.error('storm: the server is up again')
   await until(() => `${CLIENTS} clients back (${rejoined.size} re-joined, ${clients.filter(c => c.state === 'open').length} open)`,
-    () => rejoined.size === CLIENTS && clients.every(c => c.state === 'open'), smoke ? 45_000 : wait)
+    () => rejoined.size === CLIENTS && clients.every(c => c.state === 'open'), smoke ? 45_000 : wait, 5)
   const backAt = now()
   await sleep(500)
   const stats = await next.request('stats')

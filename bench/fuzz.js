@@ -37,7 +37,7 @@ import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { RedisChannelLayer } from 'fastify-channels'
 import { ChannelsClient } from 'fastify-channels/client'
-import { exited, ipcClient, parseFlags, sleep } from './lib/common.js'
+import { exited, ipcClient, parseFlags, sleep, until } from './lib/common.js'
 
 const FAULTS = ['socket-kill', 'server-kill', 'server-term', 'redis-restart', 'redis-restart-persist', 'redis-conn-kill']
 const args = parseFlags(process.argv.slice(2), ['seed', 'fault', 'seconds', 'servers', 'clients', 'rate', 'port', 'log'], import.meta.url)
@@ -129,7 +129,7 @@ async function startRedis () {
   redis = spawn('redis-server', ['--port', String(REDIS_PORT), '--bind', '127.0.0.1', '--save', '', '--appendonly', persist ? 'yes' : 'no',
     '--appendfsync', 'always', '--dir', redisDir], { stdio: 'ignore' })
   redis.on('error', err => problems.push(`redis-server: ${err.message}`))
-  await until('redis-server answers', async () => redis.exitCode === null && await ping(), 10_000)
+  await until('redis-server answers', async () => redis.exitCode === null && await ping(), 10_000, 50)
 }
 
 const serverScript = fileURLToPath(new URL('./fuzz-server.js', import.meta.url))
@@ -195,14 +195,6 @@ function join (m, g, since) {
     epochIndex(g, position.epoch)
     if (since === undefined) m.start.set(g, position)
   }, err => problem('refused', `${m.id} ${g}: join refused: ${err.code}`))
-}
-
-async function until (what, check, ms) {
-  const deadline = now() + ms
-  while (!(await check())) {
-    if (now() > deadline) throw new Error(`${what}: not within ${ms} ms`)
-    await sleep(50)
-  }
 }
 
 // The checker: per client and group, the deliveries walked against the acknowledged sends.
@@ -363,7 +355,7 @@ try {
   await Promise.all(servers.map(startServer))
   layer = new RedisChannelLayer({ url: REDIS_URL, prefix: PREFIX, groups: policies, membershipLease: LEASE })
   for (let i = 0; i < CLIENTS; i++) members.push(member(i))
-  await until('every client joined', () => members.every(m => m.groups.every(g => m.start.has(g))), 30_000)
+  await until('every client joined', () => members.every(m => m.groups.every(g => m.start.has(g))), 30_000, 50)
 
   const t0 = now()
   const injected = runAt(t0, faults, inject)
@@ -374,8 +366,8 @@ try {
     while (n < due && inFlight < 500) void publish(++n)
   }
   await Promise.all([injected, rejoined])
-  await until('every send settled', () => inFlight === 0, 30_000)
-  await until('every client caught up', () => check().lost === 0, 30_000).catch(() => {})
+  await until('every send settled', () => inFlight === 0, 30_000, 50)
+  await until('every client caught up', () => check().lost === 0, 30_000, 50).catch(() => {})
   await sleep(500) // a late copy shows too
   const presence = await presenceSettles((LEASE + 5) * 1000 + 10_000)
   const checked = check()

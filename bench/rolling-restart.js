@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { RedisChannelLayer } from 'fastify-channels'
 import { ChannelsClient } from 'fastify-channels/client'
-import { ipcClient, parseFlags, sleep } from './lib/common.js'
+import { ipcClient, parseFlags, sleep, until } from './lib/common.js'
 import { startNginx } from './lib/nginx.js'
 
 const args = parseFlags(process.argv.slice(2), ['clients', 'rate', 'smoke'], import.meta.url)
@@ -47,14 +47,6 @@ function startServer (port = 0) {
     }) }
     child.on('message', msg => { if (msg?.type === 'ready') resolve({ ...server, port: msg.port, pid: msg.pid }) })
   })
-}
-
-async function until (what, check, ms) {
-  const deadline = Date.now() + ms
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`)
-    await sleep(20)
-  }
 }
 
 /** One client, with what its handlers saw and what came over its sockets. */

@@ -112,6 +112,18 @@ export function monoMs () {
 export const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 
 /**
+ * Waits until `check()` (sync or async) is true, looking every `everyMs`; past `ms`, rejects with
+ * `what` (a text, or a function that makes it then, to show the state it stopped at).
+ */
+export async function until (what, check, ms, everyMs = 20) {
+  const deadline = Date.now() + ms
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`${typeof what === 'function' ? what() : what}: not within ${ms} ms`)
+    await sleep(everyMs)
+  }
+}
+
+/**
  * Three full collections 50 ms apart (when the process runs with `--expose-gc`), so that what
  * `process.memoryUsage()` reads next is what the process holds, not garbage it has yet to free.
  */
