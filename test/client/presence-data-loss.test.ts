@@ -4,7 +4,7 @@
  * back, and their clients get the group's presence list afresh: no ghost stays in it. The same
  * after a process was cut off while announcements went out: they never reach it.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { ChannelsClient } from '../../lib/client/index.js'
 import { RedisChannelLayer, type ApiOf } from '../../lib/index.js'
@@ -14,17 +14,23 @@ import { Rooms, roomGroups, roomsApp } from '../groups/rooms.js'
 
 type RoomsApi = ApiOf<typeof Rooms>
 
-t.test('a process that died, then Redis lost its data: its entry leaves the other clients\' presence lists', async t => {
-  if (!await requireRedis(t)) return
-  const prefix = cleanedPrefix(t, 'fc-presence-lost')
-  // Renewals every half second: the surviving process notices the loss at its next one.
-  const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, groups: roomGroups, membershipLease: 1.5 })
+/** A rooms app on `layer`, and Ada's client in `room.lobby` there: her subscription, joined. */
+async function adaInLobby (t: Test, layer: RedisChannelLayer) {
   const server = await roomsApp({ layer })
   t.teardown(() => server.app.close())
   const ada = new ChannelsClient<RoomsApi>(`${server.url}?name=Ada`, { WebSocket })
   t.teardown(() => { ada.close() })
   const sub = ada.join('room.lobby', {})
   await sub.ready
+  return sub
+}
+
+t.test('a process that died, then Redis lost its data: its entry leaves the other clients\' presence lists', async t => {
+  if (!await requireRedis(t)) return
+  const prefix = cleanedPrefix(t, 'fc-presence-lost')
+  // Renewals every half second: the surviving process notices the loss at its next one.
+  const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, groups: roomGroups, membershipLease: 1.5 })
+  const sub = await adaInLobby(t, layer)
 
   // Another process, whose member Ghost joins; then it is cut off for good, as if it had died.
   const proxy = await stallingProxy(t)
@@ -51,12 +57,7 @@ t.test('a process cut off from Redis while a member elsewhere left: once back, i
   // Ada's server reaches Redis through a proxy that can cut its subscriptions.
   const proxy = await stallingProxy(t)
   const layer = new RedisChannelLayer({ url: proxy.url, prefix, groups: roomGroups, timeout: 1000 })
-  const server = await roomsApp({ layer })
-  t.teardown(() => server.app.close())
-  const ada = new ChannelsClient<RoomsApi>(`${server.url}?name=Ada`, { WebSocket })
-  t.teardown(() => { ada.close() })
-  const sub = ada.join('room.lobby', {})
-  await sub.ready
+  const sub = await adaInLobby(t, layer)
 
   const other = new RedisChannelLayer({ url: REDIS_URL, prefix, groups: roomGroups })
   t.teardown(() => other.close())

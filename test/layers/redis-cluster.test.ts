@@ -51,6 +51,25 @@ function open (t: Test, layerPrefix: string): RedisChannelLayer {
   return layer
 }
 
+/** A client of each master, with its node id; disconnected in teardown. */
+async function masters (t: Test) {
+  return await Promise.all((cluster as RedisCluster).nodes.map(async node => {
+    const client = new Redis(node.port, node.host)
+    t.teardown(() => client.disconnect())
+    return { ...node, client, id: await client.cluster('MYID') as string }
+  }))
+}
+
+type Master = Awaited<ReturnType<typeof masters>>[number]
+
+/** The master that holds slot 0, as the first master's CLUSTER SLOTS says. */
+async function ownerOfSlot0 (nodes: Master[]): Promise<Master> {
+  const id = (await nodes[0].client.cluster('SLOTS')).find(([from, to]) => from <= 0 && 0 <= to)?.[2]?.[2]
+  const owner = nodes.find(node => node.id === id)
+  if (owner === undefined) throw new Error(`slot 0 is held by no master the test knows (${String(id)})`)
+  return owner
+}
+
 t.test('group and direct sends across two layers use sharded pub/sub', async t => {
   const nodes = (cluster as RedisCluster).nodes.map(node => {
     const client = new Redis(node.port, node.host)
@@ -108,17 +127,11 @@ t.test('group and direct sends across two layers use sharded pub/sub', async t =
 })
 
 t.test('a group\'s slot moving between masters (redis-cli --cluster reshard): its members miss nothing the history kept', async t => {
-  const nodes = await Promise.all((cluster as RedisCluster).nodes.map(async node => {
-    const client = new Redis(node.port, node.host)
-    t.teardown(() => client.disconnect())
-    return { ...node, client, id: await client.cluster('MYID') as string }
-  }))
+  const nodes = await masters(t)
   // Its keys and channel hash to slot 0, the first slot of the master that has it: a reshard of
   // one slot from that master moves this one.
   const group = 'g7486'
   t.equal(await nodes[0].client.cluster('KEYSLOT', group), 0)
-  const ownerOf0 = async (): Promise<string | undefined> => (await nodes[0].client.cluster('SLOTS'))
-    .find(([from, to]) => from <= 0 && 0 <= to)?.[2]?.[2]
   const p = uniquePrefix('fc-reshard')
   const groups = { [group]: { history: { size: 50_000, ttl: 60 } } }
   // The member reads once the stream is over: its channel holds all of it.
@@ -139,21 +152,21 @@ t.test('a group\'s slot moving between masters (redis-cli --cluster reshard): it
       await sender.groupSend(group, { type: 'line', n }).then(position => { offsets.set(position?.offset ?? 0, n) }, () => { refused++ })
     }
   })
-  const first = await ownerOf0()
+  const first = await ownerOfSlot0(nodes)
   await sleep(200)
   const duringEach: number[] = []
   for (let i = 0; i < 3; i++) {
     const before = offsets.size
-    const from = await ownerOf0()
-    const to = nodes[(nodes.findIndex(node => node.id === from) + 1) % nodes.length]
-    await execFileAsync('redis-cli', ['--cluster', 'reshard', `${to.host}:${to.port}`, '--cluster-from', from ?? '', '--cluster-to', to.id,
+    const from = await ownerOfSlot0(nodes)
+    const to = nodes[(nodes.indexOf(from) + 1) % nodes.length]
+    await execFileAsync('redis-cli', ['--cluster', 'reshard', `${to.host}:${to.port}`, '--cluster-from', from.id, '--cluster-to', to.id,
       '--cluster-slots', '1', '--cluster-yes'], { timeout: 30_000 })
     duringEach.push(offsets.size - before)
     await sleep(200)
   }
   streaming = false
   await Promise.all(streams)
-  t.equal(await ownerOf0(), first, 'the slot went around the three masters')
+  t.equal(await ownerOfSlot0(nodes), first, 'the slot went around the three masters')
 
   const lines: number[] = []
   for (;;) {
@@ -168,17 +181,9 @@ t.test('a group\'s slot moving between masters (redis-cli --cluster reshard): it
 })
 
 t.test('a group\'s slot moved by hand (CLUSTER SETSLOT … NODE on every master): a member\'s process subscribes again on the new master', async t => {
-  const nodes = await Promise.all((cluster as RedisCluster).nodes.map(async node => {
-    const client = new Redis(node.port, node.host)
-    t.teardown(() => client.disconnect())
-    return { ...node, client, id: await client.cluster('MYID') as string }
-  }))
+  const nodes = await masters(t)
   // Slot 0, as above; no history, so that only the subscription can bring the messages.
   const group = 'g7486'
-  const owner = async () => {
-    const id = (await nodes[0].client.cluster('SLOTS')).find(([from, to]) => from <= 0 && 0 <= to)?.[2]?.[2]
-    return nodes.find(node => node.id === id) ?? nodes[0]
-  }
   const p = uniquePrefix('fc-setslot')
   const member = open(t, p)
   const sender = open(t, p)
@@ -192,7 +197,7 @@ t.test('a group\'s slot moved by hand (CLUSTER SETSLOT … NODE on every master)
   // first. The source then unsubscribes the slot's subscribers, and ioredis reads the slot map
   // again at once: from a master not yet told, it is the old map. Three moves, around the masters.
   for (let move = 1; move <= 3; move++) {
-    const from = await owner()
+    const from = await ownerOfSlot0(nodes)
     const to = nodes[(nodes.indexOf(from) + 1) % nodes.length]
     await to.client.cluster('SETSLOT', 0, 'IMPORTING', from.id)
     await from.client.cluster('SETSLOT', 0, 'MIGRATING', to.id)
@@ -201,7 +206,7 @@ t.test('a group\'s slot moved by hand (CLUSTER SETSLOT … NODE on every master)
     await from.client.cluster('SETSLOT', 0, 'NODE', to.id)
     await sleep(300)
     for (const node of nodes.filter(node => node !== from)) await node.client.cluster('SETSLOT', 0, 'NODE', to.id)
-    t.equal((await owner()).id, to.id, `move ${move}: the slot moved`)
+    t.equal((await ownerOfSlot0(nodes)).id, to.id, `move ${move}: the slot moved`)
 
     // Messages sent after the move, until the member hears one again (bounded: 10 s).
     let heard: LayerMessage | undefined
