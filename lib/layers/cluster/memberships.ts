@@ -258,13 +258,13 @@ export class Memberships {
   }
 
   /**
-   * After an outage: renews until what the backend lost is written back (leases.ts). The presence
-   * announcements published meanwhile never reached this process (they are at most once), so the
-   * local members of groups that announce presence are told to read the list afresh.
+   * After an outage: renews until what the backend lost is written back (leases.ts); then the
+   * members read the presence lists afresh (presence-announcements.ts).
    */
   async reassert (): Promise<void> {
+    this.#announcements.outageEnds()
     await this.#leases.reassert()
-    for (const group of this.#groups) this.#announcements.lost(group)
+    this.#announcements.afterOutage(this.#groups)
   }
 
   close (): void {

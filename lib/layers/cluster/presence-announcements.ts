@@ -4,6 +4,7 @@
  * a join that records what the membership had recorded already announces nothing; and when the
  * backend lost the group's entries, the local members are told to read the list afresh, since the
  * entries of processes that died meanwhile went with the data and no one will announce them gone.
+ * So are they after this process was cut off: what was announced meanwhile never reached it.
  */
 import { isDeepStrictEqual } from 'node:util'
 import { SKIPPED } from '../local-channels.js'
@@ -15,6 +16,9 @@ export type PresenceChange = 'presence.join' | 'presence.leave'
 
 export class PresenceAnnouncements {
   readonly #settings: Pick<MembershipSettings, 'store' | 'codec' | 'presenceEvents' | 'announce' | 'log'>
+  // From the end of an outage until its re-assertion is done (afterOutage()): every group's
+  // members are told then, so the losses its renewals find are not told on their own (two reads).
+  #outageEnding = false
 
   constructor (settings: Pick<MembershipSettings, 'store' | 'codec' | 'presenceEvents' | 'announce' | 'log'>) {
     this.#settings = settings
@@ -42,11 +46,22 @@ export class PresenceAnnouncements {
    * order, so that a consumer that keeps a list (GroupsConsumer) reads it afresh.
    */
   lost (group: string): void {
-    if (!this.#settings.presenceEvents(group)) return
+    if (this.#outageEnding || !this.#settings.presenceEvents(group)) return
     const store = this.#settings.store
     const members = store.members(group)
     if (members === undefined) return
     for (const channel of [...members.keys()]) store.deliver(channel, SKIPPED, { group }, true)
+  }
+
+  /** An outage ended: the memberships are being written back, and `afterOutage()` follows. */
+  outageEnds (): void {
+    this.#outageEnding = true
+  }
+
+  /** The memberships are written back after an outage: the members of `groups` read the list afresh. */
+  afterOutage (groups: Iterable<string>): void {
+    this.#outageEnding = false
+    for (const group of groups) this.lost(group)
   }
 
   /** Whether a join changes the presence the membership recorded (sealed bytes differ each time: compare what they hold). */
