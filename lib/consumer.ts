@@ -11,6 +11,7 @@ import { kConnect, kDisconnect, kReceive } from './connection/tasks.js'
 import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
 import { reserveNames } from './dispatch.js'
 import { InvalidOptionError } from './errors.js'
+import { sendFailure } from './connection/send-failure.js'
 
 export { kInit, consumerClassOf } from './base-consumer.js'
 
@@ -46,8 +47,12 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
   }
 
   /** Completes the handshake (HTTP 101), with `subprotocol` when given. */
-  async accept (subprotocol?: string): Promise<void> {
-    await this[kConnection].accept(subprotocol)
+  accept (subprotocol?: string): Promise<void> {
+    try {
+      return this[kConnection].accept(subprotocol)
+    } catch (err) {
+      return sendFailure(err, this[kConnection])
+    }
   }
 
   /**
@@ -73,7 +78,7 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
       }
       this[kOutbound].send(data)
     } catch (err) {
-      return Promise.reject(err)
+      return sendFailure(err, this[kConnection])
     }
     return settled
   }

@@ -22,6 +22,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { HttpScope } from './scope.js'
 import type { ResponseSocket } from './connection/response-socket.js'
 import { kConnect, kDisconnect } from './connection/tasks.js'
+import { sendFailure } from './connection/send-failure.js'
 import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
 import { reserveNames } from './dispatch.js'
 import { ConnectionClosedError, HttpResponseError, InvalidOptionError } from './errors.js'
@@ -85,7 +86,7 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
       if (this.#response.started) throw new HttpResponseError('sendHeaders() was called after the response had started')
       this.#response.writeHead(status, headers)
     } catch (err) {
-      return Promise.reject(err)
+      return sendFailure(err, this[kConnection])
     }
     return settled
   }
@@ -107,7 +108,7 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
       if (chunk.length > 0) this[kOutbound].send(chunk)
       if (!more) this[kConnection].close(1000, '')
     } catch (err) {
-      return Promise.reject(err)
+      return sendFailure(err, this[kConnection])
     }
     return settled
   }
@@ -126,7 +127,7 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
       // An encoded event is never empty, and the response stays open: sendBody()'s checks are done.
       this[kOutbound].send(text)
     } catch (err) {
-      return Promise.reject(err)
+      return sendFailure(err, this[kConnection])
     }
     return settled
   }

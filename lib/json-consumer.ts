@@ -10,6 +10,8 @@ import { isShared } from './layers/message.js'
 import { encodingOfCopy } from './layers/copy-encoding.js'
 import { InvalidOptionError } from './errors.js'
 import { isThenable } from './connection/tasks.js'
+import { sendFailure } from './connection/send-failure.js'
+import { kConnection } from './base-consumer.js'
 
 export const kRefuseFrame = Symbol('fastify-channels.refuseFrame')
 
@@ -87,7 +89,7 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
         }
       }
     } catch (err) {
-      return Promise.reject(err)
+      return sendFailure(err, this[kConnection])
     }
     return this.send(text)
   }

@@ -42,7 +42,7 @@
 import t from 'tap'
 import { JsonWebsocketConsumer, type LayerValue } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
-import { buildApp } from './helpers/app.js'
+import { buildApp, unhandledRejections } from './helpers/app.js'
 import { frame, listen, rawSession, type RawResult } from './helpers/loopback.js'
 
 const MAX_GROUPS = 5
@@ -50,10 +50,7 @@ const MAX_GROUPS = 5
 const nested = (depth: number, inner = '0'): string => '['.repeat(depth) + inner + ']'.repeat(depth)
 
 t.test('twenty-eight kinds of bad input, each with its clear error, while another client keeps working', async t => {
-  const unhandled: unknown[] = []
-  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
-  process.on('unhandledRejection', onUnhandled)
-  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+  const unhandled = unhandledRejections(t)
 
   let built = 0
   const disconnects = new Map<string, number>()

@@ -8,8 +8,8 @@ import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type WebSocket from 'ws'
 import { JsonWebsocketConsumer, WebsocketConsumer } from '../lib/index.js'
-import { buildApp, eventually } from './helpers/app.js'
-import { listen, openClient } from './helpers/loopback.js'
+import { buildApp, eventually, unhandledRejections } from './helpers/app.js'
+import { listen, openClient, rawSession } from './helpers/loopback.js'
 
 /** Collects what a client receives, as text. */
 function inbox (ws: WebSocket): string[] {
@@ -179,4 +179,101 @@ t.test('a spawned task that fails closes its own connection with 1011; the other
   t.pass('the other connection is unaffected')
   bystander.ws.close()
   await bystander.closed
+})
+
+t.test('a send nothing awaited, after the client left: no unhandled rejection, logged at debug, the others keep working', async t => {
+  const unhandled = unhandledRejections(t)
+  class Echo extends WebsocketConsumer {
+    // async, but does not wait for its send(): a common slip, which must not stop the process.
+    override async receive (text?: string) {
+      await sleep(1)
+      void this.send(`echo ${text ?? ''}`)
+    }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Echo.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const bystander = await openClient(`${url}/ws`)
+  const bystanderInbox = inbox(bystander.ws)
+  const leaving = await openClient(`${url}/ws`)
+  for (let i = 0; i < 20; i++) leaving.ws.send(`${i}`)
+  leaving.ws.terminate()
+  await leaving.closed
+  const stopped = (): number => logs.filter(l => l.msg === 'a send that nothing awaited stopped: the connection had ended').length
+  await eventually(() => stopped() > 0)
+  await sleep(50)
+  t.same(unhandled, [], 'no unhandled rejection')
+  t.ok(logs.filter(l => l.msg === 'a send that nothing awaited stopped: the connection had ended').every(l => l.level === 20), 'logged at debug')
+  t.notOk(logs.some(l => (l.level as number) >= 40), 'no warning or error: losing the race with the close is no failure')
+  bystander.ws.send('still here')
+  await eventually(() => bystanderInbox.includes('echo still here'))
+  t.pass('the other connection is unaffected')
+  bystander.ws.close()
+  await bystander.closed
+})
+
+t.test('a sendJson() nothing awaited, of content JSON cannot encode: closed with 1011 and logged, as if the handler threw', async t => {
+  const unhandled = unhandledRejections(t)
+  const disconnects: number[] = []
+  class Relay extends JsonWebsocketConsumer {
+    // A plain method: the README's way to handle a message without a promise.
+    override receiveJson (content: unknown): Promise<void> {
+      if (content === 'bigint') void this.sendJson({ n: 10n })
+      else if (content === 'caught') void this.#caught()
+      else void this.sendJson({ echo: content })
+      return Promise.resolve()
+    }
+
+    async #caught (): Promise<void> {
+      try {
+        await this.sendJson({ n: 10n })
+      } catch (err) {
+        await this.sendJson({ caught: (err as Error).name })
+      }
+    }
+
+    override async disconnect (code: number) { disconnects.push(code) }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Relay.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+
+  const catching = await openClient(`${url}/ws`)
+  const caught = inbox(catching.ws)
+  catching.ws.send('"caught"')
+  await eventually(() => caught.length === 1)
+  t.same(JSON.parse(caught[0]), { caught: 'TypeError' }, 'a failure the code waited for is its own to handle')
+  catching.ws.send('"again"')
+  await eventually(() => caught.length === 2)
+  t.same(JSON.parse(caught[1]), { echo: 'again' }, 'and the connection stays open')
+
+  const failing = await openClient(`${url}/ws`)
+  failing.ws.send('"bigint"')
+  t.match(await failing.closed, { code: 1011, reason: 'internal error' })
+  await eventually(() => disconnects.includes(1011))
+  const errors = logs.filter(l => (l.level as number) >= 50)
+  t.equal(errors.length, 1, 'one error logged')
+  t.equal(errors[0]?.msg, 'a send that nothing awaited failed; closing with 1011')
+  t.match(errors[0]?.err, { type: 'TypeError', message: /BigInt/ }, 'with the encoding error')
+  t.same(unhandled, [], 'no unhandled rejection')
+  catching.ws.close()
+  await catching.closed
+})
+
+t.test('an accept() nothing awaited, with a subprotocol the client did not offer: refused, and the error logged', async t => {
+  const unhandled = unhandledRejections(t)
+  class Careless extends WebsocketConsumer {
+    override async connect () {
+      void this.accept('not-offered')
+    }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Careless.asHandler()))
+  t.teardown(() => app.close())
+  const { port } = await listen(app)
+  const result = await rawSession(port, '/ws', {})
+  // connect() returned before the failure was known: refused as a connect() that did not accept.
+  t.equal(result.status, 403, 'the handshake is refused')
+  await eventually(() => logs.some(l => l.level === 50 && (l.msg as string).startsWith('a send that nothing awaited failed')))
+  t.match(logs.find(l => l.level === 50)?.err, { code: 'FST_CHANNELS_INVALID_OPTION' })
+  t.same(unhandled, [], 'no unhandled rejection')
 })

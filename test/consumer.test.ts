@@ -2,7 +2,7 @@ import t from 'tap'
 import { WebsocketConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, type ChannelLayer, type Delivery, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { setTimeout as wait } from 'node:timers/promises'
-import { buildApp, eventually, sleep, waitingConsumer } from './helpers/app.js'
+import { buildApp, eventually, sleep, unhandledRejections, waitingConsumer } from './helpers/app.js'
 import { listen, openClient, rawHandshake } from './helpers/loopback.js'
 import { contractOnly } from './helpers/layers.js'
 
@@ -515,10 +515,7 @@ t.test('connect() that throws after accept closes with 1011 and still runs disco
 
 for (const awaited of [true, false]) {
   t.test(`an invalid close code is a clear error, not a crash (close() ${awaited ? 'awaited' : 'not awaited'})`, async t => {
-    const rejections: unknown[] = []
-    const onRejection = (err: unknown): void => { rejections.push(err) }
-    process.on('unhandledRejection', onRejection)
-    t.teardown(() => { process.off('unhandledRejection', onRejection) })
+    const rejections = unhandledRejections(t)
     class BadClose extends WebsocketConsumer {
       override async receive () {
         if (awaited) await this.close(1005)

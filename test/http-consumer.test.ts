@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
 import fastifyChannels, { AsyncHttpConsumer, InMemoryChannelLayer, type Delivery } from '../lib/index.js'
-import { buildApp, eventually } from './helpers/app.js'
+import { buildApp, eventually, unhandledRejections } from './helpers/app.js'
 import { listen, openClient } from './helpers/loopback.js'
 import { openEventStream } from './helpers/event-stream.js'
 import { buildSessionApp, sessionCookie, sessionData } from './helpers/session.js'
@@ -444,6 +444,36 @@ t.test('bad calls reject with typed errors and cost only their own response', as
   t.equal(injecting.status, 500, 'a header value with CRLF is refused before anything is written')
   t.equal(injecting.headers['set-cookie'], undefined)
   t.ok(logs.some(l => (l.err as { code?: string } | undefined)?.code === 'FST_CHANNELS_INVALID_OPTION'))
+})
+
+t.test('a sendEvent() nothing awaited that fails ends its response and is logged, never an unhandled rejection', async t => {
+  const unhandled = unhandledRejections(t)
+  class Forgetful extends AsyncHttpConsumer {
+    override groups = ['forgetful']
+    override async handle () {
+      await this.sendEvent({ data: 'ready' })
+    }
+
+    // A plain method that does not wait for its send.
+    forgetfulSend (event: { id: string }): void {
+      void this.sendEvent({ id: event.id, data: 'y' })
+    }
+  }
+  const { app, base, logs } = await serve(app => app.get('/forgetful', Forgetful.asHandler()))
+  t.teardown(() => app.close())
+  const stream = await openEventStream(`${base}/forgetful`)
+  await stream.waitForEvents(1)
+  await app.channelLayer.groupSend('forgetful', { type: 'forgetful.send', id: '7' })
+  t.same((await stream.waitForEvents(2)).map(e => e.id), ['', '7'], 'a send that succeeds needs no await')
+  await app.channelLayer.groupSend('forgetful', { type: 'forgetful.send', id: '1\nevent: forged' })
+  t.equal(await stream.ended, true, 'the response ends')
+  t.notMatch(stream.body(), /forged/)
+  const logged = logs.find(l => l.msg === 'a send that nothing awaited failed; ending the response (500 if its head was not sent)')
+  t.match(logged, { level: 50, err: { code: 'FST_CHANNELS_INVALID_EVENT' } }, 'logged at error with the typed error')
+  t.same(unhandled, [], 'no unhandled rejection')
+  const fresh = await openEventStream(`${base}/forgetful`)
+  t.same((await fresh.waitForEvents(1)).map(e => e.data), ['ready'], 'a new stream works')
+  fresh.close()
 })
 
 t.test('HEAD is 405; { websocket: true } on an HTTP consumer fails at registration; a WebSocket upgrade there is not served', async t => {

@@ -38,6 +38,7 @@ import { checkSendableCloseCode, dropIfStillClosing, fitCloseReason, protocolErr
 import type { RouteCounts } from '../metrics.js'
 import { Occurrence } from './occurrence.js'
 import { Handshake, type HandshakeOwner } from './handshake.js'
+import { sendFailure, type SendFailureOwner } from './send-failure.js'
 import type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
 export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
@@ -53,7 +54,7 @@ interface Transitions {
 
 export type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
-export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner, SocketEvents, HandshakeOwner {
+export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner, SocketEvents, HandshakeOwner, SendFailureOwner {
   /** The subprotocol `accept()` named. */
   subprotocol: string | undefined = undefined
   /** Beating: set by the heartbeat on ping, cleared by the peer's pong. */
@@ -181,7 +182,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (subprotocol !== undefined) checkSubprotocol(this.#request, subprotocol)
     // Refused already (close() came first): this connection will never open.
     if (this.#state === 'ended' && this.#opened === null) {
-      return Promise.reject(new ConnectionClosedError(this.#channelName, 'accept() after the handshake was refused'))
+      return sendFailure(new ConnectionClosedError(this.#channelName, 'accept() after the handshake was refused'), this)
     }
     if (this.#transition('handshake', 'accepted')) {
       this.subprotocol = subprotocol
@@ -396,13 +397,14 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   }
 
   /**
-   * TaskRunner: a handler threw or rejected. One that only lost the race with the connection's end
-   * (its send came too late, its wait was aborted) is no failure: debug, and nothing more to close.
+   * TaskRunner: a handler threw or rejected (SendFailureOwner: or a send nothing awaited failed,
+   * `what`). One that only lost the race with the connection's end (its send came too late, its
+   * wait was aborted) is no failure: debug, and nothing more to close.
    */
-  taskFailed (err: unknown): void {
+  taskFailed (err: unknown, what = 'consumer handler'): void {
     const ended = this.#state === 'closing' || this.#state === 'ended'
-    if (stoppedWithConnection(err, ended, this, 'consumer handler stopped: the connection had ended')) return
-    this.#failed(failureClose(err, this.log, this.#channelName, undefined, this.#http))
+    if (stoppedWithConnection(err, ended, this, `${what} stopped: the connection had ended`)) return
+    this.#failed(failureClose(err, this.log, this.#channelName, what, this.#http))
   }
 
   /** A handler or task failed: 1011 is the app's bug (counted), 1008 the client's doing. */

@@ -1,4 +1,5 @@
 import Fastify, { type FastifyInstance } from 'fastify'
+import type { Test } from 'tap'
 import { setTimeout as wait } from 'node:timers/promises'
 import fastifyChannels, { WebsocketConsumer, type FastifyChannelsOptions } from '../../lib/index.js'
 
@@ -51,4 +52,13 @@ export async function eventually (check: () => boolean | Promise<boolean>, ms = 
     if (Date.now() > deadline) throw new Error('condition not met in time')
     await sleep(5)
   }
+}
+
+/** The process' unhandled rejections while test `t` runs (an empty list is what every test wants). */
+export function unhandledRejections (t: Test): unknown[] {
+  const seen: unknown[] = []
+  const listener = (reason: unknown): void => { seen.push(reason) }
+  process.on('unhandledRejection', listener)
+  t.teardown(() => { process.off('unhandledRejection', listener) })
+  return seen
 }
