@@ -7,10 +7,10 @@ import Fastify from 'fastify'
 
 // Features (bench/run.js targets): `shared` opts the consumer in to shared, read-only messages;
 // `history` gives every group a history policy (size 100); `metrics` registers the metrics.
-// `sync` (bench/cpu-split.js only) makes the handler a plain method that does not await
-// sendJson(): what is left of a delivery without the `async` call per member. Not a pattern to
-// copy: sendJson()'s promise rejects once the connection has ended, and nothing would handle it
-// (cpu-split only sends while every connection is open). `heartbeatInterval` replaces the
+// `sync` (bench/cpu-split.js and bench/instructions.js) makes the handler a plain method that
+// does not await sendJson(): what is left of a delivery without the `async` call per member, a
+// shape the README allows (a send nothing awaited that fails is handled as the handler's throw
+// would be). `heartbeatInterval` replaces the
 // plugin's default (bench/instructions.js turns it off: a ping costs per second, not per delivery).
 export async function start ({ layer: kind, redisUrl, prefix, logFile, entry, shared = false, history = false, metrics = false, sync = false, heartbeatInterval }) {
   const channels = await import(entry ?? 'fastify-channels')

@@ -43,8 +43,12 @@ class SendFailure extends Promise<never> {
   }
 }
 
-/** A rejection with `err` for the caller; reported to `owner` once the turn ends if nothing waited on it. */
-export function sendFailure (err: unknown, owner: SendFailureOwner): Promise<never> {
+/**
+ * A rejection with `err` for the caller; reported to `owner` once the turn ends if nothing waited
+ * on it. A consumer that no connection runs (made by hand) has no owner: a plain rejection.
+ */
+export function sendFailure (err: unknown, owner: SendFailureOwner | undefined): Promise<never> {
+  if (owner === undefined) return Promise.reject(err)
   const failure = new SendFailure((resolve, reject) => { reject(err) })
   // Handled from the start (without counting as waited on): never an unhandled rejection.
   Promise.prototype.then.call(failure, undefined, ignore)
