@@ -11,7 +11,7 @@ import { kConnect, kDisconnect, kReceive } from './connection/tasks.js'
 import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
 import { reserveNames } from './dispatch.js'
 import { InvalidOptionError } from './errors.js'
-import { sendFailure } from './connection/send-failure.js'
+import { sendFailure } from './connection/unawaited-failure.js'
 
 export { kInit, consumerClassOf } from './base-consumer.js'
 

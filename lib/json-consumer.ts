@@ -10,7 +10,7 @@ import { isShared } from './layers/message.js'
 import { encodingOfCopy } from './layers/copy-encoding.js'
 import { InvalidOptionError } from './errors.js'
 import { isThenable } from './connection/tasks.js'
-import { sendFailure } from './connection/send-failure.js'
+import { sendFailure } from './connection/unawaited-failure.js'
 import { kConnection } from './base-consumer.js'
 
 export const kRefuseFrame = Symbol('fastify-channels.refuseFrame')

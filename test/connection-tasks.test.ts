@@ -277,3 +277,54 @@ t.test('an accept() nothing awaited, with a subprotocol the client did not offer
   t.match(logs.find(l => l.level === 50)?.err, { code: 'FST_CHANNELS_INVALID_OPTION' })
   t.same(unhandled, [], 'no unhandled rejection')
 })
+
+t.test('joins and leaves nothing awaited: a refused one closes its own connection as if the handler threw, never an unhandled rejection', async t => {
+  const unhandled = unhandledRejections(t)
+  class Rooms extends JsonWebsocketConsumer {
+    // The client names the room; a plain method, as joins take effect in call order awaited or not.
+    override receiveJson (content: unknown): Promise<void> {
+      const { join, leave } = content as { join?: string, leave?: string }
+      if (join !== undefined) void this.channelLayer.groupAdd(join, this.channelName)
+      if (leave !== undefined) void this.channelLayer.groupDiscard(leave, this.channelName)
+      return this.sendJson({ asked: join ?? leave })
+    }
+
+    roomMessage (event: { text: string }): void {
+      void this.sendJson({ text: event.text })
+    }
+  }
+  const { app, logs } = await buildApp({ maxGroupsPerConnection: 2 }, app => app.get('/ws', { websocket: true }, Rooms.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+
+  const member = await openClient(`${url}/ws`)
+  const memberInbox = inbox(member.ws)
+  member.ws.send('{"join":"lobby"}')
+  await eventually(() => memberInbox.length === 1)
+  await app.channelLayer.groupSend('lobby', { type: 'room.message', text: 'hi' })
+  await eventually(() => memberInbox.includes('{"text":"hi"}'))
+  t.pass('a join nothing awaited works as an awaited one')
+
+  const greedy = await openClient(`${url}/ws`)
+  for (const room of ['a', 'b', 'c']) greedy.ws.send(JSON.stringify({ join: room }))
+  t.match(await greedy.closed, { code: 1008, reason: 'too many groups' }, 'one group too many: 1008, as when awaited')
+  t.ok(logs.some(l => l.level === 40 && l.msg === 'consumer joined too many groups; closing with 1008'))
+
+  const badName = await openClient(`${url}/ws`)
+  badName.ws.send('{"join":"not a valid name"}')
+  t.match(await badName.closed, { code: 1011 }, 'a name the layer refuses: 1011')
+  const badLeave = await openClient(`${url}/ws`)
+  badLeave.ws.send('{"leave":"not a valid name either"}')
+  t.match(await badLeave.closed, { code: 1011 }, 'a leave the layer refuses: 1011')
+  t.same(logs.filter(l => l.level === 50).map(l => [l.msg, (l.err as { code?: string }).code]), [
+    ['a groupAdd() that nothing awaited failed; closing with 1011', 'FST_CHANNELS_INVALID_NAME'],
+    ['a groupDiscard() that nothing awaited failed; closing with 1011', 'FST_CHANNELS_INVALID_NAME']
+  ], 'each logged at error with its typed error')
+
+  await app.channelLayer.groupSend('lobby', { type: 'room.message', text: 'still here' })
+  await eventually(() => memberInbox.includes('{"text":"still here"}'))
+  t.pass('the other connection is unaffected')
+  t.same(unhandled, [], 'no unhandled rejection')
+  member.ws.close()
+  await member.closed
+})

@@ -38,7 +38,7 @@ import { checkSendableCloseCode, dropIfStillClosing, fitCloseReason, protocolErr
 import type { RouteCounts } from '../metrics.js'
 import { Occurrence } from './occurrence.js'
 import { Handshake, type HandshakeOwner } from './handshake.js'
-import { sendFailure, type SendFailureOwner } from './send-failure.js'
+import { sendFailure, type UnawaitedFailureOwner } from './unawaited-failure.js'
 import type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
 export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
@@ -54,7 +54,7 @@ interface Transitions {
 
 export type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
-export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner, SocketEvents, HandshakeOwner, SendFailureOwner {
+export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, OutboundOwner, Beating, ScopedTasksOwner, SocketEvents, HandshakeOwner, UnawaitedFailureOwner {
   /** The subprotocol `accept()` named. */
   subprotocol: string | undefined = undefined
   /** Beating: set by the heartbeat on ping, cleared by the peer's pong. */
@@ -169,7 +169,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (this.#state !== 'handshake') return
     this.#channelName = await layer.newChannel()
     if (this.#state !== 'handshake') return
-    const view = this.#view = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection)
+    const view = this.#view = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection, this)
     init({ scope, channelName: this.#channelName, channelLayer: view, log: this.log, connection: this, outbound: this.#outbound })
     for (const group of this.#consumer.groups) {
       if (this.#state !== 'handshake') return
@@ -397,7 +397,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   }
 
   /**
-   * TaskRunner: a handler threw or rejected (SendFailureOwner: or a send nothing awaited failed,
+   * TaskRunner: a handler threw or rejected (UnawaitedFailureOwner: or a send nothing awaited failed,
    * `what`). One that only lost the race with the connection's end (its send came too late, its
    * wait was aborted) is no failure: debug, and nothing more to close.
    */

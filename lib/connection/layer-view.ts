@@ -6,6 +6,10 @@
  * connection leave them all at its end (`leaveLayer`), even on a layer that cannot discard a whole
  * channel.
  *
+ * Its joins and leaves may be made without `await` (they take effect in call order either way):
+ * one that fails while nothing waits on it goes to the connection as a handler's throw
+ * (unawaited-failure.ts), never an unhandled rejection.
+ *
  * There is one view per connection, so it is kept small: everything that only depends on the
  * layer (the forwarding of its properties, functions bound to it) is built once per layer, and a
  * view holds just its channel, its limit and its memberships.
@@ -14,13 +18,14 @@ import { inspect } from 'node:util'
 import type { ChannelLayer, GroupAddOptions, GroupJoin, LayerLogger } from '../layers/types.js'
 import { canDiscardChannel } from '../layers/types.js'
 import { TooManyGroupsError } from '../errors.js'
+import { watched, type UnawaitedFailureOwner } from './unawaited-failure.js'
 
 type AddMethod = ChannelLayer['groupAdd']
 type DiscardMethod = ChannelLayer['groupDiscard']
 type Fn = (...args: unknown[]) => unknown
 
 interface ViewClass {
-  new (channel: string, maxGroups: number): object
+  new (channel: string, maxGroups: number, owner: UnawaitedFailureOwner): object
   /** Groups the view's channel joined through it and has not left. */
   joined (view: object): readonly string[]
 }
@@ -59,15 +64,17 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
   class LayerView extends Base {
     readonly #channel: string
     readonly #maxGroups: number
+    readonly #owner: UnawaitedFailureOwner
     #joined: Names = NONE
     // Bound on first use: most views never read them.
     #boundAdd: AddMethod | undefined = undefined
     #boundDiscard: DiscardMethod | undefined = undefined
 
-    constructor (channel: string, maxGroups: number) {
+    constructor (channel: string, maxGroups: number, owner: UnawaitedFailureOwner) {
       super()
       this.#channel = channel
       this.#maxGroups = maxGroups
+      this.#owner = owner
     }
 
     static joined (view: object): readonly string[] {
@@ -94,11 +101,15 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
       if (member === this.#channel) this.#joined = withoutGroup(this.#joined, group)
     }
 
-    get groupAdd (): AddMethod { return (this.#boundAdd ??= this.#groupAdd.bind(this)) }
+    get groupAdd (): AddMethod {
+      return (this.#boundAdd ??= (group, member, options) => watched(this.#groupAdd(group, member, options), this.#owner, 'a groupAdd() that nothing awaited'))
+    }
     set groupAdd (value: unknown) { write('groupAdd', value) }
     get group_add (): AddMethod { return this.groupAdd } // eslint-disable-line camelcase
     set group_add (value: unknown) { write('group_add', value) } // eslint-disable-line camelcase
-    get groupDiscard (): DiscardMethod { return (this.#boundDiscard ??= this.#groupDiscard.bind(this)) }
+    get groupDiscard (): DiscardMethod {
+      return (this.#boundDiscard ??= (group, member) => watched(this.#groupDiscard(group, member), this.#owner, 'a groupDiscard() that nothing awaited'))
+    }
     set groupDiscard (value: unknown) { write('groupDiscard', value) }
     get group_discard (): DiscardMethod { return this.groupDiscard } // eslint-disable-line camelcase
     set group_discard (value: unknown) { write('group_discard', value) } // eslint-disable-line camelcase
@@ -110,14 +121,17 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
   return LayerView
 }
 
-/** What `this.channelLayer` is for the connection of `channel`: everything but group membership passes straight through. */
-export function layerView (layer: ChannelLayer, channel: string, maxGroups: number): ChannelLayer {
+/**
+ * What `this.channelLayer` is for the connection of `channel` (`owner`, told of joins and leaves
+ * that fail unawaited): everything but group membership passes straight through.
+ */
+export function layerView (layer: ChannelLayer, channel: string, maxGroups: number, owner: UnawaitedFailureOwner): ChannelLayer {
   let View = viewClasses.get(layer)
   if (View === undefined) {
     View = viewClassOf(layer)
     viewClasses.set(layer, View)
   }
-  return new View(channel, maxGroups) as ChannelLayer
+  return new View(channel, maxGroups, owner) as ChannelLayer
 }
 
 /** Groups the view's channel joined through it (`layerView(layer, …)`) and has not left, in the order joined. */

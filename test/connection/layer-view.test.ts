@@ -13,6 +13,12 @@ import { WebsocketCommunicator } from '../../lib/testing.js'
 import { buildApp } from '../helpers/app.js'
 import { contractOnly } from '../helpers/layers.js'
 
+/** The connection, as a view tells it of a join or a leave that failed while nothing waited on it. */
+const owner = {
+  unawaited: [] as unknown[],
+  taskFailed (err: unknown): void { this.unawaited.push(err) }
+}
+
 /** A user's own layer: extra state in private fields, reached through methods and accessors. */
 class AuditedLayer extends InMemoryChannelLayer {
   readonly region = 'eu-west'
@@ -122,9 +128,9 @@ t.test('layerView: memberships per view, views over several layers, joined', asy
   const plain = contractOnly(innerOfPlain)
   t.teardown(async () => { await memory.close(); await innerOfPlain.close() })
 
-  const one = { view: layerView(memory, 'one', 2), get joined () { return joinedThrough(memory, this.view) } }
-  const two = { view: layerView(memory, 'two', 2), get joined () { return joinedThrough(memory, this.view) } }
-  const other = { view: layerView(plain, 'three', 1), get joined () { return joinedThrough(plain, this.view) } }
+  const one = { view: layerView(memory, 'one', 2, owner), get joined () { return joinedThrough(memory, this.view) } }
+  const two = { view: layerView(memory, 'two', 2, owner), get joined () { return joinedThrough(memory, this.view) } }
+  const other = { view: layerView(plain, 'three', 1, owner), get joined () { return joinedThrough(plain, this.view) } }
 
   await one.view.groupAdd('g1', 'one')
   await one.view.group_add('g2', 'one')
@@ -141,7 +147,7 @@ t.test('layerView: memberships per view, views over several layers, joined', asy
   t.equal(memory.inspect().memberships, 4)
 
   // A failing join does not keep the slot.
-  const failing = layerView(memory, 'bad name with spaces', 1)
+  const failing = layerView(memory, 'bad name with spaces', 1, owner)
   await t.rejects(failing.groupAdd('g', 'bad name with spaces'))
   t.same(joinedThrough(memory, failing), [])
 
@@ -159,12 +165,14 @@ t.test('layerView: memberships per view, views over several layers, joined', asy
   t.same(await other.view.receive(channel), { type: 'hello' })
 
   t.match(inspect(one.view), /^AuditedLayer \{/, 'console.log shows the layer, as it did for a Proxy')
+  await new Promise(resolve => setImmediate(resolve))
+  t.same(owner.unawaited, [], 'failures that were awaited are the caller\'s, not reported')
 })
 
 t.test('layerView: many groups on one connection are counted and left like a few', async t => {
   const layer = new InMemoryChannelLayer()
   t.teardown(() => layer.close())
-  const view = layerView(layer, 'many', 12)
+  const view = layerView(layer, 'many', 12, owner)
   const groups = Array.from({ length: 12 }, (_, i) => `g${i}`)
   for (const group of groups) await view.groupAdd(group, 'many')
   await view.groupAdd('g3', 'many')
