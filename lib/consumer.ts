@@ -11,7 +11,7 @@ import { kConnect, kDisconnect, kReceive } from './connection/tasks.js'
 import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
 import { reserveNames } from './dispatch.js'
 import { InvalidOptionError } from './errors.js'
-import { sendFailure } from './connection/unawaited-failure.js'
+import { ACCEPT, sendFailure } from './connection/unawaited-failure.js'
 
 export { kInit, consumerClassOf } from './base-consumer.js'
 
@@ -51,7 +51,7 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
     try {
       return this[kConnection].accept(subprotocol)
     } catch (err) {
-      return sendFailure(err, this[kConnection])
+      return sendFailure(err, this[kConnection], ACCEPT)
     }
   }
 

@@ -38,7 +38,7 @@ import { checkSendableCloseCode, dropIfStillClosing, fitCloseReason, protocolErr
 import type { RouteCounts } from '../metrics.js'
 import { Occurrence } from './occurrence.js'
 import { Handshake, type HandshakeOwner } from './handshake.js'
-import { sendFailure, type UnawaitedFailureOwner } from './unawaited-failure.js'
+import { ACCEPT, sendFailure, type UnawaitedFailureOwner } from './unawaited-failure.js'
 import type { ConsumerContext, Decision, Runtime } from './runtime.js'
 
 export type State = 'handshake' | 'accepted' | 'open' | 'closing' | 'ended'
@@ -182,7 +182,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (subprotocol !== undefined) checkSubprotocol(this.#request, subprotocol)
     // Refused already (close() came first): this connection will never open.
     if (this.#state === 'ended' && this.#opened === null) {
-      return sendFailure(new ConnectionClosedError(this.#channelName, 'accept() after the handshake was refused'), this)
+      return sendFailure(new ConnectionClosedError(this.#channelName, 'accept() after the handshake was refused'), this, ACCEPT)
     }
     if (this.#transition('handshake', 'accepted')) {
       this.subprotocol = subprotocol
@@ -397,9 +397,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   }
 
   /**
-   * TaskRunner: a handler threw or rejected (UnawaitedFailureOwner: or a send nothing awaited failed,
-   * `what`). One that only lost the race with the connection's end (its send came too late, its
-   * wait was aborted) is no failure: debug, and nothing more to close.
+   * TaskRunner: a handler threw or rejected (UnawaitedFailureOwner: or a send, join or leave that
+   * nothing awaited failed, `what`). One that only lost the race with the connection's end (its
+   * send came too late, its wait was aborted) is no failure: debug, and nothing more to close.
    */
   taskFailed (err: unknown, what = 'consumer handler'): void {
     const ended = this.#state === 'closing' || this.#state === 'ended'

@@ -64,8 +64,9 @@ export function watched<T> (promise: Promise<T>, owner: UnawaitedFailureOwner | 
 }
 
 const SEND = 'a send that nothing awaited'
+export const ACCEPT = 'an accept() that nothing awaited'
 
 /** A send that failed with `err`: a rejection for the caller, reported to `owner` if nothing waits on it. */
-export function sendFailure (err: unknown, owner: UnawaitedFailureOwner | undefined): Promise<never> {
-  return watched(Promise.reject(err), owner, SEND)
+export function sendFailure (err: unknown, owner: UnawaitedFailureOwner | undefined, what = SEND): Promise<never> {
+  return watched(Promise.reject(err), owner, what)
 }
