@@ -2,7 +2,7 @@
  * `WebsocketConsumer`: Channels' consumer, one instance per connection, mounted as an ordinary
  * `{ websocket: true }` Fastify route with `asHandler()`.
  */
-import type { FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Scope } from './scope.js'
 import { connectionOf, mayReleaseUpgrade, unbindRequest } from './connection/binding.js'
@@ -27,6 +27,12 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
   /** The `@fastify/websocket` handler for a `{ websocket: true }` GET route. */
   static asHandler (this: ConsumerClass): WebsocketRouteHandler {
     const handler = function consumerRoute (socket: WebSocket, request: FastifyRequest): void {
+      if (typeof (socket as Partial<WebSocket>).close !== 'function') {
+        // Called as a plain HTTP handler, (request, reply): neither the plugin nor @fastify/websocket
+        // saw the route (declared before the plugin was registered, or outside its context).
+        notRegistered(socket as unknown as FastifyRequest, request as unknown as FastifyReply)
+        return
+      }
       const connection = connectionOf(request.raw)
       if (connection === undefined) {
         // The fastify-channels plugin did not run the handshake: it is not registered in this scope.
@@ -103,3 +109,9 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
 }
 
 reserveNames(WebsocketConsumer.prototype)
+
+/** A consumer route Fastify serves as plain HTTP, without the plugin: 500, saying why. */
+function notRegistered (request: FastifyRequest, reply: FastifyReply): void {
+  request.log.error('a consumer route was reached without the fastify-channels plugin: register it (awaited) before the route, in the same context')
+  void reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'fastify-channels is not registered' })
+}

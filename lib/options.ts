@@ -79,6 +79,11 @@ export function checkOptions (opts: FastifyChannelsOptions): void {
   if (layer !== undefined) {
     const missing = LAYER_METHODS.filter(m => typeof (layer as unknown as Record<string, unknown>)?.[m] !== 'function')
     if (missing.length > 0) throw new InvalidOptionError(`option "layer" must be a ChannelLayer; missing: ${missing.join(', ')}`)
+    // The plugin closes its layer with the app: a layer kept from an app closed before (a test
+    // suite's rebuild) would fail every handshake.
+    if ((layer as { closed?: unknown }).closed === true) {
+      throw new InvalidOptionError('option "layer" is closed: app.close() closes the layer the plugin was given, so give each app (and each rebuild of one) a new layer')
+    }
   }
   if (getUser !== undefined && typeof getUser !== 'function') throw new InvalidOptionError('option "getUser" must be a function')
   checkInteger('maxPayload', maxPayload, false)

@@ -6,7 +6,7 @@
  * `app.channelLayer`; serve workers; and on `app.close()` shut everything down in order:
  * connections (1001, each `disconnect()` once), workers, then the layer.
  */
-import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteHandlerMethod, preHandlerAsyncHookHandler } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteHandlerMethod, RouteOptions, preHandlerAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import Router from 'find-my-way'
 import fastifyWebsocket from '@fastify/websocket'
@@ -24,7 +24,7 @@ import { AsyncHttpConsumer, kRespondWith, type HttpConsumerClass } from './http-
 import { defaultGetUser } from './scope.js'
 import { InvalidOptionError } from './errors.js'
 import { checkOptions, DEFAULTS, type FastifyChannelsOptions } from './options.js'
-import { Counts, registerMetrics } from './metrics.js'
+import { Counts, registerMetrics, type RouteCounts } from './metrics.js'
 import { createUpgradeGuard } from './origin.js'
 import { checkWorker, runWorker, type ChannelConsumerClass, type RunningWorker } from './worker.js'
 import { addOnRouteHookFirst, closeClientsAsGoingAway, decideSubprotocols, endUpgradesWhileClosing, injectionMarker, setMaxPayload } from './internals.js'
@@ -107,13 +107,23 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
 /**
  * Every route whose handler comes from `Consumer.asHandler()`: a WebSocket consumer's gets the
  * handshake as its last preHandler; an HTTP consumer's handler is replaced by one that runs it.
+ * One path may serve both, as @fastify/websocket allows: an HTTP consumer (or any handler) as
+ * `handler`, a WebSocket consumer as `wsHandler`.
  */
 function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, foreignWebsocket: boolean): void {
   addOnRouteHookFirst(fastify, (route) => {
     const Class = consumerClassOf(route.handler)
-    if (Class === undefined) return
+    const WsClass = consumerClassOf(route.wsHandler)
+    if (Class === undefined && WsClass === undefined) return
     // The route's series are there from the first scrape, at 0: dashboards see a quiet route, not none.
     const counts = channels.counts.of(route.url)
+    if (WsClass !== undefined) {
+      if (WsClass.prototype instanceof AsyncHttpConsumer) {
+        throw new InvalidOptionError(`route ${route.url}: an AsyncHttpConsumer answers plain HTTP; give it as handler, not wsHandler`)
+      }
+      mountWebsocketConsumer(fastify, channels, route, WsClass as ConsumerClass, counts, foreignWebsocket)
+    }
+    if (Class === undefined) return
     if (Class.prototype instanceof AsyncHttpConsumer) {
       if (route.websocket === true) {
         throw new InvalidOptionError(`route ${route.url}: an AsyncHttpConsumer answers plain HTTP; remove { websocket: true }`)
@@ -121,24 +131,29 @@ function mountConsumerRoutes (fastify: FastifyInstance, channels: Channels, fore
       route.handler = httpConsumerRoute(channels, Class as HttpConsumerClass)
       return
     }
-    const Consumer = Class as ConsumerClass
     if (route.websocket !== true) {
-      throw new InvalidOptionError(`route ${route.url}: a consumer handler needs { websocket: true }`)
+      throw new InvalidOptionError(`route ${route.url}: a consumer handler needs { websocket: true } (or give it as wsHandler)`)
     }
-    if (!counts.handshakes.has(101)) counts.handshakes.set(101, 0)
-    const own = route.preHandler
-    route.preHandler = [...(own === undefined ? [] : Array.isArray(own) ? own : [own]), handshakeHook(channels, Consumer, !foreignWebsocket)]
-    // Marks the route for the upgrade guard, an app-level onRequest hook that therefore runs
-    // before the route's own hooks and those of the plugins around it.
-    route.config = Object.assign({}, route.config, { [kConsumerRoute]: true })
-    // Once per path: Fastify also calls this for the HEAD route it adds to a GET.
-    try {
-      if (!channels.routes.hasRoute('GET', route.url)) channels.routes.on('GET', route.url, noop, route.url)
-    } catch (err) {
-      // Fastify took it: only its 503s while the app closes go uncounted.
-      fastify.log.debug({ err, url: route.url }, 'fastify-channels cannot match this route\'s path itself: its 503s while the app closes are not counted')
-    }
+    mountWebsocketConsumer(fastify, channels, route, Class as ConsumerClass, counts, foreignWebsocket)
   }, foreignWebsocket)
+}
+
+/** A WebSocket consumer's route: the handshake as its last preHandler, and the upgrade guard's mark. */
+function mountWebsocketConsumer (fastify: FastifyInstance, channels: Channels, route: RouteOptions, Consumer: ConsumerClass,
+  counts: RouteCounts, foreignWebsocket: boolean): void {
+  if (!counts.handshakes.has(101)) counts.handshakes.set(101, 0)
+  const own = route.preHandler
+  route.preHandler = [...(own === undefined ? [] : Array.isArray(own) ? own : [own]), handshakeHook(channels, Consumer, !foreignWebsocket)]
+  // Marks the route for the upgrade guard, an app-level onRequest hook that therefore runs
+  // before the route's own hooks and those of the plugins around it.
+  route.config = Object.assign({}, route.config, { [kConsumerRoute]: true })
+  // Once per path: Fastify also calls this for the HEAD route it adds to a GET.
+  try {
+    if (!channels.routes.hasRoute('GET', route.url)) channels.routes.on('GET', route.url, noop, route.url)
+  } catch (err) {
+    // Fastify took it: only its 503s while the app closes go uncounted.
+    fastify.log.debug({ err, url: route.url }, 'fastify-channels cannot match this route\'s path itself: its 503s while the app closes are not counted')
+  }
 }
 
 /** The consumer's `connect()` decides: the upgrade goes on, or the request is answered with a status. */

@@ -1,8 +1,11 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
-import fastifyChannels, { WebsocketConsumer, InMemoryChannelLayer, type FastifyChannelsOptions } from '../lib/index.js'
+import fastifyChannels, { AsyncHttpConsumer, JsonWebsocketConsumer, WebsocketConsumer, InMemoryChannelLayer, type FastifyChannelsOptions } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
+import { eventually } from './helpers/app.js'
+import { listen, openClient, rawSession } from './helpers/loopback.js'
+import { openEventStream } from './helpers/event-stream.js'
 
 t.test('bad options fail register with a clear error', async t => {
   const cases: Array<[string, unknown, RegExp]> = [
@@ -42,6 +45,59 @@ t.test('the layer option selects app.channelLayer; the default is an in-memory l
   await other.register(fastifyChannels)
   t.ok(other.channelLayer instanceof InMemoryChannelLayer)
   await other.close()
+  // A test suite that rebuilds its app with the layer it kept: refused at register, not a 500 on every handshake.
+  const rebuilt = Fastify()
+  await t.rejects(async () => { await rebuilt.register(fastifyChannels, { layer }).ready() },
+    { code: 'FST_CHANNELS_INVALID_OPTION', message: /option "layer" is closed/ }, 'a closed layer is refused')
+  await rebuilt.close()
+})
+
+t.test('one path, two handlers: an AsyncHttpConsumer as handler, a WebSocket consumer as wsHandler', async t => {
+  class RoomEvents extends AsyncHttpConsumer {
+    override groups = ['room']
+    override async handle () { await this.sendEvent({ data: 'events' }) }
+    async roomMessage (event: { text: string }) { await this.sendEvent({ data: event.text }) }
+  }
+  class RoomSocket extends JsonWebsocketConsumer {
+    override groups = ['room']
+    async roomMessage (event: { text: string }) { await this.sendJson({ text: event.text }) }
+  }
+  const app = Fastify()
+  await app.register(fastifyChannels)
+  app.route({ method: 'GET', url: '/room', handler: RoomEvents.asHandler(), wsHandler: RoomSocket.asHandler() })
+  t.teardown(() => app.close())
+  const { url, port } = await listen(app)
+  const { ws, closed } = await openClient(`${url}/room`)
+  const frames: string[] = []
+  ws.on('message', (data: Buffer) => frames.push(data.toString()))
+  const stream = await openEventStream(`${url.replace('ws://', 'http://')}/room`)
+  await stream.waitForEvents(1)
+  await app.channelLayer.groupSend('room', { type: 'room.message', text: 'hello' })
+  await eventually(() => frames.length === 1)
+  t.same(frames, ['{"text":"hello"}'], 'the WebSocket consumer got the group message')
+  t.same((await stream.waitForEvents(2)).map(e => e.data), ['events', 'hello'], 'so did the event stream on the same path')
+  const foreign = await rawSession(port, '/room', { origin: 'https://evil.example' })
+  t.equal(foreign.status, 403, 'the upgrade is origin-checked as on a { websocket: true } route')
+  stream.close()
+  ws.close()
+  await closed
+
+  const wrong = Fastify()
+  await wrong.register(fastifyChannels)
+  t.throws(() => wrong.route({ method: 'GET', url: '/wrong', handler: async () => 'x', wsHandler: RoomEvents.asHandler() as never }),
+    { code: 'FST_CHANNELS_INVALID_OPTION', message: /an AsyncHttpConsumer answers plain HTTP; give it as handler, not wsHandler/ })
+  await wrong.close()
+})
+
+t.test('a consumer route Fastify serves without the plugin (declared before it) answers 500 and says why', async t => {
+  const app = Fastify({ logger: false })
+  app.get('/ws', { websocket: true } as never, WebsocketConsumer.asHandler() as never)
+  t.teardown(() => app.close())
+  const reply = await app.inject({ method: 'GET', url: '/ws' })
+  t.equal(reply.statusCode, 500)
+  t.match(reply.json(), { message: 'fastify-channels is not registered' })
+  const { port } = await listen(app)
+  t.equal((await rawSession(port, '/ws', {})).status, 500, 'an upgrade request too')
 })
 
 t.test('consumers work in encapsulated plugins and under prefixes', async t => {
