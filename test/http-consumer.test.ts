@@ -218,6 +218,7 @@ t.test('handle() that sends nothing, throws, or is missing: 500 and an error log
   }
   class Missing extends AsyncHttpConsumer {}
   const { app, base, logs } = await serve(app => {
+    app.addHook('onRequest', async (_request, reply) => { void reply.header('access-control-allow-origin', 'https://app.example') })
     app.get('/silent', Silent.asHandler())
     app.get('/throws', Throws.asHandler())
     app.get('/throws-later', ThrowsLater.asHandler())
@@ -227,6 +228,7 @@ t.test('handle() that sends nothing, throws, or is missing: 500 and an error log
   for (const path of ['/silent', '/throws', '/missing']) {
     const stream = await openEventStream(`${base}${path}`)
     t.equal(stream.status, 500, `${path}: 500`)
+    t.equal(stream.headers['access-control-allow-origin'], 'https://app.example', `${path}: with the header a hook set (a browser would hide the status without it)`)
     await stream.ended
     t.match(JSON.parse(stream.body()), { statusCode: 500, error: 'Internal Server Error' })
   }

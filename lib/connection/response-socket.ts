@@ -174,12 +174,16 @@ export class ResponseSocket implements ConnectionSocket {
     })
   }
 
-  /** Answers with an error status and a JSON body as Fastify's would, before any head was sent. */
+  /**
+   * Answers with an error status and a JSON body as Fastify's would, before any head was sent,
+   * with the headers the route's hooks set (CORS, for one: without it a browser hides the status).
+   */
   refuse (status: number, message: string): void {
     if (this.#over || this.#started) return
     this.#over = true
     const body = JSON.stringify({ statusCode: status, error: STATUS_CODES[status] ?? 'Error', message })
-    this.#res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+    const head: Record<string, OutgoingHttpHeaders[string]> = { ...this.#reply.getHeaders(), 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) }
+    this.#res.writeHead(status, head)
     this.#res.end(body)
   }
 
