@@ -39,8 +39,8 @@ export const host = globalThis as unknown as {
   WebSocket?: WebSocketConstructor
   location?: { href: string }
   navigator?: { onLine?: boolean }
-  addEventListener?: (type: string, listener: () => void) => void
-  removeEventListener?: (type: string, listener: () => void) => void
+  addEventListener?: (type: string, listener: (event: Event) => void) => void
+  removeEventListener?: (type: string, listener: (event: Event) => void) => void
 }
 
 // The longest wait a timer takes: a longer one fires at once.

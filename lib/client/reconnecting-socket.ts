@@ -39,6 +39,10 @@ export interface SocketEvents {
 
 const OPEN = 1
 const STABLE_MS = 5000
+// How long a new socket waits for the `close` of one given up: on a link that is alive its closing
+// handshake takes a round trip, so the server sees the old connection end first; on a dead one a
+// browser holds that `close` until its own timeout, a minute in Chromium, and no longer matters.
+const GIVEN_UP_CLOSE_WAIT_MS = 1000
 
 export class ReconnectingSocket {
   readonly #url: string
@@ -53,13 +57,16 @@ export class ReconnectingSocket {
   #heard = false
   #pinged = false
   #socket: Socket | null = null
-  /** A socket given up before its `close` came (offline, or silent past the heartbeat): no new one until it has. */
+  /**
+   * A socket given up before its `close` came (offline, or silent past the heartbeat): no new one
+   * until it has, or GIVEN_UP_CLOSE_WAIT_MS have passed.
+   */
   #closing: Socket | null = null
   #due = false
   #attempt = 0
   /** Offline at the last retry due, which was skipped: the next is tried even so. */
   #skippedOffline = false
-  #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout>, beat?: ReturnType<typeof setInterval>, check?: ReturnType<typeof setTimeout> } = {}
+  #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout>, beat?: ReturnType<typeof setInterval>, check?: ReturnType<typeof setTimeout>, closing?: ReturnType<typeof setTimeout> } = {}
   /** Writes a frame; false when there is no open socket. */
   readonly send = (text: string): boolean => {
     if (this.#events.state() !== 'open' || this.#socket === null) return false
@@ -70,13 +77,29 @@ export class ReconnectingSocket {
   // whose `close` a browser may hold for a minute (its closing handshake on a dead connection).
   readonly #online = (): void => {
     const waiting = this.#due || this.#timers.retry !== undefined
-    this.#closing = null
+    this.#forgetClosing()
     this.#due = false
     if (waiting) this.#retryIn(Math.random() * this.#minDelay)
   }
   // Offline, a browser keeps the socket "open" and silent, and holds its close until back online:
   // the client says so at once and re-joins from where it was once a new socket opens.
   readonly #offline = (): void => { this.#giveUp('offline') }
+  // A page kept in the back/forward cache runs nothing, but a browser may keep its socket open:
+  // the server would keep it present in its groups and go on sending to it. The client closes it
+  // as the page is hidden, makes no attempt while it is, and opens a new one at once when the
+  // page is shown again.
+  #cached = false
+  readonly #pageHidden = (event: Event): void => {
+    if (!persisted(event)) return
+    this.#cached = true
+    this.#giveUp('page hidden')
+  }
+
+  readonly #pageShown = (event: Event): void => {
+    if (!persisted(event) || !this.#cached) return
+    this.#cached = false
+    this.#online()
+  }
   // Every heartbeat: a socket silent since the last beat (one to two heartbeats) is asked (ping);
   // still silent at the next, it is dead (a network that drops packets without closing anything),
   // which TCP would notice in minutes.
@@ -125,6 +148,8 @@ export class ReconnectingSocket {
     // A browser that is back online need not wait out the backoff.
     host.addEventListener?.('online', this.#online)
     host.addEventListener?.('offline', this.#offline)
+    host.addEventListener?.('pagehide', this.#pageHidden)
+    host.addEventListener?.('pageshow', this.#pageShown)
   }
 
   /** Attempt n's wait: a random time in [0, min(maxDelay, minDelay·2ⁿ⁻¹)] (exponential backoff, full jitter). */
@@ -136,6 +161,8 @@ export class ReconnectingSocket {
   close (): void {
     host.removeEventListener?.('online', this.#online)
     host.removeEventListener?.('offline', this.#offline)
+    host.removeEventListener?.('pagehide', this.#pageHidden)
+    host.removeEventListener?.('pageshow', this.#pageShown)
     for (const timer of Object.values(this.#timers)) clearTimeout(timer)
     this.#timers = {}
     // Forgotten at once: a frame still arriving on it is not handled.
@@ -147,7 +174,7 @@ export class ReconnectingSocket {
   /** `first`, from the constructor: a WebSocket constructor that throws is a bad option, thrown to the caller. */
   #connect (first = false): void {
     if (this.#socket !== null || this.#events.state() === 'closed') return
-    if (this.#closing !== null) {
+    if (this.#closing !== null || this.#cached) {
       this.#due = true
       return
     }
@@ -179,12 +206,8 @@ export class ReconnectingSocket {
       this.#events.frame(event.data)
     }
     socket.onclose = event => {
-      if (socket === this.#closing) {
-        this.#closing = null
-        const due = this.#due
-        this.#due = false
-        if (due) this.#connect()
-      } else this.#closed(socket, event.code, event.reason)
+      if (socket === this.#closing) this.#closingOver()
+      else this.#closed(socket, event.code, event.reason)
     }
     socket.onerror = () => {} // a close follows
     this.#timers.connect = setTimeout(() => { if (socket.readyState !== OPEN) socket.close() }, this.#connectTimeout)
@@ -201,16 +224,32 @@ export class ReconnectingSocket {
 
   /**
    * Gives up a socket that cannot be heard: closed now as far as the client goes (4000, `reason`),
-   * and a new one is opened once it has fired `close`: at once where it can be ended without the
-   * closing handshake (ws' `terminate()`), else whenever the WebSocket gives up on it.
+   * and a new one is opened once it has fired `close` — at once where it can be ended without the
+   * closing handshake (ws' `terminate()`) — or GIVEN_UP_CLOSE_WAIT_MS later, whichever comes first.
    */
   #giveUp (reason: string): void {
     const socket = this.#socket
     if (socket === null || this.#events.state() !== 'open') return
     this.#closed(socket, 4000, reason)
     this.#closing = socket
+    this.#timers.closing = setTimeout(() => { this.#closingOver() }, GIVEN_UP_CLOSE_WAIT_MS)
     if (typeof socket.terminate === 'function') socket.terminate()
     else socket.close(4000, reason)
+  }
+
+  /** The socket given up closed, or was waited for long enough: a new one may open. */
+  #closingOver (): void {
+    this.#forgetClosing()
+    const due = this.#due
+    this.#due = false
+    if (due) this.#connect()
+  }
+
+  /** Whatever the socket given up does from now on, nothing waits for it (its frames and `close` are ignored). */
+  #forgetClosing (): void {
+    clearTimeout(this.#timers.closing)
+    this.#timers.closing = undefined
+    this.#closing = null
   }
 
   #closed (socket: Socket, code: number, reason: string): void {
@@ -244,4 +283,9 @@ export class ReconnectingSocket {
       this.#connect()
     }, delay)
   }
+}
+
+/** Whether a `pagehide` or `pageshow` is the page going into, or coming back from, the back/forward cache. */
+function persisted (event: Event): boolean {
+  return (event as Event & { persisted?: unknown }).persisted === true
 }

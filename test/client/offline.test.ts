@@ -91,3 +91,34 @@ t.test('offline, the client tries once a maxDelay, and its backoff does not grow
   t.same(new Set(retries.map(r => r.attempt)), new Set([1]), 'the attempt count stays at 1')
   t.same(new Set(retries.map(r => r.delay)), new Set([150]), 'each waits maxDelay, no backoff on top')
 })
+
+t.test('a page put in the back/forward cache closes its socket, so it leaves presence; shown again, it reconnects at once and recovers', async t => {
+  const server = await roomsApp()
+  t.teardown(() => server.app.close())
+  // A live link: this socket's close completes, as a browser's does when its connection is alive.
+  const client = new ChannelsClient(server.url, { WebSocket, minDelay: 50, maxDelay: 5000 })
+  t.teardown(() => { client.close() })
+  const states: Array<[ClientState, string | undefined]> = []
+  client.on('state', (state, detail) => { states.push([state, detail.reason]) })
+  const got: string[] = []
+  await client.join('room.cached', { message (data) { got.push((data as { text: string }).text) } }).ready
+  const present = async (): Promise<number> => (await server.app.channelLayer.presence('room.cached')).length
+  t.equal(await present(), 1)
+
+  page.dispatchEvent(Object.assign(new Event('pagehide'), { persisted: false }))
+  t.equal(client.state, 'open', 'a page that is only unloading is left to the browser')
+  page.dispatchEvent(Object.assign(new Event('pagehide'), { persisted: true }))
+  t.same(states.at(-1), ['reconnecting', 'page hidden'], 'into the cache: the socket is closed, and says why')
+  await eventually(async () => await present() === 0, 3000)
+  t.pass('the server no longer counts the cached page as present')
+  await server.app.channelLayer.groupSend('room.cached', { type: 'room.message', text: 'while cached' })
+  await new Promise(resolve => setTimeout(resolve, 300))
+  t.equal(client.state, 'reconnecting', 'no attempt while the page is cached (a browser would not run one either)')
+  t.equal(await present(), 0)
+
+  page.dispatchEvent(Object.assign(new Event('pageshow'), { persisted: true }))
+  await eventually(() => client.state === 'open', 2000)
+  await eventually(() => got.length === 1, 2000)
+  t.same(got, ['while cached'], 'shown again: the re-join recovers what was sent meanwhile')
+  t.equal(await present(), 1, 'and the page is present again')
+})

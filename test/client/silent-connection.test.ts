@@ -124,3 +124,35 @@ t.test('a socket that still gets frames but whose own frames are lost: a call th
   await eventually(() => got.length === sent, 3000)
   t.same(got, Array.from({ length: sent }, (_, n) => `m${n + 1}`), 'the re-join recovered every message, once and in order')
 })
+
+t.test('in a browser, whose WebSocket holds the `close` of a dead connection for a minute, the new socket does not wait for it', async t => {
+  const server = await roomsApp()
+  t.teardown(() => server.app.close())
+  const proxy = await stallingProxy(t, `redis://127.0.0.1:${server.port}`)
+  const url = `ws://127.0.0.1:${new URL(proxy.url).port}/ws/rooms`
+  const sockets: WebSocket[] = []
+  /** As a browser's on a connection that died: no terminate(), and close() starts a closing handshake that never ends. */
+  class BrowserSocket extends WebSocket {
+    constructor (address: string, protocols?: string | string[]) {
+      super(address, protocols)
+      sockets.push(this)
+      Object.defineProperty(this, 'terminate', { value: undefined })
+    }
+
+    override close (): void {}
+  }
+  t.teardown(() => { for (const socket of sockets) WebSocket.prototype.terminate.call(socket) })
+  const client = new ChannelsClient(url, { WebSocket: BrowserSocket as unknown as typeof globalThis.WebSocket, heartbeat: 200, minDelay: 50, maxDelay: 100 })
+  t.teardown(() => { client.close() })
+  const got: string[] = []
+  await client.join('room.quiet', { message (data) { got.push((data as { text: string }).text) } }).ready
+  proxy.stall()
+  await server.app.channelLayer.groupSend('room.quiet', { type: 'room.message', text: 'while silent' })
+  await eventually(() => client.state === 'reconnecting', 5000)
+  proxy.resume()
+  // Without the bound on that wait, the old socket's close never comes here, and neither does a new socket.
+  await eventually(() => client.state === 'open', 5000)
+  t.equal(sockets.length, 2, 'one new socket, while the old one is still closing')
+  await eventually(() => got.length === 1, 3000)
+  t.same(got, ['while silent'], 'and the re-join recovered what was sent meanwhile')
+})
