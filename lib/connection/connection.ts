@@ -404,7 +404,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   taskFailed (err: unknown, what = 'consumer handler'): void {
     const ended = this.#state === 'closing' || this.#state === 'ended'
     if (stoppedWithConnection(err, ended, this, `${what} stopped: the connection had ended`)) return
-    this.#failed(failureClose(err, this.log, this.#channelName, what, this.#http))
+    this.#failed(failureClose(err, this.log, this.#channelName, what, this.#http, ended))
   }
 
   /** A handler or task failed: 1011 is the app's bug (counted), 1008 the client's doing. */

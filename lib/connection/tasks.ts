@@ -106,11 +106,12 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
  * A handler (or a spawned task, `what`) failed after accept: logged, and the close its connection
  * gets. Joining too many groups is the client's doing (1008, at warn); anything else is the app's
  * bug (1011, at error). The log says what the client gets: a close code on a WebSocket; on an HTTP
- * response (`http`), its end, a 500 if its head was not sent yet (response-socket.ts).
+ * response (`http`), its end, a 500 if its head was not sent yet (response-socket.ts); nothing
+ * more once the connection has `ended` (or is closing: its close was decided before).
  */
-export function failureClose (err: unknown, log: FastifyBaseLogger, channel: string, what = 'consumer handler', http = false): [code: number, reason: string] {
+export function failureClose (err: unknown, log: FastifyBaseLogger, channel: string, what = 'consumer handler', http = false, ended = false): [code: number, reason: string] {
   const [code, reason]: [number, string] = err instanceof TooManyGroupsError ? [1008, 'too many groups'] : [1011, 'internal error']
-  const outcome = http ? 'ending the response (500 if its head was not sent)' : `closing with ${code}`
+  const outcome = ended ? 'the connection had already ended' : http ? 'ending the response (500 if its head was not sent)' : `closing with ${code}`
   if (code === 1008) log.warn({ err, channel }, `consumer joined too many groups; ${outcome}`)
   else log.error({ err, channel }, `${what} failed; ${outcome}`)
   return [code, reason]
