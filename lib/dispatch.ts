@@ -99,6 +99,18 @@ let lastProto: object | undefined
 let lastType = ''
 let lastName: string | null = null
 
+/**
+ * What `proto` or a prototype it inherits from holds as `name`, read without running a getter: a
+ * type naming an accessor (`signal`, which needs a connection) is not a handler, and must not throw.
+ */
+function methodOf (proto: object | null, name: string): unknown {
+  for (; proto !== null; proto = Object.getPrototypeOf(proto) as object | null) {
+    const descriptor = Object.getOwnPropertyDescriptor(proto, name)
+    if (descriptor !== undefined) return descriptor.value
+  }
+  return undefined
+}
+
 /** The method of `proto` that `type` names, or null; remembered per class. */
 function nameFor (proto: object, type: string): string | null {
   let byType = cache.get(proto)
@@ -110,7 +122,7 @@ function nameFor (proto: object, type: string): string | null {
   if (name === undefined) {
     name = null
     for (const candidate of handlerNames(type)) {
-      if (typeof (proto as Record<string, unknown>)[candidate] === 'function' && !isReservedName(candidate, proto)) {
+      if (!isReservedName(candidate, proto) && typeof methodOf(proto, candidate) === 'function') {
         name = candidate
         break
       }

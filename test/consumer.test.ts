@@ -407,6 +407,8 @@ t.test('a connect() whose wait the signal aborted when the client went away is n
 })
 
 t.test('layer messages are dispatched by type; unknown and reserved types are dropped and logged', async t => {
+  // 'signal' names a getter of the base class that needs a connection: reading it to look for a
+  // handler threw, and closed every member of the group with 1011.
   class Dispatch extends WebsocketConsumer {
     override groups = ['all']
     async chatMessage (m: { text: string }) { await this.send(`camel ${m.text}`) }
@@ -422,14 +424,14 @@ t.test('layer messages are dispatched by type; unknown and reserved types are dr
   t.equal(await comm.receiveFrom(), 'camel hi')
   await send({ type: 'user.joined', name: 'ann' })
   t.equal(await comm.receiveFrom(), 'snake ann', "falls back to Django's name")
-  for (const type of ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '.secret', '__proto__', 'receive', 'channel.layer', '']) {
+  for (const type of ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '.secret', '__proto__', 'receive', 'channel.layer', 'signal', 'spawn', 'scope', '']) {
     await send({ type })
   }
   await send({ type: 'chat.message', text: 'still open' })
   t.equal(await comm.receiveFrom(), 'camel still open', 'the connection survived every dropped type')
   t.ok(await comm.receiveNothing(30))
   const dropped = logs.filter(l => l.msg === 'no handler for message type; dropped').map(l => l.type)
-  t.same(dropped, ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '.secret', '__proto__', 'receive', 'channel.layer', ''])
+  t.same(dropped, ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '.secret', '__proto__', 'receive', 'channel.layer', 'signal', 'spawn', 'scope', ''])
 })
 
 t.test('one fan-out to four classes: each member runs its own class\'s handler, an override, a snake_case name or an arrow-function field', async t => {
