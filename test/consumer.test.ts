@@ -37,6 +37,23 @@ t.test('accept() with a subprotocol the client did not offer refuses the handsha
   t.match(failures[1], { err: { message: 'accept("v9"): the client did not offer that subprotocol (it offered none)' } })
 })
 
+t.test('groups that are not an array refuse the handshake with 500 and say why; a string is not joined letter by letter', async t => {
+  class OneString extends WebsocketConsumer { override groups = 'lobby' as unknown as string[] }
+  class Nothing extends WebsocketConsumer { override groups = null as unknown as string[] }
+  const { app, logs } = await buildApp({}, app => {
+    app.get('/string', { websocket: true }, OneString.asHandler())
+    app.get('/null', { websocket: true }, Nothing.asHandler())
+  })
+  t.teardown(() => app.close())
+  t.match(await new WebsocketCommunicator(app, '/string').connect(), { connected: false, status: 500 })
+  t.match(await new WebsocketCommunicator(app, '/null').connect(), { connected: false, status: 500 })
+  t.same(logs.filter(l => l.level === 50).map(l => (l.err as { message: string }).message), [
+    'OneString.groups must be an array of group names, got string',
+    'Nothing.groups must be an array of group names, got null'
+  ])
+  t.equal((app.channelLayer as InMemoryChannelLayer).inspect().groups, 0, 'no group was joined')
+})
+
 t.test('connect() refuses: close() before accept and returning without accept give 403; a throw gives 500 and is logged', async t => {
   class Closes extends WebsocketConsumer { override async connect () { await this.close() } }
   class Returns extends WebsocketConsumer { override async connect () {} }

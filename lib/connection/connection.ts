@@ -32,7 +32,7 @@ import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
 import { listenTo, toBuffer, type ConnectionSocket, type SocketEvents } from './socket.js'
 import type { RawData } from 'ws'
-import { ClientFrame, End, callConsumer, failureClose, kAtOnce, kConnect, kDisconnect, kStillHere, kUnmetered, type ConsumerHooks, type Task } from './tasks.js'
+import { ClientFrame, End, callConsumer, failureClose, groupsOf, kAtOnce, kConnect, kDisconnect, kStillHere, kUnmetered, type ConsumerHooks, type Task } from './tasks.js'
 import { ScopedTasks, stoppedWithConnection, type ScopedTasksOwner, type SpawnedTask } from './scoped-tasks.js'
 import { checkSendableCloseCode, dropIfStillClosing, fitCloseReason, protocolErrorCloseCode } from './close-codes.js'
 import type { RouteCounts } from '../metrics.js'
@@ -171,7 +171,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (this.#state !== 'handshake') return
     const view = this.#view = layerView(layer, this.#channelName, this.#runtime.maxGroupsPerConnection, this)
     init({ scope, channelName: this.#channelName, channelLayer: view, log: this.log, connection: this, outbound: this.#outbound })
-    for (const group of this.#consumer.groups) {
+    for (const group of groupsOf(this.#consumer)) {
       if (this.#state !== 'handshake') return
       await view.groupAdd(group, this.#channelName)
     }

@@ -8,7 +8,7 @@ import type { RawData } from 'ws'
 import type { Delivery, LayerMessage } from '../layers/types.js'
 import { DIRECT, SKIPPED } from '../layers/local-channels.js'
 import { findHandler, isPresenceEvent } from '../dispatch.js'
-import { TooManyGroupsError } from '../errors.js'
+import { InvalidOptionError, TooManyGroupsError } from '../errors.js'
 import { toBuffer } from './socket.js'
 
 // The hooks are symbols: a WebSocket consumer maps them onto `connect()`, `receive()` and
@@ -53,6 +53,18 @@ export interface ConsumerHooks {
   [kAtOnce]?: (text: Buffer) => boolean
   [kUnmetered]?: (text: Buffer) => boolean
   [kStillHere]?: () => void
+}
+
+/**
+ * The consumer's `groups`, checked as the connection is set up: an array of names (a string would
+ * be joined letter by letter; the layer checks each name).
+ */
+export function groupsOf (consumer: ConsumerHooks): readonly string[] {
+  const { groups } = consumer as { groups: unknown }
+  if (!Array.isArray(groups)) {
+    throw new InvalidOptionError(`${consumer.constructor.name}.groups must be an array of group names, got ${groups === null ? 'null' : typeof groups}`)
+  }
+  return groups as string[]
 }
 
 /** A client frame waiting for `receive()`. */
