@@ -285,6 +285,17 @@ function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, 
   })
 }
 
+/** Whether `work` settled within SHUTDOWN_GRACE_MS: what shutdown waits for, at most. */
+async function withinGrace (work: Promise<unknown>): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined
+  const late = await Promise.race([
+    work.then(() => false),
+    new Promise<boolean>(resolve => { timer = setTimeout(resolve, SHUTDOWN_GRACE_MS, true) })
+  ])
+  clearTimeout(timer)
+  return !late
+}
+
 /**
  * Every connection closes with 1001 (or ends, if not yet upgraded); resolves once each has
  * finished, or after SHUTDOWN_GRACE_MS for those whose connect() or disconnect() never returns
@@ -301,13 +312,7 @@ async function endConnections (channels: Channels, log: FastifyBaseLogger): Prom
   const open = [...channels.connections]
   for (const connection of open) connection.shutdown()
   const finished = new Set<Connection>()
-  let timer: NodeJS.Timeout | undefined
-  const late = await Promise.race([
-    Promise.all(open.map(async c => { await c.finished; finished.add(c) })).then(() => false),
-    new Promise<boolean>(resolve => { timer = setTimeout(resolve, SHUTDOWN_GRACE_MS, true) })
-  ])
-  clearTimeout(timer)
-  if (late) {
+  if (!await withinGrace(Promise.all(open.map(async c => { await c.finished; finished.add(c) })))) {
     log.warn({ connections: open.length - finished.size, graceMs: SHUTDOWN_GRACE_MS },
       'shutdown: consumers still in connect() or disconnect() after the grace; not waiting for them')
     return
@@ -362,8 +367,13 @@ function serveWorkers (fastify: FastifyInstance, layer: ChannelLayer): { stop: (
     }
   })
   return {
+    // The message in hand is waited for, as long as a consumer's connect() is: a handler that
+    // never returns must not hold the process' stop forever.
     async stop () {
-      await Promise.all(running.splice(0).map(worker => worker.stop()))
+      const stopping = running.splice(0).map(async worker => { await worker.stop() })
+      if (!await withinGrace(Promise.all(stopping))) {
+        fastify.log.warn({ graceMs: SHUTDOWN_GRACE_MS }, 'shutdown: a worker handler still running after the grace; not waiting for it')
+      }
     }
   }
 }

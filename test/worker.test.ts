@@ -137,6 +137,23 @@ t.test('close() stops the worker after the message in hand, before the layer clo
   t.notOk(logs.some(l => (l.level as number) >= 50), 'nothing failed on the way down')
 })
 
+t.test('a handler that never returns does not hold close() for ever: it is waited for 5 s, as a consumer\'s connect() is, and logged', async t => {
+  const started: number[] = []
+  class Stuck extends ChannelConsumer {
+    async work (message: { n: number }) {
+      started.push(message.n)
+      await new Promise(() => {})
+    }
+  }
+  const { app, logs } = await buildApp({}, app => app.channelWorker('stuck', Stuck))
+  await app.channelLayer.send('stuck', { type: 'work', n: 1 })
+  await eventually(() => started.length === 1)
+  await app.close()
+  t.pass('close() resolved')
+  t.ok(logs.some(l => l.level === 40 && l.msg === 'shutdown: a worker handler still running after the grace; not waiting for it'), 'with a warning that says why it took the grace')
+  t.same(started, [1])
+})
+
 t.test('a failing receive() is logged and retried; a layer closed underneath stops the worker', async t => {
   const layer = new InMemoryChannelLayer()
   const receive = layer.receiveDelivery.bind(layer)
