@@ -66,6 +66,18 @@ export function handlerNames (type: string): string[] {
   return camel === snake ? [camel] : [camel, snake]
 }
 
+/**
+ * What a "no handler" warning says of `type` on `target`: the methods that would handle it, or why
+ * none may (a private or empty type, a name a base class or `Object.prototype` reserves).
+ */
+export function missingHandlerHint (target: object, type: string): string {
+  const names = handlerNames(type)
+  if (names.length === 0) return 'a type that is empty or starts with _ is never dispatched'
+  const reserved = names.find(name => isReservedName(name, Object.getPrototypeOf(target) as object))
+  if (reserved !== undefined) return `${reserved} is a name the consumer's base class reserves: it is never a handler`
+  return `define ${names.map(name => `${name}()`).join(' or ')}`
+}
+
 /** Finds the handler `type` names on `target`, or undefined when none may be called. */
 export function findHandlerByType (target: object, type: string): MessageHandler | undefined {
   // Kept this small so that V8 inlines it where the consumer was just read: knowing its class

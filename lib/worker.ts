@@ -9,8 +9,9 @@ import type { FastifyBaseLogger } from 'fastify'
 import { canReceiveDelivery, type ChannelLayer, type Received } from './layers/types.js'
 import { DIRECT } from './layers/local-channels.js'
 import { assertChannelName } from './layers/names.js'
-import { findHandler, isPresenceEvent, reserveNames } from './dispatch.js'
+import { findHandler, isPresenceEvent, missingHandlerHint, reserveNames } from './dispatch.js'
 import { InvalidChannelNameError, InvalidOptionError } from './errors.js'
+import { thrownFields } from './connection/tasks.js'
 
 export const kInitWorker = Symbol('fastify-channels.initWorker')
 
@@ -84,12 +85,12 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
     try {
       const handler = findHandler(worker, message.type)
       if (handler === undefined) {
-        if (!isPresenceEvent(message.type)) log.warn({ type: message.type, channel }, 'no worker handler for message type; dropped')
+        if (!isPresenceEvent(message.type)) log.warn({ type: message.type, channel, hint: missingHandlerHint(worker, message.type) }, 'no worker handler for message type; dropped')
         return
       }
       await handler.call(worker, message, info)
     } catch (err) {
-      log.error({ err, type: message.type, channel }, 'worker handler failed; going on with the next message')
+      log.error({ ...thrownFields(err), type: message.type, channel }, 'worker handler failed; going on with the next message')
     }
   }
 

@@ -54,6 +54,27 @@ t.test('groups that are not an array refuse the handshake with 500 and say why; 
   t.equal((app.channelLayer as InMemoryChannelLayer).inspect().groups, 0, 'no group was joined')
 })
 
+t.test('a handler that throws a value that is not an Error: 1011, and the log says what was thrown', async t => {
+  class Careless extends WebsocketConsumer {
+    override async receive (text?: string) {
+      throw (text === 'undefined' ? undefined : text === 'null' ? null : { reason: text }) as unknown as Error
+    }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Careless.asHandler()))
+  t.teardown(() => app.close())
+  for (const text of ['undefined', 'null', 'object']) {
+    const comm = new WebsocketCommunicator(app, '/ws')
+    await comm.connect()
+    await comm.sendTo(text)
+    t.match(await comm.closed, { code: 1011 }, `${text}: 1011`)
+  }
+  t.same(logs.filter(l => l.msg === 'consumer handler failed; closing with 1011').map(l => l.thrown), [
+    'a value that is not an Error: undefined',
+    'a value that is not an Error: null',
+    "a value that is not an Error: { reason: 'object' }"
+  ])
+})
+
 t.test('connect() refuses: close() before accept and returning without accept give 403; a throw gives 500 and is logged', async t => {
   class Closes extends WebsocketConsumer { override async connect () { await this.close() } }
   class Returns extends WebsocketConsumer { override async connect () {} }
@@ -449,6 +470,10 @@ t.test('layer messages are dispatched by type; unknown and reserved types are dr
   t.ok(await comm.receiveNothing(30))
   const dropped = logs.filter(l => l.msg === 'no handler for message type; dropped').map(l => l.type)
   t.same(dropped, ['no.such', 'close', 'send', 'accept', 'disconnect', 'constructor', 'to.string', 'has_own_property', '_secret', '.secret', '__proto__', 'receive', 'channel.layer', 'signal', 'spawn', 'scope', ''])
+  const hint = (type: string): unknown => logs.find(l => l.msg === 'no handler for message type; dropped' && l.type === type)?.hint
+  t.equal(hint('no.such'), 'define noSuch() or no_such()', 'the warning names the methods that would handle it')
+  t.equal(hint('send'), 'send is a name the consumer\'s base class reserves: it is never a handler')
+  t.equal(hint('_secret'), 'a type that is empty or starts with _ is never dispatched')
 })
 
 t.test('one fan-out to four classes: each member runs its own class\'s handler, an override, a snake_case name or an arrow-function field', async t => {

@@ -4,10 +4,11 @@
  * the lifecycle (connection.ts). Also what a failing handler costs its connection.
  */
 import type { FastifyBaseLogger } from 'fastify'
+import { inspect } from 'node:util'
 import type { RawData } from 'ws'
 import type { Delivery, LayerMessage } from '../layers/types.js'
 import { DIRECT, SKIPPED } from '../layers/local-channels.js'
-import { findHandler, isPresenceEvent } from '../dispatch.js'
+import { findHandler, isPresenceEvent, missingHandlerHint } from '../dispatch.js'
 import { InvalidOptionError, TooManyGroupsError } from '../errors.js'
 import { toBuffer } from './socket.js'
 
@@ -106,7 +107,7 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
   } else {
     const handler = findHandler(consumer, task.type, info)
     if (handler === undefined) {
-      if (!isPresenceEvent(task.type)) reporter.log.warn({ type: task.type, channel: reporter.channelName }, 'no handler for message type; dropped')
+      if (!isPresenceEvent(task.type)) reporter.log.warn({ type: task.type, channel: reporter.channelName, hint: missingHandlerHint(consumer, task.type) }, 'no handler for message type; dropped')
       return undefined
     }
     result = handler.call(consumer, task, info ?? DIRECT)
@@ -125,8 +126,16 @@ export function failureClose (err: unknown, log: FastifyBaseLogger, channel: str
   const [code, reason]: [number, string] = err instanceof TooManyGroupsError ? [1008, 'too many groups'] : [1011, 'internal error']
   const outcome = ended ? 'the connection had already ended' : http ? 'ending the response (500 if its head was not sent)' : `closing with ${code}`
   if (code === 1008) log.warn({ err, channel }, `consumer joined too many groups; ${outcome}`)
-  else log.error({ err, channel }, `${what} failed; ${outcome}`)
+  else log.error({ ...thrownFields(err), channel }, `${what} failed; ${outcome}`)
   return [code, reason]
+}
+
+/**
+ * A thrown value as a log line's fields: an Error as `err`; anything else (`throw undefined`, a
+ * string) described as well, since a logger shows nothing of some of them.
+ */
+export function thrownFields (err: unknown): { err: unknown, thrown?: string } {
+  return err instanceof Error ? { err } : { err, thrown: `a value that is not an Error: ${inspect(err, { depth: 1 })}` }
 }
 
 /** Whether `value` is a promise, or anything else with a `then()`. */
