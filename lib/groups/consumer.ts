@@ -160,7 +160,12 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     const options: GroupAddOptions = {}
     if (since !== undefined) options.since = since
     try {
-      if (await this.canJoin(group) !== true) return await this.#refuseGroup(new JoinDeniedError(group), group, 'info')
+      const allowed: unknown = await this.canJoin(group)
+      if (allowed !== true) {
+        // Refused either way; a value that is not a boolean ('yes', 1) is the app's mistake, and said so.
+        if (allowed !== false) this.log.warn({ group, returned: typeof allowed, channel: this.channelName }, 'canJoin() returned something other than true or false; join refused')
+        return await this.#refuseGroup(new JoinDeniedError(group), group, 'info')
+      }
       const presence = withPresence ? await this.presenceInfo(group) : undefined
       if (presence !== undefined) options.presence = presence
     } catch (err) {

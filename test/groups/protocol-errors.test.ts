@@ -83,6 +83,9 @@ t.test('joins that cannot be granted are answered with the group and a code; not
   t.match(await answer(c, { op: 'join', group: 'lobby' }), { op: 'error', code: 'FST_CHANNELS_JOIN_DENIED', group: 'lobby', message: 'Joining group "lobby" was refused' }, 'canJoin() says no')
   t.match(await answer(c, { op: 'join', group: 'room.explode' }), { op: 'error', code: 'FST_CHANNELS_JOIN_FAILED', group: 'room.explode' }, 'canJoin() throws')
   t.ok(server.logs.some(l => l.level === 50 && (l.err as { message?: string } | undefined)?.message === 'permission store down'), 'the failure is logged at error')
+  t.match(await answer(c, { op: 'join', group: 'room.yes' }), { op: 'error', code: 'FST_CHANNELS_JOIN_DENIED', group: 'room.yes' }, 'canJoin() returns "yes": refused')
+  const mistakes = server.logs.filter(l => l.msg === 'canJoin() returned something other than true or false; join refused')
+  t.match(mistakes, [{ level: 40, group: 'room.yes', returned: 'string' }], 'and the mistake is named at warn (a plain false is not)')
   t.ok(await c.nothing(), 'a refused join sends nothing more')
 
   for (const group of ['room.a', 'room.b', 'room.slow']) t.match(await answer(c, { op: 'join', group }), { op: 'joined', group })
