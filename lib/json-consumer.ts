@@ -80,7 +80,9 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
         if (typeof text !== 'string') {
           throw new InvalidOptionError(isThenable(text)
             ? `${this.constructor.name}.encodeJson() returned a promise: it must return the text (it cannot be async)`
-            : `sendJson(content) takes a value JSON can encode, got ${typeof content}`)
+            : encode !== defaultEncodeJson
+              ? `${this.constructor.name}.encodeJson() returned ${text === null ? 'null' : typeof text}: it must return the text`
+              : `sendJson(content) takes a value JSON can encode, got ${typeof content}`)
         }
         if (isShared(content)) {
           lastShared = content

@@ -578,6 +578,19 @@ for (const awaited of [true, false]) {
   })
 }
 
+t.test('a close code given as a string is told so', async t => {
+  class StringCode extends WebsocketConsumer {
+    override async receive () { await this.close('4000' as unknown as number) }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, StringCode.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendTo('x')
+  t.match(await comm.closed, { code: 1011 })
+  t.match(logs.find(l => l.msg === 'consumer handler failed; closing with 1011'), { err: { code: 'FST_CHANNELS_INVALID_OPTION', message: 'close(code): the code must be a number, got string' } })
+})
+
 t.test('channelName reaches the consumer through channelLayer.send from an HTTP route', async t => {
   const names: string[] = []
   class Named extends WebsocketConsumer {

@@ -95,6 +95,20 @@ for (const side of ['decodeJson', 'encodeJson'] as const) {
   })
 }
 
+t.test('an encodeJson that returns something other than text is named in the error, not the content', async t => {
+  class Wrong extends JsonWebsocketConsumer {
+    static override encodeJson (value: unknown): string { return value as string }
+    override async receiveJson (content: unknown) { await this.sendJson(content) }
+  }
+  const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Wrong.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  await comm.sendJsonTo({ hello: 1 })
+  t.match(await comm.closed, { code: 1011 })
+  t.match(logs.find(l => (l.level as number) >= 50)?.err, { code: 'FST_CHANNELS_INVALID_OPTION', message: 'Wrong.encodeJson() returned object: it must return the text' })
+})
+
 t.test('a group message to many members: each client gets exactly the JSON of what its own handler sent, changed or not', async t => {
   const { listen, openClient } = await import('./helpers/loopback.js')
   // What each member's handler does to its copy before sendJson (members fan out in join order,

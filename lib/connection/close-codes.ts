@@ -15,6 +15,7 @@ function isSendableCloseCode (code: number): boolean {
 
 /** Throws InvalidOptionError for a code that no close frame may carry. */
 export function checkSendableCloseCode (code: number): void {
+  if (typeof code !== 'number') throw new InvalidOptionError(`close(code): the code must be a number, got ${code === null ? 'null' : typeof code}`)
   if (!isSendableCloseCode(code)) throw new InvalidOptionError(`close code ${String(code)} cannot be sent; use 1000-1014 or 3000-4999`)
 }
 
