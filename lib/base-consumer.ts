@@ -4,7 +4,7 @@
  * that lives as long as the connection (`signal`, `spawn()`). The connection it belongs to drives
  * it through the hooks in connection/tasks.ts; each subclass maps them onto its own methods.
  */
-import type { FastifyBaseLogger } from 'fastify'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import type { ChannelLayer } from './layers/types.js'
 import type { Connection, ConsumerContext } from './connection/connection.js'
 import type { Outbound } from './connection/outbound.js'
@@ -82,4 +82,14 @@ export type AnyConsumerClass = abstract new () => BaseConsumer<unknown>
 export function consumerClassOf (handler: unknown): AnyConsumerClass | undefined {
   if (typeof handler !== 'function') return undefined
   return (handler as { [kConsumerClass]?: AnyConsumerClass })[kConsumerClass]
+}
+
+/**
+ * A consumer route Fastify serves as plain HTTP because the plugin never saw it (declared before
+ * the plugin was registered, or outside its context): 500, saying why. Returns the reply, for an
+ * async route handler to return.
+ */
+export function answerNotRegistered (request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  request.log.error('a consumer route was reached without the fastify-channels plugin: register it (awaited) before the route, in the same context')
+  return reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'fastify-channels is not registered' })
 }

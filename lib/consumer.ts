@@ -8,7 +8,7 @@ import type { Scope } from './scope.js'
 import { connectionOf, mayReleaseUpgrade, unbindRequest } from './connection/binding.js'
 import { releaseUpgradeState } from './internals.js'
 import { kConnect, kDisconnect, kReceive } from './connection/tasks.js'
-import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
+import { answerNotRegistered, BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
 import { reserveNames } from './dispatch.js'
 import { InvalidOptionError } from './errors.js'
 import { ACCEPT, sendFailure } from './connection/unawaited-failure.js'
@@ -30,7 +30,7 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
       if (typeof (socket as Partial<WebSocket>).close !== 'function') {
         // Called as a plain HTTP handler, (request, reply): neither the plugin nor @fastify/websocket
         // saw the route (declared before the plugin was registered, or outside its context).
-        notRegistered(socket as unknown as FastifyRequest, request as unknown as FastifyReply)
+        answerNotRegistered(socket as unknown as FastifyRequest, request as unknown as FastifyReply)
         return
       }
       const connection = connectionOf(request.raw)
@@ -109,9 +109,3 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
 }
 
 reserveNames(WebsocketConsumer.prototype)
-
-/** A consumer route Fastify serves as plain HTTP, without the plugin: 500, saying why. */
-function notRegistered (request: FastifyRequest, reply: FastifyReply): void {
-  request.log.error('a consumer route was reached without the fastify-channels plugin: register it (awaited) before the route, in the same context')
-  void reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'fastify-channels is not registered' })
-}

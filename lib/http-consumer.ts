@@ -23,7 +23,7 @@ import type { HttpScope } from './scope.js'
 import type { ResponseSocket } from './connection/response-socket.js'
 import { kConnect, kDisconnect } from './connection/tasks.js'
 import { sendFailure } from './connection/unawaited-failure.js'
-import { BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
+import { answerNotRegistered, BaseConsumer, kConnection, kConsumerClass, kOutbound } from './base-consumer.js'
 import { reserveNames } from './dispatch.js'
 import { ConnectionClosedError, HttpResponseError, InvalidOptionError } from './errors.js'
 import { EVENT_STREAM_HEADERS, encodeEvent, type ServerSentEvent } from './server-sent-events.js'
@@ -59,8 +59,7 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
   static asHandler (this: HttpConsumerClass): HttpRouteHandler {
     const handler = async function httpConsumerRoute (request: FastifyRequest, reply: FastifyReply): Promise<void> {
       // The fastify-channels plugin replaces this handler where it is registered.
-      request.log.error('an HTTP consumer route was reached without the fastify-channels plugin')
-      await reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'fastify-channels is not registered' })
+      await answerNotRegistered(request, reply)
     }
     return Object.assign(handler, { [kConsumerClass]: this })
   }
