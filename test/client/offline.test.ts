@@ -9,6 +9,7 @@ import WebSocket from 'ws'
 import { ChannelsClient, type ClientState } from '../../lib/client/index.js'
 import { eventually } from '../helpers/app.js'
 import { roomsApp } from '../groups/rooms.js'
+import { deadLinkWebSocket } from '../helpers/dead-link-websocket.js'
 
 const page = new EventTarget()
 const navigator = { onLine: true }
@@ -18,17 +19,7 @@ Object.assign(globalThis, {
 })
 Object.defineProperty(globalThis, 'navigator', { value: navigator, configurable: true })
 
-const sockets: WebSocket[] = []
-/** A browser's WebSocket on a connection that died: close() starts a closing handshake that never ends. */
-class BrowserSocket extends WebSocket {
-  constructor (url: string, protocols?: string | string[]) {
-    super(url, protocols)
-    sockets.push(this)
-    Object.defineProperty(this, 'terminate', { value: undefined })
-  }
-
-  override close (): void {}
-}
+const { BrowserSocket, sockets } = deadLinkWebSocket(t)
 
 function goOffline (): void {
   navigator.onLine = false
@@ -40,12 +31,10 @@ function goOnline (): void {
   page.dispatchEvent(new Event('online'))
 }
 
-t.teardown(() => { for (const socket of sockets) WebSocket.prototype.terminate.call(socket) })
-
 t.test('back online, the client opens a new socket at once: it does not wait for the one it gave up offline', async t => {
   const server = await roomsApp()
   t.teardown(() => server.app.close())
-  const client = new ChannelsClient(server.url, { WebSocket: BrowserSocket as unknown as typeof globalThis.WebSocket, minDelay: 50, maxDelay: 5000 })
+  const client = new ChannelsClient(server.url, { WebSocket: BrowserSocket, minDelay: 50, maxDelay: 5000 })
   t.teardown(() => { client.close() })
   const states: Array<[ClientState, string | undefined]> = []
   client.on('state', (state, detail) => { states.push([state, detail.reason]) })
@@ -65,7 +54,7 @@ t.test('a client made while offline makes no attempt until it is back online', a
   t.teardown(() => server.app.close())
   const before = sockets.length
   goOffline()
-  const client = new ChannelsClient(server.url, { WebSocket: BrowserSocket as unknown as typeof globalThis.WebSocket, minDelay: 50, maxDelay: 5000 })
+  const client = new ChannelsClient(server.url, { WebSocket: BrowserSocket, minDelay: 50, maxDelay: 5000 })
   t.teardown(() => { client.close() })
   await new Promise(resolve => setTimeout(resolve, 300))
   t.equal(sockets.length, before, 'no attempt while offline')
@@ -82,7 +71,7 @@ t.test('offline, the client tries once a maxDelay, and its backoff does not grow
   goOffline()
   t.teardown(goOnline)
   const before = sockets.length
-  const client = new ChannelsClient(url, { WebSocket: BrowserSocket as unknown as typeof globalThis.WebSocket, minDelay: 50, maxDelay: 150 })
+  const client = new ChannelsClient(url, { WebSocket: BrowserSocket, minDelay: 50, maxDelay: 150 })
   t.teardown(() => { client.close() })
   const retries: Array<{ attempt?: number, delay?: number }> = []
   client.on('state', (state, detail) => { if (state === 'reconnecting') retries.push({ attempt: detail.attempt, delay: detail.delay }) })

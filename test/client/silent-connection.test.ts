@@ -12,6 +12,7 @@ import { ChannelsClient, type ClientState } from '../../lib/client/index.js'
 import { eventually } from '../helpers/app.js'
 import { stallingProxy } from '../helpers/redis.js'
 import { roomsApp } from '../groups/rooms.js'
+import { deadLinkWebSocket } from '../helpers/dead-link-websocket.js'
 
 t.test('a silent connection is given up after two heartbeats, and what the group sent meanwhile is recovered', async t => {
   const server = await roomsApp()
@@ -130,19 +131,8 @@ t.test('in a browser, whose WebSocket holds the `close` of a dead connection for
   t.teardown(() => server.app.close())
   const proxy = await stallingProxy(t, `redis://127.0.0.1:${server.port}`)
   const url = `ws://127.0.0.1:${new URL(proxy.url).port}/ws/rooms`
-  const sockets: WebSocket[] = []
-  /** As a browser's on a connection that died: no terminate(), and close() starts a closing handshake that never ends. */
-  class BrowserSocket extends WebSocket {
-    constructor (address: string, protocols?: string | string[]) {
-      super(address, protocols)
-      sockets.push(this)
-      Object.defineProperty(this, 'terminate', { value: undefined })
-    }
-
-    override close (): void {}
-  }
-  t.teardown(() => { for (const socket of sockets) WebSocket.prototype.terminate.call(socket) })
-  const client = new ChannelsClient(url, { WebSocket: BrowserSocket as unknown as typeof globalThis.WebSocket, heartbeat: 200, minDelay: 50, maxDelay: 100 })
+  const { BrowserSocket, sockets } = deadLinkWebSocket(t)
+  const client = new ChannelsClient(url, { WebSocket: BrowserSocket, heartbeat: 200, minDelay: 50, maxDelay: 100 })
   t.teardown(() => { client.close() })
   const got: string[] = []
   await client.join('room.quiet', { message (data) { got.push((data as { text: string }).text) } }).ready
