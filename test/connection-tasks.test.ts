@@ -4,7 +4,7 @@
  * connection, nothing else). The lifecycle details against a fake socket:
  * test/connection/connection.test.ts; the tasks alone: test/connection/scoped-tasks.test.ts.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type WebSocket from 'ws'
 import { JsonWebsocketConsumer, WebsocketConsumer } from '../lib/index.js'
@@ -16,6 +16,24 @@ function inbox (ws: WebSocket): string[] {
   const received: string[] = []
   ws.on('message', (data: Buffer) => received.push(data.toString()))
   return received
+}
+
+/**
+ * Another client of an echo consumer (one that answers a frame with `echo <text>`), to show that
+ * a failure cost only its own connection: `stillServed()` gets its echo, then leaves.
+ */
+async function echoBystander (url: string): Promise<{ stillServed: (t: Test) => Promise<void> }> {
+  const { ws, closed } = await openClient(url)
+  const received = inbox(ws)
+  return {
+    async stillServed (t) {
+      ws.send('still here')
+      await eventually(() => received.includes('echo still here'))
+      t.pass('the other connection is unaffected')
+      ws.close()
+      await closed
+    }
+  }
 }
 
 t.test('the clock with spawn(): ticks while open, stops when the client leaves, disconnect() once', async t => {
@@ -161,8 +179,7 @@ t.test('a spawned task that fails closes its own connection with 1011; the other
   const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Failing.asHandler()))
   t.teardown(() => app.close())
   const { url } = await listen(app)
-  const bystander = await openClient(`${url}/ws`)
-  const bystanderInbox = inbox(bystander.ws)
+  const bystander = await echoBystander(`${url}/ws`)
 
   const failing = await openClient(`${url}/ws`)
   failing.ws.send('fail')
@@ -174,11 +191,7 @@ t.test('a spawned task that fails closes its own connection with 1011; the other
   t.match(await badCall.closed, { code: 1011 }, 'spawn() with a non-function is a typed error: the handler fails')
   t.ok(logs.some(l => l.msg === 'consumer handler failed; closing with 1011' && (l.err as { code: string }).code === 'FST_CHANNELS_INVALID_OPTION'))
 
-  bystander.ws.send('still here')
-  await eventually(() => bystanderInbox.includes('echo still here'))
-  t.pass('the other connection is unaffected')
-  bystander.ws.close()
-  await bystander.closed
+  await bystander.stillServed(t)
 })
 
 t.test('a send nothing awaited, after the client left: no unhandled rejection, logged at debug, the others keep working', async t => {
@@ -193,23 +206,18 @@ t.test('a send nothing awaited, after the client left: no unhandled rejection, l
   const { app, logs } = await buildApp({}, app => app.get('/ws', { websocket: true }, Echo.asHandler()))
   t.teardown(() => app.close())
   const { url } = await listen(app)
-  const bystander = await openClient(`${url}/ws`)
-  const bystanderInbox = inbox(bystander.ws)
+  const bystander = await echoBystander(`${url}/ws`)
   const leaving = await openClient(`${url}/ws`)
   for (let i = 0; i < 20; i++) leaving.ws.send(`${i}`)
   leaving.ws.terminate()
   await leaving.closed
-  const stopped = (): number => logs.filter(l => l.msg === 'a send that nothing awaited stopped: the connection had ended').length
-  await eventually(() => stopped() > 0)
+  const stopped = (): typeof logs => logs.filter(l => l.msg === 'a send that nothing awaited stopped: the connection had ended')
+  await eventually(() => stopped().length > 0)
   await sleep(50)
   t.same(unhandled, [], 'no unhandled rejection')
-  t.ok(logs.filter(l => l.msg === 'a send that nothing awaited stopped: the connection had ended').every(l => l.level === 20), 'logged at debug')
+  t.ok(stopped().every(l => l.level === 20), 'logged at debug')
   t.notOk(logs.some(l => (l.level as number) >= 40), 'no warning or error: losing the race with the close is no failure')
-  bystander.ws.send('still here')
-  await eventually(() => bystanderInbox.includes('echo still here'))
-  t.pass('the other connection is unaffected')
-  bystander.ws.close()
-  await bystander.closed
+  await bystander.stillServed(t)
 })
 
 t.test('a sendJson() nothing awaited, of content JSON cannot encode: closed with 1011 and logged, as if the handler threw', async t => {
