@@ -42,8 +42,10 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
     try {
       content = ctor.decodeJson(text)
     } catch (err) {
-      const problem = err instanceof Error ? err.message : String(err)
-      await this[kRefuseFrame](`invalid JSON: ${problem}`, { err })
+      // V8's syntax errors quote the frame (a password in it, say): the reason, logged and sent
+      // back, keeps only what went wrong, and the error itself is not logged.
+      if (err instanceof SyntaxError) await this[kRefuseFrame](`invalid JSON: ${withoutExcerpt(err.message)}`, {})
+      else await this[kRefuseFrame](`invalid JSON: ${err instanceof Error ? err.message : String(err)}`, { err })
       return
     }
     // Channels' decode_json may be async; here it is not: the app's mistake, said as such (1011).
@@ -117,6 +119,15 @@ export function reusedEncoding (encode: (value: unknown) => string, content: unk
 let lastShared: unknown
 let lastEncoder: ((value: unknown) => string) | undefined
 let lastText = ''
+
+/**
+ * A JSON syntax error's message without the part of the text it quotes: `Unexpected token 'h',
+ * "{"pw":hunter2}" is not valid JSON` → `Unexpected token 'h'`.
+ */
+function withoutExcerpt (message: string): string {
+  const quoted = message.search(/, (?:\.\.\.)?"/)
+  return quoted < 0 ? message : message.slice(0, quoted)
+}
 
 /** Iterative, so hostile input cannot overflow the stack while being measured. */
 function nestingDepth (value: unknown): number {

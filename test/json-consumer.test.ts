@@ -48,6 +48,21 @@ for (const [what, frame, reason] of refused) {
   })
 }
 
+t.test('a malformed frame is refused without quoting it: a password in it reaches neither the log nor the close reason', async t => {
+  const { app, logs } = await setup(t)
+  const secret = 'hunter2-S3cr3t'
+  for (const frame of [`{"pw":${secret}}`, `{"op":"login","username":"bob","password":${secret}-and-more-text-after-it}`]) {
+    const comm = new WebsocketCommunicator(app, '/ws')
+    await comm.connect()
+    await comm.sendTo(frame)
+    const closed = await comm.closed
+    t.equal(closed.code, 1003)
+    t.match(closed.reason, /^invalid JSON: Unexpected token 'h'$/, 'the reason says what is wrong')
+  }
+  t.ok(logs.some(l => l.level === 40 && /JSON/.test(String(l.msg))), 'refusals are logged at warn')
+  t.notOk(JSON.stringify(logs).includes('hunter2'), 'no log line at any level quotes the frame')
+})
+
 t.test('32 levels of nesting are accepted', async t => {
   const { app } = await setup(t)
   const comm = new WebsocketCommunicator(app, '/ws')

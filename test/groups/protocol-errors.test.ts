@@ -73,6 +73,13 @@ t.test('unreadable frames get an error frame with a stable code, and the connect
   t.ok(server.logs.some(l => l.level === 40 && /^protocol error: /.test(String(l.msg))), 'protocol errors are logged at warn')
 })
 
+t.test('a malformed frame is answered without quoting it: a password in it is neither logged nor sent back', async t => {
+  const c = await client(t)
+  const reply = await answer(c, '{"op":"call","id":1,"action":"login","args":{"password":hunter2-S3cr3t}}')
+  t.match(reply, { op: 'error', code: 'FST_CHANNELS_BAD_FRAME', message: /^invalid JSON: Unexpected token 'h'$/ })
+  t.notOk(JSON.stringify(server.logs).includes('hunter2'), 'no log line at any level quotes the frame')
+})
+
 t.test('joins that cannot be granted are answered with the group and a code; nothing else', async t => {
   const c = await client(t)
   t.match(await answer(c, { op: 'join', group: 'not a group!' }), { op: 'error', code: 'FST_CHANNELS_INVALID_NAME', group: 'not a group!' }, 'an invalid group name')
