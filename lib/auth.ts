@@ -7,34 +7,66 @@
  * resolves, so the next HTTP request with that cookie sees the change.
  */
 import type { ChannelsUser, HttpScope, Scope, SessionLike } from './scope.js'
-import { InvalidOptionError, SessionRequiredError } from './errors.js'
+import { InvalidOptionError, SessionGoneError, SessionRequiredError } from './errors.js'
 
 /** The session key the user is kept under; the default `getUser` reads it back. */
 export const SESSION_USER_KEY = 'user'
 
-type LooseSession = SessionLike & Record<string, unknown>
+type LooseSession = SessionLike & Record<string, unknown> & { touch?: () => void }
 
 /** A WebSocket or an HTTP consumer's scope: both carry the request, its session and its user. */
 type AnyScope = Scope | HttpScope
 
 function sessionFor (scope: AnyScope, action: string): LooseSession {
   const session = scope.session
-  if (session === null) throw new SessionRequiredError(action)
+  if (session === null) {
+    throw new SessionRequiredError(action, storeOf(scope) === undefined
+      ? 'register @fastify/cookie and @fastify/session before the consumer route'
+      : "this connection has none (it destroyed it, or the socket's path is outside the session cookie's path)")
+  }
   return session as unknown as LooseSession
 }
 
-// The browser holds this session only if one of its cookies carries the signed id (after any prefix);
-// a session created during the upgrade never reaches the browser, since no response sets its cookie.
+interface SessionStore {
+  get (id: string, callback: (err: unknown, session?: unknown) => void): void
+}
+
+// `@fastify/session` decorates every request with its store.
+function storeOf (scope: AnyScope): SessionStore | undefined {
+  const store = (scope.request as unknown as { sessionStore?: Partial<SessionStore> | null }).sessionStore
+  return typeof store?.get === 'function' ? store as SessionStore : undefined
+}
+
+function inStore (store: SessionStore, id: string): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    store.get(id, (err, found) => { if (err !== null && err !== undefined) reject(err); else resolve(found !== null && found !== undefined) })
+  })
+}
+
+// The browser holds this session only if one of its cookies carries the signed id (after any
+// prefix; signed with any of the secrets, the newest or one being rotated out); a session created
+// during the upgrade never reaches the browser, since no response sets its cookie.
 function clientHoldsSession (scope: AnyScope, session: SessionLike): boolean {
   const cookies = (scope.request as unknown as { cookies?: Record<string, string | undefined> | null }).cookies ?? {}
-  const id = session.encryptedSessionId
-  return typeof id === 'string' && id !== '' && Object.values(cookies).some(value => value?.endsWith(id) === true)
+  const { sessionId, encryptedSessionId } = session
+  if (typeof sessionId !== 'string' || sessionId === '') return false
+  return Object.values(cookies).some(value => typeof value === 'string' &&
+    ((typeof encryptedSessionId === 'string' && encryptedSessionId !== '' && value.endsWith(encryptedSessionId)) || value.includes(`${sessionId}.`)))
 }
 
 async function store (scope: AnyScope, session: LooseSession, action: string, change: () => void): Promise<void> {
+  const held = clientHoldsSession(scope, session)
+  // A session the client holds was read from the store at the handshake. Gone from it since (it
+  // expired; an HTTP request logged out or rotated the id), a save would bring it back under an id
+  // the browser may have dropped: a logout that signs no one out, a login nobody sees.
+  const sessions = storeOf(scope)
+  if (held && sessions !== undefined && !(await inStore(sessions, session.sessionId))) throw new SessionGoneError(action)
   const had = Object.hasOwn(session, SESSION_USER_KEY)
   const previous = session[SESSION_USER_KEY]
   change()
+  // The expiry was set when the socket opened; saved as it is, a connection older than the
+  // cookie's maxAge would store a session already expired, which the next HTTP request discards.
+  session.touch?.()
   try {
     await session.save()
   } catch (err) {
@@ -43,8 +75,9 @@ async function store (scope: AnyScope, session: LooseSession, action: string, ch
     else Reflect.deleteProperty(session, SESSION_USER_KEY)
     throw err
   }
-  if (!clientHoldsSession(scope, session)) {
-    scope.request.log.warn({ sessionId: session.sessionId },
+  if (!held) {
+    // Not the session id: it is what the store keys the signed-in session by.
+    scope.request.log.warn(
       `${action}(): the client sent no cookie for this session, so its HTTP requests will not see the change; ` +
       'let an HTTP response set the session cookie before the socket opens')
   }

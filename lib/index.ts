@@ -33,7 +33,7 @@ export type {
 export {
   ChannelFullError, InvalidChannelNameError, InvalidMessageError,
   LayerClosedError, LayerTimeoutError, RemoteLayerError, InvalidOptionError,
-  TooManyGroupsError, SessionRequiredError, RedisPipelineError, ConnectionClosedError,
+  TooManyGroupsError, SessionRequiredError, SessionGoneError, RedisPipelineError, ConnectionClosedError,
   HttpResponseError, InvalidEventError,
   BadFrameError, UnknownOpError, JoinDeniedError, JoinFailedError, UnknownActionError, InvalidArgsError,
   ArgsTooLargeError, ActionFailedError

@@ -11,25 +11,29 @@ import type { FastifyInstance, Session as StoredSession } from 'fastify'
 import { buildApp } from './helpers/app.js'
 import { buildSessionApp, sessionCookie, sessionData } from './helpers/session.js'
 
-type Session = { get (key: string): unknown, set (key: string, value: unknown): void, save (): Promise<void> }
+type Session = { get (key: string): unknown, set (key: string, value: unknown): void, save (): Promise<void>, destroy (): Promise<void> }
 
 class Account extends JsonWebsocketConsumer {
-  override async receiveJson (content: { login?: string | null, logout?: true, set?: [string, string], save?: true, echo?: number }) {
+  override async receiveJson (content: { login?: string | null, logout?: true, set?: [string, string], save?: true, destroy?: true, echo?: number }) {
     const session = this.scope.session as unknown as Session | null
     try {
       if (content.login !== undefined) await login(this.scope, content.login === null ? null as never : { name: content.login })
       if (content.logout === true) await logout(this.scope)
       if (content.set !== undefined) session?.set(content.set[0], content.set[1])
       if (content.save === true) await session?.save()
-      await this.sendJson({ ...content, user: this.scope.user, sessionUser: session?.get('user') ?? null })
+      if (content.destroy === true) await session?.destroy()
+      await this.sendJson({ ...content, user: this.scope.user, sessionUser: (this.scope.session as unknown as Session | null)?.get('user') ?? null })
     } catch (err) {
-      await this.sendJson({ ...content, error: (err as { code?: string }).code ?? String(err) })
+      await this.sendJson({ ...content, error: (err as { code?: string }).code ?? String(err), message: (err as Error).message })
     }
   }
 }
 
 function routes (app: FastifyInstance): void {
   app.get('/page', async (request) => ({ sessionId: sessionData(request).sessionId }))
+  // What the README advises after a login over the socket, and an HTTP logout.
+  app.post('/rotate', async (request) => { await request.session.regenerate(['user']); return { sessionId: sessionData(request).sessionId } })
+  app.post('/logout', async (request) => { await request.session.destroy(); return {} })
   app.get('/me', async (request) => {
     const session = sessionData(request)
     return { sessionId: session.sessionId, user: session.get('user') ?? null, theme: session.get('theme') ?? null }
@@ -78,11 +82,12 @@ t.test('login over the socket is seen by the next HTTP request; logout too; the 
   await next.disconnect()
 })
 
-/** A store like a remote one: every call takes 300 ms and data is stored serialized. */
+/** A store like a remote one: every call takes 300 ms (or `delay`) and data is stored serialized. */
 class SlowStore {
   readonly data = new Map<string, string>()
   sets = 0
   failSets = false
+  constructor (readonly delay = 300) {}
   set (id: string, session: unknown, callback: (err?: Error) => void): void {
     const json = JSON.stringify(session)
     setTimeout(() => {
@@ -90,18 +95,18 @@ class SlowStore {
       this.sets++
       this.data.set(id, json)
       callback()
-    }, 300)
+    }, this.delay)
   }
 
   get (id: string, callback: (err: Error | null, session?: StoredSession | null) => void): void {
     setTimeout(() => {
       const json = this.data.get(id)
       callback(null, json === undefined ? null : JSON.parse(json) as StoredSession)
-    }, 300)
+    }, this.delay)
   }
 
   destroy (id: string, callback: (err?: Error) => void): void {
-    setTimeout(() => { this.data.delete(id); callback() }, 300)
+    setTimeout(() => { this.data.delete(id); callback() }, this.delay)
   }
 }
 
@@ -162,7 +167,90 @@ t.test('login() without a session cookie works for this socket and warns that HT
   await comm.connect()
   await comm.sendJsonTo({ login: 'alice' })
   t.match(await comm.receiveJsonFrom(), { user: { name: 'alice' } })
-  t.ok(logs.some(l => l.level === 40 && typeof l.msg === 'string' && l.msg.includes('no cookie for this session')), 'warned')
+  const warning = logs.find(l => l.level === 40 && typeof l.msg === 'string' && l.msg.includes('no cookie for this session'))
+  t.ok(warning, 'warned')
+  t.notOk(JSON.stringify(warning).includes('sessionId'), 'without the session id: the key of a signed-in session stays out of the logs')
+  await comm.disconnect()
+})
+
+t.test('a socket open longer than the cookie\'s maxAge: login() keeps the session that HTTP requests kept alive', async t => {
+  const { app } = await buildSessionApp({}, routes, { cookie: { secure: false, maxAge: 1000 } })
+  t.teardown(() => app.close())
+  const { cookie, sessionId } = await browserSession(app)
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await comm.connect()
+  // The page keeps the session alive (rolling) while the socket stays open past its maxAge.
+  for (let i = 0; i < 4; i++) {
+    await new Promise(resolve => setTimeout(resolve, 400))
+    t.match(await me(app, cookie), { sessionId }, `HTTP request ${i + 1} keeps the session`)
+  }
+  await comm.sendJsonTo({ login: 'alice' })
+  t.match(await comm.receiveJsonFrom(), { user: { name: 'alice' } })
+  t.same(await me(app, cookie), { sessionId, user: { name: 'alice' }, theme: null }, 'the next HTTP request sees the login, in the same session')
+  await comm.disconnect()
+})
+
+t.test('a session an HTTP request rotated or destroyed: login()/logout() reject with FST_CHANNELS_SESSION_GONE and bring nothing back', async t => {
+  const { app } = await buildSessionApp({}, routes)
+  t.teardown(() => app.close())
+  const { cookie } = await browserSession(app)
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await comm.connect()
+  await comm.sendJsonTo({ login: 'alice' })
+  t.match(await comm.receiveJsonFrom(), { user: { name: 'alice' } })
+
+  // The id rotated over HTTP, as the README advises after a login: the browser now holds another cookie.
+  const rotated = await app.inject({ method: 'POST', url: '/rotate', headers: { cookie } })
+  const newCookie = sessionCookie(rotated)
+  await comm.sendJsonTo({ logout: true })
+  t.match(await comm.receiveJsonFrom(), { logout: true, error: 'FST_CHANNELS_SESSION_GONE', message: /reconnect/ }, 'logout() says it could not sign the browser out')
+  t.match(await me(app, cookie), { user: null }, 'the old session is not brought back')
+  t.match(await me(app, newCookie), { user: { name: 'alice' } }, 'the browser\'s current session is for a new connection to change')
+  await comm.disconnect()
+
+  // A new socket with the current cookie; then an HTTP logout destroys that session.
+  const again = new WebsocketCommunicator(app, '/ws', { headers: { cookie: newCookie } })
+  await again.connect()
+  await app.inject({ method: 'POST', url: '/logout', headers: { cookie: newCookie } })
+  await again.sendJsonTo({ login: 'mallory' })
+  t.match(await again.receiveJsonFrom(), { login: 'mallory', error: 'FST_CHANNELS_SESSION_GONE', user: undefined })
+  t.match(await me(app, newCookie), { user: null }, 'the HTTP logout holds: the socket did not sign the cookie back in')
+  await again.sendJsonTo({ echo: 1 })
+  t.match(await again.receiveJsonFrom(), { echo: 1, user: { name: 'alice' } }, 'scope.user is unchanged, as after any failed login()')
+  await again.disconnect()
+})
+
+t.test('a cookie signed with a secret being rotated out: login() is seen by HTTP, and no warning says otherwise', async t => {
+  const OLD = 'the old secret, at least 32 characters long'
+  const NEW = 'the new secret, at least 32 characters long'
+  const store = new SlowStore(0)
+  const before = await buildSessionApp({}, routes, { secret: OLD, store })
+  t.teardown(() => before.app.close())
+  const { cookie, sessionId } = await browserSession(before.app)
+  const { app, logs } = await buildSessionApp({}, routes, { secret: [NEW, OLD], store })
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await comm.connect()
+  await comm.sendJsonTo({ login: 'alice' })
+  t.match(await comm.receiveJsonFrom(), { user: { name: 'alice' } })
+  t.match(await me(app, cookie), { sessionId, user: { name: 'alice' } }, 'HTTP with the old-secret cookie sees the login')
+  t.notOk(logs.some(l => typeof l.msg === 'string' && l.msg.includes('no cookie for this session')), 'no false warning')
+  await comm.disconnect()
+})
+
+t.test('after scope.session.destroy() on the socket, login() says this connection has no session, not that a plugin is missing', async t => {
+  const { app } = await buildSessionApp({}, routes)
+  t.teardown(() => app.close())
+  const { cookie } = await browserSession(app)
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await comm.connect()
+  await comm.sendJsonTo({ destroy: true })
+  await comm.receiveJsonFrom()
+  await comm.sendJsonTo({ login: 'alice' })
+  const reply = await comm.receiveJsonFrom() as { error: string, message: string }
+  t.equal(reply.error, 'FST_CHANNELS_SESSION_REQUIRED')
+  t.match(reply.message, /this connection has none/)
+  t.notMatch(reply.message, /register/)
   await comm.disconnect()
 })
 
@@ -172,7 +260,7 @@ t.test('login()/logout() without @fastify/session, or without a user, fail with 
   const comm = new WebsocketCommunicator(app, '/ws')
   await comm.connect()
   await comm.sendJsonTo({ login: 'alice' })
-  t.match(await comm.receiveJsonFrom(), { error: 'FST_CHANNELS_SESSION_REQUIRED' })
+  t.match(await comm.receiveJsonFrom(), { error: 'FST_CHANNELS_SESSION_REQUIRED', message: /register @fastify\/cookie and @fastify\/session/ })
   await comm.sendJsonTo({ logout: true })
   t.match(await comm.receiveJsonFrom(), { error: 'FST_CHANNELS_SESSION_REQUIRED' })
   await comm.sendJsonTo({ login: null })
