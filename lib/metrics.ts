@@ -138,7 +138,7 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
   })
   totals('frames_received_total', 'Frames received from clients', ['route'], perRoute(c => c.framesReceived))
   totals('frames_sent_total', 'Frames sent to clients', ['route'], perRoute(c => c.framesSent))
-  totals('handler_errors_total', 'Consumer handlers that threw (the connection closed with 1011)', ['route'], perRoute(c => c.handlerErrors))
+  totals('handler_errors_total', 'Consumer code that threw: connect() (the handshake answered 500), a handler or a spawned task (the connection closed with 1011)', ['route'], perRoute(c => c.handlerErrors))
   total('group_sends_total', 'groupSend() calls made in this process', () => stats().groupSends ?? 0)
   total('deliveries_total', 'Layer messages handed to a consumer, worker or receive() in this process', () => stats().deliveries ?? 0)
   totals('dropped_total', 'Messages dropped (full: a full channel; expired: never received in time; decrypt: no key opened it) ' +

@@ -7,6 +7,7 @@
  * connections (1001, each `disconnect()` once), workers, then the layer.
  */
 import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteHandlerMethod, RouteOptions, preHandlerAsyncHookHandler } from 'fastify'
+import type { IncomingMessage } from 'node:http'
 import fp from 'fastify-plugin'
 import Router from 'find-my-way'
 import fastifyWebsocket from '@fastify/websocket'
@@ -156,6 +157,9 @@ function mountWebsocketConsumer (fastify: FastifyInstance, channels: Channels, r
   }
 }
 
+// Handshakes whose client left before connect() decided: answered for Fastify's sake, counted as nothing.
+const unanswered = new WeakSet<IncomingMessage>()
+
 /** The consumer's `connect()` decides: the upgrade goes on, or the request is answered with a status. */
 function handshakeHook (channels: Channels, Consumer: ConsumerClass, ownsWebsocket: boolean): preHandlerAsyncHookHandler {
   return async function channelsHandshake (request: FastifyRequest, reply: FastifyReply) {
@@ -176,7 +180,13 @@ function handshakeHook (channels: Channels, Consumer: ConsumerClass, ownsWebsock
       return
     }
     if (!decision.accepted) {
-      request.log.info({ status: decision.status, url: request.url }, 'websocket handshake refused')
+      // A client that left before the answer (connect() saw `signal` abort) was refused by nobody.
+      if (decision.clientGone) {
+        request.log.debug({ url: request.url }, 'websocket handshake ended: the client went away before the answer')
+        unanswered.add(request.raw)
+      } else {
+        request.log.info({ status: decision.status, url: request.url }, 'websocket handshake refused')
+      }
       await reply.code(decision.status).send()
       return
     }
@@ -270,9 +280,13 @@ function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, 
     (request.routeOptions.config as unknown as Record<symbol, unknown> | undefined)?.[kConsumerRoute] === true
   // Added once @fastify/websocket's own onRequest hook (which sets request.ws) is in place.
   fastify.addHook('onRequest', createUpgradeGuard(opts, isConsumerRoute))
-  // A handshake answered with a status, by any hook or by connect(): counted (an upgrade, 101, is counted when the socket comes).
+  // A handshake answered with a status, by any hook or by connect(): counted (an upgrade, 101, is
+  // counted when the socket comes). One whose client left before the answer was written is not:
+  // no client saw that status.
   fastify.addHook('onResponse', async (request, reply) => {
-    if (request.ws && isConsumerRoute(request)) channels.counts.of(request.routeOptions.url ?? request.url).handshake(reply.statusCode)
+    if (request.ws && isConsumerRoute(request) && reply.raw.writableFinished && !unanswered.has(request.raw)) {
+      channels.counts.of(request.routeOptions.url ?? request.url).handshake(reply.statusCode)
+    }
   })
   // Answered 503 outside every hook: counted by the route its path is.
   endUpgradesWhileClosing(fastify, () => channels.closing, url => {

@@ -3,7 +3,7 @@ import { Registry } from 'prom-client'
 import fastifyChannels, { JsonWebsocketConsumer, InMemoryChannelLayer, WebsocketConsumer, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, eventually } from './helpers/app.js'
-import { listen, openClient } from './helpers/loopback.js'
+import { listen, openClient, rawHandshake } from './helpers/loopback.js'
 
 // The metrics (prom-client, in the app's registry) count what happened: each figure below is
 // checked against what the test itself did through real sockets.
@@ -101,6 +101,34 @@ t.test('every metric counts what happened', async t => {
   t.equal(await value(registry, 'fastify_channels_dropped_total', { reason: 'expired' }), 0)
   t.equal(await value(registry, 'fastify_channels_layer_reconnects_total'), 0)
   t.match(await registry.metrics(), /# HELP fastify_channels_dropped_total/, 'exposed in the text format')
+})
+
+t.test('handshakes count what clients saw: a client gone before the answer is no 403; a connect() that threw is a 500 and a handler error', async t => {
+  const registry = new Registry()
+  class Deciding extends WebsocketConsumer {
+    override async connect () {
+      if (this.scope.query.wait !== undefined) {
+        await new Promise<void>((resolve, reject) => { this.signal.addEventListener('abort', () => { reject(this.signal.reason) }) })
+      }
+      if (this.scope.query.boom !== undefined) throw new Error('connect() bug')
+      await this.accept()
+    }
+  }
+  const { app, logs } = await buildApp({ metrics: { registry } }, app => { app.get('/ws', { websocket: true }, Deciding.asHandler()) })
+  t.teardown(() => app.close())
+  const { port } = await listen(app)
+  const socket = rawHandshake(port, '/ws?wait')
+  await eventually(() => logs.some(l => l.msg === 'incoming request'))
+  socket.destroy()
+  await eventually(() => logs.some(l => typeof l.msg === 'string' && l.msg.includes('the client went away before the answer')))
+  t.equal(await value(registry, 'fastify_channels_handshakes_total', { route: '/ws', status: '403' }), 0, 'no 403: nobody was refused')
+  t.notOk(logs.some(l => l.msg === 'websocket handshake refused'), 'not logged as a refusal')
+
+  t.equal((await new WebsocketCommunicator(app, '/ws?boom').connect()).status, 500)
+  await eventually(async () => await value(registry, 'fastify_channels_handshakes_total', { route: '/ws', status: '500' }) === 1)
+  t.equal(await value(registry, 'fastify_channels_handler_errors_total', { route: '/ws' }), 1, 'connect() is a handler: its throw is counted')
+  t.equal((await new WebsocketCommunicator(app, '/ws').connect()).status, 101)
+  t.equal(await value(registry, 'fastify_channels_handshakes_total', { route: '/ws', status: '101' }), 1)
 })
 
 t.test('a bad metrics option, or a registry that has them already, fails register', async t => {

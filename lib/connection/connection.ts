@@ -149,6 +149,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
           return
         }
         this.log.error({ err }, 'consumer connect() failed')
+        this.#counts.handlerErrors++
         void this.#refuse(500)
       } else {
         this.taskFailed(err)
@@ -325,7 +326,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     if (!this.#transition('handshake', 'ended')) return
     this.#outbound.shut()
     this.#scoped?.abort()
-    this.#handshake?.decide({ accepted: false, status })
+    this.#handshake?.decide({ accepted: false, status, clientGone: this.#handshake.abandoned })
     await this.#scoped?.settled()
     await this.#handshake?.returned()
     await this.#finish()

@@ -37,4 +37,4 @@ export interface ConsumerContext {
   outbound: Outbound
 }
 
-export type Decision = { accepted: true } | { accepted: false, status: number }
+export type Decision = { accepted: true } | { accepted: false, status: number, clientGone: boolean }
