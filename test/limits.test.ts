@@ -75,7 +75,7 @@ t.test('heartbeat: a peer that does not answer pings is terminated and its disco
       disconnects.set(name, [...(disconnects.get(name) ?? []), code])
     }
   }
-  const { app } = await buildApp({ heartbeatInterval: 200 }, app => app.get('/ws', { websocket: true }, Named.asHandler()))
+  const { app, logs } = await buildApp({ heartbeatInterval: 200 }, app => app.get('/ws', { websocket: true }, Named.asHandler()))
   t.teardown(() => app.close())
   const { url } = await listen(app)
   let pingsSeen = 0
@@ -86,6 +86,7 @@ t.test('heartbeat: a peer that does not answer pings is terminated and its disco
   t.ok(pingsSeen >= 1, 'it had been pinged')
   await eventually(() => disconnects.has('silent'))
   t.same(disconnects.get('silent'), [1006], 'disconnect(1006) ran once')
+  t.equal(logs.filter(l => l.level === 30 && l.msg === 'peer did not answer the last ping; terminated (1006)').length, 1, 'logged once, at info')
 
   const reply = new Promise((resolve, reject) => {
     alive.ws.once('message', data => resolve(String(data)))

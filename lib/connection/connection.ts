@@ -279,6 +279,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** Ends a peer that stopped answering: no close handshake, `disconnect(1006)`. */
   terminate (): void {
+    // Logged as every other close the server decides is: on a dashboard of 1006s, these are the peers that went silent.
+    this.log.info({ channel: this.#channelName }, 'peer did not answer the last ping; terminated (1006)')
     this.#beginClosing('open', 1006, socket => { socket.terminate() })
   }
 

@@ -108,7 +108,7 @@ t.test('handshake → ended: refusals, each with its status; disconnect() never 
   ]
   for (const [what, script, status] of cases) {
     const s = setup(script)
-    t.same(await s.decision, { accepted: false, status }, what)
+    t.same(await s.decision, { accepted: false, status, clientGone: false }, what)
     await s.connection.finished
     t.equal(s.connection.state, 'ended')
     t.same(s.consumer.disconnects, [], `${what}: no disconnect()`)
@@ -177,7 +177,7 @@ t.test('shutdown in each state', async t => {
     const s = setup(async c => { await gate; await c.accept().catch((err: unknown) => { late = err }) })
     await new Promise(resolve => setImmediate(resolve))
     s.connection.shutdown()
-    t.same(await s.decision, { accepted: false, status: 503 }, 'the request is answered 503 without waiting for connect()')
+    t.same(await s.decision, { accepted: false, status: 503, clientGone: false }, 'the request is answered 503 without waiting for connect()')
     t.equal(s.connection.signal.aborted, true, 'the signal connect() can watch is aborted')
     t.same(s.layer.inspect(), { channels: 0, groups: 1, memberships: 1 }, 'connect() still runs: what it joined stays for now')
     release()
@@ -191,7 +191,7 @@ t.test('shutdown in each state', async t => {
     let connected = false
     const s = setup(async () => { connected = true })
     s.connection.shutdown()
-    t.same(await s.decision, { accepted: false, status: 503 })
+    t.same(await s.decision, { accepted: false, status: 503, clientGone: false })
     await s.connection.finished
     t.notOk(connected, 'connect() did not run')
     t.same(s.layer.inspect(), empty, 'what the set-up joined is left')
@@ -315,7 +315,7 @@ t.test('a disconnect() that throws is logged; the layer is still freed and finis
 
 t.test('accept() with a subprotocol that is not a string is a clear error, and decides nothing', async t => {
   const s = setup(async c => { await c.accept(42 as unknown as string) })
-  t.same(await s.decision, { accepted: false, status: 500 }, 'connect() threw: refused with 500')
+  t.same(await s.decision, { accepted: false, status: 500, clientGone: false }, 'connect() threw: refused with 500')
   t.ok(s.logs.some(l => l.level === 'error' && l.msg === 'consumer connect() failed'))
   t.equal(s.connection.subprotocol, undefined)
 })
@@ -402,7 +402,7 @@ t.test('a refused handshake aborts the signal and waits for spawned tasks before
     })
     await c.close()
   })
-  t.same(await s.decision, { accepted: false, status: 403 })
+  t.same(await s.decision, { accepted: false, status: 403, clientGone: false })
   t.ok(aborted)
   t.equal(s.runtime.connections.size, 1, 'not finished while the task runs')
   release()
