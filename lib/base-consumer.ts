@@ -91,5 +91,9 @@ export function consumerClassOf (handler: unknown): AnyConsumerClass | undefined
  */
 export function answerNotRegistered (request: FastifyRequest, reply: FastifyReply): FastifyReply {
   request.log.error('a consumer route was reached without the fastify-channels plugin: register it (awaited) before the route, in the same context')
+  // An upgrade request's socket is no HTTP server's to close (@fastify/websocket closes it only in
+  // the contexts it is registered in): left open, the client waits and app.close() never ends.
+  const socket = request.raw.socket
+  if (request.headers.upgrade !== undefined && socket !== null) reply.raw.once('finish', () => { socket.end(() => { socket.destroy() }) })
   return reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'fastify-channels is not registered' })
 }

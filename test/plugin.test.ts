@@ -3,8 +3,8 @@ import Fastify from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import fastifyChannels, { AsyncHttpConsumer, JsonWebsocketConsumer, WebsocketConsumer, InMemoryChannelLayer, type FastifyChannelsOptions } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
-import { eventually } from './helpers/app.js'
-import { listen, openClient, rawSession } from './helpers/loopback.js'
+import { eventually, sleep } from './helpers/app.js'
+import { listen, openClient, rawHandshake, rawSession } from './helpers/loopback.js'
 import { openEventStream } from './helpers/event-stream.js'
 
 t.test('bad options fail register with a clear error', async t => {
@@ -98,6 +98,24 @@ t.test('a consumer route Fastify serves without the plugin (declared before it) 
   t.match(reply.json(), { message: 'fastify-channels is not registered' })
   const { port } = await listen(app)
   t.equal((await rawSession(port, '/ws', {})).status, 500, 'an upgrade request too')
+})
+
+t.test('a consumer route in a context beside the plugin\'s: the upgrade gets its 500 and its socket is closed, so app.close() completes', async t => {
+  const app = Fastify({ logger: false })
+  await app.register(async (withPlugin) => { await withPlugin.register(fastifyChannels) })
+  await app.register(async (without) => { without.get('/ws', { websocket: true } as never, WebsocketConsumer.asHandler() as never) })
+  const { port } = await listen(app)
+  // Held open by the client, as a browser holds a socket until the server closes it.
+  const socket = rawHandshake(port, '/ws')
+  let answer = ''
+  socket.on('data', (chunk: Buffer) => { answer += chunk.toString('latin1') })
+  const ended = new Promise(resolve => socket.once('close', () => { resolve('closed') }))
+  t.equal(await Promise.race([ended, sleep(10_000).then(() => 'still open after 10 s')]), 'closed', 'the server closed the socket')
+  t.match(answer, /^HTTP\/1\.1 500 /, 'answered 500')
+  t.match(answer, /fastify-channels is not registered/)
+  socket.destroy()
+  const closing = app.close().then(() => 'closed')
+  t.equal(await Promise.race([closing, sleep(10_000).then(() => 'still closing after 10 s')]), 'closed')
 })
 
 t.test('consumers work in encapsulated plugins and under prefixes', async t => {
