@@ -212,6 +212,9 @@ const none: undefined = await client.call('nothing')
 when.at.getTime()
 // @ts-expect-error a function is not sent
 void when.drop
+// @ts-expect-error a property that may be undefined may be missing from what arrives: not a string
+const noteText: string = when.note
+void noteText
 // @ts-expect-error an argument is missing
 await client.call('post', { room: 'lobby' })
 // @ts-expect-error an argument of the wrong type

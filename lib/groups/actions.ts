@@ -24,14 +24,22 @@ type Unwritten = undefined | symbol | ((...args: never[]) => unknown)
 
 /**
  * A value as it arrives after `JSON.stringify` and `JSON.parse`: what has `toJSON()` (a `Date`)
- * as what that returns, properties JSON leaves out gone, array items it cannot write as null.
+ * as what that returns, properties JSON leaves out gone (optional where they may be: `x: string |
+ * undefined` arrives as `x?: string`), array items it cannot write as null.
  */
 export type Jsonified<T> =
   T extends { toJSON: (...args: never[]) => infer R } ? Jsonified<R>
     : T extends string | number | boolean | null ? T
       : T extends Unwritten | bigint ? never
         : T extends ReadonlyArray<infer U> ? Array<U extends Unwritten ? null : Jsonified<U>>
-          : { [K in keyof T as T[K] extends Unwritten ? never : K]: Jsonified<T[K]> }
+          : Flat<{ [K in keyof T as Presence<T[K]> extends 'always' ? K : never]: Jsonified<T[K]> } &
+            { [K in keyof T as Presence<T[K]> extends 'maybe' ? K : never]?: Jsonified<Exclude<T[K], Unwritten>> }>
+
+// Whether JSON writes a property of this type: always, never, or depending on its value.
+type Presence<V> = [V] extends [Unwritten] ? 'never' : [Extract<V, Unwritten>] extends [never] ? 'always' : 'maybe'
+
+// One object type instead of an intersection, as an editor shows it.
+type Flat<T> = { [K in keyof T]: T[K] }
 
 /** A reply's result: nothing (an action that returns nothing) stays undefined. */
 type Reply<T> = T extends undefined | void ? undefined : Jsonified<T>
