@@ -12,7 +12,7 @@ import { InvalidOptionError, LayerClosedError } from '../errors.js'
 import { copyMessage } from './message.js'
 import { assertChannelName, assertChannelPrefix, assertGroupName, isProcessSpecific } from './names.js'
 import { LocalStore, type LayerInspection } from './local-store.js'
-import { SkipLog } from './skip-log.js'
+import { ThrottledWarning } from './throttled-warning.js'
 import { GroupPolicies, type Policy } from './policies.js'
 import type { HistoryPolicy } from './history.js'
 import { MAX_SECONDS, checkHistoryOptions, checkJoin, checkLogger, positiveOption, type JoinRequest } from './arguments.js'
@@ -88,7 +88,8 @@ export abstract class BaseChannelLayer extends EventEmitter
   readonly #ownLogger: boolean
   #closed = false
   readonly #sweeper: NodeJS.Timeout
-  readonly #skips = new SkipLog(() => this.#log)
+  readonly #skips = new ThrottledWarning(() => this.#log, 'groupSend skipped a full channel',
+    count => `groupSend skipped full channels ${count} more times within a second (the last: this one)`, 'skipped')
   #observe: ((op: string, seconds: number) => void) | undefined
 
   constructor (options: BaseChannelLayerOptions = {}) {
@@ -324,6 +325,6 @@ export abstract class BaseChannelLayer extends EventEmitter
   /** A group member skipped because its channel was full: counted and logged, never an error. */
   protected reportSkipped (group: string, channel: string): void {
     this.stats.groupSendSkipped++
-    this.#skips.skipped(group, channel)
+    this.#skips.warn({ group, channel })
   }
 }

@@ -32,6 +32,7 @@ import { Fences } from './cluster/fences.js'
 import { SentPositions } from './cluster/sent-positions.js'
 import { Memberships, NO_JOIN } from './cluster/memberships.js'
 import { keepingOf, type ClusterContext, type Route, type Transport } from './cluster/transport.js'
+import { ThrottledWarning } from './throttled-warning.js'
 
 export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
   /**
@@ -80,6 +81,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   readonly #inbox: Route
   #everUp = false
   #outage = false
+  readonly #undecryptable: ThrottledWarning
 
   constructor (options: ClusterChannelLayerOptions, connect: (context: ClusterContext) => T) {
     super(options)
@@ -88,9 +90,13 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const leaseMs = positiveOption('membershipLease', options.membershipLease, LEASE_MS / 1000, false, MAX_TIMER_MS / 1000) * 1000
     this.#inbox = { kind: 'process', token: this.processToken }
     const cipher = options.encryptionKeys === undefined ? undefined : new PayloadCipher(options.encryptionKeys)
+    // A process that sends with a key this one lacks fails every payload: once a second, counted.
+    const undecryptable = this.#undecryptable = new ThrottledWarning(() => this.log,
+      'dropped a payload that no encryption key opens: a process shares this layer with a key this one lacks (see encryptionKeys)',
+      count => `dropped ${count} more payloads that no encryption key opens within a second`, 'dropped')
     this.#codec = new WireCodec(cipher, () => {
       this.stats.undecryptable++
-      this.log.warn({}, 'dropped a payload that no encryption key opens')
+      undecryptable.warn({})
     })
     this.transport = connect({
       processToken: this.processToken,
@@ -263,6 +269,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   }
 
   protected override async doClose (): Promise<void> {
+    this.#undecryptable.close()
     this.#fences.close()
     this.#memberships.close()
     this.#requests.close()
