@@ -30,6 +30,8 @@ export class RouteCounts {
   handlerErrors = 0
   slowReaders = 0
   rateLimited = 0
+  /** Layer messages a connection had taken and never handled: it ended first. */
+  unhandled = 0
 
   handshake (status: number): void {
     this.handshakes.set(status, (this.handshakes.get(status) ?? 0) + 1)
@@ -57,6 +59,7 @@ interface LayerCounts {
   groupSendSkipped?: number
   directSendDropped?: number
   expired?: number
+  discarded?: number
   undecryptable?: number
   reconnects?: number
 }
@@ -141,7 +144,8 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
   totals('handler_errors_total', 'Consumer code that threw: connect() (the handshake answered 500), a handler or a spawned task (the connection closed with 1011)', ['route'], perRoute(c => c.handlerErrors))
   total('group_sends_total', 'groupSend() calls made in this process', () => stats().groupSends ?? 0)
   total('deliveries_total', 'Layer messages handed to a consumer, worker or receive() in this process', () => stats().deliveries ?? 0)
-  totals('dropped_total', 'Messages dropped (full: a full channel; expired: never received in time; decrypt: no key opened it) ' +
+  totals('dropped_total', 'Messages dropped (full: a full channel; expired: never received in time; decrypt: no key opened it; ' +
+    'closed: never handled, its connection ended first) ' +
     'and connections closed (slow_reader: too much queued for it; rate_limited: sent too fast)', ['reason'], function * () {
     const s = stats()
     yield [{ reason: 'full' }, (s.groupSendSkipped ?? 0) + (s.directSendDropped ?? 0)]
@@ -149,10 +153,13 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
     yield [{ reason: 'decrypt' }, s.undecryptable ?? 0]
     let slow = 0
     let limited = 0
+    let unhandled = 0
     for (const [, c] of routes()) {
       slow += c.slowReaders
       limited += c.rateLimited
+      unhandled += c.unhandled
     }
+    yield [{ reason: 'closed' }, (s.discarded ?? 0) + unhandled]
     yield [{ reason: 'slow_reader' }, slow]
     yield [{ reason: 'rate_limited' }, limited]
   })

@@ -131,6 +131,26 @@ t.test('handshakes count what clients saw: a client gone before the answer is no
   t.equal(await value(registry, 'fastify_channels_handshakes_total', { route: '/ws', status: '101' }), 1)
 })
 
+t.test('layer messages a connection never handled because it ended are dropped_total{reason="closed"}, not lost from the count', async t => {
+  const registry = new Registry()
+  let handled = 0
+  class Slow extends WebsocketConsumer {
+    override groups = ['slow']
+    async slowMessage () { handled++; await new Promise(resolve => setTimeout(resolve, 300)) }
+  }
+  const { app } = await buildApp({ metrics: { registry } }, app => { app.get('/ws', { websocket: true }, Slow.asHandler()) })
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  // 40: more than the 16 a connection takes before the rest wait in its channel.
+  for (let i = 0; i < 40; i++) await app.channelLayer.groupSend('slow', { type: 'slow.message', i })
+  await comm.disconnect()
+  await comm.serverFinished()
+  const closed = await value(registry, 'fastify_channels_dropped_total', { reason: 'closed' })
+  t.ok(handled >= 1 && handled < 40, `${handled} handled before the client left`)
+  t.equal(handled + closed, 40, `the other ${closed} counted as dropped`)
+})
+
 t.test('a bad metrics option, or a registry that has them already, fails register', async t => {
   const registry = new Registry()
   for (const metrics of [{}, { registry: {} }, 'x']) {

@@ -311,6 +311,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#failed(failureClose(err, this.log, this.#channelName, 'spawned task', this.#http))
   }
 
+  /** FlowOwner: a layer message that will never be handled. */
+  droppedAfterEnd (): void {
+    this.#counts.unhandled++
+  }
+
   /** FlowOwner: the layer failed under the connection. */
   layerFailed (err: unknown): void {
     this.log.error({ err, channel: this.#channelName }, 'channel layer receive failed; closing the connection')
@@ -390,7 +395,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     // Once closing, only what the client sent before it closed (or went over the rate limit) runs,
     // as in Channels, where its frames come before its disconnect: its send() rejects, a layer
     // message waits no more.
-    if (this.#state !== 'open' && !(this.#queuedFramesRun && this.#state === 'closing' && task instanceof ClientFrame)) return undefined
+    if (this.#state !== 'open' && !(this.#queuedFramesRun && this.#state === 'closing' && task instanceof ClientFrame)) {
+      if (!(task instanceof ClientFrame)) this.droppedAfterEnd()
+      return undefined
+    }
     try {
       return callConsumer(this.#consumer, task, info, this)
     } catch (err) {

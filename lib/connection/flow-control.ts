@@ -30,8 +30,6 @@ import { TokenBucket } from './rate-limit.js'
 // Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
 export const HIGH_WATER = 16
 
-/** Where the messages sent to a connection that has ended go: nowhere. */
-const ENDED: ChannelSink = { accepting: true, push () {}, layerClosed () {} }
 
 /** The part of a socket flow control drives: whether it is read. */
 export interface Readable {
@@ -51,6 +49,8 @@ export interface FlowOwner {
   overLimit (): void
   /** Client frames are not read (the consumer is behind): at once, and every STILL_HERE_MS while that lasts. */
   stillHere (): void
+  /** A layer message came after the connection ended (between stop() and release()): dropped. */
+  droppedAfterEnd (): void
 }
 
 /** While client frames are not read, the owner is told this often (a client watching for silence must hear something). */
@@ -258,7 +258,9 @@ export class FlowControl<Task> implements ChannelSink {
       this.#listener.close()
       this.#listener = null
       try {
-        this.#dropping = this.#relisten?.(ENDED) ?? null
+        // Where the messages sent to the ended connection go: nowhere, counted.
+        const owner = this.#owner
+        this.#dropping = this.#relisten?.({ accepting: true, push () { owner.droppedAfterEnd() }, layerClosed () {} }) ?? null
       } catch {
         // The layer closed meanwhile: nothing more comes.
       }

@@ -59,6 +59,11 @@ export interface LayerStats {
    * dropped (a Redis named channel's: by the process whose send or pop found them expired).
    */
   expired: number
+  /**
+   * Messages a channel still held, never handed to its consumer, when it was discarded: its
+   * connection ended (a consumer that fell behind, then left).
+   */
+  discarded: number
 }
 
 const noop = (): void => {}
@@ -67,7 +72,7 @@ const silentLogger: LayerLogger = { warn: noop, debug: noop, error: noop }
 export abstract class BaseChannelLayer extends EventEmitter
   implements ChannelLayer, ChannelDiscarding, ChannelListening, LoggerAttaching, DeliveryReceiving, OpTiming {
   readonly extensions: readonly string[] = ['groups', 'flush']
-  readonly stats: LayerStats = { groupSendSkipped: 0, groupSends: 0, deliveries: 0, expired: 0 }
+  readonly stats: LayerStats = { groupSendSkipped: 0, groupSends: 0, deliveries: 0, expired: 0, discarded: 0 }
   /** Identifies this instance inside `newChannel()` names (`prefix.<processToken>!<random>`). */
   readonly processToken: string
 

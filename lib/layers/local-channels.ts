@@ -45,7 +45,7 @@ export interface ChannelSettings {
   /** Milliseconds an undelivered message is kept. */
   expiryMs: number
   /** Where messages handed to a receiver, and messages that expired unreceived, are counted. */
-  counts: { deliveries: number, expired: number }
+  counts: { deliveries: number, expired: number, discarded: number }
 }
 
 export class LocalChannels {
@@ -177,10 +177,11 @@ export class LocalChannels {
     mailbox.releaseIfIdle()
   }
 
-  /** Drops the channel's queued messages; its waiting receivers and listener stay. */
+  /** Drops the channel's queued messages (counted: `discarded`); its waiting receivers and listener stay. */
   discard (channel: string): void {
     const mailbox = this.#mailboxes.get(channel)
     if (mailbox === undefined) return
+    this.#settings.counts.discarded += mailbox.size
     mailbox.clearMessages()
     mailbox.releaseIfIdle()
   }

@@ -25,8 +25,14 @@ function harness () {
     taskFailed () {},
     afterTask () { flow.afterTask() }
   })
-  const owner = { stillHere: 0 }
-  flow = new FlowControl<Task>(queue, { layerFailed: err => failures.push(err), overLimit: () => failures.push('over the limit'), whenUncongested: () => undefined, stillHere: () => { owner.stillHere++ } })
+  const owner = { stillHere: 0, dropped: 0 }
+  flow = new FlowControl<Task>(queue, {
+    layerFailed: err => failures.push(err),
+    overLimit: () => failures.push('over the limit'),
+    whenUncongested: () => undefined,
+    stillHere: () => { owner.stillHere++ },
+    droppedAfterEnd: () => { owner.dropped++ }
+  })
   const socket = { pauses: 0, resumes: 0, pause () { this.pauses++ }, resume () { this.resumes++ } }
   return {
     handled,
@@ -190,6 +196,7 @@ for (const [kind, wrap] of [
     const next = await layer.receive(channel)
     if (kind === 'a pushing layer') {
       t.same(next, { type: 'after' }, 'what came while the connection ended was dropped; after release() a message waits in the channel')
+      t.equal(h.owner.dropped, 1, 'and the owner was told, to count it')
     } else {
       t.same(next, { type: 'while ending' }, 'a polled layer keeps what it was sent: the pump took nothing more')
     }

@@ -10,7 +10,7 @@ import type { ChannelSink, Delivery, LayerMessage } from '../../lib/layers/types
 function store (overrides: Partial<ConstructorParameters<typeof LocalStore>[0]> = {}): { store: LocalStore, skipped: string[] } {
   const skipped: string[] = []
   return {
-    store: new LocalStore({ capacity: 2, expiryMs: 60_000, groupExpiryMs: 60_000, skipped: (group, channel) => skipped.push(`${group}/${channel}`), counts: { deliveries: 0, expired: 0 }, ...overrides }),
+    store: new LocalStore({ capacity: 2, expiryMs: 60_000, groupExpiryMs: 60_000, skipped: (group, channel) => skipped.push(`${group}/${channel}`), counts: { deliveries: 0, expired: 0, discarded: 0 }, ...overrides }),
     skipped
   }
 }
@@ -178,7 +178,7 @@ t.test('a listened channel that skips messages of a group with history gets one 
   sink.accepting = true
   listener?.resume()
   t.same(sink.got.map(m => m === SKIPPED ? 'skipped' : m.offset), [1, 'skipped'], 'the queued message, then one marker for the run')
-  const receiver = new LocalStore({ capacity: 1, expiryMs: 60_000, groupExpiryMs: 60_000, skipped: () => {}, counts: { deliveries: 0, expired: 0 } })
+  const receiver = new LocalStore({ capacity: 1, expiryMs: 60_000, groupExpiryMs: 60_000, skipped: () => {}, counts: { deliveries: 0, expired: 0, discarded: 0 } })
   receiver.addMember('room', 'r!1')
   receiver.fanOut('room', { type: 'n' }, { group: 'room', offset: 1, epoch: 'e' })
   receiver.fanOut('room', { type: 'n' }, { group: 'room', offset: 2, epoch: 'e' })
@@ -220,7 +220,7 @@ t.test('markers of two groups in a row count against no capacity, before or afte
 })
 
 t.test('what expires in a listened channel and can be read back leaves one marker per run, in its place; the rest is dropped', async t => {
-  const counts = { deliveries: 0, expired: 0 }
+  const counts = { deliveries: 0, expired: 0, discarded: 0 }
   const { store: s } = store({ capacity: 10, expiryMs: 20, counts })
   const sink = new Sink()
   const listener = s.listen('x!1', sink)
