@@ -8,8 +8,8 @@
  * Nothing else in lib/ touches a private field, a symbol or an error message of those packages.
  */
 import { createRequire } from 'node:module'
-import { OutgoingMessage } from 'node:http'
-import type { Socket } from 'node:net'
+import { OutgoingMessage, type IncomingMessage } from 'node:http'
+import { Socket } from 'node:net'
 import type { FastifyInstance, RouteOptions } from 'fastify'
 import type { WebSocket, WebSocketServer } from 'ws'
 import { InvalidOptionError } from './errors.js'
@@ -88,15 +88,17 @@ export function addOnRouteHookFirst (fastify: FastifyInstance, hook: (route: Rou
  * `@fastify/websocket` stops listening for upgrades at all (its default preClose), so nobody
  * answers. Either way `close()` would wait for a client that keeps its socket open. Without
  * Fastify 5 this is skipped: the request then runs through the hooks, where the consumer route
- * answers 503 itself.
+ * answers 503 itself. `arrived` hears of every upgrade (this is the server's one listener of ours).
  */
-export function endUpgradesWhileClosing (fastify: FastifyInstance, isClosing: () => boolean, refused: (url: string) => void): void {
-  if (!isWrittenFor('fastify', fastifyMajor(fastify))) return
+export function endUpgradesWhileClosing (fastify: FastifyInstance, isClosing: () => boolean, refused: (url: string) => void, arrived: (request: IncomingMessage, socket: Socket) => void): void {
+  const needed = isWrittenFor('fastify', fastifyMajor(fastify))
   const server = fastify.server
-  server.on('upgrade', (request: { url?: string }, socket: { bytesWritten?: number, destroySoon?: () => void, write?: (data: string) => unknown }) => {
-    if (!isClosing()) return
+  // A socket of `injectWS()` is no net.Socket: it has neither `destroySoon` nor anyone to wait for.
+  server.on('upgrade', (request: IncomingMessage, socket: Pick<Socket, 'write'> & { bytesWritten?: number, destroySoon?: () => void }) => {
+    if (socket instanceof Socket) arrived(request, socket)
+    if (!needed || !isClosing()) return
     if ((socket.bytesWritten ?? 0) === 0 && server.listenerCount('upgrade') === 1) {
-      socket.write?.('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
+      socket.write('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
     }
     if ((socket.bytesWritten ?? 0) === 0) return
     // No hook saw this answer: whoever counts handshakes is told here.

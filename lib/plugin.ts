@@ -19,6 +19,7 @@ import { bindToRequest, connectionOf, noteHandshake } from './connection/binding
 import { ResponseSocket } from './connection/response-socket.js'
 import { startHeartbeat } from './connection/heartbeat.js'
 import { ConnectionSet } from './connection/connection-set.js'
+import { UnansweredUpgrades } from './connection/unanswered-upgrades.js'
 import { CLOSING_HANDSHAKE_GRACE_MS, isClosing } from './connection/close-codes.js'
 import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
 import { AsyncHttpConsumer, kRespondWith, type HttpConsumerClass } from './http-consumer.js'
@@ -50,6 +51,8 @@ interface Channels extends Runtime {
   stopHeartbeat: () => void
   /** The WebSocket consumer routes, to name the route of an upgrade no hook sees (while closing). */
   routes: Router.Instance<Router.HTTPVersion.V1>
+  /** Upgrades still in the app's hooks, answered 503 if they still are after the shutdown grace. */
+  upgrades?: UnansweredUpgrades
 }
 
 const kConsumerRoute = Symbol('fastify-channels.consumerRoute')
@@ -289,10 +292,11 @@ function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, 
     }
   })
   // Answered 503 outside every hook: counted by the route its path is.
+  const upgrades = channels.upgrades = new UnansweredUpgrades(fastify.websocketServer)
   endUpgradesWhileClosing(fastify, () => channels.closing, url => {
     const route = channels.routes.find('GET', url.split('?')[0])?.store
     if (typeof route === 'string') channels.counts.of(route).handshake(503)
-  })
+  }, (request, socket) => { upgrades.watch(request, socket) })
   decideSubprotocols(fastify.websocketServer, request => {
     const connection = connectionOf(request)
     return connection === undefined ? undefined : connection.subprotocol ?? false
@@ -323,6 +327,24 @@ function shutdownConnections (channels: Channels, log: FastifyBaseLogger): Promi
 async function endConnections (channels: Channels, log: FastifyBaseLogger): Promise<void> {
   channels.closing = true
   channels.stopHeartbeat()
+  await Promise.all([endOpenConnections(channels, log), endUnansweredUpgrades(channels, log)])
+}
+
+/**
+ * A hook that never returns (a session store that hangs) holds its upgrade's socket open, and
+ * the server's close with it: those still unanswered after the grace get a 503.
+ */
+async function endUnansweredUpgrades (channels: Channels, log: FastifyBaseLogger): Promise<void> {
+  const upgrades = channels.upgrades
+  if (upgrades === undefined || await withinGrace(upgrades.answered())) return
+  const refused = upgrades.refuseAll()
+  if (refused > 0) {
+    log.warn({ requests: refused, graceMs: SHUTDOWN_GRACE_MS },
+      'shutdown: upgrade requests still in the app\'s hooks after the grace (a hook that never returns); answered 503 and closed')
+  }
+}
+
+async function endOpenConnections (channels: Channels, log: FastifyBaseLogger): Promise<void> {
   const open = [...channels.connections]
   for (const connection of open) connection.shutdown()
   const finished = new Set<Connection>()

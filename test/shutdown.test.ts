@@ -11,7 +11,8 @@ import { Registry } from 'prom-client'
 import WebSocket from 'ws'
 import fastifyChannels, { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
-import { buildApp, eventually, waitingConsumer } from './helpers/app.js'
+import { buildApp, eventually, sleep, waitingConsumer } from './helpers/app.js'
+import { buildSessionApp, sessionCookie } from './helpers/session.js'
 import { listen, openClient, rawSession } from './helpers/loopback.js'
 
 /** A consumer whose disconnect() waits for the test, so close() can be caught half-way. */
@@ -168,9 +169,9 @@ t.test('the same with the app\'s own @fastify/websocket registered first', async
 })
 
 /** A handshake to `url` whose answer is not a 101: its HTTP status. */
-function refusedWith (url: string): Promise<number> {
+function refusedWith (url: string, options: WebSocket.ClientOptions = {}): Promise<number> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url)
+    const ws = new WebSocket(url, options)
     ws.on('unexpected-response', (_request, response) => { resolve(response.statusCode ?? 0); ws.terminate() })
     ws.on('open', () => { reject(new Error('the handshake was accepted')); ws.terminate() })
     ws.on('error', () => {})
@@ -223,4 +224,31 @@ t.test('a getUser that never returns: the client gets 503 at once, and app.close
   t.equal(await status, 503, 'the handshake is answered 503 as the server begins to close')
   await closing
   t.match(logs.filter(l => /not waiting for them/.test(String(l.msg))), [{ level: 40, connections: 1 }], 'close() went on without it, and said so')
+})
+
+t.test('a session store that never answers holds the upgrade in @fastify/session\'s hook: after the grace the client gets 503, and app.close() completes, logged', async t => {
+  const sessions = new Map<string, unknown>()
+  let hang = false
+  let asked = 0
+  const store = {
+    set (id: string, session: unknown, callback: (err?: Error) => void) { sessions.set(id, JSON.parse(JSON.stringify(session))); callback() },
+    get (id: string, callback: (err: Error | null, session?: unknown) => void) {
+      asked++
+      if (!hang) callback(null, sessions.get(id) ?? null) // else: never answers, as a store whose backend is gone
+    },
+    destroy (id: string, callback: (err?: Error) => void) { sessions.delete(id); callback() }
+  }
+  const { app, logs } = await buildSessionApp({}, app => {
+    app.get('/page', async () => 'ok')
+    app.get('/ws', { websocket: true }, WebsocketConsumer.asHandler())
+  }, { store: store as never })
+  const cookie = sessionCookie(await app.inject({ url: '/page' }))
+  const { url } = await listen(app)
+  hang = true
+  const status = refusedWith(`${url}/ws`, { headers: { cookie } })
+  await eventually(() => asked === 1)
+  const closing = app.close().then(() => 'closed')
+  t.equal(await status, 503, 'the client is answered')
+  t.equal(await Promise.race([closing, sleep(15_000).then(() => 'still closing after 15 s')]), 'closed', 'app.close() completes')
+  t.match(logs.filter(l => /still in the app's hooks/.test(String(l.msg))), [{ level: 40, requests: 1, graceMs: 5000 }], 'said so at warn')
 })
