@@ -7,7 +7,7 @@
  * connections (1001, each `disconnect()` once), workers, then the layer.
  */
 import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteHandlerMethod, RouteOptions, preHandlerAsyncHookHandler } from 'fastify'
-import type { IncomingMessage } from 'node:http'
+import { STATUS_CODES, type IncomingMessage } from 'node:http'
 import fp from 'fastify-plugin'
 import Router from 'find-my-way'
 import fastifyWebsocket from '@fastify/websocket'
@@ -178,8 +178,8 @@ function handshakeHook (channels: Channels, Consumer: ConsumerClass, ownsWebsock
     try {
       decision = await connection.handshake(ctx => consumer[kInit](ctx))
     } catch (err) {
-      request.log.error({ err }, 'websocket handshake failed before connect() decided')
-      await reply.code(500).send({ error: 'Internal Server Error', message: 'websocket handshake failed', statusCode: 500 })
+      const { status, message } = setUpFailed(request, err, 'websocket handshake', 'connect() decided')
+      await reply.code(status).send({ error: STATUS_CODES[status], message, statusCode: status })
       return
     }
     if (!decision.accepted) {
@@ -200,6 +200,22 @@ function handshakeHook (channels: Channels, Consumer: ConsumerClass, ownsWebsock
     }
     bindToRequest(request.raw, connection, ownsWebsocket)
   }
+}
+
+/**
+ * A connection's set-up (the scope, `getUser` among it; the joins of `groups`) failed. An error
+ * with a 4xx `statusCode` (a `getUser` that throws 401, as a route's hook may) is the client's:
+ * answered with it and its message, at info, as Fastify answers a hook's. Anything else is the
+ * app's or the layer's: 500, at error, with nothing of it sent.
+ */
+function setUpFailed (request: FastifyRequest, err: unknown, what: string, before: string): { status: number, message: string } {
+  const status = (err as { statusCode?: unknown } | null)?.statusCode
+  if (typeof status === 'number' && Number.isInteger(status) && status >= 400 && status <= 499) {
+    request.log.info({ err, status }, `${what} refused before ${before}`)
+    return { status, message: err instanceof Error ? err.message : String(status) }
+  }
+  request.log.error({ err }, `${what} failed before ${before}`)
+  return { status: 500, message: `${what} failed` }
 }
 
 /**
@@ -225,8 +241,8 @@ function httpConsumerRoute (channels: Channels, Consumer: HttpConsumerClass): Ro
     try {
       decision = await connection.handshake(ctx => consumer[kInit](ctx), 'http')
     } catch (err) {
-      request.log.error({ err }, 'HTTP consumer failed before handle() ran')
-      response.refuse(500, 'HTTP consumer failed')
+      const { status, message } = setUpFailed(request, err, 'HTTP consumer', 'handle() ran')
+      response.refuse(status, message)
       return
     }
     if (!decision.accepted) {

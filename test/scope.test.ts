@@ -8,11 +8,20 @@ import v8 from 'node:v8'
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import fastifyCookie from '@fastify/cookie'
 import fastifyJwt from '@fastify/jwt'
-import fastifyChannels, { JsonWebsocketConsumer, WebsocketConsumer, type Scope } from '../lib/index.js'
+import fastifyChannels, { AsyncHttpConsumer, JsonWebsocketConsumer, WebsocketConsumer, type Scope } from '../lib/index.js'
 import { WebsocketCommunicator, type CommunicatorOptions } from '../lib/testing.js'
 import WebSocket from 'ws'
 import { buildApp } from './helpers/app.js'
 import { buildSessionApp, sessionCookie, sessionData } from './helpers/session.js'
+
+/** An event stream's user, as its first event. */
+class Events extends AsyncHttpConsumer {
+  override async handle () {
+    await this.sendHeaders({ headers: { 'content-type': 'text/event-stream' } })
+    await this.sendEvent({ data: JSON.stringify(this.scope.user) })
+    await this.sendBody('')
+  }
+}
 
 /** Reports what its scope holds, at connect time and again on request (`{ ask: 'scope' }`). */
 class Reporter extends JsonWebsocketConsumer {
@@ -150,13 +159,14 @@ t.test('the default getUser prefers request.user (jwt, passport, any hook) over 
   await sessionOnly.disconnect()
 })
 
-t.test('getUser: runs once, after the route\'s hooks; may be async; undefined means anonymous; a throw refuses with 500', async t => {
+t.test('getUser: runs once, after the route\'s hooks; may be async; undefined means anonymous; a throw refuses with 500, or with its 4xx statusCode', async t => {
   let calls = 0
   const accounts = new WeakMap<FastifyRequest, { name: string }>()
   const { app, logs } = await buildApp({
     getUser: async (request) => {
       calls++
       if (request.headers['x-explode'] !== undefined) throw new Error('user store down')
+      if (request.headers['x-expired'] !== undefined) throw Object.assign(new Error('token expired'), { statusCode: 401 })
       await new Promise(resolve => setImmediate(resolve))
       return accounts.get(request)
     }
@@ -169,6 +179,7 @@ t.test('getUser: runs once, after the route\'s hooks; may be async; undefined me
         if (typeof name === 'string') accounts.set(request, { name })
       }
     }, Reporter.asHandler())
+    app.get('/events', Events.asHandler())
   })
   t.teardown(() => app.close())
   const named = new WebsocketCommunicator(app, '/ws', { headers: { 'x-account': 'carol' } })
@@ -184,6 +195,13 @@ t.test('getUser: runs once, after the route\'s hooks; may be async; undefined me
   await anonymous.disconnect()
   t.match(await new WebsocketCommunicator(app, '/ws', { headers: { 'x-explode': '1' } }).connect(), { connected: false, status: 500 })
   t.ok(logs.some(l => l.level === 50 && (l.err as { message?: string } | undefined)?.message === 'user store down'), 'the failure is logged')
+  // An error that says it is the client's, as a hook's would: answered with its status, at info.
+  t.match(await new WebsocketCommunicator(app, '/ws', { headers: { 'x-expired': '1' } }).connect(), { connected: false, status: 401 })
+  t.ok(logs.some(l => l.level === 30 && l.status === 401 && (l.err as { message?: string } | undefined)?.message === 'token expired'), 'logged at info')
+  const stream = await app.inject({ url: '/events', headers: { 'x-expired': '1' } })
+  t.equal(stream.statusCode, 401, 'an event stream too')
+  t.match(stream.json(), { statusCode: 401, message: 'token expired' })
+  t.equal((await app.inject({ url: '/events', headers: { 'x-explode': '1' } })).statusCode, 500)
 })
 
 t.test('a preValidation hook answering 401 refuses the upgrade; no consumer is built', async t => {
