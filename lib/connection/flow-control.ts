@@ -30,7 +30,6 @@ import { TokenBucket } from './rate-limit.js'
 // Enough to keep a consumer busy without buffering a flood outside the layer's own capacity.
 export const HIGH_WATER = 16
 
-
 /** The part of a socket flow control drives: whether it is read. */
 export interface Readable {
   pause (): void
