@@ -4,7 +4,7 @@ import { RedisChannelLayer } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { spawnNode, type NodeProcess } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
-import { REDIS_URL, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, requireRedis, uniquePrefix } from '../helpers/redis.js'
 import { receiveWithin } from '../helpers/layers.js'
 
 // Durable groups across real processes on one Redis: a member that comes back in another process
@@ -97,5 +97,30 @@ if (await requireRedis(t)) {
     const took = Date.now() - killedAt
     t.ok(took <= (LEASE + 5) * 1000 + 1000, `announced ${took} ms after the kill (lease ${LEASE} s)`)
     t.same((await layer.presence(group)).map(e => e.info.name), ['watcher'], 'and gone from presence()')
+  })
+
+  t.test('where no survivor records presence, a SIGKILLed process\'s entries leave Redis with its lease: other processes\' plain members do not keep them', async t => {
+    const prefix = uniquePrefix('fc-presence-plain')
+    const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, membershipLease: LEASE })
+    t.teardown(() => layer.close())
+    const group = 'plain.room' // no policy: no presence events, so no process reaps entries
+    const living = await layer.newChannel()
+    await layer.groupAdd(group, living)
+    const admin = adminClient(t)
+    await admin.connect()
+    const entries = `${prefix}:pi:{${group}}`
+    for (let round = 1; round <= 2; round++) {
+      const doomed = member(t, { LAYER_PREFIX: prefix, GROUP: group, PRESENCE: JSON.stringify({ name: `doomed ${round}` }) })
+      await doomed.waitFor(/^\{"joined"/)
+      t.equal(await admin.hlen(entries), 1, `round ${round}: its entry is in Redis`)
+      doomed.child.kill('SIGKILL')
+      await doomed.exited
+      const deadline = Date.now() + (LEASE + 5) * 1000
+      while (await admin.exists(entries) === 1 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 50))
+      t.equal(await admin.exists(entries), 0, `round ${round}: the entry left with the lease, not kept by the living member's renewals`)
+    }
+    t.same(await layer.presence(group), [])
+    await layer.groupSend(group, { type: 'still.here' })
+    t.same(await receive(layer, living), { type: 'still.here' }, 'the living plain member is still a member')
   })
 }

@@ -744,3 +744,24 @@ t.test('a gap whose reads fail because Redis went away is read once Redis is bac
   t.same(await linesUntilQuiet(layer, member), [2, 3, 4], 'the gap, the line that showed it, and the one sent during the outage')
   t.same(unhandled, [], 'no unhandled rejection')
 })
+
+t.test('named channels joined to groups while the connection drops: the reverse index never keeps a key without a TTL, and the calls reject with LayerTimeoutError', async t => {
+  const server = await startRedisServer(t)
+  const prefix = uniquePrefix('fc-named-join-cut')
+  const layer = new RedisChannelLayer({ url: server.url, prefix, timeout: 2000 })
+  t.teardown(() => layer.close())
+  const admin = adminClient(t, server.url)
+  await admin.connect()
+  await layer.groupAdd('warm', 'named.warm') // connected, scripts loaded
+  const joins = Array.from({ length: 2000 }, (_, i) => layer.groupAdd(`group.${i % 50}`, `named.${i}`).then(() => undefined, (err: unknown) => err))
+  // Cut once Redis has begun to write them: a join is then half done for some of them.
+  for (let i = 0; i < 500 && await admin.dbsize() < 500; i++) await sleep(1)
+  await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes')
+  const failures = (await Promise.all(joins)).filter(err => err !== undefined)
+  t.ok(failures.length > 0, `${failures.length} of the 2000 failed`)
+  t.same(failures.filter(err => !(err instanceof LayerTimeoutError)).map(err => String(err)), [], 'each saying the layer timed out')
+  let persistent = 0
+  for (const key of await admin.keys(`${prefix}:*`)) if (await admin.pttl(key) === -1) persistent++
+  t.equal(persistent, 0, 'every key the joins wrote expires')
+  t.same(unhandled, [], 'no unhandled rejection')
+})

@@ -41,7 +41,7 @@ const UNREACHABLE_NAMES = new Set(['MaxRetriesPerRequestError', 'ClusterAllFaile
 const UNREACHABLE_MESSAGES = [
   'Connection is closed', "Stream isn't writeable", 'Cluster is disconnect', "Cluster isn't ready",
   'None of startup nodes is available', 'Node is disconnected', 'Command timed out', 'Socket timeout',
-  'connect ETIMEDOUT', 'Too many Cluster redirections'
+  'connect ETIMEDOUT', 'Too many Cluster redirections', 'Command aborted due to connection close'
 ]
 const SYSTEM_ERROR = /^E[A-Z]+$/
 

@@ -7,8 +7,19 @@
  *                         expires `ttl` after the last send); `t` also tells one write of an
  *                         offset from another (a Redis that lost its last writes gives it again)
  *   P:pi:{group}  hash    channel → presence info of a membership recorded in P:gm:{group}
+ *                         (expires with the last membership that recorded presence: the
+ *                         memberships of other processes that record none do not keep it,
+ *                         nor the entries of a process that died, alive)
  */
 import { recordMembersLua, script } from './scripts.js'
+
+// Extends the presence hash KEYS[2] to `deadline` (server ms) when it would expire sooner.
+const EXTEND_PRESENCE = `
+local function extendPresence (deadline)
+  local left = redis.call('PTTL', KEYS[2])
+  if left == -1 or (left >= 0 and now + left < deadline) then redis.call('PEXPIREAT', KEYS[2], math.ceil(deadline)) end
+end
+`
 
 // The group's epoch, made now from ARGV[candidate] when the group has none (its history is new,
 // or was lost): a new epoch starts a new stream.
@@ -62,7 +73,7 @@ return {offset, epoch, redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf')}
  * Returns { server now, the presence info recorded before or false, epoch or false, latest
  * offset, live entries after `since` (offset, payload pairs) when `since` is in this epoch }.
  */
-export const joinGroup = script(4, `${LIVE_ENTRIES}
+export const joinGroup = script(4, `${LIVE_ENTRIES}${EXTEND_PRESENCE}
 local channel = ARGV[1]
 local before = false
 if ARGV[3] ~= '' then
@@ -70,7 +81,7 @@ if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], channel, ARGV[3])
 end
 ${recordMembersLua('{channel, ARGV[2]}')}
-if last and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last))) end
+if ARGV[3] ~= '' then extendPresence(now + tonumber(ARGV[2])) end
 if ARGV[4] == '0' then return {now, before, false, 0, {}} end
 ${epochLua('KEYS[3]', 'KEYS[4]', 'ARGV[6]', 'ARGV[5]')}
 local top = tonumber(redis.call('HGET', KEYS[3], 't'))
@@ -85,19 +96,28 @@ return {now, before, epoch, top, out}
 /**
  * Renews memberships and their presence entries. KEYS members, presence; ARGV n, then n values
  * of (channel, ms to live) pairs, then (channel, presence info) pairs of those memberships that
- * recorded presence: an entry the hash lost is written again.
+ * recorded presence: an entry the hash lost is written again, and the hash lives as long as the
+ * longest of them.
  * Returns { server now, the channels whose entry was written again }.
  */
-export const renewMembers = script(2, `
+export const renewMembers = script(2, `${EXTEND_PRESENCE}
 local n = tonumber(ARGV[1])
 local given = {}
-for i = 2, n + 1 do given[i - 1] = ARGV[i] end
+local lives = {}
+for i = 2, n + 1, 2 do
+  given[i - 1] = ARGV[i]
+  given[i] = ARGV[i + 1]
+  lives[ARGV[i]] = tonumber(ARGV[i + 1])
+end
 ${recordMembersLua('given')}
 local restored = {}
+local longest = nil
 for i = n + 2, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then table.insert(restored, ARGV[i]) end
+  local life = lives[ARGV[i]]
+  if life and (longest == nil or life > longest) then longest = life end
 end
-if last and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last))) end
+if longest then extendPresence(now + longest) end
 return {now, restored}
 `)
 

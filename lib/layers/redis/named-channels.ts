@@ -17,7 +17,7 @@ import type { Delivery, LayerMessage, Received } from '../types.js'
 import { ttl, withDeadline, withTimeout } from '../deadline.js'
 import { DIRECT } from '../local-channels.js'
 import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
-import { DEADLINE_WIDTH, queuePush, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
+import { addToSet, DEADLINE_WIDTH, queuePush, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
 import { isReplyError, type Client, type RedisConnections } from './connections.js'
 import { Claims, type Claim } from './claims.js'
 import type { RedisKeys } from './keys.js'
@@ -84,7 +84,8 @@ export class NamedChannels implements SharedQueues {
     await this.#connections.run(`groupAdd ${group}`, client => Promise.all([
       runScript(client, recordMembers, [this.#keys.namedMembers(group)], [channel, lasts])
         .then(now => this.#clock.observe(now)),
-      client.sadd(reverse, group).then(() => client.pexpire(reverse, lasts))
+      // One script: a process that dies between an SADD and its PEXPIRE would leave the set for ever.
+      runScript(client, addToSet, [reverse], [group, lasts])
     ]))
   }
 

@@ -100,6 +100,12 @@ if last then redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last))) end
 `
 }
 
+/** Adds ARGV[1] to the set KEYS[1], which then expires ARGV[2] ms from now, in one step. */
+export const addToSet = script(1, `
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+`)
+
 /**
  * Records memberships. KEYS[1] a group's member set; ARGV pairs of (channel, ms to live).
  * Returns the server time.
