@@ -21,6 +21,7 @@
  * The socket is anything that fits socket.ts: ws' WebSocket for a WebSocket consumer, the HTTP
  * response (response-socket.ts) for an HTTP consumer, whose `handle()` accepts before it runs.
  */
+import { AsyncResource } from 'node:async_hooks'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ChannelLayer, Delivery } from '../layers/types.js'
 import { buildScope, checkSubprotocol } from '../scope.js'
@@ -84,6 +85,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #queuedFramesRun = false
   // An HTTP consumer's: its socket is the response, and a failure's log says so.
   #http = false
+  // The async context of the request that opened the connection (its AsyncLocalStorage values:
+  // @fastify/request-context's, a tracer's). Every task runs in it: a layer message is pushed by
+  // whoever sent it (an in-memory groupSend() runs its fan-out in the sender's context, another
+  // user's request), and a client frame comes in the socket's.
+  readonly #context = new AsyncResource('fastify-channels.connection')
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
     this.#runtime = runtime
@@ -391,7 +397,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** TaskRunner: once closing, End runs, and the client's frames if it closed (or went over the rate limit). */
   runTask (task: Task, info: Delivery | undefined): PromiseLike<unknown> | undefined {
-    if (task instanceof End) return this.#end(task.code)
+    if (task instanceof End) return this.#context.runInAsyncScope(this.#end, this, task.code)
     // Once closing, only what the client sent before it closed (or went over the rate limit) runs,
     // as in Channels, where its frames come before its disconnect: its send() rejects, a layer
     // message waits no more.
@@ -400,7 +406,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       return undefined
     }
     try {
-      return callConsumer(this.#consumer, task, info, this)
+      return this.#context.runInAsyncScope(callConsumer, null, this.#consumer, task, info, this)
     } catch (err) {
       this.taskFailed(err)
       return undefined
