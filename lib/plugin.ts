@@ -303,7 +303,14 @@ function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, 
   // counted when the socket comes). One whose client left before the answer was written is not:
   // no client saw that status.
   fastify.addHook('onResponse', async (request, reply) => {
-    if (request.ws && isConsumerRoute(request) && reply.raw.writableFinished && !unanswered.has(request.raw)) {
+    if (request.ws !== true) {
+      if (request.headers.upgrade === undefined) return
+      // Answered by an app-wide hook added before the plugin, before @fastify/websocket's own ran
+      // (it closes an upgrade's socket only when it has seen the request): nothing else would end
+      // this socket, and the server's close would wait for it for ever.
+      request.raw.socket?.destroySoon()
+    }
+    if (isConsumerRoute(request) && reply.raw.writableFinished && !unanswered.has(request.raw)) {
       channels.counts.of(request.routeOptions.url ?? request.url).handshake(reply.statusCode)
     }
   })

@@ -2,6 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import fastifyWebsocket from '@fastify/websocket'
 import fastifyChannels, { AsyncHttpConsumer, JsonWebsocketConsumer, WebsocketConsumer, InMemoryChannelLayer, type FastifyChannelsOptions } from '../lib/index.js'
+import { Registry } from 'prom-client'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { eventually, sleep } from './helpers/app.js'
 import { listen, openClient, rawHandshake, rawSession } from './helpers/loopback.js'
@@ -114,6 +115,28 @@ t.test('a consumer route in a context beside the plugin\'s: the upgrade gets its
   t.match(answer, /^HTTP\/1\.1 500 /, 'answered 500')
   t.match(answer, /fastify-channels is not registered/)
   socket.destroy()
+  const closing = app.close().then(() => 'closed')
+  t.equal(await Promise.race([closing, sleep(10_000).then(() => 'still closing after 10 s')]), 'closed')
+})
+
+t.test('an app-wide hook added before the plugin that answers an upgrade (401): the socket is closed, the answer counted, and app.close() completes', async t => {
+  const registry = new Registry()
+  const app = Fastify({ logger: false })
+  // A global auth hook, or @fastify/under-pressure: added first, it runs before @fastify/websocket's own hook.
+  app.addHook('onRequest', async (request, reply) => {
+    if ((request.query as { token?: string }).token !== 'ok') await reply.code(401).send({ message: 'who are you' })
+  })
+  await app.register(fastifyChannels, { metrics: { registry } })
+  app.get('/ws', { websocket: true }, WebsocketConsumer.asHandler())
+  const { port } = await listen(app)
+  const socket = rawHandshake(port, '/ws') // held open by the client
+  let answer = ''
+  socket.on('data', (chunk: Buffer) => { answer += chunk.toString('latin1') })
+  const ended = new Promise(resolve => socket.once('close', () => { resolve('closed') }))
+  t.equal(await Promise.race([ended, sleep(10_000).then(() => 'still open after 10 s')]), 'closed', 'the server closed the socket')
+  t.match(answer, /^HTTP\/1\.1 401 /)
+  const handshakes = (await registry.getSingleMetric('fastify_channels_handshakes_total')?.get())?.values ?? []
+  t.equal(handshakes.find(v => v.labels.status === '401')?.value, 1, 'counted as a 401')
   const closing = app.close().then(() => 'closed')
   t.equal(await Promise.race([closing, sleep(10_000).then(() => 'still closing after 10 s')]), 'closed')
 })
