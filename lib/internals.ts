@@ -359,3 +359,30 @@ export function markedUpgradeContext (headers: Record<string, string>, marker: o
 export function injectionMarker (request: object): unknown {
   return (request as Record<symbol, unknown>)[kInjection]
 }
+
+// ---------------------------------------------------------------------------------------------
+// Node's AsyncLocalStorage
+
+/**
+ * The symbols under which AsyncLocalStorage instances keep a value on `resource` (an async
+ * resource), or undefined where this Node keeps values elsewhere.
+ *
+ * Why: a connection's tasks switch to its request's async context only where some storage holds
+ * a value, since the switch costs a delivery about 5% (async-context.ts), and Node offers no way to
+ * ask. Node 20 to 23 keep a storage's value on the current async resource under a symbol the
+ * storage makes, described 'kResourceStore'; a resource made in a context copies them. Running a
+ * storage to find out would install V8's promise hooks, which disable its fast path for every
+ * `async` function of the process for good. From Node 24, and with `--experimental-async-context-frame`
+ * before it, values live in a frame V8 carries instead: undefined, and every task switches.
+ */
+export function storageSymbolsOf (resource: object): symbol[] | undefined {
+  if (keepsContextInFrames) return undefined
+  const found: symbol[] = []
+  for (const symbol of Object.getOwnPropertySymbols(resource)) {
+    if (symbol.description === 'kResourceStore' && (resource as Record<symbol, unknown>)[symbol] !== undefined) found.push(symbol)
+  }
+  return found
+}
+
+const keepsContextInFrames = Number(process.versions.node.split('.')[0]) >= 24 ||
+  [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].includes('--experimental-async-context-frame')

@@ -48,7 +48,10 @@ class RoomEvents extends AsyncHttpConsumer {
 t.test('every handler runs in the context of the request that opened its connection, never the sender\'s', async t => {
   const { app } = await buildApp({}, app => {
     app.addHook('onRequest', (request, _reply, done) => {
-      requestUser.run({ name: String((request.query as { name?: string }).name ?? 'anonymous') }, done)
+      const { name } = request.query as { name?: string }
+      // A request without a name holds no value at all.
+      if (name === undefined) done()
+      else requestUser.run({ name }, done)
     })
     app.get('/ws', { websocket: true }, Room.asHandler())
     app.get('/events', RoomEvents.asHandler())
@@ -56,9 +59,10 @@ t.test('every handler runs in the context of the request that opened its connect
   })
   t.teardown(() => app.close())
   const { url } = await listen(app)
-  const sockets = await Promise.all(['alice', 'bob'].map(async name => {
+  // dave's request held no value: his handlers see none, never the sender's.
+  const sockets = await Promise.all(['alice', 'bob', 'none'].map(async name => {
     const frames: unknown[] = []
-    const client = await openClient(`${url}/ws?name=${name}`, {}, ws => ws.on('message', data => frames.push(JSON.parse(String(data)))))
+    const client = await openClient(`${url}/ws${name === 'none' ? '' : `?name=${name}`}`, {}, ws => ws.on('message', data => frames.push(JSON.parse(String(data)))))
     return { name, frames, client }
   }))
   const stream = await openEventStream(`${url.replace(/^ws:/, 'http:')}/events?name=carol`)
@@ -69,14 +73,15 @@ t.test('every handler runs in the context of the request that opened its connect
   }
 
   t.equal((await app.inject({ method: 'POST', url: '/say?name=mallory' })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: '/say' })).statusCode, 200, 'and once from a request without values')
   for (const { name, frames } of sockets) {
-    await eventually(() => frames.length === 3)
-    t.same(frames[2], { on: 'message', name }, `${name}: the group message sent from mallory's request`)
+    await eventually(() => frames.length === 4)
+    t.same(frames.slice(2), [{ on: 'message', name }, { on: 'message', name }], `${name}: the group messages sent from mallory's request and from one without values`)
   }
-  t.same((await stream.waitForEvents(1)).map(e => e.data), ['carol'], 'an event stream too')
+  t.same((await stream.waitForEvents(2)).map(e => e.data), ['carol', 'carol'], 'an event stream too')
 
   stream.close()
   for (const { client } of sockets) client.ws.close()
-  await eventually(() => disconnects.length === 2)
-  t.same(disconnects.sort(), ['alice', 'bob'], 'disconnect() too')
+  await eventually(() => disconnects.length === 3)
+  t.same(disconnects.sort(), ['alice', 'bob', 'none'], 'disconnect() too')
 })

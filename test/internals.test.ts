@@ -13,7 +13,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { WebSocketServer } from 'ws'
 import fastifyChannels, { WebsocketConsumer } from '../lib/index.js'
 import {
-  addOnRouteHookFirst, chunkedBodySocket, decideSubprotocols, endUpgradesWhileClosing, frameWriterOf, refusedHandshakeStatus, setMaxPayload, stringifyInjectedVersion, writeFrame
+  addOnRouteHookFirst, chunkedBodySocket, decideSubprotocols, endUpgradesWhileClosing, frameWriterOf, refusedHandshakeStatus, setMaxPayload, storageSymbolsOf, stringifyInjectedVersion, writeFrame
 } from '../lib/internals.js'
 
 /** Just enough of a Fastify instance of another major version. */
@@ -193,4 +193,18 @@ t.test('after the upgrade, what @fastify/websocket kept of it is let go; protoco
   t.equal(result.close?.code, 1002)
   await new Promise(resolve => setTimeout(resolve, 50))
   t.equal(logs.filter(l => l.msg === 'websocket protocol error').length, 1, 'the protocol error is logged once')
+})
+
+t.test('AsyncLocalStorage values are found on the async resources made while they are set, as this Node keeps them', async t => {
+  const { AsyncLocalStorage, AsyncResource } = await import('node:async_hooks')
+  const storage = new AsyncLocalStorage<string>()
+  t.teardown(() => { storage.disable() })
+  const inside = storage.run('a value', () => new AsyncResource('inside'))
+  const outside = new AsyncResource('outside')
+  if (Number(process.versions.node.split('.')[0]) >= 24) {
+    t.equal(storageSymbolsOf(inside), undefined, 'Node 24 keeps them in frames: unknown, so every task switches')
+    return
+  }
+  t.equal(storageSymbolsOf(inside)?.length, 1, 'one storage\'s symbol, with its value')
+  t.same(storageSymbolsOf(outside), [], 'none where no value was set')
 })

@@ -21,14 +21,14 @@
  * The socket is anything that fits socket.ts: ws' WebSocket for a WebSocket consumer, the HTTP
  * response (response-socket.ts) for an HTTP consumer, whose `handle()` accepts before it runs.
  */
-import { AsyncResource } from 'node:async_hooks'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { ChannelLayer, Delivery } from '../layers/types.js'
+import type { ChannelLayer, Delivery, LayerMessage } from '../layers/types.js'
 import { buildScope, checkSubprotocol } from '../scope.js'
 import { ConnectionClosedError } from '../errors.js'
 import { joinedThrough, layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
+import { contextFor, requestContext, storesValues } from './async-context.js'
 import { TaskQueue, type TaskRunner } from './task-queue.js'
 import { FlowControl, type FlowOwner } from './flow-control.js'
 import { listenTo, toBuffer, type ConnectionSocket, type SocketEvents } from './socket.js'
@@ -85,11 +85,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #queuedFramesRun = false
   // An HTTP consumer's: its socket is the response, and a failure's log says so.
   #http = false
-  // The async context of the request that opened the connection (its AsyncLocalStorage values:
-  // @fastify/request-context's, a tracer's). Every task runs in it: a layer message is pushed by
-  // whoever sent it (an in-memory groupSend() runs its fan-out in the sender's context, another
-  // user's request), and a client frame comes in the socket's.
-  readonly #context = new AsyncResource('fastify-channels.connection')
+  // The async context of the request that opened the connection, which every task runs in (null:
+  // one without values will do; async-context.ts).
+  readonly #context = requestContext()
 
   constructor (runtime: Runtime, request: FastifyRequest, consumer: ConsumerHooks) {
     this.#runtime = runtime
@@ -397,7 +395,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** TaskRunner: once closing, End runs, and the client's frames if it closed (or went over the rate limit). */
   runTask (task: Task, info: Delivery | undefined): PromiseLike<unknown> | undefined {
-    if (task instanceof End) return this.#context.runInAsyncScope(this.#end, this, task.code)
+    if (task instanceof End) {
+      const context = contextFor(this.#context)
+      return context === null ? this.#end(task.code) : context.runInAsyncScope(this.#end, this, task.code)
+    }
     // Once closing, only what the client sent before it closed (or went over the rate limit) runs,
     // as in Channels, where its frames come before its disconnect: its send() rejects, a layer
     // message waits no more.
@@ -406,11 +407,18 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
       return undefined
     }
     try {
-      return this.#context.runInAsyncScope(callConsumer, null, this.#consumer, task, info, this)
+      // The common case first, kept small: V8 then inlines the handler's call into the queue's loop.
+      if (this.#context === null && !storesValues()) return callConsumer(this.#consumer, task, info, this)
+      return this.#callInContext(task, info)
     } catch (err) {
       this.taskFailed(err)
       return undefined
     }
+  }
+
+  #callInContext (task: ClientFrame | LayerMessage, info: Delivery | undefined): PromiseLike<unknown> | undefined {
+    const context = contextFor(this.#context)
+    return context === null ? callConsumer(this.#consumer, task, info, this) : context.runInAsyncScope(callConsumer, null, this.#consumer, task, info, this)
   }
 
   /**
