@@ -9,6 +9,7 @@ import { connectionOfInjection } from './connection/binding.js'
 import { toBuffer } from './connection/socket.js'
 import { injectionMarker, markedUpgradeContext, refusedHandshakeStatus } from './internals.js'
 import { checkSendableCloseCode } from './connection/close-codes.js'
+import { InvalidOptionError } from './errors.js'
 
 export interface CommunicatorOptions {
   headers?: Record<string, string>
@@ -47,6 +48,8 @@ export class WebsocketCommunicator {
   #waiters: Array<() => void> = []
   #closeEvent: CloseEvent | null = null
   #connectCalled = false
+  // connect() under way: disconnect() waits for it, then closes what it opened.
+  #connecting: Promise<unknown> | null = null
   #resolveClosed!: (event: CloseEvent) => void
 
   constructor (app: FastifyInstance, path: string, options: CommunicatorOptions = {}) {
@@ -60,7 +63,21 @@ export class WebsocketCommunicator {
     // One communicator is one connection, as in Channels: a second would be left open unseen.
     if (this.#connectCalled) throw new Error('connect() was called already: make another communicator for another connection')
     this.#connectCalled = true
-    await this.app.ready()
+    const connecting = this.#connect(timeout)
+    this.#connecting = connecting.then(() => {}, () => {})
+    return await connecting
+  }
+
+  async #connect (timeout: number): Promise<ConnectResult> {
+    // The whole call is timed, the app's loading too, as Channels' connect(timeout) is.
+    const deadline = Date.now() + timeout
+    try {
+      await withTimeout(new Promise<void>((resolve, reject) => { this.app.ready(err => { if (err != null) reject(err); else resolve() }) }), timeout, 'app.ready()')
+    } catch (err) {
+      // An app that failed to load, or took longer: this communicator is done, its reads say so.
+      this.#onClose(1006, `connect() failed: ${err instanceof Error ? err.message : String(err)}`)
+      throw err
+    }
     const tag = {}
     let subprotocol: string | null = null
     const onHeaders = (headers: string[], req: object): void => {
@@ -74,6 +91,9 @@ export class WebsocketCommunicator {
       if (injectionMarker(req) === tag) this.#serverSocket = socket
     }
     const wss = this.app.websocketServer
+    // Two listeners per connect() under way: a test that opens dozens at once is no leak.
+    const limit = wss.getMaxListeners()
+    if (limit !== 0) wss.setMaxListeners(limit + 1)
     wss.on('headers', onHeaders)
     wss.on('connection', onConnection)
     // Named in lower case, as Node names a real request's (`Cookie` is `cookie`), and with a Host
@@ -93,7 +113,7 @@ export class WebsocketCommunicator {
       }
     })
     try {
-      const ws = await withTimeout(injected, timeout, `connect to ${this.path}`)
+      const ws = await withTimeout(injected, Math.max(0, deadline - Date.now()), `connect to ${this.path}`, timeout)
       this.#ws = ws
       if (subprotocol === null && (this.options.subprotocols?.length ?? 0) > 0) {
         // As a browser or ws' client does: an answer with none of the offered subprotocols fails
@@ -127,17 +147,27 @@ export class WebsocketCommunicator {
       this.#connection = connectionOfInjection(tag)
       wss.off('headers', onHeaders)
       // A consumer that accepts after a timeout brings its server socket later.
-      void late.then(() => { wss.off('connection', onConnection) })
+      void late.then(() => {
+        wss.off('connection', onConnection)
+        const now = wss.getMaxListeners()
+        if (limit !== 0 && now > 0) wss.setMaxListeners(now - 1)
+      })
     }
   }
 
   async sendTo (data: string | Uint8Array): Promise<void> {
+    if (typeof data !== 'string' && !(data instanceof Uint8Array)) {
+      throw new InvalidOptionError(`sendTo(data) takes a string (a text frame) or bytes (a binary frame), got ${data === null ? 'null' : typeof data}`)
+    }
     const ws = this.#open()
     await new Promise<void>((resolve, reject) => ws.send(data, { binary: typeof data !== 'string' }, err => err ? reject(err) : resolve()))
   }
 
   async sendJsonTo (content: unknown): Promise<void> {
-    await this.sendTo(JSON.stringify(content))
+    const text = JSON.stringify(content) as string | undefined
+    // JSON.stringify(undefined), or of a function: no text at all, which must not go as a frame.
+    if (typeof text !== 'string') throw new InvalidOptionError(`sendJsonTo(content) takes a value JSON can encode, got ${typeof content}`)
+    await this.sendTo(text)
   }
 
   /**
@@ -186,6 +216,8 @@ export class WebsocketCommunicator {
   async disconnect (code = 1000, reason = '', timeout = DEFAULT_TIMEOUT): Promise<void> {
     this.#connectedFirst()
     if (code !== ABRUPT) checkSendableCloseCode(code)
+    // Called while connect() runs (not awaited): what it opens is what this closes.
+    await this.#connecting
     if (this.#ws !== null && this.#closeEvent === null) {
       if (code === ABRUPT) this.#ws.terminate()
       else this.#ws.close(code, reason)
@@ -206,8 +238,9 @@ export class WebsocketCommunicator {
   }
 
   #open (): WebSocket {
+    // A refused or failed connect() closed the communicator: its reason says why.
+    if (this.#closeEvent !== null) throw new Error(`connection closed (code ${this.#closeEvent.code}${this.#closeEvent.reason === '' ? '' : ': ' + this.#closeEvent.reason})`)
     if (this.#ws === null) throw new Error(NOT_CONNECTED)
-    if (this.#closeEvent !== null) throw new Error(`connection closed (code ${this.#closeEvent.code})`)
     return this.#ws
   }
 
@@ -235,13 +268,14 @@ export class WebsocketCommunicator {
 
 class ConnectTimeoutError extends Error {}
 
-async function withTimeout<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
+/** `promise`, or a rejection after `ms`; the message names the caller's `timeout` (what is left of it may be less). */
+async function withTimeout<T> (promise: Promise<T>, ms: number, what: string, timeout = ms): Promise<T> {
   let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new ConnectTimeoutError(`timed out after ${ms} ms waiting for ${what}`)), ms)
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new ConnectTimeoutError(`timed out after ${timeout} ms waiting for ${what}`)), ms)
   })
   try {
-    return await Promise.race([promise, timeout])
+    return await Promise.race([promise, late])
   } finally {
     clearTimeout(timer)
   }

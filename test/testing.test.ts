@@ -3,7 +3,8 @@
  * and what `serverFinished()` and `disconnect()` wait for after a refusal or a connect() timeout.
  */
 import t from 'tap'
-import { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
+import Fastify from 'fastify'
+import fastifyChannels, { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import WebSocket from 'ws'
 import { setTimeout as wait } from 'node:timers/promises'
@@ -180,4 +181,80 @@ t.test('disconnect(1006) drops the connection without a close frame; a code no c
   t.same(await comm.closed, { code: 1006, reason: '' }, 'the client saw the connection drop')
   t.same(codes, [1006], 'and the consumer\'s disconnect() ran with 1006, once it had finished')
   t.same(inspect(app), { channels: 0, groups: 0, memberships: 0 }, 'nothing left in the layer')
+})
+
+t.test('sendJsonTo() of what JSON cannot encode rejects, and sends nothing: no empty binary frame', async t => {
+  const frames: Array<string | undefined> = []
+  class Records extends WebsocketConsumer {
+    override async receive (text?: string, bytes?: Buffer) { frames.push(text ?? `${bytes?.length ?? 0} bytes`) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Records.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  for (const value of [undefined, () => 1, Symbol('s')]) {
+    await t.rejects(comm.sendJsonTo(value), { code: 'FST_CHANNELS_INVALID_OPTION', message: /takes a value JSON can encode/ }, `${typeof value}`)
+  }
+  await t.rejects(comm.sendTo(undefined as never), { code: 'FST_CHANNELS_INVALID_OPTION', message: /a string .* or bytes/ })
+  await comm.sendJsonTo(null)
+  await eventually(() => frames.length === 1)
+  t.same(frames, ['null'], 'only the frame that could be sent arrived')
+})
+
+t.test('thirty communicators connecting at once: no MaxListenersExceededWarning, and the listeners are gone after', async t => {
+  const warnings: string[] = []
+  const onWarning = (warning: Error): void => { warnings.push(warning.name) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, WebsocketConsumer.asHandler()))
+  t.teardown(() => app.close())
+  const before = { headers: app.websocketServer.listenerCount('headers'), connection: app.websocketServer.listenerCount('connection'), max: app.websocketServer.getMaxListeners() }
+  const comms = Array.from({ length: 30 }, () => new WebsocketCommunicator(app, '/ws'))
+  t.same((await Promise.all(comms.map(async c => await c.connect()))).map(r => r.connected), comms.map(() => true))
+  await new Promise(resolve => setImmediate(resolve))
+  t.same(warnings, [], 'no warning')
+  t.same({ headers: app.websocketServer.listenerCount('headers'), connection: app.websocketServer.listenerCount('connection'), max: app.websocketServer.getMaxListeners() }, before, 'listeners and their limit as before')
+})
+
+t.test('connect(timeout) times the app\'s loading too; a failed load closes the communicator, and its reads say why', async t => {
+  const slow = Fastify()
+  await slow.register(fastifyChannels)
+  slow.register(async () => { await sleep(300) })
+  slow.get('/ws', { websocket: true }, WebsocketConsumer.asHandler())
+  t.teardown(() => slow.close())
+  await t.rejects(new WebsocketCommunicator(slow, '/ws').connect(50), /timed out after 50 ms waiting for app.ready\(\)/)
+
+  const broken = Fastify()
+  await broken.register(fastifyChannels)
+  broken.register(async () => { throw new Error('a plugin failed') })
+  const comm = new WebsocketCommunicator(broken, '/ws')
+  await t.rejects(comm.connect(), /a plugin failed/)
+  t.match(await comm.closed, { code: 1006, reason: /connect\(\) failed: a plugin failed/ })
+  await t.rejects(comm.receiveFrom(5000), /connection closed \(code 1006: connect\(\) failed: a plugin failed\)/, 'at once, not at its timeout')
+  await t.rejects(comm.sendTo('x'), /connection closed \(code 1006: connect\(\) failed/)
+})
+
+t.test('after a refused connect(), sendTo() says the handshake was refused, not to call connect()', async t => {
+  class Refuses extends WebsocketConsumer { override async connect () { await this.close() } }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Refuses.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  t.match(await comm.connect(), { connected: false, status: 403 })
+  await t.rejects(comm.sendTo('x'), /connection closed \(code 1006: handshake refused\)/)
+})
+
+t.test('disconnect() called while connect() runs closes what connect() opens, once it has', async t => {
+  const events: string[] = []
+  class Slow extends WebsocketConsumer {
+    override async connect () { await sleep(200); await this.accept() }
+    override async disconnect (code: number) { events.push(`disconnect ${code}`) }
+  }
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Slow.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  const connecting = comm.connect()
+  await comm.disconnect()
+  t.match(await connecting, { connected: true })
+  t.same(await comm.closed, { code: 1000, reason: '' })
+  t.same(events, ['disconnect 1000'], 'the consumer\'s disconnect() ran before disconnect() resolved')
 })
