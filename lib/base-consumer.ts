@@ -8,6 +8,7 @@ import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import type { ChannelLayer } from './layers/types.js'
 import type { Connection, ConsumerContext } from './connection/connection.js'
 import type { Outbound } from './connection/outbound.js'
+import { closeAnsweredUpgrade } from './connection/unanswered-upgrades.js'
 import type { SpawnedTask } from './connection/scoped-tasks.js'
 import { kConnect, kDisconnect, kReceive, type ConsumerHooks } from './connection/tasks.js'
 import { reserveNames } from './dispatch.js'
@@ -91,9 +92,6 @@ export function consumerClassOf (handler: unknown): AnyConsumerClass | undefined
  */
 export function answerNotRegistered (request: FastifyRequest, reply: FastifyReply): FastifyReply {
   request.log.error('a consumer route was reached without the fastify-channels plugin: register it (awaited) before the route, in the same context')
-  // An upgrade request's socket is no HTTP server's to close (@fastify/websocket closes it only in
-  // the contexts it is registered in): left open, the client waits and app.close() never ends.
-  const socket = request.raw.socket
-  if (request.headers.upgrade !== undefined && socket !== null) reply.raw.once('finish', () => { socket.end(() => { socket.destroy() }) })
+  if (request.headers.upgrade !== undefined) reply.raw.once('finish', () => { closeAnsweredUpgrade(request.raw) })
   return reply.code(500).send({ statusCode: 500, error: 'Internal Server Error', message: 'fastify-channels is not registered' })
 }

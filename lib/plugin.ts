@@ -19,7 +19,7 @@ import { bindToRequest, connectionOf, noteHandshake } from './connection/binding
 import { ResponseSocket } from './connection/response-socket.js'
 import { startHeartbeat } from './connection/heartbeat.js'
 import { ConnectionSet } from './connection/connection-set.js'
-import { UnansweredUpgrades } from './connection/unanswered-upgrades.js'
+import { closeAnsweredUpgrade, UnansweredUpgrades } from './connection/unanswered-upgrades.js'
 import { CLOSING_HANDSHAKE_GRACE_MS, isClosing } from './connection/close-codes.js'
 import { consumerClassOf, kInit, type ConsumerClass } from './consumer.js'
 import { AsyncHttpConsumer, kRespondWith, type HttpConsumerClass } from './http-consumer.js'
@@ -161,7 +161,7 @@ function mountWebsocketConsumer (fastify: FastifyInstance, channels: Channels, r
 }
 
 // Handshakes whose client left before connect() decided: answered for Fastify's sake, counted as nothing.
-const unanswered = new WeakSet<IncomingMessage>()
+const leftBeforeAnswer = new WeakSet<IncomingMessage>()
 
 /** The consumer's `connect()` decides: the upgrade goes on, or the request is answered with a status. */
 function handshakeHook (channels: Channels, Consumer: ConsumerClass, ownsWebsocket: boolean): preHandlerAsyncHookHandler {
@@ -186,7 +186,7 @@ function handshakeHook (channels: Channels, Consumer: ConsumerClass, ownsWebsock
       // A client that left before the answer (connect() saw `signal` abort) was refused by nobody.
       if (decision.clientGone) {
         request.log.debug({ url: request.url }, 'websocket handshake ended: the client went away before the answer')
-        unanswered.add(request.raw)
+        leftBeforeAnswer.add(request.raw)
       } else {
         request.log.info({ status: decision.status, url: request.url }, 'websocket handshake refused')
       }
@@ -305,12 +305,10 @@ function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, 
   fastify.addHook('onResponse', async (request, reply) => {
     if (request.ws !== true) {
       if (request.headers.upgrade === undefined) return
-      // Answered by an app-wide hook added before the plugin, before @fastify/websocket's own ran
-      // (it closes an upgrade's socket only when it has seen the request): nothing else would end
-      // this socket, and the server's close would wait for it for ever.
-      request.raw.socket?.destroySoon()
+      // Answered by an app-wide hook added before the plugin, before @fastify/websocket's own ran.
+      closeAnsweredUpgrade(request.raw)
     }
-    if (isConsumerRoute(request) && reply.raw.writableFinished && !unanswered.has(request.raw)) {
+    if (isConsumerRoute(request) && reply.raw.writableFinished && !leftBeforeAnswer.has(request.raw)) {
       channels.counts.of(request.routeOptions.url ?? request.url).handshake(reply.statusCode)
     }
   })

@@ -12,6 +12,16 @@ import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type { WebSocketServer } from 'ws'
 
+/**
+ * Closes the socket of an upgrade request answered with a status, once the answer is written:
+ * @fastify/websocket does so only for requests its own hook saw (not those an earlier app-wide
+ * hook answered, nor a route outside its context), and nothing else would, so the client would
+ * wait and the server's close with it.
+ */
+export function closeAnsweredUpgrade (request: IncomingMessage): void {
+  request.socket?.destroySoon()
+}
+
 export class UnansweredUpgrades {
   // Keyed by the request, as ws' `connection` event names it; with what forgets it on the socket's close.
   readonly #waiting = new Map<IncomingMessage, { socket: Socket, forget: () => void }>()
