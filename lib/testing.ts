@@ -47,8 +47,7 @@ export class WebsocketCommunicator {
   #inbox: Array<string | Buffer> = []
   #waiters: Array<() => void> = []
   #closeEvent: CloseEvent | null = null
-  #connectCalled = false
-  // connect() under way: disconnect() waits for it, then closes what it opened.
+  // connect() since it was called (null before): disconnect() waits for it, then closes what it opened.
   #connecting: Promise<unknown> | null = null
   #resolveClosed!: (event: CloseEvent) => void
 
@@ -61,8 +60,7 @@ export class WebsocketCommunicator {
 
   async connect (timeout = DEFAULT_TIMEOUT): Promise<ConnectResult> {
     // One communicator is one connection, as in Channels: a second would be left open unseen.
-    if (this.#connectCalled) throw new Error('connect() was called already: make another communicator for another connection')
-    this.#connectCalled = true
+    if (this.#connecting !== null) throw new Error('connect() was called already: make another communicator for another connection')
     const connecting = this.#connect(timeout)
     this.#connecting = connecting.then(() => {}, () => {})
     return await connecting
@@ -179,7 +177,7 @@ export class WebsocketCommunicator {
     const deadline = Date.now() + timeout
     while (this.#inbox.length === 0) {
       if (this.#closeEvent !== null) {
-        throw new Error(`connection closed (code ${this.#closeEvent.code}${this.#closeEvent.reason === '' ? '' : ': ' + this.#closeEvent.reason}) before a frame arrived`)
+        throw new Error(`${closedMessage(this.#closeEvent)} before a frame arrived`)
       }
       const left = deadline - Date.now()
       if (left <= 0) throw new Error(`no frame received within ${timeout} ms`)
@@ -234,12 +232,12 @@ export class WebsocketCommunicator {
 
   /** What reads the connection needs connect() first (refused or timed out counts: it closed). */
   #connectedFirst (): void {
-    if (!this.#connectCalled) throw new Error(NOT_CONNECTED)
+    if (this.#connecting === null) throw new Error(NOT_CONNECTED)
   }
 
   #open (): WebSocket {
     // A refused or failed connect() closed the communicator: its reason says why.
-    if (this.#closeEvent !== null) throw new Error(`connection closed (code ${this.#closeEvent.code}${this.#closeEvent.reason === '' ? '' : ': ' + this.#closeEvent.reason})`)
+    if (this.#closeEvent !== null) throw new Error(closedMessage(this.#closeEvent))
     if (this.#ws === null) throw new Error(NOT_CONNECTED)
     return this.#ws
   }
@@ -267,6 +265,11 @@ export class WebsocketCommunicator {
 }
 
 class ConnectTimeoutError extends Error {}
+
+/** How a read or a send says the connection has closed: `connection closed (code 1006: handshake refused)`. */
+function closedMessage ({ code, reason }: CloseEvent): string {
+  return `connection closed (code ${code}${reason === '' ? '' : ': ' + reason})`
+}
 
 /** `promise`, or a rejection after `ms`; the message names the caller's `timeout` (what is left of it may be less). */
 async function withTimeout<T> (promise: Promise<T>, ms: number, what: string, timeout = ms): Promise<T> {
