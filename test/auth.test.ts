@@ -4,12 +4,13 @@
  * while the session is being saved must all be handled, in order, after it. Also the save rule for
  * other session changes, and the clear errors when there is no session or the store fails.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { JsonWebsocketConsumer, login, logout } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import type { FastifyInstance, Session as StoredSession } from 'fastify'
 import { buildApp } from './helpers/app.js'
 import { buildSessionApp, sessionCookie, sessionData } from './helpers/session.js'
+import type { FastifySessionOptions } from '@fastify/session'
 
 type Session = { get (key: string): unknown, set (key: string, value: unknown): void, save (): Promise<void>, destroy (): Promise<void> }
 
@@ -45,6 +46,16 @@ function routes (app: FastifyInstance): void {
 async function browserSession (app: FastifyInstance): Promise<{ cookie: string, sessionId: string }> {
   const page = await app.inject({ url: '/page' })
   return { cookie: sessionCookie(page), sessionId: page.json().sessionId }
+}
+
+/** An app with `session` options, a browser session, and a socket opened with its cookie. */
+async function socketInSession (t: Test, session: Partial<FastifySessionOptions> = {}) {
+  const { app, logs } = await buildSessionApp({}, routes, session)
+  t.teardown(() => app.close())
+  const { cookie, sessionId } = await browserSession(app)
+  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
+  await comm.connect()
+  return { app, logs, cookie, sessionId, comm }
 }
 
 async function me (app: FastifyInstance, cookie: string): Promise<{ sessionId: string, user: unknown, theme: unknown }> {
@@ -112,11 +123,7 @@ class SlowStore {
 
 t.test('a slow store (300 ms): frames sent while login() saves are all handled, in order, after it', async t => {
   const store = new SlowStore()
-  const { app } = await buildSessionApp({}, routes, { store })
-  t.teardown(() => app.close())
-  const { cookie, sessionId } = await browserSession(app)
-  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
-  await comm.connect()
+  const { app, cookie, sessionId, comm } = await socketInSession(t, { store })
   const setsBefore = store.sets
   // Sent back to back: the five echoes arrive while the save is still in flight.
   await comm.sendJsonTo({ login: 'alice' })
@@ -146,11 +153,7 @@ t.test('a slow store (300 ms): frames sent while login() saves are all handled, 
 })
 
 t.test('other session changes reach HTTP only after `await scope.session.save()`', async t => {
-  const { app } = await buildSessionApp({}, routes)
-  t.teardown(() => app.close())
-  const { cookie } = await browserSession(app)
-  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
-  await comm.connect()
+  const { app, cookie, comm } = await socketInSession(t)
   await comm.sendJsonTo({ set: ['theme', 'dark'] })
   await comm.receiveJsonFrom()
   t.match(await me(app, cookie), { theme: null }, 'set() alone is not saved')
@@ -174,11 +177,7 @@ t.test('login() without a session cookie works for this socket and warns that HT
 })
 
 t.test('a socket open longer than the cookie\'s maxAge: login() keeps the session that HTTP requests kept alive', async t => {
-  const { app } = await buildSessionApp({}, routes, { cookie: { secure: false, maxAge: 1000 } })
-  t.teardown(() => app.close())
-  const { cookie, sessionId } = await browserSession(app)
-  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
-  await comm.connect()
+  const { app, cookie, sessionId, comm } = await socketInSession(t, { cookie: { secure: false, maxAge: 1000 } })
   // The page keeps the session alive (rolling) while the socket stays open past its maxAge.
   for (let i = 0; i < 4; i++) {
     await new Promise(resolve => setTimeout(resolve, 400))
@@ -191,11 +190,7 @@ t.test('a socket open longer than the cookie\'s maxAge: login() keeps the sessio
 })
 
 t.test('a session an HTTP request rotated or destroyed: login()/logout() reject with FST_CHANNELS_SESSION_GONE and bring nothing back', async t => {
-  const { app } = await buildSessionApp({}, routes)
-  t.teardown(() => app.close())
-  const { cookie } = await browserSession(app)
-  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
-  await comm.connect()
+  const { app, cookie, comm } = await socketInSession(t)
   await comm.sendJsonTo({ login: 'alice' })
   t.match(await comm.receiveJsonFrom(), { user: { name: 'alice' } })
 
@@ -239,11 +234,7 @@ t.test('a cookie signed with a secret being rotated out: login() is seen by HTTP
 })
 
 t.test('after scope.session.destroy() on the socket, login() says this connection has no session, not that a plugin is missing', async t => {
-  const { app } = await buildSessionApp({}, routes)
-  t.teardown(() => app.close())
-  const { cookie } = await browserSession(app)
-  const comm = new WebsocketCommunicator(app, '/ws', { headers: { cookie } })
-  await comm.connect()
+  const { comm } = await socketInSession(t)
   await comm.sendJsonTo({ destroy: true })
   await comm.receiveJsonFrom()
   await comm.sendJsonTo({ login: 'alice' })
