@@ -8,7 +8,7 @@
 import { cloneMessage, share } from './message.js'
 import { enterFanOut, leaveFanOut } from './copy-encoding.js'
 import { structureOf } from './message-structure.js'
-import { Listener, Membership } from './local-entries.js'
+import { Listener, Membership, deadlineOf } from './local-entries.js'
 import { Turns } from './turns.js'
 import { PresenceTable } from './local-presence.js'
 import { DIRECT, LocalChannels, canBeReadBack, type ChannelSettings } from './local-channels.js'
@@ -120,7 +120,7 @@ export class LocalStore {
     try {
       // forEach, not for…of: an entries iterator makes a [channel, membership] array per member.
       members.forEach((membership, channel) => {
-        if (membership.expiresAt <= now) {
+        if (membership.expiresAt <= now && membership.sink === undefined) {
           this.#unlink(group, members, channel)
           return
         }
@@ -175,18 +175,25 @@ export class LocalStore {
     if (this.#channels.unlisten(channel, sink)) this.#setMembershipSinks(channel, undefined)
   }
 
-  /** What a fan-out hands a member's messages to, kept on each of the channel's memberships. */
+  /**
+   * What a fan-out hands a member's messages to, kept on each of the channel's memberships. A
+   * listener renews them while it listens (local-entries.ts): once it goes, `groupExpiry` runs
+   * from then.
+   */
   #setMembershipSinks (channel: string, sink: ChannelSink | undefined): void {
+    const renewed = Math.ceil(performance.now() + this.#settings.groupExpiryMs)
     for (const group of this.groupsOf(channel)) {
       const membership = this.#groups.get(group)?.get(channel)
-      if (membership !== undefined) membership.sink = sink
+      if (membership === undefined) continue
+      if (sink === undefined && membership.sink !== undefined) membership.expiresAt = Math.max(membership.expiresAt, renewed)
+      membership.sink = sink
     }
   }
 
   /** Whether `channel` is a live member of `group` here. */
   isMember (group: string, channel: string): boolean {
     const membership = this.#groups.get(group)?.get(channel)
-    return membership !== undefined && membership.expiresAt > performance.now()
+    return membership !== undefined && deadlineOf(membership) > performance.now()
   }
 
   /** What the membership recorded as its presence, if anything. */
@@ -200,7 +207,7 @@ export class LocalStore {
     // One that expired and is not swept yet ends first, with what it recorded: this one is new.
     const current = this.#groups.get(group)
     const old = current?.get(channel)
-    if (current !== undefined && old !== undefined && old.expiresAt <= now) this.#unlink(group, current, channel)
+    if (current !== undefined && old !== undefined && deadlineOf(old) <= now) this.#unlink(group, current, channel)
     if (presence !== undefined) this.#presence.record(group, channel, presence)
     let members = this.#groups.get(group)
     if (members === undefined) {
@@ -226,10 +233,10 @@ export class LocalStore {
   }
 
   /**
-   * The group's local members with their expiry deadlines (`performance.now()` ms; expired ones stay
-   * until swept), or undefined when it has none. A read-only view.
+   * The group's local members (`deadlineOf()` says until when each lasts; expired ones stay until
+   * swept), or undefined when it has none. A read-only view.
    */
-  members (group: string): ReadonlyMap<string, { readonly expiresAt: number }> | undefined {
+  members (group: string): ReadonlyMap<string, Readonly<Membership>> | undefined {
     return this.#groups.get(group)
   }
 
@@ -238,8 +245,8 @@ export class LocalStore {
     const members = this.#groups.get(group)
     const now = performance.now()
     return this.#presence.list(group, channel => {
-      const expiresAt = members?.get(channel)?.expiresAt
-      return expiresAt !== undefined && expiresAt > now
+      const membership = members?.get(channel)
+      return membership !== undefined && deadlineOf(membership) > now
     })
   }
 
@@ -290,7 +297,7 @@ export class LocalStore {
     this.#channels.sweep(now)
     for (const [group, members] of this.#groups) {
       for (const [channel, membership] of members) {
-        if (membership.expiresAt <= now) this.#unlink(group, members, channel)
+        if (deadlineOf(membership) <= now) this.#unlink(group, members, channel)
       }
     }
   }

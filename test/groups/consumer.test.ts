@@ -8,7 +8,7 @@
 import t, { type Test } from 'tap'
 import { GroupsConsumer, InMemoryChannelLayer, LayerTimeoutError, type Delivery, type LayerMessage } from '../../lib/index.js'
 import { rawProtocolClient, type Frame, type RawProtocolClient } from '../helpers/protocol.js'
-import { Rooms, called, roomsApp, type RoomsApp } from './rooms.js'
+import { Rooms, called, roomGroups, roomsApp, type RoomsApp } from './rooms.js'
 
 let server: RoomsApp
 t.before(async () => { server = await roomsApp() })
@@ -281,4 +281,18 @@ t.test('a group message to many clients: each message frame is exactly the JSON 
       t.equal(texts[1], JSON.stringify({ op: 'message', group, ...position, data: data[shape] }), `${group}: ${shape}`)
     }
   }
+})
+
+t.test('a client joined for longer than groupExpiry still gets every message, and stays in the presence list', async t => {
+  const short = await roomsApp({ layer: new InMemoryChannelLayer({ groups: roomGroups, groupExpiry: 1 }) })
+  t.teardown(async () => { await short.app.close() })
+  const ada = await rawProtocolClient(`${short.url}?name=Ada`)
+  t.teardown(() => { ada.ws.terminate() })
+  ada.send({ op: 'join', group: 'room.long' })
+  await ada.until(f => f.op === 'joined')
+  await new Promise(resolve => setTimeout(resolve, 1600))
+  await short.app.channelLayer.groupSend('room.long', { type: 'room.message', text: 'a day later' })
+  t.match(withoutPresence(await ada.until(f => f.op === 'message')), [{ op: 'message', group: 'room.long', offset: 1, data: { text: 'a day later' } }],
+    'the message sent after groupExpiry arrives')
+  t.match(await short.app.channelLayer.presence('room.long'), [{ info: { name: 'Ada' } }], 'her presence entry is still there')
 })

@@ -232,6 +232,29 @@ export function conformanceListen (
     await h.nothing(t, layer, channel)
   })
 
+  test('a listened channel stays a member past groupExpiry; once the listener closes, the membership lapses groupExpiry later', async t => {
+    // A connection open for longer than groupExpiry (a day by default) must not stop hearing its groups.
+    const layer = await listening(t, { groupExpiry: 1 })
+    const group = unique('outlived')
+    const channel = await layer.newChannel()
+    const sink = new RecordingSink()
+    const listener = layer.listen(channel, sink)
+    await layer.groupAdd(group, channel, { presence: { name: 'ada' } })
+    await sleep(1600)
+    await layer.groupSend(group, { type: 'still.member' })
+    await until(t, 'a member past groupExpiry still gets the group\'s messages', () => sink.got.length === 1)
+    t.same(sink.got, [{ type: 'still.member' }])
+    t.same((await layer.presence(group)).map(entry => entry.channel), [channel], 'and is still in its presence')
+    listener.close()
+    await sleep(400)
+    await layer.groupSend(group, { type: 'just.closed' })
+    t.same(await next(layer, channel), { type: 'just.closed' }, 'right after the listener closed, still a member')
+    await sleep(1600)
+    await layer.groupSend(group, { type: 'lapsed' })
+    await h.nothing(t, layer, channel)
+    t.same(await layer.presence(group), [], 'the lapsed membership took its presence along')
+  })
+
   if (!shared) return
 
   test('a listener is reached from another instance, directly and through a group', async t => {
@@ -245,5 +268,18 @@ export function conformanceListen (
     await a.groupSend(group, { type: 'cross.group' })
     await until(t, 'both arrived', () => sink.got.length === 2)
     t.same(sink.got, [{ type: 'cross.direct' }, { type: 'cross.group' }], 'in the order they were sent')
+  })
+
+  test('a listened channel past groupExpiry is reached from another instance, and in its presence there', async t => {
+    const [a, b] = [await listening(t, { groupExpiry: 1 }), await listening(t, { groupExpiry: 1 })]
+    const group = unique('outlived-cross')
+    const channel = await b.newChannel()
+    const sink = new RecordingSink()
+    b.listen(channel, sink)
+    await b.groupAdd(group, channel, { presence: { name: 'ada' } })
+    await sleep(1600)
+    await a.groupSend(group, { type: 'from.afar' })
+    await until(t, 'it arrived', () => sink.got.length === 1)
+    t.same((await a.presence(group)).map(entry => entry.channel), [channel], 'the other instance lists it')
   })
 }

@@ -13,6 +13,7 @@
  * nothing is missed and nothing comes twice. (catch-ups.ts keeps the held messages and positions.)
  */
 import type { LocalStore } from '../local-store.js'
+import { deadlineOf } from '../local-entries.js'
 import type { Policy } from '../policies.js'
 import type { JoinRequest } from '../arguments.js'
 import { reviveMessage, type WireCodec } from '../codec.js'
@@ -377,7 +378,8 @@ export class Memberships {
     const work: DueRecords[] = []
     for (const group of [...this.#groups]) {
       const members: Array<[string, number]> = []
-      for (const [channel, { expiresAt }] of [...(this.#store.members(group) ?? [])]) {
+      for (const [channel, membership] of [...(this.#store.members(group) ?? [])]) {
+        const expiresAt = deadlineOf(membership)
         if (expiresAt <= now) this.#store.removeMember(group, channel)
         else members.push([channel, ttl(Math.min(this.#leaseMs, expiresAt - now))])
       }
