@@ -309,6 +309,26 @@ function tests (): void {
     t.same(await next(worker, 'inbox'), { type: 'headline' }, 'the membership is judged by the server\'s time')
   })
 
+  t.test('this host\'s wall clock stepped an hour ahead once the server\'s time is known moves no deadline: a worker gets what waits for it, a sender reaches named members', async t => {
+    const prefix = uniquePrefix('fc-step')
+    const worker = open(t, { prefix, groupExpiry: 600 })
+    const sender = open(t, { prefix, groupExpiry: 600 })
+    await worker.groupAdd('alerts', 'jobs')
+    await sender.send('jobs', { type: 'job', n: 1 })
+    t.same(await next(worker, 'jobs'), { type: 'job', n: 1 }, 'before the step')
+    await sender.groupSend('alerts', { type: 'job', n: 2 })
+    t.same(await next(worker, 'jobs'), { type: 'job', n: 2 })
+    const realNow = Date.now
+    // An NTP step, or a VM resumed after a suspend: past the queue's 60 s expiry and the 600 s membership.
+    Date.now = () => realNow() + 3_600_000
+    t.teardown(() => { Date.now = realNow })
+    await sender.send('jobs', { type: 'job', n: 3 })
+    await sender.groupSend('alerts', { type: 'job', n: 4 })
+    t.same([await next(worker, 'jobs'), await next(worker, 'jobs')], [{ type: 'job', n: 3 }, { type: 'job', n: 4 }],
+      'the worker takes both, in order: neither is judged expired by this host\'s clock')
+    t.equal(worker.stats.expired, 0, 'nothing counted as expired')
+  })
+
   t.test('memberships are recorded in Redis and removed with them', async t => {
     const admin = adminClient(t)
     const prefix = uniquePrefix('fc-records')

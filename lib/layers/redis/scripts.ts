@@ -11,19 +11,26 @@ export const DEADLINE_WIDTH = 16
 
 /**
  * Redis server time as well as this process knows it: scripts return the server's clock, and
- * expiry checks made here compare against it, so processes with skewed clocks agree.
+ * expiry checks made here compare against it, so processes with skewed clocks agree. The offset is
+ * kept against the monotonic clock, not this host's wall clock: a wall clock stepped here (NTP, a
+ * resumed VM) moves no deadline, and only Redis' own clock (read at each reply that has it) does.
  */
 export class ServerClock {
-  #offset = 0
-  #known = false
+  // Until a reply says the server's time, this host's wall clock.
+  #offset = Date.now() - performance.now()
+  // When a reply last said the server's time (monotonic ms), or -Infinity: never.
+  #observedAt = -Infinity
 
   now (): number {
-    return Date.now() + this.#offset
+    return performance.now() + this.#offset
   }
 
-  /** Whether a reply has told this process the server's time yet (until then, now() is its own). */
+  /**
+   * Whether a reply has said the server's time within the last minute (until one has, now() is
+   * this host's own clock): what reads deadlines without a script asks again when it is not.
+   */
   get known (): boolean {
-    return this.#known
+    return performance.now() - this.#observedAt < FRESH_MS
   }
 
   /**
@@ -33,8 +40,9 @@ export class ServerClock {
   observe (serverNow: unknown): void {
     const ms = typeof serverNow === 'string' ? Number(serverNow) : serverNow
     if (typeof ms !== 'number' || !Number.isFinite(ms)) return
-    this.#offset = ms - Date.now()
-    this.#known = true
+    const at = performance.now()
+    this.#offset = ms - at
+    this.#observedAt = at
   }
 
   /** Learns the server time from the reply of Redis' `TIME` (seconds and microseconds). */
@@ -42,6 +50,10 @@ export class ServerClock {
     this.observe(Number(seconds) * 1000 + Math.floor(Number(micros) / 1000))
   }
 }
+
+// How long a reading of the server's time is trusted before a send that reads deadlines asks again
+// (the two clocks drift apart by parts per million, and Redis' own may be stepped).
+const FRESH_MS = 60_000
 
 export interface Script {
   readonly lua: string
