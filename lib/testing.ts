@@ -68,7 +68,7 @@ export class WebsocketCommunicator {
 
   async #connect (timeout: number): Promise<ConnectResult> {
     // The whole call is timed, the app's loading too, as Channels' connect(timeout) is.
-    const deadline = Date.now() + timeout
+    const deadline = performance.now() + timeout
     try {
       await withTimeout(new Promise<void>((resolve, reject) => { this.app.ready(err => { if (err != null) reject(err); else resolve() }) }), timeout, 'app.ready()')
     } catch (err) {
@@ -111,7 +111,7 @@ export class WebsocketCommunicator {
       }
     })
     try {
-      const ws = await withTimeout(injected, Math.max(0, deadline - Date.now()), `connect to ${this.path}`, timeout)
+      const ws = await withTimeout(injected, Math.max(0, deadline - performance.now()), `connect to ${this.path}`, timeout)
       this.#ws = ws
       if (subprotocol === null && (this.options.subprotocols?.length ?? 0) > 0) {
         // As a browser or ws' client does: an answer with none of the offered subprotocols fails
@@ -174,12 +174,12 @@ export class WebsocketCommunicator {
    */
   async receiveFrom<T extends string | Buffer = string | Buffer> (timeout = DEFAULT_TIMEOUT): Promise<T> {
     this.#connectedFirst()
-    const deadline = Date.now() + timeout
+    const deadline = performance.now() + timeout
     while (this.#inbox.length === 0) {
       if (this.#closeEvent !== null) {
         throw new Error(`${closedMessage(this.#closeEvent)} before a frame arrived`)
       }
-      const left = deadline - Date.now()
+      const left = deadline - performance.now()
       if (left <= 0) throw new Error(`no frame received within ${timeout} ms`)
       await this.#wait(left)
     }

@@ -258,3 +258,22 @@ t.test('disconnect() called while connect() runs closes what connect() opens, on
   t.same(await comm.closed, { code: 1000, reason: '' })
   t.same(events, ['disconnect 1000'], 'the consumer\'s disconnect() ran before disconnect() resolved')
 })
+
+t.test('the communicator\'s timeouts run on the monotonic clock: with Date frozen (a test faking it), receiveFrom(timeout) still rejects in time', async t => {
+  class Silent extends WebsocketConsumer {}
+  const { app } = await buildApp({}, app => app.get('/ws', { websocket: true }, Silent.asHandler()))
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws')
+  await comm.connect()
+  const realNow = Date.now
+  const frozen = realNow()
+  Date.now = () => frozen
+  t.teardown(() => { Date.now = realNow })
+  const outcome = await Promise.race([
+    comm.receiveFrom(100).then(() => 'a frame', (err: Error) => err.message),
+    wait(2000, 'still waiting after 2 s')
+  ])
+  Date.now = realNow
+  t.equal(outcome, 'no frame received within 100 ms')
+  await comm.disconnect()
+})

@@ -354,7 +354,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     this.log.warn({ code: error.code, channel: this.channelName }, `protocol error: ${error.message}`)
     if (about.id !== undefined) await this.#replyError(about.id, error, 'none')
     else await this.#write({ op: 'error', code: error.code, message: error.message, group: about.group })
-    const now = Date.now()
+    const now = performance.now()
     this.#strikes = Math.max(0, this.#strikes - (now - this.#strikeAt) / 1000) + 1
     this.#strikeAt = now
     if (this.#strikes > this.maxProtocolErrors) {

@@ -149,3 +149,15 @@ t.test('a client that keeps breaking the protocol is closed with 1008; the other
   const frames = (await bystander.until(f => f.op === 'message')).filter(f => f.op !== 'presence')
   t.match(frames, [{ op: 'reply', id: 1, result: { offset: 1 } }, { op: 'message', group: 'room.watch', data: { text: 'still here' } }], 'the bystander goes on')
 })
+
+t.test('the protocol-error count drains by the monotonic clock: a wall clock stepped back an hour does not close a client for its second error', async t => {
+  const c = await client(t)
+  c.send({ op: 'nope' })
+  t.match(await c.next(), { op: 'error', code: 'FST_CHANNELS_UNKNOWN_OP' })
+  const realNow = Date.now
+  Date.now = () => realNow() - 3_600_000
+  t.teardown(() => { Date.now = realNow })
+  const reply = await answer(c, { op: 'nope' })
+  Date.now = realNow
+  t.match(reply, { op: 'error', code: 'FST_CHANNELS_UNKNOWN_OP' }, 'answered, and the connection still works')
+})
