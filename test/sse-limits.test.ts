@@ -94,6 +94,24 @@ t.test('maxBufferedBytes: a reader that stops reading is cut off; disconnect() o
   reader.close()
 })
 
+t.test('a burst handle() writes in one go (a history replayed), larger than maxBufferedBytes, reaches a reader that keeps up', async t => {
+  class Replay extends AsyncHttpConsumer {
+    override async handle () {
+      await this.sendHeaders({ headers: { 'content-type': 'text/event-stream' } })
+      // 5 MB of awaited sends with no turn of the event loop between them.
+      for (let n = 1; n <= 1000; n++) await this.sendEvent({ id: n, event: 'line', data: `${n} ${'x'.repeat(5000)}` })
+    }
+  }
+  const { app, logs } = await buildApp({ heartbeatInterval: 0 }, app => app.get('/replay', Replay.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const reader = await openEventStream(`${url.replace('ws://', 'http://')}/replay`)
+  const events = await reader.waitForEvents(1000, 10_000)
+  t.same(events.map(e => Number(e.id)), Array.from({ length: 1000 }, (_, i) => i + 1), 'every event, in order')
+  t.notOk(logs.some(l => l.msg === 'slow reader: outgoing buffer over the limit, closing'), 'the reader was not taken for a slow one')
+  reader.close()
+})
+
 t.test('maxGroupsPerConnection after the head: the response ends (its last chunk sent), with the event sent just before; the socket is not dropped', async t => {
   let disconnects = 0
   class Rooms extends AsyncHttpConsumer {

@@ -138,12 +138,16 @@ export class ResponseSocket implements ConnectionSocket {
       this.#res.write(sharedBytes(data) ?? data)
       return
     }
-    // What res.write() does, in one write: the chunks of one tick leave in one system call.
+    // What res.write() does, in one write: the chunks of one tick leave in one system call. A
+    // burst written without a turn of the event loop (a loop of awaited sends replaying a
+    // history) would not reach the tick: once a batch is large it goes at once, so a reader that
+    // keeps up is not taken for a slow one while all of it waits here.
     if (!tcp.writableCorked) {
       tcp.cork()
       process.nextTick(uncork, tcp)
     }
     tcp.write(chunk)
+    if (tcp.writableLength >= WRITE_BATCH_BYTES) tcp.uncork()
   }
 
   close (code: number, reason: string): void {
@@ -206,6 +210,9 @@ export class ResponseSocket implements ConnectionSocket {
 }
 
 const settled = Promise.resolve(true)
+
+// The most a batch of chunks holds back before it is written.
+const WRITE_BATCH_BYTES = 64 * 1024
 
 function uncork (tcp: Socket): void {
   tcp.uncork()
