@@ -31,6 +31,7 @@ interface ViewClass {
 }
 
 const viewClasses = new WeakMap<ChannelLayer, ViewClass>()
+const viewClassSet = new WeakSet<ViewClass>()
 
 /**
  * The class of the views of one layer. Its prototype chain ends in one Proxy of the layer, shared
@@ -130,6 +131,7 @@ export function layerView (layer: ChannelLayer, channel: string, maxGroups: numb
   if (View === undefined) {
     View = viewClassOf(layer)
     viewClasses.set(layer, View)
+    viewClassSet.add(View)
   }
   return new View(channel, maxGroups, owner) as ChannelLayer
 }
@@ -137,6 +139,12 @@ export function layerView (layer: ChannelLayer, channel: string, maxGroups: numb
 /** Groups the view's channel joined through it (`layerView(layer, …)`) and has not left, in the order joined. */
 export function joinedThrough (layer: ChannelLayer, view: ChannelLayer | null): readonly string[] {
   return view === null ? NONE : viewClasses.get(layer)?.joined(view) ?? NONE
+}
+
+/** Whether the view's channel is a member of `group` through it; false for a layer that is no view. */
+export function joinedThroughView (view: ChannelLayer, group: string): boolean {
+  const View = (view as { constructor?: unknown }).constructor
+  return viewClassSet.has(View as ViewClass) && (View as ViewClass).joined(view).includes(group)
 }
 
 // A view's groups: an array of exactly their names while there are few (most connections join one

@@ -20,6 +20,7 @@ import { readFrame, echo, isCallId, isJoin, isPing, show } from './frames.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
 import { REJOIN_MARK, Rejoins } from './rejoins.js'
 import { Positions } from './positions.js'
+import { joinedThroughView } from '../connection/layer-view.js'
 
 export type GroupsConsumerClass = (new () => GroupsConsumer) & { actions: ActionTable }
 
@@ -153,6 +154,11 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       return await this.#refuseGroup(err as Coded, group, 'info')
     }
     const rejoin = this.#joined.has(group)
+    // A group the consumer is a member of itself: its messages go to the consumer's handlers (a
+    // kick, a logout), which a client's join would turn into data for it, and its leave end.
+    if (!rejoin && this.#heldByConsumer(group)) {
+      return await this.#refuseGroup(new JoinDeniedError(group), group, 'warn')
+    }
     if (!rejoin && this.#joined.size >= this.maxJoins) {
       return await this.#refuseGroup(new TooManyGroupsError(this.channelName, this.maxJoins), group, 'info')
     }
@@ -208,6 +214,11 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       // The membership goes with the connection at the latest; meanwhile its messages are dropped.
       this.log.warn({ err, group, channel: this.channelName }, 'could not leave a group; its messages are dropped')
     }
+  }
+
+  /** Whether the consumer's channel is in `group` by the consumer's own doing: its `groups`, or a join of its own. */
+  #heldByConsumer (group: string): boolean {
+    return (Array.isArray(this.groups) && this.groups.includes(group)) || joinedThroughView(this.channelLayer, group)
   }
 
   #recordsPresence (): boolean {

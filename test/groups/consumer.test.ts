@@ -296,3 +296,29 @@ t.test('a client joined for longer than groupExpiry still gets every message, an
     'the message sent after groupExpiry arrives')
   t.match(await short.app.channelLayer.presence('room.long'), [{ info: { name: 'Ada' } }], 'her presence entry is still there')
 })
+
+t.test('a client cannot join a group the consumer is in itself: its kicks still reach the handler, and a leave cannot end the membership', async t => {
+  class Controlled extends Rooms {
+    override groups = ['room.control']
+    override async connect () {
+      await this.accept()
+      await this.channelLayer.groupAdd('room.own', this.channelName)
+    }
+
+    async controlKick () { await this.close(4001, 'kicked') }
+  }
+  const controlled = await roomsApp({}, app => { app.get('/ws/controlled', { websocket: true }, Controlled.asHandler()) })
+  t.teardown(async () => { await controlled.app.close() })
+  const mallory = await rawProtocolClient(`${controlled.url.replace('/ws/rooms', '/ws/controlled')}?name=Mallory`)
+  t.teardown(() => { mallory.ws.terminate() })
+  for (const group of ['room.control', 'room.own']) {
+    mallory.send({ op: 'join', group })
+    t.match(await mallory.next(), { op: 'error', group, code: 'FST_CHANNELS_JOIN_DENIED' }, `joining ${group} is refused`)
+    mallory.send({ op: 'leave', group })
+  }
+  mallory.send({ op: 'join', group: 'room.open' })
+  t.match(await mallory.until(f => f.op === 'joined'), [{ op: 'joined', group: 'room.open' }], 'other groups can still be joined')
+  t.ok(controlled.logs.some(l => l.level === 40 && l.group === 'room.control' && l.code === 'FST_CHANNELS_JOIN_DENIED'), 'the attempt is logged at warn')
+  await controlled.app.channelLayer.groupSend('room.control', { type: 'control.kick' })
+  t.same(await mallory.closed, { code: 4001, reason: 'kicked' }, 'the consumer\'s own handler ran')
+})
