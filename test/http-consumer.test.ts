@@ -280,13 +280,24 @@ t.test('app.close() ends every stream, runs each disconnect() once, refuses new 
   const { app, base } = await serve(app => app.get('/ticks', Ticker.asHandler()))
   const streams = await Promise.all([1, 2, 3].map(async () => await openEventStream(`${base}/ticks`)))
   await Promise.all(streams.map(async s => await s.waitForEvents(1)))
+  // A browser's stream, on a connection kept alive.
+  const browser = connect(Number(new URL(base).port), '127.0.0.1')
+  t.teardown(() => { browser.destroy() })
+  let received = ''
+  browser.setEncoding('latin1')
+  browser.on('data', (chunk: string) => { received += chunk })
+  const connectionEnded = new Promise<string>(resolve => browser.once('end', () => { resolve(received) }))
+  browser.write('GET /ticks HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nConnection: keep-alive\r\n\r\n')
+  await eventually(() => received.includes('data: open'))
   const closing = app.close()
   for (const s of streams) t.equal(await s.ended, true, 'each stream ended cleanly (an EventSource would reconnect)')
+  t.match(await connectionEnded, /\r\n0\r\n\r\n$/, 'the keep-alive connection closes right after the body\'s end, before the disconnect()s are done: an EventSource\'s reconnect cannot come back on it to a 503')
+  t.same(disconnects, [], 'the disconnect()s were still running')
   const late = await openEventStream(`${base}/ticks`)
   t.equal(late.status, 503, 'a request while closing gets 503')
   release()
   await closing
-  t.same(disconnects, [1, 1, 1], 'every disconnect() ran once, before close() resolved')
+  t.same(disconnects, [1, 1, 1, 1], 'every disconnect() ran once, before close() resolved')
   t.same(inspect(app), empty)
 })
 

@@ -159,11 +159,20 @@ export class ResponseSocket implements ConnectionSocket {
     this.#over = true
     // Not every 1008 is a slow reader: one over maxGroupsPerConnection can read what was sent.
     if (code === 1008 && reason === SLOW_READER_REASON) this.#res.destroy()
-    else this.#end()
+    else this.#end(code === 1001)
   }
 
-  #end (): void {
+  /**
+   * Ends the body. At shutdown (`last`) the connection goes with it: kept alive, it would carry the
+   * EventSource's reconnect straight back to this closing server, whose answer (Fastify's 503
+   * while it closes) ends an EventSource for good; on a new connection it reaches another process,
+   * or none (refused, and the EventSource tries again).
+   */
+  #end (last = false): void {
     const res = this.#res
+    if (last) res.shouldKeepAlive = false
+    const socket = res.socket
+    if (last && socket !== null) res.once('finish', () => { socket.end() })
     res.end()
     if (res.writableFinished || res.destroyed) return
     this.#ending = new Promise(resolve => {

@@ -32,7 +32,8 @@ export interface EventStream {
 /** GET `url`; resolves once the head has arrived. */
 export async function openEventStream (url: string, headers: Record<string, string> = {}, method = 'GET'): Promise<EventStream> {
   const response = await new Promise<IncomingMessage>((resolve, reject) => {
-    const req = httpRequest(url, { method, headers: { accept: 'text/event-stream', ...headers } }, resolve)
+    // A connection of its own, as a browser's EventSource has: never one a stream before it left.
+    const req = httpRequest(url, { method, agent: false, headers: { accept: 'text/event-stream', ...headers } }, resolve)
     req.on('error', reject)
     req.end()
   })
