@@ -84,6 +84,8 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
       this.#live('sendHeaders()')
       if (this.#response.started) throw new HttpResponseError('sendHeaders() was called after the response had started')
       this.#response.writeHead(status, headers)
+      // A status that has no body (204, the way to tell an EventSource to stop; 304): the response is whole.
+      if (status === 204 || status === 304) this[kConnection].close(1000, '')
     } catch (err) {
       return sendFailure(err, this[kConnection])
     }

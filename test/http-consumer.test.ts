@@ -582,3 +582,33 @@ t.test('a group message to many event streams: each gets exactly the JSON of wha
     t.equal(event.data, expected[how], how)
   }
 })
+
+t.test('sendHeaders({ status: 204 }) ends the response with its head: disconnect() runs, a later send rejects, the connection serves the next request', async t => {
+  let afterwards: unknown
+  const disconnected: number[] = []
+  class Stop extends AsyncHttpConsumer {
+    override async handle () {
+      await this.sendHeaders({ status: 204 })
+      afterwards = await this.sendEvent({ data: 'too late' }).then(() => 'sent', (err: Error & { code?: string }) => err.code)
+    }
+
+    override async disconnect () { disconnected.push(1) }
+  }
+  const { app, base } = await serve(app => {
+    app.get('/stop', Stop.asHandler())
+    app.get('/plain', async () => 'next')
+  })
+  t.teardown(() => app.close())
+  const socket = connect(Number(new URL(base).port), '127.0.0.1')
+  t.teardown(() => { socket.destroy() })
+  let received = ''
+  socket.setEncoding('latin1')
+  socket.on('data', (chunk: string) => { received += chunk })
+  socket.write('GET /stop HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\nGET /plain HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+  await eventually(() => received.includes('next'), 3000)
+  t.match(received, /^HTTP\/1\.1 204 No Content\r\n[\s\S]*HTTP\/1\.1 200 OK\r\n[\s\S]*next$/, 'the 204, then the next request on the same connection answered')
+  await eventually(() => disconnected.length === 1)
+  t.same(disconnected, [1], 'disconnect() ran once')
+  t.equal(afterwards, 'FST_CHANNELS_CONNECTION_CLOSED', 'a send after it rejects')
+  t.same(inspect(app), empty)
+})
