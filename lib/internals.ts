@@ -271,7 +271,10 @@ export function chunkedBodySocket (res: object): Socket | null {
   if (response.chunkedEncoding !== true || response.strictContentLength === true || response._hasBody !== true) return null
   if (!response.headersSent || response.writableEnded || response.destroyed) return null
   const pending = response.outputData
-  return Array.isArray(pending) && pending.length === 0 ? socket : null
+  if (!Array.isArray(pending) || pending.length !== 0) return null
+  // Node 24 holds the chunks res.write() took in this tick in the response, to send them as one
+  // chunk on the next: they count in its writableLength, and a chunk written past them would go first.
+  return (res as { writableLength?: unknown }).writableLength === socket.writableLength ? socket : null
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,5 +387,6 @@ export function storageSymbolsOf (resource: object): symbol[] | undefined {
   return found
 }
 
+// NODE_OPTIONS may quote its options (tap rewrites it so: `"--experimental-async-context-frame" "--import=…"`).
 const keepsContextInFrames = Number(process.versions.node.split('.')[0]) >= 24 ||
-  [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].includes('--experimental-async-context-frame')
+  [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/).map(option => option.replace(/^"(.*)"$/, '$1'))].includes('--experimental-async-context-frame')

@@ -152,7 +152,35 @@ t.test('a middleware that wraps res.write() (compression, byte counts) gets ever
   await eventually(() => inspect(app).memberships === 2)
   await app.channelLayer.groupSend('feed', { type: 'feed.item', text: 'one' })
   await app.channelLayer.groupSend('feed', { type: 'feed.item', text: 'two' })
-  await eventually(() => parseChunked(client.received())[0]?.chunks.length === 2)
+  // Through res.write(), chunk boundaries are Node's: from Node 24 the writes of one tick leave as one chunk.
+  const body = (): string => parseChunked(client.received())[0]?.chunks.join('') ?? ''
+  const expected = event('one') + ': wrapped\n\n' + event('two') + ': wrapped\n\n'
+  await eventually(() => body().length >= expected.length)
   t.same(seen, [event('one'), event('two')])
-  t.same(parseChunked(client.received())[0].chunks, [event('one') + ': wrapped\n\n', event('two') + ': wrapped\n\n'])
+  t.equal(body(), expected)
+})
+
+t.test('events and bytes keep the order they were sent in, whichever way each is written (a large event goes through res.write())', async t => {
+  class Mixed extends AsyncHttpConsumer {
+    override async handle () {
+      await this.sendHeaders({ headers: { 'content-type': 'text/event-stream' } })
+      await new Promise(resolve => setTimeout(resolve, 20))
+      await this.sendEvent({ data: 'first' })
+      // A later turn, so nothing is corked: the large event is written by res.write(), the small one after it straight to the socket.
+      await new Promise(resolve => setTimeout(resolve, 20))
+      await this.sendEvent({ data: 'large ' + 'x'.repeat(70_000) })
+      await this.sendEvent({ data: 'third' })
+      await this.sendBody(Buffer.from('data: bytes\n\n'), { more: true })
+      await this.sendEvent({ data: 'last' })
+      await this.sendBody('', { more: false })
+    }
+  }
+  const { app } = await buildApp({}, app => { app.get('/mixed', Mixed.asHandler()) })
+  t.teardown(() => app.close())
+  const { port } = await listen(app)
+  const client = rawConnection(port, t)
+  client.socket.write('GET /mixed HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n')
+  await client.closed
+  const order = [...client.received().toString('latin1').matchAll(/data: (first|large|third|bytes|last)/g)].map(match => match[1])
+  t.same(order, ['first', 'large', 'third', 'bytes', 'last'])
 })
