@@ -82,6 +82,10 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   #everUp = false
   #outage = false
   readonly #undecryptable: ThrottledWarning
+  // Payloads no process of this layer wrote (one with or without keys where this one has the
+  // other, or anything published on its channels): once a second too.
+  readonly #foreign = new ThrottledWarning(() => this.log, 'ignored a payload this layer did not write',
+    count => `ignored ${count} more payloads this layer did not write within a second`, 'ignored')
 
   constructor (options: ClusterChannelLayerOptions, connect: (context: ClusterContext) => T) {
     super(options)
@@ -270,6 +274,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
 
   protected override async doClose (): Promise<void> {
     this.#undecryptable.close()
+    this.#foreign.close()
     this.#fences.close()
     this.#memberships.close()
     this.#requests.close()
@@ -292,7 +297,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const envelope = this.#codec.decodeEnvelope(payload)
     if (envelope === null) return // no key opens it: counted and logged once, by the codec
     if (envelope === undefined) {
-      this.log.warn({ route }, 'ignored a payload this layer did not write')
+      this.#foreign.warn({ route })
       return
     }
     try {

@@ -100,6 +100,25 @@ if (await requireRedis(t)) {
     t.same(await next(caughtUp, 'rotation-jobs'), { type: 'queued.rotated' })
   })
 
+  t.test('payloads this layer did not write (a process without keys on the same prefix) are ignored, logged once a second with their number', async t => {
+    const p = uniquePrefix('fc-foreign')
+    const warnings: Array<{ msg?: string, ignored?: number }> = []
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {} }
+    const sealed = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: KEYS, log })
+    const plain = new RedisChannelLayer({ url: REDIS_URL, prefix: p })
+    t.teardown(async () => { await Promise.all([sealed.close(), plain.close()]) })
+    const channel = await sealed.newChannel()
+    for (let i = 0; i < 200; i++) await plain.send(channel, { type: 'unsealed', i })
+    const ignored = (): number => warnings.filter(w => w.msg === 'ignored a payload this layer did not write').length +
+      warnings.reduce((sum, w) => sum + (w.ignored ?? 0), 0)
+    const until = Date.now() + 5000
+    while (ignored() < 200 && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 20))
+    t.equal(ignored(), 200, 'every one is ignored and accounted for in the log')
+    t.ok(warnings.length <= 6, `in ${warnings.length} lines for 200 payloads, not a line each`)
+    t.match(warnings[1], { msg: /^ignored \d+ more payloads this layer did not write within a second$/ })
+    await t.rejects(next(sealed, channel, 200), 'none is handed out')
+  })
+
   t.test('a join whose missed messages no key of the process opens is not recovered', async t => {
     const p = uniquePrefix('fc-unopened')
     const groups = { 'kept.*': { history: { size: 10, ttl: 60 } } }
