@@ -6,8 +6,9 @@
  *   PORT=3001 REDIS_URL=redis://127.0.0.1:6379 npm start   Redis layer: run several, chat across them
  *
  * Environment: PORT (3000), HOST (127.0.0.1), REDIS_URL (unset: in-memory layer), REDIS_PREFIX
- * (channels; when set, sessions go under <prefix>:session:), SESSION_SECRET, SESSION_FILE (where the in-memory
- * mode keeps sessions across restarts), LOG_LEVEL (info).
+ * (channels: the layer's keys, and the sessions under <prefix>:session:), SESSION_SECRET,
+ * SESSION_FILE (where the in-memory mode keeps sessions across restarts), SERVER_LABEL (what
+ * names this process in the page and its clock group; :PORT), TRUST_PROXY, LOG_LEVEL (info).
  */
 import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
@@ -43,7 +44,7 @@ let layer
 let sessionStore
 if (redisUrl) {
   layer = new RedisChannelLayer({ url: redisUrl, prefix: redisPrefix, groups: groupPolicies })
-  sessionStore = new RedisSessionStore(redisUrl, process.env.REDIS_PREFIX === undefined ? undefined : `${redisPrefix}:session:`)
+  sessionStore = new RedisSessionStore(redisUrl, `${redisPrefix}:session:`, app.log)
   app.addHook('onClose', async () => { await sessionStore.close() })
 } else {
   layer = new InMemoryChannelLayer({ groups: groupPolicies })
@@ -83,7 +84,8 @@ app.get('/api/me', async (request) => ({ user: request.session.get('user') ?? nu
 
 app.post('/login', async (request, reply) => {
   // Printable characters only, so a name cannot break a log line or the page's layout.
-  const name = String(request.body?.name ?? '').replace(/[^\p{L}\p{N}\p{P}\p{Zs}]/gu, '').trim().slice(0, 24)
+  // 24 characters, counted as a reader does (never half of one outside the Basic Multilingual Plane).
+  const name = [...String(request.body?.name ?? '').replace(/[^\p{L}\p{N}\p{P}\p{Zs}]/gu, '').trim()].slice(0, 24).join('')
   if (name === '') return reply.redirect('/?error=name', 303)
   // Signing in again ends the session before it: its sockets (other tabs) close, as on sign-out,
   // rather than go on as its user.

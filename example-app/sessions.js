@@ -69,9 +69,21 @@ export class RedisSessionStore {
   #redis
   #prefix
 
-  constructor (url, prefix = 'example-session:') {
+  constructor (url, prefix, log) {
     this.#redis = new Redis(url, { lazyConnect: false, maxRetriesPerRequest: 2 })
     this.#prefix = prefix
+    // Without a listener, ioredis prints every failed reconnect to stderr with its stack, outside
+    // the app's log. One line per outage here: the requests that need a session fail meanwhile.
+    let down = false
+    this.#redis.on('error', err => {
+      if (down) return
+      down = true
+      log.warn({ err }, 'session store: Redis unreachable; sessions cannot be read or saved until it is back')
+    })
+    this.#redis.on('ready', () => {
+      if (down) log.info('session store: Redis is back')
+      down = false
+    })
   }
 
   get (id, callback) {

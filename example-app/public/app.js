@@ -88,7 +88,7 @@ function hue (name) {
 }
 
 function avatar (name) {
-  const node = el('span', 'avatar', name.trim().slice(0, 1).toUpperCase())
+  const node = el('span', 'avatar', initial(name))
   node.style.setProperty('--hue', hue(name))
   return node
 }
@@ -392,7 +392,7 @@ function showApp (user) {
   $('conn').hidden = false
   $('user-name').textContent = user.name
   const badge = $('avatar')
-  badge.textContent = user.name.slice(0, 1).toUpperCase()
+  badge.textContent = initial(user.name)
   badge.style.setProperty('--hue', hue(user.name))
   client = new ChannelsClient('/ws/app')
   client.on('state', onState)
@@ -429,3 +429,9 @@ async function start () {
 }
 
 start()
+
+// The first character as a reader sees it: a name may begin outside the Basic Multilingual Plane
+// (𠮷田, 𝒜da), which slice(0, 1) would cut in half.
+function initial (name) {
+  return ([...name.trim()][0] ?? '').toUpperCase()
+}
