@@ -49,7 +49,9 @@ export class AppConsumer extends GroupsConsumer {
         type: 'object',
         required: ['room', 'text'],
         additionalProperties: false,
-        properties: { room, text: { type: 'string', minLength: 1, maxLength: 500 } }
+        // nonce: the page's id for the line; retry: the page sends it again after the connection
+        // dropped before the reply (post() then posts it only if the room does not have it yet).
+        properties: { room, text: { type: 'string', minLength: 1, maxLength: 500 }, nonce: { type: 'string', maxLength: 40 }, retry: { type: 'boolean' } }
       }
     },
     history: { schema: { type: 'object', required: ['room'], additionalProperties: false, properties: { room } } },
@@ -88,12 +90,23 @@ export class AppConsumer extends GroupsConsumer {
     return group.startsWith('room.') ? { id: userId(this.scope.user), name: this.scope.user.name } : undefined
   }
 
-  /** A chat line, to everyone in the room (and into its history). */
-  async post ({ room, text }) {
+  /**
+   * A chat line, to everyone in the room (and into its history). A call whose reply was lost (the
+   * connection dropped: was it posted?) is sent again with `retry`: posted only if the room's
+   * recent lines do not have it, so a line goes in once whichever process takes the retry.
+   */
+  async post ({ room, text, nonce, retry = false }) {
     const line = text.trim()
     if (line === '') throw Object.assign(new Error('Say something first.'), { statusCode: 400, code: 'EMPTY_MESSAGE' })
-    const at = await this.channelLayer.groupSend(`room.${room}`, {
-      type: 'chat.message', user: this.scope.user.name, userId: userId(this.scope.user), text: line, at: Date.now(), via: serverLabel
+    const group = `room.${room}`
+    const from = userId(this.scope.user)
+    if (retry && nonce !== undefined) {
+      const { messages } = await this.channelLayer.history(group, { limit: 50 })
+      const posted = messages.find(({ message }) => message.nonce === nonce && message.userId === from)
+      if (posted !== undefined) return { offset: posted.offset }
+    }
+    const at = await this.channelLayer.groupSend(group, {
+      type: 'chat.message', user: this.scope.user.name, userId: from, text: line, at: Date.now(), via: serverLabel, ...(nonce === undefined ? {} : { nonce })
     })
     return { offset: at?.offset }
   }

@@ -226,11 +226,38 @@ $('chat-form').addEventListener('submit', (event) => {
     return
   }
   input.value = ''
-  client.call('post', { room, text }).catch(err => {
+  post(room, text).catch(err => {
     input.value = text
     addNotice(`Not sent: ${err.message}`)
   })
 })
+
+/**
+ * Posts a line once. A reply lost with the connection does not say whether the line went in: once
+ * the page is connected again it asks once more, with the same nonce, and the server posts it
+ * only if the room does not have it already.
+ */
+async function post (room, text) {
+  const nonce = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`
+  try {
+    return await client.call('post', { room, text, nonce })
+  } catch (err) {
+    if (err.code !== 'FST_CHANNELS_CONNECTION_LOST') throw err
+  }
+  await connected()
+  return await client.call('post', { room, text, nonce, retry: true })
+}
+
+function connected () {
+  if (client.state === 'open') return Promise.resolve()
+  return new Promise(resolve => {
+    const off = client.on('state', state => {
+      if (state !== 'open') return
+      off()
+      resolve()
+    })
+  })
+}
 
 $('room-form').addEventListener('submit', (event) => {
   event.preventDefault()
