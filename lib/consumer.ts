@@ -47,9 +47,12 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
     return Object.assign(handler, { [kConsumerClass]: this })
   }
 
-  /** Called when the client asks to connect. Default: accept. */
-  async connect (): Promise<void> {
-    await this.accept()
+  /**
+   * Called when the client asks to connect. Default: accept. This, `receive()` and `disconnect()`
+   * may be written async or not: what they return is awaited either way.
+   */
+  connect (): void | Promise<void> {
+    return this.accept()
   }
 
   /** Completes the handshake (HTTP 101), with `subprotocol` when given. */
@@ -90,10 +93,10 @@ export class WebsocketConsumer extends BaseConsumer<Scope> {
   }
 
   /** One client frame: `text` for a text frame, `bytes` for a binary one. */
-  async receive (text: string | undefined, bytes: Buffer | undefined): Promise<void> {}
+  receive (text: string | undefined, bytes: Buffer | undefined): void | Promise<void> {}
 
   /** Runs exactly once for every accepted connection, whoever closed it, with the close code. */
-  async disconnect (code: number): Promise<void> {}
+  disconnect (code: number): void | Promise<void> {}
 
   [kConnect] (): unknown {
     return this.connect()

@@ -69,7 +69,7 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
    * (`undefined` for a GET). Start the response here (`sendHeaders()`, `sendEvent()` or
    * `sendBody()`); it may end here or stay open for the handlers of layer messages.
    */
-  async handle (body: unknown): Promise<void> {
+  handle (body: unknown): void | Promise<void> {
     throw new HttpResponseError(`${this.constructor.name} must implement handle()`)
   }
 
@@ -134,7 +134,7 @@ export class AsyncHttpConsumer extends BaseConsumer<HttpScope> {
   }
 
   /** Runs exactly once when the response is over: ended, the client gone, a failure, shutdown. */
-  async disconnect (): Promise<void> {}
+  disconnect (): void | Promise<void> {}
 
   /** The plugin's route hands over the response before the connection starts. */
   [kRespondWith] (response: ResponseSocket): void {

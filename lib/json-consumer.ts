@@ -32,7 +32,11 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
     return value
   }
 
-  override async receive (text: string | undefined, bytes: Buffer | undefined): Promise<void> {
+  override receive (text: string | undefined, bytes: Buffer | undefined): void | Promise<void> {
+    return this.#decode(text, bytes)
+  }
+
+  async #decode (text: string | undefined, bytes: Buffer | undefined): Promise<void> {
     if (text === undefined) {
       await this[kRefuseFrame]('binary frames are not accepted: send JSON text', { bytes: bytes?.length })
       return
@@ -63,7 +67,7 @@ export class JsonWebsocketConsumer extends WebsocketConsumer {
   }
 
   /** One decoded JSON frame. */
-  async receiveJson (content: unknown): Promise<void> {}
+  receiveJson (content: unknown): void | Promise<void> {}
 
   /**
    * Sends `content` as one JSON text frame. Content that belongs to a shared message (see

@@ -61,6 +61,18 @@ class Chat extends JsonWebsocketConsumer {
   }
 }
 
+// Every method a consumer overrides may be written without async: what it returns is awaited either way.
+class Plain extends JsonWebsocketConsumer {
+  override connect (): void { void this.accept() }
+  override receiveJson (content: unknown): void { void this.sendJson(content) }
+  override disconnect (code: number): void { void code }
+}
+class PlainHttp extends AsyncHttpConsumer {
+  override handle (): void { void this.sendBody('done') }
+  override disconnect (): void {}
+}
+void Plain; void PlainHttp
+
 // An HTTP consumer: its own scope type, the response calls, the same tasks and handlers.
 class Events extends AsyncHttpConsumer {
   override groups = ['news']
@@ -163,6 +175,10 @@ import WebSocket from 'ws'
 import fastifyChannels, { GroupsConsumer, type ApiOf, type Delivery, type LayerMessage } from 'fastify-channels'
 import { ChannelsClient, type ChannelsClientError, type ClientState, type StateDetail, type Subscription } from 'fastify-channels/client'
 
+// A schema typed as an interface (as JSONSchema7 is): no index signature, still a schema.
+interface AppSchema { type: string, properties?: Record<string, AppSchema> }
+const anythingSchema: AppSchema = { type: 'object' }
+
 export class RoomsConsumer extends GroupsConsumer {
   override canJoin (group: string) { return group.startsWith('room.') && this.scope.user !== null }
   override presenceInfo (group: string) { return { name: this.scope.user!.name } }
@@ -172,7 +188,8 @@ export class RoomsConsumer extends GroupsConsumer {
                       properties: { room: { type: 'string' }, text: { type: 'string', maxLength: 2000 } } } },
     ping: {},
     when: {},
-    nothing: {}
+    nothing: {},
+    anything: { schema: anythingSchema }
   }
   async post ({ room, text }: { room: string; text: string }) {
     const at = await this.channelLayer.groupSend(\`room.\${room}\`, { type: 'room.message', text, from: this.scope.user!.name })
@@ -181,6 +198,7 @@ export class RoomsConsumer extends GroupsConsumer {
   async ping () { return 'pong' as const }
   async when () { return { at: new Date(), tags: ['a', undefined], note: undefined as string | undefined, drop: () => 1 } }
   async nothing () {}
+  async anything (args: object): Promise<unknown> { return null }
   async notAnAction (x: number) { return x }
 }
 export type RoomsApi = ApiOf<typeof RoomsConsumer>
@@ -208,6 +226,10 @@ const at2: string = when.at
 const tags: Array<string | null> = when.tags
 const note: string | undefined = when.note
 const none: undefined = await client.call('nothing')
+// A result typed unknown stays unknown (it may be null): narrowed before use.
+const anything = await client.call('anything', {})
+// @ts-expect-error unknown, not an object: it may be null
+anything.toString()
 // @ts-expect-error a Date arrives as a string
 when.at.getTime()
 // @ts-expect-error a function is not sent

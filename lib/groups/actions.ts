@@ -12,7 +12,8 @@ import { ActionFailedError, InvalidArgsError, InvalidOptionError, LayerTimeoutEr
 
 /** One action: the JSON schema its arguments must pass, if any. */
 export interface ActionSpec {
-  schema?: Readonly<Record<string, unknown>>
+  // Any object: a schema typed as an interface (`JSONSchema7`, an app's own) has no index signature.
+  schema?: object | undefined
 }
 
 export type ActionTable = Readonly<Record<string, ActionSpec>>
@@ -28,7 +29,9 @@ type Unwritten = undefined | symbol | ((...args: never[]) => unknown)
  * undefined` arrives as `x?: string`), array items it cannot write as null.
  */
 export type Jsonified<T> =
-  T extends { toJSON: (...args: never[]) => infer R } ? Jsonified<R>
+  // unknown (an action typed Promise<unknown>) stays unknown: it may be null, or anything.
+  unknown extends T ? unknown
+  : T extends { toJSON: (...args: never[]) => infer R } ? Jsonified<R>
     : T extends string | number | boolean | null ? T
       : T extends Unwritten | bigint ? never
         : T extends ReadonlyArray<infer U> ? Array<U extends Unwritten ? null : Jsonified<U>>
