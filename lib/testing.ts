@@ -11,6 +11,13 @@ import { injectionMarker, markedUpgradeContext, refusedHandshakeStatus } from '.
 import { checkSendableCloseCode } from './connection/close-codes.js'
 import { InvalidOptionError } from './errors.js'
 
+/**
+ * Any Fastify app: with its own logger (`loggerInstance: pino()`), a type provider or an HTTPS
+ * server, an app's FastifyInstance has other type arguments than the defaults.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyFastifyInstance = FastifyInstance<any, any, any, any, any>
+
 export interface CommunicatorOptions {
   headers?: Record<string, string>
   subprotocols?: string[]
@@ -35,7 +42,7 @@ const ABRUPT = 1006
 const NOT_CONNECTED = 'not connected: call connect() first'
 
 export class WebsocketCommunicator {
-  readonly app: FastifyInstance
+  readonly app: AnyFastifyInstance
   readonly path: string
   readonly options: CommunicatorOptions
   /** Resolves when the connection has closed, with the close code and reason the client saw. */
@@ -51,7 +58,7 @@ export class WebsocketCommunicator {
   #connecting: Promise<unknown> | null = null
   #resolveClosed!: (event: CloseEvent) => void
 
-  constructor (app: FastifyInstance, path: string, options: CommunicatorOptions = {}) {
+  constructor (app: AnyFastifyInstance, path: string, options: CommunicatorOptions = {}) {
     this.app = app
     this.path = path
     this.options = options

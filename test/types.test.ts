@@ -20,6 +20,7 @@ import fastifyChannels, {
   type FastifyChannelsOptions, type ChannelLayer, type LayerMessage, type LayerValue, type Delivery
 } from 'fastify-channels'
 import { WebsocketCommunicator } from 'fastify-channels/testing'
+import { pino } from 'pino'
 
 declare module 'fastify-channels' {
   interface ChannelsUser { id: string, name: string }
@@ -156,6 +157,9 @@ app.get('/ws/:room', { websocket: true }, Chat.asHandler())
 app.get('/events/:room', Events.asHandler())
 await app.channelLayer.groupSend('lobby', { type: 'chat.message', text: 'hi' })
 const comm = new WebsocketCommunicator(app, '/ws/lobby', { headers: { cookie: 'sessionId=x', origin: 'https://a.example.com' } })
+// An app with its own logger has other type arguments: the test kit takes it all the same.
+const withOwnLogger = Fastify({ loggerInstance: pino({ level: 'silent' }) })
+void new WebsocketCommunicator(withOwnLogger, '/ws/lobby')
 const { status }: { status: number } = await comm.connect()
 const reply = await comm.receiveJsonFrom<{ text: string }>()
 const replyText: string = reply.text
