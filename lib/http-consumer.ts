@@ -40,14 +40,14 @@ export type HttpRouteHandler = ((request: FastifyRequest, reply: FastifyReply) =
 
 export interface SendHeadersOptions {
   /** Default 200. */
-  status?: number
+  status?: number | undefined
   /** Added to (and over) the headers the route's hooks set on the reply. */
-  headers?: OutgoingHttpHeaders
+  headers?: OutgoingHttpHeaders | undefined
 }
 
 export interface SendBodyOptions {
   /** `true`: more body follows and the response stays open. Default `false`: the response ends. */
-  more?: boolean
+  more?: boolean | undefined
 }
 
 const settled = Promise.resolve()

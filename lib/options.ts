@@ -11,31 +11,31 @@ import { checkMetricsOptions, type MetricsOptions } from './metrics.js'
 
 export interface FastifyChannelsOptions {
   /** Default: a new `InMemoryChannelLayer()`. */
-  layer?: ChannelLayer
+  layer?: ChannelLayer | undefined
   /** Resolves `scope.user` once per connection, after the route's hooks. */
-  getUser?: GetUser
+  getUser?: GetUser | undefined
   /** Largest message a client may send, in bytes (default 1 MiB); a larger one closes with 1009. */
-  maxPayload?: number
+  maxPayload?: number | undefined
   /** Ping interval in ms (default 30000); a peer silent until the next ping is terminated. 0 disables. */
-  heartbeatInterval?: number
+  heartbeatInterval?: number | undefined
   /** Bytes that may wait in a connection's outgoing buffer (default 4 MiB); past it, close with 1008. */
-  maxBufferedBytes?: number
+  maxBufferedBytes?: number | undefined
   /**
    * Channels' OriginValidator patterns: `'*'`, `'example.com'`, `'.example.com'` (and subdomains),
    * `'https://example.com:8443'`. Unset: the Origin must match the request's Host. Refused: HTTP 403.
    */
-  allowedOrigins?: readonly string[]
+  allowedOrigins?: readonly string[] | undefined
   /** Refuse upgrades without an Origin header (non-browser clients) with 403. Default false. */
-  rejectMissingOrigin?: boolean
+  rejectMissingOrigin?: boolean | undefined
   /** Groups one connection may join through its consumer (default 100); past it, close with 1008. */
-  maxGroupsPerConnection?: number
+  maxGroupsPerConnection?: number | undefined
   /** Prometheus metrics, registered in your prom-client `Registry` (prom-client is an optional peer). */
-  metrics?: MetricsOptions
+  metrics?: MetricsOptions | undefined
   /**
    * Per connection, at most `messages` client frames per `interval` ms (a token bucket: bursts up
    * to `messages`, refilled continuously); a client that sends faster is closed with 1008 'rate limit'.
    */
-  rateLimit?: RateLimit
+  rateLimit?: RateLimit | undefined
 }
 
 export interface RateLimit {

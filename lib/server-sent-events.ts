@@ -12,9 +12,9 @@ export interface ServerSentEvent {
   /** A string is sent as it is (a line per `data:` field); anything else as its JSON. */
   data: unknown
   /** The event's name, for `source.addEventListener(name, …)`; unnamed events go to `onmessage`. */
-  event?: string
+  event?: string | undefined
   /** Becomes the browser's `lastEventId`, sent back as `Last-Event-ID` when it reconnects. */
-  id?: string | number
+  id?: string | number | undefined
 }
 
 /** The head an event stream starts with unless the consumer chose its own. */

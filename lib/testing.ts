@@ -19,8 +19,8 @@ import { InvalidOptionError } from './errors.js'
 type AnyFastifyInstance = FastifyInstance<any, any, any, any, any>
 
 export interface CommunicatorOptions {
-  headers?: Record<string, string>
-  subprotocols?: string[]
+  headers?: Record<string, string> | undefined
+  subprotocols?: string[] | undefined
 }
 
 export interface ConnectResult {

@@ -273,13 +273,41 @@ export const id: number = scope.user?.id ?? 0
 await login(scope, { name: 'no id' })
 `
 
-/** Type errors per virtual file, from one compile with the project's tsconfig (one, because it is slow). */
-function typeErrors (files: Record<string, string>): Record<string, string[]> {
+// Values that may be undefined, given to options, in an app compiled with exactOptionalPropertyTypes.
+const exactOptional = `
+import { AsyncHttpConsumer, InMemoryChannelLayer, RedisChannelLayer, type FastifyChannelsOptions, type StreamPosition } from 'fastify-channels'
+import { ChannelsClient } from 'fastify-channels/client'
+import { WebsocketCommunicator } from 'fastify-channels/testing'
+import Fastify from 'fastify'
+declare const url: string | undefined
+declare const n: number | undefined
+declare const since: StreamPosition | undefined
+declare const id: string | undefined
+void new RedisChannelLayer({ url, prefix: 'chat', timeout: n, membershipLease: n })
+const layer = new InMemoryChannelLayer({ capacity: n, expiry: n, groups: { 'a.*': { history: { size: 1, ttl: 1 }, presenceEvents: undefined } } })
+await layer.groupAdd('g', 'c', { since })
+await layer.history('g', { since, limit: n })
+const options: FastifyChannelsOptions = { heartbeatInterval: n, maxBufferedBytes: n, allowedOrigins: undefined }
+void options
+void new ChannelsClient('ws://127.0.0.1/ws', { callTimeout: n, minDelay: n, heartbeat: n })
+void new WebsocketCommunicator(Fastify(), '/ws', { headers: undefined })
+export class Feed extends AsyncHttpConsumer {
+  override async handle () {
+    await this.sendHeaders({ status: n })
+    await this.sendEvent({ data: 'x', id, event: undefined })
+    await this.sendBody('', { more: undefined })
+  }
+}
+`
+
+/** Type errors per virtual file, from one compile with the project's tsconfig (one, because it is slow), and `extra` options. */
+function typeErrors (files: Record<string, string>, extra: ts.CompilerOptions = {}): Record<string, string[]> {
   const virtual = new Map(Object.entries(files).map(([name, source]) => [path.join(root, 'test', name), source]))
   const configFile = ts.readConfigFile(path.join(root, 'tsconfig.json'), ts.sys.readFile)
   const parsed = ts.parseJsonConfigFileContent(configFile.config, ts.sys, root)
   const options: ts.CompilerOptions = {
     ...parsed.options,
+    ...extra,
     noEmit: true,
     // The package's own name, as an app imports it.
     paths: { 'fastify-channels': ['./lib/index.ts'], 'fastify-channels/testing': ['./lib/testing.ts'], 'fastify-channels/client': ['./lib/client/index.ts'] }
@@ -320,4 +348,9 @@ t.test('an app that augments ChannelsUser type-checks end to end; what must not 
     /^5: .*Property 'id' is missing/s
   ], 'the check can fail: the wrong lines are reported')
   t.equal(errors['types-fixture-wrong.ts'].length, 2)
+})
+
+t.test('with exactOptionalPropertyTypes, options given a value that may be undefined compile, as they run (test/undefined-options.test.ts)', async t => {
+  const errors = typeErrors({ 'types-fixture-exact-optional.ts': exactOptional }, { exactOptionalPropertyTypes: true })
+  t.same(errors['types-fixture-exact-optional.ts'], [])
 })

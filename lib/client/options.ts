@@ -10,25 +10,25 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 
 export interface ClientOptions {
   /** Default: the global WebSocket (browsers, Node >= 22). */
-  WebSocket?: WebSocketConstructor
-  protocols?: string | string[]
+  WebSocket?: WebSocketConstructor | undefined
+  protocols?: string | string[] | undefined
   /** Milliseconds a call waits for its reply (default 10000). */
-  callTimeout?: number
+  callTimeout?: number | undefined
   /** Backoff bounds in milliseconds (default 500 and 30000). */
-  minDelay?: number
-  maxDelay?: number
+  minDelay?: number | undefined
+  maxDelay?: number | undefined
   /** Milliseconds a socket may take to open before it is given up (default 10000). */
-  connectTimeout?: number
+  connectTimeout?: number | undefined
   /**
    * Milliseconds a socket may stay silent before the client asks the server (a `ping`); silent a
    * heartbeat more, it is given up and the client reconnects (default 25000).
    */
-  heartbeat?: number
+  heartbeat?: number | undefined
 }
 
 export interface CallOptions {
   /** Milliseconds to wait for the reply; default: the client's `callTimeout`. */
-  timeout?: number
+  timeout?: number | undefined
 }
 
 /** `call(action, args?, options?)`: `args` may be left out when the action takes none. */

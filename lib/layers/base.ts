@@ -26,21 +26,21 @@ export type { LayerInspection } from './local-store.js'
 
 export interface BaseChannelLayerOptions {
   /** Undelivered messages a channel may hold before `send()` rejects with ChannelFullError. Default 100. */
-  capacity?: number
+  capacity?: number | undefined
   /** Seconds an undelivered message is kept. Default 60. */
-  expiry?: number
+  expiry?: number | undefined
   /** Seconds a group membership lasts unless `groupAdd()` renews it. Default 86400. */
-  groupExpiry?: number
+  groupExpiry?: number | undefined
   /**
    * Where the layer logs what it drops or recovers from (pino's and Fastify's loggers fit).
    * Default: the app's logger when the plugin is registered with this layer, else nothing.
    */
-  log?: LayerLogger
+  log?: LayerLogger | undefined
   /**
    * Policies by group name (exact, or a prefix ending in `*`; the longest match applies): history
    * with offsets and recovery, presence events. Every process sharing a layer is configured alike.
    */
-  groups?: Record<string, GroupPolicy>
+  groups?: Record<string, GroupPolicy> | undefined
 }
 
 /** Every option name of the layers' common part: a layer refuses names that are none of its own. */

@@ -39,12 +39,12 @@ export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
    * Seconds a membership record outlives its process at most (default 60, never more than
    * `groupExpiry`): the owning process renews it every third of that while the membership lasts.
    */
-  membershipLease?: number
+  membershipLease?: number | undefined
   /**
    * Encrypts every payload written to the backend (AES-256-GCM): 32-byte keys as Buffers or base64,
    * the current one first. The first key seals, any key opens, so keys rotate without downtime.
    */
-  encryptionKeys?: readonly EncryptionKey[]
+  encryptionKeys?: readonly EncryptionKey[] | undefined
 }
 
 export const CLUSTER_OPTIONS: Readonly<Record<keyof ClusterChannelLayerOptions, true>> = { ...BASE_OPTIONS, membershipLease: true, encryptionKeys: true }

@@ -21,7 +21,7 @@ export interface LayerMessage {
 
 export interface ReceiveOptions {
   /** Aborting it rejects the pending `receive()` with the signal's reason; no message is consumed. */
-  signal?: AbortSignal
+  signal?: AbortSignal | undefined
 }
 
 /**
@@ -49,9 +49,9 @@ export type PresenceInfo = { [key: string]: LayerValue }
 
 export interface GroupAddOptions {
   /** The last position the member saw: what came after it is delivered first (a group with history). */
-  since?: StreamPosition
+  since?: StreamPosition | undefined
   /** Records this membership's presence, listed by `presence()` for as long as it lasts. */
-  presence?: PresenceInfo
+  presence?: PresenceInfo | undefined
 }
 
 export interface GroupJoin {
@@ -63,9 +63,9 @@ export interface GroupJoin {
 
 export interface HistoryOptions {
   /** Only the messages after this position (when its epoch is the group's current one). */
-  since?: StreamPosition
+  since?: StreamPosition | undefined
   /** At most this many: the oldest ones after `since`, or else the latest ones. */
-  limit?: number
+  limit?: number | undefined
 }
 
 export interface GroupHistory {
@@ -83,9 +83,9 @@ export interface PresenceEntry {
 /** A group's policy, chosen by the layer's `groups` option. */
 export interface GroupPolicy {
   /** Keep the last `size` messages (1–100,000) for `ttl` seconds, with offsets. */
-  history?: { size: number, ttl: number }
+  history?: { size: number, ttl: number } | undefined
   /** Announce presence entries added and removed as `presence.join` / `presence.leave` messages. */
-  presenceEvents?: boolean
+  presenceEvents?: boolean | undefined
 }
 
 export interface ChannelLayer {

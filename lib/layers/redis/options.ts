@@ -6,18 +6,18 @@ import { MAX_TIMER_MS, positiveOption, refuseUnknownOptions } from '../arguments
 
 export interface RedisChannelLayerOptions extends ClusterChannelLayerOptions {
   /** `redis://[user:password@]host:port/db` (or `rediss://`). Default: ioredis' default, 127.0.0.1:6379. */
-  url?: string
+  url?: string | undefined
   /** ioredis options for the connection the layer opens (with `url`, or alone). */
-  redisOptions?: RedisOptions
+  redisOptions?: RedisOptions | undefined
   /**
    * An ioredis `Redis` or `Cluster` the layer uses for commands; it duplicates it for subscribing
    * and blocking pops. `close()` leaves this client open: it is yours.
    */
-  client?: Redis | Cluster
+  client?: Redis | Cluster | undefined
   /** Every key and pub/sub channel starts with `<prefix>:`. Letters, digits, `_`, `-`, `.`. Default 'channels'. */
-  prefix?: string
+  prefix?: string | undefined
   /** Milliseconds a call may wait for an unreachable Redis before it rejects with LayerTimeoutError (at most 2^31 - 1). Default 5000. */
-  timeout?: number
+  timeout?: number | undefined
 }
 
 // No ':' (a SCAN for one prefix must not match another's keys) and no glob or hash-tag characters.
