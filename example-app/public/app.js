@@ -276,10 +276,43 @@ $('room-form').addEventListener('submit', (event) => {
 // ---- clock --------------------------------------------------------------------------------------
 
 function onTick ({ now, server }) {
+  lastTick = Date.now()
   $('clock-time').textContent = timeFormat.format(now)
   $('clock-date').textContent = dateFormat.format(now)
   $('clock-server').textContent = `from ${server}`
 }
+
+// The page follows the clock of the process that answered /api/me. If that process goes away
+// (scaled down, not restarted), its ticks stop, whichever process holds the socket: after a few
+// silent seconds the page asks /api/me again and follows the clock of a process that answers.
+let clockSub
+let lastTick = 0
+let askingClock = false
+
+function joinClock (group) {
+  clockSub?.leave()
+  lastTick = Date.now()
+  clockSub = client.join(group, { message: onTick })
+}
+
+async function checkClock () {
+  if (askingClock || client?.state !== 'open' || Date.now() - lastTick < 3500) return
+  askingClock = true
+  try {
+    const now = await (await fetch('/api/me', { cache: 'no-store' })).json()
+    lastTick = Date.now()
+    if (now.clock !== info.clock) {
+      info = { ...info, clock: now.clock }
+      joinClock(now.clock)
+    }
+  } catch {
+    // Nobody answers: the connection's own state says so; asked again at the next check.
+  } finally {
+    askingClock = false
+  }
+}
+
+setInterval(checkClock, 1000)
 
 // ---- deploys ------------------------------------------------------------------------------------
 
@@ -425,7 +458,7 @@ function showApp (user) {
   client.on('state', onState)
   onState(client.state, {})
   client.on('error', err => console.warn('channels client:', err))
-  client.join(info.clock, { message: onTick })
+  joinClock(info.clock)
   const sub = client.join('deploys', {
     message: (event, { offset, epoch }) => onDeploy(event, offset, epoch),
     gap: () => {

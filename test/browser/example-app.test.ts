@@ -13,6 +13,7 @@ import { freePort, type NodeProcess } from '../helpers/process.js'
 import { ensureBuilt } from '../helpers/dist.js'
 import { inCI, launchChromium, noChromium, screenshots as shots, startExampleApp } from '../helpers/browser.js'
 import { REDIS_URL, adminClient, deleteKeysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { requireNginx, startNginx } from '../helpers/nginx.js'
 
 const WAIT = 15_000
 // A browser, several server starts and reconnect backoffs: more than .taprc's 120 s on a busy machine. Every wait below is bounded.
@@ -278,5 +279,38 @@ if (noChromium !== undefined && inCI) {
     t.equal(await ada.locator('#messages .notice', { hasText: 'may be missing' }).count(), 0, 'recovered: no gap on Redis')
     await ada.screenshot({ path: join(shots, '08-redis-restart.png'), animations: 'disabled' })
     t.same(errors, [], 'no script errors in the pages')
+  })
+
+  t.test('behind nginx: when the process whose clock a page shows goes away for good, the page follows the other one\'s', { skip: noChromium ?? false }, async t => {
+    if (!await requireRedis(t) || !requireNginx(t)) return
+    await ensureBuilt()
+    const prefix = uniquePrefix('fc-example-clock')
+    const env = { REDIS_URL, REDIS_PREFIX: prefix }
+    const [portA, portB] = [await freePort(), await freePort()]
+    const servers: Record<string, ExampleServer> = {
+      A: await startServer({ ...env, SERVER_LABEL: 'A' }, portA),
+      B: await startServer({ ...env, SERVER_LABEL: 'B' }, portB)
+    }
+    const nginx = await startNginx(t, [portA, portB])
+    const browser = await launchChromium()
+    const redis = adminClient(t)
+    t.teardown(async () => {
+      await browser.close()
+      await Promise.all(Object.values(servers).map(async server => await server.proc.stop()))
+      await deleteKeysOf(redis, prefix)
+    })
+    const errors: string[] = []
+    const { page } = await person(t, browser, `${nginx.url}/`, 'Ada', errors)
+    const clockFrom = page.locator('#clock-server')
+    await clockFrom.filter({ hasText: /^from [AB]$/ }).waitFor()
+    const first = ((await clockFrom.textContent()) ?? '').slice('from '.length)
+    const other = first === 'A' ? 'B' : 'A'
+    t.equal(await servers[first].proc.stop(), 0, `the page's clock process (${first}) is scaled down`)
+    await clockFrom.filter({ hasText: `from ${other}` }).waitFor({ timeout: 30_000 })
+    t.pass(`the page shows ${other}'s clock`)
+    const before = await page.locator('#clock-time').textContent()
+    await page.locator('#clock-time').filter({ hasNotText: before ?? '' }).waitFor({ timeout: 5000 })
+    t.pass('and it ticks')
+    t.same(errors, [], 'no script errors in the page')
   })
 }
