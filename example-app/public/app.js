@@ -375,6 +375,7 @@ function onDeploy (event, offset, epoch) {
   const job = jobNode(event, at)
   if (job.latest === undefined || isAfter(at, job.latest)) {
     job.latest = at
+    job.heardAt = Date.now()
     job.item.dataset.status = event.status
     job.item.dataset.pct = String(event.pct)
     job.status.textContent = event.status === 'succeeded' ? 'Done' : event.status === 'failed' ? 'Stopped' : 'Running'
@@ -412,15 +413,19 @@ async function loadDeploys (sub) {
 
 // Progress the deploys group could not replay (its history is gone): say so rather than show a
 // frozen bar, until the history read back shows newer progress.
-function markInterrupted () {
+function markInterrupted (stillFrom = Infinity) {
   for (const job of jobs.values()) {
-    if (job.item.dataset.status === 'running') {
+    if (job.item.dataset.status === 'running' && job.heardAt < stillFrom) {
       job.item.dataset.status = 'interrupted'
       job.status.textContent = 'No updates'
       job.status.className = 'badge badge-interrupted'
     }
   }
 }
+
+// A step takes well under a second. A deploy silent for 10 s lost its worker process mid-step
+// (delivery is at most once: the step it had taken is gone with it): it will not move again.
+setInterval(() => { markInterrupted(Date.now() - 10_000) }, 2000)
 
 $('deploy-form').addEventListener('submit', (event) => {
   event.preventDefault()
