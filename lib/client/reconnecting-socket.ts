@@ -18,7 +18,7 @@ interface Socket {
   onopen: (() => void) | null
   onmessage: ((event: { data: unknown }) => void) | null
   onclose: ((event: { code: number, reason: string }) => void) | null
-  onerror: (() => void) | null
+  onerror: ((event: unknown) => void) | null
   send (data: string): void
   close (code?: number, reason?: string): void
   /** ws' (Node): ends the connection without the closing handshake. */
@@ -39,6 +39,12 @@ export interface SocketEvents {
 
 const OPEN = 1
 const STABLE_MS = 5000
+// The constructor's third argument, which only ws' WebSocket (Node) reads (browsers and Node's own
+// ignore it): one message event per turn of the event loop, as a browser dispatches them. Else ws
+// hands over every frame of a TCP chunk at once, and a call's reply resumes its `await` only after
+// `message()` has had what the call's action sent, which the wire has after the reply.
+const ONE_MESSAGE_PER_TURN = { allowSynchronousEvents: false }
+type SocketWithOptions = new (url: string, protocols: string | string[] | undefined, options: object) => object
 // How long a new socket waits for the `close` of one given up: on a link that is alive its closing
 // handshake takes a round trip, so the server sees the old connection end first; on a dead one a
 // browser holds that `close` until its own timeout, a minute in Chromium, and no longer matters.
@@ -66,6 +72,8 @@ export class ReconnectingSocket {
   #attempt = 0
   /** Offline at the last retry due, which was skipped: the next is tried even so. */
   #skippedOffline = false
+  /** Why the current socket failed before it opened, when it said (a refused handshake), or 'connect timeout'. */
+  #refusedWith = ''
   #timers: { retry?: ReturnType<typeof setTimeout>, stable?: ReturnType<typeof setTimeout>, connect?: ReturnType<typeof setTimeout>, beat?: ReturnType<typeof setInterval>, check?: ReturnType<typeof setTimeout>, closing?: ReturnType<typeof setTimeout> } = {}
   /** Writes a frame; false when there is no open socket. */
   readonly send = (text: string): boolean => {
@@ -189,7 +197,7 @@ export class ReconnectingSocket {
     this.#skippedOffline = false
     let socket: Socket
     try {
-      socket = new this.#WebSocket(this.#url, this.#protocols) as Socket
+      socket = new (this.#WebSocket as SocketWithOptions)(this.#url, this.#protocols, ONE_MESSAGE_PER_TURN) as Socket
     } catch (err) {
       // The same URL and protocols every time: what the first attempt refused (a malformed
       // subprotocol, a URL this page may not open) every retry would refuse too.
@@ -209,8 +217,18 @@ export class ReconnectingSocket {
       if (socket === this.#closing) this.#closingOver()
       else this.#closed(socket, event.code, event.reason)
     }
-    socket.onerror = () => {} // a close follows
-    this.#timers.connect = setTimeout(() => { if (socket.readyState !== OPEN) socket.close() }, this.#connectTimeout)
+    // A close follows. What a socket that never opened says of why (ws: "Unexpected server
+    // response: 401"; a browser says nothing) goes into the close's reason, which has none.
+    socket.onerror = event => {
+      const message = (event as { message?: unknown } | undefined)?.message
+      if (typeof message === 'string' && socket === this.#socket && socket.readyState !== OPEN && this.#refusedWith === '') this.#refusedWith = message
+    }
+    this.#refusedWith = ''
+    this.#timers.connect = setTimeout(() => {
+      if (socket.readyState === OPEN) return
+      this.#refusedWith = 'connect timeout'
+      socket.close()
+    }, this.#connectTimeout)
   }
 
   #opened (socket: Socket): void {
@@ -260,7 +278,7 @@ export class ReconnectingSocket {
     clearInterval(this.#timers.beat)
     this.answered()
     this.#events.dropped()
-    if (this.#events.state() !== 'closed') this.#scheduleRetry({ code, reason })
+    if (this.#events.state() !== 'closed') this.#scheduleRetry({ code, reason: reason === '' ? this.#refusedWith : reason })
   }
 
   #scheduleRetry (detail: StateDetail): void {

@@ -344,3 +344,30 @@ t.test('a client in more groups than the rate limit\'s burst joins them all at o
   await t.rejects(client.call('echo', 3), { code: 'FST_CHANNELS_CONNECTION_LOST' }, 'the third call is over the limit')
   t.match(states.at(-1), ['reconnecting', 1008, 'rate limit'], 'and closes the socket with 1008')
 })
+
+t.test('in Node (ws), a call resumes before message() has what its action sent, in the order the wire has them', async t => {
+  const c = client(t)
+  const seen: string[] = []
+  const sub = c.join<{ text: string }>('room.order', { message: (data) => { seen.push(`message ${data.text}`) } })
+  await sub.ready
+  // Fired together: replies and messages come back in few TCP chunks, several frames each.
+  await Promise.all(Array.from({ length: 50 }, async (_, i) => {
+    await c.call('post', { room: 'order', text: String(i) })
+    seen.push(`reply ${i}`)
+  }))
+  await eventually(() => seen.filter(s => s.startsWith('message')).length === 50, 5000)
+  const late = Array.from({ length: 50 }, (_, i) => i).filter(i => seen.indexOf(`message ${i}`) < seen.indexOf(`reply ${i}`))
+  t.same(late, [], 'no message reached message() before its call resumed')
+})
+
+t.test('a refused handshake says why in the reconnecting state (ws gives the status), and is retried', async t => {
+  const refusing = await roomsApp({ getUser: () => { throw Object.assign(new Error('token expired'), { statusCode: 401 }) } })
+  t.teardown(async () => { await refusing.app.close() })
+  const c = new ChannelsClient<RoomsApi>(refusing.url, { WebSocket, minDelay: 20, maxDelay: 50 })
+  t.teardown(() => { c.close() })
+  const details: Array<{ code?: number, reason?: string, attempt?: number }> = []
+  c.on('state', (state, detail) => { if (state === 'reconnecting') details.push(detail) })
+  await eventually(() => details.length >= 2, 5000)
+  t.match(details[0], { code: 1006, reason: 'Unexpected server response: 401', attempt: 1 })
+  t.match(details[1], { code: 1006, reason: 'Unexpected server response: 401', attempt: 2 }, 'tried again, with the same answer')
+})
