@@ -371,3 +371,19 @@ t.test('a refused handshake says why in the reconnecting state (ws gives the sta
   t.match(details[0], { code: 1006, reason: 'Unexpected server response: 401', attempt: 1 })
   t.match(details[1], { code: 1006, reason: 'Unexpected server response: 401', attempt: 2 }, 'tried again, with the same answer')
 })
+
+t.test('a socket that does not open within connectTimeout is given up with the reason connect timeout', async t => {
+  const { createServer } = await import('node:net')
+  const sockets = new Set<import('node:net').Socket>()
+  // Takes the connection, never answers the upgrade.
+  const silent = createServer(socket => { sockets.add(socket) })
+  silent.listen(0, '127.0.0.1')
+  await once(silent, 'listening')
+  t.teardown(() => { for (const socket of sockets) socket.destroy(); silent.close() })
+  const c = new ChannelsClient<RoomsApi>(`ws://127.0.0.1:${(silent.address() as AddressInfo).port}/`, { WebSocket, connectTimeout: 100, minDelay: 1000 })
+  t.teardown(() => { c.close() })
+  const details: Array<{ code?: number, reason?: string }> = []
+  c.on('state', (state, detail) => { if (state === 'reconnecting') details.push(detail) })
+  await eventually(() => details.length >= 1, 3000)
+  t.match(details[0], { code: 1006, reason: 'connect timeout' })
+})
