@@ -117,7 +117,12 @@ export class ReconnectingSocket {
     } else if (!this.#pinged) {
       this.#pinged = this.send('{"op":"ping"}')
     } else {
-      this.#giveUp('heartbeat timeout')
+      // One turn more first: after a stall of this page or process itself (a long task), timers
+      // run before what arrived meanwhile is read, and the pong may be waiting there.
+      const socket = this.#socket
+      setTimeout(() => {
+        if (socket === this.#socket && !this.#heard && this.#pinged) this.#giveUp('heartbeat timeout')
+      }, 0)
     }
   }
 

@@ -19,7 +19,7 @@ let server: RoomsApp
 t.before(async () => { server = await roomsApp() })
 t.teardown(async () => { await server.app.close() })
 
-function client (t: Test, query = '', options: { callTimeout?: number } = {}): ChannelsClient<RoomsApi> {
+function client (t: Test, query = '', options: { callTimeout?: number, heartbeat?: number } = {}): ChannelsClient<RoomsApi> {
   const c = new ChannelsClient<RoomsApi>(`${server.url}${query}`, { WebSocket, ...options })
   t.teardown(() => { c.close() })
   return c
@@ -386,4 +386,18 @@ t.test('a socket that does not open within connectTimeout is given up with the r
   c.on('state', (state, detail) => { if (state === 'reconnecting') details.push(detail) })
   await eventually(() => details.length >= 1, 3000)
   t.match(details[0], { code: 1006, reason: 'connect timeout' })
+})
+
+t.test('a client whose own event loop stalls past its heartbeat keeps a socket the server still answers', async t => {
+  const c = client(t, '', { heartbeat: 300 })
+  await opened(c)
+  const reasons: string[] = []
+  c.on('state', (state, detail) => { if (state === 'reconnecting') reasons.push(String(detail.reason)) })
+  const busy = (ms: number): void => { const end = performance.now() + ms; while (performance.now() < end); }
+  // An app timer as long as the heartbeat, blocking longer than it: the pong waits while the next beat comes due.
+  const stalls = setInterval(() => { busy(400) }, 300)
+  await new Promise(resolve => setTimeout(resolve, 3000))
+  clearInterval(stalls)
+  t.same(reasons, [], 'not given up')
+  t.equal(c.state, 'open')
 })
