@@ -45,3 +45,26 @@ t.test('workers in two processes share one named channel; each message is handle
   const b = all.filter(h => h.by === 'b').length
   t.ok(a > 0 && b > 0, `both processes took messages (a: ${a}, b: ${b})`)
 })
+
+t.test('a job handed to a worker leaves Redis before its handler runs: a handler that holds the event loop cannot see it given to another worker', async t => {
+  if (RedisChannelLayer === undefined) return
+  await ensureBuilt()
+  const prefix = `fctest-${randomBytes(4).toString('hex')}`
+  const worker = spawnNode([fixture], { REDIS_URL, WORKER_CHANNEL: 'jobs', LAYER_PREFIX: prefix, WORKER_NAME: 'a' })
+  t.teardown(async () => { await worker.stop() })
+  await worker.waitFor(/^worker ready$/, 30_000)
+  const layer = new RedisChannelLayer({ url: REDIS_URL, prefix })
+  t.teardown(() => layer.close())
+  const { Redis } = await import('ioredis')
+  const admin = new Redis(REDIS_URL)
+  t.teardown(() => { admin.disconnect() })
+  await layer.send('jobs', { type: 'job.hold', n: 1, ms: 3000 })
+  await worker.waitFor(/"holding":1/, 10_000)
+  // The worker's event loop is held now: what Redis keeps of the job is what it wrote before.
+  await new Promise(resolve => setTimeout(resolve, 500))
+  const claims = await admin.keys(`${prefix}:qc:{jobs}:*`)
+  const kept = (await Promise.all(claims.map(async key => await admin.lrange(key, 0, -1)))).flat().filter(element => element.includes('job.hold'))
+  t.same(kept, [], 'no claim holds the job once its handler runs (its lease, unrenewed meanwhile, would give it back to the queue)')
+  t.equal(await admin.llen(`${prefix}:q:{jobs}`), 0, 'nor does the queue')
+  await worker.waitFor(/"handled":1/, 10_000)
+})

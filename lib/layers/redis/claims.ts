@@ -29,7 +29,7 @@ import { ttl, withDeadline } from '../deadline.js'
 import type { ClusterContext } from '../cluster/transport.js'
 import { isCluster, isReplyError, type Client, type RedisConnections } from './connections.js'
 import type { RedisKeys } from './keys.js'
-import { lostScript, runScript, type Script } from './scripts.js'
+import { lostScript, runScript, runScriptBy, type Script } from './scripts.js'
 import { giveBack, removal, renewal } from './claim-scripts.js'
 
 /**
@@ -122,13 +122,15 @@ export class Claims {
   /**
    * Names a new blocking connection uniquely in Redis and learns its id, so that it can be ended
    * there later (standalone Redis). Not on Cluster, nor for a user not allowed to: its claims then
-   * wait for their lease.
+   * wait for their lease. Loads the removal script too: the removal removeHanded() writes must be
+   * carried out as written, not answered NOSCRIPT and sent again after a handler that holds the
+   * event loop.
    */
   async identify (conn: Client): Promise<void> {
     if (isCluster(conn)) return
     const name = `${conn.options.connectionName ?? this.#layer.processToken}:${++this.#count}`
     try {
-      const [, id] = await Promise.all([conn.client('SETNAME', name), conn.client('ID')])
+      const [, id] = await Promise.all([conn.client('SETNAME', name), conn.client('ID'), conn.script('LOAD', removal.lua)])
       this.#blocked.set(conn, { id: Number(id), name })
     } catch (err) {
       if (!isReplyError(err)) throw err
@@ -164,12 +166,28 @@ export class Claims {
     if (claim.removing().length === 0) return
     setImmediate(() => {
       if (this.#parked.get(claim.channel)?.claim !== claim) return // taken, or ended: removed that way
-      const removing = claim.removing()
-      const parking = this.#connections.run(`receive ${claim.channel}`, client => runScript(client, removal, [claim.key], removing))
-        .then(() => { claim.removed(removing) }, () => {}) // still recorded: removed by the next pop, or with the claim
-        .finally(() => this.#parking.delete(parking))
-      this.#parking.add(parking)
+      this.removeHanded(claim)
     })
+  }
+
+  /**
+   * Removes from the claim what it handed over, now: a message handed to a receiver whose handler
+   * then holds the event loop (a synchronous stretch) would otherwise stay in the claim, its lease
+   * unrenewed, until another process gives it back to the queue as taken by a process that died:
+   * a second worker would handle it while the first still does. Written before the handler runs,
+   * not awaited.
+   */
+  removeHanded (claim: Claim): void {
+    const removing = claim.removing()
+    if (removing.length === 0) return
+    // Written at once (not through run(), which waits a turn, nor autopipelining, which holds the
+    // command to the end of the turn): the handler runs in the next microtask.
+    const connections = this.#connections
+    const sent = runScriptBy(connections.scriptSender(connections.cmd), removal, [claim.key], removing)
+    const parking = withDeadline(sent, performance.now() + connections.timeout, `receive ${claim.channel}`, connections.timeout)
+      .then(() => { claim.removed(removing) }, () => {}) // still recorded: removed by the next pop, or with the claim
+      .finally(() => this.#parking.delete(parking))
+    this.#parking.add(parking)
   }
 
   #keep (claim: Claim): void {

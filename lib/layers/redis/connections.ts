@@ -180,6 +180,11 @@ export class RedisConnections extends EventEmitter {
    * Runs `op` once the command connection is ready, within `timeout` in all: waiting for Redis to
    * come back counts. An unreachable Redis becomes LayerTimeoutError; anything else passes through.
    */
+  /** Resolves once the command connection is ready (it connects on first use), within `timeout`. */
+  ready (what: string): Promise<void> {
+    return this.#gate.wait(performance.now() + this.timeout, what, this.timeout)
+  }
+
   async run<T> (what: string, op: (client: Client) => Promise<T>): Promise<T> {
     const deadline = performance.now() + this.timeout
     await this.#gate.wait(deadline, what, this.timeout)

@@ -291,8 +291,11 @@ class QueueReaders {
       const connecting = conn.status === 'wait' ? conn.connect() : Promise.reject(new Error(`connection ${conn.status}`))
       await withDeadline(connecting, connected, 'connect', timeout)
       // Elements carry deadlines in server time; a worker-only process learns it here. On
-      // Cluster, a pop's node is ioredis' choice: its pops are not ended early.
-      const [time] = await withDeadline(Promise.all([conn.time(), this.#claims.identify(conn)]), connected, 'connect', timeout)
+      // Cluster, a pop's node is ioredis' choice: its pops are not ended early. The command
+      // connection too: what a pop hands over is removed through it before the handler runs, and
+      // a worker-only process would otherwise open it only then, after a handler that holds the
+      // event loop.
+      const [time] = await withDeadline(Promise.all([conn.time(), this.#claims.identify(conn), this.#connections.ready('connect')]), connected, 'connect', timeout)
       this.#clock.observeTime(time)
     }
   }
@@ -329,6 +332,8 @@ class QueueReaders {
         this.#layer.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
         return
       }
+      // Out of the claim before the handler has it (a worker's may run inside deliver()).
+      this.#claims.removeHanded(claim)
       this.#layer.store.deliver(channel, received.message, received.info)
       return
     }
