@@ -44,7 +44,7 @@ const STABLE_MS = 5000
 // hands over every frame of a TCP chunk at once, and a call's reply resumes its `await` only after
 // `message()` has had what the call's action sent, which the wire has after the reply.
 const ONE_MESSAGE_PER_TURN = { allowSynchronousEvents: false }
-type SocketWithOptions = new (url: string, protocols: string | string[] | undefined, options: object) => object
+type SocketWithOptions = new (url: string, protocols: string | string[], options: object) => object
 // How long a new socket waits for the `close` of one given up: on a link that is alive its closing
 // handshake takes a round trip, so the server sees the old connection end first; on a dead one a
 // browser holds that `close` until its own timeout, a minute in Chromium, and no longer matters.
@@ -202,7 +202,9 @@ export class ReconnectingSocket {
     this.#skippedOffline = false
     let socket: Socket
     try {
-      socket = new (this.#WebSocket as SocketWithOptions)(this.#url, this.#protocols, ONE_MESSAGE_PER_TURN) as Socket
+      // [] for none, not undefined: followed by another argument, a browser sends `undefined` as
+      // the string "undefined" (Sec-WebSocket-Protocol: undefined), and the handshake fails.
+      socket = new (this.#WebSocket as SocketWithOptions)(this.#url, this.#protocols ?? [], ONE_MESSAGE_PER_TURN) as Socket
     } catch (err) {
       // The same URL and protocols every time: what the first attempt refused (a malformed
       // subprotocol, a URL this page may not open) every retry would refuse too.
