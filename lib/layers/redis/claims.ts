@@ -128,9 +128,12 @@ export class Claims {
    */
   async identify (conn: Client): Promise<void> {
     if (isCluster(conn)) return
+    // Apart: a user not allowed SCRIPT LOAD still names its connection (the removal then runs as
+    // EVAL after a NOSCRIPT, as every script does).
+    const loaded = conn.script('LOAD', removal.lua).catch((err: unknown) => { if (!isReplyError(err)) throw err })
     const name = `${conn.options.connectionName ?? this.#layer.processToken}:${++this.#count}`
     try {
-      const [, id] = await Promise.all([conn.client('SETNAME', name), conn.client('ID'), conn.script('LOAD', removal.lua)])
+      const [, id] = await Promise.all([conn.client('SETNAME', name), conn.client('ID'), loaded])
       this.#blocked.set(conn, { id: Number(id), name })
     } catch (err) {
       if (!isReplyError(err)) throw err
