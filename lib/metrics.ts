@@ -38,9 +38,19 @@ export class RouteCounts {
   }
 }
 
-/** Every route's counts, made on first use. */
+/** Every route's counts, made on first use; and the workers' failures, by channel. */
 export class Counts {
   readonly routes = new Map<string, RouteCounts>()
+  readonly workerErrors = new Map<string, number>()
+
+  /** A worker serves `channel`: its series is there, at 0, before its first failure. */
+  workerStarted (channel: string): void {
+    if (!this.workerErrors.has(channel)) this.workerErrors.set(channel, 0)
+  }
+
+  workerFailed (channel: string): void {
+    this.workerErrors.set(channel, (this.workerErrors.get(channel) ?? 0) + 1)
+  }
 
   of (route: string): RouteCounts {
     let counts = this.routes.get(route)
@@ -142,6 +152,9 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
   totals('frames_received_total', 'Frames received from clients', ['route'], perRoute(c => c.framesReceived))
   totals('frames_sent_total', 'Frames sent to clients', ['route'], perRoute(c => c.framesSent))
   totals('handler_errors_total', 'Consumer code that threw: connect() (the handshake answered 500), a handler or a spawned task (the connection closed with 1011)', ['route'], perRoute(c => c.handlerErrors))
+  totals('worker_errors_total', 'Worker handlers that threw, by channel (each logged; the worker goes on with the next message)', ['channel'], function * () {
+    for (const [channel, n] of counts.workerErrors) yield [{ channel }, n]
+  })
   total('group_sends_total', 'groupSend() calls made in this process', () => stats().groupSends ?? 0)
   total('deliveries_total', 'Layer messages handed to a consumer, worker or receive() in this process', () => stats().deliveries ?? 0)
   totals('dropped_total', 'Messages dropped (full: a full channel; expired: never received in time; decrypt: no key opened it; ' +

@@ -86,7 +86,7 @@ const plugin: FastifyPluginAsync<FastifyChannelsOptions> = async (fastify, opts)
   if (heartbeatInterval > 0) channels.stopHeartbeat = startHeartbeat(channels.connections, heartbeatInterval)
 
   fastify.decorate('channelLayer', layer)
-  const workers = serveWorkers(fastify, layer)
+  const workers = serveWorkers(fastify, layer, channels.counts)
   const stopMetrics = opts.metrics === undefined ? () => {} : await registerMetrics(opts.metrics, channels.counts, layer)
   fastify.addHook('onClose', async () => {
     await Promise.all([shutdownConnections(channels, fastify.log), workers.stop()])
@@ -312,7 +312,7 @@ function guardUpgrades (fastify: FastifyInstance, opts: FastifyChannelsOptions, 
 }
 
 /** `app.channelWorker()`: workers are declared before the app is ready and run from onReady until close. */
-function serveWorkers (fastify: FastifyInstance, layer: ChannelLayer): { stop: () => Promise<void> } {
+function serveWorkers (fastify: FastifyInstance, layer: ChannelLayer, counts: Counts): { stop: () => Promise<void> } {
   const declared: Array<{ channel: string, Worker: ChannelConsumerClass }> = []
   const running: RunningWorker[] = []
   let started = false
@@ -326,7 +326,8 @@ function serveWorkers (fastify: FastifyInstance, layer: ChannelLayer): { stop: (
   fastify.addHook('onReady', async () => {
     started = true
     for (const { channel, Worker } of declared) {
-      running.push(runWorker(new Worker(), { channelLayer: layer, channelName: channel, log: fastify.log.child({ worker: channel }) }))
+      counts.workerStarted(channel)
+      running.push(runWorker(new Worker(), { channelLayer: layer, channelName: channel, log: fastify.log.child({ worker: channel }), failed: () => { counts.workerFailed(channel) } }))
     }
   })
   return {

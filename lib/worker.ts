@@ -21,6 +21,8 @@ export interface WorkerContext {
   channelLayer: ChannelLayer
   channelName: string
   log: FastifyBaseLogger
+  /** A handler threw (counted in the metrics). */
+  failed?: () => void
 }
 
 /**
@@ -90,6 +92,7 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
       }
       await handler.call(worker, message, info)
     } catch (err) {
+      ctx.failed?.()
       log.error({ ...thrownFields(err), type: message.type, channel }, 'worker handler failed; going on with the next message')
     }
   }

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { Registry } from 'prom-client'
-import fastifyChannels, { JsonWebsocketConsumer, InMemoryChannelLayer, WebsocketConsumer, type LayerMessage } from '../lib/index.js'
+import fastifyChannels, { ChannelConsumer, JsonWebsocketConsumer, InMemoryChannelLayer, WebsocketConsumer, type LayerMessage } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import { buildApp, eventually } from './helpers/app.js'
 import { listen, openClient, rawHandshake } from './helpers/loopback.js'
@@ -214,4 +214,22 @@ t.test('frames a client sends after going over the rate limit are not read: neit
   t.same(handled, ['frame 1', 'frame 2', 'frame 3', 'frame 4', 'frame 5'], 'the five within the limit were handled')
   t.equal(await value(registry, 'fastify_channels_frames_received_total', { route: '/ws/limited' }), 6,
     'counted: the five and the one over the limit, not the 24 after it')
+})
+
+t.test('a worker handler that throws is counted in worker_errors_total{channel}, whose series is there at 0 from the start', async t => {
+  const registry = new Registry()
+  let handled = 0
+  class Jobs extends ChannelConsumer {
+    async jobRun (message: LayerMessage) {
+      handled++
+      if (message.fail === true) throw new Error('job failed')
+    }
+  }
+  const { app } = await buildApp({ metrics: { registry } }, app => { app.channelWorker('jobs', Jobs) })
+  t.teardown(() => app.close())
+  await app.ready()
+  t.equal(await value(registry, 'fastify_channels_worker_errors_total', { channel: 'jobs' }), 0, 'at 0 before any failure')
+  for (const fail of [true, false, true]) await app.channelLayer.send('jobs', { type: 'job.run', fail })
+  await eventually(() => handled === 3)
+  t.equal(await value(registry, 'fastify_channels_worker_errors_total', { channel: 'jobs' }), 2, 'the two that threw')
 })
