@@ -99,6 +99,23 @@ if (await requireRedis(t)) {
     t.same((await layer.presence(group)).map(e => e.info.name), ['watcher'], 'and gone from presence()')
   })
 
+  t.test('a SIGKILLed process\'s presence goes, announced to survivors that record none of their own', async t => {
+    const prefix = uniquePrefix('fc-presence-plain-watcher')
+    const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, groups, membershipLease: LEASE })
+    t.teardown(() => layer.close())
+    const group = 'durable.watched'
+    const watcher = await layer.newChannel()
+    await layer.groupAdd(group, watcher) // a plain member: it keeps no presence entry alive
+    const doomed = member(t, { LAYER_PREFIX: prefix, GROUP: group, PRESENCE: JSON.stringify({ name: 'doomed' }) })
+    const { joined } = JSON.parse(await doomed.waitFor(/^\{"joined"/)) as { joined: string }
+    t.same(await receive(layer, watcher), { type: 'presence.join', channel: joined, info: { name: 'doomed' } })
+    doomed.child.kill('SIGKILL')
+    await doomed.exited
+    t.same(await receive(layer, watcher, (LEASE + 5) * 1000 + 2000), { type: 'presence.leave', channel: joined, info: { name: 'doomed' } },
+      'its leave is announced: the entry outlived the lease long enough to be reaped')
+    t.same(await layer.presence(group), [])
+  })
+
   t.test('where no survivor records presence, a SIGKILLed process\'s entries leave Redis with its lease: other processes\' plain members do not keep them', async t => {
     const prefix = uniquePrefix('fc-presence-plain')
     const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, membershipLease: LEASE })
@@ -115,9 +132,10 @@ if (await requireRedis(t)) {
       t.equal(await admin.hlen(entries), 1, `round ${round}: its entry is in Redis`)
       doomed.child.kill('SIGKILL')
       await doomed.exited
-      const deadline = Date.now() + (LEASE + 5) * 1000
+      // The lease, and the two reaping periods (5 s each) a dead entry stays for a survivor to announce it.
+      const deadline = Date.now() + (LEASE + 10 + 2) * 1000
       while (await admin.exists(entries) === 1 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 50))
-      t.equal(await admin.exists(entries), 0, `round ${round}: the entry left with the lease, not kept by the living member's renewals`)
+      t.equal(await admin.exists(entries), 0, `round ${round}: the entry left after the lease, not kept by the living member's renewals`)
     }
     t.same(await layer.presence(group), [])
     await layer.groupSend(group, { type: 'still.here' })

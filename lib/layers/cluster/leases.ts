@@ -15,7 +15,7 @@ const REASSERT_RETRY_MS = 1000
 /** A renewal that failed is tried again after this. */
 const RENEW_RETRY_MS = 2000
 /** Dead processes' presence entries are looked for this often (at most). */
-const REAP_MS = 5000
+export const REAP_MS = 5000
 
 /** One group's records to write again: its live members with the ms left to each, and the presence they recorded. */
 export type DueRecords = [group: string, members: Array<[string, number]>, presence: StoredPresence[]]

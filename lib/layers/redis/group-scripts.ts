@@ -7,15 +7,21 @@
  *                         expires `ttl` after the last send); `t` also tells one write of an
  *                         offset from another (a Redis that lost its last writes gives it again)
  *   P:pi:{group}  hash    channel → presence info of a membership recorded in P:gm:{group}
- *                         (expires with the last membership that recorded presence: the
- *                         memberships of other processes that record none do not keep it,
- *                         nor the entries of a process that died, alive)
+ *                         (expires two reaping periods after the last lease of a membership
+ *                         that recorded presence: the memberships of other processes that
+ *                         record none do not keep it alive, nor the entries of a process that
+ *                         died; but a dead process' entry is still there when its lease has run
+ *                         out, for a surviving process to reap and announce)
  */
 import { recordMembersLua, script } from './scripts.js'
+import { REAP_MS } from '../cluster/leases.js'
 
-// Extends the presence hash KEYS[2] to `deadline` (server ms) when it would expire sooner.
+// Extends the presence hash KEYS[2] to `deadline` (server ms, a lease's end) and two reaping
+// periods more, when it would expire sooner: an entry whose lease ran out must still be there when
+// a surviving process next looks, or its leave is never announced.
 const EXTEND_PRESENCE = `
 local function extendPresence (deadline)
+  deadline = deadline + ${2 * REAP_MS}
   local left = redis.call('PTTL', KEYS[2])
   if left == -1 or (left >= 0 and now + left < deadline) then redis.call('PEXPIREAT', KEYS[2], math.ceil(deadline)) end
 end
