@@ -12,7 +12,7 @@ import type { Delivery, GroupAddOptions, GroupJoin, LayerMessage, PresenceEntry,
 import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
 import { JsonWebsocketConsumer, kRefuseFrame, reusedEncoding } from '../json-consumer.js'
-import { kAtOnce, kSkipped, kStillHere, kUnmetered } from '../connection/tasks.js'
+import { isThenable, kAtOnce, kSkipped, kStillHere, kUnmetered } from '../connection/tasks.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
@@ -296,8 +296,9 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       this.#forwardFailed(err, group, info)
       return undefined
     }
-    if (data instanceof Promise) {
-      return data.then(async reshaped => { await this.#message(group, info, reshaped) }, (err: unknown) => { this.#forwardFailed(err, group, info) })
+    if (isThenable(data)) {
+      // Any thenable, as `await` would take it (one that is not a Promise too).
+      return Promise.resolve(data).then(async reshaped => { await this.#message(group, info, reshaped) }, (err: unknown) => { this.#forwardFailed(err, group, info) })
     }
     return this.#message(group, info, data)
   }
@@ -338,8 +339,25 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     // A member's unchanged copy of a group message: its JSON is the text the member before got
     // (copy-encoding.ts), and the frame around it is written as JSON.stringify() writes the frame
     // below, in the same key order. Only where sendJson() is this package's own (and encodeJson).
-    const dataText = this.sendJson === JsonWebsocketConsumer.prototype.sendJson ? reusedEncoding((this.constructor as typeof JsonWebsocketConsumer).encodeJson, data) : undefined
-    if (dataText === undefined) return this.#write({ op: 'message', group, offset: info.offset, epoch: info.epoch, data })
+    const ownSendJson = this.sendJson === JsonWebsocketConsumer.prototype.sendJson
+    const encode = (this.constructor as typeof JsonWebsocketConsumer).encodeJson
+    const dataText = ownSendJson ? reusedEncoding(encode, data) : undefined
+    if (dataText === undefined) {
+      const frame: ServerToClient = { op: 'message', group, offset: info.offset, epoch: info.epoch, data }
+      if (!ownSendJson) return this.#write(frame)
+      // What forward() returned that JSON cannot carry (a bigint, a cycle, a function) fails that
+      // message only, as a forward() that throws does: failing the connection would have its
+      // client re-join from the same position, and meet the same message again.
+      let text: unknown
+      try {
+        if (typeof data === 'function' || typeof data === 'symbol') throw new TypeError(`forward() returned a ${typeof data}: JSON cannot carry it`)
+        text = encode(frame)
+      } catch (err) {
+        this.#forwardFailed(err, group, info)
+        return undefined
+      }
+      return typeof text === 'string' ? this.send(text) : this.#write(frame)
+    }
     return this.send(`{"op":"message","group":${JSON.stringify(group)}${info.offset === undefined ? '' : `,"offset":${JSON.stringify(info.offset)}`}` +
       `${info.epoch === undefined ? '' : `,"epoch":${JSON.stringify(info.epoch)}`},"data":${dataText}}`)
   }

@@ -66,6 +66,19 @@ t.test('join, messages with their positions, presence, leave', async t => {
   t.same(await layer.presence('room.lobby'), [], 'and her presence entry is gone')
 })
 
+t.test('a forward() that returns what JSON cannot carry drops that message only, logged; the client goes on with the next', async t => {
+  const ada = await client(t, 'Ada')
+  ada.send({ op: 'join', group: 'room.unsendable' })
+  await ada.until(f => f.op === 'joined')
+  const layer = server.app.channelLayer
+  for (const type of ['room.poison.bigint', 'room.poison.cycle', 'room.poison.function']) await layer.groupSend('room.unsendable', { type })
+  await layer.groupSend('room.unsendable', { type: 'room.message', text: 'after' })
+  const got = withoutPresence(await ada.until(f => f.op === 'message'))
+  t.match(got, [{ op: 'message', offset: 4, data: { text: 'after' } }], 'the next message arrives, and nothing of the three before it')
+  t.equal(ada.ws.readyState, ada.ws.OPEN, 'the connection stays open')
+  t.equal(server.logs.filter(l => l.msg === 'forward() failed; the message is not sent to this client' && l.level === 50 && l.group === 'room.unsendable').length, 3, 'each logged at error')
+})
+
 t.test('a forward() that throws or rejects drops that message only, logged; the client goes on with the next', async t => {
   const ada = await client(t, 'Ada')
   ada.send({ op: 'join', group: 'room.poisoned' })
@@ -77,7 +90,7 @@ t.test('a forward() that throws or rejects drops that message only, logged; the 
   const got = withoutPresence(await ada.until(f => f.op === 'message'))
   t.match(got, [{ op: 'message', offset: 3, data: { text: 'after' } }], 'the next message arrives')
   t.equal(ada.ws.readyState, ada.ws.OPEN, 'the connection stays open')
-  t.equal(server.logs.filter(l => l.msg === 'forward() failed; the message is not sent to this client' && l.level === 50).length, 2, 'each failure logged at error')
+  t.equal(server.logs.filter(l => l.msg === 'forward() failed; the message is not sent to this client' && l.level === 50 && l.group === 'room.poisoned').length, 2, 'each failure logged at error')
 })
 
 t.test('a join with since recovers what was missed, before anything newer; a stale since is not recovered', async t => {

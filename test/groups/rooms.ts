@@ -40,6 +40,10 @@ export class Rooms extends GroupsConsumer {
     if (message.type === 'room.secret') return undefined
     if (message.type === 'room.poison') throw new Error('forward() bug')
     if (message.type === 'room.poison.async') return Promise.reject(new Error('async forward() bug'))
+    // What JSON cannot carry: a bigint, a cycle, a function.
+    if (message.type === 'room.poison.bigint') return { n: 1n }
+    if (message.type === 'room.poison.cycle') { const cycle: Record<string, unknown> = {}; cycle.self = cycle; return cycle }
+    if (message.type === 'room.poison.function') return () => 1
     if (message.type === 'room.shout') return { text: String(message.text).toUpperCase() }
     return message
   }
