@@ -83,30 +83,41 @@ export function checkActions (name: string, actions: unknown, proto: object): vo
 }
 
 /** A validator as Fastify's compilers make them: Ajv's (boolean and `errors`) or one returning `{ error, value }`. */
-type Validate = ((data: unknown) => unknown) & { errors?: unknown }
+type Validate = ((data: unknown, context?: { parentData: object, parentDataProperty: string }) => unknown) & { errors?: unknown, schemaEnv?: unknown }
 
 /**
  * Checks `args` against the action's schema; gives the arguments the method gets (a compiler may
- * coerce or fill in defaults, as for a body), or throws InvalidArgsError. A schema with `$async`
- * validates in a promise: then a promise of the same, rejected with InvalidArgsError.
+ * coerce or fill in defaults, as for a body), or throws InvalidArgsError. Validated as Fastify
+ * validates a body: missing args as `null`, an Ajv validator given their parent so that it may
+ * coerce the value itself (`"42"` to 42 against `{ type: 'integer' }`), and an async validator's
+ * result read as pass or fail only. A schema with `$async` validates in a promise: then a promise
+ * of the same, rejected with InvalidArgsError for a validation error, and with what it threw
+ * otherwise (an error of the app's: logged, and FST_CHANNELS_ACTION_FAILED to the client).
  */
 export function validateArgs (request: FastifyRequest, action: string, spec: ActionSpec, args: unknown): unknown {
   if (spec.schema === undefined) return args
   const validate = request.compileValidationSchema(spec.schema, 'body') as Validate
-  const result = validate(args)
-  if (result === true) return args
+  const holder = { args: args === undefined ? null : args }
+  // What the method gets: the args as validation left them, undefined for none that stayed none.
+  const checked = (): unknown => args === undefined && holder.args === null ? undefined : holder.args
+  const result = validate.schemaEnv !== undefined ? validate(holder.args, { parentData: holder, parentDataProperty: 'args' }) : validate(holder.args)
   if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
-    // Ajv's async validation: resolves with the data, rejects with a ValidationError's `errors`.
-    return Promise.resolve(result).then(value => value === undefined ? args : value, (err: unknown) => {
-      throw new InvalidArgsError(action, describe((err as { errors?: unknown } | null)?.errors ?? err))
+    return Promise.resolve(result).then(passed => {
+      if (passed === false) throw new InvalidArgsError(action, describe(validate.errors ?? 'args are invalid'))
+      return checked()
+    }, (err: unknown) => {
+      // Ajv's ValidationError carries `errors`; anything else is no verdict on the args.
+      const errors = (err as { errors?: unknown } | null)?.errors
+      if (Array.isArray(errors)) throw new InvalidArgsError(action, describe(errors))
+      throw err
     })
   }
-  const failure = result === false ? validate.errors : (result as { error?: unknown, value?: unknown } | undefined)?.error
-  if (failure === undefined || failure === null) {
-    const value = (result as { value?: unknown } | undefined)?.value
-    return value !== undefined ? value : args
-  }
-  throw new InvalidArgsError(action, describe(failure))
+  if (result === true) return checked()
+  if (result === false) throw new InvalidArgsError(action, describe(validate.errors ?? 'args are invalid'))
+  const outcome = result as { error?: unknown, value?: unknown } | undefined
+  if (outcome?.error !== undefined && outcome.error !== null) throw new InvalidArgsError(action, describe(outcome.error))
+  if (outcome !== undefined && outcome !== null && typeof outcome === 'object' && 'value' in outcome) return outcome.value
+  return checked()
 }
 
 function describe (failure: unknown): string {

@@ -189,6 +189,55 @@ t.test('an $async schema (Fastify\'s default compiler): bad arguments get FST_CH
   t.same(unhandled, [], 'no unhandled rejection')
 })
 
+t.test('arguments are validated as Fastify validates a body: the root value coerced, none as null, an async verdict pass or fail, an error that is no verdict hidden', async t => {
+  const ran: unknown[] = []
+  class Typed extends GroupsConsumer {
+    static override actions = {
+      kind: { schema: { type: 'integer' } },
+      maybe: { schema: { type: ['object', 'null'] } }
+    }
+
+    async kind (n: number): Promise<string> { ran.push(n); return typeof n }
+    async maybe (args: unknown): Promise<unknown> { ran.push(args); return args ?? 'none' }
+  }
+  class Looked extends GroupsConsumer {
+    static override actions = { lookup: { schema: { type: 'string' } } }
+    async lookup (name: string): Promise<string> { ran.push(name); return name }
+  }
+  // An async compiler, as a custom one may be: its verdict is pass or fail, never the args.
+  const asyncCompiler = () => async (data: unknown): Promise<boolean> => {
+    if (data === 'db') throw new Error('lookup store down: postgres://admin:hunter2@db')
+    return data !== 'nobody'
+  }
+  const app = await roomsApp({}, app => {
+    app.get('/ws/typed', { websocket: true }, Typed.asHandler())
+    app.register(async scoped => {
+      scoped.setValidatorCompiler(asyncCompiler as never)
+      scoped.get('/ws/looked', { websocket: true }, Looked.asHandler())
+    })
+  })
+  t.teardown(() => app.app.close())
+  const connect = async (path: string): Promise<RawProtocolClient> => {
+    const c = await rawProtocolClient(app.url.replace('/ws/rooms', path))
+    t.teardown(() => { c.ws.terminate() })
+    return c
+  }
+  const [typed, looked] = [await connect('/ws/typed'), await connect('/ws/looked')]
+  const call = async (c: RawProtocolClient, id: number, action: string, args?: unknown): Promise<Frame> => {
+    c.send(args === undefined ? { op: 'call', id, action } : { op: 'call', id, action, args })
+    return await c.next()
+  }
+  t.same(await call(typed, 1, 'kind', '21'), { op: 'reply', id: 1, result: 'number' }, 'a root value coerced ("21" to 21), as a body is')
+  t.same(await call(typed, 2, 'maybe'), { op: 'reply', id: 2, result: 'none' }, 'no args pass a schema that takes null, as a missing body does')
+  t.same(await call(looked, 3, 'lookup', 'ada'), { op: 'reply', id: 3, result: 'ada' }, 'an async pass keeps the args')
+  t.match(await call(looked, 4, 'lookup', 'nobody'), { op: 'reply', id: 4, error: { code: 'FST_CHANNELS_INVALID_ARGS' } }, 'an async fail refuses them')
+  const failed = await call(looked, 5, 'lookup', 'db')
+  t.match(failed, { op: 'reply', id: 5, error: { code: 'FST_CHANNELS_ACTION_FAILED' } }, 'an error that is no verdict is the app\'s')
+  t.notMatch(JSON.stringify(failed), /hunter2/, 'and its message stays on the server')
+  t.ok(app.logs.some(l => l.level === 50 && l.action === 'lookup'), 'logged at error')
+  t.same(ran, [21, undefined, 'ada'], 'the methods ran for the calls that passed, with what validation left')
+})
+
 t.test('a bad static actions fails when the route is declared', async t => {
   class NotAMethod extends GroupsConsumer { static override actions = { missing: {} } }
   class Reserved extends GroupsConsumer { static override actions = { close: {} } }
