@@ -15,7 +15,7 @@ import { JsonWebsocketConsumer, kRefuseFrame, reusedEncoding } from '../json-con
 import { isThenable, kAtOnce, kSkipped, kStillHere, kUnmetered } from '../connection/tasks.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
-import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, TooManyGroupsError, UnknownActionError } from '../errors.js'
+import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, LayerClosedError, LayerTimeoutError, RemoteLayerError, TooManyGroupsError, UnknownActionError } from '../errors.js'
 import { readFrame, echo, isCallId, isJoin, isPing, show } from './frames.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
 import { REJOIN_MARK, Rejoins } from './rejoins.js'
@@ -189,7 +189,12 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       if (withPresence) presence = await this.channelLayer.presence(group)
     } catch (err) {
       if (!rejoin) await this.#forget(group, joined !== undefined)
-      return await this.#refuseGroup(coded(err, new JoinFailedError(group)), group, 'warn')
+      // The layer unavailable, or the connection's group limit: said to the client as they are.
+      // Anything else (presenceInfo() returned what the layer refuses) is the app's: logged with
+      // what went wrong, and the client told the join failed.
+      if (isLayerAvailability(err)) return await this.#refuseGroup(err, group, 'warn')
+      this.log.error({ err, group, channel: this.channelName }, 'join failed')
+      return await this.#refuseGroup(new JoinFailedError(group), group, 'none')
     }
     this.#positions.joined(group, joined, since, rejoin)
     await this.#write({ op: 'joined', group, position: joined.position, recovered: joined.recovered, presence })
@@ -409,6 +414,7 @@ function callIdIn (text: string | undefined): CallId | undefined {
   }
 }
 
-function coded (err: unknown, fallback: Coded): Coded {
-  return err instanceof Error && typeof (err as Partial<Coded>).code === 'string' ? err as Coded : fallback
+/** An error of the layer's availability, or of the connection's group limit, which a client may be told. */
+function isLayerAvailability (err: unknown): err is Coded {
+  return err instanceof LayerTimeoutError || err instanceof LayerClosedError || err instanceof RemoteLayerError || err instanceof TooManyGroupsError
 }

@@ -384,3 +384,11 @@ t.test('a client cannot join a group the consumer is in itself: its kicks still 
   await controlled.app.channelLayer.groupSend('room.control', { type: 'control.kick' })
   t.same(await mallory.closed, { code: 4001, reason: 'kicked' }, 'the consumer\'s own handler ran')
 })
+
+t.test('a join the layer refuses for what presenceInfo() returned is the app\'s failure: JOIN_FAILED to the client, logged at error', async t => {
+  const big = await client(t, 'x'.repeat(2000)) // presenceInfo() returns { name }: over the 1 KiB a presence entry may take
+  big.send({ op: 'join', group: 'room.big' })
+  t.match(await big.next(), { op: 'error', group: 'room.big', code: 'FST_CHANNELS_JOIN_FAILED' })
+  t.ok(server.logs.some(l => l.level === 50 && l.msg === 'join failed' && l.group === 'room.big'), 'logged at error, with the layer\'s reason')
+  t.same(await server.app.channelLayer.presence('room.big'), [], 'no entry')
+})
