@@ -170,12 +170,15 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
       if (allowed !== true) {
         // Refused either way; a value that is not a boolean ('yes', 1) is the app's mistake, and said so.
         if (allowed !== false) this.log.warn({ group, returned: typeof allowed, channel: this.channelName }, 'canJoin() returned something other than true or false; join refused')
+        // A re-join is asked again: refused now, the client is no longer in the group.
+        if (rejoin && this.#joined.has(group)) await this.#forget(group, true)
         return await this.#refuseGroup(new JoinDeniedError(group), group, 'info')
       }
       const presence = withPresence ? await this.presenceInfo(group) : undefined
       if (presence !== undefined) options.presence = presence
     } catch (err) {
       this.log.error({ err, group, channel: this.channelName }, 'canJoin() or presenceInfo() failed; join refused')
+      if (rejoin && this.#joined.has(group)) await this.#forget(group, true)
       return await this.#refuseGroup(new JoinFailedError(group), group, 'none')
     }
     if (this.#left.has(group)) await this.#rejoins.mark(group)

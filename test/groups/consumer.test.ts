@@ -392,3 +392,22 @@ t.test('a join the layer refuses for what presenceInfo() returned is the app\'s 
   t.ok(server.logs.some(l => l.level === 50 && l.msg === 'join failed' && l.group === 'room.big'), 'logged at error, with the layer\'s reason')
   t.same(await server.app.channelLayer.presence('room.big'), [], 'no entry')
 })
+
+t.test('a re-join is asked of canJoin() again: refused now, the client is no longer in the group', async t => {
+  const allowed = new Set(['room.flip'])
+  class Flipping extends Rooms {
+    override canJoin (group: string): boolean { return allowed.has(group) }
+  }
+  const flipping = await roomsApp({}, app => { app.get('/ws/flipping', { websocket: true }, Flipping.asHandler()) })
+  t.teardown(async () => { await flipping.app.close() })
+  const c = await rawProtocolClient(`${flipping.url.replace('/ws/rooms', '/ws/flipping')}?name=Ada`)
+  t.teardown(() => { c.ws.terminate() })
+  c.send({ op: 'join', group: 'room.flip' })
+  await c.until(f => f.op === 'joined')
+  allowed.delete('room.flip')
+  c.send({ op: 'join', group: 'room.flip' })
+  t.match(withoutPresence(await c.until(f => f.op === 'error')), [{ op: 'error', group: 'room.flip', code: 'FST_CHANNELS_JOIN_DENIED' }])
+  await flipping.app.channelLayer.groupSend('room.flip', { type: 'room.message', text: 'after the refusal' })
+  t.ok(await c.nothing(100), 'nothing more of the group')
+  t.same(await flipping.app.channelLayer.presence('room.flip'), [], 'and no presence entry')
+})
