@@ -33,6 +33,7 @@ import { SentPositions } from './cluster/sent-positions.js'
 import { Memberships, NO_JOIN } from './cluster/memberships.js'
 import { keepingOf, type ClusterContext, type Route, type Transport } from './cluster/transport.js'
 import { ThrottledWarning } from './throttled-warning.js'
+import { MembershipTurns } from './cluster/membership-turns.js'
 
 export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
   /**
@@ -82,6 +83,10 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   #everUp = false
   #outage = false
   readonly #undecryptable: ThrottledWarning
+  // Joins and leaves this process asks of other processes' channels, in call order as its own are
+  // (membership-turns.ts): a join goes through the owner, a leave straight to the backend, and
+  // one not awaited before the other would otherwise land after it.
+  readonly #remoteTurns = new MembershipTurns()
   // Payloads no process of this layer wrote (one with or without keys where this one has the
   // other, or anything published on its channels): once a second too.
   readonly #foreign = new ThrottledWarning(() => this.log, 'ignored a payload this layer did not write',
@@ -201,16 +206,18 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       return NO_JOIN
     }
     const owner = this.#ownerElsewhere(channel)
-    if (owner !== undefined) return await this.#requests.ask(owner, 'add', group, channel, join) as GroupJoin
+    if (owner !== undefined) return await this.#remoteTurns.take(group, channel, async () => await this.#requests.ask(owner, 'add', group, channel, join) as GroupJoin)
     return await this.#memberships.add(group, channel, join, policy)
   }
 
   protected override async doGroupDiscard (group: string, channel: string): Promise<void> {
     if (!isProcessSpecific(channel)) return this.transport.queues.removeMember(group, channel)
     if (this.#ownerElsewhere(channel) === undefined) return this.#memberships.remove(group, channel)
-    // On the group's route, so the owner drops the member before any later groupSend arrives.
-    const notice = this.#codec.encodeEnvelope([Envelope.discard, channel])
-    await this.#memberships.announceGone(group, await this.transport.removeMembers(group, [channel], `groupDiscard ${group}`, notice))
+    await this.#remoteTurns.take(group, channel, async () => {
+      // On the group's route, so the owner drops the member before any later groupSend arrives.
+      const notice = this.#codec.encodeEnvelope([Envelope.discard, channel])
+      await this.#memberships.announceGone(group, await this.transport.removeMembers(group, [channel], `groupDiscard ${group}`, notice))
+    })
   }
 
   protected override async doGroupSend (group: string, message: LayerMessage, policy: Policy | undefined): Promise<StreamPosition | undefined> {
@@ -259,7 +266,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     if (!isProcessSpecific(channel)) return this.transport.queues.discard(channel)
     const owner = this.#ownerElsewhere(channel)
     if (owner !== undefined) {
-      await this.#requests.ask(owner, 'discardChannel', '', channel)
+      await this.#remoteTurns.end(channel, async () => { await this.#requests.ask(owner, 'discardChannel', '', channel) })
       return
     }
     return this.#memberships.discardChannel(channel)

@@ -474,6 +474,20 @@ export function conformance (name: string, factory: LayerFactory, opts: Conforma
       t.same(await pending, { type: 'direct.waiting' })
     })
 
+    test('joins and leaves not awaited that one instance asks of another\'s channel take effect in call order', async t => {
+      const [a, b] = [await open(t), await open(t)]
+      const group = unique('remote-turn')
+      const [leaves, rejoins] = [await b.newChannel(), await b.newChannel()]
+      await a.groupAdd(group, rejoins)
+      // Asked by a, of channels that live in b: a join then a leave, a leave then a join.
+      await Promise.all([a.groupAdd(group, leaves, { presence: { name: 'leaves' } }), a.groupDiscard(group, leaves)])
+      await Promise.all([a.groupDiscard(group, rejoins), a.groupAdd(group, rejoins)])
+      await a.groupSend(group, { type: 'after' })
+      t.same(await next(b, rejoins), { type: 'after' }, 'left, then joined again: a member')
+      await nothing(t, b, leaves)
+      t.same((await a.presence(group)).map(entry => entry.channel), [], 'the channel that joined and left is not listed')
+    })
+
     test('groups span instances as soon as groupAdd resolves', async t => {
       const [a, b] = [await open(t), await open(t)]
       const group = unique('span')
