@@ -32,6 +32,8 @@ export class RouteCounts {
   rateLimited = 0
   /** Layer messages a connection had taken and never handled: it ended first. */
   unhandled = 0
+  /** Layer messages of a type the consumer has no handler for. */
+  noHandler = 0
 
   handshake (status: number): void {
     this.handshakes.set(status, (this.handshakes.get(status) ?? 0) + 1)
@@ -42,6 +44,8 @@ export class RouteCounts {
 export class Counts {
   readonly routes = new Map<string, RouteCounts>()
   readonly workerErrors = new Map<string, number>()
+  /** Messages workers had no handler for. */
+  workerNoHandler = 0
 
   /** A worker serves `channel`: its series is there, at 0, before its first failure. */
   workerStarted (channel: string): void {
@@ -158,7 +162,7 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
   total('group_sends_total', 'groupSend() calls made in this process', () => stats().groupSends ?? 0)
   total('deliveries_total', 'Layer messages handed to a consumer, worker or receive() in this process', () => stats().deliveries ?? 0)
   totals('dropped_total', 'Messages dropped (full: a full channel; expired: never received in time; decrypt: no key opened it; ' +
-    'closed: never handled, its connection ended first) ' +
+    'closed: never handled, its connection ended first; no_handler: of a type its consumer or worker has no handler for) ' +
     'and connections closed (slow_reader: too much queued for it; rate_limited: sent too fast)', ['reason'], function * () {
     const s = stats()
     yield [{ reason: 'full' }, (s.groupSendSkipped ?? 0) + (s.directSendDropped ?? 0)]
@@ -167,12 +171,15 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
     let slow = 0
     let limited = 0
     let unhandled = 0
+    let noHandler = counts.workerNoHandler
     for (const [, c] of routes()) {
       slow += c.slowReaders
       limited += c.rateLimited
       unhandled += c.unhandled
+      noHandler += c.noHandler
     }
     yield [{ reason: 'closed' }, (s.discarded ?? 0) + unhandled]
+    yield [{ reason: 'no_handler' }, noHandler]
     yield [{ reason: 'slow_reader' }, slow]
     yield [{ reason: 'rate_limited' }, limited]
   })

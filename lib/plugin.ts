@@ -327,7 +327,7 @@ function serveWorkers (fastify: FastifyInstance, layer: ChannelLayer, counts: Co
     started = true
     for (const { channel, Worker } of declared) {
       counts.workerStarted(channel)
-      running.push(runWorker(new Worker(), { channelLayer: layer, channelName: channel, log: fastify.log.child({ worker: channel }), failed: () => { counts.workerFailed(channel) } }))
+      running.push(runWorker(new Worker(), { channelLayer: layer, channelName: channel, log: fastify.log.child({ worker: channel }), failed: () => { counts.workerFailed(channel) }, noHandler: () => { counts.workerNoHandler++ } }))
     }
   })
   return {

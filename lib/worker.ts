@@ -23,6 +23,8 @@ export interface WorkerContext {
   log: FastifyBaseLogger
   /** A handler threw (counted in the metrics). */
   failed?: () => void
+  /** A message of a type the worker has no handler for was dropped (counted). */
+  noHandler?: () => void
 }
 
 /**
@@ -87,7 +89,10 @@ export function runWorker (worker: ChannelConsumer, ctx: WorkerContext): Running
     try {
       const handler = findHandler(worker, message.type)
       if (handler === undefined) {
-        if (!isPresenceEvent(message.type)) log.warn({ type: message.type, channel, hint: missingHandlerHint(worker, message.type) }, 'no worker handler for message type; dropped')
+        if (!isPresenceEvent(message.type)) {
+          ctx.noHandler?.()
+          log.warn({ type: message.type, channel, hint: missingHandlerHint(worker, message.type) }, 'no worker handler for message type; dropped')
+        }
         return
       }
       await handler.call(worker, message, info)

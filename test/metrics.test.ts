@@ -233,3 +233,30 @@ t.test('a worker handler that throws is counted in worker_errors_total{channel},
   await eventually(() => handled === 3)
   t.equal(await value(registry, 'fastify_channels_worker_errors_total', { channel: 'jobs' }), 2, 'the two that threw')
 })
+
+t.test('a layer message of a type no handler takes, to a consumer or a worker, is dropped_total{reason="no_handler"}', async t => {
+  const registry = new Registry()
+  let handled = 0
+  class Jobs extends ChannelConsumer {
+    async jobRun () { handled++ }
+  }
+  class Listening extends WebsocketConsumer {
+    override groups = ['news']
+    async newsItem () { handled++ }
+  }
+  const { app } = await buildApp({ metrics: { registry } }, app => {
+    app.channelWorker('jobs', Jobs)
+    app.get('/ws/news', { websocket: true }, Listening.asHandler())
+  })
+  t.teardown(() => app.close())
+  const comm = new WebsocketCommunicator(app, '/ws/news')
+  await comm.connect()
+  t.equal(await value(registry, 'fastify_channels_dropped_total', { reason: 'no_handler' }), 0)
+  await app.channelLayer.groupSend('news', { type: 'news.typo' })
+  await app.channelLayer.send('jobs', { type: 'job.typo' })
+  await app.channelLayer.groupSend('news', { type: 'news.item' })
+  await app.channelLayer.send('jobs', { type: 'job.run' })
+  await eventually(() => handled === 2)
+  t.equal(await value(registry, 'fastify_channels_dropped_total', { reason: 'no_handler' }), 2, 'one for the consumer, one for the worker')
+  await comm.disconnect()
+})

@@ -320,6 +320,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#counts.unhandled++
   }
 
+  /** Reporter: a layer message of a type the consumer has no handler for. */
+  noHandler (): void {
+    this.#counts.noHandler++
+  }
+
   /** FlowOwner: the layer failed under the connection. */
   layerFailed (err: unknown): void {
     this.log.error({ err, channel: this.#channelName }, 'channel layer receive failed; closing the connection')

@@ -88,6 +88,8 @@ export type Task = ClientFrame | End | LayerMessage
 export interface Reporter {
   readonly log: FastifyBaseLogger
   readonly channelName: string
+  /** A layer message of a type the consumer has no handler for was dropped (counted). */
+  noHandler?: () => void
 }
 
 /**
@@ -107,7 +109,10 @@ export function callConsumer (consumer: ConsumerHooks, task: ClientFrame | Layer
   } else {
     const handler = findHandler(consumer, task.type, info)
     if (handler === undefined) {
-      if (!isPresenceEvent(task.type)) reporter.log.warn({ type: task.type, channel: reporter.channelName, hint: missingHandlerHint(consumer, task.type) }, 'no handler for message type; dropped')
+      if (!isPresenceEvent(task.type)) {
+        reporter.noHandler?.()
+        reporter.log.warn({ type: task.type, channel: reporter.channelName, hint: missingHandlerHint(consumer, task.type) }, 'no handler for message type; dropped')
+      }
       return undefined
     }
     result = handler.call(consumer, task, info ?? DIRECT)
