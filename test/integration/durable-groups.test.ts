@@ -76,45 +76,36 @@ if (await requireRedis(t)) {
     t.same(offsets(second), Array.from({ length: 11 }, (_, i) => i + 156), 'offsets 156..166, nothing missed, nothing twice')
   })
 
-  t.test('a SIGKILLed process\'s presence goes, announced by the survivors, within the lease + 5 s', async t => {
-    const prefix = uniquePrefix('fc-presence')
-    const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, groups, membershipLease: LEASE })
-    t.teardown(() => layer.close())
-    const group = 'durable.room'
-    const watcher = await layer.newChannel()
-    await layer.groupAdd(group, watcher, { presence: { name: 'watcher' } })
-    await receive(layer, watcher) // its own join
+  // A watcher in this process, a member of the group with or without a presence entry of its own
+  // (one without keeps no entry alive: the dead process' must still be there for the reaper).
+  for (const watcherInfo of [{ name: 'watcher' }, undefined]) {
+    const title = watcherInfo === undefined
+      ? 'a SIGKILLed process\'s presence goes, announced to survivors that record none of their own, within the lease + 5 s'
+      : 'a SIGKILLed process\'s presence goes, announced by the survivors, within the lease + 5 s'
+    t.test(title, async t => {
+      const prefix = uniquePrefix('fc-presence')
+      const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, groups, membershipLease: LEASE })
+      t.teardown(() => layer.close())
+      const group = 'durable.room'
+      const watcher = await layer.newChannel()
+      await layer.groupAdd(group, watcher, { presence: watcherInfo })
+      if (watcherInfo !== undefined) await receive(layer, watcher) // its own join
+      const living = watcherInfo === undefined ? [] : ['watcher']
 
-    const doomed = member(t, { LAYER_PREFIX: prefix, GROUP: group, PRESENCE: JSON.stringify({ name: 'doomed' }) })
-    const { joined } = JSON.parse(await doomed.waitFor(/^\{"joined"/)) as { joined: string }
-    t.same(await receive(layer, watcher), { type: 'presence.join', channel: joined, info: { name: 'doomed' } })
-    t.same((await layer.presence(group)).map(e => e.info.name).sort(), ['doomed', 'watcher'])
+      const doomed = member(t, { LAYER_PREFIX: prefix, GROUP: group, PRESENCE: JSON.stringify({ name: 'doomed' }) })
+      const { joined } = JSON.parse(await doomed.waitFor(/^\{"joined"/)) as { joined: string }
+      t.same(await receive(layer, watcher), { type: 'presence.join', channel: joined, info: { name: 'doomed' } })
+      t.same((await layer.presence(group)).map(e => e.info.name).sort(), ['doomed', ...living])
 
-    doomed.child.kill('SIGKILL')
-    await doomed.exited
-    const killedAt = Date.now()
-    t.same(await receive(layer, watcher, (LEASE + 5) * 1000 + 2000), { type: 'presence.leave', channel: joined, info: { name: 'doomed' } })
-    const took = Date.now() - killedAt
-    t.ok(took <= (LEASE + 5) * 1000 + 1000, `announced ${took} ms after the kill (lease ${LEASE} s)`)
-    t.same((await layer.presence(group)).map(e => e.info.name), ['watcher'], 'and gone from presence()')
-  })
-
-  t.test('a SIGKILLed process\'s presence goes, announced to survivors that record none of their own', async t => {
-    const prefix = uniquePrefix('fc-presence-plain-watcher')
-    const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, groups, membershipLease: LEASE })
-    t.teardown(() => layer.close())
-    const group = 'durable.watched'
-    const watcher = await layer.newChannel()
-    await layer.groupAdd(group, watcher) // a plain member: it keeps no presence entry alive
-    const doomed = member(t, { LAYER_PREFIX: prefix, GROUP: group, PRESENCE: JSON.stringify({ name: 'doomed' }) })
-    const { joined } = JSON.parse(await doomed.waitFor(/^\{"joined"/)) as { joined: string }
-    t.same(await receive(layer, watcher), { type: 'presence.join', channel: joined, info: { name: 'doomed' } })
-    doomed.child.kill('SIGKILL')
-    await doomed.exited
-    t.same(await receive(layer, watcher, (LEASE + 5) * 1000 + 2000), { type: 'presence.leave', channel: joined, info: { name: 'doomed' } },
-      'its leave is announced: the entry outlived the lease long enough to be reaped')
-    t.same(await layer.presence(group), [])
-  })
+      doomed.child.kill('SIGKILL')
+      await doomed.exited
+      const killedAt = Date.now()
+      t.same(await receive(layer, watcher, (LEASE + 5) * 1000 + 2000), { type: 'presence.leave', channel: joined, info: { name: 'doomed' } })
+      const took = Date.now() - killedAt
+      t.ok(took <= (LEASE + 5) * 1000 + 1000, `announced ${took} ms after the kill (lease ${LEASE} s)`)
+      t.same((await layer.presence(group)).map(e => e.info.name), living, 'and gone from presence()')
+    })
+  }
 
   t.test('where no survivor records presence, a SIGKILLed process\'s entries leave Redis with its lease: other processes\' plain members do not keep them', async t => {
     const prefix = uniquePrefix('fc-presence-plain')

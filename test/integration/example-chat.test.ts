@@ -3,30 +3,13 @@
  * lost with the connection is sent again with `retry`, and goes into the room once.
  */
 import t from 'tap'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import WebSocket from 'ws'
-import { startExampleApp } from '../helpers/browser.js'
-import { freePort } from '../helpers/process.js'
+import { exampleApp, signIn } from '../helpers/example-app.js'
 
 t.test('a post sent again with retry and the same nonce is posted once; another nonce is another line', async t => {
-  const data = mkdtempSync(join(tmpdir(), 'fastify-channels-example-'))
-  const port = await freePort()
-  const proc = await startExampleApp({ SESSION_FILE: join(data, 'sessions.json'), REDIS_URL: '', PORT: String(port), HOST: '127.0.0.1' })
-  t.teardown(async () => {
-    await proc.stop()
-    rmSync(data, { recursive: true, force: true })
-  })
-  const base = `http://127.0.0.1:${port}`
-  const signedIn = await fetch(`${base}/login`, {
-    method: 'POST',
-    redirect: 'manual',
-    headers: { 'content-type': 'application/x-www-form-urlencoded' },
-    body: new URLSearchParams({ name: 'Ada' }).toString()
-  })
-  const cookie = (signedIn.headers.get('set-cookie') ?? '').split(';')[0]
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/app`, { headers: { cookie, origin: base } })
+  const base = await exampleApp(t)
+  const cookie = await signIn(base, 'Ada')
+  const ws = new WebSocket(`${base.replace('http', 'ws')}/ws/app`, { headers: { cookie, origin: base } })
   t.teardown(() => { ws.terminate() })
   const replies = new Map<number, unknown>()
   ws.on('message', (data) => {

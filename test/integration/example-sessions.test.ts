@@ -4,36 +4,8 @@
  * in another tab), rather than go on as the user who left.
  */
 import t, { type Test } from 'tap'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import WebSocket from 'ws'
-import { startExampleApp } from '../helpers/browser.js'
-import { freePort } from '../helpers/process.js'
-
-async function exampleApp (t: Test): Promise<string> {
-  const data = mkdtempSync(join(tmpdir(), 'fastify-channels-example-'))
-  const port = await freePort()
-  const proc = await startExampleApp({ SESSION_FILE: join(data, 'sessions.json'), REDIS_URL: '', PORT: String(port), HOST: '127.0.0.1' })
-  t.teardown(async () => {
-    await proc.stop()
-    rmSync(data, { recursive: true, force: true })
-  })
-  return `http://127.0.0.1:${port}`
-}
-
-/** POSTs the sign-in form (with `cookie`, if any): the session cookie it sets. */
-async function signIn (base: string, name: string, cookie?: string): Promise<string> {
-  const response = await fetch(`${base}/login`, {
-    method: 'POST',
-    redirect: 'manual',
-    headers: { 'content-type': 'application/x-www-form-urlencoded', ...(cookie === undefined ? {} : { cookie }) },
-    body: new URLSearchParams({ name }).toString()
-  })
-  const set = response.headers.get('set-cookie')
-  if (response.status !== 303 || set === null) throw new Error(`sign-in answered ${response.status}`)
-  return set.split(';')[0]
-}
+import { exampleApp, signIn } from '../helpers/example-app.js'
 
 /** The app's socket, open; `closed` says how it closed, or 'still open' after 5 s. */
 async function tab (t: Test, base: string, cookie: string): Promise<{ closed: () => Promise<unknown> }> {
