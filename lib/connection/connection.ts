@@ -389,7 +389,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   async #finish (): Promise<void> {
     this.#forgetHandshake()
     if (this.#channelName !== '') {
-      await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, joinedThrough(this.#runtime.layer, this.#view), this.log)
+      await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, joinedThrough(this.#view), this.log)
       this.#flow.release()
     }
     this.#runtime.connections.delete(this)

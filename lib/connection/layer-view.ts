@@ -136,15 +136,13 @@ export function layerView (layer: ChannelLayer, channel: string, maxGroups: numb
   return new View(channel, maxGroups, owner) as ChannelLayer
 }
 
-/** Groups the view's channel joined through it (`layerView(layer, …)`) and has not left, in the order joined. */
-export function joinedThrough (layer: ChannelLayer, view: ChannelLayer | null): readonly string[] {
-  return view === null ? NONE : viewClasses.get(layer)?.joined(view) ?? NONE
-}
-
-/** Whether the view's channel is a member of `group` through it; false for a layer that is no view. */
-export function joinedThroughView (view: ChannelLayer, group: string): boolean {
-  const View = (view as { constructor?: unknown }).constructor
-  return viewClassSet.has(View as ViewClass) && (View as ViewClass).joined(view).includes(group)
+/**
+ * Groups the view's channel joined through it (`layerView(…)`) and has not left, in the order
+ * joined; none for null, or for a layer that is no view.
+ */
+export function joinedThrough (view: ChannelLayer | null): readonly string[] {
+  const View = (view as { constructor?: unknown } | null)?.constructor as ViewClass | undefined
+  return view === null || View === undefined || !viewClassSet.has(View) ? NONE : View.joined(view)
 }
 
 // A view's groups: an array of exactly their names while there are few (most connections join one

@@ -20,7 +20,7 @@ import { readFrame, echo, isCallId, isJoin, isPing, show } from './frames.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
 import { REJOIN_MARK, Rejoins } from './rejoins.js'
 import { Positions } from './positions.js'
-import { joinedThroughView } from '../connection/layer-view.js'
+import { joinedThrough } from '../connection/layer-view.js'
 
 export type GroupsConsumerClass = (new () => GroupsConsumer) & { actions: ActionTable }
 
@@ -165,21 +165,25 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     const withPresence = this.#recordsPresence()
     const options: GroupAddOptions = {}
     if (since !== undefined) options.since = since
+    let refusal: Coded | undefined
     try {
       const allowed: unknown = await this.canJoin(group)
       if (allowed !== true) {
         // Refused either way; a value that is not a boolean ('yes', 1) is the app's mistake, and said so.
         if (allowed !== false) this.log.warn({ group, returned: typeof allowed, channel: this.channelName }, 'canJoin() returned something other than true or false; join refused')
-        // A re-join is asked again: refused now, the client is no longer in the group.
-        if (rejoin && this.#joined.has(group)) await this.#forget(group, true)
-        return await this.#refuseGroup(new JoinDeniedError(group), group, 'info')
+        refusal = new JoinDeniedError(group)
+      } else {
+        const presence = withPresence ? await this.presenceInfo(group) : undefined
+        if (presence !== undefined) options.presence = presence
       }
-      const presence = withPresence ? await this.presenceInfo(group) : undefined
-      if (presence !== undefined) options.presence = presence
     } catch (err) {
       this.log.error({ err, group, channel: this.channelName }, 'canJoin() or presenceInfo() failed; join refused')
+      refusal = new JoinFailedError(group)
+    }
+    if (refusal !== undefined) {
+      // A re-join is asked again: refused now, the client is no longer in the group.
       if (rejoin && this.#joined.has(group)) await this.#forget(group, true)
-      return await this.#refuseGroup(new JoinFailedError(group), group, 'none')
+      return await this.#refuseGroup(refusal, group, refusal instanceof JoinDeniedError ? 'info' : 'none')
     }
     if (this.#left.has(group)) await this.#rejoins.mark(group)
     // Before the join takes effect: its messages are queued behind this frame and must find it joined.
@@ -226,7 +230,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
 
   /** Whether the consumer's channel is in `group` by the consumer's own doing: its `groups`, or a join of its own. */
   #heldByConsumer (group: string): boolean {
-    return (Array.isArray(this.groups) && this.groups.includes(group)) || joinedThroughView(this.channelLayer, group)
+    return (Array.isArray(this.groups) && this.groups.includes(group)) || joinedThrough(this.channelLayer).includes(group)
   }
 
   #recordsPresence (): boolean {
