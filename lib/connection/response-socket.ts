@@ -170,7 +170,6 @@ export class ResponseSocket implements ConnectionSocket {
    */
   #end (last = false): void {
     const res = this.#res
-    if (last) res.shouldKeepAlive = false
     const socket = res.socket
     if (last && socket !== null) res.once('finish', () => { socket.end() })
     res.end()

@@ -120,7 +120,7 @@ export class LocalStore {
     try {
       // forEach, not for…of: an entries iterator makes a [channel, membership] array per member.
       members.forEach((membership, channel) => {
-        if (membership.expiresAt <= now && membership.sink === undefined) {
+        if (deadlineOf(membership) <= now) {
           this.#unlink(group, members, channel)
           return
         }
