@@ -11,12 +11,14 @@
 import type { Delivery, GroupAddOptions, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, StreamPosition } from '../layers/types.js'
 import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
-import { JsonWebsocketConsumer, kRefuseFrame, reusedEncoding } from '../json-consumer.js'
+import { JsonWebsocketConsumer, kRefuseFrame } from '../json-consumer.js'
 import { isThenable, kAtOnce, kSkipped, kStillHere, kUnmetered } from '../connection/tasks.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, LayerClosedError, LayerTimeoutError, RemoteLayerError, TooManyGroupsError, UnknownActionError } from '../errors.js'
-import { readFrame, echo, isCallId, isJoin, isPing, show } from './frames.js'
+import { readFrame, callIdIn, echo, isJoin, isPing, show } from './frames.js'
+import { messageFrame, messageFrameText } from './message-frame.js'
+import { Strikes } from './strikes.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
 import { REJOIN_MARK, Rejoins } from './rejoins.js'
 import { Positions } from './positions.js'
@@ -55,8 +57,8 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   readonly #positions = new Positions(this, (group, message, info) => this.#forwardOne(group, message, info))
   #frameBytes = 0
   #frameText: string | undefined = undefined
-  #strikes = 0
-  #strikeAt = 0
+  // Protocol errors lately: past maxProtocolErrors, the client is closed.
+  readonly #strikes = new Strikes()
 
   /** Checks `static actions` when the route is declared: a bad table fails there, not at the first call. */
   static override asHandler (this: GroupsConsumerClass): WebsocketRouteHandler {
@@ -346,32 +348,21 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     await this.#write({ op: 'joined', group, position: this.#positions.get(group) ?? null, recovered: true, presence, refresh: true })
   }
 
+  /**
+   * Sends the client what forward() returned. What JSON cannot carry fails that message only, as a
+   * throwing forward() does: failing the connection, its client would re-join into the same message.
+   */
   #message (group: string, info: Delivery, data: unknown): Promise<void> | undefined {
     if (data === undefined) return undefined
-    // A member's unchanged copy of a group message: its JSON is the text the member before got
-    // (copy-encoding.ts), and the frame around it is written as JSON.stringify() writes the frame
-    // below, in the same key order. Only where sendJson() is this package's own (and encodeJson).
-    const ownSendJson = this.sendJson === JsonWebsocketConsumer.prototype.sendJson
-    const encode = (this.constructor as typeof JsonWebsocketConsumer).encodeJson
-    const dataText = ownSendJson ? reusedEncoding(encode, data) : undefined
-    if (dataText === undefined) {
-      const frame: ServerToClient = { op: 'message', group, offset: info.offset, epoch: info.epoch, data }
-      if (!ownSendJson) return this.#write(frame)
-      // What forward() returned that JSON cannot carry (a bigint, a cycle, a function) fails that
-      // message only, as a forward() that throws does: failing the connection would have its
-      // client re-join from the same position, and meet the same message again.
-      let text: unknown
-      try {
-        if (typeof data === 'function' || typeof data === 'symbol') throw new TypeError(`forward() returned a ${typeof data}: JSON cannot carry it`)
-        text = encode(frame)
-      } catch (err) {
-        this.#forwardFailed(err, group, info)
-        return undefined
-      }
-      return typeof text === 'string' ? this.send(text) : this.#write(frame)
+    if (this.sendJson !== JsonWebsocketConsumer.prototype.sendJson) return this.#write(messageFrame(group, info, data))
+    let text: string | undefined
+    try {
+      text = messageFrameText(group, info, data, (this.constructor as typeof JsonWebsocketConsumer).encodeJson)
+    } catch (err) {
+      this.#forwardFailed(err, group, info)
+      return undefined
     }
-    return this.send(`{"op":"message","group":${JSON.stringify(group)}${info.offset === undefined ? '' : `,"offset":${JSON.stringify(info.offset)}`}` +
-      `${info.epoch === undefined ? '' : `,"epoch":${JSON.stringify(info.epoch)}`},"data":${dataText}}`)
+    return text !== undefined ? this.send(text) : this.#write(messageFrame(group, info, data))
   }
 
   // --- answers ----------------------------------------------------------------------------------
@@ -395,10 +386,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     this.log.warn({ code: error.code, channel: this.channelName }, `protocol error: ${error.message}`)
     if (about.id !== undefined) await this.#replyError(about.id, error, 'none')
     else await this.#write({ op: 'error', code: error.code, message: error.message, group: about.group })
-    const now = performance.now()
-    this.#strikes = Math.max(0, this.#strikes - (now - this.#strikeAt) / 1000) + 1
-    this.#strikeAt = now
-    if (this.#strikes > this.maxProtocolErrors) {
+    if (this.#strikes.add() > this.maxProtocolErrors) {
       this.log.warn({ channel: this.channelName }, 'client keeps breaking the protocol; closing with 1008')
       await this.close(1008, 'too many protocol errors')
     }
@@ -406,20 +394,6 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
 }
 
 reserveNames(GroupsConsumer.prototype, ['maxJoins', 'maxArgsBytes', 'maxProtocolErrors'])
-
-/**
- * The id of a call frame the safe decoder refused (too deep, a prototype key): read with a plain
- * parse, so that the call is answered with a reply its client waits for, not a bare error.
- */
-function callIdIn (text: string | undefined): CallId | undefined {
-  if (text === undefined) return undefined
-  try {
-    const frame = JSON.parse(text) as { op?: unknown, id?: unknown } | null
-    return frame?.op === 'call' && isCallId(frame.id) ? frame.id : undefined
-  } catch {
-    return undefined
-  }
-}
 
 /** An error of the layer's availability, or of the connection's group limit, which a client may be told. */
 function isLayerAvailability (err: unknown): err is Coded {

@@ -97,3 +97,17 @@ export function show (value: unknown): string {
   const text = typeof value === 'string' ? value : JSON.stringify(value) ?? String(value)
   return JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}…` : text)
 }
+
+/**
+ * The id of a call frame the safe decoder refused (too deep, a prototype key): read with a plain
+ * parse, so that the call is answered with a reply its client waits for, not a bare error.
+ */
+export function callIdIn (text: string | undefined): CallId | undefined {
+  if (text === undefined) return undefined
+  try {
+    const frame = JSON.parse(text) as { op?: unknown, id?: unknown } | null
+    return frame?.op === 'call' && isCallId(frame.id) ? frame.id : undefined
+  } catch {
+    return undefined
+  }
+}
