@@ -93,8 +93,9 @@ const OP_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 /**
  * Registers the metrics in `options.registry`; returns what takes them out again and unhooks the
- * layer's timing (at the app's close). Fails with
- * InvalidOptionError when prom-client cannot be loaded or the names are taken in that registry.
+ * layer's timing (at the app's close). Fails with InvalidOptionError when prom-client cannot be
+ * loaded or a name is taken in that registry (by another plugin instance, or by a metric of the
+ * app's): then none of the plugin's is left there.
  */
 export async function registerMetrics (options: MetricsOptions, counts: Counts, layer: ChannelLayer): Promise<() => void> {
   let prom: PromClient
@@ -107,8 +108,30 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
   if (registry.getSingleMetric(`${PREFIX}connections`) !== undefined) {
     throw new InvalidOptionError('option "metrics": this registry already has fastify-channels metrics (one plugin instance per registry)')
   }
-  const registers = [registry]
   const names: string[] = []
+  const remove = (): void => { for (const name of names) registry.removeSingleMetric(name) }
+  let ops: ReturnType<typeof defineMetrics>
+  try {
+    ops = defineMetrics(prom, registry, counts, layer, names)
+  } catch (err) {
+    remove()
+    throw Object.assign(new InvalidOptionError(`option "metrics": ${err instanceof Error ? err.message : String(err)}`), { cause: err })
+  }
+  const timed = canTimeOperations(layer)
+  if (timed) layer.timeOperations((op, seconds) => ops.observe({ op }, seconds))
+  return () => {
+    if (timed) layer.timeOperations(undefined)
+    // The registry may outlive the app (prom-client's default one): another may register there next.
+    remove()
+  }
+}
+
+/**
+ * Defines every metric in `registry`, each name added to `names` once it is registered there;
+ * returns the histogram of the layer's operations. Throws prom-client's error for a name taken.
+ */
+function defineMetrics (prom: PromClient, registry: InstanceType<PromClient['Registry']>, counts: Counts, layer: ChannelLayer, names: string[]) {
+  const registers = [registry]
   const routes = (): Array<[string, RouteCounts]> => [...counts.routes]
   const stats = (): LayerCounts => ((layer as { stats?: LayerCounts }).stats ?? {})
 
@@ -116,7 +139,6 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
   // one series per set of label values.
   const totals = <L extends string>(name: string, help: string, labelNames: L[], read: () => Iterable<[Record<L, string>, number]>): void => {
     const reported = new Map<string, number>()
-    names.push(PREFIX + name)
     void new prom.Counter<L>({
       name: PREFIX + name,
       help,
@@ -132,6 +154,7 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
         }
       }
     })
+    names.push(PREFIX + name)
   }
   const total = (name: string, help: string, read: () => number): void => {
     totals(name, help, [], () => [[{}, read()]])
@@ -140,7 +163,6 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
     for (const [route, c] of routes()) yield [{ route }, pick(c)]
   }
 
-  names.push(`${PREFIX}connections`, `${PREFIX}layer_op_seconds`)
   void new prom.Gauge<'route'>({
     name: `${PREFIX}connections`,
     help: 'Open connections (WebSocket and HTTP consumers), by route',
@@ -150,6 +172,7 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
       for (const [route, c] of routes()) this.set({ route }, c.open)
     }
   })
+  names.push(`${PREFIX}connections`)
   totals('handshakes_total', 'Handshakes answered by consumer routes, by HTTP status (101: accepted)', ['route', 'status'], function * () {
     for (const [route, c] of routes()) for (const [status, n] of c.handshakes) yield [{ route, status: String(status) }, n]
   })
@@ -191,11 +214,6 @@ export async function registerMetrics (options: MetricsOptions, counts: Counts, 
     buckets: OP_BUCKETS,
     registers
   })
-  const timed = canTimeOperations(layer)
-  if (timed) layer.timeOperations((op, seconds) => ops.observe({ op }, seconds))
-  return () => {
-    if (timed) layer.timeOperations(undefined)
-    // The registry may outlive the app (prom-client's default one): another may register there next.
-    for (const name of names) registry.removeSingleMetric(name)
-  }
+  names.push(`${PREFIX}layer_op_seconds`)
+  return ops
 }

@@ -167,6 +167,21 @@ t.test('a bad metrics option, or a registry that has them already, fails registe
   }
 })
 
+t.test('a registry where the app has a metric of one of the plugin\'s names: register fails with InvalidOptionError and leaves the registry as it was', async t => {
+  const { Counter } = await import('prom-client')
+  const registry = new Registry()
+  const own = new Counter({ name: 'fastify_channels_deliveries_total', help: 'the app\'s own', registers: [registry] })
+  const app = (await import('fastify')).default()
+  await t.rejects(async () => { await app.register(fastifyChannels, { metrics: { registry } }) },
+    { code: 'FST_CHANNELS_INVALID_OPTION', message: /fastify_channels_deliveries_total/ })
+  t.same((await registry.getMetricsAsJSON()).map(m => m.name), ['fastify_channels_deliveries_total'], 'only the app\'s own metric is there')
+  t.equal(registry.getSingleMetric('fastify_channels_deliveries_total'), own, 'and it is the app\'s')
+  registry.removeSingleMetric('fastify_channels_deliveries_total')
+  const { app: next } = await buildApp({ metrics: { registry } })
+  t.teardown(() => next.close())
+  t.equal(await value(registry, 'fastify_channels_connections'), 0, 'once the name is free, the plugin registers there')
+})
+
 t.test('app.close() takes its metrics out of the registry: the next app in the process registers there again', async t => {
   const registry = new Registry()
   registry.registerMetric(new (await import('prom-client')).Counter({ name: 'app_own_total', help: 'the app\'s own', registers: [] }))
