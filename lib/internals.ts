@@ -161,21 +161,23 @@ export function setMaxPayload (wss: WebSocketServer, maxPayload: number): void {
 const maxPayloadSet = new WeakMap<WebSocketServer, number>()
 
 /**
- * Makes `close()` without a code send 1001 on every socket of an app's own `@fastify/websocket`.
+ * Makes `close()` without a code send 1001 on every socket of an app's own `@fastify/websocket`,
+ * and end a consumer's socket as the plugin's shutdown does (`shutdownConsumer` returns true when
+ * `socket` is a consumer's: its handler in hand finishes first, then 1001).
  *
  * Why: that plugin's own preClose closes every client without a code (1005) before fastify-channels
  * can close its consumers with 1001, and offers no option to change it. Patching each socket's
  * `close` (ws 8's `close(code, reason)`) makes a close without code or reason 1001; a close with a
- * code (ws' own protocol closes, 1009 for one, or the app's) is left as it is. With another ws,
- * clients see that plugin's close as it is.
+ * code (ws' own protocol closes, 1009 for one, the consumer's, or the app's) is left as it is. With
+ * another ws, clients see that plugin's close as it is.
  */
-export function closeClientsAsGoingAway (wss: WebSocketServer): void {
+export function closeClientsAsGoingAway (wss: WebSocketServer, shutdownConsumer: (socket: WebSocket) => boolean): void {
   if (!isWrittenFor('ws')) return
   wss.on('connection', (socket: WebSocket) => {
     const close = socket.close.bind(socket)
     socket.close = (code?: number, reason?: string | Buffer) => {
-      if (code === undefined && reason === undefined) close(1001, 'server shutting down')
-      else close(code, reason)
+      if (code !== undefined || reason !== undefined) close(code, reason)
+      else if (!shutdownConsumer(socket)) close(1001, 'server shutting down')
     }
   })
 }

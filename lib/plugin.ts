@@ -28,7 +28,7 @@ import { checkOptions, DEFAULTS, type FastifyChannelsOptions } from './options.j
 import { Counts, registerMetrics, type RouteCounts } from './metrics.js'
 import { createUpgradeGuard } from './origin.js'
 import { checkWorker, runWorker, type ChannelConsumerClass, type RunningWorker } from './worker.js'
-import { dropUnansweredCloses, shutdownConnections, SHUTDOWN_GRACE_MS, withinGrace, type ShutdownState } from './shutdown.js'
+import { closeAppSockets, consumerShutdown, dropUnansweredCloses, shutdownConnections, SHUTDOWN_GRACE_MS, withinGrace, type ShutdownState } from './shutdown.js'
 import { addOnRouteHookFirst, closeClientsAsGoingAway, decideSubprotocols, endUpgradesWhileClosing, injectionMarker, setMaxPayload } from './internals.js'
 
 export type { FastifyChannelsOptions } from './options.js'
@@ -260,10 +260,10 @@ async function registerWebsocket (fastify: FastifyInstance, opts: FastifyChannel
     },
     preClose: async function (this: FastifyInstance) {
       dropUnansweredCloses(this.websocketServer, this.log)
-      // Consumers' sockets are sent 1001 at once; the app's other sockets too, without waiting
-      // for the consumers' disconnect(), so that every peer has the same grace to answer.
+      // Consumers' sockets are sent 1001 once their handler in hand has finished (at once for
+      // most); the app's other sockets at once, without waiting for the consumers' disconnect().
       const consumersEnded = shutdownConnections(channels, this.log)
-      for (const client of this.websocketServer.clients) client.close(1001, 'server shutting down')
+      closeAppSockets(this.websocketServer, channels.connections)
       await consumersEnded
       await new Promise<void>(resolve => this.websocketServer.close(() => resolve()))
     }
@@ -277,7 +277,7 @@ function adoptWebsocket (fastify: FastifyInstance, opts: FastifyChannelsOptions,
     dropUnansweredCloses(fastify.websocketServer, fastify.log)
     await shutdownConnections(channels, fastify.log)
   })
-  closeClientsAsGoingAway(fastify.websocketServer)
+  closeClientsAsGoingAway(fastify.websocketServer, consumerShutdown(channels.connections))
 }
 
 /** Origin and handshake checks first, 503 while closing, and the subprotocol `accept()` named. */

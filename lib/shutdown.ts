@@ -75,8 +75,10 @@ async function endOpenConnections (channels: ShutdownState, log: FastifyBaseLogg
   for (const connection of open) connection.shutdown()
   const finished = new Set<Connection>()
   if (!await withinGrace(Promise.all(open.map(async c => { await c.finished; finished.add(c) })))) {
-    log.warn({ connections: open.length - finished.size, graceMs: SHUTDOWN_GRACE_MS },
-      'shutdown: consumers still in connect() or disconnect() after the grace; not waiting for them')
+    const late = open.filter(c => !finished.has(c))
+    for (const connection of late) connection.stopWaiting()
+    log.warn({ connections: late.length, graceMs: SHUTDOWN_GRACE_MS },
+      'shutdown: consumers still in connect(), a handler or disconnect() after the grace; not waiting for them')
     return
   }
   // An ended response whose body a reader has not taken in yet: it leaves before the server
@@ -87,6 +89,36 @@ async function endOpenConnections (channels: ShutdownState, log: FastifyBaseLogg
   if (cutOff > 0) {
     log.warn({ responses: cutOff, graceMs: CLOSING_HANDSHAKE_GRACE_MS },
       'shutdown: readers did not take the rest of their response in time; their responses are cut off')
+  }
+}
+
+/**
+ * At shutdown, the sockets of the WebSocket server that are not a consumer's (the app's own
+ * routes') are sent 1001 at once; a consumer's is closed by its connection (`shutdown()`), once
+ * the handler it has in hand has finished.
+ */
+export function closeAppSockets (wss: WebSocketServer, connections: Iterable<Connection>): void {
+  const consumers = new Set<unknown>()
+  for (const connection of connections) consumers.add(connection.socket)
+  for (const client of wss.clients) if (!consumers.has(client)) client.close(1001, 'server shutting down')
+}
+
+/**
+ * A socket an app's own `@fastify/websocket` closes at shutdown (its preClose, before the
+ * plugin's): when it is a consumer's, the connection shuts down as the plugin's shutdown would
+ * have it (true); else false. The sockets are looked up in one table made for the whole loop.
+ */
+export function consumerShutdown (connections: Iterable<Connection>): (socket: unknown) => boolean {
+  let bySocket: Map<unknown, Connection> | null = null
+  return socket => {
+    if (bySocket === null) {
+      const table = bySocket = new Map()
+      for (const connection of connections) if (connection.socket !== null) table.set(connection.socket, connection)
+      queueMicrotask(() => { bySocket = null })
+    }
+    const connection = bySocket.get(socket)
+    connection?.shutdown()
+    return connection !== undefined
   }
 }
 

@@ -83,6 +83,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   // Closed by the peer, or for its rate: the frames it sent before (within the limit) are still
   // handed to receive().
   #queuedFramesRun = false
+  // The server is stopping: nothing more is read, and the connection closes once the handler in
+  // hand has finished (shutdown()).
+  #stopping = false
   // An HTTP consumer's: its socket is the response, and a failure's log says so.
   #http = false
   // The async context of the request that opened the connection, which every task runs in (null:
@@ -237,7 +240,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    * coming is neither handled nor counted.
    */
   frame (data: RawData, binary: boolean): void {
-    if (this.#state !== 'open') return
+    if (this.#state !== 'open' || this.#stopping) return
     this.#counts.framesReceived++
     const consumer = this.#consumer
     // A consumer that looks at text frames first (GroupsConsumer: its pings and its joins).
@@ -289,15 +292,30 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   }
 
   /**
-   * Server shutdown: an open connection closes with 1001; one accepted but not yet upgraded ends
-   * with 1001. One still in its handshake, in the set-up before connect() (a `getUser` that hangs)
-   * or in connect(), is refused with 503 at once and its `signal` aborted: the layer is left once
-   * what runs has returned.
+   * Server shutdown: an open connection closes with 1001 once the handler it has in hand, if any,
+   * has finished, so that what it sends (a call's reply) leaves first; meanwhile nothing more is
+   * read, nothing queued behind it runs, and `signal` is aborted. One accepted but not yet upgraded ends with 1001. One
+   * still in its handshake, in the set-up before connect() (a `getUser` that hangs) or in
+   * connect(), is refused with 503 at once and its `signal` aborted: the layer is left once what
+   * runs has returned.
    */
   shutdown (): void {
+    if (this.#state === 'open') {
+      if (this.#stopping) return
+      this.#stopping = true
+      // A handler that waits on `signal` (a loop that lives as long as the connection) stops now.
+      this.#scoped?.abort()
+      if (!this.#tasks.afterTaskInHand(() => { this.stopWaiting() })) this.stopWaiting()
+    } else if (this.#state === 'handshake') {
+      void this.#refuse(503)
+    } else {
+      this.#beginClosing('accepted', 1001)
+    }
+  }
+
+  /** The shutdown grace is over: a connection still finishing its handler in hand closes now (1001). */
+  stopWaiting (): void {
     if (this.#state === 'open') this.close(1001, 'server shutting down')
-    else if (this.#state === 'handshake') void this.#refuse(503)
-    else this.#beginClosing('accepted', 1001)
   }
 
   /** `this.signal`: aborted as soon as the connection starts to end. */
@@ -432,7 +450,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    * send came too late, its wait was aborted) is no failure: debug, and nothing more to close.
    */
   taskFailed (err: unknown, what = 'consumer handler'): void {
-    const ended = this.#state === 'closing' || this.#state === 'ended'
+    const ended = this.#stopping || this.#state === 'closing' || this.#state === 'ended'
     if (stoppedWithConnection(err, ended, this, `${what} stopped: the connection had ended`)) return
     this.#failed(failureClose(err, this.log, this.#channelName, what, this.#http, ended))
   }
@@ -475,7 +493,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   #scopedTasks (): ScopedTasks {
     if (this.#scoped === null) {
       this.#scoped = new ScopedTasks(this)
-      if (this.#handshake?.abandoned === true || this.#state === 'closing' || this.#state === 'ended') this.#scoped.abort()
+      if (this.#handshake?.abandoned === true || this.#stopping || this.#state === 'closing' || this.#state === 'ended') this.#scoped.abort()
     }
     return this.#scoped
   }
@@ -509,6 +527,11 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    */
   get drained (): Promise<boolean> {
     return this.#socket?.drained?.() ?? Promise.resolve(true)
+  }
+
+  /** The socket, once the route handler brought it. */
+  get socket (): ConnectionSocket | null {
+    return this.#socket
   }
 
   /** Beating: the heartbeat pings only an open connection. */

@@ -34,6 +34,9 @@ export class TaskQueue<Task, Detail = never> {
   // Whether the runner is told of each completed task: only while it waits for room (flow
   // control holds a source back), so a delivery to a connection that keeps up reads nothing else.
   #watched = false
+  // A task's promise is awaited (the queue is busy across turns), and what runs once it completes.
+  #inFlight = false
+  #afterInFlight: (() => void) | null = null
 
   constructor (runner: TaskRunner<Task, Detail>) {
     this.#runner = runner
@@ -69,6 +72,16 @@ export class TaskQueue<Task, Detail = never> {
 
   unwatch (): void {
     this.#watched = false
+  }
+
+  /**
+   * `then` runs once the task whose promise the queue awaits has completed, before the next task
+   * starts; false (and it never runs) when no task is awaited.
+   */
+  afterTaskInHand (then: () => void): boolean {
+    if (!this.#inFlight) return false
+    this.#afterInFlight = then
+    return true
   }
 
   start (): void {
@@ -108,6 +121,7 @@ export class TaskQueue<Task, Detail = never> {
       // Promise.resolve: a native promise as it is; any other thenable adopted safely (a `then`
       // that throws becomes a rejection instead of an exception in whoever queued the task).
       Promise.resolve(pending).then(this.#taskDone ??= () => { this.#done() }, this.#taskRejected ??= (err: unknown) => { this.#failed(err) })
+      this.#inFlight = true
       return false
     }
     if (this.#watched) this.#runner.afterTask()
@@ -120,6 +134,12 @@ export class TaskQueue<Task, Detail = never> {
   #taskRejected: ((err: unknown) => void) | undefined
 
   #done (): void {
+    this.#inFlight = false
+    const then = this.#afterInFlight
+    if (then !== null) {
+      this.#afterInFlight = null
+      then()
+    }
     if (this.#watched) this.#runner.afterTask()
     this.#drain()
   }
