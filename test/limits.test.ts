@@ -16,6 +16,7 @@ import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { spawn } from 'node:child_process'
 import Fastify from 'fastify'
+import WebSocket from 'ws'
 import fastifyChannels, {
   InMemoryChannelLayer, JsonWebsocketConsumer, WebsocketConsumer, type FastifyChannelsOptions, type LayerMessage
 } from '../lib/index.js'
@@ -366,6 +367,38 @@ t.test('rateLimit: the frame over the limit closes with 1008 \'rate limit\'; the
   await eventually(() => disconnects.length === 1)
   t.same(received, ['frame 1', 'frame 2', 'frame 3', 'frame 4', 'frame 5'], 'the five frames within the limit were handled, in order; the sixth was not')
   t.same(disconnects, [1008], 'disconnect(1008) ran once, after them')
+})
+
+t.test('rateLimit: pings and unasked pongs count as frames: a flood of them closes with 1008 \'rate limit\'; another client is not affected', async t => {
+  const received: string[] = []
+  class Echo extends WebsocketConsumer {
+    override async receive (text?: string) {
+      received.push(String(text))
+      await this.send(String(text))
+    }
+  }
+  const { app } = await buildApp({ rateLimit: { messages: 20, interval: 60_000 }, heartbeatInterval: 0 }, app => app.get('/ws', { websocket: true }, Echo.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  for (const control of ['ping', 'pong'] as const) {
+    const flooder = await openClient(`${url}/ws`)
+    let sent = 0
+    // Paced by the socket's buffer, not all at once: ws' own limit on unanswered pings is not what closes it.
+    while (sent < 1000 && flooder.ws.readyState === WebSocket.OPEN) {
+      flooder.ws[control]()
+      sent++
+      if (sent % 10 === 0) await sleep(1)
+    }
+    const closed = await Promise.race([flooder.closed, sleep(5000).then(() => ({ code: 0, reason: 'still open 5 s after the flood' }))])
+    flooder.ws.terminate()
+    t.match(closed, { code: 1008, reason: 'rate limit' }, `a ${control} flood is closed with 1008 'rate limit'`)
+    t.ok(sent <= 200, `within a few frames of the limit (${sent} ${control}s sent)`)
+  }
+  const other = await openClient(`${url}/ws`)
+  const echoed = new Promise(resolve => other.ws.once('message', data => { resolve(String(data)) }))
+  other.ws.send('still here')
+  t.equal(await echoed, 'still here', 'another client is served')
+  other.ws.close()
 })
 
 t.test('rateLimit: a client within the limit whose frames waited in TCP while its consumer was busy is not closed', async t => {

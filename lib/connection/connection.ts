@@ -215,7 +215,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#counts.open++
     const limit = this.#runtime.rateLimit
     if (limit !== undefined) this.#flow.limitTo(limit.messages, limit.interval)
-    listenTo(socket, this)
+    listenTo(socket, this, limit !== undefined)
     this.#opened = Occurrence.happen(this.#opened)
     this.#flow.start(socket, this.#runtime.layer, this.#channelName)
     const pending = handshake?.pendingClose
@@ -251,9 +251,18 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
     this.#flow.fromClient(new ClientFrame(data, binary))
   }
 
-  /** SocketEvents: the peer answered a ping. */
+  /**
+   * SocketEvents: a pong (the answer to the heartbeat's ping, or one unasked). Control frames take
+   * the rate limit as others do: a flood of them costs the server what a flood of messages does.
+   */
   pong (): void {
     this.awaitingPong = false
+    if (this.#state === 'open') this.#flow.admit()
+  }
+
+  /** SocketEvents: a ping from the peer, which ws has answered; counted only with a rate limit. */
+  ping (): void {
+    if (this.#state === 'open') this.#flow.admit()
   }
 
   /** SocketEvents: a client that broke the protocol (ws answers with a close code: disconnect() gets it), or a lost socket. */

@@ -98,7 +98,7 @@ export class ResponseSocket implements ConnectionSocket {
     return this.#ending ?? settled
   }
 
-  on (event: 'message' | 'pong' | 'error' | 'close', listener: Listener): this {
+  on (event: 'message' | 'pong' | 'ping' | 'error' | 'close', listener: Listener): this {
     if (event === 'close') {
       const onClose = listener as (code: number) => void
       this.#onClose = onClose
