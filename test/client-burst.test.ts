@@ -56,6 +56,34 @@ async function burstToRoom (t: Test, layer: ChannelLayer): Promise<void> {
   other.ws.close()
 }
 
+/**
+ * Several members burst at once: each sender's channel takes the lines of all of them while it
+ * handles its own frames, several messages for each frame it takes. Its frames wait in TCP (they
+ * cannot be lost); the messages must not wait past the channel's capacity.
+ */
+async function burstsFromSeveral (t: Test, layer: ChannelLayer, senders: number, lines: number): Promise<void> {
+  const { app, logs } = await buildApp({ layer }, app => { app.get('/chat', { websocket: true }, ChatConsumer.asHandler()) })
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const clients = await Promise.all(Array.from({ length: senders + 1 }, async () => await openClient(`${url}/chat`)))
+  const got = clients.map(client => received(client.ws))
+  for (let line = 0; line < lines; line++) {
+    for (let sender = 0; sender < senders; sender++) clients[sender].ws.send(JSON.stringify({ text: `${sender}:${line}` }))
+  }
+  const total = senders * lines
+  await eventually(() => got.every(texts => texts.length >= total), 20_000).catch(() => {})
+  got.forEach((texts, i) => {
+    const who = i < senders ? `sender ${i}` : 'the member that only reads'
+    t.equal(texts.length, total, `${who} gets every line once (${texts.length} of ${total})`)
+    for (let sender = 0; sender < senders; sender++) {
+      const own = texts.filter(text => text.startsWith(`${sender}:`))
+      t.same(own, Array.from({ length: lines }, (_, line) => `${sender}:${line}`), `${who}: sender ${sender}'s lines in order`)
+    }
+  })
+  t.same(logs.filter(log => /skipped|full/.test(String(log.msg))).map(log => log.msg), [], 'no channel was full: nothing skipped')
+  for (const client of clients) client.ws.close()
+}
+
 t.test('in memory: a burst of frames that each send to the room loses nothing', async t => {
   await burstToRoom(t, new InMemoryChannelLayer())
 })
@@ -63,4 +91,13 @@ t.test('in memory: a burst of frames that each send to the room loses nothing', 
 t.test('on Redis: a burst of frames that each send to the room loses nothing', async t => {
   if (!await requireRedis(t)) return
   await burstToRoom(t, new RedisChannelLayer({ url: REDIS_URL, prefix: cleanedPrefix(t, 'fc-burst') }))
+})
+
+t.test('in memory: several members bursting at once lose nothing', async t => {
+  await burstsFromSeveral(t, new InMemoryChannelLayer(), 5, 200)
+})
+
+t.test('on Redis: several members bursting at once lose nothing', async t => {
+  if (!await requireRedis(t)) return
+  await burstsFromSeveral(t, new RedisChannelLayer({ url: REDIS_URL, prefix: cleanedPrefix(t, 'fc-bursts') }), 5, 200)
 })

@@ -52,6 +52,9 @@ export interface FlowOwner {
   droppedAfterEnd (): void
 }
 
+/** How long after its channel last kept a message back a connection takes that channel's messages before client frames. */
+const LAYER_FIRST_MS = 1000
+
 /** While client frames are not read, the owner is told this often (a client watching for silence must hear something). */
 const STILL_HERE_MS = 500
 
@@ -66,6 +69,8 @@ export class FlowControl<Task> implements ChannelSink {
   #unreadHead = 0
   // Whose turn it is first when the queue makes room: unread frames' or the layer's.
   #unreadFirst = false
+  // Until when (performance.now()) the channel's messages go before client frames (behind()); 0: turns.
+  #layerFirstUntil = 0
   #stillHere: NodeJS.Timeout | undefined
   // The queue reached HIGH_WATER: the layer may have kept messages back, to resume.
   #saturated = false
@@ -123,7 +128,7 @@ export class FlowControl<Task> implements ChannelSink {
   /** A client frame within the rate limit (admit()), queued behind what arrived before it. */
   fromClient (task: Task): void {
     if (this.#unread !== null) this.#unread.push(task)
-    else if (this.#queue.pending < HIGH_WATER) this.#queue.push(task)
+    else if (this.#queue.pending < (this.#layerFirst() ? 1 : HIGH_WATER)) this.#queue.push(task)
     else this.#unread = [task]
     if (this.#unread !== null || this.#queue.pending >= HIGH_WATER) {
       this.#holdBack()
@@ -181,6 +186,24 @@ export class FlowControl<Task> implements ChannelSink {
     if (this.#queue.pending >= HIGH_WATER) this.#holdBack()
   }
 
+  /**
+   * ChannelSink: the channel kept a message back. For LAYER_FIRST_MS from now, what waits there
+   * goes before the client's frames, and those go to the queue one at a time, once nothing else
+   * waits: each frame may send to a group the consumer is in, and several members bursting at once
+   * would otherwise fill each other's channels past capacity, 16 frames each at a time. Client
+   * frames wait in TCP meanwhile, where nothing is lost.
+   */
+  behind (): void {
+    this.#layerFirstUntil = performance.now() + LAYER_FIRST_MS
+  }
+
+  #layerFirst (): boolean {
+    if (this.#layerFirstUntil === 0) return false
+    if (performance.now() < this.#layerFirstUntil) return true
+    this.#layerFirstUntil = 0
+    return false
+  }
+
   /** ChannelSink: the layer closed under the connection. */
   layerClosed (reason: Error): void {
     this.#owner.layerFailed(reason)
@@ -207,14 +230,25 @@ export class FlowControl<Task> implements ChannelSink {
     // First: resuming may fill the queue again at once, and then watch it again.
     if (!this.#paced) this.#queue.unwatch()
     this.#wake()
-    this.#unreadFirst = !this.#unreadFirst
-    if (this.#unreadFirst) this.#takeUnread(1)
-    if (this.#saturated && this.#queue.pending < HIGH_WATER) {
-      this.#saturated = false
-      this.#listener?.resume()
+    if (this.#layerFirst()) {
+      // All that waited in the channel first; a client frame once nothing else waits, watched for
+      // its end while more wait.
+      if (this.#saturated) {
+        this.#saturated = false
+        this.#listener?.resume()
+      }
+      if (this.#queue.pending === 0 && !this.#paced) this.#takeUnread(1)
+      if (this.#unread !== null) this.#holdBack()
+    } else {
+      this.#unreadFirst = !this.#unreadFirst
+      if (this.#unreadFirst) this.#takeUnread(1)
+      if (this.#saturated && this.#queue.pending < HIGH_WATER) {
+        this.#saturated = false
+        this.#listener?.resume()
+      }
+      // The rest of the room goes to unread frames, unless the layer has something waiting for it.
+      if (!this.#saturated && !this.#paced) this.#takeUnread(HIGH_WATER)
     }
-    // The rest of the room goes to unread frames, unless the layer has something waiting for it.
-    if (!this.#saturated && !this.#paced) this.#takeUnread(HIGH_WATER)
     if (this.#readsPaused && this.#unread === null) {
       this.#readsPaused = false
       clearInterval(this.#stillHere)

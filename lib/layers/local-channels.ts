@@ -97,6 +97,7 @@ export class LocalChannels {
     // nobody listens to expires as any message does.
     const forever = force && sink !== undefined
     mailbox.push(copy === null ? message : copy(message), info, forever ? Infinity : now + this.#settings.expiryMs, force)
+    if (sink !== undefined) sink.behind?.()
     return true
   }
 

@@ -147,6 +147,12 @@ export interface ChannelSink {
    * until `resume()`: its client has not read what it was sent.
    */
   readonly congested?: boolean
+  /**
+   * The channel holds half its capacity or more while the sink does not accept: whatever else
+   * the sink takes from (a client's frames, which wait losslessly in TCP) should wait until what
+   * waits in the channel has been handed over, or the channel fills and skips messages.
+   */
+  behind? (): void
   /** Takes one message, a copy the sink owns, and how it came (shared by a group's members: read-only). */
   push (message: LayerMessage, info: Delivery): void
   /** The layer closed: no message will come any more. */
