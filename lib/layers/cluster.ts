@@ -31,7 +31,7 @@ import { OwnerRequests } from './cluster/requests.js'
 import { Fences } from './cluster/fences.js'
 import { SentPositions } from './cluster/sent-positions.js'
 import { Memberships, NO_JOIN } from './cluster/memberships.js'
-import { keepingOf, type ClusterContext, type Route, type Transport } from './cluster/transport.js'
+import { keepingOf, type ClusterContext, type GroupStamp, type Route, type Transport } from './cluster/transport.js'
 import { ThrottledWarning } from './throttled-warning.js'
 import { MembershipTurns } from './cluster/membership-turns.js'
 
@@ -318,11 +318,9 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
 
   #onGroup (group: string, envelope: unknown[]): void {
     if (envelope[0] === Envelope.group) {
-      const [, message, offset, epoch, stamp] = envelope
+      const [, message, offset, epoch, stamp, previous] = envelope
       const info: Delivery = typeof offset === 'number' && typeof epoch === 'string' ? { group, offset, epoch } : { group }
-      // A server clock in ms, packed by the script as a 64-bit integer: msgpack gives it as a bigint.
-      const stamped = typeof stamp === 'bigint' || typeof stamp === 'number' ? Number(stamp) : undefined
-      this.#memberships.deliver(group, reviveMessage(message), info, stamped)
+      this.#memberships.deliver(group, reviveMessage(message), info, stampOf(stamp), stampOf(previous))
     } else if (envelope[0] === Envelope.fence) {
       this.#fences.arrived(envelope[1], envelope[2])
     } else if (envelope[0] === Envelope.discard) {
@@ -383,4 +381,9 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       this.log.error({ err, event }, 'a channel layer event listener threw')
     }
   }
+}
+
+/** A server clock in ms, packed by a script as a 64-bit integer (msgpack gives it as a bigint); undefined when absent. */
+function stampOf (value: unknown): GroupStamp | undefined {
+  return typeof value === 'bigint' || typeof value === 'number' ? Number(value) : undefined
 }

@@ -675,6 +675,31 @@ t.test('a group whose offsets go back while the process hears it (a Cluster mast
   t.match(await sender.groupAdd('feed', await sender.newChannel(), { since: { epoch: before as string, offset: 3 } }), { recovered: false })
 })
 
+t.test('a Redis that lost the last write a process heard, whose offset the next send took again while that process missed it: the next message reveals it, and both come', async t => {
+  if (!await requireRedis(t)) return
+  // What a Cluster master paused past its failover does: it writes and publishes line 3 when it
+  // resumes, then is made a replica and loses it; the new master gave offset 3 to line 4.
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten')
+  const member = await feedMember(layer)
+  let heard: StreamPosition | undefined
+  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
+  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  const admin = adminClient(t)
+  const stream = `${sender.prefix}:s:{feed}`
+  const [[, first], [, second]] = await admin.xrangeBuffer(stream, '1-0', '2-0')
+  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 2).del(stream).xadd(stream, '1-0', ...first).xadd(stream, '2-0', ...second).exec()
+  // Another process sends on: it was not told line 3's offset (its send timed out, say).
+  const another = new RedisChannelLayer({ url: REDIS_URL, prefix: sender.prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } } })
+  t.teardown(() => another.close())
+  await sendDropped(proxy, another, 4)
+  t.equal((await admin.hget(`${sender.prefix}:h:{feed}`, 't')), '3', 'line 4 took offset 3 again')
+  await another.groupSend('feed', { type: 'line', n: 5 })
+  t.same(await linesUntilQuiet(layer, member), [4, 5], 'the member gets line 4, which its process missed, then line 5')
+  const next = await another.groupSend('feed', { type: 'line', n: 6 })
+  t.ok(next !== undefined && heard !== undefined && next.epoch !== heard.epoch, 'the group went on in a new epoch')
+  t.match(await sender.groupAdd('feed', await sender.newChannel(), { since: heard }), { recovered: false }, 'so a member that heard line 3 at offset 3 is not told it recovered')
+})
+
 t.test('a missed group message the history no longer holds is lost to that process only: the next ones come', async t => {
   if (!await requireRedis(t)) return
   const { layer, sender, member } = await missedLineTwo(t, 'fc-trimmed', 1)

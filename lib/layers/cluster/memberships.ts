@@ -115,8 +115,8 @@ export class Memberships {
   }
 
   /** A group message from the group's route: to the local members, and held for joining ones. */
-  deliver (group: string, message: LayerMessage, info: Delivery, stamp: GroupStamp | undefined): void {
-    this.#gaps.arrive(group, message, info, stamp)
+  deliver (group: string, message: LayerMessage, info: Delivery, stamp: GroupStamp | undefined, previous: GroupStamp | undefined): void {
+    this.#gaps.arrive(group, message, info, stamp, previous)
   }
 
   /**

@@ -28,6 +28,9 @@
  * this process seeing an outage). Other processes may have sent past this process' offset again
  * before it reads: the read after the outage then finds the message at its last offset written
  * anew (its stamp, `GroupStamp`, is not the one heard), and hands the group on from that offset.
+ * Without an outage (a Cluster master paused past its failover publishes a write it then loses,
+ * while this process misses the new master's write of that offset), the next live message tells:
+ * it carries the stamp of the message kept before it, which is not the one heard.
  * Either way members see the offset go back (`GroupsConsumer` has its client re-join, which then
  * reports the gap), and the group gets a new epoch first.
  */
@@ -67,8 +70,8 @@ interface Stream {
   baseline: boolean
   /** The stamp of the live message at `offset`; undefined when none was heard there (a baseline, a read). */
   stamp?: GroupStamp
-  /** Live messages waiting for a read of the history to be handed on first. */
-  waiting: Array<[LayerMessage, Delivery, GroupStamp | undefined]> | undefined
+  /** Live messages waiting for a read of the history to be handed on first, with their stamp and their predecessor's. */
+  waiting: Array<[LayerMessage, Delivery, GroupStamp | undefined, GroupStamp | undefined]> | undefined
   /** A gap (or the read after an outage) whose reads failed while the backend was gone: read once it is back (`recover()`). */
   unread?: { before: number, limit: number }
   /** An outage ended while a gap was being read: once that is done, read what it published. */
@@ -85,11 +88,14 @@ export class StreamGaps {
     this.#reader = reader
   }
 
-  /** A live message of the group, with its stamp when it has history. */
-  arrive (group: string, message: LayerMessage, info: Delivery, stamp?: GroupStamp): void {
+  /**
+   * A live message of the group, with its stamp when it has history, and the stamp of the message
+   * kept at the offset before it when it was written (`previous`; undefined when none was kept).
+   */
+  arrive (group: string, message: LayerMessage, info: Delivery, stamp?: GroupStamp, previous?: GroupStamp): void {
     const stream = this.#streams.get(group)
-    if (stream?.waiting !== undefined) stream.waiting.push([message, info, stamp])
-    else this.#pass(group, stream, message, info, stamp)
+    if (stream?.waiting !== undefined) stream.waiting.push([message, info, stamp, previous])
+    else this.#pass(group, stream, message, info, stamp, previous)
   }
 
   /** A join of the group read its position: a gap after it can be told from then on. */
@@ -129,7 +135,7 @@ export class StreamGaps {
     this.#streams.clear()
   }
 
-  #pass (group: string, stream: Stream | undefined, message: LayerMessage, info: Delivery, stamp: GroupStamp | undefined): void {
+  #pass (group: string, stream: Stream | undefined, message: LayerMessage, info: Delivery, stamp: GroupStamp | undefined, previous: GroupStamp | undefined): void {
     const { offset, epoch } = info
     // A presence announcement, or a group without history: nothing to go by.
     if (offset === undefined || epoch === undefined) return this.#reader.deliver(group, message, info, false)
@@ -148,8 +154,13 @@ export class StreamGaps {
     }
     const size = offset > stream.offset + 1 ? this.#reader.historySize(group) : undefined
     if (size !== undefined) {
-      stream.waiting = [[message, info, stamp]]
+      stream.waiting = [[message, info, stamp, previous]]
       void this.#fill(group, stream, offset, Math.min(offset - stream.offset - 1, size))
+      return
+    }
+    if (offset === stream.offset + 1 && overwritten(stream, previous)) {
+      stream.waiting = [[message, info, stamp, previous]]
+      void this.#followOverwritten(group, stream, offset)
       return
     }
     stream.offset = offset
@@ -165,7 +176,7 @@ export class StreamGaps {
    * if the backend is gone by then, the read waits for it (`recover()`). So does the read after an
    * outage; if it fails for good with the backend up, the group's next message shows the gap.
    */
-  async #fill (group: string, stream: Stream, before: number, limit: number, tries = 1): Promise<void> {
+  async #fill (group: string, stream: Stream, before: number, limit: number, renew = false, tries = 1): Promise<void> {
     if (this.#streams.get(group) !== stream) return
     const after = stream.offset
     const reader = this.#reader
@@ -179,7 +190,7 @@ export class StreamGaps {
       const again = tries < READ_TRIES
       reader.log().warn({ err, group, tries }, `could not read back the group messages this process missed${again ? '; trying again' : ''}`)
       if (again) {
-        setTimeout(() => { void this.#fill(group, stream, before, limit, tries + 1) }, READ_RETRY_MS * tries).unref()
+        setTimeout(() => { void this.#fill(group, stream, before, limit, renew, tries + 1) }, READ_RETRY_MS * tries).unref()
         return
       }
       if (!reader.up()) {
@@ -203,6 +214,11 @@ export class StreamGaps {
       stream.offset = after - 1
       stream.stamp = undefined
       stream.readBack = undefined
+    }
+    if (renew) {
+      // Read in the epoch it was written in; handed on in the new one.
+      await reader.renewEpoch(group, stream.epoch)
+      if (this.#streams.get(group) !== stream) return
     }
     if (read !== undefined) {
       const { position, stored } = read
@@ -245,6 +261,22 @@ export class StreamGaps {
     if (stream.recoverAfter === true && stream.waiting === undefined) await this.#recoverNow(group, stream)
   }
 
+  /**
+   * The message at the stream's offset was written again since this process heard it, and this
+   * process missed that write (on Redis Cluster: a master paused past its failover published a
+   * write it then lost, and the new master gave its offset to the next send). Read from the offset
+   * before, so that members get the message kept there, and see the offset go back; the group gets
+   * its new epoch before they do, as after an outage that finds the same (`#fill`).
+   */
+  async #followOverwritten (group: string, stream: Stream, before: number): Promise<void> {
+    const heard = stream.offset
+    this.#reader.log().warn({ group, offset: heard }, 'the group\'s message at the last offset this process heard was written again (Redis lost its last writes); following it, in a new epoch')
+    stream.offset = heard - 1
+    stream.stamp = undefined
+    stream.readBack = undefined
+    await this.#fill(group, stream, before, 1, true)
+  }
+
   /** The group's offsets went back to `offset`: followed from there, and the group gets a new epoch. */
   #wentBack (group: string, stream: Stream, offset: number): void {
     this.#reader.log().warn({ group, offset, heard: stream.offset }, 'the group\'s offsets went back (Redis lost its last writes); following them, in a new epoch')
@@ -272,7 +304,7 @@ export class StreamGaps {
         for (let j = i; j < waiting.length; j++) later.push(waiting[j])
         return
       }
-      this.#pass(group, stream, waiting[i][0], waiting[i][1], waiting[i][2])
+      this.#pass(group, stream, waiting[i][0], waiting[i][1], waiting[i][2], waiting[i][3])
     }
   }
 }
@@ -281,6 +313,14 @@ export class StreamGaps {
 function writtenAgain (stream: Stream, read: HistoryRead): boolean {
   return read.position.epoch === stream.epoch && stream.stamp !== undefined &&
     read.stampAtSince !== undefined && read.stampAtSince !== stream.stamp
+}
+
+/**
+ * Whether the message before a live one, as the backend kept it (`previous`, its stamp), is not
+ * the one this process heard at the stream's offset: both stamps known, and different.
+ */
+function overwritten (stream: Stream, previous: GroupStamp | undefined): boolean {
+  return previous !== undefined && stream.stamp !== undefined && previous !== stream.stamp
 }
 
 /** Read anew: a pass may have started a read (TypeScript keeps the narrowing across calls). */

@@ -58,17 +58,20 @@ end
 /**
  * A group message with history. KEYS meta, stream, named members; ARGV payload, size, ttl ms,
  * idle ms, epoch candidate, '1' for sharded pub/sub, the group's pub/sub channel.
- * Takes the next offset, keeps the payload, publishes it followed by its position and when it
- * was written [offset, epoch, t] (a second msgpack value), and returns { offset, epoch, live
- * named members }. The channel is an
+ * Takes the next offset, keeps the payload, publishes it followed by its position, when it was
+ * written and when the message kept at the offset before it was [offset, epoch, t, previous t]
+ * (a second msgpack value; no previous t when that message is not kept), and returns { offset,
+ * epoch, live named members }. The channel is an
  * argument, not a key: ioredis applies its keyPrefix to a script's KEYS, and not to the channels
  * the layer subscribes.
  */
 export const publishWithHistory = script(3, `${epochLua('KEYS[1]', 'KEYS[2]', 'ARGV[5]', 'ARGV[4]')}
 local offset = redis.call('HINCRBY', KEYS[1], 't', 1)
+local before = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+local previous = before and before[1] == (offset - 1) .. '-0' and tonumber(before[2][4]) or nil
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'p', ARGV[1], 't', now)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call(ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[7], ARGV[1] .. cmsgpack.pack({offset, epoch, now}))
+redis.call(ARGV[6] == '1' and 'SPUBLISH' or 'PUBLISH', ARGV[7], ARGV[1] .. cmsgpack.pack({offset, epoch, now, previous}))
 return {offset, epoch, redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf')}
 `)
 
