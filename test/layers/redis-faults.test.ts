@@ -700,6 +700,24 @@ t.test('a Redis that lost the last write a process heard, whose offset the next 
   t.match(await sender.groupAdd('feed', await sender.newChannel(), { since: heard }), { recovered: false }, 'so a member that heard line 3 at offset 3 is not told it recovered')
 })
 
+t.test('the same, when the process missed more than that write: the read of the gap finds the message at its last offset written again, and hands it on too', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-gap')
+  const member = await feedMember(layer)
+  for (const n of [1, 2, 3]) await sender.groupSend('feed', { type: 'line', n })
+  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  const admin = adminClient(t)
+  const stream = `${sender.prefix}:s:{feed}`
+  const [[, first], [, second]] = await admin.xrangeBuffer(stream, '1-0', '2-0')
+  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 2).del(stream).xadd(stream, '1-0', ...first).xadd(stream, '2-0', ...second).exec()
+  const another = new RedisChannelLayer({ url: REDIS_URL, prefix: sender.prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } } })
+  t.teardown(() => another.close())
+  await sendDropped(proxy, another, 4)
+  await sendDropped(proxy, another, 5)
+  await another.groupSend('feed', { type: 'line', n: 6 })
+  t.same(await linesUntilQuiet(layer, member), [4, 5, 6], 'the member gets lines 4 and 5, which its process missed, then line 6')
+})
+
 t.test('a missed group message the history no longer holds is lost to that process only: the next ones come', async t => {
   if (!await requireRedis(t)) return
   const { layer, sender, member } = await missedLineTwo(t, 'fc-trimmed', 1)

@@ -68,7 +68,7 @@ interface Stream {
   /** The last offset handed on (or, with `baseline`, the position of a join). */
   offset: number
   baseline: boolean
-  /** The stamp of the live message at `offset`; undefined when none was heard there (a baseline, a read). */
+  /** The stamp of the live message at `offset`; undefined when none was heard there (a baseline, a read, a move). */
   stamp?: GroupStamp
   /** Live messages waiting for a read of the history to be handed on first, with their stamp and their predecessor's. */
   waiting: Array<[LayerMessage, Delivery, GroupStamp | undefined, GroupStamp | undefined]> | undefined
@@ -202,22 +202,30 @@ export class StreamGaps {
       missing = 0
     }
     if (this.#streams.get(group) !== stream) return
-    if (read !== undefined && outage && writtenAgain(stream, read)) {
+    if (read !== undefined && writtenAgain(stream, read)) {
       // The message at the last offset heard is not the one heard: the backend lost its last
       // writes, and other processes have sent past this offset again since. Read from there, so
       // that members see the offset go back, but give the group its new epoch first: a member
       // that re-joins from its position then is not told it recovered.
       reader.log().warn({ group, offset: after }, 'the group\'s message at the last offset this process heard was written again (Redis lost its last writes); following it, in a new epoch')
-      read = await reader.read(group, { epoch: stream.epoch, offset: after - 1 }, limit).catch(() => undefined)
+      read = await reader.read(group, { epoch: stream.epoch, offset: after - 1 }, limit + 1).catch(() => undefined)
       await reader.renewEpoch(group, stream.epoch)
       if (this.#streams.get(group) !== stream) return
       stream.offset = after - 1
       stream.stamp = undefined
       stream.readBack = undefined
     }
-    if (renew) {
-      // Read in the epoch it was written in; handed on in the new one.
-      await reader.renewEpoch(group, stream.epoch)
+    if (renew && read !== undefined) {
+      if (read.position.epoch === stream.epoch) {
+        // Read in the epoch it was written in; handed on in the new one.
+        await reader.renewEpoch(group, stream.epoch)
+      } else {
+        // Another process that noticed gave the group its new epoch first. Its kept messages keep
+        // their offsets there: read in it, and handed on as this stream's (its next live
+        // message brings the new epoch).
+        const again = await reader.read(group, { epoch: read.position.epoch, offset: after }, limit).catch(() => undefined)
+        read = again === undefined ? undefined : { ...again, position: { epoch: stream.epoch, offset: again.position.offset } }
+      }
       if (this.#streams.get(group) !== stream) return
     }
     if (read !== undefined) {
@@ -227,6 +235,7 @@ export class StreamGaps {
       if (position.epoch !== stream.epoch && outage) {
         stream.epoch = position.epoch
         stream.offset = 0
+        stream.stamp = undefined
         stream.readBack = undefined
       }
       if (position.epoch === stream.epoch) {
@@ -250,11 +259,15 @@ export class StreamGaps {
         // Below where it was, the stream started again lower (see the file comment).
         if (outage) {
           if (position.offset < stream.offset) this.#wentBack(group, stream, position.offset)
+          if (position.offset !== stream.offset) stream.stamp = undefined
           stream.offset = position.offset
         }
       }
     }
-    if (!outage && stream.offset < before - 1) stream.offset = before - 1
+    if (!outage && stream.offset < before - 1) {
+      stream.offset = before - 1
+      stream.stamp = undefined
+    }
     stream.baseline = false
     if (missing > 0) reader.log().warn({ group, missing, after }, 'group messages this process missed are no longer in the group\'s history: lost here')
     this.#drain(group, stream)
@@ -281,6 +294,7 @@ export class StreamGaps {
   #wentBack (group: string, stream: Stream, offset: number): void {
     this.#reader.log().warn({ group, offset, heard: stream.offset }, 'the group\'s offsets went back (Redis lost its last writes); following them, in a new epoch')
     stream.offset = offset
+    stream.stamp = undefined
     stream.readBack = undefined
     void this.#reader.renewEpoch(group, stream.epoch)
   }
