@@ -365,6 +365,30 @@ function tests (): void {
     t.equal(await admin.hexists(presence, channel), 1, 'the live one stays')
   })
 
+  t.test('three processes with members in a group: its presence is read once per reaping period, by one of them, not by each', async t => {
+    const admin = adminClient(t)
+    const prefix = uniquePrefix('fc-reap-once')
+    const presence = `${prefix}:pi:{room}`
+    const layers = [open(t, { prefix, membershipLease: 1 }), open(t, { prefix, membershipLease: 1 }), open(t, { prefix, membershipLease: 1 })]
+    for (const [i, layer] of layers.entries()) await layer.groupAdd('room', await layer.newChannel(), { presence: { name: `member ${i}` } })
+    const source = new Redis(REDIS_URL)
+    const monitor = await source.monitor()
+    t.teardown(() => { monitor.disconnect(); source.disconnect() })
+    let reads = 0
+    monitor.on('monitor', (_time: string, args: string[]) => { if (args[0]?.toLowerCase() === 'hgetall' && args[1] === presence) reads++ })
+    const started = performance.now()
+    await sleep(3_500)
+    const periods = (performance.now() - started) / 1000
+    t.ok(reads >= 2 && reads <= Math.ceil(periods) + 1, `${reads} reads of the presence in ${periods.toFixed(1)} periods of 1 s (each process reading would be about ${Math.round(3 * periods)})`)
+    // What a process that died leaves is still reaped, by one of them.
+    await admin.zadd(`${prefix}:gm:{room}`, 1, 'ghost')
+    await admin.hset(presence, 'ghost', 'left behind')
+    const gone = async (): Promise<boolean> => await admin.hexists(presence, 'ghost') === 0
+    for (let i = 0; i < 30 && !await gone(); i++) await sleep(100)
+    t.ok(await gone(), 'a dead process\'s entry is removed within the reap interval')
+    t.equal(await admin.hlen(presence), 3, 'the live ones stay')
+  })
+
   t.test('close() ends only what the layer opened', async t => {
     const admin = adminClient(t)
     const client = new Redis(REDIS_URL)

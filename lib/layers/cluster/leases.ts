@@ -44,11 +44,14 @@ export class Leases {
   #retryTimer: NodeJS.Timeout | undefined
   #renewalQueued = false
   #closed = false
+  // How often presence is reaped: REAP_MS, sooner for a shorter lease.
+  readonly #reapMs: number
 
   constructor (transport: Transport, holder: LeaseHolder, leaseMs: number, log: () => LayerLogger) {
     this.#transport = transport
     this.#holder = holder
     this.#log = log
+    this.#reapMs = Math.max(Math.min(REAP_MS, leaseMs), RENEW_MIN_MS)
     // Held weakly: a layer dropped without close() can still be collected.
     const ref = new WeakRef(this)
     const every = (ms: number, run: (alive: Leases) => void): NodeJS.Timeout => {
@@ -61,7 +64,7 @@ export class Leases {
     }
     this.#timers = [
       every(Math.max(leaseMs / 3, RENEW_MIN_MS), alive => { void alive.renew(false) }),
-      every(Math.max(Math.min(REAP_MS, leaseMs), RENEW_MIN_MS), alive => { void alive.#reap() })
+      every(this.#reapMs, alive => { void alive.#reap() })
     ]
   }
 
@@ -140,7 +143,7 @@ export class Leases {
     if (this.#closed || !this.#transport.up) return
     try {
       await Promise.all(this.#holder.reapable().map(async group =>
-        await this.#holder.announce(group, 'presence.leave', await this.#transport.reapPresence(group, 'reap presence'))))
+        await this.#holder.announce(group, 'presence.leave', await this.#transport.reapPresence(group, this.#reapMs, 'reap presence'))))
     } catch (err) {
       this.#log().warn({ err }, 'could not look for the presence of processes that died; retrying')
     }

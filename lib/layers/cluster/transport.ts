@@ -157,8 +157,12 @@ export interface Transport {
   renewEpoch (group: string, seen: string, what: string): Promise<void>
   /** The live presence entries of the group, across processes. */
   presence (group: string, what: string): Promise<StoredPresence[]>
-  /** Removes presence entries whose membership ended without a word; each comes back to one caller only. */
-  reapPresence (group: string, what: string): Promise<StoredPresence[]>
+  /**
+   * Removes presence entries whose membership ended without a word; each comes back to one caller
+   * only. Called every `periodMs` by each process with members in the group: one call in a period
+   * does the work, the others may return none at once.
+   */
+  reapPresence (group: string, periodMs: number, what: string): Promise<StoredPresence[]>
   /** Deletes everything the layer keeps in the backend (its own prefix only). */
   deleteAll (what: string): Promise<void>
   close (): Promise<void>

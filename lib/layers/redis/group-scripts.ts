@@ -6,6 +6,7 @@
  *   P:s:{group}   stream  id <offset>-0, fields p: payload, t: server ms (trimmed to `size`,
  *                         expires `ttl` after the last send); `t` also tells one write of an
  *                         offset from another (a Redis that lost its last writes gives it again)
+ *   P:pr:{group}  string  set by the process that reaps the group's presence, for one reaping period
  *   P:pi:{group}  hash    channel → presence info of a membership recorded in P:gm:{group}
  *                         (expires two reaping periods after the last lease of a membership
  *                         that recorded presence: the memberships of other processes that
@@ -167,10 +168,14 @@ return alive
 
 /**
  * Removes the presence entries of memberships that ended without a word (their process died and
- * its lease ran out). KEYS members, presence. Returns them as channel, info pairs: only the
- * caller that removed an entry gets it, so each is announced once.
+ * its lease ran out). KEYS members, presence, reaped; ARGV ms until the next reap. Returns them
+ * as channel, info pairs: only the caller that removed an entry gets it, so each is announced
+ * once. Every process with members in the group calls it each reaping period; the first one in a
+ * period reads the entries, the others find `reaped` set and return at once.
  */
-export const reapPresence = script(2, `${PRESENCE_LUA}
+export const reapPresence = script(3, `
+if not redis.call('SET', KEYS[3], 1, 'NX', 'PX', ARGV[1]) then return {} end
+${PRESENCE_LUA}
 for i = 1, #dead, 2 do
   redis.call('HDEL', KEYS[2], dead[i])
   redis.call('ZREM', KEYS[1], dead[i])

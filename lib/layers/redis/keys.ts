@@ -14,6 +14,7 @@
  *   P:h:{group}      hash     a group's epoch and latest offset (group-scripts.ts)
  *   P:s:{group}      stream   a group's history
  *   P:pi:{group}     hash     presence info of the group's memberships
+ *   P:pr:{group}     string   the group's presence was reaped this period (group-scripts.ts)
  *
  * Names cannot contain braces (the naming rules forbid them), so the tag is always the whole name.
  *
@@ -51,6 +52,7 @@ export class RedisKeys {
   meta (group: string): string { return `${this.prefix}:h:{${group}}` }
   stream (group: string): string { return `${this.prefix}:s:{${group}}` }
   presence (group: string): string { return `${this.prefix}:pi:{${group}}` }
+  reaped (group: string): string { return `${this.prefix}:pr:{${group}}` }
 
   /** The pub/sub channel of a route. */
   channelOf (route: Route): string {

@@ -164,9 +164,12 @@ export class RedisTransport implements Transport {
       runScript(client, readPresence, [this.#keys.members(group), this.#keys.presence(group)], [], true)) as Buffer[])
   }
 
-  async reapPresence (group: string, what: string): Promise<StoredPresence[]> {
+  async reapPresence (group: string, periodMs: number, what: string): Promise<StoredPresence[]> {
+    // Set for a little less than the period: the next period's first caller, whichever process
+    // it is (their timers are not in step), finds it gone.
+    const skipMs = Math.max(1, Math.floor(periodMs * 0.9))
     return storedPresence(await this.#connections.run(what, client =>
-      runScript(client, reapPresence, [this.#keys.members(group), this.#keys.presence(group)], [], true)) as Buffer[])
+      runScript(client, reapPresence, [this.#keys.members(group), this.#keys.presence(group), this.#keys.reaped(group)], [skipMs], true)) as Buffer[])
   }
 
   async deleteAll (what: string): Promise<void> {
