@@ -700,6 +700,23 @@ t.test('a Redis that lost the last write a process heard, whose offset the next 
   t.match(await sender.groupAdd('feed', await sender.newChannel(), { since: heard }), { recovered: false }, 'so a member that heard line 3 at offset 3 is not told it recovered')
 })
 
+t.test('the same, when the process that sent the lost write sends the next one: it gives the group a new epoch, and the process that missed the next write still gets it', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-epoch')
+  const member = await feedMember(layer)
+  let heard: StreamPosition | undefined
+  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
+  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  const admin = adminClient(t)
+  const stream = `${sender.prefix}:s:{feed}`
+  const [[, first], [, second]] = await admin.xrangeBuffer(stream, '1-0', '2-0')
+  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 2).del(stream).xadd(stream, '1-0', ...first).xadd(stream, '2-0', ...second).exec()
+  await sendDropped(proxy, sender, 4)
+  const next = await sender.groupSend('feed', { type: 'line', n: 5 })
+  t.ok(next !== undefined && heard !== undefined && next.epoch !== heard.epoch, 'the sender noticed, and line 5 is in a new epoch')
+  t.same(await linesUntilQuiet(layer, member), [4, 5], 'the member gets line 4, which its process missed, then line 5')
+})
+
 t.test('the same, when the process missed more than that write: the read of the gap finds the message at its last offset written again, and hands it on too', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-gap')

@@ -140,6 +140,15 @@ export class StreamGaps {
     // A presence announcement, or a group without history: nothing to go by.
     if (offset === undefined || epoch === undefined) return this.#reader.deliver(group, message, info, false)
     if (stream === undefined || stream.epoch !== epoch) {
+      if (stream !== undefined && offset === stream.offset + 1 && overwritten(stream, previous)) {
+        // The sender of the write that replaced the one heard at the stream's offset noticed, and
+        // gave the group its new epoch (its kept messages keep their offsets): the kept one, which
+        // this process missed, comes first.
+        stream.epoch = epoch
+        stream.waiting = [[message, info, stamp, previous]]
+        void this.#followOverwritten(group, stream, offset, false)
+        return
+      }
       this.#streams.set(group, { epoch, offset, baseline: false, stamp, waiting: undefined })
       return this.#reader.deliver(group, message, info, false)
     }
@@ -279,15 +288,16 @@ export class StreamGaps {
    * process missed that write (on Redis Cluster: a master paused past its failover published a
    * write it then lost, and the new master gave its offset to the next send). Read from the offset
    * before, so that members get the message kept there, and see the offset go back; the group gets
-   * its new epoch before they do, as after an outage that finds the same (`#fill`).
+   * its new epoch before they do (unless `renew` is false: it has one already), as after an outage
+   * that finds the same (`#fill`).
    */
-  async #followOverwritten (group: string, stream: Stream, before: number): Promise<void> {
+  async #followOverwritten (group: string, stream: Stream, before: number, renew = true): Promise<void> {
     const heard = stream.offset
     this.#reader.log().warn({ group, offset: heard }, 'the group\'s message at the last offset this process heard was written again (Redis lost its last writes); following it, in a new epoch')
     stream.offset = heard - 1
     stream.stamp = undefined
     stream.readBack = undefined
-    await this.#fill(group, stream, before, 1, true)
+    await this.#fill(group, stream, before, 1, renew)
   }
 
   /** The group's offsets went back to `offset`: followed from there, and the group gets a new epoch. */
