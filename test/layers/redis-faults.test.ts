@@ -324,6 +324,30 @@ for (const [call, setUp] of busySends) {
   })
 }
 
+t.test('a named channel\'s pop that Redis ends with an error as a failover does (UNBLOCKED): the waiting receive() is not failed, and gets the next message', async t => {
+  if (!await requireRedis(t)) return
+  const prefix = uniquePrefix('fc-unblocked')
+  const layer = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: TIMEOUT })
+  t.teardown(() => layer.close())
+  const first = receiveWithin(layer, 'jobs')
+  await layer.send('jobs', { type: 'job', n: 0 })
+  t.same(await first, { type: 'job', n: 0 })
+  const waiting = layer.receive('jobs').then(message => message, (err: unknown) => err)
+  const admin = adminClient(t)
+  let popping: string | undefined
+  for (let i = 0; i < 50 && popping === undefined; i++) {
+    popping = (await admin.client('LIST') as string).split('\n').find(line => line.includes(`name=${prefix}`) && / cmd=blmove /.test(line))?.match(/^id=(\d+)/)?.[1]
+    if (popping === undefined) await sleep(20)
+  }
+  t.ok(popping !== undefined, 'the reader\'s pop waits in Redis')
+  // What a master that becomes a replica does to the pops blocked on it.
+  await admin.client('UNBLOCK', popping as string, 'ERROR')
+  await sleep(100)
+  await layer.send('jobs', { type: 'job', n: 1 })
+  t.same(await waiting, { type: 'job', n: 1 }, 'the receive() gets the next message')
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
 t.test('a named channel\'s pop that Redis answers after its deadline: the message it took is given back, not lost', async t => {
   if (!await requireRedis(t)) return
   const { proxy, behind: slow, direct } = await behindProxy(t, 'fc-late-pop', 300)

@@ -216,7 +216,7 @@ class QueueReaders {
           failingSince = undefined
           backoff = 50
         } catch (err) {
-          if (isReplyError(err)) {
+          if (isReplyError(err) && !isFailoverReply(err)) {
             // Redis answered (WRONGTYPE: the key holds something else; NOPERM…): no outage, the
             // connection is fine. The waiting receivers get the answer as it is, and the loop ends.
             this.#layer.log().warn({ err, channel }, 'Redis refused to pop a named channel')
@@ -365,3 +365,11 @@ class QueueReaders {
   }
 }
 
+/**
+ * A reply a failover gives (a pop ended by a master that became a replica, a node loading or
+ * without its master, a Cluster without a slot's master): nothing was taken, and the pop is tried
+ * again as after a lost connection, the receivers still waiting.
+ */
+function isFailoverReply (err: unknown): boolean {
+  return /^(UNBLOCKED|READONLY|LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN)\b/.test((err as Error).message)
+}
