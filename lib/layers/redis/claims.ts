@@ -381,7 +381,9 @@ export class Claims {
     if (expired > 0) this.#layer.expired(expired)
     if (back > 0 && mode !== 'return') {
       this.#layer.log().warn({ channel: claim.channel, messages: back },
-        'gave back to a named channel messages that a pop took and never handed over')
+        mode === 'lease'
+          ? 'gave back to a named channel messages a pop took, from a claim whose lease ran out (its reader died or lost Redis: one it had just handed over, if any, runs again)'
+          : 'gave back to a named channel messages that a pop took and never handed over')
     }
     return true
   }
