@@ -741,6 +741,28 @@ t.test('the same, when the process that sent the lost write sends the next one: 
   t.same(await linesUntilQuiet(layer, member), [4, 5], 'the member gets line 4, which its process missed, then line 5')
 })
 
+t.test('the same, when another process that noticed gave the group its new epoch before this one read what it missed: read across the renewal, nothing lost', async t => {
+  if (!await requireRedis(t)) return
+  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-renewed')
+  const member = await feedMember(layer)
+  let heard: StreamPosition | undefined
+  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
+  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  const admin = adminClient(t)
+  const meta = `${sender.prefix}:h:{feed}`
+  const stream = `${sender.prefix}:s:{feed}`
+  const [[, first], [, second]] = await admin.xrangeBuffer(stream, '1-0', '2-0')
+  await admin.multi().hset(meta, 't', 2).del(stream).xadd(stream, '1-0', ...first).xadd(stream, '2-0', ...second).exec()
+  const another = new RedisChannelLayer({ url: REDIS_URL, prefix: sender.prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } } })
+  t.teardown(() => another.close())
+  await sendDropped(proxy, another, 4)
+  await sendDropped(proxy, another, 5)
+  // What a process that heard line 4 after line 3 at the same offset does: a new epoch, offsets kept.
+  await admin.hset(meta, 'e', 'renewed', 'p', heard?.epoch as string)
+  await another.groupSend('feed', { type: 'line', n: 6 })
+  t.same(await linesUntilQuiet(layer, member), [4, 5, 6], 'the member gets lines 4 and 5, which its process missed, then line 6')
+})
+
 t.test('the same, when the process missed more than that write: the read of the gap finds the message at its last offset written again, and hands it on too', async t => {
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-gap')

@@ -84,7 +84,9 @@ export class Memberships {
       read: async (group, since, limit) => {
         const history = settings.history(group)
         if (history === undefined) throw new Error('the group has no history policy here')
-        return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`)
+        // A renewal keeps the offsets: a process that noticed the group's lost write may have
+        // given it its new epoch while this one read what it missed in the old.
+        return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`, true)
       },
       decode: payload => this.#decode(payload),
       renewEpoch: (group, epoch) => this.renewEpoch(group, epoch),

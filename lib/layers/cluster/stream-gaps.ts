@@ -140,13 +140,14 @@ export class StreamGaps {
     // A presence announcement, or a group without history: nothing to go by.
     if (offset === undefined || epoch === undefined) return this.#reader.deliver(group, message, info, false)
     if (stream === undefined || stream.epoch !== epoch) {
-      if (stream !== undefined && offset === stream.offset + 1 && overwritten(stream, previous)) {
-        // The sender of the write that replaced the one heard at the stream's offset noticed, and
-        // gave the group its new epoch (its kept messages keep their offsets): the kept one, which
-        // this process missed, comes first.
-        stream.epoch = epoch
+      // A new epoch past the stream's offset may be a renewal (a process noticed a lost write),
+      // which keeps the offsets: what this process missed before it, and a write it heard that was
+      // lost, are read across it first (the reads find out which it is).
+      const size = stream !== undefined && offset > stream.offset ? this.#reader.historySize(group) : undefined
+      if (stream !== undefined && size !== undefined && (offset > stream.offset + 1 || overwritten(stream, previous))) {
         stream.waiting = [[message, info, stamp, previous]]
-        void this.#followOverwritten(group, stream, offset, false)
+        if (offset > stream.offset + 1) void this.#fill(group, stream, offset, Math.min(offset - stream.offset - 1, size))
+        else void this.#followOverwritten(group, stream, offset, false)
         return
       }
       this.#streams.set(group, { epoch, offset, baseline: false, stamp, waiting: undefined })
@@ -224,21 +225,17 @@ export class StreamGaps {
       stream.stamp = undefined
       stream.readBack = undefined
     }
-    if (renew && read !== undefined) {
-      if (read.position.epoch === stream.epoch) {
-        // Read in the epoch it was written in; handed on in the new one.
-        await reader.renewEpoch(group, stream.epoch)
-      } else {
-        // Another process that noticed gave the group its new epoch first. Its kept messages keep
-        // their offsets there: read in it, and handed on as this stream's (its next live
-        // message brings the new epoch).
-        const again = await reader.read(group, { epoch: read.position.epoch, offset: after }, limit).catch(() => undefined)
-        read = again === undefined ? undefined : { ...again, position: { epoch: stream.epoch, offset: again.position.offset } }
-      }
+    if (renew && read?.followedRenewal !== true) {
+      // Read in the epoch it was written in; handed on in the new one (unless another process
+      // that noticed gave the group its new epoch first).
+      await reader.renewEpoch(group, stream.epoch)
       if (this.#streams.get(group) !== stream) return
     }
     if (read !== undefined) {
-      const { position, stored } = read
+      // Read across a renewal, whose kept messages keep their offsets: handed on as this stream's
+      // (its next live message brings the new epoch).
+      const { stored } = read
+      const position = read.followedRenewal === true ? { epoch: stream.epoch, offset: read.position.offset } : read.position
       // After an outage in which the backend lost the group's history, its new epoch is read from
       // the start; for a gap, another epoch holds nothing of it.
       if (position.epoch !== stream.epoch && outage) {
@@ -335,7 +332,7 @@ export class StreamGaps {
 
 /** Whether the message at the stream's offset was written again since it was heard (its stamp differs). */
 function writtenAgain (stream: Stream, read: HistoryRead): boolean {
-  return read.position.epoch === stream.epoch && stream.stamp !== undefined &&
+  return (read.position.epoch === stream.epoch || read.followedRenewal === true) && stream.stamp !== undefined &&
     read.stampAtSince !== undefined && read.stampAtSince !== stream.stamp
 }
 

@@ -106,6 +106,8 @@ export interface HistoryRead {
   stored: StoredPayload[]
   /** The stamp of the message at `since`, when `since` is in this epoch and the message is kept. */
   stampAtSince?: GroupStamp
+  /** `since` was in the epoch the group had before its last renewal, and read as in this one. */
+  followedRenewal?: true
 }
 
 /** A presence entry with its info encoded. */
@@ -148,7 +150,7 @@ export interface Transport {
    * The kept payloads: after `since` (oldest first) when it is in this epoch, else the latest
    * `limit`; and when the one at `since` was written, if it is kept (see `GroupStamp`).
    */
-  readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string):
+  readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string, followRenewal?: boolean):
   Promise<HistoryRead>
   /**
    * The group's offsets went back in epoch `seen` (the backend lost its last writes): it gets a new

@@ -2,7 +2,8 @@
  * The scripts of durable groups: history with offsets, recovery and presence. Keys of one group
  * share its hash tag (keys.ts), so each script touches one Cluster slot.
  *
- *   P:h:{group}   hash    e: epoch, t: the latest offset (expires `idle` after the last use)
+ *   P:h:{group}   hash    e: epoch, t: the latest offset, p: the epoch before the last renewal
+ *                         (expires `idle` after the last use)
  *   P:s:{group}   stream  id <offset>-0, fields p: payload, t: server ms (trimmed to `size`,
  *                         expires `ttl` after the last send); `t` also tells one write of an
  *                         offset from another (a Redis that lost its last writes gives it again)
@@ -191,7 +192,7 @@ return dead
 export const renewEpoch = script(1, `
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if epoch == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'e', ARGV[2])
+  redis.call('HSET', KEYS[1], 'e', ARGV[2], 'p', ARGV[1])
   return ARGV[2]
 end
 return epoch
@@ -199,10 +200,12 @@ return epoch
 
 /**
  * A group's history for reading. KEYS meta, stream; ARGV ttl ms, idle ms, epoch candidate,
- * since epoch ('' for none), since offset, limit. Oldest first after `since` when it is in this
- * epoch (from the start otherwise), the latest `limit` without `since`.
+ * since epoch ('' for none), since offset, limit, '1' to take a `since` in the epoch before the
+ * last renewal as in this one (a renewal keeps the offsets). Oldest first after `since` when it
+ * is in this epoch (from the start otherwise), the latest `limit` without `since`.
  * Returns { epoch, latest offset, entries as offset, payload pairs (newest first without since),
- * when the entry at `since` was written (false when none is kept) }.
+ * when the entry at `since` was written (false when none is kept), 1 when `since` was taken from
+ * the epoch before the renewal }.
  */
 export const readHistory = script(2, `${LIVE_ENTRIES}${epochLua('KEYS[1]', 'KEYS[2]', 'ARGV[3]', 'ARGV[2]')}
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
@@ -215,13 +218,15 @@ if ARGV[4] == '' then
 end
 local from = 1
 local at = false
-if ARGV[4] == epoch then
+local followed = false
+if ARGV[4] ~= epoch and ARGV[7] == '1' and ARGV[4] == redis.call('HGET', KEYS[1], 'p') then followed = 1 end
+if ARGV[4] == epoch or followed then
   from = tonumber(ARGV[5]) + 1
   local entry = redis.call('XRANGE', KEYS[2], ARGV[5] .. '-0', ARGV[5] .. '-0')
   if #entry > 0 then at = tonumber(entry[1][2][4]) end
 end
 -- Nothing after a position ahead of the group's (and Lua would write a large one as 1e+15).
-if from > top then return {epoch, top, out, at} end
+if from > top then return {epoch, top, out, at, followed} end
 -- Expired entries are the oldest ones: skip them a chunk at a time until \`limit\` live ones are found.
 while #out < 2 * limit do
   local chunk = redis.call('XRANGE', KEYS[2], from .. '-0', '+', 'COUNT', limit)
@@ -230,5 +235,5 @@ while #out < 2 * limit do
   from = tonumber(string.match(chunk[#chunk][1], '^%d+')) + 1
 end
 while #out > 2 * limit do table.remove(out) end
-return {epoch, top, out, at}
+return {epoch, top, out, at, followed}
 `)

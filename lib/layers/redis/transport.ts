@@ -143,15 +143,16 @@ export class RedisTransport implements Transport {
     return storedPresence(removed)
   }
 
-  async readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string): Promise<HistoryRead> {
-    const [epoch, top, entries, at] = await this.#connections.run(what, client => runScript(client, readHistory,
+  async readHistory (group: string, history: HistoryKeeping, since: StreamPosition | undefined, limit: number, what: string, followRenewal = false): Promise<HistoryRead> {
+    const [epoch, top, entries, at, followed] = await this.#connections.run(what, client => runScript(client, readHistory,
       [this.#keys.meta(group), this.#keys.stream(group)],
-      [history.ttlMs, history.idleMs, newEpoch(), since?.epoch ?? '', since?.offset ?? 0, limit], true)) as [Buffer, number | string, Buffer[], number | string | null | undefined]
+      [history.ttlMs, history.idleMs, newEpoch(), since?.epoch ?? '', since?.offset ?? 0, limit, followRenewal ? '1' : ''], true)) as [Buffer, number | string, Buffer[], number | string | null | undefined, number | null | undefined]
     const stored = storedPayloads(entries)
     // Without `since` the latest come newest first.
     if (since === undefined) stored.reverse()
     const read: HistoryRead = { position: { offset: Number(top), epoch: epoch.toString() }, stored }
     if (at !== null && at !== undefined) read.stampAtSince = Number(at)
+    if (followed === 1) read.followedRenewal = true
     return read
   }
 
