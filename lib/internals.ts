@@ -168,7 +168,8 @@ const maxPayloadSet = new WeakMap<WebSocketServer, number>()
  * Why: that plugin's own preClose closes every client without a code (1005) before fastify-channels
  * can close its consumers with 1001, and offers no option to change it. Patching each socket's
  * `close` (ws 8's `close(code, reason)`) makes a close without code or reason 1001; a close with a
- * code (ws' own protocol closes, 1009 for one, the consumer's, or the app's) is left as it is. With
+ * code (ws' own protocol closes, 1009 for one, the consumer's, or the app's), and ws' answer to a
+ * peer's close frame (`_closeFrameReceived`, a ws detail), are left as they are. With
  * another ws, clients see that plugin's close as it is.
  */
 export function closeClientsAsGoingAway (wss: WebSocketServer, shutdownConsumer: (socket: WebSocket) => boolean): void {
@@ -176,7 +177,8 @@ export function closeClientsAsGoingAway (wss: WebSocketServer, shutdownConsumer:
   wss.on('connection', (socket: WebSocket) => {
     const close = socket.close.bind(socket)
     socket.close = (code?: number, reason?: string | Buffer) => {
-      if (code !== undefined || reason !== undefined) close(code, reason)
+      // ws' own answer to a close frame without a code is a close without one too: left as it is.
+      if (code !== undefined || reason !== undefined || (socket as { _closeFrameReceived?: boolean })._closeFrameReceived === true) close(code, reason)
       else if (!shutdownConsumer(socket)) close(1001, 'server shutting down')
     }
   })

@@ -7,7 +7,7 @@
  */
 import t, { type Test } from 'tap'
 import type WebSocket from 'ws'
-import { InMemoryChannelLayer, JsonWebsocketConsumer, RedisChannelLayer, type ChannelLayer } from '../lib/index.js'
+import { InMemoryChannelLayer, JsonWebsocketConsumer, RedisChannelLayer, WebsocketConsumer, type ChannelLayer } from '../lib/index.js'
 import { buildApp, eventually } from './helpers/app.js'
 import { listen, openClient } from './helpers/loopback.js'
 import { REDIS_URL, cleanedPrefix, requireRedis } from './helpers/redis.js'
@@ -100,4 +100,36 @@ t.test('in memory: several members bursting at once lose nothing', async t => {
 t.test('on Redis: several members bursting at once lose nothing', async t => {
   if (!await requireRedis(t)) return
   await burstsFromSeveral(t, new RedisChannelLayer({ url: REDIS_URL, prefix: cleanedPrefix(t, 'fc-bursts') }), 5, 200)
+})
+
+t.test('a channel that stays over capacity (more comes than the consumer handles) does not keep its client\'s frames out meanwhile', async t => {
+  const layer = new InMemoryChannelLayer()
+  class Busy extends WebsocketConsumer {
+    override groups = ['room']
+    override async receive (text?: string): Promise<void> { await this.send(`echo ${String(text)}`) }
+    async tick (): Promise<void> { await new Promise(resolve => setTimeout(resolve, 5)) }
+  }
+  const { app } = await buildApp({ layer }, app => { app.get('/ws', { websocket: true }, Busy.asHandler()) })
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  const client = await openClient(`${url}/ws`)
+  const echoes: string[] = []
+  client.ws.on('message', data => { echoes.push(String(data)) })
+  // About 600 ticks a second for a consumer that handles at most 200: its channel stays full.
+  let overloaded = true
+  const load = (async () => {
+    while (overloaded) {
+      for (let i = 0; i < 6; i++) await layer.groupSend('room', { type: 'tick' }).catch(() => {})
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+  })()
+  for (let n = 0; n < 20; n++) {
+    client.ws.send(String(n))
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  const during = echoes.length
+  overloaded = false
+  await load
+  t.ok(during >= 10, `the client's frames were answered while the overload lasted (${during} of 20)`)
+  client.ws.close()
 })

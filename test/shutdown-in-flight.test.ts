@@ -112,6 +112,53 @@ t.test('the same with the app\'s own @fastify/websocket registered first (its pr
   await inHandThenClose(t, app, handled)
 })
 
+t.test('a client that closes while the server waits for the handler in hand: what it sent behind it still does not run', async t => {
+  const handled: string[] = []
+  const { app } = await buildApp({ heartbeatInterval: 0 }, app => app.get('/ws', { websocket: true }, slowConsumer(handled).asHandler()))
+  const { url } = await listen(app)
+  const { ws, closed } = await openClient(`${url}/ws`)
+  ws.send('first')
+  ws.send('second') // queued behind the first
+  await eventually(() => handled.length === 1)
+  const closing = app.close()
+  await sleep(20)
+  ws.close(1000)
+  await closed
+  await closing
+  t.same(handled, ['first'], 'the frame queued behind the handler in hand was not handled')
+})
+
+t.test('with the app\'s own @fastify/websocket, a client that closes without a code ends its connection as any close does, not as a shutdown', async t => {
+  const handled: string[] = []
+  const codes: number[] = []
+  class Recorded extends WebsocketConsumer {
+    override async receive (text: string | undefined): Promise<void> {
+      handled.push(String(text))
+      await sleep(100)
+    }
+
+    override async disconnect (code: number): Promise<void> { codes.push(code) }
+  }
+  const app = Fastify()
+  await app.register(fastifyWebsocket)
+  await app.register(fastifyChannels, { heartbeatInterval: 0 })
+  app.get('/ws', { websocket: true }, Recorded.asHandler())
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  for (const busy of [false, true]) {
+    const { ws, closed } = await openClient(`${url}/ws`)
+    if (busy) {
+      ws.send('work')
+      await eventually(() => handled.length === 1)
+    }
+    ws.close() // a close frame without a code (1005), as a browser's ws.close() sends
+    const close = await Promise.race([closed, sleep(5000).then(() => ({ code: 0, reason: 'no answer within 5 s' }))])
+    t.equal(close.code, 1005, `${busy ? 'with a handler running, ' : ''}the close is answered at once, as sent`)
+  }
+  await eventually(() => codes.length === 2)
+  t.same(codes, [1005, 1005], 'disconnect() gets the client\'s close, not a shutdown\'s 1001')
+})
+
 t.test('a handler that waits on its signal stops at once: the client gets 1001 and app.close() does not wait for the grace, no error', async t => {
   const stopped: string[] = []
   class Progress extends WebsocketConsumer {

@@ -257,12 +257,12 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    */
   pong (): void {
     this.awaitingPong = false
-    if (this.#state === 'open') this.#flow.admit()
+    if (this.#state === 'open' && !this.#stopping) this.#flow.admit()
   }
 
   /** SocketEvents: a ping from the peer, which ws has answered; counted only with a rate limit. */
   ping (): void {
-    if (this.#state === 'open') this.#flow.admit()
+    if (this.#state === 'open' && !this.#stopping) this.#flow.admit()
   }
 
   /** SocketEvents: a client that broke the protocol (ws answers with a close code: disconnect() gets it), or a lost socket. */
@@ -275,7 +275,8 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
 
   /** SocketEvents: the peer closed, or its connection is gone: the frames it sent before still run. */
   closed (code: number): void {
-    if (this.#state === 'open') this.#queuedFramesRun = true
+    // Not while the server stops: what waited behind the handler in hand is not run.
+    if (this.#state === 'open' && !this.#stopping) this.#queuedFramesRun = true
     this.#beginClosing('open', code)
   }
 
@@ -477,7 +478,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    * limit is not handled, those it sent before are.
    */
   overLimit (): void {
-    if (this.#state !== 'open') return
+    if (this.#state !== 'open' || this.#stopping) return
     this.#counts.rateLimited++
     this.log.warn({ channel: this.#channelName }, 'client over the rate limit; closing with 1008')
     this.#queuedFramesRun = true

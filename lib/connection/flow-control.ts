@@ -13,7 +13,9 @@
  *
  * While client frames and layer messages both wait, they take turns at the room the consumer
  * makes, as Channels' consumer takes from its two sources in turn: a burst of frames, each of which
- * sends to a group the consumer is in, cannot fill its own channel past capacity meanwhile.
+ * sends to a group the consumer is in, cannot fill its own channel past capacity meanwhile. Once the
+ * channel has had to keep a message back (`behind()`), and for a second after the last time, its
+ * messages go first, and client frames one at a time (one every HIGH_WATER tasks at least).
  *
  * One more hold, on what waits in the channel (a recovering member's catch-up, which the layer
  * hands over past the channel's capacity, and what arrived behind it): it is handed over one
@@ -71,6 +73,8 @@ export class FlowControl<Task> implements ChannelSink {
   #unreadFirst = false
   // Until when (performance.now()) the channel's messages go before client frames (behind()); 0: turns.
   #layerFirstUntil = 0
+  // Tasks completed in that mode since a client frame was last taken.
+  #layerTurns = 0
   #stillHere: NodeJS.Timeout | undefined
   // The queue reached HIGH_WATER: the layer may have kept messages back, to resume.
   #saturated = false
@@ -189,9 +193,9 @@ export class FlowControl<Task> implements ChannelSink {
   /**
    * ChannelSink: the channel kept a message back. For LAYER_FIRST_MS from now, what waits there
    * goes before the client's frames, and those go to the queue one at a time, once nothing else
-   * waits: each frame may send to a group the consumer is in, and several members bursting at once
-   * would otherwise fill each other's channels past capacity, 16 frames each at a time. Client
-   * frames wait in TCP meanwhile, where nothing is lost.
+   * waits (and one every HIGH_WATER tasks at least): each frame may send to a group the consumer
+   * is in, and several members bursting at once would otherwise fill each other's channels past
+   * capacity, 16 frames each at a time. Client frames wait in TCP meanwhile, where nothing is lost.
    */
   behind (): void {
     this.#layerFirstUntil = performance.now() + LAYER_FIRST_MS
@@ -231,13 +235,18 @@ export class FlowControl<Task> implements ChannelSink {
     if (!this.#paced) this.#queue.unwatch()
     this.#wake()
     if (this.#layerFirst()) {
-      // All that waited in the channel first; a client frame once nothing else waits, watched for
-      // its end while more wait.
+      // What waits in the channel first; a client frame once nothing else waits, watched for its
+      // end while more wait.
       if (this.#saturated) {
         this.#saturated = false
         this.#listener?.resume()
       }
-      if (this.#queue.pending === 0 && !this.#paced) this.#takeUnread(1)
+      // One every HIGH_WATER tasks in any case: a channel that stays full (more comes than the
+      // consumer handles) must not keep the client's frames out for as long as that lasts.
+      if (this.#queue.pending === 0 || ++this.#layerTurns >= HIGH_WATER) {
+        this.#layerTurns = 0
+        this.#takeUnread(1)
+      }
       if (this.#unread !== null) this.#holdBack()
     } else {
       this.#unreadFirst = !this.#unreadFirst

@@ -148,9 +148,9 @@ export interface ChannelSink {
    */
   readonly congested?: boolean
   /**
-   * The channel holds half its capacity or more while the sink does not accept: whatever else
-   * the sink takes from (a client's frames, which wait losslessly in TCP) should wait until what
-   * waits in the channel has been handed over, or the channel fills and skips messages.
+   * The channel kept a message back (the sink did not accept it, or older ones wait): whatever
+   * else the sink takes from (a client's frames, which wait losslessly in TCP) should mostly wait
+   * until what waits in the channel has been handed over, or the channel fills and skips messages.
    */
   behind? (): void
   /** Takes one message, a copy the sink owns, and how it came (shared by a group's members: read-only). */
