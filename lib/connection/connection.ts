@@ -460,8 +460,9 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
    * send came too late, its wait was aborted) is no failure: debug, and nothing more to close.
    */
   taskFailed (err: unknown, what = 'consumer handler'): void {
-    const ended = this.#stopping || this.#state === 'closing' || this.#state === 'ended'
-    if (stoppedWithConnection(err, ended, this, `${what} stopped: the connection had ended`)) return
+    const ended = this.#state === 'closing' || this.#state === 'ended'
+    // While the server stops, the signal is aborted already: a wait it ended is no failure either.
+    if (stoppedWithConnection(err, ended || this.#stopping, this, `${what} stopped: the connection had ended`)) return
     this.#failed(failureClose(err, this.log, this.#channelName, what, this.#http, ended))
   }
 
