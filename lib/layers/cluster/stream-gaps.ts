@@ -244,6 +244,9 @@ export class StreamGaps {
         stream.stamp = undefined
         stream.readBack = undefined
       }
+      // A new epoch that is no renewal (a backend that lost the group's history): what this
+      // process missed of the old one went with it, as the new epoch tells its members.
+      if (position.epoch !== stream.epoch) missing = 0
       if (position.epoch === stream.epoch) {
         if (outage) missing = position.offset - stream.offset
         for (const [offset, payload] of stored) {
