@@ -304,10 +304,10 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   /**
    * Server shutdown: an open connection closes with 1001 once the handler it has in hand, if any,
    * has finished, so that what it sends (a call's reply) leaves first; meanwhile nothing more is
-   * read, nothing queued behind it runs, and `signal` is aborted. One accepted but not yet upgraded ends with 1001. One
-   * still in its handshake, in the set-up before connect() (a `getUser` that hangs) or in
-   * connect(), is refused with 503 at once and its `signal` aborted: the layer is left once what
-   * runs has returned.
+   * read, nothing queued behind it runs, and `signal` is aborted. One accepted but not yet
+   * upgraded ends with 1001. One still in its handshake, in the set-up before connect() (a
+   * `getUser` that hangs) or in connect(), is refused with 503 at once and its `signal` aborted:
+   * the layer is left once what runs has returned.
    */
   shutdown (): void {
     if (this.#state === 'open') {
