@@ -15,7 +15,7 @@
  * makes, as Channels' consumer takes from its two sources in turn: a burst of frames, each of which
  * sends to a group the consumer is in, cannot fill its own channel past capacity meanwhile. Once the
  * channel has had to keep a message back (`behind()`), and for a second after the last time, its
- * messages go first, and client frames one at a time (one every HIGH_WATER tasks at least).
+ * messages go first, and client frames one at a time (one every FRAME_AT_LEAST_EVERY tasks at least).
  *
  * One more hold, on what waits in the channel (a recovering member's catch-up, which the layer
  * hands over past the channel's capacity, and what arrived behind it): it is handed over one
@@ -56,6 +56,12 @@ export interface FlowOwner {
 
 /** How long after its channel last kept a message back a connection takes that channel's messages before client frames. */
 const LAYER_FIRST_MS = 1000
+/**
+ * Meanwhile, a client frame goes in at least once every this many tasks: a channel that stays
+ * full must not keep the client out, and each frame taken may send to every member's channel (a
+ * burst of up to this many members at once fills none).
+ */
+const FRAME_AT_LEAST_EVERY = 32
 
 /** While client frames are not read, the owner is told this often (a client watching for silence must hear something). */
 const STILL_HERE_MS = 500
@@ -193,7 +199,7 @@ export class FlowControl<Task> implements ChannelSink {
   /**
    * ChannelSink: the channel kept a message back. For LAYER_FIRST_MS from now, what waits there
    * goes before the client's frames, and those go to the queue one at a time, once nothing else
-   * waits (and one every HIGH_WATER tasks at least): each frame may send to a group the consumer
+   * waits (and one every FRAME_AT_LEAST_EVERY tasks at least): each frame may send to a group the consumer
    * is in, and several members bursting at once would otherwise fill each other's channels past
    * capacity, 16 frames each at a time. Client frames wait in TCP meanwhile, where nothing is lost.
    */
@@ -241,9 +247,9 @@ export class FlowControl<Task> implements ChannelSink {
         this.#saturated = false
         this.#listener?.resume()
       }
-      // One every HIGH_WATER tasks in any case: a channel that stays full (more comes than the
-      // consumer handles) must not keep the client's frames out for as long as that lasts.
-      if (this.#queue.pending === 0 || ++this.#layerTurns >= HIGH_WATER) {
+      // One every FRAME_AT_LEAST_EVERY tasks in any case: a channel that stays full (more comes
+      // than the consumer handles) must not keep the client's frames out for as long as that lasts.
+      if (this.#queue.pending === 0 || ++this.#layerTurns >= FRAME_AT_LEAST_EVERY) {
         this.#layerTurns = 0
         this.#takeUnread(1)
       }
