@@ -146,8 +146,7 @@ export class StreamGaps {
       const size = stream !== undefined && offset > stream.offset ? this.#reader.historySize(group) : undefined
       if (stream !== undefined && size !== undefined && (offset > stream.offset + 1 || overwritten(stream, previous))) {
         stream.waiting = [[message, info, stamp, previous]]
-        if (offset > stream.offset + 1) void this.#fill(group, stream, offset, Math.min(offset - stream.offset - 1, size))
-        else void this.#followOverwritten(group, stream, offset, false)
+        void this.#fill(group, stream, offset, Math.max(1, Math.min(offset - stream.offset - 1, size)))
         return
       }
       this.#streams.set(group, { epoch, offset, baseline: false, stamp, waiting: undefined })
@@ -169,8 +168,9 @@ export class StreamGaps {
       return
     }
     if (offset === stream.offset + 1 && overwritten(stream, previous)) {
+      // The read finds the message at the stream's offset written again (`writtenAgain`).
       stream.waiting = [[message, info, stamp, previous]]
-      void this.#followOverwritten(group, stream, offset)
+      void this.#fill(group, stream, offset, 1)
       return
     }
     stream.offset = offset
@@ -186,7 +186,7 @@ export class StreamGaps {
    * if the backend is gone by then, the read waits for it (`recover()`). So does the read after an
    * outage; if it fails for good with the backend up, the group's next message shows the gap.
    */
-  async #fill (group: string, stream: Stream, before: number, limit: number, renew = false, tries = 1): Promise<void> {
+  async #fill (group: string, stream: Stream, before: number, limit: number, tries = 1): Promise<void> {
     if (this.#streams.get(group) !== stream) return
     const after = stream.offset
     const reader = this.#reader
@@ -200,7 +200,7 @@ export class StreamGaps {
       const again = tries < READ_TRIES
       reader.log().warn({ err, group, tries }, `could not read back the group messages this process missed${again ? '; trying again' : ''}`)
       if (again) {
-        setTimeout(() => { void this.#fill(group, stream, before, limit, renew, tries + 1) }, READ_RETRY_MS * tries).unref()
+        setTimeout(() => { void this.#fill(group, stream, before, limit, tries + 1) }, READ_RETRY_MS * tries).unref()
         return
       }
       if (!reader.up()) {
@@ -214,7 +214,8 @@ export class StreamGaps {
     if (this.#streams.get(group) !== stream) return
     if (read !== undefined && writtenAgain(stream, read)) {
       // The message at the last offset heard is not the one heard: the backend lost its last
-      // writes, and other processes have sent past this offset again since. Read from there, so
+      // writes, and the offset was given again since (found after an outage, by a gap's read, or
+      // by the live message after it, which carries the stamp kept before it). Read from there, so
       // that members see the offset go back, but give the group its new epoch first: a member
       // that re-joins from its position then is not told it recovered.
       reader.log().warn({ group, offset: after }, 'the group\'s message at the last offset this process heard was written again (Redis lost its last writes); following it, in a new epoch')
@@ -224,12 +225,6 @@ export class StreamGaps {
       stream.offset = after - 1
       stream.stamp = undefined
       stream.readBack = undefined
-    }
-    if (renew && read?.followedRenewal !== true) {
-      // Read in the epoch it was written in; handed on in the new one (unless another process
-      // that noticed gave the group its new epoch first).
-      await reader.renewEpoch(group, stream.epoch)
-      if (this.#streams.get(group) !== stream) return
     }
     if (read !== undefined) {
       // Read across a renewal, whose kept messages keep their offsets: handed on as this stream's
@@ -281,23 +276,6 @@ export class StreamGaps {
     if (missing > 0) reader.log().warn({ group, missing, after }, 'group messages this process missed are no longer in the group\'s history: lost here')
     this.#drain(group, stream)
     if (stream.recoverAfter === true && stream.waiting === undefined) await this.#recoverNow(group, stream)
-  }
-
-  /**
-   * The message at the stream's offset was written again since this process heard it, and this
-   * process missed that write (on Redis Cluster: a master paused past its failover published a
-   * write it then lost, and the new master gave its offset to the next send). Read from the offset
-   * before, so that members get the message kept there, and see the offset go back; the group gets
-   * its new epoch before they do (unless `renew` is false: it has one already), as after an outage
-   * that finds the same (`#fill`).
-   */
-  async #followOverwritten (group: string, stream: Stream, before: number, renew = true): Promise<void> {
-    const heard = stream.offset
-    this.#reader.log().warn({ group, offset: heard }, 'the group\'s message at the last offset this process heard was written again (Redis lost its last writes); following it, in a new epoch')
-    stream.offset = heard - 1
-    stream.stamp = undefined
-    stream.readBack = undefined
-    await this.#fill(group, stream, before, 1, renew)
   }
 
   /** The group's offsets went back to `offset`: followed from there, and the group gets a new epoch. */
