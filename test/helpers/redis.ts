@@ -29,6 +29,20 @@ export function adminClient (t: Test, url = REDIS_URL): Redis {
 }
 
 /**
+ * Puts `group`'s data back to what a Redis that lost its writes after offset `kept` holds (a
+ * restart from an older snapshot, a replica that was behind taking over): the same epoch, the
+ * offset back at `kept`, the stream without the messages after it.
+ */
+export async function loseWritesAfter (t: Test, prefix: string, group: string, kept: number): Promise<void> {
+  const admin = adminClient(t)
+  const stream = `${prefix}:s:{${group}}`
+  const entries = await admin.xrangeBuffer(stream, '1-0', `${kept}-0`)
+  const restore = admin.multi().hset(`${prefix}:h:{${group}}`, 't', kept).del(stream)
+  entries.forEach(([, fields], i) => { restore.xadd(stream, `${i + 1}-0`, ...fields) })
+  await restore.exec()
+}
+
+/**
  * Whether Redis answers at REDIS_URL. When it does not, the test fails with a message saying so
  * (with CI=true or not: a Redis layer test that silently skips proves nothing).
  */

@@ -5,7 +5,7 @@ import { LayerTimeoutError } from '../../lib/errors.js'
 import { RedisChannelLayer } from '../../lib/layers/redis.js'
 import type { LayerMessage, StreamPosition } from '../../lib/layers/types.js'
 import { freePort } from '../helpers/process.js'
-import { REDIS_URL, adminClient, requireRedis, stallingProxy, startRedisServer, uniquePrefix, type StallingProxy } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, loseWritesAfter, requireRedis, stallingProxy, startRedisServer, uniquePrefix, type StallingProxy } from '../helpers/redis.js'
 
 // Redis going away: calls settle within `timeout` with LayerTimeoutError, the layer says so with
 // events, and after a restart (all data lost) subscriptions and memberships come back by themselves.
@@ -70,6 +70,21 @@ async function behindProxy (t: Test, base: string, timeout = TIMEOUT): Promise<{
   const direct = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: TIMEOUT })
   t.teardown(async () => { await Promise.all([behind.close(), direct.close()]) })
   return { proxy, prefix, behind, direct }
+}
+
+/** Sends lines 1 to 3 to `feed`, and checks that `member` of `layer` heard them; line 3's position. */
+async function threeLinesHeard (t: Test, layer: RedisChannelLayer, sender: RedisChannelLayer, member: string): Promise<StreamPosition | undefined> {
+  let heard: StreamPosition | undefined
+  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
+  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  return heard
+}
+
+/** Another process on `prefix`, keeping `feed`'s history as the others do. */
+function anotherProcess (t: Test, prefix: string): RedisChannelLayer {
+  const another = new RedisChannelLayer({ url: REDIS_URL, prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } } })
+  t.teardown(() => another.close())
+  return another
 }
 
 /** A channel of `layer`, member of `feed`. */
@@ -612,16 +627,12 @@ t.test('a group whose offsets start again lower (a Redis that lost its last writ
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-lower')
   const member = await feedMember(layer)
-  for (const n of [1, 2, 3]) await sender.groupSend('feed', { type: 'line', n })
-  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  await threeLinesHeard(t, layer, sender, member)
 
   await cutOffWhile(proxy, layer, async () => {
     // What a restart from a snapshot taken after the first line would leave: the same epoch, an
     // offset behind, and the stream without the lines after it.
-    const admin = adminClient(t)
-    const stream = `${sender.prefix}:s:{feed}`
-    const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
-    await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
+    await loseWritesAfter(t, sender.prefix, 'feed', 1)
   })
   t.equal((await sender.groupSend('feed', { type: 'line', n: 4 }))?.offset, 2, 'the next line takes an offset already heard')
   await sender.groupSend('feed', { type: 'line', n: 5 })
@@ -632,20 +643,14 @@ t.test('a Redis that lost its last writes, and whose offsets other processes sen
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-rewritten')
   const member = await feedMember(layer)
-  let heard: StreamPosition | undefined
-  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
-  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  const heard = await threeLinesHeard(t, layer, sender, member)
 
   // A process that had sent nothing to the group before: it cannot tell the offsets went back.
-  const another = new RedisChannelLayer({ url: REDIS_URL, prefix: sender.prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } } })
-  t.teardown(() => another.close())
+  const another = anotherProcess(t, sender.prefix)
   await cutOffWhile(proxy, layer, async () => {
     // A restart from a snapshot taken after the first line, then another process sends on: lines
     // 4 and 5 take offsets 2 and 3 again, in the same epoch, and 6 and 7 go past what was heard.
-    const admin = adminClient(t)
-    const stream = `${sender.prefix}:s:{feed}`
-    const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
-    await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
+    await loseWritesAfter(t, sender.prefix, 'feed', 1)
     const offsets: unknown[] = []
     for (const n of [4, 5, 6, 7]) offsets.push((await another.groupSend('feed', { type: 'line', n }))?.offset)
     t.same(offsets, [2, 3, 4, 5], 'the lines take offsets already given out, then new ones')
@@ -666,10 +671,7 @@ t.test('a Redis that lost its last writes of a group no process listens to: the 
   t.teardown(() => sender.close())
   let heard: StreamPosition | undefined
   for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
-  const admin = adminClient(t)
-  const stream = `${prefix}:s:{feed}`
-  const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
-  await admin.multi().hset(`${prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
+  await loseWritesAfter(t, prefix, 'feed', 1)
   t.same((await sender.groupSend('feed', { type: 'line', n: 4 }))?.offset, 2, 'a send gets an offset it was given before')
   t.match(warnings, [/got an offset this process was given before/])
   const next = await sender.groupSend('feed', { type: 'line', n: 5 })
@@ -681,15 +683,10 @@ t.test('a group whose offsets go back while the process hears it (a Cluster mast
   if (!await requireRedis(t)) return
   const { layer, sender } = await historyBehindProxy(t, 'fc-back-live')
   const member = await feedMember(layer)
-  let before: string | undefined
-  for (const n of [1, 2, 3]) before = (await sender.groupSend('feed', { type: 'line', n }))?.epoch
-  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  const before = (await threeLinesHeard(t, layer, sender, member))?.epoch
   // No outage this process could see: the group's data is put back to what a snapshot taken after
   // the first line holds.
-  const admin = adminClient(t)
-  const stream = `${sender.prefix}:s:{feed}`
-  const [[, first]] = await admin.xrangeBuffer(stream, '1-0', '1-0')
-  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 1).del(stream).xadd(stream, '1-0', ...first).exec()
+  await loseWritesAfter(t, sender.prefix, 'feed', 1)
   const offsets: unknown[] = []
   for (const n of [4, 5, 6]) offsets.push((await sender.groupSend('feed', { type: 'line', n }))?.offset)
   t.same(offsets, [2, 3, 4], 'the lines take offsets already heard, then a new one')
@@ -705,18 +702,12 @@ t.test('a Redis that lost the last write a process heard, whose offset the next 
   // resumes, then is made a replica and loses it; the new master gave offset 3 to line 4.
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten')
   const member = await feedMember(layer)
-  let heard: StreamPosition | undefined
-  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
-  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
-  const admin = adminClient(t)
-  const stream = `${sender.prefix}:s:{feed}`
-  const [[, first], [, second]] = await admin.xrangeBuffer(stream, '1-0', '2-0')
-  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 2).del(stream).xadd(stream, '1-0', ...first).xadd(stream, '2-0', ...second).exec()
+  const heard = await threeLinesHeard(t, layer, sender, member)
+  await loseWritesAfter(t, sender.prefix, 'feed', 2)
   // Another process sends on: it was not told line 3's offset (its send timed out, say).
-  const another = new RedisChannelLayer({ url: REDIS_URL, prefix: sender.prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } } })
-  t.teardown(() => another.close())
+  const another = anotherProcess(t, sender.prefix)
   await sendDropped(proxy, another, 4)
-  t.equal((await admin.hget(`${sender.prefix}:h:{feed}`, 't')), '3', 'line 4 took offset 3 again')
+  t.equal((await adminClient(t).hget(`${sender.prefix}:h:{feed}`, 't')), '3', 'line 4 took offset 3 again')
   await another.groupSend('feed', { type: 'line', n: 5 })
   t.same(await linesUntilQuiet(layer, member), [4, 5], 'the member gets line 4, which its process missed, then line 5')
   const next = await another.groupSend('feed', { type: 'line', n: 6 })
@@ -728,13 +719,8 @@ t.test('the same, when the process that sent the lost write sends the next one: 
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-epoch')
   const member = await feedMember(layer)
-  let heard: StreamPosition | undefined
-  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
-  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
-  const admin = adminClient(t)
-  const stream = `${sender.prefix}:s:{feed}`
-  const [[, first], [, second]] = await admin.xrangeBuffer(stream, '1-0', '2-0')
-  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 2).del(stream).xadd(stream, '1-0', ...first).xadd(stream, '2-0', ...second).exec()
+  const heard = await threeLinesHeard(t, layer, sender, member)
+  await loseWritesAfter(t, sender.prefix, 'feed', 2)
   await sendDropped(proxy, sender, 4)
   const next = await sender.groupSend('feed', { type: 'line', n: 5 })
   t.ok(next !== undefined && heard !== undefined && next.epoch !== heard.epoch, 'the sender noticed, and line 5 is in a new epoch')
@@ -745,16 +731,11 @@ t.test('the same, when another process that noticed gave the group its new epoch
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-renewed')
   const member = await feedMember(layer)
-  let heard: StreamPosition | undefined
-  for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
-  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
+  const heard = await threeLinesHeard(t, layer, sender, member)
   const admin = adminClient(t)
   const meta = `${sender.prefix}:h:{feed}`
-  const stream = `${sender.prefix}:s:{feed}`
-  const [[, first], [, second]] = await admin.xrangeBuffer(stream, '1-0', '2-0')
-  await admin.multi().hset(meta, 't', 2).del(stream).xadd(stream, '1-0', ...first).xadd(stream, '2-0', ...second).exec()
-  const another = new RedisChannelLayer({ url: REDIS_URL, prefix: sender.prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } } })
-  t.teardown(() => another.close())
+  await loseWritesAfter(t, sender.prefix, 'feed', 2)
+  const another = anotherProcess(t, sender.prefix)
   await sendDropped(proxy, another, 4)
   await sendDropped(proxy, another, 5)
   // What a process that heard line 4 after line 3 at the same offset does: a new epoch, offsets kept.
@@ -767,14 +748,9 @@ t.test('the same, when the process missed more than that write: the read of the 
   if (!await requireRedis(t)) return
   const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-gap')
   const member = await feedMember(layer)
-  for (const n of [1, 2, 3]) await sender.groupSend('feed', { type: 'line', n })
-  t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
-  const admin = adminClient(t)
-  const stream = `${sender.prefix}:s:{feed}`
-  const [[, first], [, second]] = await admin.xrangeBuffer(stream, '1-0', '2-0')
-  await admin.multi().hset(`${sender.prefix}:h:{feed}`, 't', 2).del(stream).xadd(stream, '1-0', ...first).xadd(stream, '2-0', ...second).exec()
-  const another = new RedisChannelLayer({ url: REDIS_URL, prefix: sender.prefix, timeout: TIMEOUT, groups: { feed: { history: { size: 100, ttl: 60 } } } })
-  t.teardown(() => another.close())
+  await threeLinesHeard(t, layer, sender, member)
+  await loseWritesAfter(t, sender.prefix, 'feed', 2)
+  const another = anotherProcess(t, sender.prefix)
   await sendDropped(proxy, another, 4)
   await sendDropped(proxy, another, 5)
   await another.groupSend('feed', { type: 'line', n: 6 })
