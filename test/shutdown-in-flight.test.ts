@@ -5,24 +5,14 @@
  * finish within the grace is not waited for.
  */
 import t, { type Test } from 'tap'
-import Fastify, { type FastifyInstance } from 'fastify'
-import fastifyWebsocket from '@fastify/websocket'
+import type { FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
 import { setTimeout as wait } from 'node:timers/promises'
-import fastifyChannels, { GroupsConsumer, WebsocketConsumer } from '../lib/index.js'
-import { ChannelsClient, ChannelsClientError } from '../lib/client/index.js'
-import { buildApp, eventually, sleep } from './helpers/app.js'
+import { GroupsConsumer, WebsocketConsumer } from '../lib/index.js'
+import { ChannelsClient } from '../lib/client/index.js'
+import { appWithOwnWebsocket, buildApp, eventually, sleep } from './helpers/app.js'
 import { listen, openClient } from './helpers/loopback.js'
-
-async function rejection (promise: Promise<unknown>): Promise<ChannelsClientError> {
-  try {
-    await promise
-  } catch (err) {
-    if (err instanceof ChannelsClientError) return err
-    throw err
-  }
-  throw new Error('expected a rejection')
-}
+import { clientRejection } from './helpers/client.js'
 
 t.test('a call whose action runs when app.close() begins is answered, then the socket closes 1001; the call queued behind it never runs', async t => {
   const ran: string[] = []
@@ -48,7 +38,7 @@ t.test('a call whose action runs when app.close() begins is answered, then the s
   client.on('state', state => { states.push(state) })
 
   const place = client.call('place')
-  const cancel = rejection(client.call('cancel'))
+  const cancel = clientRejection(client.call('cancel'))
   await eventually(() => ran.includes('place'))
   const closing = app.close()
   t.equal(await place, 'placed', 'the call in flight got its reply')
@@ -104,9 +94,7 @@ t.test('a plain consumer: what the handler in hand sends leaves before the 1001;
 
 t.test('the same with the app\'s own @fastify/websocket registered first (its preClose closes every socket)', async t => {
   const handled: string[] = []
-  const app = Fastify()
-  await app.register(fastifyWebsocket)
-  await app.register(fastifyChannels, { heartbeatInterval: 0 })
+  const app = await appWithOwnWebsocket({ heartbeatInterval: 0 })
   app.get('/ws', { websocket: true }, slowConsumer(handled).asHandler())
   app.get('/plain', { websocket: true }, () => {})
   await inHandThenClose(t, app, handled)
@@ -139,9 +127,7 @@ t.test('with the app\'s own @fastify/websocket, a client that closes without a c
 
     override async disconnect (code: number): Promise<void> { codes.push(code) }
   }
-  const app = Fastify()
-  await app.register(fastifyWebsocket)
-  await app.register(fastifyChannels, { heartbeatInterval: 0 })
+  const app = await appWithOwnWebsocket({ heartbeatInterval: 0 })
   app.get('/ws', { websocket: true }, Recorded.asHandler())
   t.teardown(() => app.close())
   const { url } = await listen(app)

@@ -5,13 +5,12 @@
  * a peer that never answers the close frame: it holds `app.close()` 5 s, not ws' 30 s.
  */
 import t, { type Test } from 'tap'
-import Fastify, { type FastifyInstance } from 'fastify'
-import fastifyWebsocket from '@fastify/websocket'
+import type { FastifyInstance } from 'fastify'
 import { Registry } from 'prom-client'
 import WebSocket from 'ws'
-import fastifyChannels, { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
+import { WebsocketConsumer, type InMemoryChannelLayer } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
-import { buildApp, eventually, sleep, waitingConsumer } from './helpers/app.js'
+import { appWithOwnWebsocket, buildApp, eventually, sleep, waitingConsumer } from './helpers/app.js'
 import { buildSessionApp, sessionCookie } from './helpers/session.js'
 import { listen, openClient, rawSession } from './helpers/loopback.js'
 
@@ -105,9 +104,7 @@ t.test('with the app\'s own @fastify/websocket registered first, a handshake dur
   const disconnects = new Map<string, number[]>()
   const counters = { built: 0, started: 0 }
   const registry = new Registry()
-  const app = Fastify()
-  await app.register(fastifyWebsocket)
-  await app.register(fastifyChannels, { heartbeatInterval: 0, metrics: { registry } })
+  const app = await appWithOwnWebsocket({ heartbeatInterval: 0, metrics: { registry } })
   app.get('/ws', { websocket: true }, heldConsumer(gate, disconnects, counters).asHandler())
   const { url, port } = await listen(app)
   const client = await openClient(`${url}/ws`)
@@ -161,9 +158,7 @@ t.test('peers that never answer the close frame hold app.close() for 5 s at most
 
 t.test('the same with the app\'s own @fastify/websocket registered first', async t => {
   const disconnects: number[] = []
-  const app = Fastify()
-  await app.register(fastifyWebsocket)
-  await app.register(fastifyChannels, { heartbeatInterval: 0 })
+  const app = await appWithOwnWebsocket({ heartbeatInterval: 0 })
   app.get('/ws', { websocket: true }, recordingConsumer(disconnects).asHandler())
   await withStalledPeers(t, app, disconnects)
 })

@@ -12,6 +12,7 @@ import { ChannelsClient, ChannelsClientError, type ClientState, type PresenceEnt
 import { InMemoryChannelLayer, type ApiOf } from '../../lib/index.js'
 import { eventually } from '../helpers/app.js'
 import { Rooms, roomsApp, type RoomsApp } from '../groups/rooms.js'
+import { clientRejection } from '../helpers/client.js'
 
 type RoomsApi = ApiOf<typeof Rooms>
 
@@ -27,16 +28,6 @@ function client (t: Test, query = '', options: { callTimeout?: number, heartbeat
 
 async function opened (c: ChannelsClient<RoomsApi>): Promise<void> {
   await eventually(() => c.state === 'open', 5000)
-}
-
-async function rejection (promise: Promise<unknown>): Promise<ChannelsClientError> {
-  try {
-    await promise
-  } catch (err) {
-    if (err instanceof ChannelsClientError) return err
-    throw err
-  }
-  throw new Error('expected a rejection')
 }
 
 t.test('join, messages with their positions, presence, calls', async t => {
@@ -74,22 +65,22 @@ t.test('join, messages with their positions, presence, calls', async t => {
 
 t.test('calls and joins that fail reject with a stable code', async t => {
   const c = client(t)
-  t.match(await rejection(c.call('post', { room: 'lobby', text: 'x'.repeat(30) })), { code: 'FST_CHANNELS_INVALID_ARGS', message: /args\/text/ })
-  t.match(await rejection(c.call('refuse')), { code: 'ROOM_FULL', message: 'room is full' })
-  t.match(await rejection(c.call('fail')), { code: 'FST_CHANNELS_ACTION_FAILED' })
-  t.match(await rejection((c as unknown as ChannelsClient).call('missing', {})), { code: 'FST_CHANNELS_UNKNOWN_ACTION' })
-  t.match(await rejection(c.call('wait', { ms: 300 }, { timeout: 50 })), { code: 'FST_CHANNELS_CALL_TIMEOUT', message: 'no reply to "wait" within 50 ms' })
-  t.match(await rejection(c.call('echo', { n: 1n } as unknown as undefined)), { code: 'FST_CHANNELS_INVALID_ARGS' }, 'arguments that are not JSON never leave')
+  t.match(await clientRejection(c.call('post', { room: 'lobby', text: 'x'.repeat(30) })), { code: 'FST_CHANNELS_INVALID_ARGS', message: /args\/text/ })
+  t.match(await clientRejection(c.call('refuse')), { code: 'ROOM_FULL', message: 'room is full' })
+  t.match(await clientRejection(c.call('fail')), { code: 'FST_CHANNELS_ACTION_FAILED' })
+  t.match(await clientRejection((c as unknown as ChannelsClient).call('missing', {})), { code: 'FST_CHANNELS_UNKNOWN_ACTION' })
+  t.match(await clientRejection(c.call('wait', { ms: 300 }, { timeout: 50 })), { code: 'FST_CHANNELS_CALL_TIMEOUT', message: 'no reply to "wait" within 50 ms' })
+  t.match(await clientRejection(c.call('echo', { n: 1n } as unknown as undefined)), { code: 'FST_CHANNELS_INVALID_ARGS' }, 'arguments that are not JSON never leave')
   // 2^31 ms and more: a timer would fire at once.
   for (const timeout of [0, -5, Number.NaN, Infinity, 2 ** 31]) {
-    t.match(await rejection(c.call('echo', undefined, { timeout })), { code: 'FST_CHANNELS_INVALID_OPTION', message: /timeout must be a positive number/ },
+    t.match(await clientRejection(c.call('echo', undefined, { timeout })), { code: 'FST_CHANNELS_INVALID_OPTION', message: /timeout must be a positive number/ },
       `a call with timeout ${timeout} rejects (it does not throw)`)
   }
   t.equal(await c.call('echo'), undefined, 'the next call works')
-  t.match(await rejection(c.join('lobby').ready), { code: 'FST_CHANNELS_JOIN_DENIED' }, 'a refused join rejects ready')
+  t.match(await clientRejection(c.join('lobby').ready), { code: 'FST_CHANNELS_JOIN_DENIED' }, 'a refused join rejects ready')
   const errors: unknown[] = []
   const explode = c.join('room.explode', { error (err) { errors.push(err) } })
-  t.match(await rejection(explode.ready), { code: 'FST_CHANNELS_JOIN_FAILED' }, 'a canJoin() that throws rejects ready: it is not retried')
+  t.match(await clientRejection(explode.ready), { code: 'FST_CHANNELS_JOIN_FAILED' }, 'a canJoin() that throws rejects ready: it is not retried')
   t.throws(() => c.join('not a group!'), { code: 'FST_CHANNELS_INVALID_NAME' }, 'an invalid name is refused before it is sent')
   // From plain JavaScript: none is turned into text that would pass ('undefined', '123').
   for (const name of [undefined, null, 123, {}, ['room.arr']]) {
@@ -102,7 +93,7 @@ t.test('calls and joins that fail reject with a stable code', async t => {
   sub.leave()
   const early = c.join('room.twice')
   early.leave()
-  t.match(await rejection(early.ready), { code: 'FST_CHANNELS_LEFT' }, 'left before joined')
+  t.match(await clientRejection(early.ready), { code: 'FST_CHANNELS_LEFT' }, 'left before joined')
   await c.join('room.twice').ready
   t.pass('and joined again after that')
   t.same(errors, [], 'a join refused the first time rejects ready; error() is for later refusals')
@@ -136,7 +127,7 @@ t.test('a dropped socket: calls in flight are rejected, the client comes back, n
   const inFlight = c.call('wait', { ms: 1000 })
   await new Promise(resolve => setTimeout(resolve, 50))
   for (const socket of server.app.websocketServer.clients) socket.terminate()
-  t.match(await rejection(inFlight), { code: 'FST_CHANNELS_CONNECTION_LOST' }, 'the call in flight is rejected: whether it ran is unknown')
+  t.match(await clientRejection(inFlight), { code: 'FST_CHANNELS_CONNECTION_LOST' }, 'the call in flight is rejected: whether it ran is unknown')
   for (let i = 3; i < 6; i++) await layer.groupSend('room.drop', { type: 'line', i })
   const queued = c.call('echo', 'sent once back')
   await opened(c)
@@ -235,9 +226,9 @@ t.test('close(): pending calls and joins are rejected, no reconnect', async t =>
   const joining = c.join('room.closing')
   c.close()
   t.equal(c.state, 'closed')
-  t.match(await rejection(pending), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
-  t.match(await rejection(joining.ready), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
-  t.match(await rejection(c.call('echo')), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
+  t.match(await clientRejection(pending), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
+  t.match(await clientRejection(joining.ready), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
+  t.match(await clientRejection(c.call('echo')), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
   t.throws(() => c.join('room.after'), { code: 'FST_CHANNELS_CLIENT_CLOSED' })
   await eventually(() => server.app.websocketServer.clients.size === 0, 2000)
   t.pass('the server sees the socket closed')

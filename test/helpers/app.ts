@@ -1,4 +1,5 @@
 import Fastify, { type FastifyInstance } from 'fastify'
+import fastifyWebsocket from '@fastify/websocket'
 import type { Test } from 'tap'
 import { setTimeout as wait } from 'node:timers/promises'
 import fastifyChannels, { WebsocketConsumer, type FastifyChannelsOptions } from '../../lib/index.js'
@@ -17,6 +18,17 @@ export async function buildApp (opts: FastifyChannelsOptions = {}, routes?: (app
   routes?.(app)
   await app.ready()
   return { app, logs }
+}
+
+/**
+ * An app that registered its own `@fastify/websocket` before the plugin (whose preClose closes
+ * every socket itself), without a logger.
+ */
+export async function appWithOwnWebsocket (opts: FastifyChannelsOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify()
+  await app.register(fastifyWebsocket)
+  await app.register(fastifyChannels, opts)
+  return app
 }
 
 /**
