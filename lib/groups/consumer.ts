@@ -12,12 +12,12 @@ import type { Delivery, GroupAddOptions, GroupJoin, LayerMessage, PresenceEntry,
 import type { CallId, ErrorBody, ServerToClient } from '../protocol.js'
 import type { WebsocketRouteHandler } from '../consumer.js'
 import { JsonWebsocketConsumer, kRefuseFrame } from '../json-consumer.js'
-import { isThenable, kAtOnce, kSkipped, kStillHere, kUnmetered } from '../connection/tasks.js'
+import { kAtOnce, kSkipped, kStillHere, kUnmetered } from '../connection/tasks.js'
 import { findHandlerByType, handlerNames, isPresenceEvent, kRoute, reserveNames, type MessageHandler } from '../dispatch.js'
 import { assertGroupName } from '../layers/names.js'
 import { ArgsTooLargeError, BadFrameError, JoinDeniedError, JoinFailedError, LayerClosedError, LayerTimeoutError, RemoteLayerError, TooManyGroupsError, UnknownActionError } from '../errors.js'
 import { readFrame, callIdIn, echo, isJoin, isPing, show } from './frames.js'
-import { messageFrame, messageFrameText } from './message-frame.js'
+import { forwardToClient } from './message-frame.js'
 import { Strikes } from './strikes.js'
 import { checkActions, errorBody, validateArgs, type ActionTable } from './actions.js'
 import { REJOIN_MARK, Rejoins } from './rejoins.js'
@@ -54,7 +54,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
   /** Groups joined again after a leave, while the membership before may still have messages queued. */
   readonly #rejoins = new Rejoins(this)
   /** Where the client stands in each joined group's history; a gap it fills is sent as live messages are. */
-  readonly #positions = new Positions(this, (group, message, info) => this.#forwardOne(group, message, info))
+  readonly #positions = new Positions(this, (group, message, info) => forwardToClient(this, group, message, info))
   #frameBytes = 0
   #frameText: string | undefined = undefined
   // Protocol errors lately: past maxProtocolErrors, the client is closed.
@@ -295,30 +295,7 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     }
     const held = this.#positions.next(group, info)
     if (held !== undefined) return held.then(async sendable => { if (sendable) await this.#deliver(message, info) })
-    return this.#forwardOne(group, message, info)
-  }
-
-  /**
-   * A forward() that fails drops that message only, logged at error: closing the connection would
-   * have its client re-join from the same position, get the same message, and fail again.
-   */
-  #forwardOne (group: string, message: LayerMessage, info: Delivery): Promise<void> | undefined {
-    let data: unknown
-    try {
-      data = this.forward(message, info)
-    } catch (err) {
-      this.#forwardFailed(err, group, info)
-      return undefined
-    }
-    if (isThenable(data)) {
-      // Any thenable, as `await` would take it (one that is not a Promise too).
-      return Promise.resolve(data).then(async reshaped => { await this.#message(group, info, reshaped) }, (err: unknown) => { this.#forwardFailed(err, group, info) })
-    }
-    return this.#message(group, info, data)
-  }
-
-  #forwardFailed (err: unknown, group: string, info: Delivery): void {
-    this.log.error({ err, group, offset: info.offset, channel: this.channelName }, 'forward() failed; the message is not sent to this client')
+    return forwardToClient(this, group, message, info)
   }
 
   /** The layer skipped messages of a group for this channel, up to `info`: fetched from the history. */
@@ -346,23 +323,6 @@ export class GroupsConsumer extends JsonWebsocketConsumer {
     }
     if (!this.#joined.has(group)) return
     await this.#write({ op: 'joined', group, position: this.#positions.get(group) ?? null, recovered: true, presence, refresh: true })
-  }
-
-  /**
-   * Sends the client what forward() returned. What JSON cannot carry fails that message only, as a
-   * throwing forward() does: failing the connection, its client would re-join into the same message.
-   */
-  #message (group: string, info: Delivery, data: unknown): Promise<void> | undefined {
-    if (data === undefined) return undefined
-    if (this.sendJson !== JsonWebsocketConsumer.prototype.sendJson) return this.#write(messageFrame(group, info, data))
-    let text: string | undefined
-    try {
-      text = messageFrameText(group, info, data, (this.constructor as typeof JsonWebsocketConsumer).encodeJson)
-    } catch (err) {
-      this.#forwardFailed(err, group, info)
-      return undefined
-    }
-    return text !== undefined ? this.send(text) : this.#write(messageFrame(group, info, data))
   }
 
   // --- answers ----------------------------------------------------------------------------------

@@ -42,7 +42,27 @@ export class CatchUps {
     return this.#joining.has(group)
   }
 
-  setFloor (group: string, channel: string, position: StreamPosition): void {
+  /**
+   * The join's read answered: `channel` gets what it missed (`replay`, when the read holds all of
+   * it), then the messages held for it that the read did not include (offset above the position).
+   * Until the live stream reaches the position, its copies are not given to the channel again.
+   */
+  caughtUp (group: string, channel: string, held: Held[], position: StreamPosition | null, replay: Array<[number, LayerMessage]> | undefined, deliver: (message: LayerMessage, info: Delivery) => void): void {
+    this.release(group, channel)
+    if (replay !== undefined && position !== null) {
+      for (const [offset, message] of replay) deliver(message, { group, offset, epoch: position.epoch })
+    }
+    const top = position?.offset ?? 0
+    let reached = 0
+    for (const { message, info } of held) {
+      const offset = info.offset ?? 0
+      if (offset > reached) reached = offset
+      if (info.offset === undefined || offset > top) deliver(message, info)
+    }
+    if (position !== null && reached < top) this.#setFloor(group, channel, position)
+  }
+
+  #setFloor (group: string, channel: string, position: StreamPosition): void {
     let floors = this.#floors.get(group)
     if (floors === undefined) {
       floors = new Map()
@@ -84,4 +104,11 @@ export class CatchUps {
     this.#joining.clear()
     this.#floors.clear()
   }
+}
+
+/** Whether `missed` holds every message after `since` up to `position`. */
+export function holdsAllSince (since: StreamPosition, position: StreamPosition, missed: ReadonlyArray<readonly [number, unknown]>): boolean {
+  if (since.epoch !== position.epoch || since.offset > position.offset) return false
+  if (since.offset === position.offset) return true
+  return missed.length > 0 && missed[0][0] === since.offset + 1 && missed[missed.length - 1][0] === position.offset
 }

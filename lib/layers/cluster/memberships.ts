@@ -10,7 +10,8 @@
  * ones the read did not include (offset above the position). Live copies of what the read
  * included may still be on their way (pub/sub and commands travel on different connections):
  * until the live stream reaches the position, the new member does not get them again. So
- * nothing is missed and nothing comes twice. (catch-ups.ts keeps the held messages and positions.)
+ * nothing is missed and nothing comes twice. (catch-ups.ts holds the messages back, hands the
+ * catch-up over, and keeps the positions.)
  */
 import type { LocalStore } from '../local-store.js'
 import { deadlineOf } from '../local-entries.js'
@@ -23,7 +24,7 @@ import { keepingOf, type GroupStamp, type Route, type StoredPayload, type Stored
 import type { HistoryPolicy } from '../history.js'
 import { RecordedPresence } from './recorded-presence.js'
 import { PresenceAnnouncements } from './presence-announcements.js'
-import { CatchUps, type Held } from './catch-ups.js'
+import { CatchUps, holdsAllSince, type Held } from './catch-ups.js'
 import { StreamGaps } from './stream-gaps.js'
 import { Leases, type DueRecords } from './leases.js'
 import type { Fences } from './fences.js'
@@ -318,25 +319,12 @@ export class Memberships {
       const since = join.since
       // Whether the history holds everything after `since`, as the in-memory layer answers, and
       // this process can read all of it: a message no key of its opens is not recovered either.
-      const replay = since !== undefined && position !== null && complete(since, position, result.missed)
+      const replay = since !== undefined && position !== null && holdsAllSince(since, position, result.missed)
         ? this.#decodeMissed(group, result.missed)
         : undefined
       const recovered = replay !== undefined
-      if (held !== undefined) {
-        this.#catchUps.release(group, channel)
-        if (replay !== undefined && position !== null) {
-          for (const [offset, message] of replay) store.deliver(channel, message, { group, offset, epoch: position.epoch }, true)
-        }
-        // Replays and held messages are one catch-up: neither is refused for capacity.
-        const top = position?.offset ?? 0
-        let reached = 0
-        for (const { message, info } of held) {
-          const offset = info.offset ?? 0
-          if (offset > reached) reached = offset
-          if (info.offset === undefined || offset > top) store.deliver(channel, message, info, true)
-        }
-        if (position !== null && reached < top) this.#catchUps.setFloor(group, channel, position)
-      }
+      // Replays and held messages are one catch-up: neither is refused for capacity.
+      if (held !== undefined) this.#catchUps.caughtUp(group, channel, held, position, replay, (message, info) => { store.deliver(channel, message, info, true) })
       if (position !== null) this.#gaps.joined(group, position)
       // A member all along has had everything since it joined: nothing is replayed.
       store.addMember(group, channel)
@@ -394,9 +382,3 @@ export class Memberships {
   }
 }
 
-/** Whether `missed` holds every message after `since` up to `position`. */
-function complete (since: StreamPosition, position: StreamPosition, missed: StoredPayload[]): boolean {
-  if (since.epoch !== position.epoch || since.offset > position.offset) return false
-  if (since.offset === position.offset) return true
-  return missed.length > 0 && missed[0][0] === since.offset + 1 && missed[missed.length - 1][0] === position.offset
-}
