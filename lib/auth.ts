@@ -37,10 +37,20 @@ function storeOf (scope: AnyScope): SessionStore | undefined {
   return typeof store?.get === 'function' ? store as SessionStore : undefined
 }
 
+/** Whether the store still has the session, and it has not expired. */
 function inStore (store: SessionStore, id: string): Promise<boolean> {
   return new Promise((resolve, reject) => {
-    store.get(id, (err, found) => { if (err !== null && err !== undefined) reject(err); else resolve(found !== null && found !== undefined) })
+    store.get(id, (err, found) => { if (err !== null && err !== undefined) reject(err); else resolve(found !== null && found !== undefined && !expired(found)) })
   })
+}
+
+// As `@fastify/session` reads a stored session: its cookie's expiry has passed. A store may keep
+// an expired session until a request loads it (the default in-memory store does), and a save
+// would make it live again.
+function expired (stored: unknown): boolean {
+  const expires = (stored as { cookie?: { expires?: unknown } | null }).cookie?.expires
+  if (!(expires instanceof Date) && typeof expires !== 'string' && typeof expires !== 'number') return false
+  return new Date(expires).getTime() <= Date.now()
 }
 
 // The browser holds this session only if one of its cookies carries the signed id (after any

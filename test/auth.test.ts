@@ -215,6 +215,20 @@ t.test('a session an HTTP request rotated or destroyed: login()/logout() reject 
   await again.disconnect()
 })
 
+t.test('a session that expired while the socket was open: login()/logout() reject with FST_CHANNELS_SESSION_GONE and do not bring it back', async t => {
+  const { app, cookie, sessionId, comm } = await socketInSession(t, { cookie: { secure: false, maxAge: 300 } })
+  // No HTTP request keeps the session alive: the store still holds it, expired.
+  await new Promise(resolve => setTimeout(resolve, 500))
+  await comm.sendJsonTo({ login: 'mallory' })
+  t.match(await comm.receiveJsonFrom(), { login: 'mallory', error: 'FST_CHANNELS_SESSION_GONE', user: undefined }, 'login() says the session is gone')
+  await comm.sendJsonTo({ logout: true })
+  t.match(await comm.receiveJsonFrom(), { logout: true, error: 'FST_CHANNELS_SESSION_GONE' }, 'so does logout()')
+  const after = await me(app, cookie)
+  t.equal(after.user, null, 'the old cookie signs no one in')
+  t.not(after.sessionId, sessionId, 'and gets a new session: the expired one stayed expired')
+  await comm.disconnect()
+})
+
 t.test('a cookie signed with a secret being rotated out: login() is seen by HTTP, and no warning says otherwise', async t => {
   const OLD = 'the old secret, at least 32 characters long'
   const NEW = 'the new secret, at least 32 characters long'
