@@ -31,7 +31,7 @@ export class PayloadCipher {
       throw new InvalidOptionError('option "encryptionKeys" must be a non-empty array of 32-byte keys (Buffers or base64 strings), the current key first')
     }
     this.#keys = keys.map((key, i) => {
-      const secret = typeof key === 'string' ? Buffer.from(key, 'base64') : key instanceof Uint8Array ? Buffer.from(key) : undefined
+      const secret = typeof key === 'string' ? fromBase64(key, i) : key instanceof Uint8Array ? Buffer.from(key) : undefined
       if (secret?.length !== KEY_BYTES) {
         throw new InvalidOptionError(`encryptionKeys[${i}] must be ${KEY_BYTES} bytes (a Buffer, or base64 of 32 bytes), got ${secret === undefined ? typeof key : `${secret.length} bytes`}`)
       }
@@ -63,4 +63,17 @@ export class PayloadCipher {
       return undefined
     }
   }
+}
+
+/**
+ * A key's base64, read strictly: Node's decoder skips what is not base64, so a passphrase or a
+ * key in hex would otherwise become 32 bytes of key that nobody chose.
+ */
+function fromBase64 (key: string, i: number): Buffer {
+  const secret = Buffer.from(key, 'base64')
+  if (secret.length === KEY_BYTES && secret.toString('base64') === key) return secret
+  const hint = /^[0-9a-f]{64}$/i.test(key)
+    ? ': this looks like hex; pass Buffer.from(key, \'hex\')'
+    : ' (44 characters ending in "=", as `openssl rand -base64 32` prints); a passphrase is not a key'
+  throw new InvalidOptionError(`encryptionKeys[${i}] is not base64 of ${KEY_BYTES} bytes${hint}`)
 }

@@ -23,4 +23,14 @@ t.test('keys are checked', async t => {
   for (const keys of [undefined, [], 'k', [randomBytes(16)], [randomBytes(32), 'c2hvcnQ='], [42]]) {
     t.throws(() => new PayloadCipher(keys), InvalidOptionError, JSON.stringify(keys) ?? 'undefined')
   }
+  const key = randomBytes(32)
+  t.ok(new PayloadCipher([key.toString('base64')]), 'base64 of 32 bytes, as openssl rand -base64 32 prints it')
+  // Each of these decodes leniently to 32 bytes: taken as keys, they would be keys nobody chose.
+  const passphrase = 'correcthorsebatterystaplecorrecthorsebatter'
+  t.equal(Buffer.from(passphrase, 'base64').length, 32)
+  t.throws(() => new PayloadCipher([passphrase]), { code: 'FST_CHANNELS_INVALID_OPTION', message: /encryptionKeys\[0\] is not base64 of 32 bytes.*a passphrase is not a key/ }, 'a passphrase')
+  const junk = key.toString('base64').slice(0, 20) + '$$$%%%' + key.toString('base64').slice(20)
+  t.throws(() => new PayloadCipher([key, junk]), { code: 'FST_CHANNELS_INVALID_OPTION', message: /encryptionKeys\[1\] is not base64/ }, 'base64 with characters that are not base64 in it')
+  t.throws(() => new PayloadCipher([key.toString('hex')]), { message: /looks like hex; pass Buffer\.from\(key, 'hex'\)/ }, 'hex: the message says what to do')
+  t.ok(new PayloadCipher([Buffer.from(key.toString('hex'), 'hex')]), 'which works')
 })
