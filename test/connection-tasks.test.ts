@@ -7,7 +7,7 @@
 import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type WebSocket from 'ws'
-import { JsonWebsocketConsumer, WebsocketConsumer } from '../lib/index.js'
+import { InMemoryChannelLayer, JsonWebsocketConsumer, WebsocketConsumer } from '../lib/index.js'
 import { buildApp, eventually, unhandledRejections } from './helpers/app.js'
 import { listen, openClient, rawSession } from './helpers/loopback.js'
 
@@ -283,6 +283,45 @@ t.test('an accept() nothing awaited, with a subprotocol the client did not offer
   t.equal(result.status, 403, 'the handshake is refused')
   await eventually(() => logs.some(l => l.level === 50 && l.msg === 'an accept() that nothing awaited failed; the connection had already ended'))
   t.match(logs.find(l => l.level === 50)?.err, { code: 'FST_CHANNELS_INVALID_OPTION' })
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
+t.test('a join made after the connection ended (a timer, a wait nothing tracks): rejected with ConnectionClosedError, no member left behind', async t => {
+  const unhandled = unhandledRejections(t)
+  const outcomes: string[] = []
+  class Late extends WebsocketConsumer {
+    override async receive (text?: string) {
+      const room = text ?? ''
+      if (room.startsWith('timer-')) {
+        // A join nothing awaits: its failure goes where a handler's would.
+        setTimeout(() => { void this.channelLayer.groupAdd(room, this.channelName) }, 100)
+      } else {
+        // A wait the connection does not track (a lookup), then the join, its failure caught.
+        void this.enter(room).then(() => outcomes.push('joined'), (err: { code?: string }) => outcomes.push(err.code ?? String(err)))
+      }
+    }
+
+    async enter (room: string): Promise<void> {
+      await sleep(100)
+      await this.channelLayer.groupAdd(room, this.channelName)
+    }
+  }
+  const layer = new InMemoryChannelLayer()
+  const { app, logs } = await buildApp({ layer }, app => app.get('/ws', { websocket: true }, Late.asHandler()))
+  t.teardown(() => app.close())
+  const { url } = await listen(app)
+  for (const room of ['lookup-room', 'timer-room']) {
+    const client = await openClient(`${url}/ws`)
+    client.ws.send(room)
+    await sleep(20)
+    client.ws.close()
+    await client.closed
+  }
+  await eventually(() => outcomes.length === 1 && logs.some(l => l.msg === 'a groupAdd() that nothing awaited stopped: the connection had ended'))
+  t.same(outcomes, ['FST_CHANNELS_CONNECTION_CLOSED'], 'the awaited join rejects, as a send() would')
+  await sleep(50)
+  t.same(layer.inspect(), { channels: 0, groups: 0, memberships: 0 }, 'no membership outlives its connection')
+  t.notOk(logs.some(l => (l.level as number) >= 40), 'the join nothing awaited is logged at debug: losing the race with the close is no failure')
   t.same(unhandled, [], 'no unhandled rejection')
 })
 

@@ -25,7 +25,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ChannelLayer, Delivery, LayerMessage } from '../layers/types.js'
 import { buildScope, checkSubprotocol } from '../scope.js'
 import { ConnectionClosedError } from '../errors.js'
-import { joinedThrough, layerView, leaveLayer } from './layer-view.js'
+import { layerView, leaveLayer } from './layer-view.js'
 import { Outbound, type OutboundOwner } from './outbound.js'
 import { heartbeatSlot, type Beating } from './heartbeat.js'
 import { contextFor, requestContext, storesValues } from './async-context.js'
@@ -417,7 +417,7 @@ export class Connection implements TaskRunner<Task, Delivery>, FlowOwner, Outbou
   async #finish (): Promise<void> {
     this.#forgetHandshake()
     if (this.#channelName !== '') {
-      await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, joinedThrough(this.#view), this.log)
+      await leaveLayer(this.#runtime.layer, this.#channelName, this.#consumer.groups, this.#view, this.log)
       this.#flow.release()
     }
     this.#runtime.connections.delete(this)

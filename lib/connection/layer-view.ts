@@ -17,7 +17,7 @@
 import { inspect } from 'node:util'
 import type { ChannelLayer, GroupAddOptions, GroupJoin, LayerLogger } from '../layers/types.js'
 import { canDiscardChannel } from '../layers/types.js'
-import { TooManyGroupsError } from '../errors.js'
+import { ConnectionClosedError, TooManyGroupsError } from '../errors.js'
 import { watched, type UnawaitedFailureOwner } from './unawaited-failure.js'
 
 type AddMethod = ChannelLayer['groupAdd']
@@ -28,6 +28,8 @@ interface ViewClass {
   new (channel: string, maxGroups: number, owner: UnawaitedFailureOwner): object
   /** Groups the view's channel joined through it and has not left. */
   joined (view: object): readonly string[]
+  /** The connection is leaving the layer: its channel joins nothing more. */
+  end (view: object): void
 }
 
 const viewClasses = new WeakMap<ChannelLayer, ViewClass>()
@@ -67,6 +69,7 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
     readonly #maxGroups: number
     readonly #owner: UnawaitedFailureOwner
     #joined: Names = NONE
+    #ended = false
     // Bound on first use: most views never read them.
     #boundAdd: AddMethod | undefined = undefined
     #boundDiscard: DiscardMethod | undefined = undefined
@@ -83,7 +86,14 @@ function viewClassOf (layer: ChannelLayer): ViewClass {
       return names instanceof Set ? [...names] : names
     }
 
+    static end (view: object): void {
+      (view as LayerView).#ended = true
+    }
+
     async #groupAdd (group: string, member: string, options?: GroupAddOptions): Promise<GroupJoin> {
+      // Made after the connection left the layer (a join nothing awaited, done after its wait),
+      // the membership would outlive it until groupExpiry, a member nobody reads.
+      if (this.#ended && member === this.#channel) throw new ConnectionClosedError(member, 'groupAdd() after the connection ended')
       const joined = this.#joined
       if (member !== this.#channel || includes(joined, group)) return await layer.groupAdd(group, member, options)
       if (count(joined) >= this.#maxGroups) throw new TooManyGroupsError(this.#channel, this.#maxGroups)
@@ -141,8 +151,14 @@ export function layerView (layer: ChannelLayer, channel: string, maxGroups: numb
  * joined; none for null, or for a layer that is no view.
  */
 export function joinedThrough (view: ChannelLayer | null): readonly string[] {
+  const View = classOfView(view)
+  return View === undefined ? NONE : View.joined(view as object)
+}
+
+/** The class of a view made by `layerView(…)`; undefined for null, or for a layer that is no view. */
+function classOfView (view: ChannelLayer | null): ViewClass | undefined {
   const View = (view as { constructor?: unknown } | null)?.constructor as ViewClass | undefined
-  return view === null || View === undefined || !viewClassSet.has(View) ? NONE : View.joined(view)
+  return view === null || View === undefined || !viewClassSet.has(View) ? undefined : View
 }
 
 // A view's groups: an array of exactly their names while there are few (most connections join one
@@ -174,9 +190,13 @@ function withoutGroup (names: Names, group: string): Names {
  * Frees the layer of a connection that ended: its channel and its memberships. A layer that can
  * discard a whole channel also drops memberships other code made with it, in one call. Otherwise
  * leave what is known: `groups` (maybe reassigned since) and what was joined through the view,
- * each step on its own so one bad group name does not leave the rest behind.
+ * each step on its own so one bad group name does not leave the rest behind. From now on, the
+ * view joins its channel to nothing more.
  */
-export async function leaveLayer (layer: ChannelLayer, channel: string, groups: unknown, joined: readonly string[], log: LayerLogger): Promise<void> {
+export async function leaveLayer (layer: ChannelLayer, channel: string, groups: unknown, view: ChannelLayer | null, log: LayerLogger): Promise<void> {
+  const View = classOfView(view)
+  View?.end(view as object)
+  const joined = View === undefined ? NONE : View.joined(view as object)
   const steps = canDiscardChannel(layer)
     ? [() => layer.discardChannel(channel)]
     : [...new Set([...(Array.isArray(groups) ? groups as string[] : []), ...joined])]
