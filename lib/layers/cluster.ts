@@ -25,7 +25,7 @@ import type {
   Delivery, GroupHistory, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, Received, StreamPosition
 } from './types.js'
 import { withTimeout } from './deadline.js'
-import { Envelope, WireCodec, reviveMessage } from './codec.js'
+import { Envelope, WireCodec, reviveMessage, unopenedHere } from './codec.js'
 import { PayloadCipher, type EncryptionKey } from './encryption.js'
 import { OwnerRequests } from './cluster/requests.js'
 import { Fences } from './cluster/fences.js'
@@ -242,9 +242,9 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const messages: GroupHistory['messages'] = []
     for (const [offset, payload] of stored) {
       try {
-        messages.push({ message: reviveMessage(this.#codec.decodeEnvelope(payload)?.[1]), offset })
+        messages.push({ message: this.#codec.decodeStored(payload), offset })
       } catch (err) {
-        this.log.warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
+        if (unopenedHere(err)?.reported !== true) this.log.warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
       }
     }
     return { messages, position }
@@ -256,7 +256,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       try {
         entries.push({ channel, info: this.#codec.decodeObject(info) as PresenceInfo })
       } catch (err) {
-        this.log.warn({ err, group, channel }, 'skipped an undecodable presence entry')
+        if (unopenedHere(err)?.reported !== true) this.log.warn({ err, group, channel }, 'skipped an undecodable presence entry')
       }
     }
     return entries

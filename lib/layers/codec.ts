@@ -27,6 +27,19 @@ const packr = new Packr({ useRecords: false })
 // Map ourselves keeps that key as plain data, exactly as the in-memory layer copies it.
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: false })
 
+/**
+ * Payloads this process could not open, by the errors that said so. `elsewhere`: another process
+ * may open it (sealed with a key this one lacks, or sealed where this one seals nothing, or the
+ * reverse); otherwise it names a key this process has and fails it (changed since). `reported`:
+ * counted and warned about (throttled) already, so a path that meets it logs nothing of its own.
+ */
+const unopened = new WeakMap<object, { elsewhere: boolean, reported: boolean }>()
+
+/** What `err` says of a payload this process could not open; undefined for any other error. */
+export function unopenedHere (err: unknown): { elsewhere: boolean, reported: boolean } | undefined {
+  return typeof err === 'object' && err !== null ? unopened.get(err) : undefined
+}
+
 export const Envelope = {
   group: 0,
   discard: 1,
@@ -96,8 +109,16 @@ export class WireCodec {
     return this.#seal(packr.pack(how === undefined ? [message] : [message, how]))
   }
 
+  /** A group message as the group's history keeps it (its envelope). */
+  decodeStored (payload: Buffer): LayerMessage {
+    const envelope = this.decodeEnvelope(payload)
+    if (envelope === null) throw this.#unopened(unpackr.unpackMultiple(payload)[0])
+    return reviveMessage(envelope?.[1])
+  }
+
   decodeDelivery (payload: Buffer): Received {
     const decoded = this.#unpack(payload)
+    if (decoded instanceof Uint8Array && this.#cipher === undefined) throw this.#unopened(decoded)
     if (!Array.isArray(decoded)) throw new InvalidMessageError('malformed delivery')
     const [message, how] = decoded as [unknown, unknown]
     if (!Array.isArray(how)) return { message: reviveMessage(message), info: {} }
@@ -130,8 +151,18 @@ export class WireCodec {
     if (this.#cipher === undefined) return unpackr.unpack(payload)
     const sealed: unknown = unpackr.unpack(payload)
     const plain = sealed instanceof Uint8Array ? this.#open(sealed) : undefined
-    if (plain === undefined) throw new InvalidMessageError('a payload no encryption key opens')
+    if (plain === undefined) throw this.#unopened(sealed)
     return unpackr.unpack(plain)
+  }
+
+  /** The error for a payload this process cannot open: `sealed`, what it holds where a seal would be. */
+  #unopened (sealed: unknown): Error {
+    const cipher = this.#cipher
+    const err = new InvalidMessageError(cipher === undefined ? 'a sealed payload, and this layer has no encryption keys' : 'a payload no encryption key opens')
+    // Only a seal this process tried to open was counted and reported (#open).
+    const tried = cipher !== undefined && sealed instanceof Uint8Array
+    unopened.set(err, { elsewhere: !tried || !cipher.hasKeyFor(sealed), reported: tried })
+    return err
   }
 }
 

@@ -48,6 +48,12 @@ export class PayloadCipher {
     return Buffer.concat([id, iv, body, last, cipher.getAuthTag()])
   }
 
+  /** Whether the payload names one of these keys (if it does not open, it was changed since). */
+  hasKeyFor (sealed: Uint8Array): boolean {
+    const id = Buffer.from(sealed.buffer, sealed.byteOffset, Math.min(sealed.byteLength, ID_BYTES))
+    return this.#keys.some(k => k.id.equals(id))
+  }
+
   /** The plain payload, or undefined when no key opens it (another key, or tampered with). */
   open (sealed: Uint8Array): Buffer | undefined {
     if (sealed.length < ID_BYTES + IV_BYTES + TAG_BYTES) return undefined

@@ -83,9 +83,9 @@ if (await requireRedis(t)) {
     t.equal(stale.stats.undecryptable, 1, 'a process without the new key drops what it seals, and counts it')
     t.equal(warnings.length, 1, 'and logs it, once')
     t.match(warnings[0], { msg: /^dropped a payload that no encryption key opens: .*encryptionKeys/ }, 'saying where to look')
-    await rotated.send('rotation-lost', { type: 'queued.rotated' })
-    await t.rejects(next(stale, 'rotation-lost', 300), 'a queued message it cannot open is not handed out')
-    t.equal(stale.stats.undecryptable, 2, 'it is dropped and counted')
+    await rotated.send('rotation-queued', { type: 'queued.rotated', n: 1 })
+    await t.rejects(next(stale, 'rotation-queued', 300), 'a queued message it cannot open is not handed out')
+    t.equal(stale.stats.undecryptable, 2, 'and counted')
     // A process left with the old key drops every payload: a line a second says how many, not a line each.
     for (let i = 0; i < 50; i++) await rotated.send(cs, { type: 'from.rotated' })
     const counted = (): number => warnings.slice(1).reduce((sum: number, w) => sum + ((w as { dropped?: number }).dropped ?? 0), 0)
@@ -98,6 +98,41 @@ if (await requireRedis(t)) {
     await rotated.send('rotation-jobs', { type: 'queued.rotated' })
     const caughtUp = open([current])
     t.same(await next(caughtUp, 'rotation-jobs'), { type: 'queued.rotated' })
+    t.same(await next(caughtUp, 'rotation-queued'), { type: 'queued.rotated', n: 1 }, 'the queued message the stale process could not open waited for one that can')
+  })
+
+  t.test('a worker that cannot open a named channel\'s messages (another key, or no keys) leaves them for the workers that can: none is lost', async t => {
+    const p = uniquePrefix('fc-leave')
+    const warnings: Array<{ msg?: string }> = []
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {}, info: () => {} }
+    const open = (options: RedisChannelLayerOptions): RedisChannelLayer => {
+      const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: p, ...options })
+      t.teardown(() => layer.close())
+      return layer
+    }
+    const sender = open({ encryptionKeys: KEYS })
+    for (const [what, wrong] of [['another key', open({ encryptionKeys: [randomBytes(32)], log })], ['no keys', open({ log })]] as const) {
+      const channel = `jobs-${what.replace(' ', '-')}`
+      // The worker that cannot open them waits first, so it is the one Redis hands the first job to.
+      const stop = new AbortController()
+      const wrongGot: LayerMessage[] = []
+      const wrongWaits = (async () => {
+        try {
+          for (let i = 0; i < 10; i++) wrongGot.push(await wrong.receive(channel, { signal: stop.signal }))
+        } catch {}
+      })()
+      await new Promise(resolve => setTimeout(resolve, 100))
+      for (let n = 0; n < 5; n++) await sender.send(channel, { type: 'job', n })
+      const right = open({ encryptionKeys: KEYS })
+      const got: number[] = []
+      for (let i = 0; i < 5; i++) got.push((await next(right, channel, 5000)).n as number)
+      t.same(got.sort(), [0, 1, 2, 3, 4], `${what}: a worker with the key gets every job`)
+      await t.rejects(next(right, channel, 300), `${what}: each once`)
+      stop.abort()
+      await wrongWaits
+      t.same(wrongGot, [], `${what}: the other worker is handed none`)
+    }
+    t.ok(warnings.some(w => /went back to the tail of its queue, for a process that can/.test(w.msg ?? '')), 'which says, in its log, what it did with them')
   })
 
   t.test('payloads this layer did not write (a process without keys on the same prefix) are ignored, logged once a second with their number', async t => {
@@ -141,5 +176,24 @@ if (await requireRedis(t)) {
     t.same(join.position, { offset: 2, epoch: since?.epoch }, 'from the group\'s position')
     await t.rejects(next(otherKey, co, 300), 'and nothing is replayed')
     t.same((await otherKey.groupAdd('kept.room', co, { since })).recovered, false, 'a second join answers the same')
+  })
+
+  t.test('history() and presence() with entries no key of the process opens: left out, counted, and logged once a second, not once an entry', async t => {
+    const p = uniquePrefix('fc-unopened-reads')
+    const groups = { 'kept.*': { history: { size: 100, ttl: 60 } } }
+    const warnings: Array<{ msg?: string, dropped?: number }> = []
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {}, info: () => {} }
+    const sender = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: KEYS, groups })
+    const otherKey = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: [randomBytes(32)], groups, log })
+    t.teardown(async () => { await Promise.all([sender.close(), otherKey.close()]) })
+    for (let n = 0; n < 50; n++) await sender.groupSend('kept.room', { type: 'x', n })
+    for (let i = 0; i < 20; i++) await sender.groupAdd('kept.room', await sender.newChannel(), { presence: { i } })
+    const history = await otherKey.history('kept.room')
+    t.same([history.messages.length, history.position?.offset], [0, 50], 'history() leaves out the 50 messages it cannot open, and its position shows them')
+    t.same(await otherKey.presence('kept.room'), [], 'presence() leaves out the 20 entries')
+    t.equal(otherKey.stats.undecryptable, 70, 'each one counted')
+    await new Promise(resolve => setTimeout(resolve, 1100))
+    t.ok(warnings.length <= 2, `${warnings.length} warning lines for 70 entries`)
+    t.equal(warnings.reduce((sum, w) => sum + (w.dropped ?? 1), 0), 70, 'which account for every one')
   })
 }

@@ -17,7 +17,7 @@ import type { LocalStore } from '../local-store.js'
 import { deadlineOf } from '../local-entries.js'
 import type { Policy } from '../policies.js'
 import type { JoinRequest } from '../arguments.js'
-import { reviveMessage, type WireCodec } from '../codec.js'
+import type { WireCodec } from '../codec.js'
 import type { Delivery, GroupJoin, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
 import { ttl, withTimeout } from '../deadline.js'
 import { keepingOf, type GroupStamp, type Route, type StoredPayload, type StoredPresence, type Transport } from './transport.js'
@@ -89,7 +89,7 @@ export class Memberships {
         // given it its new epoch while this one read what it missed in the old.
         return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`, true)
       },
-      decode: payload => this.#decode(payload),
+      decode: payload => settings.codec.decodeStored(payload),
       renewEpoch: (group, epoch) => this.renewEpoch(group, epoch),
       deliver: (group, message, info, readBack) => { this.#fanOut(group, message, info, readBack) },
       up: () => this.#transport.up,
@@ -349,7 +349,7 @@ export class Memberships {
     const replay: Array<[number, LayerMessage]> = []
     for (const [offset, payload] of missed) {
       try {
-        replay.push([offset, this.#decode(payload)])
+        replay.push([offset, this.#settings.codec.decodeStored(payload)])
       } catch (err) {
         this.#settings.log().warn({ err, group, offset }, 'a message of the group\'s history cannot be decoded here: the join is not recovered')
         return undefined
@@ -358,9 +358,7 @@ export class Memberships {
     return replay
   }
 
-  #decode (payload: Buffer): LayerMessage {
-    return reviveMessage(this.#settings.codec.decodeEnvelope(payload)?.[1])
-  }
+
 
   /** What a renewal writes: each group's live members and the presence they recorded; expired ones go. */
   #due (): DueRecords[] {

@@ -36,6 +36,7 @@
  */
 import type { Delivery, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
 import type { GroupStamp, HistoryRead } from './transport.js'
+import { unopenedHere } from '../codec.js'
 
 /** Reads of one gap, in all, before what it holds is given up for lost; the first retry after this. */
 const READ_TRIES = 3
@@ -250,7 +251,9 @@ export class StreamGaps {
           try {
             message = reader.decode(payload)
           } catch (err) {
-            reader.log().warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
+            // One no key of this process opens is in the history, and reported (throttled) as such.
+            if (unopenedHere(err)?.reported === true) missing--
+            else reader.log().warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
             continue
           }
           missing--

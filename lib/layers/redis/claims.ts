@@ -244,6 +244,11 @@ export class Claims {
     await this.#giveBack(claim, 'return')
   }
 
+  /** What the claim took goes to the tail of its queue, for another process; the claim stays. */
+  async giveBackToTail (claim: Claim): Promise<void> {
+    await this.#giveBack(claim, 'tail')
+  }
+
   /** The claim is done with: removed from Redis, after what it holds is given back (see giveUp). */
   end (claim: Claim): void {
     this.#ending.set(claim.id, claim)
@@ -371,7 +376,7 @@ export class Claims {
    * Runs the giveBack script for `claim`, which also removes what it handed over (whatever the
    * lease); false when its lease still runs.
    */
-  async #giveBack (claim: Claim, mode: 'own' | 'lease' | 'return'): Promise<boolean> {
+  async #giveBack (claim: Claim, mode: 'own' | 'lease' | 'return' | 'tail'): Promise<boolean> {
     const removing = claim.removing()
     const reply = await this.#connections.run(`receive ${claim.channel}`, client =>
       runScript(client, giveBack, [claim.key, claim.claims, this.#keys.queue(claim.channel)], [claim.id, mode, ...removing])) as unknown[]
@@ -379,7 +384,7 @@ export class Claims {
     const [back, expired] = reply.map(Number)
     if (back === -1) return false
     if (expired > 0) this.#layer.expired(expired)
-    if (back > 0 && mode !== 'return') {
+    if (back > 0 && (mode === 'own' || mode === 'lease')) {
       this.#layer.log().warn({ channel: claim.channel, messages: back },
         mode === 'lease'
           ? 'gave back to a named channel messages a pop took, from a claim whose lease ran out (its reader died or lost Redis: one it had just handed over, if any, runs again)'

@@ -20,12 +20,16 @@ import type { ClusterContext, SharedQueues } from '../cluster/transport.js'
 import { addToSet, DEADLINE_WIDTH, queuePush, recordMembers, runScript, runScriptBy, type ServerClock } from './scripts.js'
 import { isReplyError, type Client, type RedisConnections } from './connections.js'
 import { Claims, type Claim } from './claims.js'
+import { unopenedHere } from '../codec.js'
+import { ThrottledWarning } from '../throttled-warning.js'
 import type { RedisKeys } from './keys.js'
 
 /** Seconds one pop waits on the server before the reader looks around (receivers gone? closing?). */
 const POP_SECONDS = 1
 /** Idle blocking connections kept for the next reader. */
 const IDLE_CONNECTIONS = 2
+/** A reader that gave a message back for another process waits this long before its next pop. */
+const LEAVE_FOR_OTHERS_MS = 1000
 
 // Queue elements: a fixed-width expiry deadline (Redis server time, ms) in ASCII, then the message.
 
@@ -137,6 +141,7 @@ class QueueReaders {
   readonly #claims: Claims
   /** Ends the readers' waits between attempts, for close(). */
   readonly #wakes = new Set<() => void>()
+  readonly #leftForOthers: ThrottledWarning
   #closed = false
 
   constructor (connections: RedisConnections, layer: ClusterContext, clock: ServerClock, claims: Claims) {
@@ -144,6 +149,9 @@ class QueueReaders {
     this.#connections = connections
     this.#layer = layer
     this.#clock = clock
+    this.#leftForOthers = new ThrottledWarning(() => layer.log(),
+      'a message of a named channel that this process cannot open went back to the tail of its queue, for a process that can (see encryptionKeys)',
+      count => `${count} more messages of named channels that this process cannot open went back to their queues within a second`, 'givenBack')
   }
 
   /** Readers running now: for leak checks. */
@@ -182,6 +190,7 @@ class QueueReaders {
    */
   async close (): Promise<void> {
     this.#closed = true
+    this.#leftForOthers.close()
     for (const wake of this.#wakes) wake()
     for (const conn of this.#idle.splice(0)) this.#connections.release(conn)
     const taking = [...this.#readers.values()].flatMap(reader => reader.taking ?? [])
@@ -324,14 +333,16 @@ class QueueReaders {
       return
     }
     if (this.#layer.store.hasReceivers(channel)) {
-      claim.hand(element)
       let received: Received
       try {
         received = this.#layer.codec.decodeDelivery(element.subarray(DEADLINE_WIDTH))
       } catch (err) {
+        if (unopenedHere(err)?.elsewhere === true) return await this.#leaveForOthers(reader, claim)
+        claim.hand(element)
         this.#layer.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
         return
       }
+      claim.hand(element)
       // Out of the claim before the handler has it (a worker's may run inside deliver()).
       this.#claims.removeHanded(claim)
       this.#layer.store.deliver(channel, received.message, received.info)
@@ -345,6 +356,26 @@ class QueueReaders {
       this.#claims.giveUp(claim, undefined) // the claim keeps it until Redis answers again
       reader.claim = undefined
     }
+  }
+
+  /**
+   * A message this process cannot open and another may (sealed with a key it lacks, in a rotation
+   * made in the wrong order): it goes to the tail of its queue, so that what waits behind it still
+   * comes here, and this reader waits a second before its next pop, so that it does not take the
+   * message straight back when nothing else waits. A message no process opens goes round until it
+   * expires.
+   */
+  async #leaveForOthers (reader: Reader, claim: Claim): Promise<void> {
+    const { channel } = reader
+    this.#leftForOthers.warn({ channel })
+    try {
+      await this.#claims.giveBackToTail(claim)
+    } catch (err) {
+      this.#layer.log().debug({ err, channel }, 'could not give a message back to its named channel yet')
+      this.#claims.giveUp(claim, undefined) // the claim keeps it until Redis answers again
+      reader.claim = undefined
+    }
+    await this.#pause(LEAVE_FOR_OTHERS_MS)
   }
 
   async #acquire (): Promise<Client> {
