@@ -178,6 +178,34 @@ if (await requireRedis(t)) {
     t.same((await otherKey.groupAdd('kept.room', co, { since })).recovered, false, 'a second join answers the same')
   })
 
+  t.test('a live message no key of the process opens, between two it opens: read back, still unopened, and reported as that, not as lost from the history', async t => {
+    const p = uniquePrefix('fc-unopened-gap')
+    const groups = { 'kept.*': { history: { size: 10, ttl: 60 } } }
+    const warnings: Array<{ msg?: string, dropped?: number }> = []
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {}, info: () => {} }
+    const [older, newer] = [randomBytes(32), randomBytes(32)]
+    const open = (keys: Buffer[], extra: RedisChannelLayerOptions = {}): RedisChannelLayer => {
+      const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: keys, groups, ...extra })
+      t.teardown(() => layer.close())
+      return layer
+    }
+    // A rotation made in the wrong order: one sender seals with the new key before the member's process has it.
+    const [member, oldSender, newSender] = [open([older], { log }), open([older]), open([newer, older])]
+    const channel = await member.newChannel()
+    await member.groupAdd('kept.room', channel)
+    await oldSender.groupSend('kept.room', { type: 'x', n: 1 })
+    t.same(await next(member, channel), { type: 'x', n: 1 })
+    await newSender.groupSend('kept.room', { type: 'x', n: 2 })
+    await oldSender.groupSend('kept.room', { type: 'x', n: 3 })
+    t.same(await next(member, channel), { type: 'x', n: 3 }, 'the member gets what it can open')
+    await t.rejects(next(member, channel, 300), 'and nothing else')
+    const until = Date.now() + 3000
+    while (member.stats.undecryptable < 2 && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 20))
+    t.equal(member.stats.undecryptable, 2, 'the message it cannot open is counted live, and again when read back')
+    await new Promise(resolve => setTimeout(resolve, 1100))
+    t.same(warnings.map(w => w.msg).filter(msg => !/no encryption key opens/.test(msg ?? '')), [], 'logged only as a payload no key opens: not as lost from the history, nor once more as undecodable')
+  })
+
   t.test('history() and presence() with entries no key of the process opens: left out, counted, and logged once a second, not once an entry', async t => {
     const p = uniquePrefix('fc-unopened-reads')
     const groups = { 'kept.*': { history: { size: 100, ttl: 60 } } }
