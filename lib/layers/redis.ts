@@ -27,9 +27,13 @@ export class RedisChannelLayer extends ClusterChannelLayer<RedisTransport> {
     this.prefix = options.prefix ?? 'channels'
   }
 
-  /** Connects now instead of at the first call; resolves once Redis answers (or rejects after `timeout`). */
+  /**
+   * Connects now instead of at the first call, and sets up what this process' channels need (its
+   * inbox): resolves once Redis answers (or rejects after `timeout`). From then on `newChannel()`
+   * needs no Redis.
+   */
   async connect (): Promise<void> {
     this.assertOpen()
-    await this.transport.ping()
+    await Promise.all([this.transport.ping(), this.doNewChannel()])
   }
 }

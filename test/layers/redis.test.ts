@@ -5,7 +5,7 @@ import { ChannelFullError, InvalidOptionError, LayerClosedError } from '../../li
 import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
-import { REDIS_URL, adminClient, cleanedPrefix, keysOf, requireRedis, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, cleanedPrefix, keysOf, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
 import { receiveWithin } from '../helpers/layers.js'
 
 // The Redis layer against the shared Redis at REDIS_URL: the conformance suite with two layer
@@ -87,6 +87,16 @@ function tests (): void {
       t.ok(await outcome instanceof LayerClosedError, `${name}: LayerClosedError`)
       t.ok(performance.now() - started < 2000, `${name}: at once`)
     }
+  })
+
+  t.test('connect() at startup sets up what channels need: a consumer\'s channel is made even while Redis is down afterwards', async t => {
+    const server = await startRedisServer(t)
+    const layer = new RedisChannelLayer({ url: server.url, timeout: 300, log: { warn: () => {}, debug: () => {}, error: () => {} } })
+    t.teardown(() => layer.close())
+    await layer.connect()
+    await server.kill()
+    const channel = await layer.newChannel()
+    t.match(channel, /^specific\./, 'newChannel() answers without Redis')
   })
 
   t.test('every key and pub/sub channel starts with the prefix; flush deletes only its own', async t => {
