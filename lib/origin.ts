@@ -61,6 +61,16 @@ function normaliseHostname (host: string): string | null {
   }
 }
 
+/**
+ * A host with an empty label ('example..com', '..example.com') or a trailing dot ('example.com.')
+ * matches no Origin a browser sends for the site meant: refused rather than never matching.
+ */
+function checkLabels (hostname: string, bad: (why: string) => Error): void {
+  if (hostname.startsWith('[')) return
+  if (hostname.endsWith('.')) throw bad(`ends with a dot, which only an Origin with the same trailing dot matches; write '${hostname.replace(/\.+$/, '')}'`)
+  if (hostname.replace(/^\./, '').split('.').includes('')) throw bad('has an empty label (two dots in a row)')
+}
+
 function compilePattern (pattern: unknown): Matcher {
   if (typeof pattern !== 'string' || pattern.trim() === '') {
     throw new InvalidOptionError(`option "allowedOrigins" must hold non-empty strings, got ${JSON.stringify(pattern) ?? typeof pattern}`)
@@ -69,10 +79,12 @@ function compilePattern (pattern: unknown): Matcher {
   const bad = (why: string): Error =>
     new InvalidOptionError(`option "allowedOrigins": ${JSON.stringify(pattern)} ${why}; ${PATTERN_HINT}`)
   if (pattern.includes('*')) throw bad("is not a pattern: '*' only stands alone (for subdomains write '.example.com')")
+  if (pattern.toLowerCase() === 'null') throw bad("would match a host named 'null', never the Origin 'null' that sandboxed frames and file: pages send (only '*' lets that through)")
   const scheme = SCHEME.exec(pattern)?.[1]?.toLowerCase()
   if (scheme === undefined) {
     const hostname = pattern.replace(/\[[^\]]*\]/, '').includes(':') ? null : normaliseHostname(pattern.toLowerCase())
     if (hostname === null || hostname === '.') throw bad('is not a domain (a port needs a scheme, as in \'http://example.com:8080\')')
+    checkLabels(hostname, bad)
     return (origin) => origin !== null && isSameDomain(origin.hostname, hostname)
   }
   const rest = pattern.slice(scheme.length + 3).replace(/\/$/, '')
@@ -82,6 +94,7 @@ function compilePattern (pattern: unknown): Matcher {
   const portPart = hasPort ? rest.slice(colon + 1) : ''
   const hostname = normaliseHostname(hostPart.toLowerCase())
   if (hostname === null || hostname === '' || hostname === '.') throw bad('is not scheme://host[:port]')
+  checkLabels(hostname, bad)
   if (hasPort && !/^\d{1,5}$/.test(portPart)) throw bad('has a bad port')
   const port = hasPort ? Number(portPart) : DEFAULT_PORTS[scheme] ?? null
   if (port !== null && port > 65535) throw bad('has a bad port')

@@ -170,7 +170,13 @@ t.test('bad allowedOrigins / rejectMissingOrigin values fail register with a cle
     [['https://'], /is not scheme:\/\/host/],
     [['https://example.com:99999'], /bad port/],
     [['https://example.com:http'], /bad port|scheme:\/\/host/],
-    [['exa mple.com'], /is not a domain/]
+    [['exa mple.com'], /is not a domain/],
+    [['null'], /never the Origin 'null'.*only '\*'/],
+    [['..example.com'], /empty label/],
+    [['example..com'], /empty label/],
+    [['https://app..example.com'], /empty label/],
+    [['example.com.'], /ends with a dot.*write 'example\.com'/],
+    [['http://example.com.:8080'], /ends with a dot/]
   ]
   for (const [allowedOrigins, message] of bad) {
     const app = Fastify()

@@ -104,7 +104,7 @@ if (await requireRedis(t)) {
   t.test('a worker that cannot open a named channel\'s messages (another key, or no keys) leaves them for the workers that can: none is lost', async t => {
     const p = uniquePrefix('fc-leave')
     const warnings: Array<{ msg?: string }> = []
-    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {}, info: () => {} }
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {} }
     const open = (options: RedisChannelLayerOptions): RedisChannelLayer => {
       const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: p, ...options })
       t.teardown(() => layer.close())
@@ -182,7 +182,7 @@ if (await requireRedis(t)) {
     const p = uniquePrefix('fc-unopened-gap')
     const groups = { 'kept.*': { history: { size: 10, ttl: 60 } } }
     const warnings: Array<{ msg?: string, dropped?: number }> = []
-    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {}, info: () => {} }
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {} }
     const [older, newer] = [randomBytes(32), randomBytes(32)]
     const open = (keys: Buffer[], extra: RedisChannelLayerOptions = {}): RedisChannelLayer => {
       const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: keys, groups, ...extra })
@@ -210,7 +210,7 @@ if (await requireRedis(t)) {
     const p = uniquePrefix('fc-unopened-reads')
     const groups = { 'kept.*': { history: { size: 100, ttl: 60 } } }
     const warnings: Array<{ msg?: string, dropped?: number }> = []
-    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {}, info: () => {} }
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {} }
     const sender = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: KEYS, groups })
     const otherKey = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: [randomBytes(32)], groups, log })
     t.teardown(async () => { await Promise.all([sender.close(), otherKey.close()]) })
