@@ -239,14 +239,12 @@ export class Claims {
     return taken as Buffer | null
   }
 
-  /** What the claim took goes back to the head of its queue (its receivers left); the claim stays. */
-  async giveBackTaken (claim: Claim): Promise<void> {
-    await this.#giveBack(claim, 'return')
-  }
-
-  /** What the claim took goes to the tail of its queue, for another process; the claim stays. */
-  async giveBackToTail (claim: Claim): Promise<void> {
-    await this.#giveBack(claim, 'tail')
+  /**
+   * What the claim took goes back to its queue; the claim stays. To its head when its receivers
+   * left; to its tail when this process cannot open it, so what waits behind it still comes here.
+   */
+  async giveBackTaken (claim: Claim, end: 'head' | 'tail'): Promise<void> {
+    await this.#giveBack(claim, end === 'head' ? 'return' : 'tail')
   }
 
   /** The claim is done with: removed from Redis, after what it holds is given back (see giveUp). */

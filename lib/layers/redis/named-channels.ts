@@ -349,11 +349,16 @@ class QueueReaders {
       return
     }
     // Everyone who waited here left while the pop was in flight: give it back to the others.
+    await this.#giveBack(reader, claim, 'head')
+  }
+
+  /** What the reader's pop took goes back to its queue; until Redis answers, the claim keeps it. */
+  async #giveBack (reader: Reader, claim: Claim, end: 'head' | 'tail'): Promise<void> {
     try {
-      await this.#claims.giveBackTaken(claim)
+      await this.#claims.giveBackTaken(claim, end)
     } catch (err) {
-      this.#layer.log().debug({ err, channel }, 'could not give a message back to its named channel yet')
-      this.#claims.giveUp(claim, undefined) // the claim keeps it until Redis answers again
+      this.#layer.log().debug({ err, channel: reader.channel }, 'could not give a message back to its named channel yet')
+      this.#claims.giveUp(claim, undefined)
       reader.claim = undefined
     }
   }
@@ -366,15 +371,8 @@ class QueueReaders {
    * expires.
    */
   async #leaveForOthers (reader: Reader, claim: Claim): Promise<void> {
-    const { channel } = reader
-    this.#leftForOthers.warn({ channel })
-    try {
-      await this.#claims.giveBackToTail(claim)
-    } catch (err) {
-      this.#layer.log().debug({ err, channel }, 'could not give a message back to its named channel yet')
-      this.#claims.giveUp(claim, undefined) // the claim keeps it until Redis answers again
-      reader.claim = undefined
-    }
+    this.#leftForOthers.warn({ channel: reader.channel })
+    await this.#giveBack(reader, claim, 'tail')
     await this.#pause(LEAVE_FOR_OTHERS_MS)
   }
 
