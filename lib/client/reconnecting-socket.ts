@@ -49,6 +49,9 @@ type SocketWithOptions = new (url: string, protocols: string | string[], options
 // handshake takes a round trip, so the server sees the old connection end first; on a dead one a
 // browser holds that `close` until its own timeout, a minute in Chromium, and no longer matters.
 const GIVEN_UP_CLOSE_WAIT_MS = 1000
+// How long `close()` waits for the server's answer to its close frame before it ends the socket
+// where it can (ws' `terminate()`): on a live link the answer takes a round trip.
+const CLOSE_ANSWER_WAIT_MS = 1000
 
 export class ReconnectingSocket {
   readonly #url: string
@@ -181,7 +184,14 @@ export class ReconnectingSocket {
     // Forgotten at once: a frame still arriving on it is not handled.
     const socket = this.#socket
     this.#socket = null
-    socket?.close(1000)
+    if (socket === null) return
+    socket.close(1000)
+    // ws (Node) holds the socket, and the process, until the server answers the close, for up to
+    // 30 s: a server that is not reading (busy, or gone silent) gets CLOSE_ANSWER_WAIT_MS.
+    if (typeof socket.terminate === 'function') {
+      const ending = setTimeout(() => { socket.terminate?.() }, CLOSE_ANSWER_WAIT_MS)
+      socket.onclose = () => { clearTimeout(ending) }
+    }
   }
 
   /** `first`, from the constructor: a WebSocket constructor that throws is a bad option, thrown to the caller. */

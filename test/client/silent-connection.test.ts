@@ -3,10 +3,12 @@
  * it, a phone that changed networks), through a TCP proxy that holds everything the server sends:
  * the client asks (ping), gives the socket up a heartbeat later, reconnects, and the re-join
  * recovers what the group sent meanwhile, once and in order. A socket that talks, or whose server
- * answers the ping, is kept.
+ * answers the ping, is kept. And close() does not wait for a server that does not answer.
  */
 import t, { type Test } from 'tap'
-import { connect, createServer, type AddressInfo } from 'node:net'
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
+import { createServer as createHttpServer } from 'node:http'
+import { createHash } from 'node:crypto'
 import WebSocket from 'ws'
 import { ChannelsClient, type ClientState } from '../../lib/client/index.js'
 import { eventually } from '../helpers/app.js'
@@ -145,4 +147,32 @@ t.test('in a browser, whose WebSocket holds the `close` of a dead connection for
   t.equal(sockets.length, 2, 'one new socket, while the old one is still closing')
   await eventually(() => got.length === 1, 3000)
   t.same(got, ['while silent'], 'and the re-join recovered what was sent meanwhile')
+})
+
+t.test('close() on a connection whose server is not reading: the socket ends within a second, not ws\' 30 s, so the process may exit', async t => {
+  // A server that completes the handshake, then never reads nor answers (stuck, or gone silent).
+  const held = new Set<Socket>()
+  const server = createHttpServer()
+  server.on('upgrade', (request, socket: Socket) => {
+    held.add(socket)
+    socket.on('error', () => {})
+    const accept = createHash('sha1').update(`${String(request.headers['sec-websocket-key'])}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64')
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`)
+    socket.pause()
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { for (const socket of held) socket.destroy(); server.close() })
+  const sockets: WebSocket[] = []
+  class Recorded extends WebSocket {
+    constructor (...args: ConstructorParameters<typeof WebSocket>) {
+      super(...args)
+      sockets.push(this)
+    }
+  }
+  const client = new ChannelsClient(`ws://127.0.0.1:${(server.address() as AddressInfo).port}/ws`, { WebSocket: Recorded })
+  await eventually(() => client.state === 'open')
+  client.close()
+  t.equal(sockets.length, 1)
+  await eventually(() => sockets[0].readyState === WebSocket.CLOSED, 5000)
+  t.pass('the socket is closed')
 })
