@@ -244,10 +244,21 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       try {
         messages.push({ message: this.#codec.decodeStored(payload), offset })
       } catch (err) {
-        if (unopenedHere(err)?.reported !== true) this.log.warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
+        this.#notDecoded(err, { group, offset }, 'skipped an undecodable message of the group\'s history')
       }
     }
     return { messages, position }
+  }
+
+  /**
+   * A stored payload `history()` or `presence()` left out: one no key opens is reported already (at
+   * most once a second); one of a process with keys where this one has none, or the reverse, is
+   * reported as the routes' are; anything else is logged, with `message`.
+   */
+  #notDecoded (err: unknown, where: object, message: string): void {
+    const unopened = unopenedHere(err)
+    if (unopened === undefined) this.log.warn({ err, ...where }, message)
+    else if (!unopened.reported) this.#foreign.warn(where)
   }
 
   protected override async doPresence (group: string): Promise<PresenceEntry[]> {
@@ -256,7 +267,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       try {
         entries.push({ channel, info: this.#codec.decodeObject(info) as PresenceInfo })
       } catch (err) {
-        if (unopenedHere(err)?.reported !== true) this.log.warn({ err, group, channel }, 'skipped an undecodable presence entry')
+        this.#notDecoded(err, { group, channel }, 'skipped an undecodable presence entry')
       }
     }
     return entries

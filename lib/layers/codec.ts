@@ -112,13 +112,16 @@ export class WireCodec {
   /** A group message as the group's history keeps it (its envelope). */
   decodeStored (payload: Buffer): LayerMessage {
     const envelope = this.decodeEnvelope(payload)
-    if (envelope === null) throw this.#unopened(unpackr.unpackMultiple(payload)[0])
+    if (envelope === null || envelope === undefined) {
+      const first = firstValue(payload)
+      // Sealed where this process seals nothing, or the reverse: another process' configuration.
+      if (envelope === null || (this.#cipher === undefined ? first instanceof Uint8Array : Array.isArray(first))) throw this.#unopened(first)
+    }
     return reviveMessage(envelope?.[1])
   }
 
   decodeDelivery (payload: Buffer): Received {
     const decoded = this.#unpack(payload)
-    if (decoded instanceof Uint8Array && this.#cipher === undefined) throw this.#unopened(decoded)
     if (!Array.isArray(decoded)) throw new InvalidMessageError('malformed delivery')
     const [message, how] = decoded as [unknown, unknown]
     if (!Array.isArray(how)) return { message: reviveMessage(message), info: {} }
@@ -148,7 +151,12 @@ export class WireCodec {
   }
 
   #unpack (payload: Buffer): unknown {
-    if (this.#cipher === undefined) return unpackr.unpack(payload)
+    if (this.#cipher === undefined) {
+      // No payload this layer writes unsealed is bytes alone: this one was sealed elsewhere.
+      const value: unknown = unpackr.unpack(payload)
+      if (value instanceof Uint8Array) throw this.#unopened(value)
+      return value
+    }
     const sealed: unknown = unpackr.unpack(payload)
     const plain = sealed instanceof Uint8Array ? this.#open(sealed) : undefined
     if (plain === undefined) throw this.#unopened(sealed)
@@ -163,6 +171,15 @@ export class WireCodec {
     const tried = cipher !== undefined && sealed instanceof Uint8Array
     unopened.set(err, { elsewhere: !tried || !cipher.hasKeyFor(sealed), reported: tried })
     return err
+  }
+}
+
+/** The first value of a payload, or undefined when it does not decode. */
+function firstValue (payload: Buffer): unknown {
+  try {
+    return unpackr.unpackMultiple(payload)[0]
+  } catch {
+    return undefined
   }
 }
 

@@ -126,13 +126,30 @@ if (await requireRedis(t)) {
       const right = open({ encryptionKeys: KEYS })
       const got: number[] = []
       for (let i = 0; i < 5; i++) got.push((await next(right, channel, 5000)).n as number)
-      t.same(got.sort(), [0, 1, 2, 3, 4], `${what}: a worker with the key gets every job`)
+      t.same(got, [0, 1, 2, 3, 4], `${what}: a worker with the key gets every job, in order`)
       await t.rejects(next(right, channel, 300), `${what}: each once`)
       stop.abort()
       await wrongWaits
       t.same(wrongGot, [], `${what}: the other worker is handed none`)
     }
-    t.ok(warnings.some(w => /went back to the tail of its queue, for a process that can/.test(w.msg ?? '')), 'which says, in its log, what it did with them')
+    t.ok(warnings.some(w => /went back to its queue, for a process that can/.test(w.msg ?? '')), 'which says, in its log, what it did with them')
+  })
+
+  t.test('only workers that cannot open a named channel\'s messages: they stay queued, in order, counted once by the worker that keeps taking the first back', async t => {
+    const p = uniquePrefix('fc-leave-none')
+    const quiet = { warn: () => {}, debug: () => {}, error: () => {} }
+    const sender = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: KEYS })
+    const wrong = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: [randomBytes(32)], log: quiet })
+    t.teardown(async () => { await Promise.all([sender.close(), wrong.close()]) })
+    for (let n = 0; n < 3; n++) await sender.send('jobs', { type: 'job', n })
+    // About three pops of the first message, a second apart.
+    await t.rejects(next(wrong, 'jobs', 2500), 'the worker gets nothing')
+    t.equal(wrong.stats.undecryptable, 1, 'and counts the message it kept taking once')
+    const right = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: KEYS })
+    t.teardown(() => right.close())
+    const got: number[] = []
+    for (let i = 0; i < 3; i++) got.push((await next(right, 'jobs')).n as number)
+    t.same(got, [0, 1, 2], 'a worker with the key, started later, gets them all, in order')
   })
 
   t.test('payloads this layer did not write (a process without keys on the same prefix) are ignored, logged once a second with their number', async t => {
@@ -223,5 +240,17 @@ if (await requireRedis(t)) {
     await new Promise(resolve => setTimeout(resolve, 1100))
     t.ok(warnings.length <= 2, `${warnings.length} warning lines for 70 entries`)
     t.equal(warnings.reduce((sum, w) => sum + (w.dropped ?? 1), 0), 70, 'which account for every one')
+
+    // A process without keys on the same prefix: the sealed entries are another configuration's.
+    warnings.length = 0
+    const keyless = new RedisChannelLayer({ url: REDIS_URL, prefix: p, groups, log })
+    t.teardown(() => keyless.close())
+    t.same((await keyless.history('kept.room')).messages, [], 'a process without keys leaves the sealed messages out')
+    t.same(await keyless.presence('kept.room'), [], 'and the sealed presence entries')
+    await new Promise(resolve => setTimeout(resolve, 1100))
+    t.ok(warnings.length <= 2, `${warnings.length} warning lines for 70 entries`)
+    t.ok(warnings.every(w => /^ignored (\d+ more payloads|a payload) this layer did not write/.test(w.msg ?? '')), 'each line says they are another configuration\'s')
+    t.equal(warnings.reduce((sum, w) => sum + ((w as { ignored?: number }).ignored ?? 1), 0), 70, 'and they account for every one')
+    t.equal(keyless.stats.undecryptable, 0, 'none counted as undecryptable: the process has no keys')
   })
 }

@@ -51,8 +51,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, ${SWEEP_LIM
 /**
  * Removes what was handed over (as `removal`), then gives the claim's messages back to the head of
  * their queue, in order, except expired ones; then ends the claim, or (mode `return`) keeps it.
- * With mode `lease`, gives back only once the claim's lease ran out; with mode `tail`, to the tail
- * of the queue, and keeps the claim.
+ * With mode `lease`, gives back only once the claim's lease ran out.
  * KEYS[1] claim, KEYS[2] the channel's claims, KEYS[3] queue; ARGV claim id, mode, then pairs of
  * (message handed over, removal number).
  * Returns { given back, expired }, or { -1, 0 } for a claim whose lease still runs.
@@ -68,7 +67,7 @@ while element and #element > ${DEADLINE_WIDTH} do
   redis.call('RPOP', KEYS[1])
   local remaining = (tonumber(string.sub(element, 1, ${DEADLINE_WIDTH})) or 0) - now
   if remaining > 0 then
-    if ARGV[2] == 'tail' then redis.call('RPUSH', KEYS[3], element) else redis.call('LPUSH', KEYS[3], element) end
+    redis.call('LPUSH', KEYS[3], element)
     if redis.call('PTTL', KEYS[3]) < remaining then redis.call('PEXPIRE', KEYS[3], remaining) end
     back = back + 1
   else
@@ -76,7 +75,7 @@ while element and #element > ${DEADLINE_WIDTH} do
   end
   element = redis.call('LINDEX', KEYS[1], -1)
 end
-if ARGV[2] ~= 'return' and ARGV[2] ~= 'tail' then
+if ARGV[2] ~= 'return' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
 end

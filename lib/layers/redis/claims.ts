@@ -239,12 +239,9 @@ export class Claims {
     return taken as Buffer | null
   }
 
-  /**
-   * What the claim took goes back to its queue; the claim stays. To its head when its receivers
-   * left; to its tail when this process cannot open it, so what waits behind it still comes here.
-   */
-  async giveBackTaken (claim: Claim, end: 'head' | 'tail'): Promise<void> {
-    await this.#giveBack(claim, end === 'head' ? 'return' : 'tail')
+  /** What the claim took goes back to the head of its queue (its receivers left); the claim stays. */
+  async giveBackTaken (claim: Claim): Promise<void> {
+    await this.#giveBack(claim, 'return')
   }
 
   /** The claim is done with: removed from Redis, after what it holds is given back (see giveUp). */
@@ -374,7 +371,7 @@ export class Claims {
    * Runs the giveBack script for `claim`, which also removes what it handed over (whatever the
    * lease); false when its lease still runs.
    */
-  async #giveBack (claim: Claim, mode: 'own' | 'lease' | 'return' | 'tail'): Promise<boolean> {
+  async #giveBack (claim: Claim, mode: 'own' | 'lease' | 'return'): Promise<boolean> {
     const removing = claim.removing()
     const reply = await this.#connections.run(`receive ${claim.channel}`, client =>
       runScript(client, giveBack, [claim.key, claim.claims, this.#keys.queue(claim.channel)], [claim.id, mode, ...removing])) as unknown[]
@@ -382,7 +379,7 @@ export class Claims {
     const [back, expired] = reply.map(Number)
     if (back === -1) return false
     if (expired > 0) this.#layer.expired(expired)
-    if (back > 0 && (mode === 'own' || mode === 'lease')) {
+    if (back > 0 && mode !== 'return') {
       this.#layer.log().warn({ channel: claim.channel, messages: back },
         mode === 'lease'
           ? 'gave back to a named channel messages a pop took, from a claim whose lease ran out (its reader died or lost Redis: one it had just handed over, if any, runs again)'

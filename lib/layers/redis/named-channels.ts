@@ -126,6 +126,8 @@ class Reader {
   popping: Client | undefined
   /** Where this reader's pops put what they take. */
   claim: Claim | undefined
+  /** The message at the head of the queue that this process cannot open, last it took it. */
+  unopened: Buffer | undefined
   /** One controller per waiting receive(): lets an outage reject them with LayerTimeoutError. */
   readonly receivers = new Set<AbortController>()
   constructor (readonly channel: string, readonly key: string) {}
@@ -150,7 +152,7 @@ class QueueReaders {
     this.#layer = layer
     this.#clock = clock
     this.#leftForOthers = new ThrottledWarning(() => layer.log(),
-      'a message of a named channel that this process cannot open went back to the tail of its queue, for a process that can (see encryptionKeys)',
+      'a message of a named channel that this process cannot open went back to its queue, for a process that can (see encryptionKeys)',
       count => `${count} more messages of named channels that this process cannot open went back to their queues within a second`, 'givenBack')
   }
 
@@ -268,6 +270,7 @@ class QueueReaders {
 
   /** Waits `ms` between attempts, or until close(). */
   #pause (ms: number): Promise<void> {
+    if (this.#closed) return Promise.resolve()
     return new Promise(resolve => {
       const wake = (): void => {
         clearTimeout(timer)
@@ -333,15 +336,22 @@ class QueueReaders {
       return
     }
     if (this.#layer.store.hasReceivers(channel)) {
+      // Taken again, not opened again: counted and reported once.
+      if (reader.unopened?.equals(element) === true) return await this.#leaveForOthers(reader, claim)
       let received: Received
       try {
         received = this.#layer.codec.decodeDelivery(element.subarray(DEADLINE_WIDTH))
       } catch (err) {
-        if (unopenedHere(err)?.elsewhere === true) return await this.#leaveForOthers(reader, claim)
+        if (unopenedHere(err)?.elsewhere === true) {
+          reader.unopened = element
+          this.#leftForOthers.warn({ channel })
+          return await this.#leaveForOthers(reader, claim)
+        }
         claim.hand(element)
         this.#layer.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
         return
       }
+      reader.unopened = undefined
       claim.hand(element)
       // Out of the claim before the handler has it (a worker's may run inside deliver()).
       this.#claims.removeHanded(claim)
@@ -349,30 +359,29 @@ class QueueReaders {
       return
     }
     // Everyone who waited here left while the pop was in flight: give it back to the others.
-    await this.#giveBack(reader, claim, 'head')
+    await this.#giveBack(reader, claim)
   }
 
-  /** What the reader's pop took goes back to its queue; until Redis answers, the claim keeps it. */
-  async #giveBack (reader: Reader, claim: Claim, end: 'head' | 'tail'): Promise<void> {
+  /** What the reader's pop took goes back to the head of its queue; until Redis answers, the claim keeps it. */
+  async #giveBack (reader: Reader, claim: Claim): Promise<void> {
     try {
-      await this.#claims.giveBackTaken(claim, end)
+      await this.#claims.giveBackTaken(claim)
     } catch (err) {
       this.#layer.log().debug({ err, channel: reader.channel }, 'could not give a message back to its named channel yet')
-      this.#claims.giveUp(claim, undefined)
+      this.#claims.giveUp(claim, undefined) // the claim keeps it until Redis answers again
       reader.claim = undefined
     }
   }
 
   /**
    * A message this process cannot open and another may (sealed with a key it lacks, in a rotation
-   * made in the wrong order): it goes to the tail of its queue, so that what waits behind it still
-   * comes here, and this reader waits a second before its next pop, so that it does not take the
-   * message straight back when nothing else waits. A message no process opens goes round until it
-   * expires.
+   * made in the wrong order): it goes back to the head of its queue, where a process that can open
+   * it takes it next, in order, and this reader waits a second before its next pop, so that it
+   * does not take the message straight back. Meanwhile this process takes nothing from the queue;
+   * a message no process opens stays at its head until it expires.
    */
   async #leaveForOthers (reader: Reader, claim: Claim): Promise<void> {
-    this.#leftForOthers.warn({ channel: reader.channel })
-    await this.#giveBack(reader, claim, 'tail')
+    await this.#giveBack(reader, claim)
     await this.#pause(LEAVE_FOR_OTHERS_MS)
   }
 
