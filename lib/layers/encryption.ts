@@ -72,14 +72,16 @@ export class PayloadCipher {
 }
 
 /**
- * A key's base64, read strictly: Node's decoder skips what is not base64, so a passphrase or a
- * key in hex would otherwise become 32 bytes of key that nobody chose.
+ * A key's base64 (or base64url; padding and whitespace around it optional), read strictly: Node's
+ * decoder skips what is not base64, so a passphrase or a key in hex would otherwise become 32
+ * bytes of key that nobody chose.
  */
 function fromBase64 (key: string, i: number): Buffer {
-  const secret = Buffer.from(key, 'base64')
-  if (secret.length === KEY_BYTES && secret.toString('base64') === key) return secret
-  const hint = /^[0-9a-f]{64}$/i.test(key)
+  const text = key.trim().replace(/-/g, '+').replace(/_/g, '/').replace(/=+$/, '')
+  const secret = Buffer.from(text, 'base64')
+  if (secret.length === KEY_BYTES && secret.toString('base64').replace(/=+$/, '') === text) return secret
+  const hint = /^[0-9a-f]{64}$/i.test(key.trim())
     ? ': this looks like hex; pass Buffer.from(key, \'hex\')'
-    : ' (44 characters ending in "=", as `openssl rand -base64 32` prints); a passphrase is not a key'
+    : ' (as `openssl rand -base64 32` prints it); a passphrase is not a key'
   throw new InvalidOptionError(`encryptionKeys[${i}] is not base64 of ${KEY_BYTES} bytes${hint}`)
 }

@@ -24,7 +24,11 @@ t.test('keys are checked', async t => {
     t.throws(() => new PayloadCipher(keys), InvalidOptionError, JSON.stringify(keys) ?? 'undefined')
   }
   const key = randomBytes(32)
-  t.ok(new PayloadCipher([key.toString('base64')]), 'base64 of 32 bytes, as openssl rand -base64 32 prints it')
+  const sealed = new PayloadCipher([key]).seal(Buffer.from('x'))
+  for (const [form, text] of [['base64', key.toString('base64')], ['base64 read from a file, with its newline', `${key.toString('base64')}\n`],
+    ['base64url', key.toString('base64url')], ['base64 without its padding', key.toString('base64').replace(/=+$/, '')]]) {
+    t.same(new PayloadCipher([text]).open(sealed), Buffer.from('x'), `${form}: the same key`)
+  }
   // Each of these decodes leniently to 32 bytes: taken as keys, they would be keys nobody chose.
   const passphrase = 'correcthorsebatterystaplecorrecthorsebatter'
   t.equal(Buffer.from(passphrase, 'base64').length, 32)
