@@ -49,7 +49,9 @@ function inStore (store: SessionStore, id: string): Promise<boolean> {
 // would make it live again.
 function expired (stored: unknown): boolean {
   const expires = (stored as { cookie?: { expires?: unknown } | null }).cookie?.expires
-  if (!(expires instanceof Date) && typeof expires !== 'string' && typeof expires !== 'number') return false
+  if (expires instanceof Date) return expires.getTime() <= Date.now()
+  // None, '' and 0 alike, as `@fastify/session` reads them: a cookie for the browser's session.
+  if ((typeof expires !== 'string' && typeof expires !== 'number') || expires === '' || expires === 0) return false
   return new Date(expires).getTime() <= Date.now()
 }
 

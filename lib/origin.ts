@@ -65,9 +65,9 @@ function normaliseHostname (host: string): string | null {
  * A host with an empty label ('example..com', '..example.com') or a trailing dot ('example.com.')
  * matches no Origin a browser sends for the site meant: refused rather than never matching.
  */
-function checkLabels (hostname: string, bad: (why: string) => Error): void {
+function checkLabels (pattern: string, hostname: string, bad: (why: string) => Error): void {
   if (hostname.startsWith('[')) return
-  if (hostname.endsWith('.')) throw bad(`ends with a dot, which only an Origin with the same trailing dot matches; write '${hostname.replace(/\.+$/, '')}'`)
+  if (hostname.endsWith('.')) throw bad(`ends with a dot, which only an Origin with the same trailing dot matches; write '${pattern.replace(/\.+(?=(:\d*)?\/?$)/, '')}'`)
   if (hostname.replace(/^\./, '').split('.').includes('')) throw bad('has an empty label (two dots in a row)')
 }
 
@@ -84,7 +84,7 @@ function compilePattern (pattern: unknown): Matcher {
   if (scheme === undefined) {
     const hostname = pattern.replace(/\[[^\]]*\]/, '').includes(':') ? null : normaliseHostname(pattern.toLowerCase())
     if (hostname === null || hostname === '.') throw bad('is not a domain (a port needs a scheme, as in \'http://example.com:8080\')')
-    checkLabels(hostname, bad)
+    checkLabels(pattern, hostname, bad)
     return (origin) => origin !== null && isSameDomain(origin.hostname, hostname)
   }
   const rest = pattern.slice(scheme.length + 3).replace(/\/$/, '')
@@ -94,7 +94,7 @@ function compilePattern (pattern: unknown): Matcher {
   const portPart = hasPort ? rest.slice(colon + 1) : ''
   const hostname = normaliseHostname(hostPart.toLowerCase())
   if (hostname === null || hostname === '' || hostname === '.') throw bad('is not scheme://host[:port]')
-  checkLabels(hostname, bad)
+  checkLabels(pattern, hostname, bad)
   if (hasPort && !/^\d{1,5}$/.test(portPart)) throw bad('has a bad port')
   const port = hasPort ? Number(portPart) : DEFAULT_PORTS[scheme] ?? null
   if (port !== null && port > 65535) throw bad('has a bad port')

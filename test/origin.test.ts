@@ -176,7 +176,7 @@ t.test('bad allowedOrigins / rejectMissingOrigin values fail register with a cle
     [['example..com'], /empty label/],
     [['https://app..example.com'], /empty label/],
     [['example.com.'], /ends with a dot.*write 'example\.com'/],
-    [['http://example.com.:8080'], /ends with a dot/]
+    [['http://example.com.:8080'], /ends with a dot.*write 'http:\/\/example\.com:8080'/]
   ]
   for (const [allowedOrigins, message] of bad) {
     const app = Fastify()

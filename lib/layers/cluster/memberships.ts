@@ -358,8 +358,6 @@ export class Memberships {
     return replay
   }
 
-
-
   /** What a renewal writes: each group's live members and the presence they recorded; expired ones go. */
   #due (): DueRecords[] {
     const now = performance.now()
@@ -379,4 +377,3 @@ export class Memberships {
     return work
   }
 }
-
