@@ -120,8 +120,13 @@ export class WireCodec {
     return reviveMessage(envelope?.[1])
   }
 
-  decodeDelivery (payload: Buffer): Received {
-    const decoded = this.#unpack(payload)
+  /**
+   * A message with how it came, from a queue. `queued`: a named channel's, which another process
+   * may take instead; one sealed with a key this process lacks is then left to it, not dropped,
+   * and so not counted as undecryptable.
+   */
+  decodeDelivery (payload: Buffer, queued = false): Received {
+    const decoded = this.#unpack(payload, queued)
     if (!Array.isArray(decoded)) throw new InvalidMessageError('malformed delivery')
     const [message, how] = decoded as [unknown, unknown]
     if (!Array.isArray(how)) return { message: reviveMessage(message), info: {} }
@@ -144,13 +149,18 @@ export class WireCodec {
     return this.#cipher === undefined ? plain : packr.pack(this.#cipher.seal(plain))
   }
 
-  #open (sealed: Uint8Array): Buffer | undefined {
+  #open (sealed: Uint8Array, queued = false): Buffer | undefined {
     const plain = this.#cipher?.open(sealed)
-    if (plain === undefined) this.#undecryptable()
+    if (plain === undefined && !(queued && this.#sealedElsewhere(sealed))) this.#undecryptable()
     return plain
   }
 
-  #unpack (payload: Buffer): unknown {
+  /** Sealed with a key this process lacks (not changed since: that names a key it has). */
+  #sealedElsewhere (sealed: Uint8Array): boolean {
+    return this.#cipher?.hasKeyFor(sealed) === false
+  }
+
+  #unpack (payload: Buffer, queued = false): unknown {
     if (this.#cipher === undefined) {
       // No payload this layer writes unsealed is bytes alone: this one was sealed elsewhere.
       const value: unknown = unpackr.unpack(payload)
@@ -158,18 +168,18 @@ export class WireCodec {
       return value
     }
     const sealed: unknown = unpackr.unpack(payload)
-    const plain = sealed instanceof Uint8Array ? this.#open(sealed) : undefined
-    if (plain === undefined) throw this.#unopened(sealed)
+    const plain = sealed instanceof Uint8Array ? this.#open(sealed, queued) : undefined
+    if (plain === undefined) throw this.#unopened(sealed, queued)
     return unpackr.unpack(plain)
   }
 
   /** The error for a payload this process cannot open: `sealed`, what it holds where a seal would be. */
-  #unopened (sealed: unknown): Error {
-    const cipher = this.#cipher
-    const err = new InvalidMessageError(cipher === undefined ? 'a sealed payload, and this layer has no encryption keys' : 'a payload no encryption key opens')
-    // Only a seal this process tried to open was counted and reported (#open).
-    const tried = cipher !== undefined && sealed instanceof Uint8Array
-    unopened.set(err, { elsewhere: !tried || !cipher.hasKeyFor(sealed), reported: tried })
+  #unopened (sealed: unknown, queued = false): Error {
+    const err = new InvalidMessageError(this.#cipher === undefined ? 'a sealed payload, and this layer has no encryption keys' : 'a payload no encryption key opens')
+    // Only a seal this process tried to open was counted and reported (#open), unless left to others.
+    const tried = this.#cipher !== undefined && sealed instanceof Uint8Array
+    const elsewhere = !tried || this.#sealedElsewhere(sealed)
+    unopened.set(err, { elsewhere, reported: tried && !(queued && elsewhere) })
     return err
   }
 }

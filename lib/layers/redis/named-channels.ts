@@ -336,11 +336,11 @@ class QueueReaders {
       return
     }
     if (this.#layer.store.hasReceivers(channel)) {
-      // Taken again, not opened again: counted and reported once.
+      // Taken again: not tried again, nor reported again.
       if (reader.unopened?.equals(element) === true) return await this.#leaveForOthers(reader, claim)
       let received: Received
       try {
-        received = this.#layer.codec.decodeDelivery(element.subarray(DEADLINE_WIDTH))
+        received = this.#layer.codec.decodeDelivery(element.subarray(DEADLINE_WIDTH), true)
       } catch (err) {
         if (unopenedHere(err)?.elsewhere === true) {
           reader.unopened = element
