@@ -62,8 +62,33 @@ function clientHoldsSession (scope: AnyScope, session: SessionLike): boolean {
   const cookies = (scope.request as unknown as { cookies?: Record<string, string | undefined> | null }).cookies ?? {}
   const { sessionId, encryptedSessionId } = session
   if (typeof sessionId !== 'string' || sessionId === '') return false
+  const signer = signerOf(session)
   return Object.values(cookies).some(value => typeof value === 'string' &&
-    ((typeof encryptedSessionId === 'string' && encryptedSessionId !== '' && value.endsWith(encryptedSessionId)) || value.includes(`${sessionId}.`)))
+    ((typeof encryptedSessionId === 'string' && encryptedSessionId !== '' && value.endsWith(encryptedSessionId)) || value.includes(`${sessionId}.`) ||
+      (signer !== undefined && unsignsTo(signer, value, sessionId))))
+}
+
+interface Signer { unsign (value: string): { valid?: boolean, value?: unknown } | null | undefined }
+
+// `@fastify/session` keeps its cookie signer on the session, under a symbol of its own: the one
+// it made from `secret`, or an app's own (`secret: { sign, unsign }`), whose signed ids need not
+// look like `id.signature` nor be the same twice.
+function signerOf (session: SessionLike): Signer | undefined {
+  const key = Object.getOwnPropertySymbols(session).find(symbol => symbol.description === 'cookieSignerKey')
+  const signer = key === undefined ? undefined : (session as unknown as Record<symbol, Partial<Signer> | undefined>)[key]
+  return typeof signer?.unsign === 'function' ? signer as Signer : undefined
+}
+
+// Whether `value` (after a cookie prefix, if any: up to MAX_PREFIX characters) unsigns to `id`.
+const MAX_PREFIX = 32
+function unsignsTo (signer: Signer, value: string, id: string): boolean {
+  for (let start = 0; start <= Math.min(MAX_PREFIX, value.length - 1); start++) {
+    try {
+      const unsigned = signer.unsign(value.slice(start))
+      if (unsigned?.valid === true && unsigned.value === id) return true
+    } catch {}
+  }
+  return false
 }
 
 async function store (scope: AnyScope, session: LooseSession, action: string, change: () => void): Promise<void> {

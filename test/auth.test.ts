@@ -5,6 +5,7 @@
  * other session changes, and the clear errors when there is no session or the store fails.
  */
 import t, { type Test } from 'tap'
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
 import { JsonWebsocketConsumer, login, logout } from '../lib/index.js'
 import { WebsocketCommunicator } from '../lib/testing.js'
 import type { FastifyInstance, Session as StoredSession } from 'fastify'
@@ -226,6 +227,45 @@ t.test('a session that expired while the socket was open: login()/logout() rejec
   const after = await me(app, cookie)
   t.equal(after.user, null, 'the old cookie signs no one in')
   t.not(after.sessionId, sessionId, 'and gets a new session: the expired one stayed expired')
+  await comm.disconnect()
+})
+
+t.test('an app\'s own cookie signer, whose signed ids change every time, and a store that keeps JSON: login() after an HTTP logout still rejects, and warns of nothing', async t => {
+  const key = randomBytes(32)
+  // Encrypts the id with a fresh IV each time: no `id.signature` to recognise, never the same twice.
+  const signer = {
+    sign (value: string): string {
+      const iv = randomBytes(12)
+      const cipher = createCipheriv('aes-256-gcm', key, iv)
+      return Buffer.concat([iv, cipher.update(value, 'utf8'), cipher.final(), cipher.getAuthTag()]).toString('base64url')
+    },
+    unsign (signed: string): { valid: boolean, renew: boolean, value: string | null } {
+      try {
+        const bytes = Buffer.from(signed, 'base64url')
+        const decipher = createDecipheriv('aes-256-gcm', key, bytes.subarray(0, 12))
+        decipher.setAuthTag(bytes.subarray(bytes.length - 16))
+        return { valid: true, renew: false, value: Buffer.concat([decipher.update(bytes.subarray(12, bytes.length - 16)), decipher.final()]).toString('utf8') }
+      } catch {
+        return { valid: false, renew: false, value: null }
+      }
+    }
+  }
+  // A store that keeps sessions as JSON, as Redis stores do: what it gives back is data only.
+  const stored = new Map<string, string>()
+  const store = {
+    set (id: string, session: unknown, done: (err?: unknown) => void) { stored.set(id, JSON.stringify(session)); done() },
+    get (id: string, done: (err: unknown, session?: unknown) => void) { const json = stored.get(id); done(null, json === undefined ? null : JSON.parse(json)) },
+    destroy (id: string, done: (err?: unknown) => void) { stored.delete(id); done() }
+  }
+  const { app, logs, cookie, comm } = await socketInSession(t, { secret: signer as unknown as string, store: store as unknown as FastifySessionOptions['store'] })
+  await comm.sendJsonTo({ login: 'alice' })
+  t.match(await comm.receiveJsonFrom(), { user: { name: 'alice' } })
+  t.match(await me(app, cookie), { user: { name: 'alice' } }, 'HTTP sees the login')
+  t.notOk(logs.some(l => /sent no cookie/.test(String(l.msg))), 'no warning that the client sent no cookie: it did')
+  await app.inject({ method: 'POST', url: '/logout', headers: { cookie } })
+  await comm.sendJsonTo({ login: 'mallory' })
+  t.match(await comm.receiveJsonFrom(), { login: 'mallory', error: 'FST_CHANNELS_SESSION_GONE' }, 'a login after the HTTP logout is refused')
+  t.match(await me(app, cookie), { user: null }, 'and the old cookie signs no one in')
   await comm.disconnect()
 })
 
