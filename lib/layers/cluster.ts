@@ -134,6 +134,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       history: group => this.policies.of(group)?.history,
       presenceEvents: group => this.policies.of(group)?.presenceEvents === true,
       fences: this.#fences,
+      decodeStored: (payload, where) => this.#decodeStored(payload, where),
       announce: async (group, type, channel, info) => {
         const message = { type, channel, info: this.#codec.decodeObject(info) }
         await this.transport.publish({ kind: 'group', group }, this.#codec.encodeEnvelope([Envelope.group, message]), `announce ${type} in ${group}`)
@@ -241,17 +242,24 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const { position, stored } = await this.transport.readHistory(group, keepingOf(history, this.groupExpiryMs), since, limit, `history ${group}`)
     const messages: GroupHistory['messages'] = []
     for (const [offset, payload] of stored) {
-      try {
-        messages.push({ message: this.#codec.decodeStored(payload), offset })
-      } catch (err) {
-        this.#notDecoded(err, { group, offset }, 'skipped an undecodable message of the group\'s history')
-      }
+      const message = this.#decodeStored(payload, { group, offset })
+      if (message !== undefined) messages.push({ message, offset })
     }
     return { messages, position }
   }
 
+  /** A message of a group's history, or undefined when it cannot be decoded here (reported as below). */
+  #decodeStored (payload: Buffer, where: { group: string, offset: number }): LayerMessage | undefined {
+    try {
+      return this.#codec.decodeStored(payload)
+    } catch (err) {
+      this.#notDecoded(err, where, 'skipped an undecodable message of the group\'s history')
+      return undefined
+    }
+  }
+
   /**
-   * A stored payload `history()` or `presence()` left out: one no key opens is reported already (at
+   * A stored payload `history()`, `presence()` or a read-back left out: one no key opens is reported already (at
    * most once a second); one of a process with keys where this one has none, or the reverse, is
    * reported as the routes' are; anything else is logged, with `message`.
    */

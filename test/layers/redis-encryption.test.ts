@@ -4,7 +4,7 @@ import { Redis } from 'ioredis'
 import { RedisChannelLayer, type RedisChannelLayerOptions } from '../../lib/layers/redis.js'
 import type { LayerMessage } from '../../lib/layers/types.js'
 import { conformance } from './conformance.js'
-import { REDIS_URL, cleanedPrefix, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
+import { REDIS_URL, adminClient, cleanedPrefix, requireRedis, startRedisServer, uniquePrefix } from '../helpers/redis.js'
 import { receiveWithin } from '../helpers/layers.js'
 
 // encryptionKeys: every case of the conformance suite with every payload sealed, nothing
@@ -221,6 +221,47 @@ if (await requireRedis(t)) {
     t.equal(member.stats.undecryptable, 2, 'the message it cannot open is counted live, and again when read back')
     await new Promise(resolve => setTimeout(resolve, 1100))
     t.same(warnings.map(w => w.msg).filter(msg => !/no encryption key opens/.test(msg ?? '')), [], 'logged only as a payload no key opens: not as lost from the history, nor once more as undecodable')
+  })
+
+  t.test('a process without keys between processes that seal: the sealed message read back after a gap is logged as another configuration\'s, once a second', async t => {
+    const p = uniquePrefix('fc-keyless-gap')
+    const groups = { 'kept.*': { history: { size: 10, ttl: 60 } } }
+    const warnings: Array<{ msg?: string }> = []
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {} }
+    const open = (extra: RedisChannelLayerOptions): RedisChannelLayer => {
+      const layer = new RedisChannelLayer({ url: REDIS_URL, prefix: p, groups, ...extra })
+      t.teardown(() => layer.close())
+      return layer
+    }
+    const [member, plainSender, sealedSender] = [open({ log }), open({}), open({ encryptionKeys: KEYS })]
+    const channel = await member.newChannel()
+    await member.groupAdd('kept.room', channel)
+    await plainSender.groupSend('kept.room', { type: 'x', n: 1 })
+    t.same(await next(member, channel), { type: 'x', n: 1 })
+    await sealedSender.groupSend('kept.room', { type: 'x', n: 2 })
+    await plainSender.groupSend('kept.room', { type: 'x', n: 3 })
+    t.same(await next(member, channel), { type: 'x', n: 3 }, 'the member gets what it can read')
+    await new Promise(resolve => setTimeout(resolve, 1100))
+    t.same(warnings.map(w => w.msg).filter(msg => !/this layer did not write/.test(msg ?? '')), [], 'logged only as a payload this layer did not write: not as undecodable, nor as lost from the history')
+  })
+
+  t.test('a named channel\'s message changed in Redis: dropped, and logged once as a payload no key opens', async t => {
+    const p = uniquePrefix('fc-tampered-queue')
+    const warnings: Array<{ msg?: string }> = []
+    const log = { warn: (obj: object, msg?: string) => { warnings.push({ ...obj, msg }) }, debug: () => {}, error: () => {} }
+    const sender = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: KEYS })
+    const worker = new RedisChannelLayer({ url: REDIS_URL, prefix: p, encryptionKeys: KEYS, log })
+    t.teardown(async () => { await Promise.all([sender.close(), worker.close()]) })
+    await sender.send('jobs', { type: 'job', n: 1 })
+    const admin = adminClient(t)
+    const key = `${p}:q:{jobs}`
+    const element = await admin.lindexBuffer(key, 0) as Buffer
+    element[element.length - 1] ^= 1 // the GCM tag: the key id still names the worker's key
+    await admin.lset(key, 0, element)
+    await sender.send('jobs', { type: 'job', n: 2 })
+    t.same(await next(worker, 'jobs'), { type: 'job', n: 2 }, 'the next message comes')
+    t.equal(worker.stats.undecryptable, 1, 'the changed one is counted')
+    t.same(warnings.map(w => w.msg), ['dropped a payload that no encryption key opens: a process shares this layer with a key this one lacks (see encryptionKeys)'], 'and logged once')
   })
 
   t.test('history() and presence() with entries no key of the process opens: left out, counted, and logged once a second, not once an entry', async t => {

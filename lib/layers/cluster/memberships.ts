@@ -51,6 +51,8 @@ export interface MembershipSettings {
   announce: (group: string, type: 'presence.join' | 'presence.leave', channel: string, info: Buffer) => Promise<void>
   /** What makes a join or leave wait for this process' own messages to the group (fences.ts). */
   fences: Fences
+  /** A message of a group's history; undefined when it cannot be decoded here (reported). */
+  decodeStored: (payload: Buffer, where: { group: string, offset: number }) => LayerMessage | undefined
 }
 
 export class Memberships {
@@ -89,7 +91,7 @@ export class Memberships {
         // given it its new epoch while this one read what it missed in the old.
         return await this.#transport.readHistory(group, keepingOf(history, settings.groupExpiryMs), since, limit, `read back ${group}`, true)
       },
-      decode: payload => settings.codec.decodeStored(payload),
+      decode: (payload, group, offset) => settings.decodeStored(payload, { group, offset }),
       renewEpoch: (group, epoch) => this.renewEpoch(group, epoch),
       deliver: (group, message, info, readBack) => { this.#fanOut(group, message, info, readBack) },
       up: () => this.#transport.up,

@@ -36,7 +36,6 @@
  */
 import type { Delivery, LayerLogger, LayerMessage, StreamPosition } from '../types.js'
 import type { GroupStamp, HistoryRead } from './transport.js'
-import { unopenedHere } from '../codec.js'
 
 /** Reads of one gap, in all, before what it holds is given up for lost; the first retry after this. */
 const READ_TRIES = 3
@@ -47,8 +46,8 @@ export interface GapReader {
   historySize (group: string): number | undefined
   /** The group's stored messages after `since` (oldest first, at most `limit`), and its position. */
   read (group: string, since: StreamPosition, limit: number): Promise<HistoryRead>
-  /** A stored payload's message; throws when it cannot be decoded. */
-  decode (payload: Buffer): LayerMessage
+  /** A stored payload's message; undefined when it cannot be decoded here (reported already). */
+  decode (payload: Buffer, group: string, offset: number): LayerMessage | undefined
   /**
    * Hands a group message on to the local members, in order; one read back is not refused for
    * capacity (as a join's catch-up is not): the history bounds it.
@@ -247,16 +246,10 @@ export class StreamGaps {
         if (outage) missing = position.offset - stream.offset
         for (const [offset, payload] of stored) {
           if (offset <= stream.offset || offset >= before) continue
-          let message: LayerMessage
-          try {
-            message = reader.decode(payload)
-          } catch (err) {
-            // One no key of this process opens is in the history, and reported (throttled) as such.
-            if (unopenedHere(err)?.reported === true) missing--
-            else reader.log().warn({ err, group, offset }, 'skipped an undecodable message of the group\'s history')
-            continue
-          }
+          // In the history either way: one that cannot be decoded here is not missing from it.
           missing--
+          const message = reader.decode(payload, group, offset)
+          if (message === undefined) continue
           stream.offset = offset
           stream.stamp = undefined
           const read = stream.readBack

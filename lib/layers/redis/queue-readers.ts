@@ -24,6 +24,8 @@ export const POP_SECONDS = 1
 const IDLE_CONNECTIONS = 2
 /** A reader that gave a message back for another process waits this long before its next pop. */
 const LEAVE_FOR_OTHERS_MS = 1000
+/** A message that stays at the head of its queue, unopened here, is said again this often. */
+const STILL_UNOPENED_EVERY_MS = 60_000
 
 /** The expiry deadline of a queue element (server ms), or NaN for a malformed one. */
 function queueDeadline (element: Buffer): number {
@@ -40,6 +42,9 @@ class Reader {
   claim: Claim | undefined
   /** The message at the head of the queue that this process cannot open, last it took it. */
   unopened: Buffer | undefined
+  /** When it first took it, and when it last said so (performance.now()). */
+  unopenedSince = 0
+  unopenedToldAt = 0
   /** One controller per waiting receive(): lets an outage reject them with LayerTimeoutError. */
   readonly receivers = new Set<AbortController>()
   constructor (readonly channel: string, readonly key: string) {}
@@ -249,18 +254,24 @@ export class QueueReaders {
     }
     if (this.#layer.store.hasReceivers(channel)) {
       // Taken again: not tried again, nor reported again.
-      if (reader.unopened?.equals(element) === true) return await this.#leaveForOthers(reader, claim)
+      if (reader.unopened?.equals(element) === true) {
+        this.#stillUnopened(reader)
+        return await this.#leaveForOthers(reader, claim)
+      }
       let received: Received
       try {
         received = this.#layer.codec.decodeDelivery(element.subarray(DEADLINE_WIDTH), true)
       } catch (err) {
-        if (unopenedHere(err)?.elsewhere === true) {
+        const unopened = unopenedHere(err)
+        if (unopened?.elsewhere === true) {
           reader.unopened = element
+          reader.unopenedSince = reader.unopenedToldAt = performance.now()
           this.#leftForOthers.warn({ channel })
           return await this.#leaveForOthers(reader, claim)
         }
         claim.hand(element)
-        this.#layer.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
+        // One that names a key of this process and fails it was reported as undecryptable already.
+        if (unopened === undefined) this.#layer.log().warn({ err, channel }, 'dropped an undecodable message from a named channel')
         return
       }
       reader.unopened = undefined
@@ -288,13 +299,23 @@ export class QueueReaders {
   /**
    * A message this process cannot open and another may (sealed with a key it lacks, in a rotation
    * made in the wrong order): it goes back to the head of its queue, where a process that can open
-   * it takes it next, in order, and this reader waits a second before its next pop, so that it
-   * does not take the message straight back. Meanwhile this process takes nothing from the queue;
-   * a message no process opens stays at its head until it expires.
+   * it takes it next (a message behind it may go first, taken while it was out of the queue for a
+   * round trip), and this reader waits a second before its next pop, so that it does not take the
+   * message straight back. Meanwhile this process takes nothing from the queue; a message no
+   * process opens stays at its head until it expires.
    */
   async #leaveForOthers (reader: Reader, claim: Claim): Promise<void> {
     await this.#giveBack(reader, claim)
     await this.#pause(LEAVE_FOR_OTHERS_MS)
+  }
+
+  /** The same message is still at the head: said again once a minute while it stays there. */
+  #stillUnopened (reader: Reader): void {
+    const now = performance.now()
+    if (now - reader.unopenedToldAt < STILL_UNOPENED_EVERY_MS) return
+    reader.unopenedToldAt = now
+    this.#layer.log().warn({ channel: reader.channel, seconds: Math.round((now - reader.unopenedSince) / 1000) },
+      'a message of a named channel that this process cannot open is still at the head of its queue: this process takes nothing from the queue until a process with the key does, or it expires')
   }
 
   async #acquire (): Promise<Client> {
