@@ -259,9 +259,9 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   }
 
   /**
-   * A stored payload `history()`, `presence()` or a read-back left out: one no key opens is reported already (at
-   * most once a second); one of a process with keys where this one has none, or the reverse, is
-   * reported as the routes' are; anything else is logged, with `message`.
+   * A stored payload that `history()`, `presence()` or a read-back left out: one no key opens is
+   * reported already (at most once a second); one of a process with keys where this one has none,
+   * or the reverse, is reported as the routes' are; anything else is logged, with `message`.
    */
   #notDecoded (err: unknown, where: object, message: string): void {
     const unopened = unopenedHere(err)
