@@ -72,12 +72,17 @@ async function behindProxy (t: Test, base: string, timeout = TIMEOUT): Promise<{
   return { proxy, prefix, behind, direct }
 }
 
-/** Sends lines 1 to 3 to `feed`, and checks that `member` of `layer` heard them; line 3's position. */
-async function threeLinesHeard (t: Test, layer: RedisChannelLayer, sender: RedisChannelLayer, member: string): Promise<StreamPosition | undefined> {
+/**
+ * `historyBehindProxy`, a member of `feed` in the proxied layer, and lines 1 to 3 sent and checked
+ * heard by it; `heard` is line 3's position.
+ */
+async function threeLinesHeard (t: Test, base: string): Promise<{ proxy: StallingProxy, layer: RedisChannelLayer, sender: RedisChannelLayer, member: string, heard: StreamPosition | undefined }> {
+  const { proxy, layer, sender } = await historyBehindProxy(t, base)
+  const member = await feedMember(layer)
   let heard: StreamPosition | undefined
   for (const n of [1, 2, 3]) heard = await sender.groupSend('feed', { type: 'line', n })
   t.same(await linesUntilQuiet(layer, member), [1, 2, 3])
-  return heard
+  return { proxy, layer, sender, member, heard }
 }
 
 /** Another process on `prefix`, keeping `feed`'s history as the others do. */
@@ -625,9 +630,7 @@ t.test('a group message with history that a process\'s subscription missed is re
 
 t.test('a group whose offsets start again lower (a Redis that lost its last writes) still reaches a process that was cut off', async t => {
   if (!await requireRedis(t)) return
-  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-lower')
-  const member = await feedMember(layer)
-  await threeLinesHeard(t, layer, sender, member)
+  const { proxy, layer, sender, member } = await threeLinesHeard(t, 'fc-lower')
 
   await cutOffWhile(proxy, layer, async () => {
     // What a restart from a snapshot taken after the first line would leave: the same epoch, an
@@ -641,9 +644,7 @@ t.test('a group whose offsets start again lower (a Redis that lost its last writ
 
 t.test('a Redis that lost its last writes, and whose offsets other processes sent past again before a cut-off process was back: it notices, and the group gets a new epoch', async t => {
   if (!await requireRedis(t)) return
-  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-rewritten')
-  const member = await feedMember(layer)
-  const heard = await threeLinesHeard(t, layer, sender, member)
+  const { proxy, layer, sender, member, heard } = await threeLinesHeard(t, 'fc-rewritten')
 
   // A process that had sent nothing to the group before: it cannot tell the offsets went back.
   const another = anotherProcess(t, sender.prefix)
@@ -681,9 +682,8 @@ t.test('a Redis that lost its last writes of a group no process listens to: the 
 
 t.test('a group whose offsets go back while the process hears it (a Cluster master restarted from an older snapshot, unseen) reaches its members: nothing taken for a copy', async t => {
   if (!await requireRedis(t)) return
-  const { layer, sender } = await historyBehindProxy(t, 'fc-back-live')
-  const member = await feedMember(layer)
-  const before = (await threeLinesHeard(t, layer, sender, member))?.epoch
+  const { layer, sender, member, heard } = await threeLinesHeard(t, 'fc-back-live')
+  const before = heard?.epoch
   // No outage this process could see: the group's data is put back to what a snapshot taken after
   // the first line holds.
   await loseWritesAfter(t, sender.prefix, 'feed', 1)
@@ -700,9 +700,7 @@ t.test('a Redis that lost the last write a process heard, whose offset the next 
   if (!await requireRedis(t)) return
   // What a Cluster master paused past its failover does: it writes and publishes line 3 when it
   // resumes, then is made a replica and loses it; the new master gave offset 3 to line 4.
-  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten')
-  const member = await feedMember(layer)
-  const heard = await threeLinesHeard(t, layer, sender, member)
+  const { proxy, layer, sender, member, heard } = await threeLinesHeard(t, 'fc-overwritten')
   await loseWritesAfter(t, sender.prefix, 'feed', 2)
   // Another process sends on: it was not told line 3's offset (its send timed out, say).
   const another = anotherProcess(t, sender.prefix)
@@ -717,9 +715,7 @@ t.test('a Redis that lost the last write a process heard, whose offset the next 
 
 t.test('the same, when the process that sent the lost write sends the next one: it gives the group a new epoch, and the process that missed the next write still gets it', async t => {
   if (!await requireRedis(t)) return
-  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-epoch')
-  const member = await feedMember(layer)
-  const heard = await threeLinesHeard(t, layer, sender, member)
+  const { proxy, layer, sender, member, heard } = await threeLinesHeard(t, 'fc-overwritten-epoch')
   await loseWritesAfter(t, sender.prefix, 'feed', 2)
   await sendDropped(proxy, sender, 4)
   const next = await sender.groupSend('feed', { type: 'line', n: 5 })
@@ -729,9 +725,7 @@ t.test('the same, when the process that sent the lost write sends the next one: 
 
 t.test('the same, when another process that noticed gave the group its new epoch before this one read what it missed: read across the renewal, nothing lost', async t => {
   if (!await requireRedis(t)) return
-  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-renewed')
-  const member = await feedMember(layer)
-  const heard = await threeLinesHeard(t, layer, sender, member)
+  const { proxy, layer, sender, member, heard } = await threeLinesHeard(t, 'fc-overwritten-renewed')
   const admin = adminClient(t)
   const meta = `${sender.prefix}:h:{feed}`
   await loseWritesAfter(t, sender.prefix, 'feed', 2)
@@ -746,9 +740,7 @@ t.test('the same, when another process that noticed gave the group its new epoch
 
 t.test('the same, when the process missed more than that write: the read of the gap finds the message at its last offset written again, and hands it on too', async t => {
   if (!await requireRedis(t)) return
-  const { proxy, layer, sender } = await historyBehindProxy(t, 'fc-overwritten-gap')
-  const member = await feedMember(layer)
-  await threeLinesHeard(t, layer, sender, member)
+  const { proxy, layer, sender, member } = await threeLinesHeard(t, 'fc-overwritten-gap')
   await loseWritesAfter(t, sender.prefix, 'feed', 2)
   const another = anotherProcess(t, sender.prefix)
   await sendDropped(proxy, another, 4)
