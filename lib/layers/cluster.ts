@@ -25,14 +25,14 @@ import type {
   Delivery, GroupHistory, GroupJoin, LayerMessage, PresenceEntry, PresenceInfo, Received, StreamPosition
 } from './types.js'
 import { withTimeout } from './deadline.js'
-import { Envelope, WireCodec, reviveMessage, unopenedHere } from './codec.js'
+import { Envelope, WireCodec, reviveMessage } from './codec.js'
 import { PayloadCipher, type EncryptionKey } from './encryption.js'
 import { OwnerRequests } from './cluster/requests.js'
 import { Fences } from './cluster/fences.js'
 import { SentPositions } from './cluster/sent-positions.js'
 import { Memberships, NO_JOIN } from './cluster/memberships.js'
 import { keepingOf, type ClusterContext, type GroupStamp, type Route, type Transport } from './cluster/transport.js'
-import { ThrottledWarning } from './throttled-warning.js'
+import { UnreadablePayloads } from './cluster/unreadable-payloads.js'
 import { MembershipTurns } from './cluster/membership-turns.js'
 
 export interface ClusterChannelLayerOptions extends BaseChannelLayerOptions {
@@ -82,15 +82,12 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   readonly #inbox: Route
   #everUp = false
   #outage = false
-  readonly #undecryptable: ThrottledWarning
+  // What this process says of payloads it cannot read: counted, and logged once a second.
+  readonly #unreadable = new UnreadablePayloads(() => this.log, () => { this.stats.undecryptable++ })
   // Joins and leaves this process asks of other processes' channels, in call order as its own are
   // (membership-turns.ts): a join goes through the owner, a leave straight to the backend, and
   // one not awaited before the other would otherwise land after it.
   readonly #remoteTurns = new MembershipTurns()
-  // Payloads no process of this layer wrote (one with or without keys where this one has the
-  // other, or anything published on its channels): once a second too.
-  readonly #foreign = new ThrottledWarning(() => this.log, 'ignored a payload this layer did not write',
-    count => `ignored ${count} more payloads this layer did not write within a second`, 'ignored')
 
   constructor (options: ClusterChannelLayerOptions, connect: (context: ClusterContext) => T) {
     super(options)
@@ -99,14 +96,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const leaseMs = positiveOption('membershipLease', options.membershipLease, LEASE_MS / 1000, false, MAX_TIMER_MS / 1000) * 1000
     this.#inbox = { kind: 'process', token: this.processToken }
     const cipher = options.encryptionKeys === undefined ? undefined : new PayloadCipher(options.encryptionKeys)
-    // A process that sends with a key this one lacks fails every payload: once a second, counted.
-    const undecryptable = this.#undecryptable = new ThrottledWarning(() => this.log,
-      'dropped a payload that no encryption key opens: a process shares this layer with a key this one lacks (see encryptionKeys)',
-      count => `dropped ${count} more payloads that no encryption key opens within a second`, 'dropped')
-    this.#codec = new WireCodec(cipher, () => {
-      this.stats.undecryptable++
-      undecryptable.warn({})
-    })
+    this.#codec = new WireCodec(cipher, () => { this.#unreadable.undecryptable() })
     this.transport = connect({
       processToken: this.processToken,
       store: this.store,
@@ -253,20 +243,9 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     try {
       return this.#codec.decodeStored(payload)
     } catch (err) {
-      this.#notDecoded(err, where, 'skipped an undecodable message of the group\'s history')
+      this.#unreadable.notDecoded(err, where, 'skipped an undecodable message of the group\'s history')
       return undefined
     }
-  }
-
-  /**
-   * A stored payload that `history()`, `presence()` or a read-back left out: one no key opens is
-   * reported already (at most once a second); one of a process with keys where this one has none,
-   * or the reverse, is reported as the routes' are; anything else is logged, with `message`.
-   */
-  #notDecoded (err: unknown, where: object, message: string): void {
-    const unopened = unopenedHere(err)
-    if (unopened === undefined) this.log.warn({ err, ...where }, message)
-    else if (!unopened.reported) this.#foreign.warn(where)
   }
 
   protected override async doPresence (group: string): Promise<PresenceEntry[]> {
@@ -275,7 +254,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
       try {
         entries.push({ channel, info: this.#codec.decodeObject(info) as PresenceInfo })
       } catch (err) {
-        this.#notDecoded(err, { group, channel }, 'skipped an undecodable presence entry')
+        this.#unreadable.notDecoded(err, { group, channel }, 'skipped an undecodable presence entry')
       }
     }
     return entries
@@ -299,8 +278,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
   }
 
   protected override async doClose (): Promise<void> {
-    this.#undecryptable.close()
-    this.#foreign.close()
+    this.#unreadable.close()
     this.#fences.close()
     this.#memberships.close()
     this.#requests.close()
@@ -323,7 +301,7 @@ export abstract class ClusterChannelLayer<T extends Transport = Transport> exten
     const envelope = this.#codec.decodeEnvelope(payload)
     if (envelope === null) return // no key opens it: counted and logged once, by the codec
     if (envelope === undefined) {
-      this.#foreign.warn({ route })
+      this.#unreadable.foreign({ route })
       return
     }
     try {
